@@ -1,0 +1,309 @@
+//! Manifests on disk: multi-document YAML, JSON, `kind: List` dumps and
+//! directories of them.
+//!
+//! Every document is read, every error is collected (a file that cannot be
+//! read, YAML that does not parse, an object the API would reject) and
+//! reported with the file and the object's name, so that one run shows every
+//! problem. Kinds that do not affect policy are counted and skipped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use serde_json::Value;
+
+use crate::model::{Cluster, ModelError, Namespace, NetworkPolicy, ObjectRef, Pod};
+
+/// What a set of manifests holds.
+#[derive(Clone, Debug, Default)]
+pub struct Manifests {
+    /// Namespaces, pods and policies (later objects replace earlier ones of
+    /// the same kind and name; referenced namespaces without an object get
+    /// an implicit entry).
+    pub cluster: Cluster,
+    /// Objects of other kinds, counted by `apiVersion kind`.
+    pub skipped: BTreeMap<String, usize>,
+    /// Files read.
+    pub files: usize,
+}
+
+/// One problem in the manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file or directory could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file is not valid YAML or JSON.
+    #[error("{path}: not valid YAML/JSON: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A document is not a Kubernetes object.
+    #[error("{path}: document {document}: {message}")]
+    Document {
+        /// The file.
+        path: PathBuf,
+        /// 1-based index of the document in the file.
+        document: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An object the API server would reject.
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The object, field and message.
+        error: ModelError,
+    },
+}
+
+/// All errors of one load.
+#[derive(Debug)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// Reads files and directories (recursively: `*.yaml`, `*.yml`, `*.json`,
+/// in name order). Fails with every error found.
+pub fn load(paths: &[PathBuf]) -> Result<Manifests, LoadErrors> {
+    let mut out = Manifests::default();
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p, true, &mut files, &mut errors);
+    }
+    for file in files {
+        out.files += 1;
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_text(&file, &text, &mut out, &mut errors),
+            Err(source) => errors.push(LoadError::Io { path: file, source }),
+        }
+    }
+    out.cluster.add_implicit_namespaces();
+    if errors.is_empty() { Ok(out) } else { Err(LoadErrors(errors)) }
+}
+
+/// Reads manifests from a string, as if it were the file `origin`.
+pub fn load_str(origin: &Path, text: &str) -> Result<Manifests, LoadErrors> {
+    let mut out = Manifests { files: 1, ..Manifests::default() };
+    let mut errors = Vec::new();
+    load_text(origin, text, &mut out, &mut errors);
+    out.cluster.add_implicit_namespaces();
+    if errors.is_empty() { Ok(out) } else { Err(LoadErrors(errors)) }
+}
+
+fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(source) => return errors.push(LoadError::Io { path: path.to_owned(), source }),
+    };
+    if meta.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(e) => e,
+            Err(source) => return errors.push(LoadError::Io { path: path.to_owned(), source }),
+        };
+        let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        children.sort();
+        for child in children {
+            collect_files(&child, false, files, errors);
+        }
+    } else if explicit
+        || matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    {
+        files.push(path.to_owned());
+    }
+}
+
+fn load_text(path: &Path, text: &str, out: &mut Manifests, errors: &mut Vec<LoadError>) {
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let docs: Result<Vec<Value>, String> = if is_json {
+        serde_json::from_str::<Value>(text).map(|v| vec![v]).map_err(|e| e.to_string())
+    } else {
+        // YAML 1.2 booleans only: a namespace called `y` or `on` stays a string.
+        let options = serde_saphyr::options! { strict_booleans: true };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| e.to_string())
+    };
+    match docs {
+        Ok(docs) => {
+            for (i, doc) in docs.into_iter().enumerate() {
+                load_object(path, i + 1, doc, None, out, errors);
+            }
+        }
+        Err(message) => errors.push(LoadError::Syntax { path: path.to_owned(), message }),
+    }
+}
+
+fn load_object(
+    path: &Path,
+    document: usize,
+    doc: Value,
+    list_item_kind: Option<&str>,
+    out: &mut Manifests,
+    errors: &mut Vec<LoadError>,
+) {
+    let doc_error = |message: String| LoadError::Document { path: path.to_owned(), document, message };
+    let Value::Object(map) = &doc else {
+        if !doc.is_null() {
+            errors.push(doc_error("not a Kubernetes object (expected a mapping)".into()));
+        }
+        return;
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = map.get("kind").and_then(Value::as_str).or(list_item_kind).unwrap_or("").to_owned();
+    let (api_version, kind) = (api_version.as_str(), kind.as_str());
+    if kind.is_empty() {
+        errors.push(doc_error("object has no 'kind'".into()));
+        return;
+    }
+    if let Some(item_kind) = kind.strip_suffix("List")
+        && let Some(items) = map.get("items")
+    {
+        let Value::Array(items) = items else {
+            errors.push(doc_error(format!("{kind}: 'items' is not a list")));
+            return;
+        };
+        let item_kind = (!item_kind.is_empty()).then_some(item_kind);
+        for item in items.clone() {
+            load_object(path, document, item, item_kind, out, errors);
+        }
+        return;
+    }
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let result = match (group, kind) {
+        ("", "Namespace") => {
+            decode::<core::Namespace>(doc, kind).and_then(|n| Namespace::from_resource(&n)).map(|n| out.cluster.apply_namespace(n))
+        }
+        ("", "Pod") => decode::<core::Pod>(doc, kind).and_then(|p| Pod::from_resource(&p)).map(|p| out.cluster.apply_pod(p)),
+        ("networking.k8s.io", "NetworkPolicy") => {
+            if api_version != "networking.k8s.io/v1" && !api_version.is_empty() {
+                Err(ModelError {
+                    object: object_ref_of(&doc, kind),
+                    field: "apiVersion".into(),
+                    message: format!("'{api_version}' is not served; use networking.k8s.io/v1"),
+                })
+            } else {
+                decode::<net::NetworkPolicy>(doc, kind)
+                    .and_then(|p| NetworkPolicy::from_resource(&p))
+                    .map(|p| out.cluster.apply_policy(p))
+            }
+        }
+        _ => {
+            let key = if api_version.is_empty() { kind.to_owned() } else { format!("{api_version} {kind}") };
+            *out.skipped.entry(key).or_default() += 1;
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        errors.push(LoadError::Invalid { path: path.to_owned(), error });
+    }
+}
+
+fn object_ref_of(doc: &Value, kind: &str) -> ObjectRef {
+    let meta = doc.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str).map(str::to_owned);
+    ObjectRef {
+        kind: kind.to_owned(),
+        namespace: if kind == "Namespace" { String::new() } else { field("namespace").unwrap_or_else(|| "default".into()) },
+        name: field("name").unwrap_or_else(|| "<unnamed>".into()),
+    }
+}
+
+/// Deserializes into the k8s-openapi type, naming the failing field.
+fn decode<T: serde::de::DeserializeOwned>(doc: Value, kind: &str) -> Result<T, ModelError> {
+    let object = object_ref_of(&doc, kind);
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let field = e.path().to_string();
+        ModelError { object, field, message: e.into_inner().to_string() }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_one(text: &str) -> Result<Manifests, LoadErrors> {
+        load_str(Path::new("test.yaml"), text)
+    }
+
+    #[test]
+    fn reads_multi_document_yaml_and_lists() {
+        let m = load_one(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x, labels: {env: prod}}\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: x}\n  status: {podIP: 10.0.0.1}\n---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: y}\nspec: {podSelector: {matchLabels: {on: off}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+        )
+        .unwrap();
+        assert_eq!(m.cluster.namespaces["x"].labels["env"], "prod");
+        assert_eq!(m.cluster.pod("x", "a").unwrap().ips.len(), 1);
+        assert!(m.cluster.namespaces.contains_key("y"), "implicit namespace for the policy");
+        let p = &m.cluster.policies[&("y".to_owned(), "p".to_owned())];
+        assert_eq!(p.pod_selector.match_labels, vec![("on".to_owned(), "off".to_owned())]);
+        assert_eq!(m.skipped["apps/v1 Deployment"], 1);
+    }
+
+    #[test]
+    fn typed_list_items_take_the_list_kind() {
+        let m = load_one("apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: a, namespace: x}\n").unwrap();
+        assert!(m.cluster.pod("x", "a").is_some());
+    }
+
+    #[test]
+    fn errors_name_file_object_and_field() {
+        let e = load_one(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: [1]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec: {hostNetwork: maybe, containers: []}\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.0.len(), 2, "{text}");
+        assert!(text.contains("test.yaml: NetworkPolicy x/p: spec.ingress[0].ports[0].port"), "{text}");
+        assert!(text.contains("Pod x/b: spec.hostNetwork"), "{text}");
+    }
+
+    #[test]
+    fn syntax_and_shape_errors() {
+        let e = load_one("a: [1, 2\n").unwrap_err();
+        assert!(matches!(e.0[0], LoadError::Syntax { .. }), "{e}");
+        let e = load_one("- 1\n- 2\n").unwrap_err();
+        assert!(e.to_string().contains("document 1: not a Kubernetes object"), "{e}");
+        let e = load_one("metadata: {name: x}\n").unwrap_err();
+        assert!(e.to_string().contains("no 'kind'"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_path_is_reported() {
+        let e = load(&[PathBuf::from("/nonexistent/podfence")]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/podfence: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn reads_the_conformance_cluster() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cluster.yaml");
+        let m = load(&[dir]).unwrap();
+        assert_eq!(m.cluster.namespaces.len(), 3);
+        assert_eq!(m.cluster.pods.len(), 9);
+        let a = m.cluster.pod("y", "b").unwrap();
+        assert_eq!(a.ips, vec!["10.244.2.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert!(a.named_ports.iter().any(|p| p.name == "web" && p.port == 8081));
+    }
+}

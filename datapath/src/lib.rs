@@ -1,0 +1,15 @@
+//! podfence's fast path.
+//!
+//! This crate owns everything a worker thread touches per packet and nothing
+//! that knows about Kubernetes: the compiled policy [`tables`] and their
+//! classifier, the address [`prefix`] types and the longest-prefix [`lpm`]
+//! map that peer identities are looked up in. The control plane compiles
+//! cluster state into a [`tables::Tables`] value through
+//! [`tables::TablesBuilder`]; the datapath only reads it.
+
+pub mod lpm;
+pub mod prefix;
+pub mod tables;
+
+pub use prefix::{Prefix, PrefixError};
+pub use tables::{Decision, Direction, Protocol, Tables, TablesBuilder, Verdict};

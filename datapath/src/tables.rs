@@ -1,0 +1,731 @@
+//! Compiled policy tables and the classifier of new connections.
+//!
+//! The split is DPDK `rte_acl`'s: everything expensive (selector matching,
+//! `except` holes, named ports, the union of policies) happens once in
+//! [`TablesBuilder`], off the hot path, and [`Tables::classify`] does a fixed
+//! handful of lookups whatever the number of policies:
+//!
+//! 1. each address to its *peer identity*: pod addresses by exact match in a
+//!    hash map, every other address by longest prefix over the `ipBlock`s
+//!    ([`IntervalMap`]); a pod address also yields the pod's enforcement
+//!    state in each direction;
+//! 2. for each isolated side, one hash lookup of `(policy group, peer
+//!    identity)` to a small set of protocol/port ranges.
+//!
+//! A *policy group* is the set of policies that select a local pod in one
+//! direction; pods selected by the same policies (and, where named ports are
+//! involved, exposing the same ports) share it. An *identity* is a class of
+//! addresses no rule can tell apart. Both are chosen by the compiler; the
+//! tables only store them. A `Tables` value is immutable once built: a new
+//! policy state is a new value, swapped in whole.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use rustc_hash::FxHashMap;
+
+use crate::lpm::IntervalMap;
+
+/// An IP protocol number (TCP 6, UDP 17, SCTP 132, ...).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Protocol(pub u8);
+
+impl Protocol {
+    /// ICMP.
+    pub const ICMP: Self = Self(1);
+    /// TCP.
+    pub const TCP: Self = Self(6);
+    /// UDP.
+    pub const UDP: Self = Self(17);
+    /// ICMPv6.
+    pub const ICMPV6: Self = Self(58);
+    /// SCTP.
+    pub const SCTP: Self = Self(132);
+
+    /// The protocol's usual name, if it has one here.
+    #[must_use]
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::ICMP => "ICMP",
+            Self::TCP => "TCP",
+            Self::UDP => "UDP",
+            Self::ICMPV6 => "ICMPv6",
+            Self::SCTP => "SCTP",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "proto-{}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Direction of a policy check, seen from the pod being protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Traffic into the pod.
+    Ingress,
+    /// Traffic out of the pod.
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        })
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            /// Position in the tables' arrays.
+            #[must_use]
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+id_type!(
+    /// A policy in the tables, for attribution.
+    PolicyId
+);
+id_type!(
+    /// A pod known to the tables, local or remote.
+    PodId
+);
+id_type!(
+    /// A class of addresses that every rule treats alike.
+    IdentityId
+);
+id_type!(
+    /// The set of policies that select a local pod in one direction.
+    GroupId
+);
+id_type!(
+    /// An interned set of port rules.
+    PortSetId
+);
+
+/// Whether and how one direction of a pod is enforced on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Enforcement {
+    /// The pod is not on this node: its own node enforces this direction.
+    Remote,
+    /// Local, and no policy isolates it in this direction.
+    Open,
+    /// Local and isolated: only what the group allows passes.
+    Isolated(GroupId),
+}
+
+/// What the tables know about one pod address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodAddress {
+    /// The pod's identity as a peer.
+    pub identity: IdentityId,
+    /// The pod, for self-traffic and attribution.
+    pub pod: PodId,
+    /// Its enforcement for traffic it sends.
+    pub egress: Enforcement,
+    /// Its enforcement for traffic it receives.
+    pub ingress: Enforcement,
+}
+
+/// Protocol number in a [`PortRule`] that matches every protocol and port.
+pub const ANY_PROTOCOL: u8 = 0;
+
+/// One allowed protocol and port range, with the rule that allowed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRule {
+    /// The policy the rule belongs to (ordering key: first policy wins).
+    pub policy: PolicyId,
+    /// Index of the rule in the policy's ingress or egress list.
+    pub rule: u16,
+    /// IP protocol number, or [`ANY_PROTOCOL`].
+    pub protocol: u8,
+    /// First allowed destination port.
+    pub first: u16,
+    /// Last allowed destination port (inclusive).
+    pub last: u16,
+}
+
+impl PortRule {
+    /// Every protocol, every port (a rule without `ports`).
+    #[must_use]
+    pub fn any(policy: PolicyId, rule: u16) -> Self {
+        Self { policy, rule, protocol: ANY_PROTOCOL, first: 0, last: u16::MAX }
+    }
+
+    #[inline]
+    fn matches(&self, protocol: Protocol, port: u16) -> bool {
+        self.protocol == ANY_PROTOCOL
+            || (self.protocol == protocol.0 && self.first <= port && port <= self.last)
+    }
+}
+
+/// The decision for one direction of a connection attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Nothing on this side is a pod enforced here: an outside address, a
+    /// host-network endpoint, or a pod on another node.
+    NotEnforced,
+    /// A local pod that no policy isolates in this direction.
+    NotIsolated,
+    /// A pod talking to itself, which no policy can block.
+    SelfTraffic,
+    /// Allowed by rule `rule` of `policy`'s list for this direction.
+    Allowed {
+        /// The first policy (in table order) whose rule matched.
+        policy: PolicyId,
+        /// The rule's index in that policy's ingress or egress list.
+        rule: u16,
+    },
+    /// Isolated by the policies of `group` and no rule of theirs matched.
+    Denied {
+        /// The isolating policies.
+        group: GroupId,
+    },
+}
+
+impl Decision {
+    /// Whether this side lets the connection through.
+    #[must_use]
+    pub fn is_allowed(&self) -> bool {
+        !matches!(self, Self::Denied { .. })
+    }
+}
+
+/// The verdict on a connection attempt: the source's egress and the
+/// destination's ingress must both allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    /// The source pod's egress decision.
+    pub egress: Decision,
+    /// The destination pod's ingress decision.
+    pub ingress: Decision,
+}
+
+impl Verdict {
+    /// Whether the connection may be opened.
+    #[must_use]
+    pub fn is_allowed(&self) -> bool {
+        self.egress.is_allowed() && self.ingress.is_allowed()
+    }
+}
+
+/// Namespace and name of a policy or pod, for attribution.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectName {
+    /// Namespace.
+    pub namespace: Box<str>,
+    /// Name.
+    pub name: Box<str>,
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Sizes of a built table, for reports and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Policies.
+    pub policies: usize,
+    /// Pods (local and remote) with at least one address.
+    pub pods: usize,
+    /// Pod addresses.
+    pub pod_addresses: usize,
+    /// Peer identities.
+    pub identities: usize,
+    /// Policy groups.
+    pub groups: usize,
+    /// `(group, identity)` entries.
+    pub allow_entries: usize,
+    /// Distinct port sets.
+    pub port_sets: usize,
+    /// Port rules over all sets.
+    pub port_rules: usize,
+    /// Longest-prefix intervals, IPv4 plus IPv6.
+    pub prefix_intervals: usize,
+}
+
+/// One immutable generation of compiled policy.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    generation: u64,
+    pods_v4: FxHashMap<u32, PodAddress>,
+    pods_v6: FxHashMap<u128, PodAddress>,
+    others_v4: IntervalMap<u32, IdentityId>,
+    others_v6: IntervalMap<u128, IdentityId>,
+    allow: FxHashMap<u64, PortSetId>,
+    port_sets: Vec<(u32, u32)>,
+    port_rules: Vec<PortRule>,
+    groups: Vec<(Direction, u32, u32)>,
+    group_policies: Vec<PolicyId>,
+    policies: Vec<ObjectName>,
+    pods: Vec<ObjectName>,
+    identities: u32,
+}
+
+/// An address resolved to what the tables know of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The address's identity.
+    pub identity: IdentityId,
+    /// The pod that owns the address, if any.
+    pub pod: Option<PodAddress>,
+}
+
+#[inline]
+fn allow_key(group: GroupId, identity: IdentityId) -> u64 {
+    (u64::from(group.0) << 32) | u64::from(identity.0)
+}
+
+impl Tables {
+    /// Tables that enforce nothing: every address is one outside identity.
+    #[must_use]
+    pub fn empty(generation: u64) -> Self {
+        let mut b = TablesBuilder::new(generation);
+        let world = b.add_identity();
+        b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
+        b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+        b.build()
+    }
+
+    /// The generation number given by the builder.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Resolves an IPv4 address (host order).
+    #[inline]
+    #[must_use]
+    pub fn peer_v4(&self, addr: u32) -> Peer {
+        match self.pods_v4.get(&addr) {
+            Some(p) => Peer { identity: p.identity, pod: Some(*p) },
+            None => Peer { identity: self.others_v4.get(addr), pod: None },
+        }
+    }
+
+    /// Resolves an IPv6 address (host order).
+    #[inline]
+    #[must_use]
+    pub fn peer_v6(&self, addr: u128) -> Peer {
+        match self.pods_v6.get(&addr) {
+            Some(p) => Peer { identity: p.identity, pod: Some(*p) },
+            None => Peer { identity: self.others_v6.get(addr), pod: None },
+        }
+    }
+
+    /// Resolves an address of either family.
+    #[must_use]
+    pub fn peer(&self, addr: IpAddr) -> Peer {
+        match addr {
+            IpAddr::V4(a) => self.peer_v4(u32::from(a)),
+            IpAddr::V6(a) => self.peer_v6(u128::from(a)),
+        }
+    }
+
+    /// Classifies the first packet of an IPv4 connection.
+    #[inline]
+    #[must_use]
+    pub fn classify_v4(&self, src: u32, dst: u32, protocol: Protocol, dst_port: u16) -> Verdict {
+        self.decide(self.peer_v4(src), self.peer_v4(dst), protocol, dst_port)
+    }
+
+    /// Classifies the first packet of an IPv6 connection.
+    #[inline]
+    #[must_use]
+    pub fn classify_v6(&self, src: u128, dst: u128, protocol: Protocol, dst_port: u16) -> Verdict {
+        self.decide(self.peer_v6(src), self.peer_v6(dst), protocol, dst_port)
+    }
+
+    /// Classifies the first packet of a connection from `src` to
+    /// `dst:dst_port`. Addresses of different families share no policy state
+    /// and are classified each on its own.
+    #[must_use]
+    pub fn classify(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, dst_port: u16) -> Verdict {
+        self.decide(self.peer(src), self.peer(dst), protocol, dst_port)
+    }
+
+    /// The decision for two resolved peers.
+    #[inline]
+    #[must_use]
+    pub fn decide(&self, src: Peer, dst: Peer, protocol: Protocol, dst_port: u16) -> Verdict {
+        if let (Some(s), Some(d)) = (src.pod, dst.pod)
+            && s.pod == d.pod
+        {
+            return Verdict { egress: Decision::SelfTraffic, ingress: Decision::SelfTraffic };
+        }
+        let egress = match src.pod.map(|p| p.egress) {
+            None | Some(Enforcement::Remote) => Decision::NotEnforced,
+            Some(Enforcement::Open) => Decision::NotIsolated,
+            Some(Enforcement::Isolated(g)) => self.check(g, dst.identity, protocol, dst_port),
+        };
+        let ingress = match dst.pod.map(|p| p.ingress) {
+            None | Some(Enforcement::Remote) => Decision::NotEnforced,
+            Some(Enforcement::Open) => Decision::NotIsolated,
+            Some(Enforcement::Isolated(g)) => self.check(g, src.identity, protocol, dst_port),
+        };
+        Verdict { egress, ingress }
+    }
+
+    #[inline]
+    fn check(&self, group: GroupId, peer: IdentityId, protocol: Protocol, port: u16) -> Decision {
+        if let Some(set) = self.allow.get(&allow_key(group, peer)) {
+            for r in self.port_set(*set) {
+                if r.matches(protocol, port) {
+                    return Decision::Allowed { policy: r.policy, rule: r.rule };
+                }
+            }
+        }
+        Decision::Denied { group }
+    }
+
+    /// The rules of a port set, in attribution order.
+    #[must_use]
+    pub fn port_set(&self, set: PortSetId) -> &[PortRule] {
+        let (start, len) = self.port_sets[set.index()];
+        &self.port_rules[start as usize..(start + len) as usize]
+    }
+
+    /// The port set that `group` grants to `peer`, if any.
+    #[must_use]
+    pub fn allowed_ports(&self, group: GroupId, peer: IdentityId) -> Option<&[PortRule]> {
+        self.allow.get(&allow_key(group, peer)).map(|s| self.port_set(*s))
+    }
+
+    /// The direction and the policies of a group, in table order.
+    #[must_use]
+    pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {
+        let (dir, start, len) = self.groups[group.index()];
+        (dir, &self.group_policies[start as usize..(start + len) as usize])
+    }
+
+    /// A policy's namespace and name.
+    #[must_use]
+    pub fn policy(&self, policy: PolicyId) -> &ObjectName {
+        &self.policies[policy.index()]
+    }
+
+    /// A pod's namespace and name.
+    #[must_use]
+    pub fn pod(&self, pod: PodId) -> &ObjectName {
+        &self.pods[pod.index()]
+    }
+
+    /// Sizes, for reports.
+    #[must_use]
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            policies: self.policies.len(),
+            pods: self.pods.len(),
+            pod_addresses: self.pods_v4.len() + self.pods_v6.len(),
+            identities: self.identities as usize,
+            groups: self.groups.len(),
+            allow_entries: self.allow.len(),
+            port_sets: self.port_sets.len(),
+            port_rules: self.port_rules.len(),
+            prefix_intervals: self.others_v4.intervals() + self.others_v6.intervals(),
+        }
+    }
+}
+
+/// Why the builder refused an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Two pods claim one address.
+    #[error("address {addr} belongs to both pod {first} and pod {second}")]
+    DuplicateAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The pod that had it first (and keeps it).
+        first: ObjectName,
+        /// The pod that also claims it.
+        second: ObjectName,
+    },
+}
+
+/// Assembles a [`Tables`] value; the compiler in the control plane drives it.
+#[derive(Debug)]
+pub struct TablesBuilder {
+    tables: Tables,
+    port_set_ids: FxHashMap<Vec<PortRule>, PortSetId>,
+}
+
+impl TablesBuilder {
+    /// An empty builder for generation `generation`.
+    #[must_use]
+    pub fn new(generation: u64) -> Self {
+        let none = IdentityId(0);
+        Self {
+            tables: Tables {
+                generation,
+                pods_v4: FxHashMap::default(),
+                pods_v6: FxHashMap::default(),
+                others_v4: IntervalMap::from_prefixes([], none),
+                others_v6: IntervalMap::from_prefixes([], none),
+                allow: FxHashMap::default(),
+                port_sets: Vec::new(),
+                port_rules: Vec::new(),
+                groups: Vec::new(),
+                group_policies: Vec::new(),
+                policies: Vec::new(),
+                pods: Vec::new(),
+                identities: 0,
+            },
+            port_set_ids: FxHashMap::default(),
+        }
+    }
+
+    /// Registers a policy for attribution.
+    pub fn add_policy(&mut self, namespace: &str, name: &str) -> PolicyId {
+        let id = PolicyId(self.tables.policies.len() as u32);
+        self.tables.policies.push(ObjectName { namespace: namespace.into(), name: name.into() });
+        id
+    }
+
+    /// Registers a pod for attribution.
+    pub fn add_pod(&mut self, namespace: &str, name: &str) -> PodId {
+        let id = PodId(self.tables.pods.len() as u32);
+        self.tables.pods.push(ObjectName { namespace: namespace.into(), name: name.into() });
+        id
+    }
+
+    /// A new identity.
+    pub fn add_identity(&mut self) -> IdentityId {
+        let id = IdentityId(self.tables.identities);
+        self.tables.identities += 1;
+        id
+    }
+
+    /// A new policy group of `policies` (kept in the given order).
+    pub fn add_group(&mut self, direction: Direction, policies: &[PolicyId]) -> GroupId {
+        let id = GroupId(self.tables.groups.len() as u32);
+        let start = self.tables.group_policies.len() as u32;
+        self.tables.group_policies.extend_from_slice(policies);
+        self.tables.groups.push((direction, start, policies.len() as u32));
+        id
+    }
+
+    /// Maps a pod address. The first pod to claim an address keeps it.
+    pub fn add_pod_address(&mut self, addr: IpAddr, entry: PodAddress) -> Result<(), BuildError> {
+        let existing = match addr {
+            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(entry),
+            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(entry),
+        };
+        if existing == entry {
+            return Ok(());
+        }
+        Err(BuildError::DuplicateAddress {
+            addr,
+            first: self.tables.pods[existing.pod.index()].clone(),
+            second: self.tables.pods[entry.pod.index()].clone(),
+        })
+    }
+
+    /// The identities of all IPv4 addresses that are not pod addresses.
+    pub fn set_other_addresses_v4(&mut self, map: IntervalMap<u32, IdentityId>) {
+        self.tables.others_v4 = map;
+    }
+
+    /// The identities of all IPv6 addresses that are not pod addresses.
+    pub fn set_other_addresses_v6(&mut self, map: IntervalMap<u128, IdentityId>) {
+        self.tables.others_v6 = map;
+    }
+
+    /// Interns a port set. Rules are ordered by policy, rule and range so that
+    /// attribution names the first policy in table order; exact duplicates go.
+    pub fn add_port_set(&mut self, mut rules: Vec<PortRule>) -> PortSetId {
+        rules.sort_unstable();
+        rules.dedup();
+        if let Some(id) = self.port_set_ids.get(&rules) {
+            return *id;
+        }
+        let id = PortSetId(self.tables.port_sets.len() as u32);
+        let start = self.tables.port_rules.len() as u32;
+        self.tables.port_rules.extend_from_slice(&rules);
+        self.tables.port_sets.push((start, rules.len() as u32));
+        self.port_set_ids.insert(rules, id);
+        id
+    }
+
+    /// Lets `group` accept (ingress) or reach (egress) `peer` on `set`.
+    pub fn allow(&mut self, group: GroupId, peer: IdentityId, set: PortSetId) {
+        self.tables.allow.insert(allow_key(group, peer), set);
+    }
+
+    /// Expected number of `allow` calls, to size the map once.
+    pub fn reserve_allow(&mut self, additional: usize) {
+        self.tables.allow.reserve(additional);
+    }
+
+    /// The finished, immutable tables.
+    #[must_use]
+    pub fn build(mut self) -> Tables {
+        self.tables.allow.shrink_to_fit();
+        self.tables.pods_v4.shrink_to_fit();
+        self.tables.pods_v6.shrink_to_fit();
+        self.tables
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prefix::Cidr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Two local pods; `b` accepts TCP 80-81 from `a` only, `a` may reach
+    /// anything in 192.0.2.0/24 except 192.0.2.128/25 on UDP 53.
+    fn sample() -> Tables {
+        let mut b = TablesBuilder::new(7);
+        let web = b.add_policy("x", "web");
+        let dns = b.add_policy("x", "dns");
+        let (pa, pb) = (b.add_pod("x", "a"), b.add_pod("x", "b"));
+        let (world, block, id_a, id_b) =
+            (b.add_identity(), b.add_identity(), b.add_identity(), b.add_identity());
+        let gi = b.add_group(Direction::Ingress, &[web]);
+        let ge = b.add_group(Direction::Egress, &[dns]);
+        let a = PodAddress {
+            identity: id_a,
+            pod: pa,
+            egress: Enforcement::Isolated(ge),
+            ingress: Enforcement::Open,
+        };
+        let bb = PodAddress {
+            identity: id_b,
+            pod: pb,
+            egress: Enforcement::Open,
+            ingress: Enforcement::Isolated(gi),
+        };
+        b.add_pod_address(ip("10.0.0.1"), a).unwrap();
+        b.add_pod_address(ip("fd00::1"), a).unwrap();
+        b.add_pod_address(ip("10.0.0.2"), bb).unwrap();
+        let base = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 0));
+        b.set_other_addresses_v4(IntervalMap::from_prefixes(
+            [(Cidr::new(base, 24), block), (Cidr::new(base + 128, 25), world)],
+            world,
+        ));
+        b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+        let tcp = b.add_port_set(vec![PortRule {
+            policy: web,
+            rule: 0,
+            protocol: 6,
+            first: 80,
+            last: 81,
+        }]);
+        let udp = b.add_port_set(vec![PortRule {
+            policy: dns,
+            rule: 2,
+            protocol: 17,
+            first: 53,
+            last: 53,
+        }]);
+        b.allow(gi, id_a, tcp);
+        b.allow(ge, block, udp);
+        b.build()
+    }
+
+    #[test]
+    fn ingress_rule_allows_listed_peer_and_ports_only() {
+        let t = sample();
+        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::TCP, 81);
+        assert_eq!(v.ingress, Decision::Allowed { policy: PolicyId(0), rule: 0 });
+        // a's own egress only reaches the block on UDP 53.
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+        assert!(!v.is_allowed());
+        let v = t.classify(ip("10.0.0.2"), ip("10.0.0.2"), Protocol::TCP, 82);
+        assert_eq!(v.ingress, Decision::SelfTraffic);
+        let v = t.classify(ip("192.0.2.9"), ip("10.0.0.2"), Protocol::TCP, 80);
+        assert_eq!(v.ingress, Decision::Denied { group: GroupId(0) });
+        assert_eq!(v.egress, Decision::NotEnforced);
+        assert!(!v.is_allowed());
+    }
+
+    #[test]
+    fn egress_to_block_honours_except() {
+        let t = sample();
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), Protocol::UDP, 53);
+        assert_eq!(v.egress, Decision::Allowed { policy: PolicyId(1), rule: 2 });
+        assert_eq!(v.ingress, Decision::NotEnforced);
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.200"), Protocol::UDP, 53);
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), Protocol::TCP, 53);
+        assert!(!v.is_allowed());
+        // The pod's v6 address is the same pod, and nothing allows v6 egress.
+        let v = t.classify(ip("fd00::1"), ip("fd00::9"), Protocol::UDP, 53);
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+    }
+
+    #[test]
+    fn any_protocol_rule_matches_portless_protocols() {
+        let r = PortRule::any(PolicyId(0), 0);
+        assert!(r.matches(Protocol::ICMP, 0));
+        assert!(r.matches(Protocol::SCTP, 9));
+        let tcp = PortRule { protocol: 6, first: 1, last: 2, ..r };
+        assert!(!tcp.matches(Protocol::ICMP, 0));
+        assert!(!tcp.matches(Protocol::UDP, 1));
+        assert!(tcp.matches(Protocol::TCP, 2));
+    }
+
+    #[test]
+    fn port_sets_are_interned_and_ordered() {
+        let mut b = TablesBuilder::new(0);
+        let r1 = PortRule { policy: PolicyId(1), rule: 0, protocol: 6, first: 1, last: 1 };
+        let r0 = PortRule { policy: PolicyId(0), rule: 3, protocol: 6, first: 1, last: 9 };
+        let s1 = b.add_port_set(vec![r1, r0, r1]);
+        let s2 = b.add_port_set(vec![r0, r1]);
+        assert_eq!(s1, s2);
+        let t = b.build();
+        assert_eq!(t.port_set(s1), &[r0, r1]);
+    }
+
+    #[test]
+    fn duplicate_pod_address_is_reported_and_first_kept() {
+        let mut b = TablesBuilder::new(0);
+        let (p1, p2) = (b.add_pod("x", "a"), b.add_pod("y", "b"));
+        let e = |pod| PodAddress {
+            identity: IdentityId(0),
+            pod,
+            egress: Enforcement::Remote,
+            ingress: Enforcement::Remote,
+        };
+        b.add_pod_address(ip("10.0.0.1"), e(p1)).unwrap();
+        let err = b.add_pod_address(ip("10.0.0.1"), e(p2)).unwrap_err();
+        assert!(err.to_string().contains("x/a"), "{err}");
+        assert!(err.to_string().contains("y/b"), "{err}");
+        assert_eq!(b.build().peer(ip("10.0.0.1")).pod.unwrap().pod, p1);
+    }
+
+    #[test]
+    fn empty_tables_enforce_nothing() {
+        let t = Tables::empty(3);
+        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::TCP, 80);
+        assert_eq!(v, Verdict { egress: Decision::NotEnforced, ingress: Decision::NotEnforced });
+        assert_eq!(t.generation(), 3);
+    }
+}

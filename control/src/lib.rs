@@ -2,9 +2,11 @@
 //!
 //! [`model`] reduces objects to what decides policy, [`sources`] reads them
 //! (manifests now; API watchers later), [`compile`] turns a cluster state into
-//! a [`podfence_datapath::Tables`] generation, and [`reference`] evaluates the
-//! API's rules directly, as the yardstick the compiled tables are tested
-//! against. [`probe`] is the connection-attempt vocabulary the CLI shares.
+//! a [`podfence_datapath::Tables`] generation, and [`probe`] names connection
+//! attempts the way the CLI and the conformance data do and evaluates them
+//! against compiled tables.
 
+pub mod compile;
 pub mod model;
+pub mod probe;
 pub mod sources;

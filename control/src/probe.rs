@@ -1,0 +1,292 @@
+//! Connection attempts by name, as the CLI and the conformance data write
+//! them: `ns/pod` or `ext:IP` endpoints, a protocol and a port.
+//!
+//! A probe is resolved to addresses the way the datapath would see the
+//! packet (a pod's address, a host-network pod's node address, an outside
+//! address) and classified by the compiled tables, so that the offline
+//! commands exercise exactly what the fast path runs.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use podfence_datapath::tables::{Decision, Direction, PolicyId};
+use podfence_datapath::{Tables, Verdict};
+
+use crate::model::{Cluster, PodPhase, Protocol};
+
+/// One side of a connection attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A pod, `namespace/name`.
+    Pod {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// An address outside the cluster's pods, `ext:IP`.
+    External(IpAddr),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
+            Self::External(ip) => write!(f, "ext:{ip}"),
+        }
+    }
+}
+
+/// Why a probe cannot be read or resolved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// An endpoint is neither `ns/pod` nor `ext:IP`.
+    #[error("'{0}' is not an endpoint (expected NAMESPACE/POD or ext:IP)")]
+    BadEndpoint(String),
+    /// `ext:` is not followed by an address.
+    #[error("'{0}' is not an address (expected ext:IP, e.g. ext:192.0.2.10)")]
+    BadAddress(String),
+    /// Not TCP, UDP or SCTP.
+    #[error("'{0}' is not a protocol (expected TCP, UDP or SCTP)")]
+    BadProtocol(String),
+    /// Not a port number.
+    #[error("'{0}' is not a port (expected 1-65535)")]
+    BadPort(String),
+    /// Too few columns.
+    #[error("expected 4 tab-separated columns (src dst proto port), got {0}")]
+    Columns(usize),
+    /// The pod is not in the manifests.
+    #[error("unknown pod {0}")]
+    UnknownPod(String),
+    /// The pod has no address traffic could use.
+    #[error("pod {pod} has no address: {why}")]
+    NoAddress {
+        /// The pod.
+        pod: String,
+        /// Why.
+        why: String,
+    },
+    /// The endpoints share no address family.
+    #[error("{src} and {dst} have no address family in common")]
+    NoCommonFamily {
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+    },
+}
+
+impl FromStr for Endpoint {
+    type Err = ProbeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(addr) = s.strip_prefix("ext:") {
+            return addr.parse().map(Self::External).map_err(|_| ProbeError::BadAddress(s.into()));
+        }
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self::Pod { namespace: ns.into(), name: name.into() })
+            }
+            _ => Err(ProbeError::BadEndpoint(s.into())),
+        }
+    }
+}
+
+/// A connection attempt: the first packet from `src` to `dst:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    /// The side that opens the connection.
+    pub src: Endpoint,
+    /// The side that accepts it.
+    pub dst: Endpoint,
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// The destination port.
+    pub port: u16,
+}
+
+impl Probe {
+    /// Parses the four fields (protocol in any case).
+    pub fn from_fields(src: &str, dst: &str, protocol: &str, port: &str) -> Result<Self, ProbeError> {
+        Ok(Self {
+            src: src.parse()?,
+            dst: dst.parse()?,
+            protocol: Protocol::parse(protocol, true)
+                .ok_or_else(|| ProbeError::BadProtocol(protocol.into()))?,
+            port: port.parse().ok().filter(|&p| p != 0).ok_or_else(|| ProbeError::BadPort(port.into()))?,
+        })
+    }
+
+    /// Parses a tab-separated line `src dst proto port [more columns...]`.
+    pub fn from_line(line: &str) -> Result<Self, ProbeError> {
+        let cols: Vec<&str> = line.split('\t').map(str::trim).collect();
+        if cols.len() < 4 {
+            return Err(ProbeError::Columns(cols.len()));
+        }
+        Self::from_fields(cols[0], cols[1], cols[2], cols[3])
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\t{}\t{}\t{}", self.src, self.dst, self.protocol, self.port)
+    }
+}
+
+/// The addresses an endpoint may use, in preference order.
+///
+/// A pod uses its own addresses; a host-network pod its node's; a pod that
+/// has finished or has no address yet cannot send or receive anything.
+pub fn endpoint_addresses(cluster: &Cluster, endpoint: &Endpoint) -> Result<Vec<IpAddr>, ProbeError> {
+    let (namespace, name) = match endpoint {
+        Endpoint::External(ip) => return Ok(vec![*ip]),
+        Endpoint::Pod { namespace, name } => (namespace, name),
+    };
+    let pod = cluster.pod(namespace, name).ok_or_else(|| ProbeError::UnknownPod(endpoint.to_string()))?;
+    let no_address = |why: &str| ProbeError::NoAddress { pod: endpoint.to_string(), why: why.into() };
+    if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
+        return Err(no_address("it has finished, and its address may already be another pod's"));
+    }
+    if pod.host_network {
+        if pod.host_ips.is_empty() {
+            return Err(no_address("it uses the host network and its node address (status.hostIP) is not set"));
+        }
+        return Ok(pod.host_ips.clone());
+    }
+    if pod.ips.is_empty() {
+        return Err(no_address("status.podIPs is empty (not scheduled or not started yet)"));
+    }
+    Ok(pod.ips.clone())
+}
+
+/// The addresses a probe's packet would carry: the source's first address
+/// for which the destination has one of the same family.
+pub fn resolve(cluster: &Cluster, probe: &Probe) -> Result<(IpAddr, IpAddr), ProbeError> {
+    let src = endpoint_addresses(cluster, &probe.src)?;
+    let dst = endpoint_addresses(cluster, &probe.dst)?;
+    src.iter()
+        .find_map(|s| dst.iter().find(|d| d.is_ipv4() == s.is_ipv4()).map(|d| (*s, *d)))
+        .ok_or_else(|| ProbeError::NoCommonFamily { src: probe.src.to_string(), dst: probe.dst.to_string() })
+}
+
+/// Classifies a probe with compiled tables.
+pub fn classify(cluster: &Cluster, tables: &Tables, probe: &Probe) -> Result<Verdict, ProbeError> {
+    let (src, dst) = resolve(cluster, probe)?;
+    Ok(tables.classify(src, dst, probe.protocol.ip_protocol(), probe.port))
+}
+
+/// A verdict with its reasons, in words.
+#[derive(Debug)]
+pub struct Explanation<'a> {
+    /// The probe.
+    pub probe: &'a Probe,
+    /// The addresses it resolved to.
+    pub addresses: (IpAddr, IpAddr),
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The tables that gave it (for names).
+    pub tables: &'a Tables,
+}
+
+impl Explanation<'_> {
+    fn decision(&self, f: &mut fmt::Formatter<'_>, direction: Direction, d: Decision) -> fmt::Result {
+        let (side, endpoint) = match direction {
+            Direction::Egress => ("source", &self.probe.src),
+            Direction::Ingress => ("destination", &self.probe.dst),
+        };
+        let policy = |p: PolicyId| self.tables.policy(p).to_string();
+        match d {
+            Decision::NotEnforced => {
+                writeln!(f, "  {direction}: allow — {side} {endpoint} is not a pod that policy applies to")
+            }
+            Decision::NotIsolated => writeln!(
+                f,
+                "  {direction}: allow — no NetworkPolicy selects {side} {endpoint} for {direction}"
+            ),
+            Decision::SelfTraffic => {
+                writeln!(f, "  {direction}: allow — a pod may always reach itself")
+            }
+            Decision::Allowed { policy: p, rule } => {
+                let (_, all) = self.isolating(direction);
+                writeln!(
+                    f,
+                    "  {direction}: allow — {side} {endpoint} is isolated for {direction} by {}; \
+                     allowed by {} {direction} rule {rule}",
+                    all.join(", "),
+                    policy(p)
+                )
+            }
+            Decision::Denied { group } => {
+                let (_, ids) = self.tables.group(group);
+                let names: Vec<String> = ids.iter().map(|&p| policy(p)).collect();
+                writeln!(
+                    f,
+                    "  {direction}: deny — {side} {endpoint} is isolated for {direction} by {}, \
+                     and no {direction} rule of {} allows {}",
+                    names.join(", "),
+                    if names.len() == 1 { "it" } else { "them" },
+                    self.what()
+                )
+            }
+        }
+    }
+
+    /// The policies isolating the relevant pod in `direction`, by name.
+    fn isolating(&self, direction: Direction) -> (Direction, Vec<String>) {
+        let addr = match direction {
+            Direction::Egress => self.addresses.0,
+            Direction::Ingress => self.addresses.1,
+        };
+        let pod = self.tables.peer(addr).pod;
+        let group = pod.and_then(|p| match (direction, p.egress, p.ingress) {
+            (Direction::Egress, podfence_datapath::tables::Enforcement::Isolated(g), _)
+            | (Direction::Ingress, _, podfence_datapath::tables::Enforcement::Isolated(g)) => Some(g),
+            _ => None,
+        });
+        let names = group
+            .map(|g| self.tables.group(g).1.iter().map(|&p| self.tables.policy(p).to_string()).collect())
+            .unwrap_or_default();
+        (direction, names)
+    }
+
+    fn what(&self) -> String {
+        let peer = |e: &Endpoint, a: IpAddr| match e {
+            Endpoint::External(_) => e.to_string(),
+            Endpoint::Pod { .. } => format!("{e} ({a})"),
+        };
+        format!(
+            "{} from {} to {} port {}",
+            self.probe.protocol,
+            peer(&self.probe.src, self.addresses.0),
+            peer(&self.probe.dst, self.addresses.1),
+            self.probe.port
+        )
+    }
+}
+
+impl fmt::Display for Explanation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.verdict.is_allowed() { "allow" } else { "deny" };
+        writeln!(f, "{verdict}: {}", self.what())?;
+        self.decision(f, Direction::Egress, self.verdict.egress)?;
+        self.decision(f, Direction::Ingress, self.verdict.ingress)?;
+        write!(f, "  (table generation {})", self.tables.generation())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_probe_lines() {
+        let p = Probe::from_line("x/a\text:192.0.2.1\tudp\t53\textra").unwrap();
+        assert_eq!(p.to_string(), "x/a\text:192.0.2.1\tUDP\t53");
+        assert_eq!(Probe::from_line("x/a\tx/b\tTCP").unwrap_err(), ProbeError::Columns(3));
+        assert!(matches!(Probe::from_line("x\tx/b\tTCP\t80"), Err(ProbeError::BadEndpoint(_))));
+        assert!(matches!(Probe::from_line("ext:1.2.3\tx/b\tTCP\t80"), Err(ProbeError::BadAddress(_))));
+        assert!(matches!(Probe::from_line("x/a\tx/b\tICMP\t80"), Err(ProbeError::BadProtocol(_))));
+        assert!(matches!(Probe::from_line("x/a\tx/b\tTCP\t0"), Err(ProbeError::BadPort(_))));
+        assert!(matches!(Probe::from_line("x/a\tx/b\tTCP\t65536"), Err(ProbeError::BadPort(_))));
+    }
+}

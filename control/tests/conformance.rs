@@ -1,0 +1,59 @@
+//! Every case of ../shared/conformance through the compiled tables.
+//!
+//! One test runs all cases and reports every mismatch, so a regression shows
+//! its whole extent at once.
+
+use std::path::{Path, PathBuf};
+
+use podfence_control::compile::{CompileOptions, compile};
+use podfence_control::probe::{Probe, classify};
+use podfence_control::sources::manifests;
+
+fn conformance_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
+}
+
+#[test]
+fn every_conformance_case_matches() {
+    let root = conformance_dir();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
+        .expect("../shared/conformance/cases must exist beside the repository")
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no conformance cases found");
+    let mut mismatches = Vec::new();
+    let mut probes = 0;
+    for case in &cases {
+        let mut inputs = vec![root.join("cluster.yaml")];
+        let policies = case.join("policies.yaml");
+        if policies.exists() {
+            inputs.push(policies);
+        }
+        let m = manifests::load(&inputs).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        let compiled = compile(&m.cluster, &CompileOptions::default());
+        assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+        let expected = std::fs::read_to_string(case.join("expected.tsv")).unwrap();
+        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+            let want = line.rsplit('\t').next().unwrap();
+            let probe = Probe::from_line(line).unwrap();
+            let verdict = classify(&m.cluster, &compiled.tables, &probe).unwrap();
+            let got = if verdict.is_allowed() { "allow" } else { "deny" };
+            probes += 1;
+            if got != want {
+                mismatches.push(format!(
+                    "{}: {probe}: expected {want}, got {got} ({verdict:?})",
+                    case.file_name().unwrap().to_string_lossy()
+                ));
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {probes} probes in {} cases differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+    eprintln!("{probes} probes in {} cases all match", cases.len());
+}

@@ -56,7 +56,10 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        Self { generation: 1, locality: Locality::AllPods }
+        Self {
+            generation: 1,
+            locality: Locality::AllPods,
+        }
     }
 }
 
@@ -97,7 +100,10 @@ struct Interner<K> {
 
 impl<K: Clone + Eq + std::hash::Hash> Interner<K> {
     fn new() -> Self {
-        Self { ids: FxHashMap::default(), items: Vec::new() }
+        Self {
+            ids: FxHashMap::default(),
+            items: Vec::new(),
+        }
     }
     fn intern(&mut self, key: K) -> u32 {
         if let Some(id) = self.ids.get(&key) {
@@ -134,12 +140,25 @@ struct PolicyPeers {
 
 impl<'a> Compiler<'a> {
     fn new(cluster: &'a Cluster, options: &'a CompileOptions) -> Self {
-        let endpoints: Vec<&Pod> = cluster.pods.values().filter(|p| p.is_policy_endpoint()).collect();
+        let endpoints: Vec<&Pod> = cluster
+            .pods
+            .values()
+            .filter(|p| p.is_policy_endpoint())
+            .collect();
         let mut by_namespace: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
         for (i, p) in endpoints.iter().enumerate() {
-            by_namespace.entry(p.namespace.as_str()).or_default().push(i as u32);
+            by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(i as u32);
         }
-        Self { cluster, options, endpoints, by_namespace, warnings: Vec::new() }
+        Self {
+            cluster,
+            options,
+            endpoints,
+            by_namespace,
+            warnings: Vec::new(),
+        }
     }
 
     fn is_local(&self, pod: &Pod) -> bool {
@@ -152,11 +171,18 @@ impl<'a> Compiler<'a> {
     /// Endpoints of `namespace` matching `selector`.
     fn select_in(&self, namespace: &str, selector: &LabelSelector, out: &mut Vec<u32>) {
         if let Some(pods) = self.by_namespace.get(namespace) {
-            out.extend(pods.iter().copied().filter(|&i| selector.matches(&self.endpoints[i as usize].labels)));
+            out.extend(
+                pods.iter()
+                    .copied()
+                    .filter(|&i| selector.matches(&self.endpoints[i as usize].labels)),
+            );
         }
     }
 
-    #[allow(clippy::too_many_lines, reason = "one pass, in the order the module doc describes")]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one pass, in the order the module doc describes"
+    )]
     fn run(mut self) -> Compiled {
         let cluster = self.cluster;
         let policies: Vec<_> = cluster.policies.values().collect();
@@ -164,7 +190,9 @@ impl<'a> Compiler<'a> {
         // Selector peers and ipBlocks, interned; every rule's peers resolved.
         let mut selectors: Interner<SelectorPeer<'_>> = Interner::new();
         let mut blocks: Interner<&IpBlock> = Interner::new();
-        let mut peers = PolicyPeers { rules: Vec::with_capacity(policies.len()) };
+        let mut peers = PolicyPeers {
+            rules: Vec::with_capacity(policies.len()),
+        };
         for p in &policies {
             let mut per_dir: [Vec<Option<Vec<PeerRef>>>; 2] = [Vec::new(), Vec::new()];
             for (d, rules) in [&p.ingress, &p.egress].into_iter().enumerate() {
@@ -173,12 +201,18 @@ impl<'a> Compiler<'a> {
                         rule.peers
                             .iter()
                             .map(|peer| match peer {
-                                Peer::Pods { namespaces: None, pods } => {
-                                    PeerRef::Selector(selectors.intern(SelectorPeer::InNamespace(&p.namespace, pods)))
-                                }
-                                Peer::Pods { namespaces: Some(ns), pods } => {
-                                    PeerRef::Selector(selectors.intern(SelectorPeer::InNamespaces(ns, pods)))
-                                }
+                                Peer::Pods {
+                                    namespaces: None,
+                                    pods,
+                                } => PeerRef::Selector(
+                                    selectors.intern(SelectorPeer::InNamespace(&p.namespace, pods)),
+                                ),
+                                Peer::Pods {
+                                    namespaces: Some(ns),
+                                    pods,
+                                } => PeerRef::Selector(
+                                    selectors.intern(SelectorPeer::InNamespaces(ns, pods)),
+                                ),
                                 Peer::IpBlock(b) => PeerRef::Block(blocks.intern(b)),
                             })
                             .collect()
@@ -208,22 +242,32 @@ impl<'a> Compiler<'a> {
             }
         }
         let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
-        let endpoint_sig: Vec<u32> =
-            endpoint_selectors.into_iter().map(|s| selector_sigs.intern(s)).collect();
+        let endpoint_sig: Vec<u32> = endpoint_selectors
+            .into_iter()
+            .map(|s| selector_sigs.intern(s))
+            .collect();
 
         // Address ranges to ipBlock signatures, by longest prefix.
         let mut block_sigs: Interner<Vec<u32>> = Interner::new();
         block_sigs.intern(Vec::new());
         let (v4_cidrs, v6_cidrs) = split_families(blocks.items.iter().copied());
-        let blocks_v4 = block_signature_map(&blocks.items, &v4_cidrs, &mut block_sigs, |c| Prefix::V4(*c));
-        let blocks_v6 = block_signature_map(&blocks.items, &v6_cidrs, &mut block_sigs, |c| Prefix::V6(*c));
+        let blocks_v4 = block_signature_map(&blocks.items, &v4_cidrs, &mut block_sigs, |c| {
+            Prefix::V4(*c)
+        });
+        let blocks_v6 = block_signature_map(&blocks.items, &v6_cidrs, &mut block_sigs, |c| {
+            Prefix::V6(*c)
+        });
 
         // Named-port use decides whether ports are part of identities/groups.
         let named_in = |rules: &[Rule]| {
-            rules.iter().any(|r| r.ports.iter().any(|p| matches!(p.port, PortSpec::Named(_))))
+            rules
+                .iter()
+                .any(|r| r.ports.iter().any(|p| matches!(p.port, PortSpec::Named(_))))
         };
-        let policy_named: Vec<[bool; 2]> =
-            policies.iter().map(|p| [named_in(&p.ingress), named_in(&p.egress)]).collect();
+        let policy_named: Vec<[bool; 2]> = policies
+            .iter()
+            .map(|p| [named_in(&p.ingress), named_in(&p.egress)])
+            .collect();
         let egress_named = policy_named.iter().any(|n| n[1]);
         let mut profiles: Interner<Vec<NamedPort>> = Interner::new();
         profiles.intern(Vec::new());
@@ -271,8 +315,10 @@ impl<'a> Compiler<'a> {
 
         // Tables: names first, so ids are indices.
         let mut builder = TablesBuilder::new(self.options.generation);
-        let policy_ids: Vec<PolicyId> =
-            policies.iter().map(|p| builder.add_policy(&p.namespace, &p.name)).collect();
+        let policy_ids: Vec<PolicyId> = policies
+            .iter()
+            .map(|p| builder.add_policy(&p.namespace, &p.name))
+            .collect();
         for _ in &identities.items {
             builder.add_identity();
         }
@@ -281,12 +327,16 @@ impl<'a> Compiler<'a> {
 
         let mut policies_by_namespace: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
         for (i, p) in policies.iter().enumerate() {
-            policies_by_namespace.entry(p.namespace.as_str()).or_default().push(i as u32);
+            policies_by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(i as u32);
         }
 
         // Groups of local endpoints, and their allow entries.
         let mut groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
-        let mut rule_identities: FxHashMap<(u32, usize, usize), Vec<(u32, bool)>> = FxHashMap::default();
+        let mut rule_identities: FxHashMap<(u32, usize, usize), Vec<(u32, bool)>> =
+            FxHashMap::default();
         let mut scratch = GroupScratch::new(identities.items.len());
         let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
         for (e, pod) in self.endpoints.iter().enumerate() {
@@ -295,7 +345,11 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             let mut selecting: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
-            for &i in policies_by_namespace.get(pod.namespace.as_str()).into_iter().flatten() {
+            for &i in policies_by_namespace
+                .get(pod.namespace.as_str())
+                .into_iter()
+                .flatten()
+            {
                 let p = policies[i as usize];
                 if p.pod_selector.matches(&pod.labels) {
                     if p.isolates_ingress {
@@ -307,22 +361,31 @@ impl<'a> Compiler<'a> {
                 }
             }
             let mut pair = [Enforcement::Open; 2];
-            for (d, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+            for (d, direction) in [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .enumerate()
+            {
                 if selecting[d].is_empty() {
                     continue;
                 }
-                let uses_named = d == 0 && selecting[d].iter().any(|&p| policy_named[p as usize][0]);
+                let uses_named =
+                    d == 0 && selecting[d].iter().any(|&p| policy_named[p as usize][0]);
                 let profile = if uses_named { endpoint_profile[e] } else { 0 };
                 let key = (direction, std::mem::take(&mut selecting[d]), profile);
                 let group = if let Some(g) = groups.get(&key) {
                     *g
                 } else {
-                    let ids: Vec<PolicyId> = key.1.iter().map(|&p| policy_ids[p as usize]).collect();
+                    let ids: Vec<PolicyId> =
+                        key.1.iter().map(|&p| policy_ids[p as usize]).collect();
                     let g = builder.add_group(direction, &ids);
                     let ingress_ports = &profiles.items[profile as usize];
                     for &p in &key.1 {
                         let policy = policies[p as usize];
-                        let rules = if d == 0 { &policy.ingress } else { &policy.egress };
+                        let rules = if d == 0 {
+                            &policy.ingress
+                        } else {
+                            &policy.egress
+                        };
                         for (r, rule) in rules.iter().enumerate() {
                             let admitted = rule_identities.entry((p, d, r)).or_insert_with(|| {
                                 resolve_rule_peers(
@@ -332,7 +395,11 @@ impl<'a> Compiler<'a> {
                                     &by_block,
                                 )
                             });
-                            let ctx = RulePorts { policy: policy_ids[p as usize], rule: r as u16, spec: rule };
+                            let ctx = RulePorts {
+                                policy: policy_ids[p as usize],
+                                rule: r as u16,
+                                spec: rule,
+                            };
                             for &(id, via_selector) in admitted.iter() {
                                 let named = if d == 0 {
                                     Some(ingress_ports.as_slice())
@@ -355,16 +422,27 @@ impl<'a> Compiler<'a> {
         }
 
         // Pods and their addresses.
-        let pod_ids: Vec<PodId> =
-            self.endpoints.iter().map(|p| builder.add_pod(&p.namespace, &p.name)).collect();
+        let pod_ids: Vec<PodId> = self
+            .endpoints
+            .iter()
+            .map(|p| builder.add_pod(&p.namespace, &p.name))
+            .collect();
         for (ip, e, id) in addresses {
             let [ingress, egress] = enforcement[e as usize];
-            let entry = PodAddress { identity: IdentityId(id), pod: pod_ids[e as usize], egress, ingress };
+            let entry = PodAddress {
+                identity: IdentityId(id),
+                pod: pod_ids[e as usize],
+                egress,
+                ingress,
+            };
             if let Err(err) = builder.add_pod_address(ip, entry) {
                 self.warnings.push(err.to_string());
             }
         }
-        Compiled { tables: builder.build(), warnings: self.warnings }
+        Compiled {
+            tables: builder.build(),
+            warnings: self.warnings,
+        }
     }
 }
 
@@ -385,7 +463,13 @@ impl RulePorts<'_> {
         }
         for p in &self.spec.ports {
             let protocol = p.protocol.ip_protocol().0;
-            let range = |first, last| PortRule { policy: self.policy, rule: self.rule, protocol, first, last };
+            let range = |first, last| PortRule {
+                policy: self.policy,
+                rule: self.rule,
+                protocol,
+                first,
+                last,
+            };
             match &p.port {
                 PortSpec::Any => out.push(range(0, u16::MAX)),
                 PortSpec::Range(a, b) => out.push(range(*a, *b)),
@@ -441,7 +525,10 @@ struct GroupScratch {
 
 impl GroupScratch {
     fn new(identities: usize) -> Self {
-        Self { rules: vec![Vec::new(); identities], touched: Vec::new() }
+        Self {
+            rules: vec![Vec::new(); identities],
+            touched: Vec::new(),
+        }
     }
 
     fn rules_for(&mut self, identity: u32) -> &mut Vec<PortRule> {
@@ -464,7 +551,9 @@ impl GroupScratch {
     }
 }
 
-fn split_families<'a>(blocks: impl Iterator<Item = &'a IpBlock>) -> (Vec<Cidr<u32>>, Vec<Cidr<u128>>) {
+fn split_families<'a>(
+    blocks: impl Iterator<Item = &'a IpBlock>,
+) -> (Vec<Cidr<u32>>, Vec<Cidr<u128>>) {
     let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
     for b in blocks {
         for p in std::iter::once(&b.cidr).chain(&b.except) {

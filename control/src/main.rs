@@ -20,7 +20,11 @@ use podfence_control::probe::{self, Endpoint, Explanation, Probe};
 use podfence_control::sources::manifests;
 
 #[derive(Parser, Debug)]
-#[command(name = "podfence", version, about = "Kubernetes NetworkPolicy enforcement on an AF_XDP fast path")]
+#[command(
+    name = "podfence",
+    version,
+    about = "Kubernetes NetworkPolicy enforcement on an AF_XDP fast path"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,21 +93,37 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
 
 /// The manifests and probe of `explain`: operands that `--manifests`
 /// swallowed are taken back from the end of its list.
-fn explain_operands(manifests: &mut ManifestArgs, operands: Vec<String>) -> Result<Probe, clap::Error> {
+fn explain_operands(
+    manifests: &mut ManifestArgs,
+    operands: Vec<String>,
+) -> Result<Probe, clap::Error> {
     use clap::CommandFactory;
     let mut operands = operands;
     let missing = 4 - operands.len();
     if missing > 0 && manifests.manifests.len() > missing {
-        let tail = manifests.manifests.split_off(manifests.manifests.len() - missing);
-        let mut taken: Vec<String> = tail.into_iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let tail = manifests
+            .manifests
+            .split_off(manifests.manifests.len() - missing);
+        let mut taken: Vec<String> = tail
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         taken.append(&mut operands);
         operands = taken;
     }
     let usage = |msg: String| {
-        Cli::command().bin_name("podfence").find_subcommand_mut("explain").expect("explain exists").clone().bin_name("podfence explain").error(clap::error::ErrorKind::ValueValidation, msg)
+        Cli::command()
+            .bin_name("podfence")
+            .find_subcommand_mut("explain")
+            .expect("explain exists")
+            .clone()
+            .bin_name("podfence explain")
+            .error(clap::error::ErrorKind::ValueValidation, msg)
     };
     let [src, dst, proto, port] = operands.as_slice() else {
-        return Err(usage("expected SRC DST PROTO PORT after the manifest paths".into()));
+        return Err(usage(
+            "expected SRC DST PROTO PORT after the manifest paths".into(),
+        ));
     };
     let src = parse_endpoint(src).map_err(&usage)?;
     let dst = parse_endpoint(dst).map_err(&usage)?;
@@ -113,12 +133,21 @@ fn explain_operands(manifests: &mut ManifestArgs, operands: Vec<String>) -> Resu
         .ok()
         .filter(|&p: &u16| p != 0)
         .ok_or_else(|| usage(format!("'{port}' is not a port (1-65535)")))?;
-    Ok(Probe { src, dst, protocol, port })
+    Ok(Probe {
+        src,
+        dst,
+        protocol,
+        port,
+    })
 }
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Command::Explain { manifests, operands } = &mut cli.command {
+    if let Command::Explain {
+        manifests,
+        operands,
+    } = &mut cli.command
+    {
         match explain_operands(manifests, std::mem::take(operands)) {
             Ok(p) => *operands = vec![p.to_string()],
             Err(e) => e.exit(),
@@ -139,16 +168,37 @@ fn run(cli: Cli) -> Result<()> {
             let (cluster, compiled) = load(&manifests)?;
             run_probe(&cluster, &compiled, &probes)
         }
-        Command::Matrix { manifests, ports, protocols, externals } => {
+        Command::Matrix {
+            manifests,
+            ports,
+            protocols,
+            externals,
+        } => {
             let (cluster, compiled) = load(&manifests)?;
             run_matrix(&cluster, &compiled, &ports, &protocols, &externals)
         }
-        Command::Explain { manifests, operands } => {
+        Command::Explain {
+            manifests,
+            operands,
+        } => {
             let probe = Probe::from_line(&operands[0])?;
             let (cluster, compiled) = load(&manifests)?;
             let addresses = probe::resolve(&cluster, &probe)?;
-            let verdict = compiled.tables.classify(addresses.0, addresses.1, probe.protocol.ip_protocol(), probe.port);
-            println!("{}", Explanation { probe: &probe, addresses, verdict, tables: &compiled.tables });
+            let verdict = compiled.tables.classify(
+                addresses.0,
+                addresses.1,
+                probe.protocol.ip_protocol(),
+                probe.port,
+            );
+            println!(
+                "{}",
+                Explanation {
+                    probe: &probe,
+                    addresses,
+                    verdict,
+                    tables: &compiled.tables
+                }
+            );
             Ok(())
         }
     }
@@ -164,11 +214,16 @@ fn load(args: &ManifestArgs) -> Result<(Cluster, Compiled)> {
 }
 
 fn run_probe(cluster: &Cluster, compiled: &Compiled, path: &PathBuf) -> Result<()> {
-    let name = if path.as_os_str() == "-" { "<stdin>".to_owned() } else { path.display().to_string() };
+    let name = if path.as_os_str() == "-" {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    };
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let f = std::fs::File::open(path).with_context(|| format!("cannot read probes from {name}"))?;
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot read probes from {name}"))?;
         Box::new(std::io::BufReader::new(f))
     };
     let mut results = Vec::new();
@@ -178,7 +233,9 @@ fn run_probe(cluster: &Cluster, compiled: &Compiled, path: &PathBuf) -> Result<(
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        match Probe::from_line(&line).and_then(|p| probe::classify(cluster, &compiled.tables, &p).map(|v| (p, v))) {
+        match Probe::from_line(&line)
+            .and_then(|p| probe::classify(cluster, &compiled.tables, &p).map(|v| (p, v)))
+        {
             Ok(r) => results.push(r),
             Err(e) => errors.push(format!("{name}:{}: {e}", i + 1)),
         }
@@ -188,7 +245,11 @@ fn run_probe(cluster: &Cluster, compiled: &Compiled, path: &PathBuf) -> Result<(
     }
     let mut out = BufWriter::new(std::io::stdout().lock());
     for (p, v) in results {
-        writeln!(out, "{p}\t{}", if v.is_allowed() { "allow" } else { "deny" })?;
+        writeln!(
+            out,
+            "{p}\t{}",
+            if v.is_allowed() { "allow" } else { "deny" }
+        )?;
     }
     out.flush()?;
     Ok(())
@@ -202,10 +263,17 @@ fn run_matrix(
     externals: &[IpAddr],
 ) -> Result<()> {
     let ports = if ports.is_empty() { &[80][..] } else { ports };
-    let protocols = if protocols.is_empty() { &[Protocol::Tcp][..] } else { protocols };
+    let protocols = if protocols.is_empty() {
+        &[Protocol::Tcp][..]
+    } else {
+        protocols
+    };
     let mut endpoints = Vec::new();
     for pod in cluster.pods.values() {
-        let e = Endpoint::Pod { namespace: pod.namespace.clone(), name: pod.name.clone() };
+        let e = Endpoint::Pod {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        };
         match probe::endpoint_addresses(cluster, &e) {
             Ok(_) => endpoints.push(e),
             Err(why) => eprintln!("podfence: note: left out: {why}"),
@@ -219,12 +287,20 @@ fn run_matrix(
             if n + m > 0 {
                 writeln!(out)?;
             }
-            writeln!(out, "{protocol}/{port}: rows are sources, columns destinations; . allowed, X denied")?;
+            writeln!(
+                out,
+                "{protocol}/{port}: rows are sources, columns destinations; . allowed, X denied"
+            )?;
             writeln!(out, "-\t{}", names.join("\t"))?;
             for (src, name) in endpoints.iter().zip(&names) {
                 let mut row = name.clone();
                 for dst in &endpoints {
-                    let probe = Probe { src: src.clone(), dst: dst.clone(), protocol, port };
+                    let probe = Probe {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        protocol,
+                        port,
+                    };
                     let cell = match probe::classify(cluster, &compiled.tables, &probe) {
                         Ok(v) if v.is_allowed() => ".",
                         Ok(_) => "X",

@@ -72,7 +72,10 @@ impl Namespace {
     pub fn implicit(name: &str) -> Self {
         let mut labels = Labels::new();
         labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
-        Self { name: name.to_owned(), labels }
+        Self {
+            name: name.to_owned(),
+            labels,
+        }
     }
 
     /// Reduces a k8s-openapi Namespace.
@@ -80,7 +83,11 @@ impl Namespace {
         let name = ns.metadata.name.clone().unwrap_or_default();
         if name.is_empty() {
             return Err(ModelError {
-                object: ObjectRef { kind: "Namespace".into(), namespace: String::new(), name },
+                object: ObjectRef {
+                    kind: "Namespace".into(),
+                    namespace: String::new(),
+                    name,
+                },
                 field: "metadata.name".into(),
                 message: "a namespace needs a name".into(),
             });
@@ -112,7 +119,13 @@ impl Protocol {
     /// `tcp`, `Udp`, ... (for command-line input; the API is case-sensitive).
     #[must_use]
     pub fn parse(s: &str, any_case: bool) -> Option<Self> {
-        let p = |name: &str| if any_case { s.eq_ignore_ascii_case(name) } else { s == name };
+        let p = |name: &str| {
+            if any_case {
+                s.eq_ignore_ascii_case(name)
+            } else {
+                s == name
+            }
+        };
         if p("TCP") {
             Some(Self::Tcp)
         } else if p("UDP") {
@@ -241,7 +254,11 @@ impl Pod {
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
         let mut named_ports = Vec::new();
-        for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate()
+        for (ci, c) in spec
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
         {
             for (pi, p) in c.ports.as_deref().unwrap_or_default().iter().enumerate() {
                 let field = |f: &str| format!("spec.containers[{ci}].ports[{pi}].{f}");
@@ -261,11 +278,18 @@ impl Pod {
                         )
                     })?;
                 if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                    named_ports.push(NamedPort { name: name.to_owned(), protocol, port });
+                    named_ports.push(NamedPort {
+                        name: name.to_owned(),
+                        protocol,
+                        port,
+                    });
                 }
             }
         }
-        let ips = match status.and_then(|s| s.pod_ips.as_deref()).filter(|v| !v.is_empty()) {
+        let ips = match status
+            .and_then(|s| s.pod_ips.as_deref())
+            .filter(|v| !v.is_empty())
+        {
             Some(list) => list
                 .iter()
                 .enumerate()
@@ -279,7 +303,10 @@ impl Pod {
                 .collect(),
         }
         .map_err(|(f, m)| err(f, m))?;
-        let host_ips = match status.and_then(|s| s.host_ips.as_deref()).filter(|v| !v.is_empty()) {
+        let host_ips = match status
+            .and_then(|s| s.host_ips.as_deref())
+            .filter(|v| !v.is_empty())
+        {
             Some(list) => list
                 .iter()
                 .enumerate()
@@ -300,7 +327,9 @@ impl Pod {
             namespace: object.namespace.clone(),
             name: object.name.clone(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
-            node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+            node: spec
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty()),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             phase: PodPhase::parse(status.and_then(|s| s.phase.as_deref())),
             ips,
@@ -329,12 +358,14 @@ impl Cluster {
 
     /// Adds or replaces a pod.
     pub fn apply_pod(&mut self, pod: Pod) {
-        self.pods.insert((pod.namespace.clone(), pod.name.clone()), pod);
+        self.pods
+            .insert((pod.namespace.clone(), pod.name.clone()), pod);
     }
 
     /// Adds or replaces a policy.
     pub fn apply_policy(&mut self, policy: NetworkPolicy) {
-        self.policies.insert((policy.namespace.clone(), policy.name.clone()), policy);
+        self.policies
+            .insert((policy.namespace.clone(), policy.name.clone()), policy);
     }
 
     /// Gives every namespace that a pod or policy names but no object
@@ -348,7 +379,9 @@ impl Cluster {
             .filter(|ns| !self.namespaces.contains_key(ns))
             .collect();
         for ns in named {
-            self.namespaces.entry(ns.clone()).or_insert_with(|| Namespace::implicit(&ns));
+            self.namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| Namespace::implicit(&ns));
         }
     }
 
@@ -369,13 +402,18 @@ impl Cluster {
 }
 
 fn parse_ip(s: &str, field: impl FnOnce() -> String) -> Result<IpAddr, (String, String)> {
-    s.parse().map_err(|_| (field(), format!("'{s}' is not an IP address")))
+    s.parse()
+        .map_err(|_| (field(), format!("'{s}' is not an IP address")))
 }
 
 fn object_ref(kind: &str, meta: &meta::ObjectMeta) -> ObjectRef {
     ObjectRef {
         kind: kind.to_owned(),
-        namespace: meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or("default".into()),
+        namespace: meta
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default".into()),
         name: meta.name.clone().unwrap_or_default(),
     }
 }
@@ -424,7 +462,9 @@ impl LabelSelector {
     /// Whether `labels` satisfy the selector.
     #[must_use]
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| {
                 let value = labels.get(&r.key);
                 match r.operator {
@@ -437,8 +477,12 @@ impl LabelSelector {
     }
 
     fn from_resource(sel: &meta::LabelSelector, field: &str) -> Result<Self, (String, String)> {
-        let match_labels =
-            sel.match_labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let match_labels = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut match_expressions = Vec::new();
         for (i, r) in sel.match_expressions.iter().flatten().enumerate() {
             let at = |f: &str| format!("{field}.matchExpressions[{i}].{f}");
@@ -473,9 +517,16 @@ impl LabelSelector {
                 }
                 _ => {}
             }
-            match_expressions.push(Requirement { key: r.key.clone(), operator, values });
+            match_expressions.push(Requirement {
+                key: r.key.clone(),
+                operator,
+                values,
+            });
         }
-        Ok(Self { match_labels, match_expressions })
+        Ok(Self {
+            match_labels,
+            match_expressions,
+        })
     }
 }
 
@@ -484,8 +535,11 @@ impl fmt::Display for LabelSelector {
         if self.is_empty() {
             return f.write_str("{} (everything)");
         }
-        let mut parts: Vec<String> =
-            self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for r in &self.match_expressions {
             parts.push(match r.operator {
                 Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
@@ -610,15 +664,28 @@ impl NetworkPolicy {
             message,
         };
         if object.name.is_empty() {
-            return Err(err(("metadata.name".into(), "a policy needs a name".into())));
+            return Err(err((
+                "metadata.name".into(),
+                "a policy needs a name".into(),
+            )));
         }
         let spec = np.spec.clone().unwrap_or_default();
-        let pod_selector =
-            LabelSelector::from_resource(&spec.pod_selector.clone().unwrap_or_default(), "spec.podSelector")
-                .map_err(err)?;
-        let ingress = spec.ingress.iter().flatten().map(|r| (r.from.as_deref(), r.ports.as_deref()));
+        let pod_selector = LabelSelector::from_resource(
+            &spec.pod_selector.clone().unwrap_or_default(),
+            "spec.podSelector",
+        )
+        .map_err(err)?;
+        let ingress = spec
+            .ingress
+            .iter()
+            .flatten()
+            .map(|r| (r.from.as_deref(), r.ports.as_deref()));
         let ingress = convert_rules(ingress, "spec.ingress", "from").map_err(err)?;
-        let egress = spec.egress.iter().flatten().map(|r| (r.to.as_deref(), r.ports.as_deref()));
+        let egress = spec
+            .egress
+            .iter()
+            .flatten()
+            .map(|r| (r.to.as_deref(), r.ports.as_deref()));
         let egress = convert_rules(egress, "spec.egress", "to").map_err(err)?;
         let types = spec.policy_types.unwrap_or_default();
         let (isolates_ingress, isolates_egress) = if types.is_empty() {
@@ -660,7 +727,12 @@ impl NetworkPolicy {
 type FieldError = (String, String);
 
 fn convert_rules<'a>(
-    rules: impl Iterator<Item = (Option<&'a [net::NetworkPolicyPeer]>, Option<&'a [net::NetworkPolicyPort]>)>,
+    rules: impl Iterator<
+        Item = (
+            Option<&'a [net::NetworkPolicyPeer]>,
+            Option<&'a [net::NetworkPolicyPort]>,
+        ),
+    >,
     field: &str,
     peers_name: &str,
 ) -> Result<Vec<Rule>, FieldError> {
@@ -675,17 +747,32 @@ fn convert_rules<'a>(
     Ok(out)
 }
 
-fn convert_peers(peers: Option<&[net::NetworkPolicyPeer]>, field: &str) -> Result<Vec<Peer>, FieldError> {
+fn convert_peers(
+    peers: Option<&[net::NetworkPolicyPeer]>,
+    field: &str,
+) -> Result<Vec<Peer>, FieldError> {
     let mut out = Vec::new();
     for (i, p) in peers.unwrap_or_default().iter().enumerate() {
         let at = format!("{field}[{i}]");
-        let selectors = usize::from(p.pod_selector.is_some()) + usize::from(p.namespace_selector.is_some());
+        let selectors =
+            usize::from(p.pod_selector.is_some()) + usize::from(p.namespace_selector.is_some());
         match (&p.ip_block, selectors) {
-            (None, 0) => return Err((at, "must specify a peer (podSelector, namespaceSelector or ipBlock)".into())),
-            (Some(_), 1..) => {
-                return Err((at, "may not specify more than 1 peer when ipBlock is specified".into()));
+            (None, 0) => {
+                return Err((
+                    at,
+                    "must specify a peer (podSelector, namespaceSelector or ipBlock)".into(),
+                ));
             }
-            (Some(b), 0) => out.push(Peer::IpBlock(convert_ip_block(b, &format!("{at}.ipBlock"))?)),
+            (Some(_), 1..) => {
+                return Err((
+                    at,
+                    "may not specify more than 1 peer when ipBlock is specified".into(),
+                ));
+            }
+            (Some(b), 0) => out.push(Peer::IpBlock(convert_ip_block(
+                b,
+                &format!("{at}.ipBlock"),
+            )?)),
             (None, _) => {
                 let namespaces = p
                     .namespace_selector
@@ -713,9 +800,10 @@ fn convert_ip_block(b: &net::IPBlock, field: &str) -> Result<IpBlock, FieldError
     let mut except = Vec::new();
     for (i, e) in b.except.iter().flatten().enumerate() {
         let at = format!("{field}.except[{i}]");
-        let hole: Prefix =
-            e.parse().map_err(|e: podfence_datapath::PrefixError| (at.clone(), e.to_string()))?;
-        if !cidr.covers(&hole) || hole.len() == cidr.len() {
+        let hole: Prefix = e
+            .parse()
+            .map_err(|e: podfence_datapath::PrefixError| (at.clone(), e.to_string()))?;
+        if !cidr.covers(&hole) || hole.prefix_len() == cidr.prefix_len() {
             return Err((at, format!("{hole} must be a strict subset of cidr {cidr}")));
         }
         except.push(hole);
@@ -723,14 +811,20 @@ fn convert_ip_block(b: &net::IPBlock, field: &str) -> Result<IpBlock, FieldError
     Ok(IpBlock { cidr, except })
 }
 
-fn convert_ports(ports: Option<&[net::NetworkPolicyPort]>, field: &str) -> Result<Vec<PolicyPort>, FieldError> {
+fn convert_ports(
+    ports: Option<&[net::NetworkPolicyPort]>,
+    field: &str,
+) -> Result<Vec<PolicyPort>, FieldError> {
     let mut out = Vec::new();
     for (i, p) in ports.unwrap_or_default().iter().enumerate() {
         let at = |f: &str| format!("{field}[{i}].{f}");
         let protocol = match p.protocol.as_deref() {
             None => Protocol::Tcp,
             Some(s) => Protocol::parse(s, false).ok_or_else(|| {
-                (at("protocol"), format!("'{s}' is not one of TCP, UDP, SCTP"))
+                (
+                    at("protocol"),
+                    format!("'{s}' is not one of TCP, UDP, SCTP"),
+                )
             })?,
         };
         let port = match (&p.port, p.end_port) {
@@ -740,24 +834,36 @@ fn convert_ports(ports: Option<&[net::NetworkPolicyPort]>, field: &str) -> Resul
             }
             (Some(IntOrString::String(name)), end) => {
                 if end.is_some() {
-                    return Err((at("endPort"), "may not be specified when port is a named port".into()));
+                    return Err((
+                        at("endPort"),
+                        "may not be specified when port is a named port".into(),
+                    ));
                 }
                 if let Ok(n) = name.parse::<i64>() {
                     // The API's IntOrString keeps "80" a string: a port name
                     // must contain a letter, so this is invalid there too.
-                    return Err((at("port"), format!("'{n}' is a number written as a string; write it unquoted")));
+                    return Err((
+                        at("port"),
+                        format!("'{n}' is a number written as a string; write it unquoted"),
+                    ));
                 }
                 validate_port_name(name).map_err(|m| (at("port"), m))?;
                 PortSpec::Named(name.clone())
             }
             (Some(IntOrString::Int(n)), end) => {
-                let first = port_number(*n).ok_or_else(|| (at("port"), format!("{n} is not a port number (1-65535)")))?;
+                let first = port_number(*n)
+                    .ok_or_else(|| (at("port"), format!("{n} is not a port number (1-65535)")))?;
                 let last = match end {
                     None => first,
                     Some(e) => {
-                        let last = port_number(e).ok_or_else(|| (at("endPort"), format!("{e} is not a port number (1-65535)")))?;
+                        let last = port_number(e).ok_or_else(|| {
+                            (at("endPort"), format!("{e} is not a port number (1-65535)"))
+                        })?;
                         if last < first {
-                            return Err((at("endPort"), format!("{last} must be greater than or equal to port {first}")));
+                            return Err((
+                                at("endPort"),
+                                format!("{last} must be greater than or equal to port {first}"),
+                            ));
                         }
                         last
                     }
@@ -780,7 +886,9 @@ fn port_number(n: i32) -> Option<u16> {
 fn validate_port_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -811,13 +919,28 @@ mod tests {
         let p = policy(&format!("{HEAD}spec: {{podSelector: {{}}}}")).unwrap();
         assert!(p.isolates_ingress && !p.isolates_egress);
         let p = policy(&format!("{HEAD}spec: {{podSelector: {{}}, egress: []}}")).unwrap();
-        assert!(p.isolates_ingress && !p.isolates_egress, "empty egress list adds no Egress");
-        let p = policy(&format!("{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}")).unwrap();
+        assert!(
+            p.isolates_ingress && !p.isolates_egress,
+            "empty egress list adds no Egress"
+        );
+        let p = policy(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}"
+        ))
+        .unwrap();
         assert!(p.isolates_ingress && p.isolates_egress);
-        let p = policy(&format!("{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress], ingress: [{{}}]}}")).unwrap();
+        let p = policy(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress], ingress: [{{}}]}}"
+        ))
+        .unwrap();
         assert!(!p.isolates_ingress && p.isolates_egress);
-        let p = policy(&format!("{HEAD}spec: {{podSelector: {{}}, policyTypes: [], egress: [{{}}]}}")).unwrap();
-        assert!(p.isolates_ingress && p.isolates_egress, "an empty policyTypes is defaulted");
+        let p = policy(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [], egress: [{{}}]}}"
+        ))
+        .unwrap();
+        assert!(
+            p.isolates_ingress && p.isolates_egress,
+            "an empty policyTypes is defaulted"
+        );
     }
 
     #[test]
@@ -827,9 +950,27 @@ mod tests {
         ))
         .unwrap();
         let peers = &p.ingress[0].peers;
-        assert_eq!(peers[0], Peer::Pods { namespaces: None, pods: LabelSelector::default() });
-        assert_eq!(peers[1], Peer::Pods { namespaces: Some(LabelSelector::default()), pods: LabelSelector::default() });
-        let Peer::Pods { namespaces: Some(ns), pods } = &peers[2] else { panic!() };
+        assert_eq!(
+            peers[0],
+            Peer::Pods {
+                namespaces: None,
+                pods: LabelSelector::default()
+            }
+        );
+        assert_eq!(
+            peers[1],
+            Peer::Pods {
+                namespaces: Some(LabelSelector::default()),
+                pods: LabelSelector::default()
+            }
+        );
+        let Peer::Pods {
+            namespaces: Some(ns),
+            pods,
+        } = &peers[2]
+        else {
+            panic!()
+        };
         assert_eq!(ns.match_labels, vec![("a".into(), "b".into())]);
         assert_eq!(pods.match_labels, vec![("c".into(), "d".into())]);
     }
@@ -841,30 +982,81 @@ mod tests {
         ))
         .unwrap();
         let ports: Vec<String> = p.ingress[0].ports.iter().map(ToString::to_string).collect();
-        assert_eq!(ports, ["TCP/*", "TCP/80", "UDP/*", "SCTP/1000-2000", "TCP/web"]);
+        assert_eq!(
+            ports,
+            ["TCP/*", "TCP/80", "UDP/*", "SCTP/1000-2000", "TCP/web"]
+        );
     }
 
     #[test]
     fn invalid_policies_name_object_and_field() {
         let cases = [
-            ("ingress: [{ports: [{port: 80, endPort: 79}]}]", "spec.ingress[0].ports[0].endPort"),
-            ("ingress: [{ports: [{port: web, endPort: 90}]}]", "spec.ingress[0].ports[0].endPort"),
-            ("ingress: [{ports: [{endPort: 90}]}]", "spec.ingress[0].ports[0].endPort"),
-            ("ingress: [{ports: [{port: 0}]}]", "spec.ingress[0].ports[0].port"),
-            ("ingress: [{ports: [{port: 70000}]}]", "spec.ingress[0].ports[0].port"),
-            ("ingress: [{ports: [{port: Web_1}]}]", "spec.ingress[0].ports[0].port"),
-            ("ingress: [{ports: [{protocol: ICMP}]}]", "spec.ingress[0].ports[0].protocol"),
-            ("ingress: [{ports: [{protocol: tcp}]}]", "spec.ingress[0].ports[0].protocol"),
+            (
+                "ingress: [{ports: [{port: 80, endPort: 79}]}]",
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                "ingress: [{ports: [{port: web, endPort: 90}]}]",
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                "ingress: [{ports: [{endPort: 90}]}]",
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                "ingress: [{ports: [{port: 0}]}]",
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                "ingress: [{ports: [{port: 70000}]}]",
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                "ingress: [{ports: [{port: Web_1}]}]",
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                "ingress: [{ports: [{protocol: ICMP}]}]",
+                "spec.ingress[0].ports[0].protocol",
+            ),
+            (
+                "ingress: [{ports: [{protocol: tcp}]}]",
+                "spec.ingress[0].ports[0].protocol",
+            ),
             ("egress: [{to: [{}]}]", "spec.egress[0].to[0]"),
-            ("egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]", "spec.egress[0].to[0]"),
-            ("egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]", "spec.egress[0].to[0].ipBlock.cidr"),
-            ("egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]", "spec.egress[0].to[0].ipBlock.except[0]"),
-            ("egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]", "spec.egress[0].to[0].ipBlock.except[0]"),
-            ("egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ['::/64']}}]}]", "spec.egress[0].to[0].ipBlock.except[0]"),
+            (
+                "egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]",
+                "spec.egress[0].to[0]",
+            ),
+            (
+                "egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]",
+                "spec.egress[0].to[0].ipBlock.cidr",
+            ),
+            (
+                "egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                "egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                "egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ['::/64']}}]}]",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
             ("policyTypes: [Ingress, Sideways]", "spec.policyTypes[1]"),
-            ("ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: In}]}}]}]", "spec.ingress[0].from[0].podSelector.matchExpressions[0].values"),
-            ("ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: a, operator: Exists, values: [b]}]}}]}]", "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"),
-            ("ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}}]}]", "spec.ingress[0].from[0].podSelector.matchExpressions[0].operator"),
+            (
+                "ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: In}]}}]}]",
+                "spec.ingress[0].from[0].podSelector.matchExpressions[0].values",
+            ),
+            (
+                "ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: a, operator: Exists, values: [b]}]}}]}]",
+                "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
+            ),
+            (
+                "ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}}]}]",
+                "spec.ingress[0].from[0].podSelector.matchExpressions[0].operator",
+            ),
         ];
         for (spec, field) in cases {
             let e = policy(&format!("{HEAD}spec:\n  podSelector: {{}}\n  {spec}\n")).unwrap_err();
@@ -888,7 +1080,10 @@ mod tests {
         assert!(req(Operator::In, &["1", "2"]).matches(&labels));
         assert!(!req(Operator::In, &["1"]).matches(&none));
         assert!(!req(Operator::NotIn, &["1"]).matches(&labels));
-        assert!(req(Operator::NotIn, &["1"]).matches(&none), "NotIn matches a missing key");
+        assert!(
+            req(Operator::NotIn, &["1"]).matches(&none),
+            "NotIn matches a missing key"
+        );
         assert!(req(Operator::Exists, &[]).matches(&labels));
         assert!(!req(Operator::Exists, &[]).matches(&none));
         assert!(req(Operator::DoesNotExist, &[]).matches(&none));
@@ -898,7 +1093,10 @@ mod tests {
             match_labels: vec![("a".into(), "1".into())],
             ..req(Operator::NotIn, &["1"])
         };
-        assert!(!both.matches(&labels), "matchLabels and matchExpressions are ANDed");
+        assert!(
+            !both.matches(&labels),
+            "matchLabels and matchExpressions are ANDed"
+        );
     }
 
     #[test]
@@ -909,18 +1107,30 @@ mod tests {
         .unwrap();
         let p = Pod::from_resource(&pod).unwrap();
         assert_eq!(p.ips.len(), 2);
-        assert_eq!(p.named_ports, vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }]);
+        assert_eq!(
+            p.named_ports,
+            vec![NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080
+            }]
+        );
         assert_eq!(p.node.as_deref(), Some("n1"));
         assert!(p.is_policy_endpoint());
-        let bad: core::Pod = serde_saphyr::from_str("metadata: {name: a}\nstatus: {podIP: 10.0.0.300}\n").unwrap();
+        let bad: core::Pod =
+            serde_saphyr::from_str("metadata: {name: a}\nstatus: {podIP: 10.0.0.300}\n").unwrap();
         let e = Pod::from_resource(&bad).unwrap_err();
-        assert_eq!((e.object.to_string().as_str(), e.field.as_str()), ("Pod default/a", "status.podIP"));
+        assert_eq!(
+            (e.object.to_string().as_str(), e.field.as_str()),
+            ("Pod default/a", "status.podIP")
+        );
     }
 
     #[test]
     fn namespace_name_label_is_forced() {
         let ns: core::Namespace =
-            serde_saphyr::from_str("metadata: {name: x, labels: {kubernetes.io/metadata.name: y}}").unwrap();
+            serde_saphyr::from_str("metadata: {name: x, labels: {kubernetes.io/metadata.name: y}}")
+                .unwrap();
         let ns = Namespace::from_resource(&ns).unwrap();
         assert_eq!(ns.labels[NAMESPACE_NAME_LABEL], "x");
     }

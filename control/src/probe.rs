@@ -81,11 +81,17 @@ impl FromStr for Endpoint {
     type Err = ProbeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(addr) = s.strip_prefix("ext:") {
-            return addr.parse().map(Self::External).map_err(|_| ProbeError::BadAddress(s.into()));
+            return addr
+                .parse()
+                .map(Self::External)
+                .map_err(|_| ProbeError::BadAddress(s.into()));
         }
         match s.split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(Self::Pod { namespace: ns.into(), name: name.into() })
+                Ok(Self::Pod {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
             }
             _ => Err(ProbeError::BadEndpoint(s.into())),
         }
@@ -107,13 +113,22 @@ pub struct Probe {
 
 impl Probe {
     /// Parses the four fields (protocol in any case).
-    pub fn from_fields(src: &str, dst: &str, protocol: &str, port: &str) -> Result<Self, ProbeError> {
+    pub fn from_fields(
+        src: &str,
+        dst: &str,
+        protocol: &str,
+        port: &str,
+    ) -> Result<Self, ProbeError> {
         Ok(Self {
             src: src.parse()?,
             dst: dst.parse()?,
             protocol: Protocol::parse(protocol, true)
                 .ok_or_else(|| ProbeError::BadProtocol(protocol.into()))?,
-            port: port.parse().ok().filter(|&p| p != 0).ok_or_else(|| ProbeError::BadPort(port.into()))?,
+            port: port
+                .parse()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| ProbeError::BadPort(port.into()))?,
         })
     }
 
@@ -129,7 +144,11 @@ impl Probe {
 
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\t{}\t{}\t{}", self.src, self.dst, self.protocol, self.port)
+        write!(
+            f,
+            "{}\t{}\t{}\t{}",
+            self.src, self.dst, self.protocol, self.port
+        )
     }
 }
 
@@ -137,24 +156,38 @@ impl fmt::Display for Probe {
 ///
 /// A pod uses its own addresses; a host-network pod its node's; a pod that
 /// has finished or has no address yet cannot send or receive anything.
-pub fn endpoint_addresses(cluster: &Cluster, endpoint: &Endpoint) -> Result<Vec<IpAddr>, ProbeError> {
+pub fn endpoint_addresses(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<Vec<IpAddr>, ProbeError> {
     let (namespace, name) = match endpoint {
         Endpoint::External(ip) => return Ok(vec![*ip]),
         Endpoint::Pod { namespace, name } => (namespace, name),
     };
-    let pod = cluster.pod(namespace, name).ok_or_else(|| ProbeError::UnknownPod(endpoint.to_string()))?;
-    let no_address = |why: &str| ProbeError::NoAddress { pod: endpoint.to_string(), why: why.into() };
+    let pod = cluster
+        .pod(namespace, name)
+        .ok_or_else(|| ProbeError::UnknownPod(endpoint.to_string()))?;
+    let no_address = |why: &str| ProbeError::NoAddress {
+        pod: endpoint.to_string(),
+        why: why.into(),
+    };
     if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
-        return Err(no_address("it has finished, and its address may already be another pod's"));
+        return Err(no_address(
+            "it has finished, and its address may already be another pod's",
+        ));
     }
     if pod.host_network {
         if pod.host_ips.is_empty() {
-            return Err(no_address("it uses the host network and its node address (status.hostIP) is not set"));
+            return Err(no_address(
+                "it uses the host network and its node address (status.hostIP) is not set",
+            ));
         }
         return Ok(pod.host_ips.clone());
     }
     if pod.ips.is_empty() {
-        return Err(no_address("status.podIPs is empty (not scheduled or not started yet)"));
+        return Err(no_address(
+            "status.podIPs is empty (not scheduled or not started yet)",
+        ));
     }
     Ok(pod.ips.clone())
 }
@@ -165,8 +198,15 @@ pub fn resolve(cluster: &Cluster, probe: &Probe) -> Result<(IpAddr, IpAddr), Pro
     let src = endpoint_addresses(cluster, &probe.src)?;
     let dst = endpoint_addresses(cluster, &probe.dst)?;
     src.iter()
-        .find_map(|s| dst.iter().find(|d| d.is_ipv4() == s.is_ipv4()).map(|d| (*s, *d)))
-        .ok_or_else(|| ProbeError::NoCommonFamily { src: probe.src.to_string(), dst: probe.dst.to_string() })
+        .find_map(|s| {
+            dst.iter()
+                .find(|d| d.is_ipv4() == s.is_ipv4())
+                .map(|d| (*s, *d))
+        })
+        .ok_or_else(|| ProbeError::NoCommonFamily {
+            src: probe.src.to_string(),
+            dst: probe.dst.to_string(),
+        })
 }
 
 /// Classifies a probe with compiled tables.
@@ -189,7 +229,12 @@ pub struct Explanation<'a> {
 }
 
 impl Explanation<'_> {
-    fn decision(&self, f: &mut fmt::Formatter<'_>, direction: Direction, d: Decision) -> fmt::Result {
+    fn decision(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        direction: Direction,
+        d: Decision,
+    ) -> fmt::Result {
         let (side, endpoint) = match direction {
             Direction::Egress => ("source", &self.probe.src),
             Direction::Ingress => ("destination", &self.probe.dst),
@@ -197,7 +242,10 @@ impl Explanation<'_> {
         let policy = |p: PolicyId| self.tables.policy(p).to_string();
         match d {
             Decision::NotEnforced => {
-                writeln!(f, "  {direction}: allow — {side} {endpoint} is not a pod that policy applies to")
+                writeln!(
+                    f,
+                    "  {direction}: allow — {side} {endpoint} is not a pod that policy applies to"
+                )
             }
             Decision::NotIsolated => writeln!(
                 f,
@@ -240,11 +288,20 @@ impl Explanation<'_> {
         let pod = self.tables.peer(addr).pod;
         let group = pod.and_then(|p| match (direction, p.egress, p.ingress) {
             (Direction::Egress, podfence_datapath::tables::Enforcement::Isolated(g), _)
-            | (Direction::Ingress, _, podfence_datapath::tables::Enforcement::Isolated(g)) => Some(g),
+            | (Direction::Ingress, _, podfence_datapath::tables::Enforcement::Isolated(g)) => {
+                Some(g)
+            }
             _ => None,
         });
         let names = group
-            .map(|g| self.tables.group(g).1.iter().map(|&p| self.tables.policy(p).to_string()).collect())
+            .map(|g| {
+                self.tables
+                    .group(g)
+                    .1
+                    .iter()
+                    .map(|&p| self.tables.policy(p).to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         (direction, names)
     }
@@ -266,7 +323,11 @@ impl Explanation<'_> {
 
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.verdict.is_allowed() { "allow" } else { "deny" };
+        let verdict = if self.verdict.is_allowed() {
+            "allow"
+        } else {
+            "deny"
+        };
         writeln!(f, "{verdict}: {}", self.what())?;
         self.decision(f, Direction::Egress, self.verdict.egress)?;
         self.decision(f, Direction::Ingress, self.verdict.ingress)?;
@@ -282,11 +343,29 @@ mod tests {
     fn parses_probe_lines() {
         let p = Probe::from_line("x/a\text:192.0.2.1\tudp\t53\textra").unwrap();
         assert_eq!(p.to_string(), "x/a\text:192.0.2.1\tUDP\t53");
-        assert_eq!(Probe::from_line("x/a\tx/b\tTCP").unwrap_err(), ProbeError::Columns(3));
-        assert!(matches!(Probe::from_line("x\tx/b\tTCP\t80"), Err(ProbeError::BadEndpoint(_))));
-        assert!(matches!(Probe::from_line("ext:1.2.3\tx/b\tTCP\t80"), Err(ProbeError::BadAddress(_))));
-        assert!(matches!(Probe::from_line("x/a\tx/b\tICMP\t80"), Err(ProbeError::BadProtocol(_))));
-        assert!(matches!(Probe::from_line("x/a\tx/b\tTCP\t0"), Err(ProbeError::BadPort(_))));
-        assert!(matches!(Probe::from_line("x/a\tx/b\tTCP\t65536"), Err(ProbeError::BadPort(_))));
+        assert_eq!(
+            Probe::from_line("x/a\tx/b\tTCP").unwrap_err(),
+            ProbeError::Columns(3)
+        );
+        assert!(matches!(
+            Probe::from_line("x\tx/b\tTCP\t80"),
+            Err(ProbeError::BadEndpoint(_))
+        ));
+        assert!(matches!(
+            Probe::from_line("ext:1.2.3\tx/b\tTCP\t80"),
+            Err(ProbeError::BadAddress(_))
+        ));
+        assert!(matches!(
+            Probe::from_line("x/a\tx/b\tICMP\t80"),
+            Err(ProbeError::BadProtocol(_))
+        ));
+        assert!(matches!(
+            Probe::from_line("x/a\tx/b\tTCP\t0"),
+            Err(ProbeError::BadPort(_))
+        ));
+        assert!(matches!(
+            Probe::from_line("x/a\tx/b\tTCP\t65536"),
+            Err(ProbeError::BadPort(_))
+        ));
     }
 }

@@ -38,7 +38,11 @@ fn every_conformance_case_matches() {
             let want = line.rsplit('\t').next().unwrap();
             let probe = Probe::from_line(line).unwrap();
             let verdict = classify(&m.cluster, &compiled.tables, &probe).unwrap();
-            let got = if verdict.is_allowed() { "allow" } else { "deny" };
+            let got = if verdict.is_allowed() {
+                "allow"
+            } else {
+                "deny"
+            };
             probes += 1;
             if got != want {
                 mismatches.push(format!(

@@ -22,12 +22,18 @@ impl<A: AddrBits, V: Copy + PartialEq> IntervalMap<A, V> {
     /// prefix that contains it, or `default` where none does. Of two equal
     /// prefixes the later one wins.
     pub fn from_prefixes(prefixes: impl IntoIterator<Item = (Cidr<A>, V)>, default: V) -> Self {
-        let mut sorted: Vec<(usize, Cidr<A>, V)> =
-            prefixes.into_iter().enumerate().map(|(i, (c, v))| (i, c, v)).collect();
+        let mut sorted: Vec<(usize, Cidr<A>, V)> = prefixes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (c, v))| (i, c, v))
+            .collect();
         // Outer blocks before the blocks they contain; equal blocks in input order.
-        sorted.sort_by(|a, b| (a.1.first(), a.1.len(), a.0).cmp(&(b.1.first(), b.1.len(), b.0)));
+        sorted.sort_by_key(|&(i, c, _)| (c.first(), c.prefix_len(), i));
 
-        let mut out = Builder { starts: Vec::new(), values: Vec::new() };
+        let mut out = Builder {
+            starts: Vec::new(),
+            values: Vec::new(),
+        };
         // Next address not yet assigned; `None` once past the end of the space.
         let mut cursor = Some(A::ZERO);
         let mut stack: Vec<(Cidr<A>, V)> = Vec::new();
@@ -54,7 +60,10 @@ impl<A: AddrBits, V: Copy + PartialEq> IntervalMap<A, V> {
         if let Some(at) = cursor {
             out.push(at, default);
         }
-        Self { starts: out.starts, values: out.values }
+        Self {
+            starts: out.starts,
+            values: out.values,
+        }
     }
 
     /// The value at `addr`.
@@ -80,11 +89,17 @@ impl<A: AddrBits, V: Copy + PartialEq> IntervalMap<A, V> {
     /// Maps every value through `f`, merging neighbours that become equal.
     #[must_use]
     pub fn map<W: Copy + PartialEq>(&self, mut f: impl FnMut(V) -> W) -> IntervalMap<A, W> {
-        let mut out = Builder { starts: Vec::new(), values: Vec::new() };
+        let mut out = Builder {
+            starts: Vec::new(),
+            values: Vec::new(),
+        };
         for (start, v) in self.iter() {
             out.push(start, f(v));
         }
-        IntervalMap { starts: out.starts, values: out.values }
+        IntervalMap {
+            starts: out.starts,
+            values: out.values,
+        }
     }
 }
 
@@ -137,7 +152,11 @@ mod tests {
     #[test]
     fn nested_blocks_take_the_longest() {
         let m = IntervalMap::from_prefixes(
-            [(c4("10.0.0.0", 8), 1), (c4("10.1.0.0", 16), 2), (c4("10.1.2.0", 24), 3)],
+            [
+                (c4("10.0.0.0", 8), 1),
+                (c4("10.1.0.0", 16), 2),
+                (c4("10.1.2.0", 24), 3),
+            ],
             0,
         );
         assert_eq!(m.get(v4("9.255.255.255")), 0);
@@ -152,7 +171,11 @@ mod tests {
     #[test]
     fn whole_space_and_edges() {
         let m = IntervalMap::from_prefixes(
-            [(c4("0.0.0.0", 0), 1), (c4("255.255.255.255", 32), 2), (c4("0.0.0.0", 32), 3)],
+            [
+                (c4("0.0.0.0", 0), 1),
+                (c4("255.255.255.255", 32), 2),
+                (c4("0.0.0.0", 32), 3),
+            ],
             0,
         );
         assert_eq!(m.get(0), 3);
@@ -191,8 +214,8 @@ mod tests {
             for p in probes.into_iter().chain(blocks.iter().flat_map(|(c, _)| [c.first(), c.last()])) {
                 let mut best: Option<(u8, usize)> = None;
                 for (i, (c, _)) in blocks.iter().enumerate() {
-                    if c.contains(p) && best.is_none_or(|(l, _)| c.len() >= l) {
-                        best = Some((c.len(), i));
+                    if c.contains(p) && best.is_none_or(|(l, _)| c.prefix_len() >= l) {
+                        best = Some((c.prefix_len(), i));
                     }
                 }
                 let want = best.map_or(0, |(_, i)| blocks[i].1);

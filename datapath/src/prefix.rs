@@ -10,9 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An address family's integer representation.
-pub trait AddrBits:
-    Copy + Ord + Eq + std::hash::Hash + fmt::Debug + Send + Sync + 'static
-{
+pub trait AddrBits: Copy + Ord + Eq + std::hash::Hash + fmt::Debug + Send + Sync + 'static {
     /// Address width in bits.
     const BITS: u8;
     /// The all-zero address.
@@ -20,10 +18,13 @@ pub trait AddrBits:
     /// The all-ones address.
     const MAX: Self;
     /// The network mask of a prefix of length `len` (`len <= BITS`).
+    #[must_use]
     fn mask(len: u8) -> Self;
     /// Bitwise and.
+    #[must_use]
     fn and(self, other: Self) -> Self;
     /// Bitwise or with the complement of `mask`: the last address of a block.
+    #[must_use]
     fn or_not(self, mask: Self) -> Self;
     /// `self + 1`, or `None` on overflow.
     fn checked_next(self) -> Option<Self>;
@@ -37,7 +38,11 @@ macro_rules! addr_bits {
             const MAX: Self = <$t>::MAX;
             #[inline]
             fn mask(len: u8) -> Self {
-                if len == 0 { 0 } else { <$t>::MAX << ($bits - u32::from(len)) }
+                if len == 0 {
+                    0
+                } else {
+                    <$t>::MAX << ($bits - u32::from(len))
+                }
             }
             #[inline]
             fn and(self, other: Self) -> Self {
@@ -58,7 +63,7 @@ addr_bits!(u32, 32);
 addr_bits!(u128, 128);
 
 /// A CIDR block of one family; host bits are always zero.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr<A> {
     addr: A,
     len: u8,
@@ -72,7 +77,10 @@ impl<A: AddrBits> Cidr<A> {
     #[must_use]
     pub fn new(addr: A, len: u8) -> Self {
         assert!(len <= A::BITS, "prefix length {len} exceeds {}", A::BITS);
-        Self { addr: addr.and(A::mask(len)), len }
+        Self {
+            addr: addr.and(A::mask(len)),
+            len,
+        }
     }
     /// First address of the block.
     #[must_use]
@@ -86,7 +94,7 @@ impl<A: AddrBits> Cidr<A> {
     }
     /// Prefix length.
     #[must_use]
-    pub fn len(self) -> u8 {
+    pub fn prefix_len(self) -> u8 {
         self.len
     }
     /// Whether `addr` lies in the block.
@@ -148,10 +156,10 @@ impl Prefix {
     }
     /// Prefix length.
     #[must_use]
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         match self {
-            Self::V4(c) => c.len(),
-            Self::V6(c) => c.len(),
+            Self::V4(c) => c.prefix_len(),
+            Self::V6(c) => c.prefix_len(),
         }
     }
     /// The network address.
@@ -184,8 +192,12 @@ impl FromStr for Prefix {
     /// Parses `ADDRESS/LENGTH`. Host bits are cleared, as the Kubernetes API
     /// (Go's `net.ParseCIDR`) does for `ipBlock.cidr`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = s.split_once('/').ok_or_else(|| PrefixError::NoSlash(s.to_owned()))?;
-        let addr: IpAddr = addr.parse().map_err(|_| PrefixError::BadAddress(s.to_owned()))?;
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| PrefixError::NoSlash(s.to_owned()))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| PrefixError::BadAddress(s.to_owned()))?;
         let len_ok = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) && len.len() <= 3;
         let len: u8 = len
             .parse()
@@ -198,7 +210,7 @@ impl FromStr for Prefix {
 
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network(), self.len())
+        write!(f, "{}/{}", self.network(), self.prefix_len())
     }
 }
 
@@ -218,16 +230,31 @@ mod tests {
         assert_eq!(p.to_string(), "10.0.0.0/8");
         let p: Prefix = "2001:db8::1/32".parse().unwrap();
         assert_eq!(p.to_string(), "2001:db8::/32");
-        assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().len(), 0);
+        assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().prefix_len(), 0);
     }
 
     #[test]
     fn rejects_malformed() {
-        assert!(matches!("10.0.0.0".parse::<Prefix>(), Err(PrefixError::NoSlash(_))));
-        assert!(matches!("10.0.0/8".parse::<Prefix>(), Err(PrefixError::BadAddress(_))));
-        assert!(matches!("10.0.0.0/33".parse::<Prefix>(), Err(PrefixError::BadLength(_))));
-        assert!(matches!("10.0.0.0/+8".parse::<Prefix>(), Err(PrefixError::BadLength(_))));
-        assert!(matches!("::/129".parse::<Prefix>(), Err(PrefixError::BadLength(_))));
+        assert!(matches!(
+            "10.0.0.0".parse::<Prefix>(),
+            Err(PrefixError::NoSlash(_))
+        ));
+        assert!(matches!(
+            "10.0.0/8".parse::<Prefix>(),
+            Err(PrefixError::BadAddress(_))
+        ));
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Prefix>(),
+            Err(PrefixError::BadLength(_))
+        ));
+        assert!(matches!(
+            "10.0.0.0/+8".parse::<Prefix>(),
+            Err(PrefixError::BadLength(_))
+        ));
+        assert!(matches!(
+            "::/129".parse::<Prefix>(),
+            Err(PrefixError::BadLength(_))
+        ));
     }
 
     #[test]

@@ -170,7 +170,13 @@ impl PortRule {
     /// Every protocol, every port (a rule without `ports`).
     #[must_use]
     pub fn any(policy: PolicyId, rule: u16) -> Self {
-        Self { policy, rule, protocol: ANY_PROTOCOL, first: 0, last: u16::MAX }
+        Self {
+            policy,
+            rule,
+            protocol: ANY_PROTOCOL,
+            first: 0,
+            last: u16::MAX,
+        }
     }
 
     #[inline]
@@ -322,8 +328,14 @@ impl Tables {
     #[must_use]
     pub fn peer_v4(&self, addr: u32) -> Peer {
         match self.pods_v4.get(&addr) {
-            Some(p) => Peer { identity: p.identity, pod: Some(*p) },
-            None => Peer { identity: self.others_v4.get(addr), pod: None },
+            Some(p) => Peer {
+                identity: p.identity,
+                pod: Some(*p),
+            },
+            None => Peer {
+                identity: self.others_v4.get(addr),
+                pod: None,
+            },
         }
     }
 
@@ -332,8 +344,14 @@ impl Tables {
     #[must_use]
     pub fn peer_v6(&self, addr: u128) -> Peer {
         match self.pods_v6.get(&addr) {
-            Some(p) => Peer { identity: p.identity, pod: Some(*p) },
-            None => Peer { identity: self.others_v6.get(addr), pod: None },
+            Some(p) => Peer {
+                identity: p.identity,
+                pod: Some(*p),
+            },
+            None => Peer {
+                identity: self.others_v6.get(addr),
+                pod: None,
+            },
         }
     }
 
@@ -375,7 +393,10 @@ impl Tables {
         if let (Some(s), Some(d)) = (src.pod, dst.pod)
             && s.pod == d.pod
         {
-            return Verdict { egress: Decision::SelfTraffic, ingress: Decision::SelfTraffic };
+            return Verdict {
+                egress: Decision::SelfTraffic,
+                ingress: Decision::SelfTraffic,
+            };
         }
         let egress = match src.pod.map(|p| p.egress) {
             None | Some(Enforcement::Remote) => Decision::NotEnforced,
@@ -395,7 +416,10 @@ impl Tables {
         if let Some(set) = self.allow.get(&allow_key(group, peer)) {
             for r in self.port_set(*set) {
                 if r.matches(protocol, port) {
-                    return Decision::Allowed { policy: r.policy, rule: r.rule };
+                    return Decision::Allowed {
+                        policy: r.policy,
+                        rule: r.rule,
+                    };
                 }
             }
         }
@@ -412,14 +436,19 @@ impl Tables {
     /// The port set that `group` grants to `peer`, if any.
     #[must_use]
     pub fn allowed_ports(&self, group: GroupId, peer: IdentityId) -> Option<&[PortRule]> {
-        self.allow.get(&allow_key(group, peer)).map(|s| self.port_set(*s))
+        self.allow
+            .get(&allow_key(group, peer))
+            .map(|s| self.port_set(*s))
     }
 
     /// The direction and the policies of a group, in table order.
     #[must_use]
     pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {
         let (dir, start, len) = self.groups[group.index()];
-        (dir, &self.group_policies[start as usize..(start + len) as usize])
+        (
+            dir,
+            &self.group_policies[start as usize..(start + len) as usize],
+        )
     }
 
     /// A policy's namespace and name.
@@ -501,14 +530,20 @@ impl TablesBuilder {
     /// Registers a policy for attribution.
     pub fn add_policy(&mut self, namespace: &str, name: &str) -> PolicyId {
         let id = PolicyId(self.tables.policies.len() as u32);
-        self.tables.policies.push(ObjectName { namespace: namespace.into(), name: name.into() });
+        self.tables.policies.push(ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
         id
     }
 
     /// Registers a pod for attribution.
     pub fn add_pod(&mut self, namespace: &str, name: &str) -> PodId {
         let id = PodId(self.tables.pods.len() as u32);
-        self.tables.pods.push(ObjectName { namespace: namespace.into(), name: name.into() });
+        self.tables.pods.push(ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
         id
     }
 
@@ -524,7 +559,9 @@ impl TablesBuilder {
         let id = GroupId(self.tables.groups.len() as u32);
         let start = self.tables.group_policies.len() as u32;
         self.tables.group_policies.extend_from_slice(policies);
-        self.tables.groups.push((direction, start, policies.len() as u32));
+        self.tables
+            .groups
+            .push((direction, start, policies.len() as u32));
         id
     }
 
@@ -606,8 +643,12 @@ mod tests {
         let web = b.add_policy("x", "web");
         let dns = b.add_policy("x", "dns");
         let (pa, pb) = (b.add_pod("x", "a"), b.add_pod("x", "b"));
-        let (world, block, id_a, id_b) =
-            (b.add_identity(), b.add_identity(), b.add_identity(), b.add_identity());
+        let (world, block, id_a, id_b) = (
+            b.add_identity(),
+            b.add_identity(),
+            b.add_identity(),
+            b.add_identity(),
+        );
         let gi = b.add_group(Direction::Ingress, &[web]);
         let ge = b.add_group(Direction::Egress, &[dns]);
         let a = PodAddress {
@@ -627,7 +668,10 @@ mod tests {
         b.add_pod_address(ip("10.0.0.2"), bb).unwrap();
         let base = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 0));
         b.set_other_addresses_v4(IntervalMap::from_prefixes(
-            [(Cidr::new(base, 24), block), (Cidr::new(base + 128, 25), world)],
+            [
+                (Cidr::new(base, 24), block),
+                (Cidr::new(base + 128, 25), world),
+            ],
             world,
         ));
         b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
@@ -654,7 +698,13 @@ mod tests {
     fn ingress_rule_allows_listed_peer_and_ports_only() {
         let t = sample();
         let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::TCP, 81);
-        assert_eq!(v.ingress, Decision::Allowed { policy: PolicyId(0), rule: 0 });
+        assert_eq!(
+            v.ingress,
+            Decision::Allowed {
+                policy: PolicyId(0),
+                rule: 0
+            }
+        );
         // a's own egress only reaches the block on UDP 53.
         assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
         assert!(!v.is_allowed());
@@ -670,7 +720,13 @@ mod tests {
     fn egress_to_block_honours_except() {
         let t = sample();
         let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), Protocol::UDP, 53);
-        assert_eq!(v.egress, Decision::Allowed { policy: PolicyId(1), rule: 2 });
+        assert_eq!(
+            v.egress,
+            Decision::Allowed {
+                policy: PolicyId(1),
+                rule: 2
+            }
+        );
         assert_eq!(v.ingress, Decision::NotEnforced);
         let v = t.classify(ip("10.0.0.1"), ip("192.0.2.200"), Protocol::UDP, 53);
         assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
@@ -686,7 +742,12 @@ mod tests {
         let r = PortRule::any(PolicyId(0), 0);
         assert!(r.matches(Protocol::ICMP, 0));
         assert!(r.matches(Protocol::SCTP, 9));
-        let tcp = PortRule { protocol: 6, first: 1, last: 2, ..r };
+        let tcp = PortRule {
+            protocol: 6,
+            first: 1,
+            last: 2,
+            ..r
+        };
         assert!(!tcp.matches(Protocol::ICMP, 0));
         assert!(!tcp.matches(Protocol::UDP, 1));
         assert!(tcp.matches(Protocol::TCP, 2));
@@ -695,8 +756,20 @@ mod tests {
     #[test]
     fn port_sets_are_interned_and_ordered() {
         let mut b = TablesBuilder::new(0);
-        let r1 = PortRule { policy: PolicyId(1), rule: 0, protocol: 6, first: 1, last: 1 };
-        let r0 = PortRule { policy: PolicyId(0), rule: 3, protocol: 6, first: 1, last: 9 };
+        let r1 = PortRule {
+            policy: PolicyId(1),
+            rule: 0,
+            protocol: 6,
+            first: 1,
+            last: 1,
+        };
+        let r0 = PortRule {
+            policy: PolicyId(0),
+            rule: 3,
+            protocol: 6,
+            first: 1,
+            last: 9,
+        };
         let s1 = b.add_port_set(vec![r1, r0, r1]);
         let s2 = b.add_port_set(vec![r0, r1]);
         assert_eq!(s1, s2);
@@ -725,7 +798,13 @@ mod tests {
     fn empty_tables_enforce_nothing() {
         let t = Tables::empty(3);
         let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::TCP, 80);
-        assert_eq!(v, Verdict { egress: Decision::NotEnforced, ingress: Decision::NotEnforced });
+        assert_eq!(
+            v,
+            Verdict {
+                egress: Decision::NotEnforced,
+                ingress: Decision::NotEnforced
+            }
+        );
         assert_eq!(t.generation(), 3);
     }
 }

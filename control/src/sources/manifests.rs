@@ -103,27 +103,53 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests, LoadErrors> {
         }
     }
     out.cluster.add_implicit_namespaces();
-    if errors.is_empty() { Ok(out) } else { Err(LoadErrors(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(LoadErrors(errors))
+    }
 }
 
 /// Reads manifests from a string, as if it were the file `origin`.
 pub fn load_str(origin: &Path, text: &str) -> Result<Manifests, LoadErrors> {
-    let mut out = Manifests { files: 1, ..Manifests::default() };
+    let mut out = Manifests {
+        files: 1,
+        ..Manifests::default()
+    };
     let mut errors = Vec::new();
     load_text(origin, text, &mut out, &mut errors);
     out.cluster.add_implicit_namespaces();
-    if errors.is_empty() { Ok(out) } else { Err(LoadErrors(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(LoadErrors(errors))
+    }
 }
 
-fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+fn collect_files(
+    path: &Path,
+    explicit: bool,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<LoadError>,
+) {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(source) => return errors.push(LoadError::Io { path: path.to_owned(), source }),
+        Err(source) => {
+            return errors.push(LoadError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     if meta.is_dir() {
         let entries = match std::fs::read_dir(path) {
             Ok(e) => e,
-            Err(source) => return errors.push(LoadError::Io { path: path.to_owned(), source }),
+            Err(source) => {
+                return errors.push(LoadError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         children.sort();
@@ -131,7 +157,10 @@ fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: 
             collect_files(&child, false, files, errors);
         }
     } else if explicit
-        || matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+        || matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
     {
         files.push(path.to_owned());
     }
@@ -140,7 +169,9 @@ fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: 
 fn load_text(path: &Path, text: &str, out: &mut Manifests, errors: &mut Vec<LoadError>) {
     let is_json = path.extension().is_some_and(|e| e == "json");
     let docs: Result<Vec<Value>, String> = if is_json {
-        serde_json::from_str::<Value>(text).map(|v| vec![v]).map_err(|e| e.to_string())
+        serde_json::from_str::<Value>(text)
+            .map(|v| vec![v])
+            .map_err(|e| e.to_string())
     } else {
         // YAML 1.2 booleans only: a namespace called `y` or `on` stays a string.
         let options = serde_saphyr::options! { strict_booleans: true };
@@ -152,7 +183,10 @@ fn load_text(path: &Path, text: &str, out: &mut Manifests, errors: &mut Vec<Load
                 load_object(path, i + 1, doc, None, out, errors);
             }
         }
-        Err(message) => errors.push(LoadError::Syntax { path: path.to_owned(), message }),
+        Err(message) => errors.push(LoadError::Syntax {
+            path: path.to_owned(),
+            message,
+        }),
     }
 }
 
@@ -164,15 +198,30 @@ fn load_object(
     out: &mut Manifests,
     errors: &mut Vec<LoadError>,
 ) {
-    let doc_error = |message: String| LoadError::Document { path: path.to_owned(), document, message };
+    let doc_error = |message: String| LoadError::Document {
+        path: path.to_owned(),
+        document,
+        message,
+    };
     let Value::Object(map) = &doc else {
         if !doc.is_null() {
-            errors.push(doc_error("not a Kubernetes object (expected a mapping)".into()));
+            errors.push(doc_error(
+                "not a Kubernetes object (expected a mapping)".into(),
+            ));
         }
         return;
     };
-    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned();
-    let kind = map.get("kind").and_then(Value::as_str).or(list_item_kind).unwrap_or("").to_owned();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let kind = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .or(list_item_kind)
+        .unwrap_or("")
+        .to_owned();
     let (api_version, kind) = (api_version.as_str(), kind.as_str());
     if kind.is_empty() {
         errors.push(doc_error("object has no 'kind'".into()));
@@ -193,10 +242,12 @@ fn load_object(
     }
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let result = match (group, kind) {
-        ("", "Namespace") => {
-            decode::<core::Namespace>(doc, kind).and_then(|n| Namespace::from_resource(&n)).map(|n| out.cluster.apply_namespace(n))
-        }
-        ("", "Pod") => decode::<core::Pod>(doc, kind).and_then(|p| Pod::from_resource(&p)).map(|p| out.cluster.apply_pod(p)),
+        ("", "Namespace") => decode::<core::Namespace>(doc, kind)
+            .and_then(|n| Namespace::from_resource(&n))
+            .map(|n| out.cluster.apply_namespace(n)),
+        ("", "Pod") => decode::<core::Pod>(doc, kind)
+            .and_then(|p| Pod::from_resource(&p))
+            .map(|p| out.cluster.apply_pod(p)),
         ("networking.k8s.io", "NetworkPolicy") => {
             if api_version != "networking.k8s.io/v1" && !api_version.is_empty() {
                 Err(ModelError {
@@ -211,22 +262,37 @@ fn load_object(
             }
         }
         _ => {
-            let key = if api_version.is_empty() { kind.to_owned() } else { format!("{api_version} {kind}") };
+            let key = if api_version.is_empty() {
+                kind.to_owned()
+            } else {
+                format!("{api_version} {kind}")
+            };
             *out.skipped.entry(key).or_default() += 1;
             Ok(())
         }
     };
     if let Err(error) = result {
-        errors.push(LoadError::Invalid { path: path.to_owned(), error });
+        errors.push(LoadError::Invalid {
+            path: path.to_owned(),
+            error,
+        });
     }
 }
 
 fn object_ref_of(doc: &Value, kind: &str) -> ObjectRef {
     let meta = doc.get("metadata");
-    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str).map(str::to_owned);
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     ObjectRef {
         kind: kind.to_owned(),
-        namespace: if kind == "Namespace" { String::new() } else { field("namespace").unwrap_or_else(|| "default".into()) },
+        namespace: if kind == "Namespace" {
+            String::new()
+        } else {
+            field("namespace").unwrap_or_else(|| "default".into())
+        },
         name: field("name").unwrap_or_else(|| "<unnamed>".into()),
     }
 }
@@ -236,7 +302,11 @@ fn decode<T: serde::de::DeserializeOwned>(doc: Value, kind: &str) -> Result<T, M
     let object = object_ref_of(&doc, kind);
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let field = e.path().to_string();
-        ModelError { object, field, message: e.into_inner().to_string() }
+        ModelError {
+            object,
+            field,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -256,15 +326,24 @@ mod tests {
         .unwrap();
         assert_eq!(m.cluster.namespaces["x"].labels["env"], "prod");
         assert_eq!(m.cluster.pod("x", "a").unwrap().ips.len(), 1);
-        assert!(m.cluster.namespaces.contains_key("y"), "implicit namespace for the policy");
+        assert!(
+            m.cluster.namespaces.contains_key("y"),
+            "implicit namespace for the policy"
+        );
         let p = &m.cluster.policies[&("y".to_owned(), "p".to_owned())];
-        assert_eq!(p.pod_selector.match_labels, vec![("on".to_owned(), "off".to_owned())]);
+        assert_eq!(
+            p.pod_selector.match_labels,
+            vec![("on".to_owned(), "off".to_owned())]
+        );
         assert_eq!(m.skipped["apps/v1 Deployment"], 1);
     }
 
     #[test]
     fn typed_list_items_take_the_list_kind() {
-        let m = load_one("apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: a, namespace: x}\n").unwrap();
+        let m = load_one(
+            "apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: a, namespace: x}\n",
+        )
+        .unwrap();
         assert!(m.cluster.pod("x", "a").is_some());
     }
 
@@ -276,7 +355,10 @@ mod tests {
         .unwrap_err();
         let text = e.to_string();
         assert_eq!(e.0.len(), 2, "{text}");
-        assert!(text.contains("test.yaml: NetworkPolicy x/p: spec.ingress[0].ports[0].port"), "{text}");
+        assert!(
+            text.contains("test.yaml: NetworkPolicy x/p: spec.ingress[0].ports[0].port"),
+            "{text}"
+        );
         assert!(text.contains("Pod x/b: spec.hostNetwork"), "{text}");
     }
 
@@ -285,7 +367,11 @@ mod tests {
         let e = load_one("a: [1, 2\n").unwrap_err();
         assert!(matches!(e.0[0], LoadError::Syntax { .. }), "{e}");
         let e = load_one("- 1\n- 2\n").unwrap_err();
-        assert!(e.to_string().contains("document 1: not a Kubernetes object"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("document 1: not a Kubernetes object"),
+            "{e}"
+        );
         let e = load_one("metadata: {name: x}\n").unwrap_err();
         assert!(e.to_string().contains("no 'kind'"), "{e}");
     }
@@ -293,17 +379,28 @@ mod tests {
     #[test]
     fn unreadable_path_is_reported() {
         let e = load(&[PathBuf::from("/nonexistent/podfence")]).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/podfence: cannot read"), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent/podfence: cannot read"),
+            "{e}"
+        );
     }
 
     #[test]
     fn reads_the_conformance_cluster() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cluster.yaml");
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cluster.yaml");
         let m = load(&[dir]).unwrap();
         assert_eq!(m.cluster.namespaces.len(), 3);
         assert_eq!(m.cluster.pods.len(), 9);
         let a = m.cluster.pod("y", "b").unwrap();
-        assert_eq!(a.ips, vec!["10.244.2.2".parse::<std::net::IpAddr>().unwrap()]);
-        assert!(a.named_ports.iter().any(|p| p.name == "web" && p.port == 8081));
+        assert_eq!(
+            a.ips,
+            vec!["10.244.2.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(
+            a.named_ports
+                .iter()
+                .any(|p| p.name == "web" && p.port == 8081)
+        );
     }
 }

@@ -1,0 +1,43 @@
+//! podfence's XDP redirector: the kernel side of the AF_XDP fast path.
+//!
+//! An XDP program (`src/bpf/redirect.bpf.c`, compiled by `build.rs` into a
+//! libbpf-rs skeleton) runs on each interface the datapath switches. It hands
+//! every IPv4/IPv6 frame to the AF_XDP socket bound to the frame's receive
+//! queue, passes ARP and IPv6 neighbour discovery (and unknown ethertypes) to
+//! the kernel, and applies a configurable action — drop by default, so a dead
+//! agent fails closed — when no socket is bound to the queue.
+//!
+//! [`Redirector::attach`] loads one program instance, with its own XSKMAP and
+//! counters, per interface; the handle binds sockets to queues
+//! ([`Redirector::register_socket`]), reads [`Counters`] and detaches on
+//! [`Redirector::detach`] or drop. The program is attached through netlink,
+//! not a BPF link, so it deliberately outlives a crashed agent (keeping the
+//! fail-closed fallback in force); the next attach replaces it atomically.
+
+mod config;
+mod counters;
+mod error;
+mod iface;
+mod logging;
+mod redirector;
+mod xdp;
+
+/// The libbpf-cargo skeleton generated from `redirect.bpf.c` by `build.rs`.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    unreachable_pub,
+    missing_debug_implementations,
+    unsafe_op_in_unsafe_fn
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/redirect.skel.rs"));
+}
+
+pub use config::{AttachMode, MAX_QUEUES_LIMIT, NoSocketAction, RedirectConfig, XdpMode};
+pub use counters::{Counter, Counters};
+pub use error::Error;
+pub use iface::Interface;
+pub use logging::forward_libbpf_logs;
+pub use redirector::{PROGRAM_NAME, Redirector};
+pub use xdp::{AttachedProgram, attached_programs};

@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::prefix::{AddrBits, Cidr};
 use podfence_datapath::tables::{
-    Direction, Enforcement, GroupId, IdentityId, PodAddress, PodId, PolicyId, PortRule,
+    BroadSetId, Direction, Enforcement, GroupId, IdentityId, PodAddress, PodId, PolicyId, PortRule,
 };
 use podfence_datapath::{Prefix, Tables, TablesBuilder};
 use rustc_hash::FxHashMap;
@@ -52,6 +52,11 @@ pub struct CompileOptions {
     pub generation: u64,
     /// Which pods are enforced here.
     pub locality: Locality,
+    /// A rule whose peers are more identities than this is stored once as a
+    /// broad peer set (a bit per identity) instead of one entry per identity
+    /// in every group that has it. Verdicts do not depend on it; table size
+    /// and classify cost do.
+    pub broad_threshold: usize,
 }
 
 impl Default for CompileOptions {
@@ -59,6 +64,7 @@ impl Default for CompileOptions {
         Self {
             generation: 1,
             locality: Locality::AllPods,
+            broad_threshold: BROAD_THRESHOLD,
         }
     }
 }
@@ -82,7 +88,7 @@ enum SelectorPeer<'a> {
 }
 
 /// What a rule's peer resolves to before identities exist.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerRef {
     Selector(u32),
     Block(u32),
@@ -92,6 +98,9 @@ enum PeerRef {
 /// ipBlock signature, and the named-port profile of a pod (0 when unused).
 type IdentityKey = (u32, u32, u32);
 const NOT_A_POD: u32 = u32::MAX;
+
+/// Default of [`CompileOptions::broad_threshold`].
+pub const BROAD_THRESHOLD: usize = 32;
 
 struct Interner<K> {
     ids: FxHashMap<K, u32>,
@@ -335,7 +344,9 @@ impl<'a> Compiler<'a> {
 
         // Groups of local endpoints, and their allow entries.
         let mut groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
-        let mut rule_identities: FxHashMap<(u32, usize, usize), Vec<(u32, bool)>> =
+        let mut rule_identities: FxHashMap<Option<Vec<PeerRef>>, Vec<(u32, bool)>> =
+            FxHashMap::default();
+        let mut broad_sets: FxHashMap<(Option<Vec<PeerRef>>, Option<u32>), BroadSetId> =
             FxHashMap::default();
         let mut scratch = GroupScratch::new(identities.items.len());
         let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
@@ -387,19 +398,76 @@ impl<'a> Compiler<'a> {
                             &policy.egress
                         };
                         for (r, rule) in rules.iter().enumerate() {
-                            let admitted = rule_identities.entry((p, d, r)).or_insert_with(|| {
-                                resolve_rule_peers(
-                                    peers.rules[p as usize][d][r].as_deref(),
-                                    identities.items.len(),
-                                    &by_selector,
-                                    &by_block,
-                                )
-                            });
+                            let rule_peers = &peers.rules[p as usize][d][r];
+                            let admitted = rule_identities
+                                .entry(rule_peers.clone())
+                                .or_insert_with(|| {
+                                    resolve_rule_peers(
+                                        rule_peers.as_deref(),
+                                        identities.items.len(),
+                                        &by_selector,
+                                        &by_block,
+                                    )
+                                });
                             let ctx = RulePorts {
                                 policy: policy_ids[p as usize],
                                 rule: r as u16,
                                 spec: rule,
                             };
+                            if admitted.len() > self.options.broad_threshold {
+                                // Ports that do not depend on the peer: one
+                                // port set for the whole peer set.
+                                let mut plain = Vec::new();
+                                let named = (d == 0).then_some(ingress_ports.as_slice());
+                                ctx.push(named, true, &mut plain);
+                                if !plain.is_empty() {
+                                    let set = builder.add_port_set(plain);
+                                    let broad = *broad_sets
+                                        .entry((rule_peers.clone(), None))
+                                        .or_insert_with(|| {
+                                            let members =
+                                                admitted.iter().map(|&(id, _)| IdentityId(id));
+                                            builder.add_broad_set(members.collect())
+                                        });
+                                    builder.allow_broad(g, broad, set);
+                                }
+                                // Egress named ports: one peer set per named-port profile.
+                                if d == 1 && policy_named[p as usize][1] {
+                                    let mut by_profile: BTreeSet<u32> = BTreeSet::new();
+                                    for &(id, via_selector) in admitted.iter() {
+                                        let (sel_sig, _, profile) = identities.items[id as usize];
+                                        if via_selector && sel_sig != NOT_A_POD {
+                                            by_profile.insert(profile);
+                                        }
+                                    }
+                                    for profile in by_profile {
+                                        let mut named = Vec::new();
+                                        let ports = &profiles.items[profile as usize];
+                                        ctx.push(Some(ports), false, &mut named);
+                                        if named.is_empty() {
+                                            continue;
+                                        }
+                                        let set = builder.add_port_set(named);
+                                        let broad = *broad_sets
+                                            .entry((rule_peers.clone(), Some(profile)))
+                                            .or_insert_with(|| {
+                                                let members =
+                                                    admitted.iter().filter(|&&(id, via)| {
+                                                        let (sel_sig, _, q) =
+                                                            identities.items[id as usize];
+                                                        via && sel_sig != NOT_A_POD && q == profile
+                                                    });
+                                                builder.add_broad_set(
+                                                    members
+                                                        .map(|&(id, _)| IdentityId(id))
+                                                        .collect(),
+                                                )
+                                            });
+                                        builder.allow_broad(g, broad, set);
+                                    }
+                                }
+                                continue;
+                            }
                             for &(id, via_selector) in admitted.iter() {
                                 let named = if d == 0 {
                                     Some(ingress_ports.as_slice())
@@ -408,7 +476,7 @@ impl<'a> Compiler<'a> {
                                     (via_selector && sel_sig != NOT_A_POD)
                                         .then(|| profiles.items[profile as usize].as_slice())
                                 };
-                                ctx.push(named, scratch.rules_for(id));
+                                ctx.push(named, true, scratch.rules_for(id));
                             }
                         }
                     }
@@ -455,10 +523,13 @@ struct RulePorts<'a> {
 
 impl RulePorts<'_> {
     /// Appends the rule's port ranges; `named` is the pod whose named ports
-    /// resolve (`None`: named ports match nothing).
-    fn push(&self, named: Option<&[NamedPort]>, out: &mut Vec<PortRule>) {
+    /// resolve (`None`: named ports match nothing); `plain` whether to
+    /// include the ports that are not named.
+    fn push(&self, named: Option<&[NamedPort]>, plain: bool, out: &mut Vec<PortRule>) {
         if self.spec.ports.is_empty() {
-            out.push(PortRule::any(self.policy, self.rule));
+            if plain {
+                out.push(PortRule::any(self.policy, self.rule));
+            }
             return;
         }
         for p in &self.spec.ports {
@@ -471,8 +542,9 @@ impl RulePorts<'_> {
                 last,
             };
             match &p.port {
-                PortSpec::Any => out.push(range(0, u16::MAX)),
-                PortSpec::Range(a, b) => out.push(range(*a, *b)),
+                PortSpec::Any if plain => out.push(range(0, u16::MAX)),
+                PortSpec::Range(a, b) if plain => out.push(range(*a, *b)),
+                PortSpec::Any | PortSpec::Range(..) => {}
                 PortSpec::Named(name) => {
                     for np in named.unwrap_or_default() {
                         if np.name == *name && np.protocol == p.protocol {

@@ -5,13 +5,17 @@
 
 use std::path::{Path, PathBuf};
 
-use podfence_control::compile::{CompileOptions, compile};
+use podfence_control::compile::{BROAD_THRESHOLD, CompileOptions, compile};
 use podfence_control::probe::{Probe, classify};
 use podfence_control::sources::manifests;
 
 fn conformance_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
 }
+
+/// Every rule as per-identity entries, every rule as a broad peer set, and
+/// the default mix.
+const THRESHOLDS: [usize; 3] = [usize::MAX, 0, BROAD_THRESHOLD];
 
 #[test]
 fn every_conformance_case_matches() {
@@ -31,24 +35,31 @@ fn every_conformance_case_matches() {
             inputs.push(policies);
         }
         let m = manifests::load(&inputs).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-        let compiled = compile(&m.cluster, &CompileOptions::default());
-        assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
         let expected = std::fs::read_to_string(case.join("expected.tsv")).unwrap();
-        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
-            let want = line.rsplit('\t').next().unwrap();
-            let probe = Probe::from_line(line).unwrap();
-            let verdict = classify(&m.cluster, &compiled.tables, &probe).unwrap();
-            let got = if verdict.is_allowed() {
-                "allow"
-            } else {
-                "deny"
+        for broad_threshold in THRESHOLDS {
+            let options = CompileOptions {
+                broad_threshold,
+                ..CompileOptions::default()
             };
-            probes += 1;
-            if got != want {
-                mismatches.push(format!(
-                    "{}: {probe}: expected {want}, got {got} ({verdict:?})",
-                    case.file_name().unwrap().to_string_lossy()
-                ));
+            let compiled = compile(&m.cluster, &options);
+            assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+            for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+                let want = line.rsplit('\t').next().unwrap();
+                let probe = Probe::from_line(line).unwrap();
+                let verdict = classify(&m.cluster, &compiled.tables, &probe).unwrap();
+                let got = if verdict.is_allowed() {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                probes += 1;
+                if got != want {
+                    let case = case.file_name().unwrap().to_string_lossy();
+                    mismatches.push(format!(
+                        "{case} (broad threshold {broad_threshold}): {probe}: \
+                         expected {want}, got {got} ({verdict:?})"
+                    ));
+                }
             }
         }
     }

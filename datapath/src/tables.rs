@@ -10,7 +10,8 @@
 //!    ([`IntervalMap`]); a pod address also yields the pod's enforcement
 //!    state in each direction;
 //! 2. for each isolated side, one hash lookup of `(policy group, peer
-//!    identity)` to a small set of protocol/port ranges.
+//!    identity)` to a small set of protocol/port ranges, plus a bit test per
+//!    *broad* rule of the group.
 //!
 //! A *policy group* is the set of policies that select a local pod in one
 //! direction; pods selected by the same policies (and, where named ports are
@@ -18,6 +19,13 @@
 //! addresses no rule can tell apart. Both are chosen by the compiler; the
 //! tables only store them. A `Tables` value is immutable once built: a new
 //! policy state is a new value, swapped in whole.
+//!
+//! Rules whose peers are a large share of all identities (an `ipBlock` that
+//! covers the pod network, a `namespaceSelector` that matches most
+//! namespaces) would multiply into an entry for every identity in every
+//! group that has them. Such a peer set is stored once instead, as a bit in
+//! each member identity's *broad-set* bitmap, and the group keeps a short
+//! list of `(broad set, port set)` pairs.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -122,6 +130,10 @@ id_type!(
 id_type!(
     /// An interned set of port rules.
     PortSetId
+);
+id_type!(
+    /// A large peer set stored as one bit per member identity.
+    BroadSetId
 );
 
 /// Whether and how one direction of a pod is enforced on this node.
@@ -266,6 +278,10 @@ pub struct TableStats {
     pub groups: usize,
     /// `(group, identity)` entries.
     pub allow_entries: usize,
+    /// Broad peer sets.
+    pub broad_sets: usize,
+    /// `(group, broad set)` rules.
+    pub broad_rules: usize,
     /// Distinct port sets.
     pub port_sets: usize,
     /// Port rules over all sets.
@@ -290,6 +306,14 @@ pub struct Tables {
     policies: Vec<ObjectName>,
     pods: Vec<ObjectName>,
     identities: u32,
+    /// Per group, a range of `broad_rules`.
+    group_broad: Vec<(u32, u32)>,
+    broad_rules: Vec<(BroadSetId, PortSetId)>,
+    /// `broad_words` words per identity: bit `b` is set iff the identity is a
+    /// member of broad set `b`.
+    identity_broad: Vec<u64>,
+    broad_words: u32,
+    broad_sets: u32,
 }
 
 /// An address resolved to what the tables know of it.
@@ -413,17 +437,37 @@ impl Tables {
 
     #[inline]
     fn check(&self, group: GroupId, peer: IdentityId, protocol: Protocol, port: u16) -> Decision {
-        if let Some(set) = self.allow.get(&allow_key(group, peer)) {
-            for r in self.port_set(*set) {
-                if r.matches(protocol, port) {
-                    return Decision::Allowed {
-                        policy: r.policy,
-                        rule: r.rule,
-                    };
-                }
+        // The first matching rule of a set is its lowest (policy, rule); of
+        // all sets that match, the lowest one is reported.
+        let first_match = |set: PortSetId| {
+            self.port_set(set).iter().find(|r| r.matches(protocol, port)).map(|r| (r.policy, r.rule))
+        };
+        let mut best = self.allow.get(&allow_key(group, peer)).and_then(|s| first_match(*s));
+        for &(broad, set) in self.broad_rules(group) {
+            if self.is_member(peer, broad)
+                && let Some(m) = first_match(set)
+                && best.is_none_or(|b| m < b)
+            {
+                best = Some(m);
             }
         }
-        Decision::Denied { group }
+        match best {
+            Some((policy, rule)) => Decision::Allowed { policy, rule },
+            None => Decision::Denied { group },
+        }
+    }
+
+    #[inline]
+    fn is_member(&self, identity: IdentityId, set: BroadSetId) -> bool {
+        let word = identity.index() * self.broad_words as usize + set.index() / 64;
+        (self.identity_broad[word] >> (set.0 % 64)) & 1 == 1
+    }
+
+    /// The broad rules of a group: `(peer set, port set)` pairs.
+    #[must_use]
+    pub fn broad_rules(&self, group: GroupId) -> &[(BroadSetId, PortSetId)] {
+        let (start, len) = self.group_broad[group.index()];
+        &self.broad_rules[start as usize..(start + len) as usize]
     }
 
     /// The rules of a port set, in attribution order.
@@ -473,6 +517,8 @@ impl Tables {
             identities: self.identities as usize,
             groups: self.groups.len(),
             allow_entries: self.allow.len(),
+            broad_sets: self.broad_sets as usize,
+            broad_rules: self.broad_rules.len(),
             port_sets: self.port_sets.len(),
             port_rules: self.port_rules.len(),
             prefix_intervals: self.others_v4.intervals() + self.others_v6.intervals(),
@@ -500,6 +546,8 @@ pub enum BuildError {
 pub struct TablesBuilder {
     tables: Tables,
     port_set_ids: FxHashMap<Vec<PortRule>, PortSetId>,
+    broad_members: Vec<Vec<IdentityId>>,
+    group_broad: Vec<Vec<(BroadSetId, PortSetId)>>,
 }
 
 impl TablesBuilder {
@@ -522,8 +570,15 @@ impl TablesBuilder {
                 policies: Vec::new(),
                 pods: Vec::new(),
                 identities: 0,
+                group_broad: Vec::new(),
+                broad_rules: Vec::new(),
+                identity_broad: Vec::new(),
+                broad_words: 0,
+                broad_sets: 0,
             },
             port_set_ids: FxHashMap::default(),
+            broad_members: Vec::new(),
+            group_broad: Vec::new(),
         }
     }
 
@@ -562,7 +617,21 @@ impl TablesBuilder {
         self.tables
             .groups
             .push((direction, start, policies.len() as u32));
+        self.group_broad.push(Vec::new());
         id
+    }
+
+    /// A broad peer set of `members` (identities already added).
+    pub fn add_broad_set(&mut self, members: Vec<IdentityId>) -> BroadSetId {
+        let id = BroadSetId(self.broad_members.len() as u32);
+        self.broad_members.push(members);
+        id
+    }
+
+    /// Lets `group` accept (ingress) or reach (egress) every member of
+    /// `peers` on `set`.
+    pub fn allow_broad(&mut self, group: GroupId, peers: BroadSetId, set: PortSetId) {
+        self.group_broad[group.index()].push((peers, set));
     }
 
     /// Maps a pod address. The first pod to claim an address keeps it.
@@ -620,6 +689,21 @@ impl TablesBuilder {
     /// The finished, immutable tables.
     #[must_use]
     pub fn build(mut self) -> Tables {
+        let t = &mut self.tables;
+        let words = self.broad_members.len().div_ceil(64).max(1);
+        t.broad_words = words as u32;
+        t.broad_sets = self.broad_members.len() as u32;
+        t.identity_broad = vec![0; t.identities as usize * words];
+        for (b, members) in self.broad_members.iter().enumerate() {
+            for m in members {
+                t.identity_broad[m.index() * words + b / 64] |= 1 << (b % 64);
+            }
+        }
+        for rules in &self.group_broad {
+            let start = t.broad_rules.len() as u32;
+            t.broad_rules.extend_from_slice(rules);
+            t.group_broad.push((start, rules.len() as u32));
+        }
         self.tables.allow.shrink_to_fit();
         self.tables.pods_v4.shrink_to_fit();
         self.tables.pods_v6.shrink_to_fit();
@@ -735,6 +819,44 @@ mod tests {
         // The pod's v6 address is the same pod, and nothing allows v6 egress.
         let v = t.classify(ip("fd00::1"), ip("fd00::9"), Protocol::UDP, 53);
         assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+    }
+
+    #[test]
+    fn broad_rules_match_members_and_lowest_rule_wins() {
+        let mut b = TablesBuilder::new(0);
+        let (p0, p1) = (b.add_policy("x", "p0"), b.add_policy("x", "p1"));
+        let ids: Vec<IdentityId> = (0..130).map(|_| b.add_identity()).collect();
+        let g = b.add_group(Direction::Ingress, &[p0, p1]);
+        let pod = b.add_pod("x", "a");
+        let entry = PodAddress {
+            identity: ids[0],
+            pod,
+            egress: Enforcement::Open,
+            ingress: Enforcement::Isolated(g),
+        };
+        b.add_pod_address(ip("10.0.0.1"), entry).unwrap();
+        // Identity n is the address 192.0.2.0 + n.
+        let base = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 0));
+        let map = IntervalMap::from_prefixes(
+            ids.iter().map(|&id| (Cidr::new(base + id.0, 32), id)),
+            ids[0],
+        );
+        b.set_other_addresses_v4(map);
+        let tcp = |policy, rule, first, last| PortRule { policy, rule, protocol: 6, first, last };
+        // Broad: identities 64..130 (crossing a word boundary) on 80-90, by p1 rule 0.
+        let high = b.add_broad_set(ids[64..].to_vec());
+        let s1 = b.add_port_set(vec![tcp(p1, 0, 80, 90)]);
+        b.allow_broad(g, high, s1);
+        // Narrow: identity 100 on 85 by p0 rule 3, which outranks p1.
+        let s0 = b.add_port_set(vec![tcp(p0, 3, 85, 85)]);
+        b.allow(g, ids[100], s0);
+        let t = b.build();
+        let from = |n: u32| t.classify_v4(base + n, u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)), Protocol::TCP, 85);
+        assert_eq!(from(100).ingress, Decision::Allowed { policy: p0, rule: 3 });
+        assert_eq!(from(127).ingress, Decision::Allowed { policy: p1, rule: 0 });
+        assert_eq!(from(64).ingress, Decision::Allowed { policy: p1, rule: 0 });
+        assert_eq!(from(63).ingress, Decision::Denied { group: g });
+        assert_eq!(t.stats().broad_sets, 1);
     }
 
     #[test]

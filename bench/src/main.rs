@@ -91,6 +91,29 @@ fn main() {
     }
 }
 
+/// Nanoseconds per classification over `tries` (after a warm-up pass), and
+/// how many were allowed.
+fn time_classify(tables: &podfence_datapath::Tables, tries: &[synthetic::Attempt]) -> (f64, usize) {
+    if tries.is_empty() {
+        return (0.0, 0);
+    }
+    let run = || {
+        let mut allowed = 0usize;
+        for a in tries {
+            let v = tables.classify_v4(black_box(a.src), black_box(a.dst), a.protocol, a.port);
+            allowed += usize::from(v.is_allowed());
+        }
+        black_box(allowed)
+    };
+    run();
+    let start = Instant::now();
+    let allowed = run();
+    (
+        start.elapsed().as_nanos() as f64 / tries.len() as f64,
+        allowed,
+    )
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -119,26 +142,28 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     let compile_time = median(times);
 
     let tries = synthetic::attempts(shape, attempts, 42);
-    // Warm up caches and branch predictors, then time the whole batch.
-    let mut allowed = 0usize;
-    for a in tries.iter().take(100_000) {
-        allowed += usize::from(
-            tables
-                .classify_v4(a.src, a.dst, a.protocol, a.port)
-                .is_allowed(),
-        );
-    }
-    black_box(allowed);
+    let (allowed_tries, denied_tries): (Vec<_>, Vec<_>) = tries.iter().partition(|a| {
+        tables
+            .classify_v4(a.src, a.dst, a.protocol, a.port)
+            .is_allowed()
+    });
     let allocs_before = ALLOC.allocations();
-    let start = Instant::now();
-    let mut allowed = 0usize;
-    for a in &tries {
-        let v = tables.classify_v4(black_box(a.src), black_box(a.dst), a.protocol, a.port);
-        allowed += usize::from(v.is_allowed());
-    }
-    let elapsed = start.elapsed();
+    let (ns_per, allowed) = time_classify(&tables, &tries);
     let classify_allocs = ALLOC.allocations() - allocs_before;
-    let ns_per = elapsed.as_nanos() as f64 / tries.len() as f64;
+    let (allowed_ns, _) = time_classify(&tables, &allowed_tries);
+    let (denied_ns, _) = time_classify(&tables, &denied_tries);
+    // The address lookups alone, to show what the policy check adds.
+    let start = Instant::now();
+    let mut identities = 0u64;
+    for a in &tries {
+        let (s, d) = (
+            tables.peer_v4(black_box(a.src)),
+            tables.peer_v4(black_box(a.dst)),
+        );
+        identities += u64::from(s.identity.0 ^ d.identity.0);
+    }
+    black_box(identities);
+    let lookup_ns = start.elapsed().as_nanos() as f64 / tries.len() as f64;
     let stats = tables.stats();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     if json {
@@ -152,6 +177,9 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
                 "compile_peak_mib": mib(peak),
                 "tables_mib": mib(retained),
                 "classify_ns": ns_per,
+                "classify_allowed_ns": allowed_ns,
+                "classify_denied_ns": denied_ns,
+                "address_lookup_ns": lookup_ns,
                 "classify_allocations": classify_allocs,
                 "allowed_fraction": allowed as f64 / tries.len() as f64,
                 "identities": stats.identities,
@@ -164,7 +192,8 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     } else {
         println!(
             "{} pods, {} namespaces, {} policies: compile {:.1} ms (median of {runs}), peak {:.1} MiB, \
-             tables {:.1} MiB; classify {:.1} ns per new connection over {} attempts ({:.0}% allowed, \
+             tables {:.1} MiB; classify {:.1} ns per new connection (allowed {allowed_ns:.1} ns, denied {denied_ns:.1} ns, \
+             address lookups {lookup_ns:.1} ns) over {} attempts ({:.0}% allowed, \
              {classify_allocs} allocations); {} identities, {} groups, {} allow entries, {} port sets, \
              {} prefix intervals",
             shape.pods,

@@ -196,7 +196,8 @@ fn run(cli: Cli) -> Result<()> {
                     probe: &probe,
                     addresses,
                     verdict,
-                    tables: &compiled.tables
+                    tables: &compiled.tables,
+                    cluster: &cluster,
                 }
             );
             Ok(())
@@ -206,6 +207,13 @@ fn run(cli: Cli) -> Result<()> {
 
 fn load(args: &ManifestArgs) -> Result<(Cluster, Compiled)> {
     let m = manifests::load(&args.manifests).context("the manifests cannot be used")?;
+    if !m.skipped.is_empty() {
+        let kinds: Vec<String> = m.skipped.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        eprintln!(
+            "podfence: note: skipped objects of other kinds: {}",
+            kinds.join(", ")
+        );
+    }
     let compiled = compile(&m.cluster, &CompileOptions::default());
     for w in &compiled.warnings {
         eprintln!("podfence: warning: {w}");

@@ -616,6 +616,56 @@ impl fmt::Display for PolicyPort {
     }
 }
 
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pods { namespaces, pods } => {
+                if pods.is_empty() {
+                    f.write_str("all pods")?;
+                } else {
+                    write!(f, "pods [{pods}]")?;
+                }
+                match namespaces {
+                    None => f.write_str(" of the policy's namespace"),
+                    Some(ns) if ns.is_empty() => f.write_str(" of all namespaces"),
+                    Some(ns) => write!(f, " in namespaces [{ns}]"),
+                }
+            }
+            Self::IpBlock(b) if b.except.is_empty() => write!(f, "ipBlock {}", b.cidr),
+            Self::IpBlock(b) => {
+                let holes: Vec<String> = b.except.iter().map(ToString::to_string).collect();
+                write!(f, "ipBlock {} except {}", b.cidr, holes.join(", "))
+            }
+        }
+    }
+}
+
+impl Rule {
+    /// The rule in words, with `peers_name` (`from` or `to`).
+    #[must_use]
+    pub fn describe(&self, peers_name: &str) -> String {
+        let peers = if self.peers.is_empty() {
+            "any peer".to_owned()
+        } else {
+            self.peers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        let ports = if self.ports.is_empty() {
+            "any port of any protocol".to_owned()
+        } else {
+            self.ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("{peers_name}: {peers}; ports: {ports}")
+    }
+}
+
 /// One ingress or egress rule. Empty `peers` means every peer and empty
 /// `ports` every port of every protocol: the API treats an empty list
 /// exactly as an absent one here.

@@ -226,6 +226,8 @@ pub struct Explanation<'a> {
     pub verdict: Verdict,
     /// The tables that gave it (for names).
     pub tables: &'a Tables,
+    /// The cluster state they were compiled from (for rule texts).
+    pub cluster: &'a Cluster,
 }
 
 impl Explanation<'_> {
@@ -256,10 +258,25 @@ impl Explanation<'_> {
             }
             Decision::Allowed { policy: p, rule } => {
                 let (_, all) = self.isolating(direction);
+                let name = self.tables.policy(p);
+                let text = self
+                    .cluster
+                    .policies
+                    .get(&(name.namespace.to_string(), name.name.to_string()))
+                    .and_then(|np| match direction {
+                        Direction::Ingress => np
+                            .ingress
+                            .get(usize::from(rule))
+                            .map(|r| r.describe("from")),
+                        Direction::Egress => {
+                            np.egress.get(usize::from(rule)).map(|r| r.describe("to"))
+                        }
+                    })
+                    .unwrap_or_default();
                 writeln!(
                     f,
                     "  {direction}: allow — {side} {endpoint} is isolated for {direction} by {}; \
-                     allowed by {} {direction} rule {rule}",
+                     allowed by {} {direction} rule {rule} ({text})",
                     all.join(", "),
                     policy(p)
                 )

@@ -440,9 +440,15 @@ impl Tables {
         // The first matching rule of a set is its lowest (policy, rule); of
         // all sets that match, the lowest one is reported.
         let first_match = |set: PortSetId| {
-            self.port_set(set).iter().find(|r| r.matches(protocol, port)).map(|r| (r.policy, r.rule))
+            self.port_set(set)
+                .iter()
+                .find(|r| r.matches(protocol, port))
+                .map(|r| (r.policy, r.rule))
         };
-        let mut best = self.allow.get(&allow_key(group, peer)).and_then(|s| first_match(*s));
+        let mut best = self
+            .allow
+            .get(&allow_key(group, peer))
+            .and_then(|s| first_match(*s));
         for &(broad, set) in self.broad_rules(group) {
             if self.is_member(peer, broad)
                 && let Some(m) = first_match(set)
@@ -842,7 +848,13 @@ mod tests {
             ids[0],
         );
         b.set_other_addresses_v4(map);
-        let tcp = |policy, rule, first, last| PortRule { policy, rule, protocol: 6, first, last };
+        let tcp = |policy, rule, first, last| PortRule {
+            policy,
+            rule,
+            protocol: 6,
+            first,
+            last,
+        };
         // Broad: identities 64..130 (crossing a word boundary) on 80-90, by p1 rule 0.
         let high = b.add_broad_set(ids[64..].to_vec());
         let s1 = b.add_port_set(vec![tcp(p1, 0, 80, 90)]);
@@ -851,10 +863,35 @@ mod tests {
         let s0 = b.add_port_set(vec![tcp(p0, 3, 85, 85)]);
         b.allow(g, ids[100], s0);
         let t = b.build();
-        let from = |n: u32| t.classify_v4(base + n, u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)), Protocol::TCP, 85);
-        assert_eq!(from(100).ingress, Decision::Allowed { policy: p0, rule: 3 });
-        assert_eq!(from(127).ingress, Decision::Allowed { policy: p1, rule: 0 });
-        assert_eq!(from(64).ingress, Decision::Allowed { policy: p1, rule: 0 });
+        let from = |n: u32| {
+            t.classify_v4(
+                base + n,
+                u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+                Protocol::TCP,
+                85,
+            )
+        };
+        assert_eq!(
+            from(100).ingress,
+            Decision::Allowed {
+                policy: p0,
+                rule: 3
+            }
+        );
+        assert_eq!(
+            from(127).ingress,
+            Decision::Allowed {
+                policy: p1,
+                rule: 0
+            }
+        );
+        assert_eq!(
+            from(64).ingress,
+            Decision::Allowed {
+                policy: p1,
+                rule: 0
+            }
+        );
         assert_eq!(from(63).ingress, Decision::Denied { group: g });
         assert_eq!(t.stats().broad_sets, 1);
     }

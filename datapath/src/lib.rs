@@ -7,7 +7,9 @@
 //! cluster state into a [`tables::Tables`] value through
 //! [`tables::TablesBuilder`]; the datapath only reads it.
 
+pub mod link;
 pub mod lpm;
+pub mod ports;
 pub mod prefix;
 pub mod tables;
 

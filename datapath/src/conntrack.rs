@@ -1,0 +1,789 @@
+//! The connection table shared by all workers.
+//!
+//! The two directions of a connection arrive on different ports, so on
+//! different workers: the table is one, shared, and must never make a worker
+//! wait. It is a fixed array of 64-byte slots allocated once (bounded
+//! memory), open-addressed with a short probe window. Every field is an
+//! atomic; a slot's `tag` packs a sequence number with the connection state,
+//! so that:
+//!
+//! - readers validate a key with a seqlock read (no lock, no write);
+//! - state transitions are one compare-and-swap on the tag, which fails if
+//!   the slot was reused in between (the sequence number moved);
+//! - writers claim a slot by moving its sequence number to odd, write, and
+//!   publish with an even one.
+//!
+//! A full window evicts its least recently seen entry instead of failing.
+//! Entries expire lazily by per-state timeouts: an expired slot is a free
+//! slot. Each entry records the low 32 bits of the table generation that
+//! allowed it, so a worker can re-check established connections when a new
+//! generation is published.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// A connection's 5-tuple (ICMP echo: the identifier in both ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Source address (IPv4 in the low 32 bits).
+    pub src: u128,
+    /// Destination address.
+    pub dst: u128,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Whether the addresses are IPv6.
+    pub ipv6: bool,
+}
+
+impl ConnKey {
+    /// The key of the other direction.
+    #[must_use]
+    pub fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..*self
+        }
+    }
+
+    /// Direction-independent words, and whether `self` is the reverse of
+    /// their order.
+    fn canonical(&self) -> ([u64; 5], bool) {
+        let swap = (self.src, self.src_port) > (self.dst, self.dst_port);
+        let (a, pa, b, pb) = if swap {
+            (self.dst, self.dst_port, self.src, self.src_port)
+        } else {
+            (self.src, self.src_port, self.dst, self.dst_port)
+        };
+        let meta = u64::from(pa)
+            | (u64::from(pb) << 16)
+            | (u64::from(self.protocol) << 32)
+            | (u64::from(self.ipv6) << 40)
+            | (1 << 41); // never all-zero: marks a written key
+        (
+            [(a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64, meta],
+            swap,
+        )
+    }
+
+    fn from_canonical(words: &[u64; 5], initiator_is_b: bool) -> Self {
+        let a = (u128::from(words[0]) << 64) | u128::from(words[1]);
+        let b = (u128::from(words[2]) << 64) | u128::from(words[3]);
+        let meta = words[4];
+        let (pa, pb) = ((meta & 0xffff) as u16, ((meta >> 16) & 0xffff) as u16);
+        let k = Self {
+            src: a,
+            dst: b,
+            src_port: pa,
+            dst_port: pb,
+            protocol: ((meta >> 32) & 0xff) as u8,
+            ipv6: (meta >> 40) & 1 == 1,
+        };
+        if initiator_is_b { k.reversed() } else { k }
+    }
+}
+
+/// Protocol state of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum State {
+    /// Slot unused.
+    Free = 0,
+    /// TCP: SYN seen from the initiator.
+    TcpSynSent,
+    /// TCP: SYN-ACK seen from the responder.
+    TcpSynRecv,
+    /// TCP: handshake done, or picked up mid-stream.
+    TcpEstablished,
+    /// TCP: one side sent FIN.
+    TcpFinWait,
+    /// TCP: both sides sent FIN.
+    TcpClosing,
+    /// TCP: final ACK after both FINs.
+    TcpTimeWait,
+    /// TCP: reset.
+    TcpClosed,
+    /// UDP: only the initiator has sent.
+    UdpUnreplied,
+    /// UDP: the responder has answered.
+    UdpReplied,
+    /// ICMP/ICMPv6 echo.
+    IcmpEcho,
+    /// SCTP: INIT seen.
+    SctpOpening,
+    /// SCTP: the responder has answered.
+    SctpEstablished,
+    /// SCTP: SHUTDOWN seen.
+    SctpClosing,
+    /// SCTP: ABORT or SHUTDOWN COMPLETE seen.
+    SctpClosed,
+    /// Any other protocol.
+    Other,
+}
+
+impl State {
+    const ALL: [Self; 16] = [
+        Self::Free,
+        Self::TcpSynSent,
+        Self::TcpSynRecv,
+        Self::TcpEstablished,
+        Self::TcpFinWait,
+        Self::TcpClosing,
+        Self::TcpTimeWait,
+        Self::TcpClosed,
+        Self::UdpUnreplied,
+        Self::UdpReplied,
+        Self::IcmpEcho,
+        Self::SctpOpening,
+        Self::SctpEstablished,
+        Self::SctpClosing,
+        Self::SctpClosed,
+        Self::Other,
+    ];
+
+    fn from_bits(b: u32) -> Self {
+        Self::ALL
+            .get((b & 0xff) as usize)
+            .copied()
+            .unwrap_or(Self::Free)
+    }
+}
+
+/// Per-state idle timeouts, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP before the handshake completes.
+    pub tcp_opening: u32,
+    /// TCP established.
+    pub tcp_established: u32,
+    /// TCP after a FIN.
+    pub tcp_closing: u32,
+    /// TCP after the last ACK or a RST.
+    pub tcp_closed: u32,
+    /// UDP with no answer.
+    pub udp_unreplied: u32,
+    /// UDP answered.
+    pub udp_replied: u32,
+    /// ICMP echo.
+    pub icmp: u32,
+    /// SCTP before an answer.
+    pub sctp_opening: u32,
+    /// SCTP established.
+    pub sctp_established: u32,
+    /// SCTP shutting down or aborted.
+    pub sctp_closing: u32,
+    /// Other protocols.
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    /// Close to Linux conntrack's defaults, with established TCP and SCTP at
+    /// six hours as Cilium uses.
+    fn default() -> Self {
+        Self {
+            tcp_opening: 120,
+            tcp_established: 21_600,
+            tcp_closing: 120,
+            tcp_closed: 10,
+            udp_unreplied: 30,
+            udp_replied: 180,
+            icmp: 30,
+            sctp_opening: 30,
+            sctp_established: 21_600,
+            sctp_closing: 30,
+            other: 600,
+        }
+    }
+}
+
+impl Timeouts {
+    fn of(&self, s: State) -> u64 {
+        let secs = match s {
+            State::Free => 0,
+            State::TcpSynSent | State::TcpSynRecv => self.tcp_opening,
+            State::TcpEstablished => self.tcp_established,
+            State::TcpFinWait | State::TcpClosing => self.tcp_closing,
+            State::TcpTimeWait | State::TcpClosed => self.tcp_closed,
+            State::UdpUnreplied => self.udp_unreplied,
+            State::UdpReplied => self.udp_replied,
+            State::IcmpEcho => self.icmp,
+            State::SctpOpening => self.sctp_opening,
+            State::SctpEstablished => self.sctp_established,
+            State::SctpClosing | State::SctpClosed => self.sctp_closing,
+            State::Other => self.other,
+        };
+        u64::from(secs) * 1_000_000_000
+    }
+}
+
+/// What a packet says about its connection's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signal {
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// SCTP: the first chunk's type.
+    pub sctp_chunk: Option<u8>,
+}
+
+/// TCP flag bits.
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+const SCTP_INIT: u8 = 1;
+const SCTP_ABORT: u8 = 6;
+const SCTP_SHUTDOWN: u8 = 7;
+const SCTP_SHUTDOWN_ACK: u8 = 8;
+const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
+
+/// Whether a packet with no connection opens one by itself (as opposed to a
+/// mid-stream packet, picked up loosely).
+#[must_use]
+pub fn opens_connection(protocol: u8, signal: Signal) -> bool {
+    match protocol {
+        6 => {
+            signal.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+        }
+        132 => signal.sctp_chunk == Some(SCTP_INIT),
+        _ => true,
+    }
+}
+
+/// The state a new entry starts in. `picked_up`: created from a mid-stream
+/// packet.
+#[must_use]
+pub fn initial_state(protocol: u8, signal: Signal, picked_up: bool) -> State {
+    match protocol {
+        6 if picked_up => State::TcpEstablished,
+        6 => State::TcpSynSent,
+        17 => State::UdpUnreplied,
+        1 | 58 => State::IcmpEcho,
+        132 if picked_up => State::SctpEstablished,
+        132 if signal.sctp_chunk == Some(SCTP_INIT) => State::SctpOpening,
+        132 => State::SctpEstablished,
+        _ => State::Other,
+    }
+}
+
+/// The state after a packet; `reply`: sent by the responder.
+fn next_state(s: State, reply: bool, signal: Signal) -> State {
+    let f = signal.tcp_flags;
+    match s {
+        State::TcpSynSent
+        | State::TcpSynRecv
+        | State::TcpEstablished
+        | State::TcpFinWait
+        | State::TcpClosing
+        | State::TcpTimeWait
+            if f & tcp_flags::RST != 0 =>
+        {
+            State::TcpClosed
+        }
+        State::TcpSynSent
+            if reply
+                && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK =>
+        {
+            State::TcpSynRecv
+        }
+        State::TcpSynRecv if !reply && f & tcp_flags::ACK != 0 && f & tcp_flags::SYN == 0 => {
+            State::TcpEstablished
+        }
+        State::TcpEstablished if f & tcp_flags::FIN != 0 => State::TcpFinWait,
+        State::TcpFinWait if f & tcp_flags::FIN != 0 => State::TcpClosing,
+        State::TcpClosing if f & tcp_flags::ACK != 0 => State::TcpTimeWait,
+        // A new SYN after the close reopens the port pair.
+        State::TcpClosed | State::TcpTimeWait
+            if !reply && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN =>
+        {
+            State::TcpSynSent
+        }
+        State::UdpUnreplied if reply => State::UdpReplied,
+        State::SctpOpening | State::SctpEstablished | State::SctpClosing => match signal.sctp_chunk
+        {
+            Some(SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE) => State::SctpClosed,
+            Some(SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK) => State::SctpClosing,
+            _ if reply && s == State::SctpOpening => State::SctpEstablished,
+            _ => s,
+        },
+        _ => s,
+    }
+}
+
+/// A connection found in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The state after this packet.
+    pub state: State,
+    /// Whether the packet came from the responder.
+    pub reply: bool,
+    /// Low 32 bits of the generation that allowed (or last re-checked) it.
+    pub generation: u32,
+    /// The key as the initiator sent it.
+    pub initiator: ConnKey,
+    /// Where it is, for [`Conntrack::set_generation`] and [`Conntrack::remove`].
+    pub slot: usize,
+}
+
+/// How an insert went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// Into a free or expired slot.
+    Fresh,
+    /// By evicting the least recently seen live entry of its window.
+    Evicted,
+    /// The connection was already there (another worker was first).
+    Existing,
+    /// Every slot of the window was being written at once; nothing stored.
+    Failed,
+}
+
+const WINDOW: usize = 8;
+const INITIATOR_IS_B: u32 = 1 << 8;
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Slot {
+    /// `sequence << 32 | flags << 8 | state`; odd sequence: being written.
+    tag: AtomicU64,
+    key: [AtomicU64; 5],
+    last_seen: AtomicU64,
+    generation: AtomicU32,
+}
+
+fn seq(tag: u64) -> u32 {
+    (tag >> 32) as u32
+}
+
+/// The shared connection table.
+#[derive(Debug)]
+pub struct Conntrack {
+    slots: Box<[Slot]>,
+    mask: usize,
+    timeouts: Timeouts,
+}
+
+impl Conntrack {
+    /// A table of at least `capacity` entries (rounded up to a power of two,
+    /// at least the probe window), allocated now and never grown.
+    #[must_use]
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
+        let n = capacity.max(WINDOW).next_power_of_two();
+        let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
+        Self {
+            slots,
+            mask: n - 1,
+            timeouts,
+        }
+    }
+
+    /// Number of slots.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn home(words: &[u64; 5]) -> usize {
+        let mut h: u64 = 0x243f_6a88_85a3_08d3;
+        for w in words {
+            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        }
+        h as usize
+    }
+
+    fn live(&self, tag: u64, last_seen: u64, now: u64) -> bool {
+        let s = State::from_bits(tag as u32);
+        s != State::Free && now.saturating_sub(last_seen) <= self.timeouts.of(s)
+    }
+
+    /// Reads a slot's key consistently; `None` while it is being written.
+    fn read_key(slot: &Slot) -> Option<(u64, [u64; 5])> {
+        let t1 = slot.tag.load(Ordering::Acquire);
+        if seq(t1) & 1 == 1 {
+            return None;
+        }
+        let key = std::array::from_fn(|i| slot.key[i].load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        let t2 = slot.tag.load(Ordering::Relaxed);
+        (seq(t1) == seq(t2)).then_some((t2, key))
+    }
+
+    /// Finds the connection of a packet and advances its state; `now` in
+    /// nanoseconds (any monotonic clock, or capture time in replays).
+    #[must_use]
+    pub fn lookup(&self, key: &ConnKey, signal: Signal, now: u64) -> Option<Hit> {
+        let (words, swapped) = key.canonical();
+        let home = Self::home(&words);
+        for i in 0..WINDOW {
+            let idx = (home + i) & self.mask;
+            let slot = &self.slots[idx];
+            let Some((mut tag, k)) = Self::read_key(slot) else {
+                continue;
+            };
+            if k != words || !self.live(tag, slot.last_seen.load(Ordering::Relaxed), now) {
+                continue;
+            }
+            let initiator_is_b = tag as u32 & INITIATOR_IS_B != 0;
+            let reply = swapped != initiator_is_b;
+            // Advance the state; a failed CAS means a concurrent update (or
+            // reuse of the slot): re-read and retry a few times.
+            for _ in 0..4 {
+                let state = State::from_bits(tag as u32);
+                let next = next_state(state, reply, signal);
+                if next == state {
+                    break;
+                }
+                let new = (tag & !0xff) | next as u64;
+                match slot
+                    .tag
+                    .compare_exchange(tag, new, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        tag = new;
+                        break;
+                    }
+                    Err(t) if seq(t) == seq(tag) => tag = t,
+                    Err(_) => return None,
+                }
+            }
+            slot.last_seen.store(now, Ordering::Relaxed);
+            return Some(Hit {
+                state: State::from_bits(tag as u32),
+                reply,
+                generation: slot.generation.load(Ordering::Relaxed),
+                initiator: ConnKey::from_canonical(&k, initiator_is_b),
+                slot: idx,
+            });
+        }
+        None
+    }
+
+    /// Records a connection opened by `initiator` (allowed by table
+    /// generation `generation`).
+    #[must_use = "a failed insert means replies will not be recognised"]
+    pub fn insert(&self, initiator: &ConnKey, state: State, generation: u32, now: u64) -> Inserted {
+        let (words, swapped) = initiator.canonical();
+        let home = Self::home(&words);
+        for _attempt in 0..4 {
+            // Already there? Otherwise pick a free/expired slot, or the
+            // least recently seen one.
+            let mut victim: Option<(usize, u64, u64)> = None; // (idx, tag, last_seen)
+            let mut victim_live = true;
+            for i in 0..WINDOW {
+                let idx = (home + i) & self.mask;
+                let slot = &self.slots[idx];
+                let Some((tag, k)) = Self::read_key(slot) else {
+                    continue;
+                };
+                let seen = slot.last_seen.load(Ordering::Relaxed);
+                let live = self.live(tag, seen, now);
+                if live && k == words {
+                    return Inserted::Existing;
+                }
+                let better = match victim {
+                    None => true,
+                    Some((_, _, vseen)) => {
+                        (victim_live && !live) || (victim_live == live && seen < vseen)
+                    }
+                };
+                if better {
+                    victim = Some((idx, tag, seen));
+                    victim_live = live;
+                }
+            }
+            let Some((idx, tag, _)) = victim else {
+                continue;
+            };
+            let slot = &self.slots[idx];
+            let claimed = (u64::from(seq(tag).wrapping_add(1)) << 32) | (tag & 0xffff_ffff);
+            if slot
+                .tag
+                .compare_exchange(tag, claimed, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            for (w, v) in slot.key.iter().zip(words) {
+                w.store(v, Ordering::Relaxed);
+            }
+            slot.last_seen.store(now, Ordering::Relaxed);
+            slot.generation.store(generation, Ordering::Relaxed);
+            let flags = if swapped { INITIATOR_IS_B } else { 0 };
+            let published =
+                (u64::from(seq(claimed).wrapping_add(1)) << 32) | u64::from(flags | state as u32);
+            slot.tag.store(published, Ordering::Release);
+            return if victim_live {
+                Inserted::Evicted
+            } else {
+                Inserted::Fresh
+            };
+        }
+        Inserted::Failed
+    }
+
+    /// Records that the connection in `hit` was re-checked against generation
+    /// `generation` and is still allowed.
+    pub fn set_generation(&self, hit: &Hit, generation: u32) {
+        self.slots[hit.slot]
+            .generation
+            .store(generation, Ordering::Relaxed);
+    }
+
+    /// Forgets the connection found as `hit` (no longer allowed). Does
+    /// nothing if the slot was reused since.
+    pub fn remove(&self, hit: &Hit) {
+        let slot = &self.slots[hit.slot];
+        let tag = slot.tag.load(Ordering::Acquire);
+        if State::from_bits(tag as u32) == State::Free {
+            return;
+        }
+        let freed = tag & !0xffff_ffff; // same sequence, state Free
+        let _ = slot
+            .tag
+            .compare_exchange(tag, freed, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Live entries at `now` (scans the whole table: for metrics, not the
+    /// hot path).
+    #[must_use]
+    pub fn live_entries(&self, now: u64) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                self.live(
+                    s.tag.load(Ordering::Relaxed),
+                    s.last_seen.load(Ordering::Relaxed),
+                    now,
+                )
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn key(sp: u16, dp: u16, proto: u8) -> ConnKey {
+        ConnKey {
+            src: 0x0a00_0001,
+            dst: 0x0a00_0002,
+            src_port: sp,
+            dst_port: dp,
+            protocol: proto,
+            ipv6: false,
+        }
+    }
+    fn tcp(flags: u8) -> Signal {
+        Signal {
+            tcp_flags: flags,
+            sctp_chunk: None,
+        }
+    }
+
+    #[test]
+    fn tcp_handshake_and_close() {
+        use tcp_flags::{ACK, FIN, RST, SYN};
+        let ct = Conntrack::new(64, Timeouts::default());
+        let k = key(40000, 80, 6);
+        assert!(opens_connection(6, tcp(SYN)));
+        assert!(!opens_connection(6, tcp(SYN | ACK)));
+        assert_eq!(
+            ct.insert(&k, initial_state(6, tcp(SYN), false), 7, 0),
+            Inserted::Fresh
+        );
+        let h = ct.lookup(&k.reversed(), tcp(SYN | ACK), SEC).unwrap();
+        assert_eq!(
+            (h.state, h.reply, h.generation),
+            (State::TcpSynRecv, true, 7)
+        );
+        assert_eq!(h.initiator, k);
+        let h = ct.lookup(&k, tcp(ACK), 2 * SEC).unwrap();
+        assert_eq!((h.state, h.reply), (State::TcpEstablished, false));
+        assert_eq!(
+            ct.lookup(&k.reversed(), tcp(FIN | ACK), 3 * SEC)
+                .unwrap()
+                .state,
+            State::TcpFinWait
+        );
+        assert_eq!(
+            ct.lookup(&k, tcp(FIN | ACK), 4 * SEC).unwrap().state,
+            State::TcpClosing
+        );
+        assert_eq!(
+            ct.lookup(&k.reversed(), tcp(ACK), 5 * SEC).unwrap().state,
+            State::TcpTimeWait
+        );
+        // Gone after the closed timeout.
+        assert!(ct.lookup(&k, tcp(ACK), 200 * SEC).is_none());
+        // A reset closes at once.
+        let _ = ct.insert(&k, State::TcpEstablished, 1, 300 * SEC);
+        assert_eq!(
+            ct.lookup(&k, tcp(RST), 301 * SEC).unwrap().state,
+            State::TcpClosed
+        );
+    }
+
+    #[test]
+    fn udp_and_icmp_timeouts() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let u = key(5353, 53, 17);
+        let _ = ct.insert(&u, State::UdpUnreplied, 1, 0);
+        assert!(ct.lookup(&u, Signal::default(), 29 * SEC).is_some());
+        assert!(
+            ct.lookup(&u, Signal::default(), 60 * SEC).is_none(),
+            "30 s idle: expired"
+        );
+        let _ = ct.insert(&u, State::UdpUnreplied, 1, 100 * SEC);
+        let h = ct
+            .lookup(&u.reversed(), Signal::default(), 101 * SEC)
+            .unwrap();
+        assert_eq!((h.state, h.reply), (State::UdpReplied, true));
+        assert!(
+            ct.lookup(&u, Signal::default(), 250 * SEC).is_some(),
+            "replied: 180 s"
+        );
+        assert_eq!(ct.live_entries(250 * SEC), 1);
+    }
+
+    #[test]
+    fn sctp_states() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let k = key(9, 80, 132);
+        let init = Signal {
+            tcp_flags: 0,
+            sctp_chunk: Some(SCTP_INIT),
+        };
+        assert!(opens_connection(132, init));
+        let _ = ct.insert(&k, initial_state(132, init, false), 1, 0);
+        let ack = Signal {
+            tcp_flags: 0,
+            sctp_chunk: Some(2),
+        };
+        assert_eq!(
+            ct.lookup(&k.reversed(), ack, 1).unwrap().state,
+            State::SctpEstablished
+        );
+        let abort = Signal {
+            tcp_flags: 0,
+            sctp_chunk: Some(SCTP_ABORT),
+        };
+        assert_eq!(ct.lookup(&k, abort, 2).unwrap().state, State::SctpClosed);
+    }
+
+    #[test]
+    fn full_window_evicts_least_recently_seen() {
+        let ct = Conntrack::new(WINDOW, Timeouts::default());
+        for p in 0..WINDOW as u16 {
+            assert_eq!(
+                ct.insert(&key(p, 80, 17), State::UdpReplied, 1, u64::from(p) * SEC),
+                Inserted::Fresh
+            );
+        }
+        // Touch the oldest so that the second oldest is evicted.
+        assert!(
+            ct.lookup(&key(0, 80, 17), Signal::default(), 20 * SEC)
+                .is_some()
+        );
+        assert_eq!(
+            ct.insert(&key(99, 80, 17), State::UdpReplied, 1, 21 * SEC),
+            Inserted::Evicted
+        );
+        assert!(
+            ct.lookup(&key(1, 80, 17), Signal::default(), 22 * SEC)
+                .is_none()
+        );
+        assert!(
+            ct.lookup(&key(0, 80, 17), Signal::default(), 22 * SEC)
+                .is_some()
+        );
+        assert!(
+            ct.lookup(&key(99, 80, 17), Signal::default(), 22 * SEC)
+                .is_some()
+        );
+        assert_eq!(
+            ct.insert(&key(99, 80, 17), State::UdpReplied, 1, 23 * SEC),
+            Inserted::Existing
+        );
+    }
+
+    #[test]
+    fn generation_and_removal() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let k = key(1, 2, 17);
+        let _ = ct.insert(&k, State::UdpReplied, 3, 0);
+        let h = ct.lookup(&k, Signal::default(), 1).unwrap();
+        assert_eq!(h.generation, 3);
+        ct.set_generation(&h, 4);
+        assert_eq!(ct.lookup(&k, Signal::default(), 2).unwrap().generation, 4);
+        ct.remove(&h);
+        assert!(ct.lookup(&k, Signal::default(), 3).is_none());
+    }
+
+    #[test]
+    fn ipv6_keys_and_canonical_round_trip() {
+        let k = ConnKey {
+            src: u128::MAX - 5,
+            dst: 7,
+            src_port: 1,
+            dst_port: 2,
+            protocol: 58,
+            ipv6: true,
+        };
+        for initiator in [k, k.reversed()] {
+            let (w, swapped) = initiator.canonical();
+            assert_eq!(ConnKey::from_canonical(&w, swapped), initiator);
+        }
+        let ct = Conntrack::new(16, Timeouts::default());
+        let _ = ct.insert(&k, State::IcmpEcho, 1, 0);
+        assert!(
+            ct.lookup(&k.reversed(), Signal::default(), 1)
+                .unwrap()
+                .reply
+        );
+        let v4 = ConnKey { ipv6: false, ..k };
+        assert!(
+            ct.lookup(&v4, Signal::default(), 1).is_none(),
+            "families never match"
+        );
+    }
+
+    #[test]
+    fn concurrent_workers_insert_and_find_both_directions() {
+        let ct = std::sync::Arc::new(Conntrack::new(1 << 12, Timeouts::default()));
+        let flows: Vec<ConnKey> = (0..1000u16).map(|p| key(p, 443, 6)).collect();
+        std::thread::scope(|s| {
+            for w in 0..2 {
+                let (ct, flows) = (ct.clone(), &flows);
+                s.spawn(move || {
+                    for (i, f) in flows.iter().enumerate() {
+                        if i % 2 == w {
+                            let _ = ct.insert(f, State::TcpEstablished, 1, 0);
+                        }
+                    }
+                    for f in flows {
+                        // Spin until the other worker's insert is visible.
+                        while ct.lookup(&f.reversed(), tcp(tcp_flags::ACK), 1).is_none() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(ct.live_entries(2), 1000);
+    }
+}

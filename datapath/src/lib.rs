@@ -7,10 +7,12 @@
 //! cluster state into a [`tables::Tables`] value through
 //! [`tables::TablesBuilder`]; the datapath only reads it.
 
+pub mod conntrack;
 pub mod link;
 pub mod lpm;
 pub mod ports;
 pub mod prefix;
+pub mod publish;
 pub mod tables;
 
 pub use prefix::{Prefix, PrefixError};

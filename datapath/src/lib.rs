@@ -13,6 +13,7 @@ pub mod lpm;
 pub mod ports;
 pub mod prefix;
 pub mod publish;
+pub mod stats;
 pub mod tables;
 
 pub use prefix::{Prefix, PrefixError};

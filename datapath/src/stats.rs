@@ -1,0 +1,105 @@
+//! Per-worker counters.
+//!
+//! Each worker owns one [`WorkerStats`], aligned to its own cache lines so
+//! that workers never write to a line another core holds. A worker counts
+//! into a plain [`Counters`] during a batch and adds it to its shared
+//! counters once per batch; readers (metrics, summaries) load them at any
+//! time without stopping anyone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A batch's worth of counts, owned by one worker.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// One worker's counters, readable from other threads.
+        #[repr(align(128))]
+        #[derive(Debug, Default)]
+        pub struct WorkerStats {
+            $($name: AtomicU64,)*
+        }
+
+        impl WorkerStats {
+            /// Adds a batch's counts (called by the owning worker only).
+            #[inline]
+            pub fn add(&self, c: &Counters) {
+                $(if c.$name != 0 {
+                    // Single writer: a load and a store, no read-modify-write.
+                    let v = self.$name.load(Ordering::Relaxed);
+                    self.$name.store(v + c.$name, Ordering::Relaxed);
+                })*
+            }
+
+            /// The counts so far.
+            #[must_use]
+            pub fn snapshot(&self) -> Counters {
+                Counters { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl std::ops::AddAssign for Counters {
+            fn add_assign(&mut self, o: Self) {
+                $(self.$name += o.$name;)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frames received.
+    rx_packets,
+    /// Bytes received.
+    rx_bytes,
+    /// Frames let through.
+    allowed,
+    /// Frames dropped by policy.
+    denied,
+    /// Frames that did not parse (given the configured verdict).
+    malformed,
+    /// Frames that are not IP (ARP and such: not policy's business).
+    not_ip,
+    /// New connections allowed (conntrack entries created).
+    new_allowed,
+    /// Connection attempts denied.
+    new_denied,
+    /// Packets of known connections.
+    conntrack_hits,
+    /// Connections picked up mid-stream.
+    picked_up,
+    /// Entries that evicted another.
+    conntrack_evictions,
+    /// Inserts that found no slot.
+    conntrack_insert_failures,
+    /// Established connections re-checked against a new generation.
+    revalidated,
+    /// Established connections cut because a new generation denies them.
+    revoked,
+    /// Non-first fragments given their first fragment's verdict.
+    fragments_followed,
+    /// Non-first fragments whose first fragment was not seen.
+    fragments_orphaned,
+    /// Batches processed.
+    batches,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_accumulate_and_stats_are_cache_line_aligned() {
+        let s = WorkerStats::default();
+        let mut c = Counters { rx_packets: 3, denied: 1, ..Counters::default() };
+        s.add(&c);
+        s.add(&c);
+        let snap = s.snapshot();
+        assert_eq!((snap.rx_packets, snap.denied, snap.allowed), (6, 2, 0));
+        c += snap;
+        assert_eq!(c.rx_packets, 9);
+        assert_eq!(std::mem::align_of::<WorkerStats>(), 128);
+    }
+}

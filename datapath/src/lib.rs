@@ -8,6 +8,7 @@
 //! [`tables::TablesBuilder`]; the datapath only reads it.
 
 pub mod conntrack;
+pub mod craft;
 pub mod link;
 pub mod lpm;
 pub mod ports;

@@ -57,16 +57,17 @@ fn tables(g: u64) -> Tables {
 fn verdicts_always_match_the_generation_of_the_batch() {
     let publisher = Publisher::new(tables(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let published = Arc::new(AtomicU64::new(0));
+    let last_published = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_millis(1500);
     std::thread::scope(|s| {
         {
-            let (publisher, stop, published) = (publisher.clone(), stop.clone(), published.clone());
+            let (publisher, stop, last_published) =
+                (publisher.clone(), stop.clone(), last_published.clone());
             s.spawn(move || {
                 let mut g = 1;
                 while !stop.load(Ordering::Relaxed) {
                     publisher.publish(tables(g), None);
-                    published.store(g, Ordering::Relaxed);
+                    last_published.store(g, Ordering::Relaxed);
                     g += 1;
                 }
             });
@@ -113,5 +114,5 @@ fn verdicts_always_match_the_generation_of_the_batch() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    assert!(published.load(Ordering::Relaxed) > 10);
+    assert!(last_published.load(Ordering::Relaxed) > 10);
 }

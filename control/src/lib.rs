@@ -9,4 +9,5 @@
 pub mod compile;
 pub mod model;
 pub mod probe;
+pub mod replay;
 pub mod sources;

@@ -17,7 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use podfence_control::compile::{CompileOptions, Compiled, compile};
 use podfence_control::model::{Cluster, Protocol};
 use podfence_control::probe::{self, Endpoint, Explanation, Probe};
+use podfence_control::replay::{self, ReplayOptions};
 use podfence_control::sources::manifests;
+use podfence_datapath::worker::MalformedAction;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +74,48 @@ enum Command {
         /// SCTP (any case); the destination port.
         #[arg(value_name = "SRC DST PROTO PORT", num_args = 0..=4)]
         operands: Vec<String>,
+    },
+    /// Replay capture files (pcap, pcapng) through the worker pipeline.
+    ///
+    /// Stateful: replies of allowed connections pass, a packet that matches
+    /// no connection is classified as a new one, flows that start
+    /// mid-capture are picked up loosely. Prints a summary; a capture that
+    /// cannot be read is reported and the others are still replayed (exit
+    /// status 1).
+    Replay {
+        #[command(flatten)]
+        manifests: ManifestArgs,
+        /// Capture files, replayed in this order as one trace. They may
+        /// follow the manifest paths directly: trailing paths that are
+        /// captures (by their first bytes, or a .pcap/.pcapng/.cap name) are
+        /// taken as captures.
+        #[arg(value_name = "CAPTURE")]
+        captures: Vec<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: u32,
+        /// Write one line per flow: proto src_ip src_port dst_ip dst_port
+        /// packets bytes verdict policy (tab-separated; src sent the first
+        /// packet; verdict and policy are those of that packet).
+        #[arg(long, value_name = "FILE")]
+        flows: Option<PathBuf>,
+        /// Write one line per packet in capture order: index (from 1, across
+        /// files) and allow, deny or malformed.
+        #[arg(long, value_name = "FILE")]
+        packets: Option<PathBuf>,
+        /// Write the packets that passed to this pcap file.
+        #[arg(long, value_name = "FILE")]
+        write_allowed: Option<PathBuf>,
+        /// Write the packets that were dropped (by policy, or malformed) to
+        /// this pcap file.
+        #[arg(long, value_name = "FILE")]
+        write_denied: Option<PathBuf>,
+        /// Let frames that do not parse through instead of dropping them.
+        #[arg(long)]
+        pass_malformed: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -141,8 +185,37 @@ fn explain_operands(
     })
 }
 
+/// Whether `path` names a capture file: pcap or pcapng magic, or, for a
+/// file that cannot be read, a capture file name.
+fn is_capture(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
+        Ok(()) => matches!(
+            u32::from_le_bytes(magic),
+            0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 | 0x0a0d_0d0a
+        ),
+        Err(_) => path.extension().is_some_and(|e| e == "pcap" || e == "pcapng" || e == "cap"),
+    }
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Command::Replay { manifests, captures, .. } = &mut cli.command {
+        use clap::CommandFactory;
+        let paths = &mut manifests.manifests;
+        while paths.len() > 1 && paths.last().is_some_and(|p| is_capture(p)) {
+            let p = paths.pop().expect("checked");
+            captures.insert(0, p);
+        }
+        if captures.is_empty() {
+            let mut cmd = Cli::command().bin_name("podfence");
+            let sub = cmd.find_subcommand_mut("replay").expect("replay exists").clone();
+            sub.bin_name("podfence replay")
+                .error(clap::error::ErrorKind::MissingRequiredArgument, "no capture files given")
+                .exit();
+        }
+    }
     if let Command::Explain {
         manifests,
         operands,
@@ -176,6 +249,30 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let (cluster, compiled) = load(&manifests)?;
             run_matrix(&cluster, &compiled, &ports, &protocols, &externals)
+        }
+        Command::Replay {
+            manifests,
+            captures,
+            workers,
+            flows,
+            packets,
+            write_allowed,
+            write_denied,
+            pass_malformed,
+            json,
+        } => {
+            let (_, compiled) = load(&manifests)?;
+            let options = ReplayArgs {
+                captures,
+                workers: workers as usize,
+                flows,
+                packets,
+                write_allowed,
+                write_denied,
+                malformed: if pass_malformed { MalformedAction::Pass } else { MalformedAction::Drop },
+                json,
+            };
+            run_replay(compiled.tables, &options)
         }
         Command::Explain {
             manifests,
@@ -322,5 +419,162 @@ fn run_matrix(
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+struct ReplayArgs {
+    captures: Vec<PathBuf>,
+    workers: usize,
+    flows: Option<PathBuf>,
+    packets: Option<PathBuf>,
+    write_allowed: Option<PathBuf>,
+    write_denied: Option<PathBuf>,
+    malformed: MalformedAction,
+    json: bool,
+}
+
+fn create(path: &std::path::Path) -> Result<BufWriter<std::fs::File>> {
+    let f = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(BufWriter::new(f))
+}
+
+fn run_replay(tables: podfence_datapath::Tables, args: &ReplayArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let total_bytes: u64 =
+        args.captures.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let progress = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        let style = "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}";
+        bar.set_style(indicatif::ProgressStyle::with_template(style).expect("valid template"));
+        let (shown, progress, done) = (bar.clone(), progress.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                shown.set_position(progress.load(Ordering::Relaxed));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        bar
+    });
+    let want_verdicts =
+        args.packets.is_some() || args.write_allowed.is_some() || args.write_denied.is_some();
+    let options = ReplayOptions {
+        workers: args.workers,
+        keep_packet_verdicts: want_verdicts,
+        malformed: args.malformed,
+        progress: Some(progress),
+        ..ReplayOptions::default()
+    };
+    let report = replay::replay(tables.clone(), &args.captures, &options);
+    done.store(true, Ordering::Relaxed);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    if let Some(path) = &args.flows {
+        let mut out = create(path)?;
+        for f in &report.flows {
+            let addr = |a: u128| -> IpAddr {
+                if f.key.ipv6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) }
+            };
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                podfence_datapath::Protocol(f.key.protocol),
+                addr(f.key.src),
+                f.key.src_port,
+                addr(f.key.dst),
+                f.key.dst_port,
+                f.packets,
+                f.bytes,
+                if f.allowed { "allow" } else { "deny" },
+                replay::attribution(&tables, f.verdict.as_ref()),
+            )?;
+        }
+        out.flush()?;
+    }
+    if let Some(path) = &args.packets {
+        let mut out = create(path)?;
+        for (i, v) in report.packet_verdicts.iter().enumerate() {
+            writeln!(out, "{}\t{}", i + 1, v.as_str())?;
+        }
+        out.flush()?;
+    }
+    if args.write_allowed.is_some() || args.write_denied.is_some() {
+        let skipped = replay::write_by_verdict(
+            &args.captures,
+            &report.packet_verdicts,
+            args.write_allowed.as_deref(),
+            args.write_denied.as_deref(),
+        )?;
+        if skipped > 0 {
+            eprintln!("podfence: note: {skipped} frames of a second link type were not written");
+        }
+    }
+    print_summary(&report, args)?;
+    for e in &report.errors {
+        eprintln!("podfence: error: {}", e.error);
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "{} of {} capture file(s) could not be read completely",
+            report.errors.len(),
+            report.files
+        )
+    }
+}
+
+fn print_summary(report: &replay::ReplayReport, args: &ReplayArgs) -> Result<()> {
+    let c = &report.counters;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let errors: Vec<String> = report.errors.iter().map(|e| e.error.to_string()).collect();
+        let summary = serde_json::json!({
+            "files": report.files,
+            "packets": report.packets(),
+            "flows": report.flows.len(),
+            "allowed": c.allowed,
+            "denied": c.denied,
+            "malformed": c.malformed,
+            "not_ip": c.not_ip,
+            "connections_allowed": c.new_allowed,
+            "connections_denied": c.new_denied,
+            "picked_up": c.picked_up,
+            "fragments_orphaned": c.fragments_orphaned,
+            "seconds": report.elapsed.as_secs_f64(),
+            "mpps": report.mpps(),
+            "errors": errors,
+        });
+        writeln!(out, "{summary}")?;
+        return Ok(());
+    }
+    let malformed = if args.malformed == MalformedAction::Pass { "passed" } else { "dropped" };
+    let rows: [(&str, String); 10] = [
+        ("files", format!("{} ({} with errors)", report.files, report.errors.len())),
+        ("packets", report.packets().to_string()),
+        ("flows", report.flows.len().to_string()),
+        ("allowed", c.allowed.to_string()),
+        ("denied", c.denied.to_string()),
+        ("malformed", format!("{} ({malformed})", c.malformed)),
+        ("not IP", format!("{} (passed to the kernel)", c.not_ip)),
+        (
+            "connections",
+            format!(
+                "{} allowed ({} picked up mid-stream), {} denied",
+                c.new_allowed, c.picked_up, c.new_denied
+            ),
+        ),
+        ("time", format!("{:.3} s", report.elapsed.as_secs_f64())),
+        ("rate", format!("{:.2} Mpps on {} worker(s)", report.mpps(), args.workers)),
+    ];
+    for (k, v) in rows {
+        writeln!(out, "{k:<12} {v}")?;
+    }
     Ok(())
 }

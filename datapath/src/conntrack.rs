@@ -51,6 +51,14 @@ impl ConnKey {
         }
     }
 
+    /// The same key for both directions, and whether `self` is the reverse
+    /// of it.
+    #[must_use]
+    pub fn canonical_key(&self) -> (Self, bool) {
+        let (words, swapped) = self.canonical();
+        (Self::from_canonical(&words, false), swapped)
+    }
+
     /// Direction-independent words, and whether `self` is the reverse of
     /// their order.
     fn canonical(&self) -> ([u64; 5], bool) {

@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod craft;
+pub mod flow;
 pub mod link;
 pub mod lpm;
 pub mod ports;
@@ -16,6 +17,8 @@ pub mod prefix;
 pub mod publish;
 pub mod stats;
 pub mod tables;
+pub mod wire;
+pub mod worker;
 
 pub use prefix::{Prefix, PrefixError};
 pub use tables::{Decision, Direction, Protocol, Tables, TablesBuilder, Verdict};

@@ -8,6 +8,7 @@
 
 use crate::link::LinkType;
 
+pub mod capture;
 pub mod memory;
 
 /// Largest batch a worker asks for.

@@ -1,0 +1,388 @@
+//! The worker: receive a batch, parse, look up the connection, classify new
+//! connections, and hand every packet with its verdict to an [`Output`].
+//!
+//! One worker runs per core (pinned); all share one [`Conntrack`] and read
+//! the published tables once per batch. Nothing in the per-packet path
+//! allocates, locks or makes a system call: descriptors live in an array
+//! the worker owns, counters are added once per batch, and the fragment
+//! table is allocated once.
+//!
+//! Decisions, per packet:
+//! - a packet of a known connection passes (with the configured re-check
+//!   against a newer table generation: a connection the new tables deny is
+//!   cut on its next packet);
+//! - an ICMP error about a known connection passes;
+//! - a packet that opens a connection (TCP SYN, SCTP INIT, ICMP echo
+//!   request, any UDP or other datagram) is classified; if allowed, the
+//!   connection is recorded;
+//! - a mid-stream packet with no connection (TCP without SYN, SCTP other
+//!   than INIT, an echo reply) is picked up loosely: allowed if the tables
+//!   allow it in its own direction or as a reply in the other, so that a
+//!   restart of podfence does not cut connections the policy allows;
+//! - a non-first fragment gets the verdict of its first fragment (see
+//!   [`crate::flow::FragmentTable`]); without one, it is denied;
+//! - a frame that does not parse gets the configured verdict and is counted
+//!   as malformed; a frame that is not IP is not policy's business and passes.
+
+use crate::conntrack::{self, ConnKey, Conntrack, Inserted, Signal};
+use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
+use crate::publish::TablesReader;
+use crate::stats::{Counters, WorkerStats};
+use crate::tables::{Protocol, Tables, Verdict};
+
+/// What happens to frames that do not parse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MalformedAction {
+    /// Drop them (fail closed).
+    #[default]
+    Drop,
+    /// Let them through.
+    Pass,
+}
+
+/// Worker settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Frames asked for per receive (at most [`MAX_BATCH`]).
+    pub batch: usize,
+    /// Re-check established connections against each new generation.
+    pub revalidate: bool,
+    /// Verdict for frames that do not parse.
+    pub malformed: MalformedAction,
+    /// Take time from frame timestamps (replays) instead of the clock.
+    pub capture_time: bool,
+    /// Fragment table entries.
+    pub fragment_slots: usize,
+    /// `Some((w, n))`: handle only the packets whose host pair hashes to
+    /// shard `w` of `n` (and, for `w == 0`, the frames that do not parse);
+    /// the others are reported as [`Outcome::Elsewhere`]. For workers that
+    /// all read the same input, as replays do.
+    pub shard: Option<(u32, u32)>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch: MAX_BATCH,
+            revalidate: true,
+            malformed: MalformedAction::Drop,
+            capture_time: false,
+            fragment_slots: 1024,
+            shard: None,
+        }
+    }
+}
+
+/// Why a packet got its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Part of a known connection.
+    Established,
+    /// An ICMP error about a known connection.
+    Related,
+    /// Opened a connection the tables allow.
+    Opened(Verdict),
+    /// Picked up mid-stream; `reversed`: allowed as a reply of a connection
+    /// opened by the other side.
+    PickedUp {
+        /// The verdict that allowed it.
+        verdict: Verdict,
+        /// Whether the connection's initiator is this packet's destination.
+        reversed: bool,
+    },
+    /// Denied as a new connection.
+    Denied(Verdict),
+    /// An established connection that a new table generation denies.
+    Revoked(Verdict),
+    /// A non-first fragment given its first fragment's verdict.
+    Fragment {
+        /// That verdict (deny when the first fragment was not seen).
+        allowed: bool,
+        /// The connection of the first fragment (this fragment's own key,
+        /// without ports, when it was not seen).
+        flow: ConnKey,
+    },
+    /// Another worker's shard: not looked at.
+    Elsewhere,
+    /// The frame did not parse.
+    Malformed(crate::flow::ParseError),
+    /// Not IP: passed to the kernel, not policy's business.
+    NotIp,
+}
+
+impl Outcome {
+    /// Whether the packet passes, given the action for malformed frames.
+    #[must_use]
+    pub fn passes(&self, malformed: MalformedAction) -> bool {
+        match self {
+            Self::Established | Self::Related | Self::Opened(_) | Self::PickedUp { .. } | Self::NotIp => true,
+            Self::Denied(_) | Self::Revoked(_) | Self::Elsewhere => false,
+            Self::Fragment { allowed, .. } => *allowed,
+            Self::Malformed(_) => malformed == MalformedAction::Pass,
+        }
+    }
+}
+
+/// Where processed packets go: transmit, drop, record.
+pub trait Output {
+    /// One packet: its descriptor, bytes, parsed metadata (if it parsed),
+    /// outcome, and whether it passes.
+    fn packet(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&crate::flow::PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+    );
+
+    /// The batch is done (flush transmit queues here).
+    fn end_batch(&mut self) {}
+}
+
+/// One worker's state.
+#[derive(Debug)]
+pub struct Worker<'a> {
+    conntrack: &'a Conntrack,
+    reader: TablesReader,
+    fragments: crate::flow::FragmentTable<FragmentVerdict>,
+    stats: &'a WorkerStats,
+    config: WorkerConfig,
+    descs: [RxDesc; MAX_BATCH],
+    clock_origin: std::time::Instant,
+}
+
+/// What a first fragment leaves for the fragments that follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentVerdict {
+    /// Whether it passed.
+    pub allowed: bool,
+    /// Its connection.
+    pub flow: ConnKey,
+}
+
+/// The port number a policy looks at: the destination port of port-carrying
+/// protocols, 0 for the others.
+#[inline]
+fn policy_port(key: &ConnKey) -> u16 {
+    match key.protocol {
+        6 | 17 | 132 => key.dst_port,
+        _ => 0,
+    }
+}
+
+/// Classifies a connection attempt in the direction of `key`.
+#[inline]
+#[must_use]
+pub fn classify_key(tables: &Tables, key: &ConnKey) -> Verdict {
+    let port = policy_port(key);
+    let protocol = Protocol(key.protocol);
+    if key.ipv6 {
+        tables.classify_v6(key.src, key.dst, protocol, port)
+    } else {
+        tables.classify_v4(key.src as u32, key.dst as u32, protocol, port)
+    }
+}
+
+impl<'a> Worker<'a> {
+    /// A worker sharing `conntrack`, reading tables through `reader`,
+    /// counting into `stats`.
+    #[must_use]
+    pub fn new(conntrack: &'a Conntrack, reader: TablesReader, stats: &'a WorkerStats, config: WorkerConfig) -> Self {
+        Self {
+            conntrack,
+            reader,
+            fragments: crate::flow::FragmentTable::new(config.fragment_slots.max(1)),
+            stats,
+            config: WorkerConfig { batch: config.batch.clamp(1, MAX_BATCH), ..config },
+            descs: [RxDesc::default(); MAX_BATCH],
+            clock_origin: std::time::Instant::now(),
+        }
+    }
+
+    /// Receives and processes one batch from `port`; returns the number of
+    /// frames (0: nothing was waiting, or the port is finished).
+    pub fn run_batch(&mut self, port: &mut dyn Port, out: &mut impl Output) -> Result<usize, PortError> {
+        let n = port.recv(&mut self.descs[..self.config.batch])?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let generation = self.reader.load();
+        let tables = &generation.tables;
+        let mut c = Counters { batches: 1, ..Counters::default() };
+        let (shard, shards) = self.config.shard.unwrap_or((0, 1));
+        let batch_now = if self.config.capture_time {
+            0
+        } else {
+            self.clock_origin.elapsed().as_nanos() as u64
+        };
+        for desc in &self.descs[..n] {
+            let frame = port.frame(desc);
+            let now = if self.config.capture_time { desc.timestamp_ns } else { batch_now };
+            let parsed = crate::flow::parse_frame(desc.link, frame);
+            let mine = match &parsed {
+                Ok(crate::flow::Parsed::Ip(meta)) => host_pair_shard(&meta.key, shards) == shard,
+                _ => shard == 0,
+            };
+            if !mine {
+                out.packet(desc, frame, None, &Outcome::Elsewhere, false);
+                continue;
+            }
+            c.rx_packets += 1;
+            c.rx_bytes += u64::from(desc.wire_len);
+            let (meta, outcome) = match parsed {
+                Ok(crate::flow::Parsed::Ip(meta)) => {
+                    let o = decide(self.conntrack, &mut self.fragments, self.config.revalidate, tables, &meta, now, &mut c);
+                    (Some(meta), o)
+                }
+                Ok(crate::flow::Parsed::NotIp { .. }) => {
+                    c.not_ip += 1;
+                    (None, Outcome::NotIp)
+                }
+                Err(e) => {
+                    c.malformed += 1;
+                    (None, Outcome::Malformed(e))
+                }
+            };
+            let passes = outcome.passes(self.config.malformed);
+            if passes {
+                c.allowed += 1;
+            } else {
+                c.denied += 1;
+            }
+            out.packet(desc, frame, meta.as_ref(), &outcome, passes);
+        }
+        port.release(&self.descs[..n]);
+        out.end_batch();
+        self.stats.add(&c);
+        Ok(n)
+    }
+}
+
+/// The decision for one parsed packet (see the module doc).
+#[allow(clippy::too_many_arguments, reason = "the worker's parts, borrowed separately")]
+fn decide(
+    conntrack: &Conntrack,
+    fragments: &mut crate::flow::FragmentTable<FragmentVerdict>,
+    revalidate: bool,
+    tables: &Tables,
+    meta: &crate::flow::PacketMeta,
+    now: u64,
+    c: &mut Counters,
+) -> Outcome {
+    let key = conn_key(&meta.key);
+    if let crate::flow::Fragment::Later { id } = meta.fragment {
+        return match fragments.lookup(&meta.key, id, now) {
+            Some(f) => {
+                c.fragments_followed += 1;
+                Outcome::Fragment { allowed: f.allowed, flow: f.flow }
+            }
+            None => {
+                c.fragments_orphaned += 1;
+                Outcome::Fragment { allowed: false, flow: key }
+            }
+        };
+    }
+    let outcome = decide_connection(conntrack, revalidate, tables, meta, &key, now, c);
+    if let crate::flow::Fragment::First { id } = meta.fragment {
+        let verdict = FragmentVerdict { allowed: outcome.passes(MalformedAction::Drop), flow: key };
+        fragments.insert(&meta.key, id, verdict, now);
+    }
+    outcome
+}
+
+/// Which of `shards` a packet's host pair belongs to: symmetric in source
+/// and destination and blind to ports, so that both directions of a
+/// connection and every fragment of a datagram land on the same shard.
+#[must_use]
+pub fn host_pair_shard(k: &crate::flow::FlowKey, shards: u32) -> u32 {
+    if shards <= 1 {
+        return 0;
+    }
+    let (a, b) = (k.src.min(k.dst), k.src.max(k.dst));
+    let mut h = (a as u64) ^ ((a >> 64) as u64).rotate_left(17);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (b as u64) ^ ((b >> 64) as u64).rotate_left(29);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(k.protocol);
+    h ^= h >> 32;
+    (h % u64::from(shards)) as u32
+}
+
+/// The conntrack key of a parsed flow key.
+#[must_use]
+pub fn conn_key(k: &crate::flow::FlowKey) -> ConnKey {
+    ConnKey {
+        src: k.src,
+        dst: k.dst,
+        src_port: k.src_port,
+        dst_port: k.dst_port,
+        protocol: k.protocol,
+        ipv6: k.ipv6,
+    }
+}
+
+fn decide_connection(
+    conntrack: &Conntrack,
+    revalidate: bool,
+    tables: &Tables,
+    meta: &crate::flow::PacketMeta,
+    key: &ConnKey,
+    now: u64,
+    c: &mut Counters,
+) -> Outcome {
+    let signal = Signal { tcp_flags: meta.tcp_flags, sctp_chunk: meta.sctp_chunk };
+    let generation = tables.generation() as u32;
+    if let Some(hit) = conntrack.lookup(key, signal, now) {
+        c.conntrack_hits += 1;
+        if revalidate && hit.generation != generation {
+            c.revalidated += 1;
+            let v = classify_key(tables, &hit.initiator);
+            if !v.is_allowed() {
+                c.revoked += 1;
+                conntrack.remove(&hit);
+                return Outcome::Revoked(v);
+            }
+            conntrack.set_generation(&hit, generation);
+        }
+        return Outcome::Established;
+    }
+    if let Some(inner) = meta.related {
+        // An ICMP error quotes the packet it is about, as that packet's
+        // sender saw it; the error goes back towards that sender.
+        if conntrack.lookup(&conn_key(&inner), Signal::default(), now).is_some() {
+            return Outcome::Related;
+        }
+    }
+    let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
+        let state = conntrack::initial_state(initiator.protocol, signal, picked_up);
+        match conntrack.insert(initiator, state, generation, now) {
+            Inserted::Fresh | Inserted::Existing => {}
+            Inserted::Evicted => c.conntrack_evictions += 1,
+            Inserted::Failed => c.conntrack_insert_failures += 1,
+        }
+    };
+    let verdict = classify_key(tables, key);
+    let opens = !meta.echo_reply && conntrack::opens_connection(key.protocol, signal);
+    if opens || verdict.is_allowed() {
+        if verdict.is_allowed() {
+            c.new_allowed += 1;
+            if !opens {
+                c.picked_up += 1;
+            }
+            record(c, key, !opens);
+            return if opens { Outcome::Opened(verdict) } else { Outcome::PickedUp { verdict, reversed: false } };
+        }
+        c.new_denied += 1;
+        return Outcome::Denied(verdict);
+    }
+    // Mid-stream and not allowed in its own direction: maybe a reply.
+    let reverse = key.reversed();
+    let back = classify_key(tables, &reverse);
+    if back.is_allowed() {
+        c.new_allowed += 1;
+        c.picked_up += 1;
+        record(c, &reverse, true);
+        return Outcome::PickedUp { verdict: back, reversed: true };
+    }
+    c.new_denied += 1;
+    Outcome::Denied(verdict)
+}

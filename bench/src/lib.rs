@@ -1,5 +1,11 @@
 //! podfence's benchmarks: synthetic clusters and traffic, an allocation
 //! counter, and the scenarios behind `podfence-bench`.
 
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "report figures (counts, nanoseconds, bytes) stay far below 2^52"
+)]
+
 pub mod alloc;
+pub mod pipeline;
 pub mod synthetic;

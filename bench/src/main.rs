@@ -53,10 +53,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The worker pipeline on in-memory traces of 64-byte packets: parse
+    /// only, established and new connections, the curve over 1 to 10,000
+    /// policies, two workers, batch latency, allocations per packet, and
+    /// replay of a capture.
+    Classify {
+        /// Pods of the synthetic cluster.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Namespaces.
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        /// Policies (the curve varies this).
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Packets per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
     match Cli::parse().command {
+        Command::Classify {
+            pods,
+            namespaces,
+            policies,
+            packets,
+            json,
+        } => {
+            bench_pipeline(
+                Shape {
+                    namespaces,
+                    pods,
+                    policies,
+                },
+                packets,
+                json,
+            );
+        }
         Command::Compile {
             pods,
             namespaces,
@@ -212,4 +250,64 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
             stats.prefix_intervals,
         );
     }
+}
+
+fn bench_pipeline(shape: Shape, packets: usize, json: bool) {
+    // Measure on the last core; the first takes most interrupts.
+    if !podfence_datapath::worker::pin_to_core(usize::MAX) {
+        eprintln!("podfence-bench: note: could not pin to a core; figures may vary more");
+    }
+    let r = podfence_bench::pipeline::run(shape, packets.max(10_000), &ALLOC);
+    let at = |n: usize| r.curve.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
+    let flatness = at(1_000) / at(1).max(f64::MIN_POSITIVE);
+    if json {
+        let curve: Vec<_> = r
+            .curve
+            .iter()
+            .map(|(p, m)| json!({"policies": p, "new_conn_mpps": m}))
+            .collect();
+        let (p50, p99, p999) = r.batch_latency_ns;
+        println!(
+            "{}",
+            json!({
+                "pods": shape.pods,
+                "namespaces": shape.namespaces,
+                "policies": shape.policies,
+                "parse_mpps": r.parse_mpps,
+                "established_mpps": r.established_mpps,
+                "new_conn_mpps": r.new_conn_mpps,
+                "two_workers_new_conn_mpps": r.two_workers_mpps,
+                "flatness_1k": flatness,
+                "curve": curve,
+                "batch_latency_ns": {"p50": p50, "p99": p99, "p999": p999},
+                "allocs_per_packet": r.allocs_per_packet,
+                "replay_mpps": r.replay_mpps,
+                "replay_packets": r.replay_packets,
+                "allowed_share": r.allowed_share,
+            })
+        );
+        return;
+    }
+    println!(
+        "{} pods, {} namespaces, {} policies, 64-byte packets, {:.0}% of new connections allowed",
+        shape.pods,
+        shape.namespaces,
+        shape.policies,
+        100.0 * r.allowed_share
+    );
+    println!("parse only            {:8.2} Mpps", r.parse_mpps);
+    println!("established           {:8.2} Mpps", r.established_mpps);
+    println!("new connections       {:8.2} Mpps", r.new_conn_mpps);
+    println!("  with two workers    {:8.2} Mpps", r.two_workers_mpps);
+    for (p, m) in &r.curve {
+        println!("  at {p:>6} policies   {m:8.2} Mpps");
+    }
+    println!("flatness (1k / 1)     {flatness:8.2}");
+    let (p50, p99, p999) = r.batch_latency_ns;
+    println!("batch latency (64)    p50 {p50} ns, p99 {p99} ns, p999 {p999} ns");
+    println!("allocations/packet    {:8.4}", r.allocs_per_packet);
+    println!(
+        "replay (1 worker)     {:8.2} Mpps over {} packets",
+        r.replay_mpps, r.replay_packets
+    );
 }

@@ -195,13 +195,20 @@ fn is_capture(path: &std::path::Path) -> bool {
             u32::from_le_bytes(magic),
             0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 | 0x0a0d_0d0a
         ),
-        Err(_) => path.extension().is_some_and(|e| e == "pcap" || e == "pcapng" || e == "cap"),
+        Err(_) => path
+            .extension()
+            .is_some_and(|e| e == "pcap" || e == "pcapng" || e == "cap"),
     }
 }
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Command::Replay { manifests, captures, .. } = &mut cli.command {
+    if let Command::Replay {
+        manifests,
+        captures,
+        ..
+    } = &mut cli.command
+    {
         use clap::CommandFactory;
         let paths = &mut manifests.manifests;
         while paths.len() > 1 && paths.last().is_some_and(|p| is_capture(p)) {
@@ -210,9 +217,15 @@ fn main() -> ExitCode {
         }
         if captures.is_empty() {
             let mut cmd = Cli::command().bin_name("podfence");
-            let sub = cmd.find_subcommand_mut("replay").expect("replay exists").clone();
+            let sub = cmd
+                .find_subcommand_mut("replay")
+                .expect("replay exists")
+                .clone();
             sub.bin_name("podfence replay")
-                .error(clap::error::ErrorKind::MissingRequiredArgument, "no capture files given")
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "no capture files given",
+                )
                 .exit();
         }
     }
@@ -269,10 +282,14 @@ fn run(cli: Cli) -> Result<()> {
                 packets,
                 write_allowed,
                 write_denied,
-                malformed: if pass_malformed { MalformedAction::Pass } else { MalformedAction::Drop },
+                malformed: if pass_malformed {
+                    MalformedAction::Pass
+                } else {
+                    MalformedAction::Drop
+                },
                 json,
             };
-            run_replay(compiled.tables, &options)
+            run_replay(&compiled.tables, &options)
         }
         Command::Explain {
             manifests,
@@ -434,17 +451,22 @@ struct ReplayArgs {
 }
 
 fn create(path: &std::path::Path) -> Result<BufWriter<std::fs::File>> {
-    let f = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(BufWriter::new(f))
 }
 
-fn run_replay(tables: podfence_datapath::Tables, args: &ReplayArgs) -> Result<()> {
+fn run_replay(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> Result<()> {
     use std::io::IsTerminal;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    let total_bytes: u64 =
-        args.captures.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let total_bytes: u64 = args
+        .captures
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     let progress = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -479,7 +501,11 @@ fn run_replay(tables: podfence_datapath::Tables, args: &ReplayArgs) -> Result<()
         let mut out = create(path)?;
         for f in &report.flows {
             let addr = |a: u128| -> IpAddr {
-                if f.key.ipv6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) }
+                if f.key.ipv6 {
+                    IpAddr::V6(a.into())
+                } else {
+                    IpAddr::V4((a as u32).into())
+                }
             };
             writeln!(
                 out,
@@ -492,7 +518,7 @@ fn run_replay(tables: podfence_datapath::Tables, args: &ReplayArgs) -> Result<()
                 f.packets,
                 f.bytes,
                 if f.allowed { "allow" } else { "deny" },
-                replay::attribution(&tables, f.verdict.as_ref()),
+                replay::attribution(tables, f.verdict.as_ref()),
             )?;
         }
         out.flush()?;
@@ -554,9 +580,16 @@ fn print_summary(report: &replay::ReplayReport, args: &ReplayArgs) -> Result<()>
         writeln!(out, "{summary}")?;
         return Ok(());
     }
-    let malformed = if args.malformed == MalformedAction::Pass { "passed" } else { "dropped" };
+    let malformed = if args.malformed == MalformedAction::Pass {
+        "passed"
+    } else {
+        "dropped"
+    };
     let rows: [(&str, String); 10] = [
-        ("files", format!("{} ({} with errors)", report.files, report.errors.len())),
+        (
+            "files",
+            format!("{} ({} with errors)", report.files, report.errors.len()),
+        ),
         ("packets", report.packets().to_string()),
         ("flows", report.flows.len().to_string()),
         ("allowed", c.allowed.to_string()),
@@ -571,7 +604,10 @@ fn print_summary(report: &replay::ReplayReport, args: &ReplayArgs) -> Result<()>
             ),
         ),
         ("time", format!("{:.3} s", report.elapsed.as_secs_f64())),
-        ("rate", format!("{:.2} Mpps on {} worker(s)", report.mpps(), args.workers)),
+        (
+            "rate",
+            format!("{:.2} Mpps on {} worker(s)", report.mpps(), args.workers),
+        ),
     ];
     for (k, v) in rows {
         writeln!(out, "{k:<12} {v}")?;

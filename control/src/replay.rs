@@ -24,9 +24,7 @@ use podfence_datapath::ports::{Port, PortError, RxDesc};
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::{Counters, WorkerStats};
 use podfence_datapath::tables::{Decision, Direction, Tables, Verdict};
-use podfence_datapath::worker::{
-    MalformedAction, Outcome, Output, Worker, WorkerConfig, conn_key,
-};
+use podfence_datapath::worker::{MalformedAction, Outcome, Output, Worker, WorkerConfig, conn_key};
 use rustc_hash::FxHashMap;
 
 /// Replay settings.
@@ -141,9 +139,14 @@ impl ReplayReport {
 
     /// Millions of packets per second.
     #[must_use]
+    #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
     pub fn mpps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.counters.rx_packets as f64 / secs / 1e6 } else { 0.0 }
+        if secs > 0.0 {
+            self.counters.rx_packets as f64 / secs / 1e6
+        } else {
+            0.0
+        }
     }
 }
 
@@ -183,7 +186,14 @@ struct ShardOutput<'r> {
 }
 
 impl Output for ShardOutput<'_> {
-    fn packet(&mut self, desc: &RxDesc, _frame: &[u8], meta: Option<&PacketMeta>, outcome: &Outcome, passes: bool) {
+    fn packet(
+        &mut self,
+        desc: &RxDesc,
+        _frame: &[u8],
+        meta: Option<&PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+    ) {
         let r = &mut *self.recorder;
         if !matches!(outcome, Outcome::Elsewhere) {
             let code = match outcome {
@@ -224,11 +234,22 @@ pub fn replay(tables: Tables, captures: &[PathBuf], options: &ReplayOptions) -> 
             .map(|w| {
                 let (publisher, conntrack, stats) = (&publisher, &conntrack, &stats[w]);
                 s.spawn(move || {
-                    run_shard(w as u64, workers as u64, publisher, conntrack, stats, captures, options)
+                    run_shard(
+                        w as u64,
+                        workers as u64,
+                        publisher,
+                        conntrack,
+                        stats,
+                        captures,
+                        options,
+                    )
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("replay worker panicked"))
+            .collect()
     });
     let elapsed = start.elapsed();
 
@@ -252,8 +273,18 @@ pub fn replay(tables: Tables, captures: &[PathBuf], options: &ReplayOptions) -> 
         }
     }
     flows.sort_by_key(|f| f.first_packet);
-    let packet_verdicts = verdicts.into_iter().filter_map(PacketVerdict::from_code).collect();
-    ReplayReport { files: captures.len(), counters, flows, packet_verdicts, errors, elapsed }
+    let packet_verdicts = verdicts
+        .into_iter()
+        .filter_map(PacketVerdict::from_code)
+        .collect();
+    ReplayReport {
+        files: captures.len(),
+        counters,
+        flows,
+        packet_verdicts,
+        errors,
+        elapsed,
+    }
 }
 
 fn run_shard(
@@ -284,17 +315,25 @@ fn run_shard(
         let mut port = match CapturePort::open(path) {
             Ok(p) => p,
             Err(error) => {
-                errors.push(FileError { path: path.clone(), error });
+                errors.push(FileError {
+                    path: path.clone(),
+                    error,
+                });
                 continue;
             }
         };
-        let mut out = ShardOutput { recorder: &mut recorder };
+        let mut out = ShardOutput {
+            recorder: &mut recorder,
+        };
         loop {
             match worker.run_batch(&mut port, &mut out) {
                 Ok(0) if port.finished() => break,
                 Ok(_) => {}
                 Err(error) => {
-                    errors.push(FileError { path: path.clone(), error });
+                    errors.push(FileError {
+                        path: path.clone(),
+                        error,
+                    });
                     break;
                 }
             }
@@ -318,12 +357,15 @@ pub fn write_by_verdict(
     allowed: Option<&Path>,
     denied: Option<&Path>,
 ) -> Result<u64, PortError> {
-    let mut writers: [(Option<&Path>, Option<CaptureWriter>); 2] = [(allowed, None), (denied, None)];
+    let mut writers: [(Option<&Path>, Option<CaptureWriter>); 2] =
+        [(allowed, None), (denied, None)];
     let mut skipped = 0;
     let mut index = 0usize;
     let mut descs = [RxDesc::default(); podfence_datapath::ports::MAX_BATCH];
     for path in captures {
-        let Ok(mut port) = CapturePort::open(path) else { continue };
+        let Ok(mut port) = CapturePort::open(path) else {
+            continue;
+        };
         loop {
             let n = match port.recv(&mut descs) {
                 Ok(0) | Err(_) => break,
@@ -336,7 +378,9 @@ pub fn write_by_verdict(
                     None => 2,
                 };
                 index += 1;
-                let Some((Some(target), writer)) = writers.get_mut(which) else { continue };
+                let Some((Some(target), writer)) = writers.get_mut(which) else {
+                    continue;
+                };
                 if writer.is_none() {
                     *writer = Some(CaptureWriter::create(target, d.link)?);
                 }
@@ -370,20 +414,33 @@ pub fn write_by_verdict(
 /// direction that denied; `-` where no policy was involved.
 #[must_use]
 pub fn attribution(tables: &Tables, verdict: Option<&Verdict>) -> String {
-    let Some(v) = verdict else { return "-".to_owned() };
+    let Some(v) = verdict else {
+        return "-".to_owned();
+    };
     let mut parts = Vec::new();
-    for (direction, d) in [(Direction::Egress, v.egress), (Direction::Ingress, v.ingress)] {
+    for (direction, d) in [
+        (Direction::Egress, v.egress),
+        (Direction::Ingress, v.ingress),
+    ] {
         match d {
             Decision::Allowed { policy, rule } => {
                 parts.push(format!("{direction}={}#{rule}", tables.policy(policy)));
             }
             Decision::Denied { group } => {
-                let names: Vec<String> =
-                    tables.group(group).1.iter().map(|p| tables.policy(*p).to_string()).collect();
+                let names: Vec<String> = tables
+                    .group(group)
+                    .1
+                    .iter()
+                    .map(|p| tables.policy(*p).to_string())
+                    .collect();
                 parts.push(format!("{direction}={}", names.join(",")));
             }
             Decision::NotEnforced | Decision::NotIsolated | Decision::SelfTraffic => {}
         }
     }
-    if parts.is_empty() { "-".to_owned() } else { parts.join(";") }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(";")
+    }
 }

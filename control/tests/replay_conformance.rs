@@ -25,19 +25,33 @@ impl Drop for TempFile {
 }
 
 fn transport(protocol: Protocol, src_port: u16, dst_port: u16, reply: bool) -> Transport {
-    let (src_port, dst_port) = if reply { (dst_port, src_port) } else { (src_port, dst_port) };
+    let (src_port, dst_port) = if reply {
+        (dst_port, src_port)
+    } else {
+        (src_port, dst_port)
+    };
     match protocol {
-        Protocol::Tcp => Transport::Tcp { src_port, dst_port, flags: if reply { 0x12 } else { 0x02 } },
+        Protocol::Tcp => Transport::Tcp {
+            src_port,
+            dst_port,
+            flags: if reply { 0x12 } else { 0x02 },
+        },
         Protocol::Udp => Transport::Udp { src_port, dst_port },
-        Protocol::Sctp => Transport::Sctp { src_port, dst_port, chunk: if reply { 2 } else { 1 } },
+        Protocol::Sctp => Transport::Sctp {
+            src_port,
+            dst_port,
+            chunk: if reply { 2 } else { 1 },
+        },
     }
 }
 
 #[test]
 fn replay_agrees_with_probe_on_every_conformance_case() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
-    let mut cases: Vec<PathBuf> =
-        std::fs::read_dir(root.join("cases")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     cases.sort();
     let mut mismatches = Vec::new();
     let mut checked = 0;
@@ -50,12 +64,18 @@ fn replay_agrees_with_probe_on_every_conformance_case() {
         let tables = compile(&m.cluster, &CompileOptions::default()).tables;
         let expected = std::fs::read_to_string(case.join("expected.tsv")).unwrap();
 
-        let capture = TempFile(std::env::temp_dir().join(format!("podfence-replay-{}-{n}.pcap", std::process::id())));
+        let capture = TempFile(
+            std::env::temp_dir().join(format!("podfence-replay-{}-{n}.pcap", std::process::id())),
+        );
         let mut writer = CaptureWriter::create(&capture.0, LinkType::Ethernet).unwrap();
         // (probe line, is reply, expected verdict)
         let mut packets: Vec<(String, bool, &str)> = Vec::new();
         let mut ts = 1_000_000_000u64;
-        for (i, line) in expected.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        for (i, line) in expected
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+        {
             let want = line.rsplit('\t').next().unwrap();
             let p = Probe::from_line(line).unwrap();
             let (src, dst): (IpAddr, IpAddr) = probe::resolve(&m.cluster, &p).unwrap();
@@ -82,19 +102,43 @@ fn replay_agrees_with_probe_on_every_conformance_case() {
         }
         writer.finish().unwrap();
 
-        let options = ReplayOptions { keep_packet_verdicts: true, workers: 1 + n % 2, ..ReplayOptions::default() };
+        let options = ReplayOptions {
+            keep_packet_verdicts: true,
+            workers: 1 + n % 2,
+            ..ReplayOptions::default()
+        };
         let report = replay(tables, std::slice::from_ref(&capture.0), &options);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(report.packet_verdicts.len(), packets.len(), "{}", case.display());
+        assert_eq!(
+            report.packet_verdicts.len(),
+            packets.len(),
+            "{}",
+            case.display()
+        );
         for ((line, reply, want), got) in packets.iter().zip(&report.packet_verdicts) {
             checked += 1;
-            let want = if *want == "allow" { PacketVerdict::Allow } else { PacketVerdict::Deny };
+            let want = if *want == "allow" {
+                PacketVerdict::Allow
+            } else {
+                PacketVerdict::Deny
+            };
             if *got != want {
                 let what = if *reply { "reply" } else { "request" };
-                mismatches.push(format!("{}: {line}: {what}: expected {want:?}, got {got:?}", case.display()));
+                mismatches.push(format!(
+                    "{}: {line}: {what}: expected {want:?}, got {got:?}",
+                    case.display()
+                ));
             }
         }
     }
-    assert!(mismatches.is_empty(), "{} of {checked} packets differ:\n{}", mismatches.len(), mismatches.join("\n"));
-    eprintln!("{checked} packets in {} cases agree with probe", cases.len());
+    assert!(
+        mismatches.is_empty(),
+        "{} of {checked} packets differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    eprintln!(
+        "{checked} packets in {} cases agree with probe",
+        cases.len()
+    );
 }

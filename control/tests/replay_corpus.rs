@@ -38,24 +38,45 @@ fn every_tcpdump_capture_replays_without_panic_hang_or_unbounded_memory() {
     let (mut packets, mut failed, mut replayed_fully) = (0u64, 0usize, 0usize);
     let mut slowest = (Duration::ZERO, PathBuf::new());
     for (i, f) in files.iter().enumerate() {
-        let options = ReplayOptions { workers: 1 + i % 2, ..options.clone() };
+        let options = ReplayOptions {
+            workers: 1 + i % 2,
+            ..options.clone()
+        };
         let start = Instant::now();
         let report = replay(tables.clone(), std::slice::from_ref(f), &options);
         let took = start.elapsed();
         if took > slowest.0 {
             slowest = (took, f.clone());
         }
-        assert!(took < Duration::from_secs(10), "{} took {took:?}", f.display());
-        assert_eq!(report.packet_verdicts.len() as u64, report.packets(), "{}", f.display());
+        assert!(
+            took < Duration::from_secs(10),
+            "{} took {took:?}",
+            f.display()
+        );
+        assert_eq!(
+            report.packet_verdicts.len() as u64,
+            report.packets(),
+            "{}",
+            f.display()
+        );
         let c = &report.counters;
-        assert_eq!(c.allowed + c.denied, report.packets(), "{}: every frame gets a verdict", f.display());
+        assert_eq!(
+            c.allowed + c.denied,
+            report.packets(),
+            "{}: every frame gets a verdict",
+            f.display()
+        );
         packets += report.packets();
         if report.errors.is_empty() {
             replayed_fully += 1;
         } else {
             failed += 1;
             for e in &report.errors {
-                assert!(e.error.to_string().contains(&*f.to_string_lossy()), "error names the file: {}", e.error);
+                assert!(
+                    e.error.to_string().contains(&*f.to_string_lossy()),
+                    "error names the file: {}",
+                    e.error
+                );
             }
         }
     }
@@ -68,7 +89,13 @@ fn every_tcpdump_capture_replays_without_panic_hang_or_unbounded_memory() {
         slowest.1.display(),
         peak / 1024
     );
-    assert!(replayed_fully > 400, "only {replayed_fully} files replayed fully");
+    assert!(
+        replayed_fully > 400,
+        "only {replayed_fully} files replayed fully"
+    );
     assert!(packets > 5_000, "only {packets} frames replayed");
-    assert!(peak < 1024 * 1024, "peak RSS {peak} KiB: memory is not bounded");
+    assert!(
+        peak < 1024 * 1024,
+        "peak RSS {peak} KiB: memory is not bounded"
+    );
 }

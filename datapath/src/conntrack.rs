@@ -18,6 +18,11 @@
 //! slot. Each entry records the low 32 bits of the table generation that
 //! allowed it, so a worker can re-check established connections when a new
 //! generation is published.
+//!
+//! Slots are grouped in buckets of eight; a separate, compact array holds
+//! one 8-bit fingerprint per slot (a word per bucket), so a lookup reads one
+//! word that is usually cached and then at most the one slot whose
+//! fingerprint matches, instead of eight cache lines.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -357,7 +362,18 @@ pub enum Inserted {
     Failed,
 }
 
+/// Slots per bucket (and fingerprints per fingerprint word).
 const WINDOW: usize = 8;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Bit `8 i + 7` set where byte `i` of `word` equals `fp` (and possibly,
+/// spuriously, above such a byte: candidates are verified).
+#[inline]
+fn matching_bytes(word: u64, fp: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(fp));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
 const INITIATOR_IS_B: u32 = 1 << 8;
 
 #[repr(align(64))]
@@ -370,6 +386,20 @@ struct Slot {
     generation: AtomicU32,
 }
 
+#[inline]
+fn prefetch_read<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint with no architectural effect; the pointer
+    // comes from a reference, so it is valid anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(p).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 fn seq(tag: u64) -> u32 {
     (tag >> 32) as u32
 }
@@ -378,7 +408,9 @@ fn seq(tag: u64) -> u32 {
 #[derive(Debug)]
 pub struct Conntrack {
     slots: Box<[Slot]>,
-    mask: usize,
+    /// One fingerprint byte per slot; 0: never used.
+    fingerprints: Box<[AtomicU64]>,
+    bucket_mask: usize,
     timeouts: Timeouts,
 }
 
@@ -389,9 +421,11 @@ impl Conntrack {
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
         let n = capacity.max(WINDOW).next_power_of_two();
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
+        let fingerprints = (0..n / WINDOW).map(|_| AtomicU64::new(0)).collect();
         Self {
             slots,
-            mask: n - 1,
+            fingerprints,
+            bucket_mask: n / WINDOW - 1,
             timeouts,
         }
     }
@@ -402,13 +436,42 @@ impl Conntrack {
         self.slots.len()
     }
 
-    fn home(words: &[u64; 5]) -> usize {
+    /// The bucket of a key and its fingerprint (never 0).
+    #[inline]
+    fn home(&self, words: &[u64; 5]) -> (usize, u8) {
         let mut h: u64 = 0x243f_6a88_85a3_08d3;
         for w in words {
             h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             h ^= h >> 29;
         }
-        h as usize
+        ((h as usize) & self.bucket_mask, ((h >> 56) as u8) | 1)
+    }
+
+    /// First stage of a batched lookup: starts loading the fingerprints of
+    /// `key`'s bucket.
+    #[inline]
+    pub fn prefetch_bucket(&self, key: &ConnKey) {
+        let (words, _) = key.canonical();
+        let (bucket, _) = self.home(&words);
+        prefetch_read(&self.fingerprints[bucket]);
+    }
+
+    /// Second stage, after [`Self::prefetch_bucket`] for the whole batch:
+    /// starts loading the slot whose fingerprint matches (or, for a new
+    /// connection, the first unused slot an insert would take).
+    #[inline]
+    pub fn prefetch_entry(&self, key: &ConnKey) {
+        let (words, _) = key.canonical();
+        let (bucket, fp) = self.home(&words);
+        let word = self.fingerprints[bucket].load(Ordering::Relaxed);
+        let candidates = match matching_bytes(word, fp) {
+            0 => matching_bytes(word, 0),
+            c => c,
+        };
+        if candidates != 0 {
+            let i = candidates.trailing_zeros() as usize / 8;
+            prefetch_read(&self.slots[bucket * WINDOW + i]);
+        }
     }
 
     fn live(&self, tag: u64, last_seen: u64, now: u64) -> bool {
@@ -433,9 +496,12 @@ impl Conntrack {
     #[must_use]
     pub fn lookup(&self, key: &ConnKey, signal: Signal, now: u64) -> Option<Hit> {
         let (words, swapped) = key.canonical();
-        let home = Self::home(&words);
-        for i in 0..WINDOW {
-            let idx = (home + i) & self.mask;
+        let (bucket, fp) = self.home(&words);
+        let mut candidates = matching_bytes(self.fingerprints[bucket].load(Ordering::Acquire), fp);
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize / 8;
+            candidates &= candidates - 1;
+            let idx = bucket * WINDOW + i;
             let slot = &self.slots[idx];
             let Some((mut tag, k)) = Self::read_key(slot) else {
                 continue;
@@ -483,14 +549,39 @@ impl Conntrack {
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert(&self, initiator: &ConnKey, state: State, generation: u32, now: u64) -> Inserted {
         let (words, swapped) = initiator.canonical();
-        let home = Self::home(&words);
+        let (bucket, fp) = self.home(&words);
         for _attempt in 0..4 {
-            // Already there? Otherwise pick a free/expired slot, or the
-            // least recently seen one.
+            let word = self.fingerprints[bucket].load(Ordering::Acquire);
+            // Already there?
+            let mut candidates = matching_bytes(word, fp);
+            while candidates != 0 {
+                let idx = bucket * WINDOW + candidates.trailing_zeros() as usize / 8;
+                candidates &= candidates - 1;
+                let slot = &self.slots[idx];
+                if let Some((tag, k)) = Self::read_key(slot)
+                    && k == words
+                    && self.live(tag, slot.last_seen.load(Ordering::Relaxed), now)
+                {
+                    return Inserted::Existing;
+                }
+            }
+            // A never-used slot (fingerprint 0; the lowest flagged byte is
+            // exact) needs no look at the others.
+            let unused = matching_bytes(word, 0);
             let mut victim: Option<(usize, u64, u64)> = None; // (idx, tag, last_seen)
             let mut victim_live = true;
-            for i in 0..WINDOW {
-                let idx = (home + i) & self.mask;
+            if unused != 0 {
+                let idx = bucket * WINDOW + unused.trailing_zeros() as usize / 8;
+                let tag = self.slots[idx].tag.load(Ordering::Acquire);
+                if seq(tag) & 1 == 0 && State::from_bits(tag as u32) == State::Free {
+                    victim = Some((idx, tag, 0));
+                    victim_live = false;
+                }
+            }
+            // Otherwise a free or expired slot, or the least recently seen.
+            let scan = if victim.is_none() { WINDOW } else { 0 };
+            for i in 0..scan {
+                let idx = bucket * WINDOW + i;
                 let slot = &self.slots[idx];
                 let Some((tag, k)) = Self::read_key(slot) else {
                     continue;
@@ -528,6 +619,18 @@ impl Conntrack {
             }
             slot.last_seen.store(now, Ordering::Relaxed);
             slot.generation.store(generation, Ordering::Relaxed);
+            // The fingerprint before the publication, so that a reader that
+            // sees the entry also finds it.
+            let shift = (idx % WINDOW) * 8;
+            let fps = &self.fingerprints[bucket];
+            let mut old = fps.load(Ordering::Relaxed);
+            loop {
+                let new = (old & !(0xff << shift)) | (u64::from(fp) << shift);
+                match fps.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(o) => old = o,
+                }
+            }
             let flags = if swapped { INITIATOR_IS_B } else { 0 };
             let published =
                 (u64::from(seq(claimed).wrapping_add(1)) << 32) | u64::from(flags | state as u32);

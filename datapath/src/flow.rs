@@ -45,8 +45,8 @@ use crate::link::LinkType;
 use crate::tables::Protocol;
 use crate::wire::ethernet::walk_vlan_tags;
 use crate::wire::{
-    EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet,
-    LinuxSll2Header, LinuxSllHeader, SctpPacket, TcpPacket, UdpPacket, ethertype, icmpv4, icmpv6, ip_proto,
+    EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, LinuxSll2Header,
+    LinuxSllHeader, SctpPacket, TcpPacket, UdpPacket, ethertype, icmpv4, icmpv6, ip_proto,
 };
 
 pub use crate::wire::ParseError;
@@ -94,12 +94,25 @@ impl FlowKey {
     #[must_use]
     #[inline]
     pub fn v6(src: u128, dst: u128, protocol: u8, src_port: u16, dst_port: u16) -> Self {
-        Self { src, dst, src_port, dst_port, protocol, ipv6: true }
+        Self {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            protocol,
+            ipv6: true,
+        }
     }
 
     /// A key from `std` addresses; `None` when the families differ.
     #[must_use]
-    pub fn new(src: IpAddr, dst: IpAddr, protocol: u8, src_port: u16, dst_port: u16) -> Option<Self> {
+    pub fn new(
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: u8,
+        src_port: u16,
+        dst_port: u16,
+    ) -> Option<Self> {
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 Some(Self::v4(s.into(), d.into(), protocol, src_port, dst_port))
@@ -299,8 +312,7 @@ pub fn parse_frame(link: LinkType, frame: &[u8]) -> Result<Parsed, ParseError> {
         }
         LinkType::LinuxSll2 => {
             let sll = LinuxSll2Header::new_checked(frame)?;
-            let walk =
-                walk_vlan_tags(frame, LinuxSll2Header::<&[u8]>::HEADER_LEN, sll.protocol())?;
+            let walk = walk_vlan_tags(frame, LinuxSll2Header::<&[u8]>::HEADER_LEN, sll.protocol())?;
             (walk.ethertype, walk.payload_offset)
         }
     };
@@ -324,8 +336,13 @@ fn parse_ipv4(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
         (true, _) => Fragment::Later { id },
     };
     let key = FlowKey::v4(ip.src(), ip.dst(), protocol, 0, 0);
-    let mut meta =
-        PacketMeta::bare(key, fragment, l3_offset, u32::from(ip.total_len()), ip.ttl());
+    let mut meta = PacketMeta::bare(
+        key,
+        fragment,
+        l3_offset,
+        u32::from(ip.total_len()),
+        ip.ttl(),
+    );
     if let Fragment::Later { .. } = fragment {
         return Ok(meta);
     }
@@ -345,8 +362,13 @@ fn parse_ipv6(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
     };
     let key = FlowKey::v6(ip.src(), ip.dst(), ext.protocol, 0, 0);
     let packet = ip.packet();
-    let mut meta =
-        PacketMeta::bare(key, fragment, l3_offset, packet.len() as u32, ip.hop_limit());
+    let mut meta = PacketMeta::bare(
+        key,
+        fragment,
+        l3_offset,
+        packet.len() as u32,
+        ip.hop_limit(),
+    );
     if let Fragment::Later { .. } = fragment {
         return Ok(meta);
     }
@@ -386,7 +408,10 @@ fn parse_l4(meta: &mut PacketMeta, data: &[u8]) -> Result<(), ParseError> {
         }
         (ip_proto::ICMP, false) => {
             let icmp = Icmpv4Packet::new_checked(data)?;
-            meta.icmp = Some(IcmpInfo { msg_type: icmp.msg_type(), code: icmp.code() });
+            meta.icmp = Some(IcmpInfo {
+                msg_type: icmp.msg_type(),
+                code: icmp.code(),
+            });
             if let Some(id) = icmp.echo_ident() {
                 (key.src_port, key.dst_port) = (id, id);
                 meta.echo_reply = icmp.msg_type() == icmpv4::kind::ECHO_REPLY;
@@ -396,7 +421,10 @@ fn parse_l4(meta: &mut PacketMeta, data: &[u8]) -> Result<(), ParseError> {
         }
         (ip_proto::ICMPV6, true) => {
             let icmp = Icmpv6Packet::new_checked(data)?;
-            meta.icmp = Some(IcmpInfo { msg_type: icmp.msg_type(), code: icmp.code() });
+            meta.icmp = Some(IcmpInfo {
+                msg_type: icmp.msg_type(),
+                code: icmp.code(),
+            });
             if let Some(id) = icmp.echo_ident() {
                 (key.src_port, key.dst_port) = (id, id);
                 meta.echo_reply = icmp.msg_type() == icmpv6::kind::ECHO_REPLY;
@@ -419,7 +447,13 @@ fn inner_key_v4(quoted: &[u8]) -> Result<FlowKey, ParseError> {
     } else {
         (0, 0)
     };
-    Ok(FlowKey::v4(ip.src(), ip.dst(), protocol, src_port, dst_port))
+    Ok(FlowKey::v4(
+        ip.src(),
+        ip.dst(),
+        protocol,
+        src_port,
+        dst_port,
+    ))
 }
 
 /// The key of the IPv6 packet quoted in an ICMPv6 error, in its own
@@ -431,7 +465,13 @@ fn inner_key_v6(quoted: &[u8]) -> Result<FlowKey, ParseError> {
         Some(f) if f.offset != 0 => (0, 0),
         _ => inner_ports(true, ext.protocol, &ip.packet()[ext.l4_offset..])?,
     };
-    Ok(FlowKey::v6(ip.src(), ip.dst(), ext.protocol, src_port, dst_port))
+    Ok(FlowKey::v6(
+        ip.src(),
+        ip.dst(),
+        ext.protocol,
+        src_port,
+        dst_port,
+    ))
 }
 
 /// Ports (or the echo identifier) from the first bytes of a quoted
@@ -576,7 +616,11 @@ impl<V: Copy> FragmentTable<V> {
     /// hot path).
     #[must_use]
     pub fn live(&self, now_ns: u64) -> usize {
-        self.slots.iter().flatten().filter(|s| s.expires_ns > now_ns).count()
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.expires_ns > now_ns)
+            .count()
     }
 
     /// Forgets everything (on a policy change, say).
@@ -601,7 +645,11 @@ impl<V: Copy> FragmentTable<V> {
     /// [`Self::insert`] by datagram key.
     pub fn insert_key(&mut self, key: FragmentKey, value: V, now_ns: u64) -> FragmentInsert {
         let expires_ns = now_ns.saturating_add(self.timeout_ns);
-        let entry = Some(FragmentSlot { key, value, expires_ns });
+        let entry = Some(FragmentSlot {
+            key,
+            value,
+            expires_ns,
+        });
         let range = self.bucket(&key);
         let bucket = &mut self.slots[range];
         let mut free = None;
@@ -623,15 +671,12 @@ impl<V: Copy> FragmentTable<V> {
                 }
             }
         }
-        match free {
-            Some(i) => {
-                bucket[i] = entry;
-                FragmentInsert::Inserted
-            }
-            None => {
-                bucket[oldest] = entry;
-                FragmentInsert::Evicted
-            }
+        if let Some(i) = free {
+            bucket[i] = entry;
+            FragmentInsert::Inserted
+        } else {
+            bucket[oldest] = entry;
+            FragmentInsert::Evicted
         }
     }
 
@@ -658,7 +703,9 @@ impl<V: Copy> FragmentTable<V> {
     /// Forgets a datagram, returning its value if it was alive.
     pub fn remove(&mut self, key: &FragmentKey, now_ns: u64) -> Option<V> {
         let range = self.bucket(key);
-        let slot = self.slots[range].iter_mut().find(|s| s.is_some_and(|s| s.key == *key))?;
+        let slot = self.slots[range]
+            .iter_mut()
+            .find(|s| s.is_some_and(|s| s.key == *key))?;
         let old = slot.take()?;
         (old.expires_ns > now_ns).then_some(old.value)
     }
@@ -667,5 +714,151 @@ impl<V: Copy> FragmentTable<V> {
 impl<V: Copy> Default for FragmentTable<V> {
     fn default() -> Self {
         Self::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: u32, sp: u16, dst: u32, dp: u16) -> FlowKey {
+        FlowKey::v4(src, dst, ip_proto::TCP, sp, dp)
+    }
+
+    #[test]
+    fn reversed_and_canonical() {
+        let k = key(2, 80, 1, 40000);
+        let r = k.reversed();
+        assert_eq!((r.src, r.src_port, r.dst, r.dst_port), (1, 40000, 2, 80));
+        assert_eq!(r.reversed(), k);
+        assert_eq!(k.canonical(), (r, true));
+        assert_eq!(r.canonical(), (r, false));
+        // Same address, ports decide.
+        let same = key(1, 9, 1, 7);
+        assert_eq!(same.canonical(), (same.reversed(), true));
+        assert!(!same.reversed().canonical().1);
+    }
+
+    #[test]
+    fn keys_from_std_addresses() {
+        let v4_a: IpAddr = "10.0.0.1".parse().unwrap();
+        let v4_b: IpAddr = "10.0.0.2".parse().unwrap();
+        let key = FlowKey::new(v4_a, v4_b, 17, 1, 2).unwrap();
+        assert_eq!(key, FlowKey::v4(0x0a00_0001, 0x0a00_0002, 17, 1, 2));
+        assert_eq!((key.src_ip(), key.dst_ip()), (v4_a, v4_b));
+        assert_eq!(key.proto(), Protocol::UDP);
+        let v6_c: IpAddr = "fd00::1".parse().unwrap();
+        let v6_d: IpAddr = "fd00::2".parse().unwrap();
+        let key6 = FlowKey::new(v6_c, v6_d, 132, 1, 2).unwrap();
+        assert!(key6.ipv6);
+        assert_eq!((key6.src_ip(), key6.dst_ip()), (v6_c, v6_d));
+        assert_eq!(key6.to_string(), "SCTP [fd00::1]:1 -> [fd00::2]:2");
+        assert_eq!(FlowKey::new(v4_a, v6_c, 6, 1, 2), None);
+        // The same number in different families is a different key.
+        assert_ne!(FlowKey::v4(1, 2, 6, 3, 4), FlowKey::v6(1, 2, 6, 3, 4));
+    }
+
+    fn fkey(id: u32) -> FragmentKey {
+        FragmentKey::new(&FlowKey::v4(1, 2, ip_proto::UDP, 0, 0), id)
+    }
+
+    #[test]
+    fn fragment_key_ignores_ports_and_ipv6_protocol() {
+        let first = FlowKey::v4(1, 2, ip_proto::UDP, 1000, 53);
+        let later = FlowKey::v4(1, 2, ip_proto::UDP, 0, 0);
+        assert_eq!(FragmentKey::new(&first, 7), FragmentKey::new(&later, 7));
+        assert_ne!(FragmentKey::new(&first, 7), FragmentKey::new(&first, 8));
+        let tcp = FlowKey::v4(1, 2, ip_proto::TCP, 0, 0);
+        assert_ne!(FragmentKey::new(&tcp, 7), FragmentKey::new(&later, 7));
+        let first6 = FlowKey::v6(1, 2, ip_proto::TCP, 1, 2);
+        let later6 = FlowKey::v6(1, 2, ip_proto::DESTINATION_OPTIONS, 0, 0);
+        assert_eq!(FragmentKey::new(&first6, 7), FragmentKey::new(&later6, 7));
+        assert_ne!(FragmentKey::new(&first6, 7), FragmentKey::new(&tcp, 7));
+    }
+
+    #[test]
+    fn fragment_table_hit_miss_and_expiry() {
+        let mut t = FragmentTable::with_timeout(16, 100);
+        assert_eq!(t.capacity(), 16);
+        assert_eq!(t.timeout_ns(), 100);
+        let first = FlowKey::v4(1, 2, ip_proto::UDP, 1000, 53);
+        let later = FlowKey::v4(1, 2, ip_proto::UDP, 0, 0);
+        assert_eq!(
+            t.lookup(&later, 7, 0),
+            None,
+            "later before first: no verdict"
+        );
+        assert_eq!(t.insert(&first, 7, true, 1000), FragmentInsert::Inserted);
+        assert_eq!(t.lookup(&later, 7, 1050), Some(true));
+        assert_eq!(t.lookup(&later, 8, 1050), None);
+        assert_eq!(t.live(1050), 1);
+        // A duplicate first fragment replaces the value and the expiry.
+        assert_eq!(t.insert(&first, 7, false, 1050), FragmentInsert::Replaced);
+        assert_eq!(t.lookup(&later, 7, 1149), Some(false));
+        assert_eq!(t.lookup(&later, 7, 1150), None, "expired");
+        assert_eq!(t.live(1150), 0);
+        // An expired slot is reused without counting as an eviction.
+        assert_eq!(t.insert_key(fkey(9), true, 2000), FragmentInsert::Inserted);
+        assert_eq!(t.remove(&fkey(9), 2001), Some(true));
+        assert_eq!(t.lookup_key(&fkey(9), 2001), None);
+        assert_eq!(t.remove(&fkey(9), 2001), None);
+        t.insert_key(fkey(10), true, 3000);
+        t.clear();
+        assert_eq!(t.lookup_key(&fkey(10), 3000), None);
+    }
+
+    #[test]
+    fn fragment_table_evicts_the_oldest_when_full() {
+        let mut t = FragmentTable::with_timeout(8, 1_000_000);
+        let mut evicted = 0;
+        for id in 0..64u32 {
+            match t.insert_key(fkey(id), id, u64::from(id)) {
+                FragmentInsert::Evicted => evicted += 1,
+                FragmentInsert::Inserted => {}
+                FragmentInsert::Replaced => panic!("distinct keys"),
+            }
+        }
+        assert_eq!(evicted, 64 - 8, "a full table evicts instead of failing");
+        assert_eq!(t.live(100), 8);
+        // The newest entry of each bucket survives; the very last insert
+        // is always present, the first ones are gone.
+        assert_eq!(t.lookup_key(&fkey(63), 100), Some(63));
+        let survivors: Vec<u32> = (0..64)
+            .filter(|&id| t.lookup_key(&fkey(id), 100).is_some())
+            .collect();
+        assert_eq!(survivors.len(), 8);
+        assert!(
+            survivors.iter().all(|&id| id >= 64 - 8 * 4),
+            "{survivors:?}"
+        );
+        // Within one bucket, the oldest (earliest expiry) goes first.
+        let mut bucket_mates = vec![];
+        let home = t.bucket(&fkey(0));
+        for id in 1000..100_000u32 {
+            if t.bucket(&fkey(id)) == home {
+                bucket_mates.push(id);
+                if bucket_mates.len() == 5 {
+                    break;
+                }
+            }
+        }
+        let mut t = FragmentTable::with_timeout(8, 1_000_000);
+        for (i, &id) in bucket_mates.iter().enumerate() {
+            t.insert_key(fkey(id), id, i as u64);
+        }
+        assert_eq!(t.lookup_key(&fkey(bucket_mates[0]), 10), None);
+        for &id in &bucket_mates[1..] {
+            assert_eq!(t.lookup_key(&fkey(id), 10), Some(id));
+        }
+    }
+
+    #[test]
+    fn fragment_table_sizes() {
+        let t = FragmentTable::<u8>::new(0);
+        assert_eq!(t.capacity(), FragmentTable::<u8>::WAYS);
+        assert_eq!(FragmentTable::<u8>::new(1000).capacity(), 1024);
+        let d = FragmentTable::<u8>::default();
+        assert_eq!(d.capacity(), FragmentTable::<u8>::DEFAULT_CAPACITY);
+        assert_eq!(d.timeout_ns(), FragmentTable::<u8>::DEFAULT_TIMEOUT_NS);
     }
 }

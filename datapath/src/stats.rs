@@ -93,7 +93,11 @@ mod tests {
     #[test]
     fn batches_accumulate_and_stats_are_cache_line_aligned() {
         let s = WorkerStats::default();
-        let mut c = Counters { rx_packets: 3, denied: 1, ..Counters::default() };
+        let mut c = Counters {
+            rx_packets: 3,
+            denied: 1,
+            ..Counters::default()
+        };
         s.add(&c);
         s.add(&c);
         let snap = s.snapshot();

@@ -115,7 +115,11 @@ impl Outcome {
     #[must_use]
     pub fn passes(&self, malformed: MalformedAction) -> bool {
         match self {
-            Self::Established | Self::Related | Self::Opened(_) | Self::PickedUp { .. } | Self::NotIp => true,
+            Self::Established
+            | Self::Related
+            | Self::Opened(_)
+            | Self::PickedUp { .. }
+            | Self::NotIp => true,
             Self::Denied(_) | Self::Revoked(_) | Self::Elsewhere => false,
             Self::Fragment { allowed, .. } => *allowed,
             Self::Malformed(_) => malformed == MalformedAction::Pass,
@@ -149,6 +153,7 @@ pub struct Worker<'a> {
     stats: &'a WorkerStats,
     config: WorkerConfig,
     descs: [RxDesc; MAX_BATCH],
+    parsed: [Result<crate::flow::Parsed, crate::flow::ParseError>; MAX_BATCH],
     clock_origin: std::time::Instant,
 }
 
@@ -188,39 +193,72 @@ impl<'a> Worker<'a> {
     /// A worker sharing `conntrack`, reading tables through `reader`,
     /// counting into `stats`.
     #[must_use]
-    pub fn new(conntrack: &'a Conntrack, reader: TablesReader, stats: &'a WorkerStats, config: WorkerConfig) -> Self {
+    pub fn new(
+        conntrack: &'a Conntrack,
+        reader: TablesReader,
+        stats: &'a WorkerStats,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             conntrack,
             reader,
             fragments: crate::flow::FragmentTable::new(config.fragment_slots.max(1)),
             stats,
-            config: WorkerConfig { batch: config.batch.clamp(1, MAX_BATCH), ..config },
+            config: WorkerConfig {
+                batch: config.batch.clamp(1, MAX_BATCH),
+                ..config
+            },
             descs: [RxDesc::default(); MAX_BATCH],
+            parsed: [Ok(crate::flow::Parsed::NotIp { ethertype: 0 }); MAX_BATCH],
             clock_origin: std::time::Instant::now(),
         }
     }
 
     /// Receives and processes one batch from `port`; returns the number of
     /// frames (0: nothing was waiting, or the port is finished).
-    pub fn run_batch(&mut self, port: &mut dyn Port, out: &mut impl Output) -> Result<usize, PortError> {
+    pub fn run_batch(
+        &mut self,
+        port: &mut dyn Port,
+        out: &mut impl Output,
+    ) -> Result<usize, PortError> {
         let n = port.recv(&mut self.descs[..self.config.batch])?;
         if n == 0 {
             return Ok(0);
         }
         let generation = self.reader.load();
         let tables = &generation.tables;
-        let mut c = Counters { batches: 1, ..Counters::default() };
+        let mut c = Counters {
+            batches: 1,
+            ..Counters::default()
+        };
         let (shard, shards) = self.config.shard.unwrap_or((0, 1));
         let batch_now = if self.config.capture_time {
             0
         } else {
             self.clock_origin.elapsed().as_nanos() as u64
         };
-        for desc in &self.descs[..n] {
+        // Parse the batch and prefetch in two stages (fingerprints, then
+        // the matching entry), so that the conntrack's cache misses of the
+        // whole batch overlap instead of stalling packet by packet.
+        for (desc, parsed) in self.descs[..n].iter().zip(&mut self.parsed) {
+            *parsed = crate::flow::parse_frame(desc.link, port.frame(desc));
+            if let Ok(crate::flow::Parsed::Ip(meta)) = parsed {
+                self.conntrack.prefetch_bucket(&conn_key(&meta.key));
+            }
+        }
+        for parsed in &self.parsed[..n] {
+            if let Ok(crate::flow::Parsed::Ip(meta)) = parsed {
+                self.conntrack.prefetch_entry(&conn_key(&meta.key));
+            }
+        }
+        for (desc, parsed) in self.descs[..n].iter().zip(&self.parsed) {
             let frame = port.frame(desc);
-            let now = if self.config.capture_time { desc.timestamp_ns } else { batch_now };
-            let parsed = crate::flow::parse_frame(desc.link, frame);
-            let mine = match &parsed {
+            let now = if self.config.capture_time {
+                desc.timestamp_ns
+            } else {
+                batch_now
+            };
+            let mine = match parsed {
                 Ok(crate::flow::Parsed::Ip(meta)) => host_pair_shard(&meta.key, shards) == shard,
                 _ => shard == 0,
             };
@@ -232,7 +270,15 @@ impl<'a> Worker<'a> {
             c.rx_bytes += u64::from(desc.wire_len);
             let (meta, outcome) = match parsed {
                 Ok(crate::flow::Parsed::Ip(meta)) => {
-                    let o = decide(self.conntrack, &mut self.fragments, self.config.revalidate, tables, &meta, now, &mut c);
+                    let o = decide(
+                        self.conntrack,
+                        &mut self.fragments,
+                        self.config.revalidate,
+                        tables,
+                        meta,
+                        now,
+                        &mut c,
+                    );
                     (Some(meta), o)
                 }
                 Ok(crate::flow::Parsed::NotIp { .. }) => {
@@ -241,7 +287,7 @@ impl<'a> Worker<'a> {
                 }
                 Err(e) => {
                     c.malformed += 1;
-                    (None, Outcome::Malformed(e))
+                    (None, Outcome::Malformed(*e))
                 }
             };
             let passes = outcome.passes(self.config.malformed);
@@ -250,7 +296,7 @@ impl<'a> Worker<'a> {
             } else {
                 c.denied += 1;
             }
-            out.packet(desc, frame, meta.as_ref(), &outcome, passes);
+            out.packet(desc, frame, meta, &outcome, passes);
         }
         port.release(&self.descs[..n]);
         out.end_batch();
@@ -260,7 +306,10 @@ impl<'a> Worker<'a> {
 }
 
 /// The decision for one parsed packet (see the module doc).
-#[allow(clippy::too_many_arguments, reason = "the worker's parts, borrowed separately")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the worker's parts, borrowed separately"
+)]
 fn decide(
     conntrack: &Conntrack,
     fragments: &mut crate::flow::FragmentTable<FragmentVerdict>,
@@ -272,20 +321,25 @@ fn decide(
 ) -> Outcome {
     let key = conn_key(&meta.key);
     if let crate::flow::Fragment::Later { id } = meta.fragment {
-        return match fragments.lookup(&meta.key, id, now) {
-            Some(f) => {
-                c.fragments_followed += 1;
-                Outcome::Fragment { allowed: f.allowed, flow: f.flow }
-            }
-            None => {
-                c.fragments_orphaned += 1;
-                Outcome::Fragment { allowed: false, flow: key }
-            }
+        if let Some(f) = fragments.lookup(&meta.key, id, now) {
+            c.fragments_followed += 1;
+            return Outcome::Fragment {
+                allowed: f.allowed,
+                flow: f.flow,
+            };
+        }
+        c.fragments_orphaned += 1;
+        return Outcome::Fragment {
+            allowed: false,
+            flow: key,
         };
     }
     let outcome = decide_connection(conntrack, revalidate, tables, meta, &key, now, c);
     if let crate::flow::Fragment::First { id } = meta.fragment {
-        let verdict = FragmentVerdict { allowed: outcome.passes(MalformedAction::Drop), flow: key };
+        let verdict = FragmentVerdict {
+            allowed: outcome.passes(MalformedAction::Drop),
+            flow: key,
+        };
         fragments.insert(&meta.key, id, verdict, now);
     }
     outcome
@@ -329,7 +383,10 @@ fn decide_connection(
     now: u64,
     c: &mut Counters,
 ) -> Outcome {
-    let signal = Signal { tcp_flags: meta.tcp_flags, sctp_chunk: meta.sctp_chunk };
+    let signal = Signal {
+        tcp_flags: meta.tcp_flags,
+        sctp_chunk: meta.sctp_chunk,
+    };
     let generation = tables.generation() as u32;
     if let Some(hit) = conntrack.lookup(key, signal, now) {
         c.conntrack_hits += 1;
@@ -348,7 +405,10 @@ fn decide_connection(
     if let Some(inner) = meta.related {
         // An ICMP error quotes the packet it is about, as that packet's
         // sender saw it; the error goes back towards that sender.
-        if conntrack.lookup(&conn_key(&inner), Signal::default(), now).is_some() {
+        if conntrack
+            .lookup(&conn_key(&inner), Signal::default(), now)
+            .is_some()
+        {
             return Outcome::Related;
         }
     }
@@ -369,7 +429,14 @@ fn decide_connection(
                 c.picked_up += 1;
             }
             record(c, key, !opens);
-            return if opens { Outcome::Opened(verdict) } else { Outcome::PickedUp { verdict, reversed: false } };
+            return if opens {
+                Outcome::Opened(verdict)
+            } else {
+                Outcome::PickedUp {
+                    verdict,
+                    reversed: false,
+                }
+            };
         }
         c.new_denied += 1;
         return Outcome::Denied(verdict);
@@ -381,8 +448,23 @@ fn decide_connection(
         c.new_allowed += 1;
         c.picked_up += 1;
         record(c, &reverse, true);
-        return Outcome::PickedUp { verdict: back, reversed: true };
+        return Outcome::PickedUp {
+            verdict: back,
+            reversed: true,
+        };
     }
     c.new_denied += 1;
     Outcome::Denied(verdict)
+}
+
+/// Pins the calling thread to the `index`-th core the process may run on
+/// (modulo their number); returns whether it worked.
+#[must_use]
+pub fn pin_to_core(index: usize) -> bool {
+    match core_affinity::get_core_ids() {
+        Some(cores) if !cores.is_empty() => {
+            core_affinity::set_for_current(cores[index % cores.len()])
+        }
+        _ => false,
+    }
 }

@@ -98,7 +98,11 @@ pub(crate) fn walk_vlan_tags(
         ethertype = be16(b, offset + 2);
         offset += 4;
     }
-    Ok(VlanWalk { ethertype, payload_offset: offset, tags })
+    Ok(VlanWalk {
+        ethertype,
+        payload_offset: offset,
+        tags,
+    })
 }
 
 /// A checked view of an Ethernet II frame.
@@ -204,7 +208,7 @@ mod tests {
         for (i, tpid) in tpids.iter().enumerate() {
             v.extend_from_slice(&tpid.to_be_bytes());
             // PCP 5, VID 100 + i.
-            v.extend_from_slice(&((5 << 13) | (100 + i as u16)).to_be_bytes());
+            v.extend_from_slice(&(0xa000 | (100 + i as u16)).to_be_bytes());
         }
         v.extend_from_slice(&inner.to_be_bytes());
         v.extend_from_slice(&[0x60, 0]);
@@ -221,7 +225,7 @@ mod tests {
         assert_eq!(f.vlan_tags().len(), 1);
         assert_eq!(f.vlan_tags().outer_id(), Some(100));
         assert_eq!(f.vlan_tags().inner_id(), None);
-        assert_eq!(f.vlan_tags().tcis(), &[(5 << 13) | 100]);
+        assert_eq!(f.vlan_tags().tcis(), &[0xa064]);
         assert_eq!(f.payload(), &[0x60, 0]);
     }
 
@@ -239,8 +243,14 @@ mod tests {
 
     #[test]
     fn three_tags_are_malformed() {
-        let v = tagged(&[ethertype::QINQ, ethertype::VLAN, ethertype::VLAN], ethertype::IPV4);
-        assert_eq!(EthernetFrame::new_checked(&v[..]).unwrap_err(), ParseError::TooManyVlanTags);
+        let v = tagged(
+            &[ethertype::QINQ, ethertype::VLAN, ethertype::VLAN],
+            ethertype::IPV4,
+        );
+        assert_eq!(
+            EthernetFrame::new_checked(&v[..]).unwrap_err(),
+            ParseError::TooManyVlanTags
+        );
     }
 
     #[test]

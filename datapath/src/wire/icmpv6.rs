@@ -40,7 +40,10 @@ pub mod kind {
 pub fn is_error(msg_type: u8) -> bool {
     matches!(
         msg_type,
-        kind::DEST_UNREACHABLE | kind::PACKET_TOO_BIG | kind::TIME_EXCEEDED | kind::PARAMETER_PROBLEM
+        kind::DEST_UNREACHABLE
+            | kind::PACKET_TOO_BIG
+            | kind::TIME_EXCEEDED
+            | kind::PARAMETER_PROBLEM
     )
 }
 

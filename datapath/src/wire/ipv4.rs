@@ -263,7 +263,7 @@ mod tests {
         v.splice(20..20, [1, 1, 1, 1, 0x94, 4, 0, 0]);
         v[2..4].copy_from_slice(&32u16.to_be_bytes());
         // MF set, offset 185 * 8 = 1480.
-        v[6..8].copy_from_slice(&(0x2000u16 | 185).to_be_bytes());
+        v[6..8].copy_from_slice(&(0x2000u16 | 0xb9).to_be_bytes());
         let p = Ipv4Packet::new_checked(&v[..]).unwrap();
         assert_eq!(p.header_len(), 28);
         assert_eq!(p.options(), &[1, 1, 1, 1, 0x94, 4, 0, 0]);
@@ -283,14 +283,20 @@ mod tests {
         }
         let mut bad = v.clone();
         bad[0] = 0x65;
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), ParseError::BadIpVersion);
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
+            ParseError::BadIpVersion
+        );
         bad[0] = 0x44;
         assert_eq!(
             Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
             ParseError::BadIpv4HeaderLength
         );
         bad[0] = 0x4f; // 60-byte header in a 26-byte buffer
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), ParseError::TruncatedIpv4);
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
+            ParseError::TruncatedIpv4
+        );
         let mut bad = v.clone();
         bad[2..4].copy_from_slice(&19u16.to_be_bytes());
         assert_eq!(

@@ -210,7 +210,12 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                 _ => break,
             }
         }
-        Ok(Ipv6Extensions { protocol, l4_offset: offset, fragment, count })
+        Ok(Ipv6Extensions {
+            protocol,
+            l4_offset: offset,
+            fragment,
+            count,
+        })
     }
 
     /// The underlying buffer.
@@ -316,7 +321,11 @@ impl<T: AsRef<[u8]>> Ipv6FragmentHeader<T> {
     /// All three fragment fields.
     #[must_use]
     pub fn fragment(&self) -> Ipv6Fragment {
-        Ipv6Fragment { ident: self.ident(), offset: self.frag_offset(), more: self.more_frags() }
+        Ipv6Fragment {
+            ident: self.ident(),
+            offset: self.frag_offset(),
+            more: self.more_frags(),
+        }
     }
 }
 
@@ -351,7 +360,12 @@ mod tests {
         let ext = p.extensions().unwrap();
         assert_eq!(
             ext,
-            Ipv6Extensions { protocol: ip_proto::TCP, l4_offset: 40, fragment: None, count: 0 }
+            Ipv6Extensions {
+                protocol: ip_proto::TCP,
+                l4_offset: 40,
+                fragment: None,
+                count: 0
+            }
         );
     }
 
@@ -367,7 +381,16 @@ mod tests {
         payload.extend_from_slice(&[ip_proto::FRAGMENT, 2]);
         payload.extend_from_slice(&[0; 14]);
         // Fragment, offset 0, M set, id 0xdeadbeef, next = destination options.
-        payload.extend_from_slice(&[ip_proto::DESTINATION_OPTIONS, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
+        payload.extend_from_slice(&[
+            ip_proto::DESTINATION_OPTIONS,
+            0,
+            0,
+            1,
+            0xde,
+            0xad,
+            0xbe,
+            0xef,
+        ]);
         // Destination options, 8 bytes, next = UDP.
         payload.extend_from_slice(&[ip_proto::UDP, 0, 1, 4, 0, 0, 0, 0]);
         payload.extend_from_slice(&[0; 8]);
@@ -377,13 +400,24 @@ mod tests {
         assert_eq!(ext.protocol, ip_proto::UDP);
         assert_eq!(ext.l4_offset, 40 + 8 + 24 + 16 + 8 + 8);
         assert_eq!(ext.count, 5);
-        assert_eq!(ext.fragment, Some(Ipv6Fragment { ident: 0xdead_beef, offset: 0, more: true }));
+        assert_eq!(
+            ext.fragment,
+            Some(Ipv6Fragment {
+                ident: 0xdead_beef,
+                offset: 0,
+                more: true
+            })
+        );
 
         // Every truncation of the chain is an extension error, not a panic.
         for cut in 0..payload.len() - 8 {
             let v = header(ip_proto::HOP_BY_HOP, &payload[..cut]);
             let p = Ipv6Packet::new_checked(&v[..]).unwrap();
-            assert_eq!(p.extensions().unwrap_err(), ParseError::TruncatedIpv6Extension, "{cut}");
+            assert_eq!(
+                p.extensions().unwrap_err(),
+                ParseError::TruncatedIpv6Extension,
+                "{cut}"
+            );
         }
     }
 
@@ -400,7 +434,14 @@ mod tests {
         let ext = p.extensions().unwrap();
         assert_eq!(ext.protocol, ip_proto::TCP);
         assert_eq!(ext.l4_offset, 48);
-        assert_eq!(ext.fragment, Some(Ipv6Fragment { ident: 7, offset: 1480, more: false }));
+        assert_eq!(
+            ext.fragment,
+            Some(Ipv6Fragment {
+                ident: 7,
+                offset: 1480,
+                more: false
+            })
+        );
 
         let h = Ipv6FragmentHeader::new_checked(&payload[..]).unwrap();
         assert_eq!(h.next_header(), ip_proto::TCP);
@@ -417,13 +458,20 @@ mod tests {
         }
         let v = header(ip_proto::DESTINATION_OPTIONS, &payload);
         let p = Ipv6Packet::new_checked(&v[..]).unwrap();
-        assert_eq!(p.extensions().unwrap_err(), ParseError::TooManyIpv6Extensions);
-        // Exactly at the bound is fine.
-        let v = header(ip_proto::DESTINATION_OPTIONS, &payload[8..]);
+        assert_eq!(
+            p.extensions().unwrap_err(),
+            ParseError::TooManyIpv6Extensions
+        );
+        // Exactly at the bound is fine when the last one ends the chain.
+        let mut payload = payload[8..].to_vec();
+        let last = payload.len() - 8;
+        payload[last] = ip_proto::NO_NEXT_HEADER;
+        let v = header(ip_proto::DESTINATION_OPTIONS, &payload);
         let p = Ipv6Packet::new_checked(&v[..]).unwrap();
         let ext = p.extensions().unwrap();
         assert_eq!(usize::from(ext.count), MAX_EXTENSION_HEADERS);
-        assert_eq!(ext.protocol, ip_proto::DESTINATION_OPTIONS);
+        assert_eq!(ext.protocol, ip_proto::NO_NEXT_HEADER);
+        assert_eq!(ext.l4_offset, v.len());
     }
 
     #[test]
@@ -449,7 +497,10 @@ mod tests {
         }
         let mut bad = v.clone();
         bad[0] = 0x40;
-        assert_eq!(Ipv6Packet::new_checked(&bad[..]).unwrap_err(), ParseError::BadIpVersion);
+        assert_eq!(
+            Ipv6Packet::new_checked(&bad[..]).unwrap_err(),
+            ParseError::BadIpVersion
+        );
         // Embedded: the payload may be cut short.
         let p = Ipv6Packet::new_checked_embedded(&v[..44]).unwrap();
         assert_eq!(p.payload().len(), 4);

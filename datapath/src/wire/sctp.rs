@@ -100,7 +100,11 @@ impl<T: AsRef<[u8]>> SctpPacket<T> {
         if b.len() < Self::HEADER_LEN + 4 {
             return None;
         }
-        Some(SctpChunkHeader { kind: b[12], flags: b[13], length: be16(b, 14) })
+        Some(SctpChunkHeader {
+            kind: b[12],
+            flags: b[13],
+            length: be16(b, 14),
+        })
     }
 
     /// Everything after the common header: the chunks.
@@ -124,14 +128,27 @@ mod tests {
         assert_eq!(s.dst_port(), 2905);
         assert_eq!(s.verification_tag(), 0);
         assert_eq!(s.checksum(), 0xcafe_babe);
-        assert_eq!(s.first_chunk(), Some(SctpChunkHeader { kind: chunk::INIT, flags: 0, length: 20 }));
+        assert_eq!(
+            s.first_chunk(),
+            Some(SctpChunkHeader {
+                kind: chunk::INIT,
+                flags: 0,
+                length: 20
+            })
+        );
         assert_eq!(s.chunks().len(), 20);
         // A header without chunks is valid; it has no first chunk.
         for len in 12..16 {
-            assert_eq!(SctpPacket::new_checked(&v[..len]).unwrap().first_chunk(), None);
+            assert_eq!(
+                SctpPacket::new_checked(&v[..len]).unwrap().first_chunk(),
+                None
+            );
         }
         for len in 0..12 {
-            assert_eq!(SctpPacket::new_checked(&v[..len]).unwrap_err(), ParseError::TruncatedSctp);
+            assert_eq!(
+                SctpPacket::new_checked(&v[..len]).unwrap_err(),
+                ParseError::TruncatedSctp
+            );
         }
     }
 }

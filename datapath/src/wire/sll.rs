@@ -138,7 +138,13 @@ mod tests {
         assert_eq!(s.payload().len(), 2);
         // An address length above 8 reads only the 8 stored bytes.
         h[4..6].copy_from_slice(&0xffffu16.to_be_bytes());
-        assert_eq!(LinuxSllHeader::new_checked(&h[..]).unwrap().link_addr().len(), 8);
+        assert_eq!(
+            LinuxSllHeader::new_checked(&h[..])
+                .unwrap()
+                .link_addr()
+                .len(),
+            8
+        );
         for len in 0..16 {
             assert_eq!(
                 LinuxSllHeader::new_checked(&h[..len]).unwrap_err(),

@@ -151,11 +151,30 @@ mod tests {
 
     fn syn_with_mss() -> Vec<u8> {
         vec![
-            0x9c, 0x40, 0x00, 0x50, // 40000 -> 80
-            0, 0, 0, 1, 0, 0, 0, 0, // seq 1, ack 0
-            0x60, flags::SYN, 0xff, 0xff, // 24-byte header, SYN, window
-            0x12, 0x34, 0, 0, // checksum, urgent
-            2, 4, 0x05, 0xb4, // MSS 1460
+            0x9c,
+            0x40,
+            0x00,
+            0x50, // 40000 -> 80
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0, // seq 1, ack 0
+            0x60,
+            flags::SYN,
+            0xff,
+            0xff, // 24-byte header, SYN, window
+            0x12,
+            0x34,
+            0,
+            0, // checksum, urgent
+            2,
+            4,
+            0x05,
+            0xb4, // MSS 1460
             0xaa, // data
         ]
     }
@@ -182,12 +201,21 @@ mod tests {
     fn errors() {
         let v = syn_with_mss();
         for len in 0..24 {
-            assert_eq!(TcpPacket::new_checked(&v[..len]).unwrap_err(), ParseError::TruncatedTcp);
+            assert_eq!(
+                TcpPacket::new_checked(&v[..len]).unwrap_err(),
+                ParseError::TruncatedTcp
+            );
         }
         let mut bad = v.clone();
         bad[12] = 0x40;
-        assert_eq!(TcpPacket::new_checked(&bad[..]).unwrap_err(), ParseError::BadTcpDataOffset);
+        assert_eq!(
+            TcpPacket::new_checked(&bad[..]).unwrap_err(),
+            ParseError::BadTcpDataOffset
+        );
         bad[12] = 0xf0; // 60 bytes
-        assert_eq!(TcpPacket::new_checked(&bad[..]).unwrap_err(), ParseError::TruncatedTcp);
+        assert_eq!(
+            TcpPacket::new_checked(&bad[..]).unwrap_err(),
+            ParseError::TruncatedTcp
+        );
     }
 }

@@ -105,11 +105,20 @@ mod tests {
     fn errors() {
         let v = [0x00, 0x35, 0xd4, 0x31, 0x00, 0x0a, 0xab, 0xcd, 1, 2];
         for len in 0..10 {
-            assert_eq!(UdpPacket::new_checked(&v[..len]).unwrap_err(), ParseError::TruncatedUdp);
+            assert_eq!(
+                UdpPacket::new_checked(&v[..len]).unwrap_err(),
+                ParseError::TruncatedUdp
+            );
         }
         let bad = [0x00, 0x35, 0xd4, 0x31, 0x00, 0x07, 0, 0];
-        assert_eq!(UdpPacket::new_checked(&bad[..]).unwrap_err(), ParseError::BadUdpLength);
-        assert_eq!(UdpPacket::new_checked_header(&bad[..]).unwrap_err(), ParseError::BadUdpLength);
+        assert_eq!(
+            UdpPacket::new_checked(&bad[..]).unwrap_err(),
+            ParseError::BadUdpLength
+        );
+        assert_eq!(
+            UdpPacket::new_checked_header(&bad[..]).unwrap_err(),
+            ParseError::BadUdpLength
+        );
         // A first fragment: the length field covers more than is here.
         let u = UdpPacket::new_checked_header(&v[..9]).unwrap();
         assert_eq!(u.payload(), &[1]);

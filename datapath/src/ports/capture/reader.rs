@@ -183,7 +183,10 @@ enum Step {
 /// A captured length above the snapshot length of the file (pcap) or the
 /// interface (pcapng EPB, OPB) is accepted and the frame delivered whole:
 /// such files exist (77 records of tcpdump's test captures), libpcap reads
-/// them too, the bytes are in the file and the block length bounds them.
+/// them too (cutting the frame to the snapshot length), the bytes are in the
+/// file, and the block length still bounds them. A Simple Packet Block holds
+/// min(original length, snapshot length) bytes; if its block is shorter,
+/// that is a format error, as in libpcap.
 ///
 /// Link types are those of [`LinkType::from_pcap`]. A pcap file of another
 /// link type fails to open. In pcapng an interface of another link type is
@@ -198,7 +201,8 @@ enum Step {
 /// minimum, a trailing length that differs, an unknown magic) is a
 /// [`PortError::Format`] with the byte offset in its message. Frames read
 /// before it are delivered first; the error comes from the `recv` after, and
-/// then the port is [`finished`](Port::finished).
+/// then the port is [`finished`](Port::finished). A read error of the
+/// underlying stream is a [`PortError::Io`], reported the same way.
 ///
 /// `recv` fills [`RxDesc::addr`] with an offset into the port's buffer; the
 /// bytes stay valid until the next `recv`. [`Port::send`] is unsupported.

@@ -412,7 +412,7 @@ fn pcapng_interfaces_sections_and_block_kinds() {
     f.section(false)
         .interface(1, 0, None)
         .interface(101, 0, Some(9))
-        .interface(113, 0, Some(0x80 | 10));
+        .interface(113, 0, Some(0x80 | 0x0a));
     f.epb(0, 1_700_000_000_000_001, b"ether frame", 64);
     want.push(g(
         b"ether frame",
@@ -469,7 +469,7 @@ fn timestamp_units() {
     assert_eq!(ns(12, 5000), 5);
     assert_eq!(ns(100, u64::MAX), 0);
     assert_eq!(ns(0, u64::MAX), u64::MAX);
-    assert_eq!(ns(0x80 | 30, 1 << 30), 1_000_000_000);
+    assert_eq!(ns(0x80 | 0x1e, 1 << 30), 1_000_000_000);
     assert_eq!(ns(0x80, u64::MAX), u64::MAX);
     assert_eq!(ns(0x80 | 127, u64::MAX), 0);
 }
@@ -623,11 +623,10 @@ fn patch(bytes: &[u8], at: usize, v: u32) -> Vec<u8> {
 }
 
 #[test]
-fn pcapng_block_corruption() {
+fn pcapng_section_and_interface_corruption() {
     let f = small_pcapng();
     let shb_end = f.ends[0];
     let idb_end = f.ends[1];
-    let at_epb = format!("offset {idb_end}");
     let ok = read_all(&f.bytes);
     assert!(ok.1.is_none());
     assert_eq!(ok.0.len(), 1);
@@ -675,9 +674,14 @@ fn pcapng_block_corruption() {
         open(&over).err().as_ref(),
         &[&at_idb, "option 2", "overruns"],
     );
+}
 
-    // Packet block: length, captured length, interface, trailing length.
-    let epb = idb_end;
+#[test]
+fn pcapng_packet_block_corruption() {
+    let f = small_pcapng();
+    let epb = f.ends[1];
+    let at_epb = format!("offset {epb}");
+    // Length, captured length, interface, trailing length.
     assert_format(
         open(&patch(&f.bytes, epb + 4, 13)).err().as_ref(),
         &[&at_epb, "not a multiple of 4"],

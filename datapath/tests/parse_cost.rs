@@ -1,0 +1,42 @@
+//! Rough cost of `parse_frame` per frame, for a release build:
+//! `cargo test --release -p podfence-datapath --test parse_cost -- --ignored --nocapture`.
+//! Ignored by default: timings in a debug build or on a loaded CI machine
+//! say nothing. The assertion is a generous ceiling against accidental
+//! blow-ups (allocation, unbounded walks), not a benchmark.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use common::*;
+use podfence_datapath::flow::{Parsed, parse_frame};
+use podfence_datapath::link::LinkType;
+
+#[test]
+#[ignore = "timing: run in release with --ignored"]
+fn parse_frame_costs_tens_of_nanoseconds() {
+    const ROUNDS: u32 = 2_000_000;
+    let frames = [
+        ethernet(ETH_IPV4, &V4::new(6).packet(&tcp(40000, 80, SYN))),
+        ethernet(ETH_IPV6, &ipv6(6, V6_A, V6_B, &tcp(40000, 443, SYN))),
+        vlan(
+            &[TPID_8021Q],
+            ETH_IPV4,
+            &V4::new(17).packet(&udp(5353, 53, b"q")),
+        ),
+        ethernet(ETH_IPV4, &V4::new(1).packet(&echo(8, 1, 1))),
+    ];
+    for frame in &frames {
+        let start = Instant::now();
+        let mut ports = 0u64;
+        for _ in 0..ROUNDS {
+            if let Ok(Parsed::Ip(m)) = parse_frame(LinkType::Ethernet, black_box(frame)) {
+                ports += u64::from(m.key.dst_port);
+            }
+        }
+        let ns = start.elapsed().as_secs_f64() * 1e9 / f64::from(ROUNDS);
+        eprintln!("{} bytes: {ns:.1} ns/frame ({ports})", frame.len());
+        assert!(ns < 500.0, "{ns} ns per frame");
+    }
+}

@@ -350,16 +350,13 @@ pub fn run(shape: Shape, packets: usize, alloc: &CountingAllocator) -> PipelineR
             .expect("write");
     }
     writer.finish().expect("flush");
-    let _ = replay(
-        tables.clone(),
-        std::slice::from_ref(&path),
-        &ReplayOptions::default(),
-    ); // page cache
-    let r = replay(
-        tables,
-        std::slice::from_ref(&path),
-        &ReplayOptions::default(),
-    );
+    // As `podfence replay CAPTURE` runs it: no per-flow or per-packet records.
+    let options = ReplayOptions {
+        record_flows: false,
+        ..ReplayOptions::default()
+    };
+    let _ = replay(tables.clone(), std::slice::from_ref(&path), &options); // page cache
+    let r = replay(tables, std::slice::from_ref(&path), &options);
     let _ = std::fs::remove_file(&path);
     report.replay_mpps = r.mpps();
     report.replay_packets = r.packets();

@@ -487,6 +487,7 @@ fn run_replay(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> Result<(
     let options = ReplayOptions {
         workers: args.workers,
         keep_packet_verdicts: want_verdicts,
+        record_flows: args.flows.is_some(),
         malformed: args.malformed,
         progress: Some(progress),
         ..ReplayOptions::default()
@@ -564,7 +565,7 @@ fn print_summary(report: &replay::ReplayReport, args: &ReplayArgs) -> Result<()>
         let summary = serde_json::json!({
             "files": report.files,
             "packets": report.packets(),
-            "flows": report.flows.len(),
+            "flows": args.flows.is_some().then_some(report.flows.len()),
             "allowed": c.allowed,
             "denied": c.denied,
             "malformed": c.malformed,
@@ -591,7 +592,14 @@ fn print_summary(report: &replay::ReplayReport, args: &ReplayArgs) -> Result<()>
             format!("{} ({} with errors)", report.files, report.errors.len()),
         ),
         ("packets", report.packets().to_string()),
-        ("flows", report.flows.len().to_string()),
+        (
+            "flows",
+            if args.flows.is_some() {
+                report.flows.len().to_string()
+            } else {
+                "not recorded (--flows FILE lists them)".to_owned()
+            },
+        ),
         ("allowed", c.allowed.to_string()),
         ("denied", c.denied.to_string()),
         ("malformed", format!("{} ({malformed})", c.malformed)),

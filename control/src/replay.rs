@@ -34,6 +34,9 @@ pub struct ReplayOptions {
     pub workers: usize,
     /// Keep a verdict per packet (for `--packets` and the writers).
     pub keep_packet_verdicts: bool,
+    /// Keep a record per flow (for `--flows`; costs a hash map insert per
+    /// packet).
+    pub record_flows: bool,
     /// Verdict for frames that do not parse.
     pub malformed: MalformedAction,
     /// Conntrack entries.
@@ -47,6 +50,7 @@ impl Default for ReplayOptions {
         Self {
             workers: 1,
             keep_packet_verdicts: false,
+            record_flows: true,
             malformed: MalformedAction::Drop,
             conntrack_entries: 1 << 20,
             progress: None,
@@ -155,6 +159,7 @@ struct Recorder {
     /// Index of the next frame (0-based across files).
     next_index: u64,
     keep_verdicts: bool,
+    record_flows: bool,
     verdicts: Vec<u8>,
     flows: FxHashMap<ConnKey, Flow>,
 }
@@ -213,7 +218,7 @@ impl Output for ShardOutput<'_> {
                 (Outcome::Malformed(_) | Outcome::NotIp, _) | (_, None) => None,
                 (_, Some(m)) => Some(conn_key(&m.key)),
             };
-            if let Some(key) = key {
+            if let Some(key) = key.filter(|_| r.record_flows) {
                 r.record_flow(key, u64::from(desc.wire_len), outcome, passes);
             }
         }
@@ -306,6 +311,7 @@ fn run_shard(
     let mut recorder = Recorder {
         next_index: 0,
         keep_verdicts: options.keep_packet_verdicts,
+        record_flows: options.record_flows,
         verdicts: Vec::new(),
         flows: FxHashMap::default(),
     };

@@ -400,6 +400,21 @@ fn prefetch_read<T>(p: &T) {
     let _ = p;
 }
 
+/// Key equality without a call to `memcmp`.
+#[inline]
+fn same_key(a: &[u64; 5], b: &[u64; 5]) -> bool {
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+}
+
+/// A key's place in the table (see [`Conntrack::locate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Located {
+    words: [u64; 5],
+    swapped: bool,
+    bucket: usize,
+    fp: u8,
+}
+
 fn seq(tag: u64) -> u32 {
     (tag >> 32) as u32
 }
@@ -447,22 +462,34 @@ impl Conntrack {
         ((h as usize) & self.bucket_mask, ((h >> 56) as u8) | 1)
     }
 
-    /// First stage of a batched lookup: starts loading the fingerprints of
-    /// `key`'s bucket.
+    /// Where `key` lives in the table: worked out once per packet and used
+    /// by the prefetch stages and the lookup.
     #[inline]
-    pub fn prefetch_bucket(&self, key: &ConnKey) {
-        let (words, _) = key.canonical();
-        let (bucket, _) = self.home(&words);
-        prefetch_read(&self.fingerprints[bucket]);
+    #[must_use]
+    pub fn locate(&self, key: &ConnKey) -> Located {
+        let (words, swapped) = key.canonical();
+        let (bucket, fp) = self.home(&words);
+        Located {
+            words,
+            swapped,
+            bucket,
+            fp,
+        }
+    }
+
+    /// First stage of a batched lookup: starts loading the fingerprints of
+    /// the bucket.
+    #[inline]
+    pub fn prefetch_bucket(&self, at: &Located) {
+        prefetch_read(&self.fingerprints[at.bucket]);
     }
 
     /// Second stage, after [`Self::prefetch_bucket`] for the whole batch:
     /// starts loading the slot whose fingerprint matches (or, for a new
     /// connection, the first unused slot an insert would take).
     #[inline]
-    pub fn prefetch_entry(&self, key: &ConnKey) {
-        let (words, _) = key.canonical();
-        let (bucket, fp) = self.home(&words);
+    pub fn prefetch_entry(&self, at: &Located) {
+        let (bucket, fp) = (at.bucket, at.fp);
         let word = self.fingerprints[bucket].load(Ordering::Relaxed);
         let candidates = match matching_bytes(word, fp) {
             0 => matching_bytes(word, 0),
@@ -495,8 +522,18 @@ impl Conntrack {
     /// nanoseconds (any monotonic clock, or capture time in replays).
     #[must_use]
     pub fn lookup(&self, key: &ConnKey, signal: Signal, now: u64) -> Option<Hit> {
-        let (words, swapped) = key.canonical();
-        let (bucket, fp) = self.home(&words);
+        self.lookup_at(&self.locate(key), signal, now)
+    }
+
+    /// [`Self::lookup`] for a located key.
+    #[must_use]
+    pub fn lookup_at(&self, at: &Located, signal: Signal, now: u64) -> Option<Hit> {
+        let Located {
+            words,
+            swapped,
+            bucket,
+            fp,
+        } = *at;
         let mut candidates = matching_bytes(self.fingerprints[bucket].load(Ordering::Acquire), fp);
         while candidates != 0 {
             let i = candidates.trailing_zeros() as usize / 8;
@@ -506,7 +543,8 @@ impl Conntrack {
             let Some((mut tag, k)) = Self::read_key(slot) else {
                 continue;
             };
-            if k != words || !self.live(tag, slot.last_seen.load(Ordering::Relaxed), now) {
+            if !same_key(&k, &words) || !self.live(tag, slot.last_seen.load(Ordering::Relaxed), now)
+            {
                 continue;
             }
             let initiator_is_b = tag as u32 & INITIATOR_IS_B != 0;
@@ -548,8 +586,19 @@ impl Conntrack {
     /// generation `generation`).
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert(&self, initiator: &ConnKey, state: State, generation: u32, now: u64) -> Inserted {
-        let (words, swapped) = initiator.canonical();
-        let (bucket, fp) = self.home(&words);
+        self.insert_at(&self.locate(initiator), state, generation, now)
+    }
+
+    /// [`Self::insert`] for a located key; the initiator is the key as
+    /// located (not reversed).
+    #[must_use = "a failed insert means replies will not be recognised"]
+    pub fn insert_at(&self, at: &Located, state: State, generation: u32, now: u64) -> Inserted {
+        let Located {
+            words,
+            swapped,
+            bucket,
+            fp,
+        } = *at;
         for _attempt in 0..4 {
             let word = self.fingerprints[bucket].load(Ordering::Acquire);
             // Already there?
@@ -559,7 +608,7 @@ impl Conntrack {
                 candidates &= candidates - 1;
                 let slot = &self.slots[idx];
                 if let Some((tag, k)) = Self::read_key(slot)
-                    && k == words
+                    && same_key(&k, &words)
                     && self.live(tag, slot.last_seen.load(Ordering::Relaxed), now)
                 {
                     return Inserted::Existing;
@@ -588,7 +637,7 @@ impl Conntrack {
                 };
                 let seen = slot.last_seen.load(Ordering::Relaxed);
                 let live = self.live(tag, seen, now);
-                if live && k == words {
+                if live && same_key(&k, &words) {
                     return Inserted::Existing;
                 }
                 let better = match victim {

@@ -154,6 +154,7 @@ pub struct Worker<'a> {
     config: WorkerConfig,
     descs: [RxDesc; MAX_BATCH],
     parsed: [Result<crate::flow::Parsed, crate::flow::ParseError>; MAX_BATCH],
+    located: [crate::conntrack::Located; MAX_BATCH],
     clock_origin: std::time::Instant,
 }
 
@@ -210,6 +211,7 @@ impl<'a> Worker<'a> {
             },
             descs: [RxDesc::default(); MAX_BATCH],
             parsed: [Ok(crate::flow::Parsed::NotIp { ethertype: 0 }); MAX_BATCH],
+            located: [crate::conntrack::Located::default(); MAX_BATCH],
             clock_origin: std::time::Instant::now(),
         }
     }
@@ -240,18 +242,24 @@ impl<'a> Worker<'a> {
         // Parse the batch and prefetch in two stages (fingerprints, then
         // the matching entry), so that the conntrack's cache misses of the
         // whole batch overlap instead of stalling packet by packet.
-        for (desc, parsed) in self.descs[..n].iter().zip(&mut self.parsed) {
+        let batch = self.descs[..n]
+            .iter()
+            .zip(&mut self.parsed)
+            .zip(&mut self.located);
+        for ((desc, parsed), located) in batch {
             *parsed = crate::flow::parse_frame(desc.link, port.frame(desc));
             if let Ok(crate::flow::Parsed::Ip(meta)) = parsed {
-                self.conntrack.prefetch_bucket(&conn_key(&meta.key));
+                *located = self.conntrack.locate(&conn_key(&meta.key));
+                self.conntrack.prefetch_bucket(located);
             }
         }
-        for parsed in &self.parsed[..n] {
-            if let Ok(crate::flow::Parsed::Ip(meta)) = parsed {
-                self.conntrack.prefetch_entry(&conn_key(&meta.key));
+        for (parsed, located) in self.parsed[..n].iter().zip(&self.located) {
+            if let Ok(crate::flow::Parsed::Ip(_)) = parsed {
+                self.conntrack.prefetch_entry(located);
             }
         }
-        for (desc, parsed) in self.descs[..n].iter().zip(&self.parsed) {
+        let batch = self.descs[..n].iter().zip(&self.parsed).zip(&self.located);
+        for ((desc, parsed), located) in batch {
             let frame = port.frame(desc);
             let now = if self.config.capture_time {
                 desc.timestamp_ns
@@ -270,15 +278,13 @@ impl<'a> Worker<'a> {
             c.rx_bytes += u64::from(desc.wire_len);
             let (meta, outcome) = match parsed {
                 Ok(crate::flow::Parsed::Ip(meta)) => {
-                    let o = decide(
-                        self.conntrack,
-                        &mut self.fragments,
-                        self.config.revalidate,
+                    let decider = Decider {
+                        conntrack: self.conntrack,
                         tables,
-                        meta,
+                        revalidate: self.config.revalidate,
                         now,
-                        &mut c,
-                    );
+                    };
+                    let o = decider.packet(&mut self.fragments, meta, located, &mut c);
                     (Some(meta), o)
                 }
                 Ok(crate::flow::Parsed::NotIp { .. }) => {
@@ -305,44 +311,144 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// The decision for one parsed packet (see the module doc).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the worker's parts, borrowed separately"
-)]
-fn decide(
-    conntrack: &Conntrack,
-    fragments: &mut crate::flow::FragmentTable<FragmentVerdict>,
+/// What the decisions of one batch share.
+struct Decider<'a> {
+    conntrack: &'a Conntrack,
+    tables: &'a Tables,
     revalidate: bool,
-    tables: &Tables,
-    meta: &crate::flow::PacketMeta,
+    /// Nanoseconds on the clock conntrack timeouts use.
     now: u64,
-    c: &mut Counters,
-) -> Outcome {
-    let key = conn_key(&meta.key);
-    if let crate::flow::Fragment::Later { id } = meta.fragment {
-        if let Some(f) = fragments.lookup(&meta.key, id, now) {
-            c.fragments_followed += 1;
+}
+
+impl Decider<'_> {
+    /// The decision for one parsed packet (see the module doc).
+    fn packet(
+        &self,
+        fragments: &mut crate::flow::FragmentTable<FragmentVerdict>,
+        meta: &crate::flow::PacketMeta,
+        located: &crate::conntrack::Located,
+        c: &mut Counters,
+    ) -> Outcome {
+        let now = self.now;
+        let key = conn_key(&meta.key);
+        if let crate::flow::Fragment::Later { id } = meta.fragment {
+            if let Some(f) = fragments.lookup(&meta.key, id, now) {
+                c.fragments_followed += 1;
+                return Outcome::Fragment {
+                    allowed: f.allowed,
+                    flow: f.flow,
+                };
+            }
+            c.fragments_orphaned += 1;
             return Outcome::Fragment {
-                allowed: f.allowed,
-                flow: f.flow,
+                allowed: false,
+                flow: key,
             };
         }
-        c.fragments_orphaned += 1;
-        return Outcome::Fragment {
-            allowed: false,
-            flow: key,
-        };
+        let outcome = self.connection(meta, &key, located, c);
+        if let crate::flow::Fragment::First { id } = meta.fragment {
+            let verdict = FragmentVerdict {
+                allowed: outcome.passes(MalformedAction::Drop),
+                flow: key,
+            };
+            fragments.insert(&meta.key, id, verdict, now);
+        }
+        outcome
     }
-    let outcome = decide_connection(conntrack, revalidate, tables, meta, &key, now, c);
-    if let crate::flow::Fragment::First { id } = meta.fragment {
-        let verdict = FragmentVerdict {
-            allowed: outcome.passes(MalformedAction::Drop),
-            flow: key,
+
+    /// The decision for a packet that is not a later fragment.
+    fn connection(
+        &self,
+        meta: &crate::flow::PacketMeta,
+        key: &ConnKey,
+        located: &crate::conntrack::Located,
+        c: &mut Counters,
+    ) -> Outcome {
+        let Self {
+            conntrack,
+            tables,
+            revalidate,
+            now,
+        } = *self;
+        let signal = Signal {
+            tcp_flags: meta.tcp_flags,
+            sctp_chunk: meta.sctp_chunk,
         };
-        fragments.insert(&meta.key, id, verdict, now);
+        let generation = tables.generation() as u32;
+        if let Some(hit) = conntrack.lookup_at(located, signal, now) {
+            c.conntrack_hits += 1;
+            if revalidate && hit.generation != generation {
+                c.revalidated += 1;
+                let v = classify_key(tables, &hit.initiator);
+                if !v.is_allowed() {
+                    c.revoked += 1;
+                    conntrack.remove(&hit);
+                    return Outcome::Revoked(v);
+                }
+                conntrack.set_generation(&hit, generation);
+            }
+            return Outcome::Established;
+        }
+        if let Some(inner) = meta.related {
+            // An ICMP error quotes the packet it is about, as that packet's
+            // sender saw it; the error goes back towards that sender.
+            if conntrack
+                .lookup(&conn_key(&inner), Signal::default(), now)
+                .is_some()
+            {
+                return Outcome::Related;
+            }
+        }
+        let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
+            let state = conntrack::initial_state(initiator.protocol, signal, picked_up);
+            // The packet's own key is located already; a reversed one is not.
+            let inserted = if initiator == key {
+                conntrack.insert_at(located, state, generation, now)
+            } else {
+                conntrack.insert(initiator, state, generation, now)
+            };
+            match inserted {
+                Inserted::Fresh | Inserted::Existing => {}
+                Inserted::Evicted => c.conntrack_evictions += 1,
+                Inserted::Failed => c.conntrack_insert_failures += 1,
+            }
+        };
+        let verdict = classify_key(tables, key);
+        let opens = !meta.echo_reply && conntrack::opens_connection(key.protocol, signal);
+        if opens || verdict.is_allowed() {
+            if verdict.is_allowed() {
+                c.new_allowed += 1;
+                if !opens {
+                    c.picked_up += 1;
+                }
+                record(c, key, !opens);
+                return if opens {
+                    Outcome::Opened(verdict)
+                } else {
+                    Outcome::PickedUp {
+                        verdict,
+                        reversed: false,
+                    }
+                };
+            }
+            c.new_denied += 1;
+            return Outcome::Denied(verdict);
+        }
+        // Mid-stream and not allowed in its own direction: maybe a reply.
+        let reverse = key.reversed();
+        let back = classify_key(tables, &reverse);
+        if back.is_allowed() {
+            c.new_allowed += 1;
+            c.picked_up += 1;
+            record(c, &reverse, true);
+            return Outcome::PickedUp {
+                verdict: back,
+                reversed: true,
+            };
+        }
+        c.new_denied += 1;
+        Outcome::Denied(verdict)
     }
-    outcome
 }
 
 /// Which of `shards` a packet's host pair belongs to: symmetric in source
@@ -372,89 +478,6 @@ pub fn conn_key(k: &crate::flow::FlowKey) -> ConnKey {
         protocol: k.protocol,
         ipv6: k.ipv6,
     }
-}
-
-fn decide_connection(
-    conntrack: &Conntrack,
-    revalidate: bool,
-    tables: &Tables,
-    meta: &crate::flow::PacketMeta,
-    key: &ConnKey,
-    now: u64,
-    c: &mut Counters,
-) -> Outcome {
-    let signal = Signal {
-        tcp_flags: meta.tcp_flags,
-        sctp_chunk: meta.sctp_chunk,
-    };
-    let generation = tables.generation() as u32;
-    if let Some(hit) = conntrack.lookup(key, signal, now) {
-        c.conntrack_hits += 1;
-        if revalidate && hit.generation != generation {
-            c.revalidated += 1;
-            let v = classify_key(tables, &hit.initiator);
-            if !v.is_allowed() {
-                c.revoked += 1;
-                conntrack.remove(&hit);
-                return Outcome::Revoked(v);
-            }
-            conntrack.set_generation(&hit, generation);
-        }
-        return Outcome::Established;
-    }
-    if let Some(inner) = meta.related {
-        // An ICMP error quotes the packet it is about, as that packet's
-        // sender saw it; the error goes back towards that sender.
-        if conntrack
-            .lookup(&conn_key(&inner), Signal::default(), now)
-            .is_some()
-        {
-            return Outcome::Related;
-        }
-    }
-    let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
-        let state = conntrack::initial_state(initiator.protocol, signal, picked_up);
-        match conntrack.insert(initiator, state, generation, now) {
-            Inserted::Fresh | Inserted::Existing => {}
-            Inserted::Evicted => c.conntrack_evictions += 1,
-            Inserted::Failed => c.conntrack_insert_failures += 1,
-        }
-    };
-    let verdict = classify_key(tables, key);
-    let opens = !meta.echo_reply && conntrack::opens_connection(key.protocol, signal);
-    if opens || verdict.is_allowed() {
-        if verdict.is_allowed() {
-            c.new_allowed += 1;
-            if !opens {
-                c.picked_up += 1;
-            }
-            record(c, key, !opens);
-            return if opens {
-                Outcome::Opened(verdict)
-            } else {
-                Outcome::PickedUp {
-                    verdict,
-                    reversed: false,
-                }
-            };
-        }
-        c.new_denied += 1;
-        return Outcome::Denied(verdict);
-    }
-    // Mid-stream and not allowed in its own direction: maybe a reply.
-    let reverse = key.reversed();
-    let back = classify_key(tables, &reverse);
-    if back.is_allowed() {
-        c.new_allowed += 1;
-        c.picked_up += 1;
-        record(c, &reverse, true);
-        return Outcome::PickedUp {
-            verdict: back,
-            reversed: true,
-        };
-    }
-    c.new_denied += 1;
-    Outcome::Denied(verdict)
 }
 
 /// Pins the calling thread to the `index`-th core the process may run on

@@ -1,0 +1,165 @@
+//! The worker allocates nothing per packet in steady state: a counting
+//! global allocator watches a pass over new connections, established
+//! traffic, denied attempts, fragments' neighbours and malformed frames.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
+use podfence_datapath::craft::{FrameSpec, Transport};
+use podfence_datapath::link::LinkType;
+use podfence_datapath::lpm::IntervalMap;
+use podfence_datapath::ports::RxDesc;
+use podfence_datapath::ports::memory::MemoryPort;
+use podfence_datapath::publish::Publisher;
+use podfence_datapath::stats::WorkerStats;
+use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
+use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; counting is a side effect.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds
+        // `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+struct Tally {
+    passed: u64,
+    dropped: u64,
+}
+
+impl Output for Tally {
+    fn packet(
+        &mut self,
+        _: &RxDesc,
+        _: &[u8],
+        _: Option<&podfence_datapath::flow::PacketMeta>,
+        _: &Outcome,
+        passes: bool,
+    ) {
+        if passes {
+            self.passed += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let transport = Transport::Tcp {
+        src_port: sport,
+        dst_port: dport,
+        flags,
+    };
+    FrameSpec {
+        src: ip(src),
+        dst: ip(dst),
+        transport,
+        payload_len: 6,
+        payload_fill: 0,
+    }
+    .build()
+}
+
+#[test]
+fn worker_allocates_nothing_per_packet() {
+    // Pod .1 accepts TCP 80 from pod .2 only.
+    let mut b = TablesBuilder::new(1);
+    let world = b.add_identity();
+    let (id1, id2) = (b.add_identity(), b.add_identity());
+    b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
+    b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+    let policy = b.add_policy("ns", "web");
+    let group = b.add_group(Direction::Ingress, &[policy]);
+    let set = b.add_port_set(vec![PortRule {
+        policy,
+        rule: 0,
+        protocol: 6,
+        first: 80,
+        last: 80,
+    }]);
+    b.allow(group, id2, set);
+    for (last, identity, ingress) in [
+        (1, id1, Enforcement::Isolated(group)),
+        (2, id2, Enforcement::Open),
+    ] {
+        let pod = b.add_pod("ns", &format!("p{last}"));
+        let entry = PodAddress {
+            identity,
+            pod,
+            egress: Enforcement::Open,
+            ingress,
+        };
+        b.add_pod_address(ip(last), entry).unwrap();
+    }
+    let publisher = Publisher::new(b.build());
+
+    let mut frames = Vec::new();
+    for sport in 1000..1400u16 {
+        frames.push(tcp(2, 1, sport, 80, tcp_flags::SYN)); // allowed, new
+        frames.push(tcp(1, 2, 80, sport, tcp_flags::SYN | tcp_flags::ACK)); // reply
+        frames.push(tcp(2, 1, sport, 80, tcp_flags::ACK)); // established
+        frames.push(tcp(3, 1, sport, 80, tcp_flags::SYN)); // denied
+        frames.push(tcp(2, 1, sport, 22, tcp_flags::ACK)); // mid-stream, denied both ways
+    }
+    frames.push(vec![0xff; 20]); // malformed
+    let conntrack = Conntrack::new(1 << 12, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut worker = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    let mut out = Tally {
+        passed: 0,
+        dropped: 0,
+    };
+    let run = |worker: &mut Worker<'_>, out: &mut Tally, rounds| {
+        let mut port = MemoryPort::new(
+            "t",
+            LinkType::Ethernet,
+            frames.iter().map(Vec::as_slice),
+            rounds,
+        );
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        while worker.run_batch(&mut port, out).unwrap() > 0 {}
+        ALLOCATIONS.load(Ordering::Relaxed) - before
+    };
+    run(&mut worker, &mut out, 1); // warm-up: conntrack filled, caches built
+    let (passed, dropped) = (out.passed, out.dropped);
+    let allocations = run(&mut worker, &mut out, 20);
+    let packets = (out.passed - passed) + (out.dropped - dropped);
+    assert_eq!(packets, 20 * frames.len() as u64);
+    assert!(
+        out.passed > passed && out.dropped > dropped,
+        "both verdicts exercised"
+    );
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations over {packets} packets"
+    );
+}

@@ -68,11 +68,17 @@ impl ConnKey {
     /// their order.
     fn canonical(&self) -> ([u64; 5], bool) {
         let swap = (self.src, self.src_port) > (self.dst, self.dst_port);
-        let (a, pa, b, pb) = if swap {
-            (self.dst, self.dst_port, self.src, self.src_port)
-        } else {
-            (self.src, self.src_port, self.dst, self.dst_port)
-        };
+        // Select without branches: replies and requests interleave at random.
+        let m = u128::from(swap).wrapping_neg();
+        let (a, b) = (
+            (self.dst & m) | (self.src & !m),
+            (self.src & m) | (self.dst & !m),
+        );
+        let mp = u16::from(swap).wrapping_neg();
+        let (pa, pb) = (
+            (self.dst_port & mp) | (self.src_port & !mp),
+            (self.src_port & mp) | (self.dst_port & !mp),
+        );
         let meta = u64::from(pa)
             | (u64::from(pb) << 16)
             | (u64::from(self.protocol) << 32)
@@ -234,13 +240,34 @@ impl Timeouts {
     }
 }
 
-/// What a packet says about its connection's state.
+/// What a packet says about its connection's state: TCP flags and the
+/// first SCTP chunk type, packed in one word so that it travels in a
+/// register (separately stored bytes reloaded as a word stall the CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Signal {
-    /// TCP flags (0 for other protocols).
-    pub tcp_flags: u8,
-    /// SCTP: the first chunk's type.
-    pub sctp_chunk: Option<u8>,
+pub struct Signal(u32);
+
+impl Signal {
+    /// From TCP flags (0 for other protocols) and the first SCTP chunk type.
+    #[inline]
+    #[must_use]
+    pub fn new(tcp_flags: u8, sctp_chunk: Option<u8>) -> Self {
+        let chunk = sctp_chunk.map_or(0, |c| 0x100 | u32::from(c));
+        Self(u32::from(tcp_flags) | (chunk << 8))
+    }
+
+    /// TCP flags.
+    #[inline]
+    #[must_use]
+    pub fn tcp_flags(self) -> u8 {
+        self.0 as u8
+    }
+
+    /// The first SCTP chunk's type, if any.
+    #[inline]
+    #[must_use]
+    pub fn sctp_chunk(self) -> Option<u8> {
+        (self.0 & 0x1_0000 != 0).then_some((self.0 >> 8) as u8)
+    }
 }
 
 /// TCP flag bits.
@@ -267,9 +294,10 @@ const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
 pub fn opens_connection(protocol: u8, signal: Signal) -> bool {
     match protocol {
         6 => {
-            signal.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+            signal.tcp_flags() & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)
+                == tcp_flags::SYN
         }
-        132 => signal.sctp_chunk == Some(SCTP_INIT),
+        132 => signal.sctp_chunk() == Some(SCTP_INIT),
         _ => true,
     }
 }
@@ -284,7 +312,7 @@ pub fn initial_state(protocol: u8, signal: Signal, picked_up: bool) -> State {
         17 => State::UdpUnreplied,
         1 | 58 => State::IcmpEcho,
         132 if picked_up => State::SctpEstablished,
-        132 if signal.sctp_chunk == Some(SCTP_INIT) => State::SctpOpening,
+        132 if signal.sctp_chunk() == Some(SCTP_INIT) => State::SctpOpening,
         132 => State::SctpEstablished,
         _ => State::Other,
     }
@@ -292,7 +320,7 @@ pub fn initial_state(protocol: u8, signal: Signal, picked_up: bool) -> State {
 
 /// The state after a packet; `reply`: sent by the responder.
 fn next_state(s: State, reply: bool, signal: Signal) -> State {
-    let f = signal.tcp_flags;
+    let f = signal.tcp_flags();
     match s {
         State::TcpSynSent
         | State::TcpSynRecv
@@ -323,13 +351,14 @@ fn next_state(s: State, reply: bool, signal: Signal) -> State {
             State::TcpSynSent
         }
         State::UdpUnreplied if reply => State::UdpReplied,
-        State::SctpOpening | State::SctpEstablished | State::SctpClosing => match signal.sctp_chunk
-        {
-            Some(SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE) => State::SctpClosed,
-            Some(SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK) => State::SctpClosing,
-            _ if reply && s == State::SctpOpening => State::SctpEstablished,
-            _ => s,
-        },
+        State::SctpOpening | State::SctpEstablished | State::SctpClosing => {
+            match signal.sctp_chunk() {
+                Some(SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE) => State::SctpClosed,
+                Some(SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK) => State::SctpClosing,
+                _ if reply && s == State::SctpOpening => State::SctpEstablished,
+                _ => s,
+            }
+        }
         _ => s,
     }
 }
@@ -343,8 +372,9 @@ pub struct Hit {
     pub reply: bool,
     /// Low 32 bits of the generation that allowed (or last re-checked) it.
     pub generation: u32,
-    /// The key as the initiator sent it.
-    pub initiator: ConnKey,
+    /// Whether the initiator is the canonical key's second endpoint (see
+    /// [`Located::initiator`]).
+    pub initiator_is_b: bool,
     /// Where it is, for [`Conntrack::set_generation`] and [`Conntrack::remove`].
     pub slot: usize,
 }
@@ -413,6 +443,14 @@ pub struct Located {
     swapped: bool,
     bucket: usize,
     fp: u8,
+}
+
+impl Located {
+    /// The key as the initiator of the connection `hit` sent it.
+    #[must_use]
+    pub fn initiator(&self, hit: &Hit) -> ConnKey {
+        ConnKey::from_canonical(&self.words, hit.initiator_is_b)
+    }
 }
 
 fn seq(tag: u64) -> u32 {
@@ -575,7 +613,7 @@ impl Conntrack {
                 state: State::from_bits(tag as u32),
                 reply,
                 generation: slot.generation.load(Ordering::Relaxed),
-                initiator: ConnKey::from_canonical(&k, initiator_is_b),
+                initiator_is_b,
                 slot: idx,
             });
         }
@@ -749,10 +787,7 @@ mod tests {
         }
     }
     fn tcp(flags: u8) -> Signal {
-        Signal {
-            tcp_flags: flags,
-            sctp_chunk: None,
-        }
+        Signal::new(flags, None)
     }
 
     #[test]
@@ -771,7 +806,7 @@ mod tests {
             (h.state, h.reply, h.generation),
             (State::TcpSynRecv, true, 7)
         );
-        assert_eq!(h.initiator, k);
+        assert_eq!(ct.locate(&k.reversed()).initiator(&h), k);
         let h = ct.lookup(&k, tcp(ACK), 2 * SEC).unwrap();
         assert_eq!((h.state, h.reply), (State::TcpEstablished, false));
         assert_eq!(
@@ -824,24 +859,15 @@ mod tests {
     fn sctp_states() {
         let ct = Conntrack::new(64, Timeouts::default());
         let k = key(9, 80, 132);
-        let init = Signal {
-            tcp_flags: 0,
-            sctp_chunk: Some(SCTP_INIT),
-        };
+        let init = Signal::new(0, Some(SCTP_INIT));
         assert!(opens_connection(132, init));
         let _ = ct.insert(&k, initial_state(132, init, false), 1, 0);
-        let ack = Signal {
-            tcp_flags: 0,
-            sctp_chunk: Some(2),
-        };
+        let ack = Signal::new(0, Some(2));
         assert_eq!(
             ct.lookup(&k.reversed(), ack, 1).unwrap().state,
             State::SctpEstablished
         );
-        let abort = Signal {
-            tcp_flags: 0,
-            sctp_chunk: Some(SCTP_ABORT),
-        };
+        let abort = Signal::new(0, Some(SCTP_ABORT));
         assert_eq!(ct.lookup(&k, abort, 2).unwrap().state, State::SctpClosed);
     }
 

@@ -59,7 +59,7 @@ pub use crate::wire::ParseError;
 /// For ICMP and ICMPv6 echo the identifier is both ports, so a request and
 /// its reply are one connection; every other port-less protocol, and every
 /// non-first fragment, has ports 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Source address.
     pub src: u128,
@@ -192,10 +192,11 @@ impl fmt::Display for FlowKey {
 
 /// Where a packet stands in fragmentation. `id` is the IPv4 16-bit or the
 /// IPv6 32-bit identification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Fragment {
     /// A whole datagram (an IPv6 "atomic fragment", offset 0 without M, is
     /// one too).
+    #[default]
     NotFragment,
     /// Offset 0 with more to come: has the transport header.
     First {
@@ -220,7 +221,7 @@ pub struct IcmpInfo {
 
 /// Everything the worker needs from one IP packet. `Copy`, no borrow of the
 /// frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketMeta {
     /// The flow key in the packet's direction.
     pub key: FlowKey,
@@ -289,9 +290,38 @@ pub enum Parsed {
     },
 }
 
+/// What kind of frame [`parse_frame_into`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// An IPv4 or IPv6 packet: the meta was written.
+    Ip,
+    /// Not IP (ARP, LLDP, ...): the meta is untouched.
+    NotIp {
+        /// The payload's ethertype (after VLAN tags), or the cooked-capture
+        /// protocol field.
+        ethertype: u16,
+    },
+}
+
 /// Parses one frame of the given framing.
 #[inline]
 pub fn parse_frame(link: LinkType, frame: &[u8]) -> Result<Parsed, ParseError> {
+    let mut meta = PacketMeta::default();
+    Ok(match parse_frame_into(link, frame, &mut meta)? {
+        FrameKind::Ip => Parsed::Ip(meta),
+        FrameKind::NotIp { ethertype } => Parsed::NotIp { ethertype },
+    })
+}
+
+/// Parses one frame, writing the metadata of an IP packet straight into
+/// `meta` (a worker's batch array), so that it is written once and not
+/// copied. On an error `meta` may be partly written.
+#[inline]
+pub fn parse_frame_into(
+    link: LinkType,
+    frame: &[u8],
+    meta: &mut PacketMeta,
+) -> Result<FrameKind, ParseError> {
     if frame.is_empty() {
         return Err(ParseError::EmptyFrame);
     }
@@ -318,14 +348,14 @@ pub fn parse_frame(link: LinkType, frame: &[u8]) -> Result<Parsed, ParseError> {
     };
     let l3 = &frame[l3_offset..];
     match ethertype {
-        ethertype::IPV4 => parse_ipv4(l3, l3_offset).map(Parsed::Ip),
-        ethertype::IPV6 => parse_ipv6(l3, l3_offset).map(Parsed::Ip),
-        other => Ok(Parsed::NotIp { ethertype: other }),
+        ethertype::IPV4 => parse_ipv4(l3, l3_offset, meta).map(|()| FrameKind::Ip),
+        ethertype::IPV6 => parse_ipv6(l3, l3_offset, meta).map(|()| FrameKind::Ip),
+        other => Ok(FrameKind::NotIp { ethertype: other }),
     }
 }
 
 #[inline]
-fn parse_ipv4(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
+fn parse_ipv4(l3: &[u8], l3_offset: usize, meta: &mut PacketMeta) -> Result<(), ParseError> {
     let ip = Ipv4Packet::new_checked(l3)?;
     let protocol = ip.protocol();
     let id = u32::from(ip.ident());
@@ -336,7 +366,7 @@ fn parse_ipv4(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
         (true, _) => Fragment::Later { id },
     };
     let key = FlowKey::v4(ip.src(), ip.dst(), protocol, 0, 0);
-    let mut meta = PacketMeta::bare(
+    *meta = PacketMeta::bare(
         key,
         fragment,
         l3_offset,
@@ -344,15 +374,15 @@ fn parse_ipv4(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
         ip.ttl(),
     );
     if let Fragment::Later { .. } = fragment {
-        return Ok(meta);
+        return Ok(());
     }
-    parse_l4(&mut meta, ip.payload())?;
+    parse_l4(meta, ip.payload())?;
     meta.l4_offset = Some((l3_offset + ip.header_len()) as u16);
-    Ok(meta)
+    Ok(())
 }
 
 #[inline]
-fn parse_ipv6(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
+fn parse_ipv6(l3: &[u8], l3_offset: usize, meta: &mut PacketMeta) -> Result<(), ParseError> {
     let ip = Ipv6Packet::new_checked(l3)?;
     let ext = ip.extensions()?;
     let fragment = match ext.fragment {
@@ -362,7 +392,7 @@ fn parse_ipv6(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
     };
     let key = FlowKey::v6(ip.src(), ip.dst(), ext.protocol, 0, 0);
     let packet = ip.packet();
-    let mut meta = PacketMeta::bare(
+    *meta = PacketMeta::bare(
         key,
         fragment,
         l3_offset,
@@ -370,11 +400,11 @@ fn parse_ipv6(l3: &[u8], l3_offset: usize) -> Result<PacketMeta, ParseError> {
         ip.hop_limit(),
     );
     if let Fragment::Later { .. } = fragment {
-        return Ok(meta);
+        return Ok(());
     }
-    parse_l4(&mut meta, &packet[ext.l4_offset..])?;
+    parse_l4(meta, &packet[ext.l4_offset..])?;
     meta.l4_offset = Some((l3_offset + ext.l4_offset) as u16);
-    Ok(meta)
+    Ok(())
 }
 
 /// Reads the transport header into `meta` (whose key has the addresses and

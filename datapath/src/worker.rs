@@ -153,7 +153,8 @@ pub struct Worker<'a> {
     stats: &'a WorkerStats,
     config: WorkerConfig,
     descs: [RxDesc; MAX_BATCH],
-    parsed: [Result<crate::flow::Parsed, crate::flow::ParseError>; MAX_BATCH],
+    kinds: [Result<crate::flow::FrameKind, crate::flow::ParseError>; MAX_BATCH],
+    metas: [crate::flow::PacketMeta; MAX_BATCH],
     located: [crate::conntrack::Located; MAX_BATCH],
     clock_origin: std::time::Instant,
 }
@@ -210,7 +211,8 @@ impl<'a> Worker<'a> {
                 ..config
             },
             descs: [RxDesc::default(); MAX_BATCH],
-            parsed: [Ok(crate::flow::Parsed::NotIp { ethertype: 0 }); MAX_BATCH],
+            kinds: [Ok(crate::flow::FrameKind::NotIp { ethertype: 0 }); MAX_BATCH],
+            metas: [crate::flow::PacketMeta::default(); MAX_BATCH],
             located: [crate::conntrack::Located::default(); MAX_BATCH],
             clock_origin: std::time::Instant::now(),
         }
@@ -244,30 +246,30 @@ impl<'a> Worker<'a> {
         // whole batch overlap instead of stalling packet by packet.
         let batch = self.descs[..n]
             .iter()
-            .zip(&mut self.parsed)
-            .zip(&mut self.located);
-        for ((desc, parsed), located) in batch {
-            *parsed = crate::flow::parse_frame(desc.link, port.frame(desc));
-            if let Ok(crate::flow::Parsed::Ip(meta)) = parsed {
+            .zip(&mut self.kinds)
+            .zip(&mut self.metas);
+        for (((desc, kind), meta), located) in batch.zip(&mut self.located) {
+            *kind = crate::flow::parse_frame_into(desc.link, port.frame(desc), meta);
+            if *kind == Ok(crate::flow::FrameKind::Ip) {
                 *located = self.conntrack.locate(&conn_key(&meta.key));
                 self.conntrack.prefetch_bucket(located);
             }
         }
-        for (parsed, located) in self.parsed[..n].iter().zip(&self.located) {
-            if let Ok(crate::flow::Parsed::Ip(_)) = parsed {
+        for (kind, located) in self.kinds[..n].iter().zip(&self.located) {
+            if *kind == Ok(crate::flow::FrameKind::Ip) {
                 self.conntrack.prefetch_entry(located);
             }
         }
-        let batch = self.descs[..n].iter().zip(&self.parsed).zip(&self.located);
-        for ((desc, parsed), located) in batch {
+        let batch = self.descs[..n].iter().zip(&self.kinds).zip(&self.metas);
+        for (((desc, kind), meta), located) in batch.zip(&self.located) {
             let frame = port.frame(desc);
             let now = if self.config.capture_time {
                 desc.timestamp_ns
             } else {
                 batch_now
             };
-            let mine = match parsed {
-                Ok(crate::flow::Parsed::Ip(meta)) => host_pair_shard(&meta.key, shards) == shard,
+            let mine = match kind {
+                Ok(crate::flow::FrameKind::Ip) => host_pair_shard(&meta.key, shards) == shard,
                 _ => shard == 0,
             };
             if !mine {
@@ -276,8 +278,8 @@ impl<'a> Worker<'a> {
             }
             c.rx_packets += 1;
             c.rx_bytes += u64::from(desc.wire_len);
-            let (meta, outcome) = match parsed {
-                Ok(crate::flow::Parsed::Ip(meta)) => {
+            let (meta, outcome) = match kind {
+                Ok(crate::flow::FrameKind::Ip) => {
                     let decider = Decider {
                         conntrack: self.conntrack,
                         tables,
@@ -287,7 +289,7 @@ impl<'a> Worker<'a> {
                     let o = decider.packet(&mut self.fragments, meta, located, &mut c);
                     (Some(meta), o)
                 }
-                Ok(crate::flow::Parsed::NotIp { .. }) => {
+                Ok(crate::flow::FrameKind::NotIp { .. }) => {
                     c.not_ip += 1;
                     (None, Outcome::NotIp)
                 }
@@ -370,16 +372,13 @@ impl Decider<'_> {
             revalidate,
             now,
         } = *self;
-        let signal = Signal {
-            tcp_flags: meta.tcp_flags,
-            sctp_chunk: meta.sctp_chunk,
-        };
+        let signal = Signal::new(meta.tcp_flags, meta.sctp_chunk);
         let generation = tables.generation() as u32;
         if let Some(hit) = conntrack.lookup_at(located, signal, now) {
             c.conntrack_hits += 1;
             if revalidate && hit.generation != generation {
                 c.revalidated += 1;
-                let v = classify_key(tables, &hit.initiator);
+                let v = classify_key(tables, &located.initiator(&hit));
                 if !v.is_allowed() {
                     c.revoked += 1;
                     conntrack.remove(&hit);

@@ -307,6 +307,10 @@ fn run_shard(
         shard: Some((shard as u32, workers as u32)),
         ..WorkerConfig::default()
     };
+    // One worker per core, as the live datapath runs them.
+    if workers > 1 {
+        let _ = podfence_datapath::worker::pin_to_core(shard as usize);
+    }
     let mut worker = Worker::new(conntrack, publisher.reader(), stats, config);
     let mut recorder = Recorder {
         next_index: 0,

@@ -286,39 +286,25 @@ impl Pod {
                 }
             }
         }
-        let ips = match status
+        let pod_ips = status
             .and_then(|s| s.pod_ips.as_deref())
-            .filter(|v| !v.is_empty())
-        {
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, p)| parse_ip(&p.ip, || format!("status.podIPs[{i}].ip")))
-                .collect::<Result<Vec<_>, _>>(),
-            None => status
-                .and_then(|s| s.pod_ip.as_deref())
-                .filter(|s| !s.is_empty())
-                .map(|s| parse_ip(s, || "status.podIP".to_owned()))
-                .into_iter()
-                .collect(),
-        }
+            .unwrap_or_default();
+        let pod_ips = pod_ips.iter().map(|p| p.ip.as_str());
+        let ips = parse_ips(
+            pod_ips,
+            status.and_then(|s| s.pod_ip.as_deref()),
+            "status.podIP",
+        )
         .map_err(|(f, m)| err(f, m))?;
-        let host_ips = match status
+        let host_ips = status
             .and_then(|s| s.host_ips.as_deref())
-            .filter(|v| !v.is_empty())
-        {
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, p)| parse_ip(&p.ip, || format!("status.hostIPs[{i}].ip")))
-                .collect::<Result<Vec<_>, _>>(),
-            None => status
-                .and_then(|s| s.host_ip.as_deref())
-                .filter(|s| !s.is_empty())
-                .map(|s| parse_ip(s, || "status.hostIP".to_owned()))
-                .into_iter()
-                .collect(),
-        }
+            .unwrap_or_default();
+        let host_ips = host_ips.iter().map(|p| p.ip.as_str());
+        let host_ips = parse_ips(
+            host_ips,
+            status.and_then(|s| s.host_ip.as_deref()),
+            "status.hostIP",
+        )
         .map_err(|(f, m)| err(f, m))?;
         if object.name.is_empty() {
             return Err(err("metadata.name".into(), "a pod needs a name".into()));
@@ -404,6 +390,26 @@ impl Cluster {
 fn parse_ip(s: &str, field: impl FnOnce() -> String) -> Result<IpAddr, (String, String)> {
     s.parse()
         .map_err(|_| (field(), format!("'{s}' is not an IP address")))
+}
+
+/// The addresses of a `status.<x>IPs` list, or of `status.<x>IP` when the
+/// list is empty (older API servers fill only the single field).
+fn parse_ips<'a>(
+    list: impl ExactSizeIterator<Item = &'a str>,
+    single: Option<&str>,
+    field: &str,
+) -> Result<Vec<IpAddr>, (String, String)> {
+    if list.len() > 0 {
+        return list
+            .enumerate()
+            .map(|(i, ip)| parse_ip(ip, || format!("{field}s[{i}].ip")))
+            .collect();
+    }
+    single
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_ip(s, || field.to_owned()))
+        .into_iter()
+        .collect()
 }
 
 fn object_ref(kind: &str, meta: &meta::ObjectMeta) -> ObjectRef {

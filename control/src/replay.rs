@@ -24,7 +24,7 @@ use podfence_datapath::ports::{Port, PortError, RxDesc};
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::{Counters, WorkerStats};
 use podfence_datapath::tables::{Decision, Direction, Tables, Verdict};
-use podfence_datapath::worker::{MalformedAction, Outcome, Output, Worker, WorkerConfig, conn_key};
+use podfence_datapath::worker::{MalformedAction, Outcome, Output, Worker, WorkerConfig};
 use rustc_hash::FxHashMap;
 
 /// Replay settings.
@@ -166,7 +166,7 @@ struct Recorder {
 
 impl Recorder {
     fn record_flow(&mut self, key: ConnKey, bytes: u64, outcome: &Outcome, passes: bool) {
-        let (canonical, _) = key.canonical_key();
+        let (canonical, _) = key.canonical();
         let index = self.next_index;
         let flow = self.flows.entry(canonical).or_insert_with(|| Flow {
             first_packet: index + 1,
@@ -216,7 +216,7 @@ impl Output for ShardOutput<'_> {
             let key = match (outcome, meta) {
                 (Outcome::Fragment { flow, .. }, _) => Some(*flow),
                 (Outcome::Malformed(_) | Outcome::NotIp, _) | (_, None) => None,
-                (_, Some(m)) => Some(conn_key(&m.key)),
+                (_, Some(m)) => Some(m.key),
             };
             if let Some(key) = key.filter(|_| r.record_flows) {
                 r.record_flow(key, u64::from(desc.wire_len), outcome, passes);

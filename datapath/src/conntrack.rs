@@ -26,85 +26,47 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-/// A connection's 5-tuple (ICMP echo: the identifier in both ports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    /// Source address (IPv4 in the low 32 bits).
-    pub src: u128,
-    /// Destination address.
-    pub dst: u128,
-    /// Source port.
-    pub src_port: u16,
-    /// Destination port.
-    pub dst_port: u16,
-    /// IP protocol number.
-    pub protocol: u8,
-    /// Whether the addresses are IPv6.
-    pub ipv6: bool,
+/// A connection's 5-tuple: the parser's flow key (ICMP echo: the
+/// identifier in both ports).
+pub use crate::flow::FlowKey as ConnKey;
+
+/// Direction-independent words of a key, and whether the key is the reverse
+/// of their order.
+fn key_words(k: &ConnKey) -> ([u64; 5], bool) {
+    let swap = (k.src, k.src_port) > (k.dst, k.dst_port);
+    // Select without branches: replies and requests interleave at random.
+    let m = u128::from(swap).wrapping_neg();
+    let (a, b) = ((k.dst & m) | (k.src & !m), (k.src & m) | (k.dst & !m));
+    let mp = u16::from(swap).wrapping_neg();
+    let (pa, pb) = (
+        (k.dst_port & mp) | (k.src_port & !mp),
+        (k.src_port & mp) | (k.dst_port & !mp),
+    );
+    let meta = u64::from(pa)
+        | (u64::from(pb) << 16)
+        | (u64::from(k.protocol) << 32)
+        | (u64::from(k.ipv6) << 40)
+        | (1 << 41); // never all-zero: marks a written key
+    (
+        [(a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64, meta],
+        swap,
+    )
 }
 
-impl ConnKey {
-    /// The key of the other direction.
-    #[must_use]
-    pub fn reversed(&self) -> Self {
-        Self {
-            src: self.dst,
-            dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-            ..*self
-        }
-    }
-
-    /// The same key for both directions, and whether `self` is the reverse
-    /// of it.
-    #[must_use]
-    pub fn canonical_key(&self) -> (Self, bool) {
-        let (words, swapped) = self.canonical();
-        (Self::from_canonical(&words, false), swapped)
-    }
-
-    /// Direction-independent words, and whether `self` is the reverse of
-    /// their order.
-    fn canonical(&self) -> ([u64; 5], bool) {
-        let swap = (self.src, self.src_port) > (self.dst, self.dst_port);
-        // Select without branches: replies and requests interleave at random.
-        let m = u128::from(swap).wrapping_neg();
-        let (a, b) = (
-            (self.dst & m) | (self.src & !m),
-            (self.src & m) | (self.dst & !m),
-        );
-        let mp = u16::from(swap).wrapping_neg();
-        let (pa, pb) = (
-            (self.dst_port & mp) | (self.src_port & !mp),
-            (self.src_port & mp) | (self.dst_port & !mp),
-        );
-        let meta = u64::from(pa)
-            | (u64::from(pb) << 16)
-            | (u64::from(self.protocol) << 32)
-            | (u64::from(self.ipv6) << 40)
-            | (1 << 41); // never all-zero: marks a written key
-        (
-            [(a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64, meta],
-            swap,
-        )
-    }
-
-    fn from_canonical(words: &[u64; 5], initiator_is_b: bool) -> Self {
-        let a = (u128::from(words[0]) << 64) | u128::from(words[1]);
-        let b = (u128::from(words[2]) << 64) | u128::from(words[3]);
-        let meta = words[4];
-        let (pa, pb) = ((meta & 0xffff) as u16, ((meta >> 16) & 0xffff) as u16);
-        let k = Self {
-            src: a,
-            dst: b,
-            src_port: pa,
-            dst_port: pb,
-            protocol: ((meta >> 32) & 0xff) as u8,
-            ipv6: (meta >> 40) & 1 == 1,
-        };
-        if initiator_is_b { k.reversed() } else { k }
-    }
+/// The key of [`key_words`], oriented from `b` to `a` if `initiator_is_b`.
+fn key_from_words(words: &[u64; 5], initiator_is_b: bool) -> ConnKey {
+    let a = (u128::from(words[0]) << 64) | u128::from(words[1]);
+    let b = (u128::from(words[2]) << 64) | u128::from(words[3]);
+    let meta = words[4];
+    let k = ConnKey {
+        src: a,
+        dst: b,
+        src_port: (meta & 0xffff) as u16,
+        dst_port: ((meta >> 16) & 0xffff) as u16,
+        protocol: ((meta >> 32) & 0xff) as u8,
+        ipv6: (meta >> 40) & 1 == 1,
+    };
+    if initiator_is_b { k.reversed() } else { k }
 }
 
 /// Protocol state of an entry.
@@ -449,7 +411,7 @@ impl Located {
     /// The key as the initiator of the connection `hit` sent it.
     #[must_use]
     pub fn initiator(&self, hit: &Hit) -> ConnKey {
-        ConnKey::from_canonical(&self.words, hit.initiator_is_b)
+        key_from_words(&self.words, hit.initiator_is_b)
     }
 }
 
@@ -505,7 +467,7 @@ impl Conntrack {
     #[inline]
     #[must_use]
     pub fn locate(&self, key: &ConnKey) -> Located {
-        let (words, swapped) = key.canonical();
+        let (words, swapped) = key_words(key);
         let (bucket, fp) = self.home(&words);
         Located {
             words,
@@ -931,8 +893,8 @@ mod tests {
             ipv6: true,
         };
         for initiator in [k, k.reversed()] {
-            let (w, swapped) = initiator.canonical();
-            assert_eq!(ConnKey::from_canonical(&w, swapped), initiator);
+            let (w, swapped) = key_words(&initiator);
+            assert_eq!(key_from_words(&w, swapped), initiator);
         }
         let ct = Conntrack::new(16, Timeouts::default());
         let _ = ct.insert(&k, State::IcmpEcho, 1, 0);

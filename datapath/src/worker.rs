@@ -251,7 +251,7 @@ impl<'a> Worker<'a> {
         for (((desc, kind), meta), located) in batch.zip(&mut self.located) {
             *kind = crate::flow::parse_frame_into(desc.link, port.frame(desc), meta);
             if *kind == Ok(crate::flow::FrameKind::Ip) {
-                *located = self.conntrack.locate(&conn_key(&meta.key));
+                *located = self.conntrack.locate(&meta.key);
                 self.conntrack.prefetch_bucket(located);
             }
         }
@@ -332,7 +332,7 @@ impl Decider<'_> {
         c: &mut Counters,
     ) -> Outcome {
         let now = self.now;
-        let key = conn_key(&meta.key);
+        let key = meta.key;
         if let crate::flow::Fragment::Later { id } = meta.fragment {
             if let Some(f) = fragments.lookup(&meta.key, id, now) {
                 c.fragments_followed += 1;
@@ -391,10 +391,7 @@ impl Decider<'_> {
         if let Some(inner) = meta.related {
             // An ICMP error quotes the packet it is about, as that packet's
             // sender saw it; the error goes back towards that sender.
-            if conntrack
-                .lookup(&conn_key(&inner), Signal::default(), now)
-                .is_some()
-            {
+            if conntrack.lookup(&inner, Signal::default(), now).is_some() {
                 return Outcome::Related;
             }
         }
@@ -464,19 +461,6 @@ pub fn host_pair_shard(k: &crate::flow::FlowKey, shards: u32) -> u32 {
     h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(k.protocol);
     h ^= h >> 32;
     (h % u64::from(shards)) as u32
-}
-
-/// The conntrack key of a parsed flow key.
-#[must_use]
-pub fn conn_key(k: &crate::flow::FlowKey) -> ConnKey {
-    ConnKey {
-        src: k.src,
-        dst: k.dst,
-        src_port: k.src_port,
-        dst_port: k.dst_port,
-        protocol: k.protocol,
-        ipv6: k.ipv6,
-    }
 }
 
 /// Pins the calling thread to the `index`-th core the process may run on

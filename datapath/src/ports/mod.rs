@@ -10,6 +10,7 @@ use crate::link::LinkType;
 
 pub mod capture;
 pub mod memory;
+pub mod xsk;
 
 /// Largest batch a worker asks for.
 pub const MAX_BATCH: usize = 64;

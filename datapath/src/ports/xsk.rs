@@ -1,0 +1,738 @@
+//! AF_XDP ports: one socket per (interface, queue), each with its own UMEM.
+//!
+//! This is the only module of the datapath that touches memory the kernel
+//! shares with us (the UMEM and the four rings), which is why it is the only
+//! one with `unsafe`. The rings themselves are driven through xsk-rs 0.11
+//! (libxdp underneath); what xsk-rs leaves to the caller, and what each
+//! `unsafe` block here upholds, is ownership of frames: a frame is owned by
+//! exactly one of the kernel (while on the fill or tx ring, until it comes
+//! back on the rx or completion ring) or this port, and the port never reads
+//! or writes a frame the kernel owns.
+//!
+//! # Frames
+//!
+//! The UMEM of `frame_count` frames is split in two at open: the first half
+//! receives (it cycles fill ring → rx ring → the caller's batch → fill ring),
+//! the second half transmits (free list → tx ring → completion ring → free
+//! list). Rx frames the caller holds are the current batch only; the
+//! [`Port`] contract (release a batch before the next `recv`) keeps the
+//! kernel from starving, and [`XskPort::release`] hands the whole batch back
+//! in one ring operation. All descriptor arrays are allocated at open;
+//! `recv`, `frame`, `release` and `send` never allocate.
+//!
+//! # Modes
+//!
+//! - Copy or zero-copy: [`XskConfig::zero_copy`] (`None` lets the kernel
+//!   choose, `Some(true)` fails when the driver cannot do zero-copy,
+//!   `Some(false)` forces copy). [`XskPort::mode`] reports what was bound.
+//! - Native or generic XDP: the socket follows the XDP program that feeds
+//!   it, so this is chosen where the redirector is attached
+//!   (`podfence_bpf::RedirectConfig::mode`). Sockets are created with
+//!   `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`, so libxdp never loads a program
+//!   of its own; generic XDP implies copy mode.
+//! - `need_wakeup` ([`XskConfig::need_wakeup`]): the kernel tells us when it
+//!   needs a system call to go on (fill ring empty, tx ring to drain); the
+//!   port then polls (rx) or calls `sendto(MSG_DONTWAIT)` (tx), otherwise it
+//!   makes no system call at all. Without it, every `send` kicks the kernel.
+//! - Busy polling ([`XskConfig::busy_poll`]): `SO_PREFER_BUSY_POLL`,
+//!   `SO_BUSY_POLL` and `SO_BUSY_POLL_BUDGET` are set on the socket; a
+//!   failure is recorded ([`XskPort::busy_poll_error`]), not fatal. With busy
+//!   polling, an empty `recv` polls the socket once to drive the driver.
+//!
+//! # Queues and workers
+//!
+//! An interface with several queues gets one [`XskPort`] per queue, each
+//! registered for its queue in the redirector's XSKMAP (through
+//! [`XskPort::fd`] / [`AsRawFd`]). Everything must happen in the interface's
+//! network namespace: open, then register. A worker serving one queue calls
+//! `Worker::run_batch` with its port; a worker serving several calls it with
+//! each of its ports in turn (round robin). Ports are `Send`, not shared:
+//! each belongs to exactly one worker thread.
+//!
+//! Dropping a port closes the socket and then frees the UMEM (xsk-rs keeps
+//! the UMEM alive for as long as any socket or ring of it exists).
+
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use super::{Port, PortError, PortStats, RxDesc};
+use crate::link::LinkType;
+
+/// `SO_PREFER_BUSY_POLL` (linux/asm-generic/socket.h), not in every libc.
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+/// `SO_BUSY_POLL_BUDGET` (linux/asm-generic/socket.h), not in every libc.
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// Busy-polling settings of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `SO_BUSY_POLL`: microseconds to busy poll the device for.
+    pub usecs: u32,
+    /// `SO_BUSY_POLL_BUDGET`: packets per busy-poll round.
+    pub budget: u32,
+}
+
+/// How an [`XskPort`] is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Frames in the UMEM (half receive, half transmit); even, at least 2.
+    pub frame_count: u32,
+    /// Bytes per frame: 2048 or 4096 (aligned chunks; a power of two).
+    pub frame_size: u32,
+    /// Rx ring entries (power of two).
+    pub rx_ring: u32,
+    /// Tx ring entries (power of two).
+    pub tx_ring: u32,
+    /// Fill ring entries (power of two, at least `frame_count / 2`).
+    pub fill_ring: u32,
+    /// Completion ring entries (power of two, at least `frame_count / 2`).
+    pub comp_ring: u32,
+    /// `None`: let the kernel choose; `Some(true)`: zero-copy or fail;
+    /// `Some(false)`: copy.
+    pub zero_copy: Option<bool>,
+    /// Bind with `XDP_USE_NEED_WAKEUP` (system calls only when the kernel
+    /// asks for them).
+    pub need_wakeup: bool,
+    /// Busy polling, if wanted.
+    pub busy_poll: Option<BusyPoll>,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        Self {
+            frame_count: 4096,
+            frame_size: 2048,
+            rx_ring: 2048,
+            tx_ring: 2048,
+            fill_ring: 2048,
+            comp_ring: 2048,
+            zero_copy: None,
+            need_wakeup: true,
+            busy_poll: None,
+        }
+    }
+}
+
+/// How a socket is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XskMode {
+    /// The kernel copies frames between its buffers and the UMEM.
+    Copy,
+    /// The driver DMAs straight into the UMEM.
+    ZeroCopy,
+}
+
+/// The kernel's ring statistics of a socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStats {
+    /// Frames dropped for reasons other than invalid descriptors.
+    pub rx_dropped: u64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors on the tx ring.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the rx ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the tx ring was empty when the kernel looked.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// An AF_XDP socket on one queue of one interface, with its own UMEM.
+pub struct XskPort {
+    name: String,
+    queue: u32,
+    config: XskConfig,
+    mode: XskMode,
+    busy_poll_error: Option<io::Error>,
+    frame_size: usize,
+    /// Largest frame `send` takes (frame size minus the kernel's headroom).
+    tx_capacity: usize,
+    // Rings before the UMEM: they are dropped first (xsk-rs would keep the
+    // UMEM alive anyway; the order states the intent).
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    umem: Umem,
+    /// The current batch, as the rx ring described it.
+    rx_batch: Vec<FrameDesc>,
+    rx_len: usize,
+    /// Per UMEM frame index: its slot in `rx_batch` (valid while in the batch).
+    rx_slot: Vec<u32>,
+    /// Rx frames the port owns that are not yet on the fill ring.
+    fill_pending: Vec<FrameDesc>,
+    /// Tx frames free for `send`.
+    tx_free: Vec<FrameDesc>,
+    /// Frames of the send in progress, filled and about to be submitted.
+    tx_batch: Vec<FrameDesc>,
+    /// Scratch for the completion ring.
+    comp_batch: Vec<FrameDesc>,
+    /// Tx frames submitted and not yet completed.
+    tx_outstanding: usize,
+    stats: PortStats,
+}
+
+impl std::fmt::Debug for XskPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskPort")
+            .field("name", &self.name)
+            .field("fd", &self.fd())
+            .field("mode", &self.mode)
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(port: &str, message: String) -> PortError {
+    PortError::Io {
+        port: port.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, message),
+    }
+}
+
+fn queue_size(port: &str, what: &str, n: u32) -> Result<QueueSize, PortError> {
+    QueueSize::new(n).map_err(|_| invalid(port, format!("{what} size {n} is not a power of two")))
+}
+
+/// Explains an errno from socket creation or bind.
+fn explain_create_error(
+    ifname: &str,
+    queue: u32,
+    zero_copy: Option<bool>,
+    e: &io::Error,
+) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            "creating an AF_XDP socket needs CAP_NET_ADMIN/CAP_BPF (run as root)".to_owned()
+        }
+        Some(libc::EOPNOTSUPP) if zero_copy == Some(true) => format!(
+            "the driver of {ifname} does not support zero-copy AF_XDP; use copy mode \
+             (zero_copy: Some(false) or None)"
+        ),
+        Some(libc::EINVAL) => format!(
+            "binding to queue {queue} of {ifname} was refused (EINVAL): the queue is out of \
+             range for this interface, or a ring or frame size is not accepted"
+        ),
+        Some(libc::EBUSY) => {
+            format!("queue {queue} of {ifname} already has an AF_XDP socket or UMEM bound")
+        }
+        Some(libc::ENOMEM | libc::ENOBUFS) => {
+            "not enough memory for the UMEM or rings (check RLIMIT_MEMLOCK)".to_owned()
+        }
+        Some(libc::ENOPROTOOPT | libc::EAFNOSUPPORT) => {
+            "the kernel does not support AF_XDP sockets".to_owned()
+        }
+        _ => "creating the AF_XDP socket failed".to_owned(),
+    }
+}
+
+/// The `io::Error` inside an xsk-rs error, if there is one.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<io::Error> {
+    let io = std::error::Error::source(e)?.downcast_ref::<io::Error>()?;
+    Some(match io.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(io.kind(), io.to_string()),
+    })
+}
+
+/// A [`PortError`] for a failed UMEM or socket creation, saying why.
+fn create_error(
+    name: &str,
+    ifname: &str,
+    queue: u32,
+    config: &XskConfig,
+    context: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> PortError {
+    let source = os_error(e).unwrap_or_else(|| io::Error::other(e.to_string()));
+    let why = explain_create_error(ifname, queue, config.zero_copy, &source);
+    PortError::Io {
+        port: name.to_owned(),
+        source: io::Error::new(source.kind(), format!("{context}{why}: {source}")),
+    }
+}
+
+/// Bind flags for `config`.
+fn bind_flags(config: &XskConfig) -> BindFlags {
+    let mut bind = match config.zero_copy {
+        Some(true) => BindFlags::XDP_ZEROCOPY,
+        Some(false) => BindFlags::XDP_COPY,
+        None => BindFlags::empty(),
+    };
+    if config.need_wakeup {
+        bind |= BindFlags::XDP_USE_NEED_WAKEUP;
+    }
+    bind
+}
+
+impl XskPort {
+    /// Opens an AF_XDP socket on `queue` of `ifname` (in the calling
+    /// thread's network namespace) and fills its fill ring. Register
+    /// [`Self::fd`] in the redirector's XSKMAP for `queue` afterwards.
+    pub fn open(ifname: &str, queue: u32, config: &XskConfig) -> Result<Self, PortError> {
+        let name = format!("{ifname}:{queue}");
+        Self::check_config(&name, config)?;
+        let c_name = std::ffi::CString::new(ifname)
+            .map_err(|_| invalid(&name, format!("interface name {ifname:?} contains NUL")))?;
+        // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
+        // call; if_nametoindex only reads it.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+            return Err(PortError::Io {
+                port: name,
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("interface {ifname} not found in this network namespace"),
+                ),
+            });
+        }
+
+        let umem_config = UmemConfig::builder()
+            .frame_size(
+                FrameSize::new(config.frame_size)
+                    .map_err(|e| invalid(&name, format!("frame size: {e}")))?,
+            )
+            .fill_queue_size(queue_size(&name, "fill ring", config.fill_ring)?)
+            .comp_queue_size(queue_size(&name, "completion ring", config.comp_ring)?)
+            .frame_headroom(0)
+            .build()
+            .map_err(|e| invalid(&name, format!("UMEM configuration: {e}")))?;
+        let tx_capacity = umem_config.mtu() as usize;
+        let frame_count = NonZeroU32::new(config.frame_count).expect("checked");
+        let (umem, descs) = Umem::new(umem_config, frame_count, false)
+            .map_err(|e| create_error(&name, ifname, queue, config, "creating the UMEM: ", &e))?;
+
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(queue_size(&name, "rx ring", config.rx_ring)?)
+            .tx_queue_size(queue_size(&name, "tx ring", config.tx_ring)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .xdp_flags(XdpFlags::empty())
+            .bind_flags(bind_flags(config))
+            .build();
+        let iface = xsk_rs::config::Interface::new(c_name);
+        // SAFETY: the UMEM is fresh and used by this socket only, so no other
+        // socket shares (device, queue) through it; frames are handed to the
+        // kernel only through this port's rings below.
+        let created = unsafe { Socket::new(socket_config, &umem, &iface, queue) };
+        let (tx, rx, rings) =
+            created.map_err(|e| create_error(&name, ifname, queue, config, "", &e))?;
+        let Some((fill, comp)) = rings else {
+            return Err(invalid(
+                &name,
+                "libxdp returned no fill/completion rings for a fresh UMEM".to_owned(),
+            ));
+        };
+
+        let half = (config.frame_count / 2) as usize;
+        let mut fill_pending = Vec::with_capacity(half);
+        fill_pending.extend_from_slice(&descs[..half]);
+        let mut tx_free = Vec::with_capacity(descs.len() - half);
+        tx_free.extend_from_slice(&descs[half..]);
+        let batch_cap = (config.rx_ring as usize).max(config.comp_ring as usize);
+        let mut port = Self {
+            name,
+            queue,
+            config: *config,
+            mode: XskMode::Copy,
+            busy_poll_error: None,
+            frame_size: config.frame_size as usize,
+            tx_capacity,
+            rx,
+            tx,
+            fill,
+            comp,
+            umem,
+            rx_batch: vec![FrameDesc::default(); batch_cap],
+            rx_len: 0,
+            rx_slot: vec![u32::MAX; config.frame_count as usize],
+            fill_pending,
+            tx_free,
+            tx_batch: Vec::with_capacity(batch_cap),
+            comp_batch: vec![FrameDesc::default(); config.comp_ring as usize],
+            tx_outstanding: 0,
+            stats: PortStats::default(),
+        };
+        port.mode = port.query_mode()?;
+        if let Some(bp) = config.busy_poll {
+            port.busy_poll_error = port.set_busy_poll(bp).err();
+        }
+        port.refill();
+        Ok(port)
+    }
+
+    fn check_config(name: &str, c: &XskConfig) -> Result<(), PortError> {
+        if c.frame_count < 2 || !c.frame_count.is_multiple_of(2) {
+            return Err(invalid(
+                name,
+                format!("frame_count {} must be even and at least 2", c.frame_count),
+            ));
+        }
+        let half = c.frame_count / 2;
+        if c.fill_ring < half || c.comp_ring < half {
+            return Err(invalid(
+                name,
+                format!(
+                    "fill ring ({}) and completion ring ({}) must hold half the frames ({half})",
+                    c.fill_ring, c.comp_ring
+                ),
+            ));
+        }
+        if !c.frame_size.is_power_of_two() {
+            return Err(invalid(
+                name,
+                format!("frame_size {} is not a power of two", c.frame_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copy or zero-copy, as the kernel bound the socket (`XDP_OPTIONS`).
+    fn query_mode(&self) -> Result<XskMode, PortError> {
+        let mut opts = libc::xdp_options { flags: 0 };
+        let mut len = size_of::<libc::xdp_options>() as libc::socklen_t;
+        // SAFETY: `opts` and `len` are valid for writes of the sizes given
+        // and outlive the call; the fd is the open socket of `self.rx`.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                (&raw mut opts).cast(),
+                &raw mut len,
+            )
+        };
+        if ret != 0 {
+            return Err(PortError::Io {
+                port: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(if opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
+            XskMode::ZeroCopy
+        } else {
+            XskMode::Copy
+        })
+    }
+
+    fn set_busy_poll(&self, bp: BusyPoll) -> io::Result<()> {
+        let set = |opt: libc::c_int, value: u32, what: &str| -> io::Result<()> {
+            let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `value` is a c_int valid for reads of its size for the
+            // duration of the call; the fd is this port's open socket.
+            let ret = unsafe {
+                libc::setsockopt(
+                    self.fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const value).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if ret == 0 {
+                Ok(())
+            } else {
+                let e = io::Error::last_os_error();
+                Err(io::Error::new(e.kind(), format!("setsockopt({what}): {e}")))
+            }
+        };
+        set(SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL")?;
+        set(libc::SO_BUSY_POLL, bp.usecs, "SO_BUSY_POLL")?;
+        set(SO_BUSY_POLL_BUDGET, bp.budget, "SO_BUSY_POLL_BUDGET")
+    }
+
+    /// The socket's file descriptor, for the redirector's XSKMAP.
+    #[must_use]
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// The queue this port is bound to.
+    #[must_use]
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Copy or zero-copy, as actually bound.
+    #[must_use]
+    pub fn mode(&self) -> XskMode {
+        self.mode
+    }
+
+    /// The configuration the port was opened with.
+    #[must_use]
+    pub fn config(&self) -> &XskConfig {
+        &self.config
+    }
+
+    /// Why busy polling could not be enabled, if it was asked for and failed.
+    #[must_use]
+    pub fn busy_poll_error(&self) -> Option<&io::Error> {
+        self.busy_poll_error.as_ref()
+    }
+
+    /// Largest frame [`Port::send`] accepts.
+    #[must_use]
+    pub fn max_frame_len(&self) -> usize {
+        self.tx_capacity
+    }
+
+    /// The kernel's ring statistics (`XDP_STATISTICS`).
+    pub fn xsk_stats(&self) -> Result<XskStats, PortError> {
+        let s = self
+            .rx
+            .fd()
+            .xdp_statistics()
+            .map_err(|source| PortError::Io {
+                port: self.name.clone(),
+                source,
+            })?;
+        Ok(XskStats {
+            rx_dropped: s.rx_dropped(),
+            rx_invalid_descs: s.rx_invalid_descs(),
+            tx_invalid_descs: s.tx_invalid_descs(),
+            rx_ring_full: s.rx_ring_full(),
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs(),
+            tx_ring_empty_descs: s.tx_ring_empty_descs(),
+        })
+    }
+
+    /// Puts every rx frame the port holds outside a batch on the fill ring,
+    /// in one ring operation when there is room for all of them.
+    fn refill(&mut self) {
+        if self.fill_pending.is_empty() {
+            return;
+        }
+        let room = self.fill.nb_free(self.fill_pending.len() as u32) as usize;
+        let n = room.min(self.fill_pending.len());
+        if n == 0 {
+            return;
+        }
+        let start = self.fill_pending.len() - n;
+        // SAFETY: frames in `fill_pending` belong to this port's UMEM and are
+        // owned by the port (never on the fill, rx, tx or completion ring,
+        // and not lent out by `frame`: they left the batch in `release`);
+        // after this call the kernel owns them until they come back on the
+        // rx ring.
+        let done = unsafe { self.fill.produce(&self.fill_pending[start..]) };
+        if done == n {
+            self.fill_pending.truncate(start);
+        }
+    }
+
+    /// Polls the socket without waiting: wakes the driver (need_wakeup) or
+    /// drives it (busy polling).
+    fn poll_rx(&mut self) {
+        // Errors (EINTR, ...) only mean this poll did not happen; the next
+        // recv tries again.
+        let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+    }
+
+    /// Takes completed tx frames back into the free list.
+    fn reclaim(&mut self) {
+        if self.tx_outstanding == 0 {
+            return;
+        }
+        // SAFETY: the descriptors are written by the completion ring only;
+        // frames coming back on it were submitted by this port to its tx
+        // ring, belong to its UMEM and are the port's again from here on.
+        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
+        self.tx_free.extend_from_slice(&self.comp_batch[..n]);
+        self.tx_outstanding -= n;
+    }
+
+    /// Tells the kernel to transmit what is on the tx ring.
+    fn kick_tx(&self) -> Result<(), PortError> {
+        self.tx.wakeup().map_err(|source| PortError::Io {
+            port: self.name.clone(),
+            source,
+        })
+    }
+}
+
+impl AsRawFd for XskPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd()
+    }
+}
+
+impl Port for XskPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn recv(&mut self, descs: &mut [RxDesc]) -> Result<usize, PortError> {
+        if self.rx_len != 0 {
+            // The caller did not release the last batch: give it back now so
+            // that no frame is lost from the fill cycle.
+            let len = self.rx_len;
+            self.fill_pending.extend_from_slice(&self.rx_batch[..len]);
+            self.rx_len = 0;
+        }
+        self.refill();
+        if self.config.need_wakeup && self.fill.needs_wakeup() {
+            self.poll_rx();
+        }
+        let want = descs.len().min(self.rx_batch.len());
+        // SAFETY: `rx_batch` holds no frame the port lends out (the batch
+        // was emptied above); frames the rx ring returns were put on the
+        // fill ring by this port, belong to its UMEM and are the port's
+        // until `release`.
+        let mut n = unsafe { self.rx.consume(&mut self.rx_batch[..want]) };
+        if n == 0 && self.config.busy_poll.is_some() {
+            self.poll_rx();
+            // SAFETY: as above.
+            n = unsafe { self.rx.consume(&mut self.rx_batch[..want]) };
+        }
+        let mut bytes = 0;
+        for (slot, (fd, out)) in self.rx_batch[..n].iter().zip(descs.iter_mut()).enumerate() {
+            let len = fd.lengths().data() as u32;
+            self.rx_slot[fd.addr() / self.frame_size] = slot as u32;
+            *out = RxDesc {
+                addr: fd.addr() as u64,
+                len,
+                wire_len: len,
+                timestamp_ns: 0,
+                link: LinkType::Ethernet,
+            };
+            bytes += u64::from(len);
+        }
+        self.rx_len = n;
+        self.stats.rx_frames += n as u64;
+        self.stats.rx_bytes += bytes;
+        Ok(n)
+    }
+
+    fn frame(&self, desc: &RxDesc) -> &[u8] {
+        let index = desc.addr as usize / self.frame_size;
+        let slot = self.rx_slot.get(index).copied().unwrap_or(u32::MAX) as usize;
+        assert!(
+            slot < self.rx_len && self.rx_batch[slot].addr() as u64 == desc.addr,
+            "{}: descriptor {desc:?} is not of the current batch",
+            self.name
+        );
+        let fd = &self.rx_batch[slot];
+        // SAFETY: `fd` came from this port's rx ring in the current batch,
+        // so it describes a frame of this UMEM that the kernel no longer
+        // writes (it is on no ring until `release`), and the port takes
+        // mutable views only of tx frames, never of rx frames.
+        let data = unsafe { self.umem.data(fd) };
+        data.contents()
+    }
+
+    fn release(&mut self, _descs: &[RxDesc]) {
+        // The whole batch goes back at once: the Port contract releases a
+        // batch as a unit.
+        let len = self.rx_len;
+        self.fill_pending.extend_from_slice(&self.rx_batch[..len]);
+        self.rx_len = 0;
+        self.refill();
+    }
+
+    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
+        self.reclaim();
+        if self.tx_free.len() < frames.len() && self.tx_outstanding > 0 {
+            // Starved: make the kernel finish what it has, then look again.
+            self.kick_tx()?;
+            self.reclaim();
+        }
+        let room = self.tx.nb_free(frames.len() as u32) as usize;
+        let mut dropped = 0u64;
+        let mut bytes = 0u64;
+        self.tx_batch.clear();
+        for frame in frames {
+            if frame.len() > self.tx_capacity || self.tx_batch.len() >= room {
+                dropped += 1;
+                continue;
+            }
+            let Some(mut fd) = self.tx_free.pop() else {
+                dropped += 1;
+                continue;
+            };
+            {
+                // SAFETY: `fd` is a tx frame of this UMEM taken from the free
+                // list: neither the kernel (it is on no ring) nor any other
+                // view of the port refers to it.
+                let mut data = unsafe { self.umem.data_mut(&mut fd) };
+                // The data length first: `contents_mut` spans exactly it.
+                data.cursor().set_pos(frame.len());
+                data.contents_mut().copy_from_slice(frame);
+            }
+            bytes += frame.len() as u64;
+            self.tx_batch.push(fd);
+        }
+        let n = self.tx_batch.len();
+        if n > 0 {
+            // SAFETY: every frame in `tx_batch` is a filled tx frame of this
+            // UMEM owned by the port; from here the kernel owns it until it
+            // comes back on the completion ring. `room` ensured the ring has
+            // space for all of them, so all are submitted (all-or-nothing).
+            let done = unsafe { self.tx.produce(&self.tx_batch) };
+            if done == n {
+                self.tx_outstanding += n;
+            } else {
+                // Cannot happen after nb_free; keep the frames anyway.
+                self.tx_free.extend_from_slice(&self.tx_batch);
+                dropped += n as u64;
+                bytes = 0;
+            }
+            if done == n && (!self.config.need_wakeup || self.tx.needs_wakeup()) {
+                self.kick_tx()?;
+            }
+            self.tx_batch.clear();
+            if done == n {
+                self.stats.tx_frames += n as u64;
+                self.stats.tx_bytes += bytes;
+            }
+        }
+        self.stats.tx_dropped += dropped;
+        Ok(frames.len() - dropped as usize)
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_configs_before_touching_the_kernel() {
+        let odd = XskConfig {
+            frame_count: 3,
+            ..XskConfig::default()
+        };
+        let err = XskPort::open("lo", 0, &odd).unwrap_err().to_string();
+        assert!(err.contains("frame_count 3"), "{err}");
+        let small_fill = XskConfig {
+            fill_ring: 1024,
+            ..XskConfig::default()
+        };
+        let err = XskPort::open("lo", 0, &small_fill).unwrap_err().to_string();
+        assert!(err.contains("half the frames (2048)"), "{err}");
+        let err = XskPort::open("no-such-if-xyz", 0, &XskConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("interface no-such-if-xyz not found"), "{err}");
+    }
+
+    #[test]
+    fn explains_errnos() {
+        let e = |code| io::Error::from_raw_os_error(code);
+        assert!(explain_create_error("eth0", 0, None, &e(libc::EPERM)).contains("CAP_NET_ADMIN"));
+        assert!(
+            explain_create_error("eth0", 0, Some(true), &e(libc::EOPNOTSUPP))
+                .contains("does not support zero-copy")
+        );
+        assert!(explain_create_error("eth0", 9, None, &e(libc::EINVAL)).contains("queue 9"));
+    }
+}

@@ -16,6 +16,7 @@ pub mod ports;
 pub mod prefix;
 pub mod publish;
 pub mod stats;
+pub mod switch;
 pub mod tables;
 pub mod wire;
 pub mod worker;

@@ -1,0 +1,201 @@
+//! The switch allocates nothing per packet in steady state: a counting
+//! global allocator watches a worker and its switch forward pod-to-pod,
+//! pod-to-outside and IPv6 traffic, drop denied attempts and expired
+//! packets, and flush every port once per batch.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
+use podfence_datapath::craft::{FrameSpec, Transport};
+use podfence_datapath::link::LinkType;
+use podfence_datapath::lpm::IntervalMap;
+use podfence_datapath::ports::Port;
+use podfence_datapath::ports::memory::MemoryPort;
+use podfence_datapath::publish::Publisher;
+use podfence_datapath::stats::WorkerStats;
+use podfence_datapath::switch::{Fib, Route, Switch};
+use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
+use podfence_datapath::worker::{Worker, WorkerConfig};
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; counting is a side effect.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds
+        // `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last))
+}
+
+fn frame(src: IpAddr, dst: IpAddr, transport: Transport) -> Vec<u8> {
+    FrameSpec {
+        src,
+        dst,
+        transport,
+        payload_len: 100,
+        payload_fill: 1,
+    }
+    .build()
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Transport {
+    Transport::Tcp {
+        src_port: sport,
+        dst_port: dport,
+        flags,
+    }
+}
+
+/// Pod .1 accepts TCP 80 from pod .2 only; pod .2 is open.
+fn tables() -> podfence_datapath::Tables {
+    let mut b = TablesBuilder::new(1);
+    let world = b.add_identity();
+    let (id1, id2) = (b.add_identity(), b.add_identity());
+    b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
+    b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+    let policy = b.add_policy("ns", "web");
+    let group = b.add_group(Direction::Ingress, &[policy]);
+    let set = b.add_port_set(vec![PortRule {
+        policy,
+        rule: 0,
+        protocol: 6,
+        first: 80,
+        last: 80,
+    }]);
+    b.allow(group, id2, set);
+    for (last, identity, ingress) in [
+        (1, id1, Enforcement::Isolated(group)),
+        (2, id2, Enforcement::Open),
+    ] {
+        let pod = b.add_pod("ns", &format!("p{last}"));
+        for addr in [v4(last), v6(u16::from(last))] {
+            let entry = PodAddress {
+                identity,
+                pod,
+                egress: Enforcement::Open,
+                ingress,
+            };
+            b.add_pod_address(addr, entry).unwrap();
+        }
+    }
+    b.build()
+}
+
+/// Port 0 is the host port, port 1 pod .1's, port 2 pod .2's.
+fn fib() -> Fib {
+    let mut fib = Fib::new(Route {
+        port: 0,
+        dst_mac: [0x0a, 0, 0, 0, 0, 1],
+        src_mac: [0x0a, 0, 0, 0, 0, 2],
+    });
+    for (last, port) in [(1u8, 1usize), (2, 2)] {
+        let route = Route {
+            port,
+            dst_mac: [0x0a, 0, 0, 0, last, 1],
+            src_mac: [0x0a, 0, 0, 0, last, 2],
+        };
+        fib.insert(v4(last), route);
+        fib.insert(v6(u16::from(last)), route);
+    }
+    fib
+}
+
+/// Passes over the trace: one to warm up, the rest measured.
+const ROUNDS: u64 = 21;
+
+#[test]
+fn switch_allocates_nothing_per_packet() {
+    let publisher = Publisher::new(tables());
+    // Everything arrives on pod .2's port.
+    let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let mut frames = Vec::new();
+    for sport in 1000..1200u16 {
+        frames.push(frame(v4(2), v4(1), tcp(sport, 80, tcp_flags::SYN))); // to pod .1
+        frames.push(frame(v4(2), v4(1), tcp(sport, 80, tcp_flags::ACK))); // established
+        frames.push(frame(v4(2), v4(1), tcp(sport, 22, tcp_flags::SYN))); // denied
+        frames.push(frame(v6(2), v6(1), tcp(sport, 80, tcp_flags::SYN))); // IPv6
+        let udp = Transport::Udp {
+            src_port: sport,
+            dst_port: 53,
+        };
+        frames.push(frame(v4(2), outside, udp)); // to the host port
+    }
+    let mut expiring = frame(v4(2), v4(1), tcp(999, 80, tcp_flags::SYN));
+    expiring[14 + 8] = 1; // checksum now wrong; the switch does not check it
+    frames.push(expiring);
+    let truncated = frames[0][..20].to_vec(); // IPv4 ethertype, 6 bytes of header
+    frames.push(truncated); // malformed (dropped by default)
+    frames.push(vec![0xff; 20]); // not IP: to the host port unchanged
+
+    let rx = MemoryPort::new(
+        "p2",
+        LinkType::Ethernet,
+        frames.iter().map(Vec::as_slice),
+        ROUNDS,
+    );
+    let ports = vec![
+        MemoryPort::new("host", LinkType::Ethernet, [], 0),
+        MemoryPort::new("p1", LinkType::Ethernet, [], 0),
+        rx,
+    ];
+    let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
+    let conntrack = Conntrack::new(1 << 12, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut worker = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+
+    // Warm-up: one pass fills conntrack.
+    let n = frames.len() as u64;
+    while switch.port(2).unwrap().stats().rx_frames < n {
+        switch.run_batch(&mut worker, 2).unwrap();
+    }
+    let warm = switch.stats().clone();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    while switch.run_batch(&mut worker, 2).unwrap() > 0 {}
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+
+    let s = switch.stats();
+    assert_eq!(switch.port(2).unwrap().stats().rx_frames, ROUNDS * n);
+    assert!(s.forwarded[0] > warm.forwarded[0], "host port used: {s:?}");
+    assert!(s.forwarded[1] > warm.forwarded[1], "pod port used: {s:?}");
+    assert!(s.policy_dropped > warm.policy_dropped, "drops: {s:?}");
+    assert!(s.ttl_expired > warm.ttl_expired, "expiry: {s:?}");
+    assert!(s.malformed > warm.malformed, "malformed: {s:?}");
+    assert!(s.not_ip > warm.not_ip, "not IP: {s:?}");
+    assert_eq!(
+        allocations,
+        0,
+        "{allocations} allocations over {} packets",
+        (ROUNDS - 1) * n
+    );
+}

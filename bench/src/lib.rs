@@ -9,3 +9,4 @@
 pub mod alloc;
 pub mod pipeline;
 pub mod synthetic;
+pub mod testbed;

@@ -2,9 +2,7 @@
 //! global allocator watches a pass over new connections, established
 //! traffic, denied attempts, fragments' neighbours and malformed frames.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
@@ -17,30 +15,11 @@ use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
 
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; counting is a side effect.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds
-        // `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod common;
+use common::counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 struct Tally {
     passed: u64,
@@ -145,9 +124,9 @@ fn worker_allocates_nothing_per_packet() {
             frames.iter().map(Vec::as_slice),
             rounds,
         );
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = counting::allocations();
         while worker.run_batch(&mut port, out).unwrap() > 0 {}
-        ALLOCATIONS.load(Ordering::Relaxed) - before
+        counting::allocations() - before
     };
     run(&mut worker, &mut out, 1); // warm-up: conntrack filled, caches built
     let (passed, dropped) = (out.passed, out.dropped);

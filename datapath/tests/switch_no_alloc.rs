@@ -3,10 +3,8 @@
 //! pod-to-outside and IPv6 traffic, drop denied attempts and expired
 //! packets, and flush every port once per batch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
@@ -20,30 +18,11 @@ use podfence_datapath::switch::{Fib, Route, Switch};
 use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
 use podfence_datapath::worker::{Worker, WorkerConfig};
 
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; counting is a side effect.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds
-        // `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod common;
+use common::counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
@@ -180,9 +159,9 @@ fn switch_allocates_nothing_per_packet() {
         switch.run_batch(&mut worker, 2).unwrap();
     }
     let warm = switch.stats().clone();
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     while switch.run_batch(&mut worker, 2).unwrap() > 0 {}
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = counting::allocations() - before;
 
     let s = switch.stats();
     assert_eq!(switch.port(2).unwrap().stats().rx_frames, ROUNDS * n);

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, reason = "each test crate uses a different subset")]
 
+pub(crate) mod counting;
+
 pub(crate) const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 pub(crate) const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 pub(crate) const V4_A: [u8; 4] = [10, 244, 1, 5];

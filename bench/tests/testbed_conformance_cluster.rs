@@ -148,7 +148,6 @@ fn failed_build_leaves_nothing_behind(cluster: &Cluster) {
     // The same external address twice: the second `ip addr add` fails after
     // the node and the outside namespace exist.
     let ext: IpAddr = "192.0.2.10".parse().unwrap();
-    let before = netns_list();
     let err = Testbed::build(
         cluster,
         &TestbedOptions {
@@ -157,10 +156,22 @@ fn failed_build_leaves_nothing_behind(cluster: &Cluster) {
         },
     )
     .expect_err("a duplicate address fails the build");
-    assert!(err.to_string().contains("192.0.2.10"), "{err}");
-    let after = netns_list();
-    let new: Vec<&str> = after.lines().filter(|l| !before.contains(*l)).collect();
-    assert!(new.is_empty(), "left behind: {new:?}");
+    let message = err.to_string();
+    assert!(message.contains("192.0.2.10"), "{err}");
+    // The failing command names a namespace of this build: `pfXXXX-...`.
+    // Other testbed tests may run at the same time, so look for this
+    // build's prefix only.
+    let prefix = message
+        .match_indices("pf")
+        .map(|(i, _)| &message[i..])
+        .find(|s| s.len() > 7 && s[2..6].bytes().all(|b| b.is_ascii_hexdigit()) && &s[6..7] == "-")
+        .map_or_else(
+            || panic!("the error names no testbed namespace: {message}"),
+            |s| &s[..7],
+        );
+    let listed = netns_list();
+    let left: Vec<&str> = listed.lines().filter(|l| l.starts_with(prefix)).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// Runs `probes` in parallel and asserts that every one completed.

@@ -2,21 +2,18 @@
 //! global allocator watches a pass over new connections, established
 //! traffic, denied attempts, fragments' neighbours and malformed frames.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
-use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::ports::RxDesc;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
-use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
 
 mod common;
 use common::counting;
+use common::pods::{two_pods, v4};
 
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
@@ -43,10 +40,6 @@ impl Output for Tally {
     }
 }
 
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-}
-
 fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let transport = Transport::Tcp {
         src_port: sport,
@@ -54,8 +47,8 @@ fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         flags,
     };
     FrameSpec {
-        src: ip(src),
-        dst: ip(dst),
+        src: v4(src),
+        dst: v4(dst),
         transport,
         payload_len: 6,
         payload_fill: 0,
@@ -66,35 +59,7 @@ fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 #[test]
 fn worker_allocates_nothing_per_packet() {
     // Pod .1 accepts TCP 80 from pod .2 only.
-    let mut b = TablesBuilder::new(1);
-    let world = b.add_identity();
-    let (id1, id2) = (b.add_identity(), b.add_identity());
-    b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
-    b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
-    let policy = b.add_policy("ns", "web");
-    let group = b.add_group(Direction::Ingress, &[policy]);
-    let set = b.add_port_set(vec![PortRule {
-        policy,
-        rule: 0,
-        protocol: 6,
-        first: 80,
-        last: 80,
-    }]);
-    b.allow(group, id2, set);
-    for (last, identity, ingress) in [
-        (1, id1, Enforcement::Isolated(group)),
-        (2, id2, Enforcement::Open),
-    ] {
-        let pod = b.add_pod("ns", &format!("p{last}"));
-        let entry = PodAddress {
-            identity,
-            pod,
-            egress: Enforcement::Open,
-            ingress,
-        };
-        b.add_pod_address(ip(last), entry).unwrap();
-    }
-    let publisher = Publisher::new(b.build());
+    let publisher = Publisher::new(two_pods(1, Some(80), false));
 
     let mut frames = Vec::new();
     for sport in 1000..1400u16 {

@@ -4,19 +4,20 @@
 //! nothing for denied packets, expired pod-to-pod packets to the kernel
 //! unmodified, and frames for the port they came from nowhere.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+mod common;
+use common::pods::{two_pods, v4, v6};
+
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport, internet_checksum};
 use podfence_datapath::link::LinkType;
-use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::ports::Port;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
-use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
 use podfence_datapath::worker::{Worker, WorkerConfig};
 
 const HOST: usize = 0;
@@ -30,52 +31,8 @@ const VETH_A_MAC: [u8; 6] = [0x0a, 0, 0, 0, 1, 0x02];
 const POD_B_MAC: [u8; 6] = [0x0a, 0, 0, 0, 2, 0x01];
 const VETH_B_MAC: [u8; 6] = [0x0a, 0, 0, 0, 2, 0x02];
 
-fn v4(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-}
-
-fn v6(last: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last))
-}
-
 fn outside() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))
-}
-
-/// Pod A (.1, ::1) accepts TCP 80 from pod B only; pod B (.2, ::2) accepts
-/// everything.
-fn tables() -> podfence_datapath::Tables {
-    let mut b = TablesBuilder::new(1);
-    let world = b.add_identity();
-    let (id_a, id_b) = (b.add_identity(), b.add_identity());
-    b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
-    b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
-    let policy = b.add_policy("ns", "web");
-    let group = b.add_group(Direction::Ingress, &[policy]);
-    let set = b.add_port_set(vec![PortRule {
-        policy,
-        rule: 0,
-        protocol: 6,
-        first: 80,
-        last: 80,
-    }]);
-    b.allow(group, id_b, set);
-    for (name, last, identity, ingress) in [
-        ("a", 1, id_a, Enforcement::Isolated(group)),
-        ("b", 2, id_b, Enforcement::Open),
-    ] {
-        let pod = b.add_pod("ns", name);
-        for addr in [v4(last), v6(u16::from(last))] {
-            let entry = PodAddress {
-                identity,
-                pod,
-                egress: Enforcement::Open,
-                ingress,
-            };
-            b.add_pod_address(addr, entry).unwrap();
-        }
-    }
-    b.build()
 }
 
 fn fib() -> Fib {
@@ -217,7 +174,7 @@ fn switch_forwards_rewrites_and_drops() {
     ];
     let ports = vec![port("host", &from_host), port("a", &[]), port("b", &from_b)];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
-    let publisher = Publisher::new(tables());
+    let publisher = Publisher::new(two_pods(1, Some(80), false));
     let conntrack = Conntrack::new(256, Timeouts::default());
     let stats = WorkerStats::default();
     let mut worker = Worker::new(
@@ -340,7 +297,7 @@ fn one_send_per_port_and_batch_and_short_sends_count_as_tx_drops() {
     };
     let ports = vec![narrow("host", &[]), narrow("a", &[]), narrow("b", &from_b)];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
-    let publisher = Publisher::new(tables());
+    let publisher = Publisher::new(two_pods(1, Some(80), false));
     let conntrack = Conntrack::new(256, Timeouts::default());
     let stats = WorkerStats::default();
     let mut worker = Worker::new(
@@ -363,7 +320,7 @@ fn a_new_fib_takes_effect_on_the_next_batch() {
     let frames = vec![udp(outside(), v4(2), 6000)];
     let ports = vec![port("host", &frames), port("a", &[]), port("b", &[])];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
-    let publisher = Publisher::new(tables());
+    let publisher = Publisher::new(two_pods(1, Some(80), false));
     let conntrack = Conntrack::new(256, Timeouts::default());
     let stats = WorkerStats::default();
     let mut worker = Worker::new(

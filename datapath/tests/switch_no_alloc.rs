@@ -3,34 +3,25 @@
 //! pod-to-outside and IPv6 traffic, drop denied attempts and expired
 //! packets, and flush every port once per batch.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
-use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::ports::Port;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
-use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
 use podfence_datapath::worker::{Worker, WorkerConfig};
 
 mod common;
 use common::counting;
+use common::pods::{two_pods, v4, v6};
 
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
-
-fn v4(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-}
-
-fn v6(last: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last))
-}
 
 fn frame(src: IpAddr, dst: IpAddr, transport: Transport) -> Vec<u8> {
     FrameSpec {
@@ -49,41 +40,6 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> Transport {
         dst_port: dport,
         flags,
     }
-}
-
-/// Pod .1 accepts TCP 80 from pod .2 only; pod .2 is open.
-fn tables() -> podfence_datapath::Tables {
-    let mut b = TablesBuilder::new(1);
-    let world = b.add_identity();
-    let (id1, id2) = (b.add_identity(), b.add_identity());
-    b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
-    b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
-    let policy = b.add_policy("ns", "web");
-    let group = b.add_group(Direction::Ingress, &[policy]);
-    let set = b.add_port_set(vec![PortRule {
-        policy,
-        rule: 0,
-        protocol: 6,
-        first: 80,
-        last: 80,
-    }]);
-    b.allow(group, id2, set);
-    for (last, identity, ingress) in [
-        (1, id1, Enforcement::Isolated(group)),
-        (2, id2, Enforcement::Open),
-    ] {
-        let pod = b.add_pod("ns", &format!("p{last}"));
-        for addr in [v4(last), v6(u16::from(last))] {
-            let entry = PodAddress {
-                identity,
-                pod,
-                egress: Enforcement::Open,
-                ingress,
-            };
-            b.add_pod_address(addr, entry).unwrap();
-        }
-    }
-    b.build()
 }
 
 /// Port 0 is the host port, port 1 pod .1's, port 2 pod .2's.
@@ -110,7 +66,7 @@ const ROUNDS: u64 = 21;
 
 #[test]
 fn switch_allocates_nothing_per_packet() {
-    let publisher = Publisher::new(tables());
+    let publisher = Publisher::new(two_pods(1, Some(80), false));
     // Everything arrives on pod .2's port.
     let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut frames = Vec::new();

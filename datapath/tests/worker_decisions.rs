@@ -3,62 +3,17 @@
 //! packet (or kept, when re-checking is off), mid-stream packets are picked
 //! up in either direction, and fragments follow their first fragment.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+use common::pods::{two_pods, v4};
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
-use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::ports::RxDesc;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
-use podfence_datapath::tables::{
-    Direction, Enforcement, PodAddress, PortRule, Tables, TablesBuilder,
-};
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-}
-
-/// Pods .1 and .2 isolated for ingress; .1 accepts `open_port` (if any)
-/// from .2, .2 accepts nothing.
-fn tables(generation: u64, open_port: Option<u16>) -> Tables {
-    let mut b = TablesBuilder::new(generation);
-    let world = b.add_identity();
-    let (id1, id2) = (b.add_identity(), b.add_identity());
-    b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
-    b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
-    let policy = b.add_policy("ns", "web");
-    let group = b.add_group(Direction::Ingress, &[policy]);
-    let closed = b.add_group(Direction::Ingress, &[policy]);
-    if let Some(port) = open_port {
-        let rule = PortRule {
-            policy,
-            rule: 0,
-            protocol: 6,
-            first: port,
-            last: port,
-        };
-        let set = b.add_port_set(vec![rule]);
-        b.allow(group, id2, set);
-    }
-    for (last, identity, ingress) in [
-        (1, id1, Enforcement::Isolated(group)),
-        (2, id2, Enforcement::Isolated(closed)),
-    ] {
-        let pod = b.add_pod("ns", &format!("p{last}"));
-        let entry = PodAddress {
-            identity,
-            pod,
-            egress: Enforcement::Open,
-            ingress,
-        };
-        b.add_pod_address(ip(last), entry).unwrap();
-    }
-    b.build()
-}
 
 fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let transport = Transport::Tcp {
@@ -67,8 +22,8 @@ fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         flags,
     };
     FrameSpec {
-        src: ip(src),
-        dst: ip(dst),
+        src: v4(src),
+        dst: v4(dst),
         transport,
         payload_len: 0,
         payload_fill: 0,
@@ -102,7 +57,7 @@ fn run(worker: &mut Worker<'_>, frames: &[Vec<u8>]) -> Vec<(Outcome, bool)> {
 #[test]
 fn new_generation_cuts_or_keeps_established_connections() {
     for revalidate in [true, false] {
-        let publisher = Publisher::new(tables(1, Some(80)));
+        let publisher = Publisher::new(two_pods(1, Some(80), true));
         let (conntrack, stats) = (
             Conntrack::new(64, Timeouts::default()),
             WorkerStats::default(),
@@ -128,7 +83,7 @@ fn new_generation_cuts_or_keeps_established_connections() {
             "reply: {opened:?}"
         );
 
-        publisher.publish(tables(2, None), None);
+        publisher.publish(two_pods(2, None, true), None);
         let after = run(
             &mut w,
             &[
@@ -157,7 +112,7 @@ fn new_generation_cuts_or_keeps_established_connections() {
 
 #[test]
 fn mid_stream_packets_are_picked_up_in_either_direction() {
-    let publisher = Publisher::new(tables(1, Some(80)));
+    let publisher = Publisher::new(two_pods(1, Some(80), true));
     let (conntrack, stats) = (
         Conntrack::new(64, Timeouts::default()),
         WorkerStats::default(),
@@ -215,7 +170,7 @@ fn fragment(src: u8, dst: u8, id: u16, offset_units: u16, more: bool, payload: &
 #[test]
 fn later_fragments_follow_their_first_fragment() {
     // UDP isolated like TCP: pod .1 accepts nothing over UDP.
-    let publisher = Publisher::new(tables(1, Some(80)));
+    let publisher = Publisher::new(two_pods(1, Some(80), true));
     let (conntrack, stats) = (
         Conntrack::new(64, Timeouts::default()),
         WorkerStats::default(),

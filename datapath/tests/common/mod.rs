@@ -8,6 +8,7 @@
 #![allow(dead_code, reason = "each test crate uses a different subset")]
 
 pub(crate) mod counting;
+pub(crate) mod pods;
 
 pub(crate) const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 pub(crate) const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use podfence_datapath::tables::{Decision, Direction, PolicyId};
+use podfence_datapath::tables::{Decision, Direction, Enforcement, GroupId, PolicyId};
 use podfence_datapath::{Tables, Verdict};
 
 use crate::model::{Cluster, PodPhase, Protocol};
@@ -257,7 +257,7 @@ impl Explanation<'_> {
                 writeln!(f, "  {direction}: allow — a pod may always reach itself")
             }
             Decision::Allowed { policy: p, rule } => {
-                let (_, all) = self.isolating(direction);
+                let all = self.isolating(direction);
                 let name = self.tables.policy(p);
                 let text = self
                     .cluster
@@ -282,8 +282,7 @@ impl Explanation<'_> {
                 )
             }
             Decision::Denied { group } => {
-                let (_, ids) = self.tables.group(group);
-                let names: Vec<String> = ids.iter().map(|&p| policy(p)).collect();
+                let names = self.group_names(group);
                 writeln!(
                     f,
                     "  {direction}: deny — {side} {endpoint} is isolated for {direction} by {}, \
@@ -296,31 +295,30 @@ impl Explanation<'_> {
         }
     }
 
-    /// The policies isolating the relevant pod in `direction`, by name.
-    fn isolating(&self, direction: Direction) -> (Direction, Vec<String>) {
+    /// The names of the policies that isolate the relevant pod in
+    /// `direction`.
+    fn isolating(&self, direction: Direction) -> Vec<String> {
         let addr = match direction {
             Direction::Egress => self.addresses.0,
             Direction::Ingress => self.addresses.1,
         };
-        let pod = self.tables.peer(addr).pod;
-        let group = pod.and_then(|p| match (direction, p.egress, p.ingress) {
-            (Direction::Egress, podfence_datapath::tables::Enforcement::Isolated(g), _)
-            | (Direction::Ingress, _, podfence_datapath::tables::Enforcement::Isolated(g)) => {
-                Some(g)
-            }
-            _ => None,
+        let enforcement = self.tables.peer(addr).pod.map(|p| match direction {
+            Direction::Egress => p.egress,
+            Direction::Ingress => p.ingress,
         });
-        let names = group
-            .map(|g| {
-                self.tables
-                    .group(g)
-                    .1
-                    .iter()
-                    .map(|&p| self.tables.policy(p).to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (direction, names)
+        match enforcement {
+            Some(Enforcement::Isolated(g)) => self.group_names(g),
+            _ => Vec::new(),
+        }
+    }
+
+    fn group_names(&self, group: GroupId) -> Vec<String> {
+        self.tables
+            .group(group)
+            .1
+            .iter()
+            .map(|&p| self.tables.policy(p).to_string())
+            .collect()
     }
 
     fn what(&self) -> String {

@@ -1,8 +1,8 @@
 //! Rough cost of `parse_frame` per frame, for a release build:
 //! `cargo test --release -p podfence-datapath --test parse_cost -- --ignored --nocapture`.
 //! Ignored by default: timings in a debug build or on a loaded CI machine
-//! say nothing. The assertion is a generous ceiling against accidental
-//! blow-ups (allocation, unbounded walks), not a benchmark.
+//! say nothing. It prints figures and asserts only that every frame parsed;
+//! the allocation-free contract is `no_alloc.rs`'s.
 
 mod common;
 
@@ -15,7 +15,7 @@ use podfence_datapath::link::LinkType;
 
 #[test]
 #[ignore = "timing: run in release with --ignored"]
-fn parse_frame_costs_tens_of_nanoseconds() {
+fn parse_frame_cost() {
     const ROUNDS: u32 = 2_000_000;
     let frames = [
         ethernet(ETH_IPV4, &V4::new(6).packet(&tcp(40000, 80, SYN))),
@@ -29,14 +29,15 @@ fn parse_frame_costs_tens_of_nanoseconds() {
     ];
     for frame in &frames {
         let start = Instant::now();
-        let mut ports = 0u64;
+        let (mut ports, mut parsed) = (0u64, 0u32);
         for _ in 0..ROUNDS {
             if let Ok(Parsed::Ip(m)) = parse_frame(LinkType::Ethernet, black_box(frame)) {
                 ports += u64::from(m.key.dst_port);
+                parsed += 1;
             }
         }
         let ns = start.elapsed().as_secs_f64() * 1e9 / f64::from(ROUNDS);
         eprintln!("{} bytes: {ns:.1} ns/frame ({ports})", frame.len());
-        assert!(ns < 500.0, "{ns} ns per frame");
+        assert_eq!(parsed, ROUNDS, "every frame parses as IP");
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! [`Testbed::build`] turns a [`Cluster`] into:
 //!
-//! - a node namespace `<prefix>-node` with IP forwarding on, the host-port
-//!   veth pair `pf-host`/`pf-dp` (up, unused until the agent attaches to it),
-//!   and one host-side veth `pv<i>` per pod;
+//! - a node namespace `<prefix>-node` with IP forwarding on and one
+//!   host-side veth `pv<i>` per pod (the agent, started there, adds its
+//!   host-port pair `pf-host`/`pf-dp`; see [`crate::live`]);
 //! - one namespace `<prefix>-<ns>-<pod>` per pod that has addresses of its
 //!   own, wired like the CNI `ptp` plugin: `eth0` with the pod's addresses as
 //!   /32 and /128, a default route via the link-local gateway 169.254.1.1
@@ -55,10 +55,6 @@ use podfence_datapath::craft::{FrameSpec, Transport};
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Link-local IPv6 gateway of every pod.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
-/// Node side of the host-port pair.
-pub const HOST_PORT_IF: &str = "pf-host";
-/// Datapath side of the host-port pair.
-pub const DATAPATH_PORT_IF: &str = "pf-dp";
 /// Node side of the link to the outside namespace.
 pub const NODE_OUT_IF: &str = "pf-out";
 /// Outside side of the link to the node.
@@ -377,7 +373,7 @@ fn ip(ns: &str, args: &[&str]) -> Result<String, TestbedError> {
 }
 
 /// Enters namespace `name` on the calling thread.
-fn enter_netns(name: &str) -> io::Result<()> {
+pub(crate) fn enter_netns(name: &str) -> io::Result<()> {
     let file = std::fs::File::open(format!("/run/netns/{name}"))?;
     // SAFETY: `file` is an open namespace descriptor for the duration of the
     // call; setns only changes the calling thread's network namespace.
@@ -498,22 +494,6 @@ impl Testbed {
         )?;
         if any_v6 {
             sysctl(&node, &[("net.ipv6.conf.all.forwarding", "1")])?;
-        }
-        ip(
-            &node,
-            &[
-                "link",
-                "add",
-                HOST_PORT_IF,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                DATAPATH_PORT_IF,
-            ],
-        )?;
-        for dev in [HOST_PORT_IF, DATAPATH_PORT_IF] {
-            ip(&node, &["link", "set", dev, "up"])?;
         }
         bed.build_outside(options, any_v6)?;
 
@@ -696,6 +676,11 @@ impl Testbed {
         ip(ns, &["link", "set", "lo", "up"])?;
         sysctl(&node, &[(&format!("net.ipv4.conf.{hv}.proxy_arp"), "1")])?;
         ip(ns, &["link", "set", "eth0", "up"])?;
+        // As with any AF_XDP datapath between veths: a frame sent with a
+        // partial checksum (offloaded) would leave the datapath unfinished.
+        run(&[
+            "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off",
+        ])?;
         ip(&node, &["link", "set", hv, "up"])?;
         let v6 = pod.ips.iter().any(IpAddr::is_ipv6);
         for addr in &pod.ips {
@@ -991,7 +976,8 @@ impl Testbed {
         }
     }
 
-    /// Runs probes on up to `parallelism` threads; results in input order.
+    /// Runs probes on up to `parallelism` threads; whether each exchange
+    /// completed, in input order.
     #[must_use]
     pub fn probe_all(
         &self,
@@ -999,8 +985,23 @@ impl Testbed {
         timeout: Duration,
         parallelism: usize,
     ) -> Vec<Result<bool, TestbedError>> {
+        self.probe_all_outcomes(probes, timeout, parallelism)
+            .into_iter()
+            .map(|r| r.map(|o| o.completed()))
+            .collect()
+    }
+
+    /// Runs probes on up to `parallelism` threads; what each saw, in input
+    /// order.
+    #[must_use]
+    pub fn probe_all_outcomes(
+        &self,
+        probes: &[Probe],
+        timeout: Duration,
+        parallelism: usize,
+    ) -> Vec<Result<ProbeOutcome, TestbedError>> {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Mutex<Vec<Option<Result<bool, TestbedError>>>> =
+        let results: Mutex<Vec<Option<Result<ProbeOutcome, TestbedError>>>> =
             Mutex::new((0..probes.len()).map(|_| None).collect());
         std::thread::scope(|s| {
             for _ in 0..parallelism.max(1).min(probes.len()) {
@@ -1008,7 +1009,7 @@ impl Testbed {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(p) = probes.get(i) else { break };
-                        let r = self.probe(p, timeout);
+                        let r = self.probe_outcome(p, timeout);
                         results
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);
@@ -1422,8 +1423,6 @@ mod tests {
         assert_eq!(host_veth_name(65_535), "pv65535");
         for n in [
             host_veth_name(999_999_999),
-            HOST_PORT_IF.into(),
-            DATAPATH_PORT_IF.into(),
             NODE_OUT_IF.into(),
             OUT_NODE_IF.into(),
         ] {

@@ -6,6 +6,7 @@
 //! attempts the way the CLI and the conformance data do and evaluates them
 //! against compiled tables.
 
+pub mod agent;
 pub mod compile;
 pub mod model;
 pub mod probe;

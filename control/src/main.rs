@@ -117,6 +117,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Enforce the manifests' policies on this node's pods (root).
+    ///
+    /// Attaches the XDP redirector to each local pod's host-side veth (found
+    /// through the kernel's /32 and /128 routes) and to the host-port pair
+    /// pf-host/pf-dp, and routes the pods' addresses through it, until SIGINT
+    /// or SIGTERM puts everything back. SIGHUP rereads the manifests.
+    Run {
+        #[command(flatten)]
+        manifests: ManifestArgs,
+        #[command(flatten)]
+        args: run_cmd::RunArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +138,8 @@ struct ManifestArgs {
     #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
     manifests: Vec<PathBuf>,
 }
+
+mod run_cmd;
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
     Protocol::parse(s, true).ok_or_else(|| format!("'{s}' is not TCP, UDP or SCTP"))
@@ -250,6 +264,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run { manifests, args } => run_cmd::run(&manifests.manifests, &args),
         Command::Probe { manifests, probes } => {
             let (cluster, compiled) = load(&manifests)?;
             run_probe(&cluster, &compiled, &probes)

@@ -701,6 +701,50 @@ impl Port for XskPort {
     }
 }
 
+/// Waits for frames on a set of ports, for idle workers: one `poll` system
+/// call instead of spinning.
+#[derive(Debug)]
+pub struct ReadableWait {
+    fds: Vec<libc::pollfd>,
+}
+
+impl ReadableWait {
+    /// Watches `ports` (their sockets must outlive the waiter's use).
+    #[must_use]
+    pub fn new<'a>(ports: impl IntoIterator<Item = &'a XskPort>) -> Self {
+        let fds = ports
+            .into_iter()
+            .map(|p| libc::pollfd {
+                fd: p.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Self { fds }
+    }
+
+    /// Waits until a port has frames to receive or `timeout` passes;
+    /// returns whether one has. A signal ends the wait early (`Ok(false)`).
+    pub fn wait(&mut self, timeout: std::time::Duration) -> io::Result<bool> {
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a live, initialised array of `len` pollfds that
+        // the kernel writes `revents` into during the call only.
+        let ret = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        match ret {
+            r if r > 0 => Ok(true),
+            0 => Ok(false),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

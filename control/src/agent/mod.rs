@@ -1,0 +1,577 @@
+//! The agent: enforces a cluster's policies on the pods of this node.
+//!
+//! [`Agent::start`] wires the parts together, in an order that never lets a
+//! pod's traffic past the datapath once it is adopted:
+//!
+//! 1. compile the policy tables for this node and publish them;
+//! 2. find each local pod's host-side veth from the kernel's routes
+//!    ([`plumbing::discover`]) and make sure the host-port pair exists;
+//! 3. attach the XDP redirector to `pf-dp` and to every pod veth, open one
+//!    AF_XDP port per interface and worker (queue `w` for worker `w`) and
+//!    register it in that interface's XSKMAP;
+//! 4. start the workers, each a [`Switch`] over its ports driven by a
+//!    [`Worker`], pinned to a core, sharing one conntrack;
+//! 5. route the pods' addresses through `pf-host` ([`plumbing::adopt`]).
+//!
+//! [`Agent::publish`] compiles a new generation and swaps it in without
+//! stopping anything. [`Agent::stop`] undoes the start in reverse: routes
+//! back to the CNI's, redirectors detached, workers stopped, the host-port
+//! pair removed when this run made it. A crash leaves the redirectors
+//! attached with no socket bound, which drops pod traffic (fail closed, or
+//! passes it with [`NoSocketAction::Pass`]) until the next start replaces
+//! them.
+//!
+//! The agent runs in the calling thread's network namespace: its worker
+//! threads inherit it.
+
+pub mod plumbing;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
+use podfence_datapath::conntrack::{Conntrack, Timeouts};
+use podfence_datapath::ports::xsk::{ReadableWait, XskConfig, XskPort};
+use podfence_datapath::ports::{Port, PortError};
+use podfence_datapath::publish::Publisher;
+use podfence_datapath::stats::{Counters, WorkerStats};
+use podfence_datapath::switch::{Fib, Route, Switch, SwitchError, SwitchStats};
+use podfence_datapath::worker::{Worker, WorkerConfig, pin_to_core};
+use tracing::{error, info, warn};
+
+use crate::compile::{CompileOptions, Locality, compile};
+use crate::model::Cluster;
+use plumbing::{Discovery, HostPair, PlumbingConfig};
+
+/// What can stop the agent from starting or stopping cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A helper program could not be run at all.
+    #[error(
+        "cannot run {program}: {source} (is it installed? `scripts/install-deps` installs iproute2 and ethtool)"
+    )]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A helper program failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed on standard error.
+        stderr: String,
+    },
+    /// A helper program's output could not be read.
+    #[error("cannot read the output of `{command}`: {message}")]
+    Parse {
+        /// The command line.
+        command: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// An interface that should exist does not.
+    #[error("interface {name} does not exist")]
+    NoInterface {
+        /// Its name.
+        name: String,
+    },
+    /// The redirector could not be attached or a socket registered.
+    #[error("XDP redirector on {iface}: {source}")]
+    Redirector {
+        /// The interface.
+        iface: String,
+        /// The loader's error.
+        source: podfence_bpf::Error,
+    },
+    /// An AF_XDP port failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The switch could not be built.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    /// More workers than an interface has queues.
+    #[error(
+        "{workers} workers need {workers} receive queues on every interface, but {iface} has {queues} (use --workers {queues}, or give the veths more queues with `numrxqueues`)"
+    )]
+    NotEnoughQueues {
+        /// Workers asked for.
+        workers: usize,
+        /// The interface with too few.
+        iface: String,
+        /// Its queues.
+        queues: u32,
+    },
+    /// Stopped from another network namespace than it started in.
+    #[error(
+        "the agent must be stopped in the network namespace it started in (net:[{started:?}], not net:[{now:?}]); nothing was undone"
+    )]
+    WrongNamespace {
+        /// Where it started.
+        started: Option<u64>,
+        /// Where the stop was asked for.
+        now: Option<u64>,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// This node's name; pods whose `spec.nodeName` is this name are
+    /// enforced here. When no pod names a node (plain manifests), every pod
+    /// is local.
+    pub node_name: Option<String>,
+    /// Host-port pair and routing table.
+    pub plumbing: PlumbingConfig,
+    /// The XDP redirector.
+    pub redirect: RedirectConfig,
+    /// AF_XDP sockets.
+    pub xsk: XskConfig,
+    /// Worker settings (`revalidate`: cut established connections that a
+    /// new generation denies, on their next packet).
+    pub worker: WorkerConfig,
+    /// Worker threads; worker `w` serves queue `w` of every interface.
+    pub workers: usize,
+    /// Pin worker `w` to core `w`.
+    pub pin_workers: bool,
+    /// Conntrack entries.
+    pub conntrack_entries: usize,
+    /// Compiler broad-set threshold (see [`CompileOptions`]).
+    pub broad_threshold: usize,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            plumbing: PlumbingConfig::default(),
+            redirect: RedirectConfig::default(),
+            xsk: XskConfig::default(),
+            worker: WorkerConfig::default(),
+            workers: 1,
+            pin_workers: true,
+            conntrack_entries: 1 << 18,
+            broad_threshold: CompileOptions::default().broad_threshold,
+        }
+    }
+}
+
+/// Which pods this node enforces, per [`AgentOptions::node_name`].
+#[must_use]
+pub fn locality(cluster: &Cluster, node_name: Option<&str>) -> Locality {
+    let any_node = cluster.pods.values().any(|p| p.node.is_some());
+    match node_name {
+        Some(name) if any_node => Locality::Node(name.to_owned()),
+        _ => Locality::AllPods,
+    }
+}
+
+/// Addresses of the pods `locality` makes local and that policy applies to.
+fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = cluster
+        .pods
+        .values()
+        .filter(|p| p.is_policy_endpoint())
+        .filter(|p| match locality {
+            Locality::AllPods => true,
+            Locality::Node(n) => p.node.as_deref() == Some(n.as_str()),
+        })
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs
+}
+
+/// What one worker did, reported when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerReport {
+    /// Its switch's counters.
+    pub switch: SwitchStats,
+    /// Receive/transmit errors it logged and went on after.
+    pub port_errors: u64,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    options: AgentOptions,
+    locality: Locality,
+    publisher: Publisher,
+    generation: u64,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<WorkerReport>>,
+    stats: Vec<Arc<WorkerStats>>,
+    conntrack: Arc<Conntrack>,
+    redirectors: Vec<Redirector>,
+    pair: Option<HostPair>,
+    adopted: Vec<IpAddr>,
+    pods: Discovery,
+    /// The network namespace it started in (inode of
+    /// `/proc/thread-self/ns/net`).
+    netns: Option<u64>,
+}
+
+/// The calling thread's network namespace.
+fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// A summary of a running agent.
+#[derive(Clone, Debug)]
+pub struct AgentStatus {
+    /// Table generation in force.
+    pub generation: u64,
+    /// Pod interfaces served.
+    pub pod_interfaces: Vec<String>,
+    /// Pod addresses routed through the datapath.
+    pub adopted: Vec<IpAddr>,
+    /// Local pod addresses without a host route (not enforced).
+    pub unrouted: Vec<IpAddr>,
+    /// Counters of all workers.
+    pub counters: Counters,
+}
+
+impl Agent {
+    /// Starts enforcing `cluster`'s policies on this node (see the module
+    /// doc for the order). On error, whatever was set up is undone.
+    pub fn start(cluster: &Cluster, options: AgentOptions) -> Result<Self, AgentError> {
+        let locality = locality(cluster, options.node_name.as_deref());
+        let started = Instant::now();
+        let compiled = compile(
+            cluster,
+            &CompileOptions {
+                generation: 1,
+                locality: locality.clone(),
+                broad_threshold: options.broad_threshold,
+            },
+        );
+        for w in &compiled.warnings {
+            warn!(warning = %w, "compile");
+        }
+        info!(
+            generation = 1,
+            policies = cluster.policies.len(),
+            pods = cluster.pods.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "tables compiled"
+        );
+        let publisher = Publisher::new(compiled.tables);
+        let conntrack = Arc::new(Conntrack::new(
+            options.conntrack_entries,
+            Timeouts::default(),
+        ));
+        let mut agent = Self {
+            locality,
+            publisher,
+            generation: 1,
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Vec::new(),
+            stats: Vec::new(),
+            conntrack,
+            redirectors: Vec::new(),
+            pair: None,
+            adopted: Vec::new(),
+            pods: Discovery::default(),
+            netns: current_netns(),
+            options,
+        };
+        // From here on, dropping `agent` undoes what was done.
+        agent.bring_up(cluster)?;
+        Ok(agent)
+    }
+
+    fn bring_up(&mut self, cluster: &Cluster) -> Result<(), AgentError> {
+        let addrs = local_addresses(cluster, &self.locality);
+        let plumbing = self.options.plumbing.clone();
+        let pair = plumbing::host_pair(&plumbing)?;
+        let host_link = pair.host.clone();
+        let dp_link = pair.dp.clone();
+        self.pair = Some(pair);
+        self.pods = plumbing::discover(&addrs, &plumbing.host_if)?;
+        for addr in &self.pods.unrouted {
+            warn!(%addr, "local pod address has no host route of its own: not enforced");
+        }
+        let mut links = vec![dp_link.clone()];
+        links.extend(self.pods.pods.values().map(|p| p.link.clone()));
+        let workers = self.options.workers.max(1);
+        for link in &links {
+            if (link.rx_queues as usize) < workers {
+                return Err(AgentError::NotEnoughQueues {
+                    workers,
+                    iface: link.name.clone(),
+                    queues: link.rx_queues,
+                });
+            }
+        }
+
+        // Redirectors and sockets: ports[w][i] is worker w's port on links[i].
+        let mut ports: Vec<Vec<XskPort>> = (0..workers).map(|_| Vec::new()).collect();
+        for link in &links {
+            let redirector = Redirector::attach(link.name.as_str(), &self.options.redirect)
+                .map_err(|source| AgentError::Redirector {
+                    iface: link.name.clone(),
+                    source,
+                })?;
+            info!(iface = link.name, mode = %redirector.mode(), "redirector attached");
+            for (w, worker_ports) in ports.iter_mut().enumerate() {
+                let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
+                redirector
+                    .register_socket(w as u32, &port)
+                    .map_err(|source| AgentError::Redirector {
+                        iface: link.name.clone(),
+                        source,
+                    })?;
+                worker_ports.push(port);
+            }
+            self.redirectors.push(redirector);
+        }
+
+        let mut fib = Fib::new(Route {
+            port: 0,
+            dst_mac: host_link.mac,
+            src_mac: dp_link.mac,
+        });
+        let mut adopted = Vec::new();
+        for (i, pod) in self.pods.pods.values().enumerate() {
+            for &(addr, mac) in &pod.addrs {
+                // An address whose MAC is unknown is still adopted (its
+                // traffic must not bypass policy); the switch sends frames
+                // for it to the host port, where they are dropped.
+                if let Some(mac) = mac {
+                    fib.insert(
+                        addr,
+                        Route {
+                            port: i + 1,
+                            dst_mac: mac,
+                            src_mac: pod.link.mac,
+                        },
+                    );
+                }
+                adopted.push(addr);
+            }
+        }
+        let fib = Arc::new(fib);
+        for (w, worker_ports) in ports.into_iter().enumerate() {
+            self.spawn_worker(w, worker_ports, Arc::clone(&fib))?;
+        }
+        plumbing::adopt(&plumbing, &adopted)?;
+        self.adopted = adopted;
+        info!(
+            pods = self.pods.pods.len(),
+            addresses = self.adopted.len(),
+            workers,
+            "enforcing"
+        );
+        Ok(())
+    }
+
+    fn spawn_worker(
+        &mut self,
+        index: usize,
+        ports: Vec<XskPort>,
+        fib: Arc<Fib>,
+    ) -> Result<(), AgentError> {
+        let max_frame = ports
+            .iter()
+            .map(XskPort::max_frame_len)
+            .min()
+            .unwrap_or(2048);
+        let mut switch = Switch::new(ports, fib, max_frame)?;
+        let stats = Arc::new(WorkerStats::default());
+        let conntrack = Arc::clone(&self.conntrack);
+        let reader = self.publisher.reader();
+        let stop = Arc::clone(&self.stop);
+        let config = self.options.worker;
+        let pin = self.options.pin_workers;
+        let worker_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name(format!("pf-worker-{index}"))
+            .spawn(move || {
+                if pin && !pin_to_core(index) {
+                    warn!(worker = index, "could not pin worker to its core");
+                }
+                let mut worker = Worker::new(&conntrack, reader, &worker_stats, config);
+                run_worker(index, &mut switch, &mut worker, &stop)
+            })
+            .map_err(AgentError::Thread)?;
+        self.workers.push(handle);
+        self.stats.push(stats);
+        Ok(())
+    }
+
+    /// Compiles `cluster` into the next generation and swaps it in; returns
+    /// its number. `caused_at` is when the change that led to it was seen.
+    /// Pods that appeared since the start are enforced as peers only until a
+    /// restart adopts them.
+    pub fn publish(&mut self, cluster: &Cluster, caused_at: Option<Instant>) -> u64 {
+        self.generation += 1;
+        let started = Instant::now();
+        let compiled = compile(
+            cluster,
+            &CompileOptions {
+                generation: self.generation,
+                locality: self.locality.clone(),
+                broad_threshold: self.options.broad_threshold,
+            },
+        );
+        for w in &compiled.warnings {
+            warn!(warning = %w, "compile");
+        }
+        self.publisher.publish(compiled.tables, caused_at);
+        info!(
+            generation = self.generation,
+            policies = cluster.policies.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "tables published"
+        );
+        self.generation
+    }
+
+    /// The agent's state and counters now.
+    #[must_use]
+    pub fn status(&self) -> AgentStatus {
+        let mut counters = Counters::default();
+        for s in &self.stats {
+            counters += s.snapshot();
+        }
+        AgentStatus {
+            generation: self.generation,
+            pod_interfaces: self.pods.pods.keys().cloned().collect(),
+            adopted: self.adopted.clone(),
+            unrouted: self.pods.unrouted.clone(),
+            counters,
+        }
+    }
+
+    /// Stops cleanly: routes back to the kernel's, redirectors detached,
+    /// workers stopped, the host-port pair removed if this run made it.
+    pub fn stop(mut self) -> Result<Vec<WorkerReport>, AgentError> {
+        self.tear_down()
+    }
+
+    fn tear_down(&mut self) -> Result<Vec<WorkerReport>, AgentError> {
+        let here = current_netns();
+        if here != self.netns {
+            // Routes and links would be changed in the wrong namespace, and
+            // a redirector's drop would detach by index there too: leave
+            // them attached (fail mode in force) rather than touch another
+            // namespace.
+            self.stop.store(true, Ordering::Relaxed);
+            for redirector in self.redirectors.drain(..) {
+                std::mem::forget(redirector);
+            }
+            self.pair = None;
+            return Err(AgentError::WrongNamespace {
+                started: self.netns,
+                now: here,
+            });
+        }
+        let mut first_error = None;
+        if let Err(e) = plumbing::restore(&self.options.plumbing, None) {
+            error!(error = %e, "restoring routes");
+            first_error.get_or_insert(e);
+        }
+        for redirector in self.redirectors.drain(..) {
+            let iface = redirector.ifname().to_owned();
+            if let Err(source) = redirector.detach() {
+                error!(iface, error = %source, "detaching the redirector");
+                first_error.get_or_insert(AgentError::Redirector { iface, source });
+            }
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let mut reports = Vec::new();
+        for handle in self.workers.drain(..) {
+            match handle.join() {
+                Ok(report) => reports.push(report),
+                Err(_) => error!("a worker panicked"),
+            }
+        }
+        if let Some(pair) = self.pair.take()
+            && let Err(e) = plumbing::restore(&self.options.plumbing, Some(&pair))
+        {
+            error!(error = %e, "removing the host-port pair");
+            first_error.get_or_insert(e);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() || self.pair.is_some() || !self.redirectors.is_empty() {
+            // Errors were logged.
+            let _ = self.tear_down();
+        }
+    }
+}
+
+/// Spins through the ports while there is traffic; after a run of empty
+/// rounds, sleeps in `poll` until a port has frames (or 50 ms pass, to see
+/// `stop`).
+fn run_worker(
+    index: usize,
+    switch: &mut Switch<XskPort>,
+    worker: &mut Worker<'_>,
+    stop: &AtomicBool,
+) -> WorkerReport {
+    const SPINS_BEFORE_SLEEP: u32 = 256;
+    let mut report = WorkerReport::default();
+    let mut wait = ReadableWait::new((0..switch.port_count()).filter_map(|i| switch.port(i)));
+    let mut idle = 0u32;
+    let mut last_error: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut frames = 0;
+        for rx in 0..switch.port_count() {
+            match switch.run_batch(worker, rx) {
+                Ok(n) => frames += n,
+                Err(e) => {
+                    report.port_errors += 1;
+                    // One line a second at most: a vanished interface must
+                    // not flood the log.
+                    if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        let port = switch.port(rx).map_or("?", |p| p.name());
+                        warn!(worker = index, port, error = %e, "port error");
+                        last_error = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if frames > 0 {
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle >= SPINS_BEFORE_SLEEP
+                && let Err(e) = wait.wait(Duration::from_millis(50))
+            {
+                warn!(worker = index, error = %e, "poll");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    report.switch = switch.stats().clone();
+    report
+}
+
+/// Whether pod traffic passes while no agent runs, for messages.
+#[must_use]
+pub fn fail_mode(action: NoSocketAction) -> &'static str {
+    match action {
+        NoSocketAction::Drop => "closed (pod traffic is dropped while no agent runs)",
+        NoSocketAction::Pass => "open (pod traffic bypasses policy while no agent runs)",
+    }
+}

@@ -1,0 +1,416 @@
+//! The node's plumbing: which interface each local pod is behind, and the
+//! routes that make the kernel hand every packet for a local pod to the
+//! datapath.
+//!
+//! Pods are found the way the `ptp` CNI plugin, kindnet and Calico leave
+//! them: a /32 or /128 route per pod address in the main table, pointing at
+//! the pod's host-side veth. Those routes are never touched. Adoption adds,
+//! beside them:
+//!
+//! - the host-port pair `pf-host`/`pf-dp` (created if missing) with ARP off on
+//!   `pf-host`, so the kernel addresses frames for pods to `pf-host`'s own
+//!   MAC without neighbour resolution, and transmit checksum offload off (a
+//!   frame that leaves through AF_XDP carries no offload state);
+//! - a routing table of our own (`table`) holding one route per adopted pod
+//!   address via `pf-host`, and one policy rule per family, at `priority`
+//!   (before the main table's 32766), that looks it up. A destination
+//!   without a route in our table falls through to the main table.
+//!
+//! Restoring deletes the rules, the table's routes and the pair (when we
+//! made it); the CNI's routes take over again. A crashed agent leaves the
+//! rules in place, so pod traffic keeps going to `pf-host` where the
+//! redirector drops it (fail closed), and the next start finds the original
+//! routes untouched in the main table and adopts them again.
+//!
+//! Everything goes through `ip` and `ethtool` (iproute2, ethtool) in the
+//! calling thread's network namespace.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::process::Command;
+
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use super::AgentError;
+
+/// Where the plumbing goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlumbingConfig {
+    /// Kernel side of the host-port pair.
+    pub host_if: String,
+    /// Datapath side of the host-port pair.
+    pub dp_if: String,
+    /// Routing table for the adopted pod routes.
+    pub table: u32,
+    /// Priority of the rules that look that table up.
+    pub priority: u32,
+}
+
+impl Default for PlumbingConfig {
+    fn default() -> Self {
+        Self {
+            host_if: "pf-host".into(),
+            dp_if: "pf-dp".into(),
+            table: 7066,
+            priority: 90,
+        }
+    }
+}
+
+/// A network interface as the datapath needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Interface name.
+    pub name: String,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Receive queues.
+    pub rx_queues: u32,
+}
+
+/// A local pod's interface, with the pod addresses behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLink {
+    /// The host-side veth.
+    pub link: Link,
+    /// Pod addresses routed to it, each with the pod's MAC when the
+    /// kernel's neighbour table knows it.
+    pub addrs: Vec<(IpAddr, Option<[u8; 6]>)>,
+}
+
+/// The host-port pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPair {
+    /// `pf-host`.
+    pub host: Link,
+    /// `pf-dp`.
+    pub dp: Link,
+    /// Whether this run created it (and removes it on restore).
+    pub created: bool,
+}
+
+/// What [`discover`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// Pod interfaces, by name.
+    pub pods: BTreeMap<String, PodLink>,
+    /// Local pod addresses without a host route of their own.
+    pub unrouted: Vec<IpAddr>,
+}
+
+/// Runs `program args`, returning standard output.
+fn run(program: &str, args: &[&str]) -> Result<String, AgentError> {
+    debug!(command = %format!("{program} {}", args.join(" ")), "plumbing");
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| AgentError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(AgentError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T, AgentError> {
+    let mut all = vec!["-json"];
+    all.extend_from_slice(args);
+    let text = run("ip", &all)?;
+    // `ip -json` prints nothing at all for an empty list in some versions.
+    let text = if text.trim().is_empty() { "[]" } else { &text };
+    serde_json::from_str(text).map_err(|e| AgentError::Parse {
+        command: format!("ip {}", all.join(" ")),
+        message: e.to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+struct RouteJson {
+    dst: String,
+    dev: Option<String>,
+    gateway: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NeighJson {
+    dst: String,
+    lladdr: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LinkJson {
+    ifname: String,
+    address: Option<String>,
+    num_rx_queues: Option<u32>,
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A host route's destination: a bare address, or one with a full-length
+/// prefix.
+fn host_route_dst(dst: &str) -> Option<IpAddr> {
+    match dst.split_once('/') {
+        None => dst.parse().ok(),
+        Some((addr, len)) => {
+            let addr: IpAddr = addr.parse().ok()?;
+            let full = if addr.is_ipv4() { "32" } else { "128" };
+            (len == full).then_some(addr)
+        }
+    }
+}
+
+/// The interface `name`, or `None` when there is none.
+pub fn link(name: &str) -> Result<Option<Link>, AgentError> {
+    let links: Vec<LinkJson> = match ip_json(&["-d", "link", "show", "dev", name]) {
+        Ok(links) => links,
+        Err(AgentError::Command { stderr, .. }) if stderr.contains("does not exist") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(links.into_iter().next().map(|l| Link {
+        mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
+        rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
+        name: l.ifname,
+    }))
+}
+
+/// Finds the interface behind each of `addrs` (the local pods' addresses)
+/// from the main table's host routes, and the pods' MACs from the
+/// neighbour table. Routes through `host_if` (ours) are skipped, as are
+/// routes via a gateway (not a directly attached pod).
+pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError> {
+    let wanted: HashSet<IpAddr> = addrs.iter().copied().collect();
+    let mut dev_of: HashMap<IpAddr, String> = HashMap::new();
+    for family in ["-4", "-6"] {
+        let routes: Vec<RouteJson> = ip_json(&[family, "route", "show", "table", "main"])?;
+        for r in routes {
+            let (Some(dev), None) = (r.dev, r.gateway) else {
+                continue;
+            };
+            let Some(addr) = host_route_dst(&r.dst) else {
+                continue;
+            };
+            if dev != host_if && wanted.contains(&addr) {
+                dev_of.insert(addr, dev);
+            }
+        }
+    }
+    let mut found = Discovery::default();
+    for &addr in addrs {
+        let Some(dev) = dev_of.get(&addr) else {
+            found.unrouted.push(addr);
+            continue;
+        };
+        if !found.pods.contains_key(dev) {
+            let Some(link) = link(dev)? else {
+                found.unrouted.push(addr);
+                continue;
+            };
+            found.pods.insert(
+                dev.clone(),
+                PodLink {
+                    link,
+                    addrs: Vec::new(),
+                },
+            );
+        }
+        let neighbours: Vec<NeighJson> = ip_json(&["neigh", "show", "dev", dev])?;
+        let mac = neighbours
+            .iter()
+            .filter(|n| n.dst.parse::<IpAddr>().ok() == Some(addr))
+            .find_map(|n| n.lladdr.as_deref().and_then(parse_mac));
+        if mac.is_none() {
+            warn!(%addr, dev, "no neighbour entry for the pod address: the datapath cannot reach it until the pod's MAC is known");
+        }
+        if let Some(pod) = found.pods.get_mut(dev) {
+            pod.addrs.push((addr, mac));
+        }
+    }
+    Ok(found)
+}
+
+/// Makes sure the host-port pair exists, up, with ARP and transmit checksum
+/// offload off on both ends.
+pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
+    let created = if link(&config.host_if)?.is_none() {
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &config.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &config.dp_if,
+            ],
+        )?;
+        info!(
+            host = config.host_if,
+            dp = config.dp_if,
+            "created the host-port pair"
+        );
+        true
+    } else {
+        false
+    };
+    run("ip", &["link", "set", &config.host_if, "arp", "off"])?;
+    for dev in [&config.host_if, &config.dp_if] {
+        disable_tx_checksum(dev)?;
+        run("ip", &["link", "set", dev, "up"])?;
+    }
+    let missing = |name: &str| AgentError::NoInterface {
+        name: name.to_owned(),
+    };
+    Ok(HostPair {
+        host: link(&config.host_if)?.ok_or_else(|| missing(&config.host_if))?,
+        dp: link(&config.dp_if)?.ok_or_else(|| missing(&config.dp_if))?,
+        created,
+    })
+}
+
+/// Turns transmit checksum offload off on `dev`: a frame the kernel sends
+/// with a partial checksum would leave the datapath with it unfinished.
+pub fn disable_tx_checksum(dev: &str) -> Result<(), AgentError> {
+    run("ethtool", &["-K", dev, "tx", "off"]).map(drop)
+}
+
+fn family_flag(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "-4" } else { "-6" }
+}
+
+/// Deletes our rules and flushes our table, whatever run left them.
+fn clear_routes(config: &PlumbingConfig) -> Result<(), AgentError> {
+    let table = config.table.to_string();
+    let priority = config.priority.to_string();
+    for family in ["-4", "-6"] {
+        // Each `ip rule del` removes one match; a crashed run left at most a
+        // few.
+        for _ in 0..16 {
+            if run(
+                "ip",
+                &[
+                    family, "rule", "del", "priority", &priority, "lookup", &table,
+                ],
+            )
+            .is_err()
+            {
+                break;
+            }
+        }
+        if let Err(e) = run("ip", &[family, "route", "flush", "table", &table]) {
+            // An empty or absent table is not an error worth reporting.
+            debug!(error = %e, "flush of our routing table");
+        }
+    }
+    Ok(())
+}
+
+/// Sends every address of `pods` to `pf-host`: one route per address in our
+/// table, and the rules that look it up. Leftovers of a crashed run are
+/// replaced.
+pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError> {
+    clear_routes(config)?;
+    let table = config.table.to_string();
+    let priority = config.priority.to_string();
+    for &addr in pods {
+        let dst = if addr.is_ipv4() {
+            format!("{addr}/32")
+        } else {
+            format!("{addr}/128")
+        };
+        run(
+            "ip",
+            &[
+                family_flag(addr),
+                "route",
+                "replace",
+                &dst,
+                "dev",
+                &config.host_if,
+                "table",
+                &table,
+            ],
+        )?;
+    }
+    let mut families: Vec<&str> = pods.iter().map(|&a| family_flag(a)).collect();
+    families.sort_unstable();
+    families.dedup();
+    for family in families {
+        run(
+            "ip",
+            &[
+                family, "rule", "add", "priority", &priority, "lookup", &table,
+            ],
+        )?;
+    }
+    info!(
+        addresses = pods.len(),
+        table = config.table,
+        "pod addresses routed through the datapath"
+    );
+    Ok(())
+}
+
+/// Undoes [`adopt`] and removes the host-port pair if `pair` says this run
+/// created it.
+pub fn restore(config: &PlumbingConfig, pair: Option<&HostPair>) -> Result<(), AgentError> {
+    clear_routes(config)?;
+    if let Some(pair) = pair.filter(|p| p.created) {
+        run("ip", &["link", "del", &pair.host.name])?;
+    }
+    info!("pod routes handed back to the kernel's main table");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:50:66:00:00:0a"),
+            Some([2, 0x50, 0x66, 0, 0, 10])
+        );
+        assert_eq!(parse_mac("02:50:66:00:00"), None);
+        assert_eq!(parse_mac("02:50:66:00:00:0a:01"), None);
+        assert_eq!(parse_mac("zz:50:66:00:00:0a"), None);
+    }
+
+    #[test]
+    fn only_full_length_routes_are_host_routes() {
+        assert_eq!(
+            host_route_dst("10.0.0.1"),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            host_route_dst("10.0.0.1/32"),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(host_route_dst("10.0.0.0/24"), None);
+        assert_eq!(host_route_dst("fd00::1"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(host_route_dst("fd00::/64"), None);
+        assert_eq!(
+            host_route_dst("fd00::1/128"),
+            Some("fd00::1".parse().unwrap())
+        );
+        assert_eq!(host_route_dst("default"), None);
+    }
+}

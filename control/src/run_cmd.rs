@@ -1,0 +1,206 @@
+//! `podfence run`: the agent on manifests, until SIGINT or SIGTERM.
+//!
+//! SIGHUP rereads the manifests and publishes a new generation; manifests
+//! that no longer load are reported and the tables in force stay.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use podfence_bpf::{NoSocketAction, XdpMode};
+use podfence_control::agent::{Agent, AgentOptions, fail_mode};
+use podfence_control::model::Cluster;
+use podfence_control::sources::manifests;
+use podfence_datapath::ports::xsk::BusyPoll;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+/// What pod traffic gets while no agent runs.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum FailMode {
+    /// Dropped.
+    Closed,
+    /// Passed to the kernel, unenforced.
+    Open,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum XdpModeArg {
+    /// Native where the driver has it, generic otherwise.
+    Auto,
+    /// Native (driver) mode or fail.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+/// How AF_XDP sockets bind.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum XskModeArg {
+    /// Whatever the kernel chooses.
+    Auto,
+    /// Copy mode.
+    Copy,
+    /// Zero-copy or fail.
+    ZeroCopy,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// This node's name: pods whose spec.nodeName is this are enforced here.
+    /// Without it, or when no pod names a node, every pod is local.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// Worker threads; worker w serves queue w of every interface.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// What pod traffic gets while no agent runs.
+    #[arg(long, value_enum, default_value_t = FailMode::Closed)]
+    fail_mode: FailMode,
+    /// Keep established connections when a new generation would deny them
+    /// (default: cut them on their next packet).
+    #[arg(long)]
+    keep_established: bool,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
+    /// AF_XDP bind mode.
+    #[arg(long, value_enum, default_value_t = XskModeArg::Auto)]
+    xsk_mode: XskModeArg,
+    /// Busy poll the sockets for this many microseconds (0: off).
+    #[arg(long, default_value_t = 0, value_name = "USECS")]
+    busy_poll: u32,
+    /// Do not pin worker w to core w.
+    #[arg(long)]
+    no_pin: bool,
+    /// Conntrack entries.
+    #[arg(long, default_value_t = 1 << 18, value_name = "N")]
+    conntrack_entries: usize,
+    /// Log the counters this often (0: only at stop).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    stats_interval: u64,
+    /// Write this file once enforcing (its content: the table generation),
+    /// and remove it at stop.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+fn load_cluster(paths: &[PathBuf]) -> Result<Cluster> {
+    let m = manifests::load(paths).context("the manifests cannot be used")?;
+    for (kind, n) in &m.skipped {
+        info!(kind, count = n, "skipped objects of another kind");
+    }
+    Ok(m.cluster)
+}
+
+fn options(args: &RunArgs) -> AgentOptions {
+    let mut o = AgentOptions {
+        node_name: args.node_name.clone(),
+        workers: usize::from(args.workers),
+        pin_workers: !args.no_pin,
+        conntrack_entries: args.conntrack_entries,
+        ..AgentOptions::default()
+    };
+    o.redirect.no_socket_action = match args.fail_mode {
+        FailMode::Closed => NoSocketAction::Drop,
+        FailMode::Open => NoSocketAction::Pass,
+    };
+    o.redirect.mode = match args.xdp_mode {
+        XdpModeArg::Auto => XdpMode::Auto,
+        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Generic => XdpMode::Generic,
+    };
+    o.xsk.zero_copy = match args.xsk_mode {
+        XskModeArg::Auto => None,
+        XskModeArg::Copy => Some(false),
+        XskModeArg::ZeroCopy => Some(true),
+    };
+    if args.busy_poll > 0 {
+        o.xsk.busy_poll = Some(BusyPoll {
+            usecs: args.busy_poll,
+            budget: 64,
+        });
+    }
+    o.worker.revalidate = !args.keep_established;
+    o
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second initialisation (tests) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    podfence_bpf::forward_libbpf_logs();
+
+    // Installed before the start, so a Ctrl-C during it is not lost: it is
+    // acted on once the start returns.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let cluster = load_cluster(paths)?;
+    let opts = options(args);
+    info!(
+        node = opts.node_name.as_deref().unwrap_or("(all pods local)"),
+        fail = fail_mode(opts.redirect.no_socket_action),
+        "starting"
+    );
+    let mut agent = Agent::start(&cluster, opts).context("the agent cannot start")?;
+    let status = agent.status();
+    if !status.unrouted.is_empty() {
+        warn!(addresses = ?status.unrouted, "local pod addresses without a route of their own are not enforced");
+    }
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", status.generation))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
+    let mut last_stats = Instant::now();
+    'running: loop {
+        for signal in signals.pending() {
+            match signal {
+                SIGHUP => match load_cluster(paths) {
+                    Ok(cluster) => {
+                        let generation = agent.publish(&cluster, Some(Instant::now()));
+                        if let Some(path) = &args.ready_file
+                            && let Err(e) = std::fs::write(path, format!("{generation}\n"))
+                        {
+                            warn!(error = %e, "cannot update the ready file");
+                        }
+                    }
+                    Err(e) => error!(
+                        error = format!("{e:#}"),
+                        "reload failed; the tables in force stay"
+                    ),
+                },
+                _ => {
+                    info!(signal, "stopping");
+                    break 'running;
+                }
+            }
+        }
+        if let Some(every) = interval
+            && last_stats.elapsed() >= every
+        {
+            let s = agent.status();
+            info!(generation = s.generation, counters = ?s.counters, "stats");
+            last_stats = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = agent.status();
+    let reports = agent.stop().context("the agent did not stop cleanly")?;
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    info!(counters = ?status.counters, "stopped");
+    for (w, r) in reports.iter().enumerate() {
+        info!(worker = w, switch = ?r.switch, port_errors = r.port_errors, "worker");
+    }
+    Ok(())
+}

@@ -952,15 +952,7 @@ impl Testbed {
     ) -> Result<ProbeOutcome, TestbedError> {
         let (src_ns, src_ips) = self.endpoint(&probe.src)?;
         let (dst_ns, dst_ips) = self.endpoint(&probe.dst)?;
-        let (src, dst) = src_ips
-            .iter()
-            .find_map(|s| {
-                dst_ips
-                    .iter()
-                    .find(|d| d.is_ipv4() == s.is_ipv4())
-                    .map(|d| (*s, *d))
-            })
-            .ok_or_else(|| TestbedError::NoCommonFamily {
+        let (src, dst) = common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
                 src: probe.src.to_string(),
                 dst: probe.dst.to_string(),
             })?;
@@ -968,12 +960,33 @@ impl Testbed {
         match probe.protocol {
             Protocol::Tcp => in_netns(src_ns, || tcp_probe(src, dst, probe.port, timeout))
                 .map_err(io_err(what())),
-            Protocol::Udp => in_netns(src_ns, || udp_probe(src, dst, probe.port, timeout))
+            Protocol::Udp => in_netns(src_ns, || udp_probe((src, 0), dst, probe.port, timeout))
                 .map_err(io_err(what())),
             Protocol::Sctp => {
                 sctp_probe(src_ns, dst_ns, src, dst, probe.port, timeout).map_err(io_err(what()))
             }
         }
+    }
+
+    /// A UDP exchange from a fixed source port, so that repeated calls are
+    /// one flow (one conntrack entry) and not one connection each.
+    pub fn udp_exchange(
+        &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        ports: (u16, u16),
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        let (src_ns, src_ips) = self.endpoint(src)?;
+        let (_, dst_ips) = self.endpoint(dst)?;
+        let (s, d) = common_family(&src_ips, &dst_ips).ok_or_else(|| {
+            TestbedError::NoCommonFamily {
+                src: src.to_string(),
+                dst: dst.to_string(),
+            }
+        })?;
+        in_netns(src_ns, || udp_probe((s, ports.0), d, ports.1, timeout))
+            .map_err(io_err(format!("UDP from {src} port {} to {dst} port {}", ports.0, ports.1)))
     }
 
     /// Runs probes on up to `parallelism` threads; whether each exchange
@@ -1024,6 +1037,15 @@ impl Testbed {
             .map(|r| r.expect("every probe ran"))
             .collect()
     }
+}
+
+/// The first pair of addresses of one family.
+fn common_family(src: &[IpAddr], dst: &[IpAddr]) -> Option<(IpAddr, IpAddr)> {
+    src.iter().find_map(|s| {
+        dst.iter()
+            .find(|d| d.is_ipv4() == s.is_ipv4())
+            .map(|d| (*s, *d))
+    })
 }
 
 fn tcp_probe(src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> io::Result<ProbeOutcome> {
@@ -1180,8 +1202,13 @@ fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<T
     Ok(stream)
 }
 
-fn udp_probe(src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> io::Result<ProbeOutcome> {
-    let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
+fn udp_probe(
+    src: (IpAddr, u16),
+    dst: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<ProbeOutcome> {
+    let sock = UdpSocket::bind(SocketAddr::new(src.0, src.1))?;
     sock.connect(SocketAddr::new(dst, port))?;
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 512];

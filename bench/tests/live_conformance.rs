@@ -1,0 +1,101 @@
+//! Every case of ../shared/conformance, live: the conformance cluster built
+//! in network namespaces, the agent enforcing each case's policies in turn
+//! (one published generation per case), every probe a real connection
+//! attempt through the AF_XDP datapath. Needs root; skips otherwise.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use podfence_bench::live::{LiveNode, externals};
+use podfence_control::agent::AgentOptions;
+use podfence_control::probe::Probe;
+use podfence_control::sources::manifests;
+
+#[test]
+fn every_conformance_case_matches_live() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let root = common::conformance();
+    let mut cases: Vec<_> = std::fs::read_dir(root.join("cases"))
+        .expect("../shared/conformance/cases must exist beside the repository")
+        .map(|e| e.expect("readable").path())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no conformance cases");
+    let probes_of = |case: &std::path::Path| -> Vec<(Probe, bool)> {
+        std::fs::read_to_string(case.join("expected.tsv"))
+            .expect("expected.tsv")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let verdict = l.rsplit('\t').next().expect("verdict column");
+                (Probe::from_line(l).expect("probe"), verdict == "allow")
+            })
+            .collect()
+    };
+    let all: Vec<Probe> = cases
+        .iter()
+        .flat_map(|c| probes_of(c))
+        .map(|(p, _)| p)
+        .collect();
+    let base = manifests::load(&[root.join("cluster.yaml")])
+        .expect("cluster.yaml")
+        .cluster;
+    let node = LiveNode::start(&base, &externals(&all), AgentOptions::default())
+        .expect("testbed and agent start");
+
+    let mut mismatches = Vec::new();
+    let mut total = 0;
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let policies = case.join("policies.yaml");
+        let mut paths = vec![root.join("cluster.yaml")];
+        if policies.exists() {
+            paths.push(policies);
+        }
+        let cluster = manifests::load(&paths).expect("case loads").cluster;
+        node.agent().publish(&cluster).expect("publish");
+        let expected = probes_of(case);
+        let probes: Vec<Probe> = expected.iter().map(|(p, _)| p.clone()).collect();
+        let started = Instant::now();
+        let results = node
+            .probe(&cluster, &probes, Duration::from_millis(1000), 64)
+            .expect("probes run");
+        for (r, (_, allow)) in results.iter().zip(&expected) {
+            // The file's verdict and the compiled one agree (the offline
+            // conformance test checks that); the live one must too.
+            assert_eq!(r.expected, *allow, "{name}: {} offline", r.probe);
+            if r.observed != *allow {
+                mismatches.push(format!(
+                    "{name}: {}: live {:?}, expected {}",
+                    r.probe,
+                    r.outcome,
+                    if *allow { "allow" } else { "deny" }
+                ));
+            }
+        }
+        total += results.len();
+        eprintln!(
+            "{name}: {} probes in {:.1} s",
+            results.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let status = node.agent().status().expect("status");
+    node.stop().expect("clean stop");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {total} live probes differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(
+        status.counters.new_denied > 0 && status.counters.new_allowed > 0,
+        "traffic went through the datapath: {:?}",
+        status.counters
+    );
+    eprintln!("{total} probes over {} cases matched live", cases.len());
+}

@@ -228,7 +228,7 @@ fn live_matrix(
     let node = LiveNode::start(&loaded.cluster, &externals(&probes), agent)?;
     let up = started.elapsed();
     let results = node.probe(&loaded.cluster, &probes, timeout, parallel)?;
-    let probed = started.elapsed() - up;
+    let probing = started.elapsed().saturating_sub(up);
     let status = node.agent().status()?;
     node.stop()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -253,7 +253,7 @@ fn live_matrix(
         results.len(),
         differ,
         up.as_secs_f64(),
-        probed.as_secs_f64(),
+        probing.as_secs_f64(),
         status.counters.rx_packets,
         status.counters.new_allowed,
         status.counters.new_denied,

@@ -952,7 +952,8 @@ impl Testbed {
     ) -> Result<ProbeOutcome, TestbedError> {
         let (src_ns, src_ips) = self.endpoint(&probe.src)?;
         let (dst_ns, dst_ips) = self.endpoint(&probe.dst)?;
-        let (src, dst) = common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
+        let (src, dst) =
+            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
                 src: probe.src.to_string(),
                 dst: probe.dst.to_string(),
             })?;
@@ -979,14 +980,15 @@ impl Testbed {
     ) -> Result<ProbeOutcome, TestbedError> {
         let (src_ns, src_ips) = self.endpoint(src)?;
         let (_, dst_ips) = self.endpoint(dst)?;
-        let (s, d) = common_family(&src_ips, &dst_ips).ok_or_else(|| {
-            TestbedError::NoCommonFamily {
+        let (s, d) =
+            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
                 src: src.to_string(),
                 dst: dst.to_string(),
-            }
-        })?;
-        in_netns(src_ns, || udp_probe((s, ports.0), d, ports.1, timeout))
-            .map_err(io_err(format!("UDP from {src} port {} to {dst} port {}", ports.0, ports.1)))
+            })?;
+        in_netns(src_ns, || udp_probe((s, ports.0), d, ports.1, timeout)).map_err(io_err(format!(
+            "UDP from {src} port {} to {dst} port {}",
+            ports.0, ports.1
+        )))
     }
 
     /// Runs probes on up to `parallelism` threads; whether each exchange

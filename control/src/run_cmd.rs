@@ -163,25 +163,23 @@ pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
     let mut last_stats = Instant::now();
     'running: loop {
         for signal in signals.pending() {
-            match signal {
-                SIGHUP => match load_cluster(paths) {
-                    Ok(cluster) => {
-                        let generation = agent.publish(&cluster, Some(Instant::now()));
-                        if let Some(path) = &args.ready_file
-                            && let Err(e) = std::fs::write(path, format!("{generation}\n"))
-                        {
-                            warn!(error = %e, "cannot update the ready file");
-                        }
+            if signal != SIGHUP {
+                info!(signal, "stopping");
+                break 'running;
+            }
+            match load_cluster(paths) {
+                Ok(cluster) => {
+                    let generation = agent.publish(&cluster, Some(Instant::now()));
+                    if let Some(path) = &args.ready_file
+                        && let Err(e) = std::fs::write(path, format!("{generation}\n"))
+                    {
+                        warn!(error = %e, "cannot update the ready file");
                     }
-                    Err(e) => error!(
-                        error = format!("{e:#}"),
-                        "reload failed; the tables in force stay"
-                    ),
-                },
-                _ => {
-                    info!(signal, "stopping");
-                    break 'running;
                 }
+                Err(e) => error!(
+                    error = format!("{e:#}"),
+                    "reload failed; the tables in force stay"
+                ),
             }
         }
         if let Some(every) = interval

@@ -493,9 +493,10 @@ impl Agent {
         self.stop.store(true, Ordering::Relaxed);
         let mut reports = Vec::new();
         for handle in self.workers.drain(..) {
-            match handle.join() {
-                Ok(report) => reports.push(report),
-                Err(_) => error!("a worker panicked"),
+            if let Ok(report) = handle.join() {
+                reports.push(report);
+            } else {
+                error!("a worker panicked");
             }
         }
         if let Some(pair) = self.pair.take()

@@ -12,9 +12,14 @@
 //!   MAC without neighbour resolution, and transmit checksum offload off (a
 //!   frame that leaves through AF_XDP carries no offload state);
 //! - a routing table of our own (`table`) holding one route per adopted pod
-//!   address via `pf-host`, and one policy rule per family, at `priority`
+//!   address via `pf-host`, and a policy rule per family, at `priority + 1`
 //!   (before the main table's 32766), that looks it up. A destination
 //!   without a route in our table falls through to the main table.
+//! - for failing open: `pf-dp` gets `pf-host`'s MAC, so that frames the
+//!   kernel sends to `pf-host` are addressed to `pf-dp` too, and a rule at
+//!   `priority` routes what the kernel takes in on `pf-dp` by the main
+//!   table, straight to the pods. Only a redirector with no socket and the
+//!   pass action lets frames reach the kernel there.
 //!
 //! Restoring deletes the rules, the table's routes and the pair (when we
 //! made it); the CNI's routes take over again. A crashed agent leaves the
@@ -86,7 +91,8 @@ pub struct HostPair {
     pub host: Link,
     /// `pf-dp`.
     pub dp: Link,
-    /// Whether this run created it (and removes it on restore).
+    /// Whether it is ours (made by this run or by an earlier one that
+    /// crashed; marked with the alias [`PAIR_ALIAS`]) and goes on restore.
     pub created: bool,
 }
 
@@ -144,11 +150,28 @@ struct NeighJson {
     lladdr: Option<String>,
 }
 
+/// Alias marking a host-port pair made by podfence.
+pub const PAIR_ALIAS: &str = "podfence host port";
+
 #[derive(Deserialize)]
 struct LinkJson {
     ifname: String,
+    ifalias: Option<String>,
     address: Option<String>,
     num_rx_queues: Option<u32>,
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// Writes `value` to `/proc/sys/<key>` (of the calling thread's network
+/// namespace).
+fn sysctl(key: &str, value: &str) -> Result<(), AgentError> {
+    std::fs::write(format!("/proc/sys/{key}"), value).map_err(|e| AgentError::Command {
+        command: format!("sysctl {key}={value}"),
+        stderr: e.to_string(),
+    })
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -173,16 +196,17 @@ fn host_route_dst(dst: &str) -> Option<IpAddr> {
     }
 }
 
+fn link_json(name: &str) -> Result<Option<LinkJson>, AgentError> {
+    match ip_json::<Vec<LinkJson>>(&["-d", "link", "show", "dev", name]) {
+        Ok(links) => Ok(links.into_iter().next()),
+        Err(AgentError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The interface `name`, or `None` when there is none.
 pub fn link(name: &str) -> Result<Option<Link>, AgentError> {
-    let links: Vec<LinkJson> = match ip_json(&["-d", "link", "show", "dev", name]) {
-        Ok(links) => links,
-        Err(AgentError::Command { stderr, .. }) if stderr.contains("does not exist") => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(links.into_iter().next().map(|l| Link {
+    Ok(link_json(name)?.map(|l| Link {
         mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
         rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
         name: l.ifname,
@@ -247,7 +271,16 @@ pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError
 /// Makes sure the host-port pair exists, up, with ARP and transmit checksum
 /// offload off on both ends.
 pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
-    let created = if link(&config.host_if)?.is_none() {
+    let created = if let Some(existing) = link_json(&config.host_if)? {
+        let ours = existing.ifalias.as_deref() == Some(PAIR_ALIAS);
+        if ours {
+            info!(
+                host = config.host_if,
+                "taking over the host-port pair of an earlier run"
+            );
+        }
+        ours
+    } else {
         run(
             "ip",
             &[
@@ -266,20 +299,34 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
             dp = config.dp_if,
             "created the host-port pair"
         );
+        run("ip", &["link", "set", &config.host_if, "alias", PAIR_ALIAS])?;
         true
-    } else {
-        false
     };
+    let missing = |name: &str| AgentError::NoInterface {
+        name: name.to_owned(),
+    };
+    let host = link(&config.host_if)?.ok_or_else(|| missing(&config.host_if))?;
     run("ip", &["link", "set", &config.host_if, "arp", "off"])?;
+    // Both ends share one MAC: frames the kernel sends to pf-host (addressed
+    // to pf-host's own MAC, ARP being off) are then for pf-dp too, so that a
+    // redirector failing open can pass them to the kernel on pf-dp.
+    run(
+        "ip",
+        &[
+            "link",
+            "set",
+            &config.dp_if,
+            "address",
+            &format_mac(host.mac),
+        ],
+    )?;
+    sysctl(&format!("net/ipv4/conf/{}/rp_filter", config.dp_if), "0")?;
     for dev in [&config.host_if, &config.dp_if] {
         disable_tx_checksum(dev)?;
         run("ip", &["link", "set", dev, "up"])?;
     }
-    let missing = |name: &str| AgentError::NoInterface {
-        name: name.to_owned(),
-    };
     Ok(HostPair {
-        host: link(&config.host_if)?.ok_or_else(|| missing(&config.host_if))?,
+        host,
         dp: link(&config.dp_if)?.ok_or_else(|| missing(&config.dp_if))?,
         created,
     })
@@ -295,23 +342,42 @@ fn family_flag(addr: IpAddr) -> &'static str {
     if addr.is_ipv4() { "-4" } else { "-6" }
 }
 
+/// Our policy rules, per family: frames the kernel takes in on `pf-dp`
+/// (only when the redirector fails open) are routed by the main table;
+/// everything else looks up our table first.
+fn rules(config: &PlumbingConfig) -> [Vec<String>; 2] {
+    let (table, priority) = (config.table, config.priority);
+    [
+        vec![
+            "priority".into(),
+            priority.to_string(),
+            "iif".into(),
+            config.dp_if.clone(),
+            "lookup".into(),
+            "main".into(),
+        ],
+        vec![
+            "priority".into(),
+            (priority + 1).to_string(),
+            "lookup".into(),
+            table.to_string(),
+        ],
+    ]
+}
+
 /// Deletes our rules and flushes our table, whatever run left them.
-fn clear_routes(config: &PlumbingConfig) -> Result<(), AgentError> {
+fn clear_routes(config: &PlumbingConfig) {
     let table = config.table.to_string();
-    let priority = config.priority.to_string();
     for family in ["-4", "-6"] {
-        // Each `ip rule del` removes one match; a crashed run left at most a
-        // few.
-        for _ in 0..16 {
-            if run(
-                "ip",
-                &[
-                    family, "rule", "del", "priority", &priority, "lookup", &table,
-                ],
-            )
-            .is_err()
-            {
-                break;
+        for rule in rules(config) {
+            // Each `ip rule del` removes one match; a crashed run left at
+            // most a few.
+            let mut args = vec![family, "rule", "del"];
+            args.extend(rule.iter().map(String::as_str));
+            for _ in 0..16 {
+                if run("ip", &args).is_err() {
+                    break;
+                }
             }
         }
         if let Err(e) = run("ip", &[family, "route", "flush", "table", &table]) {
@@ -319,16 +385,14 @@ fn clear_routes(config: &PlumbingConfig) -> Result<(), AgentError> {
             debug!(error = %e, "flush of our routing table");
         }
     }
-    Ok(())
 }
 
 /// Sends every address of `pods` to `pf-host`: one route per address in our
 /// table, and the rules that look it up. Leftovers of a crashed run are
 /// replaced.
 pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError> {
-    clear_routes(config)?;
+    clear_routes(config);
     let table = config.table.to_string();
-    let priority = config.priority.to_string();
     for &addr in pods {
         let dst = if addr.is_ipv4() {
             format!("{addr}/32")
@@ -353,12 +417,11 @@ pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError>
     families.sort_unstable();
     families.dedup();
     for family in families {
-        run(
-            "ip",
-            &[
-                family, "rule", "add", "priority", &priority, "lookup", &table,
-            ],
-        )?;
+        for rule in rules(config) {
+            let mut args = vec![family, "rule", "add"];
+            args.extend(rule.iter().map(String::as_str));
+            run("ip", &args)?;
+        }
     }
     info!(
         addresses = pods.len(),
@@ -371,7 +434,7 @@ pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError>
 /// Undoes [`adopt`] and removes the host-port pair if `pair` says this run
 /// created it.
 pub fn restore(config: &PlumbingConfig, pair: Option<&HostPair>) -> Result<(), AgentError> {
-    clear_routes(config)?;
+    clear_routes(config);
     if let Some(pair) = pair.filter(|p| p.created) {
         run("ip", &["link", "del", &pair.host.name])?;
     }

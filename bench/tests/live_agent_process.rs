@@ -1,0 +1,237 @@
+//! The `podfence run` process in a testbed node: enforcement, what happens
+//! when it is killed (fail closed by default, open when configured), that a
+//! restart takes over from a crashed run, and that a clean stop leaves the
+//! node as it found it. Needs root; skips otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
+use podfence_control::probe::Probe;
+use podfence_control::sources::manifests;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: a, labels: {pod: a}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    ports: [{name: t, containerPort: 80}]
+status: {phase: Running, podIP: 10.244.1.1, podIPs: [{ip: 10.244.1.1}, {ip: "fd00:10:244:1::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: b, labels: {pod: b}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    ports: [{name: t, containerPort: 80}]
+status: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}, {ip: "fd00:10:244:1::2"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: c, labels: {pod: c}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    ports: [{name: t, containerPort: 80}]
+status: {phase: Running, podIP: 10.244.1.3, podIPs: [{ip: 10.244.1.3}, {ip: "fd00:10:244:1::3"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: isolate-c}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  policyTypes: [Ingress]
+"#;
+
+/// The agent process; killed on drop.
+struct AgentProcess {
+    child: Child,
+    ready: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(node: &str, manifests: &Path, dir: &Path, extra: &[&str]) -> Self {
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new("ip")
+            .args(["netns", "exec", node])
+            .arg(podfence())
+            .arg("run")
+            .arg("--manifests")
+            .arg(manifests)
+            .args(["--node-name", "node-1", "--ready-file"])
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("podfence run starts");
+        let mut agent = Self { child, ready };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.ready.exists() {
+            if let Some(status) = agent.child.try_wait().expect("wait") {
+                panic!("podfence run exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "podfence run not ready in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    fn terminate(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "podfence run exited with {status}");
+        assert!(!self.ready.exists(), "the ready file is removed at stop");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `podfence` binary built beside this test.
+fn podfence() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("podfence");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p podfence-control` (nextest --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Everything in the node namespace that the agent could leave behind:
+/// links (with any XDP program), policy rules, our table, routes.
+fn node_state(node: &str) -> String {
+    let mut state = String::new();
+    for args in [
+        &["-d", "-o", "link", "show"][..],
+        &["-4", "rule", "show"],
+        &["-6", "rule", "show"],
+        &["-4", "route", "show", "table", "all"],
+        &["-6", "route", "show", "table", "all"],
+    ] {
+        let out = common::ip_in(node, args);
+        // Counters and link-local routes of the pair change by themselves.
+        for line in out.lines() {
+            let line: String = line
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace(" noqueue state UP", "");
+            state.push_str(&line);
+            state.push('\n');
+        }
+    }
+    state
+}
+
+fn outcome(bed: &Testbed, line: &str) -> ProbeOutcome {
+    bed.probe_outcome(
+        &Probe::from_line(line).expect("probe"),
+        Duration::from_millis(700),
+    )
+    .expect("probe runs")
+}
+
+fn answered(o: &ProbeOutcome) -> bool {
+    matches!(o, ProbeOutcome::Answered(_))
+}
+
+#[test]
+fn kill_fail_modes_restart_and_clean_stop() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let cluster = manifests::load_str(Path::new("inline"), CLUSTER)
+        .expect("loads")
+        .cluster;
+    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
+    let node = bed.node_netns().to_owned();
+    let dir = std::env::temp_dir().join(format!("{}-agent", bed.prefix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = TempDir(dir.clone());
+    let manifests = dir.join("cluster.yaml");
+    std::fs::write(&manifests, CLUSTER).expect("write manifests");
+    let (a_b, a_c) = ("x/a\tx/b\tTCP\t80", "x/a\tx/c\tTCP\t80");
+    let before = node_state(&node);
+    assert!(answered(&outcome(&bed, a_b)) && answered(&outcome(&bed, a_c)));
+
+    // Enforcing: a reaches b, c is isolated.
+    let agent = AgentProcess::start(&node, &manifests, &dir, &[]);
+    assert!(answered(&outcome(&bed, a_b)), "allowed through the agent");
+    assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "denied");
+
+    // Killed: nothing passes (fail closed).
+    agent.kill();
+    assert_eq!(outcome(&bed, a_b), ProbeOutcome::NoAnswer, "fail closed");
+
+    // A restart replaces what the dead one left, and traffic resumes.
+    let agent = AgentProcess::start(&node, &manifests, &dir, &[]);
+    assert!(answered(&outcome(&bed, a_b)), "resumes after restart");
+    assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer);
+    agent.terminate();
+    assert_eq!(
+        node_state(&node),
+        before,
+        "a clean stop leaves nothing behind"
+    );
+    assert!(answered(&outcome(&bed, a_c)), "the kernel routes again");
+
+    // Fail open: killed, traffic bypasses policy; restarted, enforced again.
+    let open = ["--fail-mode", "open"];
+    let agent = AgentProcess::start(&node, &manifests, &dir, &open);
+    assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer);
+    agent.kill();
+    assert!(answered(&outcome(&bed, a_b)), "fail open passes allowed");
+    assert!(answered(&outcome(&bed, a_c)), "fail open passes denied");
+    let agent = AgentProcess::start(&node, &manifests, &dir, &open);
+    assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "enforced again");
+    agent.terminate();
+    assert_eq!(node_state(&node), before, "nothing left behind");
+}
+
+/// Removes a directory on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

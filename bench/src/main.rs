@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use podfence_bench::alloc::CountingAllocator;
-use podfence_bench::live::{LiveNode, externals};
 use podfence_bench::synthetic::{self, Shape};
-use podfence_control::agent::AgentOptions;
 use podfence_control::compile::{CompileOptions, compile};
-use podfence_control::probe::Probe;
 use serde_json::json;
+
+mod matrix_cmd;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
@@ -65,26 +64,7 @@ enum Command {
     /// TCP reset or ICMP port unreachable, an SCTP INIT seen at the
     /// destination). Differences from the policy verdict are listed on
     /// standard error, and make the exit status 1.
-    Matrix {
-        /// Namespaces and pods (a cluster manifest).
-        #[arg(long, value_name = "FILE")]
-        cluster: std::path::PathBuf,
-        /// NetworkPolicies (and any further objects), files or directories.
-        #[arg(long, value_name = "PATH", num_args = 0..)]
-        manifests: Vec<std::path::PathBuf>,
-        /// Probes, `src dst proto port` per line (`-`: standard input).
-        #[arg(long, value_name = "FILE")]
-        probes: std::path::PathBuf,
-        /// How long a probe waits for an answer before it counts as denied.
-        #[arg(long, default_value_t = 1000, value_name = "MS")]
-        timeout_ms: u64,
-        /// Probes in flight at once.
-        #[arg(long, default_value_t = 64)]
-        parallel: usize,
-        /// This node's name (pods elsewhere are peers only).
-        #[arg(long)]
-        node_name: Option<String>,
-    },
+    Matrix(matrix_cmd::MatrixArgs),
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
     /// only, established and new connections, the curve over 1 to 10,000
     /// policies, two workers, batch latency, allocations per packet, and
@@ -110,31 +90,14 @@ enum Command {
 
 fn main() {
     match Cli::parse().command {
-        Command::Matrix {
-            cluster,
-            manifests,
-            probes,
-            timeout_ms,
-            parallel,
-            node_name,
-        } => {
-            let mut paths = vec![cluster];
-            paths.extend(manifests);
-            match live_matrix(
-                &paths,
-                &probes,
-                Duration::from_millis(timeout_ms),
-                parallel,
-                node_name,
-            ) {
-                Ok(true) => {}
-                Ok(false) => std::process::exit(1),
-                Err(e) => {
-                    eprintln!("podfence-bench matrix: error: {e}");
-                    std::process::exit(1);
-                }
+        Command::Matrix(args) => match matrix_cmd::run(&args) {
+            Ok(true) => {}
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("podfence-bench matrix: error: {e}");
+                std::process::exit(1);
             }
-        }
+        },
         Command::Classify {
             pods,
             namespaces,
@@ -184,81 +147,6 @@ fn main() {
             }
         }
     }
-}
-
-/// Runs the live matrix; returns whether every probe matched its policy
-/// verdict.
-fn live_matrix(
-    paths: &[std::path::PathBuf],
-    probes_path: &std::path::Path,
-    timeout: Duration,
-    parallel: usize,
-    node_name: Option<String>,
-) -> Result<bool, Box<dyn std::error::Error>> {
-    use std::io::Write;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    let loaded = podfence_control::sources::manifests::load(paths)?;
-    let text = if probes_path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(probes_path)
-            .map_err(|e| format!("cannot read {}: {e}", probes_path.display()))?
-    };
-    let mut probes = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        probes.push(
-            Probe::from_line(line)
-                .map_err(|e| format!("{}:{}: {e}", probes_path.display(), i + 1))?,
-        );
-    }
-    let agent = AgentOptions {
-        node_name,
-        ..AgentOptions::default()
-    };
-    let started = Instant::now();
-    let node = LiveNode::start(&loaded.cluster, &externals(&probes), agent)?;
-    let up = started.elapsed();
-    let results = node.probe(&loaded.cluster, &probes, timeout, parallel)?;
-    let probing = started.elapsed().saturating_sub(up);
-    let status = node.agent().status()?;
-    node.stop()?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut differ = 0;
-    for r in &results {
-        let verdict = |allowed: bool| if allowed { "allow" } else { "deny" };
-        writeln!(out, "{}\t{}", r.probe, verdict(r.observed))?;
-        if r.observed != r.expected {
-            differ += 1;
-            eprintln!(
-                "differs: {}: observed {} ({:?}), policy says {}",
-                r.probe,
-                verdict(r.observed),
-                r.outcome,
-                verdict(r.expected)
-            );
-        }
-    }
-    out.flush()?;
-    eprintln!(
-        "podfence-bench matrix: {} probes, {} differ from the policy verdict (testbed and agent up in {:.1} s, probes {:.1} s; datapath: {} packets, {} connections allowed, {} denied)",
-        results.len(),
-        differ,
-        up.as_secs_f64(),
-        probing.as_secs_f64(),
-        status.counters.rx_packets,
-        status.counters.new_allowed,
-        status.counters.new_denied,
-    );
-    Ok(differ == 0)
 }
 
 /// Nanoseconds per classification over `tries` (after a warm-up pass), and

@@ -1,5 +1,6 @@
 //! `podfence-bench matrix`: policy verdicts checked with real packets.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,24 @@ fn endpoints(cluster: &Cluster, externals: &[IpAddr]) -> Vec<Endpoint> {
     out
 }
 
+/// Every endpoint to every endpoint, per protocol and port, in grid order.
+fn all_pairs(grid: &[Endpoint], protocols: &[Protocol], ports: &[u16]) -> Vec<Probe> {
+    let mut all = Vec::new();
+    for &protocol in protocols {
+        for &port in ports {
+            for src in grid {
+                all.extend(grid.iter().map(|dst| Probe {
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    protocol,
+                    port,
+                }));
+            }
+        }
+    }
+    all
+}
+
 /// Runs the live matrix; returns whether every probe matched its policy
 /// verdict.
 pub(crate) fn run(args: &MatrixArgs) -> Result<bool, Box<dyn std::error::Error>> {
@@ -106,26 +125,10 @@ pub(crate) fn run(args: &MatrixArgs) -> Result<bool, Box<dyn std::error::Error>>
         args.protocols.clone()
     };
     let grid = endpoints(&cluster, &args.externals);
-    let probes = match &args.probes {
-        Some(path) => read_probes(path)?,
-        None => {
-            let mut all = Vec::new();
-            for &protocol in &protocols {
-                for &port in &ports {
-                    for src in &grid {
-                        for dst in &grid {
-                            all.push(Probe {
-                                src: src.clone(),
-                                dst: dst.clone(),
-                                protocol,
-                                port,
-                            });
-                        }
-                    }
-                }
-            }
-            all
-        }
+    let probes = if let Some(path) = &args.probes {
+        read_probes(path)?
+    } else {
+        all_pairs(&grid, &protocols, &ports)
     };
     let agent = AgentOptions {
         node_name: args.node_name.clone(),
@@ -188,7 +191,10 @@ fn write_grids(
 ) -> std::io::Result<()> {
     let names: Vec<String> = grid.iter().map(ToString::to_string).collect();
     let width = names.iter().map(String::len).max().unwrap_or(0);
-    let numbers: String = (1..=grid.len()).map(|i| format!("{:>3}", i)).collect();
+    let numbers = (1..=grid.len()).fold(String::new(), |mut s, i| {
+        let _ = write!(s, "{i:>3}");
+        s
+    });
     for (k, block) in results.chunks(grid.len() * grid.len()).enumerate() {
         let Some(first) = block.first() else { continue };
         if k > 0 {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
+use podfence_control::model::Protocol;
 use podfence_control::probe::Probe;
 use podfence_control::sources::manifests;
 
@@ -182,7 +183,12 @@ fn kill_fail_modes_restart_and_clean_stop() {
     let cluster = manifests::load_str(Path::new("inline"), CLUSTER)
         .expect("loads")
         .cluster;
-    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
+    let outside: std::net::IpAddr = "2001:db8::10".parse().expect("address");
+    let options = TestbedOptions {
+        external: vec![outside],
+        external_ports: vec![(Protocol::Tcp, 80)],
+    };
+    let bed = Testbed::build(&cluster, &options).expect("testbed");
     let node = bed.node_netns().to_owned();
     let dir = std::env::temp_dir().join(format!("{}-agent", bed.prefix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -193,10 +199,19 @@ fn kill_fail_modes_restart_and_clean_stop() {
     let before = node_state(&node);
     assert!(answered(&outcome(&bed, a_b)) && answered(&outcome(&bed, a_c)));
 
-    // Enforcing: a reaches b, c is isolated.
+    // Enforcing: a reaches b, c is isolated; over IPv6 through the host
+    // port too.
     let agent = AgentProcess::start(&node, &manifests, &dir, &[]);
     assert!(answered(&outcome(&bed, a_b)), "allowed through the agent");
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "denied");
+    let (a_out, out_b, out_c) = (
+        "x/a\text:2001:db8::10\tTCP\t80",
+        "ext:2001:db8::10\tx/b\tTCP\t80",
+        "ext:2001:db8::10\tx/c\tTCP\t80",
+    );
+    assert!(answered(&outcome(&bed, a_out)), "pod to outside, IPv6");
+    assert!(answered(&outcome(&bed, out_b)), "outside to pod, IPv6");
+    assert_eq!(outcome(&bed, out_c), ProbeOutcome::NoAnswer, "IPv6 denied");
 
     // Killed: nothing passes (fail closed).
     agent.kill();

@@ -676,11 +676,6 @@ impl Testbed {
         ip(ns, &["link", "set", "lo", "up"])?;
         sysctl(&node, &[(&format!("net.ipv4.conf.{hv}.proxy_arp"), "1")])?;
         ip(ns, &["link", "set", "eth0", "up"])?;
-        // As with any AF_XDP datapath between veths: a frame sent with a
-        // partial checksum (offloaded) would leave the datapath unfinished.
-        run(&[
-            "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off",
-        ])?;
         ip(&node, &["link", "set", hv, "up"])?;
         let v6 = pod.ips.iter().any(IpAddr::is_ipv6);
         for addr in &pod.ips {

@@ -12,6 +12,7 @@ pub mod craft;
 pub mod flow;
 pub mod link;
 pub mod lpm;
+pub mod offload;
 pub mod ports;
 pub mod prefix;
 pub mod publish;

@@ -55,6 +55,12 @@
 //!   whose destination is the port they came from (a hairpin; the host port
 //!   would loop them through the kernel) are dropped and counted.
 //!
+//! # Checksums
+//!
+//! TCP and UDP checksums that the sender left to offload are finished
+//! ([`crate::offload`]): an AF_XDP frame carries no offload state, so
+//! nothing after the switch would.
+//!
 //! VLAN tags, if any, are kept as received (the MACs precede them; the IP
 //! header is found at the parsed `l3_offset`).
 //!
@@ -92,6 +98,7 @@ use rustc_hash::FxHashMap;
 
 use crate::flow::PacketMeta;
 use crate::link::LinkType;
+use crate::offload::finish_partial;
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
 use crate::worker::{Outcome, Output, Worker};
 
@@ -206,6 +213,9 @@ pub struct SwitchStats {
     /// Passing frames dropped because they would leave by the port they
     /// came in on.
     pub hairpin: u64,
+    /// TCP/UDP checksums a pod left to offload, finished here (see
+    /// [`crate::offload`]).
+    pub checksums_finished: u64,
 }
 
 /// Why a switch cannot be built or given a table.
@@ -435,6 +445,11 @@ impl<P: Port> Switch<P> {
             } else {
                 decrement_ttl(&mut out[l3..]);
             }
+        }
+        // Pods' stacks, and the kernel sending through `pf-host`, may have
+        // left checksums to offload.
+        if finish_partial(out, meta) {
+            self.stats.checksums_finished += 1;
         }
     }
 

@@ -51,7 +51,7 @@ use plumbing::{Discovery, HostPair, PlumbingConfig};
 pub enum AgentError {
     /// A helper program could not be run at all.
     #[error(
-        "cannot run {program}: {source} (is it installed? `scripts/install-deps` installs iproute2 and ethtool)"
+        "cannot run {program}: {source} (is it installed? `scripts/install-deps` installs iproute2)"
     )]
     Spawn {
         /// The program.

@@ -9,8 +9,7 @@
 //!
 //! - the host-port pair `pf-host`/`pf-dp` (created if missing) with ARP off on
 //!   `pf-host`, so the kernel addresses frames for pods to `pf-host`'s own
-//!   MAC without neighbour resolution, and transmit checksum offload off (a
-//!   frame that leaves through AF_XDP carries no offload state);
+//!   MAC without neighbour resolution;
 //! - a routing table of our own (`table`) holding one route per adopted pod
 //!   address via `pf-host`, and a policy rule per family, at `priority + 1`
 //!   (before the main table's 32766), that looks it up. A destination
@@ -27,7 +26,7 @@
 //! redirector drops it (fail closed), and the next start finds the original
 //! routes untouched in the main table and adopts them again.
 //!
-//! Everything goes through `ip` and `ethtool` (iproute2, ethtool) in the
+//! Everything goes through `ip` (iproute2) in the
 //! calling thread's network namespace.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -268,8 +267,8 @@ pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError
     Ok(found)
 }
 
-/// Makes sure the host-port pair exists, up, with ARP and transmit checksum
-/// offload off on both ends.
+/// Makes sure the host-port pair exists and is up, with ARP off on
+/// `pf-host` and one MAC on both ends.
 pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
     let created = if let Some(existing) = link_json(&config.host_if)? {
         let ours = existing.ifalias.as_deref() == Some(PAIR_ALIAS);
@@ -322,7 +321,6 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
     )?;
     sysctl(&format!("net/ipv4/conf/{}/rp_filter", config.dp_if), "0")?;
     for dev in [&config.host_if, &config.dp_if] {
-        disable_tx_checksum(dev)?;
         run("ip", &["link", "set", dev, "up"])?;
     }
     Ok(HostPair {
@@ -330,12 +328,6 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
         dp: link(&config.dp_if)?.ok_or_else(|| missing(&config.dp_if))?,
         created,
     })
-}
-
-/// Turns transmit checksum offload off on `dev`: a frame the kernel sends
-/// with a partial checksum would leave the datapath with it unfinished.
-pub fn disable_tx_checksum(dev: &str) -> Result<(), AgentError> {
-    run("ethtool", &["-K", dev, "tx", "off"]).map(drop)
 }
 
 fn family_flag(addr: IpAddr) -> &'static str {

@@ -549,6 +549,17 @@ impl Testbed {
             return Err(e);
         }
         self.namespaces.push(name.to_owned());
+        // A probe to a closed UDP port is answered by ICMP port unreachable;
+        // hundreds of probes at once must not meet the kernel's ICMP rate
+        // limits, or a refusal would look like a drop.
+        sysctl(
+            name,
+            &[
+                ("net.ipv4.icmp_ratelimit", "0"),
+                ("net.ipv4.icmp_msgs_per_sec", "1000000"),
+                ("net.ipv4.icmp_msgs_burst", "1000000"),
+            ],
+        )?;
         // No duplicate address detection: addresses are usable at once, and
         // nothing else can own them inside the testbed.
         if std::path::Path::new("/proc/sys/net/ipv6").exists() {
@@ -557,6 +568,7 @@ impl Testbed {
                 &[
                     ("net.ipv6.conf.all.accept_dad", "0"),
                     ("net.ipv6.conf.default.accept_dad", "0"),
+                    ("net.ipv6.icmp.ratelimit", "0"),
                 ],
             )?;
         }

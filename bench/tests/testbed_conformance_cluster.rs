@@ -4,33 +4,16 @@
 //! through. Needs root and `ip netns`; skips otherwise. All traffic stays
 //! inside the namespaces the testbed makes.
 
+mod common;
+
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::{Cluster, Protocol};
 use podfence_control::probe::{Endpoint, Probe};
-
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "`ip netns list` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Err(e) => Some(format!("iproute2 (`ip`) not usable: {e}")),
-    }
-}
-
-fn conformance() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
-}
 
 fn netns_list() -> String {
     let out = Command::new("ip")
@@ -55,15 +38,16 @@ fn listens(cluster: &Cluster, probe: &Probe, external_ports: &[(Protocol, u16)])
 
 #[test]
 fn conformance_cluster_is_fully_connected_without_agent() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = common::skip_reason() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let cluster = podfence_control::sources::manifests::load(&[conformance().join("cluster.yaml")])
-        .expect("cluster.yaml loads")
-        .cluster;
+    let cluster =
+        podfence_control::sources::manifests::load(&[common::conformance().join("cluster.yaml")])
+            .expect("cluster.yaml loads")
+            .cluster;
     let expected =
-        std::fs::read_to_string(conformance().join("cases/001-no-policies/expected.tsv"))
+        std::fs::read_to_string(common::conformance().join("cases/001-no-policies/expected.tsv"))
             .expect("expected.tsv reads");
     let probes: Vec<Probe> = expected
         .lines()

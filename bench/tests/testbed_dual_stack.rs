@@ -3,6 +3,8 @@
 //! address. TCP, UDP and SCTP over IPv6 between pods and from outside, with
 //! no agent running. Needs root and `ip netns`; skips otherwise.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -10,20 +12,6 @@ use std::time::Duration;
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::Protocol;
 use podfence_control::probe::Probe;
-
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    if !Path::new("/proc/sys/net/ipv6").exists() {
-        return Some("kernel without IPv6".into());
-    }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("`ip netns` not usable".into()),
-    }
-}
 
 fn pod(name: &str, v4: &str, v6: &str) -> String {
     format!(
@@ -36,7 +24,7 @@ fn pod(name: &str, v4: &str, v6: &str) -> String {
 
 #[test]
 fn dual_stack_pods_and_skipped_pods() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = common::skip_reason() {
         eprintln!("SKIPPED: {why}");
         return;
     }

@@ -3,6 +3,8 @@
 //! checks that the child died of the signal and that none of its namespaces
 //! remain. Needs root and `ip netns`; skips otherwise.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -12,17 +14,6 @@ use std::time::Duration;
 use podfence_bench::testbed::{Testbed, TestbedOptions};
 
 const CHILD_ENV: &str = "PODFENCE_TESTBED_SIGNAL_CHILD";
-
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("`ip netns` not usable".into()),
-    }
-}
 
 /// The child: builds the testbed, prints its namespaces, then waits to be
 /// interrupted. Does nothing when run as an ordinary test.
@@ -53,7 +44,7 @@ fn sigint_removes_every_namespace() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    if let Some(why) = skip_reason() {
+    if let Some(why) = common::skip_reason() {
         eprintln!("SKIPPED: {why}");
         return;
     }

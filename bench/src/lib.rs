@@ -7,6 +7,7 @@
 )]
 
 pub mod alloc;
+pub mod apiserver;
 pub mod live;
 pub mod pipeline;
 pub mod synthetic;

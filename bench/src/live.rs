@@ -70,7 +70,7 @@ impl LiveAgent {
                     let _ = started_tx.send(Err(LiveError::Netns { netns, source }));
                     return;
                 }
-                let mut agent = match Agent::start(&cluster, options) {
+                let agent = match Agent::start(&cluster, options) {
                     Ok(agent) => agent,
                     Err(e) => {
                         let _ = started_tx.send(Err(e.into()));

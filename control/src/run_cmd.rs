@@ -150,7 +150,7 @@ pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
         fail = fail_mode(opts.redirect.no_socket_action),
         "starting"
     );
-    let mut agent = Agent::start(&cluster, opts).context("the agent cannot start")?;
+    let agent = Agent::start(&cluster, opts).context("the agent cannot start")?;
     let status = agent.status();
     if !status.unrouted.is_empty() {
         warn!(addresses = ?status.unrouted, "local pod addresses without a route of their own are not enforced");

@@ -25,6 +25,7 @@
 //! threads inherit it.
 
 pub mod plumbing;
+pub mod tables;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,15 +37,15 @@ use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
 use podfence_datapath::conntrack::{Conntrack, Timeouts};
 use podfence_datapath::ports::xsk::{ReadableWait, XskConfig, XskPort};
 use podfence_datapath::ports::{Port, PortError};
-use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::{Counters, WorkerStats};
 use podfence_datapath::switch::{Fib, Route, Switch, SwitchError, SwitchStats};
 use podfence_datapath::worker::{Worker, WorkerConfig, pin_to_core};
 use tracing::{error, info, warn};
 
-use crate::compile::{CompileOptions, Locality, compile};
+use crate::compile::{CompileOptions, Locality};
 use crate::model::Cluster;
 use plumbing::{Discovery, HostPair, PlumbingConfig};
+pub use tables::{Published, TablePublisher};
 
 /// What can stop the agent from starting or stopping cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -204,9 +205,7 @@ pub struct WorkerReport {
 #[derive(Debug)]
 pub struct Agent {
     options: AgentOptions,
-    locality: Locality,
-    publisher: Publisher,
-    generation: u64,
+    tables: TablePublisher,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<WorkerReport>>,
     stats: Vec<Arc<WorkerStats>>,
@@ -247,35 +246,28 @@ impl Agent {
     /// Starts enforcing `cluster`'s policies on this node (see the module
     /// doc for the order). On error, whatever was set up is undone.
     pub fn start(cluster: &Cluster, options: AgentOptions) -> Result<Self, AgentError> {
-        let locality = locality(cluster, options.node_name.as_deref());
-        let started = Instant::now();
-        let compiled = compile(
-            cluster,
-            &CompileOptions {
-                generation: 1,
-                locality: locality.clone(),
-                broad_threshold: options.broad_threshold,
-            },
+        let tables = TablePublisher::new(
+            locality(cluster, options.node_name.as_deref()),
+            options.broad_threshold,
         );
-        for w in &compiled.warnings {
-            warn!(warning = %w, "compile");
-        }
-        info!(
-            generation = 1,
-            policies = cluster.policies.len(),
-            pods = cluster.pods.len(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "tables compiled"
-        );
-        let publisher = Publisher::new(compiled.tables);
+        tables.publish(cluster, None);
+        Self::start_with(tables, cluster, options)
+    }
+
+    /// Starts with tables that `tables` already publishes (and that its
+    /// other holders keep publishing, as the Kubernetes source does);
+    /// `cluster` is the state they reflect, for finding the local pods.
+    pub fn start_with(
+        tables: TablePublisher,
+        cluster: &Cluster,
+        options: AgentOptions,
+    ) -> Result<Self, AgentError> {
         let conntrack = Arc::new(Conntrack::new(
             options.conntrack_entries,
             Timeouts::default(),
         ));
         let mut agent = Self {
-            locality,
-            publisher,
-            generation: 1,
+            tables,
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             stats: Vec::new(),
@@ -293,7 +285,7 @@ impl Agent {
     }
 
     fn bring_up(&mut self, cluster: &Cluster) -> Result<(), AgentError> {
-        let addrs = local_addresses(cluster, &self.locality);
+        let addrs = local_addresses(cluster, self.tables.locality());
         let plumbing = self.options.plumbing.clone();
         let pair = plumbing::host_pair(&plumbing)?;
         let host_link = pair.host.clone();
@@ -391,7 +383,7 @@ impl Agent {
         let mut switch = Switch::new(ports, fib, max_frame)?;
         let stats = Arc::new(WorkerStats::default());
         let conntrack = Arc::clone(&self.conntrack);
-        let reader = self.publisher.reader();
+        let reader = self.tables.publisher().reader();
         let stop = Arc::clone(&self.stop);
         let config = self.options.worker;
         let pin = self.options.pin_workers;
@@ -415,28 +407,15 @@ impl Agent {
     /// its number. `caused_at` is when the change that led to it was seen.
     /// Pods that appeared since the start are enforced as peers only until a
     /// restart adopts them.
-    pub fn publish(&mut self, cluster: &Cluster, caused_at: Option<Instant>) -> u64 {
-        self.generation += 1;
-        let started = Instant::now();
-        let compiled = compile(
-            cluster,
-            &CompileOptions {
-                generation: self.generation,
-                locality: self.locality.clone(),
-                broad_threshold: self.options.broad_threshold,
-            },
-        );
-        for w in &compiled.warnings {
-            warn!(warning = %w, "compile");
-        }
-        self.publisher.publish(compiled.tables, caused_at);
-        info!(
-            generation = self.generation,
-            policies = cluster.policies.len(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "tables published"
-        );
-        self.generation
+    #[must_use = "the generation says which tables are in force"]
+    pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> u64 {
+        self.tables.publish(cluster, caused_at).generation
+    }
+
+    /// The compile-and-publish handle the workers read from.
+    #[must_use]
+    pub fn tables(&self) -> &TablePublisher {
+        &self.tables
     }
 
     /// The agent's state and counters now.
@@ -447,7 +426,7 @@ impl Agent {
             counters += s.snapshot();
         }
         AgentStatus {
-            generation: self.generation,
+            generation: self.tables.generation(),
             pod_interfaces: self.pods.pods.keys().cloned().collect(),
             adopted: self.adopted.clone(),
             unrouted: self.pods.unrouted.clone(),

@@ -4,4 +4,5 @@
 //! ns,pods,netpol -A -o yaml` dump or hand-written objects — for the offline
 //! commands and for standalone nodes.
 
+pub mod kube;
 pub mod manifests;

@@ -1,0 +1,250 @@
+//! The Kubernetes source with the real kube client against the in-repo test
+//! API server: initial sync, every kind of change, a stream cut mid-way,
+//! 410 Gone, a malformed object, slow responses and a server unreachable at
+//! start. Verdicts are read from the tables the source publishes.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use podfence_bench::apiserver::{ApiServer, Resource};
+use podfence_control::agent::TablePublisher;
+use podfence_control::compile::Locality;
+use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceStats, SourceThread};
+use podfence_datapath::Protocol;
+use serde_json::{Value, json};
+
+fn namespace(name: &str) -> Value {
+    json!({"kind": "Namespace", "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+}
+
+fn pod(ns: &str, name: &str, ip: &str, labels: &Value) -> Value {
+    json!({"kind": "Pod", "metadata": {"namespace": ns, "name": name, "labels": labels},
+           "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// Ingress to `pod: b` only from pods labelled `role: client`.
+fn only_clients_to_b() -> Value {
+    json!({"kind": "NetworkPolicy", "metadata": {"namespace": "x", "name": "b-clients"},
+           "spec": {"podSelector": {"matchLabels": {"pod": "b"}},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}})
+}
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+
+struct Harness {
+    server: ApiServer,
+    tables: TablePublisher,
+    generations: mpsc::Receiver<u64>,
+    source: Option<SourceThread>,
+    _kubeconfig: TempFile,
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Harness {
+    /// A server holding namespace x with pods a and b, and a source
+    /// connected to it (not yet synced when `unavailable`).
+    fn start(unavailable: bool) -> Self {
+        let server = ApiServer::start().expect("server");
+        server.apply(namespace("x")).unwrap();
+        server
+            .apply(pod("x", "a", "10.244.1.1", &json!({"pod": "a"})))
+            .unwrap();
+        server
+            .apply(pod("x", "b", "10.244.1.2", &json!({"pod": "b"})))
+            .unwrap();
+        server.set_unavailable(unavailable);
+        let path = std::env::temp_dir().join(format!(
+            "pf-kubeconfig-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, server.kubeconfig()).expect("kubeconfig");
+        let tables = TablePublisher::new(Locality::Node("node-1".into()), 32);
+        let (tx, generations) = mpsc::channel();
+        let source = SourceThread::spawn(
+            ApiTarget::Kubeconfig(path.clone()),
+            tables.clone(),
+            SourceOptions::default(),
+            move |_, generation| {
+                let _ = tx.send(generation);
+            },
+        )
+        .expect("source starts");
+        Self {
+            server,
+            tables,
+            generations,
+            source: Some(source),
+            _kubeconfig: TempFile(path),
+        }
+    }
+
+    /// Waits for the next publish.
+    fn next_generation(&self, within: Duration) -> Option<u64> {
+        self.generations.recv_timeout(within).ok()
+    }
+
+    /// Waits until `a → b` TCP/80 has the wanted verdict.
+    fn await_verdict(&self, allowed: bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.allowed() != Some(allowed) {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            let _ = self.next_generation(Duration::from_millis(200));
+        }
+    }
+
+    fn allowed(&self) -> Option<bool> {
+        if self.tables.generation() == 0 {
+            return None;
+        }
+        let generation = self.tables.publisher().current();
+        Some(
+            generation
+                .tables
+                .classify_v4(A.into(), B.into(), Protocol(6), 80)
+                .is_allowed(),
+        )
+    }
+
+    fn stop(mut self) -> SourceStats {
+        self.source
+            .take()
+            .expect("running")
+            .stop()
+            .expect("clean stop")
+    }
+}
+
+#[test]
+fn initial_sync_and_every_kind_of_change() {
+    let h = Harness::start(false);
+    let first = h
+        .next_generation(Duration::from_secs(20))
+        .expect("initial sync");
+    assert_eq!(first, 1);
+    h.await_verdict(true, "no policy: allowed");
+
+    // Policy added: a is not a client.
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.await_verdict(false, "policy isolates b");
+    // Pod label change: a becomes a client.
+    h.server
+        .apply(pod(
+            "x",
+            "a",
+            "10.244.1.1",
+            &json!({"pod": "a", "role": "client"}),
+        ))
+        .unwrap();
+    h.await_verdict(true, "a labelled client");
+    // Policy edited: clients from namespaces labelled team=web only.
+    let mut edited = only_clients_to_b();
+    edited["spec"]["ingress"][0]["from"][0]["namespaceSelector"] =
+        json!({"matchLabels": {"team": "web"}});
+    h.server.apply(edited).unwrap();
+    h.await_verdict(false, "policy edited");
+    // Namespace label change makes x such a namespace.
+    let mut x = namespace("x");
+    x["metadata"]["labels"]["team"] = json!("web");
+    h.server.apply(x).unwrap();
+    h.await_verdict(true, "namespace labelled");
+    // Policy deleted.
+    h.server.delete(Resource::NetworkPolicies, "x", "b-clients");
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.server.delete(Resource::NetworkPolicies, "x", "b-clients");
+    h.await_verdict(true, "policy deleted");
+    // Pod deleted and back without the label: isolation applies to the new one.
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.server.delete(Resource::Pods, "x", "a");
+    h.server
+        .apply(pod("x", "a", "10.244.1.1", &json!({"pod": "a"})))
+        .unwrap();
+    h.await_verdict(false, "pod recreated without the label");
+    let stats = h.stop();
+    assert_eq!(stats.malformed, 0);
+    assert_eq!(stats.lists, 3, "{stats:?}");
+}
+
+#[test]
+fn a_cut_stream_resumes_and_410_relists() {
+    let h = Harness::start(false);
+    h.next_generation(Duration::from_secs(20))
+        .expect("initial sync");
+    h.await_verdict(true, "synced");
+    h.server.cut_watches();
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.await_verdict(false, "change after a cut stream");
+    h.server.expire_history();
+    h.server.delete(Resource::NetworkPolicies, "x", "b-clients");
+    h.await_verdict(true, "change after 410 Gone");
+    let stats = h.stop();
+    assert!(stats.lists > 3, "410 made the watcher relist: {stats:?}");
+}
+
+#[test]
+fn a_malformed_object_is_skipped_and_the_rest_applies() {
+    let h = Harness::start(false);
+    h.next_generation(Duration::from_secs(20))
+        .expect("initial sync");
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.await_verdict(false, "policy in force");
+    // The same policy made invalid: its last good version stays.
+    let mut broken = only_clients_to_b();
+    broken["spec"]["ingress"][0]["from"][0] = json!({"ipBlock": {"cidr": "10.0.0.0/99"}});
+    h.server.apply(broken).unwrap();
+    // A good change after it still applies.
+    h.server
+        .apply(pod(
+            "x",
+            "a",
+            "10.244.1.1",
+            &json!({"pod": "a", "role": "client"}),
+        ))
+        .unwrap();
+    h.await_verdict(true, "later change applied, old policy kept");
+    let stats = h.stop();
+    assert_eq!(stats.malformed, 1, "{stats:?}");
+}
+
+#[test]
+fn slow_responses_still_sync() {
+    let h = Harness::start(false);
+    h.server.set_delay(Duration::from_millis(300));
+    h.next_generation(Duration::from_secs(20))
+        .expect("initial sync");
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.await_verdict(false, "change through a slow server");
+    h.stop();
+}
+
+#[test]
+fn unreachable_at_start_publishes_nothing_until_it_answers() {
+    let h = Harness::start(true);
+    assert_eq!(h.next_generation(Duration::from_secs(2)), None);
+    assert_eq!(
+        h.tables.generation(),
+        0,
+        "nothing published before a full list"
+    );
+    let refused = h.server.requests();
+    assert!(
+        refused >= 3,
+        "every kind tried and was refused: {refused} requests"
+    );
+    h.server.set_unavailable(false);
+    h.next_generation(Duration::from_secs(30))
+        .expect("sync once reachable");
+    h.await_verdict(true, "synced late");
+    h.stop();
+}

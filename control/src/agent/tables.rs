@@ -1,0 +1,100 @@
+//! Compile-and-publish: the one place where a cluster state becomes the
+//! table generation the workers read.
+//!
+//! A [`TablePublisher`] is shared (cloned) by whoever produces cluster
+//! states (the manifest reload, the Kubernetes source) and by the agent,
+//! whose workers read its [`Publisher`]. Generations are numbered here,
+//! once, whatever publishes them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use podfence_datapath::Tables;
+use podfence_datapath::publish::Publisher;
+use tracing::{info, warn};
+
+use crate::compile::{CompileOptions, Locality, compile};
+use crate::model::Cluster;
+
+/// What one publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The generation now in force.
+    pub generation: u64,
+    /// How long compiling took.
+    pub compile_time: Duration,
+}
+
+/// Compiles cluster states for one node and publishes them.
+#[derive(Clone, Debug)]
+pub struct TablePublisher {
+    publisher: Publisher,
+    locality: Locality,
+    broad_threshold: usize,
+    generation: Arc<AtomicU64>,
+}
+
+impl TablePublisher {
+    /// A publisher whose tables are empty (generation 0) until the first
+    /// [`publish`](Self::publish).
+    #[must_use]
+    pub fn new(locality: Locality, broad_threshold: usize) -> Self {
+        Self {
+            publisher: Publisher::new(Tables::empty(0)),
+            locality,
+            broad_threshold,
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Which pods are enforced here.
+    #[must_use]
+    pub fn locality(&self) -> &Locality {
+        &self.locality
+    }
+
+    /// The swap the workers read.
+    #[must_use]
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// The generation in force (0: nothing published yet).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Compiles `cluster` into the next generation and swaps it in.
+    /// `caused_at`: when the oldest change it reflects was seen.
+    pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> Published {
+        let started = Instant::now();
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let compiled = compile(
+            cluster,
+            &CompileOptions {
+                generation,
+                locality: self.locality.clone(),
+                broad_threshold: self.broad_threshold,
+            },
+        );
+        for w in &compiled.warnings {
+            warn!(warning = %w, "compile");
+        }
+        let compile_time = started.elapsed();
+        self.publisher.publish(compiled.tables, caused_at);
+        info!(
+            generation,
+            pods = cluster.pods.len(),
+            policies = cluster.policies.len(),
+            compile_ms = compile_time.as_secs_f64() * 1e3,
+            since_change_ms = caused_at.map(|t| t.elapsed().as_secs_f64() * 1e3),
+            "tables published"
+        );
+        Published {
+            generation,
+            compile_time,
+        }
+    }
+}

@@ -131,6 +131,9 @@ impl ApiServer {
     /// Listens on a free port of 127.0.0.1.
     pub fn start() -> Result<Self, ApiServerError> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        // Polled, so that a stop needs no connection (which could not reach
+        // a listener made in another network namespace).
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let bookmark_every = Duration::from_millis(500);
@@ -138,11 +141,12 @@ impl ApiServer {
         let accept = std::thread::Builder::new()
             .name("pf-apiserver".into())
             .spawn(move || {
-                for stream in listener.incoming() {
-                    if for_accept.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
+                while !for_accept.stop.load(Ordering::Relaxed) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let _ = stream.set_nonblocking(false);
                     let shared = Arc::clone(&for_accept);
                     let _ = std::thread::Builder::new()
                         .name("pf-apiserver-conn".into())
@@ -295,7 +299,6 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.changed.notify_all();
-        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }

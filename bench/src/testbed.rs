@@ -384,7 +384,7 @@ pub(crate) fn enter_netns(name: &str) -> io::Result<()> {
 }
 
 /// Runs `f` on a new thread inside namespace `name` and waits for it.
-fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             enter_netns(name)?;

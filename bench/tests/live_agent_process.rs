@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::AgentProcess;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::Protocol;
@@ -57,85 +58,6 @@ spec:
   policyTypes: [Ingress]
 "#;
 
-/// The agent process; killed on drop.
-struct AgentProcess {
-    child: Child,
-    ready: PathBuf,
-}
-
-impl AgentProcess {
-    fn start(node: &str, manifests: &Path, dir: &Path, extra: &[&str]) -> Self {
-        let ready = dir.join("ready");
-        let _ = std::fs::remove_file(&ready);
-        let child = Command::new("ip")
-            .args(["netns", "exec", node])
-            .arg(podfence())
-            .arg("run")
-            .arg("--manifests")
-            .arg(manifests)
-            .args(["--node-name", "node-1", "--ready-file"])
-            .arg(&ready)
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("podfence run starts");
-        let mut agent = Self { child, ready };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.ready.exists() {
-            if let Some(status) = agent.child.try_wait().expect("wait") {
-                panic!("podfence run exited before it was ready: {status}");
-            }
-            assert!(Instant::now() < deadline, "podfence run not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
-    }
-
-    fn signal(&mut self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: kill has no memory preconditions; the pid is our child's,
-        // not yet reaped.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    fn kill(mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) {
-        self.signal(libc::SIGTERM);
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "podfence run exited with {status}");
-        assert!(!self.ready.exists(), "the ready file is removed at stop");
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The `podfence` binary built beside this test.
-fn podfence() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("podfence");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p podfence-control` (nextest --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
 /// Everything in the node namespace that the agent could leave behind:
 /// links (with any XDP program), policy rules, our table, routes.
 fn node_state(node: &str) -> String {
@@ -160,6 +82,10 @@ fn node_state(node: &str) -> String {
         }
     }
     state
+}
+
+fn manifests_arg(path: &Path) -> [String; 2] {
+    ["--manifests".into(), path.display().to_string()]
 }
 
 fn outcome(bed: &Testbed, line: &str) -> ProbeOutcome {
@@ -201,7 +127,7 @@ fn kill_fail_modes_restart_and_clean_stop() {
 
     // Enforcing: a reaches b, c is isolated; over IPv6 through the host
     // port too.
-    let agent = AgentProcess::start(&node, &manifests, &dir, &[]);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &[]);
     assert!(answered(&outcome(&bed, a_b)), "allowed through the agent");
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "denied");
     let (a_out, out_b, out_c) = (
@@ -218,7 +144,7 @@ fn kill_fail_modes_restart_and_clean_stop() {
     assert_eq!(outcome(&bed, a_b), ProbeOutcome::NoAnswer, "fail closed");
 
     // A restart replaces what the dead one left, and traffic resumes.
-    let agent = AgentProcess::start(&node, &manifests, &dir, &[]);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &[]);
     assert!(answered(&outcome(&bed, a_b)), "resumes after restart");
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer);
     agent.terminate();
@@ -231,12 +157,12 @@ fn kill_fail_modes_restart_and_clean_stop() {
 
     // Fail open: killed, traffic bypasses policy; restarted, enforced again.
     let open = ["--fail-mode", "open"];
-    let agent = AgentProcess::start(&node, &manifests, &dir, &open);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &open);
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer);
     agent.kill();
     assert!(answered(&outcome(&bed, a_b)), "fail open passes allowed");
     assert!(answered(&outcome(&bed, a_c)), "fail open passes denied");
-    let agent = AgentProcess::start(&node, &manifests, &dir, &open);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &open);
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "enforced again");
     agent.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");

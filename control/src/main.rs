@@ -117,18 +117,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Enforce the manifests' policies on this node's pods (root).
+    /// Enforce NetworkPolicy on this node's pods (root), from manifests or
+    /// the Kubernetes API.
     ///
     /// Attaches the XDP redirector to each local pod's host-side veth (found
     /// through the kernel's /32 and /128 routes) and to the host-port pair
     /// pf-host/pf-dp, and routes the pods' addresses through it, until SIGINT
-    /// or SIGTERM puts everything back. SIGHUP rereads the manifests.
-    Run {
-        #[command(flatten)]
-        manifests: ManifestArgs,
-        #[command(flatten)]
-        args: run_cmd::RunArgs,
-    },
+    /// or SIGTERM puts everything back. SIGHUP rereads manifests. With
+    /// --kubeconfig or --in-cluster, nothing is enforced before every watch
+    /// has listed once; changes are published as they come.
+    Run(run_cmd::RunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -264,7 +262,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { manifests, args } => run_cmd::run(&manifests.manifests, &args),
+        Command::Run(args) => run_cmd::run(&args),
         Command::Probe { manifests, probes } => {
             let (cluster, compiled) = load(&manifests)?;
             run_probe(&cluster, &compiled, &probes)

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
-use podfence_control::agent::{Agent, AgentOptions, fail_mode};
+use podfence_control::agent::{Agent, AgentOptions, TablePublisher, fail_mode};
+use podfence_control::compile::Locality;
 use podfence_control::model::Cluster;
+use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use podfence_control::sources::manifests;
 use podfence_datapath::ports::xsk::BusyPoll;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -49,7 +51,22 @@ pub(crate) enum XskModeArg {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub(crate) struct RunArgs {
+    /// Manifest files or directories (the policies, pods and namespaces to
+    /// enforce; SIGHUP rereads them).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    manifests: Vec<PathBuf>,
+    /// Watch the Kubernetes API of this kubeconfig's current context.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch the Kubernetes API with the pod's service account.
+    #[arg(long)]
+    in_cluster: bool,
+    /// Changes seen within this window after the first are published as
+    /// one generation (Kubernetes source).
+    #[arg(long, default_value_t = 5, value_name = "MS")]
+    debounce_ms: u64,
     /// This node's name: pods whose spec.nodeName is this are enforced here.
     /// Without it, or when no pod names a node, every pod is local.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -128,8 +145,16 @@ fn options(args: &RunArgs) -> AgentOptions {
     o
 }
 
+/// Where the cluster state comes from.
+enum Source {
+    /// Files, reread on SIGHUP.
+    Manifests(Vec<PathBuf>),
+    /// The Kubernetes API, watched.
+    Kube(SourceThread),
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
-pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
+pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A second initialisation (tests) is harmless.
@@ -143,14 +168,26 @@ pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
     // acted on once the start returns.
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
-    let cluster = load_cluster(paths)?;
     let opts = options(args);
     info!(
         node = opts.node_name.as_deref().unwrap_or("(all pods local)"),
         fail = fail_mode(opts.redirect.no_socket_action),
         "starting"
     );
-    let agent = Agent::start(&cluster, opts).context("the agent cannot start")?;
+    let (agent, mut source) = if args.manifests.is_empty() {
+        let target = match &args.kubeconfig {
+            Some(path) => ApiTarget::Kubeconfig(path.clone()),
+            None => ApiTarget::InCluster,
+        };
+        let Some((agent, source)) = start_from_api(target, args, opts, &mut signals)? else {
+            return Ok(());
+        };
+        (agent, Source::Kube(source))
+    } else {
+        let cluster = load_cluster(&args.manifests)?;
+        let agent = Agent::start(&cluster, opts).context("the agent cannot start")?;
+        (agent, Source::Manifests(args.manifests.clone()))
+    };
     let status = agent.status();
     if !status.unrouted.is_empty() {
         warn!(addresses = ?status.unrouted, "local pod addresses without a route of their own are not enforced");
@@ -167,6 +204,10 @@ pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
                 info!(signal, "stopping");
                 break 'running;
             }
+            let Source::Manifests(paths) = &source else {
+                info!("SIGHUP: the Kubernetes source has nothing to reread");
+                continue;
+            };
             match load_cluster(paths) {
                 Ok(cluster) => {
                     let generation = agent.publish(&cluster, Some(Instant::now()));
@@ -191,6 +232,13 @@ pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // No more generations from the source, then the datapath.
+    if let Source::Kube(thread) = std::mem::replace(&mut source, Source::Manifests(Vec::new())) {
+        match thread.stop() {
+            Ok(counters) => info!(?counters, "Kubernetes source stopped"),
+            Err(e) => error!(error = %e, "Kubernetes source"),
+        }
+    }
     let status = agent.status();
     let reports = agent.stop().context("the agent did not stop cleanly")?;
     if let Some(path) = &args.ready_file {
@@ -201,4 +249,57 @@ pub(crate) fn run(paths: &[PathBuf], args: &RunArgs) -> Result<()> {
         info!(worker = w, switch = ?r.switch, port_errors = r.port_errors, "worker");
     }
     Ok(())
+}
+
+/// Watches the API until every kind has listed once (nothing is enforced
+/// before: the tables would reflect a half-known cluster), then starts the
+/// agent on that state. `None` when a signal asked to stop meanwhile.
+fn start_from_api(
+    target: ApiTarget,
+    args: &RunArgs,
+    opts: AgentOptions,
+    signals: &mut Signals,
+) -> Result<Option<(Agent, SourceThread)>> {
+    let locality = if let Some(name) = &opts.node_name {
+        Locality::Node(name.clone())
+    } else {
+        warn!("no --node-name (or NODE_NAME): every pod of the cluster counts as local");
+        Locality::AllPods
+    };
+    let tables = TablePublisher::new(locality, opts.broad_threshold);
+    let (first_tx, first) = std::sync::mpsc::channel::<Cluster>();
+    let mut first_tx = Some(first_tx);
+    let source = SourceThread::spawn(
+        target,
+        tables.clone(),
+        SourceOptions {
+            debounce: Duration::from_millis(args.debounce_ms),
+        },
+        move |index, _| {
+            if let Some(tx) = first_tx.take() {
+                let _ = tx.send(index.cluster().clone());
+            }
+        },
+    )
+    .context("the Kubernetes source cannot start")?;
+    info!("waiting for the first full list of namespaces, pods and policies");
+    let cluster = loop {
+        if let Some(signal) = signals.pending().find(|&s| s != SIGHUP) {
+            info!(signal, "stopping before the first sync");
+            let _ = source.stop();
+            return Ok(None);
+        }
+        match first.recv_timeout(Duration::from_millis(50)) {
+            Ok(cluster) => break cluster,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !source.finished() => {}
+            Err(_) => {
+                return Err(source.stop().err().map_or_else(
+                    || anyhow::anyhow!("the Kubernetes source ended"),
+                    Into::into,
+                ));
+            }
+        }
+    };
+    let agent = Agent::start_with(tables, &cluster, opts).context("the agent cannot start")?;
+    Ok(Some((agent, source)))
 }

@@ -3,7 +3,8 @@
 #![allow(dead_code, reason = "each test file uses a part")]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Why a live test cannot run here (not root, no `ip netns`), if it cannot.
 pub(crate) fn skip_reason() -> Option<String> {
@@ -40,4 +41,84 @@ pub(crate) fn ip_in(netns: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The agent process; killed on drop.
+pub(crate) struct AgentProcess {
+    child: Child,
+    ready: PathBuf,
+}
+
+impl AgentProcess {
+    /// `podfence run SOURCE... --node-name node-1` in `node`, waiting until
+    /// it is ready.
+    pub(crate) fn start(node: &str, source: &[String], dir: &Path, extra: &[&str]) -> Self {
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new("ip")
+            .args(["netns", "exec", node])
+            .arg(podfence())
+            .arg("run")
+            .args(source)
+            .args(["--node-name", "node-1", "--ready-file"])
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("podfence run starts");
+        let mut agent = Self { child, ready };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.ready.exists() {
+            if let Some(status) = agent.child.try_wait().expect("wait") {
+                panic!("podfence run exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "podfence run not ready in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    pub(crate) fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn terminate(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "podfence run exited with {status}");
+        assert!(!self.ready.exists(), "the ready file is removed at stop");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `podfence` binary built beside this test.
+pub(crate) fn podfence() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("podfence");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p podfence-control` (nextest --workspace does)",
+        bin.display()
+    );
+    bin
 }

@@ -1,0 +1,109 @@
+//! `podfence run --kubeconfig` in a testbed node, driven by the test API
+//! server: a policy added and removed while a flow is open. The server
+//! listens inside the node namespace (the agent's 127.0.0.1). Needs root;
+//! skips otherwise.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::AgentProcess;
+use podfence_bench::apiserver::{ApiServer, Resource};
+use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions, in_netns};
+use podfence_control::probe::Endpoint;
+use podfence_control::sources::manifests;
+use serde_json::{Value, json};
+
+fn pod(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"namespace": "x", "name": name, "labels": {"pod": name}},
+           "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [
+               {"name": "u", "containerPort": 80, "protocol": "UDP"}]}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn isolate_b() -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"namespace": "x", "name": "isolate-b"},
+           "spec": {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Ingress"]}})
+}
+
+#[test]
+fn policy_added_and_removed_while_a_flow_is_open() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let objects = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
+        pod("a", "10.244.1.1"),
+        pod("b", "10.244.1.2"),
+    ];
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
+    let cluster = manifests::load_str(Path::new("cluster.json"), &list)
+        .expect("loads")
+        .cluster;
+    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
+    let node = bed.node_netns().to_owned();
+    let server = in_netns(&node, || ApiServer::start().map_err(std::io::Error::other))
+        .expect("API server in the node");
+    for o in objects {
+        server.apply(o).expect("stored");
+    }
+    let dir = std::env::temp_dir().join(format!("{}-kube", bed.prefix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).expect("kubeconfig");
+    let source = ["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
+    let agent = AgentProcess::start(&node, &source, &dir, &[]);
+
+    let (a, b) = (
+        Endpoint::Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+        },
+        Endpoint::Pod {
+            namespace: "x".into(),
+            name: "b".into(),
+        },
+    );
+    let timeout = Duration::from_millis(500);
+    let flow = |port| bed.udp_exchange(&a, &b, (port, 80), timeout).expect("udp");
+    assert!(
+        matches!(flow(41_000), ProbeOutcome::Answered(_)),
+        "allowed, no policy"
+    );
+
+    server.apply(isolate_b()).expect("stored");
+    let applied = Instant::now();
+    let mut port = 42_000;
+    while matches!(flow(port), ProbeOutcome::Answered(_)) {
+        assert!(
+            applied.elapsed() < Duration::from_secs(10),
+            "policy not enforced"
+        );
+        port += 1;
+    }
+    eprintln!(
+        "policy added: new flows denied within {:?}",
+        applied.elapsed()
+    );
+    assert_eq!(flow(41_000), ProbeOutcome::NoAnswer, "the open flow is cut");
+
+    server.delete(Resource::NetworkPolicies, "x", "isolate-b");
+    let deleted = Instant::now();
+    while !matches!(flow(41_000), ProbeOutcome::Answered(_)) {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "policy not removed"
+        );
+    }
+    eprintln!(
+        "policy removed: the flow answers again within {:?}",
+        deleted.elapsed()
+    );
+    agent.terminate();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

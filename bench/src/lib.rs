@@ -10,5 +10,6 @@ pub mod alloc;
 pub mod apiserver;
 pub mod live;
 pub mod pipeline;
+pub mod propagation;
 pub mod synthetic;
 pub mod testbed;

@@ -65,6 +65,30 @@ enum Command {
     /// destination). Differences from the policy verdict are listed on
     /// standard error, and make the exit status 1.
     Matrix(matrix_cmd::MatrixArgs),
+    /// Propagation latency through the test API server and the real kube
+    /// client: the initial sync of a synthetic cluster, then single-object
+    /// changes (pod label flips, policy edits, pod churn), each timed from
+    /// the API write to its table generation being live.
+    Propagation {
+        /// Pods.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Namespaces.
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        /// Policies.
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Changes to time.
+        #[arg(long, default_value_t = 400)]
+        changes: usize,
+        /// The source's debounce window.
+        #[arg(long, default_value_t = 5)]
+        debounce_ms: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
     /// only, established and new connections, the curve over 1 to 10,000
     /// policies, two workers, batch latency, allocations per packet, and
@@ -90,6 +114,31 @@ enum Command {
 
 fn main() {
     match Cli::parse().command {
+        Command::Propagation {
+            pods,
+            namespaces,
+            policies,
+            changes,
+            debounce_ms,
+            json,
+        } => {
+            let shape = Shape {
+                namespaces,
+                pods,
+                policies,
+            };
+            match podfence_bench::propagation::run(
+                shape,
+                changes,
+                Duration::from_millis(debounce_ms),
+            ) {
+                Ok(r) => print_propagation(&r, changes, json),
+                Err(e) => {
+                    eprintln!("podfence-bench propagation: error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Matrix(args) => match matrix_cmd::run(&args) {
             Ok(true) => {}
             Ok(false) => std::process::exit(1),
@@ -147,6 +196,49 @@ fn main() {
             }
         }
     }
+}
+
+fn print_propagation(r: &podfence_bench::propagation::Report, changes: usize, json: bool) {
+    let ms = |q: f64| r.latency_us.value_at_quantile(q) as f64 / 1e3;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "pods": r.pods,
+                "policies": r.policies,
+                "changes": changes,
+                "initial_sync_ms": r.initial_sync.as_secs_f64() * 1e3,
+                "p50_ms": ms(0.5),
+                "p90_ms": ms(0.9),
+                "p99_ms": ms(0.99),
+                "max_ms": r.latency_us.max() as f64 / 1e3,
+                "rss_mib": mib(r.rss_delta_bytes),
+                "process_rss_mib": mib(r.rss_bytes),
+            })
+        );
+        return;
+    }
+    println!(
+        "{} pods, {} policies, {changes} changes",
+        r.pods, r.policies
+    );
+    println!(
+        "initial sync        {:>9.1} ms",
+        r.initial_sync.as_secs_f64() * 1e3
+    );
+    println!("change to live p50  {:>9.2} ms", ms(0.5));
+    println!("               p90  {:>9.2} ms", ms(0.9));
+    println!("               p99  {:>9.2} ms", ms(0.99));
+    println!(
+        "               max  {:>9.2} ms",
+        r.latency_us.max() as f64 / 1e3
+    );
+    println!(
+        "source memory       {:>9.1} MiB (RSS added by the sync; the process, with the test server: {:.1} MiB)",
+        mib(r.rss_delta_bytes),
+        mib(r.rss_bytes)
+    );
 }
 
 /// Nanoseconds per classification over `tries` (after a warm-up pass), and

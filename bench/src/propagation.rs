@@ -193,7 +193,7 @@ pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, S
     .map_err(|e| e.to_string())?;
     let wait = |what: &str| {
         published
-            .recv_timeout(Duration::from_secs(60))
+            .recv_timeout(Duration::from_mins(1))
             .map_err(|_| format!("no publish within 60 s after {what}"))
     };
     let initial_sync = wait("the start")?.duration_since(started);

@@ -103,6 +103,28 @@ fn policy_added_and_removed_while_a_flow_is_open() {
         "policy removed: the flow answers again within {:?}",
         deleted.elapsed()
     );
+
+    let metrics_addr = "127.0.0.1:9465";
+    assert!(
+        common::http_get(&node, metrics_addr, "/readyz")
+            .0
+            .contains("200")
+    );
+    assert!(
+        common::http_get(&node, metrics_addr, "/healthz")
+            .0
+            .contains("200")
+    );
+    let (status, metrics) = common::http_get(&node, metrics_addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    for needle in [
+        "podfence_table_generation 3",
+        "podfence_propagation_seconds_count 3",
+        "podfence_connections_revoked_total{worker=\"0\"} 1",
+        "podfence_watch_lists_total{kind=\"Pod\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
     agent.terminate();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

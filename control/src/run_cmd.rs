@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
-use podfence_control::agent::{Agent, AgentOptions, TablePublisher, fail_mode};
+use std::sync::Arc;
+
+use podfence_control::agent::metrics::MetricsServer;
+use podfence_control::agent::{Agent, AgentOptions, TablePublisher, fail_mode, locality};
 use podfence_control::compile::Locality;
 use podfence_control::model::Cluster;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
@@ -51,6 +54,7 @@ pub(crate) enum XskModeArg {
 }
 
 #[derive(Args, Debug)]
+#[allow(clippy::struct_excessive_bools, reason = "command-line flags")]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub(crate) struct RunArgs {
     /// Manifest files or directories (the policies, pods and namespaces to
@@ -63,6 +67,12 @@ pub(crate) struct RunArgs {
     /// Watch the Kubernetes API with the pod's service account.
     #[arg(long)]
     in_cluster: bool,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    metrics_addr: std::net::SocketAddr,
+    /// Serve no metrics or health endpoints.
+    #[arg(long)]
+    no_metrics: bool,
     /// Changes seen within this window after the first are published as
     /// one generation (Kubernetes source).
     #[arg(long, default_value_t = 5, value_name = "MS")]
@@ -174,19 +184,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         fail = fail_mode(opts.redirect.no_socket_action),
         "starting"
     );
-    let (agent, mut source) = if args.manifests.is_empty() {
-        let target = match &args.kubeconfig {
-            Some(path) => ApiTarget::Kubeconfig(path.clone()),
-            None => ApiTarget::InCluster,
-        };
-        let Some((agent, source)) = start_from_api(target, args, opts, &mut signals)? else {
-            return Ok(());
-        };
-        (agent, Source::Kube(source))
-    } else {
-        let cluster = load_cluster(&args.manifests)?;
-        let agent = Agent::start(&cluster, opts).context("the agent cannot start")?;
-        (agent, Source::Manifests(args.manifests.clone()))
+    let Some((agent, mut source, _metrics)) = start(args, opts, &mut signals)? else {
+        return Ok(());
     };
     let status = agent.status();
     if !status.unrouted.is_empty() {
@@ -251,22 +250,68 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads or watches the cluster, serves metrics and starts the agent;
+/// `None` when a signal asked to stop before the start.
+fn start(
+    args: &RunArgs,
+    opts: AgentOptions,
+    signals: &mut Signals,
+) -> Result<Option<(Agent, Source, Option<MetricsServer>)>> {
+    let manifests = if args.manifests.is_empty() {
+        None
+    } else {
+        Some(load_cluster(&args.manifests)?)
+    };
+    let locality = match (&manifests, &opts.node_name) {
+        (Some(cluster), node) => locality(cluster, node.as_deref()),
+        (None, Some(name)) => Locality::Node(name.clone()),
+        (None, None) => {
+            warn!("no --node-name (or NODE_NAME): every pod of the cluster counts as local");
+            Locality::AllPods
+        }
+    };
+    let tables = TablePublisher::new(locality, opts.broad_threshold);
+    let metrics = if args.no_metrics {
+        None
+    } else {
+        let addr = args.metrics_addr;
+        Some(
+            MetricsServer::start(
+                addr,
+                tables.metrics(),
+                Arc::clone(&opts.worker_counters),
+                Arc::clone(&opts.health),
+            )
+            .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        )
+    };
+    let (agent, source) = if let Some(cluster) = manifests {
+        tables.publish(&cluster, None);
+        let agent = Agent::start_with(tables, &cluster, opts).context("the agent cannot start")?;
+        (agent, Source::Manifests(args.manifests.clone()))
+    } else {
+        let target = match &args.kubeconfig {
+            Some(path) => ApiTarget::Kubeconfig(path.clone()),
+            None => ApiTarget::InCluster,
+        };
+        let Some((agent, source)) = start_from_api(target, tables, args, opts, signals)? else {
+            return Ok(None);
+        };
+        (agent, Source::Kube(source))
+    };
+    Ok(Some((agent, source, metrics)))
+}
+
 /// Watches the API until every kind has listed once (nothing is enforced
 /// before: the tables would reflect a half-known cluster), then starts the
 /// agent on that state. `None` when a signal asked to stop meanwhile.
 fn start_from_api(
     target: ApiTarget,
+    tables: TablePublisher,
     args: &RunArgs,
     opts: AgentOptions,
     signals: &mut Signals,
 ) -> Result<Option<(Agent, SourceThread)>> {
-    let locality = if let Some(name) = &opts.node_name {
-        Locality::Node(name.clone())
-    } else {
-        warn!("no --node-name (or NODE_NAME): every pod of the cluster counts as local");
-        Locality::AllPods
-    };
-    let tables = TablePublisher::new(locality, opts.broad_threshold);
     let (first_tx, first) = std::sync::mpsc::channel::<Cluster>();
     let mut first_tx = Some(first_tx);
     let source = SourceThread::spawn(

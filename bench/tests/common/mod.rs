@@ -122,3 +122,23 @@ pub(crate) fn podfence() -> PathBuf {
     );
     bin
 }
+
+/// `GET path` from inside `netns` to `addr`: the status line and the body.
+pub(crate) fn http_get(netns: &str, addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let addr = addr.to_owned();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let text = podfence_bench::testbed::in_netns(netns, move || {
+        let mut stream = std::net::TcpStream::connect(addr.as_str())?;
+        stream.write_all(request.as_bytes())?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })
+    .expect("HTTP request");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}

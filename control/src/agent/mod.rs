@@ -24,6 +24,7 @@
 //! The agent runs in the calling thread's network namespace: its worker
 //! threads inherit it.
 
+pub mod metrics;
 pub mod plumbing;
 pub mod tables;
 
@@ -44,6 +45,7 @@ use tracing::{error, info, warn};
 
 use crate::compile::{CompileOptions, Locality};
 use crate::model::Cluster;
+use metrics::{Health, WorkerCounters};
 use plumbing::{Discovery, HostPair, PlumbingConfig};
 pub use tables::{Published, TablePublisher};
 
@@ -147,6 +149,10 @@ pub struct AgentOptions {
     pub conntrack_entries: usize,
     /// Compiler broad-set threshold (see [`CompileOptions`]).
     pub broad_threshold: usize,
+    /// Where the workers' counters are registered for `/metrics`.
+    pub worker_counters: Arc<WorkerCounters>,
+    /// What `/healthz` and `/readyz` report.
+    pub health: Arc<Health>,
 }
 
 impl Default for AgentOptions {
@@ -161,6 +167,8 @@ impl Default for AgentOptions {
             pin_workers: true,
             conntrack_entries: 1 << 18,
             broad_threshold: CompileOptions::default().broad_threshold,
+            worker_counters: Arc::default(),
+            health: Arc::default(),
         }
     }
 }
@@ -360,6 +368,10 @@ impl Agent {
         }
         plumbing::adopt(&plumbing, &adopted)?;
         self.adopted = adopted;
+        self.options
+            .health
+            .published
+            .store(self.tables.generation() > 0, Ordering::Relaxed);
         info!(
             pods = self.pods.pods.len(),
             addresses = self.adopted.len(),
@@ -388,12 +400,22 @@ impl Agent {
         let config = self.options.worker;
         let pin = self.options.pin_workers;
         let worker_stats = Arc::clone(&stats);
+        self.options.worker_counters.add(Arc::clone(&stats));
+        let running = Arc::new(AtomicBool::new(true));
+        self.options
+            .health
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(&running));
         let handle = std::thread::Builder::new()
             .name(format!("pf-worker-{index}"))
             .spawn(move || {
                 if pin && !pin_to_core(index) {
                     warn!(worker = index, "could not pin worker to its core");
                 }
+                // Cleared however the thread ends, for /healthz.
+                let _running = RunningFlag(running);
                 let mut worker = Worker::new(&conntrack, reader, &worker_stats, config);
                 run_worker(index, &mut switch, &mut worker, &stop)
             })
@@ -497,6 +519,15 @@ impl Drop for Agent {
             // Errors were logged.
             let _ = self.tear_down();
         }
+    }
+}
+
+/// Clears a worker's running flag when the worker ends (also by panic).
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

@@ -14,6 +14,7 @@ use podfence_datapath::Tables;
 use podfence_datapath::publish::Publisher;
 use tracing::{info, warn};
 
+use super::metrics::ControlMetrics;
 use crate::compile::{CompileOptions, Locality, compile};
 use crate::model::Cluster;
 
@@ -33,6 +34,7 @@ pub struct TablePublisher {
     locality: Locality,
     broad_threshold: usize,
     generation: Arc<AtomicU64>,
+    metrics: ControlMetrics,
 }
 
 impl TablePublisher {
@@ -45,7 +47,14 @@ impl TablePublisher {
             locality,
             broad_threshold,
             generation: Arc::new(AtomicU64::new(0)),
+            metrics: ControlMetrics::default(),
         }
+    }
+
+    /// The control-plane metrics it updates (shared with the source).
+    #[must_use]
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
     }
 
     /// Which pods are enforced here.
@@ -84,6 +93,17 @@ impl TablePublisher {
         }
         let compile_time = started.elapsed();
         self.publisher.publish(compiled.tables, caused_at);
+        self.metrics
+            .generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.metrics
+            .compile_seconds
+            .observe(compile_time.as_secs_f64());
+        if let Some(t) = caused_at {
+            self.metrics
+                .propagation_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
         info!(
             generation,
             pods = cluster.pods.len(),

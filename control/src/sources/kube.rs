@@ -34,6 +34,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::agent::TablePublisher;
+use crate::agent::metrics::{ControlMetrics, ObjectLabels};
 use crate::model::{Cluster, ModelError, Namespace, NetworkPolicy, Pod};
 
 /// The kinds watched.
@@ -110,6 +111,11 @@ pub struct ClusterIndex {
     relisting: [Option<(Vec<Object>, Vec<Key>)>; 3],
     listed: [bool; 3],
     stats: SourceStats,
+    metrics: Option<ControlMetrics>,
+}
+
+fn kind_label(kind: Kind) -> ObjectLabels {
+    vec![("kind", kind.name().to_owned())]
 }
 
 impl ClusterIndex {
@@ -164,8 +170,25 @@ impl ClusterIndex {
         }
     }
 
+    /// An index that also counts into `metrics`.
+    #[must_use]
+    pub fn with_metrics(metrics: ControlMetrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
     fn rejected(&mut self, kind: Kind, key: &Key, error: &ModelError) {
         self.stats.malformed += 1;
+        if let Some(m) = &self.metrics {
+            let labels = vec![
+                ("kind", kind.name().to_owned()),
+                ("namespace", key.0.clone()),
+                ("name", key.1.clone()),
+            ];
+            m.rejected_objects.get_or_create(&labels).inc();
+        }
         warn!(
             kind = kind.name(),
             namespace = key.0,
@@ -211,6 +234,9 @@ impl ClusterIndex {
                     }
                 }
                 self.stats.lists += 1;
+                if let Some(m) = &self.metrics {
+                    m.watch_lists.get_or_create(&kind_label(kind)).inc();
+                }
                 if !self.listed[kind as usize] {
                     info!(kind = kind.name(), "listed");
                 }
@@ -230,6 +256,9 @@ impl ClusterIndex {
             Change::Deleted(kind, key) => self.remove(kind, &key),
             Change::Failed(kind, error) => {
                 self.stats.errors += 1;
+                if let Some(m) = &self.metrics {
+                    m.watch_errors.get_or_create(&kind_label(kind)).inc();
+                }
                 warn!(
                     kind = kind.name(),
                     error, "watch failed; retrying with backoff"
@@ -317,7 +346,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     mut on_publish: impl FnMut(&ClusterIndex, u64),
 ) -> SourceStats {
-    let mut index = ClusterIndex::default();
+    let mut index = ClusterIndex::with_metrics(tables.metrics().clone());
     let mut changes = std::pin::pin!(changes);
     let mut stop = std::pin::pin!(stop);
     // When the oldest unpublished change was seen.

@@ -1,0 +1,305 @@
+//! Metrics and health over HTTP: `/metrics` (Prometheus text format),
+//! `/healthz` (every worker running) and `/readyz` (tables published and
+//! every worker running).
+//!
+//! Worker counters are read at scrape time from the workers' own
+//! cache-line-padded counters (a [`Collector`]), so the hot path pays
+//! nothing for them. Control-plane figures (generation, compile time,
+//! propagation latency, watch errors, rejected objects) are prometheus
+//! metrics updated where they happen.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use podfence_datapath::stats::{Counters, WorkerStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+/// Labels naming an object.
+pub type ObjectLabels = Vec<(&'static str, String)>;
+
+/// Control-plane metrics, shared by the publisher and the source.
+#[derive(Clone, Debug)]
+pub struct ControlMetrics {
+    /// Generation in force.
+    pub generation: Gauge,
+    /// Seconds per compile.
+    pub compile_seconds: Histogram,
+    /// Seconds from the oldest change a generation reflects to it being
+    /// live.
+    pub propagation_seconds: Histogram,
+    /// Watch stream errors (each followed by a retry), by kind.
+    pub watch_errors: Family<ObjectLabels, Counter>,
+    /// Lists completed (initial and relists), by kind.
+    pub watch_lists: Family<ObjectLabels, Counter>,
+    /// Objects skipped because podfence cannot use them, by kind, namespace
+    /// and name.
+    pub rejected_objects: Family<ObjectLabels, Counter>,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        Self {
+            generation: Gauge::default(),
+            compile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            propagation_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            watch_errors: Family::default(),
+            watch_lists: Family::default(),
+            rejected_objects: Family::default(),
+        }
+    }
+}
+
+impl ControlMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "podfence_table_generation",
+            "Policy table generation in force",
+            self.generation.clone(),
+        );
+        registry.register(
+            "podfence_compile_seconds",
+            "Time to compile a table generation",
+            self.compile_seconds.clone(),
+        );
+        registry.register(
+            "podfence_propagation_seconds",
+            "From the oldest cluster change a generation reflects to the generation being live",
+            self.propagation_seconds.clone(),
+        );
+        registry.register(
+            "podfence_watch_errors",
+            "Watch stream errors, each followed by a retry",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "podfence_watch_lists",
+            "Complete lists (initial and relists)",
+            self.watch_lists.clone(),
+        );
+        registry.register(
+            "podfence_rejected_objects",
+            "Objects skipped because podfence cannot use them; their last good version stays",
+            self.rejected_objects.clone(),
+        );
+    }
+}
+
+/// A worker counter's name, help and reader.
+type CounterSpec = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// The workers' counters, read at scrape time.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+}
+
+impl WorkerCounters {
+    /// Adds a worker's counters.
+    pub fn add(&self, stats: Arc<WorkerStats>) {
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(stats);
+    }
+
+    fn snapshots(&self) -> Vec<Counters> {
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|s| s.snapshot())
+            .collect()
+    }
+}
+
+impl Collector for WorkerCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshots = self.snapshots();
+        let counters: [CounterSpec; 10] = [
+            ("podfence_rx_packets", "Frames received", |c| c.rx_packets),
+            ("podfence_rx_bytes", "Bytes received", |c| c.rx_bytes),
+            ("podfence_allowed_packets", "Frames let through", |c| {
+                c.allowed
+            }),
+            ("podfence_denied_packets", "Frames dropped by policy", |c| {
+                c.denied
+            }),
+            (
+                "podfence_malformed_packets",
+                "Frames that did not parse",
+                |c| c.malformed,
+            ),
+            (
+                "podfence_connections_allowed",
+                "New connections allowed",
+                |c| c.new_allowed,
+            ),
+            (
+                "podfence_connections_denied",
+                "Connection attempts denied",
+                |c| c.new_denied,
+            ),
+            (
+                "podfence_connections_revoked",
+                "Established connections cut by a new generation",
+                |c| c.revoked,
+            ),
+            (
+                "podfence_conntrack_evictions",
+                "Conntrack entries that evicted another",
+                |c| c.conntrack_evictions,
+            ),
+            (
+                "podfence_conntrack_insert_failures",
+                "Conntrack inserts that found no slot",
+                |c| c.conntrack_insert_failures,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let probe = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+            for (w, c) in snapshots.iter().enumerate() {
+                let labels = [("worker", w.to_string())];
+                ConstCounter::new(get(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let workers = ConstGauge::new(i64::try_from(snapshots.len()).unwrap_or(i64::MAX));
+        workers.encode(encoder.encode_descriptor(
+            "podfence_workers",
+            "Worker threads",
+            None,
+            workers.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// What `/healthz` and `/readyz` look at.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set once the first generation is published.
+    pub published: AtomicBool,
+    /// One flag per worker, true while it runs.
+    pub workers: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl Health {
+    fn workers_running(&self) -> bool {
+        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        !workers.is_empty() && workers.iter().all(|w| w.load(Ordering::Relaxed))
+    }
+}
+
+/// The HTTP endpoint; stopped on drop.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Serves `control`, `workers` and `health` on `addr`.
+    pub fn start(
+        addr: SocketAddr,
+        control: &ControlMetrics,
+        workers: Arc<WorkerCounters>,
+        health: Arc<Health>,
+    ) -> std::io::Result<Self> {
+        let mut registry = Registry::default();
+        control.register(&mut registry);
+        registry.register_collector(Box::new(workers));
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("pf-metrics".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => answer(&stream, &registry, &health),
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })?;
+        info!(%addr, "metrics and health endpoints");
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(stream: &TcpStream, registry: &Registry, health: &Health) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (status, content_type, body) = match path.as_str() {
+        "/metrics" => {
+            let mut text = String::new();
+            if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+                warn!(error = %e, "encoding metrics");
+            }
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            )
+        }
+        "/healthz" if health.workers_running() => ("200 OK", "text/plain", "ok\n".into()),
+        "/healthz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "a worker is not running\n".into(),
+        ),
+        "/readyz" if health.published.load(Ordering::Relaxed) && health.workers_running() => {
+            ("200 OK", "text/plain", "ready\n".into())
+        }
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready: no tables published yet, or a worker is not running\n".into(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}

@@ -16,7 +16,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use podfence_control::agent::{Agent, AgentError, AgentOptions, AgentStatus, WorkerReport};
+use podfence_control::agent::{
+    Agent, AgentError, AgentOptions, AgentStatus, WorkerReport, local_addresses,
+};
 use podfence_control::compile::{CompileOptions, compile};
 use podfence_control::model::{Cluster, Protocol};
 use podfence_control::probe::{Endpoint, Probe, classify};
@@ -70,7 +72,7 @@ impl LiveAgent {
                     let _ = started_tx.send(Err(LiveError::Netns { netns, source }));
                     return;
                 }
-                let agent = match Agent::start(&cluster, options) {
+                let mut agent = match Agent::start(&cluster, options) {
                     Ok(agent) => agent,
                     Err(e) => {
                         let _ = started_tx.send(Err(e.into()));
@@ -82,7 +84,12 @@ impl LiveAgent {
                 while let Ok(request) = inbox.recv() {
                     match request {
                         Request::Publish(cluster, reply) => {
-                            let _ = reply.send(agent.publish(&cluster, Some(Instant::now())));
+                            let generation = agent.publish(&cluster, Some(Instant::now()));
+                            let addrs = local_addresses(&cluster, agent.tables().locality());
+                            if let Err(e) = agent.reconcile(&addrs) {
+                                eprintln!("live agent: reconcile: {e}");
+                            }
+                            let _ = reply.send(generation);
                         }
                         Request::Status(reply) => {
                             let _ = reply.send(agent.status());

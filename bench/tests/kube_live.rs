@@ -1,5 +1,6 @@
 //! `podfence run --kubeconfig` in a testbed node, driven by the test API
-//! server: a policy added and removed while a flow is open. The server
+//! server: a policy added and removed while a flow is open, a pod that
+//! appears later adopted, one that goes released. The server
 //! listens inside the node namespace (the agent's 127.0.0.1). Needs root;
 //! skips otherwise.
 
@@ -30,7 +31,8 @@ fn isolate_b() -> Value {
 }
 
 #[test]
-fn policy_added_and_removed_while_a_flow_is_open() {
+#[allow(clippy::too_many_lines, reason = "one live scenario, step by step")]
+fn policies_and_pods_follow_the_api_live() {
     if let Some(why) = common::skip_reason() {
         eprintln!("SKIPPED: {why}");
         return;
@@ -40,7 +42,10 @@ fn policy_added_and_removed_while_a_flow_is_open() {
         pod("a", "10.244.1.1"),
         pod("b", "10.244.1.2"),
     ];
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
+    // c is wired in the node from the start but reaches the API later.
+    let mut wired = objects.clone();
+    wired.push(pod("c", "10.244.1.3"));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": wired}).to_string();
     let cluster = manifests::load_str(Path::new("cluster.json"), &list)
         .expect("loads")
         .cluster;
@@ -125,6 +130,46 @@ fn policy_added_and_removed_while_a_flow_is_open() {
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
+
+    // A pod that appears later is adopted; one that goes is released.
+    let c = Endpoint::Pod {
+        namespace: "x".into(),
+        name: "c".into(),
+    };
+    let to_c = |port| bed.udp_exchange(&a, &c, (port, 80), timeout).expect("udp");
+    assert!(
+        matches!(to_c(43_000), ProbeOutcome::Answered(_)),
+        "c not in the API: not enforced"
+    );
+    let mut isolate_c = isolate_b();
+    isolate_c["metadata"]["name"] = json!("isolate-c");
+    isolate_c["spec"]["podSelector"]["matchLabels"]["pod"] = json!("c");
+    server.apply(isolate_c).expect("stored");
+    server.apply(pod("c", "10.244.1.3")).expect("stored");
+    let added = Instant::now();
+    let mut port = 43_001;
+    while matches!(to_c(port), ProbeOutcome::Answered(_)) {
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "new pod not adopted"
+        );
+        port += 1;
+    }
+    eprintln!(
+        "pod added: adopted and isolated within {:?}",
+        added.elapsed()
+    );
+    server.delete(Resource::Pods, "x", "c");
+    let deleted = Instant::now();
+    while !matches!(to_c(port), ProbeOutcome::Answered(_)) {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "gone pod not released"
+        );
+        port += 1;
+    }
+    eprintln!("pod deleted: released within {:?}", deleted.elapsed());
+
     agent.terminate();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, mpsc};
 
 use podfence_control::agent::metrics::MetricsServer;
-use podfence_control::agent::{Agent, AgentOptions, TablePublisher, fail_mode, locality};
+use podfence_control::agent::{
+    Agent, AgentOptions, AgentStatus, TablePublisher, fail_mode, local_addresses, locality,
+};
 use podfence_control::compile::Locality;
 use podfence_control::model::Cluster;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
@@ -155,12 +158,62 @@ fn options(args: &RunArgs) -> AgentOptions {
     o
 }
 
+/// Keeps the agent's adopted pods in line with the local pods' addresses:
+/// at once when they change, every second while some have no route yet
+/// (the CNI may add it after the API reports the pod), every ten seconds
+/// otherwise (a MAC may change).
+struct PodTracker {
+    addrs: Vec<IpAddr>,
+    changed: bool,
+    last: Instant,
+}
+
+impl PodTracker {
+    fn new(status: &AgentStatus) -> Self {
+        let mut addrs: Vec<IpAddr> = status
+            .adopted
+            .iter()
+            .chain(&status.unrouted)
+            .copied()
+            .collect();
+        addrs.sort_unstable();
+        Self {
+            addrs,
+            changed: false,
+            last: Instant::now(),
+        }
+    }
+
+    fn set(&mut self, addrs: Vec<IpAddr>) {
+        if addrs != self.addrs {
+            self.addrs = addrs;
+            self.changed = true;
+        }
+    }
+
+    fn maintain(&mut self, agent: &mut Agent) {
+        let every = if agent.status().unrouted.is_empty() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        };
+        if !self.changed && self.last.elapsed() < every {
+            return;
+        }
+        self.changed = false;
+        self.last = Instant::now();
+        if let Err(e) = agent.reconcile(&self.addrs) {
+            error!(error = %e, "adopting or releasing pods failed; retrying later");
+        }
+    }
+}
+
 /// Where the cluster state comes from.
 enum Source {
     /// Files, reread on SIGHUP.
     Manifests(Vec<PathBuf>),
     /// The Kubernetes API, watched.
-    Kube(SourceThread),
+    Kube(SourceThread, mpsc::Receiver<Vec<IpAddr>>),
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -184,7 +237,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         fail = fail_mode(opts.redirect.no_socket_action),
         "starting"
     );
-    let Some((agent, mut source, _metrics)) = start(args, opts, &mut signals)? else {
+    let Some((mut agent, mut source, _metrics)) = start(args, opts, &mut signals)? else {
         return Ok(());
     };
     let status = agent.status();
@@ -197,6 +250,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     }
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut last_stats = Instant::now();
+    let mut pods = PodTracker::new(&status);
     'running: loop {
         for signal in signals.pending() {
             if signal != SIGHUP {
@@ -210,6 +264,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
             match load_cluster(paths) {
                 Ok(cluster) => {
                     let generation = agent.publish(&cluster, Some(Instant::now()));
+                    pods.set(local_addresses(&cluster, agent.tables().locality()));
                     if let Some(path) = &args.ready_file
                         && let Err(e) = std::fs::write(path, format!("{generation}\n"))
                     {
@@ -222,6 +277,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
                 ),
             }
         }
+        if let Source::Kube(_, addrs) = &source
+            && let Some(latest) = addrs.try_iter().last()
+        {
+            pods.set(latest);
+        }
+        pods.maintain(&mut agent);
         if let Some(every) = interval
             && last_stats.elapsed() >= every
         {
@@ -232,7 +293,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     // No more generations from the source, then the datapath.
-    if let Source::Kube(thread) = std::mem::replace(&mut source, Source::Manifests(Vec::new())) {
+    if let Source::Kube(thread, _) = std::mem::replace(&mut source, Source::Manifests(Vec::new())) {
         match thread.stop() {
             Ok(counters) => info!(?counters, "Kubernetes source stopped"),
             Err(e) => error!(error = %e, "Kubernetes source"),
@@ -294,10 +355,10 @@ fn start(
             Some(path) => ApiTarget::Kubeconfig(path.clone()),
             None => ApiTarget::InCluster,
         };
-        let Some((agent, source)) = start_from_api(target, tables, args, opts, signals)? else {
+        let Some(started) = start_from_api(target, tables, args, opts, signals)? else {
             return Ok(None);
         };
-        (agent, Source::Kube(source))
+        started
     };
     Ok(Some((agent, source, metrics)))
 }
@@ -311,9 +372,14 @@ fn start_from_api(
     args: &RunArgs,
     opts: AgentOptions,
     signals: &mut Signals,
-) -> Result<Option<(Agent, SourceThread)>> {
-    let (first_tx, first) = std::sync::mpsc::channel::<Cluster>();
+) -> Result<Option<(Agent, Source)>> {
+    let (first_tx, first) = mpsc::channel::<Cluster>();
     let mut first_tx = Some(first_tx);
+    // After each publish, the local pods' addresses when they changed, for
+    // the agent to adopt new pods and release gone ones.
+    let (addrs_tx, addrs) = mpsc::channel::<Vec<IpAddr>>();
+    let locality = tables.locality().clone();
+    let mut last_addrs = Vec::new();
     let source = SourceThread::spawn(
         target,
         tables.clone(),
@@ -323,6 +389,11 @@ fn start_from_api(
         move |index, _| {
             if let Some(tx) = first_tx.take() {
                 let _ = tx.send(index.cluster().clone());
+            }
+            let now = local_addresses(index.cluster(), &locality);
+            if now != last_addrs {
+                let _ = addrs_tx.send(now.clone());
+                last_addrs = now;
             }
         },
     )
@@ -346,5 +417,5 @@ fn start_from_api(
         }
     };
     let agent = Agent::start_with(tables, &cluster, opts).context("the agent cannot start")?;
-    Ok(Some((agent, source)))
+    Ok(Some((agent, Source::Kube(source, addrs))))
 }

@@ -347,15 +347,42 @@ impl<P: Port> Switch<P> {
         self.ports.into_iter().flatten().collect()
     }
 
+    /// Adds a port (a pod that appeared); returns its index, the next one.
+    /// Routes to it come with the next [`set_fib`](Self::set_fib).
+    pub fn add_port(&mut self, port: P) -> usize {
+        self.ports.push(Some(port));
+        self.staging.push(Staging {
+            buf: vec![0; MAX_BATCH * self.max_frame],
+            lens: [0; MAX_BATCH],
+            count: 0,
+        });
+        self.stats.forwarded.push(0);
+        self.ports.len() - 1
+    }
+
+    /// Removes port `index` (a pod that went) and returns it; indices of the
+    /// other ports do not change. Frames still staged for it are counted as
+    /// dropped. Set a table without routes to it first.
+    pub fn remove_port(&mut self, index: usize) -> Option<P> {
+        let port = self.ports.get_mut(index)?.take();
+        if let Some(staging) = self.staging.get_mut(index) {
+            self.stats.tx_dropped += staging.count as u64;
+            staging.count = 0;
+        }
+        port
+    }
+
     /// Receives one batch on port `rx` and runs it through `worker` with this
-    /// switch as output; returns the number of frames (0: nothing waiting).
+    /// switch as output; returns the number of frames (0: nothing waiting,
+    /// or the port was removed).
     ///
     /// # Panics
     /// When `rx` is not a port of this switch.
     pub fn run_batch(&mut self, worker: &mut Worker<'_>, rx: usize) -> Result<usize, PortError> {
-        let mut port = self.ports[rx]
-            .take()
-            .expect("receive port is in its slot between batches");
+        // An empty slot between batches is a removed port.
+        let Some(mut port) = self.ports[rx].take() else {
+            return Ok(0);
+        };
         self.rx = Some(rx);
         let result = worker.run_batch(&mut port, self);
         self.rx = None;
@@ -590,6 +617,43 @@ mod tests {
         let v6 = u128::from("fd00::2".parse::<std::net::Ipv6Addr>().unwrap());
         assert_eq!(*fib.lookup(v6, true), pod);
         assert_eq!(*fib.lookup(v6, false), host);
+    }
+
+    #[test]
+    fn ports_come_and_go_without_renumbering() {
+        let route = |port| Route {
+            port,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+        };
+        let memory = |name| MemoryPort::new(name, LinkType::Ethernet, [], 0);
+        let mut s = Switch::new(vec![memory("host")], Arc::new(Fib::new(route(0))), 2048).unwrap();
+        assert_eq!(s.add_port(memory("pod-a")), 1);
+        assert_eq!(s.add_port(memory("pod-b")), 2);
+        let mut fib = Fib::new(route(0));
+        fib.insert("10.0.0.2".parse().unwrap(), route(2));
+        s.set_fib(Arc::new(fib)).unwrap();
+        assert_eq!(
+            s.remove_port(1).map(|p| p.name().to_owned()),
+            Some("pod-a".into())
+        );
+        assert!(s.port(1).is_none());
+        assert_eq!(s.port(2).map(Port::name), Some("pod-b"));
+        assert_eq!(s.port_count(), 3);
+        let conntrack = crate::conntrack::Conntrack::new(64, crate::conntrack::Timeouts::default());
+        let publisher = crate::publish::Publisher::new(crate::Tables::empty(1));
+        let stats = crate::stats::WorkerStats::default();
+        let mut worker = Worker::new(
+            &conntrack,
+            publisher.reader(),
+            &stats,
+            crate::worker::WorkerConfig::default(),
+        );
+        assert_eq!(
+            s.run_batch(&mut worker, 1).unwrap(),
+            0,
+            "a removed port receives nothing"
+        );
     }
 
     #[test]

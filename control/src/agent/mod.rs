@@ -28,9 +28,11 @@ pub mod metrics;
 pub mod plumbing;
 pub mod tables;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -184,7 +186,8 @@ pub fn locality(cluster: &Cluster, node_name: Option<&str>) -> Locality {
 }
 
 /// Addresses of the pods `locality` makes local and that policy applies to.
-fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
+#[must_use]
+pub fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
     let mut addrs: Vec<IpAddr> = cluster
         .pods
         .values()
@@ -218,8 +221,16 @@ pub struct Agent {
     workers: Vec<JoinHandle<WorkerReport>>,
     stats: Vec<Arc<WorkerStats>>,
     conntrack: Arc<Conntrack>,
-    redirectors: Vec<Redirector>,
+    redirectors: BTreeMap<String, Redirector>,
     pair: Option<HostPair>,
+    /// Switch port index of each interface (the same in every worker).
+    port_of: BTreeMap<String, usize>,
+    /// The index the next added port gets.
+    next_port: usize,
+    /// One channel per worker.
+    commands: Vec<mpsc::Sender<WorkerCommand>>,
+    /// Families (is IPv4) whose rules are in place.
+    rule_families: Vec<bool>,
     adopted: Vec<IpAddr>,
     pods: Discovery,
     /// The network namespace it started in (inode of
@@ -280,8 +291,12 @@ impl Agent {
             workers: Vec::new(),
             stats: Vec::new(),
             conntrack,
-            redirectors: Vec::new(),
+            redirectors: BTreeMap::new(),
             pair: None,
+            port_of: BTreeMap::new(),
+            next_port: 0,
+            commands: Vec::new(),
+            rule_families: Vec::new(),
             adopted: Vec::new(),
             pods: Discovery::default(),
             netns: current_netns(),
@@ -296,77 +311,35 @@ impl Agent {
         let addrs = local_addresses(cluster, self.tables.locality());
         let plumbing = self.options.plumbing.clone();
         let pair = plumbing::host_pair(&plumbing)?;
-        let host_link = pair.host.clone();
         let dp_link = pair.dp.clone();
         self.pair = Some(pair);
         self.pods = plumbing::discover(&addrs, &plumbing.host_if)?;
         for addr in &self.pods.unrouted {
             warn!(%addr, "local pod address has no host route of its own: not enforced");
         }
-        let mut links = vec![dp_link.clone()];
+        let mut links = vec![dp_link];
         links.extend(self.pods.pods.values().map(|p| p.link.clone()));
         let workers = self.options.workers.max(1);
-        for link in &links {
-            if (link.rx_queues as usize) < workers {
-                return Err(AgentError::NotEnoughQueues {
-                    workers,
-                    iface: link.name.clone(),
-                    queues: link.rx_queues,
-                });
-            }
-        }
-
-        // Redirectors and sockets: ports[w][i] is worker w's port on links[i].
+        // ports[w][i] is worker w's port on links[i].
         let mut ports: Vec<Vec<XskPort>> = (0..workers).map(|_| Vec::new()).collect();
-        for link in &links {
-            let redirector = Redirector::attach(link.name.as_str(), &self.options.redirect)
-                .map_err(|source| AgentError::Redirector {
-                    iface: link.name.clone(),
-                    source,
-                })?;
-            info!(iface = link.name, mode = %redirector.mode(), "redirector attached");
-            for (w, worker_ports) in ports.iter_mut().enumerate() {
-                let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
-                redirector
-                    .register_socket(w as u32, &port)
-                    .map_err(|source| AgentError::Redirector {
-                        iface: link.name.clone(),
-                        source,
-                    })?;
-                worker_ports.push(port);
+        for (index, link) in links.iter().enumerate() {
+            for (w, port) in self.attach(link)?.into_iter().enumerate() {
+                ports[w].push(port);
             }
-            self.redirectors.push(redirector);
+            self.port_of.insert(link.name.clone(), index);
         }
-
-        let mut fib = Fib::new(Route {
-            port: 0,
-            dst_mac: host_link.mac,
-            src_mac: dp_link.mac,
-        });
-        let mut adopted = Vec::new();
-        for (i, pod) in self.pods.pods.values().enumerate() {
-            for &(addr, mac) in &pod.addrs {
-                // An address whose MAC is unknown is still adopted (its
-                // traffic must not bypass policy); the switch sends frames
-                // for it to the host port, where they are dropped.
-                if let Some(mac) = mac {
-                    fib.insert(
-                        addr,
-                        Route {
-                            port: i + 1,
-                            dst_mac: mac,
-                            src_mac: pod.link.mac,
-                        },
-                    );
-                }
-                adopted.push(addr);
-            }
-        }
+        let (fib, adopted) = self.fib();
         let fib = Arc::new(fib);
         for (w, worker_ports) in ports.into_iter().enumerate() {
             self.spawn_worker(w, worker_ports, Arc::clone(&fib))?;
         }
         plumbing::adopt(&plumbing, &adopted)?;
+        for addr in &adopted {
+            if !self.rule_families.contains(&addr.is_ipv4()) {
+                self.rule_families.push(addr.is_ipv4());
+            }
+        }
+        self.next_port = links.len();
         self.adopted = adopted;
         self.options
             .health
@@ -379,6 +352,161 @@ impl Agent {
             "enforcing"
         );
         Ok(())
+    }
+
+    /// Attaches the redirector to `link` and opens one port per worker
+    /// (queue `w` for worker `w`), registered in its XSKMAP.
+    fn attach(&mut self, link: &plumbing::Link) -> Result<Vec<XskPort>, AgentError> {
+        let workers = self.options.workers.max(1);
+        if (link.rx_queues as usize) < workers {
+            return Err(AgentError::NotEnoughQueues {
+                workers,
+                iface: link.name.clone(),
+                queues: link.rx_queues,
+            });
+        }
+        let redirector =
+            Redirector::attach(link.name.as_str(), &self.options.redirect).map_err(|source| {
+                AgentError::Redirector {
+                    iface: link.name.clone(),
+                    source,
+                }
+            })?;
+        info!(iface = link.name, mode = %redirector.mode(), "redirector attached");
+        let mut ports = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
+            redirector
+                .register_socket(w as u32, &port)
+                .map_err(|source| AgentError::Redirector {
+                    iface: link.name.clone(),
+                    source,
+                })?;
+            ports.push(port);
+        }
+        self.redirectors.insert(link.name.clone(), redirector);
+        Ok(ports)
+    }
+
+    /// The forwarding table for the pods found, and the addresses to adopt.
+    /// An address whose MAC is unknown is adopted all the same (its traffic
+    /// must not bypass policy); without a route the switch sends frames for
+    /// it to the host port, where they are dropped as hairpins.
+    fn fib(&self) -> (Fib, Vec<IpAddr>) {
+        let pair = self.pair.as_ref().expect("the pair exists while running");
+        let mut fib = Fib::new(Route {
+            port: 0,
+            dst_mac: pair.host.mac,
+            src_mac: pair.dp.mac,
+        });
+        let mut adopted = Vec::new();
+        for pod in self.pods.pods.values() {
+            let Some(&port) = self.port_of.get(&pod.link.name) else {
+                continue;
+            };
+            for &(addr, mac) in &pod.addrs {
+                if let Some(mac) = mac {
+                    let route = Route {
+                        port,
+                        dst_mac: mac,
+                        src_mac: pod.link.mac,
+                    };
+                    fib.insert(addr, route);
+                }
+                adopted.push(addr);
+            }
+        }
+        (fib, adopted)
+    }
+
+    fn tell_workers(&self, command: impl Fn() -> WorkerCommand) {
+        for tx in &self.commands {
+            let _ = tx.send(command());
+        }
+    }
+
+    /// Brings the datapath in line with the local pods now at `addrs`:
+    /// new pod interfaces are attached and their addresses routed through
+    /// the datapath, gone ones are released, MACs are refreshed. Returns
+    /// whether anything changed. Addresses without a host route yet are
+    /// left for a later call.
+    pub fn reconcile(&mut self, addrs: &[IpAddr]) -> Result<bool, AgentError> {
+        let plumbing = self.options.plumbing.clone();
+        let found = plumbing::discover(addrs, &plumbing.host_if)?;
+        let old_pods = std::mem::replace(&mut self.pods, found);
+        // Gone, or replaced by another interface of the same name.
+        let gone: Vec<String> = old_pods
+            .pods
+            .iter()
+            .filter(|(name, old)| {
+                self.pods
+                    .pods
+                    .get(*name)
+                    .is_none_or(|now| now.link != old.link)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            if let Some(index) = self.port_of.remove(name) {
+                self.tell_workers(|| WorkerCommand::RemovePort(index));
+            }
+            if let Some(redirector) = self.redirectors.remove(name)
+                && let Err(e) = redirector.detach()
+            {
+                // The veth usually went with the pod, and its program too.
+                tracing::debug!(iface = name, error = %e, "detach of a gone pod's redirector");
+            }
+        }
+        let new_links: Vec<plumbing::Link> = self
+            .pods
+            .pods
+            .values()
+            .filter(|p| !self.port_of.contains_key(&p.link.name))
+            .map(|p| p.link.clone())
+            .collect();
+        // New ports before the table that routes to them.
+        for link in &new_links {
+            let index = self.next_port;
+            let ports = self.attach(link)?;
+            for (tx, port) in self.commands.iter().zip(ports) {
+                let _ = tx.send(WorkerCommand::AddPort(Box::new(port)));
+            }
+            self.port_of.insert(link.name.clone(), index);
+            self.next_port += 1;
+        }
+        let (fib, adopted) = self.fib();
+        let before: std::collections::HashSet<IpAddr> = self.adopted.iter().copied().collect();
+        let now: std::collections::HashSet<IpAddr> = adopted.iter().copied().collect();
+        // Addresses that go: back to the kernel before their route goes.
+        for &addr in before.difference(&now) {
+            plumbing::unroute(&plumbing, addr);
+        }
+        let changed_fib = old_pods != self.pods || !new_links.is_empty();
+        if changed_fib {
+            let fib = Arc::new(fib);
+            self.tell_workers(|| WorkerCommand::SetFib(Arc::clone(&fib)));
+        }
+        for &addr in now.difference(&before) {
+            if !before.iter().any(|b| b.is_ipv4() == addr.is_ipv4())
+                && !self.rule_families.contains(&addr.is_ipv4())
+            {
+                plumbing::add_rules(&plumbing, addr)?;
+                self.rule_families.push(addr.is_ipv4());
+            }
+            plumbing::route(&plumbing, addr)?;
+        }
+        let changed = changed_fib || !gone.is_empty() || before != now;
+        if changed {
+            info!(
+                added = new_links.len(),
+                removed = gone.len(),
+                addresses = now.len(),
+                unrouted = self.pods.unrouted.len(),
+                "pods reconciled"
+            );
+        }
+        self.adopted = adopted;
+        Ok(changed)
     }
 
     fn spawn_worker(
@@ -397,6 +525,8 @@ impl Agent {
         let conntrack = Arc::clone(&self.conntrack);
         let reader = self.tables.publisher().reader();
         let stop = Arc::clone(&self.stop);
+        let (tx, commands) = mpsc::channel();
+        self.commands.push(tx);
         let config = self.options.worker;
         let pin = self.options.pin_workers;
         let worker_stats = Arc::clone(&stats);
@@ -417,7 +547,7 @@ impl Agent {
                 // Cleared however the thread ends, for /healthz.
                 let _running = RunningFlag(running);
                 let mut worker = Worker::new(&conntrack, reader, &worker_stats, config);
-                run_worker(index, &mut switch, &mut worker, &stop)
+                run_worker(index, &mut switch, &mut worker, &stop, &commands)
             })
             .map_err(AgentError::Thread)?;
         self.workers.push(handle);
@@ -470,7 +600,7 @@ impl Agent {
             // them attached (fail mode in force) rather than touch another
             // namespace.
             self.stop.store(true, Ordering::Relaxed);
-            for redirector in self.redirectors.drain(..) {
+            for redirector in std::mem::take(&mut self.redirectors).into_values() {
                 std::mem::forget(redirector);
             }
             self.pair = None;
@@ -484,7 +614,7 @@ impl Agent {
             error!(error = %e, "restoring routes");
             first_error.get_or_insert(e);
         }
-        for redirector in self.redirectors.drain(..) {
+        for redirector in std::mem::take(&mut self.redirectors).into_values() {
             let iface = redirector.ifname().to_owned();
             if let Err(source) = redirector.detach() {
                 error!(iface, error = %source, "detaching the redirector");
@@ -522,6 +652,16 @@ impl Drop for Agent {
     }
 }
 
+/// A change a worker applies between batches.
+enum WorkerCommand {
+    /// A pod interface appeared: its port for this worker.
+    AddPort(Box<XskPort>),
+    /// A pod interface went.
+    RemovePort(usize),
+    /// A new forwarding table.
+    SetFib(Arc<Fib>),
+}
+
 /// Clears a worker's running flag when the worker ends (also by panic).
 struct RunningFlag(Arc<AtomicBool>);
 
@@ -539,13 +679,30 @@ fn run_worker(
     switch: &mut Switch<XskPort>,
     worker: &mut Worker<'_>,
     stop: &AtomicBool,
+    commands: &mpsc::Receiver<WorkerCommand>,
 ) -> WorkerReport {
     const SPINS_BEFORE_SLEEP: u32 = 256;
     let mut report = WorkerReport::default();
-    let mut wait = ReadableWait::new((0..switch.port_count()).filter_map(|i| switch.port(i)));
+    let waiter =
+        |s: &Switch<XskPort>| ReadableWait::new((0..s.port_count()).filter_map(|i| s.port(i)));
+    let mut wait = waiter(switch);
     let mut idle = 0u32;
     let mut last_error: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                WorkerCommand::AddPort(port) => {
+                    switch.add_port(*port);
+                }
+                WorkerCommand::RemovePort(i) => drop(switch.remove_port(i)),
+                WorkerCommand::SetFib(fib) => {
+                    if let Err(e) = switch.set_fib(fib) {
+                        error!(worker = index, error = %e, "forwarding table refused; the old one stays");
+                    }
+                }
+            }
+            wait = waiter(switch);
+        }
         let mut frames = 0;
         for rx in 0..switch.port_count() {
             match switch.run_batch(worker, rx) {

@@ -146,6 +146,7 @@ struct RouteJson {
 #[derive(Deserialize)]
 struct NeighJson {
     dst: String,
+    dev: Option<String>,
     lladdr: Option<String>,
 }
 
@@ -233,36 +234,47 @@ pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError
             }
         }
     }
+    // One listing of links and one of neighbours, whatever the pod count.
+    let links: HashMap<String, Link> = ip_json::<Vec<LinkJson>>(&["-d", "link", "show"])?
+        .into_iter()
+        .map(|l| {
+            let link = Link {
+                mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
+                rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
+                name: l.ifname,
+            };
+            (link.name.clone(), link)
+        })
+        .collect();
+    let mut mac_of: HashMap<(String, IpAddr), [u8; 6]> = HashMap::new();
+    for n in ip_json::<Vec<NeighJson>>(&["neigh", "show"])? {
+        if let (Some(dev), Ok(ip), Some(mac)) = (
+            n.dev,
+            n.dst.parse::<IpAddr>(),
+            n.lladdr.as_deref().and_then(parse_mac),
+        ) {
+            mac_of.insert((dev, ip), mac);
+        }
+    }
     let mut found = Discovery::default();
     for &addr in addrs {
-        let Some(dev) = dev_of.get(&addr) else {
+        let Some((dev, link)) = dev_of.get(&addr).and_then(|d| Some((d, links.get(d)?))) else {
             found.unrouted.push(addr);
             continue;
         };
-        if !found.pods.contains_key(dev) {
-            let Some(link) = link(dev)? else {
-                found.unrouted.push(addr);
-                continue;
-            };
-            found.pods.insert(
-                dev.clone(),
-                PodLink {
-                    link,
-                    addrs: Vec::new(),
-                },
-            );
-        }
-        let neighbours: Vec<NeighJson> = ip_json(&["neigh", "show", "dev", dev])?;
-        let mac = neighbours
-            .iter()
-            .filter(|n| n.dst.parse::<IpAddr>().ok() == Some(addr))
-            .find_map(|n| n.lladdr.as_deref().and_then(parse_mac));
+        let mac = mac_of.get(&(dev.clone(), addr)).copied();
         if mac.is_none() {
             warn!(%addr, dev, "no neighbour entry for the pod address: the datapath cannot reach it until the pod's MAC is known");
         }
-        if let Some(pod) = found.pods.get_mut(dev) {
-            pod.addrs.push((addr, mac));
-        }
+        found
+            .pods
+            .entry(dev.clone())
+            .or_insert_with(|| PodLink {
+                link: link.clone(),
+                addrs: Vec::new(),
+            })
+            .addrs
+            .push((addr, mac));
     }
     Ok(found)
 }
@@ -384,42 +396,71 @@ fn clear_routes(config: &PlumbingConfig) {
 /// replaced.
 pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError> {
     clear_routes(config);
-    let table = config.table.to_string();
     for &addr in pods {
-        let dst = if addr.is_ipv4() {
-            format!("{addr}/32")
-        } else {
-            format!("{addr}/128")
-        };
-        run(
-            "ip",
-            &[
-                family_flag(addr),
-                "route",
-                "replace",
-                &dst,
-                "dev",
-                &config.host_if,
-                "table",
-                &table,
-            ],
-        )?;
+        route(config, addr)?;
     }
-    let mut families: Vec<&str> = pods.iter().map(|&a| family_flag(a)).collect();
-    families.sort_unstable();
-    families.dedup();
-    for family in families {
-        for rule in rules(config) {
-            let mut args = vec![family, "rule", "add"];
-            args.extend(rule.iter().map(String::as_str));
-            run("ip", &args)?;
+    let mut families: Vec<IpAddr> = Vec::new();
+    for &addr in pods {
+        if !families.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
+            families.push(addr);
         }
+    }
+    for family in families {
+        add_rules(config, family)?;
     }
     info!(
         addresses = pods.len(),
         table = config.table,
         "pod addresses routed through the datapath"
     );
+    Ok(())
+}
+
+fn host_prefix(addr: IpAddr) -> String {
+    if addr.is_ipv4() {
+        format!("{addr}/32")
+    } else {
+        format!("{addr}/128")
+    }
+}
+
+/// Routes one pod address through `pf-host` (in our table).
+pub fn route(config: &PlumbingConfig, addr: IpAddr) -> Result<(), AgentError> {
+    let table = config.table.to_string();
+    let dst = host_prefix(addr);
+    let args = [
+        family_flag(addr),
+        "route",
+        "replace",
+        &dst,
+        "dev",
+        &config.host_if,
+        "table",
+        &table,
+    ];
+    run("ip", &args).map(drop)
+}
+
+/// Hands one pod address back to the main table. An address without a
+/// route in our table is not an error.
+pub fn unroute(config: &PlumbingConfig, addr: IpAddr) {
+    let table = config.table.to_string();
+    let dst = host_prefix(addr);
+    if let Err(e) = run(
+        "ip",
+        &[family_flag(addr), "route", "del", &dst, "table", &table],
+    ) {
+        debug!(error = %e, "route removal");
+    }
+}
+
+/// Adds our rules for the family of `addr`.
+pub fn add_rules(config: &PlumbingConfig, family_of: IpAddr) -> Result<(), AgentError> {
+    for rule in rules(config) {
+        let mut args = vec![family_flag(family_of), "rule", "add"];
+        args.extend(rule.iter().map(String::as_str));
+        run("ip", &args)?;
+    }
     Ok(())
 }
 

@@ -248,3 +248,31 @@ fn unreachable_at_start_publishes_nothing_until_it_answers() {
     h.await_verdict(true, "synced late");
     h.stop();
 }
+
+/// Against a real cluster when `PODFENCE_TEST_KUBECONFIG` names a
+/// kubeconfig: the source lists every kind and publishes (read-only; the
+/// fault tests above need the test server).
+#[test]
+fn a_real_cluster_syncs_when_given() {
+    let Some(path) = std::env::var_os("PODFENCE_TEST_KUBECONFIG") else {
+        eprintln!("SKIPPED: PODFENCE_TEST_KUBECONFIG is not set (no real cluster to sync with)");
+        return;
+    };
+    let tables = TablePublisher::new(Locality::AllPods, 32);
+    let (tx, published) = mpsc::channel();
+    let source = SourceThread::spawn(
+        ApiTarget::Kubeconfig(PathBuf::from(path)),
+        tables.clone(),
+        SourceOptions::default(),
+        move |index, generation| {
+            let _ = tx.send((generation, index.cluster().namespaces.len()));
+        },
+    )
+    .expect("source starts");
+    let (generation, namespaces) = published
+        .recv_timeout(Duration::from_mins(1))
+        .expect("initial sync within a minute");
+    assert_eq!(generation, 1);
+    assert!(namespaces > 0, "a cluster has namespaces");
+    source.stop().expect("clean stop");
+}

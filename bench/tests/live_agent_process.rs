@@ -96,6 +96,14 @@ fn outcome(bed: &Testbed, line: &str) -> ProbeOutcome {
     .expect("probe runs")
 }
 
+/// Probes until the probe is answered (or not), for at most 10 s.
+fn await_outcome(bed: &Testbed, line: &str, answer: bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while answered(&outcome(bed, line)) != answer {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+    }
+}
+
 fn answered(o: &ProbeOutcome) -> bool {
     matches!(o, ProbeOutcome::Answered(_))
 }
@@ -138,6 +146,17 @@ fn kill_fail_modes_restart_and_clean_stop() {
     assert!(answered(&outcome(&bed, a_out)), "pod to outside, IPv6");
     assert!(answered(&outcome(&bed, out_b)), "outside to pod, IPv6");
     assert_eq!(outcome(&bed, out_c), ProbeOutcome::NoAnswer, "IPv6 denied");
+
+    // The manifests are watched: the policy removed from the file, then
+    // put back.
+    let without_policy = CLUSTER
+        .split("---\napiVersion: networking.k8s.io/v1")
+        .next()
+        .unwrap();
+    std::fs::write(&manifests, without_policy).expect("rewrite manifests");
+    await_outcome(&bed, a_c, true, "policy removed from the file");
+    std::fs::write(&manifests, CLUSTER).expect("rewrite manifests");
+    await_outcome(&bed, a_c, false, "policy back in the file");
 
     // Killed: nothing passes (fail closed).
     agent.kill();

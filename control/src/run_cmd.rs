@@ -208,10 +208,91 @@ impl PodTracker {
     }
 }
 
+/// Rereads the manifests, publishes them and updates the pods to adopt; a
+/// manifest that no longer loads leaves the tables in force.
+fn reload_manifests(
+    paths: &[PathBuf],
+    seen: Instant,
+    agent: &Agent,
+    pods: &mut PodTracker,
+    ready_file: Option<&std::path::Path>,
+) {
+    match load_cluster(paths) {
+        Ok(cluster) => {
+            let generation = agent.publish(&cluster, Some(seen));
+            pods.set(local_addresses(&cluster, agent.tables().locality()));
+            if let Some(path) = ready_file
+                && let Err(e) = std::fs::write(path, format!("{generation}\n"))
+            {
+                warn!(error = %e, "cannot update the ready file");
+            }
+        }
+        Err(e) => error!(
+            error = format!("{e:#}"),
+            "reload failed; the tables in force stay"
+        ),
+    }
+}
+
+/// Changes to the manifest files and directories, gathered until they
+/// settle (editors and `kubectl` write in several steps).
+struct ManifestWatch {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::Receiver<notify::Result<notify::Event>>,
+    /// When the first unhandled change was seen, and the last.
+    pending: Option<(Instant, Instant)>,
+}
+
+impl ManifestWatch {
+    const SETTLE: Duration = Duration::from_millis(100);
+
+    /// Watches `paths` (directories recursively); `None`, with a warning,
+    /// when the system cannot (SIGHUP still works).
+    fn start(paths: &[PathBuf]) -> Option<Self> {
+        use notify::Watcher;
+        let (tx, events) = mpsc::channel();
+        let mut watcher = match notify::recommended_watcher(tx) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the manifests; SIGHUP rereads them");
+                return None;
+            }
+        };
+        for path in paths {
+            if let Err(e) = watcher.watch(path, notify::RecursiveMode::Recursive) {
+                warn!(path = %path.display(), error = %e, "cannot watch; SIGHUP rereads it");
+            }
+        }
+        Some(Self {
+            _watcher: watcher,
+            events,
+            pending: None,
+        })
+    }
+
+    /// When the oldest change was seen, once changes have settled.
+    fn settled(&mut self) -> Option<Instant> {
+        for event in self.events.try_iter() {
+            let Ok(event) = event else { continue };
+            if event.kind.is_access() {
+                continue;
+            }
+            let now = Instant::now();
+            self.pending = Some(self.pending.map_or((now, now), |(first, _)| (first, now)));
+        }
+        let (first, last) = self.pending?;
+        if last.elapsed() < Self::SETTLE {
+            return None;
+        }
+        self.pending = None;
+        Some(first)
+    }
+}
+
 /// Where the cluster state comes from.
 enum Source {
-    /// Files, reread on SIGHUP.
-    Manifests(Vec<PathBuf>),
+    /// Files, reread when they change and on SIGHUP.
+    Manifests(Vec<PathBuf>, Option<ManifestWatch>),
     /// The Kubernetes API, watched.
     Kube(SourceThread, mpsc::Receiver<Vec<IpAddr>>),
 }
@@ -252,30 +333,23 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let mut last_stats = Instant::now();
     let mut pods = PodTracker::new(&status);
     'running: loop {
+        let mut reload = None;
         for signal in signals.pending() {
             if signal != SIGHUP {
                 info!(signal, "stopping");
                 break 'running;
             }
-            let Source::Manifests(paths) = &source else {
-                info!("SIGHUP: the Kubernetes source has nothing to reread");
-                continue;
-            };
-            match load_cluster(paths) {
-                Ok(cluster) => {
-                    let generation = agent.publish(&cluster, Some(Instant::now()));
-                    pods.set(local_addresses(&cluster, agent.tables().locality()));
-                    if let Some(path) = &args.ready_file
-                        && let Err(e) = std::fs::write(path, format!("{generation}\n"))
-                    {
-                        warn!(error = %e, "cannot update the ready file");
-                    }
-                }
-                Err(e) => error!(
-                    error = format!("{e:#}"),
-                    "reload failed; the tables in force stay"
-                ),
+            reload = Some(Instant::now());
+        }
+        if let Source::Manifests(paths, watch) = &mut source {
+            if let Some(watch) = watch {
+                reload = reload.or_else(|| watch.settled());
             }
+            if let Some(seen) = reload {
+                reload_manifests(paths, seen, &agent, &mut pods, args.ready_file.as_deref());
+            }
+        } else if reload.is_some() {
+            info!("SIGHUP: the Kubernetes source has nothing to reread");
         }
         if let Source::Kube(_, addrs) = &source
             && let Some(latest) = addrs.try_iter().last()
@@ -293,7 +367,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     // No more generations from the source, then the datapath.
-    if let Source::Kube(thread, _) = std::mem::replace(&mut source, Source::Manifests(Vec::new())) {
+    if let Source::Kube(thread, _) =
+        std::mem::replace(&mut source, Source::Manifests(Vec::new(), None))
+    {
         match thread.stop() {
             Ok(counters) => info!(?counters, "Kubernetes source stopped"),
             Err(e) => error!(error = %e, "Kubernetes source"),
@@ -349,7 +425,8 @@ fn start(
     let (agent, source) = if let Some(cluster) = manifests {
         tables.publish(&cluster, None);
         let agent = Agent::start_with(tables, &cluster, opts).context("the agent cannot start")?;
-        (agent, Source::Manifests(args.manifests.clone()))
+        let watch = ManifestWatch::start(&args.manifests);
+        (agent, Source::Manifests(args.manifests.clone(), watch))
     } else {
         let target = match &args.kubeconfig {
             Some(path) => ApiTarget::Kubeconfig(path.clone()),

@@ -122,6 +122,7 @@ fn main() {
             debounce_ms,
             json,
         } => {
+            log_to_stderr();
             let shape = Shape {
                 namespaces,
                 pods,
@@ -196,6 +197,17 @@ fn main() {
             }
         }
     }
+}
+
+/// Logs to standard error, warnings and up unless `RUST_LOG` says more.
+fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn print_propagation(r: &podfence_bench::propagation::Report, changes: usize, json: bool) {

@@ -104,13 +104,7 @@ fn all_pairs(grid: &[Endpoint], protocols: &[Protocol], ports: &[u16]) -> Vec<Pr
 /// Runs the live matrix; returns whether every probe matched its policy
 /// verdict.
 pub(crate) fn run(args: &MatrixArgs) -> Result<bool, Box<dyn std::error::Error>> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::log_to_stderr();
     let mut paths = vec![args.cluster.clone()];
     paths.extend(args.manifests.iter().cloned());
     let cluster = podfence_control::sources::manifests::load(&paths)?.cluster;

@@ -25,6 +25,16 @@ fn pod(ns: &str, name: &str, ip: &str, labels: &Value) -> Value {
            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
 }
 
+/// Pod a, labelled as a client.
+fn client_a() -> Value {
+    pod(
+        "x",
+        "a",
+        "10.244.1.1",
+        &json!({"pod": "a", "role": "client"}),
+    )
+}
+
 /// Ingress to `pod: b` only from pods labelled `role: client`.
 fn only_clients_to_b() -> Value {
     json!({"kind": "NetworkPolicy", "metadata": {"namespace": "x", "name": "b-clients"},
@@ -139,14 +149,7 @@ fn initial_sync_and_every_kind_of_change() {
     h.server.apply(only_clients_to_b()).unwrap();
     h.await_verdict(false, "policy isolates b");
     // Pod label change: a becomes a client.
-    h.server
-        .apply(pod(
-            "x",
-            "a",
-            "10.244.1.1",
-            &json!({"pod": "a", "role": "client"}),
-        ))
-        .unwrap();
+    h.server.apply(client_a()).unwrap();
     h.await_verdict(true, "a labelled client");
     // Policy edited: clients from namespaces labelled team=web only.
     let mut edited = only_clients_to_b();
@@ -204,14 +207,7 @@ fn a_malformed_object_is_skipped_and_the_rest_applies() {
     broken["spec"]["ingress"][0]["from"][0] = json!({"ipBlock": {"cidr": "10.0.0.0/99"}});
     h.server.apply(broken).unwrap();
     // A good change after it still applies.
-    h.server
-        .apply(pod(
-            "x",
-            "a",
-            "10.244.1.1",
-            &json!({"pod": "a", "role": "client"}),
-        ))
-        .unwrap();
+    h.server.apply(client_a()).unwrap();
     h.await_verdict(true, "later change applied, old policy kept");
     let stats = h.stop();
     assert_eq!(stats.malformed, 1, "{stats:?}");

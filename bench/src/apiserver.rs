@@ -8,7 +8,7 @@
 //!   list is one page);
 //! - `?watch=1&resourceVersion=N` streams, chunked, every change of that
 //!   resource after N, then new ones as they happen, with a BOOKMARK every
-//!   `bookmark_every` when `allowWatchBookmarks` is asked for, until
+//!   [`BOOKMARK_EVERY`] when `allowWatchBookmarks` is asked for, until
 //!   `timeoutSeconds`;
 //! - a watch from a version older than the compacted history gets the 410
 //!   Gone error event, as from a real API server.
@@ -30,6 +30,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// How often a watch that asks for bookmarks gets one.
+pub const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 
 /// The resources served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,7 +116,6 @@ pub struct ApiServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
-    bookmark_every: Duration,
 }
 
 /// Why an object cannot be stored.
@@ -136,7 +138,7 @@ impl ApiServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
-        let bookmark_every = Duration::from_millis(500);
+        let bookmark_every = BOOKMARK_EVERY;
         let for_accept = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
             .name("pf-apiserver".into())
@@ -157,7 +159,6 @@ impl ApiServer {
             addr,
             shared,
             accept: Some(accept),
-            bookmark_every,
         })
     }
 
@@ -174,12 +175,6 @@ impl ApiServer {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
             self.url()
         )
-    }
-
-    /// How often watches that ask for bookmarks get one.
-    #[must_use]
-    pub fn bookmark_every(&self) -> Duration {
-        self.bookmark_every
     }
 
     fn record(

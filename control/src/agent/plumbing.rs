@@ -205,7 +205,7 @@ fn link_json(name: &str) -> Result<Option<LinkJson>, AgentError> {
 }
 
 /// The interface `name`, or `None` when there is none.
-pub fn link(name: &str) -> Result<Option<Link>, AgentError> {
+fn link(name: &str) -> Result<Option<Link>, AgentError> {
     Ok(link_json(name)?.map(|l| Link {
         mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
         rx_queues: l.num_rx_queues.unwrap_or(1).max(1),

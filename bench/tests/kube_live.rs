@@ -126,10 +126,17 @@ fn policies_and_pods_follow_the_api_live() {
         "podfence_table_generation 3",
         "podfence_propagation_seconds_count 3",
         "podfence_connections_revoked_total{worker=\"0\"} 1",
+        "podfence_connections_denied_egress_total{worker=\"0\"} 0",
         "podfence_watch_lists_total{kind=\"Pod\"} 1",
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
+    let ingress_denied: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("podfence_connections_denied_ingress_total{worker=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ingress denials counted");
+    assert!(ingress_denied >= 2, "{ingress_denied}");
 
     // A pod that appears later is adopted; one that goes is released.
     let c = Endpoint::Pod {

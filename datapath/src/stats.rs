@@ -56,8 +56,12 @@ counters! {
     rx_bytes,
     /// Frames let through.
     allowed,
-    /// Frames dropped by policy.
+    /// Bytes of the frames let through.
+    allowed_bytes,
+    /// Frames dropped (by policy, or malformed with the drop action).
     denied,
+    /// Bytes of the frames dropped.
+    denied_bytes,
     /// Frames that did not parse (given the configured verdict).
     malformed,
     /// Frames that are not IP (ARP and such: not policy's business).
@@ -66,6 +70,11 @@ counters! {
     new_allowed,
     /// Connection attempts denied.
     new_denied,
+    /// Connection attempts the source's egress policy denied.
+    new_denied_egress,
+    /// Connection attempts the destination's ingress policy denied (an
+    /// attempt both sides deny counts in both).
+    new_denied_ingress,
     /// Packets of known connections.
     conntrack_hits,
     /// Connections picked up mid-stream.

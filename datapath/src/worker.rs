@@ -301,8 +301,14 @@ impl<'a> Worker<'a> {
             let passes = outcome.passes(self.config.malformed);
             if passes {
                 c.allowed += 1;
+                c.allowed_bytes += u64::from(desc.wire_len);
             } else {
                 c.denied += 1;
+                c.denied_bytes += u64::from(desc.wire_len);
+            }
+            if let Outcome::Denied(v) = &outcome {
+                c.new_denied_egress += u64::from(!v.egress.is_allowed());
+                c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
             }
             out.packet(desc, frame, meta, &outcome, passes);
         }

@@ -126,15 +126,31 @@ impl WorkerCounters {
 impl Collector for WorkerCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshots = self.snapshots();
-        let counters: [CounterSpec; 10] = [
+        let counters: [CounterSpec; 14] = [
             ("podfence_rx_packets", "Frames received", |c| c.rx_packets),
             ("podfence_rx_bytes", "Bytes received", |c| c.rx_bytes),
             ("podfence_allowed_packets", "Frames let through", |c| {
                 c.allowed
             }),
-            ("podfence_denied_packets", "Frames dropped by policy", |c| {
-                c.denied
+            ("podfence_allowed_bytes", "Bytes let through", |c| {
+                c.allowed_bytes
             }),
+            (
+                "podfence_denied_packets",
+                "Frames dropped (policy, or malformed with the drop action)",
+                |c| c.denied,
+            ),
+            ("podfence_denied_bytes", "Bytes dropped", |c| c.denied_bytes),
+            (
+                "podfence_connections_denied_egress",
+                "Connection attempts the source's egress policy denied",
+                |c| c.new_denied_egress,
+            ),
+            (
+                "podfence_connections_denied_ingress",
+                "Connection attempts the destination's ingress policy denied",
+                |c| c.new_denied_ingress,
+            ),
             (
                 "podfence_malformed_packets",
                 "Frames that did not parse",

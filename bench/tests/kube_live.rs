@@ -125,18 +125,21 @@ fn policies_and_pods_follow_the_api_live() {
     for needle in [
         "podfence_table_generation 3",
         "podfence_propagation_seconds_count 3",
-        "podfence_connections_revoked_total{worker=\"0\"} 1",
         "podfence_connections_denied_egress_total{worker=\"0\"} 0",
         "podfence_watch_lists_total{kind=\"Pod\"} 1",
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
-    let ingress_denied: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("podfence_connections_denied_ingress_total{worker=\"0\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("ingress denials counted");
-    assert!(ingress_denied >= 2, "{ingress_denied}");
+    // How many packets met a revoked or denied flow depends on timing.
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{worker=\"0\"}} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    assert!(value("podfence_connections_revoked_total") >= 1);
+    assert!(value("podfence_connections_denied_ingress_total") >= 2);
 
     // A pod that appears later is adopted; one that goes is released.
     let c = Endpoint::Pod {

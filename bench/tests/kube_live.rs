@@ -126,6 +126,7 @@ fn policies_and_pods_follow_the_api_live() {
         "podfence_table_generation 3",
         "podfence_propagation_seconds_count 3",
         "podfence_connections_denied_egress_total{worker=\"0\"} 0",
+        "podfence_xsk_rx_invalid_descs_total{worker=\"0\"} 0",
         "podfence_watch_lists_total{kind=\"Pod\"} 1",
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");

@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -98,96 +98,162 @@ impl ControlMetrics {
 /// A worker counter's name, help and reader.
 type CounterSpec = (&'static str, &'static str, fn(&Counters) -> u64);
 
+/// A worker's AF_XDP ring statistics (`XDP_STATISTICS`), summed over its
+/// sockets; the worker refreshes them about once a second.
+#[derive(Debug, Default)]
+pub struct RingCounters {
+    /// Frames dropped for reasons other than invalid descriptors.
+    pub rx_dropped: AtomicU64,
+    /// Frames dropped because the rx ring was full.
+    pub rx_ring_full: AtomicU64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub fill_ring_empty: AtomicU64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid_descs: AtomicU64,
+    /// Invalid descriptors on the tx ring.
+    pub tx_invalid_descs: AtomicU64,
+    /// Times the tx ring was empty when the kernel looked.
+    pub tx_ring_empty: AtomicU64,
+}
+
 /// The workers' counters, read at scrape time.
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
-    workers: Mutex<Vec<Arc<WorkerStats>>>,
+    workers: Mutex<Vec<(Arc<WorkerStats>, Arc<RingCounters>)>>,
 }
+
+/// A ring counter's name, help and reader.
+type RingSpec = (&'static str, &'static str, fn(&RingCounters) -> &AtomicU64);
 
 impl WorkerCounters {
     /// Adds a worker's counters.
-    pub fn add(&self, stats: Arc<WorkerStats>) {
+    pub fn add(&self, stats: Arc<WorkerStats>, rings: Arc<RingCounters>) {
         self.workers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(stats);
+            .push((stats, rings));
     }
 
-    fn snapshots(&self) -> Vec<Counters> {
+    fn snapshots(&self) -> Vec<(Counters, Arc<RingCounters>)> {
         self.workers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|s| s.snapshot())
+            .map(|(s, r)| (s.snapshot(), Arc::clone(r)))
             .collect()
     }
 }
 
+/// The worker counters exported.
+const WORKER_COUNTERS: [CounterSpec; 14] = [
+    ("podfence_rx_packets", "Frames received", |c| c.rx_packets),
+    ("podfence_rx_bytes", "Bytes received", |c| c.rx_bytes),
+    ("podfence_allowed_packets", "Frames let through", |c| {
+        c.allowed
+    }),
+    ("podfence_allowed_bytes", "Bytes let through", |c| {
+        c.allowed_bytes
+    }),
+    (
+        "podfence_denied_packets",
+        "Frames dropped (policy, or malformed with the drop action)",
+        |c| c.denied,
+    ),
+    ("podfence_denied_bytes", "Bytes dropped", |c| c.denied_bytes),
+    (
+        "podfence_connections_denied_egress",
+        "Connection attempts the source's egress policy denied",
+        |c| c.new_denied_egress,
+    ),
+    (
+        "podfence_connections_denied_ingress",
+        "Connection attempts the destination's ingress policy denied",
+        |c| c.new_denied_ingress,
+    ),
+    (
+        "podfence_malformed_packets",
+        "Frames that did not parse",
+        |c| c.malformed,
+    ),
+    (
+        "podfence_connections_allowed",
+        "New connections allowed",
+        |c| c.new_allowed,
+    ),
+    (
+        "podfence_connections_denied",
+        "Connection attempts denied",
+        |c| c.new_denied,
+    ),
+    (
+        "podfence_connections_revoked",
+        "Established connections cut by a new generation",
+        |c| c.revoked,
+    ),
+    (
+        "podfence_conntrack_evictions",
+        "Conntrack entries that evicted another",
+        |c| c.conntrack_evictions,
+    ),
+    (
+        "podfence_conntrack_insert_failures",
+        "Conntrack inserts that found no slot",
+        |c| c.conntrack_insert_failures,
+    ),
+];
+
+/// The ring counters exported.
+const RING_COUNTERS: [RingSpec; 6] = [
+    (
+        "podfence_xsk_rx_dropped",
+        "AF_XDP: frames dropped for reasons other than invalid descriptors",
+        |r| &r.rx_dropped,
+    ),
+    (
+        "podfence_xsk_rx_ring_full",
+        "AF_XDP: frames dropped because the rx ring was full",
+        |r| &r.rx_ring_full,
+    ),
+    (
+        "podfence_xsk_fill_ring_empty",
+        "AF_XDP: times the fill ring was empty when a frame arrived",
+        |r| &r.fill_ring_empty,
+    ),
+    (
+        "podfence_xsk_rx_invalid_descs",
+        "AF_XDP: invalid descriptors on the fill ring",
+        |r| &r.rx_invalid_descs,
+    ),
+    (
+        "podfence_xsk_tx_invalid_descs",
+        "AF_XDP: invalid descriptors on the tx ring",
+        |r| &r.tx_invalid_descs,
+    ),
+    (
+        "podfence_xsk_tx_ring_empty",
+        "AF_XDP: times the tx ring was empty when the kernel looked",
+        |r| &r.tx_ring_empty,
+    ),
+];
+
 impl Collector for WorkerCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshots = self.snapshots();
-        let counters: [CounterSpec; 14] = [
-            ("podfence_rx_packets", "Frames received", |c| c.rx_packets),
-            ("podfence_rx_bytes", "Bytes received", |c| c.rx_bytes),
-            ("podfence_allowed_packets", "Frames let through", |c| {
-                c.allowed
-            }),
-            ("podfence_allowed_bytes", "Bytes let through", |c| {
-                c.allowed_bytes
-            }),
-            (
-                "podfence_denied_packets",
-                "Frames dropped (policy, or malformed with the drop action)",
-                |c| c.denied,
-            ),
-            ("podfence_denied_bytes", "Bytes dropped", |c| c.denied_bytes),
-            (
-                "podfence_connections_denied_egress",
-                "Connection attempts the source's egress policy denied",
-                |c| c.new_denied_egress,
-            ),
-            (
-                "podfence_connections_denied_ingress",
-                "Connection attempts the destination's ingress policy denied",
-                |c| c.new_denied_ingress,
-            ),
-            (
-                "podfence_malformed_packets",
-                "Frames that did not parse",
-                |c| c.malformed,
-            ),
-            (
-                "podfence_connections_allowed",
-                "New connections allowed",
-                |c| c.new_allowed,
-            ),
-            (
-                "podfence_connections_denied",
-                "Connection attempts denied",
-                |c| c.new_denied,
-            ),
-            (
-                "podfence_connections_revoked",
-                "Established connections cut by a new generation",
-                |c| c.revoked,
-            ),
-            (
-                "podfence_conntrack_evictions",
-                "Conntrack entries that evicted another",
-                |c| c.conntrack_evictions,
-            ),
-            (
-                "podfence_conntrack_insert_failures",
-                "Conntrack inserts that found no slot",
-                |c| c.conntrack_insert_failures,
-            ),
-        ];
-        for (name, help, get) in counters {
+        for (name, help, get) in WORKER_COUNTERS {
             let probe = ConstCounter::new(0u64);
             let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
-            for (w, c) in snapshots.iter().enumerate() {
+            for (w, (c, _)) in snapshots.iter().enumerate() {
                 let labels = [("worker", w.to_string())];
                 ConstCounter::new(get(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, get) in RING_COUNTERS {
+            let probe = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+            for (w, (_, r)) in snapshots.iter().enumerate() {
+                let labels = [("worker", w.to_string())];
+                let value = get(r).load(Ordering::Relaxed);
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
         let workers = ConstGauge::new(i64::try_from(snapshots.len()).unwrap_or(i64::MAX));

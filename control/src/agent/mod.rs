@@ -47,7 +47,7 @@ use tracing::{error, info, warn};
 
 use crate::compile::{CompileOptions, Locality};
 use crate::model::Cluster;
-use metrics::{Health, WorkerCounters};
+use metrics::{Health, RingCounters, WorkerCounters};
 use plumbing::{Discovery, HostPair, PlumbingConfig};
 pub use tables::{Published, TablePublisher};
 
@@ -530,7 +530,10 @@ impl Agent {
         let config = self.options.worker;
         let pin = self.options.pin_workers;
         let worker_stats = Arc::clone(&stats);
-        self.options.worker_counters.add(Arc::clone(&stats));
+        let rings = Arc::new(RingCounters::default());
+        self.options
+            .worker_counters
+            .add(Arc::clone(&stats), Arc::clone(&rings));
         let running = Arc::new(AtomicBool::new(true));
         self.options
             .health
@@ -547,7 +550,7 @@ impl Agent {
                 // Cleared however the thread ends, for /healthz.
                 let _running = RunningFlag(running);
                 let mut worker = Worker::new(&conntrack, reader, &worker_stats, config);
-                run_worker(index, &mut switch, &mut worker, &stop, &commands)
+                run_worker(index, &mut switch, &mut worker, &stop, &commands, &rings)
             })
             .map_err(AgentError::Thread)?;
         self.workers.push(handle);
@@ -680,6 +683,7 @@ fn run_worker(
     worker: &mut Worker<'_>,
     stop: &AtomicBool,
     commands: &mpsc::Receiver<WorkerCommand>,
+    rings: &RingCounters,
 ) -> WorkerReport {
     const SPINS_BEFORE_SLEEP: u32 = 256;
     let mut report = WorkerReport::default();
@@ -688,7 +692,14 @@ fn run_worker(
     let mut wait = waiter(switch);
     let mut idle = 0u32;
     let mut last_error: Option<Instant> = None;
+    let mut last_rings = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        // The kernel's ring counters: one system call per port, once a
+        // second, never per packet.
+        if last_rings.elapsed() >= Duration::from_secs(1) {
+            publish_ring_stats(switch, rings);
+            last_rings = Instant::now();
+        }
         while let Ok(command) = commands.try_recv() {
             match command {
                 WorkerCommand::AddPort(port) => {
@@ -733,6 +744,38 @@ fn run_worker(
     }
     report.switch = switch.stats().clone();
     report
+}
+
+/// Sums the ring statistics of the worker's sockets into `rings`.
+fn publish_ring_stats(switch: &Switch<XskPort>, rings: &RingCounters) {
+    let mut sum = [0u64; 6];
+    for port in (0..switch.port_count()).filter_map(|i| switch.port(i)) {
+        if let Ok(s) = port.xsk_stats() {
+            for (total, v) in sum.iter_mut().zip([
+                s.rx_dropped,
+                s.rx_ring_full,
+                s.rx_fill_ring_empty_descs,
+                s.rx_invalid_descs,
+                s.tx_invalid_descs,
+                s.tx_ring_empty_descs,
+            ]) {
+                *total += v;
+            }
+        }
+    }
+    for (counter, v) in [
+        &rings.rx_dropped,
+        &rings.rx_ring_full,
+        &rings.fill_ring_empty,
+        &rings.rx_invalid_descs,
+        &rings.tx_invalid_descs,
+        &rings.tx_ring_empty,
+    ]
+    .into_iter()
+    .zip(sum)
+    {
+        counter.store(v, Ordering::Relaxed);
+    }
 }
 
 /// Whether pod traffic passes while no agent runs, for messages.

@@ -177,34 +177,33 @@ impl ApiServer {
         )
     }
 
-    fn record(
-        &self,
-        resource: Resource,
-        kind: &'static str,
-        key: ObjectKey,
-        object: Option<Value>,
-    ) -> u64 {
+    /// Stores (`Some`) or deletes (`None`) the object at `key` under a new
+    /// resourceVersion and tells the watches; `None` when there was nothing
+    /// to delete.
+    fn record(&self, key: ObjectKey, object: Option<Value>) -> Option<u64> {
+        let resource = key.0;
         let mut s = self.shared.lock();
-        s.version += 1;
-        let version = s.version;
-        let stored = if let Some(mut o) = object {
+        let version = s.version + 1;
+        let (kind, stored) = if let Some(mut o) = object {
             o["metadata"]["resourceVersion"] = json!(version.to_string());
             o["apiVersion"] = json!(resource.api_version());
             o["kind"] = json!(resource.kind());
-            s.objects.insert(key, o.clone());
-            o
-        } else {
-            let Some(mut o) = s.objects.remove(&key) else {
-                s.version -= 1;
-                return version - 1;
+            let kind = if s.objects.insert(key, o.clone()).is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
             };
+            (kind, o)
+        } else {
+            let mut o = s.objects.remove(&key)?;
             o["metadata"]["resourceVersion"] = json!(version.to_string());
-            o
+            ("DELETED", o)
         };
+        s.version = version;
         s.history.push((version, resource, kind, stored));
         drop(s);
         self.shared.changed.notify_all();
-        version
+        Some(version)
     }
 
     fn key(object: &Value) -> Result<ObjectKey, ApiServerError> {
@@ -228,12 +227,9 @@ impl ApiServer {
     /// returns the new resourceVersion.
     pub fn apply(&self, object: Value) -> Result<u64, ApiServerError> {
         let key = Self::key(&object)?;
-        let kind = if self.shared.lock().objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        Ok(self.record(key.0, kind, key, Some(object)))
+        Ok(self
+            .record(key, Some(object))
+            .expect("a store always records"))
     }
 
     /// Deletes an object (if it exists).
@@ -243,12 +239,7 @@ impl ApiServer {
         } else {
             namespace
         };
-        self.record(
-            resource,
-            "DELETED",
-            (resource, namespace.to_owned(), name.to_owned()),
-            None,
-        );
+        self.record((resource, namespace.to_owned(), name.to_owned()), None);
     }
 
     /// Drops every open watch connection without ending its stream.

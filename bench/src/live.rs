@@ -45,6 +45,9 @@ pub enum LiveError {
     /// The agent failed to start.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The agent's thread could not be started.
+    #[error("cannot start the agent thread: {0}")]
+    Thread(std::io::Error),
     /// The agent's thread is gone.
     #[error("the agent thread ended unexpectedly")]
     Gone,
@@ -104,10 +107,7 @@ impl LiveAgent {
                     eprintln!("live agent: stop: {e}");
                 }
             })
-            .map_err(|e| LiveError::Netns {
-                netns: "(thread)".into(),
-                source: e,
-            })?;
+            .map_err(LiveError::Thread)?;
         let result = started.recv().unwrap_or(Err(LiveError::Gone));
         let live = Self {
             requests: Some(requests),

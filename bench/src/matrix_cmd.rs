@@ -56,16 +56,11 @@ fn read_probes(path: &Path) -> Result<Vec<Probe>, String> {
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
     };
-    let mut probes = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        probes.push(
-            Probe::from_line(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?,
-        );
-    }
-    Ok(probes)
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| Some((i, Probe::from_file_line(line)?)))
+        .map(|(i, parsed)| parsed.map_err(|e| format!("{}:{}: {e}", path.display(), i + 1)))
+        .collect()
 }
 
 /// Pods with addresses, then the outside addresses.

@@ -45,6 +45,17 @@ pub enum Locality {
     Node(String),
 }
 
+impl Locality {
+    /// Whether `pod` is one of the pods enforced here.
+    #[must_use]
+    pub fn includes(&self, pod: &Pod) -> bool {
+        match self {
+            Self::AllPods => true,
+            Self::Node(n) => pod.node.as_deref() == Some(n.as_str()),
+        }
+    }
+}
+
 /// Compiler settings.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
@@ -171,10 +182,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn is_local(&self, pod: &Pod) -> bool {
-        match &self.options.locality {
-            Locality::AllPods => true,
-            Locality::Node(n) => pod.node.as_deref() == Some(n.as_str()),
-        }
+        self.options.locality.includes(pod)
     }
 
     /// Endpoints of `namespace` matching `selector`.

@@ -365,12 +365,10 @@ fn run_probe(cluster: &Cluster, compiled: &Compiled, path: &PathBuf) -> Result<(
     let mut errors = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("cannot read probes from {name}"))?;
-        if line.trim().is_empty() || line.starts_with('#') {
+        let Some(parsed) = Probe::from_file_line(&line) else {
             continue;
-        }
-        match Probe::from_line(&line)
-            .and_then(|p| probe::classify(cluster, &compiled.tables, &p).map(|v| (p, v)))
-        {
+        };
+        match parsed.and_then(|p| probe::classify(cluster, &compiled.tables, &p).map(|v| (p, v))) {
             Ok(r) => results.push(r),
             Err(e) => errors.push(format!("{name}:{}: {e}", i + 1)),
         }

@@ -140,6 +140,13 @@ impl Probe {
         }
         Self::from_fields(cols[0], cols[1], cols[2], cols[3])
     }
+
+    /// A line of a probe file: `None` for blank lines and `#` comments,
+    /// else the probe it holds.
+    #[must_use]
+    pub fn from_file_line(line: &str) -> Option<Result<Self, ProbeError>> {
+        (!line.trim().is_empty() && !line.starts_with('#')).then(|| Self::from_line(line))
+    }
 }
 
 impl fmt::Display for Probe {

@@ -192,7 +192,7 @@ impl PodTracker {
     }
 
     fn maintain(&mut self, agent: &mut Agent) {
-        let every = if agent.status().unrouted.is_empty() {
+        let every = if agent.unrouted().is_empty() {
             Duration::from_secs(10)
         } else {
             Duration::from_secs(1)
@@ -367,9 +367,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     // No more generations from the source, then the datapath.
-    if let Source::Kube(thread, _) =
-        std::mem::replace(&mut source, Source::Manifests(Vec::new(), None))
-    {
+    if let Source::Kube(thread, _) = source {
         match thread.stop() {
             Ok(counters) => info!(?counters, "Kubernetes source stopped"),
             Err(e) => error!(error = %e, "Kubernetes source"),

@@ -191,11 +191,7 @@ pub fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
     let mut addrs: Vec<IpAddr> = cluster
         .pods
         .values()
-        .filter(|p| p.is_policy_endpoint())
-        .filter(|p| match locality {
-            Locality::AllPods => true,
-            Locality::Node(n) => p.node.as_deref() == Some(n.as_str()),
-        })
+        .filter(|p| p.is_policy_endpoint() && locality.includes(p))
         .flat_map(|p| p.ips.iter().copied())
         .collect();
     addrs.sort_unstable();
@@ -567,6 +563,13 @@ impl Agent {
         self.tables.publish(cluster, caused_at).generation
     }
 
+    /// Local pod addresses found without a host route of their own (not
+    /// enforced until a later [`reconcile`](Self::reconcile) finds one).
+    #[must_use]
+    pub fn unrouted(&self) -> &[IpAddr] {
+        &self.pods.unrouted
+    }
+
     /// The compile-and-publish handle the workers read from.
     #[must_use]
     pub fn tables(&self) -> &TablePublisher {
@@ -613,10 +616,7 @@ impl Agent {
             });
         }
         let mut first_error = None;
-        if let Err(e) = plumbing::restore(&self.options.plumbing, None) {
-            error!(error = %e, "restoring routes");
-            first_error.get_or_insert(e);
-        }
+        plumbing::restore(&self.options.plumbing);
         for redirector in std::mem::take(&mut self.redirectors).into_values() {
             let iface = redirector.ifname().to_owned();
             if let Err(source) = redirector.detach() {
@@ -634,7 +634,7 @@ impl Agent {
             }
         }
         if let Some(pair) = self.pair.take()
-            && let Err(e) = plumbing::restore(&self.options.plumbing, Some(&pair))
+            && let Err(e) = plumbing::remove_pair(&pair)
         {
             error!(error = %e, "removing the host-port pair");
             first_error.get_or_insert(e);

@@ -20,8 +20,8 @@
 //!   table, straight to the pods. Only a redirector with no socket and the
 //!   pass action lets frames reach the kernel there.
 //!
-//! Restoring deletes the rules, the table's routes and the pair (when we
-//! made it); the CNI's routes take over again. A crashed agent leaves the
+//! Restoring deletes the rules and the table's routes, and then the pair
+//! (when it is ours); the CNI's routes take over again. A crashed agent leaves the
 //! rules in place, so pod traffic keeps going to `pf-host` where the
 //! redirector drops it (fail closed), and the next start finds the original
 //! routes untouched in the main table and adopts them again.
@@ -464,14 +464,17 @@ pub fn add_rules(config: &PlumbingConfig, family_of: IpAddr) -> Result<(), Agent
     Ok(())
 }
 
-/// Undoes [`adopt`] and removes the host-port pair if `pair` says this run
-/// created it.
-pub fn restore(config: &PlumbingConfig, pair: Option<&HostPair>) -> Result<(), AgentError> {
+/// Undoes [`adopt`]: the CNI's routes take over at once.
+pub fn restore(config: &PlumbingConfig) {
     clear_routes(config);
-    if let Some(pair) = pair.filter(|p| p.created) {
+    info!("pod routes handed back to the kernel's main table");
+}
+
+/// Removes the host-port pair if it is ours ([`HostPair::created`]).
+pub fn remove_pair(pair: &HostPair) -> Result<(), AgentError> {
+    if pair.created {
         run("ip", &["link", "del", &pair.host.name])?;
     }
-    info!("pod routes handed back to the kernel's main table");
     Ok(())
 }
 

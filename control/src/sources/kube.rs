@@ -207,14 +207,18 @@ impl ClusterIndex {
                 false
             }
             Change::Listed(kind, key, result) => {
-                let error = result.as_ref().err().cloned();
-                if let Some(e) = &error {
-                    self.rejected(kind, &key, e);
-                }
-                let buffer = self.relisting[kind as usize].get_or_insert_default();
                 match result {
-                    Ok(object) => buffer.0.push(object),
-                    Err(_) => buffer.1.push(key),
+                    Ok(object) => self.relisting[kind as usize]
+                        .get_or_insert_default()
+                        .0
+                        .push(object),
+                    Err(e) => {
+                        self.rejected(kind, &key, &e);
+                        self.relisting[kind as usize]
+                            .get_or_insert_default()
+                            .1
+                            .push(key);
+                    }
                 }
                 false
             }

@@ -160,7 +160,7 @@ pub fn rss_bytes() -> u64 {
 pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, String> {
     let cluster: Cluster = synthetic::cluster(shape);
     let server = ApiServer::start().map_err(|e| e.to_string())?;
-    let pods: Vec<&Pod> = cluster.pods.values().collect();
+    let pods: Vec<&Pod> = cluster.pods.values().map(AsRef::as_ref).collect();
     for ns in cluster.namespaces.values() {
         server
             .apply(namespace_json(ns))
@@ -171,7 +171,7 @@ pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, S
             .apply(pod_json(p, &format!("node-{}", i % NODES)))
             .map_err(|e| e.to_string())?;
     }
-    let policies: Vec<&NetworkPolicy> = cluster.policies.values().collect();
+    let policies: Vec<&NetworkPolicy> = cluster.policies.values().map(AsRef::as_ref).collect();
     for np in &policies {
         server.apply(policy_json(np)).map_err(|e| e.to_string())?;
     }

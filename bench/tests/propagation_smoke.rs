@@ -26,10 +26,13 @@ fn every_change_is_published() {
 #[test]
 fn served_objects_read_back_as_the_same_cluster() {
     let cluster = synthetic::cluster(SMALL);
-    let mut items: Vec<serde_json::Value> =
-        cluster.namespaces.values().map(namespace_json).collect();
+    let mut items: Vec<serde_json::Value> = cluster
+        .namespaces
+        .values()
+        .map(|n| namespace_json(n))
+        .collect();
     items.extend(cluster.pods.values().map(|p| pod_json(p, "node-0")));
-    items.extend(cluster.policies.values().map(policy_json));
+    items.extend(cluster.policies.values().map(|p| policy_json(p)));
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
     let back = manifests::load_str(std::path::Path::new("list.json"), &list.to_string())
         .expect("loads")

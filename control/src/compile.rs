@@ -17,6 +17,14 @@
 //!   entry holds the union of the admitted protocol/port ranges, each range
 //!   tagged with its policy and rule for attribution.
 //!
+//! Compiling is incremental: a [`Compiler`] kept from one generation to the
+//! next remembers, per object, what it derived from it (the selector peers
+//! each pod matches, each policy's peers resolved, the ipBlock signature
+//! maps, the pod and policy name lists) and recomputes that only for the
+//! objects that changed, which it tells by the `Arc` each object is stored
+//! in (see [`Cluster`]). What it reuses gives the same tables as compiling
+//! from scratch, identity and group numbers included.
+//!
 //! Named ports resolve per pod by name and protocol: for ingress on the
 //! protected pod, for egress on the destination pod. For egress they resolve
 //! only when the destination is a pod reached through a selector peer or a
@@ -25,16 +33,20 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::prefix::{AddrBits, Cidr};
 use podfence_datapath::tables::{
-    BroadSetId, Direction, Enforcement, GroupId, IdentityId, PodAddress, PodId, PolicyId, PortRule,
+    BroadSetId, Direction, Enforcement, GroupId, IdentityId, ObjectName, PodAddress, PodId,
+    PolicyId, PortRule,
 };
 use podfence_datapath::{Prefix, Tables, TablesBuilder};
 use rustc_hash::FxHashMap;
 
-use crate::model::{Cluster, IpBlock, LabelSelector, NamedPort, Peer, Pod, PortSpec, Rule};
+use crate::model::{
+    Cluster, IpBlock, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod, PortSpec, Rule,
+};
 
 /// Which pods this node enforces policy for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,11 +103,34 @@ pub struct Compiled {
 
 /// Interned selector peer: the namespace scope and the pod selector.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum SelectorPeer<'a> {
+enum SelectorPeer {
     /// Pods of one namespace (a peer without `namespaceSelector`).
-    InNamespace(&'a str, &'a LabelSelector),
+    InNamespace(String, LabelSelector),
     /// Pods of every namespace the first selector matches.
-    InNamespaces(&'a LabelSelector, &'a LabelSelector),
+    InNamespaces(LabelSelector, LabelSelector),
+}
+
+impl SelectorPeer {
+    fn from_peer(
+        policy_namespace: &str,
+        namespaces: Option<&LabelSelector>,
+        pods: &LabelSelector,
+    ) -> Self {
+        match namespaces {
+            None => Self::InNamespace(policy_namespace.to_owned(), pods.clone()),
+            Some(ns) => Self::InNamespaces(ns.clone(), pods.clone()),
+        }
+    }
+
+    /// Whether it selects `pod`, whose namespace object is `namespace`.
+    fn matches(&self, pod: &Pod, namespace: Option<&Namespace>) -> bool {
+        match self {
+            Self::InNamespace(ns, pods) => pod.namespace == *ns && pods.matches(&pod.labels),
+            Self::InNamespaces(ns_sel, pods) => {
+                namespace.is_some_and(|ns| ns_sel.matches(&ns.labels)) && pods.matches(&pod.labels)
+            }
+        }
+    }
 }
 
 /// What a rule's peer resolves to before identities exist.
@@ -118,12 +153,28 @@ struct Interner<K> {
     items: Vec<K>,
 }
 
-impl<K: Clone + Eq + std::hash::Hash> Interner<K> {
-    fn new() -> Self {
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
         Self {
             ids: FxHashMap::default(),
             items: Vec::new(),
         }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Interner<Vec<T>> {
+    /// [`intern`](Self::intern) that copies the key only when it is new.
+    fn intern_ref(&mut self, key: &[T]) -> u32 {
+        match self.ids.get(key) {
+            Some(id) => *id,
+            None => self.intern(key.to_vec()),
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Interner<K> {
+    fn new() -> Self {
+        Self::default()
     }
     fn intern(&mut self, key: K) -> u32 {
         if let Some(id) = self.ids.get(&key) {
@@ -136,31 +187,202 @@ impl<K: Clone + Eq + std::hash::Hash> Interner<K> {
     }
 }
 
-/// Compiles a cluster state into tables.
+/// Compiles a cluster state into tables, from scratch.
 #[must_use]
 pub fn compile(cluster: &Cluster, options: &CompileOptions) -> Compiled {
-    Compiler::new(cluster, options).run()
+    Compiler::new(options.clone()).compile(cluster, options.generation)
 }
 
-struct Compiler<'a> {
+/// Compiles successive states of one cluster, each from what changed since
+/// the last (see the module documentation).
+pub struct Compiler {
+    options: CompileOptions,
+    memo: Memo,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiler")
+            .field("options", &self.options)
+            .field("endpoints", &self.memo.endpoints.len())
+            .field("policies", &self.memo.policies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Compiler {
+    /// A compiler with nothing remembered; `options.generation` is unused.
+    #[must_use]
+    pub fn new(options: CompileOptions) -> Self {
+        Self {
+            options,
+            memo: Memo::default(),
+        }
+    }
+
+    /// Which pods are enforced here.
+    #[must_use]
+    pub fn locality(&self) -> &Locality {
+        &self.options.locality
+    }
+
+    /// Compiles `cluster` into tables numbered `generation`.
+    pub fn compile(&mut self, cluster: &Cluster, generation: u64) -> Compiled {
+        if self.memo.is_mostly_garbage() {
+            self.memo = Memo::default();
+        }
+        Pass::new(cluster, &self.options, generation).run(&mut self.memo)
+    }
+}
+
+/// What the last compile derived, per object, for the next to reuse.
+#[derive(Default)]
+struct Memo {
+    /// Every selector peer seen since the memo was made; ids are stable.
+    selectors: Interner<SelectorPeer>,
+    /// Selectors that existed at the last compile: remembered matches cover
+    /// these ids and no others.
+    selectors_checked: u32,
+    /// Selectors the last compile's policies used.
+    selectors_live: usize,
+    /// Every named-port profile seen since the memo was made (0: none).
+    profiles: Interner<Vec<NamedPort>>,
+    profiles_live: usize,
+    /// Every ipBlock seen since the memo was made; ids are stable.
+    blocks: Interner<IpBlock>,
+    blocks_live: usize,
+    /// The last compile's policies in name order, their peers resolved.
+    policies: Vec<PolicyMemo>,
+    /// The last compile's endpoints in name order, with what they matched.
+    endpoints: Vec<EndpointMemo>,
+    /// Signature maps of the last compile's live ipBlocks.
+    block_maps: Option<BlockMaps>,
+    /// Name lists of the last compile, shared while no pod or policy came or went.
+    pod_names: Option<Arc<[ObjectName]>>,
+    policy_names: Option<Arc<[ObjectName]>>,
+}
+
+impl Memo {
+    /// Whether selectors or blocks no policy uses any more outnumber the
+    /// live ones (they are never removed one by one: ids must stay stable).
+    fn is_mostly_garbage(&self) -> bool {
+        let dead = |all: usize, live: usize| all > 2 * live + 256;
+        dead(self.selectors.items.len(), self.selectors_live)
+            || dead(self.blocks.items.len(), self.blocks_live)
+            || dead(self.profiles.items.len(), self.profiles_live)
+    }
+}
+
+struct PolicyMemo {
+    policy: Arc<NetworkPolicy>,
+    /// `[direction][rule]` → the rule's peers; `None` for "every peer".
+    rules: [Vec<Option<Vec<PeerRef>>>; 2],
+    /// Whether ingress / egress rules use named ports.
+    named: [bool; 2],
+}
+
+struct EndpointMemo {
+    pod: Arc<Pod>,
+    namespace: Option<Arc<Namespace>>,
+    facts: EndpointFacts,
+}
+
+/// What an endpoint's own objects decide.
+struct EndpointFacts {
+    /// Selector ids below `Memo::selectors_checked` that match it, ascending.
+    matched: Vec<u32>,
+    /// Its named ports, sorted, as a profile id.
+    profile: u32,
+}
+
+/// Address ranges to ipBlock signatures, by longest prefix.
+struct BlockMaps {
+    /// The live block ids they were made from.
+    live: Vec<u32>,
+    sigs: Interner<Vec<u32>>,
+    v4: IntervalMap<u32, u32>,
+    v6: IntervalMap<u128, u32>,
+}
+
+/// An object known by `(namespace, name)`.
+trait NameKey {
+    fn name_key(&self) -> (&str, &str);
+}
+
+impl NameKey for Pod {
+    fn name_key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NameKey for NetworkPolicy {
+    fn name_key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NameKey for EndpointMemo {
+    fn name_key(&self) -> (&str, &str) {
+        self.pod.name_key()
+    }
+}
+
+impl NameKey for PolicyMemo {
+    fn name_key(&self) -> (&str, &str) {
+        self.policy.name_key()
+    }
+}
+
+/// The last compile's entries, in name order, handed out by name to a walk
+/// over this compile's objects in name order.
+struct ByName<T> {
+    previous: std::iter::Peekable<std::vec::IntoIter<T>>,
+    /// Whether every name asked for was there and none was passed over.
+    same: bool,
+}
+
+impl<T: NameKey> ByName<T> {
+    fn new(previous: Vec<T>) -> Self {
+        Self {
+            previous: previous.into_iter().peekable(),
+            same: true,
+        }
+    }
+
+    fn take(&mut self, key: (&str, &str)) -> Option<T> {
+        while self.previous.next_if(|m| m.name_key() < key).is_some() {
+            self.same = false;
+        }
+        let entry = self.previous.next_if(|m| m.name_key() == key);
+        self.same &= entry.is_some();
+        entry
+    }
+
+    /// Whether the names walked were exactly the last compile's.
+    fn same_names(mut self) -> bool {
+        self.same && self.previous.peek().is_none()
+    }
+}
+
+/// Fresh endpoints up to this many are checked one by one against the
+/// known selectors; more, and each selector scans its namespaces instead.
+const FEW_FRESH: usize = 64;
+
+/// One compile.
+struct Pass<'a> {
     cluster: &'a Cluster,
     options: &'a CompileOptions,
+    generation: u64,
     /// Pods that own their addresses, in name order.
-    endpoints: Vec<&'a Pod>,
+    endpoints: Vec<&'a Arc<Pod>>,
     /// Endpoint indices by namespace.
     by_namespace: FxHashMap<&'a str, Vec<u32>>,
     warnings: Vec<String>,
 }
 
-/// Peers of every rule, resolved to selector and block indices.
-struct PolicyPeers {
-    /// `[policy][direction][rule]` → `None` for "every peer".
-    rules: Vec<[Vec<Option<Vec<PeerRef>>>; 2]>,
-}
-
-impl<'a> Compiler<'a> {
-    fn new(cluster: &'a Cluster, options: &'a CompileOptions) -> Self {
-        let endpoints: Vec<&Pod> = cluster
+impl<'a> Pass<'a> {
+    fn new(cluster: &'a Cluster, options: &'a CompileOptions, generation: u64) -> Self {
+        let endpoints: Vec<&Arc<Pod>> = cluster
             .pods
             .values()
             .filter(|p| p.is_policy_endpoint())
@@ -175,6 +397,7 @@ impl<'a> Compiler<'a> {
         Self {
             cluster,
             options,
+            generation,
             endpoints,
             by_namespace,
             warnings: Vec::new(),
@@ -183,6 +406,105 @@ impl<'a> Compiler<'a> {
 
     fn is_local(&self, pod: &Pod) -> bool {
         self.options.locality.includes(pod)
+    }
+
+    /// Resolves every policy's rule peers to selector and block ids,
+    /// reusing the last compile's result for a policy that is the same
+    /// object; returns them in policy order, and whether the policies are
+    /// the last compile's names.
+    fn resolve_policies(&self, memo: &mut Memo) -> (Vec<PolicyMemo>, bool) {
+        let mut previous = ByName::new(std::mem::take(&mut memo.policies));
+        let mut resolved = Vec::with_capacity(self.cluster.policies.len());
+        for policy in self.cluster.policies.values() {
+            let entry = match previous.take(policy.name_key()) {
+                Some(m) if Arc::ptr_eq(&m.policy, policy) => m,
+                _ => resolve_policy(policy, &mut memo.selectors, &mut memo.blocks),
+            };
+            resolved.push(entry);
+        }
+        (resolved, previous.same_names())
+    }
+
+    /// For each endpoint, the selector ids (live or not) that match it and
+    /// its named-port profile: remembered for endpoints whose pod and
+    /// namespace objects are unchanged, worked out for the rest; selectors
+    /// new since the last compile are checked on every endpoint.
+    fn endpoint_facts(&self, memo: &mut Memo) -> (Vec<EndpointMemo>, bool) {
+        if memo.profiles.items.is_empty() {
+            memo.profiles.intern(Vec::new());
+        }
+        let known = memo.selectors_checked as usize;
+        let mut previous = ByName::new(std::mem::take(&mut memo.endpoints));
+        let mut facts = Vec::with_capacity(self.endpoints.len());
+        let mut fresh = Vec::new();
+        let mut namespace: Option<&Arc<Namespace>> = None;
+        for (e, pod) in self.endpoints.iter().enumerate() {
+            // Endpoints come by namespace: look each namespace up once.
+            if e == 0 || self.endpoints[e - 1].namespace != pod.namespace {
+                namespace = self.cluster.namespaces.get(&pod.namespace);
+            }
+            let same = previous.take(pod.name_key()).filter(|m| {
+                Arc::ptr_eq(&m.pod, pod)
+                    && match (&m.namespace, namespace) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            });
+            if let Some(m) = same {
+                facts.push(m);
+            } else {
+                let mut ports = pod.named_ports.clone();
+                ports.sort();
+                ports.dedup();
+                facts.push(EndpointMemo {
+                    pod: Arc::clone(pod),
+                    namespace: namespace.cloned(),
+                    facts: EndpointFacts {
+                        matched: Vec::new(),
+                        profile: memo.profiles.intern(ports),
+                    },
+                });
+                fresh.push(e as u32);
+            }
+        }
+        let selectors = &memo.selectors.items;
+        let mut is_fresh = vec![false; self.endpoints.len()];
+        for &e in &fresh {
+            is_fresh[e as usize] = true;
+        }
+        let mut candidates = Vec::new();
+        for (sid, selector) in selectors.iter().enumerate() {
+            let new = sid >= known;
+            if !new && fresh.len() <= FEW_FRESH {
+                for &e in &fresh {
+                    let pod = self.endpoints[e as usize];
+                    let namespace = self.cluster.namespaces.get(&pod.namespace);
+                    if selector.matches(pod, namespace.map(AsRef::as_ref)) {
+                        facts[e as usize].facts.matched.push(sid as u32);
+                    }
+                }
+                continue;
+            }
+            candidates.clear();
+            match selector {
+                SelectorPeer::InNamespace(ns, pods) => self.select_in(ns, pods, &mut candidates),
+                SelectorPeer::InNamespaces(ns_sel, pods) => {
+                    for ns in self.cluster.namespaces.values() {
+                        if ns_sel.matches(&ns.labels) {
+                            self.select_in(&ns.name, pods, &mut candidates);
+                        }
+                    }
+                }
+            }
+            for &e in &candidates {
+                if new || is_fresh[e as usize] {
+                    facts[e as usize].facts.matched.push(sid as u32);
+                }
+            }
+        }
+        memo.selectors_checked = selectors.len() as u32;
+        (facts, previous.same_names())
     }
 
     /// Endpoints of `namespace` matching `selector`.
@@ -196,108 +518,103 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Shares the last compile's name lists when no pod or policy came or
+    /// went; makes new ones otherwise.
+    fn names(
+        &self,
+        memo: &mut Memo,
+        same_endpoints: bool,
+        same_policies: bool,
+    ) -> (Arc<[ObjectName]>, Arc<[ObjectName]>) {
+        let name = |namespace: &str, name: &str| ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let pods = match memo.pod_names.take() {
+            Some(names) if same_endpoints => names,
+            _ => self
+                .endpoints
+                .iter()
+                .map(|p| name(&p.namespace, &p.name))
+                .collect(),
+        };
+        let policies = match memo.policy_names.take() {
+            Some(names) if same_policies => names,
+            _ => self
+                .cluster
+                .policies
+                .values()
+                .map(|p| name(&p.namespace, &p.name))
+                .collect(),
+        };
+        memo.pod_names = Some(pods.clone());
+        memo.policy_names = Some(policies.clone());
+        (pods, policies)
+    }
+
     #[allow(
         clippy::too_many_lines,
         reason = "one pass, in the order the module doc describes"
     )]
-    fn run(mut self) -> Compiled {
+    fn run(mut self, memo: &mut Memo) -> Compiled {
         let cluster = self.cluster;
-        let policies: Vec<_> = cluster.policies.values().collect();
+        let policies: Vec<&Arc<NetworkPolicy>> = cluster.policies.values().collect();
 
         // Selector peers and ipBlocks, interned; every rule's peers resolved.
-        let mut selectors: Interner<SelectorPeer<'_>> = Interner::new();
-        let mut blocks: Interner<&IpBlock> = Interner::new();
-        let mut peers = PolicyPeers {
-            rules: Vec::with_capacity(policies.len()),
-        };
-        for p in &policies {
-            let mut per_dir: [Vec<Option<Vec<PeerRef>>>; 2] = [Vec::new(), Vec::new()];
-            for (d, rules) in [&p.ingress, &p.egress].into_iter().enumerate() {
-                for rule in rules {
-                    per_dir[d].push((!rule.peers.is_empty()).then(|| {
-                        rule.peers
-                            .iter()
-                            .map(|peer| match peer {
-                                Peer::Pods {
-                                    namespaces: None,
-                                    pods,
-                                } => PeerRef::Selector(
-                                    selectors.intern(SelectorPeer::InNamespace(&p.namespace, pods)),
-                                ),
-                                Peer::Pods {
-                                    namespaces: Some(ns),
-                                    pods,
-                                } => PeerRef::Selector(
-                                    selectors.intern(SelectorPeer::InNamespaces(ns, pods)),
-                                ),
-                                Peer::IpBlock(b) => PeerRef::Block(blocks.intern(b)),
-                            })
-                            .collect()
-                    }));
-                }
+        let (resolved, same_policies) = self.resolve_policies(memo);
+        let mut selector_live = vec![false; memo.selectors.items.len()];
+        let mut block_live = vec![false; memo.blocks.items.len()];
+        for peer in resolved
+            .iter()
+            .flat_map(|m| m.rules.iter().flatten().flatten().flatten())
+        {
+            match *peer {
+                PeerRef::Selector(s) => selector_live[s as usize] = true,
+                PeerRef::Block(b) => block_live[b as usize] = true,
             }
-            peers.rules.push(per_dir);
         }
+        memo.selectors_live = selector_live.iter().filter(|&&l| l).count();
 
-        // Each endpoint's selector signature: the selector peers it matches.
-        let mut endpoint_selectors: Vec<Vec<u32>> = vec![Vec::new(); self.endpoints.len()];
-        let mut matched = Vec::new();
-        for (sid, sel) in selectors.items.iter().enumerate() {
-            matched.clear();
-            match sel {
-                SelectorPeer::InNamespace(ns, pods) => self.select_in(ns, pods, &mut matched),
-                SelectorPeer::InNamespaces(ns_sel, pods) => {
-                    for ns in cluster.namespaces.values() {
-                        if ns_sel.matches(&ns.labels) {
-                            self.select_in(&ns.name, pods, &mut matched);
-                        }
-                    }
-                }
-            }
-            for &e in &matched {
-                endpoint_selectors[e as usize].push(sid as u32);
-            }
-        }
+        // Each endpoint's selector signature: the live selector peers it matches.
+        let (endpoints, same_endpoints) = self.endpoint_facts(memo);
+        let (pod_names, policy_list) = self.names(memo, same_endpoints, same_policies);
         let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
-        let endpoint_sig: Vec<u32> = endpoint_selectors
-            .into_iter()
-            .map(|s| selector_sigs.intern(s))
+        let mut live_matches = Vec::new();
+        let endpoint_sig: Vec<u32> = endpoints
+            .iter()
+            .map(|m| {
+                live_matches.clear();
+                let live = m
+                    .facts
+                    .matched
+                    .iter()
+                    .copied()
+                    .filter(|&s| selector_live[s as usize]);
+                live_matches.extend(live);
+                selector_sigs.intern_ref(&live_matches)
+            })
             .collect();
 
         // Address ranges to ipBlock signatures, by longest prefix.
-        let mut block_sigs: Interner<Vec<u32>> = Interner::new();
-        block_sigs.intern(Vec::new());
-        let (v4_cidrs, v6_cidrs) = split_families(blocks.items.iter().copied());
-        let blocks_v4 = block_signature_map(&blocks.items, &v4_cidrs, &mut block_sigs, |c| {
-            Prefix::V4(*c)
-        });
-        let blocks_v6 = block_signature_map(&blocks.items, &v6_cidrs, &mut block_sigs, |c| {
-            Prefix::V6(*c)
-        });
+        let live_blocks: Vec<u32> = (0..block_live.len() as u32)
+            .filter(|&b| block_live[b as usize])
+            .collect();
+        memo.blocks_live = live_blocks.len();
+        let block_maps = match memo.block_maps.take() {
+            Some(maps) if maps.live == live_blocks => maps,
+            _ => BlockMaps::new(&memo.blocks.items, live_blocks),
+        };
 
         // Named-port use decides whether ports are part of identities/groups.
-        let named_in = |rules: &[Rule]| {
-            rules
-                .iter()
-                .any(|r| r.ports.iter().any(|p| matches!(p.port, PortSpec::Named(_))))
-        };
-        let policy_named: Vec<[bool; 2]> = policies
-            .iter()
-            .map(|p| [named_in(&p.ingress), named_in(&p.egress)])
-            .collect();
+        let policy_named: Vec<[bool; 2]> = resolved.iter().map(|m| m.named).collect();
         let egress_named = policy_named.iter().any(|n| n[1]);
-        let mut profiles: Interner<Vec<NamedPort>> = Interner::new();
-        profiles.intern(Vec::new());
-        let endpoint_profile: Vec<u32> = self
-            .endpoints
-            .iter()
-            .map(|p| {
-                let mut ports = p.named_ports.clone();
-                ports.sort();
-                ports.dedup();
-                profiles.intern(ports)
-            })
-            .collect();
+        let profiles = &memo.profiles;
+        let endpoint_profile: Vec<u32> = endpoints.iter().map(|m| m.facts.profile).collect();
+        let mut profile_live = vec![false; profiles.items.len()];
+        for &p in &endpoint_profile {
+            profile_live[p as usize] = true;
+        }
+        let live_profile_count = profile_live.iter().filter(|&&l| l).count();
 
         // Identities: of every endpoint address, then of every address range.
         let mut identities: Interner<IdentityKey> = Interner::new();
@@ -305,37 +622,40 @@ impl<'a> Compiler<'a> {
         for (e, pod) in self.endpoints.iter().enumerate() {
             for &ip in &pod.ips {
                 let block_sig = match ip {
-                    IpAddr::V4(a) => blocks_v4.get(u32::from(a)),
-                    IpAddr::V6(a) => blocks_v6.get(u128::from(a)),
+                    IpAddr::V4(a) => block_maps.v4.get(u32::from(a)),
+                    IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
                 };
                 let profile = if egress_named { endpoint_profile[e] } else { 0 };
                 let id = identities.intern((endpoint_sig[e], block_sig, profile));
                 addresses.push((ip, e as u32, id));
             }
         }
-        let others_v4 = blocks_v4.map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
-        let others_v6 = blocks_v6.map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
+        let others_v4 = block_maps
+            .v4
+            .map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
+        let others_v6 = block_maps
+            .v6
+            .map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
 
         // Inverted indexes: which identities each selector peer / block admits.
-        let mut by_selector: Vec<Vec<u32>> = vec![Vec::new(); selectors.items.len()];
-        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); blocks.items.len()];
+        let mut by_selector: Vec<Vec<u32>> = vec![Vec::new(); memo.selectors.items.len()];
+        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); memo.blocks.items.len()];
         for (id, &(sel_sig, block_sig, _)) in identities.items.iter().enumerate() {
             if sel_sig != NOT_A_POD {
                 for &s in &selector_sigs.items[sel_sig as usize] {
                     by_selector[s as usize].push(id as u32);
                 }
             }
-            for &b in &block_sigs.items[block_sig as usize] {
+            for &b in &block_maps.sigs.items[block_sig as usize] {
                 by_block[b as usize].push(id as u32);
             }
         }
 
         // Tables: names first, so ids are indices.
-        let mut builder = TablesBuilder::new(self.options.generation);
-        let policy_ids: Vec<PolicyId> = policies
-            .iter()
-            .map(|p| builder.add_policy(&p.namespace, &p.name))
-            .collect();
+        let mut builder = TablesBuilder::new(self.generation);
+        builder.set_pod_names(pod_names);
+        builder.set_policy_names(policy_list);
+        let policy_ids: Vec<PolicyId> = (0..policies.len() as u32).map(PolicyId).collect();
         for _ in &identities.items {
             builder.add_identity();
         }
@@ -406,7 +726,7 @@ impl<'a> Compiler<'a> {
                             &policy.egress
                         };
                         for (r, rule) in rules.iter().enumerate() {
-                            let rule_peers = &peers.rules[p as usize][d][r];
+                            let rule_peers = &resolved[p as usize].rules[d][r];
                             let admitted = rule_identities
                                 .entry(rule_peers.clone())
                                 .or_insert_with(|| {
@@ -441,13 +761,20 @@ impl<'a> Compiler<'a> {
                                 }
                                 // Egress named ports: one peer set per named-port profile.
                                 if d == 1 && policy_named[p as usize][1] {
-                                    let mut by_profile: BTreeSet<u32> = BTreeSet::new();
+                                    // In the order of the ports, not of ids,
+                                    // which depend on what came before.
+                                    let mut by_profile: Vec<u32> = Vec::new();
                                     for &(id, via_selector) in admitted.iter() {
                                         let (sel_sig, _, profile) = identities.items[id as usize];
                                         if via_selector && sel_sig != NOT_A_POD {
-                                            by_profile.insert(profile);
+                                            by_profile.push(profile);
                                         }
                                     }
+                                    by_profile.sort_unstable_by(|a, b| {
+                                        profiles.items[*a as usize]
+                                            .cmp(&profiles.items[*b as usize])
+                                    });
+                                    by_profile.dedup();
                                     for profile in by_profile {
                                         let mut named = Vec::new();
                                         let ports = &profiles.items[profile as usize];
@@ -497,17 +824,14 @@ impl<'a> Compiler<'a> {
             enforcement.push(pair);
         }
 
-        // Pods and their addresses.
-        let pod_ids: Vec<PodId> = self
-            .endpoints
-            .iter()
-            .map(|p| builder.add_pod(&p.namespace, &p.name))
-            .collect();
+        // Pod addresses.
+        let v4 = addresses.iter().filter(|a| a.0.is_ipv4()).count();
+        builder.reserve_pod_addresses(v4, addresses.len() - v4);
         for (ip, e, id) in addresses {
             let [ingress, egress] = enforcement[e as usize];
             let entry = PodAddress {
                 identity: IdentityId(id),
-                pod: pod_ids[e as usize],
+                pod: PodId(e),
                 egress,
                 ingress,
             };
@@ -515,10 +839,50 @@ impl<'a> Compiler<'a> {
                 self.warnings.push(err.to_string());
             }
         }
+
+        // What the next compile may reuse.
+        memo.block_maps = Some(block_maps);
+        memo.profiles_live = live_profile_count;
+        memo.policies = resolved;
+        memo.endpoints = endpoints;
         Compiled {
             tables: builder.build(),
             warnings: self.warnings,
         }
+    }
+}
+
+/// Resolves a policy's rule peers, interning their selectors and blocks.
+fn resolve_policy(
+    policy: &Arc<NetworkPolicy>,
+    selectors: &mut Interner<SelectorPeer>,
+    blocks: &mut Interner<IpBlock>,
+) -> PolicyMemo {
+    let mut rules: [Vec<Option<Vec<PeerRef>>>; 2] = [Vec::new(), Vec::new()];
+    for (d, direction) in [&policy.ingress, &policy.egress].into_iter().enumerate() {
+        for rule in direction {
+            rules[d].push((!rule.peers.is_empty()).then(|| {
+                rule.peers
+                    .iter()
+                    .map(|peer| match peer {
+                        Peer::Pods { namespaces, pods } => PeerRef::Selector(selectors.intern(
+                            SelectorPeer::from_peer(&policy.namespace, namespaces.as_ref(), pods),
+                        )),
+                        Peer::IpBlock(b) => PeerRef::Block(blocks.intern(b.clone())),
+                    })
+                    .collect()
+            }));
+        }
+    }
+    let named = |rules: &[Rule]| {
+        rules
+            .iter()
+            .any(|r| r.ports.iter().any(|p| matches!(p.port, PortSpec::Named(_))))
+    };
+    PolicyMemo {
+        policy: Arc::clone(policy),
+        rules,
+        named: [named(&policy.ingress), named(&policy.egress)],
     }
 }
 
@@ -631,6 +995,20 @@ impl GroupScratch {
     }
 }
 
+impl BlockMaps {
+    /// The maps of the blocks `live` (ids into `blocks`, ascending).
+    fn new(blocks: &[IpBlock], live: Vec<u32>) -> Self {
+        let live_blocks: Vec<(u32, &IpBlock)> =
+            live.iter().map(|&b| (b, &blocks[b as usize])).collect();
+        let mut sigs: Interner<Vec<u32>> = Interner::new();
+        sigs.intern(Vec::new());
+        let (v4_cidrs, v6_cidrs) = split_families(live_blocks.iter().map(|(_, b)| *b));
+        let v4 = block_signature_map(&live_blocks, &v4_cidrs, &mut sigs, |c| Prefix::V4(*c));
+        let v6 = block_signature_map(&live_blocks, &v6_cidrs, &mut sigs, |c| Prefix::V6(*c));
+        Self { live, sigs, v4, v6 }
+    }
+}
+
 fn split_families<'a>(
     blocks: impl Iterator<Item = &'a IpBlock>,
 ) -> (Vec<Cidr<u32>>, Vec<Cidr<u128>>) {
@@ -651,7 +1029,7 @@ fn split_families<'a>(
 /// none of whose excepts does; prefixes nest or are disjoint, so this is
 /// exact.
 fn block_signature_map<A: AddrBits>(
-    blocks: &[&IpBlock],
+    blocks: &[(u32, &IpBlock)],
     prefixes: &[Cidr<A>],
     sigs: &mut Interner<Vec<u32>>,
     wrap: impl Fn(&Cidr<A>) -> Prefix,
@@ -660,9 +1038,8 @@ fn block_signature_map<A: AddrBits>(
         let p = wrap(c);
         let sig: Vec<u32> = blocks
             .iter()
-            .enumerate()
             .filter(|(_, b)| b.cidr.covers(&p) && !b.except.iter().any(|e| e.covers(&p)))
-            .map(|(i, _)| i as u32)
+            .map(|&(id, _)| id)
             .collect();
         (*c, sigs.intern(sig))
     });

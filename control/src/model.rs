@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -326,32 +327,38 @@ impl Pod {
 }
 
 /// A cluster state: namespaces, pods and policies, each by name.
+///
+/// Objects are shared (`Arc`): a clone of the state is cheap, and an object
+/// that was not replaced is the same allocation in every state that holds
+/// it, which is how [`crate::compile::Compiler`] tells what changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     /// Namespaces by name.
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
     /// Pods by `(namespace, name)`.
-    pub pods: BTreeMap<(String, String), Pod>,
+    pub pods: BTreeMap<(String, String), Arc<Pod>>,
     /// Policies by `(namespace, name)`.
-    pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    pub policies: BTreeMap<(String, String), Arc<NetworkPolicy>>,
 }
 
 impl Cluster {
     /// Adds or replaces a namespace.
     pub fn apply_namespace(&mut self, ns: Namespace) {
-        self.namespaces.insert(ns.name.clone(), ns);
+        self.namespaces.insert(ns.name.clone(), Arc::new(ns));
     }
 
     /// Adds or replaces a pod.
     pub fn apply_pod(&mut self, pod: Pod) {
         self.pods
-            .insert((pod.namespace.clone(), pod.name.clone()), pod);
+            .insert((pod.namespace.clone(), pod.name.clone()), Arc::new(pod));
     }
 
     /// Adds or replaces a policy.
     pub fn apply_policy(&mut self, policy: NetworkPolicy) {
-        self.policies
-            .insert((policy.namespace.clone(), policy.name.clone()), policy);
+        self.policies.insert(
+            (policy.namespace.clone(), policy.name.clone()),
+            Arc::new(policy),
+        );
     }
 
     /// Gives every namespace that a pod or policy names but no object
@@ -367,14 +374,16 @@ impl Cluster {
         for ns in named {
             self.namespaces
                 .entry(ns.clone())
-                .or_insert_with(|| Namespace::implicit(&ns));
+                .or_insert_with(|| Arc::new(Namespace::implicit(&ns)));
         }
     }
 
     /// The pod `namespace/name`.
     #[must_use]
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods.get(&(namespace.to_owned(), name.to_owned()))
+        self.pods
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(AsRef::as_ref)
     }
 
     /// The labels of a namespace; an unknown namespace has only its name label.

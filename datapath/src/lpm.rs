@@ -9,7 +9,7 @@
 use crate::prefix::{AddrBits, Cidr};
 
 /// A total map from addresses of one family to values, piecewise constant.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntervalMap<A, V> {
     /// Sorted, first element is always `A::ZERO`.
     starts: Vec<A>,

@@ -29,6 +29,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -291,7 +292,7 @@ pub struct TableStats {
 }
 
 /// One immutable generation of compiled policy.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
     generation: u64,
     pods_v4: FxHashMap<u32, PodAddress>,
@@ -303,8 +304,8 @@ pub struct Tables {
     port_rules: Vec<PortRule>,
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
-    policies: Vec<ObjectName>,
-    pods: Vec<ObjectName>,
+    policies: Arc<[ObjectName]>,
+    pods: Arc<[ObjectName]>,
     identities: u32,
     /// Per group, a range of `broad_rules`.
     group_broad: Vec<(u32, u32)>,
@@ -552,6 +553,8 @@ pub enum BuildError {
 pub struct TablesBuilder {
     tables: Tables,
     port_set_ids: FxHashMap<Vec<PortRule>, PortSetId>,
+    added_policies: Vec<ObjectName>,
+    added_pods: Vec<ObjectName>,
     broad_members: Vec<Vec<IdentityId>>,
     group_broad: Vec<Vec<(BroadSetId, PortSetId)>>,
 }
@@ -573,8 +576,8 @@ impl TablesBuilder {
                 port_rules: Vec::new(),
                 groups: Vec::new(),
                 group_policies: Vec::new(),
-                policies: Vec::new(),
-                pods: Vec::new(),
+                policies: Arc::from([]),
+                pods: Arc::from([]),
                 identities: 0,
                 group_broad: Vec::new(),
                 broad_rules: Vec::new(),
@@ -583,29 +586,51 @@ impl TablesBuilder {
                 broad_sets: 0,
             },
             port_set_ids: FxHashMap::default(),
+            added_policies: Vec::new(),
+            added_pods: Vec::new(),
             broad_members: Vec::new(),
             group_broad: Vec::new(),
         }
     }
 
+    /// The policies, for attribution: `PolicyId(i)` is `names[i]`. The
+    /// list may be shared with other generations. Instead of
+    /// [`add_policy`](Self::add_policy), not with it.
+    pub fn set_policy_names(&mut self, names: Arc<[ObjectName]>) {
+        self.tables.policies = names;
+    }
+
+    /// The pods, for attribution: `PodId(i)` is `names[i]`. The list may be
+    /// shared with other generations. Instead of [`add_pod`](Self::add_pod),
+    /// not with it.
+    pub fn set_pod_names(&mut self, names: Arc<[ObjectName]>) {
+        self.tables.pods = names;
+    }
+
     /// Registers a policy for attribution.
     pub fn add_policy(&mut self, namespace: &str, name: &str) -> PolicyId {
-        let id = PolicyId(self.tables.policies.len() as u32);
-        self.tables.policies.push(ObjectName {
+        self.added_policies.push(ObjectName {
             namespace: namespace.into(),
             name: name.into(),
         });
-        id
+        PolicyId(self.added_policies.len() as u32 - 1)
     }
 
     /// Registers a pod for attribution.
     pub fn add_pod(&mut self, namespace: &str, name: &str) -> PodId {
-        let id = PodId(self.tables.pods.len() as u32);
-        self.tables.pods.push(ObjectName {
+        self.added_pods.push(ObjectName {
             namespace: namespace.into(),
             name: name.into(),
         });
-        id
+        PodId(self.added_pods.len() as u32 - 1)
+    }
+
+    fn pod_name(&self, pod: PodId) -> ObjectName {
+        if self.added_pods.is_empty() {
+            self.tables.pods[pod.index()].clone()
+        } else {
+            self.added_pods[pod.index()].clone()
+        }
     }
 
     /// A new identity.
@@ -651,8 +676,8 @@ impl TablesBuilder {
         }
         Err(BuildError::DuplicateAddress {
             addr,
-            first: self.tables.pods[existing.pod.index()].clone(),
-            second: self.tables.pods[entry.pod.index()].clone(),
+            first: self.pod_name(existing.pod),
+            second: self.pod_name(entry.pod),
         })
     }
 
@@ -687,6 +712,12 @@ impl TablesBuilder {
         self.tables.allow.insert(allow_key(group, peer), set);
     }
 
+    /// Expected number of `add_pod_address` calls, to size the maps once.
+    pub fn reserve_pod_addresses(&mut self, v4: usize, v6: usize) {
+        self.tables.pods_v4.reserve(v4);
+        self.tables.pods_v6.reserve(v6);
+    }
+
     /// Expected number of `allow` calls, to size the map once.
     pub fn reserve_allow(&mut self, additional: usize) {
         self.tables.allow.reserve(additional);
@@ -695,6 +726,12 @@ impl TablesBuilder {
     /// The finished, immutable tables.
     #[must_use]
     pub fn build(mut self) -> Tables {
+        if !self.added_policies.is_empty() {
+            self.tables.policies = std::mem::take(&mut self.added_policies).into();
+        }
+        if !self.added_pods.is_empty() {
+            self.tables.pods = std::mem::take(&mut self.added_pods).into();
+        }
         let t = &mut self.tables;
         let words = self.broad_members.len().div_ceil(64).max(1);
         t.broad_words = words as u32;
@@ -711,8 +748,6 @@ impl TablesBuilder {
             t.group_broad.push((start, rules.len() as u32));
         }
         self.tables.allow.shrink_to_fit();
-        self.tables.pods_v4.shrink_to_fit();
-        self.tables.pods_v6.shrink_to_fit();
         self.tables
     }
 }

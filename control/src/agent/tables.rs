@@ -6,8 +6,8 @@
 //! whose workers read its [`Publisher`]. Generations are numbered here,
 //! once, whatever publishes them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use podfence_datapath::Tables;
@@ -15,7 +15,7 @@ use podfence_datapath::publish::Publisher;
 use tracing::{info, warn};
 
 use super::metrics::ControlMetrics;
-use crate::compile::{CompileOptions, Locality, compile};
+use crate::compile::{CompileOptions, Compiler, Locality};
 use crate::model::Cluster;
 
 /// What one publish did.
@@ -32,7 +32,9 @@ pub struct Published {
 pub struct TablePublisher {
     publisher: Publisher,
     locality: Locality,
-    broad_threshold: usize,
+    /// Remembers the last compile for the next; held while publishing, so
+    /// generations go live in their order.
+    compiler: Arc<Mutex<Compiler>>,
     generation: Arc<AtomicU64>,
     metrics: ControlMetrics,
 }
@@ -44,8 +46,12 @@ impl TablePublisher {
     pub fn new(locality: Locality, broad_threshold: usize) -> Self {
         Self {
             publisher: Publisher::new(Tables::empty(0)),
+            compiler: Arc::new(Mutex::new(Compiler::new(CompileOptions {
+                generation: 0,
+                locality: locality.clone(),
+                broad_threshold,
+            }))),
             locality,
-            broad_threshold,
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
         }
@@ -78,21 +84,17 @@ impl TablePublisher {
     /// Compiles `cluster` into the next generation and swaps it in.
     /// `caused_at`: when the oldest change it reflects was seen.
     pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> Published {
+        let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
         let started = Instant::now();
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let compiled = compile(
-            cluster,
-            &CompileOptions {
-                generation,
-                locality: self.locality.clone(),
-                broad_threshold: self.broad_threshold,
-            },
-        );
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let compiled = incremental.compile(cluster, generation);
         for w in &compiled.warnings {
             warn!(warning = %w, "compile");
         }
         let compile_time = started.elapsed();
         self.publisher.publish(compiled.tables, caused_at);
+        self.generation.store(generation, Ordering::Release);
+        drop(incremental);
         self.metrics
             .generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));

@@ -23,6 +23,7 @@
 //! unreachable the tables in force stay.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -157,15 +158,15 @@ impl ClusterIndex {
         match kind {
             Kind::Namespace => std::mem::take(&mut self.cluster.namespaces)
                 .into_values()
-                .map(Object::Namespace)
+                .map(|o| Object::Namespace(Arc::unwrap_or_clone(o)))
                 .collect(),
             Kind::Pod => std::mem::take(&mut self.cluster.pods)
                 .into_values()
-                .map(Object::Pod)
+                .map(|o| Object::Pod(Arc::unwrap_or_clone(o)))
                 .collect(),
             Kind::NetworkPolicy => std::mem::take(&mut self.cluster.policies)
                 .into_values()
-                .map(Object::NetworkPolicy)
+                .map(|o| Object::NetworkPolicy(Arc::unwrap_or_clone(o)))
                 .collect(),
         }
     }

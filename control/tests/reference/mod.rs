@@ -94,7 +94,7 @@ fn selecting<'c>(cluster: &'c Cluster, pod: &Pod) -> Vec<&'c NetworkPolicy> {
     for policy in cluster.policies.values() {
         if policy.namespace == pod.namespace && selector_matches(&policy.pod_selector, &pod.labels)
         {
-            out.push(policy);
+            out.push(policy.as_ref());
         }
     }
     out

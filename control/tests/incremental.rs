@@ -1,0 +1,265 @@
+//! The incremental compiler against compiling from scratch.
+//!
+//! A cluster (the conformance cluster with every case's policies, renamed
+//! apart) goes through long random sequences of the changes a watch
+//! delivers: pods relabelled, moved, readdressed, deleted and recreated;
+//! namespaces relabelled; policies added, deleted and edited. After each
+//! change the tables of a [`Compiler`] that has seen every earlier state
+//! must equal, field for field, those compiled from nothing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use podfence_control::compile::{CompileOptions, Compiler, Locality, compile};
+use podfence_control::model::{Cluster, NetworkPolicy, Pod};
+use podfence_control::sources::manifests;
+
+fn conformance_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
+}
+
+/// The conformance cluster with each pod replicated eight times (so that
+/// bulk changes touch more pods than the compiler checks one by one), and
+/// every policy of every case with the case in its name.
+fn universe() -> (Cluster, Vec<NetworkPolicy>) {
+    let root = conformance_dir();
+    let mut cluster = manifests::load(&[root.join("cluster.yaml")])
+        .expect("../shared/conformance/cluster.yaml must load")
+        .cluster;
+    let originals: Vec<Pod> = cluster.pods.values().map(|p| Pod::clone(p)).collect();
+    for copy in 1..8_u8 {
+        for (i, pod) in originals.iter().enumerate() {
+            let mut pod = pod.clone();
+            pod.name = format!("{}-{copy}", pod.name);
+            for ip in &mut pod.ips {
+                *ip = match ip {
+                    IpAddr::V4(_) => Ipv4Addr::new(10, 200, copy, i as u8).into(),
+                    IpAddr::V6(_) => {
+                        Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, u16::from(copy), i as u16).into()
+                    }
+                };
+            }
+            cluster.apply_pod(pod);
+        }
+    }
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
+        .expect("../shared/conformance/cases must exist beside the repository")
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let mut policies = Vec::new();
+    for case in cases {
+        let file = case.join("policies.yaml");
+        if !file.exists() {
+            continue;
+        }
+        let m = manifests::load(&[file]).unwrap();
+        let tag = case.file_name().unwrap().to_string_lossy()[..3].to_owned();
+        for p in m.cluster.policies.values() {
+            let mut p = NetworkPolicy::clone(p);
+            p.name = format!("{tag}-{}", p.name);
+            policies.push(p);
+        }
+    }
+    (cluster, policies)
+}
+
+/// xorshift64*: deterministic, enough to pick changes.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
+
+fn pick_pod(cluster: &Cluster, rng: &mut Rng) -> Option<Pod> {
+    let n = cluster.pods.len();
+    cluster
+        .pods
+        .values()
+        .nth(rng.below(n))
+        .map(|p| Pod::clone(p))
+}
+
+/// Applies one random change; returns what it did, for the failure message.
+#[allow(clippy::too_many_lines, reason = "one arm per kind of change")]
+fn change(
+    cluster: &mut Cluster,
+    policies: &[NetworkPolicy],
+    gone: &mut Vec<Pod>,
+    rng: &mut Rng,
+) -> String {
+    match rng.below(10) {
+        0 => {
+            // A pod takes another pod's labels.
+            let (Some(mut a), Some(b)) = (pick_pod(cluster, rng), pick_pod(cluster, rng)) else {
+                return "nothing".into();
+            };
+            a.labels = b.labels.clone();
+            let what = format!(
+                "pod {}/{} relabelled like {}/{}",
+                a.namespace, a.name, b.namespace, b.name
+            );
+            cluster.apply_pod(a);
+            what
+        }
+        1 => {
+            // A pod's label edited in place (through the shared object).
+            let n = cluster.pods.len();
+            let Some(pod) = cluster.pods.values_mut().nth(rng.below(n)) else {
+                return "nothing".into();
+            };
+            let pod = Arc::make_mut(pod);
+            let value = ["a", "b", "c"][rng.below(3)];
+            pod.labels.insert("pod".into(), value.into());
+            format!(
+                "pod {}/{} label pod={value} in place",
+                pod.namespace, pod.name
+            )
+        }
+        2 => {
+            // A pod deleted, or an earlier one recreated.
+            if !gone.is_empty() && rng.below(2) == 0 {
+                let pod = gone.swap_remove(rng.below(gone.len()));
+                let what = format!("pod {}/{} recreated", pod.namespace, pod.name);
+                cluster.apply_pod(pod);
+                return what;
+            }
+            let Some(pod) = pick_pod(cluster, rng) else {
+                return "nothing".into();
+            };
+            cluster
+                .pods
+                .remove(&(pod.namespace.clone(), pod.name.clone()));
+            let what = format!("pod {}/{} deleted", pod.namespace, pod.name);
+            gone.push(pod);
+            what
+        }
+        3 => {
+            // Two pods swap addresses (a restart that reuses an address).
+            let (Some(mut a), Some(mut b)) = (pick_pod(cluster, rng), pick_pod(cluster, rng))
+            else {
+                return "nothing".into();
+            };
+            std::mem::swap(&mut a.ips, &mut b.ips);
+            let what = format!(
+                "pods {}/{} and {}/{} swap addresses",
+                a.namespace, a.name, b.namespace, b.name
+            );
+            cluster.apply_pod(a);
+            cluster.apply_pod(b);
+            what
+        }
+        4 => {
+            // A pod moves node (local or remote).
+            let Some(mut pod) = pick_pod(cluster, rng) else {
+                return "nothing".into();
+            };
+            pod.node = Some(["node-1", "node-2"][rng.below(2)].into());
+            let what = format!("pod {}/{} on {:?}", pod.namespace, pod.name, pod.node);
+            cluster.apply_pod(pod);
+            what
+        }
+        5 => {
+            // A namespace label flips.
+            let n = cluster.namespaces.len();
+            let Some(ns) = cluster.namespaces.values().nth(rng.below(n)) else {
+                return "nothing".into();
+            };
+            let mut ns = podfence_control::model::Namespace::clone(ns);
+            let value = ["a", "b"][rng.below(2)];
+            ns.labels.insert("ns".into(), value.into());
+            let what = format!("namespace {} label ns={value}", ns.name);
+            cluster.apply_namespace(ns);
+            what
+        }
+        6 => {
+            // A rollout: every pod relabelled at once.
+            let value = ["a", "b", "c"][rng.below(3)];
+            for pod in cluster.pods.values_mut() {
+                Arc::make_mut(pod).labels.insert("pod".into(), value.into());
+            }
+            format!("every pod pod={value}")
+        }
+        7 | 8 => {
+            // A policy added (or replaced by the same again: a new object).
+            let p = policies[rng.below(policies.len())].clone();
+            let what = format!("policy {}/{} applied", p.namespace, p.name);
+            cluster.apply_policy(p);
+            what
+        }
+        _ => {
+            // A policy deleted, or edited to another policy's spec.
+            let n = cluster.policies.len();
+            let Some(key) = cluster.policies.keys().nth(rng.below(n)).cloned() else {
+                return "nothing".into();
+            };
+            if rng.below(2) == 0 {
+                cluster.policies.remove(&key);
+                return format!("policy {}/{} deleted", key.0, key.1);
+            }
+            let other = &policies[rng.below(policies.len())];
+            let mut edited = other.clone();
+            edited.namespace.clone_from(&key.0);
+            edited.name.clone_from(&key.1);
+            cluster.apply_policy(edited);
+            format!(
+                "policy {}/{} edited like {}/{}",
+                key.0, key.1, other.namespace, other.name
+            )
+        }
+    }
+}
+
+#[test]
+fn incremental_tables_equal_tables_compiled_from_scratch() {
+    let (start, policies) = universe();
+    assert!(
+        policies.len() > 30,
+        "too few policies in the conformance cases"
+    );
+    let settings = [
+        (Locality::AllPods, usize::MAX),
+        (Locality::Node("node-1".into()), 0),
+        (Locality::AllPods, 2),
+    ];
+    for (seed, (locality, broad_threshold)) in settings.into_iter().enumerate() {
+        let options = CompileOptions {
+            generation: 0,
+            locality,
+            broad_threshold,
+        };
+        let mut compiler = Compiler::new(options.clone());
+        let mut cluster = start.clone();
+        let mut gone = Vec::new();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed as u64 + 1));
+        let mut log = Vec::new();
+        for step in 1..=400_u64 {
+            log.push(change(&mut cluster, &policies, &mut gone, &mut rng));
+            let incremental = compiler.compile(&cluster, step);
+            let scratch = compile(
+                &cluster,
+                &CompileOptions {
+                    generation: step,
+                    ..options.clone()
+                },
+            );
+            assert!(
+                incremental.tables == scratch.tables,
+                "{options:?}, step {step}: tables differ after {:?}",
+                &log[log.len().saturating_sub(5)..]
+            );
+            assert_eq!(incremental.warnings, scratch.warnings, "step {step}");
+        }
+        let changed: usize = log.iter().filter(|l| *l != "nothing").count();
+        assert!(
+            changed > 350,
+            "only {changed} of 400 steps changed anything"
+        );
+    }
+}

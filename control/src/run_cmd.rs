@@ -2,6 +2,16 @@
 //!
 //! SIGHUP rereads the manifests and publishes a new generation; manifests
 //! that no longer load are reported and the tables in force stay.
+//!
+//! Every flag but `--in-cluster` can also be given in the environment, as
+//! `PODFENCE_` and the flag's name in upper case with `_` for `-`
+//! (`--fail-mode closed` is `PODFENCE_FAIL_MODE=closed`, `--no-pin` is
+//! `PODFENCE_NO_PIN=true`), except `--node-name`, which is `NODE_NAME`; a
+//! flag on the command line wins. Switches take `true`/`false` (also
+//! `yes`/`no`, `on`/`off`, `1`/`0`); `PODFENCE_MANIFESTS` is one path. The
+//! source stays a choice of the command line (a set `PODFENCE_MANIFESTS`
+//! or `PODFENCE_KUBECONFIG` counts as choosing it). The DaemonSet's
+//! ConfigMap (`deploy/configmap.yaml`) sets the agent up this way.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -62,59 +72,84 @@ pub(crate) enum XskModeArg {
 pub(crate) struct RunArgs {
     /// Manifest files or directories (the policies, pods and namespaces to
     /// enforce; SIGHUP rereads them).
-    #[arg(long, value_name = "PATH", num_args = 1..)]
+    #[arg(long, env = "PODFENCE_MANIFESTS", value_name = "PATH", num_args = 1..)]
     manifests: Vec<PathBuf>,
     /// Watch the Kubernetes API of this kubeconfig's current context.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PODFENCE_KUBECONFIG", value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
     /// Watch the Kubernetes API with the pod's service account.
     #[arg(long)]
     in_cluster: bool,
     /// Serve /metrics, /healthz and /readyz here.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    #[arg(
+        long,
+        env = "PODFENCE_METRICS_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
     metrics_addr: std::net::SocketAddr,
     /// Serve no metrics or health endpoints.
-    #[arg(long)]
+    #[arg(long, env = "PODFENCE_NO_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     no_metrics: bool,
     /// Changes seen within this window after the first are published as
     /// one generation (Kubernetes source).
-    #[arg(long, default_value_t = 5, value_name = "MS")]
+    #[arg(
+        long,
+        env = "PODFENCE_DEBOUNCE_MS",
+        default_value_t = 5,
+        value_name = "MS"
+    )]
     debounce_ms: u64,
     /// This node's name: pods whose spec.nodeName is this are enforced here.
     /// Without it, or when no pod names a node, every pod is local.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     node_name: Option<String>,
     /// Worker threads; worker w serves queue w of every interface.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(
+        long,
+        env = "PODFENCE_WORKERS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
     workers: u16,
     /// What pod traffic gets while no agent runs.
-    #[arg(long, value_enum, default_value_t = FailMode::Closed)]
+    #[arg(long, env = "PODFENCE_FAIL_MODE", value_enum, default_value_t = FailMode::Closed)]
     fail_mode: FailMode,
     /// Keep established connections when a new generation would deny them
     /// (default: cut them on their next packet).
-    #[arg(long)]
+    #[arg(long, env = "PODFENCE_KEEP_ESTABLISHED", value_parser = clap::builder::BoolishValueParser::new())]
     keep_established: bool,
     /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    #[arg(long, env = "PODFENCE_XDP_MODE", value_enum, default_value_t = XdpModeArg::Auto)]
     xdp_mode: XdpModeArg,
     /// AF_XDP bind mode.
-    #[arg(long, value_enum, default_value_t = XskModeArg::Auto)]
+    #[arg(long, env = "PODFENCE_XSK_MODE", value_enum, default_value_t = XskModeArg::Auto)]
     xsk_mode: XskModeArg,
     /// Busy poll the sockets for this many microseconds (0: off).
-    #[arg(long, default_value_t = 0, value_name = "USECS")]
+    #[arg(
+        long,
+        env = "PODFENCE_BUSY_POLL",
+        default_value_t = 0,
+        value_name = "USECS"
+    )]
     busy_poll: u32,
     /// Do not pin worker w to core w.
-    #[arg(long)]
+    #[arg(long, env = "PODFENCE_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     no_pin: bool,
     /// Conntrack entries.
-    #[arg(long, default_value_t = 1 << 18, value_name = "N")]
+    #[arg(long, env = "PODFENCE_CONNTRACK_ENTRIES", default_value_t = 1 << 18, value_name = "N")]
     conntrack_entries: usize,
     /// Log the counters this often (0: only at stop).
-    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "PODFENCE_STATS_INTERVAL",
+        default_value_t = 0,
+        value_name = "SECS"
+    )]
     stats_interval: u64,
     /// Write this file once enforcing (its content: the table generation),
     /// and remove it at stop.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PODFENCE_READY_FILE", value_name = "FILE")]
     ready_file: Option<PathBuf>,
 }
 

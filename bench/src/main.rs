@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use podfence_bench::alloc::CountingAllocator;
 use podfence_bench::synthetic::{self, Shape};
-use podfence_control::compile::{CompileOptions, compile};
+use podfence_control::compile::{CompileOptions, Compiler, compile};
+use podfence_control::model::{Namespace, NetworkPolicy, Pod};
 use serde_json::json;
 
 mod matrix_cmd;
@@ -281,6 +282,78 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Medians, in ms, of compiling after a single-object change from scratch
+/// and with a [`Compiler`] that compiled the state before; the two run in
+/// alternating order on the same states. Changes cycle through a pod label
+/// flip, a policy edit, a pod deleted and recreated, a namespace relabelled.
+fn time_changes(
+    mut cluster: podfence_control::model::Cluster,
+    options: &CompileOptions,
+    changes: usize,
+) -> (f64, f64) {
+    let mut compiler = Compiler::new(options.clone());
+    let _ = compiler.compile(&cluster, 0);
+    let pods: Vec<Pod> = cluster.pods.values().map(|p| Pod::clone(p)).collect();
+    let policies: Vec<NetworkPolicy> = cluster
+        .policies
+        .values()
+        .map(|p| NetworkPolicy::clone(p))
+        .collect();
+    let namespaces: Vec<Namespace> = cluster
+        .namespaces
+        .values()
+        .map(|n| Namespace::clone(n))
+        .collect();
+    let (mut scratch, mut incremental) = (Vec::new(), Vec::new());
+    for i in 0..changes {
+        let k = i.wrapping_mul(7919);
+        match i % 4 {
+            0 => {
+                let mut pod = pods[k % pods.len()].clone();
+                pod.labels.insert("app".into(), format!("app-{}", i % 10));
+                cluster.apply_pod(pod);
+            }
+            1 => {
+                let mut edited = policies[(k + 1) % policies.len()].clone();
+                let at = &policies[k % policies.len()];
+                edited.namespace.clone_from(&at.namespace);
+                edited.name.clone_from(&at.name);
+                cluster.apply_policy(edited);
+            }
+            2 => {
+                let pod = &pods[k % pods.len()];
+                cluster
+                    .pods
+                    .remove(&(pod.namespace.clone(), pod.name.clone()));
+                let _ = compiler.compile(&cluster, i as u64);
+                cluster.apply_pod(pod.clone());
+            }
+            _ => {
+                let mut ns = namespaces[k % namespaces.len()].clone();
+                ns.labels
+                    .insert("env".into(), ["prod", "dev"][i % 2].into());
+                cluster.apply_namespace(ns);
+            }
+        }
+        let time_scratch = || {
+            let start = Instant::now();
+            black_box(compile(&cluster, options));
+            start.elapsed()
+        };
+        if i % 2 == 0 {
+            scratch.push(time_scratch());
+        }
+        let start = Instant::now();
+        black_box(compiler.compile(&cluster, i as u64));
+        incremental.push(start.elapsed());
+        if i % 2 == 1 {
+            scratch.push(time_scratch());
+        }
+    }
+    let ms = |v| median(v).as_secs_f64() * 1e3;
+    (ms(scratch), ms(incremental))
+}
+
 fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     let cluster = synthetic::cluster(shape);
     let options = CompileOptions::default();
@@ -302,6 +375,7 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     }
     let tables = tables.expect("at least one run");
     let compile_time = median(times);
+    let (scratch_ms, incremental_ms) = time_changes(cluster, &options, runs.max(1) * 20);
 
     let tries = synthetic::attempts(shape, attempts, 42);
     let (allowed_tries, denied_tries): (Vec<_>, Vec<_>) = tries.iter().partition(|a| {
@@ -337,6 +411,8 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
                 "policies": shape.policies,
                 "compile_ms": compile_time.as_secs_f64() * 1e3,
                 "compile_peak_mib": mib(peak),
+                "change_scratch_ms": scratch_ms,
+                "change_incremental_ms": incremental_ms,
                 "tables_mib": mib(retained),
                 "classify_ns": ns_per,
                 "classify_allowed_ns": allowed_ns,
@@ -354,6 +430,7 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     } else {
         println!(
             "{} pods, {} namespaces, {} policies: compile {:.1} ms (median of {runs}), peak {:.1} MiB, \
+             after one change: from scratch {scratch_ms:.2} ms, incremental {incremental_ms:.2} ms (medians); \
              tables {:.1} MiB; classify {:.1} ns per new connection (allowed {allowed_ns:.1} ns, denied {denied_ns:.1} ns, \
              address lookups {lookup_ns:.1} ns) over {} attempts ({:.0}% allowed, \
              {classify_allocs} allocations); {} identities, {} groups, {} allow entries, {} port sets, \

@@ -349,6 +349,15 @@ impl<T: NameKey> ByName<T> {
         }
     }
 
+    /// The next entry if `same` holds for it (it is then the entry of the
+    /// name asked for), else the entry named `key`.
+    fn take_fast(&mut self, same: impl Fn(&T) -> bool, key: (&str, &str)) -> Option<T> {
+        match self.previous.next_if(same) {
+            Some(entry) => Some(entry),
+            None => self.take(key),
+        }
+    }
+
     fn take(&mut self, key: (&str, &str)) -> Option<T> {
         while self.previous.next_if(|m| m.name_key() < key).is_some() {
             self.same = false;
@@ -416,7 +425,8 @@ impl<'a> Pass<'a> {
         let mut previous = ByName::new(std::mem::take(&mut memo.policies));
         let mut resolved = Vec::with_capacity(self.cluster.policies.len());
         for policy in self.cluster.policies.values() {
-            let entry = match previous.take(policy.name_key()) {
+            let same_policy = |m: &PolicyMemo| Arc::ptr_eq(&m.policy, policy);
+            let entry = match previous.take_fast(same_policy, policy.name_key()) {
                 Some(m) if Arc::ptr_eq(&m.policy, policy) => m,
                 _ => resolve_policy(policy, &mut memo.selectors, &mut memo.blocks),
             };
@@ -443,7 +453,8 @@ impl<'a> Pass<'a> {
             if e == 0 || self.endpoints[e - 1].namespace != pod.namespace {
                 namespace = self.cluster.namespaces.get(&pod.namespace);
             }
-            let same = previous.take(pod.name_key()).filter(|m| {
+            let same_pod = |m: &EndpointMemo| Arc::ptr_eq(&m.pod, pod);
+            let same = previous.take_fast(same_pod, pod.name_key()).filter(|m| {
                 Arc::ptr_eq(&m.pod, pod)
                     && match (&m.namespace, namespace) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),

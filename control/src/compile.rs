@@ -38,7 +38,7 @@ use std::sync::Arc;
 use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::prefix::{AddrBits, Cidr};
 use podfence_datapath::tables::{
-    BroadSetId, Direction, Enforcement, GroupId, IdentityId, ObjectName, PodAddress, PodId,
+    BroadSetId, Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId,
     PolicyId, PortRule,
 };
 use podfence_datapath::{Prefix, Tables, TablesBuilder};
@@ -835,6 +835,29 @@ impl<'a> Pass<'a> {
             enforcement.push(pair);
         }
 
+        // Nodes, known by the host addresses their pods report.
+        let mut nodes: Interner<Vec<IpAddr>> = Interner::new();
+        let endpoint_node: Vec<Option<NodeId>> = self
+            .endpoints
+            .iter()
+            .map(|p| {
+                if p.host_ips.is_empty() {
+                    None
+                } else if p.host_ips.is_sorted() {
+                    Some(NodeId(nodes.intern_ref(&p.host_ips)))
+                } else {
+                    let mut ips = p.host_ips.clone();
+                    ips.sort_unstable();
+                    Some(NodeId(nodes.intern(ips)))
+                }
+            })
+            .collect();
+        for (n, node_ips) in nodes.items.iter().enumerate() {
+            for &ip in node_ips {
+                builder.add_node_address(ip, NodeId(n as u32));
+            }
+        }
+
         // Pod addresses.
         let v4 = addresses.iter().filter(|a| a.0.is_ipv4()).count();
         builder.reserve_pod_addresses(v4, addresses.len() - v4);
@@ -845,6 +868,7 @@ impl<'a> Pass<'a> {
                 pod: PodId(e),
                 egress,
                 ingress,
+                node: endpoint_node[e as usize],
             };
             if let Err(err) = builder.add_pod_address(ip, entry) {
                 self.warnings.push(err.to_string());

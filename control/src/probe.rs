@@ -263,6 +263,10 @@ impl Explanation<'_> {
             Decision::SelfTraffic => {
                 writeln!(f, "  {direction}: allow — a pod may always reach itself")
             }
+            Decision::OwnNode => writeln!(
+                f,
+                "  {direction}: allow — traffic between a pod and the node it runs on is always allowed"
+            ),
             Decision::Allowed { policy: p, rule } => {
                 let all = self.isolating(direction);
                 let name = self.tables.policy(p);

@@ -445,7 +445,10 @@ pub fn attribution(tables: &Tables, verdict: Option<&Verdict>) -> String {
                     .collect();
                 parts.push(format!("{direction}={}", names.join(",")));
             }
-            Decision::NotEnforced | Decision::NotIsolated | Decision::SelfTraffic => {}
+            Decision::NotEnforced
+            | Decision::NotIsolated
+            | Decision::SelfTraffic
+            | Decision::OwnNode => {}
         }
     }
     if parts.is_empty() {

@@ -26,7 +26,7 @@ use reference::Side;
 /// | x/b      | app=db             | 10.0.1.2, fd00::1:2    | http 8081/TCP, metrics 9090/UDP     |
 /// | x/c      | (none)             | 10.0.1.3               |                                     |
 /// | x/d      | app=web, tier=be   | 10.0.1.4               | http 8080/TCP                       |
-/// | x/host   | app=web, hostNetwork | node 10.0.9.1        | http 8080/TCP                       |
+/// | x/host   | app=web, hostNetwork | node n2, 10.0.9.2    | http 8080/TCP                       |
 /// | x/done   | app=web, Succeeded | 10.0.1.9               | http 8080/TCP                       |
 /// | x/new    | app=web, Pending   | (none)                 |                                     |
 /// | y/a      | app=web, tier=fe   | 10.0.2.1, fd00::2:1    | http 8080/TCP                       |
@@ -90,10 +90,10 @@ apiVersion: v1
 kind: Pod
 metadata: {name: host, namespace: "x", labels: {app: web}}
 spec:
-  nodeName: n1
+  nodeName: n2
   hostNetwork: true
   containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
-status: {phase: Running, podIP: 10.0.9.1, hostIP: 10.0.9.1}
+status: {phase: Running, podIP: 10.0.9.2, hostIP: 10.0.9.2}
 ---
 apiVersion: v1
 kind: Pod
@@ -1023,10 +1023,33 @@ fn host_network_source_is_its_host_address() {
     by_label.allows("x/a", "x/b", "TCP", 80);
     by_label.denies("x/host", "x/b", "TCP", 80);
 
-    let by_block = ingress_to_db_from("{ipBlock: {cidr: 10.0.9.1/32}}");
+    let by_block = ingress_to_db_from("{ipBlock: {cidr: 10.0.9.2/32}}");
     by_block.allows("x/host", "x/b", "TCP", 80);
-    by_block.allows("ext:10.0.9.1", "x/b", "TCP", 80);
+    by_block.allows("ext:10.0.9.2", "x/b", "TCP", 80);
     by_block.denies("x/a", "x/b", "TCP", 80);
+}
+
+#[test]
+fn a_pod_and_its_own_node_always_reach_each_other() {
+    let w = world(
+        "
+metadata: {name: p, namespace: \"x\"}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+",
+    );
+    // Every pod of the world runs on n1 (10.0.9.1).
+    let from_node = w.verdict("ext:10.0.9.1", "x/b", "TCP", 80);
+    assert_eq!(from_node.ingress, Decision::OwnNode);
+    assert!(from_node.is_allowed());
+    let to_node = w.verdict("x/b", "ext:10.0.9.1", "UDP", 53);
+    assert_eq!(to_node.egress, Decision::OwnNode);
+    assert!(to_node.is_allowed());
+    // Another node is an address like any other, host-network pods on it too.
+    w.denies("ext:10.0.9.2", "x/b", "TCP", 80);
+    w.denies("x/host", "x/b", "TCP", 80);
+    w.denies("x/b", "ext:10.0.9.2", "TCP", 80);
 }
 
 #[test]

@@ -117,6 +117,10 @@ id_type!(
     PolicyId
 );
 id_type!(
+    /// A node, known by the addresses its pods report as their host's.
+    NodeId
+);
+id_type!(
     /// A pod known to the tables, local or remote.
     PodId
 );
@@ -159,6 +163,9 @@ pub struct PodAddress {
     pub egress: Enforcement,
     /// Its enforcement for traffic it receives.
     pub ingress: Enforcement,
+    /// The node it runs on, if its addresses are known: traffic between a
+    /// pod and its node is always allowed.
+    pub node: Option<NodeId>,
 }
 
 /// Protocol number in a [`PortRule`] that matches every protocol and port.
@@ -209,6 +216,8 @@ pub enum Decision {
     NotIsolated,
     /// A pod talking to itself, which no policy can block.
     SelfTraffic,
+    /// A pod and the node it runs on, which policy never blocks.
+    OwnNode,
     /// Allowed by rule `rule` of `policy`'s list for this direction.
     Allowed {
         /// The first policy (in table order) whose rule matched.
@@ -297,6 +306,8 @@ pub struct Tables {
     generation: u64,
     pods_v4: FxHashMap<u32, PodAddress>,
     pods_v6: FxHashMap<u128, PodAddress>,
+    nodes_v4: FxHashMap<u32, NodeId>,
+    nodes_v6: FxHashMap<u128, NodeId>,
     others_v4: IntervalMap<u32, IdentityId>,
     others_v6: IntervalMap<u128, IdentityId>,
     allow: FxHashMap<u64, PortSetId>,
@@ -324,6 +335,8 @@ pub struct Peer {
     pub identity: IdentityId,
     /// The pod that owns the address, if any.
     pub pod: Option<PodAddress>,
+    /// The node that owns the address, if it is no pod's but a node's.
+    pub node: Option<NodeId>,
 }
 
 #[inline]
@@ -356,10 +369,12 @@ impl Tables {
             Some(p) => Peer {
                 identity: p.identity,
                 pod: Some(*p),
+                node: None,
             },
             None => Peer {
                 identity: self.others_v4.get(addr),
                 pod: None,
+                node: self.nodes_v4.get(&addr).copied(),
             },
         }
     }
@@ -372,10 +387,12 @@ impl Tables {
             Some(p) => Peer {
                 identity: p.identity,
                 pod: Some(*p),
+                node: None,
             },
             None => Peer {
                 identity: self.others_v6.get(addr),
                 pod: None,
+                node: self.nodes_v6.get(&addr).copied(),
             },
         }
     }
@@ -421,6 +438,18 @@ impl Tables {
             return Verdict {
                 egress: Decision::SelfTraffic,
                 ingress: Decision::SelfTraffic,
+            };
+        }
+        if src.node.is_some() && src.node == dst.pod.and_then(|p| p.node) {
+            return Verdict {
+                egress: Decision::NotEnforced,
+                ingress: Decision::OwnNode,
+            };
+        }
+        if dst.node.is_some() && dst.node == src.pod.and_then(|p| p.node) {
+            return Verdict {
+                egress: Decision::OwnNode,
+                ingress: Decision::NotEnforced,
             };
         }
         let egress = match src.pod.map(|p| p.egress) {
@@ -569,6 +598,8 @@ impl TablesBuilder {
                 generation,
                 pods_v4: FxHashMap::default(),
                 pods_v6: FxHashMap::default(),
+                nodes_v4: FxHashMap::default(),
+                nodes_v6: FxHashMap::default(),
                 others_v4: IntervalMap::from_prefixes([], none),
                 others_v6: IntervalMap::from_prefixes([], none),
                 allow: FxHashMap::default(),
@@ -681,6 +712,14 @@ impl TablesBuilder {
         })
     }
 
+    /// Maps an address of a node (not a pod address) to the node.
+    pub fn add_node_address(&mut self, addr: IpAddr, node: NodeId) {
+        match addr {
+            IpAddr::V4(a) => self.tables.nodes_v4.entry(u32::from(a)).or_insert(node),
+            IpAddr::V6(a) => self.tables.nodes_v6.entry(u128::from(a)).or_insert(node),
+        };
+    }
+
     /// The identities of all IPv4 addresses that are not pod addresses.
     pub fn set_other_addresses_v4(&mut self, map: IntervalMap<u32, IdentityId>) {
         self.tables.others_v4 = map;
@@ -781,12 +820,14 @@ mod tests {
             pod: pa,
             egress: Enforcement::Isolated(ge),
             ingress: Enforcement::Open,
+            node: None,
         };
         let bb = PodAddress {
             identity: id_b,
             pod: pb,
             egress: Enforcement::Open,
             ingress: Enforcement::Isolated(gi),
+            node: None,
         };
         b.add_pod_address(ip("10.0.0.1"), a).unwrap();
         b.add_pod_address(ip("fd00::1"), a).unwrap();
@@ -874,6 +915,7 @@ mod tests {
             pod,
             egress: Enforcement::Open,
             ingress: Enforcement::Isolated(g),
+            node: None,
         };
         b.add_pod_address(ip("10.0.0.1"), entry).unwrap();
         // Identity n is the address 192.0.2.0 + n.
@@ -980,6 +1022,7 @@ mod tests {
             pod,
             egress: Enforcement::Remote,
             ingress: Enforcement::Remote,
+            node: None,
         };
         b.add_pod_address(ip("10.0.0.1"), e(p1)).unwrap();
         let err = b.add_pod_address(ip("10.0.0.1"), e(p2)).unwrap_err();

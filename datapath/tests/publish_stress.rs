@@ -46,6 +46,7 @@ fn tables(g: u64) -> Tables {
             pod,
             egress: Enforcement::Open,
             ingress: Enforcement::Isolated(group),
+            node: None,
         };
         b.add_pod_address(IpAddr::V4(Ipv4Addr::from(pod_ip(i))), entry)
             .unwrap();

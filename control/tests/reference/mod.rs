@@ -65,7 +65,8 @@ pub(crate) fn is_endpoint(pod: &Pod) -> bool {
 
 /// Whether the connection attempt from `src` to `dst` on `protocol`/`port`
 /// is allowed: the source's egress and the destination's ingress must both
-/// allow it, and a pod may always reach itself.
+/// allow it, a pod may always reach itself, and traffic between a pod and
+/// the node it runs on is always allowed.
 pub(crate) fn allowed(
     cluster: &Cluster,
     src: &Side<'_>,
@@ -73,11 +74,21 @@ pub(crate) fn allowed(
     protocol: Protocol,
     port: u16,
 ) -> bool {
-    if is_self_traffic(src, dst) {
+    if is_self_traffic(src, dst) || is_own_node_traffic(src, dst) {
         return true;
     }
     egress_allowed(cluster, src, dst, protocol, port)
         && ingress_allowed(cluster, src, dst, protocol, port)
+}
+
+/// Whether one side is a pod and the other an address of the node it runs
+/// on (its `status.hostIPs`), not some pod's own address.
+pub(crate) fn is_own_node_traffic(src: &Side<'_>, dst: &Side<'_>) -> bool {
+    let node_of = |pod: &Pod, other: &Side<'_>| {
+        other.endpoint().is_none() && pod.host_ips.contains(&other.ip())
+    };
+    src.endpoint().is_some_and(|p| node_of(p, dst))
+        || dst.endpoint().is_some_and(|p| node_of(p, src))
 }
 
 /// Whether `src` and `dst` are the same pod (on any of its addresses).

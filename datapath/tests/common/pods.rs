@@ -54,6 +54,7 @@ pub(crate) fn two_pods(generation: u64, open_port: Option<u16>, isolate_p2: bool
                 pod,
                 egress: Enforcement::Open,
                 ingress,
+                node: None,
             };
             b.add_pod_address(addr, entry).unwrap();
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use podfence_control::agent::TablePublisher;
-use podfence_control::compile::Locality;
+use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::model::{
     Cluster, LabelSelector, Namespace, NetworkPolicy, Operator, Peer, Pod, PolicyPort, PortSpec,
     Rule,
@@ -179,7 +179,11 @@ pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, S
     std::fs::write(&kubeconfig, server.kubeconfig()).map_err(|e| e.to_string())?;
 
     let before = rss_bytes();
-    let tables = TablePublisher::new(Locality::Node("node-0".into()), 32);
+    let tables = TablePublisher::new(CompileOptions {
+        locality: Locality::Node("node-0".into()),
+        broad_threshold: 32,
+        ..CompileOptions::default()
+    });
     let (tx, published) = mpsc::channel::<Instant>();
     let started = Instant::now();
     let source = SourceThread::spawn(

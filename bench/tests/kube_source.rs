@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use podfence_bench::apiserver::{ApiServer, Resource};
 use podfence_control::agent::TablePublisher;
-use podfence_control::compile::Locality;
+use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceStats, SourceThread};
 use podfence_datapath::Protocol;
 use serde_json::{Value, json};
@@ -80,7 +80,11 @@ impl Harness {
             std::thread::current().id()
         ));
         std::fs::write(&path, server.kubeconfig()).expect("kubeconfig");
-        let tables = TablePublisher::new(Locality::Node("node-1".into()), 32);
+        let tables = TablePublisher::new(CompileOptions {
+            locality: Locality::Node("node-1".into()),
+            broad_threshold: 32,
+            ..CompileOptions::default()
+        });
         let (tx, generations) = mpsc::channel();
         let source = SourceThread::spawn(
             ApiTarget::Kubeconfig(path.clone()),
@@ -254,7 +258,11 @@ fn a_real_cluster_syncs_when_given() {
         eprintln!("SKIPPED: PODFENCE_TEST_KUBECONFIG is not set (no real cluster to sync with)");
         return;
     };
-    let tables = TablePublisher::new(Locality::AllPods, 32);
+    let tables = TablePublisher::new(CompileOptions {
+        locality: Locality::AllPods,
+        broad_threshold: 32,
+        ..CompileOptions::default()
+    });
     let (tx, published) = mpsc::channel();
     let source = SourceThread::spawn(
         ApiTarget::Kubeconfig(PathBuf::from(path)),

@@ -80,6 +80,10 @@ pub struct CompileOptions {
     /// in every group that has it. Verdicts do not depend on it; table size
     /// and classify cost do.
     pub broad_threshold: usize,
+    /// Addresses of this node beyond the `status.hostIPs` its pods report
+    /// (the live agent passes every address of its host): traffic between
+    /// them and the local pods is always allowed.
+    pub node_addresses: Vec<IpAddr>,
 }
 
 impl Default for CompileOptions {
@@ -88,6 +92,7 @@ impl Default for CompileOptions {
             generation: 1,
             locality: Locality::AllPods,
             broad_threshold: BROAD_THRESHOLD,
+            node_addresses: Vec::new(),
         }
     }
 }
@@ -835,13 +840,27 @@ impl<'a> Pass<'a> {
             enforcement.push(pair);
         }
 
-        // Nodes, known by the host addresses their pods report.
+        // Nodes, known by the host addresses their pods report; this node
+        // also by the addresses it was given.
         let mut nodes: Interner<Vec<IpAddr>> = Interner::new();
+        let local_node = (!self.options.node_addresses.is_empty()).then(|| {
+            let mut ips = self.options.node_addresses.clone();
+            ips.sort_unstable();
+            ips.dedup();
+            NodeId(nodes.intern(ips))
+        });
         let endpoint_node: Vec<Option<NodeId>> = self
             .endpoints
             .iter()
             .map(|p| {
-                if p.host_ips.is_empty() {
+                if let Some(local) = local_node
+                    && self.is_local(p)
+                {
+                    for &ip in &p.host_ips {
+                        builder.add_node_address(ip, local);
+                    }
+                    Some(local)
+                } else if p.host_ips.is_empty() {
                     None
                 } else if p.host_ips.is_sorted() {
                     Some(NodeId(nodes.intern_ref(&p.host_ips)))

@@ -23,10 +23,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, mpsc};
 
 use podfence_control::agent::metrics::MetricsServer;
+use podfence_control::agent::plumbing;
 use podfence_control::agent::{
     Agent, AgentOptions, AgentStatus, TablePublisher, fail_mode, local_addresses, locality,
 };
-use podfence_control::compile::Locality;
+use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::model::Cluster;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use podfence_control::sources::manifests;
@@ -440,7 +441,12 @@ fn start(
             Locality::AllPods
         }
     };
-    let tables = TablePublisher::new(locality, opts.broad_threshold);
+    let tables = TablePublisher::new(CompileOptions {
+        generation: 0,
+        locality,
+        broad_threshold: opts.broad_threshold,
+        node_addresses: plumbing::host_addresses()?,
+    });
     let metrics = if args.no_metrics {
         None
     } else {

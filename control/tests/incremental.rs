@@ -223,16 +223,18 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
         policies.len() > 30,
         "too few policies in the conformance cases"
     );
+    let node_addresses: Vec<IpAddr> = vec!["172.18.0.9".parse().unwrap()];
     let settings = [
-        (Locality::AllPods, usize::MAX),
-        (Locality::Node("node-1".into()), 0),
-        (Locality::AllPods, 2),
+        (Locality::AllPods, usize::MAX, Vec::new()),
+        (Locality::Node("node-1".into()), 0, node_addresses),
+        (Locality::AllPods, 2, Vec::new()),
     ];
-    for (seed, (locality, broad_threshold)) in settings.into_iter().enumerate() {
+    for (seed, (locality, broad_threshold, node_addresses)) in settings.into_iter().enumerate() {
         let options = CompileOptions {
             generation: 0,
             locality,
             broad_threshold,
+            node_addresses,
         };
         let mut compiler = Compiler::new(options.clone());
         let mut cluster = start.clone();

@@ -10,8 +10,8 @@ mod reference;
 use std::net::IpAddr;
 use std::path::Path;
 
-use podfence_control::compile::{CompileOptions, compile};
-use podfence_control::model::Cluster;
+use podfence_control::compile::{CompileOptions, Locality, compile};
+use podfence_control::model::{Cluster, Protocol};
 use podfence_control::probe::{Endpoint, Probe, ProbeError, classify, resolve};
 use podfence_control::sources::manifests;
 use podfence_datapath::{Decision, Tables, Verdict};
@@ -1073,4 +1073,26 @@ spec:
     );
     egress.allows("x/b", "x/a", "TCP", 80);
     egress.denies("x/b", "ext:10.0.1.9", "TCP", 80);
+}
+
+#[test]
+fn the_agents_own_addresses_are_its_node() {
+    let w = world(DENY_ALL_INGRESS_X);
+    let options = CompileOptions {
+        locality: Locality::Node("n1".into()),
+        node_addresses: vec!["192.0.2.99".parse().unwrap()],
+        ..CompileOptions::default()
+    };
+    let tables = compile(&w.cluster, &options).tables;
+    let tcp = Protocol::Tcp.ip_protocol();
+    let to_b =
+        |src: &str| tables.classify(src.parse().unwrap(), "10.0.1.2".parse().unwrap(), tcp, 80);
+    // An address of the agent's host, and the hostIP the pods report.
+    assert_eq!(to_b("192.0.2.99").ingress, Decision::OwnNode);
+    assert_eq!(to_b("10.0.9.1").ingress, Decision::OwnNode);
+    // Any other address is still subject to policy.
+    assert!(matches!(
+        to_b("192.0.2.98").ingress,
+        Decision::Denied { .. }
+    ));
 }

@@ -261,10 +261,12 @@ impl Agent {
     /// Starts enforcing `cluster`'s policies on this node (see the module
     /// doc for the order). On error, whatever was set up is undone.
     pub fn start(cluster: &Cluster, options: AgentOptions) -> Result<Self, AgentError> {
-        let tables = TablePublisher::new(
-            locality(cluster, options.node_name.as_deref()),
-            options.broad_threshold,
-        );
+        let tables = TablePublisher::new(CompileOptions {
+            generation: 0,
+            locality: locality(cluster, options.node_name.as_deref()),
+            broad_threshold: options.broad_threshold,
+            node_addresses: plumbing::host_addresses()?,
+        });
         tables.publish(cluster, None);
         Self::start_with(tables, cluster, options)
     }

@@ -161,6 +161,33 @@ struct LinkJson {
     num_rx_queues: Option<u32>,
 }
 
+#[derive(Deserialize)]
+struct AddrJson {
+    #[serde(default)]
+    addr_info: Vec<AddrInfoJson>,
+}
+
+#[derive(Deserialize)]
+struct AddrInfoJson {
+    local: Option<String>,
+    scope: Option<String>,
+}
+
+/// Every global address of this network namespace's interfaces: the
+/// addresses this node's traffic to its pods may come from.
+pub fn host_addresses() -> Result<Vec<IpAddr>, AgentError> {
+    let links: Vec<AddrJson> = ip_json(&["addr", "show"])?;
+    let mut addrs: Vec<IpAddr> = links
+        .iter()
+        .flat_map(|l| &l.addr_info)
+        .filter(|a| a.scope.as_deref() == Some("global"))
+        .filter_map(|a| a.local.as_deref()?.parse().ok())
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    Ok(addrs)
+}
+
 fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
 }

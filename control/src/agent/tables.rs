@@ -41,17 +41,13 @@ pub struct TablePublisher {
 
 impl TablePublisher {
     /// A publisher whose tables are empty (generation 0) until the first
-    /// [`publish`](Self::publish).
+    /// [`publish`](Self::publish); `options.generation` is unused.
     #[must_use]
-    pub fn new(locality: Locality, broad_threshold: usize) -> Self {
+    pub fn new(options: CompileOptions) -> Self {
         Self {
             publisher: Publisher::new(Tables::empty(0)),
-            compiler: Arc::new(Mutex::new(Compiler::new(CompileOptions {
-                generation: 0,
-                locality: locality.clone(),
-                broad_threshold,
-            }))),
-            locality,
+            locality: options.locality.clone(),
+            compiler: Arc::new(Mutex::new(Compiler::new(options))),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
         }

@@ -25,7 +25,8 @@ use std::sync::{Arc, mpsc};
 use podfence_control::agent::metrics::MetricsServer;
 use podfence_control::agent::plumbing;
 use podfence_control::agent::{
-    Agent, AgentOptions, AgentStatus, TablePublisher, fail_mode, local_addresses, locality,
+    Agent, AgentOptions, AgentStatus, DenialOptions, DenyLog, TablePublisher, fail_mode,
+    local_addresses, locality,
 };
 use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::model::Cluster;
@@ -152,6 +153,44 @@ pub(crate) struct RunArgs {
     /// and remove it at stop.
     #[arg(long, env = "PODFENCE_READY_FILE", value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// Deny log: one JSON line per denied connection attempt, to standard
+    /// output (`-`), appended to FILE, or `none`.
+    #[arg(
+        long,
+        env = "PODFENCE_DENY_LOG",
+        default_value = "-",
+        value_name = "FILE"
+    )]
+    deny_log: String,
+    /// Deny log lines per second for one source and destination address
+    /// pair; the rest are counted in the pair's next line.
+    #[arg(
+        long,
+        env = "PODFENCE_DENY_LOG_PER_PAIR",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    deny_log_per_pair: u32,
+    /// Write denied packets to this pcapng file, each with its decision as
+    /// a comment.
+    #[arg(long, env = "PODFENCE_CAPTURE_DENIED", value_name = "FILE")]
+    capture_denied: Option<PathBuf>,
+    /// Size at which the capture file moves to FILE.1 and a new one starts.
+    #[arg(
+        long,
+        env = "PODFENCE_CAPTURE_MAX_MIB",
+        default_value_t = 64,
+        value_name = "MIB"
+    )]
+    capture_max_mib: u64,
+    /// Denied packets captured per second at most.
+    #[arg(
+        long,
+        env = "PODFENCE_CAPTURE_RATE",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
+    capture_rate: u32,
 }
 
 fn load_cluster(paths: &[PathBuf]) -> Result<Cluster> {
@@ -191,6 +230,18 @@ fn options(args: &RunArgs) -> AgentOptions {
         });
     }
     o.worker.revalidate = !args.keep_established;
+    o.denials = DenialOptions {
+        node: None,
+        log: match args.deny_log.as_str() {
+            "none" => None,
+            "-" => Some(DenyLog::Stdout),
+            path => Some(DenyLog::File(path.into())),
+        },
+        log_per_pair: args.deny_log_per_pair,
+        capture: args.capture_denied.clone(),
+        capture_max_bytes: args.capture_max_mib.saturating_mul(1 << 20),
+        capture_per_second: args.capture_rate,
+    };
     o
 }
 

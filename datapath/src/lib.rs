@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod craft;
+pub mod denials;
 pub mod flow;
 pub mod link;
 pub mod lpm;

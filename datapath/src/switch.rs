@@ -96,6 +96,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::denials::{Denial, DenialKind, DenialQueue};
 use crate::flow::PacketMeta;
 use crate::link::LinkType;
 use crate::offload::finish_partial;
@@ -253,6 +254,12 @@ pub struct Switch<P: Port> {
     /// The port of the batch being processed, if the switch received it.
     rx: Option<usize>,
     stats: SwitchStats,
+    /// Where denied packets go, if anyone explains them.
+    denials: Option<Arc<DenialQueue>>,
+    /// The table generation of the batch being processed.
+    generation: u64,
+    /// Wall-clock time of the batch's first denial (0: none yet).
+    batch_unix_ns: u64,
 }
 
 impl<P: Port> fmt::Debug for Switch<P> {
@@ -302,7 +309,41 @@ impl<P: Port> Switch<P> {
             max_frame,
             rx: None,
             stats,
+            denials: None,
+            generation: 0,
+            batch_unix_ns: 0,
         })
+    }
+
+    /// Sends a copy of every packet that policy drops to `queue`.
+    pub fn set_denials(&mut self, queue: Arc<DenialQueue>) {
+        self.denials = Some(queue);
+    }
+
+    /// Queues a packet that policy dropped, if anyone explains them.
+    fn record_denial(&mut self, desc: &RxDesc, frame: &[u8], meta: &PacketMeta, outcome: &Outcome) {
+        let Some(queue) = &self.denials else {
+            return;
+        };
+        let (kind, verdict) = match outcome {
+            Outcome::Denied(v) => (DenialKind::Connection, *v),
+            Outcome::Revoked(v) => (DenialKind::Revoked, *v),
+            _ => return,
+        };
+        if self.batch_unix_ns == 0 {
+            // Once per batch, and only in batches with denials.
+            self.batch_unix_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+        }
+        queue.push(Denial {
+            unix_ns: self.batch_unix_ns,
+            generation: self.generation,
+            kind,
+            flow: meta.key,
+            verdict,
+            ..Denial::of_frame(desc.link, frame, desc.wire_len)
+        });
     }
 
     /// Replaces the forwarding table (between batches).
@@ -534,12 +575,20 @@ impl<P: Port> Output for Switch<P> {
             _ => {}
         }
         if !passes {
+            if let Some(meta) = meta {
+                self.record_denial(desc, frame, meta, outcome);
+            }
             return;
         }
         match meta {
             Some(meta) => self.forward_ip(desc, frame, meta),
             None => self.forward_unchanged(frame),
         }
+    }
+
+    fn begin_batch(&mut self, generation: u64) {
+        self.generation = generation;
+        self.batch_unix_ns = 0;
     }
 
     fn end_batch(&mut self) {

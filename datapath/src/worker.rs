@@ -129,6 +129,11 @@ impl Outcome {
 
 /// Where processed packets go: transmit, drop, record.
 pub trait Output {
+    /// A batch decided by table generation `generation` begins.
+    fn begin_batch(&mut self, generation: u64) {
+        let _ = generation;
+    }
+
     /// One packet: its descriptor, bytes, parsed metadata (if it parsed),
     /// outcome, and whether it passes.
     fn packet(
@@ -231,6 +236,7 @@ impl<'a> Worker<'a> {
         }
         let generation = self.reader.load();
         let tables = &generation.tables;
+        out.begin_batch(tables.generation());
         let mut c = Counters {
             batches: 1,
             ..Counters::default()

@@ -45,6 +45,18 @@ pub struct ControlMetrics {
     /// Objects skipped because podfence cannot use them, by kind, namespace
     /// and name.
     pub rejected_objects: Family<ObjectLabels, Counter>,
+    /// Connection attempts and packets denied, by direction and by each
+    /// isolating policy (a denial counts for every policy that isolates
+    /// the pod in that direction).
+    pub denials: Family<ObjectLabels, Counter>,
+    /// Denied packets the reporter never saw: its queue was full.
+    pub denials_lost: Counter,
+    /// Denied packets decided by a generation no longer kept.
+    pub denials_unattributed: Counter,
+    /// Deny log lines held back by the per-pair rate.
+    pub deny_log_held_back: Counter,
+    /// Denied packets not captured: over the capture rate.
+    pub captures_skipped: Counter,
 }
 
 impl Default for ControlMetrics {
@@ -56,6 +68,11 @@ impl Default for ControlMetrics {
             watch_errors: Family::default(),
             watch_lists: Family::default(),
             rejected_objects: Family::default(),
+            denials: Family::default(),
+            denials_lost: Counter::default(),
+            denials_unattributed: Counter::default(),
+            deny_log_held_back: Counter::default(),
+            captures_skipped: Counter::default(),
         }
     }
 }
@@ -91,6 +108,31 @@ impl ControlMetrics {
             "podfence_rejected_objects",
             "Objects skipped because podfence cannot use them; their last good version stays",
             self.rejected_objects.clone(),
+        );
+        registry.register(
+            "podfence_denials",
+            "Denied packets (connection attempts and revoked connections), by direction and isolating policy",
+            self.denials.clone(),
+        );
+        registry.register(
+            "podfence_denials_lost",
+            "Denied packets not reported (deny log, capture, by-policy counts): the queue was full",
+            self.denials_lost.clone(),
+        );
+        registry.register(
+            "podfence_denials_unattributed",
+            "Denied packets decided by a table generation no longer kept, not counted by policy",
+            self.denials_unattributed.clone(),
+        );
+        registry.register(
+            "podfence_deny_log_held_back",
+            "Deny log lines held back by the per-address-pair rate (counted in the pair's next line)",
+            self.deny_log_held_back.clone(),
+        );
+        registry.register(
+            "podfence_captures_skipped",
+            "Denied packets not captured because of the capture rate",
+            self.captures_skipped.clone(),
         );
     }
 }

@@ -24,6 +24,7 @@
 //! The agent runs in the calling thread's network namespace: its worker
 //! threads inherit it.
 
+pub mod denials;
 pub mod metrics;
 pub mod plumbing;
 pub mod tables;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
 use podfence_datapath::conntrack::{Conntrack, Timeouts};
+use podfence_datapath::denials::DenialQueue;
 use podfence_datapath::ports::xsk::{ReadableWait, XskConfig, XskPort};
 use podfence_datapath::ports::{Port, PortError};
 use podfence_datapath::stats::{Counters, WorkerStats};
@@ -47,6 +49,8 @@ use tracing::{error, info, warn};
 
 use crate::compile::{CompileOptions, Locality};
 use crate::model::Cluster;
+use denials::DenialReporter;
+pub use denials::{DenialOptions, DenyLog};
 use metrics::{Health, RingCounters, WorkerCounters};
 use plumbing::{Discovery, HostPair, PlumbingConfig};
 pub use tables::{Published, TablePublisher};
@@ -125,7 +129,15 @@ pub enum AgentError {
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    /// The deny log or the capture file cannot be opened, or the thread
+    /// writing them started.
+    #[error("cannot start reporting denials (deny log, capture file): {0}")]
+    Denials(std::io::Error),
 }
+
+/// Denied packets queued for the reporter before more are dropped (and
+/// counted).
+const DENIALS_QUEUED: usize = 4096;
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -155,6 +167,8 @@ pub struct AgentOptions {
     pub worker_counters: Arc<WorkerCounters>,
     /// What `/healthz` and `/readyz` report.
     pub health: Arc<Health>,
+    /// Deny log and capture of denied packets.
+    pub denials: DenialOptions,
 }
 
 impl Default for AgentOptions {
@@ -171,6 +185,7 @@ impl Default for AgentOptions {
             broad_threshold: CompileOptions::default().broad_threshold,
             worker_counters: Arc::default(),
             health: Arc::default(),
+            denials: DenialOptions::default(),
         }
     }
 }
@@ -232,6 +247,9 @@ pub struct Agent {
     /// The network namespace it started in (inode of
     /// `/proc/thread-self/ns/net`).
     netns: Option<u64>,
+    /// Every worker queues the packets policy drops here.
+    denials: Arc<DenialQueue>,
+    reporter: Option<DenialReporter>,
 }
 
 /// The calling thread's network namespace.
@@ -283,6 +301,17 @@ impl Agent {
             options.conntrack_entries,
             Timeouts::default(),
         ));
+        let denials = Arc::new(DenialQueue::new(DENIALS_QUEUED));
+        let reporter = DenialReporter::start(
+            Arc::clone(&denials),
+            tables.publisher().clone(),
+            tables.metrics().clone(),
+            DenialOptions {
+                node: options.node_name.clone(),
+                ..options.denials.clone()
+            },
+        )
+        .map_err(AgentError::Denials)?;
         let mut agent = Self {
             tables,
             stop: Arc::new(AtomicBool::new(false)),
@@ -298,6 +327,8 @@ impl Agent {
             adopted: Vec::new(),
             pods: Discovery::default(),
             netns: current_netns(),
+            denials,
+            reporter: Some(reporter),
             options,
         };
         // From here on, dropping `agent` undoes what was done.
@@ -519,6 +550,7 @@ impl Agent {
             .min()
             .unwrap_or(2048);
         let mut switch = Switch::new(ports, fib, max_frame)?;
+        switch.set_denials(Arc::clone(&self.denials));
         let stats = Arc::new(WorkerStats::default());
         let conntrack = Arc::clone(&self.conntrack);
         let reader = self.tables.publisher().reader();
@@ -634,6 +666,9 @@ impl Agent {
             } else {
                 error!("a worker panicked");
             }
+        }
+        if let Some(reporter) = self.reporter.take() {
+            reporter.stop();
         }
         if let Some(pair) = self.pair.take()
             && let Err(e) = plumbing::remove_pair(&pair)

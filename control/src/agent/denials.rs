@@ -1,0 +1,457 @@
+//! What the workers deny, explained off the packet path: counted by policy,
+//! written as one JSON line per denied connection attempt (rate-limited per
+//! address pair, with a count of what was held back) and captured to
+//! pcapng with the decision as a packet comment.
+//!
+//! The workers queue each dropped packet ([`DenialQueue`]); a reporter
+//! thread drains the queue a few times a second and attributes each record
+//! with the table generation that decided it, kept for a few generations.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use podfence_datapath::denials::{Denial, DenialKind, DenialQueue, SNAP_LEN};
+use podfence_datapath::publish::{Generation, Publisher};
+use podfence_datapath::tables::{Decision, Direction, Protocol, Tables};
+use rustc_hash::FxHashMap;
+use serde_json::{Value, json};
+use tracing::warn;
+
+use super::metrics::ControlMetrics;
+use crate::capture::CaptureWriter;
+
+/// Where deny log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DenyLog {
+    /// Standard output.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// What the reporter does with denials.
+#[derive(Clone, Debug)]
+pub struct DenialOptions {
+    /// This node's name, for the log lines.
+    pub node: Option<String>,
+    /// Deny log destination; `None`: no log (denials are still counted).
+    pub log: Option<DenyLog>,
+    /// Log lines per second for one source and destination address pair;
+    /// more are counted and reported with the next line of that pair.
+    pub log_per_pair: u32,
+    /// pcapng file for denied packets.
+    pub capture: Option<PathBuf>,
+    /// Size at which the capture file rotates.
+    pub capture_max_bytes: u64,
+    /// Packets captured per second at most.
+    pub capture_per_second: u32,
+}
+
+impl Default for DenialOptions {
+    fn default() -> Self {
+        Self {
+            node: None,
+            log: None,
+            log_per_pair: 1,
+            capture: None,
+            capture_max_bytes: 64 << 20,
+            capture_per_second: 1000,
+        }
+    }
+}
+
+/// How often the queue is drained.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// Generations kept for attributing records queued before a swap.
+const GENERATIONS_KEPT: usize = 8;
+/// Address pairs whose rate state is kept before idle ones are forgotten.
+const PAIRS_KEPT: usize = 1 << 16;
+
+/// The reporter thread.
+#[derive(Debug)]
+pub struct DenialReporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DenialReporter {
+    /// Starts draining `queue`, attributing with `publisher`'s generations.
+    pub fn start(
+        queue: Arc<DenialQueue>,
+        publisher: Publisher,
+        metrics: ControlMetrics,
+        options: DenialOptions,
+    ) -> std::io::Result<Self> {
+        let mut report = Report::new(publisher, metrics, options)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("podfence-denials".into())
+            .spawn(move || {
+                loop {
+                    let last = stopping.load(Ordering::Acquire);
+                    report.drain(&queue);
+                    if last {
+                        break;
+                    }
+                    std::thread::sleep(DRAIN_EVERY);
+                }
+                report.finish();
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Drains what is queued and stops.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DenialReporter {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Rate state of one address pair.
+#[derive(Clone, Copy, Default)]
+struct PairState {
+    second: u64,
+    lines: u32,
+    held_back: u64,
+}
+
+struct Report {
+    publisher: Publisher,
+    generations: VecDeque<Arc<Generation>>,
+    metrics: ControlMetrics,
+    options: DenialOptions,
+    log: Option<Box<dyn Write + Send>>,
+    pairs: FxHashMap<(IpAddr, IpAddr), PairState>,
+    capture: Option<CaptureWriter>,
+    capture_second: u64,
+    captured_this_second: u32,
+    lost_seen: u64,
+}
+
+impl Report {
+    fn new(
+        publisher: Publisher,
+        metrics: ControlMetrics,
+        options: DenialOptions,
+    ) -> std::io::Result<Self> {
+        let log: Option<Box<dyn Write + Send>> = match &options.log {
+            None => None,
+            Some(DenyLog::Stdout) => Some(Box::new(std::io::stdout())),
+            Some(DenyLog::File(path)) => Some(Box::new(std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ))),
+        };
+        let capture = match &options.capture {
+            Some(path) => Some(CaptureWriter::create(
+                path,
+                options.capture_max_bytes,
+                SNAP_LEN as u32,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            publisher,
+            generations: VecDeque::new(),
+            metrics,
+            options,
+            log,
+            pairs: FxHashMap::default(),
+            capture,
+            capture_second: 0,
+            captured_this_second: 0,
+            lost_seen: 0,
+        })
+    }
+
+    fn drain(&mut self, queue: &DenialQueue) {
+        let current = self.publisher.current();
+        if self
+            .generations
+            .back()
+            .is_none_or(|g| g.tables.generation() != current.tables.generation())
+        {
+            self.generations.push_back(current);
+            if self.generations.len() > GENERATIONS_KEPT {
+                self.generations.pop_front();
+            }
+        }
+        let mut any = false;
+        while let Some(d) = queue.pop() {
+            self.one(&d);
+            any = true;
+        }
+        let lost = queue.lost();
+        self.metrics
+            .denials_lost
+            .inc_by(lost.saturating_sub(self.lost_seen));
+        self.lost_seen = lost;
+        if any {
+            self.flush();
+        }
+    }
+
+    fn tables(&self, generation: u64) -> Option<&Tables> {
+        self.generations
+            .iter()
+            .rev()
+            .map(|g| &g.tables)
+            .find(|t| t.generation() == generation)
+    }
+
+    fn one(&mut self, d: &Denial) {
+        let Some(tables) = self.tables(d.generation) else {
+            // Decided by a generation already forgotten: counted, not named.
+            self.metrics.denials_unattributed.inc();
+            return;
+        };
+        let line = describe(tables, d, self.options.node.as_deref());
+        for (direction, decision) in [
+            (Direction::Egress, d.verdict.egress),
+            (Direction::Ingress, d.verdict.ingress),
+        ] {
+            if let Decision::Denied { group } = decision {
+                for &p in tables.group(group).1 {
+                    let name = tables.policy(p);
+                    self.metrics
+                        .denials
+                        .get_or_create(&vec![
+                            ("direction", direction.to_string()),
+                            ("namespace", name.namespace.to_string()),
+                            ("policy", name.name.to_string()),
+                        ])
+                        .inc();
+                }
+            }
+        }
+        if let Some(capture) = &mut self.capture {
+            let second = d.unix_ns / 1_000_000_000;
+            if second != self.capture_second {
+                self.capture_second = second;
+                self.captured_this_second = 0;
+            }
+            if self.captured_this_second < self.options.capture_per_second {
+                self.captured_this_second += 1;
+                let comment = comment(&line);
+                if let Err(e) = capture.write(d.unix_ns, d.link, d.packet(), d.wire_len, &comment) {
+                    warn!(error = %e, "capture of denied packets stops");
+                    self.capture = None;
+                }
+            } else {
+                self.metrics.captures_skipped.inc();
+            }
+        }
+        if d.kind == DenialKind::Connection {
+            self.log_line(d, line);
+        }
+    }
+
+    /// Writes the line unless its pair is over its rate this second.
+    fn log_line(&mut self, d: &Denial, mut line: Value) {
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        if self.pairs.len() > PAIRS_KEPT {
+            self.pairs.retain(|_, s| s.held_back > 0);
+        }
+        let pair = (ip(d.flow.src, d.flow.ipv6), ip(d.flow.dst, d.flow.ipv6));
+        let state = self.pairs.entry(pair).or_default();
+        let second = d.unix_ns / 1_000_000_000;
+        if state.second != second {
+            *state = PairState {
+                second,
+                lines: 0,
+                held_back: state.held_back,
+            };
+        }
+        if state.lines >= self.options.log_per_pair {
+            state.held_back += 1;
+            self.metrics.deny_log_held_back.inc();
+            return;
+        }
+        state.lines += 1;
+        if state.held_back > 0 {
+            line["held_back_before"] = json!(state.held_back);
+            state.held_back = 0;
+        }
+        if writeln!(log, "{line}").is_err() {
+            warn!("deny log cannot be written; it stops");
+            self.log = None;
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(log) = &mut self.log {
+            let _ = log.flush();
+        }
+        if let Some(capture) = &mut self.capture {
+            let _ = capture.flush();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.flush();
+    }
+}
+
+fn ip(addr: u128, ipv6: bool) -> IpAddr {
+    if ipv6 {
+        IpAddr::V6(addr.into())
+    } else {
+        IpAddr::V4((addr as u32).into())
+    }
+}
+
+/// One side of the connection: its pod, or its address.
+fn endpoint(tables: &Tables, addr: IpAddr) -> Value {
+    match tables.peer(addr).pod {
+        Some(p) => json!({"pod": tables.pod(p.pod).to_string(), "ip": addr.to_string()}),
+        None => json!({"ip": addr.to_string()}),
+    }
+}
+
+/// What decided one direction, in the words of `podfence explain`.
+fn decision(tables: &Tables, d: Decision) -> Value {
+    match d {
+        Decision::NotEnforced => json!({"verdict": "allow", "reason": "not a pod enforced here"}),
+        Decision::NotIsolated => json!({"verdict": "allow", "reason": "no policy isolates it"}),
+        Decision::SelfTraffic => json!({"verdict": "allow", "reason": "a pod may reach itself"}),
+        Decision::OwnNode => json!({"verdict": "allow", "reason": "a pod and its own node"}),
+        Decision::Allowed { policy, rule } => json!({
+            "verdict": "allow",
+            "policy": tables.policy(policy).to_string(),
+            "rule": rule,
+        }),
+        Decision::Denied { group } => {
+            let names: Vec<String> = tables
+                .group(group)
+                .1
+                .iter()
+                .map(|p| tables.policy(*p).to_string())
+                .collect();
+            json!({
+                "verdict": "deny",
+                "isolated_by": names,
+                "reason": "no rule of the isolating policies matches",
+            })
+        }
+    }
+}
+
+/// The deny log line of a record.
+fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
+    let (src, dst) = (ip(d.flow.src, d.flow.ipv6), ip(d.flow.dst, d.flow.ipv6));
+    let denied: Vec<&str> = [("egress", d.verdict.egress), ("ingress", d.verdict.ingress)]
+        .iter()
+        .filter(|(_, v)| !v.is_allowed())
+        .map(|(name, _)| *name)
+        .collect();
+    let protocol = Protocol(d.flow.protocol);
+    json!({
+        "time": rfc3339(d.unix_ns),
+        "node": node,
+        "event": match d.kind {
+            DenialKind::Connection => "connection denied",
+            DenialKind::Revoked => "connection revoked",
+        },
+        "denied_by": denied.join("+"),
+        "src": endpoint(tables, src),
+        "dst": endpoint(tables, dst),
+        "protocol": protocol.name().map_or_else(|| protocol.0.to_string(), str::to_owned),
+        "src_port": d.flow.src_port,
+        "dst_port": d.flow.dst_port,
+        "egress": decision(tables, d.verdict.egress),
+        "ingress": decision(tables, d.verdict.ingress),
+        "generation": d.generation,
+    })
+}
+
+/// A short packet comment from a log line.
+fn comment(line: &Value) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "podfence: {} ({}) generation {}",
+        line["event"].as_str().unwrap_or_default(),
+        line["denied_by"].as_str().unwrap_or_default(),
+        line["generation"],
+    );
+    for side in ["egress", "ingress"] {
+        if let Some(names) = line[side]["isolated_by"].as_array() {
+            let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+            let _ = write!(
+                out,
+                "; {side} isolated by {}, no rule matches",
+                names.join(", ")
+            );
+        }
+    }
+    out
+}
+
+/// `unix_ns` as an RFC 3339 UTC timestamp with nanoseconds.
+fn rfc3339(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let nanos = unix_ns % 1_000_000_000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(1_795_000_000_123_456_789),
+            "2026-11-18T11:06:40.123456789Z"
+        );
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+}

@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod propagation;
 pub mod synthetic;
 pub mod testbed;
+pub mod traffic;

@@ -19,6 +19,7 @@ use podfence_control::model::{Namespace, NetworkPolicy, Pod};
 use serde_json::json;
 
 mod matrix_cmd;
+mod traffic_cmd;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
@@ -66,6 +67,11 @@ enum Command {
     /// destination). Differences from the policy verdict are listed on
     /// standard error, and make the exit status 1.
     Matrix(matrix_cmd::MatrixArgs),
+    /// The AF_XDP traffic generator on its own (root): its rate into a veth
+    /// whose peer drops every frame in XDP, and straight into the AF_XDP
+    /// sink over a veth pair (loss, reordering, latency). Shows that the
+    /// generator outruns what `veth` measures with it.
+    Traffic(traffic_cmd::SelfCheckArgs),
     /// Propagation latency through the test API server and the real kube
     /// client: the initial sync of a synthetic cluster, then single-object
     /// changes (pod label flips, policy edits, pod churn), each timed from
@@ -139,6 +145,12 @@ fn main() {
                     eprintln!("podfence-bench propagation: error: {e}");
                     std::process::exit(1);
                 }
+            }
+        }
+        Command::Traffic(args) => {
+            if let Err(e) = traffic_cmd::run(&args) {
+                eprintln!("podfence-bench traffic: error: {e}");
+                std::process::exit(1);
             }
         }
         Command::Matrix(args) => match matrix_cmd::run(&args) {

@@ -267,21 +267,21 @@ static REGISTRY: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 static HANDLER: OnceLock<()> = OnceLock::new();
 
-fn register(name: &str) {
+pub(crate) fn register(name: &str) {
     REGISTRY
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(name.to_owned());
 }
 
-fn unregister(name: &str) {
+pub(crate) fn unregister(name: &str) {
     REGISTRY
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .retain(|n| n != name);
 }
 
-fn delete_netns(name: &str) {
+pub(crate) fn delete_netns(name: &str) {
     // Absent already is fine: deletion is idempotent.
     let _ = Command::new("ip").args(["netns", "del", name]).output();
 }
@@ -297,7 +297,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Installs (once) the SIGINT/SIGTERM handler: it hands the signal to a
 /// thread that deletes every registered namespace, then dies of the signal.
-fn install_signal_handler() {
+pub(crate) fn install_signal_handler() {
     HANDLER.get_or_init(|| {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -347,7 +347,7 @@ fn install_signal_handler() {
 
 // -------------------------------------------------------------- commands --
 
-fn run(args: &[&str]) -> Result<String, TestbedError> {
+pub(crate) fn run(args: &[&str]) -> Result<String, TestbedError> {
     let command = args.join(" ");
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -366,7 +366,7 @@ fn run(args: &[&str]) -> Result<String, TestbedError> {
 }
 
 /// `ip -n <ns> <args>`.
-fn ip(ns: &str, args: &[&str]) -> Result<String, TestbedError> {
+pub(crate) fn ip(ns: &str, args: &[&str]) -> Result<String, TestbedError> {
     let mut full = vec!["ip", "-n", ns];
     full.extend_from_slice(args);
     run(&full)
@@ -395,7 +395,7 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -
     })
 }
 
-fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<(), TestbedError> {
+pub(crate) fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<(), TestbedError> {
     in_netns(ns, || {
         for (key, value) in settings {
             let path = format!("/proc/sys/{}", key.replace('.', "/"));

@@ -100,6 +100,11 @@ fn denials_are_logged_counted_and_captured() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("denials by policy in\n{metrics}"));
     assert!(counted >= attempts, "{counted} denials counted");
+    assert!(
+        metrics.contains("podfence_conntrack_capacity 262144\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("podfence_conntrack_entries "), "{metrics}");
     agent.terminate();
 
     check_log(&log, counted);

@@ -427,6 +427,8 @@ pub struct Conntrack {
     fingerprints: Box<[AtomicU64]>,
     bucket_mask: usize,
     timeouts: Timeouts,
+    /// Zero of [`clock_ns`](Self::clock_ns).
+    origin: std::time::Instant,
 }
 
 impl Conntrack {
@@ -442,7 +444,15 @@ impl Conntrack {
             fingerprints,
             bucket_mask: n / WINDOW - 1,
             timeouts,
+            origin: std::time::Instant::now(),
         }
+    }
+
+    /// Nanoseconds since the table was made: the clock that live workers
+    /// pass as `now`, so that they and the table's readers agree.
+    #[must_use]
+    pub fn clock_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
     }
 
     /// Number of slots.

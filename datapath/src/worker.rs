@@ -161,7 +161,6 @@ pub struct Worker<'a> {
     kinds: [Result<crate::flow::FrameKind, crate::flow::ParseError>; MAX_BATCH],
     metas: [crate::flow::PacketMeta; MAX_BATCH],
     located: [crate::conntrack::Located; MAX_BATCH],
-    clock_origin: std::time::Instant,
 }
 
 /// What a first fragment leaves for the fragments that follow it.
@@ -219,7 +218,6 @@ impl<'a> Worker<'a> {
             kinds: [Ok(crate::flow::FrameKind::NotIp { ethertype: 0 }); MAX_BATCH],
             metas: [crate::flow::PacketMeta::default(); MAX_BATCH],
             located: [crate::conntrack::Located::default(); MAX_BATCH],
-            clock_origin: std::time::Instant::now(),
         }
     }
 
@@ -245,7 +243,7 @@ impl<'a> Worker<'a> {
         let batch_now = if self.config.capture_time {
             0
         } else {
-            self.clock_origin.elapsed().as_nanos() as u64
+            self.conntrack.clock_ns()
         };
         // Parse the batch and prefetch in two stages (fingerprints, then
         // the matching entry), so that the conntrack's cache misses of the

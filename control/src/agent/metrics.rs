@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use podfence_datapath::conntrack::Conntrack;
 use podfence_datapath::stats::{Counters, WorkerStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -162,12 +163,22 @@ pub struct RingCounters {
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
     workers: Mutex<Vec<(Arc<WorkerStats>, Arc<RingCounters>)>>,
+    /// The connection table the workers share, once they run.
+    conntrack: Mutex<Option<Arc<Conntrack>>>,
 }
 
 /// A ring counter's name, help and reader.
 type RingSpec = (&'static str, &'static str, fn(&RingCounters) -> &AtomicU64);
 
 impl WorkerCounters {
+    /// The connection table whose occupancy to report.
+    pub fn set_conntrack(&self, conntrack: Arc<Conntrack>) {
+        *self
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(conntrack);
+    }
+
     /// Adds a worker's counters.
     pub fn add(&self, stats: Arc<WorkerStats>, rings: Arc<RingCounters>) {
         self.workers
@@ -297,6 +308,29 @@ impl Collector for WorkerCounters {
                 let value = get(r).load(Ordering::Relaxed);
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let conntrack = self
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(ct) = conntrack {
+            let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            // A scan of the whole table: at scrape time only.
+            let live = gauge(ct.live_entries(ct.clock_ns()));
+            live.encode(encoder.encode_descriptor(
+                "podfence_conntrack_entries",
+                "Live connection-table entries (not yet expired)",
+                None,
+                live.metric_type(),
+            )?)?;
+            let capacity = gauge(ct.capacity());
+            capacity.encode(encoder.encode_descriptor(
+                "podfence_conntrack_capacity",
+                "Connection-table slots",
+                None,
+                capacity.metric_type(),
+            )?)?;
         }
         let workers = ConstGauge::new(i64::try_from(snapshots.len()).unwrap_or(i64::MAX));
         workers.encode(encoder.encode_descriptor(

@@ -301,6 +301,9 @@ impl Agent {
             options.conntrack_entries,
             Timeouts::default(),
         ));
+        options
+            .worker_counters
+            .set_conntrack(Arc::clone(&conntrack));
         let denials = Arc::new(DenialQueue::new(DENIALS_QUEUED));
         let reporter = DenialReporter::start(
             Arc::clone(&denials),

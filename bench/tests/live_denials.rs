@@ -174,3 +174,57 @@ fn check_capture(capture: &Path, counted: u64) {
         );
     }
 }
+
+#[test]
+fn a_namespace_in_audit_mode_is_reported_not_enforced() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let text = CLUSTER.replace(
+        "labels: {kubernetes.io/metadata.name: x}",
+        "labels: {kubernetes.io/metadata.name: x, podfence.io/enforcement: audit}",
+    );
+    let cluster = manifests::load_str(Path::new("inline"), &text)
+        .expect("loads")
+        .cluster;
+    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
+    let node = bed.node_netns().to_owned();
+    let dir = std::env::temp_dir().join(format!("{}-audit", bed.prefix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = TempDir(dir.clone());
+    let manifests = dir.join("cluster.yaml");
+    std::fs::write(&manifests, &text).expect("write manifests");
+    let log = dir.join("deny.log");
+    let source = ["--manifests".to_owned(), manifests.display().to_string()];
+    let agent = AgentProcess::start(&node, &source, &dir, &["--deny-log", log.to_str().unwrap()]);
+    let probe = Probe::from_line("x/a\tx/c\tTCP\t80").expect("probe");
+    let outcome = bed
+        .probe_outcome(&probe, Duration::from_millis(700))
+        .expect("probe runs");
+    // Answered or refused: it reached the pod.
+    assert_ne!(
+        outcome,
+        ProbeOutcome::NoAnswer,
+        "audit mode passes what policy would deny"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, metrics) = common::http_get(&node, "127.0.0.1:9465", "/metrics");
+    assert!(
+        metrics.contains(
+            "podfence_audit_denials_total{direction=\"ingress\",namespace=\"x\",policy=\"isolate-c\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("podfence_denials_total{"), "{metrics}");
+    agent.terminate();
+    let text = std::fs::read_to_string(&log).expect("deny log");
+    let line: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(
+        line["event"],
+        "connection would be denied (audit mode: passed)"
+    );
+    assert_eq!(line["denied_by"], "ingress");
+    assert_eq!(line["ingress"]["verdict"], "deny (audit: passed)");
+    assert_eq!(line["ingress"]["isolated_by"][0], "x/isolate-c");
+}

@@ -84,7 +84,14 @@ pub struct CompileOptions {
     /// (the live agent passes every address of its host): traffic between
     /// them and the local pods is always allowed.
     pub node_addresses: Vec<IpAddr>,
+    /// Audit every pod: policy is evaluated and what it would deny is
+    /// reported, not dropped. Without it, only the pods of namespaces
+    /// labelled [`AUDIT_LABEL`] are audited.
+    pub audit: bool,
 }
+
+/// The namespace label that puts its pods in audit mode.
+pub const AUDIT_LABEL: (&str, &str) = ("podfence.io/enforcement", "audit");
 
 impl Default for CompileOptions {
     fn default() -> Self {
@@ -93,6 +100,7 @@ impl Default for CompileOptions {
             locality: Locality::AllPods,
             broad_threshold: BROAD_THRESHOLD,
             node_addresses: Vec::new(),
+            audit: false,
         }
     }
 }
@@ -715,6 +723,10 @@ impl<'a> Pass<'a> {
                     }
                 }
             }
+            let audited = self.options.audit
+                || cluster.namespaces.get(&pod.namespace).is_some_and(|ns| {
+                    ns.labels.get(AUDIT_LABEL.0).map(String::as_str) == Some(AUDIT_LABEL.1)
+                });
             let mut pair = [Enforcement::Open; 2];
             for (d, direction) in [Direction::Ingress, Direction::Egress]
                 .into_iter()
@@ -835,7 +847,11 @@ impl<'a> Pass<'a> {
                     groups.insert(key, g);
                     g
                 };
-                pair[d] = Enforcement::Isolated(group);
+                pair[d] = if audited {
+                    Enforcement::Audited(group)
+                } else {
+                    Enforcement::Isolated(group)
+                };
             }
             enforcement.push(pair);
         }

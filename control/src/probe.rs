@@ -303,6 +303,18 @@ impl Explanation<'_> {
                     self.what()
                 )
             }
+            Decision::WouldDeny { group } => {
+                let names = self.group_names(group);
+                writeln!(
+                    f,
+                    "  {direction}: allow (audit) — {side} {endpoint} is isolated for {direction} by {}, \
+                     and no {direction} rule of {} allows {}, but it is in audit mode: \
+                     reported, not dropped",
+                    names.join(", "),
+                    if names.len() == 1 { "it" } else { "them" },
+                    self.what()
+                )
+            }
         }
     }
 
@@ -318,7 +330,7 @@ impl Explanation<'_> {
             Direction::Ingress => p.ingress,
         });
         match enforcement {
-            Some(Enforcement::Isolated(g)) => self.group_names(g),
+            Some(Enforcement::Isolated(g) | Enforcement::Audited(g)) => self.group_names(g),
             _ => Vec::new(),
         }
     }

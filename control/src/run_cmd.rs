@@ -183,6 +183,11 @@ pub(crate) struct RunArgs {
         value_name = "MIB"
     )]
     capture_max_mib: u64,
+    /// Audit mode for every pod: policy is evaluated and what it would deny
+    /// is logged and counted, not dropped. Without it, the pods of
+    /// namespaces labelled podfence.io/enforcement=audit are audited.
+    #[arg(long, env = "PODFENCE_AUDIT", value_parser = clap::builder::BoolishValueParser::new())]
+    audit: bool,
     /// Denied packets captured per second at most.
     #[arg(
         long,
@@ -230,6 +235,7 @@ fn options(args: &RunArgs) -> AgentOptions {
         });
     }
     o.worker.revalidate = !args.keep_established;
+    o.audit = args.audit;
     o.denials = DenialOptions {
         node: None,
         log: match args.deny_log.as_str() {
@@ -497,6 +503,7 @@ fn start(
         locality,
         broad_threshold: opts.broad_threshold,
         node_addresses: plumbing::host_addresses()?,
+        audit: opts.audit,
     });
     let metrics = if args.no_metrics {
         None

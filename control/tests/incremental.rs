@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use podfence_control::compile::{CompileOptions, Compiler, Locality, compile};
+use podfence_control::compile::{AUDIT_LABEL, CompileOptions, Compiler, Locality, compile};
 use podfence_control::model::{Cluster, NetworkPolicy, Pod};
 use podfence_control::sources::manifests;
 
@@ -174,6 +174,12 @@ fn change(
             let mut ns = podfence_control::model::Namespace::clone(ns);
             let value = ["a", "b"][rng.below(2)];
             ns.labels.insert("ns".into(), value.into());
+            // Audit mode comes and goes with a label too.
+            if rng.below(2) == 0 {
+                ns.labels.insert(AUDIT_LABEL.0.into(), AUDIT_LABEL.1.into());
+            } else {
+                ns.labels.remove(AUDIT_LABEL.0);
+            }
             let what = format!("namespace {} label ns={value}", ns.name);
             cluster.apply_namespace(ns);
             what
@@ -235,6 +241,7 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
             locality,
             broad_threshold,
             node_addresses,
+            audit: seed == 2,
         };
         let mut compiler = Compiler::new(options.clone());
         let mut cluster = start.clone();

@@ -1096,3 +1096,21 @@ fn the_agents_own_addresses_are_its_node() {
         Decision::Denied { .. }
     ));
 }
+
+#[test]
+fn audit_mode_reports_what_it_would_deny_and_passes_it() {
+    let w = world(DENY_ALL_INGRESS_X);
+    let options = CompileOptions {
+        audit: true,
+        ..CompileOptions::default()
+    };
+    let tables = compile(&w.cluster, &options).tables;
+    let tcp = Protocol::Tcp.ip_protocol();
+    let ip = |s: &str| s.parse().unwrap();
+    let v = tables.classify(ip("10.0.1.3"), ip("10.0.1.2"), tcp, 80);
+    assert!(matches!(v.ingress, Decision::WouldDeny { .. }), "{v:?}");
+    assert!(v.is_allowed() && v.ingress.is_policy_denial());
+    // What policy allows stays allowed, not reported.
+    let open = tables.classify(ip("10.0.2.1"), ip("10.0.2.2"), tcp, 80);
+    assert!(!open.ingress.is_policy_denial() && open.is_allowed());
+}

@@ -1,7 +1,8 @@
 //! Denied packets, handed from the workers to whoever explains them.
 //!
 //! A worker's output (the live [`crate::switch::Switch`]) copies each packet
-//! that policy drops, its first [`SNAP_LEN`] bytes and the decision, into a
+//! that policy drops (or would drop, in audit mode), its first [`SNAP_LEN`]
+//! bytes and the decision, into a
 //! bounded lock-free [`DenialQueue`]; the control plane drains it off the
 //! packet path to count denials by policy, write deny logs and capture the
 //! packets. A push never allocates or blocks: when the queue is full the
@@ -27,6 +28,9 @@ pub enum DenialKind {
     /// A packet of an established connection that a newer policy
     /// generation no longer allows.
     Revoked,
+    /// The first packet of a connection attempt that policy would deny,
+    /// passed because the pod is in audit mode.
+    Audited,
 }
 
 /// One denied packet.

@@ -328,6 +328,9 @@ impl<P: Port> Switch<P> {
         let (kind, verdict) = match outcome {
             Outcome::Denied(v) => (DenialKind::Connection, *v),
             Outcome::Revoked(v) => (DenialKind::Revoked, *v),
+            Outcome::Opened(v) if v.egress.is_policy_denial() || v.ingress.is_policy_denial() => {
+                (DenialKind::Audited, *v)
+            }
             _ => return,
         };
         if self.batch_unix_ns == 0 {
@@ -574,10 +577,13 @@ impl<P: Port> Output for Switch<P> {
             _ if !passes => self.stats.policy_dropped += 1,
             _ => {}
         }
-        if !passes {
-            if let Some(meta) = meta {
+        if let Some(meta) = meta {
+            // Dropped, or passed in audit mode although policy would deny.
+            if !passes || matches!(outcome, Outcome::Opened(_)) {
                 self.record_denial(desc, frame, meta, outcome);
             }
+        }
+        if !passes {
             return;
         }
         match meta {

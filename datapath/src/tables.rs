@@ -150,6 +150,10 @@ pub enum Enforcement {
     Open,
     /// Local and isolated: only what the group allows passes.
     Isolated(GroupId),
+    /// Local and isolated in audit mode: decided as [`Self::Isolated`], but
+    /// what the group does not allow passes too, reported as
+    /// [`Decision::WouldDeny`].
+    Audited(GroupId),
 }
 
 /// What the tables know about one pod address.
@@ -230,6 +234,12 @@ pub enum Decision {
         /// The isolating policies.
         group: GroupId,
     },
+    /// As [`Self::Denied`], but the pod is in audit mode: the attempt
+    /// passes and is reported.
+    WouldDeny {
+        /// The isolating policies.
+        group: GroupId,
+    },
 }
 
 impl Decision {
@@ -237,6 +247,12 @@ impl Decision {
     #[must_use]
     pub fn is_allowed(&self) -> bool {
         !matches!(self, Self::Denied { .. })
+    }
+
+    /// Whether policy denies it, enforced or audited.
+    #[must_use]
+    pub fn is_policy_denial(&self) -> bool {
+        matches!(self, Self::Denied { .. } | Self::WouldDeny { .. })
     }
 }
 
@@ -452,17 +468,19 @@ impl Tables {
                 ingress: Decision::NotEnforced,
             };
         }
-        let egress = match src.pod.map(|p| p.egress) {
+        let side = |enforcement: Option<Enforcement>, peer: IdentityId| match enforcement {
             None | Some(Enforcement::Remote) => Decision::NotEnforced,
             Some(Enforcement::Open) => Decision::NotIsolated,
-            Some(Enforcement::Isolated(g)) => self.check(g, dst.identity, protocol, dst_port),
+            Some(Enforcement::Isolated(g)) => self.check(g, peer, protocol, dst_port),
+            Some(Enforcement::Audited(g)) => match self.check(g, peer, protocol, dst_port) {
+                Decision::Denied { group } => Decision::WouldDeny { group },
+                allowed => allowed,
+            },
         };
-        let ingress = match dst.pod.map(|p| p.ingress) {
-            None | Some(Enforcement::Remote) => Decision::NotEnforced,
-            Some(Enforcement::Open) => Decision::NotIsolated,
-            Some(Enforcement::Isolated(g)) => self.check(g, src.identity, protocol, dst_port),
-        };
-        Verdict { egress, ingress }
+        Verdict {
+            egress: side(src.pod.map(|p| p.egress), dst.identity),
+            ingress: side(dst.pod.map(|p| p.ingress), src.identity),
+        }
     }
 
     #[inline]

@@ -231,15 +231,19 @@ impl Report {
             return;
         };
         let line = describe(tables, d, self.options.node.as_deref());
+        let counters = if d.kind == DenialKind::Audited {
+            &self.metrics.audit_denials
+        } else {
+            &self.metrics.denials
+        };
         for (direction, decision) in [
             (Direction::Egress, d.verdict.egress),
             (Direction::Ingress, d.verdict.ingress),
         ] {
-            if let Decision::Denied { group } = decision {
+            if let Decision::Denied { group } | Decision::WouldDeny { group } = decision {
                 for &p in tables.group(group).1 {
                     let name = tables.policy(p);
-                    self.metrics
-                        .denials
+                    counters
                         .get_or_create(&vec![
                             ("direction", direction.to_string()),
                             ("namespace", name.namespace.to_string()),
@@ -249,7 +253,9 @@ impl Report {
                 }
             }
         }
-        if let Some(capture) = &mut self.capture {
+        if let Some(capture) = &mut self.capture
+            && d.kind != DenialKind::Audited
+        {
             let second = d.unix_ns / 1_000_000_000;
             if second != self.capture_second {
                 self.capture_second = second;
@@ -266,7 +272,7 @@ impl Report {
                 self.metrics.captures_skipped.inc();
             }
         }
-        if d.kind == DenialKind::Connection {
+        if d.kind != DenialKind::Revoked {
             self.log_line(d, line);
         }
     }
@@ -347,7 +353,7 @@ fn decision(tables: &Tables, d: Decision) -> Value {
             "policy": tables.policy(policy).to_string(),
             "rule": rule,
         }),
-        Decision::Denied { group } => {
+        Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables
                 .group(group)
                 .1
@@ -355,7 +361,7 @@ fn decision(tables: &Tables, d: Decision) -> Value {
                 .map(|p| tables.policy(*p).to_string())
                 .collect();
             json!({
-                "verdict": "deny",
+                "verdict": if d.is_allowed() { "deny (audit: passed)" } else { "deny" },
                 "isolated_by": names,
                 "reason": "no rule of the isolating policies matches",
             })
@@ -368,7 +374,7 @@ fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
     let (src, dst) = (ip(d.flow.src, d.flow.ipv6), ip(d.flow.dst, d.flow.ipv6));
     let denied: Vec<&str> = [("egress", d.verdict.egress), ("ingress", d.verdict.ingress)]
         .iter()
-        .filter(|(_, v)| !v.is_allowed())
+        .filter(|(_, v)| v.is_policy_denial())
         .map(|(name, _)| *name)
         .collect();
     let protocol = Protocol(d.flow.protocol);
@@ -378,6 +384,7 @@ fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
         "event": match d.kind {
             DenialKind::Connection => "connection denied",
             DenialKind::Revoked => "connection revoked",
+            DenialKind::Audited => "connection would be denied (audit mode: passed)",
         },
         "denied_by": denied.join("+"),
         "src": endpoint(tables, src),

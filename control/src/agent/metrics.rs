@@ -50,6 +50,9 @@ pub struct ControlMetrics {
     /// isolating policy (a denial counts for every policy that isolates
     /// the pod in that direction).
     pub denials: Family<ObjectLabels, Counter>,
+    /// Connection attempts that pods in audit mode let through although
+    /// policy would deny them, by direction and isolating policy.
+    pub audit_denials: Family<ObjectLabels, Counter>,
     /// Denied packets the reporter never saw: its queue was full.
     pub denials_lost: Counter,
     /// Denied packets decided by a generation no longer kept.
@@ -70,6 +73,7 @@ impl Default for ControlMetrics {
             watch_lists: Family::default(),
             rejected_objects: Family::default(),
             denials: Family::default(),
+            audit_denials: Family::default(),
             denials_lost: Counter::default(),
             denials_unattributed: Counter::default(),
             deny_log_held_back: Counter::default(),
@@ -114,6 +118,11 @@ impl ControlMetrics {
             "podfence_denials",
             "Denied packets (connection attempts and revoked connections), by direction and isolating policy",
             self.denials.clone(),
+        );
+        registry.register(
+            "podfence_audit_denials",
+            "Connection attempts passed in audit mode that policy would deny, by direction and isolating policy",
+            self.audit_denials.clone(),
         );
         registry.register(
             "podfence_denials_lost",

@@ -169,6 +169,8 @@ pub struct AgentOptions {
     pub health: Arc<Health>,
     /// Deny log and capture of denied packets.
     pub denials: DenialOptions,
+    /// Audit every pod (see [`CompileOptions::audit`]).
+    pub audit: bool,
 }
 
 impl Default for AgentOptions {
@@ -186,6 +188,7 @@ impl Default for AgentOptions {
             worker_counters: Arc::default(),
             health: Arc::default(),
             denials: DenialOptions::default(),
+            audit: false,
         }
     }
 }
@@ -284,6 +287,7 @@ impl Agent {
             locality: locality(cluster, options.node_name.as_deref()),
             broad_threshold: options.broad_threshold,
             node_addresses: plumbing::host_addresses()?,
+            audit: options.audit,
         });
         tables.publish(cluster, None);
         Self::start_with(tables, cluster, options)

@@ -239,6 +239,33 @@ impl Compiler {
         &self.options.locality
     }
 
+    /// The part of the last compiled state that policy decides on: its
+    /// pods with addresses of their own, their namespaces, and the policies
+    /// (for explaining verdicts of the tables it gave).
+    #[must_use]
+    pub fn compiled_state(&self) -> Cluster {
+        let mut cluster = Cluster::default();
+        for m in &self.memo.endpoints {
+            cluster.pods.insert(
+                (m.pod.namespace.clone(), m.pod.name.clone()),
+                Arc::clone(&m.pod),
+            );
+            if let Some(ns) = &m.namespace {
+                cluster
+                    .namespaces
+                    .entry(ns.name.clone())
+                    .or_insert_with(|| Arc::clone(ns));
+            }
+        }
+        for m in &self.memo.policies {
+            cluster.policies.insert(
+                (m.policy.namespace.clone(), m.policy.name.clone()),
+                Arc::clone(&m.policy),
+            );
+        }
+        cluster
+    }
+
     /// Compiles `cluster` into tables numbered `generation`.
     pub fn compile(&mut self, cluster: &Cluster, generation: u64) -> Compiled {
         if self.memo.is_mostly_garbage() {

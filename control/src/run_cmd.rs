@@ -20,8 +20,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
 use std::net::IpAddr;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
+use podfence_control::agent::control_socket::{self, ControlSocket, ControlState};
 use podfence_control::agent::metrics::MetricsServer;
 use podfence_control::agent::plumbing;
 use podfence_control::agent::{
@@ -183,6 +184,10 @@ pub(crate) struct RunArgs {
         value_name = "MIB"
     )]
     capture_max_mib: u64,
+    /// Answer `podfence status` and `podfence explain --agent` on this Unix
+    /// socket (`none`: do not).
+    #[arg(long, env = "PODFENCE_CONTROL_SOCKET", default_value = control_socket::DEFAULT_PATH, value_name = "PATH")]
+    control_socket: PathBuf,
     /// Audit mode for every pod: policy is evaluated and what it would deny
     /// is logged and counted, not dropped. Without it, the pods of
     /// namespaces labelled podfence.io/enforcement=audit are audited.
@@ -406,6 +411,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let opts = options(args);
+    let worker_counters = Arc::clone(&opts.worker_counters);
     info!(
         node = opts.node_name.as_deref().unwrap_or("(all pods local)"),
         fail = fail_mode(opts.redirect.no_socket_action),
@@ -422,8 +428,26 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         std::fs::write(path, format!("{}\n", status.generation))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    let shared_status = Arc::new(Mutex::new(Some(status.clone())));
+    let _control = match args.control_socket.to_str() {
+        Some("none") => None,
+        _ => ControlSocket::start(
+            &args.control_socket,
+            ControlState {
+                tables: agent.tables().clone(),
+                status: Arc::clone(&shared_status),
+                workers: worker_counters,
+            },
+        )
+        .inspect_err(|e| {
+            warn!(path = %args.control_socket.display(), error = %e,
+                "no control socket: `podfence status` and `explain --agent` will not reach this agent");
+        })
+        .ok(),
+    };
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut last_stats = Instant::now();
+    let mut last_status = Instant::now();
     let mut pods = PodTracker::new(&status);
     'running: loop {
         let mut reload = None;
@@ -450,6 +474,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
             pods.set(latest);
         }
         pods.maintain(&mut agent);
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            *shared_status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(agent.status());
+            last_status = Instant::now();
+        }
         if let Some(every) = interval
             && last_stats.elapsed() >= every
         {

@@ -50,8 +50,8 @@ pub(crate) struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// `podfence run SOURCE... --node-name node-1` in `node`, waiting until
-    /// it is ready.
+    /// `podfence run SOURCE... --node-name node-1` in `node` (its control
+    /// socket `DIR/control.sock`), waiting until it is ready.
     pub(crate) fn start(node: &str, source: &[String], dir: &Path, extra: &[&str]) -> Self {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
@@ -62,6 +62,8 @@ impl AgentProcess {
             .args(source)
             .args(["--node-name", "node-1", "--ready-file"])
             .arg(&ready)
+            .arg("--control-socket")
+            .arg(dir.join("control.sock"))
             .args(extra)
             .stdout(Stdio::null())
             .spawn()

@@ -243,6 +243,15 @@ impl Report {
             if let Decision::Denied { group } | Decision::WouldDeny { group } = decision {
                 for &p in tables.group(group).1 {
                     let name = tables.policy(p);
+                    if d.kind != DenialKind::Audited {
+                        *self
+                            .metrics
+                            .denial_totals
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry((direction.to_string(), name.to_string()))
+                            .or_default() += 1;
+                    }
                     counters
                         .get_or_create(&vec![
                             ("direction", direction.to_string()),

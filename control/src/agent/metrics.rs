@@ -8,6 +8,7 @@
 //! propagation latency, watch errors, rejected objects) are prometheus
 //! metrics updated where they happen.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +54,8 @@ pub struct ControlMetrics {
     /// Connection attempts that pods in audit mode let through although
     /// policy would deny them, by direction and isolating policy.
     pub audit_denials: Family<ObjectLabels, Counter>,
+    /// Denied packets by (direction, `namespace/policy`), for `status`.
+    pub denial_totals: Arc<Mutex<BTreeMap<(String, String), u64>>>,
     /// Denied packets the reporter never saw: its queue was full.
     pub denials_lost: Counter,
     /// Denied packets decided by a generation no longer kept.
@@ -74,6 +77,7 @@ impl Default for ControlMetrics {
             rejected_objects: Family::default(),
             denials: Family::default(),
             audit_denials: Family::default(),
+            denial_totals: Arc::default(),
             denials_lost: Counter::default(),
             denials_unattributed: Counter::default(),
             deny_log_held_back: Counter::default(),
@@ -83,6 +87,17 @@ impl Default for ControlMetrics {
 }
 
 impl ControlMetrics {
+    /// Denied packets so far by direction and isolating policy.
+    #[must_use]
+    pub fn denial_totals(&self) -> Vec<((String, String), u64)> {
+        self.denial_totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "podfence_table_generation",
@@ -194,6 +209,27 @@ impl WorkerCounters {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((stats, rings));
+    }
+
+    /// Workers counted.
+    #[must_use]
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Live entries and slots of the connection table (a scan of the
+    /// table), once the workers run.
+    #[must_use]
+    pub fn conntrack_usage(&self) -> Option<(usize, usize)> {
+        let ct = self
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        Some((ct.live_entries(ct.clock_ns()), ct.capacity()))
     }
 
     fn snapshots(&self) -> Vec<(Counters, Arc<RingCounters>)> {
@@ -318,22 +354,17 @@ impl Collector for WorkerCounters {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
-        let conntrack = self
-            .conntrack
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(ct) = conntrack {
+        // A scan of the whole table: at scrape time only.
+        if let Some((live, capacity)) = self.conntrack_usage() {
             let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-            // A scan of the whole table: at scrape time only.
-            let live = gauge(ct.live_entries(ct.clock_ns()));
+            let live = gauge(live);
             live.encode(encoder.encode_descriptor(
                 "podfence_conntrack_entries",
                 "Live connection-table entries (not yet expired)",
                 None,
                 live.metric_type(),
             )?)?;
-            let capacity = gauge(ct.capacity());
+            let capacity = gauge(capacity);
             capacity.encode(encoder.encode_descriptor(
                 "podfence_conntrack_capacity",
                 "Connection-table slots",

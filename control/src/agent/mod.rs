@@ -24,6 +24,7 @@
 //! The agent runs in the calling thread's network namespace: its worker
 //! threads inherit it.
 
+pub mod control_socket;
 pub mod denials;
 pub mod metrics;
 pub mod plumbing;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use podfence_datapath::Tables;
-use podfence_datapath::publish::Publisher;
+use podfence_datapath::publish::{Generation, Publisher};
 use tracing::{info, warn};
 
 use super::metrics::ControlMetrics;
@@ -75,6 +75,15 @@ impl TablePublisher {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The generation in force and the cluster state it was compiled from
+    /// (pods with addresses of their own, their namespaces, the policies),
+    /// taken together.
+    #[must_use]
+    pub fn in_force(&self) -> (Cluster, Arc<Generation>) {
+        let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        (compiler.compiled_state(), self.publisher.current())
     }
 
     /// Compiles `cluster` into the next generation and swaps it in.

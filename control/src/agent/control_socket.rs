@@ -1,0 +1,221 @@
+//! The running agent answers questions on a local socket: `podfence status`
+//! (ports, workers, table generation, conntrack use, top denying policies)
+//! and `podfence explain --agent` (a verdict from the tables in force, with
+//! their generation).
+//!
+//! One request line per connection, one answer, then the connection
+//! closes: `status`, or `explain` and a probe line (`SRC DST PROTO PORT`,
+//! tab- or space-separated). Answers are JSON for `status` and text for
+//! `explain`; an error answer starts with `error:`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::json;
+use tracing::warn;
+
+use super::AgentStatus;
+use super::metrics::WorkerCounters;
+use super::tables::TablePublisher;
+use crate::probe::{self, Explanation, Probe};
+
+/// Default path of the socket.
+pub const DEFAULT_PATH: &str = "/run/podfence/control.sock";
+
+/// Policies listed by `status` as the top denying ones.
+const TOP_DENYING: usize = 10;
+
+/// What the answers are made from.
+#[derive(Clone, Debug)]
+pub struct ControlState {
+    /// The tables in force and the state they were compiled from.
+    pub tables: TablePublisher,
+    /// The agent's status, refreshed by its owner.
+    pub status: Arc<Mutex<Option<AgentStatus>>>,
+    /// Worker and conntrack counters.
+    pub workers: Arc<WorkerCounters>,
+}
+
+/// The socket server; stopped (and its socket removed) on drop.
+#[derive(Debug)]
+pub struct ControlSocket {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlSocket {
+    /// Listens on `path` (its directory is created; a stale socket there is
+    /// replaced).
+    pub fn start(path: &Path, state: ControlState) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is served by a running agent", path.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("podfence-control".into())
+            .spawn(move || serve(&listener, &state, &stopping))?;
+        Ok(Self {
+            path: path.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, state) {
+                    warn!(error = %e, "control socket request");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn answer(stream: UnixStream, state: &ControlState) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?)
+        .take(4096)
+        .read_line(&mut line)?;
+    let line = line.trim();
+    let reply = match line.split_once(char::is_whitespace) {
+        _ if line == "status" => status(state),
+        Some(("explain", probe)) => explain(state, probe),
+        _ => format!(
+            "error: unknown request {line:?} (ask `status` or `explain SRC DST PROTO PORT`)"
+        ),
+    };
+    let mut stream = stream;
+    stream.write_all(reply.as_bytes())?;
+    stream.write_all(b"\n")
+}
+
+fn status(state: &ControlState) -> String {
+    let agent = state
+        .status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let generation = state.tables.generation();
+    let conntrack = state
+        .workers
+        .conntrack_usage()
+        .map(|(live, capacity)| json!({"live": live, "capacity": capacity}));
+    let mut top: Vec<(u64, String, String)> = state
+        .tables
+        .metrics()
+        .denial_totals()
+        .into_iter()
+        .map(|((direction, policy), n)| (n, direction, policy))
+        .collect();
+    top.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+    let top: Vec<_> = top
+        .into_iter()
+        .take(TOP_DENYING)
+        .map(
+            |(n, direction, policy)| json!({"policy": policy, "direction": direction, "denied": n}),
+        )
+        .collect();
+    let body = match agent {
+        Some(s) => json!({
+            "generation": generation,
+            "workers": state.workers.worker_count(),
+            "pod_interfaces": s.pod_interfaces,
+            "adopted": s.adopted,
+            "unrouted": s.unrouted,
+            "counters": {
+                "rx_packets": s.counters.rx_packets,
+                "allowed_packets": s.counters.allowed,
+                "denied_packets": s.counters.denied,
+                "connections_allowed": s.counters.new_allowed,
+                "connections_denied": s.counters.new_denied,
+                "connections_revoked": s.counters.revoked,
+                "malformed_packets": s.counters.malformed,
+            },
+            "conntrack": conntrack,
+            "top_denying_policies": top,
+        }),
+        None => json!({"generation": generation, "starting": true}),
+    };
+    body.to_string()
+}
+
+fn explain(state: &ControlState, probe_line: &str) -> String {
+    let fields: Vec<&str> = probe_line.split_whitespace().collect();
+    let probe = match Probe::from_line(&fields.join("\t")) {
+        Ok(p) => p,
+        Err(e) => return format!("error: {e}"),
+    };
+    let (cluster, generation) = state.tables.in_force();
+    let addresses = match probe::resolve(&cluster, &probe) {
+        Ok(a) => a,
+        Err(e) => {
+            return format!(
+                "error: {e} (in table generation {})",
+                generation.tables.generation()
+            );
+        }
+    };
+    let verdict = generation.tables.classify(
+        addresses.0,
+        addresses.1,
+        probe.protocol.ip_protocol(),
+        probe.port,
+    );
+    Explanation {
+        probe: &probe,
+        addresses,
+        verdict,
+        tables: &generation.tables,
+        cluster: &cluster,
+    }
+    .to_string()
+}
+
+/// Asks the agent listening on `path`; returns its answer.
+pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(b"\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply)
+}

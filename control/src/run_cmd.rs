@@ -429,25 +429,17 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let shared_status = Arc::new(Mutex::new(Some(status.clone())));
-    let _control = match args.control_socket.to_str() {
-        Some("none") => None,
-        _ => ControlSocket::start(
-            &args.control_socket,
-            ControlState {
-                tables: agent.tables().clone(),
-                status: Arc::clone(&shared_status),
-                workers: worker_counters,
-            },
-        )
-        .inspect_err(|e| {
-            warn!(path = %args.control_socket.display(), error = %e,
-                "no control socket: `podfence status` and `explain --agent` will not reach this agent");
-        })
-        .ok(),
-    };
+    let _control = control_socket(
+        args,
+        ControlState {
+            tables: agent.tables().clone(),
+            status: Arc::clone(&shared_status),
+            workers: worker_counters,
+        },
+    );
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut last_stats = Instant::now();
-    let mut last_status = Instant::now();
+    let mut status_refreshed = Instant::now();
     let mut pods = PodTracker::new(&status);
     'running: loop {
         let mut reload = None;
@@ -474,11 +466,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
             pods.set(latest);
         }
         pods.maintain(&mut agent);
-        if last_status.elapsed() >= Duration::from_secs(1) {
+        if status_refreshed.elapsed() >= Duration::from_secs(1) {
             *shared_status
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(agent.status());
-            last_status = Instant::now();
+            status_refreshed = Instant::now();
         }
         if let Some(every) = interval
             && last_stats.elapsed() >= every
@@ -506,6 +498,20 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         info!(worker = w, switch = ?r.switch, port_errors = r.port_errors, "worker");
     }
     Ok(())
+}
+
+/// Serves `podfence status` and `explain --agent`, unless asked not to; an
+/// agent without its socket still enforces.
+fn control_socket(args: &RunArgs, state: ControlState) -> Option<ControlSocket> {
+    if args.control_socket.to_str() == Some("none") {
+        return None;
+    }
+    ControlSocket::start(&args.control_socket, state)
+        .inspect_err(|e| {
+            warn!(path = %args.control_socket.display(), error = %e,
+                "no control socket: `podfence status` and `explain --agent` will not reach this agent");
+        })
+        .ok()
 }
 
 /// Loads or watches the cluster, serves metrics and starts the agent;

@@ -3,9 +3,12 @@
 //! Offline commands evaluate manifests without touching packets: `probe`
 //! answers a list of connection attempts (a tab-separated contract other
 //! tools read), `matrix` prints the upstream-style truth table and `explain`
-//! says why one attempt is allowed or denied. Exit status: 0 on success, 1
-//! when the input cannot be used (unreadable or invalid manifests, unknown
-//! pods, bad probe lines), 2 for command-line usage errors.
+//! says why one attempt is allowed or denied; `replay` runs captures through
+//! the worker pipeline, or compares their verdicts under the current and a
+//! candidate policy state. Exit status: 0 on success, 1 when the input
+//! cannot be used (unreadable or invalid manifests, unknown pods, bad probe
+//! lines, unreadable captures), 2 for command-line usage errors, 3 when
+//! `replay --fail-on-break`/`--fail-on-open` finds such a change.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::net::IpAddr;
@@ -82,6 +85,23 @@ enum Command {
     /// mid-capture are picked up loosely. Prints a summary; a capture that
     /// cannot be read is reported and the others are still replayed (exit
     /// status 1).
+    ///
+    /// With --candidate or --delete-policy, a diff: the captures are
+    /// replayed against the current manifests and against the candidate
+    /// state, and every flow (source, destination, protocol, destination
+    /// port) whose connections change verdict is listed, those that would
+    /// break (allowed now, denied under the candidate) and those that would
+    /// open, by number of connections, with the reason on each side. The
+    /// candidate is an overlay: the current manifests, minus the policies
+    /// --delete-policy names, plus the --candidate objects, which replace
+    /// the current ones of the same kind, namespace and name and add the
+    /// others. `--delete-policy '*/*' --candidate DIR` compares against
+    /// exactly the policies in DIR.
+    #[command(group(
+        clap::ArgGroup::new("diff")
+            .multiple(true)
+            .args(["candidate", "delete_policy"])
+    ))]
     Replay {
         #[command(flatten)]
         manifests: ManifestArgs,
@@ -97,25 +117,40 @@ enum Command {
         /// Write one line per flow: proto src_ip src_port dst_ip dst_port
         /// packets bytes verdict policy (tab-separated; src sent the first
         /// packet; verdict and policy are those of that packet).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "diff")]
         flows: Option<PathBuf>,
         /// Write one line per packet in capture order: index (from 1, across
         /// files) and allow, deny or malformed.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "diff")]
         packets: Option<PathBuf>,
         /// Write the packets that passed to this pcap file.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "diff")]
         write_allowed: Option<PathBuf>,
         /// Write the packets that were dropped (by policy, or malformed) to
         /// this pcap file.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "diff")]
         write_denied: Option<PathBuf>,
         /// Let frames that do not parse through instead of dropping them.
         #[arg(long)]
         pass_malformed: bool,
-        /// Print the summary as JSON.
+        /// Print the summary (or the diff) as JSON.
         #[arg(long)]
         json: bool,
+        /// Diff: candidate manifest files or directories, overlaid on
+        /// --manifests (same kind, namespace and name replaces, others are
+        /// added).
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        candidate: Vec<PathBuf>,
+        /// Diff: leave this NetworkPolicy of the current manifests out of the
+        /// candidate (NAMESPACE/NAME; either part may be *; repeatable).
+        #[arg(long = "delete-policy", value_name = "NAMESPACE/NAME")]
+        delete_policy: Vec<replay::PolicyPattern>,
+        /// Diff: exit with status 3 when any connection would break.
+        #[arg(long, requires = "diff")]
+        fail_on_break: bool,
+        /// Diff: exit with status 3 when any connection would open.
+        #[arg(long, requires = "diff")]
+        fail_on_open: bool,
     },
     /// Enforce NetworkPolicy on this node's pods (root), from manifests or
     /// the Kubernetes API.
@@ -217,15 +252,18 @@ fn main() -> ExitCode {
     let mut cli = Cli::parse();
     if let Command::Replay {
         manifests,
+        candidate,
         captures,
         ..
     } = &mut cli.command
     {
         use clap::CommandFactory;
-        let paths = &mut manifests.manifests;
-        while paths.len() > 1 && paths.last().is_some_and(|p| is_capture(p)) {
-            let p = paths.pop().expect("checked");
-            captures.insert(0, p);
+        // Captures may trail either list of manifest paths (each keeps one).
+        for paths in [candidate, &mut manifests.manifests] {
+            while paths.len() > 1 && paths.last().is_some_and(|p| is_capture(p)) {
+                let p = paths.pop().expect("checked");
+                captures.insert(0, p);
+            }
         }
         if captures.is_empty() {
             let mut cmd = Cli::command().bin_name("podfence");
@@ -253,12 +291,22 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Changes>() => {
+            eprintln!("podfence: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("podfence: error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// `replay --fail-on-break`/`--fail-on-open` found such changes: exit
+/// status 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Changes(String);
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -286,7 +334,28 @@ fn run(cli: Cli) -> Result<()> {
             write_denied,
             pass_malformed,
             json,
+            candidate,
+            delete_policy,
+            fail_on_break,
+            fail_on_open,
         } => {
+            if !candidate.is_empty() || !delete_policy.is_empty() {
+                return run_diff(&DiffArgs {
+                    manifests: manifests.manifests,
+                    candidate,
+                    delete_policy,
+                    captures,
+                    workers: workers as usize,
+                    malformed: if pass_malformed {
+                        MalformedAction::Pass
+                    } else {
+                        MalformedAction::Drop
+                    },
+                    json,
+                    fail_on_break,
+                    fail_on_open,
+                });
+            }
             let (_, compiled) = load(&manifests)?;
             let options = ReplayArgs {
                 captures,
@@ -467,32 +536,54 @@ fn create(path: &std::path::Path) -> Result<BufWriter<std::fs::File>> {
     Ok(BufWriter::new(f))
 }
 
-fn run_replay(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> Result<()> {
-    use std::io::IsTerminal;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+/// A progress bar on standard error (when it is a terminal), fed by the
+/// byte counter replays add to.
+struct Progress {
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    bar: Option<indicatif::ProgressBar>,
+}
 
-    let total_bytes: u64 = args
-        .captures
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    let progress = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(total_bytes);
-        let style = "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}";
-        bar.set_style(indicatif::ProgressStyle::with_template(style).expect("valid template"));
-        let (shown, progress, done) = (bar.clone(), progress.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                shown.set_position(progress.load(Ordering::Relaxed));
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+impl Progress {
+    /// A bar for `passes` replays of `captures`.
+    fn new(captures: &[PathBuf], passes: u64) -> Self {
+        use std::io::IsTerminal;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let total_bytes: u64 = captures
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let counter = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total_bytes * passes);
+            let style = "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}";
+            bar.set_style(indicatif::ProgressStyle::with_template(style).expect("valid template"));
+            let (shown, progress, done) = (bar.clone(), counter.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    shown.set_position(progress.load(Ordering::Relaxed));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+            bar
         });
-        bar
-    });
+        Self { counter, done, bar }
+    }
+
+    fn finish(self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn run_replay(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> Result<()> {
+    let progress = Progress::new(&args.captures, 1);
     let want_verdicts =
         args.packets.is_some() || args.write_allowed.is_some() || args.write_denied.is_some();
     let options = ReplayOptions {
@@ -500,14 +591,11 @@ fn run_replay(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> Result<(
         keep_packet_verdicts: want_verdicts,
         record_flows: args.flows.is_some(),
         malformed: args.malformed,
-        progress: Some(progress),
+        progress: Some(progress.counter.clone()),
         ..ReplayOptions::default()
     };
     let report = replay::replay(tables.clone(), &args.captures, &options);
-    done.store(true, Ordering::Relaxed);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
 
     if let Some(path) = &args.flows {
         let mut out = create(path)?;
@@ -631,5 +719,301 @@ fn print_summary(report: &replay::ReplayReport, args: &ReplayArgs) -> Result<()>
     for (k, v) in rows {
         writeln!(out, "{k:<12} {v}")?;
     }
+    Ok(())
+}
+
+struct DiffArgs {
+    manifests: Vec<PathBuf>,
+    candidate: Vec<PathBuf>,
+    delete_policy: Vec<replay::PolicyPattern>,
+    captures: Vec<PathBuf>,
+    workers: usize,
+    malformed: MalformedAction,
+    json: bool,
+    fail_on_break: bool,
+    fail_on_open: bool,
+}
+
+/// `replay --candidate`/`--delete-policy`: the captures under the current
+/// and the candidate state, and the flows whose verdict changes.
+fn run_diff(args: &DiffArgs) -> Result<()> {
+    let current = manifests::load(&args.manifests).context("the manifests cannot be used")?;
+    let candidate = replay::load_candidate(
+        &args.manifests,
+        &current,
+        &args.candidate,
+        &args.delete_policy,
+    )?;
+    let skipped: Vec<String> = current
+        .skipped
+        .iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!(
+            "podfence: note: skipped objects of other kinds: {}",
+            skipped.join(", ")
+        );
+    }
+    let skipped: Vec<String> = candidate
+        .skipped
+        .iter()
+        .filter_map(|(k, n)| {
+            let extra = n - current.skipped.get(k).copied().unwrap_or(0);
+            (extra > 0).then(|| format!("{k} ×{extra}"))
+        })
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!(
+            "podfence: note: candidate: skipped objects of other kinds: {}",
+            skipped.join(", ")
+        );
+    }
+    let compiled = compile(&current.cluster, &CompileOptions::default());
+    for w in &compiled.warnings {
+        eprintln!("podfence: warning: {w}");
+    }
+    let compiled_candidate = compile(&candidate.cluster, &CompileOptions::default());
+    for w in compiled_candidate
+        .warnings
+        .iter()
+        .filter(|w| !compiled.warnings.contains(w))
+    {
+        eprintln!("podfence: warning: candidate: {w}");
+    }
+    let state = replay::StateChanges::between(&current.cluster, &candidate.cluster);
+
+    let progress = Progress::new(&args.captures, 2);
+    let options = ReplayOptions {
+        workers: args.workers,
+        malformed: args.malformed,
+        progress: Some(progress.counter.clone()),
+        ..ReplayOptions::default()
+    };
+    let report = replay::diff(
+        &compiled.tables,
+        &compiled_candidate.tables,
+        &args.captures,
+        &options,
+    );
+    progress.finish();
+
+    let sides = DiffSides {
+        names: replay::PodNames::new(&[&current.cluster, &candidate.cluster]),
+        current: (&current.cluster, &compiled.tables),
+        candidate: (&candidate.cluster, &compiled_candidate.tables),
+    };
+    if args.json {
+        print_diff_json(&report, &state, &sides)?;
+    } else {
+        print_diff(&report, &state, &sides)?;
+    }
+
+    let failing = failing_changes(&report, args);
+    for e in &report.errors {
+        eprintln!("podfence: error: {}", e.error);
+    }
+    if !report.errors.is_empty() {
+        for f in &failing {
+            eprintln!("podfence: {f}");
+        }
+        bail!(
+            "{} of {} capture file(s) could not be read completely",
+            report.errors.len(),
+            report.files
+        )
+    }
+    if failing.is_empty() {
+        Ok(())
+    } else {
+        Err(Changes(failing.join("; ")).into())
+    }
+}
+
+/// The changes `--fail-on-break`/`--fail-on-open` ask about that happened.
+fn failing_changes(report: &replay::DiffReport, args: &DiffArgs) -> Vec<String> {
+    let mut failing = Vec::new();
+    for (asked, change) in [
+        (args.fail_on_break, replay::Change::Break),
+        (args.fail_on_open, replay::Change::Open),
+    ] {
+        let t = report.totals(change);
+        if asked && t.connections > 0 {
+            failing.push(format!(
+                "{} connection(s) in {} flow(s) would {}",
+                t.connections,
+                t.flows,
+                change.as_str()
+            ));
+        }
+    }
+    failing
+}
+
+/// What the diff's outputs name and explain flows with.
+struct DiffSides<'a> {
+    names: replay::PodNames,
+    current: (&'a Cluster, &'a podfence_datapath::Tables),
+    candidate: (&'a Cluster, &'a podfence_datapath::Tables),
+}
+
+impl DiffSides<'_> {
+    /// Both sides' explanations of a flow.
+    fn explain(&self, f: &replay::ChangedFlow) -> [Vec<String>; 2] {
+        let side = |(cluster, tables), verdict: Option<&podfence_datapath::Verdict>| {
+            f.explain(&self.names, cluster, tables, verdict)
+        };
+        [
+            side(self.current, f.current.as_ref()),
+            side(self.candidate, f.candidate.as_ref()),
+        ]
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn totals_text(t: replay::ChangeTotals) -> String {
+    format!(
+        "{} ({}, {})",
+        plural(t.flows, "flow", "flows"),
+        plural(t.connections, "connection", "connections"),
+        plural(t.packets, "packet", "packets")
+    )
+}
+
+fn print_diff(
+    report: &replay::DiffReport,
+    state: &replay::StateChanges,
+    sides: &DiffSides<'_>,
+) -> Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    writeln!(out, "candidate: {state}")?;
+    for (change, heading) in [
+        (
+            replay::Change::Break,
+            "would break (allowed now, denied under the candidate)",
+        ),
+        (
+            replay::Change::Open,
+            "would open (denied now, allowed under the candidate)",
+        ),
+    ] {
+        let flows: Vec<&replay::ChangedFlow> = report
+            .changes
+            .iter()
+            .filter(|f| f.change == change)
+            .collect();
+        if flows.is_empty() {
+            writeln!(out, "{heading}: none")?;
+            continue;
+        }
+        writeln!(out, "{heading}:")?;
+        for f in flows {
+            writeln!(
+                out,
+                "  {}, {}: {} (first packet {})",
+                plural(f.connections, "connection", "connections"),
+                plural(f.packets, "packet", "packets"),
+                f.describe(&sides.names),
+                f.first_packet
+            )?;
+            // Only what differs: a direction that allows on both sides did
+            // not make the change.
+            let [now, then] = sides.explain(f);
+            let same_shape = now.len() == then.len();
+            for (i, line) in now.iter().enumerate() {
+                if !same_shape || then[i] != *line {
+                    writeln!(out, "    current:   {line}")?;
+                }
+            }
+            for (i, line) in then.iter().enumerate() {
+                if !same_shape || now[i] != *line {
+                    writeln!(out, "    candidate: {line}")?;
+                }
+            }
+        }
+    }
+    let breaks = report.totals(replay::Change::Break);
+    let opens = report.totals(replay::Change::Open);
+    let changed = breaks.connections + opens.connections;
+    writeln!(
+        out,
+        "summary: {} would break, {} would open; {} of {} unchanged; {} in {} ({} with errors)",
+        totals_text(breaks),
+        totals_text(opens),
+        report.connections - changed,
+        plural(report.connections, "connection", "connections"),
+        plural(report.packets, "packet", "packets"),
+        plural(report.files as u64, "capture file", "capture files"),
+        report.errors.len()
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_diff_json(
+    report: &replay::DiffReport,
+    state: &replay::StateChanges,
+    sides: &DiffSides<'_>,
+) -> Result<()> {
+    use serde_json::json;
+    let totals = |t: replay::ChangeTotals| json!({"flows": t.flows, "connections": t.connections, "packets": t.packets});
+    let changes: Vec<serde_json::Value> = report
+        .changes
+        .iter()
+        .map(|f| {
+            let [now, then] = sides.explain(f);
+            let side = |verdict: Option<&podfence_datapath::Verdict>,
+                        tables: &podfence_datapath::Tables,
+                        explanation: Vec<String>| {
+                let allowed = verdict.is_none_or(podfence_datapath::Verdict::is_allowed);
+                json!({
+                    "verdict": if allowed { "allow" } else { "deny" },
+                    "policy": replay::attribution(tables, verdict),
+                    "explanation": explanation,
+                })
+            };
+            json!({
+                "change": f.change.as_str(),
+                "protocol": podfence_datapath::Protocol(f.protocol).to_string(),
+                "src": f.src.to_string(),
+                "src_pod": sides.names.pod(f.src),
+                "dst": f.dst.to_string(),
+                "dst_pod": sides.names.pod(f.dst),
+                "port": matches!(f.protocol, 6 | 17 | 132).then_some(f.port),
+                "connections": f.connections,
+                "packets": f.packets,
+                "bytes": f.bytes,
+                "first_packet": f.first_packet,
+                "current": side(f.current.as_ref(), sides.current.1, now),
+                "candidate": side(f.candidate.as_ref(), sides.candidate.1, then),
+            })
+        })
+        .collect();
+    let breaks = report.totals(replay::Change::Break);
+    let opens = report.totals(replay::Change::Open);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.error.to_string()).collect();
+    let summary = json!({
+        "files": report.files,
+        "packets": report.packets,
+        "connections": report.connections,
+        "connections_unchanged": report.connections - breaks.connections - opens.connections,
+        "candidate": {
+            "policies_added": state.policies_added,
+            "policies_changed": state.policies_changed,
+            "policies_deleted": state.policies_deleted,
+            "pods_changed": state.pods,
+            "namespaces_changed": state.namespaces,
+        },
+        "would_break": totals(breaks),
+        "would_open": totals(opens),
+        "changes": changes,
+        "seconds": report.elapsed.as_secs_f64(),
+        "errors": errors,
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{summary}")?;
     Ok(())
 }

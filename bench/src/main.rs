@@ -366,6 +366,22 @@ fn time_changes(
     (ms(scratch), ms(incremental))
 }
 
+/// [`time_changes`] with every pod enforced, then for a node's agent (the
+/// pods of one node of fifty).
+fn change_times(
+    cluster: podfence_control::model::Cluster,
+    options: &CompileOptions,
+    changes: usize,
+) -> [f64; 4] {
+    let node_options = CompileOptions {
+        locality: podfence_control::compile::Locality::Node("node-0".into()),
+        ..options.clone()
+    };
+    let (node_scratch, node_incremental) = time_changes(cluster.clone(), &node_options, changes);
+    let (scratch, incremental) = time_changes(cluster, options, changes);
+    [scratch, incremental, node_scratch, node_incremental]
+}
+
 fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     let cluster = synthetic::cluster(shape);
     let options = CompileOptions::default();
@@ -387,15 +403,12 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     }
     let tables = tables.expect("at least one run");
     let compile_time = median(times);
-    let changes = runs.max(1) * 20;
-    // A node's agent: the pods of one node of fifty enforced.
-    let node_options = CompileOptions {
-        locality: podfence_control::compile::Locality::Node("node-0".into()),
-        ..options.clone()
-    };
-    let (node_scratch_ms, node_incremental_ms) =
-        time_changes(cluster.clone(), &node_options, changes);
-    let (scratch_ms, incremental_ms) = time_changes(cluster, &options, changes);
+    let [
+        scratch_ms,
+        incremental_ms,
+        node_scratch_ms,
+        node_incremental_ms,
+    ] = change_times(cluster, &options, runs.max(1) * 20);
 
     let tries = synthetic::attempts(shape, attempts, 42);
     let (allowed_tries, denied_tries): (Vec<_>, Vec<_>) = tries.iter().partition(|a| {

@@ -105,10 +105,47 @@ fn denials_are_logged_counted_and_captured() {
         "{metrics}"
     );
     assert!(metrics.contains("podfence_conntrack_entries "), "{metrics}");
+    check_control_socket(&dir.join("control.sock"));
     agent.terminate();
 
     check_log(&log, counted);
     check_capture(&capture, counted);
+}
+
+/// `podfence status` and `podfence explain --agent` answer from the agent.
+fn check_control_socket(socket: &Path) {
+    let ask = |args: &[&str]| {
+        let out = Command::new(common::podfence())
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("podfence runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = ask(&["status"]);
+    for needle in [
+        "table generation 1\n",
+        "workers 1\n",
+        "pod addresses enforced 10.244.1.1 10.244.1.3\n",
+        "ingress x/isolate-c\n",
+    ] {
+        assert!(status.contains(needle), "{needle:?} in\n{status}");
+    }
+    let explained = ask(&["explain", "--agent", "x/a", "x/c", "TCP", "80"]);
+    assert!(
+        explained.starts_with("deny: ")
+            && explained.contains("isolated for ingress by x/isolate-c")
+            && explained.contains("(table generation 1)"),
+        "{explained}"
+    );
+    let allowed = ask(&["explain", "--agent", "x/c", "x/a", "TCP", "80"]);
+    assert!(allowed.starts_with("allow: "), "{allowed}");
 }
 
 /// The log: one line per attempt, or fewer with the rest counted.

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use podfence_control::agent::control_socket;
 use podfence_control::compile::{CompileOptions, Compiled, compile};
 use podfence_control::model::{Cluster, Protocol};
 use podfence_control::probe::{self, Endpoint, Explanation, Probe};
@@ -71,8 +72,22 @@ enum Command {
     /// The four operands may follow the manifest paths directly, as in
     /// `podfence explain --manifests dir/ x/a y/b TCP 80`.
     Explain {
-        #[command(flatten)]
-        manifests: ManifestArgs,
+        /// Manifest files or directories, as for the other commands.
+        #[arg(
+            long,
+            value_name = "PATH",
+            num_args = 1..,
+            required_unless_present = "agent",
+            conflicts_with = "agent"
+        )]
+        manifests: Vec<PathBuf>,
+        /// Ask the agent running on this node instead: the verdict of the
+        /// tables in force (their generation is printed).
+        #[arg(long)]
+        agent: bool,
+        /// The agent's control socket (`podfence run --control-socket`).
+        #[arg(long, value_name = "PATH", default_value = control_socket::DEFAULT_PATH)]
+        socket: PathBuf,
         /// SRC DST PROTO PORT: `namespace/pod` or `ext:IP`, twice; TCP, UDP or
         /// SCTP (any case); the destination port.
         #[arg(value_name = "SRC DST PROTO PORT", num_args = 0..=4)]
@@ -162,6 +177,17 @@ enum Command {
     /// --kubeconfig or --in-cluster, nothing is enforced before every watch
     /// has listed once; changes are published as they come.
     Run(run_cmd::RunArgs),
+    /// Show what the agent running on this node does: its pod interfaces,
+    /// workers, table generation, counters, connection-table use and the
+    /// policies that deny most.
+    Status {
+        /// The agent's control socket (`podfence run --control-socket`).
+        #[arg(long, value_name = "PATH", default_value = control_socket::DEFAULT_PATH)]
+        socket: PathBuf,
+        /// Print the agent's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -185,16 +211,14 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
 /// The manifests and probe of `explain`: operands that `--manifests`
 /// swallowed are taken back from the end of its list.
 fn explain_operands(
-    manifests: &mut ManifestArgs,
+    manifests: &mut Vec<PathBuf>,
     operands: Vec<String>,
 ) -> Result<Probe, clap::Error> {
     use clap::CommandFactory;
     let mut operands = operands;
     let missing = 4 - operands.len();
-    if missing > 0 && manifests.manifests.len() > missing {
-        let tail = manifests
-            .manifests
-            .split_off(manifests.manifests.len() - missing);
+    if missing > 0 && manifests.len() > missing {
+        let tail = manifests.split_off(manifests.len() - missing);
         let mut taken: Vec<String> = tail
             .into_iter()
             .map(|p| p.to_string_lossy().into_owned())
@@ -282,6 +306,7 @@ fn main() -> ExitCode {
     if let Command::Explain {
         manifests,
         operands,
+        ..
     } = &mut cli.command
     {
         match explain_operands(manifests, std::mem::take(operands)) {
@@ -374,11 +399,19 @@ fn run(cli: Cli) -> Result<()> {
             run_replay(&compiled.tables, &options)
         }
         Command::Explain {
+            operands,
+            agent: true,
+            socket,
+            ..
+        } => explain_live(&socket, &operands[0]),
+        Command::Status { socket, json } => status(&socket, json),
+        Command::Explain {
             manifests,
             operands,
+            ..
         } => {
             let probe = Probe::from_line(&operands[0])?;
-            let (cluster, compiled) = load(&manifests)?;
+            let (cluster, compiled) = load(&ManifestArgs { manifests })?;
             let addresses = probe::resolve(&cluster, &probe)?;
             let verdict = compiled.tables.classify(
                 addresses.0,
@@ -399,6 +432,101 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `explain --agent`: the running agent's answer.
+fn explain_live(socket: &std::path::Path, probe: &str) -> Result<()> {
+    let reply = control_socket::request(socket, &format!("explain {probe}"))
+        .with_context(|| agent_unreachable(socket))?;
+    if let Some(e) = reply.trim_end().strip_prefix("error: ") {
+        anyhow::bail!("the agent says: {e}");
+    }
+    println!("{}", reply.trim_end());
+    Ok(())
+}
+
+/// `status`: the running agent's answer, as JSON or in words.
+fn status(socket: &std::path::Path, json: bool) -> Result<()> {
+    let reply =
+        control_socket::request(socket, "status").with_context(|| agent_unreachable(socket))?;
+    if json {
+        println!("{}", reply.trim_end());
+        Ok(())
+    } else {
+        print_status(&reply)
+    }
+}
+
+fn agent_unreachable(socket: &std::path::Path) -> String {
+    format!(
+        "no agent answers on {} (is `podfence run` running on this node, with this --control-socket?)",
+        socket.display()
+    )
+}
+
+/// `podfence status` in words.
+fn print_status(reply: &str) -> Result<()> {
+    let s: serde_json::Value =
+        serde_json::from_str(reply).context("the agent's answer is not JSON")?;
+    println!("table generation {}", s["generation"]);
+    if s["starting"] == true {
+        println!("starting: no pods served yet");
+        return Ok(());
+    }
+    let list = |v: &serde_json::Value| -> String {
+        let items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect();
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(" ")
+        }
+    };
+    println!("workers {}", s["workers"]);
+    println!("pod interfaces {}", list(&s["pod_interfaces"]));
+    println!("pod addresses enforced {}", list(&s["adopted"]));
+    println!(
+        "local pod addresses not enforced (no route of their own) {}",
+        list(&s["unrouted"])
+    );
+    let c = &s["counters"];
+    println!(
+        "packets {} received, {} allowed, {} denied, {} malformed; connections {} allowed, {} denied, {} revoked",
+        c["rx_packets"],
+        c["allowed_packets"],
+        c["denied_packets"],
+        c["malformed_packets"],
+        c["connections_allowed"],
+        c["connections_denied"],
+        c["connections_revoked"]
+    );
+    if s["conntrack"].is_object() {
+        println!(
+            "conntrack {} of {} entries live",
+            s["conntrack"]["live"], s["conntrack"]["capacity"]
+        );
+    }
+    println!("top denying policies:");
+    let top = s["top_denying_policies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if top.is_empty() {
+        println!("  (none yet)");
+    }
+    for t in top {
+        println!(
+            "  {:>8}  {} {}",
+            t["denied"],
+            t["direction"].as_str().unwrap_or_default(),
+            t["policy"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn load(args: &ManifestArgs) -> Result<(Cluster, Compiled)> {

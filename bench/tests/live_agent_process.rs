@@ -7,7 +7,7 @@ mod common;
 
 use common::AgentProcess;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
@@ -126,7 +126,7 @@ fn kill_fail_modes_restart_and_clean_stop() {
     let node = bed.node_netns().to_owned();
     let dir = std::env::temp_dir().join(format!("{}-agent", bed.prefix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = TempDir(dir.clone());
+    let _cleanup = common::TempDir(dir.clone());
     let manifests = dir.join("cluster.yaml");
     std::fs::write(&manifests, CLUSTER).expect("write manifests");
     let (a_b, a_c) = ("x/a\tx/b\tTCP\t80", "x/a\tx/c\tTCP\t80");
@@ -185,13 +185,4 @@ fn kill_fail_modes_restart_and_clean_stop() {
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "enforced again");
     agent.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");
-}
-
-/// Removes a directory on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

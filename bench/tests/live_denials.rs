@@ -41,15 +41,6 @@ spec:
   policyTypes: [Ingress]
 ";
 
-/// Removes the directory on drop, also when the test fails.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn denials_are_logged_counted_and_captured() {
     if let Some(why) = common::skip_reason() {
@@ -63,7 +54,7 @@ fn denials_are_logged_counted_and_captured() {
     let node = bed.node_netns().to_owned();
     let dir = std::env::temp_dir().join(format!("{}-denials", bed.prefix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = TempDir(dir.clone());
+    let _cleanup = common::TempDir(dir.clone());
     let manifests = dir.join("cluster.yaml");
     std::fs::write(&manifests, CLUSTER).expect("write manifests");
     let (log, capture) = (dir.join("deny.log"), dir.join("denied.pcapng"));
@@ -229,7 +220,7 @@ fn a_namespace_in_audit_mode_is_reported_not_enforced() {
     let node = bed.node_netns().to_owned();
     let dir = std::env::temp_dir().join(format!("{}-audit", bed.prefix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = TempDir(dir.clone());
+    let _cleanup = common::TempDir(dir.clone());
     let manifests = dir.join("cluster.yaml");
     std::fs::write(&manifests, &text).expect("write manifests");
     let log = dir.join("deny.log");

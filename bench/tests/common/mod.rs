@@ -43,6 +43,15 @@ pub(crate) fn ip_in(netns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Removes a directory on drop, also when the test fails.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The agent process; killed on drop.
 pub(crate) struct AgentProcess {
     child: Child,

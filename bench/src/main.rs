@@ -382,6 +382,22 @@ fn change_times(
     [scratch, incremental, node_scratch, node_incremental]
 }
 
+/// Nanoseconds per attempt for the two address lookups alone, to show what
+/// the policy check adds to them.
+fn time_address_lookups(tables: &podfence_datapath::Tables, tries: &[synthetic::Attempt]) -> f64 {
+    let start = Instant::now();
+    let mut identities = 0u64;
+    for a in tries {
+        let (s, d) = (
+            tables.peer_v4(black_box(a.src)),
+            tables.peer_v4(black_box(a.dst)),
+        );
+        identities += u64::from(s.identity.0 ^ d.identity.0);
+    }
+    black_box(identities);
+    start.elapsed().as_nanos() as f64 / tries.len() as f64
+}
+
 fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     let cluster = synthetic::cluster(shape);
     let options = CompileOptions::default();
@@ -421,18 +437,7 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     let classify_allocs = ALLOC.allocations() - allocs_before;
     let (allowed_ns, _) = time_classify(&tables, &allowed_tries);
     let (denied_ns, _) = time_classify(&tables, &denied_tries);
-    // The address lookups alone, to show what the policy check adds.
-    let start = Instant::now();
-    let mut identities = 0u64;
-    for a in &tries {
-        let (s, d) = (
-            tables.peer_v4(black_box(a.src)),
-            tables.peer_v4(black_box(a.dst)),
-        );
-        identities += u64::from(s.identity.0 ^ d.identity.0);
-    }
-    black_box(identities);
-    let lookup_ns = start.elapsed().as_nanos() as f64 / tries.len() as f64;
+    let lookup_ns = time_address_lookups(&tables, &tries);
     let stats = tables.stats();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     if json {

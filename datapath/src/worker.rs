@@ -473,6 +473,19 @@ pub fn host_pair_shard(k: &crate::flow::FlowKey, shards: u32) -> u32 {
     (h % u64::from(shards)) as u32
 }
 
+/// Gives the calling thread the lowest scheduling priority (nice 19), for
+/// threads that must run only when the workers leave time.
+pub fn lowest_priority() -> std::io::Result<()> {
+    // SAFETY: setpriority(2) with PRIO_PROCESS and id 0 changes the calling
+    // thread's nice value on Linux; it reads and writes no memory of ours.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Pins the calling thread to the `index`-th core the process may run on
 /// (modulo their number); returns whether it worked.
 #[must_use]

@@ -6,6 +6,11 @@
 //! The workers queue each dropped packet ([`DenialQueue`]); a reporter
 //! thread drains the queue a few times a second and attributes each record
 //! with the table generation that decided it, kept for a few generations.
+//!
+//! A flood of denied packets must not take CPU from the workers: a record
+//! costs two hash lookups (its counters, its address pair) unless it is
+//! logged or captured, which the per-pair and per-second limits bound; and
+//! the thread runs at the lowest priority.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -20,6 +25,7 @@ use std::time::Duration;
 use podfence_datapath::denials::{Denial, DenialKind, DenialQueue, SNAP_LEN};
 use podfence_datapath::publish::{Generation, Publisher};
 use podfence_datapath::tables::{Decision, Direction, Protocol, Tables};
+use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tracing::warn;
@@ -95,6 +101,9 @@ impl DenialReporter {
         let thread = std::thread::Builder::new()
             .name("podfence-denials".into())
             .spawn(move || {
+                if let Err(e) = podfence_datapath::worker::lowest_priority() {
+                    warn!(error = %e, "the denial reporter keeps its priority");
+                }
                 loop {
                     let last = stopping.load(Ordering::Acquire);
                     report.drain(&queue);
@@ -138,10 +147,20 @@ struct PairState {
     held_back: u64,
 }
 
+/// The policy counters one (generation, direction, group, audited) record
+/// increments: the metric family's counter and the index of its
+/// `denial_totals` entry (`None` for audited records, which have none).
+type PolicyCounters = Arc<[(Counter, Option<usize>)]>;
+
 struct Report {
     publisher: Publisher,
     generations: VecDeque<Arc<Generation>>,
     metrics: ControlMetrics,
+    /// Counters by (generation, egress?, group, audited), resolved once.
+    policy_counters: FxHashMap<(u64, bool, u32, bool), PolicyCounters>,
+    /// `denial_totals` keys by index, their index, and counts not yet added.
+    totals: Vec<((String, String), u64)>,
+    total_index: FxHashMap<(String, String), usize>,
     options: DenialOptions,
     log: Option<Box<dyn Write + Send>>,
     pairs: FxHashMap<(IpAddr, IpAddr), PairState>,
@@ -179,6 +198,9 @@ impl Report {
             publisher,
             generations: VecDeque::new(),
             metrics,
+            policy_counters: FxHashMap::default(),
+            totals: Vec::new(),
+            total_index: FxHashMap::default(),
             options,
             log,
             pairs: FxHashMap::default(),
@@ -199,6 +221,8 @@ impl Report {
             self.generations.push_back(current);
             if self.generations.len() > GENERATIONS_KEPT {
                 self.generations.pop_front();
+                let oldest = self.generations[0].tables.generation();
+                self.policy_counters.retain(|k, _| k.0 >= oldest);
             }
         }
         let mut any = false;
@@ -216,81 +240,133 @@ impl Report {
         }
     }
 
-    fn tables(&self, generation: u64) -> Option<&Tables> {
+    fn generation(&self, generation: u64) -> Option<Arc<Generation>> {
         self.generations
             .iter()
             .rev()
-            .map(|g| &g.tables)
-            .find(|t| t.generation() == generation)
+            .find(|g| g.tables.generation() == generation)
+            .cloned()
     }
 
     fn one(&mut self, d: &Denial) {
-        let Some(tables) = self.tables(d.generation) else {
+        let Some(generation) = self.generation(d.generation) else {
             // Decided by a generation already forgotten: counted, not named.
             self.metrics.denials_unattributed.inc();
             return;
         };
-        let line = describe(tables, d, self.options.node.as_deref());
-        let counters = if d.kind == DenialKind::Audited {
+        let tables = &generation.tables;
+        self.count(tables, d);
+        let capture = d.kind != DenialKind::Audited
+            && self.capture.is_some()
+            && self.capture_slot(d.unix_ns / 1_000_000_000);
+        let log = d.kind != DenialKind::Revoked && self.log.is_some();
+        let held_back = if log { self.pair_slot(d) } else { None };
+        if !capture && held_back.is_none() {
+            return;
+        }
+        let mut line = describe(tables, d, self.options.node.as_deref());
+        if let Some(capture) = self.capture.as_mut().filter(|_| capture) {
+            let comment = comment(&line);
+            if let Err(e) = capture.write(d.unix_ns, d.link, d.packet(), d.wire_len, &comment) {
+                warn!(error = %e, "capture of denied packets stops");
+                self.capture = None;
+            }
+        }
+        if let (Some(held_back), Some(log)) = (held_back, &mut self.log) {
+            if held_back > 0 {
+                line["held_back_before"] = json!(held_back);
+            }
+            if writeln!(log, "{line}").is_err() {
+                warn!("deny log cannot be written; it stops");
+                self.log = None;
+            }
+        }
+    }
+
+    /// Counts a record against every policy that isolates the side that
+    /// denied it.
+    fn count(&mut self, tables: &Tables, d: &Denial) {
+        let audited = d.kind == DenialKind::Audited;
+        for (egress, decision) in [(true, d.verdict.egress), (false, d.verdict.ingress)] {
+            if let Decision::Denied { group } | Decision::WouldDeny { group } = decision {
+                let key = (tables.generation(), egress, group.0, audited);
+                let counters = if let Some(c) = self.policy_counters.get(&key) {
+                    Arc::clone(c)
+                } else {
+                    let c = self.resolve_counters(tables, egress, decision, audited);
+                    self.policy_counters.insert(key, Arc::clone(&c));
+                    c
+                };
+                for (counter, total) in counters.iter() {
+                    counter.inc();
+                    if let Some(i) = total {
+                        self.totals[*i].1 += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn resolve_counters(
+        &mut self,
+        tables: &Tables,
+        egress: bool,
+        decision: Decision,
+        audited: bool,
+    ) -> PolicyCounters {
+        let (Decision::Denied { group } | Decision::WouldDeny { group }) = decision else {
+            return Arc::new([]);
+        };
+        let direction = if egress {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        let family = if audited {
             &self.metrics.audit_denials
         } else {
             &self.metrics.denials
         };
-        for (direction, decision) in [
-            (Direction::Egress, d.verdict.egress),
-            (Direction::Ingress, d.verdict.ingress),
-        ] {
-            if let Decision::Denied { group } | Decision::WouldDeny { group } = decision {
-                for &p in tables.group(group).1 {
-                    let name = tables.policy(p);
-                    if d.kind != DenialKind::Audited {
-                        *self
-                            .metrics
-                            .denial_totals
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .entry((direction.to_string(), name.to_string()))
-                            .or_default() += 1;
-                    }
-                    counters
-                        .get_or_create(&vec![
-                            ("direction", direction.to_string()),
-                            ("namespace", name.namespace.to_string()),
-                            ("policy", name.name.to_string()),
-                        ])
-                        .inc();
-                }
-            }
+        let mut out = Vec::new();
+        for &p in tables.group(group).1 {
+            let name = tables.policy(p);
+            let counter = family
+                .get_or_create(&vec![
+                    ("direction", direction.to_string()),
+                    ("namespace", name.namespace.to_string()),
+                    ("policy", name.name.to_string()),
+                ])
+                .clone();
+            let total = (!audited).then(|| {
+                let key = (direction.to_string(), name.to_string());
+                *self.total_index.entry(key.clone()).or_insert_with(|| {
+                    self.totals.push((key, 0));
+                    self.totals.len() - 1
+                })
+            });
+            out.push((counter, total));
         }
-        if let Some(capture) = &mut self.capture
-            && d.kind != DenialKind::Audited
-        {
-            let second = d.unix_ns / 1_000_000_000;
-            if second != self.capture_second {
-                self.capture_second = second;
-                self.captured_this_second = 0;
-            }
-            if self.captured_this_second < self.options.capture_per_second {
-                self.captured_this_second += 1;
-                let comment = comment(&line);
-                if let Err(e) = capture.write(d.unix_ns, d.link, d.packet(), d.wire_len, &comment) {
-                    warn!(error = %e, "capture of denied packets stops");
-                    self.capture = None;
-                }
-            } else {
-                self.metrics.captures_skipped.inc();
-            }
+        out.into()
+    }
+
+    /// Whether this second's capture budget has room for one more packet.
+    fn capture_slot(&mut self, second: u64) -> bool {
+        if second != self.capture_second {
+            self.capture_second = second;
+            self.captured_this_second = 0;
         }
-        if d.kind != DenialKind::Revoked {
-            self.log_line(d, line);
+        if self.captured_this_second < self.options.capture_per_second {
+            self.captured_this_second += 1;
+            true
+        } else {
+            self.metrics.captures_skipped.inc();
+            false
         }
     }
 
-    /// Writes the line unless its pair is over its rate this second.
-    fn log_line(&mut self, d: &Denial, mut line: Value) {
-        let Some(log) = &mut self.log else {
-            return;
-        };
+    /// Whether the record's address pair may log a line this second, and
+    /// if so how many lines were held back before it.
+    fn pair_slot(&mut self, d: &Denial) -> Option<u64> {
         if self.pairs.len() > PAIRS_KEPT {
             self.pairs.retain(|_, s| s.held_back > 0);
         }
@@ -307,20 +383,25 @@ impl Report {
         if state.lines >= self.options.log_per_pair {
             state.held_back += 1;
             self.metrics.deny_log_held_back.inc();
-            return;
+            return None;
         }
         state.lines += 1;
-        if state.held_back > 0 {
-            line["held_back_before"] = json!(state.held_back);
-            state.held_back = 0;
-        }
-        if writeln!(log, "{line}").is_err() {
-            warn!("deny log cannot be written; it stops");
-            self.log = None;
-        }
+        Some(std::mem::take(&mut state.held_back))
     }
 
     fn flush(&mut self) {
+        if self.totals.iter().any(|t| t.1 > 0) {
+            let mut totals = self
+                .metrics
+                .denial_totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, count) in &mut self.totals {
+                if *count > 0 {
+                    *totals.entry(key.clone()).or_default() += std::mem::take(count);
+                }
+            }
+        }
         if let Some(log) = &mut self.log {
             let _ = log.flush();
         }
@@ -457,6 +538,119 @@ fn rfc3339(unix_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::{CompileOptions, compile};
+    use crate::sources::manifests;
+    use podfence_datapath::flow::FlowKey;
+    use podfence_datapath::link::LinkType;
+    use std::path::Path;
+
+    const CLUSTER: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+status: {phase: Running, podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+status: {phase: Running, podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-only-api, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]
+";
+
+    /// A flood from one pair: every packet counted against both isolating
+    /// policies, one log line per second with what was held back.
+    #[test]
+    fn a_flood_is_counted_exactly_and_logged_once_per_second() {
+        let cluster = manifests::load_str(Path::new("test.yaml"), CLUSTER)
+            .expect("manifests")
+            .cluster;
+        let tables = compile(&cluster, &CompileOptions::default()).tables;
+        let (web, db) = (
+            u32::from_be_bytes([10, 0, 0, 1]),
+            u32::from_be_bytes([10, 0, 0, 2]),
+        );
+        let verdict = tables.classify_v4(web, db, Protocol::TCP, 5432);
+        assert!(!verdict.is_allowed());
+        let generation = tables.generation();
+        let publisher = Publisher::new(tables);
+        let dir = std::env::temp_dir().join(format!("pf-denials-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("deny.log");
+        let metrics = ControlMetrics::default();
+        let options = DenialOptions {
+            log: Some(DenyLog::File(log.clone())),
+            ..DenialOptions::default()
+        };
+        let mut report = Report::new(publisher, metrics.clone(), options).expect("report");
+        let queue = DenialQueue::new(16_384);
+        let second = 1_700_000_000_000_000_000u64;
+        let denial = |unix_ns| Denial {
+            unix_ns,
+            generation,
+            kind: DenialKind::Connection,
+            flow: FlowKey {
+                src: u128::from(web),
+                dst: u128::from(db),
+                src_port: 40_000,
+                dst_port: 5432,
+                protocol: 6,
+                ipv6: false,
+            },
+            verdict,
+            ..Denial::of_frame(LinkType::Ethernet, &[0; 60], 60)
+        };
+        for k in 0..10_000 {
+            queue.push(denial(second + k));
+        }
+        report.drain(&queue);
+        queue.push(denial(second + 1_000_000_000));
+        report.drain(&queue);
+        let text = std::fs::read_to_string(&log).expect("deny log");
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["src"]["pod"], "shop/web");
+        assert_eq!(lines[0]["dst"]["pod"], "shop/db");
+        assert_eq!(
+            lines[0]["ingress"]["isolated_by"],
+            json!(["shop/db-only-api", "shop/default-deny"])
+        );
+        assert!(lines[0].get("held_back_before").is_none());
+        assert_eq!(lines[1]["held_back_before"], 9_999);
+        assert_eq!(metrics.deny_log_held_back.get(), 9_999);
+        let mut totals = metrics.denial_totals();
+        totals.sort();
+        assert_eq!(
+            totals,
+            vec![
+                (("ingress".into(), "shop/db-only-api".into()), 10_001),
+                (("ingress".into(), "shop/default-deny".into()), 10_001),
+            ]
+        );
+        let counter = metrics
+            .denials
+            .get_or_create(&vec![
+                ("direction", "ingress".to_owned()),
+                ("namespace", "shop".to_owned()),
+                ("policy", "default-deny".to_owned()),
+            ])
+            .get();
+        assert_eq!(counter, 10_001);
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

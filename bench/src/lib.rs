@@ -9,8 +9,11 @@
 pub mod alloc;
 pub mod apiserver;
 pub mod live;
+pub mod nft;
 pub mod pipeline;
+pub mod plot;
 pub mod propagation;
 pub mod synthetic;
 pub mod testbed;
 pub mod traffic;
+pub mod veth;

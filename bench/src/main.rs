@@ -20,6 +20,7 @@ use serde_json::json;
 
 mod matrix_cmd;
 mod traffic_cmd;
+mod veth_cmd;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
@@ -72,6 +73,12 @@ enum Command {
     /// sink over a veth pair (loss, reordering, latency). Shows that the
     /// generator outruns what `veth` measures with it.
     Traffic(traffic_cmd::SelfCheckArgs),
+    /// Packet rate and latency from a generator pod to a sink pod on a
+    /// testbed node (root), in alternating rounds, through: podfence
+    /// enforcing a synthetic policy set, podfence with no policies, the
+    /// kernel's routing, and the kernel with the same policies as nftables
+    /// rules with conntrack (and the generator straight into the sink).
+    Veth(Box<veth_cmd::VethArgs>),
     /// Propagation latency through the test API server and the real kube
     /// client: the initial sync of a synthetic cluster, then single-object
     /// changes (pod label flips, policy edits, pod churn), each timed from
@@ -145,6 +152,12 @@ fn main() {
                     eprintln!("podfence-bench propagation: error: {e}");
                     std::process::exit(1);
                 }
+            }
+        }
+        Command::Veth(args) => {
+            if let Err(e) = veth_cmd::run(&args) {
+                eprintln!("podfence-bench veth: error: {e}");
+                std::process::exit(1);
             }
         }
         Command::Traffic(args) => {

@@ -453,6 +453,16 @@ impl Testbed {
     /// Builds the node, the pods and the outside namespace, and starts the
     /// servers. On failure everything made so far is removed.
     pub fn build(cluster: &Cluster, options: &TestbedOptions) -> Result<Self, TestbedError> {
+        Self::build_with_queues(cluster, options, 1)
+    }
+
+    /// [`Self::build`] with pod veths of `queues` transmit and receive
+    /// queues each (one per datapath worker; veths have one by default).
+    pub fn build_with_queues(
+        cluster: &Cluster,
+        options: &TestbedOptions,
+        queues: u32,
+    ) -> Result<Self, TestbedError> {
         install_signal_handler();
         let mut prefix = run_prefix();
         for _ in 0..16 {
@@ -522,7 +532,7 @@ impl Testbed {
                 host_veth: host_veth_name(index),
                 ips: pod.ips.clone(),
             };
-            bed.build_pod(&tp, index)?;
+            bed.build_pod(&tp, index, queues.max(1))?;
             let ports: Vec<(Protocol, u16)> = pod
                 .named_ports
                 .iter()
@@ -672,19 +682,28 @@ impl Testbed {
         Ok(())
     }
 
-    fn build_pod(&mut self, pod: &TestbedPod, index: usize) -> Result<(), TestbedError> {
+    fn build_pod(
+        &mut self,
+        pod: &TestbedPod,
+        index: usize,
+        queues: u32,
+    ) -> Result<(), TestbedError> {
         let node = self.node.clone();
         self.add_netns(&pod.netns)?;
         let (host_mac, pod_mac) = (mac(index, 1), mac(index, 2));
         let ns = pod.netns.as_str();
         let hv = pod.host_veth.as_str();
-        ip(
-            &node,
-            &[
-                "link", "add", hv, "address", &host_mac, "type", "veth", "peer", "name", "eth0",
-                "address", &pod_mac, "netns", ns,
-            ],
-        )?;
+        let q = queues.to_string();
+        let mut add = vec!["link", "add", hv, "address", &host_mac];
+        if queues > 1 {
+            add.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        }
+        add.extend(["type", "veth", "peer", "name", "eth0", "address", &pod_mac]);
+        if queues > 1 {
+            add.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        }
+        add.extend(["netns", ns]);
+        ip(&node, &add)?;
         ip(ns, &["link", "set", "lo", "up"])?;
         sysctl(&node, &[(&format!("net.ipv4.conf.{hv}.proxy_arp"), "1")])?;
         ip(ns, &["link", "set", "eth0", "up"])?;

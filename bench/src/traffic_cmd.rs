@@ -56,6 +56,12 @@ pub(crate) struct SelfCheckArgs {
     /// Queues (one generator thread and one sink socket each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     queues: u32,
+    /// Core of the generator thread(s) (comma-separated; default: the last).
+    #[arg(long, value_delimiter = ',')]
+    gen_cores: Vec<usize>,
+    /// Core of the sink (default: the first).
+    #[arg(long, default_value_t = 0)]
+    sink_core: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -70,8 +76,12 @@ pub(crate) fn run(args: &SelfCheckArgs) -> Result<(), String> {
         &spec,
         args.queues,
         Duration::from_secs_f64(args.seconds.max(0.1)),
-        &[usize::MAX],
-        Some(0),
+        &if args.gen_cores.is_empty() {
+            vec![usize::MAX]
+        } else {
+            args.gen_cores.clone()
+        },
+        Some(args.sink_core),
     )
     .map_err(|e| e.to_string())?;
     print(&r, args);

@@ -92,6 +92,9 @@ pub struct GenReport {
     pub stalls: u64,
     /// `sendto` calls.
     pub wakeups: u64,
+    /// Whether the kernel took the raised per-`sendto` budget (on every
+    /// socket).
+    pub budget_raised: bool,
 }
 
 impl GenReport {
@@ -109,6 +112,7 @@ impl GenReport {
         self.completed += other.completed;
         self.stalls += other.stalls;
         self.wakeups += other.wakeups;
+        self.budget_raised &= other.budget_raised;
         if self.sent_per_flow.len() < other.sent_per_flow.len() {
             self.sent_per_flow.resize(other.sent_per_flow.len(), 0);
         }
@@ -160,8 +164,18 @@ fn queue_size(name: &str, n: u32) -> Result<QueueSize, TrafficError> {
     QueueSize::new(n).map_err(|e| xsk_err(name, "ring size", &e))
 }
 
+/// Where a run is in its round robin over the flows, and each flow's next
+/// sequence number.
+struct SendOrder<'a> {
+    flows: &'a [u32],
+    next: usize,
+    seq: Vec<u32>,
+}
+
 impl Generator {
-    /// Opens the socket (in the calling thread's network namespace).
+    /// Opens the socket (in the calling thread's network namespace). A
+    /// queue still held by a socket closed a moment ago (the kernel lets go
+    /// of it asynchronously) is tried again for up to a second.
     pub fn open(config: &GeneratorConfig) -> Result<Self, TrafficError> {
         let name = format!("{}:{}", config.ifname, config.queue);
         let frame_size = 2048u32;
@@ -191,22 +205,41 @@ impl Generator {
             .build();
         let c_name = std::ffi::CString::new(config.ifname.as_str())
             .map_err(|e| xsk_err(&name, "interface name", &e))?;
-        // SAFETY: the UMEM is fresh and only this socket uses it; its frames
-        // reach the kernel only through this generator's tx ring.
-        let created = unsafe {
-            xsk_rs::Socket::new(socket_config, &umem, &Interface::new(c_name), config.queue)
+        let mut tries = 0;
+        let (tx, rx, rings) = loop {
+            // SAFETY: the UMEM is fresh and only this socket uses it; its
+            // frames reach the kernel only through this generator's tx ring.
+            let created = unsafe {
+                xsk_rs::Socket::new(
+                    socket_config,
+                    &umem,
+                    &Interface::new(c_name.clone()),
+                    config.queue,
+                )
+            };
+            match created {
+                Ok(socket) => break socket,
+                Err(e) => {
+                    let source = std::error::Error::source(&e);
+                    let busy = source
+                        .and_then(|s| s.downcast_ref::<io::Error>())
+                        .and_then(io::Error::raw_os_error)
+                        == Some(libc::EBUSY);
+                    if busy && tries < 50 {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    let why = source.map(ToString::to_string).unwrap_or_default();
+                    return Err(xsk_err(
+                        &name,
+                        "creating the AF_XDP socket (root, an existing interface and queue, \
+                         and for zero-copy a driver that has it)",
+                        &format!("{e} {why}"),
+                    ));
+                }
+            }
         };
-        let (tx, rx, rings) = created.map_err(|e| {
-            let why = std::error::Error::source(&e)
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            xsk_err(
-                &name,
-                "creating the AF_XDP socket (root, an existing interface and queue, \
-                 and for zero-copy a driver that has it)",
-                &format!("{e} {why}"),
-            )
-        })?;
         let (fill, comp) =
             rings.ok_or_else(|| xsk_err(&name, "rings", &"libxdp returned no fill/comp rings"))?;
         let fd = tx.fd().as_raw_fd();
@@ -268,6 +301,43 @@ impl Generator {
         self.outstanding -= n;
     }
 
+    /// Takes `n` free frames, stamps the next `n` packets of `order` into
+    /// them and queues them in `pending`.
+    fn stamp(
+        &mut self,
+        n: usize,
+        templates: &[Template],
+        order: &mut SendOrder<'_>,
+        now: u64,
+        report: &mut GenReport,
+    ) {
+        self.pending.clear();
+        for _ in 0..n {
+            let flow = order.flows[order.next] as usize;
+            order.next += 1;
+            if order.next == order.flows.len() {
+                order.next = 0;
+            }
+            let template = &templates[flow];
+            let mut fd = self.free.pop().expect("n <= free frames");
+            let index = fd.addr() / self.frame_size;
+            let fresh = self.frame_flow[index] != flow as u32;
+            {
+                // SAFETY: `fd` came off the free list: a frame of this
+                // UMEM that neither the kernel (on no ring) nor any other
+                // view here refers to.
+                let mut data = unsafe { self.umem.data_mut(&mut fd) };
+                data.cursor().set_pos(template.len());
+                template.stamp(data.contents_mut(), order.seq[flow], now, fresh);
+            }
+            self.frame_flow[index] = flow as u32;
+            order.seq[flow] = order.seq[flow].wrapping_add(1);
+            report.sent_per_flow[flow] += 1;
+            report.wire_bytes += (template.len() + FCS_LEN) as u64;
+            self.pending.push(fd);
+        }
+    }
+
     /// Sends `flows` round robin (`templates[f]` is flow `f`'s frame) at
     /// `pace` for `duration` or until `stop`; returns what was sent.
     /// Sequence numbers start at 0 for every flow.
@@ -285,13 +355,17 @@ impl Generator {
     ) -> GenReport {
         let mut report = GenReport {
             sent_per_flow: vec![0; templates.len()],
+            budget_raised: self.budget_raised,
             ..GenReport::default()
         };
         if flows.is_empty() {
             return report;
         }
-        let mut seq = vec![0u32; templates.len()];
-        let mut next = 0usize;
+        let mut order = SendOrder {
+            flows,
+            next: 0,
+            seq: vec![0; templates.len()],
+        };
         let start = monotonic_ns();
         let end = start + duration.as_nanos() as u64;
         let ns_per_packet = match pace {
@@ -325,7 +399,8 @@ impl Generator {
                     if wait_ns > 60_000 {
                         std::thread::sleep(Duration::from_nanos(wait_ns - 50_000));
                     } else {
-                        std::hint::spin_loop();
+                        // Leave the core to a sink or a datapath sharing it.
+                        std::thread::yield_now();
                     }
                     continue;
                 }
@@ -344,31 +419,7 @@ impl Generator {
                 }
                 continue;
             }
-            self.pending.clear();
-            for _ in 0..n {
-                let flow = flows[next] as usize;
-                next += 1;
-                if next == flows.len() {
-                    next = 0;
-                }
-                let template = &templates[flow];
-                let mut fd = self.free.pop().expect("n <= free frames");
-                let index = fd.addr() / self.frame_size;
-                let fresh = self.frame_flow[index] != flow as u32;
-                {
-                    // SAFETY: `fd` came off the free list: a frame of this
-                    // UMEM that neither the kernel (on no ring) nor any other
-                    // view here refers to.
-                    let mut data = unsafe { self.umem.data_mut(&mut fd) };
-                    data.cursor().set_pos(template.len());
-                    template.stamp(data.contents_mut(), seq[flow], now, fresh);
-                }
-                self.frame_flow[index] = flow as u32;
-                seq[flow] = seq[flow].wrapping_add(1);
-                report.sent_per_flow[flow] += 1;
-                report.wire_bytes += (template.len() + FCS_LEN) as u64;
-                self.pending.push(fd);
-            }
+            self.stamp(n, templates, &mut order, now, &mut report);
             // SAFETY: every frame in `pending` is a stamped frame of this
             // UMEM that we own; the ring had room for all of them (checked
             // above), and the kernel owns them until they complete.

@@ -108,9 +108,10 @@ pub fn generate(
             })
             .collect()
     });
-    let mut total = GenReport::default();
-    for r in results {
-        total.merge(&r?);
+    let mut reports = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut total = reports.remove(0);
+    for r in &reports {
+        total.merge(r);
     }
     Ok(total)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use podfence_bench::traffic::frames::TrafficSpec;
-use podfence_bench::traffic::{SelfCheck, self_check};
+use podfence_bench::traffic::{SelfCheck, Wire, self_check};
 use serde_json::json;
 
 /// What the generator sends.
@@ -62,6 +62,18 @@ pub(crate) struct SelfCheckArgs {
     /// Core of the sink (default: the first).
     #[arg(long, default_value_t = 0)]
     sink_core: usize,
+    /// Send on this interface of the current namespace instead of a veth
+    /// pair of the benchmark's own: a NIC port (needs --peer).
+    #[arg(long, value_name = "IFACE", requires = "peer")]
+    nic: Option<String>,
+    /// With --nic: the interface the frames arrive at (the other port of a
+    /// loopback cable, or the NIC at the cable's far end).
+    #[arg(long, value_name = "IFACE", requires = "nic")]
+    peer: Option<String>,
+    /// With --nic: AF_XDP zero-copy `on` (fail if the driver has none),
+    /// `off` (copy mode), or `auto` (what the driver offers).
+    #[arg(long, default_value = "auto", value_parser = ["on", "off", "auto"])]
+    zero_copy: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -72,8 +84,21 @@ pub(crate) fn run(args: &SelfCheckArgs) -> Result<(), String> {
         .traffic
         .spec(Ipv4Addr::new(10, 70, 0, 1), Ipv4Addr::new(10, 70, 0, 2));
     // Generator on the last core, sink on the first.
+    let wire = match (&args.nic, &args.peer) {
+        (Some(tx), Some(rx)) => Wire::Nic {
+            tx: tx.clone(),
+            rx: rx.clone(),
+            zero_copy: match args.zero_copy.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            },
+        },
+        _ => Wire::Veth,
+    };
     let r = self_check(
         &spec,
+        &wire,
         args.queues,
         Duration::from_secs_f64(args.seconds.max(0.1)),
         &if args.gen_cores.is_empty() {

@@ -167,112 +167,167 @@ pub struct SelfCheck {
     pub zero_copy: bool,
 }
 
-/// Runs the generator alone: into a veth end that drops everything at XDP,
-/// then into the sink over a veth pair (namespaces of its own, removed
-/// afterwards).
+/// Where the self-check sends and receives.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// A veth pair of its own, its ends in two namespaces made for the run.
+    Veth,
+    /// Two existing interfaces of the caller's namespace: a NIC's two
+    /// ports joined by a cable, or two NICs. Frames leave `tx` and arrive
+    /// at `rx`; `zero_copy` asks for (`Some(true)`), refuses
+    /// (`Some(false)`) or lets the driver pick (`None`) zero-copy sockets.
+    Nic {
+        /// Transmitting interface.
+        tx: String,
+        /// Receiving interface.
+        rx: String,
+        /// Zero-copy binding.
+        zero_copy: Option<bool>,
+    },
+}
+
+/// The two ends of a [`Wire`], set up.
+struct Ends {
+    tx_netns: Option<String>,
+    tx: String,
+    rx_netns: Option<String>,
+    rx: String,
+    zero_copy: Option<bool>,
+    /// The veth's namespaces, deleted on drop.
+    _namespaces: Namespaces,
+}
+
+impl Ends {
+    fn set_up(wire: &Wire, queues: u32) -> Result<Self, TrafficError> {
+        match wire {
+            Wire::Nic { tx, rx, zero_copy } => Ok(Self {
+                tx_netns: None,
+                tx: tx.clone(),
+                rx_netns: None,
+                rx: rx.clone(),
+                zero_copy: *zero_copy,
+                _namespaces: Namespaces::default(),
+            }),
+            Wire::Veth => {
+                let prefix = testbed::run_prefix();
+                let (tx_ns, rx_ns) = (format!("{prefix}-gen"), format!("{prefix}-sink"));
+                let mut namespaces = Namespaces::default();
+                namespaces.add(&tx_ns)?;
+                namespaces.add(&rx_ns)?;
+                let q = queues.max(1).to_string();
+                testbed::ip(
+                    &tx_ns,
+                    &[
+                        "link",
+                        "add",
+                        "gen0",
+                        "numtxqueues",
+                        &q,
+                        "numrxqueues",
+                        &q,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        "sink0",
+                        "numtxqueues",
+                        &q,
+                        "numrxqueues",
+                        &q,
+                        "netns",
+                        &rx_ns,
+                    ],
+                )?;
+                testbed::ip(&tx_ns, &["link", "set", "gen0", "up"])?;
+                testbed::ip(&rx_ns, &["link", "set", "sink0", "up"])?;
+                Ok(Self {
+                    tx_netns: Some(tx_ns),
+                    tx: "gen0".into(),
+                    rx_netns: Some(rx_ns),
+                    rx: "sink0".into(),
+                    zero_copy: None,
+                    _namespaces: namespaces,
+                })
+            }
+        }
+    }
+
+    /// Runs `f` in the receiving side's namespace.
+    fn on_rx<T: Send>(&self, f: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+        match &self.rx_netns {
+            Some(ns) => testbed::in_netns(ns, f),
+            None => f(),
+        }
+    }
+}
+
+/// Runs the generator alone: into an interface that drops everything at
+/// XDP, then into the sink, over `wire` (for a veth pair, namespaces of
+/// its own, removed afterwards).
 pub fn self_check(
     spec: &TrafficSpec,
+    wire: &Wire,
     queues: u32,
     duration: Duration,
     gen_cores: &[usize],
     sink_core: Option<usize>,
 ) -> Result<SelfCheck, TrafficError> {
-    let prefix = testbed::run_prefix();
-    let (tx_ns, rx_ns) = (format!("{prefix}-gen"), format!("{prefix}-sink"));
-    let mut namespaces = Namespaces::default();
-    namespaces.add(&tx_ns)?;
-    namespaces.add(&rx_ns)?;
-    let q = queues.max(1).to_string();
-    testbed::ip(
-        &tx_ns,
-        &[
-            "link",
-            "add",
-            "gen0",
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "sink0",
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "netns",
-            &rx_ns,
-        ],
-    )?;
-    testbed::ip(&tx_ns, &["link", "set", "gen0", "up"])?;
-    testbed::ip(&rx_ns, &["link", "set", "sink0", "up"])?;
+    let ends = Ends::set_up(wire, queues)?;
     let mut spec = spec.clone();
-    spec.src_mac = link_mac(&tx_ns, "gen0")?;
-    spec.dst_mac = link_mac(&rx_ns, "sink0")?;
-    let gen_config = GeneratorConfig::new("gen0");
-    // 1. The sink's redirector without sockets: XDP drops every frame.
-    let into_drop = {
-        let redirect = podfence_bpf::RedirectConfig {
-            mode: podfence_bpf::XdpMode::Native,
-            max_queues: queues.max(1),
-            ..podfence_bpf::RedirectConfig::default()
-        };
-        let dropper = testbed::in_netns(&rx_ns, || {
-            podfence_bpf::Redirector::attach("sink0", &redirect).map_err(std::io::Error::other)
-        })
-        .map_err(|e| TrafficError::Setup(format!("attaching a dropping XDP program: {e}")))?;
-        let r = generate(
-            Some(&tx_ns),
+    spec.src_mac = mac_of(ends.tx_netns.as_deref(), &ends.tx)?;
+    spec.dst_mac = mac_of(ends.rx_netns.as_deref(), &ends.rx)?;
+    let gen_config = GeneratorConfig {
+        zero_copy: ends.zero_copy,
+        ..GeneratorConfig::new(&ends.tx)
+    };
+    let send = |duration| {
+        generate(
+            ends.tx_netns.as_deref(),
             &gen_config,
             queues,
             &spec,
             Pace::Max,
             duration,
             gen_cores,
-        );
-        testbed::in_netns(&rx_ns, || dropper.detach().map_err(std::io::Error::other))
+        )
+    };
+    // 1. The receiver's redirector without sockets: XDP drops every frame.
+    let into_drop = {
+        let redirect = podfence_bpf::RedirectConfig {
+            mode: podfence_bpf::XdpMode::Native,
+            max_queues: queues.max(1),
+            ..podfence_bpf::RedirectConfig::default()
+        };
+        let dropper = ends
+            .on_rx(|| {
+                podfence_bpf::Redirector::attach(&ends.rx, &redirect).map_err(std::io::Error::other)
+            })
+            .map_err(|e| TrafficError::Setup(format!("attaching a dropping XDP program: {e}")))?;
+        let r = send(duration);
+        ends.on_rx(|| dropper.detach().map_err(std::io::Error::other))
             .map_err(|e| TrafficError::Setup(format!("detaching: {e}")))?;
         r?
     };
     // 2. Into the sink.
     let sink = Sink::start(
-        Some(&rx_ns),
+        ends.rx_netns.as_deref(),
         SinkConfig {
-            ifaces: vec!["sink0".into()],
+            ifaces: vec![ends.rx.clone()],
             queues: queues.max(1),
             xdp_mode: podfence_bpf::XdpMode::Native,
-            zero_copy: None,
+            zero_copy: ends.zero_copy,
             core: sink_core,
             spec: spec.clone(),
         },
     )?;
     let zero_copy = sink.zero_copy();
     // Warm up (page faults, caches), then measure.
-    generate(
-        Some(&tx_ns),
-        &gen_config,
-        queues,
-        &spec,
-        Pace::Max,
-        Duration::from_millis(200),
-        gen_cores,
-    )?;
+    send(Duration::from_millis(200))?;
     sink.settle(Duration::from_millis(20), Duration::from_secs(1))?;
     sink.reset();
-    let direct_sent = generate(
-        Some(&tx_ns),
-        &gen_config,
-        queues,
-        &spec,
-        Pace::Max,
-        duration,
-        gen_cores,
-    )?;
+    let direct_sent = send(duration)?;
     let direct_received = sink.settle(Duration::from_millis(20), Duration::from_secs(2))?;
     sink.stop()?;
-    drop(namespaces);
     Ok(SelfCheck {
         into_drop,
         direct_sent,
@@ -281,10 +336,27 @@ pub fn self_check(
     })
 }
 
+/// The MAC address of `link` in namespace `netns` (or the caller's).
+fn mac_of(netns: Option<&str>, link: &str) -> Result<[u8; 6], TrafficError> {
+    match netns {
+        Some(ns) => link_mac(ns, link),
+        None => mac_from_json(
+            &testbed::run(&["ip", "-j", "link", "show", "dev", link])?,
+            link,
+        ),
+    }
+}
+
 /// The MAC address of `link` in namespace `netns`.
 pub fn link_mac(netns: &str, link: &str) -> Result<[u8; 6], TrafficError> {
-    let out = testbed::ip(netns, &["-j", "link", "show", "dev", link])?;
-    let v: serde_json::Value = serde_json::from_str(&out)
+    mac_from_json(
+        &testbed::ip(netns, &["-j", "link", "show", "dev", link])?,
+        link,
+    )
+}
+
+fn mac_from_json(out: &str, link: &str) -> Result<[u8; 6], TrafficError> {
+    let v: serde_json::Value = serde_json::from_str(out)
         .map_err(|e| TrafficError::Setup(format!("`ip -j link show {link}`: {e}")))?;
     let text = v[0]["address"]
         .as_str()

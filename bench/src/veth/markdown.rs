@@ -158,6 +158,7 @@ fn charts(dir: &Path, s: &[Summary], o: &VethOptions) -> Result<Charts, String> 
 }
 
 fn header(md: &mut String, main: &VethReport, s: &[Summary], command: &str) {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let spec = &main.spec;
     let o = &main.options;
     let _ = writeln!(
@@ -190,11 +191,17 @@ fn header(md: &mut String, main: &VethReport, s: &[Summary], command: &str) {
     );
     let _ = writeln!(
         md,
-        "- veth pairs, native XDP, AF_XDP in {} mode, {} queue(s) and worker(s); generator on core(s) {:?}, sink on core {:?}, podfence's worker w on core w",
+        "- veth pairs, native XDP, AF_XDP in {} mode, {} queue(s) and worker(s); generator on core(s) {}, sink on core {}, podfence's worker w on core w; the kernel's receive processing of the generator's veth (RPS) on core {}",
         if main.zero_copy { "zero-copy" } else { "copy" },
         o.queues,
-        o.gen_cores,
-        o.sink_core
+        o.gen_cores
+            .iter()
+            .map(|&c| (c % cpus).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        o.sink_core.map_or("any".into(), |c| (c % cpus).to_string()),
+        o.rps_core
+            .map_or("of the generator".into(), |c| (c % cpus).to_string()),
     );
     let _ = writeln!(
         md,

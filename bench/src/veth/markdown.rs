@@ -250,6 +250,14 @@ fn all_paths(md: &mut String, main: &VethReport, s: &[Summary], charts: &Charts)
                 x.received_denied
             );
         }
+        let (lost, into, out) = x.check_lost;
+        if lost > 0 && (!x.case.path.enforces() || x.case.policies == o.policies) {
+            let _ = writeln!(
+                md,
+                "- {}, no-loss checks: {lost} packets lost; {into} of them dropped on receive by the veth into the path (its ring full, before any XDP program or the kernel saw them), {out} by the sink's veth",
+                x.case.path.name(),
+            );
+        }
     }
     for r in &main.results {
         if let (Some(rs), true) = (&r.ruleset, r.case.policies == o.policies) {

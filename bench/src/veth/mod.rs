@@ -229,6 +229,13 @@ pub struct Run {
     pub sink_fill_empty: u64,
     /// Generator rounds that found the tx ring full or no free frame.
     pub gen_stalls: u64,
+    /// Frames the veth into the datapath dropped on receive (its NAPI
+    /// ring full, or XDP dropped them): lost before podfence, the
+    /// kernel or nftables saw them (`ethtool -S`, `rx_queue_*_drops` and
+    /// `rx_queue_*_xdp_drops`).
+    pub veth_dropped_in: u64,
+    /// Frames the sink's veth dropped on receive, likewise.
+    pub veth_dropped_out: u64,
 }
 
 impl Run {
@@ -293,6 +300,8 @@ impl Run {
             cpus_stolen: 0.0,
             sink_fill_empty: rx.xsk.rx_fill_ring_empty_descs,
             gen_stalls: sent.stalls,
+            veth_dropped_in: 0,
+            veth_dropped_out: 0,
         }
     }
 }
@@ -433,6 +442,10 @@ struct Bench<'a> {
     options: &'a VethOptions,
     bed: Testbed,
     gen_netns: String,
+    sink_netns: String,
+    /// The generator pod's veth on the node, where the datapath's XDP
+    /// program (or the kernel) receives its frames.
+    gen_host_veth: String,
     clusters: BTreeMap<usize, BenchCluster>,
     tables: BTreeMap<usize, Tables>,
     routed: TrafficSpec,
@@ -558,11 +571,13 @@ impl Bench<'_> {
     ) -> Result<Run, VethError> {
         sink.reset();
         let before = active.policy_dropped()?;
+        let veth_before = self.veth_drops(case);
         let cpu0 = cpu_times();
         let sent = self.send(case, pace, duration)?;
         let cpu1 = cpu_times();
         let rx = sink.settle(Duration::from_millis(20), Duration::from_secs(2))?;
         let dropped = active.policy_dropped()? - before;
+        let veth_after = self.veth_drops(case);
         let mut run = Run::new(
             match pace {
                 Pace::Max => None,
@@ -579,7 +594,20 @@ impl Bench<'_> {
         run.cpus_foreign =
             share((cpu1.user - cpu0.user).saturating_sub(cpu1.own_user - cpu0.own_user));
         run.cpus_stolen = share(cpu1.steal - cpu0.steal);
+        run.veth_dropped_in = veth_after.0.saturating_sub(veth_before.0);
+        run.veth_dropped_out = veth_after.1.saturating_sub(veth_before.1);
         Ok(run)
+    }
+
+    /// Receive drops so far of the veth into the path and of the sink's.
+    fn veth_drops(&self, case: Case) -> (u64, u64) {
+        if case.path == PathKind::Direct {
+            return (0, veth_rx_drops(&self.sink_netns, DIRECT_LINK));
+        }
+        (
+            veth_rx_drops(self.bed.node_netns(), &self.gen_host_veth),
+            veth_rx_drops(&self.sink_netns, "eth0"),
+        )
     }
 
     fn case_round(
@@ -623,6 +651,14 @@ impl Bench<'_> {
                 std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
             }) {
                 eprintln!("conntrack entries in the node namespace: {}", n.trim());
+            }
+            // Where packets were dropped: the veths' XDP counters.
+            for netns in [self.bed.node_netns(), self.gen_netns.as_str()] {
+                let script = "for i in /sys/class/net/*; do n=${i##*/}; \
+                    ethtool -S $n 2>/dev/null | grep -v ': 0$' | sed \"s/^/$n/\"; done";
+                if let Ok(out) = testbed::run(&["ip", "netns", "exec", netns, "sh", "-c", script]) {
+                    eprintln!("{netns}:\n{out}");
+                }
             }
         }
         let stopped = active.stop();
@@ -694,6 +730,20 @@ fn direct_link(gen_netns: &str, sink_netns: &str, queues: u32) -> Result<(), Vet
     testbed::ip(gen_netns, &["link", "set", DIRECT_LINK, "up"])?;
     testbed::ip(sink_netns, &["link", "set", DIRECT_LINK, "up"])?;
     Ok(())
+}
+
+/// Frames veth `link` in `netns` dropped on receive, over its queues: its
+/// NAPI ring was full (`rx_queue_N_drops`) or its XDP program dropped them
+/// (`rx_queue_N_xdp_drops`). 0 when `ethtool` cannot tell.
+fn veth_rx_drops(netns: &str, link: &str) -> u64 {
+    let Ok(out) = testbed::run(&["ip", "netns", "exec", netns, "ethtool", "-S", link]) else {
+        return 0;
+    };
+    out.lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("rx_queue_") && (k.ends_with("_drops")))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// Sets the RPS CPU mask of every receive queue of `link` in `netns` to
@@ -847,6 +897,8 @@ pub fn run(options: &VethOptions) -> Result<VethReport, VethError> {
     let mut bench = Bench {
         options,
         gen_netns: gen_pod.netns.clone(),
+        sink_netns: sink_pod.netns.clone(),
+        gen_host_veth: gen_pod.host_veth.clone(),
         bed,
         clusters,
         tables,

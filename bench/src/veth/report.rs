@@ -49,6 +49,11 @@ pub struct Summary {
     pub reordered: u64,
     /// The merged latency histogram, nanoseconds.
     pub latency_ns: Option<Histogram<u64>>,
+    /// In the no-loss checks: packets lost, and of them dropped by the veth
+    /// into the path and by the sink's veth on receive (all rounds).
+    pub check_lost: (u64, u64, u64),
+    /// The same in the throughput runs.
+    pub max_lost: (u64, u64, u64),
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -121,7 +126,20 @@ pub fn summarize(r: &CaseResult) -> Summary {
         received_denied: all.clone().map(|x| x.received_denied).sum(),
         reordered: all.map(|x| x.reordered).sum(),
         latency_ns: merged,
+        check_lost: lost_where(&checks),
+        max_lost: lost_where(&tp),
     }
+}
+
+/// Packets lost, dropped by the veth into the path, by the sink's veth.
+fn lost_where(runs: &[&Run]) -> (u64, u64, u64) {
+    runs.iter().fold((0, 0, 0), |acc, r| {
+        (
+            acc.0 + r.lost(),
+            acc.1 + r.veth_dropped_in,
+            acc.2 + r.veth_dropped_out,
+        )
+    })
 }
 
 /// Every case summarised, in the report's order.
@@ -206,6 +224,17 @@ fn notes(t: &mut String, report: &VethReport, s: &[Summary]) {
                 100.0 * x.denied_observed,
                 100.0 * spec.actual_deny_share(),
                 x.received_denied
+            );
+        }
+    }
+    for x in s {
+        let (lost, into, out) = x.check_lost;
+        if lost > 0 {
+            let _ = writeln!(
+                t,
+                "{} at {} policies, no-loss checks: {lost} packets lost; the veth into the path dropped {into} on receive (ring full, before any XDP program or the kernel saw them), the sink's veth {out}",
+                x.case.path.name(),
+                x.case.policies,
             );
         }
     }
@@ -402,6 +431,12 @@ pub fn json(report: &VethReport) -> Value {
                 "denied_observed": x.denied_observed,
                 "received_denied": x.received_denied,
                 "reordered": x.reordered,
+                "check_lost": x.check_lost.0,
+                "check_lost_in_veth_into_path": x.check_lost.1,
+                "check_lost_in_sink_veth": x.check_lost.2,
+                "max_lost": x.max_lost.0,
+                "max_lost_in_veth_into_path": x.max_lost.1,
+                "max_lost_in_sink_veth": x.max_lost.2,
             })
         })
         .collect();

@@ -254,7 +254,7 @@ fn all_paths(md: &mut String, main: &VethReport, s: &[Summary], charts: &Charts)
         if lost > 0 && (!x.case.path.enforces() || x.case.policies == o.policies) {
             let _ = writeln!(
                 md,
-                "- {}, no-loss checks: {lost} packets lost; {into} of them dropped on receive by the veth into the path (its ring full, before any XDP program or the kernel saw them), {out} by the sink's veth",
+                "- {}, no-loss checks: {lost} packets lost; receive drops counted meanwhile by the veth into the path (its ring full, before any XDP program or the kernel saw the frames): {into}, by the sink's veth: {out}",
                 x.case.path.name(),
             );
         }

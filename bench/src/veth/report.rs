@@ -232,7 +232,7 @@ fn notes(t: &mut String, report: &VethReport, s: &[Summary]) {
         if lost > 0 {
             let _ = writeln!(
                 t,
-                "{} at {} policies, no-loss checks: {lost} packets lost; the veth into the path dropped {into} on receive (ring full, before any XDP program or the kernel saw them), the sink's veth {out}",
+                "{} at {} policies, no-loss checks: {lost} packets lost; receive drops counted meanwhile by the veth into the path (its ring full, before any XDP program or the kernel saw the frames): {into}, by the sink's veth: {out}",
                 x.case.path.name(),
                 x.case.policies,
             );

@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod live;
 pub mod pipeline;
 pub mod propagation;
+pub mod replay_speed;
 pub mod synthetic;
 pub mod testbed;
 pub mod traffic;

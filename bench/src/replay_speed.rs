@@ -462,7 +462,7 @@ impl Tool {
             Self::TcpdumpRead => "read and rewrite, no decoding",
             Self::TcpdumpPrint => "decode, print one line per packet",
             Self::Tshark => "dissect, print one line per packet",
-            Self::TsharkRead => "read only (-q without taps: no dissection)",
+            Self::TsharkRead => "read only, no dissection (-q, no taps)",
         }
     }
 

@@ -13,6 +13,7 @@ pub mod nft;
 pub mod pipeline;
 pub mod plot;
 pub mod propagation;
+pub mod replay_speed;
 pub mod synthetic;
 pub mod testbed;
 pub mod traffic;

@@ -19,6 +19,7 @@ use podfence_control::model::{Namespace, NetworkPolicy, Pod};
 use serde_json::json;
 
 mod matrix_cmd;
+mod replay_cmd;
 mod traffic_cmd;
 mod veth_cmd;
 
@@ -103,6 +104,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// `podfence replay` against tcpdump and tshark on one large generated
+    /// capture: the synthetic cluster's manifests and its traffic (whole
+    /// connections, replies included) are written to a temporary directory,
+    /// then `podfence replay`, `tcpdump -w /dev/null` (read only),
+    /// `tcpdump -n` (decode and print) and `tshark -n` (on the first
+    /// --tshark-packets) are timed in turns, --rounds times.
+    ///
+    /// Needs the podfence binary (`cargo build --release -p
+    /// podfence-control`); a tool that is not installed gets a row that says
+    /// so.
+    Replay(replay_cmd::ReplayArgs),
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
     /// only, established and new connections, the curve over 1 to 10,000
     /// policies, two workers, batch latency, allocations per packet, and
@@ -157,6 +169,12 @@ fn main() {
         Command::Veth(args) => {
             if let Err(e) = veth_cmd::run(&args) {
                 eprintln!("podfence-bench veth: error: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Replay(args) => {
+            if let Err(e) = replay_cmd::run(&args) {
+                eprintln!("podfence-bench replay: error: {e}");
                 std::process::exit(1);
             }
         }

@@ -56,6 +56,31 @@ impl Output for CountingOutput {
 }
 
 fn frame(a: &Attempt, src_port: u16, reply: bool, flags: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_LEN);
+    frame_into(
+        &mut out,
+        a,
+        src_port,
+        reply,
+        flags,
+        if reply { 2 } else { 1 },
+    );
+    out
+}
+
+/// Builds into `out` (cleared first) a 64-byte frame of the connection that
+/// attempt `a` opens from `src_port`: sent by the initiator, or by the
+/// responder when `reply`. TCP carries `flags` (see
+/// [`podfence_datapath::conntrack::tcp_flags`]), SCTP one chunk of type
+/// `chunk` (1 INIT, 2 INIT ACK, ...); UDP uses neither.
+pub fn frame_into(
+    out: &mut Vec<u8>,
+    a: &Attempt,
+    src_port: u16,
+    reply: bool,
+    flags: u8,
+    chunk: u8,
+) {
     let (src, dst, sp, dp) = if reply {
         (a.dst, a.src, a.port, src_port)
     } else {
@@ -69,7 +94,7 @@ fn frame(a: &Attempt, src_port: u16, reply: bool, flags: u8) -> Vec<u8> {
         Protocol::SCTP => Transport::Sctp {
             src_port: sp,
             dst_port: dp,
-            chunk: if reply { 2 } else { 1 },
+            chunk,
         },
         _ => Transport::Tcp {
             src_port: sp,
@@ -89,7 +114,7 @@ fn frame(a: &Attempt, src_port: u16, reply: bool, flags: u8) -> Vec<u8> {
         payload_len: FRAME_LEN.saturating_sub(header),
         payload_fill: 0,
     }
-    .build()
+    .build_into(out);
 }
 
 /// Connection attempts with three allowed for every denied one, each with

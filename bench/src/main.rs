@@ -138,6 +138,14 @@ enum Command {
     },
 }
 
+/// Prints a subcommand's error and exits with status 1.
+fn exit_on_error(command: &str, result: Result<(), String>) {
+    if let Err(e) = result {
+        eprintln!("podfence-bench {command}: error: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     match Cli::parse().command {
         Command::Propagation {
@@ -166,24 +174,9 @@ fn main() {
                 }
             }
         }
-        Command::Veth(args) => {
-            if let Err(e) = veth_cmd::run(&args) {
-                eprintln!("podfence-bench veth: error: {e}");
-                std::process::exit(1);
-            }
-        }
-        Command::Replay(args) => {
-            if let Err(e) = replay_cmd::run(&args) {
-                eprintln!("podfence-bench replay: error: {e}");
-                std::process::exit(1);
-            }
-        }
-        Command::Traffic(args) => {
-            if let Err(e) = traffic_cmd::run(&args) {
-                eprintln!("podfence-bench traffic: error: {e}");
-                std::process::exit(1);
-            }
-        }
+        Command::Veth(args) => exit_on_error("veth", veth_cmd::run(&args)),
+        Command::Replay(args) => exit_on_error("replay", replay_cmd::run(&args)),
+        Command::Traffic(args) => exit_on_error("traffic", traffic_cmd::run(&args)),
         Command::Matrix(args) => match matrix_cmd::run(&args) {
             Ok(true) => {}
             Ok(false) => std::process::exit(1),

@@ -372,6 +372,41 @@ pub(crate) fn ip(ns: &str, args: &[&str]) -> Result<String, TestbedError> {
     run(&full)
 }
 
+/// Adds veth pair `name`/`peer` in namespace `netns`, both ends with
+/// `queues` transmit and receive queues, the peer moved to `peer_netns`
+/// when given.
+pub(crate) fn add_veth_pair(
+    netns: &str,
+    name: &str,
+    peer: &str,
+    peer_netns: Option<&str>,
+    queues: u32,
+) -> Result<(), TestbedError> {
+    let q = queues.max(1).to_string();
+    let mut args = vec![
+        "link",
+        "add",
+        name,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ];
+    if let Some(ns) = peer_netns {
+        args.extend(["netns", ns]);
+    }
+    ip(netns, &args).map(|_| ())
+}
+
 /// Enters namespace `name` on the calling thread.
 pub(crate) fn enter_netns(name: &str) -> io::Result<()> {
     let file = std::fs::File::open(format!("/run/netns/{name}"))?;

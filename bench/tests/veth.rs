@@ -8,25 +8,17 @@ mod common;
 use std::time::Duration;
 
 use podfence_bench::traffic::frames::TrafficSpec;
-use podfence_bench::veth::{self, Case, PathKind, VethOptions, report};
+use podfence_bench::veth::{self, Case, CaseResult, PathKind, VethOptions, report};
 
-#[test]
-fn every_path_delivers_and_the_enforcing_ones_drop_the_denied_flows() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    if !podfence_bench::nft::available() {
-        eprintln!("skipped: nft is not installed (scripts/install-deps installs nftables)");
-        return;
-    }
+/// A small cluster, every path, one short round.
+fn options() -> VethOptions {
     let mut spec = TrafficSpec::new(
         std::net::Ipv4Addr::UNSPECIFIED,
         std::net::Ipv4Addr::UNSPECIFIED,
     );
     spec.flows = 32;
     spec.deny_share = 0.25;
-    let options = VethOptions {
+    VethOptions {
         namespaces: 10,
         pods: 200,
         policies: 20,
@@ -46,58 +38,27 @@ fn every_path_delivers_and_the_enforcing_ones_drop_the_denied_flows() {
         sink_core: Some(0),
         rps_core: None,
         progress: false,
-    };
-    let r = veth::run(&options).expect("veth benchmark");
+    }
+}
+
+#[test]
+fn every_path_delivers_and_the_enforcing_ones_drop_the_denied_flows() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if !podfence_bench::nft::available() {
+        eprintln!("skipped: nft is not installed (scripts/install-deps installs nftables)");
+        return;
+    }
+    let r = veth::run(&options()).expect("veth benchmark");
     assert_eq!(r.results.len(), PathKind::ALL.len());
     let flows = r.spec.flows();
     let denied_flows = flows.iter().filter(|f| f.denied).count() as u64;
     let flows = flows.len() as u64;
     assert!(denied_flows > 0);
     for result in &r.results {
-        let path = result.case.path;
-        let round = &result.rounds[0];
-        let tp = &round.throughput;
-        assert!(
-            tp.sent > 0 && tp.received > 0,
-            "{}: nothing went through",
-            path.name()
-        );
-        // The paced run is slow enough for every path: what it sent is
-        // delivered or dropped by policy, nothing else.
-        let paced = round.latency.as_ref().expect("latency run");
-        assert_eq!(paced.lost(), 0, "{}: paced packets lost", path.name());
-        assert!(!paced.latency_ns.is_empty(), "{}: no latency", path.name());
-        if path.enforces() {
-            assert_eq!(
-                paced.received_denied,
-                0,
-                "{}: a denied flow got through",
-                path.name()
-            );
-            assert_eq!(
-                tp.received_denied,
-                0,
-                "{}: a denied flow got through",
-                path.name()
-            );
-            // Packets go round robin over the flows: the denied flows' share
-            // of them, give or take the last partial round.
-            let expected = paced.sent * denied_flows / flows;
-            assert!(
-                paced.policy_dropped.abs_diff(expected) <= flows,
-                "{}: dropped {} of {} packets, {expected} are denied",
-                path.name(),
-                paced.policy_dropped,
-                paced.sent
-            );
-        } else {
-            assert_eq!(paced.policy_dropped, 0, "{}", path.name());
-            assert!(
-                paced.received_denied > 0,
-                "{}: no policy, yet denied flows dropped",
-                path.name()
-            );
-        }
+        check_path(result, denied_flows, flows);
     }
     let json = report::json(&r);
     for key in [
@@ -115,5 +76,64 @@ fn every_path_delivers_and_the_enforcing_ones_drop_the_denied_flows() {
     let table = report::table(&r);
     for path in PathKind::ALL {
         assert!(table.contains(path.name()), "{table}");
+    }
+}
+
+/// One path's rounds: traffic went through, and policy was enforced where
+/// the path enforces it.
+fn check_path(result: &CaseResult, denied_flows: u64, flows: u64) {
+    let path = result.case.path;
+    let round = &result.rounds[0];
+    let tp = &round.throughput;
+    assert!(
+        tp.sent > 0 && tp.received > 0,
+        "{}: nothing went through",
+        path.name()
+    );
+    // What the paced run sent is delivered, dropped by policy, or lost
+    // where the benchmark says: on receive at a veth (its ring full
+    // when the machine stalls a thread), nowhere else.
+    let paced = round.latency.as_ref().expect("latency run");
+    assert!(
+        paced.lost() <= paced.veth_dropped_in + paced.veth_dropped_out,
+        "{}: {} paced packets lost, {} + {} dropped at veths",
+        path.name(),
+        paced.lost(),
+        paced.veth_dropped_in,
+        paced.veth_dropped_out
+    );
+    assert!(!paced.latency_ns.is_empty(), "{}: no latency", path.name());
+    if path.enforces() {
+        assert_eq!(
+            paced.received_denied,
+            0,
+            "{}: a denied flow got through",
+            path.name()
+        );
+        assert_eq!(
+            tp.received_denied,
+            0,
+            "{}: a denied flow got through",
+            path.name()
+        );
+        // Packets go round robin over the flows: the denied flows' share
+        // of them, give or take the last partial round and what a veth
+        // lost before the policy saw it.
+        let expected = paced.sent * denied_flows / flows;
+        assert!(
+            paced.policy_dropped <= expected + flows
+                && paced.policy_dropped + paced.lost() + flows >= expected,
+            "{}: dropped {} of {} packets, {expected} are denied",
+            path.name(),
+            paced.policy_dropped,
+            paced.sent
+        );
+    } else {
+        assert_eq!(paced.policy_dropped, 0, "{}", path.name());
+        assert!(
+            paced.received_denied > 0,
+            "{}: no policy, yet denied flows dropped",
+            path.name()
+        );
     }
 }

@@ -214,30 +214,7 @@ impl Ends {
                 let mut namespaces = Namespaces::default();
                 namespaces.add(&tx_ns)?;
                 namespaces.add(&rx_ns)?;
-                let q = queues.max(1).to_string();
-                testbed::ip(
-                    &tx_ns,
-                    &[
-                        "link",
-                        "add",
-                        "gen0",
-                        "numtxqueues",
-                        &q,
-                        "numrxqueues",
-                        &q,
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        "sink0",
-                        "numtxqueues",
-                        &q,
-                        "numrxqueues",
-                        &q,
-                        "netns",
-                        &rx_ns,
-                    ],
-                )?;
+                testbed::add_veth_pair(&tx_ns, "gen0", "sink0", Some(&rx_ns), queues)?;
                 testbed::ip(&tx_ns, &["link", "set", "gen0", "up"])?;
                 testbed::ip(&rx_ns, &["link", "set", "sink0", "up"])?;
                 Ok(Self {

@@ -473,28 +473,7 @@ impl Bench<'_> {
             return Ok(());
         }
         let node = self.bed.node_netns();
-        let q = q.to_string();
-        testbed::ip(
-            node,
-            &[
-                "link",
-                "add",
-                "pf-host",
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "pf-dp",
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-            ],
-        )?;
+        testbed::add_veth_pair(node, "pf-host", "pf-dp", None, q)?;
         testbed::ip(node, &["link", "set", "pf-host", "alias", PAIR_ALIAS])?;
         Ok(())
     }
@@ -703,29 +682,12 @@ impl Bench<'_> {
 /// The veth pair of the `direct` path, straight from the generator's
 /// namespace into the sink's.
 fn direct_link(gen_netns: &str, sink_netns: &str, queues: u32) -> Result<(), VethError> {
-    let q = queues.to_string();
-    testbed::ip(
+    testbed::add_veth_pair(
         gen_netns,
-        &[
-            "link",
-            "add",
-            DIRECT_LINK,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            DIRECT_LINK,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "netns",
-            sink_netns,
-        ],
+        DIRECT_LINK,
+        DIRECT_LINK,
+        Some(sink_netns),
+        queues,
     )?;
     testbed::ip(gen_netns, &["link", "set", DIRECT_LINK, "up"])?;
     testbed::ip(sink_netns, &["link", "set", DIRECT_LINK, "up"])?;

@@ -1,7 +1,7 @@
 //! The `podfence run` process in a testbed node: enforcement, what happens
 //! when it is killed (fail closed by default, open when configured), that a
-//! restart takes over from a crashed run, and that a clean stop leaves the
-//! node as it found it. Needs root; skips otherwise.
+//! restart takes over from a crashed run, and that a clean stop, or a start
+//! that fails, leaves the node as it found it. Needs root; skips otherwise.
 
 mod common;
 
@@ -185,4 +185,49 @@ fn kill_fail_modes_restart_and_clean_stop() {
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "enforced again");
     agent.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");
+}
+
+/// A start that fails after the agent made its host-port pair (here: the
+/// reverse-path filter cannot be written because /proc/sys is read-only,
+/// as in a container that did not remount it) exits with the reason and
+/// leaves the node as it was.
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let cluster = manifests::load_str(Path::new("inline"), CLUSTER)
+        .expect("loads")
+        .cluster;
+    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
+    let node = bed.node_netns().to_owned();
+    let dir = std::env::temp_dir().join(format!("{}-failed-start", bed.prefix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = common::TempDir(dir.clone());
+    let manifests = dir.join("cluster.yaml");
+    std::fs::write(&manifests, CLUSTER).expect("write manifests");
+    let before = node_state(&node);
+    // A mount namespace of its own with /proc/sys read-only, then the node.
+    let script = format!(
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         exec ip netns exec {node} {} run --manifests {} --node-name node-1 \
+         --control-socket none --no-metrics",
+        common::podfence().display(),
+        manifests.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the agent started on a read-only /proc/sys: {stderr}"
+    );
+    assert!(
+        stderr.contains("rp_filter"),
+        "the reason is named: {stderr}"
+    );
+    assert_eq!(node_state(&node), before, "the node is as it was: {stderr}");
 }

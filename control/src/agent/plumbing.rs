@@ -309,7 +309,7 @@ pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError
 /// Makes sure the host-port pair exists and is up, with ARP off on
 /// `pf-host` and one MAC on both ends.
 pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
-    let created = if let Some(existing) = link_json(&config.host_if)? {
+    let (created, made_now) = if let Some(existing) = link_json(&config.host_if)? {
         let ours = existing.ifalias.as_deref() == Some(PAIR_ALIAS);
         if ours {
             info!(
@@ -317,7 +317,7 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
                 "taking over the host-port pair of an earlier run"
             );
         }
-        ours
+        (ours, false)
     } else {
         run(
             "ip",
@@ -337,9 +337,22 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
             dp = config.dp_if,
             "created the host-port pair"
         );
-        run("ip", &["link", "set", &config.host_if, "alias", PAIR_ALIAS])?;
-        true
+        (true, true)
     };
+    let configured = configure_host_pair(config, created);
+    if configured.is_err() && made_now {
+        // Made by this call and unusable: not left behind.
+        let _ = run("ip", &["link", "del", &config.host_if]);
+    }
+    configured
+}
+
+/// Marks the pair as podfence's and sets it up (ARP off, one MAC, no
+/// reverse-path filter on pf-dp, both ends up).
+fn configure_host_pair(config: &PlumbingConfig, created: bool) -> Result<HostPair, AgentError> {
+    if created {
+        run("ip", &["link", "set", &config.host_if, "alias", PAIR_ALIAS])?;
+    }
     let missing = |name: &str| AgentError::NoInterface {
         name: name.to_owned(),
     };

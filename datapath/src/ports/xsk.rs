@@ -212,7 +212,10 @@ fn explain_create_error(
 ) -> String {
     match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => {
-            "creating an AF_XDP socket needs CAP_NET_ADMIN/CAP_BPF (run as root)".to_owned()
+            "creating an AF_XDP socket needs CAP_NET_RAW (the datapath also needs \
+             CAP_NET_ADMIN and CAP_BPF for its XDP program and CAP_IPC_LOCK for its \
+             frames; run as root or grant them)"
+                .to_owned()
         }
         Some(libc::EOPNOTSUPP) if zero_copy == Some(true) => format!(
             "the driver of {ifname} does not support zero-copy AF_XDP; use copy mode \
@@ -772,7 +775,7 @@ mod tests {
     #[test]
     fn explains_errnos() {
         let e = |code| io::Error::from_raw_os_error(code);
-        assert!(explain_create_error("eth0", 0, None, &e(libc::EPERM)).contains("CAP_NET_ADMIN"));
+        assert!(explain_create_error("eth0", 0, None, &e(libc::EPERM)).contains("CAP_NET_RAW"));
         assert!(
             explain_create_error("eth0", 0, Some(true), &e(libc::EOPNOTSUPP))
                 .contains("does not support zero-copy")

@@ -146,10 +146,8 @@ pub fn latency_by_percentile(path: &Path, title: &str, lines: &[Series]) -> Resu
             if pct < 99.0 {
                 format!("{pct:.0}%")
             } else {
-                format!("{pct}%")
-                    .trim_end_matches('0')
-                    .trim_end_matches('.')
-                    .to_owned()
+                let digits = format!("{pct:.6}");
+                format!("{}%", digits.trim_end_matches('0').trim_end_matches('.'))
             }
         })
         .y_label_formatter(&|y| format!("{y:.0}"))

@@ -487,12 +487,18 @@ pub fn lowest_priority() -> std::io::Result<()> {
 }
 
 /// Pins the calling thread to the `index`-th core the process may run on
-/// (modulo their number); returns whether it worked.
+/// (modulo their number; `usize::MAX` is the last); returns whether it
+/// worked.
 #[must_use]
 pub fn pin_to_core(index: usize) -> bool {
     match core_affinity::get_core_ids() {
         Some(cores) if !cores.is_empty() => {
-            core_affinity::set_for_current(cores[index % cores.len()])
+            let i = if index == usize::MAX {
+                cores.len() - 1
+            } else {
+                index % cores.len()
+            };
+            core_affinity::set_for_current(cores[i])
         }
         _ => false,
     }

@@ -196,7 +196,7 @@ fn header(md: &mut String, main: &VethReport, s: &[Summary], command: &str) {
         o.queues,
         o.gen_cores
             .iter()
-            .map(|&c| (c % cpus).to_string())
+            .map(|&c| if c == usize::MAX { cpus - 1 } else { c % cpus }.to_string())
             .collect::<Vec<_>>()
             .join(", "),
         o.sink_core.map_or("any".into(), |c| (c % cpus).to_string()),

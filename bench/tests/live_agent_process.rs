@@ -13,7 +13,6 @@ use std::time::Duration;
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::Protocol;
 use podfence_control::probe::Probe;
-use podfence_control::sources::manifests;
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -114,28 +113,20 @@ fn kill_fail_modes_restart_and_clean_stop() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let cluster = manifests::load_str(Path::new("inline"), CLUSTER)
-        .expect("loads")
-        .cluster;
     let outside: std::net::IpAddr = "2001:db8::10".parse().expect("address");
     let options = TestbedOptions {
         external: vec![outside],
         external_ports: vec![(Protocol::Tcp, 80)],
     };
-    let bed = Testbed::build(&cluster, &options).expect("testbed");
-    let node = bed.node_netns().to_owned();
-    let dir = std::env::temp_dir().join(format!("{}-agent", bed.prefix()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = common::TempDir(dir.clone());
-    let manifests = dir.join("cluster.yaml");
-    std::fs::write(&manifests, CLUSTER).expect("write manifests");
+    let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "agent");
+    let (node, dir) = (bed.node_netns().to_owned(), &dir.0);
     let (a_b, a_c) = ("x/a\tx/b\tTCP\t80", "x/a\tx/c\tTCP\t80");
     let before = node_state(&node);
     assert!(answered(&outcome(&bed, a_b)) && answered(&outcome(&bed, a_c)));
 
     // Enforcing: a reaches b, c is isolated; over IPv6 through the host
     // port too.
-    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &[]);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), dir, &[]);
     assert!(answered(&outcome(&bed, a_b)), "allowed through the agent");
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "denied");
     let (a_out, out_b, out_c) = (
@@ -163,7 +154,7 @@ fn kill_fail_modes_restart_and_clean_stop() {
     assert_eq!(outcome(&bed, a_b), ProbeOutcome::NoAnswer, "fail closed");
 
     // A restart replaces what the dead one left, and traffic resumes.
-    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &[]);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), dir, &[]);
     assert!(answered(&outcome(&bed, a_b)), "resumes after restart");
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer);
     agent.terminate();
@@ -176,12 +167,12 @@ fn kill_fail_modes_restart_and_clean_stop() {
 
     // Fail open: killed, traffic bypasses policy; restarted, enforced again.
     let open = ["--fail-mode", "open"];
-    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &open);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), dir, &open);
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer);
     agent.kill();
     assert!(answered(&outcome(&bed, a_b)), "fail open passes allowed");
     assert!(answered(&outcome(&bed, a_c)), "fail open passes denied");
-    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir, &open);
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), dir, &open);
     assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "enforced again");
     agent.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");
@@ -197,16 +188,9 @@ fn a_failed_start_leaves_nothing_behind() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let cluster = manifests::load_str(Path::new("inline"), CLUSTER)
-        .expect("loads")
-        .cluster;
-    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
+    let (bed, _dir, manifests) =
+        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "failed-start");
     let node = bed.node_netns().to_owned();
-    let dir = std::env::temp_dir().join(format!("{}-failed-start", bed.prefix()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = common::TempDir(dir.clone());
-    let manifests = dir.join("cluster.yaml");
-    std::fs::write(&manifests, CLUSTER).expect("write manifests");
     let before = node_state(&node);
     // A mount namespace of its own with /proc/sys read-only, then the node.
     let script = format!(

@@ -11,9 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
+use podfence_bench::testbed::{ProbeOutcome, TestbedOptions};
 use podfence_control::probe::Probe;
-use podfence_control::sources::manifests;
 use serde_json::Value;
 
 const CLUSTER: &str = r"
@@ -47,22 +46,15 @@ fn denials_are_logged_counted_and_captured() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let cluster = manifests::load_str(Path::new("inline"), CLUSTER)
-        .expect("loads")
-        .cluster;
-    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
-    let node = bed.node_netns().to_owned();
-    let dir = std::env::temp_dir().join(format!("{}-denials", bed.prefix()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = common::TempDir(dir.clone());
-    let manifests = dir.join("cluster.yaml");
-    std::fs::write(&manifests, CLUSTER).expect("write manifests");
+    let (bed, dir, manifests) =
+        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "denials");
+    let (node, dir) = (bed.node_netns().to_owned(), &dir.0);
     let (log, capture) = (dir.join("deny.log"), dir.join("denied.pcapng"));
     let source = ["--manifests".to_owned(), manifests.display().to_string()];
     let agent = AgentProcess::start(
         &node,
         &source,
-        &dir,
+        dir,
         &[
             "--deny-log",
             log.to_str().unwrap(),
@@ -213,19 +205,12 @@ fn a_namespace_in_audit_mode_is_reported_not_enforced() {
         "labels: {kubernetes.io/metadata.name: x}",
         "labels: {kubernetes.io/metadata.name: x, podfence.io/enforcement: audit}",
     );
-    let cluster = manifests::load_str(Path::new("inline"), &text)
-        .expect("loads")
-        .cluster;
-    let bed = Testbed::build(&cluster, &TestbedOptions::default()).expect("testbed");
-    let node = bed.node_netns().to_owned();
-    let dir = std::env::temp_dir().join(format!("{}-audit", bed.prefix()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let _cleanup = common::TempDir(dir.clone());
-    let manifests = dir.join("cluster.yaml");
-    std::fs::write(&manifests, &text).expect("write manifests");
+    let (bed, dir, manifests) =
+        common::testbed_with_manifests(&text, &TestbedOptions::default(), "audit");
+    let (node, dir) = (bed.node_netns().to_owned(), &dir.0);
     let log = dir.join("deny.log");
     let source = ["--manifests".to_owned(), manifests.display().to_string()];
-    let agent = AgentProcess::start(&node, &source, &dir, &["--deny-log", log.to_str().unwrap()]);
+    let agent = AgentProcess::start(&node, &source, dir, &["--deny-log", log.to_str().unwrap()]);
     let probe = Probe::from_line("x/a\tx/c\tTCP\t80").expect("probe");
     let outcome = bed
         .probe_outcome(&probe, Duration::from_millis(700))

@@ -52,6 +52,26 @@ impl Drop for TempDir {
     }
 }
 
+/// A testbed of the cluster in `yaml` and a temporary directory (removed
+/// on drop) named after the testbed and `tag` that holds the YAML as
+/// `cluster.yaml`, for `podfence run --manifests`.
+pub(crate) fn testbed_with_manifests(
+    yaml: &str,
+    options: &podfence_bench::testbed::TestbedOptions,
+    tag: &str,
+) -> (podfence_bench::testbed::Testbed, TempDir, PathBuf) {
+    let cluster = podfence_control::sources::manifests::load_str(Path::new("inline"), yaml)
+        .expect("manifests load")
+        .cluster;
+    let bed = podfence_bench::testbed::Testbed::build(&cluster, options).expect("testbed");
+    let dir = std::env::temp_dir().join(format!("{}-{tag}", bed.prefix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir(dir);
+    let manifests = dir.0.join("cluster.yaml");
+    std::fs::write(&manifests, yaml).expect("write manifests");
+    (bed, dir, manifests)
+}
+
 /// The agent process; killed on drop.
 pub(crate) struct AgentProcess {
     child: Child,

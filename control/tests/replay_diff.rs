@@ -798,6 +798,22 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A temporary directory holding [`small_capture`], and what the CLI tests
+/// pass: the conformance cluster, the deny-all candidate and the capture.
+fn cli_inputs(tag: &str) -> (TempDir, [String; 3]) {
+    let dir = TempDir::new(tag);
+    let state = manifests::load(&[cluster_yaml()]).unwrap();
+    let capture = dir.path("small.pcap");
+    small_capture(&state, &capture);
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let paths = [
+        path(&cluster_yaml()),
+        path(&policies("007-deny-all-ingress-and-egress")),
+        path(&capture),
+    ];
+    (dir, paths)
+}
+
 /// A small capture: x/a → y/b TCP 80 twice, z/c → x/b UDP 81 once, y/a →
 /// z/b TCP 80 once.
 fn small_capture(state: &Manifests, path: &Path) {
@@ -823,17 +839,8 @@ fn small_capture(state: &Manifests, path: &Path) {
 
 #[test]
 fn cli_lists_breaks_with_the_reasons_that_differ_and_a_summary() {
-    let dir = TempDir::new("cli-text");
-    let state = manifests::load(&[cluster_yaml()]).unwrap();
-    let capture = dir.path("small.pcap");
-    small_capture(&state, &capture);
-    let cluster = cluster_yaml();
-    let deny = policies("007-deny-all-ingress-and-egress");
-    let (cluster, deny, cap) = (
-        cluster.to_str().unwrap(),
-        deny.to_str().unwrap(),
-        capture.to_str().unwrap(),
-    );
+    let (_dir, [cluster, deny, cap]) = cli_inputs("cli-text");
+    let (cluster, deny, cap) = (cluster.as_str(), deny.as_str(), cap.as_str());
 
     // The capture may trail the candidate paths.
     let out = podfence(&["replay", "--manifests", cluster, "--candidate", deny, cap]);
@@ -856,17 +863,8 @@ fn cli_lists_breaks_with_the_reasons_that_differ_and_a_summary() {
 
 #[test]
 fn cli_json_has_totals_and_both_sides_of_each_flow() {
-    let dir = TempDir::new("cli-json");
-    let state = manifests::load(&[cluster_yaml()]).unwrap();
-    let capture = dir.path("small.pcap");
-    small_capture(&state, &capture);
-    let cluster = cluster_yaml();
-    let deny = policies("007-deny-all-ingress-and-egress");
-    let (cluster, deny, cap) = (
-        cluster.to_str().unwrap(),
-        deny.to_str().unwrap(),
-        capture.to_str().unwrap(),
-    );
+    let (_dir, [cluster, deny, cap]) = cli_inputs("cli-json");
+    let (cluster, deny, cap) = (cluster.as_str(), deny.as_str(), cap.as_str());
 
     // JSON: the same, for machines.
     let out = podfence(&[
@@ -916,17 +914,8 @@ fn cli_json_has_totals_and_both_sides_of_each_flow() {
 
 #[test]
 fn cli_fail_on_break_and_open_are_status_3() {
-    let dir = TempDir::new("cli-status");
-    let state = manifests::load(&[cluster_yaml()]).unwrap();
-    let capture = dir.path("small.pcap");
-    small_capture(&state, &capture);
-    let cluster = cluster_yaml();
-    let deny = policies("007-deny-all-ingress-and-egress");
-    let (cluster, deny, cap) = (
-        cluster.to_str().unwrap(),
-        deny.to_str().unwrap(),
-        capture.to_str().unwrap(),
-    );
+    let (_dir, [cluster, deny, cap]) = cli_inputs("cli-status");
+    let (cluster, deny, cap) = (cluster.as_str(), deny.as_str(), cap.as_str());
 
     // --fail-on-break: status 3 when something would break, 0 otherwise.
     let out = podfence(&[
@@ -975,17 +964,8 @@ fn cli_fail_on_break_and_open_are_status_3() {
 
 #[test]
 fn cli_unusable_input_is_status_1_and_usage_errors_2() {
-    let dir = TempDir::new("cli-errors");
-    let state = manifests::load(&[cluster_yaml()]).unwrap();
-    let capture = dir.path("small.pcap");
-    small_capture(&state, &capture);
-    let cluster = cluster_yaml();
-    let deny = policies("007-deny-all-ingress-and-egress");
-    let (cluster, deny, cap) = (
-        cluster.to_str().unwrap(),
-        deny.to_str().unwrap(),
-        capture.to_str().unwrap(),
-    );
+    let (dir, [cluster, deny, cap]) = cli_inputs("cli-errors");
+    let (cluster, deny, cap) = (cluster.as_str(), deny.as_str(), cap.as_str());
 
     // A capture that cannot be read: reported by name, status 1, the others
     // still compared.

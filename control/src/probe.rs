@@ -337,10 +337,8 @@ impl Explanation<'_> {
 
     fn group_names(&self, group: GroupId) -> Vec<String> {
         self.tables
-            .group(group)
-            .1
-            .iter()
-            .map(|&p| self.tables.policy(p).to_string())
+            .group_policy_names(group)
+            .map(ToString::to_string)
             .collect()
     }
 

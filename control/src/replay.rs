@@ -457,10 +457,8 @@ pub fn attribution(tables: &Tables, verdict: Option<&Verdict>) -> String {
             }
             Decision::Denied { group } | Decision::WouldDeny { group } => {
                 let names: Vec<String> = tables
-                    .group(group)
-                    .1
-                    .iter()
-                    .map(|p| tables.policy(*p).to_string())
+                    .group_policy_names(group)
+                    .map(ToString::to_string)
                     .collect();
                 let audit = if d.is_allowed() { "(audit)" } else { "" };
                 parts.push(format!("{direction}={}{audit}", names.join(",")));
@@ -1046,10 +1044,8 @@ fn brief_decision(
         ),
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables
-                .group(group)
-                .1
-                .iter()
-                .map(|p| tables.policy(*p).to_string())
+                .group_policy_names(group)
+                .map(ToString::to_string)
                 .collect();
             let (verdict, audit) = if d.is_allowed() {
                 (

@@ -65,7 +65,10 @@ pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 /// Destination MAC address of crafted frames.
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
-fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
+/// Adds `data` as big-endian 16-bit words to an unfolded one's-complement
+/// sum (an odd last byte is padded with zero).
+#[must_use]
+pub fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -76,7 +79,9 @@ fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-fn checksum_fold(mut sum: u32) -> u16 {
+/// Folds an unfolded sum to 16 bits and complements it: the checksum field.
+#[must_use]
+pub fn checksum_fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -539,6 +539,12 @@ impl Tables {
             .map(|s| self.port_set(*s))
     }
 
+    /// The names of a group's policies, in table order: what isolates its
+    /// pods in its direction.
+    pub fn group_policy_names(&self, group: GroupId) -> impl Iterator<Item = &ObjectName> {
+        self.group(group).1.iter().map(|&p| self.policy(p))
+    }
+
     /// The direction and the policies of a group, in table order.
     #[must_use]
     pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {

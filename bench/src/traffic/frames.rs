@@ -14,7 +14,7 @@
 
 use std::net::Ipv4Addr;
 
-use podfence_datapath::craft::{FrameSpec, Transport};
+use podfence_datapath::craft::{FrameSpec, Transport, checksum_add, checksum_fold};
 
 /// Bytes of the stamp after the L4 header.
 pub const STAMP_LEN: usize = 12;
@@ -193,24 +193,6 @@ pub struct Template {
     isn: u32,
 }
 
-fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 impl Template {
     /// The template of `flow`.
     #[must_use]
@@ -247,10 +229,10 @@ impl Template {
             bytes[l4 + 4..l4 + 8].fill(0);
         }
         let l4_len = bytes.len() - l4;
-        let mut base = sum16(0, &bytes[14 + 12..14 + 20]);
+        let mut base = checksum_add(0, &bytes[14 + 12..14 + 20]);
         base += u32::from(if flow.tcp { 6u8 } else { 17 });
         base += l4_len as u32;
-        base = sum16(base, &bytes[l4..]);
+        base = checksum_add(base, &bytes[l4..]);
         Self {
             bytes,
             tcp: flow.tcp,
@@ -306,10 +288,10 @@ impl Template {
             let tcp_seq = self.isn.wrapping_add(seq.wrapping_mul(self.payload));
             out[l4 + 4..l4 + 8].copy_from_slice(&tcp_seq.to_be_bytes());
             sum += (tcp_seq >> 16) + (tcp_seq & 0xffff);
-            let csum = !fold(sum);
+            let csum = checksum_fold(sum);
             out[l4 + 16..l4 + 18].copy_from_slice(&csum.to_be_bytes());
         } else {
-            let csum = match !fold(sum) {
+            let csum = match checksum_fold(sum) {
                 0 => 0xffff,
                 c => c,
             };

@@ -328,8 +328,7 @@ impl Report {
             &self.metrics.denials
         };
         let mut out = Vec::new();
-        for &p in tables.group(group).1 {
-            let name = tables.policy(p);
+        for name in tables.group_policy_names(group) {
             let counter = family
                 .get_or_create(&vec![
                     ("direction", direction.to_string()),
@@ -445,10 +444,8 @@ fn decision(tables: &Tables, d: Decision) -> Value {
         }),
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables
-                .group(group)
-                .1
-                .iter()
-                .map(|p| tables.policy(*p).to_string())
+                .group_policy_names(group)
+                .map(ToString::to_string)
                 .collect();
             json!({
                 "verdict": if d.is_allowed() { "deny (audit: passed)" } else { "deny" },

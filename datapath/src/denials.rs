@@ -105,6 +105,18 @@ impl DenialQueue {
         }
     }
 
+    /// Whether the queue is full: a producer can count its denial as lost
+    /// ([`Self::count_lost`]) without building the record.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
+    /// Counts `n` denials lost to a full queue.
+    pub fn count_lost(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Queues a denial; counts it as lost when the queue is full.
     pub fn push(&self, denial: Denial) {
         if self.queue.push(denial).is_err() {

@@ -260,6 +260,9 @@ pub struct Switch<P: Port> {
     generation: u64,
     /// Wall-clock time of the batch's first denial (0: none yet).
     batch_unix_ns: u64,
+    /// Denials of the batch that found the queue full: counted once per
+    /// batch, not copied.
+    denials_lost: u64,
 }
 
 impl<P: Port> fmt::Debug for Switch<P> {
@@ -312,6 +315,7 @@ impl<P: Port> Switch<P> {
             denials: None,
             generation: 0,
             batch_unix_ns: 0,
+            denials_lost: 0,
         })
     }
 
@@ -333,6 +337,10 @@ impl<P: Port> Switch<P> {
             }
             _ => return,
         };
+        if queue.is_full() {
+            self.denials_lost += 1;
+            return;
+        }
         if self.batch_unix_ns == 0 {
             // Once per batch, and only in batches with denials.
             self.batch_unix_ns = std::time::SystemTime::now()
@@ -601,6 +609,11 @@ impl<P: Port> Output for Switch<P> {
         for index in 0..self.staging.len() {
             self.flush(index);
         }
+        if self.denials_lost > 0
+            && let Some(queue) = &self.denials
+        {
+            queue.count_lost(std::mem::take(&mut self.denials_lost));
+        }
     }
 }
 
@@ -762,5 +775,38 @@ mod tests {
         assert_eq!(&sent[0][..6], &[1; 6]);
         assert_eq!(&sent[0][6..12], &[2; 6]);
         assert_eq!(sent[0][12..], f[12..]);
+    }
+
+    #[test]
+    fn denials_beyond_a_full_queue_are_counted_once_per_batch_not_copied() {
+        let host = Route {
+            port: 0,
+            dst_mac: [1; 6],
+            src_mac: [2; 6],
+        };
+        let ports = vec![MemoryPort::new("host", LinkType::Ethernet, [], 0)];
+        let mut s = Switch::new(ports, Arc::new(Fib::new(host)), 2048).unwrap();
+        let queue = Arc::new(DenialQueue::new(2));
+        s.set_denials(Arc::clone(&queue));
+        let f = frame(64);
+        let mut meta = PacketMeta::default();
+        crate::flow::parse_frame_into(LinkType::Ethernet, &f, &mut meta).unwrap();
+        let denied = Outcome::Denied(crate::tables::Verdict {
+            egress: crate::tables::Decision::NotEnforced,
+            ingress: crate::tables::Decision::Denied {
+                group: crate::tables::GroupId(0),
+            },
+        });
+        s.begin_batch(7);
+        for _ in 0..5 {
+            s.packet(&RxDesc::default(), &f, Some(&meta), &denied, false);
+        }
+        assert_eq!(queue.lost(), 0, "counted at the end of the batch");
+        s.end_batch();
+        assert_eq!(queue.lost(), 3);
+        let first = queue.pop().expect("queued");
+        assert_eq!((first.generation, first.packet()), (7, &f[..]));
+        assert!(queue.pop().is_some() && queue.pop().is_none());
+        assert_eq!(s.stats().policy_dropped, 5);
     }
 }

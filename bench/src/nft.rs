@@ -465,15 +465,6 @@ impl Installed {
             .ok_or_else(|| "nft -j: no counter in the output".to_owned())
     }
 
-    /// The `forward` chain with its counters (`nft list chain`).
-    pub fn forward_chain(&self) -> Result<String, String> {
-        nft(
-            &self.netns,
-            &["list", "chain", "inet", TABLE, "forward"],
-            None,
-        )
-    }
-
     /// Deletes the table.
     pub fn remove(mut self) -> Result<(), String> {
         let netns = std::mem::take(&mut self.netns);

@@ -622,24 +622,6 @@ impl Bench<'_> {
                 latency,
             })
         })();
-        if std::env::var_os("PODFENCE_BENCH_DEBUG").is_some() {
-            if let Active::Nft(n) = &active {
-                eprintln!("{}", n.forward_chain().unwrap_or_else(|e| e));
-            }
-            if let Ok(n) = testbed::in_netns(self.bed.node_netns(), || {
-                std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
-            }) {
-                eprintln!("conntrack entries in the node namespace: {}", n.trim());
-            }
-            // Where packets were dropped: the veths' XDP counters.
-            for netns in [self.bed.node_netns(), self.gen_netns.as_str()] {
-                let script = "for i in /sys/class/net/*; do n=${i##*/}; \
-                    ethtool -S $n 2>/dev/null | grep -v ': 0$' | sed \"s/^/$n/\"; done";
-                if let Ok(out) = testbed::run(&["ip", "netns", "exec", netns, "sh", "-c", script]) {
-                    eprintln!("{netns}:\n{out}");
-                }
-            }
-        }
         let stopped = active.stop();
         let result = result?;
         stopped?;

@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod propagation;
 pub mod replay_speed;
+pub mod spread;
 pub mod synthetic;
 pub mod testbed;
 pub mod traffic;

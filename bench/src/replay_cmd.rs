@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use podfence_bench::replay_speed::{self, Report, Row, Settings, Spread, Tool, Workload};
+use podfence_bench::replay_speed::{self, Report, Row, Settings, Tool, Workload};
+use podfence_bench::spread::Spread;
 use podfence_bench::synthetic::Shape;
 use serde_json::{Value, json};
 

@@ -527,38 +527,6 @@ pub struct Settings {
     pub tshark_packets: u64,
 }
 
-/// Median and range of a few values.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Spread {
-    /// The median (of an even count, the mean of the middle two).
-    pub median: f64,
-    /// The least.
-    pub min: f64,
-    /// The greatest.
-    pub max: f64,
-}
-
-impl Spread {
-    /// The spread of `values`, `None` when there are none.
-    #[must_use]
-    pub fn of(values: &[f64]) -> Option<Self> {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let (first, last) = (*sorted.first()?, *sorted.last()?);
-        let mid = sorted.len() / 2;
-        let median = if sorted.len() % 2 == 1 {
-            sorted[mid]
-        } else {
-            f64::midpoint(sorted[mid - 1], sorted[mid])
-        };
-        Some(Self {
-            median,
-            min: first,
-            max: last,
-        })
-    }
-}
-
 /// One tool's measurement.
 #[derive(Clone, Debug)]
 pub struct Row {

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::{Case, CaseResult, PathKind, Run, VethReport};
+use crate::spread::Spread;
 
 /// A case over all its rounds.
 #[derive(Clone, Debug)]
@@ -56,17 +57,10 @@ pub struct Summary {
     pub max_lost: (u64, u64, u64),
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    }
+/// The median of `values` (0 when there are none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let values: Vec<f64> = values.collect();
+    Spread::of(&values).unwrap_or_default().median
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -78,6 +72,7 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 pub fn summarize(r: &CaseResult) -> Summary {
     let tp: Vec<&Run> = r.rounds.iter().map(|x| &x.throughput).collect();
     let mpps: Vec<f64> = tp.iter().map(|x| x.mpps()).collect();
+    let mpps_spread = Spread::of(&mpps).unwrap_or_default();
     let checks: Vec<&Run> = r.rounds.iter().filter_map(|x| x.no_loss.as_ref()).collect();
     let lats: Vec<&Run> = r.rounds.iter().filter_map(|x| x.latency.as_ref()).collect();
     let mut merged: Option<Histogram<u64>> = None;
@@ -97,16 +92,12 @@ pub fn summarize(r: &CaseResult) -> Summary {
     Summary {
         case: r.case,
         rounds: r.rounds.len(),
-        mpps: median(mpps.clone()),
-        mpps_range: (
-            mpps.iter().copied().fold(f64::INFINITY, f64::min),
-            mpps.iter().copied().fold(0.0, f64::max),
-        ),
-        offered_mpps: median(tp.iter().map(|x| x.offered_mpps()).collect()),
-        gbps: median(tp.iter().map(|x| x.gbps()).collect()),
-        loss_at_max: median(tp.iter().map(|x| x.loss()).collect()),
-        check_mpps: (!checks.is_empty())
-            .then(|| median(checks.iter().map(|x| x.offered_mpps()).collect())),
+        mpps: mpps_spread.median,
+        mpps_range: (mpps_spread.min, mpps_spread.max),
+        offered_mpps: median(tp.iter().map(|x| x.offered_mpps())),
+        gbps: median(tp.iter().map(|x| x.gbps())),
+        loss_at_max: median(tp.iter().map(|x| x.loss())),
+        check_mpps: (!checks.is_empty()).then(|| median(checks.iter().map(|x| x.offered_mpps()))),
         check_loss: (!checks.is_empty())
             .then(|| checks.iter().map(|x| x.loss()).fold(0.0, f64::max)),
         latency_us: merged
@@ -115,11 +106,11 @@ pub fn summarize(r: &CaseResult) -> Summary {
             .map(|h| (us(h, 0.5), us(h, 0.99), us(h, 0.999))),
         latency_rate: (!lats.is_empty()).then(|| {
             (
-                median(lats.iter().map(|x| x.offered_mpps()).collect()),
+                median(lats.iter().map(|x| x.offered_mpps())),
                 lats.iter().map(|x| x.loss()).fold(0.0, f64::max),
             )
         }),
-        cpus_busy: median(tp.iter().map(|x| x.cpus_busy).collect()),
+        cpus_busy: median(tp.iter().map(|x| x.cpus_busy)),
         cpus_foreign: all.clone().map(|x| x.cpus_foreign).fold(0.0, f64::max),
         cpus_stolen: all.clone().map(|x| x.cpus_stolen).fold(0.0, f64::max),
         denied_observed: dropped as f64 / sent.max(1) as f64,
@@ -151,13 +142,9 @@ pub fn summaries(report: &VethReport) -> Vec<Summary> {
 /// The summary of `path` at the headline policy count (or its only count).
 #[must_use]
 pub fn headline(summaries: &[Summary], path: PathKind, policies: usize) -> Option<&Summary> {
-    let mut of_path = summaries.iter().filter(|s| s.case.path == path);
-    let all: Vec<&Summary> = of_path.clone().collect();
-    if path.enforces() {
-        of_path.find(|s| s.case.policies == policies)
-    } else {
-        all.first().copied()
-    }
+    summaries
+        .iter()
+        .find(|s| s.case.path == path && (!path.enforces() || s.case.policies == policies))
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {

@@ -85,15 +85,8 @@ enum Command {
     /// changes (pod label flips, policy edits, pod churn), each timed from
     /// the API write to its table generation being live.
     Propagation {
-        /// Pods.
-        #[arg(long, default_value_t = 10_000)]
-        pods: usize,
-        /// Namespaces.
-        #[arg(long, default_value_t = 100)]
-        namespaces: usize,
-        /// Policies.
-        #[arg(long, default_value_t = 1_000)]
-        policies: usize,
+        #[command(flatten)]
+        shape: ShapeArgs,
         /// Changes to time.
         #[arg(long, default_value_t = 400)]
         changes: usize,
@@ -120,15 +113,8 @@ enum Command {
     /// policies, two workers, batch latency, allocations per packet, and
     /// replay of a capture.
     Classify {
-        /// Pods of the synthetic cluster.
-        #[arg(long, default_value_t = 10_000)]
-        pods: usize,
-        /// Namespaces.
-        #[arg(long, default_value_t = 100)]
-        namespaces: usize,
-        /// Policies (the curve varies this).
-        #[arg(long, default_value_t = 1_000)]
-        policies: usize,
+        #[command(flatten)]
+        shape: ShapeArgs,
         /// Packets per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         packets: usize,
@@ -136,6 +122,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The synthetic cluster's size (`synthetic::cluster`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub(crate) struct ShapeArgs {
+    /// Pods of the synthetic cluster.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Namespaces.
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    /// Policies.
+    #[arg(long, default_value_t = 1_000)]
+    policies: usize,
+}
+
+impl ShapeArgs {
+    pub(crate) fn shape(self) -> Shape {
+        Shape {
+            namespaces: self.namespaces,
+            pods: self.pods,
+            policies: self.policies,
+        }
+    }
 }
 
 /// Prints a subcommand's error and exits with status 1.
@@ -149,21 +159,14 @@ fn exit_on_error(command: &str, result: Result<(), String>) {
 fn main() {
     match Cli::parse().command {
         Command::Propagation {
-            pods,
-            namespaces,
-            policies,
+            shape,
             changes,
             debounce_ms,
             json,
         } => {
             log_to_stderr();
-            let shape = Shape {
-                namespaces,
-                pods,
-                policies,
-            };
             match podfence_bench::propagation::run(
-                shape,
+                shape.shape(),
                 changes,
                 Duration::from_millis(debounce_ms),
             ) {
@@ -186,22 +189,10 @@ fn main() {
             }
         },
         Command::Classify {
-            pods,
-            namespaces,
-            policies,
+            shape,
             packets,
             json,
-        } => {
-            bench_pipeline(
-                Shape {
-                    namespaces,
-                    pods,
-                    policies,
-                },
-                packets,
-                json,
-            );
-        }
+        } => bench_pipeline(shape.shape(), packets, json),
         Command::Compile {
             pods,
             namespaces,

@@ -24,15 +24,8 @@ pub(crate) struct ReplayArgs {
     #[arg(long, default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: u32,
-    /// Pods of the synthetic cluster.
-    #[arg(long, default_value_t = 10_000)]
-    pods: usize,
-    /// Namespaces.
-    #[arg(long, default_value_t = 100)]
-    namespaces: usize,
-    /// Policies.
-    #[arg(long, default_value_t = 1_000)]
-    policies: usize,
+    #[command(flatten)]
+    shape: crate::ShapeArgs,
     /// The podfence binary [default: `podfence` next to this program, where
     /// `cargo build --release` puts both].
     #[arg(long, value_name = "PATH")]
@@ -57,10 +50,11 @@ pub(crate) fn run(args: &ReplayArgs) -> Result<(), String> {
     if !podfence.is_file() {
         return Err(replay_speed::Error::NoPodfence(podfence).to_string());
     }
+    let shape = args.shape.shape();
     let shape = Shape {
-        namespaces: args.namespaces.max(1),
-        pods: args.pods.max(1),
-        policies: args.policies,
+        namespaces: shape.namespaces.max(1),
+        pods: shape.pods.max(1),
+        ..shape
     };
     note(&format!(
         "generating {} packets of traffic of {} pods, {} namespaces, {} policies",

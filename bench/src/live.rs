@@ -20,7 +20,8 @@ use podfence_control::agent::{
     Agent, AgentError, AgentOptions, AgentStatus, WorkerReport, local_addresses,
 };
 use podfence_control::compile::{CompileOptions, compile};
-use podfence_control::model::{Cluster, Protocol};
+use podfence_control::index::Cluster;
+use podfence_control::model::Protocol;
 use podfence_control::probe::{Endpoint, Probe, classify};
 
 use crate::testbed::{ProbeOutcome, Testbed, TestbedError, TestbedOptions, enter_netns};

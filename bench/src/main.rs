@@ -314,7 +314,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// alternating order on the same states. Changes cycle through a pod label
 /// flip, a policy edit, a pod deleted and recreated, a namespace relabelled.
 fn time_changes(
-    mut cluster: podfence_control::model::Cluster,
+    mut cluster: podfence_control::index::Cluster,
     options: &CompileOptions,
     changes: usize,
 ) -> (f64, f64) {
@@ -338,28 +338,26 @@ fn time_changes(
             0 => {
                 let mut pod = pods[k % pods.len()].clone();
                 pod.labels.insert("app".into(), format!("app-{}", i % 10));
-                cluster.apply_pod(pod);
+                cluster.apply(pod);
             }
             1 => {
                 let mut edited = policies[(k + 1) % policies.len()].clone();
                 let at = &policies[k % policies.len()];
                 edited.namespace.clone_from(&at.namespace);
                 edited.name.clone_from(&at.name);
-                cluster.apply_policy(edited);
+                cluster.apply(edited);
             }
             2 => {
                 let pod = &pods[k % pods.len()];
-                cluster
-                    .pods
-                    .remove(&(pod.namespace.clone(), pod.name.clone()));
+                cluster.delete::<Pod>(&pod.key());
                 let _ = compiler.compile(&cluster, i as u64);
-                cluster.apply_pod(pod.clone());
+                cluster.apply(pod.clone());
             }
             _ => {
                 let mut ns = namespaces[k % namespaces.len()].clone();
                 ns.labels
                     .insert("env".into(), ["prod", "dev"][i % 2].into());
-                cluster.apply_namespace(ns);
+                cluster.apply(ns);
             }
         }
         let time_scratch = || {
@@ -384,7 +382,7 @@ fn time_changes(
 /// [`time_changes`] with every pod enforced, then for a node's agent (the
 /// pods of one node of fifty).
 fn change_times(
-    cluster: podfence_control::model::Cluster,
+    cluster: podfence_control::index::Cluster,
     options: &CompileOptions,
     changes: usize,
 ) -> [f64; 4] {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use podfence_bench::live::{LiveNode, LiveProbe, externals};
 use podfence_control::agent::AgentOptions;
-use podfence_control::model::{Cluster, Protocol};
+use podfence_control::index::Cluster;
+use podfence_control::model::Protocol;
 use podfence_control::probe::{self, Endpoint, Probe};
 
 #[derive(Args, Debug)]

@@ -34,7 +34,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 
 use podfence_control::compile::Locality;
-use podfence_control::model::{Cluster, Peer as PolicyPeer};
+use podfence_control::index::Cluster;
+use podfence_control::model::Peer as PolicyPeer;
 use podfence_datapath::tables::{Enforcement, GroupId, IdentityId, Peer, PortRule};
 use podfence_datapath::{Prefix, Protocol, Tables};
 
@@ -258,7 +259,7 @@ pub fn ruleset(
         .pods
         .values()
         .filter(|p| p.is_policy_endpoint() && locality.includes(p))
-        .filter_map(|p| crate::traffic::first_v4(&p.ips).map(|a| (p.key(), a)))
+        .filter_map(|p| crate::traffic::first_v4(&p.ips).map(|a| (p.key().to_string(), a)))
         .collect();
     locals.sort();
     for (i, (key, addr)) in locals.iter().enumerate() {

@@ -13,12 +13,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use podfence_control::agent::TablePublisher;
 use podfence_control::compile::{CompileOptions, Locality};
+use podfence_control::index::Cluster;
 use podfence_control::model::{
-    Cluster, LabelSelector, Namespace, NetworkPolicy, Operator, Peer, Pod, PolicyPort, PortSpec,
-    Rule,
+    LabelSelector, Namespace, NetworkPolicy, Operator, Peer, Pod, PolicyPort, PortSpec, Rule,
 };
+use podfence_control::publish::TablePublisher;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use serde_json::{Value, json};
 

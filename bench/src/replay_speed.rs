@@ -67,7 +67,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use podfence_control::compile::{CompileOptions, compile};
-use podfence_control::model::Cluster;
+use podfence_control::index::Cluster;
 use podfence_datapath::conntrack::tcp_flags::{ACK, FIN, SYN};
 use podfence_datapath::link::LinkType;
 use podfence_datapath::ports::PortError;

@@ -10,10 +10,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use podfence_control::index::Cluster;
 use podfence_control::model::Pod;
 use podfence_control::model::{
-    Cluster, IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace,
-    NetworkPolicy, Operator, Peer, PodPhase, PolicyPort, PortSpec, Protocol, Requirement, Rule,
+    IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy,
+    Operator, Peer, PodPhase, PolicyPort, PortSpec, Protocol, Requirement, Rule,
 };
 
 /// Size of a synthetic cluster.
@@ -97,7 +98,7 @@ pub fn cluster(shape: Shape) -> Cluster {
     let ns_count = shape.namespaces.max(1);
     for n in 0..ns_count {
         let name = namespace_name(n);
-        c.apply_namespace(Namespace {
+        c.apply(Namespace {
             labels: labels(&[
                 (NAMESPACE_NAME_LABEL, name.clone()),
                 ("team", format!("team-{}", n % TEAMS)),
@@ -130,7 +131,7 @@ pub fn cluster(shape: Shape) -> Cluster {
                 port: 53,
             });
         }
-        c.apply_pod(Pod {
+        c.apply(Pod {
             namespace: namespace_name(n),
             name: format!("app-{app}-{k}"),
             labels: labels(&[
@@ -153,7 +154,7 @@ pub fn cluster(shape: Shape) -> Cluster {
     for p in 0..shape.policies {
         let n = p % ns_count;
         let kind = (p / ns_count) % 10;
-        c.apply_policy(policy(n, kind, p / ns_count));
+        c.apply(policy(n, kind, p / ns_count));
     }
     c
 }

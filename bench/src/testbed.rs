@@ -47,7 +47,8 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use podfence_control::model::{Cluster, PodPhase, Protocol};
+use podfence_control::index::Cluster;
+use podfence_control::model::{PodPhase, Protocol};
 use podfence_control::probe::{Endpoint, Probe};
 use podfence_datapath::craft::{FrameSpec, Transport};
 
@@ -544,7 +545,7 @@ impl Testbed {
 
         let mut taken = HashSet::new();
         for (index, pod) in cluster.pods.values().enumerate() {
-            let key = pod.key();
+            let key = pod.key().to_string();
             let reason = if pod.host_network {
                 Some("uses the host network")
             } else if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {

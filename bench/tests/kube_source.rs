@@ -9,9 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use podfence_bench::apiserver::{ApiServer, Resource};
-use podfence_control::agent::TablePublisher;
 use podfence_control::compile::{CompileOptions, Locality};
-use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceStats, SourceThread};
+use podfence_control::index::IndexStats;
+use podfence_control::publish::TablePublisher;
+use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use podfence_datapath::Protocol;
 use serde_json::{Value, json};
 
@@ -131,7 +132,7 @@ impl Harness {
         )
     }
 
-    fn stop(mut self) -> SourceStats {
+    fn stop(mut self) -> IndexStats {
         self.source
             .take()
             .expect("running")

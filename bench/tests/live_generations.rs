@@ -9,7 +9,7 @@ use std::time::Duration;
 use podfence_bench::live::LiveNode;
 use podfence_bench::testbed::{ProbeOutcome, TestbedOptions};
 use podfence_control::agent::AgentOptions;
-use podfence_control::model::Cluster;
+use podfence_control::index::Cluster;
 use podfence_control::probe::Endpoint;
 use podfence_control::sources::manifests;
 

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
-use podfence_control::model::{Cluster, Protocol};
+use podfence_control::index::Cluster;
+use podfence_control::model::Protocol;
 use podfence_control::probe::{Endpoint, Probe};
 
 fn netns_list() -> String {

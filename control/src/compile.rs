@@ -44,8 +44,9 @@ use podfence_datapath::tables::{
 use podfence_datapath::{Prefix, Tables, TablesBuilder};
 use rustc_hash::FxHashMap;
 
+use crate::index::Cluster;
 use crate::model::{
-    Cluster, IpBlock, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod, PortSpec, Rule,
+    IpBlock, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod, PortSpec, Rule,
 };
 
 /// Which pods this node enforces policy for.
@@ -246,10 +247,7 @@ impl Compiler {
     pub fn compiled_state(&self) -> Cluster {
         let mut cluster = Cluster::default();
         for m in &self.memo.endpoints {
-            cluster.pods.insert(
-                (m.pod.namespace.clone(), m.pod.name.clone()),
-                Arc::clone(&m.pod),
-            );
+            cluster.pods.insert(m.pod.key(), Arc::clone(&m.pod));
             if let Some(ns) = &m.namespace {
                 cluster
                     .namespaces
@@ -258,10 +256,9 @@ impl Compiler {
             }
         }
         for m in &self.memo.policies {
-            cluster.policies.insert(
-                (m.policy.namespace.clone(), m.policy.name.clone()),
-                Arc::clone(&m.policy),
-            );
+            cluster
+                .policies
+                .insert(m.policy.key(), Arc::clone(&m.policy));
         }
         cluster
     }

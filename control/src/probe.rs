@@ -13,7 +13,8 @@ use std::str::FromStr;
 use podfence_datapath::tables::{Decision, Direction, Enforcement, GroupId, PolicyId};
 use podfence_datapath::{Tables, Verdict};
 
-use crate::model::{Cluster, PodPhase, Protocol};
+use crate::index::Cluster;
+use crate::model::{ObjectKey, PodPhase, Protocol};
 
 /// One side of a connection attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -273,7 +274,7 @@ impl Explanation<'_> {
                 let text = self
                     .cluster
                     .policies
-                    .get(&(name.namespace.to_string(), name.name.to_string()))
+                    .get(&ObjectKey::new(name.namespace.as_ref(), name.name.as_ref()))
                     .and_then(|np| match direction {
                         Direction::Ingress => np
                             .ingress

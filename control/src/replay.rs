@@ -35,7 +35,8 @@ use podfence_datapath::tables::{Decision, Direction, Tables, Verdict};
 use podfence_datapath::worker::{MalformedAction, Outcome, Output, Worker, WorkerConfig};
 use rustc_hash::FxHashMap;
 
-use crate::model::{Cluster, PodPhase, Protocol};
+use crate::index::Cluster;
+use crate::model::{PodPhase, Protocol};
 use crate::probe::{Endpoint, Explanation, Probe};
 use crate::sources::manifests::{self, LoadErrors, Manifests};
 
@@ -784,7 +785,7 @@ pub fn load_candidate(
             .cluster
             .policies
             .keys()
-            .any(|(n, m)| Some(n.as_str()) == ns && Some(m.as_str()) == name)
+            .any(|k| Some(k.namespace.as_str()) == ns && Some(k.name.as_str()) == name)
         {
             return Err(CandidateError::NoSuchPolicy(p.to_string()));
         }
@@ -808,9 +809,9 @@ pub fn load_candidate(
                 .map_err(CandidateError::Load)?
                 .cluster
         };
-        out.cluster.policies.retain(|(ns, name), _| {
-            defined.policies.contains_key(&(ns.clone(), name.clone()))
-                || !delete.iter().any(|p| p.matches(ns, name))
+        out.cluster.policies.retain(|key, _| {
+            defined.policies.contains_key(key)
+                || !delete.iter().any(|p| p.matches(&key.namespace, &key.name))
         });
     }
     Ok(out)
@@ -838,14 +839,14 @@ impl StateChanges {
         let mut out = Self::default();
         for (k, p) in &candidate.policies {
             match current.policies.get(k) {
-                None => out.policies_added.push(format!("{}/{}", k.0, k.1)),
-                Some(q) if q != p => out.policies_changed.push(format!("{}/{}", k.0, k.1)),
+                None => out.policies_added.push(k.to_string()),
+                Some(q) if q != p => out.policies_changed.push(k.to_string()),
                 Some(_) => {}
             }
         }
         for k in current.policies.keys() {
             if !candidate.policies.contains_key(k) {
-                out.policies_deleted.push(format!("{}/{}", k.0, k.1));
+                out.policies_deleted.push(k.to_string());
             }
         }
         out.pods = differing(&current.pods, &candidate.pods);

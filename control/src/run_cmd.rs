@@ -26,11 +26,11 @@ use podfence_control::agent::control_socket::{self, ControlSocket, ControlState}
 use podfence_control::agent::metrics::MetricsServer;
 use podfence_control::agent::plumbing;
 use podfence_control::agent::{
-    Agent, AgentOptions, AgentStatus, DenialOptions, DenyLog, TablePublisher, fail_mode,
-    local_addresses, locality,
+    Agent, AgentOptions, AgentStatus, DenialOptions, DenyLog, fail_mode, local_addresses, locality,
 };
 use podfence_control::compile::{CompileOptions, Locality};
-use podfence_control::model::Cluster;
+use podfence_control::index::Cluster;
+use podfence_control::publish::TablePublisher;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use podfence_control::sources::manifests;
 use podfence_datapath::ports::xsk::BusyPoll;

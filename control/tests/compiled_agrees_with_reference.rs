@@ -13,10 +13,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use podfence_control::compile::{CompileOptions, Locality, compile};
+use podfence_control::index::Cluster;
 use podfence_control::model::{
-    Cluster, IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace,
-    NetworkPolicy, Operator, Peer, Pod, PodPhase, PolicyPort, PortSpec, Protocol, Requirement,
-    Rule,
+    IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy,
+    Operator, Peer, Pod, PodPhase, PolicyPort, PortSpec, Protocol, Requirement, Rule,
 };
 use podfence_datapath::Prefix;
 use podfence_datapath::tables::Decision;
@@ -426,7 +426,7 @@ fn end_address(pods: &[Pod], end: EndDraft, ipv4: bool) -> Option<(String, IpAdd
         EndDraft::Pod(i) => {
             let pod = i.get(pods);
             let ip = pod.ips.iter().copied().find(|ip| ip.is_ipv4() == ipv4)?;
-            Some((pod.key(), ip))
+            Some((pod.key().to_string(), ip))
         }
     }
 }
@@ -451,7 +451,7 @@ fn case() -> impl Strategy<Value = Case> {
             for (name, (has_object, mut labels)) in names.iter().zip(namespaces) {
                 if has_object {
                     labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
-                    cluster.apply_namespace(Namespace {
+                    cluster.apply(Namespace {
                         name: name.clone(),
                         labels,
                     });
@@ -459,12 +459,12 @@ fn case() -> impl Strategy<Value = Case> {
             }
             let pods = build_pods(&names, pods);
             for pod in &pods {
-                cluster.apply_pod(pod.clone());
+                cluster.apply(pod.clone());
             }
             for (i, (ns, mut policy)) in policies.into_iter().enumerate() {
                 policy.namespace.clone_from(&names[ns % names.len()]);
                 policy.name = format!("np{i}");
-                cluster.apply_policy(policy);
+                cluster.apply(policy);
             }
             cluster.add_implicit_namespaces();
             let probes = probes

@@ -18,7 +18,8 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use podfence_control::agent::metrics::{ControlMetrics, Health, MetricsServer};
+use podfence_control::agent::metrics::{Health, MetricsServer};
+use podfence_control::metrics::ControlMetrics;
 use serde_json::Value;
 
 /// Stand-ins for what the downward API gives the container.

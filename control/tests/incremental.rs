@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use podfence_control::compile::{AUDIT_LABEL, CompileOptions, Compiler, Locality, compile};
-use podfence_control::model::{Cluster, NetworkPolicy, Pod};
+use podfence_control::index::Cluster;
+use podfence_control::model::{NetworkPolicy, Pod};
 use podfence_control::sources::manifests;
 
 fn conformance_dir() -> PathBuf {
@@ -40,7 +41,7 @@ fn universe() -> (Cluster, Vec<NetworkPolicy>) {
                     }
                 };
             }
-            cluster.apply_pod(pod);
+            cluster.apply(pod);
         }
     }
     let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
@@ -105,7 +106,7 @@ fn change(
                 "pod {}/{} relabelled like {}/{}",
                 a.namespace, a.name, b.namespace, b.name
             );
-            cluster.apply_pod(a);
+            cluster.apply(a);
             what
         }
         1 => {
@@ -127,15 +128,13 @@ fn change(
             if !gone.is_empty() && rng.below(2) == 0 {
                 let pod = gone.swap_remove(rng.below(gone.len()));
                 let what = format!("pod {}/{} recreated", pod.namespace, pod.name);
-                cluster.apply_pod(pod);
+                cluster.apply(pod);
                 return what;
             }
             let Some(pod) = pick_pod(cluster, rng) else {
                 return "nothing".into();
             };
-            cluster
-                .pods
-                .remove(&(pod.namespace.clone(), pod.name.clone()));
+            cluster.pods.remove(&pod.key());
             let what = format!("pod {}/{} deleted", pod.namespace, pod.name);
             gone.push(pod);
             what
@@ -151,8 +150,8 @@ fn change(
                 "pods {}/{} and {}/{} swap addresses",
                 a.namespace, a.name, b.namespace, b.name
             );
-            cluster.apply_pod(a);
-            cluster.apply_pod(b);
+            cluster.apply(a);
+            cluster.apply(b);
             what
         }
         4 => {
@@ -162,7 +161,7 @@ fn change(
             };
             pod.node = Some(["node-1", "node-2"][rng.below(2)].into());
             let what = format!("pod {}/{} on {:?}", pod.namespace, pod.name, pod.node);
-            cluster.apply_pod(pod);
+            cluster.apply(pod);
             what
         }
         5 => {
@@ -181,7 +180,7 @@ fn change(
                 ns.labels.remove(AUDIT_LABEL.0);
             }
             let what = format!("namespace {} label ns={value}", ns.name);
-            cluster.apply_namespace(ns);
+            cluster.apply(ns);
             what
         }
         6 => {
@@ -196,7 +195,7 @@ fn change(
             // A policy added (or replaced by the same again: a new object).
             let p = policies[rng.below(policies.len())].clone();
             let what = format!("policy {}/{} applied", p.namespace, p.name);
-            cluster.apply_policy(p);
+            cluster.apply(p);
             what
         }
         _ => {
@@ -207,16 +206,16 @@ fn change(
             };
             if rng.below(2) == 0 {
                 cluster.policies.remove(&key);
-                return format!("policy {}/{} deleted", key.0, key.1);
+                return format!("policy {key} deleted");
             }
             let other = &policies[rng.below(policies.len())];
             let mut edited = other.clone();
-            edited.namespace.clone_from(&key.0);
-            edited.name.clone_from(&key.1);
-            cluster.apply_policy(edited);
+            edited.namespace.clone_from(&key.namespace);
+            edited.name.clone_from(&key.name);
+            cluster.apply(edited);
             format!(
-                "policy {}/{} edited like {}/{}",
-                key.0, key.1, other.namespace, other.name
+                "policy {key} edited like {}/{}",
+                other.namespace, other.name
             )
         }
     }

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use podfence_control::compile::{CompileOptions, Locality, compile};
-use podfence_control::model::{Cluster, Protocol};
+use podfence_control::index::Cluster;
+use podfence_control::model::Protocol;
 use podfence_control::probe::{Endpoint, Probe, ProbeError, classify, resolve};
 use podfence_control::sources::manifests;
 use podfence_datapath::{Decision, Tables, Verdict};

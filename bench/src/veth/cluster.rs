@@ -22,8 +22,9 @@
 
 use std::net::Ipv4Addr;
 
+use podfence_control::index::Cluster;
 use podfence_control::model::{
-    Cluster, LabelSelector, NetworkPolicy, Peer, PolicyPort, PortSpec, Protocol, Rule,
+    LabelSelector, NetworkPolicy, Peer, PolicyPort, PortSpec, Protocol, Rule,
 };
 
 use crate::synthetic::{self, Shape};
@@ -139,19 +140,19 @@ pub fn bench_cluster(shape: Shape, allowed: u16, denied: u16) -> BenchCluster {
         crate::traffic::first_v4(&p.ips).expect("synthetic pods have IPv4 addresses")
     };
     let (sink_ip, generator_ip) = (v4(&sink), v4(&generator));
-    let (sink_key, gen_key) = (sink.key(), generator.key());
-    full.apply_pod(sink.clone());
-    full.apply_pod(generator.clone());
-    full.apply_policy(ingress);
-    full.apply_policy(egress);
+    let (sink_key, gen_key) = (sink.key().to_string(), generator.key().to_string());
+    full.apply(sink.clone());
+    full.apply(generator.clone());
+    full.apply(ingress);
+    full.apply(egress);
     let mut open = full.clone();
     open.policies.clear();
     let mut local = Cluster::default();
     if let Some(ns) = full.namespaces.get(&sink.namespace) {
-        local.apply_namespace(podfence_control::model::Namespace::clone(ns));
+        local.apply(podfence_control::model::Namespace::clone(ns));
     }
-    local.apply_pod(sink);
-    local.apply_pod(generator);
+    local.apply(sink);
+    local.apply(generator);
     BenchCluster {
         policies: shape.policies,
         full,

@@ -21,8 +21,8 @@ use tracing::warn;
 
 use super::AgentStatus;
 use super::metrics::WorkerCounters;
-use super::tables::TablePublisher;
 use crate::probe::{self, Explanation, Probe};
+use crate::publish::TablePublisher;
 
 /// Default path of the socket.
 pub const DEFAULT_PATH: &str = "/run/podfence/control.sock";

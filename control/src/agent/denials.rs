@@ -30,8 +30,8 @@ use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::metrics::ControlMetrics;
 use crate::capture::CaptureWriter;
+use crate::metrics::ControlMetrics;
 
 /// Where deny log lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,7 +28,6 @@ pub mod control_socket;
 pub mod denials;
 pub mod metrics;
 pub mod plumbing;
-pub mod tables;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -49,12 +48,12 @@ use podfence_datapath::worker::{Worker, WorkerConfig, pin_to_core};
 use tracing::{error, info, warn};
 
 use crate::compile::{CompileOptions, Locality};
-use crate::model::Cluster;
+use crate::index::Cluster;
+use crate::publish::TablePublisher;
 use denials::DenialReporter;
 pub use denials::{DenialOptions, DenyLog};
 use metrics::{Health, RingCounters, WorkerCounters};
 use plumbing::{Discovery, HostPair, PlumbingConfig};
-pub use tables::{Published, TablePublisher};
 
 /// What can stop the agent from starting or stopping cleanly.
 #[derive(Debug, thiserror::Error)]

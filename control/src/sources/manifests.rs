@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use serde_json::Value;
 
-use crate::model::{Cluster, ModelError, Namespace, NetworkPolicy, ObjectRef, Pod};
+use crate::index::Cluster;
+use crate::model::{ModelError, Namespace, NetworkPolicy, ObjectKey, ObjectRef, Pod};
 
 /// What a set of manifests holds.
 #[derive(Clone, Debug, Default)]
@@ -244,10 +245,14 @@ fn load_object(
     let result = match (group, kind) {
         ("", "Namespace") => decode::<core::Namespace>(doc, kind)
             .and_then(|n| Namespace::from_resource(&n))
-            .map(|n| out.cluster.apply_namespace(n)),
+            .map(|n| {
+                out.cluster.apply(n);
+            }),
         ("", "Pod") => decode::<core::Pod>(doc, kind)
             .and_then(|p| Pod::from_resource(&p))
-            .map(|p| out.cluster.apply_pod(p)),
+            .map(|p| {
+                out.cluster.apply(p);
+            }),
         ("networking.k8s.io", "NetworkPolicy") => {
             if api_version != "networking.k8s.io/v1" && !api_version.is_empty() {
                 Err(ModelError {
@@ -258,7 +263,9 @@ fn load_object(
             } else {
                 decode::<net::NetworkPolicy>(doc, kind)
                     .and_then(|p| NetworkPolicy::from_resource(&p))
-                    .map(|p| out.cluster.apply_policy(p))
+                    .map(|p| {
+                        out.cluster.apply(p);
+                    })
             }
         }
         _ => {
@@ -286,14 +293,14 @@ fn object_ref_of(doc: &Value, kind: &str) -> ObjectRef {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
+    let name = field("name").unwrap_or_else(|| "<unnamed>".into());
     ObjectRef {
         kind: kind.to_owned(),
-        namespace: if kind == "Namespace" {
-            String::new()
+        key: if kind == "Namespace" {
+            ObjectKey::cluster_scoped(name)
         } else {
-            field("namespace").unwrap_or_else(|| "default".into())
+            ObjectKey::new(field("namespace").unwrap_or_else(|| "default".into()), name)
         },
-        name: field("name").unwrap_or_else(|| "<unnamed>".into()),
     }
 }
 
@@ -330,7 +337,7 @@ mod tests {
             m.cluster.namespaces.contains_key("y"),
             "implicit namespace for the policy"
         );
-        let p = &m.cluster.policies[&("y".to_owned(), "p".to_owned())];
+        let p = &m.cluster.policies[&ObjectKey::new("y", "p")];
         assert_eq!(
             p.pod_selector.match_labels,
             vec![("on".to_owned(), "off".to_owned())]

@@ -21,9 +21,10 @@
 
 use std::net::IpAddr;
 
+use podfence_control::index::Cluster;
 use podfence_control::model::{
-    Cluster, IpBlock, LabelSelector, NetworkPolicy, Operator, Peer, Pod, PolicyPort, PortSpec,
-    Protocol, Rule,
+    IpBlock, LabelSelector, NetworkPolicy, Operator, Peer, Pod, PolicyPort, PortSpec, Protocol,
+    Rule,
 };
 use podfence_datapath::Prefix;
 

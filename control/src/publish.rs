@@ -14,9 +14,9 @@ use podfence_datapath::Tables;
 use podfence_datapath::publish::{Generation, Publisher};
 use tracing::{info, warn};
 
-use super::metrics::ControlMetrics;
 use crate::compile::{CompileOptions, Compiler, Locality};
-use crate::model::Cluster;
+use crate::index::Cluster;
+use crate::metrics::ControlMetrics;
 
 /// What one publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

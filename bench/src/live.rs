@@ -1,10 +1,12 @@
 //! The agent running inside a testbed's node namespace, and the live
 //! reachability matrix.
 //!
-//! [`LiveAgent`] runs [`Agent`] on a thread of its own that entered the node
-//! namespace: the agent changes routes and links of the namespace it runs
-//! in, and must be stopped there, so every call is a message to that
-//! thread. Drop the agent before the testbed (declare it after).
+//! [`LiveAgent`] runs the agent's [`Supervisor`] (as `podfence run` does,
+//! with states handed over by the caller instead of files or the API) on a
+//! thread of its own that entered the node namespace: the agent changes
+//! routes and links of the namespace it runs in, and must be stopped there,
+//! so every call is a message to that thread. Drop the agent before the
+//! testbed (declare it after).
 //!
 //! [`LiveNode::probe`] performs probes as real connection attempts. A probe is
 //! allowed when its first packet got through: an answer, a refusal (TCP RST
@@ -16,9 +18,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use podfence_control::agent::{
-    Agent, AgentError, AgentOptions, AgentStatus, WorkerReport, local_addresses,
+use podfence_control::agent::supervisor::{
+    ClusterSource, Supervisor, SupervisorError, SupervisorOptions,
 };
+use podfence_control::agent::{AgentError, AgentOptions, AgentStatus, WorkerReport};
 use podfence_control::compile::{CompileOptions, compile};
 use podfence_control::index::Cluster;
 use podfence_control::model::Protocol;
@@ -44,6 +47,9 @@ pub enum LiveError {
         source: std::io::Error,
     },
     /// The agent failed to start.
+    #[error(transparent)]
+    Start(#[from] SupervisorError),
+    /// The agent failed to stop cleanly.
     #[error(transparent)]
     Agent(#[from] AgentError),
     /// The agent's thread could not be started.
@@ -76,35 +82,47 @@ impl LiveAgent {
                     let _ = started_tx.send(Err(LiveError::Netns { netns, source }));
                     return;
                 }
-                let mut agent = match Agent::start(&cluster, options) {
-                    Ok(agent) => agent,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e.into()));
-                        return;
-                    }
+                let options = SupervisorOptions {
+                    agent: options,
+                    ..SupervisorOptions::default()
                 };
+                let mut supervisor =
+                    match Supervisor::start(ClusterSource::Given(cluster), options, || false) {
+                        Ok(Some(supervisor)) => supervisor,
+                        Ok(None) => unreachable!("never asked to stop while starting"),
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
                 let _ = started_tx.send(Ok(()));
                 // A dropped sender (the handle dropped) stops the agent too.
-                while let Ok(request) = inbox.recv() {
+                loop {
+                    let request = match inbox.recv_timeout(Duration::from_millis(50)) {
+                        Ok(request) => request,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let _ = supervisor.tick();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     match request {
                         Request::Publish(cluster, reply) => {
-                            let generation = agent.publish(&cluster, Some(Instant::now()));
-                            let addrs = local_addresses(&cluster, agent.tables().locality());
-                            if let Err(e) = agent.reconcile(&addrs) {
-                                eprintln!("live agent: reconcile: {e}");
-                            }
+                            let generation = supervisor
+                                .apply_state(*cluster, Instant::now())
+                                .unwrap_or_else(|| supervisor.agent().tables().generation());
                             let _ = reply.send(generation);
                         }
                         Request::Status(reply) => {
-                            let _ = reply.send(agent.status());
+                            let _ = reply.send(supervisor.agent().status());
                         }
                         Request::Stop(reply) => {
-                            let _ = reply.send(agent.stop());
+                            let _ = reply.send(supervisor.stop());
                             return;
                         }
                     }
                 }
-                if let Err(e) = agent.stop() {
+                if let Err(e) = supervisor.stop() {
                     eprintln!("live agent: stop: {e}");
                 }
             })
@@ -127,7 +145,8 @@ impl LiveAgent {
         rx.recv().map_err(|_| LiveError::Gone)
     }
 
-    /// Compiles and publishes a new generation; returns its number.
+    /// Hands the agent a new cluster state; returns the generation in force
+    /// after it (unchanged when nothing the model keeps changed).
     pub fn publish(&self, cluster: &Cluster) -> Result<u64, LiveError> {
         self.ask(|tx| Request::Publish(Box::new(cluster.clone()), tx))
     }

@@ -184,6 +184,43 @@ fn initial_sync_and_every_kind_of_change() {
     assert_eq!(stats.lists, 3, "{stats:?}");
 }
 
+/// Pod a as the kubelet keeps rewriting it: readiness, conditions,
+/// restart count and an annotation from `n`, labels unchanged.
+fn client_a_status(n: u32) -> Value {
+    let mut a = pod("x", "a", "10.244.1.1", &json!({"pod": "a"}));
+    a["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/restartedAt": n.to_string()});
+    let ready = if n.is_multiple_of(2) { "True" } else { "False" };
+    a["status"]["conditions"] = json!([{"type": "Ready", "status": ready}]);
+    a["status"]["containerStatuses"] = json!([{"name": "c", "image": "i", "imageID": "",
+        "ready": n.is_multiple_of(2), "restartCount": n}]);
+    a
+}
+
+#[test]
+fn updates_of_what_policy_ignores_publish_no_generation() {
+    let h = Harness::start(false);
+    assert_eq!(h.next_generation(Duration::from_secs(20)), Some(1));
+    h.server.apply(only_clients_to_b()).unwrap();
+    h.await_verdict(false, "policy isolates b");
+    let before = h.tables.generation();
+    for n in 1..=4 {
+        let version = h.server.apply(client_a_status(n)).unwrap();
+        assert!(
+            version > 0,
+            "the server gives each update a resourceVersion"
+        );
+    }
+    // Long past the debounce: a generation for those updates would be out.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(h.tables.generation(), before);
+    // A label is what selectors see: that publishes.
+    h.server.apply(client_a()).unwrap();
+    h.await_verdict(true, "a labelled client");
+    assert_eq!(h.tables.generation(), before + 1);
+    let stats = h.stop();
+    assert_eq!(stats.unchanged, 4, "{stats:?}");
+}
+
 #[test]
 fn a_cut_stream_resumes_and_410_relists() {
     let h = Harness::start(false);

@@ -178,6 +178,61 @@ fn kill_fail_modes_restart_and_clean_stop() {
     assert_eq!(node_state(&node), before, "nothing left behind");
 }
 
+/// `CLUSTER` as the kubelet keeps rewriting pod a: an annotation, its
+/// resourceVersion, readiness and restart count from `n`, labels unchanged.
+fn cluster_with_status(n: u32) -> String {
+    let ready = if n.is_multiple_of(2) { "True" } else { "False" };
+    CLUSTER
+        .replace(
+            "metadata: {namespace: x, name: a, labels: {pod: a}}",
+            &format!(
+                "metadata: {{namespace: x, name: a, labels: {{pod: a}}, resourceVersion: '{n}', \
+                 annotations: {{restarted: '{n}'}}}}"
+            ),
+        )
+        .replace(
+            "status: {phase: Running, podIP: 10.244.1.1,",
+            &format!(
+                "status: {{conditions: [{{type: Ready, status: '{ready}'}}], \
+                 containerStatuses: [{{name: c, image: i, imageID: '', ready: {}, restartCount: {n}}}], \
+                 phase: Running, podIP: 10.244.1.1,",
+                n.is_multiple_of(2)
+            ),
+        )
+}
+
+/// Rewrites of the manifests that change only what policy ignores publish
+/// no generation; a label change publishes one.
+#[test]
+fn manifest_rewrites_of_what_policy_ignores_publish_nothing() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let (bed, dir, manifests) =
+        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "noop");
+    let agent = AgentProcess::start(bed.node_netns(), &manifests_arg(&manifests), &dir.0, &[]);
+    let a_c = "x/a\tx/c\tTCP\t80";
+    assert_eq!(outcome(&bed, a_c), ProbeOutcome::NoAnswer, "c isolated");
+    assert_eq!(agent.generation(), 1);
+    for n in 1..=2 {
+        let rewritten = cluster_with_status(n);
+        assert_ne!(rewritten, CLUSTER, "the status rewrite applies");
+        std::fs::write(&manifests, rewritten).expect("rewrite manifests");
+        // Long past the 100 ms the watch lets changes settle.
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(agent.generation(), 1, "rewrite {n} published nothing");
+    }
+    std::fs::write(
+        &manifests,
+        CLUSTER.replace("labels: {pod: c}", "labels: {pod: c2}"),
+    )
+    .expect("rewrite manifests");
+    await_outcome(&bed, a_c, true, "c relabelled out of the policy");
+    assert_eq!(agent.generation(), 2, "one generation for the label");
+    agent.terminate();
+}
+
 /// A start that fails after the agent made its host-port pair (here: the
 /// reverse-path filter cannot be written because /proc/sys is read-only,
 /// as in a container that did not remount it) exits with the reason and

@@ -19,24 +19,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, mpsc};
 
-use podfence_control::agent::control_socket::{self, ControlSocket, ControlState};
-use podfence_control::agent::metrics::MetricsServer;
-use podfence_control::agent::plumbing;
-use podfence_control::agent::{
-    Agent, AgentOptions, AgentStatus, DenialOptions, DenyLog, fail_mode, local_addresses, locality,
-};
-use podfence_control::compile::{CompileOptions, Locality};
-use podfence_control::index::Cluster;
-use podfence_control::publish::TablePublisher;
-use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
-use podfence_control::sources::manifests;
+use podfence_control::agent::control_socket;
+use podfence_control::agent::supervisor::{ClusterSource, Supervisor, SupervisorOptions};
+use podfence_control::agent::{AgentOptions, DenialOptions, DenyLog, fail_mode};
+use podfence_control::sources::kube::{ApiTarget, SourceOptions};
 use podfence_datapath::ports::xsk::BusyPoll;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// What pod traffic gets while no agent runs.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -203,14 +194,6 @@ pub(crate) struct RunArgs {
     capture_rate: u32,
 }
 
-fn load_cluster(paths: &[PathBuf]) -> Result<Cluster> {
-    let m = manifests::load(paths).context("the manifests cannot be used")?;
-    for (kind, n) in &m.skipped {
-        info!(kind, count = n, "skipped objects of another kind");
-    }
-    Ok(m.cluster)
-}
-
 fn options(args: &RunArgs) -> AgentOptions {
     let mut o = AgentOptions {
         node_name: args.node_name.clone(),
@@ -256,143 +239,21 @@ fn options(args: &RunArgs) -> AgentOptions {
     o
 }
 
-/// Keeps the agent's adopted pods in line with the local pods' addresses:
-/// at once when they change, every second while some have no route yet
-/// (the CNI may add it after the API reports the pod), every ten seconds
-/// otherwise (a MAC may change).
-struct PodTracker {
-    addrs: Vec<IpAddr>,
-    changed: bool,
-    last: Instant,
-}
-
-impl PodTracker {
-    fn new(status: &AgentStatus) -> Self {
-        let mut addrs: Vec<IpAddr> = status
-            .adopted
-            .iter()
-            .chain(&status.unrouted)
-            .copied()
-            .collect();
-        addrs.sort_unstable();
-        Self {
-            addrs,
-            changed: false,
-            last: Instant::now(),
-        }
+/// Where the cluster comes from.
+fn source(args: &RunArgs) -> ClusterSource {
+    if !args.manifests.is_empty() {
+        return ClusterSource::Manifests(args.manifests.clone());
     }
-
-    fn set(&mut self, addrs: Vec<IpAddr>) {
-        if addrs != self.addrs {
-            self.addrs = addrs;
-            self.changed = true;
-        }
-    }
-
-    fn maintain(&mut self, agent: &mut Agent) {
-        let every = if agent.unrouted().is_empty() {
-            Duration::from_secs(10)
-        } else {
-            Duration::from_secs(1)
-        };
-        if !self.changed && self.last.elapsed() < every {
-            return;
-        }
-        self.changed = false;
-        self.last = Instant::now();
-        if let Err(e) = agent.reconcile(&self.addrs) {
-            error!(error = %e, "adopting or releasing pods failed; retrying later");
-        }
-    }
-}
-
-/// Rereads the manifests, publishes them and updates the pods to adopt; a
-/// manifest that no longer loads leaves the tables in force.
-fn reload_manifests(
-    paths: &[PathBuf],
-    seen: Instant,
-    agent: &Agent,
-    pods: &mut PodTracker,
-    ready_file: Option<&std::path::Path>,
-) {
-    match load_cluster(paths) {
-        Ok(cluster) => {
-            let generation = agent.publish(&cluster, Some(seen));
-            pods.set(local_addresses(&cluster, agent.tables().locality()));
-            if let Some(path) = ready_file
-                && let Err(e) = std::fs::write(path, format!("{generation}\n"))
-            {
-                warn!(error = %e, "cannot update the ready file");
-            }
-        }
-        Err(e) => error!(
-            error = format!("{e:#}"),
-            "reload failed; the tables in force stay"
-        ),
-    }
-}
-
-/// Changes to the manifest files and directories, gathered until they
-/// settle (editors and `kubectl` write in several steps).
-struct ManifestWatch {
-    _watcher: notify::RecommendedWatcher,
-    events: mpsc::Receiver<notify::Result<notify::Event>>,
-    /// When the first unhandled change was seen, and the last.
-    pending: Option<(Instant, Instant)>,
-}
-
-impl ManifestWatch {
-    const SETTLE: Duration = Duration::from_millis(100);
-
-    /// Watches `paths` (directories recursively); `None`, with a warning,
-    /// when the system cannot (SIGHUP still works).
-    fn start(paths: &[PathBuf]) -> Option<Self> {
-        use notify::Watcher;
-        let (tx, events) = mpsc::channel();
-        let mut watcher = match notify::recommended_watcher(tx) {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch the manifests; SIGHUP rereads them");
-                return None;
-            }
-        };
-        for path in paths {
-            if let Err(e) = watcher.watch(path, notify::RecursiveMode::Recursive) {
-                warn!(path = %path.display(), error = %e, "cannot watch; SIGHUP rereads it");
-            }
-        }
-        Some(Self {
-            _watcher: watcher,
-            events,
-            pending: None,
-        })
-    }
-
-    /// When the oldest change was seen, once changes have settled.
-    fn settled(&mut self) -> Option<Instant> {
-        for event in self.events.try_iter() {
-            let Ok(event) = event else { continue };
-            if event.kind.is_access() {
-                continue;
-            }
-            let now = Instant::now();
-            self.pending = Some(self.pending.map_or((now, now), |(first, _)| (first, now)));
-        }
-        let (first, last) = self.pending?;
-        if last.elapsed() < Self::SETTLE {
-            return None;
-        }
-        self.pending = None;
-        Some(first)
-    }
-}
-
-/// Where the cluster state comes from.
-enum Source {
-    /// Files, reread when they change and on SIGHUP.
-    Manifests(Vec<PathBuf>, Option<ManifestWatch>),
-    /// The Kubernetes API, watched.
-    Kube(SourceThread, mpsc::Receiver<Vec<IpAddr>>),
+    let target = match &args.kubeconfig {
+        Some(path) => ApiTarget::Kubeconfig(path.clone()),
+        None => ApiTarget::InCluster,
+    };
+    ClusterSource::Api(
+        target,
+        SourceOptions {
+            debounce: Duration::from_millis(args.debounce_ms),
+        },
+    )
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -410,86 +271,65 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     // acted on once the start returns.
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
-    let opts = options(args);
-    let worker_counters = Arc::clone(&opts.worker_counters);
+    let agent = options(args);
     info!(
-        node = opts.node_name.as_deref().unwrap_or("(all pods local)"),
-        fail = fail_mode(opts.redirect.no_socket_action),
+        node = agent.node_name.as_deref().unwrap_or("(all pods local)"),
+        fail = fail_mode(agent.redirect.no_socket_action),
         "starting"
     );
-    let Some((mut agent, mut source, _metrics)) = start(args, opts, &mut signals)? else {
+    let options = SupervisorOptions {
+        agent,
+        metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
+        control_socket: (args.control_socket.to_str() != Some("none"))
+            .then(|| args.control_socket.clone()),
+    };
+    let stop_asked = |signals: &mut Signals| signals.pending().any(|s| s != SIGHUP);
+    let Some(mut supervisor) =
+        Supervisor::start(source(args), options, || stop_asked(&mut signals))?
+    else {
         return Ok(());
     };
-    let status = agent.status();
-    if !status.unrouted.is_empty() {
-        warn!(addresses = ?status.unrouted, "local pod addresses without a route of their own are not enforced");
-    }
-    if let Some(path) = &args.ready_file {
-        std::fs::write(path, format!("{}\n", status.generation))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let shared_status = Arc::new(Mutex::new(Some(status.clone())));
-    let _control = control_socket(
-        args,
-        ControlState {
-            tables: agent.tables().clone(),
-            status: Arc::clone(&shared_status),
-            workers: worker_counters,
-        },
-    );
+    let write_ready = |generation: u64| {
+        if let Some(path) = &args.ready_file {
+            std::fs::write(path, format!("{generation}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))
+        } else {
+            Ok(())
+        }
+    };
+    write_ready(supervisor.agent().status().generation)?;
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut last_stats = Instant::now();
-    let mut status_refreshed = Instant::now();
-    let mut pods = PodTracker::new(&status);
     'running: loop {
-        let mut reload = None;
         for signal in signals.pending() {
             if signal != SIGHUP {
                 info!(signal, "stopping");
                 break 'running;
             }
-            reload = Some(Instant::now());
-        }
-        if let Source::Manifests(paths, watch) = &mut source {
-            if let Some(watch) = watch {
-                reload = reload.or_else(|| watch.settled());
+            if let Some(generation) = supervisor.reload(Instant::now())
+                && let Err(e) = write_ready(generation)
+            {
+                warn!(error = %e, "cannot update the ready file");
             }
-            if let Some(seen) = reload {
-                reload_manifests(paths, seen, &agent, &mut pods, args.ready_file.as_deref());
-            }
-        } else if reload.is_some() {
-            info!("SIGHUP: the Kubernetes source has nothing to reread");
         }
-        if let Source::Kube(_, addrs) = &source
-            && let Some(latest) = addrs.try_iter().last()
+        if let Some(generation) = supervisor.tick()
+            && let Err(e) = write_ready(generation)
         {
-            pods.set(latest);
-        }
-        pods.maintain(&mut agent);
-        if status_refreshed.elapsed() >= Duration::from_secs(1) {
-            *shared_status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(agent.status());
-            status_refreshed = Instant::now();
+            warn!(error = %e, "cannot update the ready file");
         }
         if let Some(every) = interval
             && last_stats.elapsed() >= every
         {
-            let s = agent.status();
+            let s = supervisor.agent().status();
             info!(generation = s.generation, counters = ?s.counters, "stats");
             last_stats = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // No more generations from the source, then the datapath.
-    if let Source::Kube(thread, _) = source {
-        match thread.stop() {
-            Ok(counters) => info!(?counters, "Kubernetes source stopped"),
-            Err(e) => error!(error = %e, "Kubernetes source"),
-        }
-    }
-    let status = agent.status();
-    let reports = agent.stop().context("the agent did not stop cleanly")?;
+    let status = supervisor.agent().status();
+    let reports = supervisor
+        .stop()
+        .context("the agent did not stop cleanly")?;
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -498,134 +338,4 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         info!(worker = w, switch = ?r.switch, port_errors = r.port_errors, "worker");
     }
     Ok(())
-}
-
-/// Serves `podfence status` and `explain --agent`, unless asked not to; an
-/// agent without its socket still enforces.
-fn control_socket(args: &RunArgs, state: ControlState) -> Option<ControlSocket> {
-    if args.control_socket.to_str() == Some("none") {
-        return None;
-    }
-    ControlSocket::start(&args.control_socket, state)
-        .inspect_err(|e| {
-            warn!(path = %args.control_socket.display(), error = %e,
-                "no control socket: `podfence status` and `explain --agent` will not reach this agent");
-        })
-        .ok()
-}
-
-/// Loads or watches the cluster, serves metrics and starts the agent;
-/// `None` when a signal asked to stop before the start.
-fn start(
-    args: &RunArgs,
-    opts: AgentOptions,
-    signals: &mut Signals,
-) -> Result<Option<(Agent, Source, Option<MetricsServer>)>> {
-    let manifests = if args.manifests.is_empty() {
-        None
-    } else {
-        Some(load_cluster(&args.manifests)?)
-    };
-    let locality = match (&manifests, &opts.node_name) {
-        (Some(cluster), node) => locality(cluster, node.as_deref()),
-        (None, Some(name)) => Locality::Node(name.clone()),
-        (None, None) => {
-            warn!("no --node-name (or NODE_NAME): every pod of the cluster counts as local");
-            Locality::AllPods
-        }
-    };
-    let tables = TablePublisher::new(CompileOptions {
-        generation: 0,
-        locality,
-        broad_threshold: opts.broad_threshold,
-        node_addresses: plumbing::host_addresses()?,
-        audit: opts.audit,
-    });
-    let metrics = if args.no_metrics {
-        None
-    } else {
-        let addr = args.metrics_addr;
-        Some(
-            MetricsServer::start(
-                addr,
-                tables.metrics(),
-                Arc::clone(&opts.worker_counters),
-                Arc::clone(&opts.health),
-            )
-            .with_context(|| format!("cannot serve metrics on {addr}"))?,
-        )
-    };
-    let (agent, source) = if let Some(cluster) = manifests {
-        tables.publish(&cluster, None);
-        let agent = Agent::start_with(tables, &cluster, opts).context("the agent cannot start")?;
-        let watch = ManifestWatch::start(&args.manifests);
-        (agent, Source::Manifests(args.manifests.clone(), watch))
-    } else {
-        let target = match &args.kubeconfig {
-            Some(path) => ApiTarget::Kubeconfig(path.clone()),
-            None => ApiTarget::InCluster,
-        };
-        let Some(started) = start_from_api(target, tables, args, opts, signals)? else {
-            return Ok(None);
-        };
-        started
-    };
-    Ok(Some((agent, source, metrics)))
-}
-
-/// Watches the API until every kind has listed once (nothing is enforced
-/// before: the tables would reflect a half-known cluster), then starts the
-/// agent on that state. `None` when a signal asked to stop meanwhile.
-fn start_from_api(
-    target: ApiTarget,
-    tables: TablePublisher,
-    args: &RunArgs,
-    opts: AgentOptions,
-    signals: &mut Signals,
-) -> Result<Option<(Agent, Source)>> {
-    let (first_tx, first) = mpsc::channel::<Cluster>();
-    let mut first_tx = Some(first_tx);
-    // After each publish, the local pods' addresses when they changed, for
-    // the agent to adopt new pods and release gone ones.
-    let (addrs_tx, addrs) = mpsc::channel::<Vec<IpAddr>>();
-    let locality = tables.locality().clone();
-    let mut last_addrs = Vec::new();
-    let source = SourceThread::spawn(
-        target,
-        tables.clone(),
-        SourceOptions {
-            debounce: Duration::from_millis(args.debounce_ms),
-        },
-        move |index, _| {
-            if let Some(tx) = first_tx.take() {
-                let _ = tx.send(index.cluster().clone());
-            }
-            let now = local_addresses(index.cluster(), &locality);
-            if now != last_addrs {
-                let _ = addrs_tx.send(now.clone());
-                last_addrs = now;
-            }
-        },
-    )
-    .context("the Kubernetes source cannot start")?;
-    info!("waiting for the first full list of namespaces, pods and policies");
-    let cluster = loop {
-        if let Some(signal) = signals.pending().find(|&s| s != SIGHUP) {
-            info!(signal, "stopping before the first sync");
-            let _ = source.stop();
-            return Ok(None);
-        }
-        match first.recv_timeout(Duration::from_millis(50)) {
-            Ok(cluster) => break cluster,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !source.finished() => {}
-            Err(_) => {
-                return Err(source.stop().err().map_or_else(
-                    || anyhow::anyhow!("the Kubernetes source ended"),
-                    Into::into,
-                ));
-            }
-        }
-    };
-    let agent = Agent::start_with(tables, &cluster, opts).context("the agent cannot start")?;
-    Ok(Some((agent, Source::Kube(source, addrs))))
 }

@@ -109,6 +109,13 @@ impl AgentProcess {
         agent
     }
 
+    /// The table generation in force, from the ready file (written at start
+    /// and at every publish of a manifest change).
+    pub(crate) fn generation(&self) -> u64 {
+        let text = std::fs::read_to_string(&self.ready).expect("ready file");
+        text.trim().parse().expect("a generation number")
+    }
+
     fn signal(&mut self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: kill has no memory preconditions; the pid is our child's,

@@ -1,20 +1,21 @@
 //! The agent: enforces a cluster's policies on the pods of this node.
 //!
 //! [`Agent::start`] wires the parts together, in an order that never lets a
-//! pod's traffic past the datapath once it is adopted:
+//! pod's traffic past the datapath once it is adopted (its caller,
+//! [`supervisor`], has compiled and published the first tables):
 //!
-//! 1. compile the policy tables for this node and publish them;
-//! 2. find each local pod's host-side veth from the kernel's routes
+//! 1. find each local pod's host-side veth from the kernel's routes
 //!    ([`plumbing::discover`]) and make sure the host-port pair exists;
-//! 3. attach the XDP redirector to `pf-dp` and to every pod veth, open one
+//! 2. attach the XDP redirector to `pf-dp` and to every pod veth, open one
 //!    AF_XDP port per interface and worker (queue `w` for worker `w`) and
 //!    register it in that interface's XSKMAP;
-//! 4. start the workers, each a [`Switch`] over its ports driven by a
+//! 3. start the workers, each a [`Switch`] over its ports driven by a
 //!    [`Worker`], pinned to a core, sharing one conntrack;
-//! 5. route the pods' addresses through `pf-host` ([`plumbing::adopt`]).
+//! 4. route the pods' addresses through `pf-host` ([`plumbing::adopt`]).
 //!
-//! [`Agent::publish`] compiles a new generation and swaps it in without
-//! stopping anything. [`Agent::stop`] undoes the start in reverse: routes
+//! New generations are swapped in through [`TablePublisher`] without
+//! stopping anything; [`Agent::reconcile`] adopts and releases pods.
+//! [`Agent::stop`] undoes the start in reverse: routes
 //! back to the CNI's, redirectors detached, workers stopped, the host-port
 //! pair removed when this run made it. A crash leaves the redirectors
 //! attached with no socket bound, which drops pod traffic (fail closed, or
@@ -28,6 +29,7 @@ pub mod control_socket;
 pub mod denials;
 pub mod metrics;
 pub mod plumbing;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -279,24 +281,12 @@ pub struct AgentStatus {
 }
 
 impl Agent {
-    /// Starts enforcing `cluster`'s policies on this node (see the module
-    /// doc for the order). On error, whatever was set up is undone.
-    pub fn start(cluster: &Cluster, options: AgentOptions) -> Result<Self, AgentError> {
-        let tables = TablePublisher::new(CompileOptions {
-            generation: 0,
-            locality: locality(cluster, options.node_name.as_deref()),
-            broad_threshold: options.broad_threshold,
-            node_addresses: plumbing::host_addresses()?,
-            audit: options.audit,
-        });
-        tables.publish(cluster, None);
-        Self::start_with(tables, cluster, options)
-    }
-
-    /// Starts with tables that `tables` already publishes (and that its
-    /// other holders keep publishing, as the Kubernetes source does);
-    /// `cluster` is the state they reflect, for finding the local pods.
-    pub fn start_with(
+    /// Starts enforcing on this node the tables that `tables` publishes
+    /// (and that its other holders keep publishing, as the Kubernetes source
+    /// does); `cluster` is the state they reflect, for finding the local
+    /// pods. See the module doc for the order; on error, whatever was set up
+    /// is undone.
+    pub fn start(
         tables: TablePublisher,
         cluster: &Cluster,
         options: AgentOptions,
@@ -593,15 +583,6 @@ impl Agent {
         self.workers.push(handle);
         self.stats.push(stats);
         Ok(())
-    }
-
-    /// Compiles `cluster` into the next generation and swaps it in; returns
-    /// its number. `caused_at` is when the change that led to it was seen.
-    /// Pods that appeared since the start are enforced as peers only until a
-    /// restart adopts them.
-    #[must_use = "the generation says which tables are in force"]
-    pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> u64 {
-        self.tables.publish(cluster, caused_at).generation
     }
 
     /// Local pod addresses found without a host route of their own (not

@@ -40,7 +40,7 @@ fn list<K: Indexed>(index: &mut ClusterIndex, objects: Vec<K>) -> Outcome {
 
 /// A running pod as the API server reports it, with the fields podfence
 /// does not keep set from `n`.
-fn pod_resource(n: u32, labels: serde_json::Value) -> core::Pod {
+fn pod_resource(n: u32, labels: &serde_json::Value) -> core::Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {
             "namespace": "a", "name": "web", "labels": labels,
@@ -51,8 +51,8 @@ fn pod_resource(n: u32, labels: serde_json::Value) -> core::Pod {
         "status": {
             "phase": "Running",
             "podIP": "10.0.0.5",
-            "conditions": [{"type": "Ready", "status": if n % 2 == 0 { "True" } else { "False" }}],
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": n % 2 == 0, "restartCount": n}],
+            "conditions": [{"type": "Ready", "status": if n.is_multiple_of(2) { "True" } else { "False" }}],
+            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": n.is_multiple_of(2), "restartCount": n}],
         }
     }))
     .unwrap()
@@ -133,11 +133,11 @@ fn deletes_remove_and_report_change() {
 fn updates_the_model_does_not_keep_change_nothing() {
     let mut index = ClusterIndex::default();
     let labels = serde_json::json!({"app": "web"});
-    let _ = list(&mut index, vec![reduce(&pod_resource(0, labels.clone()))]);
+    let _ = list(&mut index, vec![reduce(&pod_resource(0, &labels))]);
     let held = Arc::clone(&index.cluster().pods[&key("a", "web")]);
     // Conditions, readiness, annotations, resourceVersion, restart counts.
     for n in 1..=3 {
-        let pod = reduce(&pod_resource(n, labels.clone()));
+        let pod = reduce(&pod_resource(n, &labels));
         assert_eq!(
             index.apply(Event::Applied(key("a", "web"), Ok(pod))),
             Outcome::Unchanged,
@@ -147,7 +147,7 @@ fn updates_the_model_does_not_keep_change_nothing() {
     assert!(Arc::ptr_eq(&held, &index.cluster().pods[&key("a", "web")]));
     assert_eq!(index.stats().unchanged, 3);
     // A label is what selectors see.
-    let relabelled = reduce(&pod_resource(4, serde_json::json!({"app": "db"})));
+    let relabelled = reduce(&pod_resource(4, &serde_json::json!({"app": "db"})));
     assert!(
         index
             .apply(Event::Applied(key("a", "web"), Ok(relabelled)))
@@ -181,7 +181,7 @@ fn state(n: u32, namespaces: &[&str]) -> Cluster {
         cluster.apply(ns(name));
     }
     cluster.apply(policy("a", "p"));
-    cluster.apply(reduce(&pod_resource(n, serde_json::json!({"app": "web"}))));
+    cluster.apply(reduce(&pod_resource(n, &serde_json::json!({"app": "web"}))));
     cluster
 }
 

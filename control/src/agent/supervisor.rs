@@ -1,0 +1,471 @@
+//! The agent's run loop: a cluster source wired to the publisher, the
+//! datapath kept in line with the local pods, and the servers that report
+//! on it.
+//!
+//! `podfence run` and the testbed's live agent both run a [`Supervisor`]:
+//! it starts from a [`ClusterSource`], and each [`tick`](Supervisor::tick)
+//! picks up what changed since the last:
+//! - manifests are watched and reread once a change settles (and on
+//!   [`reload`](Supervisor::reload), for SIGHUP); the Kubernetes API is
+//!   watched on a thread of its own, which publishes as it goes;
+//! - either way the cluster state goes through a [`ClusterIndex`], so a
+//!   reload or an update that changes nothing the model keeps publishes
+//!   nothing;
+//! - the local pods' addresses are reconciled with the datapath at once
+//!   when they change, every second while some have no route yet (the CNI
+//!   may add it after the API reports the pod), every ten seconds otherwise
+//!   (a MAC may change).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::control_socket::{ControlSocket, ControlState};
+use super::metrics::MetricsServer;
+use super::{Agent, AgentError, AgentOptions, AgentStatus, WorkerReport, plumbing};
+use crate::compile::{CompileOptions, Locality};
+use crate::index::{Cluster, ClusterIndex};
+use crate::publish::TablePublisher;
+use crate::sources::kube::{ApiTarget, SourceError, SourceOptions, SourceThread};
+use crate::sources::manifests::{self, LoadErrors};
+
+/// Where the cluster state comes from.
+#[derive(Clone, Debug)]
+pub enum ClusterSource {
+    /// Manifest files and directories, reread when they change.
+    Manifests(Vec<PathBuf>),
+    /// The Kubernetes API, watched.
+    Api(ApiTarget, SourceOptions),
+    /// States the caller hands over whole, the first here and the next
+    /// ones with [`Supervisor::apply_state`] (the testbed's live agent).
+    Given(Cluster),
+}
+
+/// How the supervisor runs, beyond the agent's own options.
+#[derive(Clone, Debug, Default)]
+pub struct SupervisorOptions {
+    /// The agent.
+    pub agent: AgentOptions,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (from before the
+    /// first sync).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Answer `podfence status` and `explain --agent` on this socket.
+    pub control_socket: Option<PathBuf>,
+}
+
+/// Why the supervisor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The manifests cannot be used.
+    #[error("the manifests cannot be used: {0}")]
+    Manifests(LoadErrors),
+    /// The Kubernetes source could not start, or ended before its first
+    /// sync.
+    #[error("the Kubernetes source: {0}")]
+    Source(#[from] SourceError),
+    /// The Kubernetes source ended before its first sync without saying why.
+    #[error("the Kubernetes source ended before its first sync")]
+    SourceEnded,
+    /// The metrics server could not start.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The agent could not start.
+    #[error("the agent cannot start: {0}")]
+    Agent(#[from] AgentError),
+}
+
+/// The running source.
+enum Running {
+    /// Files, reread when they change.
+    Manifests {
+        paths: Vec<PathBuf>,
+        watch: Option<ManifestWatch>,
+        index: ClusterIndex,
+    },
+    /// The API, watched on its thread; the local pods' addresses after each
+    /// publish that changed them.
+    Api {
+        thread: SourceThread,
+        addresses: mpsc::Receiver<Vec<IpAddr>>,
+    },
+    /// States handed over by the caller.
+    Given { index: ClusterIndex },
+}
+
+/// A running agent with its source (see the module doc).
+pub struct Supervisor {
+    // Field order is drop order: the source stops before the agent.
+    source: Running,
+    agent: Agent,
+    pods: PodTracker,
+    status: Arc<Mutex<Option<AgentStatus>>>,
+    status_refreshed: Instant,
+    _control: Option<ControlSocket>,
+    _metrics: Option<MetricsServer>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load(paths: &[PathBuf]) -> Result<Cluster, LoadErrors> {
+    let m = manifests::load(paths)?;
+    for (kind, n) in &m.skipped {
+        info!(kind, count = n, "skipped objects of another kind");
+    }
+    Ok(m.cluster)
+}
+
+impl Supervisor {
+    /// Starts the source and the agent. With the API, nothing is enforced
+    /// before every kind has listed once; `should_stop` is asked meanwhile,
+    /// and `Ok(None)` means it said stop.
+    pub fn start(
+        source: ClusterSource,
+        options: SupervisorOptions,
+        should_stop: impl FnMut() -> bool,
+    ) -> Result<Option<Self>, SupervisorError> {
+        let SupervisorOptions {
+            agent: agent_options,
+            metrics_addr,
+            control_socket,
+        } = options;
+        let given = match &source {
+            ClusterSource::Manifests(paths) => {
+                Some(load(paths).map_err(SupervisorError::Manifests)?)
+            }
+            ClusterSource::Given(cluster) => Some(cluster.clone()),
+            ClusterSource::Api(..) => None,
+        };
+        let node = agent_options.node_name.as_deref();
+        let locality = match (&given, node) {
+            (Some(cluster), node) => super::locality(cluster, node),
+            (None, Some(name)) => Locality::Node(name.to_owned()),
+            (None, None) => {
+                warn!("no --node-name (or NODE_NAME): every pod of the cluster counts as local");
+                Locality::AllPods
+            }
+        };
+        let tables = TablePublisher::new(CompileOptions {
+            generation: 0,
+            locality,
+            broad_threshold: agent_options.broad_threshold,
+            node_addresses: plumbing::host_addresses()?,
+            audit: agent_options.audit,
+        });
+        let metrics = metrics_addr
+            .map(|addr| {
+                MetricsServer::start(
+                    addr,
+                    tables.metrics(),
+                    Arc::clone(&agent_options.worker_counters),
+                    Arc::clone(&agent_options.health),
+                )
+                .map_err(|source| SupervisorError::Metrics { addr, source })
+            })
+            .transpose()?;
+        let worker_counters = Arc::clone(&agent_options.worker_counters);
+        let (agent, running) = match (source, given) {
+            (ClusterSource::Api(target, source_options), _) => {
+                let Some(started) =
+                    start_from_api(target, source_options, tables, agent_options, should_stop)?
+                else {
+                    return Ok(None);
+                };
+                started
+            }
+            (source, Some(cluster)) => {
+                let mut index = ClusterIndex::with_metrics(tables.metrics().clone());
+                let _ = index.replace_all(cluster);
+                tables.publish(index.cluster(), None);
+                let agent = Agent::start(tables, index.cluster(), agent_options)?;
+                let running = match source {
+                    ClusterSource::Manifests(paths) => Running::Manifests {
+                        watch: ManifestWatch::start(&paths),
+                        paths,
+                        index,
+                    },
+                    _ => Running::Given { index },
+                };
+                (agent, running)
+            }
+            (_, None) => unreachable!("only the API source starts without a state"),
+        };
+        let status = agent.status();
+        if !status.unrouted.is_empty() {
+            warn!(addresses = ?status.unrouted, "local pod addresses without a route of their own are not enforced");
+        }
+        let pods = PodTracker::new(&status);
+        let status = Arc::new(Mutex::new(Some(status)));
+        let control = control_socket.and_then(|path| {
+            let state = ControlState {
+                tables: agent.tables().clone(),
+                status: Arc::clone(&status),
+                workers: worker_counters,
+            };
+            ControlSocket::start(&path, state)
+                .inspect_err(|e| {
+                    warn!(path = %path.display(), error = %e,
+                        "no control socket: `podfence status` and `explain --agent` will not reach this agent");
+                })
+                .ok()
+        });
+        Ok(Some(Self {
+            agent,
+            source: running,
+            pods,
+            status,
+            status_refreshed: Instant::now(),
+            _control: control,
+            _metrics: metrics,
+        }))
+    }
+
+    /// The agent.
+    #[must_use]
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// One turn of the loop: settled manifest changes are reread, the
+    /// local pods reconciled when due, the status the control socket
+    /// reports refreshed once a second. Returns the generation a manifest
+    /// change published, if one did.
+    pub fn tick(&mut self) -> Option<u64> {
+        let mut published = None;
+        match &mut self.source {
+            Running::Manifests { watch, .. } => {
+                if let Some(seen) = watch.as_mut().and_then(ManifestWatch::settled) {
+                    published = self.reload(seen);
+                }
+            }
+            Running::Api { addresses, .. } => {
+                if let Some(latest) = addresses.try_iter().last() {
+                    self.pods.set(latest);
+                }
+            }
+            Running::Given { .. } => {}
+        }
+        self.pods.maintain(&mut self.agent);
+        if self.status_refreshed.elapsed() >= Duration::from_secs(1) {
+            *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.agent.status());
+            self.status_refreshed = Instant::now();
+        }
+        published
+    }
+
+    /// Rereads the manifests (SIGHUP); `seen` is when the reason to was
+    /// noticed. Returns the generation published, if the state changed. A
+    /// manifest that no longer loads leaves the tables in force.
+    pub fn reload(&mut self, seen: Instant) -> Option<u64> {
+        let Running::Manifests { paths, .. } = &self.source else {
+            info!("SIGHUP: the Kubernetes source has nothing to reread");
+            return None;
+        };
+        match load(paths) {
+            Ok(cluster) => self.apply_state(cluster, seen),
+            Err(e) => {
+                error!(error = %e, "reload failed; the tables in force stay");
+                None
+            }
+        }
+    }
+
+    /// Replaces the cluster state with `cluster` (manifests, or a state
+    /// handed over by the caller): publishes a generation if anything the
+    /// model keeps changed, and reconciles the local pods at once. Returns
+    /// the generation published; `None` when nothing changed (or the source
+    /// is the API, whose state is its own).
+    pub fn apply_state(&mut self, cluster: Cluster, seen: Instant) -> Option<u64> {
+        let (Running::Manifests { index, .. } | Running::Given { index }) = &mut self.source else {
+            warn!("a state handed to an agent that watches the API is ignored");
+            return None;
+        };
+        if !index.replace_all(cluster).changed() {
+            info!("the cluster state is unchanged; no generation published");
+            return None;
+        }
+        let tables = self.agent.tables();
+        let generation = tables.publish(index.cluster(), Some(seen)).generation;
+        self.pods
+            .set(super::local_addresses(index.cluster(), tables.locality()));
+        self.pods.maintain(&mut self.agent);
+        Some(generation)
+    }
+
+    /// Stops the source, then the agent.
+    pub fn stop(self) -> Result<Vec<WorkerReport>, AgentError> {
+        let Self { agent, source, .. } = self;
+        if let Running::Api { thread, .. } = source {
+            match thread.stop() {
+                Ok(counters) => info!(?counters, "Kubernetes source stopped"),
+                Err(e) => error!(error = %e, "Kubernetes source"),
+            }
+        }
+        agent.stop()
+    }
+}
+
+/// Watches the API until every kind has listed once (nothing is enforced
+/// before: the tables would reflect a half-known cluster), then starts the
+/// agent on that state. `None` when `should_stop` said stop meanwhile.
+fn start_from_api(
+    target: ApiTarget,
+    options: SourceOptions,
+    tables: TablePublisher,
+    agent_options: AgentOptions,
+    mut should_stop: impl FnMut() -> bool,
+) -> Result<Option<(Agent, Running)>, SupervisorError> {
+    let (first_tx, first) = mpsc::channel::<Cluster>();
+    let mut first_tx = Some(first_tx);
+    // After each publish, the local pods' addresses when they changed, for
+    // the agent to adopt new pods and release gone ones.
+    let (addresses_tx, addresses) = mpsc::channel::<Vec<IpAddr>>();
+    let locality = tables.locality().clone();
+    let mut last = Vec::new();
+    let thread = SourceThread::spawn(target, tables.clone(), options, move |index, _| {
+        if let Some(tx) = first_tx.take() {
+            let _ = tx.send(index.cluster().clone());
+        }
+        let now = super::local_addresses(index.cluster(), &locality);
+        if now != last {
+            let _ = addresses_tx.send(now.clone());
+            last = now;
+        }
+    })?;
+    info!("waiting for the first full list of namespaces, pods and policies");
+    let cluster = loop {
+        if should_stop() {
+            info!("stopping before the first sync");
+            let _ = thread.stop();
+            return Ok(None);
+        }
+        match first.recv_timeout(Duration::from_millis(50)) {
+            Ok(cluster) => break cluster,
+            Err(mpsc::RecvTimeoutError::Timeout) if !thread.finished() => {}
+            Err(_) => {
+                return Err(thread
+                    .stop()
+                    .err()
+                    .map_or(SupervisorError::SourceEnded, Into::into));
+            }
+        }
+    };
+    let agent = Agent::start(tables, &cluster, agent_options)?;
+    Ok(Some((agent, Running::Api { thread, addresses })))
+}
+
+/// Keeps the agent's adopted pods in line with the local pods' addresses
+/// (see the module doc for when).
+struct PodTracker {
+    addrs: Vec<IpAddr>,
+    changed: bool,
+    last: Instant,
+}
+
+impl PodTracker {
+    fn new(status: &AgentStatus) -> Self {
+        let mut addrs: Vec<IpAddr> = status
+            .adopted
+            .iter()
+            .chain(&status.unrouted)
+            .copied()
+            .collect();
+        addrs.sort_unstable();
+        Self {
+            addrs,
+            changed: false,
+            last: Instant::now(),
+        }
+    }
+
+    fn set(&mut self, addrs: Vec<IpAddr>) {
+        if addrs != self.addrs {
+            self.addrs = addrs;
+            self.changed = true;
+        }
+    }
+
+    fn maintain(&mut self, agent: &mut Agent) {
+        let every = if agent.unrouted().is_empty() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        };
+        if !self.changed && self.last.elapsed() < every {
+            return;
+        }
+        self.changed = false;
+        self.last = Instant::now();
+        if let Err(e) = agent.reconcile(&self.addrs) {
+            error!(error = %e, "adopting or releasing pods failed; retrying later");
+        }
+    }
+}
+
+/// Changes to the manifest files and directories, gathered until they
+/// settle (editors and `kubectl` write in several steps).
+struct ManifestWatch {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::Receiver<notify::Result<notify::Event>>,
+    /// When the first unhandled change was seen, and the last.
+    pending: Option<(Instant, Instant)>,
+}
+
+impl ManifestWatch {
+    const SETTLE: Duration = Duration::from_millis(100);
+
+    /// Watches `paths` (directories recursively); `None`, with a warning,
+    /// when the system cannot (SIGHUP still works).
+    fn start(paths: &[PathBuf]) -> Option<Self> {
+        use notify::Watcher;
+        let (tx, events) = mpsc::channel();
+        let mut watcher = match notify::recommended_watcher(tx) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the manifests; SIGHUP rereads them");
+                return None;
+            }
+        };
+        for path in paths {
+            if let Err(e) = watcher.watch(path, notify::RecursiveMode::Recursive) {
+                warn!(path = %path.display(), error = %e, "cannot watch; SIGHUP rereads it");
+            }
+        }
+        Some(Self {
+            _watcher: watcher,
+            events,
+            pending: None,
+        })
+    }
+
+    /// When the oldest change was seen, once changes have settled.
+    fn settled(&mut self) -> Option<Instant> {
+        for event in self.events.try_iter() {
+            let Ok(event) = event else { continue };
+            if event.kind.is_access() {
+                continue;
+            }
+            let now = Instant::now();
+            self.pending = Some(self.pending.map_or((now, now), |(first, _)| (first, now)));
+        }
+        let (first, last) = self.pending?;
+        if last.elapsed() < Self::SETTLE {
+            return None;
+        }
+        self.pending = None;
+        Some(first)
+    }
+}

@@ -330,8 +330,7 @@ impl Manifests {
                 (extra > 0).then(|| format!("{kind} ×{extra}"))
             })
             .collect();
-        (!kinds.is_empty())
-            .then(|| format!("skipped objects of other kinds: {}", kinds.join(", ")))
+        (!kinds.is_empty()).then(|| format!("skipped objects of other kinds: {}", kinds.join(", ")))
     }
 }
 

@@ -4,8 +4,11 @@
 //! (manifests and the Kubernetes API), [`compile`] turns a cluster state into
 //! a [`podfence_datapath::Tables`] generation, [`probe`] names connection
 //! attempts the way the CLI and the conformance data do and evaluates them
-//! against compiled tables, [`agent`] enforces them live and [`capture`]
+//! against compiled tables, [`replay`] runs captures through the worker
+//! pipeline offline, [`agent`] enforces them live and [`capture`]
 //! writes what it denies to pcapng.
+
+#![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod capture;

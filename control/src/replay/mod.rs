@@ -12,7 +12,7 @@
 //! datagram, meet on one worker, so verdicts do not depend on the number of
 //! workers. Frames that do not parse are handled by worker 0.
 //!
-//! [`diff`] replays the same captures against two policy states (the
+//! [`diff()`] replays the same captures against two policy states (the
 //! current one and a candidate, see [`load_candidate`]) and lists the
 //! connections whose verdict changes, grouped into flows (initiator,
 //! responder, protocol, destination port).

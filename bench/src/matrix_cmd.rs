@@ -31,7 +31,7 @@ pub(crate) struct MatrixArgs {
     #[arg(long = "port", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
     /// Protocol of the matrix (repeatable; default TCP).
-    #[arg(long = "proto", value_name = "P", value_parser = parse_protocol)]
+    #[arg(long = "proto", value_name = "P", value_parser = probe::parse_protocol_arg)]
     protocols: Vec<Protocol>,
     /// An outside address to put in the matrix (repeatable).
     #[arg(long = "external", value_name = "IP")]
@@ -45,10 +45,6 @@ pub(crate) struct MatrixArgs {
     /// This node's name (pods elsewhere are peers only).
     #[arg(long)]
     node_name: Option<String>,
-}
-
-fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    Protocol::parse(s, true).ok_or_else(|| format!("'{s}' is not TCP, UDP or SCTP"))
 }
 
 fn read_probes(path: &Path) -> Result<Vec<Probe>, String> {

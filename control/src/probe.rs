@@ -99,6 +99,12 @@ impl FromStr for Endpoint {
     }
 }
 
+/// A protocol given on a command line: TCP, UDP or SCTP in any case; the
+/// error is the message a command-line parser shows.
+pub fn parse_protocol_arg(s: &str) -> Result<Protocol, String> {
+    Protocol::parse(s, true).ok_or_else(|| format!("'{s}' is not TCP, UDP or SCTP"))
+}
+
 /// A connection attempt: the first packet from `src` to `dst:port`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Probe {

@@ -122,8 +122,8 @@ impl std::fmt::Debug for Supervisor {
 
 fn load(paths: &[PathBuf]) -> Result<Cluster, LoadErrors> {
     let m = manifests::load(paths)?;
-    for (kind, n) in &m.skipped {
-        info!(kind, count = n, "skipped objects of another kind");
+    if let Some(note) = m.skipped_note() {
+        info!("{note}");
     }
     Ok(m.cluster)
 }

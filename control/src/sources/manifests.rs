@@ -317,6 +317,30 @@ fn decode<T: serde::de::DeserializeOwned>(doc: Value, kind: &str) -> Result<T, M
     })
 }
 
+impl Manifests {
+    /// The note the commands print when objects of other kinds were
+    /// skipped: `skipped objects of other kinds: apps/v1 Deployment ×2, ...`.
+    #[must_use]
+    pub fn skipped_note(&self) -> Option<String> {
+        self.skipped_note_beyond(&Self::default())
+    }
+
+    /// [`skipped_note`](Self::skipped_note) counting only what `base` did
+    /// not skip as well (a candidate state's extras over the current one).
+    #[must_use]
+    pub fn skipped_note_beyond(&self, base: &Self) -> Option<String> {
+        let kinds: Vec<String> = self
+            .skipped
+            .iter()
+            .filter_map(|(kind, n)| {
+                let extra = n.saturating_sub(base.skipped.get(kind).copied().unwrap_or(0));
+                (extra > 0).then(|| format!("{kind} ×{extra}"))
+            })
+            .collect();
+        (!kinds.is_empty()).then(|| format!("skipped objects of other kinds: {}", kinds.join(", ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +433,25 @@ mod tests {
                 .iter()
                 .any(|p| p.name == "web" && p.port == 8081)
         );
+    }
+
+    #[test]
+    fn skipped_note_names_kinds_and_counts_beyond_a_base() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let base = load_one(deployment).unwrap();
+        let more = load_one(&format!(
+            "{deployment}---\n{deployment}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            more.skipped_note().as_deref(),
+            Some("skipped objects of other kinds: apps/v1 Deployment ×2, v1 ConfigMap ×1")
+        );
+        assert_eq!(
+            more.skipped_note_beyond(&base).as_deref(),
+            Some("skipped objects of other kinds: apps/v1 Deployment ×1, v1 ConfigMap ×1")
+        );
+        assert_eq!(base.skipped_note_beyond(&base), None);
+        assert_eq!(Manifests::default().skipped_note(), None);
     }
 }

@@ -60,6 +60,15 @@ pub(crate) enum XskModeArg {
     ZeroCopy,
 }
 
+/// Enforce NetworkPolicy on this node's pods (root), from manifests or
+/// the Kubernetes API.
+///
+/// Attaches the XDP redirector to each local pod's host-side veth (found
+/// through the kernel's /32 and /128 routes) and to the host-port pair
+/// pf-host/pf-dp, and routes the pods' addresses through it, until SIGINT
+/// or SIGTERM puts everything back. SIGHUP rereads manifests. With
+/// --kubeconfig or --in-cluster, nothing is enforced before every watch
+/// has listed once; changes are published as they come.
 #[derive(Args, Debug)]
 #[allow(clippy::struct_excessive_bools, reason = "command-line flags")]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]

@@ -1,0 +1,179 @@
+//! What one compile leaves for the next: the interners whose ids stay
+//! stable across compiles, and per pod and per policy what was derived from
+//! it, found again by name.
+
+use std::sync::Arc;
+
+use podfence_datapath::tables::ObjectName;
+use rustc_hash::FxHashMap;
+
+use super::peers::{BlockMaps, PeerRef, SelectorPeer};
+use crate::model::{IpBlock, NamedPort, Namespace, NetworkPolicy, Pod};
+
+pub(super) struct Interner<K> {
+    pub(super) ids: FxHashMap<K, u32>,
+    pub(super) items: Vec<K>,
+}
+
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
+        Self {
+            ids: FxHashMap::default(),
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Interner<Vec<T>> {
+    /// [`intern`](Self::intern) that copies the key only when it is new.
+    pub(super) fn intern_ref(&mut self, key: &[T]) -> u32 {
+        match self.ids.get(key) {
+            Some(id) => *id,
+            None => self.intern(key.to_vec()),
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Interner<K> {
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+    pub(super) fn intern(&mut self, key: K) -> u32 {
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.items.len() as u32;
+        self.ids.insert(key.clone(), id);
+        self.items.push(key);
+        id
+    }
+}
+
+/// What the last compile derived, per object, for the next to reuse.
+#[derive(Default)]
+pub(super) struct Memo {
+    /// Every selector peer seen since the memo was made; ids are stable.
+    pub(super) selectors: Interner<SelectorPeer>,
+    /// Selectors that existed at the last compile: remembered matches cover
+    /// these ids and no others.
+    pub(super) selectors_checked: u32,
+    /// Selectors the last compile's policies used.
+    pub(super) selectors_live: usize,
+    /// Every named-port profile seen since the memo was made (0: none).
+    pub(super) profiles: Interner<Vec<NamedPort>>,
+    pub(super) profiles_live: usize,
+    /// Every ipBlock seen since the memo was made; ids are stable.
+    pub(super) blocks: Interner<IpBlock>,
+    pub(super) blocks_live: usize,
+    /// The last compile's policies in name order, their peers resolved.
+    pub(super) policies: Vec<PolicyMemo>,
+    /// The last compile's endpoints in name order, with what they matched.
+    pub(super) endpoints: Vec<EndpointMemo>,
+    /// Signature maps of the last compile's live ipBlocks.
+    pub(super) block_maps: Option<BlockMaps>,
+    /// Name lists of the last compile, shared while no pod or policy came or went.
+    pub(super) pod_names: Option<Arc<[ObjectName]>>,
+    pub(super) policy_names: Option<Arc<[ObjectName]>>,
+}
+
+impl Memo {
+    /// Whether selectors or blocks no policy uses any more outnumber the
+    /// live ones (they are never removed one by one: ids must stay stable).
+    pub(super) fn is_mostly_garbage(&self) -> bool {
+        let dead = |all: usize, live: usize| all > 2 * live + 256;
+        dead(self.selectors.items.len(), self.selectors_live)
+            || dead(self.blocks.items.len(), self.blocks_live)
+            || dead(self.profiles.items.len(), self.profiles_live)
+    }
+}
+
+pub(super) struct PolicyMemo {
+    pub(super) policy: Arc<NetworkPolicy>,
+    /// `[direction][rule]` → the rule's peers; `None` for "every peer".
+    pub(super) rules: [Vec<Option<Vec<PeerRef>>>; 2],
+    /// Whether ingress / egress rules use named ports.
+    pub(super) named: [bool; 2],
+}
+
+pub(super) struct EndpointMemo {
+    pub(super) pod: Arc<Pod>,
+    pub(super) namespace: Option<Arc<Namespace>>,
+    pub(super) facts: EndpointFacts,
+}
+
+/// What an endpoint's own objects decide.
+pub(super) struct EndpointFacts {
+    /// Selector ids below `Memo::selectors_checked` that match it, ascending.
+    pub(super) matched: Vec<u32>,
+    /// Its named ports, sorted, as a profile id.
+    pub(super) profile: u32,
+}
+
+/// An object known by `(namespace, name)`.
+pub(super) trait NameKey {
+    fn name_key(&self) -> (&str, &str);
+}
+
+impl NameKey for Pod {
+    fn name_key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NameKey for NetworkPolicy {
+    fn name_key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NameKey for EndpointMemo {
+    fn name_key(&self) -> (&str, &str) {
+        self.pod.name_key()
+    }
+}
+
+impl NameKey for PolicyMemo {
+    fn name_key(&self) -> (&str, &str) {
+        self.policy.name_key()
+    }
+}
+
+/// The last compile's entries, in name order, handed out by name to a walk
+/// over this compile's objects in name order.
+pub(super) struct ByName<T> {
+    pub(super) previous: std::iter::Peekable<std::vec::IntoIter<T>>,
+    /// Whether every name asked for was there and none was passed over.
+    pub(super) same: bool,
+}
+
+impl<T: NameKey> ByName<T> {
+    pub(super) fn new(previous: Vec<T>) -> Self {
+        Self {
+            previous: previous.into_iter().peekable(),
+            same: true,
+        }
+    }
+
+    /// The next entry if `same` holds for it (it is then the entry of the
+    /// name asked for), else the entry named `key`.
+    pub(super) fn take_fast(&mut self, same: impl Fn(&T) -> bool, key: (&str, &str)) -> Option<T> {
+        match self.previous.next_if(same) {
+            Some(entry) => Some(entry),
+            None => self.take(key),
+        }
+    }
+
+    pub(super) fn take(&mut self, key: (&str, &str)) -> Option<T> {
+        while self.previous.next_if(|m| m.name_key() < key).is_some() {
+            self.same = false;
+        }
+        let entry = self.previous.next_if(|m| m.name_key() == key);
+        self.same &= entry.is_some();
+        entry
+    }
+
+    /// Whether the names walked were exactly the last compile's.
+    pub(super) fn same_names(mut self) -> bool {
+        self.same && self.previous.peek().is_none()
+    }
+}

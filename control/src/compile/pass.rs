@@ -1,0 +1,440 @@
+//! One compile: the steps of the module documentation in order, from the
+//! cluster state and the last compile's memo to a tables generation.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use podfence_datapath::TablesBuilder;
+use podfence_datapath::tables::{
+    BroadSetId, Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId,
+    PolicyId,
+};
+use rustc_hash::FxHashMap;
+
+use super::groups::{GroupScratch, RulePorts};
+use super::identities::{IdentityKey, NOT_A_POD};
+use super::memo::{Interner, Memo};
+use super::peers::{BlockMaps, PeerRef, resolve_rule_peers};
+use super::{AUDIT_LABEL, CompileOptions, Compiled};
+use crate::index::Cluster;
+use crate::model::{NetworkPolicy, Pod};
+
+/// One compile.
+pub(super) struct Pass<'a> {
+    pub(super) cluster: &'a Cluster,
+    pub(super) options: &'a CompileOptions,
+    pub(super) generation: u64,
+    /// Pods that own their addresses, in name order.
+    pub(super) endpoints: Vec<&'a Arc<Pod>>,
+    /// Endpoint indices by namespace.
+    pub(super) by_namespace: FxHashMap<&'a str, Vec<u32>>,
+    pub(super) warnings: Vec<String>,
+}
+
+impl<'a> Pass<'a> {
+    pub(super) fn new(cluster: &'a Cluster, options: &'a CompileOptions, generation: u64) -> Self {
+        let endpoints: Vec<&Arc<Pod>> = cluster
+            .pods
+            .values()
+            .filter(|p| p.is_policy_endpoint())
+            .collect();
+        let mut by_namespace: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
+        for (i, p) in endpoints.iter().enumerate() {
+            by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(i as u32);
+        }
+        Self {
+            cluster,
+            options,
+            generation,
+            endpoints,
+            by_namespace,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub(super) fn is_local(&self, pod: &Pod) -> bool {
+        self.options.locality.includes(pod)
+    }
+
+    /// Shares the last compile's name lists when no pod or policy came or
+    /// went; makes new ones otherwise.
+    pub(super) fn names(
+        &self,
+        memo: &mut Memo,
+        same_endpoints: bool,
+        same_policies: bool,
+    ) -> (Arc<[ObjectName]>, Arc<[ObjectName]>) {
+        let name = |namespace: &str, name: &str| ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let pods = match memo.pod_names.take() {
+            Some(names) if same_endpoints => names,
+            _ => self
+                .endpoints
+                .iter()
+                .map(|p| name(&p.namespace, &p.name))
+                .collect(),
+        };
+        let policies = match memo.policy_names.take() {
+            Some(names) if same_policies => names,
+            _ => self
+                .cluster
+                .policies
+                .values()
+                .map(|p| name(&p.namespace, &p.name))
+                .collect(),
+        };
+        memo.pod_names = Some(pods.clone());
+        memo.policy_names = Some(policies.clone());
+        (pods, policies)
+    }
+
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one pass, in the order the module doc describes"
+    )]
+    pub(super) fn run(mut self, memo: &mut Memo) -> Compiled {
+        let cluster = self.cluster;
+        let policies: Vec<&Arc<NetworkPolicy>> = cluster.policies.values().collect();
+
+        // Selector peers and ipBlocks, interned; every rule's peers resolved.
+        let (resolved, same_policies) = self.resolve_policies(memo);
+        let mut selector_live = vec![false; memo.selectors.items.len()];
+        let mut block_live = vec![false; memo.blocks.items.len()];
+        for peer in resolved
+            .iter()
+            .flat_map(|m| m.rules.iter().flatten().flatten().flatten())
+        {
+            match *peer {
+                PeerRef::Selector(s) => selector_live[s as usize] = true,
+                PeerRef::Block(b) => block_live[b as usize] = true,
+            }
+        }
+        memo.selectors_live = selector_live.iter().filter(|&&l| l).count();
+
+        // Each endpoint's selector signature: the live selector peers it matches.
+        let (endpoints, same_endpoints) = self.endpoint_facts(memo);
+        let (pod_names, policy_list) = self.names(memo, same_endpoints, same_policies);
+        let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
+        let mut live_matches = Vec::new();
+        let endpoint_sig: Vec<u32> = endpoints
+            .iter()
+            .map(|m| {
+                live_matches.clear();
+                let live = m
+                    .facts
+                    .matched
+                    .iter()
+                    .copied()
+                    .filter(|&s| selector_live[s as usize]);
+                live_matches.extend(live);
+                selector_sigs.intern_ref(&live_matches)
+            })
+            .collect();
+
+        // Address ranges to ipBlock signatures, by longest prefix.
+        let live_blocks: Vec<u32> = (0..block_live.len() as u32)
+            .filter(|&b| block_live[b as usize])
+            .collect();
+        memo.blocks_live = live_blocks.len();
+        let block_maps = match memo.block_maps.take() {
+            Some(maps) if maps.live == live_blocks => maps,
+            _ => BlockMaps::new(&memo.blocks.items, live_blocks),
+        };
+
+        // Named-port use decides whether ports are part of identities/groups.
+        let policy_named: Vec<[bool; 2]> = resolved.iter().map(|m| m.named).collect();
+        let egress_named = policy_named.iter().any(|n| n[1]);
+        let profiles = &memo.profiles;
+        let endpoint_profile: Vec<u32> = endpoints.iter().map(|m| m.facts.profile).collect();
+        let mut profile_live = vec![false; profiles.items.len()];
+        for &p in &endpoint_profile {
+            profile_live[p as usize] = true;
+        }
+        let live_profile_count = profile_live.iter().filter(|&&l| l).count();
+
+        // Identities: of every endpoint address, then of every address range.
+        let mut identities: Interner<IdentityKey> = Interner::new();
+        let mut addresses: Vec<(IpAddr, u32, u32)> = Vec::new(); // (addr, endpoint, identity)
+        for (e, pod) in self.endpoints.iter().enumerate() {
+            for &ip in &pod.ips {
+                let block_sig = match ip {
+                    IpAddr::V4(a) => block_maps.v4.get(u32::from(a)),
+                    IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
+                };
+                let profile = if egress_named { endpoint_profile[e] } else { 0 };
+                let id = identities.intern((endpoint_sig[e], block_sig, profile));
+                addresses.push((ip, e as u32, id));
+            }
+        }
+        let others_v4 = block_maps
+            .v4
+            .map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
+        let others_v6 = block_maps
+            .v6
+            .map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
+
+        // Inverted indexes: which identities each selector peer / block admits.
+        let mut by_selector: Vec<Vec<u32>> = vec![Vec::new(); memo.selectors.items.len()];
+        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); memo.blocks.items.len()];
+        for (id, &(sel_sig, block_sig, _)) in identities.items.iter().enumerate() {
+            if sel_sig != NOT_A_POD {
+                for &s in &selector_sigs.items[sel_sig as usize] {
+                    by_selector[s as usize].push(id as u32);
+                }
+            }
+            for &b in &block_maps.sigs.items[block_sig as usize] {
+                by_block[b as usize].push(id as u32);
+            }
+        }
+
+        // Tables: names first, so ids are indices.
+        let mut builder = TablesBuilder::new(self.generation);
+        builder.set_pod_names(pod_names);
+        builder.set_policy_names(policy_list);
+        let policy_ids: Vec<PolicyId> = (0..policies.len() as u32).map(PolicyId).collect();
+        for _ in &identities.items {
+            builder.add_identity();
+        }
+        builder.set_other_addresses_v4(others_v4);
+        builder.set_other_addresses_v6(others_v6);
+
+        let mut policies_by_namespace: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
+        for (i, p) in policies.iter().enumerate() {
+            policies_by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(i as u32);
+        }
+
+        // Groups of local endpoints, and their allow entries.
+        let mut groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
+        let mut rule_identities: FxHashMap<Option<Vec<PeerRef>>, Vec<(u32, bool)>> =
+            FxHashMap::default();
+        let mut broad_sets: FxHashMap<(Option<Vec<PeerRef>>, Option<u32>), BroadSetId> =
+            FxHashMap::default();
+        let mut scratch = GroupScratch::new(identities.items.len());
+        let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
+        for (e, pod) in self.endpoints.iter().enumerate() {
+            if !self.is_local(pod) {
+                enforcement.push([Enforcement::Remote; 2]);
+                continue;
+            }
+            let mut selecting: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+            for &i in policies_by_namespace
+                .get(pod.namespace.as_str())
+                .into_iter()
+                .flatten()
+            {
+                let p = policies[i as usize];
+                if p.pod_selector.matches(&pod.labels) {
+                    if p.isolates_ingress {
+                        selecting[0].push(i);
+                    }
+                    if p.isolates_egress {
+                        selecting[1].push(i);
+                    }
+                }
+            }
+            let audited = self.options.audit
+                || cluster.namespaces.get(&pod.namespace).is_some_and(|ns| {
+                    ns.labels.get(AUDIT_LABEL.0).map(String::as_str) == Some(AUDIT_LABEL.1)
+                });
+            let mut pair = [Enforcement::Open; 2];
+            for (d, direction) in [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .enumerate()
+            {
+                if selecting[d].is_empty() {
+                    continue;
+                }
+                let uses_named =
+                    d == 0 && selecting[d].iter().any(|&p| policy_named[p as usize][0]);
+                let profile = if uses_named { endpoint_profile[e] } else { 0 };
+                let key = (direction, std::mem::take(&mut selecting[d]), profile);
+                let group = if let Some(g) = groups.get(&key) {
+                    *g
+                } else {
+                    let ids: Vec<PolicyId> =
+                        key.1.iter().map(|&p| policy_ids[p as usize]).collect();
+                    let g = builder.add_group(direction, &ids);
+                    let ingress_ports = &profiles.items[profile as usize];
+                    for &p in &key.1 {
+                        let policy = policies[p as usize];
+                        let rules = if d == 0 {
+                            &policy.ingress
+                        } else {
+                            &policy.egress
+                        };
+                        for (r, rule) in rules.iter().enumerate() {
+                            let rule_peers = &resolved[p as usize].rules[d][r];
+                            let admitted = rule_identities
+                                .entry(rule_peers.clone())
+                                .or_insert_with(|| {
+                                    resolve_rule_peers(
+                                        rule_peers.as_deref(),
+                                        identities.items.len(),
+                                        &by_selector,
+                                        &by_block,
+                                    )
+                                });
+                            let ctx = RulePorts {
+                                policy: policy_ids[p as usize],
+                                rule: r as u16,
+                                spec: rule,
+                            };
+                            if admitted.len() > self.options.broad_threshold {
+                                // Ports that do not depend on the peer: one
+                                // port set for the whole peer set.
+                                let mut plain = Vec::new();
+                                let named = (d == 0).then_some(ingress_ports.as_slice());
+                                ctx.push(named, true, &mut plain);
+                                if !plain.is_empty() {
+                                    let set = builder.add_port_set(plain);
+                                    let broad = *broad_sets
+                                        .entry((rule_peers.clone(), None))
+                                        .or_insert_with(|| {
+                                            let members =
+                                                admitted.iter().map(|&(id, _)| IdentityId(id));
+                                            builder.add_broad_set(members.collect())
+                                        });
+                                    builder.allow_broad(g, broad, set);
+                                }
+                                // Egress named ports: one peer set per named-port profile.
+                                if d == 1 && policy_named[p as usize][1] {
+                                    // In the order of the ports, not of ids,
+                                    // which depend on what came before.
+                                    let mut by_profile: Vec<u32> = Vec::new();
+                                    for &(id, via_selector) in admitted.iter() {
+                                        let (sel_sig, _, profile) = identities.items[id as usize];
+                                        if via_selector && sel_sig != NOT_A_POD {
+                                            by_profile.push(profile);
+                                        }
+                                    }
+                                    by_profile.sort_unstable_by(|a, b| {
+                                        profiles.items[*a as usize]
+                                            .cmp(&profiles.items[*b as usize])
+                                    });
+                                    by_profile.dedup();
+                                    for profile in by_profile {
+                                        let mut named = Vec::new();
+                                        let ports = &profiles.items[profile as usize];
+                                        ctx.push(Some(ports), false, &mut named);
+                                        if named.is_empty() {
+                                            continue;
+                                        }
+                                        let set = builder.add_port_set(named);
+                                        let broad = *broad_sets
+                                            .entry((rule_peers.clone(), Some(profile)))
+                                            .or_insert_with(|| {
+                                                let members =
+                                                    admitted.iter().filter(|&&(id, via)| {
+                                                        let (sel_sig, _, q) =
+                                                            identities.items[id as usize];
+                                                        via && sel_sig != NOT_A_POD && q == profile
+                                                    });
+                                                builder.add_broad_set(
+                                                    members
+                                                        .map(|&(id, _)| IdentityId(id))
+                                                        .collect(),
+                                                )
+                                            });
+                                        builder.allow_broad(g, broad, set);
+                                    }
+                                }
+                                continue;
+                            }
+                            for &(id, via_selector) in admitted.iter() {
+                                let named = if d == 0 {
+                                    Some(ingress_ports.as_slice())
+                                } else {
+                                    let (sel_sig, _, profile) = identities.items[id as usize];
+                                    (via_selector && sel_sig != NOT_A_POD)
+                                        .then(|| profiles.items[profile as usize].as_slice())
+                                };
+                                ctx.push(named, true, scratch.rules_for(id));
+                            }
+                        }
+                    }
+                    scratch.flush(&mut builder, g);
+                    groups.insert(key, g);
+                    g
+                };
+                pair[d] = if audited {
+                    Enforcement::Audited(group)
+                } else {
+                    Enforcement::Isolated(group)
+                };
+            }
+            enforcement.push(pair);
+        }
+
+        // Nodes, known by the host addresses their pods report; this node
+        // also by the addresses it was given.
+        let mut nodes: Interner<Vec<IpAddr>> = Interner::new();
+        let local_node = (!self.options.node_addresses.is_empty()).then(|| {
+            let mut ips = self.options.node_addresses.clone();
+            ips.sort_unstable();
+            ips.dedup();
+            NodeId(nodes.intern(ips))
+        });
+        let endpoint_node: Vec<Option<NodeId>> = self
+            .endpoints
+            .iter()
+            .map(|p| {
+                if let Some(local) = local_node
+                    && self.is_local(p)
+                {
+                    for &ip in &p.host_ips {
+                        builder.add_node_address(ip, local);
+                    }
+                    Some(local)
+                } else if p.host_ips.is_empty() {
+                    None
+                } else if p.host_ips.is_sorted() {
+                    Some(NodeId(nodes.intern_ref(&p.host_ips)))
+                } else {
+                    let mut ips = p.host_ips.clone();
+                    ips.sort_unstable();
+                    Some(NodeId(nodes.intern(ips)))
+                }
+            })
+            .collect();
+        for (n, node_ips) in nodes.items.iter().enumerate() {
+            for &ip in node_ips {
+                builder.add_node_address(ip, NodeId(n as u32));
+            }
+        }
+
+        // Pod addresses.
+        let v4 = addresses.iter().filter(|a| a.0.is_ipv4()).count();
+        builder.reserve_pod_addresses(v4, addresses.len() - v4);
+        for (ip, e, id) in addresses {
+            let [ingress, egress] = enforcement[e as usize];
+            let entry = PodAddress {
+                identity: IdentityId(id),
+                pod: PodId(e),
+                egress,
+                ingress,
+                node: endpoint_node[e as usize],
+            };
+            if let Err(err) = builder.add_pod_address(ip, entry) {
+                self.warnings.push(err.to_string());
+            }
+        }
+
+        // What the next compile may reuse.
+        memo.block_maps = Some(block_maps);
+        memo.profiles_live = live_profile_count;
+        memo.policies = resolved;
+        memo.endpoints = endpoints;
+        Compiled {
+            tables: builder.build(),
+            warnings: self.warnings,
+        }
+    }
+}

@@ -14,6 +14,7 @@ use podfence_bench::apiserver::{ApiServer, Resource};
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions, in_netns};
 use podfence_control::probe::Endpoint;
 use podfence_control::sources::manifests;
+use podfence_testkit::{Need, skip_unless};
 use serde_json::{Value, json};
 
 fn pod(name: &str, ip: &str) -> Value {
@@ -33,8 +34,7 @@ fn isolate_b() -> Value {
 #[test]
 #[allow(clippy::too_many_lines, reason = "one live scenario, step by step")]
 fn policies_and_pods_follow_the_api_live() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let objects = vec![

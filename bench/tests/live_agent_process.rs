@@ -13,6 +13,8 @@ use std::time::Duration;
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::Protocol;
 use podfence_control::probe::Probe;
+use podfence_testkit::netns;
+use podfence_testkit::{Need, skip_unless};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -68,7 +70,7 @@ fn node_state(node: &str) -> String {
         &["-4", "route", "show", "table", "all"],
         &["-6", "route", "show", "table", "all"],
     ] {
-        let out = common::ip_in(node, args);
+        let out = netns::ip(node, args);
         // Counters and link-local routes of the pair change by themselves.
         for line in out.lines() {
             let line: String = line
@@ -109,8 +111,7 @@ fn answered(o: &ProbeOutcome) -> bool {
 
 #[test]
 fn kill_fail_modes_restart_and_clean_stop() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let outside: std::net::IpAddr = "2001:db8::10".parse().expect("address");
@@ -205,8 +206,7 @@ fn cluster_with_status(n: u32) -> String {
 /// no generation; a label change publishes one.
 #[test]
 fn manifest_rewrites_of_what_policy_ignores_publish_nothing() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let (bed, dir, manifests) =
@@ -239,8 +239,7 @@ fn manifest_rewrites_of_what_policy_ignores_publish_nothing() {
 /// leaves the node as it was.
 #[test]
 fn a_failed_start_leaves_nothing_behind() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let (bed, _dir, manifests) =

@@ -3,22 +3,21 @@
 //! (one published generation per case), every probe a real connection
 //! attempt through the AF_XDP datapath. Needs root; skips otherwise.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use podfence_bench::live::{LiveNode, externals};
 use podfence_control::agent::AgentOptions;
 use podfence_control::probe::Probe;
 use podfence_control::sources::manifests;
+use podfence_testkit::paths::conformance_dir;
+use podfence_testkit::{Need, skip_unless};
 
 #[test]
 fn every_conformance_case_matches_live() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
-    let root = common::conformance();
+    let root = conformance_dir();
     let mut cases: Vec<_> = std::fs::read_dir(root.join("cases"))
         .expect("../shared/conformance/cases must exist beside the repository")
         .map(|e| e.expect("readable").path())

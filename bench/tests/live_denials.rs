@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use podfence_bench::testbed::{ProbeOutcome, TestbedOptions};
 use podfence_control::probe::Probe;
+use podfence_testkit::{Need, skip_unless};
 use serde_json::Value;
 
 const CLUSTER: &str = r"
@@ -42,8 +43,7 @@ spec:
 
 #[test]
 fn denials_are_logged_counted_and_captured() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let (bed, dir, manifests) =
@@ -197,8 +197,7 @@ fn check_capture(capture: &Path, counted: u64) {
 
 #[test]
 fn a_namespace_in_audit_mode_is_reported_not_enforced() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let text = CLUSTER.replace(

@@ -2,8 +2,6 @@
 //! it on its next packet; with `revalidate` off it keeps it. New flows
 //! follow the new policy either way. Needs root; skips otherwise.
 
-mod common;
-
 use std::time::Duration;
 
 use podfence_bench::live::LiveNode;
@@ -12,6 +10,7 @@ use podfence_control::agent::AgentOptions;
 use podfence_control::index::Cluster;
 use podfence_control::probe::Endpoint;
 use podfence_control::sources::manifests;
+use podfence_testkit::{Need, skip_unless};
 
 const CLUSTER: &str = r"
 apiVersion: v1
@@ -99,8 +98,7 @@ fn open_flow_after_deny(revalidate: bool) -> (bool, bool) {
 
 #[test]
 fn new_generation_cuts_open_flows_on_their_next_packet() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     assert_eq!(open_flow_after_deny(true), (false, false));
@@ -108,8 +106,7 @@ fn new_generation_cuts_open_flows_on_their_next_packet() {
 
 #[test]
 fn new_generation_keeps_open_flows_when_configured() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     assert_eq!(open_flow_after_deny(false), (true, false));

@@ -2,8 +2,6 @@
 //! agent counts every address of its host as the node's. Another address
 //! stays subject to policy. Needs root; skips otherwise.
 
-mod common;
-
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -12,6 +10,7 @@ use podfence_bench::live::LiveNode;
 use podfence_bench::testbed::{TestbedOptions, in_netns};
 use podfence_control::agent::AgentOptions;
 use podfence_control::sources::manifests;
+use podfence_testkit::{Need, skip_unless};
 
 const CLUSTER: &str = r"
 apiVersion: v1
@@ -52,8 +51,7 @@ fn answered(netns: &str, dst: SocketAddr) -> bool {
 
 #[test]
 fn a_pod_and_its_own_node_reach_each_other_under_deny_all() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("skipped: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let cluster = manifests::load_str(std::path::Path::new("inline"), CLUSTER)

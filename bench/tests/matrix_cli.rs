@@ -2,8 +2,8 @@
 //! format of `podfence probe`, and the grid of the README's main job.
 //! Needs root; skips otherwise.
 
-mod common;
-
+use podfence_testkit::paths::conformance_dir;
+use podfence_testkit::{Need, skip_unless};
 use std::path::Path;
 use std::process::Command;
 
@@ -13,11 +13,10 @@ fn bench() -> Command {
 
 #[test]
 fn probe_format_reproduces_a_conformance_case() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
-    let root = common::conformance();
+    let root = conformance_dir();
     let case = root.join("cases/003-deny-all-ingress-defaulted-policytypes");
     let expected = std::fs::read_to_string(case.join("expected.tsv")).expect("expected.tsv");
     let dir = std::env::temp_dir().join(format!("pf-matrix-cli-{}", std::process::id()));
@@ -47,8 +46,7 @@ fn probe_format_reproduces_a_conformance_case() {
 
 #[test]
 fn grid_of_the_demo_matches_its_policies() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");

@@ -4,8 +4,6 @@
 //! through. Needs root and `ip netns`; skips otherwise. All traffic stays
 //! inside the namespaces the testbed makes.
 
-mod common;
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +13,8 @@ use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::index::Cluster;
 use podfence_control::model::Protocol;
 use podfence_control::probe::{Endpoint, Probe};
+use podfence_testkit::paths::conformance_dir;
+use podfence_testkit::{Need, skip_unless};
 
 fn netns_list() -> String {
     let out = Command::new("ip")
@@ -39,16 +39,15 @@ fn listens(cluster: &Cluster, probe: &Probe, external_ports: &[(Protocol, u16)])
 
 #[test]
 fn conformance_cluster_is_fully_connected_without_agent() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let cluster =
-        podfence_control::sources::manifests::load(&[common::conformance().join("cluster.yaml")])
+        podfence_control::sources::manifests::load(&[conformance_dir().join("cluster.yaml")])
             .expect("cluster.yaml loads")
             .cluster;
     let expected =
-        std::fs::read_to_string(common::conformance().join("cases/001-no-policies/expected.tsv"))
+        std::fs::read_to_string(conformance_dir().join("cases/001-no-policies/expected.tsv"))
             .expect("expected.tsv reads");
     let probes: Vec<Probe> = expected
         .lines()

@@ -3,8 +3,6 @@
 //! address. TCP, UDP and SCTP over IPv6 between pods and from outside, with
 //! no agent running. Needs root and `ip netns`; skips otherwise.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -12,6 +10,7 @@ use std::time::Duration;
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::Protocol;
 use podfence_control::probe::Probe;
+use podfence_testkit::{Need, skip_unless};
 
 fn pod(name: &str, v4: &str, v6: &str) -> String {
     format!(
@@ -24,8 +23,7 @@ fn pod(name: &str, v4: &str, v6: &str) -> String {
 
 #[test]
 fn dual_stack_pods_and_skipped_pods() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let mut text = pod("p", "10.60.0.1", "fd00:60::1") + &pod("q", "10.60.0.2", "fd00:60::2");

@@ -3,8 +3,6 @@
 //! checks that the child died of the signal and that none of its namespaces
 //! remain. Needs root and `ip netns`; skips otherwise.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -12,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use podfence_bench::testbed::{Testbed, TestbedOptions};
+use podfence_testkit::{Need, skip_unless};
 
 const CHILD_ENV: &str = "PODFENCE_TESTBED_SIGNAL_CHILD";
 
@@ -22,7 +21,7 @@ fn child_builds_and_waits() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cluster.yaml");
+    let path = podfence_testkit::paths::conformance_dir().join("cluster.yaml");
     let cluster = podfence_control::sources::manifests::load(&[path])
         .expect("cluster.yaml loads")
         .cluster;
@@ -44,8 +43,7 @@ fn sigint_removes_every_namespace() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let mut child = Command::new(std::env::current_exe().expect("test binary path"))

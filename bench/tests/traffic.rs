@@ -3,8 +3,6 @@
 //! over two given interfaces (the `--nic` path, here a veth pair standing
 //! in for a NIC's two ports). Needs root; skips otherwise.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -13,6 +11,8 @@ use podfence_bench::traffic::frames::TrafficSpec;
 use podfence_bench::traffic::generator::{GeneratorConfig, Pace};
 use podfence_bench::traffic::sink::{Sink, SinkConfig};
 use podfence_bench::traffic::{Namespaces, SelfCheck, Wire, generate, link_mac, self_check};
+use podfence_testkit::netns;
+use podfence_testkit::{Need, skip_unless};
 
 fn spec() -> TrafficSpec {
     let mut spec = TrafficSpec::new(Ipv4Addr::new(10, 70, 0, 1), Ipv4Addr::new(10, 70, 0, 2));
@@ -50,8 +50,7 @@ fn check(r: &SelfCheck, flows: usize) {
 
 #[test]
 fn generator_and_sink_over_their_own_veth_pair() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("skipped: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let r = self_check(
@@ -68,22 +67,21 @@ fn generator_and_sink_over_their_own_veth_pair() {
 
 #[test]
 fn generator_and_sink_over_two_given_interfaces() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("skipped: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     // Two interfaces of one namespace, as a NIC's two ports would be.
     let mut namespaces = Namespaces::default();
     let ns = format!("{}-nic", testbed::run_prefix());
     namespaces.add(&ns).expect("namespace");
-    common::ip_in(
+    netns::ip(
         &ns,
         &[
             "link", "add", "port0", "type", "veth", "peer", "name", "port1",
         ],
     );
-    common::ip_in(&ns, &["link", "set", "port0", "up"]);
-    common::ip_in(&ns, &["link", "set", "port1", "up"]);
+    netns::ip(&ns, &["link", "set", "port0", "up"]);
+    netns::ip(&ns, &["link", "set", "port1", "up"]);
     let wire = Wire::Nic {
         tx: "port0".into(),
         rx: "port1".into(),
@@ -107,19 +105,18 @@ fn generator_and_sink_over_two_given_interfaces() {
 
 #[test]
 fn paced_traffic_arrives_whole() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("skipped: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     let mut namespaces = Namespaces::default();
     let ns = format!("{}-paced", testbed::run_prefix());
     namespaces.add(&ns).expect("namespace");
-    common::ip_in(
+    netns::ip(
         &ns,
         &["link", "add", "tx0", "type", "veth", "peer", "name", "rx0"],
     );
-    common::ip_in(&ns, &["link", "set", "tx0", "up"]);
-    common::ip_in(&ns, &["link", "set", "rx0", "up"]);
+    netns::ip(&ns, &["link", "set", "tx0", "up"]);
+    netns::ip(&ns, &["link", "set", "rx0", "up"]);
     let mut spec = spec();
     spec.src_mac = link_mac(&ns, "tx0").expect("mac");
     spec.dst_mac = link_mac(&ns, "rx0").expect("mac");

@@ -3,12 +3,11 @@
 //! (podfence and the generated nftables rules) drop exactly the denied
 //! flows and deliver the rest. Needs root and nft; skips otherwise.
 
-mod common;
-
 use std::time::Duration;
 
 use podfence_bench::traffic::frames::TrafficSpec;
 use podfence_bench::veth::{self, Case, CaseResult, PathKind, VethOptions, report};
+use podfence_testkit::{Need, skip_unless};
 
 /// A small cluster, every path, one short round.
 fn options() -> VethOptions {
@@ -43,8 +42,7 @@ fn options() -> VethOptions {
 
 #[test]
 fn every_path_delivers_and_the_enforcing_ones_drop_the_denied_flows() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("skipped: {why}");
+    if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
     if !podfence_bench::nft::available() {

@@ -12,7 +12,6 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::libbpf_sys;
@@ -20,6 +19,10 @@ use podfence_bpf::{
     AttachMode, AttachedProgram, Counters, Error, NoSocketAction, PROGRAM_NAME, RedirectConfig,
     Redirector, XdpMode, attached_programs,
 };
+use podfence_testkit::frames;
+use podfence_testkit::netns::Netns;
+use podfence_testkit::packet::send_frames;
+use podfence_testkit::{Need, skip_unless};
 
 const IF_XDP: &str = "pfa";
 const IF_PEER: &str = "pfb";
@@ -30,267 +33,64 @@ const IP_XDP: [u8; 4] = [10, 250, 0, 2];
 
 // ---------------------------------------------------------------- testbed --
 
-/// Makes namespace names unique within this test process.
-static NEXT_NS: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace with the veth pair; deleted on drop, also when the
-/// test panics.
-struct Testbed {
-    ns: String,
+/// A namespace `pfbpf-<pid>-<n>` with the veth pair (deleted on drop, also
+/// when the test panics), or `None` (after saying why) if the test cannot
+/// run here.
+fn testbed() -> Option<Netns> {
+    if skip_unless(&[Need::Root, Need::Bpf, Need::Iproute2]) {
+        return None;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::DEBUG)
+        .try_init();
+    podfence_bpf::forward_libbpf_logs();
+    let bed = Netns::new("pfbpf")?;
+    bed.disable_ipv6();
+    bed.add_veth((IF_XDP, MAC_XDP), (IF_PEER, MAC_PEER));
+    bed.ip(&["addr", "add", "10.250.0.1/24", "dev", IF_PEER]);
+    bed.set_up(&["lo", IF_XDP, IF_PEER]);
+    Some(bed)
 }
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    if !std::path::Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
-        return Some("kernel without the bpf() syscall".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("iproute2 (`ip`) not installed".into());
-    }
-    None
-}
-
-fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Testbed {
-    /// Builds the namespace, or returns `None` (after saying why) if the test
-    /// cannot run here.
-    fn new() -> Option<Self> {
-        if let Some(why) = skip_reason() {
-            eprintln!("SKIPPED: {why}");
-            return None;
-        }
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_max_level(tracing::Level::DEBUG)
-            .try_init();
-        podfence_bpf::forward_libbpf_logs();
-        let ns = format!(
-            "pfbpf-{}-{}",
-            std::process::id(),
-            NEXT_NS.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .output()
-            .expect("ip runs");
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot create network namespace {ns}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        // From here on, the guard deletes the namespace whatever happens.
-        let bed = Self { ns };
-        bed.in_ns(|| {
-            for conf in ["all", "default"] {
-                // Absent when the kernel has no IPv6: then there is nothing to silence.
-                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
-            }
-        });
-        let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
-        bed.ip(&[
-            "link",
-            "add",
-            IF_XDP,
-            "address",
-            &mac(MAC_XDP),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            IF_PEER,
-            "address",
-            &mac(MAC_PEER),
-        ]);
-        bed.ip(&["addr", "add", "10.250.0.1/24", "dev", IF_PEER]);
-        for dev in ["lo", IF_XDP, IF_PEER] {
-            bed.ip(&["link", "set", dev, "up"]);
-        }
-        Some(bed)
-    }
-
-    /// `ip -n <ns> ...`
-    fn ip(&self, args: &[&str]) -> String {
-        let mut cmd = vec!["ip", "-n", &self.ns];
-        cmd.extend_from_slice(args);
-        run(&cmd)
-    }
-
-    /// `ip -d link show dev pfa`, as the operator would check it.
-    fn link_details(&self) -> String {
-        self.ip(&["-d", "link", "show", "dev", IF_XDP])
-    }
-
-    /// Runs `f` on a thread that has entered the namespace, so that netlink,
-    /// interface names and sockets all refer to the namespace's devices. A
-    /// panic in `f` is re-raised here.
-    fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::scope(|s| {
-            let handle = s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("netns file exists");
-                // SAFETY: `file` is an open namespace fd for the duration of
-                // the call; setns only changes this thread's namespace.
-                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(ret, 0, "setns {path}: {}", io::Error::last_os_error());
-                f()
-            });
-            handle
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        match Command::new("ip").args(["netns", "del", &self.ns]).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                eprintln!(
-                    "deleting netns {}: {}",
-                    self.ns,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Err(e) => eprintln!("deleting netns {}: {e}", self.ns),
-        }
-    }
+/// `ip -d link show dev pfa`, as the operator would check it.
+fn link_details(bed: &Netns) -> String {
+    bed.ip(&["-d", "link", "show", "dev", IF_XDP])
 }
 
 // ----------------------------------------------------------------- frames --
 
 fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&MAC_XDP);
-    f.extend_from_slice(&MAC_PEER);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    frames::ethernet_tagged(MAC_XDP, MAC_PEER, &[], ethertype, payload)
 }
 
-/// `tags` VLAN tags (outer 802.1ad, inner 802.1Q) in front of `inner`.
+/// `tags` VLAN tags (outer 802.1ad, inner 802.1Q; VID 100) in front of
+/// `inner`.
 fn vlan(tags: usize, inner_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    let mut next = inner_type;
-    // Build from the innermost tag outwards.
-    let mut layers = Vec::new();
-    for i in 0..tags {
-        let tpid = if i + 1 == tags && tags > 1 {
-            0x88a8
-        } else {
-            0x8100
-        };
-        layers.push((tpid, next));
-        next = tpid;
-    }
-    for &(_, encapsulated) in layers.iter().rev() {
-        body.extend_from_slice(&100u16.to_be_bytes());
-        body.extend_from_slice(&encapsulated.to_be_bytes());
-    }
-    body.extend_from_slice(payload);
-    eth(next, &body)
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    let tags: Vec<(u16, u16)> = (0..tags)
+        .map(|i| {
+            let tpid = if i == 0 && tags > 1 { 0x88a8 } else { 0x8100 };
+            (tpid, 100)
+        })
+        .collect();
+    frames::ethernet_tagged(MAC_XDP, MAC_PEER, &tags, inner_type, payload)
 }
 
 fn ipv4_udp() -> Vec<u8> {
-    let udp = [
-        0x30, 0x39, 0x00, 0x09, 0x00, 0x0c, 0x00, 0x00, b'p', b'f', b'!', b'\n',
-    ];
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&IP_PEER);
-    ip.extend_from_slice(&IP_XDP);
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&udp);
-    ip
+    frames::V4::new(17)
+        .addrs(IP_PEER, IP_XDP)
+        .host_sent()
+        .packet(&frames::udp(12345, 9, b"pf!\n"))
 }
 
+/// From fe80::b to fe80::a, hop limit 255 (as neighbour discovery needs).
 fn ipv6(next_header: u8, payload: &[u8]) -> Vec<u8> {
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    ip.extend_from_slice(&[next_header, 255]);
-    ip.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b]);
-    ip.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a]);
-    ip.extend_from_slice(payload);
-    ip
+    let fe80 = |last: u8| [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last];
+    frames::ipv6_hop_limit(next_header, 255, fe80(0x0b), fe80(0x0a), payload)
 }
 
 fn arp_request() -> Vec<u8> {
-    let mut arp = vec![0, 1, 0x08, 0, 6, 4, 0, 1];
-    arp.extend_from_slice(&MAC_PEER);
-    arp.extend_from_slice(&IP_PEER);
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&[10, 250, 0, 9]);
-    arp
-}
-
-/// Sends raw Ethernet frames out of `ifname` (call inside the namespace).
-fn send_frames(ifname: &str, frames: &[Vec<u8>]) {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let name = CString::new(ifname).unwrap();
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "{ifname} not found");
-    for frame in frames {
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-        addr.sll_ifindex = i32::try_from(ifindex).unwrap();
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: `frame` and `addr` are valid for the lengths given and
-        // outlive the call; `sock` is open.
-        let sent = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(
-            sent,
-            isize::try_from(frame.len()).unwrap(),
-            "sendto: {}",
-            io::Error::last_os_error()
-        );
-    }
+    frames::arp_request(MAC_PEER, IP_PEER, [10, 250, 0, 9])
 }
 
 /// Waits until the counters moved by at least `frames` since `before`, then
@@ -426,8 +226,8 @@ fn attached(expect: &[(u32, AttachMode)]) {
 
 /// The `ip -d link` line for an attached program: `prog/xdp id N`, plus the
 /// mode keyword on the link line (`xdp` native, `xdpgeneric` generic).
-fn assert_ip_link_shows(bed: &Testbed, id: u32, mode: AttachMode) {
-    let details = bed.link_details();
+fn assert_ip_link_shows(bed: &Netns, id: u32, mode: AttachMode) {
+    let details = link_details(bed);
     assert!(
         details.contains(&format!("prog/xdp id {id} ")),
         "ip -d link: {details}"
@@ -442,8 +242,8 @@ fn assert_ip_link_shows(bed: &Testbed, id: u32, mode: AttachMode) {
     );
 }
 
-fn assert_ip_link_clean(bed: &Testbed) {
-    let details = bed.link_details();
+fn assert_ip_link_clean(bed: &Netns) {
+    let details = link_details(bed);
     assert!(
         !details.contains("prog/xdp"),
         "XDP still attached: {details}"
@@ -453,7 +253,7 @@ fn assert_ip_link_clean(bed: &Testbed) {
 
 #[test]
 fn classifies_frames_and_detaches_native() {
-    let Some(bed) = Testbed::new() else { return };
+    let Some(bed) = testbed() else { return };
     let cfg = RedirectConfig {
         max_queues: 4,
         ..RedirectConfig::default()
@@ -601,7 +401,7 @@ fn check_arp_from_ping(r: &Redirector) {
 
 #[test]
 fn generic_mode_and_fail_open_fallback() {
-    let Some(bed) = Testbed::new() else { return };
+    let Some(bed) = testbed() else { return };
     bed.in_ns(|| {
         let cfg = RedirectConfig {
             mode: XdpMode::Generic,
@@ -636,7 +436,7 @@ fn generic_mode_and_fail_open_fallback() {
 
 #[test]
 fn replaces_what_a_crashed_run_left_behind() {
-    let Some(bed) = Testbed::new() else { return };
+    let Some(bed) = testbed() else { return };
     bed.in_ns(|| {
         // Crash in generic mode: the program stays attached (fail closed).
         let generic = RedirectConfig {
@@ -681,7 +481,7 @@ fn replaces_what_a_crashed_run_left_behind() {
 
 #[test]
 fn falls_back_to_generic_without_driver_support() {
-    let Some(bed) = Testbed::new() else { return };
+    let Some(bed) = testbed() else { return };
     // The loopback driver has no native XDP (and this is the namespace's
     // own loopback, which nothing else uses meanwhile).
     bed.in_ns(|| {
@@ -751,7 +551,7 @@ fn load_foreign_program() -> OwnedFd {
 
 #[test]
 fn refuses_foreign_program_unless_told() {
-    let Some(bed) = Testbed::new() else { return };
+    let Some(bed) = testbed() else { return };
     bed.in_ns(|| {
         let foreign = load_foreign_program();
         let name = CString::new(IF_XDP).unwrap();
@@ -788,7 +588,7 @@ fn refuses_foreign_program_unless_told() {
 
 #[test]
 fn reports_missing_interface() {
-    let Some(bed) = Testbed::new() else { return };
+    let Some(bed) = testbed() else { return };
     bed.in_ns(|| {
         let err = Redirector::attach("pf-nope", &RedirectConfig::default()).unwrap_err();
         assert_eq!(err.to_string(), "interface pf-nope not found");

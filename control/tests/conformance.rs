@@ -3,15 +3,12 @@
 //! One test runs all cases and reports every mismatch, so a regression shows
 //! its whole extent at once.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use podfence_control::compile::{BROAD_THRESHOLD, CompileOptions, compile};
 use podfence_control::probe::{Probe, classify};
 use podfence_control::sources::manifests;
-
-fn conformance_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
-}
+use podfence_testkit::paths::conformance_dir;
 
 /// Every rule as per-identity entries, every rule as a broad peer set, and
 /// the default mix.

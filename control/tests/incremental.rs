@@ -8,17 +8,14 @@
 //! must equal, field for field, those compiled from nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use podfence_control::compile::{AUDIT_LABEL, CompileOptions, Compiler, Locality, compile};
 use podfence_control::index::Cluster;
 use podfence_control::model::{NetworkPolicy, Pod};
 use podfence_control::sources::manifests;
-
-fn conformance_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
-}
+use podfence_testkit::paths::conformance_dir;
 
 /// The conformance cluster with each pod replicated eight times (so that
 /// bulk changes touch more pods than the compiler checks one by one), and

@@ -4,7 +4,7 @@
 //! the worker pipeline.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use podfence_control::compile::{CompileOptions, compile};
 use podfence_control::model::Protocol;
@@ -14,6 +14,7 @@ use podfence_control::sources::manifests;
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
 use podfence_datapath::ports::capture::CaptureWriter;
+use podfence_testkit::paths::conformance_dir;
 
 /// Removes the file when dropped, also when the test fails.
 struct TempFile(PathBuf);
@@ -47,7 +48,7 @@ fn transport(protocol: Protocol, src_port: u16, dst_port: u16, reply: bool) -> T
 
 #[test]
 fn replay_agrees_with_probe_on_every_conformance_case() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+    let root = conformance_dir();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -3,12 +3,13 @@
 //! (unsupported link types, corrupt records) are per-file errors; the frames
 //! before a corruption are still replayed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use podfence_control::compile::{CompileOptions, compile};
 use podfence_control::replay::{ReplayOptions, replay};
 use podfence_control::sources::manifests;
+use podfence_testkit::paths::{conformance_dir, tcpdump_corpus_dir};
 
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -18,15 +19,14 @@ fn peak_rss_kib() -> Option<u64> {
 
 #[test]
 fn every_tcpdump_capture_replays_without_panic_hang_or_unbounded_memory() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let corpus = root.join("shared/corpus/tcpdump-tests");
+    let corpus = tcpdump_corpus_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
         .expect("../shared/corpus/tcpdump-tests must exist beside the repository")
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
     assert!(files.len() > 800, "corpus has {} files", files.len());
-    let m = manifests::load(&[root.join("shared/conformance/cluster.yaml")]).unwrap();
+    let m = manifests::load(&[conformance_dir().join("cluster.yaml")]).unwrap();
     let tables = compile(&m.cluster, &CompileOptions::default()).tables;
     // A small conntrack: the corpus must not need more than a bounded table.
     let options = ReplayOptions {

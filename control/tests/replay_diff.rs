@@ -22,17 +22,14 @@ use podfence_control::sources::manifests::{self, Manifests};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
 use podfence_datapath::ports::capture::CaptureWriter;
-
-fn conformance() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
-}
+use podfence_testkit::paths::conformance_dir;
 
 fn cluster_yaml() -> PathBuf {
-    conformance().join("cluster.yaml")
+    conformance_dir().join("cluster.yaml")
 }
 
 fn case(name: &str) -> PathBuf {
-    conformance().join("cases").join(name)
+    conformance_dir().join("cases").join(name)
 }
 
 fn policies(name: &str) -> PathBuf {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use podfence_datapath::ports::capture::{CaptureOptions, CapturePort};
 use podfence_datapath::ports::{MAX_BATCH, Port, PortError, RxDesc};
+use podfence_testkit::paths::tcpdump_corpus_dir;
 
 /// No file may take longer than this (the largest is 0.5 MB).
 const PER_FILE: Duration = Duration::from_secs(5);
@@ -90,7 +91,7 @@ fn drain(mut port: CapturePort, batch: usize) -> Outcome {
 }
 
 fn corpus() -> Option<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/tcpdump-tests");
+    let dir = tcpdump_corpus_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         println!("skipping: no corpus at {}", dir.display());
         return None;

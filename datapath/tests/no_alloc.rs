@@ -11,9 +11,8 @@ use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
 
-mod common;
-use common::counting;
-use common::pods::{two_pods, v4};
+use podfence_testkit::counting;
+use podfence_testkit::tables::{two_pods, v4};
 
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;

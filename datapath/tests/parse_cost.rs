@@ -4,14 +4,12 @@
 //! say nothing. It prints figures and asserts only that every frame parsed;
 //! the allocation-free contract is `no_alloc.rs`'s.
 
-mod common;
-
 use std::hint::black_box;
 use std::time::Instant;
 
-use common::*;
 use podfence_datapath::flow::{Parsed, parse_frame};
 use podfence_datapath::link::LinkType;
+use podfence_testkit::frames::*;
 
 #[test]
 #[ignore = "timing: run in release with --ignored"]

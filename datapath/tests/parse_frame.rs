@@ -1,15 +1,13 @@
 //! `parse_frame` on hand-built frames: every header type, every framing,
 //! fragments, ICMP errors, and every error reason.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
 use podfence_datapath::flow::{
     Fragment, FragmentKey, IcmpInfo, PacketMeta, ParseError, Parsed, parse_frame,
 };
 use podfence_datapath::link::LinkType;
+use podfence_testkit::frames::*;
 
 fn meta(link: LinkType, frame: &[u8]) -> PacketMeta {
     match parse_frame(link, frame) {

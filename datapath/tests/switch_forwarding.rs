@@ -4,8 +4,8 @@
 //! nothing for denied packets, expired pod-to-pod packets to the kernel
 //! unmodified, and frames for the port they came from nowhere.
 
-mod common;
-use common::pods::{two_pods, v4, v6};
+use podfence_testkit::frames;
+use podfence_testkit::tables::{two_pods, v4, v6};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -102,14 +102,10 @@ fn with_ttl(mut f: Vec<u8>, ttl: u8) -> Vec<u8> {
     f
 }
 
+/// Pod .2 asks for .1, broadcast.
 fn arp() -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&POD_B_MAC);
-    f.extend_from_slice(&[0x08, 0x06]);
-    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&POD_B_MAC);
-    f.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
-    f
+    let request = frames::arp_request(POD_B_MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    frames::ethernet_tagged([0xff; 6], POD_B_MAC, &[], frames::ETH_ARP, &request)
 }
 
 fn ttl_of(f: &[u8]) -> u8 {

@@ -16,9 +16,8 @@ use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
 use podfence_datapath::worker::{Worker, WorkerConfig};
 
-mod common;
-use common::counting;
-use common::pods::{two_pods, v4, v6};
+use podfence_testkit::counting;
+use podfence_testkit::tables::{two_pods, v4, v6};
 
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;

@@ -3,8 +3,7 @@
 //! packet (or kept, when re-checking is off), mid-stream packets are picked
 //! up in either direction, and fragments follow their first fragment.
 
-mod common;
-use common::pods::{two_pods, v4};
+use podfence_testkit::tables::{two_pods, v4};
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};

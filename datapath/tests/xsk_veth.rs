@@ -8,141 +8,47 @@
 //! IPv6 is disabled in the namespace and no interface has an address, so the
 //! kernel sends nothing on its own and counts stay exact.
 
-use std::ffi::CString;
-use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use podfence_bpf::{RedirectConfig, Redirector};
 use podfence_datapath::ports::xsk::{XskConfig, XskMode, XskPort};
 use podfence_datapath::ports::{Port, RxDesc};
+use podfence_testkit::netns::Netns;
+use podfence_testkit::packet::PacketSocket;
+use podfence_testkit::{Need, skip_unless};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0xfa, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0xfa, 0x0b];
 
-static NEXT_NS: AtomicU32 = AtomicU32::new(0);
+const NS_PREFIX: &str = "pfxsk";
 
-/// A namespace with the veth pair, deleted on drop (also after a panic).
+/// The namespace and the names of the veth pair in it.
 struct Testbed {
-    ns: String,
+    netns: Netns,
     if_a: String,
     if_b: String,
 }
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    if !std::path::Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
-        return Some("kernel without the bpf() syscall".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("iproute2 (`ip`) not installed".into());
-    }
-    None
-}
-
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Testbed {
     fn new() -> Option<Self> {
-        if let Some(why) = skip_reason() {
-            eprintln!("SKIPPED: {why}");
+        if skip_unless(&[Need::Root, Need::Bpf, Need::Iproute2]) {
             return None;
         }
+        let netns = Netns::new(NS_PREFIX)?;
         let pid = std::process::id();
-        let ns = format!("pfxsk-{pid}-{}", NEXT_NS.fetch_add(1, Ordering::Relaxed));
-        let out = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot create network namespace {ns}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
         let bed = Self {
-            ns,
+            netns,
             if_a: format!("pfxa-{pid}"),
             if_b: format!("pfxb-{pid}"),
         };
-        bed.in_ns(|| {
-            for conf in ["all", "default"] {
-                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
-            }
-        });
-        let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
-        bed.ip(&[
-            "link",
-            "add",
-            &bed.if_a,
-            "address",
-            &mac(MAC_A),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &bed.if_b,
-            "address",
-            &mac(MAC_B),
-        ]);
-        for dev in [&bed.if_a, &bed.if_b] {
-            bed.ip(&["link", "set", dev, "up"]);
-        }
+        bed.netns.disable_ipv6();
+        bed.netns.add_veth((&bed.if_a, MAC_A), (&bed.if_b, MAC_B));
+        bed.netns.set_up(&[&bed.if_a, &bed.if_b]);
         Some(bed)
     }
 
-    fn ip(&self, args: &[&str]) {
-        let mut cmd = vec!["ip", "-n", &self.ns];
-        cmd.extend_from_slice(args);
-        run(&cmd);
-    }
-
-    /// Runs `f` on a thread inside the namespace; re-raises its panic.
     fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("netns file exists");
-                // SAFETY: `file` is an open namespace fd for the duration of
-                // the call; setns changes only this thread's namespace.
-                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(ret, 0, "setns {path}: {}", io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        match Command::new("ip").args(["netns", "del", &self.ns]).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "deleting netns {}: {}",
-                self.ns,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("deleting netns {}: {e}", self.ns),
-        }
+        self.netns.in_ns(f)
     }
 }
 
@@ -165,114 +71,6 @@ fn frame(src: [u8; 6], dst: [u8; 6], seq: u32) -> Vec<u8> {
     f.extend_from_slice(&seq.to_be_bytes());
     f.extend((4..payload_len).map(|i| (i as u32 ^ seq) as u8));
     f
-}
-
-/// A raw packet socket bound to one interface (inside the namespace).
-struct Packet {
-    fd: OwnedFd,
-    ifindex: i32,
-}
-
-impl Packet {
-    fn open(ifname: &str) -> Self {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                i32::from(proto),
-            )
-        };
-        assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-        // SAFETY: `raw` is a fresh fd owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let name = CString::new(ifname).unwrap();
-        // SAFETY: `name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(ifindex, 0, "{ifname} not found");
-        let ifindex = i32::try_from(ifindex).unwrap();
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex;
-        // SAFETY: `addr` is valid for its size and outlives the call.
-        let ret = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(ret, 0, "bind AF_PACKET: {}", io::Error::last_os_error());
-        // Room for every frame of a test (the default buffer holds ~200).
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: `size` is valid for reads of its size during the call.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(ret, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
-        Self { fd, ifindex }
-    }
-
-    fn send(&self, frames: &[Vec<u8>]) {
-        for f in frames {
-            // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = self.ifindex;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&f[..6]);
-            // SAFETY: `f` and `addr` are valid for the lengths given and
-            // outlive the call.
-            let sent = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(
-                sent,
-                isize::try_from(f.len()).unwrap(),
-                "sendto: {}",
-                io::Error::last_os_error()
-            );
-        }
-    }
-
-    /// Frames received from `src` until `count` arrived or `timeout` passed.
-    fn collect_from(&self, src: [u8; 6], count: usize, timeout: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        while got.len() < count && Instant::now() < deadline {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "recv: {e}");
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            let f = &buf[..usize::try_from(n).unwrap()];
-            if f.len() >= 12 && f[6..12] == src {
-                got.push(f.to_vec());
-            }
-        }
-        got
-    }
 }
 
 /// Receives from `port` until all of `expected` came or `wait` passed; checks
@@ -335,7 +133,7 @@ fn receives_and_sends_through_a_veth_pair() {
             redirector.mode(),
             port.max_frame_len()
         );
-        let peer = Packet::open(&bed.if_b);
+        let peer = PacketSocket::open(&bed.if_b);
 
         // Receive 3x the UMEM in rounds: only works if released frames go
         // back on the fill ring.

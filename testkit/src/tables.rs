@@ -1,4 +1,5 @@
-//! Tables for two pods, shared by the worker and switch tests.
+//! Small policy tables, built as the compiler would, for the worker and
+//! switch tests.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -7,12 +8,14 @@ use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::tables::{Direction, Enforcement, PodAddress, PortRule, TablesBuilder};
 
 /// Pod or test address `10.0.0.<last>`.
-pub(crate) fn v4(last: u8) -> IpAddr {
+#[must_use]
+pub fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
 /// Pod or test address `fd00::<last>`.
-pub(crate) fn v6(last: u16) -> IpAddr {
+#[must_use]
+pub fn v6(last: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last))
 }
 
@@ -20,7 +23,8 @@ pub(crate) fn v6(last: u16) -> IpAddr {
 /// with open egress. `p1` is isolated for ingress and accepts TCP
 /// `open_port` (if any) from `p2`; `p2` is isolated for ingress with no rule
 /// when `isolate_p2`, else open.
-pub(crate) fn two_pods(generation: u64, open_port: Option<u16>, isolate_p2: bool) -> Tables {
+#[must_use]
+pub fn two_pods(generation: u64, open_port: Option<u16>, isolate_p2: bool) -> Tables {
     let mut b = TablesBuilder::new(generation);
     let world = b.add_identity();
     let (id1, id2) = (b.add_identity(), b.add_identity());

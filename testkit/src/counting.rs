@@ -2,7 +2,7 @@
 //! tests that prove a hot path allocates nothing. Counting per thread keeps
 //! tests of one binary that run in parallel out of each other's figures.
 //! Each test binary that uses it declares
-//! `#[global_allocator] static GLOBAL: counting::Counting = counting::Counting;`.
+//! `#[global_allocator] static GLOBAL: Counting = Counting;`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,7 +12,8 @@ thread_local! {
 }
 
 /// Allocations (and reallocations) made by this thread so far.
-pub(crate) fn allocations() -> u64 {
+#[must_use]
+pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
@@ -22,7 +23,8 @@ fn count() {
 }
 
 /// Forwards to `System`, counting.
-pub(crate) struct Counting;
+#[derive(Debug)]
+pub struct Counting;
 
 // SAFETY: every call is forwarded to `System` unchanged; counting is a side
 // effect that does not allocate.

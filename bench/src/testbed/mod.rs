@@ -1,0 +1,394 @@
+//! A node built from network namespaces, so that policy verdicts can be
+//! checked with real packets instead of table lookups.
+//!
+//! [`Testbed::build`] turns a [`Cluster`] into:
+//!
+//! - a node namespace `<prefix>-node` with IP forwarding on and one
+//!   host-side veth `pv<i>` per pod (the agent, started there, adds its
+//!   host-port pair `pf-host`/`pf-dp`; see [`crate::live`]);
+//! - one namespace `<prefix>-<ns>-<pod>` per pod that has addresses of its
+//!   own, wired like the CNI `ptp` plugin: `eth0` with the pod's addresses as
+//!   /32 and /128, a default route via the link-local gateway 169.254.1.1
+//!   (`fe80::1` for IPv6), and in the node a host route per pod address
+//!   pointing at the pod's veth. Neighbours are static on both sides (and
+//!   proxy ARP is on for the host veth), so no ARP/ND is needed to get going;
+//! - an outside namespace `<prefix>-out` behind the node (transit link
+//!   `pf-out` in the node, `pf-node` outside, 169.254.100.0/30 and
+//!   fd70:6600::/126), holding every external address the caller asks for.
+//!
+//! Every pod answers TCP and UDP on its named container ports with
+//! `ns/pod`; the outside namespace answers `ext:IP` on the ports in
+//! [`TestbedOptions::external_ports`]. Servers are threads of this process
+//! that entered the namespace (`setns`), polled with a timeout and stopped
+//! on drop.
+//!
+//! This kernel has no SCTP, so an SCTP probe is an INIT chunk sent over a
+//! raw IP socket in the source namespace and watched for with a packet socket
+//! in the destination namespace.
+//!
+//! Names carry a per-run prefix (`pf` and four hex digits), so two runs never
+//! collide. Everything the testbed creates lives inside its namespaces, and
+//! dropping the testbed deletes them (which deletes their veths). The
+//! namespace names are also kept in a process-wide registry that a
+//! SIGINT/SIGTERM handler empties before the process dies, so Ctrl-C leaves
+//! nothing behind either. The handler replaces any previous handler of those
+//! two signals: after cleaning up it restores the default action and raises
+//! the signal again.
+//!
+//! One file per concern: `names` (prefix, namespace and veth names),
+//! `netns` (entering namespaces, the cleanup registry and signal handler),
+//! `commands` (`ip` and sysctl), `wiring` (node, pods, outside namespace),
+//! `servers`, `probes` (TCP and UDP), `sctp` (the raw INIT probe) and
+//! `sockets` (raw socket calls the probes share).
+
+mod commands;
+mod names;
+mod netns;
+mod probes;
+mod sctp;
+mod servers;
+mod sockets;
+mod wiring;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use podfence_control::index::Cluster;
+use podfence_control::model::{PodPhase, Protocol};
+
+use commands::sysctl;
+pub(crate) use commands::{add_veth_pair, ip, run};
+pub use names::{
+    IFNAME_MAX, NETNS_NAME_MAX, NODE_OUT_IF, OUT_NODE_IF, host_veth_name, pod_netns_name,
+    run_prefix, sanitize,
+};
+pub use netns::in_netns;
+pub(crate) use netns::{delete_netns, enter_netns, install_signal_handler, register, unregister};
+pub use sctp::sctp_init;
+pub use wiring::{GATEWAY_V4, GATEWAY_V6};
+
+/// Why the testbed could not be built or a probe could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// An `ip` command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its standard error (or why it could not run).
+        stderr: String,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The probe names a pod the testbed does not have.
+    #[error("pod {0} is not in the testbed (unknown, host-network, finished or without address)")]
+    UnknownPod(String),
+    /// The probe names an external address not given in the options.
+    #[error("external address {0} is not in the testbed (add it to TestbedOptions::external)")]
+    UnknownExternal(IpAddr),
+    /// Source and destination have no address family in common.
+    #[error("{src} and {dst} have no address family in common")]
+    NoCommonFamily {
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TestbedError {
+    let what = what.into();
+    move |source| TestbedError::Io { what, source }
+}
+
+/// What the testbed holds besides the cluster's pods.
+#[derive(Clone, Debug, Default)]
+pub struct TestbedOptions {
+    /// Addresses of the outside namespace (`ext:` endpoints).
+    pub external: Vec<IpAddr>,
+    /// Ports on which the outside namespace answers, on every external
+    /// address (TCP and UDP; SCTP needs no listener).
+    pub external_ports: Vec<(Protocol, u16)>,
+}
+
+/// What a probe saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// TCP or UDP: the destination answered with this text.
+    Answered(String),
+    /// SCTP: the INIT arrived in the destination namespace.
+    Seen,
+    /// The destination refused (TCP RST, ICMP port unreachable): the first
+    /// packet got through, but nothing listens there.
+    Refused,
+    /// Nothing came back (or arrived) before the timeout.
+    NoAnswer,
+}
+
+impl ProbeOutcome {
+    /// Whether the exchange completed (answer received, INIT seen).
+    #[must_use]
+    pub fn completed(&self) -> bool {
+        matches!(self, Self::Answered(_) | Self::Seen)
+    }
+}
+
+/// A pod as the testbed built it.
+#[derive(Clone, Debug)]
+pub struct TestbedPod {
+    /// `namespace/name`.
+    pub key: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Host-side veth in the node namespace.
+    pub host_veth: String,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+/// A pod the testbed left out, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedPod {
+    /// `namespace/name`.
+    pub key: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// The node and its pods in network namespaces; removed on drop.
+pub struct Testbed {
+    prefix: String,
+    node: String,
+    outside: String,
+    /// Every namespace created, in creation order.
+    namespaces: Vec<String>,
+    pods: BTreeMap<String, TestbedPod>,
+    skipped: Vec<SkippedPod>,
+    external: Vec<IpAddr>,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Testbed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Testbed")
+            .field("prefix", &self.prefix)
+            .field("namespaces", &self.namespaces)
+            .field("skipped", &self.skipped)
+            .field("external", &self.external)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------- build --
+
+impl Testbed {
+    /// Builds the node, the pods and the outside namespace, and starts the
+    /// servers. On failure everything made so far is removed.
+    pub fn build(cluster: &Cluster, options: &TestbedOptions) -> Result<Self, TestbedError> {
+        Self::build_with_queues(cluster, options, 1)
+    }
+
+    /// [`Self::build`] with pod veths of `queues` transmit and receive
+    /// queues each (one per datapath worker; veths have one by default).
+    pub fn build_with_queues(
+        cluster: &Cluster,
+        options: &TestbedOptions,
+        queues: u32,
+    ) -> Result<Self, TestbedError> {
+        install_signal_handler();
+        let mut prefix = run_prefix();
+        for _ in 0..16 {
+            if !std::path::Path::new(&format!("/run/netns/{prefix}-node")).exists() {
+                break;
+            }
+            prefix = run_prefix();
+        }
+        let mut bed = Self {
+            node: format!("{prefix}-node"),
+            outside: format!("{prefix}-out"),
+            prefix,
+            namespaces: Vec::new(),
+            pods: BTreeMap::new(),
+            skipped: Vec::new(),
+            external: options.external.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        // From here on, dropping `bed` (on error or panic) removes everything.
+        let node = bed.node.clone();
+        let outside = bed.outside.clone();
+        bed.add_netns(&node)?;
+        bed.add_netns(&outside)?;
+        let any_v6 = options.external.iter().any(IpAddr::is_ipv6)
+            || cluster
+                .pods
+                .values()
+                .any(|p| p.ips.iter().any(IpAddr::is_ipv6));
+
+        ip(&node, &["link", "set", "lo", "up"])?;
+        sysctl(
+            &node,
+            &[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+            ],
+        )?;
+        if any_v6 {
+            sysctl(&node, &[("net.ipv6.conf.all.forwarding", "1")])?;
+        }
+        bed.build_outside(options, any_v6)?;
+
+        let mut taken = HashSet::new();
+        for (index, pod) in cluster.pods.values().enumerate() {
+            let key = pod.key().to_string();
+            let reason = if pod.host_network {
+                Some("uses the host network")
+            } else if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
+                Some("has finished")
+            } else if pod.ips.is_empty() {
+                Some("has no address")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                eprintln!("testbed: skipping pod {key}: it {reason}");
+                bed.skipped.push(SkippedPod { key, reason });
+                continue;
+            }
+            let netns = pod_netns_name(&bed.prefix, &pod.namespace, &pod.name, index, &taken);
+            taken.insert(netns.clone());
+            let tp = TestbedPod {
+                key: key.clone(),
+                netns,
+                host_veth: host_veth_name(index),
+                ips: pod.ips.clone(),
+            };
+            bed.build_pod(&tp, index, queues.max(1))?;
+            let ports: Vec<(Protocol, u16)> = pod
+                .named_ports
+                .iter()
+                .map(|p| (p.protocol, p.port))
+                .collect();
+            bed.start_server(&tp.netns, &tp.ips, &ports, &key)?;
+            bed.pods.insert(key, tp);
+        }
+        for &ext in &options.external {
+            bed.start_server(
+                &outside,
+                &[ext],
+                &options.external_ports,
+                &format!("ext:{ext}"),
+            )?;
+        }
+        Ok(bed)
+    }
+
+    fn add_netns(&mut self, name: &str) -> Result<(), TestbedError> {
+        register(name);
+        if let Err(e) = run(&["ip", "netns", "add", name]) {
+            unregister(name);
+            return Err(e);
+        }
+        self.namespaces.push(name.to_owned());
+        // A probe to a closed UDP port is answered by ICMP port unreachable;
+        // hundreds of probes at once must not meet the kernel's ICMP rate
+        // limits, or a refusal would look like a drop.
+        sysctl(
+            name,
+            &[
+                ("net.ipv4.icmp_ratelimit", "0"),
+                ("net.ipv4.icmp_msgs_per_sec", "1000000"),
+                ("net.ipv4.icmp_msgs_burst", "1000000"),
+            ],
+        )?;
+        // No duplicate address detection: addresses are usable at once, and
+        // nothing else can own them inside the testbed.
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            sysctl(
+                name,
+                &[
+                    ("net.ipv6.conf.all.accept_dad", "0"),
+                    ("net.ipv6.conf.default.accept_dad", "0"),
+                    ("net.ipv6.icmp.ratelimit", "0"),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+// -------------------------------------------------------------- accessors --
+
+impl Testbed {
+    /// The per-run prefix of every namespace name.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The node namespace (where the agent runs).
+    #[must_use]
+    pub fn node_netns(&self) -> &str {
+        &self.node
+    }
+
+    /// The outside namespace (holding the external addresses).
+    #[must_use]
+    pub fn outside_netns(&self) -> &str {
+        &self.outside
+    }
+
+    /// Every namespace the testbed made.
+    #[must_use]
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// The pods built, by `namespace/name`.
+    #[must_use]
+    pub fn pods(&self) -> &BTreeMap<String, TestbedPod> {
+        &self.pods
+    }
+
+    /// The pods left out, and why.
+    #[must_use]
+    pub fn skipped(&self) -> &[SkippedPod] {
+        &self.skipped
+    }
+}
+
+// ---------------------------------------------------------------- cleanup --
+
+impl Testbed {
+    /// Stops the servers and deletes every namespace (and thereby every veth)
+    /// the testbed made. Idempotent; also done on drop.
+    pub fn cleanup(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.servers.drain(..) {
+            let _ = h.join();
+        }
+        for name in self.namespaces.drain(..).rev() {
+            delete_netns(&name);
+            unregister(&name);
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}

@@ -1,0 +1,284 @@
+//! Probes: real TCP connections and UDP exchanges from one namespace to
+//! another, run one at a time or on a pool of threads.
+
+use std::io::{self, Read};
+use std::mem::size_of;
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use podfence_control::model::Protocol;
+use podfence_control::probe::{Endpoint, Probe};
+
+use super::netns::in_netns;
+use super::sctp::sctp_probe;
+use super::sockets::{bind_fd, family, new_socket, sockaddr};
+use super::{ProbeOutcome, Testbed, TestbedError, io_err};
+
+impl Testbed {
+    /// The namespace and addresses of an endpoint.
+    fn endpoint(&self, e: &Endpoint) -> Result<(&str, Vec<IpAddr>), TestbedError> {
+        match e {
+            Endpoint::Pod { namespace, name } => {
+                let key = format!("{namespace}/{name}");
+                let pod = self.pods.get(&key).ok_or(TestbedError::UnknownPod(key))?;
+                Ok((&pod.netns, pod.ips.clone()))
+            }
+            Endpoint::External(ip) => {
+                if self.external.contains(ip) {
+                    Ok((&self.outside, vec![*ip]))
+                } else {
+                    Err(TestbedError::UnknownExternal(*ip))
+                }
+            }
+        }
+    }
+
+    /// Performs the probe for real and says whether the exchange completed
+    /// (TCP or UDP answer received, SCTP INIT seen at the destination).
+    pub fn probe(&self, probe: &Probe, timeout: Duration) -> Result<bool, TestbedError> {
+        Ok(self.probe_outcome(probe, timeout)?.completed())
+    }
+
+    /// Performs the probe for real and says what happened.
+    pub fn probe_outcome(
+        &self,
+        probe: &Probe,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        let (src_ns, src_ips) = self.endpoint(&probe.src)?;
+        let (dst_ns, dst_ips) = self.endpoint(&probe.dst)?;
+        let (src, dst) =
+            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
+                src: probe.src.to_string(),
+                dst: probe.dst.to_string(),
+            })?;
+        let what = || format!("probe {probe}");
+        match probe.protocol {
+            Protocol::Tcp => in_netns(src_ns, || tcp_probe(src, dst, probe.port, timeout))
+                .map_err(io_err(what())),
+            Protocol::Udp => in_netns(src_ns, || udp_probe((src, 0), dst, probe.port, timeout))
+                .map_err(io_err(what())),
+            Protocol::Sctp => {
+                sctp_probe(src_ns, dst_ns, src, dst, probe.port, timeout).map_err(io_err(what()))
+            }
+        }
+    }
+
+    /// A UDP exchange from a fixed source port, so that repeated calls are
+    /// one flow (one conntrack entry) and not one connection each.
+    pub fn udp_exchange(
+        &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        ports: (u16, u16),
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        let (src_ns, src_ips) = self.endpoint(src)?;
+        let (_, dst_ips) = self.endpoint(dst)?;
+        let (s, d) =
+            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
+                src: src.to_string(),
+                dst: dst.to_string(),
+            })?;
+        in_netns(src_ns, || udp_probe((s, ports.0), d, ports.1, timeout)).map_err(io_err(format!(
+            "UDP from {src} port {} to {dst} port {}",
+            ports.0, ports.1
+        )))
+    }
+
+    /// Runs probes on up to `parallelism` threads; whether each exchange
+    /// completed, in input order.
+    #[must_use]
+    pub fn probe_all(
+        &self,
+        probes: &[Probe],
+        timeout: Duration,
+        parallelism: usize,
+    ) -> Vec<Result<bool, TestbedError>> {
+        self.probe_all_outcomes(probes, timeout, parallelism)
+            .into_iter()
+            .map(|r| r.map(|o| o.completed()))
+            .collect()
+    }
+
+    /// Runs probes on up to `parallelism` threads; what each saw, in input
+    /// order.
+    #[must_use]
+    pub fn probe_all_outcomes(
+        &self,
+        probes: &[Probe],
+        timeout: Duration,
+        parallelism: usize,
+    ) -> Vec<Result<ProbeOutcome, TestbedError>> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<ProbeOutcome, TestbedError>>>> =
+            Mutex::new((0..probes.len()).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for _ in 0..parallelism.max(1).min(probes.len()) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(p) = probes.get(i) else { break };
+                        let r = self.probe_outcome(p, timeout);
+                        results
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);
+                    }
+                });
+            }
+        });
+        results
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .into_iter()
+            .map(|r| r.expect("every probe ran"))
+            .collect()
+    }
+}
+
+/// The first pair of addresses of one family.
+fn common_family(src: &[IpAddr], dst: &[IpAddr]) -> Option<(IpAddr, IpAddr)> {
+    src.iter().find_map(|s| {
+        dst.iter()
+            .find(|d| d.is_ipv4() == s.is_ipv4())
+            .map(|d| (*s, *d))
+    })
+}
+
+fn tcp_probe(src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> io::Result<ProbeOutcome> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = match connect_from(src, SocketAddr::new(dst, port), timeout) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(ProbeOutcome::Refused),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(ProbeOutcome::NoAnswer),
+        Err(e) => return Err(e),
+    };
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(if reply.is_empty() {
+        ProbeOutcome::NoAnswer
+    } else {
+        ProbeOutcome::Answered(String::from_utf8_lossy(&reply).into_owned())
+    })
+}
+/// A TCP connection from `src` (bound first, so the outside namespace with
+/// several addresses sends from the right one).
+fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let fd = new_socket(
+        family(src),
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+        libc::IPPROTO_TCP,
+    )?;
+    bind_fd(&fd, SocketAddr::new(src, 0))?;
+    let (sa, len) = sockaddr(dst);
+    // SAFETY: `sa` is a valid socket address of `len` bytes.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is one valid pollfd.
+        let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let mut err: libc::c_int = 0;
+        let mut elen = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `elen` are valid for getsockopt to write an int.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &raw mut elen,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn udp_probe(
+    src: (IpAddr, u16),
+    dst: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<ProbeOutcome> {
+    let sock = UdpSocket::bind(SocketAddr::new(src.0, src.1))?;
+    sock.connect(SocketAddr::new(dst, port))?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 512];
+    // Resend a few times: the first datagram may wait on neighbour state.
+    let resend = timeout / 4;
+    loop {
+        match sock.send(b"probe") {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Ok(ProbeOutcome::Refused);
+            }
+            Err(e) => return Err(e),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(ProbeOutcome::NoAnswer);
+        }
+        sock.set_read_timeout(Some(left.min(resend).max(Duration::from_millis(1))))?;
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                return Ok(ProbeOutcome::Answered(
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Ok(ProbeOutcome::Refused);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Wiring the namespaces: the node's link to the outside namespace and
+//! each pod's veth, addresses, routes and static neighbours.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::commands::{ip, sysctl};
+use super::names::{NODE_OUT_IF, OUT_NODE_IF, mac};
+use super::{Testbed, TestbedError, TestbedOptions, TestbedPod};
+
+/// Link-local IPv4 gateway of every pod, as the `ptp` plugin sets it up.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Link-local IPv6 gateway of every pod.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+const TRANSIT_NODE_V4: &str = "169.254.100.1";
+const TRANSIT_OUT_V4: &str = "169.254.100.2";
+const TRANSIT_NODE_V6: &str = "fd70:6600::1";
+const TRANSIT_OUT_V6: &str = "fd70:6600::2";
+const TRANSIT_NODE_MAC: &str = "02:70:66:ff:ff:01";
+const TRANSIT_OUT_MAC: &str = "02:70:66:ff:ff:02";
+
+/// Static neighbours on the node-outside link, both families.
+fn transit_neighbours(node: &str, out: &str, v6: bool) -> Result<(), TestbedError> {
+    // Static neighbours: no resolution delay on the first packet.
+    let mut pairs = vec![(TRANSIT_NODE_V4, TRANSIT_OUT_V4)];
+    if v6 {
+        pairs.push((TRANSIT_NODE_V6, TRANSIT_OUT_V6));
+    }
+    for (node_addr, out_addr) in pairs {
+        ip(
+            node,
+            &[
+                "neigh",
+                "add",
+                out_addr,
+                "lladdr",
+                TRANSIT_OUT_MAC,
+                "dev",
+                NODE_OUT_IF,
+                "nud",
+                "permanent",
+            ],
+        )?;
+        ip(
+            out,
+            &[
+                "neigh",
+                "add",
+                node_addr,
+                "lladdr",
+                TRANSIT_NODE_MAC,
+                "dev",
+                OUT_NODE_IF,
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+impl Testbed {
+    pub(super) fn build_outside(
+        &mut self,
+        options: &TestbedOptions,
+        v6: bool,
+    ) -> Result<(), TestbedError> {
+        let (node, out) = (self.node.clone(), self.outside.clone());
+        ip(&out, &["link", "set", "lo", "up"])?;
+        ip(
+            &node,
+            &[
+                "link",
+                "add",
+                NODE_OUT_IF,
+                "address",
+                TRANSIT_NODE_MAC,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                OUT_NODE_IF,
+                "address",
+                TRANSIT_OUT_MAC,
+                "netns",
+                &out,
+            ],
+        )?;
+        ip(
+            &node,
+            &[
+                "addr",
+                "add",
+                &format!("{TRANSIT_NODE_V4}/30"),
+                "dev",
+                NODE_OUT_IF,
+            ],
+        )?;
+        ip(
+            &out,
+            &[
+                "addr",
+                "add",
+                &format!("{TRANSIT_OUT_V4}/30"),
+                "dev",
+                OUT_NODE_IF,
+            ],
+        )?;
+        if v6 {
+            ip(
+                &node,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{TRANSIT_NODE_V6}/126"),
+                    "dev",
+                    NODE_OUT_IF,
+                    "nodad",
+                ],
+            )?;
+            ip(
+                &out,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{TRANSIT_OUT_V6}/126"),
+                    "dev",
+                    OUT_NODE_IF,
+                    "nodad",
+                ],
+            )?;
+        }
+        ip(&node, &["link", "set", NODE_OUT_IF, "up"])?;
+        ip(&out, &["link", "set", OUT_NODE_IF, "up"])?;
+        transit_neighbours(&node, &out, v6)?;
+        // Everything not outside is behind the node: pods answer through it.
+        ip(&out, &["route", "add", "default", "via", TRANSIT_NODE_V4])?;
+        if v6 {
+            ip(
+                &out,
+                &["-6", "route", "add", "default", "via", TRANSIT_NODE_V6],
+            )?;
+        }
+        for ext in &options.external {
+            let (len, via, fam) = if ext.is_ipv4() {
+                ("32", TRANSIT_OUT_V4, "-4")
+            } else {
+                ("128", TRANSIT_OUT_V6, "-6")
+            };
+            let cidr = format!("{ext}/{len}");
+            let mut add = vec![fam, "addr", "add", &cidr, "dev", OUT_NODE_IF];
+            if ext.is_ipv6() {
+                add.push("nodad");
+            }
+            ip(&out, &add)?;
+            ip(
+                &node,
+                &[fam, "route", "add", &cidr, "via", via, "dev", NODE_OUT_IF],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn build_pod(
+        &mut self,
+        pod: &TestbedPod,
+        index: usize,
+        queues: u32,
+    ) -> Result<(), TestbedError> {
+        let node = self.node.clone();
+        self.add_netns(&pod.netns)?;
+        let (host_mac, pod_mac) = (mac(index, 1), mac(index, 2));
+        let ns = pod.netns.as_str();
+        let hv = pod.host_veth.as_str();
+        let q = queues.to_string();
+        let mut add = vec!["link", "add", hv, "address", &host_mac];
+        if queues > 1 {
+            add.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        }
+        add.extend(["type", "veth", "peer", "name", "eth0", "address", &pod_mac]);
+        if queues > 1 {
+            add.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        }
+        add.extend(["netns", ns]);
+        ip(&node, &add)?;
+        ip(ns, &["link", "set", "lo", "up"])?;
+        sysctl(&node, &[(&format!("net.ipv4.conf.{hv}.proxy_arp"), "1")])?;
+        ip(ns, &["link", "set", "eth0", "up"])?;
+        ip(&node, &["link", "set", hv, "up"])?;
+        let v6 = pod.ips.iter().any(IpAddr::is_ipv6);
+        for addr in &pod.ips {
+            let (cidr, fam) = match addr {
+                IpAddr::V4(a) => (format!("{a}/32"), "-4"),
+                IpAddr::V6(a) => (format!("{a}/128"), "-6"),
+            };
+            let mut add = vec![fam, "addr", "add", &cidr, "dev", "eth0"];
+            if addr.is_ipv6() {
+                add.push("nodad");
+            }
+            ip(ns, &add)?;
+            ip(&node, &[fam, "route", "add", &cidr, "dev", hv])?;
+            let a = addr.to_string();
+            ip(
+                &node,
+                &[
+                    fam,
+                    "neigh",
+                    "add",
+                    &a,
+                    "lladdr",
+                    &pod_mac,
+                    "dev",
+                    hv,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
+        let gw4 = GATEWAY_V4.to_string();
+        ip(ns, &["route", "add", &gw4, "dev", "eth0", "scope", "link"])?;
+        ip(ns, &["route", "add", "default", "via", &gw4, "dev", "eth0"])?;
+        ip(
+            ns,
+            &[
+                "neigh",
+                "add",
+                &gw4,
+                "lladdr",
+                &host_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        if v6 {
+            let gw6 = GATEWAY_V6.to_string();
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "neigh",
+                    "add",
+                    &gw6,
+                    "lladdr",
+                    &host_mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+            ip(
+                ns,
+                &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"],
+            )?;
+        }
+        Ok(())
+    }
+}

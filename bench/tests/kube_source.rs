@@ -12,7 +12,7 @@ use podfence_bench::apiserver::{ApiServer, Resource};
 use podfence_control::agent::TablePublisher;
 use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceStats, SourceThread};
-use podfence_datapath::Protocol;
+use podfence_datapath::IpProtocol;
 use serde_json::{Value, json};
 
 fn namespace(name: &str) -> Value {
@@ -126,7 +126,7 @@ impl Harness {
         Some(
             generation
                 .tables
-                .classify_v4(A.into(), B.into(), Protocol(6), 80)
+                .classify_v4(A.into(), B.into(), IpProtocol::TCP, 80)
                 .is_allowed(),
         )
     }

@@ -23,6 +23,7 @@ use podfence_control::model::{Cluster, Protocol};
 use podfence_control::probe::{self, Endpoint, Explanation, Probe};
 use podfence_control::replay::{self, ReplayOptions};
 use podfence_control::sources::manifests;
+use podfence_datapath::wire::ip_proto;
 use podfence_datapath::worker::MalformedAction;
 
 #[derive(Parser, Debug)]
@@ -738,7 +739,7 @@ fn run_replay(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> Result<(
             writeln!(
                 out,
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                podfence_datapath::Protocol(f.key.protocol),
+                podfence_datapath::IpProtocol(f.key.protocol),
                 addr(f.key.src),
                 f.key.src_port,
                 addr(f.key.dst),
@@ -1105,12 +1106,13 @@ fn print_diff_json(
             };
             json!({
                 "change": f.change.as_str(),
-                "protocol": podfence_datapath::Protocol(f.protocol).to_string(),
+                "protocol": podfence_datapath::IpProtocol(f.protocol).to_string(),
                 "src": f.src.to_string(),
                 "src_pod": sides.names.pod(f.src),
                 "dst": f.dst.to_string(),
                 "dst_pod": sides.names.pod(f.dst),
-                "port": matches!(f.protocol, 6 | 17 | 132).then_some(f.port),
+                "port": matches!(f.protocol, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP)
+                    .then_some(f.port),
                 "connections": f.connections,
                 "packets": f.packets,
                 "bytes": f.bytes,

@@ -42,7 +42,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rustc_hash::FxBuildHasher;
 
 use crate::link::LinkType;
-use crate::tables::Protocol;
+use crate::wire::IpProtocol;
 use crate::wire::ethernet::walk_vlan_tags;
 use crate::wire::{
     EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, LinuxSll2Header,
@@ -152,8 +152,8 @@ impl FlowKey {
 
     /// The transport protocol.
     #[must_use]
-    pub fn proto(&self) -> Protocol {
-        Protocol(self.protocol)
+    pub fn proto(&self) -> IpProtocol {
+        IpProtocol(self.protocol)
     }
 
     /// Source address.
@@ -776,7 +776,7 @@ mod tests {
         let key = FlowKey::new(v4_a, v4_b, 17, 1, 2).unwrap();
         assert_eq!(key, FlowKey::v4(0x0a00_0001, 0x0a00_0002, 17, 1, 2));
         assert_eq!((key.src_ip(), key.dst_ip()), (v4_a, v4_b));
-        assert_eq!(key.proto(), Protocol::UDP);
+        assert_eq!(key.proto(), IpProtocol::UDP);
         let v6_c: IpAddr = "fd00::1".parse().unwrap();
         let v6_d: IpAddr = "fd00::2".parse().unwrap();
         let key6 = FlowKey::new(v6_c, v6_d, 132, 1, 2).unwrap();

@@ -24,4 +24,5 @@ pub mod wire;
 pub mod worker;
 
 pub use prefix::{Prefix, PrefixError};
-pub use tables::{Decision, Direction, Protocol, Tables, TablesBuilder, Verdict};
+pub use tables::{Decision, Direction, Tables, TablesBuilder, Verdict};
+pub use wire::IpProtocol;

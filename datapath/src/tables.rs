@@ -35,50 +35,7 @@ use rustc_hash::FxHashMap;
 
 use crate::lpm::IntervalMap;
 
-/// An IP protocol number (TCP 6, UDP 17, SCTP 132, ...).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Protocol(pub u8);
-
-impl Protocol {
-    /// ICMP.
-    pub const ICMP: Self = Self(1);
-    /// TCP.
-    pub const TCP: Self = Self(6);
-    /// UDP.
-    pub const UDP: Self = Self(17);
-    /// ICMPv6.
-    pub const ICMPV6: Self = Self(58);
-    /// SCTP.
-    pub const SCTP: Self = Self(132);
-
-    /// The protocol's usual name, if it has one here.
-    #[must_use]
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self {
-            Self::ICMP => "ICMP",
-            Self::TCP => "TCP",
-            Self::UDP => "UDP",
-            Self::ICMPV6 => "ICMPv6",
-            Self::SCTP => "SCTP",
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(n) => f.write_str(n),
-            None => write!(f, "proto-{}", self.0),
-        }
-    }
-}
-
-impl fmt::Debug for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+pub use crate::wire::IpProtocol;
 
 /// Direction of a policy check, seen from the pod being protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -172,7 +129,7 @@ pub struct PodAddress {
     pub node: Option<NodeId>,
 }
 
-/// Protocol number in a [`PortRule`] that matches every protocol and port.
+/// IpProtocol number in a [`PortRule`] that matches every protocol and port.
 pub const ANY_PROTOCOL: u8 = 0;
 
 /// One allowed protocol and port range, with the rule that allowed it.
@@ -204,7 +161,7 @@ impl PortRule {
     }
 
     #[inline]
-    fn matches(&self, protocol: Protocol, port: u16) -> bool {
+    fn matches(&self, protocol: IpProtocol, port: u16) -> bool {
         self.protocol == ANY_PROTOCOL
             || (self.protocol == protocol.0 && self.first <= port && port <= self.last)
     }
@@ -425,14 +382,20 @@ impl Tables {
     /// Classifies the first packet of an IPv4 connection.
     #[inline]
     #[must_use]
-    pub fn classify_v4(&self, src: u32, dst: u32, protocol: Protocol, dst_port: u16) -> Verdict {
+    pub fn classify_v4(&self, src: u32, dst: u32, protocol: IpProtocol, dst_port: u16) -> Verdict {
         self.decide(self.peer_v4(src), self.peer_v4(dst), protocol, dst_port)
     }
 
     /// Classifies the first packet of an IPv6 connection.
     #[inline]
     #[must_use]
-    pub fn classify_v6(&self, src: u128, dst: u128, protocol: Protocol, dst_port: u16) -> Verdict {
+    pub fn classify_v6(
+        &self,
+        src: u128,
+        dst: u128,
+        protocol: IpProtocol,
+        dst_port: u16,
+    ) -> Verdict {
         self.decide(self.peer_v6(src), self.peer_v6(dst), protocol, dst_port)
     }
 
@@ -440,14 +403,20 @@ impl Tables {
     /// `dst:dst_port`. Addresses of different families share no policy state
     /// and are classified each on its own.
     #[must_use]
-    pub fn classify(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, dst_port: u16) -> Verdict {
+    pub fn classify(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: IpProtocol,
+        dst_port: u16,
+    ) -> Verdict {
         self.decide(self.peer(src), self.peer(dst), protocol, dst_port)
     }
 
     /// The decision for two resolved peers.
     #[inline]
     #[must_use]
-    pub fn decide(&self, src: Peer, dst: Peer, protocol: Protocol, dst_port: u16) -> Verdict {
+    pub fn decide(&self, src: Peer, dst: Peer, protocol: IpProtocol, dst_port: u16) -> Verdict {
         if let (Some(s), Some(d)) = (src.pod, dst.pod)
             && s.pod == d.pod
         {
@@ -484,7 +453,7 @@ impl Tables {
     }
 
     #[inline]
-    fn check(&self, group: GroupId, peer: IdentityId, protocol: Protocol, port: u16) -> Decision {
+    fn check(&self, group: GroupId, peer: IdentityId, protocol: IpProtocol, port: u16) -> Decision {
         // The first matching rule of a set is its lowest (policy, rule); of
         // all sets that match, the lowest one is reported.
         let first_match = |set: PortSetId| {
@@ -887,7 +856,7 @@ mod tests {
     #[test]
     fn ingress_rule_allows_listed_peer_and_ports_only() {
         let t = sample();
-        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::TCP, 81);
+        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, 81);
         assert_eq!(
             v.ingress,
             Decision::Allowed {
@@ -898,9 +867,9 @@ mod tests {
         // a's own egress only reaches the block on UDP 53.
         assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
         assert!(!v.is_allowed());
-        let v = t.classify(ip("10.0.0.2"), ip("10.0.0.2"), Protocol::TCP, 82);
+        let v = t.classify(ip("10.0.0.2"), ip("10.0.0.2"), IpProtocol::TCP, 82);
         assert_eq!(v.ingress, Decision::SelfTraffic);
-        let v = t.classify(ip("192.0.2.9"), ip("10.0.0.2"), Protocol::TCP, 80);
+        let v = t.classify(ip("192.0.2.9"), ip("10.0.0.2"), IpProtocol::TCP, 80);
         assert_eq!(v.ingress, Decision::Denied { group: GroupId(0) });
         assert_eq!(v.egress, Decision::NotEnforced);
         assert!(!v.is_allowed());
@@ -909,7 +878,7 @@ mod tests {
     #[test]
     fn egress_to_block_honours_except() {
         let t = sample();
-        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), Protocol::UDP, 53);
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), IpProtocol::UDP, 53);
         assert_eq!(
             v.egress,
             Decision::Allowed {
@@ -918,12 +887,12 @@ mod tests {
             }
         );
         assert_eq!(v.ingress, Decision::NotEnforced);
-        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.200"), Protocol::UDP, 53);
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.200"), IpProtocol::UDP, 53);
         assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
-        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), Protocol::TCP, 53);
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), IpProtocol::TCP, 53);
         assert!(!v.is_allowed());
         // The pod's v6 address is the same pod, and nothing allows v6 egress.
-        let v = t.classify(ip("fd00::1"), ip("fd00::9"), Protocol::UDP, 53);
+        let v = t.classify(ip("fd00::1"), ip("fd00::9"), IpProtocol::UDP, 53);
         assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
     }
 
@@ -968,7 +937,7 @@ mod tests {
             t.classify_v4(
                 base + n,
                 u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)),
-                Protocol::TCP,
+                IpProtocol::TCP,
                 85,
             )
         };
@@ -1000,17 +969,17 @@ mod tests {
     #[test]
     fn any_protocol_rule_matches_portless_protocols() {
         let r = PortRule::any(PolicyId(0), 0);
-        assert!(r.matches(Protocol::ICMP, 0));
-        assert!(r.matches(Protocol::SCTP, 9));
+        assert!(r.matches(IpProtocol::ICMP, 0));
+        assert!(r.matches(IpProtocol::SCTP, 9));
         let tcp = PortRule {
             protocol: 6,
             first: 1,
             last: 2,
             ..r
         };
-        assert!(!tcp.matches(Protocol::ICMP, 0));
-        assert!(!tcp.matches(Protocol::UDP, 1));
-        assert!(tcp.matches(Protocol::TCP, 2));
+        assert!(!tcp.matches(IpProtocol::ICMP, 0));
+        assert!(!tcp.matches(IpProtocol::UDP, 1));
+        assert!(tcp.matches(IpProtocol::TCP, 2));
     }
 
     #[test]
@@ -1058,7 +1027,7 @@ mod tests {
     #[test]
     fn empty_tables_enforce_nothing() {
         let t = Tables::empty(3);
-        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::TCP, 80);
+        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, 80);
         assert_eq!(
             v,
             Verdict {

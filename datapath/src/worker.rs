@@ -28,7 +28,8 @@ use crate::conntrack::{self, ConnKey, Conntrack, Inserted, Signal};
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
 use crate::publish::TablesReader;
 use crate::stats::{Counters, WorkerStats};
-use crate::tables::{Protocol, Tables, Verdict};
+use crate::tables::{IpProtocol, Tables, Verdict};
+use crate::wire::ip_proto;
 
 /// What happens to frames that do not parse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,7 +178,7 @@ pub struct FragmentVerdict {
 #[inline]
 fn policy_port(key: &ConnKey) -> u16 {
     match key.protocol {
-        6 | 17 | 132 => key.dst_port,
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => key.dst_port,
         _ => 0,
     }
 }
@@ -187,7 +188,7 @@ fn policy_port(key: &ConnKey) -> u16 {
 #[must_use]
 pub fn classify_key(tables: &Tables, key: &ConnKey) -> Verdict {
     let port = policy_port(key);
-    let protocol = Protocol(key.protocol);
+    let protocol = IpProtocol(key.protocol);
     if key.ipv6 {
         tables.classify_v6(key.src, key.dst, protocol, port)
     } else {

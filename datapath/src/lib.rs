@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod craft;
 pub mod denials;
 pub mod flow;
+pub mod fragments;
 pub mod link;
 pub mod lpm;
 pub mod offload;

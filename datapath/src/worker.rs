@@ -20,7 +20,7 @@
 //!   allow it in its own direction or as a reply in the other, so that a
 //!   restart of podfence does not cut connections the policy allows;
 //! - a non-first fragment gets the verdict of its first fragment (see
-//!   [`crate::flow::FragmentTable`]); without one, it is denied;
+//!   [`crate::fragments::FragmentTable`]); without one, it is denied;
 //! - a frame that does not parse gets the configured verdict and is counted
 //!   as malformed; a frame that is not IP is not policy's business and passes.
 
@@ -155,7 +155,7 @@ pub trait Output {
 pub struct Worker<'a> {
     conntrack: &'a Conntrack,
     reader: TablesReader,
-    fragments: crate::flow::FragmentTable<FragmentVerdict>,
+    fragments: crate::fragments::FragmentTable<FragmentVerdict>,
     stats: &'a WorkerStats,
     config: WorkerConfig,
     descs: [RxDesc; MAX_BATCH],
@@ -209,7 +209,7 @@ impl<'a> Worker<'a> {
         Self {
             conntrack,
             reader,
-            fragments: crate::flow::FragmentTable::new(config.fragment_slots.max(1)),
+            fragments: crate::fragments::FragmentTable::new(config.fragment_slots.max(1)),
             stats,
             config: WorkerConfig {
                 batch: config.batch.clamp(1, MAX_BATCH),
@@ -337,7 +337,7 @@ impl Decider<'_> {
     /// The decision for one parsed packet (see the module doc).
     fn packet(
         &self,
-        fragments: &mut crate::flow::FragmentTable<FragmentVerdict>,
+        fragments: &mut crate::fragments::FragmentTable<FragmentVerdict>,
         meta: &crate::flow::PacketMeta,
         located: &crate::conntrack::Located,
         c: &mut Counters,

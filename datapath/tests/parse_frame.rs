@@ -6,9 +6,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use podfence_datapath::flow::{
-    Fragment, FragmentKey, IcmpInfo, PacketMeta, ParseError, Parsed, parse_frame,
-};
+use podfence_datapath::flow::{Fragment, IcmpInfo, PacketMeta, ParseError, Parsed, parse_frame};
+use podfence_datapath::fragments::FragmentKey;
 use podfence_datapath::link::LinkType;
 
 fn meta(link: LinkType, frame: &[u8]) -> PacketMeta {

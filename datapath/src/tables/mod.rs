@@ -26,16 +26,23 @@
 //! group that has them. Such a peer set is stored once instead, as a bit in
 //! each member identity's *broad-set* bitmap, and the group keeps a short
 //! list of `(broad set, port set)` pairs.
+//!
+//! This module holds the types; `classify` the lookups of
+//! [`Tables::classify`] and the accessors that explain a decision;
+//! `builder` the [`TablesBuilder`].
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use crate::lpm::IntervalMap;
 
+mod builder;
+mod classify;
+
 pub use crate::wire::IpProtocol;
+pub use builder::{BuildError, TablesBuilder};
 
 /// Direction of a policy check, seen from the pod being protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -317,477 +324,13 @@ fn allow_key(group: GroupId, identity: IdentityId) -> u64 {
     (u64::from(group.0) << 32) | u64::from(identity.0)
 }
 
-impl Tables {
-    /// Tables that enforce nothing: every address is one outside identity.
-    #[must_use]
-    pub fn empty(generation: u64) -> Self {
-        let mut b = TablesBuilder::new(generation);
-        let world = b.add_identity();
-        b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
-        b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
-        b.build()
-    }
-
-    /// The generation number given by the builder.
-    #[must_use]
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Resolves an IPv4 address (host order).
-    #[inline]
-    #[must_use]
-    pub fn peer_v4(&self, addr: u32) -> Peer {
-        match self.pods_v4.get(&addr) {
-            Some(p) => Peer {
-                identity: p.identity,
-                pod: Some(*p),
-                node: None,
-            },
-            None => Peer {
-                identity: self.others_v4.get(addr),
-                pod: None,
-                node: self.nodes_v4.get(&addr).copied(),
-            },
-        }
-    }
-
-    /// Resolves an IPv6 address (host order).
-    #[inline]
-    #[must_use]
-    pub fn peer_v6(&self, addr: u128) -> Peer {
-        match self.pods_v6.get(&addr) {
-            Some(p) => Peer {
-                identity: p.identity,
-                pod: Some(*p),
-                node: None,
-            },
-            None => Peer {
-                identity: self.others_v6.get(addr),
-                pod: None,
-                node: self.nodes_v6.get(&addr).copied(),
-            },
-        }
-    }
-
-    /// Resolves an address of either family.
-    #[must_use]
-    pub fn peer(&self, addr: IpAddr) -> Peer {
-        match addr {
-            IpAddr::V4(a) => self.peer_v4(u32::from(a)),
-            IpAddr::V6(a) => self.peer_v6(u128::from(a)),
-        }
-    }
-
-    /// Classifies the first packet of an IPv4 connection.
-    #[inline]
-    #[must_use]
-    pub fn classify_v4(&self, src: u32, dst: u32, protocol: IpProtocol, dst_port: u16) -> Verdict {
-        self.decide(self.peer_v4(src), self.peer_v4(dst), protocol, dst_port)
-    }
-
-    /// Classifies the first packet of an IPv6 connection.
-    #[inline]
-    #[must_use]
-    pub fn classify_v6(
-        &self,
-        src: u128,
-        dst: u128,
-        protocol: IpProtocol,
-        dst_port: u16,
-    ) -> Verdict {
-        self.decide(self.peer_v6(src), self.peer_v6(dst), protocol, dst_port)
-    }
-
-    /// Classifies the first packet of a connection from `src` to
-    /// `dst:dst_port`. Addresses of different families share no policy state
-    /// and are classified each on its own.
-    #[must_use]
-    pub fn classify(
-        &self,
-        src: IpAddr,
-        dst: IpAddr,
-        protocol: IpProtocol,
-        dst_port: u16,
-    ) -> Verdict {
-        self.decide(self.peer(src), self.peer(dst), protocol, dst_port)
-    }
-
-    /// The decision for two resolved peers.
-    #[inline]
-    #[must_use]
-    pub fn decide(&self, src: Peer, dst: Peer, protocol: IpProtocol, dst_port: u16) -> Verdict {
-        if let (Some(s), Some(d)) = (src.pod, dst.pod)
-            && s.pod == d.pod
-        {
-            return Verdict {
-                egress: Decision::SelfTraffic,
-                ingress: Decision::SelfTraffic,
-            };
-        }
-        if src.node.is_some() && src.node == dst.pod.and_then(|p| p.node) {
-            return Verdict {
-                egress: Decision::NotEnforced,
-                ingress: Decision::OwnNode,
-            };
-        }
-        if dst.node.is_some() && dst.node == src.pod.and_then(|p| p.node) {
-            return Verdict {
-                egress: Decision::OwnNode,
-                ingress: Decision::NotEnforced,
-            };
-        }
-        let side = |enforcement: Option<Enforcement>, peer: IdentityId| match enforcement {
-            None | Some(Enforcement::Remote) => Decision::NotEnforced,
-            Some(Enforcement::Open) => Decision::NotIsolated,
-            Some(Enforcement::Isolated(g)) => self.check(g, peer, protocol, dst_port),
-            Some(Enforcement::Audited(g)) => match self.check(g, peer, protocol, dst_port) {
-                Decision::Denied { group } => Decision::WouldDeny { group },
-                allowed => allowed,
-            },
-        };
-        Verdict {
-            egress: side(src.pod.map(|p| p.egress), dst.identity),
-            ingress: side(dst.pod.map(|p| p.ingress), src.identity),
-        }
-    }
-
-    #[inline]
-    fn check(&self, group: GroupId, peer: IdentityId, protocol: IpProtocol, port: u16) -> Decision {
-        // The first matching rule of a set is its lowest (policy, rule); of
-        // all sets that match, the lowest one is reported.
-        let first_match = |set: PortSetId| {
-            self.port_set(set)
-                .iter()
-                .find(|r| r.matches(protocol, port))
-                .map(|r| (r.policy, r.rule))
-        };
-        let mut best = self
-            .allow
-            .get(&allow_key(group, peer))
-            .and_then(|s| first_match(*s));
-        for &(broad, set) in self.broad_rules(group) {
-            if self.is_member(peer, broad)
-                && let Some(m) = first_match(set)
-                && best.is_none_or(|b| m < b)
-            {
-                best = Some(m);
-            }
-        }
-        match best {
-            Some((policy, rule)) => Decision::Allowed { policy, rule },
-            None => Decision::Denied { group },
-        }
-    }
-
-    #[inline]
-    fn is_member(&self, identity: IdentityId, set: BroadSetId) -> bool {
-        let word = identity.index() * self.broad_words as usize + set.index() / 64;
-        (self.identity_broad[word] >> (set.0 % 64)) & 1 == 1
-    }
-
-    /// The broad rules of a group: `(peer set, port set)` pairs.
-    #[must_use]
-    pub fn broad_rules(&self, group: GroupId) -> &[(BroadSetId, PortSetId)] {
-        let (start, len) = self.group_broad[group.index()];
-        &self.broad_rules[start as usize..(start + len) as usize]
-    }
-
-    /// The rules of a port set, in attribution order.
-    #[must_use]
-    pub fn port_set(&self, set: PortSetId) -> &[PortRule] {
-        let (start, len) = self.port_sets[set.index()];
-        &self.port_rules[start as usize..(start + len) as usize]
-    }
-
-    /// The port set that `group` grants to `peer`, if any.
-    #[must_use]
-    pub fn allowed_ports(&self, group: GroupId, peer: IdentityId) -> Option<&[PortRule]> {
-        self.allow
-            .get(&allow_key(group, peer))
-            .map(|s| self.port_set(*s))
-    }
-
-    /// The names of a group's policies, in table order: what isolates its
-    /// pods in its direction.
-    pub fn group_policy_names(&self, group: GroupId) -> impl Iterator<Item = &ObjectName> {
-        self.group(group).1.iter().map(|&p| self.policy(p))
-    }
-
-    /// The direction and the policies of a group, in table order.
-    #[must_use]
-    pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {
-        let (dir, start, len) = self.groups[group.index()];
-        (
-            dir,
-            &self.group_policies[start as usize..(start + len) as usize],
-        )
-    }
-
-    /// A policy's namespace and name.
-    #[must_use]
-    pub fn policy(&self, policy: PolicyId) -> &ObjectName {
-        &self.policies[policy.index()]
-    }
-
-    /// A pod's namespace and name.
-    #[must_use]
-    pub fn pod(&self, pod: PodId) -> &ObjectName {
-        &self.pods[pod.index()]
-    }
-
-    /// Sizes, for reports.
-    #[must_use]
-    pub fn stats(&self) -> TableStats {
-        TableStats {
-            policies: self.policies.len(),
-            pods: self.pods.len(),
-            pod_addresses: self.pods_v4.len() + self.pods_v6.len(),
-            identities: self.identities as usize,
-            groups: self.groups.len(),
-            allow_entries: self.allow.len(),
-            broad_sets: self.broad_sets as usize,
-            broad_rules: self.broad_rules.len(),
-            port_sets: self.port_sets.len(),
-            port_rules: self.port_rules.len(),
-            prefix_intervals: self.others_v4.intervals() + self.others_v6.intervals(),
-        }
-    }
-}
-
-/// Why the builder refused an input.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuildError {
-    /// Two pods claim one address.
-    #[error("address {addr} belongs to both pod {first} and pod {second}")]
-    DuplicateAddress {
-        /// The address.
-        addr: IpAddr,
-        /// The pod that had it first (and keeps it).
-        first: ObjectName,
-        /// The pod that also claims it.
-        second: ObjectName,
-    },
-}
-
-/// Assembles a [`Tables`] value; the compiler in the control plane drives it.
-#[derive(Debug)]
-pub struct TablesBuilder {
-    tables: Tables,
-    port_set_ids: FxHashMap<Vec<PortRule>, PortSetId>,
-    added_policies: Vec<ObjectName>,
-    added_pods: Vec<ObjectName>,
-    broad_members: Vec<Vec<IdentityId>>,
-    group_broad: Vec<Vec<(BroadSetId, PortSetId)>>,
-}
-
-impl TablesBuilder {
-    /// An empty builder for generation `generation`.
-    #[must_use]
-    pub fn new(generation: u64) -> Self {
-        let none = IdentityId(0);
-        Self {
-            tables: Tables {
-                generation,
-                pods_v4: FxHashMap::default(),
-                pods_v6: FxHashMap::default(),
-                nodes_v4: FxHashMap::default(),
-                nodes_v6: FxHashMap::default(),
-                others_v4: IntervalMap::from_prefixes([], none),
-                others_v6: IntervalMap::from_prefixes([], none),
-                allow: FxHashMap::default(),
-                port_sets: Vec::new(),
-                port_rules: Vec::new(),
-                groups: Vec::new(),
-                group_policies: Vec::new(),
-                policies: Arc::from([]),
-                pods: Arc::from([]),
-                identities: 0,
-                group_broad: Vec::new(),
-                broad_rules: Vec::new(),
-                identity_broad: Vec::new(),
-                broad_words: 0,
-                broad_sets: 0,
-            },
-            port_set_ids: FxHashMap::default(),
-            added_policies: Vec::new(),
-            added_pods: Vec::new(),
-            broad_members: Vec::new(),
-            group_broad: Vec::new(),
-        }
-    }
-
-    /// The policies, for attribution: `PolicyId(i)` is `names[i]`. The
-    /// list may be shared with other generations. Instead of
-    /// [`add_policy`](Self::add_policy), not with it.
-    pub fn set_policy_names(&mut self, names: Arc<[ObjectName]>) {
-        self.tables.policies = names;
-    }
-
-    /// The pods, for attribution: `PodId(i)` is `names[i]`. The list may be
-    /// shared with other generations. Instead of [`add_pod`](Self::add_pod),
-    /// not with it.
-    pub fn set_pod_names(&mut self, names: Arc<[ObjectName]>) {
-        self.tables.pods = names;
-    }
-
-    /// Registers a policy for attribution.
-    pub fn add_policy(&mut self, namespace: &str, name: &str) -> PolicyId {
-        self.added_policies.push(ObjectName {
-            namespace: namespace.into(),
-            name: name.into(),
-        });
-        PolicyId(self.added_policies.len() as u32 - 1)
-    }
-
-    /// Registers a pod for attribution.
-    pub fn add_pod(&mut self, namespace: &str, name: &str) -> PodId {
-        self.added_pods.push(ObjectName {
-            namespace: namespace.into(),
-            name: name.into(),
-        });
-        PodId(self.added_pods.len() as u32 - 1)
-    }
-
-    fn pod_name(&self, pod: PodId) -> ObjectName {
-        if self.added_pods.is_empty() {
-            self.tables.pods[pod.index()].clone()
-        } else {
-            self.added_pods[pod.index()].clone()
-        }
-    }
-
-    /// A new identity.
-    pub fn add_identity(&mut self) -> IdentityId {
-        let id = IdentityId(self.tables.identities);
-        self.tables.identities += 1;
-        id
-    }
-
-    /// A new policy group of `policies` (kept in the given order).
-    pub fn add_group(&mut self, direction: Direction, policies: &[PolicyId]) -> GroupId {
-        let id = GroupId(self.tables.groups.len() as u32);
-        let start = self.tables.group_policies.len() as u32;
-        self.tables.group_policies.extend_from_slice(policies);
-        self.tables
-            .groups
-            .push((direction, start, policies.len() as u32));
-        self.group_broad.push(Vec::new());
-        id
-    }
-
-    /// A broad peer set of `members` (identities already added).
-    pub fn add_broad_set(&mut self, members: Vec<IdentityId>) -> BroadSetId {
-        let id = BroadSetId(self.broad_members.len() as u32);
-        self.broad_members.push(members);
-        id
-    }
-
-    /// Lets `group` accept (ingress) or reach (egress) every member of
-    /// `peers` on `set`.
-    pub fn allow_broad(&mut self, group: GroupId, peers: BroadSetId, set: PortSetId) {
-        self.group_broad[group.index()].push((peers, set));
-    }
-
-    /// Maps a pod address. The first pod to claim an address keeps it.
-    pub fn add_pod_address(&mut self, addr: IpAddr, entry: PodAddress) -> Result<(), BuildError> {
-        let existing = match addr {
-            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(entry),
-            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(entry),
-        };
-        if existing == entry {
-            return Ok(());
-        }
-        Err(BuildError::DuplicateAddress {
-            addr,
-            first: self.pod_name(existing.pod),
-            second: self.pod_name(entry.pod),
-        })
-    }
-
-    /// Maps an address of a node (not a pod address) to the node.
-    pub fn add_node_address(&mut self, addr: IpAddr, node: NodeId) {
-        match addr {
-            IpAddr::V4(a) => self.tables.nodes_v4.entry(u32::from(a)).or_insert(node),
-            IpAddr::V6(a) => self.tables.nodes_v6.entry(u128::from(a)).or_insert(node),
-        };
-    }
-
-    /// The identities of all IPv4 addresses that are not pod addresses.
-    pub fn set_other_addresses_v4(&mut self, map: IntervalMap<u32, IdentityId>) {
-        self.tables.others_v4 = map;
-    }
-
-    /// The identities of all IPv6 addresses that are not pod addresses.
-    pub fn set_other_addresses_v6(&mut self, map: IntervalMap<u128, IdentityId>) {
-        self.tables.others_v6 = map;
-    }
-
-    /// Interns a port set. Rules are ordered by policy, rule and range so that
-    /// attribution names the first policy in table order; exact duplicates go.
-    pub fn add_port_set(&mut self, mut rules: Vec<PortRule>) -> PortSetId {
-        rules.sort_unstable();
-        rules.dedup();
-        if let Some(id) = self.port_set_ids.get(&rules) {
-            return *id;
-        }
-        let id = PortSetId(self.tables.port_sets.len() as u32);
-        let start = self.tables.port_rules.len() as u32;
-        self.tables.port_rules.extend_from_slice(&rules);
-        self.tables.port_sets.push((start, rules.len() as u32));
-        self.port_set_ids.insert(rules, id);
-        id
-    }
-
-    /// Lets `group` accept (ingress) or reach (egress) `peer` on `set`.
-    pub fn allow(&mut self, group: GroupId, peer: IdentityId, set: PortSetId) {
-        self.tables.allow.insert(allow_key(group, peer), set);
-    }
-
-    /// Expected number of `add_pod_address` calls, to size the maps once.
-    pub fn reserve_pod_addresses(&mut self, v4: usize, v6: usize) {
-        self.tables.pods_v4.reserve(v4);
-        self.tables.pods_v6.reserve(v6);
-    }
-
-    /// Expected number of `allow` calls, to size the map once.
-    pub fn reserve_allow(&mut self, additional: usize) {
-        self.tables.allow.reserve(additional);
-    }
-
-    /// The finished, immutable tables.
-    #[must_use]
-    pub fn build(mut self) -> Tables {
-        if !self.added_policies.is_empty() {
-            self.tables.policies = std::mem::take(&mut self.added_policies).into();
-        }
-        if !self.added_pods.is_empty() {
-            self.tables.pods = std::mem::take(&mut self.added_pods).into();
-        }
-        let t = &mut self.tables;
-        let words = self.broad_members.len().div_ceil(64).max(1);
-        t.broad_words = words as u32;
-        t.broad_sets = self.broad_members.len() as u32;
-        t.identity_broad = vec![0; t.identities as usize * words];
-        for (b, members) in self.broad_members.iter().enumerate() {
-            for m in members {
-                t.identity_broad[m.index() * words + b / 64] |= 1 << (b % 64);
-            }
-        }
-        for rules in &self.group_broad {
-            let start = t.broad_rules.len() as u32;
-            t.broad_rules.extend_from_slice(rules);
-            t.group_broad.push((start, rules.len() as u32));
-        }
-        self.tables.allow.shrink_to_fit();
-        self.tables
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
     use crate::prefix::Cidr;
+    use crate::wire::ip_proto;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -837,14 +380,14 @@ mod tests {
         let tcp = b.add_port_set(vec![PortRule {
             policy: web,
             rule: 0,
-            protocol: 6,
+            protocol: ip_proto::TCP,
             first: 80,
             last: 81,
         }]);
         let udp = b.add_port_set(vec![PortRule {
             policy: dns,
             rule: 2,
-            protocol: 17,
+            protocol: ip_proto::UDP,
             first: 53,
             last: 53,
         }]);
@@ -921,7 +464,7 @@ mod tests {
         let tcp = |policy, rule, first, last| PortRule {
             policy,
             rule,
-            protocol: 6,
+            protocol: ip_proto::TCP,
             first,
             last,
         };
@@ -972,7 +515,7 @@ mod tests {
         assert!(r.matches(IpProtocol::ICMP, 0));
         assert!(r.matches(IpProtocol::SCTP, 9));
         let tcp = PortRule {
-            protocol: 6,
+            protocol: ip_proto::TCP,
             first: 1,
             last: 2,
             ..r
@@ -988,14 +531,14 @@ mod tests {
         let r1 = PortRule {
             policy: PolicyId(1),
             rule: 0,
-            protocol: 6,
+            protocol: ip_proto::TCP,
             first: 1,
             last: 1,
         };
         let r0 = PortRule {
             policy: PolicyId(0),
             rule: 3,
-            protocol: 6,
+            protocol: ip_proto::TCP,
             first: 1,
             last: 9,
         };

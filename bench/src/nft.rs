@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 
 use podfence_control::compile::Locality;
 use podfence_control::model::{Cluster, Peer as PolicyPeer};
-use podfence_datapath::tables::{Enforcement, GroupId, IdentityId, Peer, PortRule};
+use podfence_datapath::tables::{Enforcement, GroupId, IdentityId, PortRule, ResolvedPeer};
 use podfence_datapath::wire::ip_proto;
 use podfence_datapath::{IpProtocol, Prefix, Tables};
 
@@ -133,12 +133,12 @@ enum Side {
 /// What `identity` is allowed by the group that isolates `local` on `side`.
 fn allowed(
     tables: &Tables,
-    local: Peer,
+    local: ResolvedPeer,
     side: Side,
     group: GroupId,
     identity: IdentityId,
 ) -> Option<Allowed> {
-    let other = Peer {
+    let other = ResolvedPeer {
         identity,
         pod: None,
         node: None,
@@ -192,7 +192,7 @@ fn allowed(
 /// their first identity; the `deep` peer's class goes last.
 fn classes<'a>(
     tables: &Tables,
-    local: Peer,
+    local: ResolvedPeer,
     side: Side,
     group: GroupId,
     identities: impl Iterator<Item = &'a IdentityId>,

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::{
     BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, ObjectName,
-    Peer, PodId, PolicyId, PortRule, PortSetId, TableStats, Tables, TablesBuilder, Verdict,
+    PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, TableStats, Tables, TablesBuilder, Verdict,
     allow_key,
 };
 use crate::lpm::IntervalMap;
@@ -32,14 +32,14 @@ impl Tables {
     /// Resolves an IPv4 address (host order).
     #[inline]
     #[must_use]
-    pub fn peer_v4(&self, addr: u32) -> Peer {
+    pub fn peer_v4(&self, addr: u32) -> ResolvedPeer {
         match self.pods_v4.get(&addr) {
-            Some(p) => Peer {
+            Some(p) => ResolvedPeer {
                 identity: p.identity,
                 pod: Some(*p),
                 node: None,
             },
-            None => Peer {
+            None => ResolvedPeer {
                 identity: self.others_v4.get(addr),
                 pod: None,
                 node: self.nodes_v4.get(&addr).copied(),
@@ -50,14 +50,14 @@ impl Tables {
     /// Resolves an IPv6 address (host order).
     #[inline]
     #[must_use]
-    pub fn peer_v6(&self, addr: u128) -> Peer {
+    pub fn peer_v6(&self, addr: u128) -> ResolvedPeer {
         match self.pods_v6.get(&addr) {
-            Some(p) => Peer {
+            Some(p) => ResolvedPeer {
                 identity: p.identity,
                 pod: Some(*p),
                 node: None,
             },
-            None => Peer {
+            None => ResolvedPeer {
                 identity: self.others_v6.get(addr),
                 pod: None,
                 node: self.nodes_v6.get(&addr).copied(),
@@ -67,7 +67,7 @@ impl Tables {
 
     /// Resolves an address of either family.
     #[must_use]
-    pub fn peer(&self, addr: IpAddr) -> Peer {
+    pub fn peer(&self, addr: IpAddr) -> ResolvedPeer {
         match addr {
             IpAddr::V4(a) => self.peer_v4(u32::from(a)),
             IpAddr::V6(a) => self.peer_v6(u128::from(a)),
@@ -111,7 +111,13 @@ impl Tables {
     /// The decision for two resolved peers.
     #[inline]
     #[must_use]
-    pub fn decide(&self, src: Peer, dst: Peer, protocol: IpProtocol, dst_port: u16) -> Verdict {
+    pub fn decide(
+        &self,
+        src: ResolvedPeer,
+        dst: ResolvedPeer,
+        protocol: IpProtocol,
+        dst_port: u16,
+    ) -> Verdict {
         if let (Some(s), Some(d)) = (src.pod, dst.pod)
             && s.pod == d.pod
         {

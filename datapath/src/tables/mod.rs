@@ -310,7 +310,7 @@ pub struct Tables {
 
 /// An address resolved to what the tables know of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
+pub struct ResolvedPeer {
     /// The address's identity.
     pub identity: IdentityId,
     /// The pod that owns the address, if any.

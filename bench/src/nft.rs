@@ -36,8 +36,9 @@ use std::process::{Command, Stdio};
 use podfence_control::compile::Locality;
 use podfence_control::index::Cluster;
 use podfence_control::model::Peer as PolicyPeer;
-use podfence_datapath::tables::{Enforcement, GroupId, IdentityId, Peer, PortRule};
-use podfence_datapath::{Prefix, Protocol, Tables};
+use podfence_datapath::tables::{Enforcement, GroupId, IdentityId, PortRule, ResolvedPeer};
+use podfence_datapath::wire::ip_proto;
+use podfence_datapath::{IpProtocol, Prefix, Tables};
 
 /// The table the benchmark installs.
 pub const TABLE: &str = "podfence_bench";
@@ -77,7 +78,11 @@ enum Allowed {
     Ports(Vec<(u8, Vec<(u16, u16)>)>),
 }
 
-const PROTOCOLS: [(u8, &str); 3] = [(6, "tcp"), (17, "udp"), (132, "sctp")];
+const PROTOCOLS: [(u8, &str); 3] = [
+    (ip_proto::TCP, "tcp"),
+    (ip_proto::UDP, "udp"),
+    (ip_proto::SCTP, "sctp"),
+];
 
 /// The identity of every piece of the IPv4 space: sorted, disjoint,
 /// covering `[first, last]` pieces.
@@ -129,25 +134,25 @@ enum Side {
 /// What `identity` is allowed by the group that isolates `local` on `side`.
 fn allowed(
     tables: &Tables,
-    local: Peer,
+    local: ResolvedPeer,
     side: Side,
     group: GroupId,
     identity: IdentityId,
 ) -> Option<Allowed> {
-    let other = Peer {
+    let other = ResolvedPeer {
         identity,
         pod: None,
         node: None,
     };
     let passes = |protocol: u8, port: u16| {
-        let p = Protocol(protocol);
+        let p = IpProtocol(protocol);
         match side {
             Side::Egress => tables.decide(local, other, p, port).egress.is_allowed(),
             Side::Ingress => tables.decide(other, local, p, port).ingress.is_allowed(),
         }
     };
     // Only a rule without ports allows a protocol that has none (ICMP).
-    if passes(1, 0) {
+    if passes(ip_proto::ICMP, 0) {
         return Some(Allowed::Any);
     }
     let mut rules: Vec<PortRule> = tables
@@ -188,7 +193,7 @@ fn allowed(
 /// their first identity; the `deep` peer's class goes last.
 fn classes<'a>(
     tables: &Tables,
-    local: Peer,
+    local: ResolvedPeer,
     side: Side,
     group: GroupId,
     identities: impl Iterator<Item = &'a IdentityId>,

@@ -24,7 +24,7 @@ use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
-use podfence_datapath::{Protocol, Tables};
+use podfence_datapath::{IpProtocol, Tables};
 
 use crate::alloc::CountingAllocator;
 use crate::synthetic::{self, Attempt, Shape};
@@ -87,11 +87,11 @@ pub fn frame_into(
         (a.src, a.dst, src_port, a.port)
     };
     let transport = match a.protocol {
-        Protocol::UDP => Transport::Udp {
+        IpProtocol::UDP => Transport::Udp {
             src_port: sp,
             dst_port: dp,
         },
-        Protocol::SCTP => Transport::Sctp {
+        IpProtocol::SCTP => Transport::Sctp {
             src_port: sp,
             dst_port: dp,
             chunk,
@@ -103,8 +103,8 @@ pub fn frame_into(
         },
     };
     let header = match a.protocol {
-        Protocol::UDP => 42,
-        Protocol::SCTP => 66,
+        IpProtocol::UDP => 42,
+        IpProtocol::SCTP => 66,
         _ => 54,
     };
     FrameSpec {

@@ -72,7 +72,7 @@ use podfence_datapath::conntrack::tcp_flags::{ACK, FIN, SYN};
 use podfence_datapath::link::LinkType;
 use podfence_datapath::ports::PortError;
 use podfence_datapath::ports::capture::CaptureWriter;
-use podfence_datapath::{Protocol, Tables};
+use podfence_datapath::{IpProtocol, Tables};
 use serde_json::{Value, json};
 
 use crate::pipeline::{frame_into, mixed_attempts};
@@ -200,12 +200,12 @@ const TCP_DENIED: [Step; 2] = [out(SYN, 0); 2];
 const UDP_DENIED: [Step; 2] = [out(0, 0); 2];
 const SCTP_DENIED: [Step; 2] = [out(0, 1); 2];
 
-fn exchange(protocol: Protocol, allowed: bool) -> &'static [Step] {
+fn exchange(protocol: IpProtocol, allowed: bool) -> &'static [Step] {
     match (protocol, allowed) {
-        (Protocol::UDP, true) => &UDP_ALLOWED,
-        (Protocol::UDP, false) => &UDP_DENIED,
-        (Protocol::SCTP, true) => &SCTP_ALLOWED,
-        (Protocol::SCTP, false) => &SCTP_DENIED,
+        (IpProtocol::UDP, true) => &UDP_ALLOWED,
+        (IpProtocol::UDP, false) => &UDP_DENIED,
+        (IpProtocol::SCTP, true) => &SCTP_ALLOWED,
+        (IpProtocol::SCTP, false) => &SCTP_DENIED,
         (_, true) => &TCP_ALLOWED,
         (_, false) => &TCP_DENIED,
     }
@@ -254,8 +254,8 @@ impl Mix {
         self.packets_denied += u64::from(!connection.allowed);
         self.opening_packets += u64::from(!connection.allowed || connection.next == 0);
         match connection.attempt.protocol {
-            Protocol::UDP => self.udp_packets += 1,
-            Protocol::SCTP => self.sctp_packets += 1,
+            IpProtocol::UDP => self.udp_packets += 1,
+            IpProtocol::SCTP => self.sctp_packets += 1,
             _ => self.tcp_packets += 1,
         }
     }

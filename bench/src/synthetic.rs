@@ -286,7 +286,7 @@ pub struct Attempt {
     /// Destination address (host order).
     pub dst: u32,
     /// IP protocol.
-    pub protocol: podfence_datapath::Protocol,
+    pub protocol: podfence_datapath::IpProtocol,
     /// Destination port.
     pub port: u16,
 }
@@ -330,15 +330,15 @@ pub fn attempts(shape: Shape, count: usize, seed: u64) -> Vec<Attempt> {
         0x0a01_0203,
         0x0a80_0000 + 0x0010_0000,
     ];
-    let ports: [(podfence_datapath::Protocol, u16); 8] = [
-        (podfence_datapath::Protocol::TCP, 8080),
-        (podfence_datapath::Protocol::TCP, 8080),
-        (podfence_datapath::Protocol::UDP, 53),
-        (podfence_datapath::Protocol::TCP, 443),
-        (podfence_datapath::Protocol::TCP, 31000),
-        (podfence_datapath::Protocol::TCP, 9090),
-        (podfence_datapath::Protocol::TCP, 80),
-        (podfence_datapath::Protocol::SCTP, 8080),
+    let ports: [(podfence_datapath::IpProtocol, u16); 8] = [
+        (podfence_datapath::IpProtocol::TCP, 8080),
+        (podfence_datapath::IpProtocol::TCP, 8080),
+        (podfence_datapath::IpProtocol::UDP, 53),
+        (podfence_datapath::IpProtocol::TCP, 443),
+        (podfence_datapath::IpProtocol::TCP, 31000),
+        (podfence_datapath::IpProtocol::TCP, 9090),
+        (podfence_datapath::IpProtocol::TCP, 80),
+        (podfence_datapath::IpProtocol::SCTP, 8080),
     ];
     (0..count)
         .map(|_| {

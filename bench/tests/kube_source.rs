@@ -13,7 +13,7 @@ use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::index::IndexStats;
 use podfence_control::publish::TablePublisher;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
-use podfence_datapath::Protocol;
+use podfence_datapath::IpProtocol;
 use serde_json::{Value, json};
 
 fn namespace(name: &str) -> Value {
@@ -127,7 +127,7 @@ impl Harness {
         Some(
             generation
                 .tables
-                .classify_v4(A.into(), B.into(), Protocol(6), 80)
+                .classify_v4(A.into(), B.into(), IpProtocol::TCP, 80)
                 .is_allowed(),
         )
     }

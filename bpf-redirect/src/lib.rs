@@ -22,10 +22,13 @@ mod logging;
 mod redirector;
 mod xdp;
 
-/// The libbpf-cargo skeleton generated from `redirect.bpf.c` by `build.rs`.
+/// The libbpf-cargo skeleton generated from `redirect.bpf.c` by `build.rs`
+/// (generated code: its `unsafe` blocks are libbpf-cargo's, without
+/// `// SAFETY:` comments).
 #[allow(
     clippy::all,
     clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
     unreachable_pub,
     missing_debug_implementations,
     unsafe_op_in_unsafe_fn

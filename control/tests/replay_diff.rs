@@ -201,7 +201,7 @@ fn listed(changes: &[ChangedFlow], names: &PodNames) -> BTreeMap<(Change, FlowId
         let id = (
             name(f.src),
             name(f.dst),
-            podfence_datapath::Protocol(f.protocol).to_string(),
+            podfence_datapath::IpProtocol(f.protocol).to_string(),
             f.port,
         );
         let old = out.insert(

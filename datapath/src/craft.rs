@@ -8,6 +8,11 @@
 
 use std::net::IpAddr;
 
+use crate::wire::checksum::{
+    address_range, crc32c, data_sum, finish, internet_checksum, pseudo_header_sum,
+};
+use crate::wire::{icmpv4, icmpv6, ip_proto, sctp};
+
 /// The transport part of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -65,52 +70,6 @@ pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 /// Destination MAC address of crafted frames.
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
-/// Adds `data` as big-endian 16-bit words to an unfolded one's-complement
-/// sum (an odd last byte is padded with zero).
-#[must_use]
-pub fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds an unfolded sum to 16 bits and complements it: the checksum field.
-#[must_use]
-pub fn checksum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The Internet checksum of `data`.
-#[must_use]
-pub fn internet_checksum(data: &[u8]) -> u16 {
-    checksum_fold(checksum_add(0, data))
-}
-
-/// CRC32c (Castagnoli), as SCTP's checksum.
-#[must_use]
-pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 impl FrameSpec {
     /// Builds the frame into `out` (cleared first).
     ///
@@ -128,10 +87,10 @@ impl FrameSpec {
         out.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
         let l3 = out.len();
         let (protocol, l4_len) = match self.transport {
-            Transport::Tcp { .. } => (6u8, 20),
-            Transport::Udp { .. } => (17, 8),
-            Transport::Sctp { .. } => (132, 12 + 20),
-            Transport::Echo { .. } => (if v6 { 58 } else { 1 }, 8),
+            Transport::Tcp { .. } => (ip_proto::TCP, 20),
+            Transport::Udp { .. } => (ip_proto::UDP, 8),
+            Transport::Sctp { .. } => (ip_proto::SCTP, 12 + 20),
+            Transport::Echo { .. } => (if v6 { ip_proto::ICMPV6 } else { ip_proto::ICMP }, 8),
         };
         let l4_total = l4_len + self.payload_len;
         match (self.src, self.dst) {
@@ -180,7 +139,11 @@ impl FrameSpec {
                 out.extend_from_slice(&src_port.to_be_bytes());
                 out.extend_from_slice(&dst_port.to_be_bytes());
                 // Verification tag 0 for INIT, else any; checksum filled below.
-                let tag: u32 = if chunk == 1 { 0 } else { 0x1234_5678 };
+                let tag: u32 = if chunk == sctp::chunk::INIT {
+                    0
+                } else {
+                    0x1234_5678
+                };
                 out.extend_from_slice(&tag.to_be_bytes());
                 out.extend_from_slice(&[0, 0, 0, 0]);
                 // One chunk: type, flags, length 20, then INIT-style fields
@@ -192,10 +155,10 @@ impl FrameSpec {
             }
             Transport::Echo { id, reply } => {
                 let ty = match (v6, reply) {
-                    (false, false) => 8,
-                    (false, true) => 0,
-                    (true, false) => 128,
-                    (true, true) => 129,
+                    (false, false) => icmpv4::kind::ECHO_REQUEST,
+                    (false, true) => icmpv4::kind::ECHO_REPLY,
+                    (true, false) => icmpv6::kind::ECHO_REQUEST,
+                    (true, true) => icmpv6::kind::ECHO_REPLY,
                 };
                 out.extend_from_slice(&[ty, 0, 0, 0]);
                 out.extend_from_slice(&id.to_be_bytes());
@@ -217,13 +180,8 @@ impl FrameSpec {
     fn fill_l4_checksum(&self, out: &mut [u8], l3: usize, l4: usize, protocol: u8, v6: bool) {
         let len = out.len() - l4;
         let pseudo = |out: &[u8]| {
-            let mut sum = if v6 {
-                checksum_add(0, &out[l3 + 8..l3 + 40])
-            } else {
-                checksum_add(0, &out[l3 + 12..l3 + 20])
-            };
-            sum += u32::from(protocol);
-            sum + len as u32
+            let addrs = address_range(v6);
+            pseudo_header_sum(&out[l3 + addrs.start..l3 + addrs.end], protocol, len as u32)
         };
         let at = match self.transport {
             Transport::Tcp { .. } => 16,
@@ -240,7 +198,7 @@ impl FrameSpec {
         } else {
             pseudo(out)
         };
-        let sum = checksum_fold(checksum_add(base, &out[l4..]));
+        let sum = finish(data_sum(base, &out[l4..]));
         let sum = if sum == 0 && matches!(self.transport, Transport::Udp { .. }) {
             0xffff
         } else {

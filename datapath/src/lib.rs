@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod craft;
 pub mod denials;
 pub mod flow;
+pub mod fragments;
 pub mod link;
 pub mod lpm;
 pub mod offload;
@@ -24,4 +25,5 @@ pub mod wire;
 pub mod worker;
 
 pub use prefix::{Prefix, PrefixError};
-pub use tables::{Decision, Direction, Protocol, Tables, TablesBuilder, Verdict};
+pub use tables::{Decision, Direction, Tables, TablesBuilder, Verdict};
+pub use wire::IpProtocol;

@@ -16,34 +16,15 @@
 //! for the segments that need it.
 
 use crate::flow::{Fragment, PacketMeta};
-
-/// Adds the big-endian 16-bit words of `data` to `sum` (an odd last byte is
-/// padded with zero). Callers fold the result.
-fn add_words(mut sum: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        sum += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-    }
-    let rest = chunks.remainder();
-    let mut tail = [0u8; 4];
-    tail[..rest.len()].copy_from_slice(rest);
-    sum + u64::from(u32::from_be_bytes(tail))
-}
-
-/// Folds a one's-complement sum to 16 bits.
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
+use crate::wire::checksum::{address_range, data_sum, fold, pseudo_header_sum};
+use crate::wire::{ip_proto, tcp, udp};
 
 /// Finishes the TCP or UDP checksum of the IP packet in `frame` (described
 /// by `meta`) if it is a begun one; returns whether it did.
 pub fn finish_partial(frame: &mut [u8], meta: &PacketMeta) -> bool {
     let field = match meta.key.protocol {
-        6 => 16,
-        17 => 6,
+        ip_proto::TCP => tcp::field::CHECKSUM.start,
+        ip_proto::UDP => udp::field::CHECKSUM.start,
         _ => return false,
     };
     let (Fragment::NotFragment, Some(l4)) = (meta.fragment, meta.l4_offset) else {
@@ -57,27 +38,23 @@ pub fn finish_partial(frame: &mut [u8], meta: &PacketMeta) -> bool {
     if end > frame.len() || l4 + field + 2 > end {
         return false;
     }
-    let len = (end - l4) as u64;
-    let proto = u64::from(meta.key.protocol);
-    let addrs = if meta.is_ipv6() {
-        &frame[l3 + 8..l3 + 40]
-    } else {
-        &frame[l3 + 12..l3 + 20]
-    };
-    let pseudo = fold(add_words(len + proto, addrs));
+    let len = (end - l4) as u32;
+    let addrs = address_range(meta.is_ipv6());
+    let addrs = &frame[l3 + addrs.start..l3 + addrs.end];
+    let pseudo = fold(pseudo_header_sum(addrs, meta.key.protocol, len));
     let at = l4 + field;
     let current = u16::from_be_bytes([frame[at], frame[at + 1]]);
     if current != pseudo {
         return false;
     }
-    let segment = add_words(0, &frame[l4..end]);
+    let segment = data_sum(0, &frame[l4..end]);
     // Already complete and valid (the field matching the pseudo-header sum
     // by chance): leave it.
-    if fold(segment + u64::from(pseudo)) == 0xffff {
+    if fold(segment + u32::from(pseudo)) == 0xffff {
         return false;
     }
     let mut finished = !fold(segment);
-    if finished == 0 && meta.key.protocol == 17 {
+    if finished == 0 && meta.key.protocol == ip_proto::UDP {
         // UDP transmits a zero checksum as all ones (0 means "none").
         finished = 0xffff;
     }
@@ -137,17 +114,20 @@ mod tests {
     fn begin(frame: &mut [u8]) -> (usize, u16) {
         let meta = ip_meta(frame);
         let l4 = usize::from(meta.l4_offset.unwrap());
-        let at = l4 + if meta.key.protocol == 6 { 16 } else { 6 };
+        let at = l4
+            + if meta.key.protocol == ip_proto::TCP {
+                tcp::field::CHECKSUM.start
+            } else {
+                udp::field::CHECKSUM.start
+            };
         let l3 = usize::from(meta.l3_offset);
         let end = l3 + meta.l3_len as usize;
-        let addrs = if meta.is_ipv6() {
-            &frame[l3 + 8..l3 + 40]
-        } else {
-            &frame[l3 + 12..l3 + 20]
-        };
-        let pseudo = fold(add_words(
-            (end - l4) as u64 + u64::from(meta.key.protocol),
+        let addrs = address_range(meta.is_ipv6());
+        let addrs = &frame[l3 + addrs.start..l3 + addrs.end];
+        let pseudo = fold(pseudo_header_sum(
             addrs,
+            meta.key.protocol,
+            (end - l4) as u32,
         ));
         let good = u16::from_be_bytes([frame[at], frame[at + 1]]);
         frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());

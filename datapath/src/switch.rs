@@ -101,6 +101,7 @@ use crate::flow::PacketMeta;
 use crate::link::LinkType;
 use crate::offload::finish_partial;
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
+use crate::wire::checksum;
 use crate::worker::{Outcome, Output, Worker};
 
 /// Where frames for one destination go, and the MACs they get there.
@@ -552,21 +553,19 @@ fn check_fib(fib: &Fib, ports: usize) -> Result<(), SwitchError> {
 /// header checksum incrementally (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m +
 /// m')`, where `m` is the 16-bit word holding TTL and protocol).
 pub fn decrement_ttl(ip: &mut [u8]) {
-    let old = u16::from_be_bytes([ip[8], ip[9]]);
-    ip[8] = ip[8].wrapping_sub(1);
-    let new = u16::from_be_bytes([ip[8], ip[9]]);
-    let hc = u16::from_be_bytes([ip[10], ip[11]]);
-    let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    use crate::wire::ipv4::field::{CHECKSUM, PROTOCOL, TTL};
+    let old = u16::from_be_bytes([ip[TTL], ip[PROTOCOL]]);
+    ip[TTL] = ip[TTL].wrapping_sub(1);
+    let new = u16::from_be_bytes([ip[TTL], ip[PROTOCOL]]);
+    let hc = u16::from_be_bytes([ip[CHECKSUM.start], ip[CHECKSUM.start + 1]]);
+    ip[CHECKSUM].copy_from_slice(&checksum::update_u16(hc, old, new).to_be_bytes());
 }
 
 /// Decrements the hop limit of the IPv6 header at the start of `ip` (IPv6
 /// has no header checksum).
 pub fn decrement_hop_limit(ip: &mut [u8]) {
-    ip[7] = ip[7].wrapping_sub(1);
+    use crate::wire::ipv6::field::HOP_LIMIT;
+    ip[HOP_LIMIT] = ip[HOP_LIMIT].wrapping_sub(1);
 }
 
 impl<P: Port> Output for Switch<P> {
@@ -620,8 +619,9 @@ impl<P: Port> Output for Switch<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::craft::{FrameSpec, Transport, internet_checksum};
+    use crate::craft::{FrameSpec, Transport};
     use crate::ports::memory::MemoryPort;
+    use crate::wire::checksum::internet_checksum;
     use std::net::Ipv4Addr;
 
     fn frame(ttl: u8) -> Vec<u8> {

@@ -20,7 +20,7 @@
 //!   allow it in its own direction or as a reply in the other, so that a
 //!   restart of podfence does not cut connections the policy allows;
 //! - a non-first fragment gets the verdict of its first fragment (see
-//!   [`crate::flow::FragmentTable`]); without one, it is denied;
+//!   [`crate::fragments::FragmentTable`]); without one, it is denied;
 //! - a frame that does not parse gets the configured verdict and is counted
 //!   as malformed; a frame that is not IP is not policy's business and passes.
 
@@ -28,7 +28,8 @@ use crate::conntrack::{self, ConnKey, Conntrack, Inserted, Signal};
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
 use crate::publish::TablesReader;
 use crate::stats::{Counters, WorkerStats};
-use crate::tables::{Protocol, Tables, Verdict};
+use crate::tables::{IpProtocol, Tables, Verdict};
+use crate::wire::ip_proto;
 
 /// What happens to frames that do not parse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,7 +155,7 @@ pub trait Output {
 pub struct Worker<'a> {
     conntrack: &'a Conntrack,
     reader: TablesReader,
-    fragments: crate::flow::FragmentTable<FragmentVerdict>,
+    fragments: crate::fragments::FragmentTable<FragmentVerdict>,
     stats: &'a WorkerStats,
     config: WorkerConfig,
     descs: [RxDesc; MAX_BATCH],
@@ -177,7 +178,7 @@ pub struct FragmentVerdict {
 #[inline]
 fn policy_port(key: &ConnKey) -> u16 {
     match key.protocol {
-        6 | 17 | 132 => key.dst_port,
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => key.dst_port,
         _ => 0,
     }
 }
@@ -187,7 +188,7 @@ fn policy_port(key: &ConnKey) -> u16 {
 #[must_use]
 pub fn classify_key(tables: &Tables, key: &ConnKey) -> Verdict {
     let port = policy_port(key);
-    let protocol = Protocol(key.protocol);
+    let protocol = IpProtocol(key.protocol);
     if key.ipv6 {
         tables.classify_v6(key.src, key.dst, protocol, port)
     } else {
@@ -208,7 +209,7 @@ impl<'a> Worker<'a> {
         Self {
             conntrack,
             reader,
-            fragments: crate::flow::FragmentTable::new(config.fragment_slots.max(1)),
+            fragments: crate::fragments::FragmentTable::new(config.fragment_slots.max(1)),
             stats,
             config: WorkerConfig {
                 batch: config.batch.clamp(1, MAX_BATCH),
@@ -336,7 +337,7 @@ impl Decider<'_> {
     /// The decision for one parsed packet (see the module doc).
     fn packet(
         &self,
-        fragments: &mut crate::flow::FragmentTable<FragmentVerdict>,
+        fragments: &mut crate::fragments::FragmentTable<FragmentVerdict>,
         meta: &crate::flow::PacketMeta,
         located: &crate::conntrack::Located,
         c: &mut Counters,

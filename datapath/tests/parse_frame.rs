@@ -3,9 +3,8 @@
 
 use std::collections::HashSet;
 
-use podfence_datapath::flow::{
-    Fragment, FragmentKey, IcmpInfo, PacketMeta, ParseError, Parsed, parse_frame,
-};
+use podfence_datapath::flow::{Fragment, IcmpInfo, PacketMeta, ParseError, Parsed, parse_frame};
+use podfence_datapath::fragments::FragmentKey;
 use podfence_datapath::link::LinkType;
 use podfence_testkit::frames::*;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::tables::{
-    Direction, Enforcement, PodAddress, PortRule, Protocol, Tables, TablesBuilder,
+    Direction, Enforcement, IpProtocol, PodAddress, PortRule, Tables, TablesBuilder,
 };
 
 const PODS: u32 = 64;
@@ -92,7 +92,7 @@ fn verdicts_always_match_the_generation_of_the_batch() {
                             continue;
                         }
                         let port = 80 + (n % 7) as u16;
-                        let allowed = t.classify_v4(src, dst, Protocol::TCP, port).is_allowed();
+                        let allowed = t.classify_v4(src, dst, IpProtocol::TCP, port).is_allowed();
                         let dst_index = u64::from(dst - pod_ip(0));
                         let expected = u64::from(port) == 80 + (dst_index + g) % 7;
                         assert_eq!(

@@ -11,13 +11,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
-use podfence_datapath::craft::{FrameSpec, Transport, internet_checksum};
+use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
 use podfence_datapath::ports::Port;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
+use podfence_datapath::wire::checksum::internet_checksum;
 use podfence_datapath::worker::{Worker, WorkerConfig};
 
 const HOST: usize = 0;

@@ -160,7 +160,7 @@ fn fragment(src: u8, dst: u8, id: u16, offset_units: u16, more: bool, payload: &
     f.extend_from_slice(&id.to_be_bytes());
     f.extend_from_slice(&flags_off.to_be_bytes());
     f.extend_from_slice(&[64, 17, 0, 0, 10, 0, 0, src, 10, 0, 0, dst]);
-    let sum = podfence_datapath::craft::internet_checksum(&f[14..34]);
+    let sum = podfence_datapath::wire::checksum::internet_checksum(&f[14..34]);
     f[24..26].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(payload);
     f

@@ -3,7 +3,10 @@
 //! Plain byte assembly with no dependency on the parser, so a parser bug
 //! cannot hide behind a matching builder bug. Lengths and IPv4 header
 //! checksums are filled in; transport checksums are left 0 (the parser
-//! does not read them).
+//! does not read them). The IPv4 header checksum is the datapath's one
+//! checksum module's, which its own tests check against RFC 1071.
+
+use podfence_datapath::wire::checksum::internet_checksum;
 
 /// Source MAC of the builders.
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
@@ -189,24 +192,11 @@ impl V4 {
         v.extend_from_slice(&self.src);
         v.extend_from_slice(&self.dst);
         v.extend_from_slice(&self.options);
-        let sum = checksum(&v);
+        let sum = internet_checksum(&v);
         v[10..12].copy_from_slice(&sum.to_be_bytes());
         v.extend_from_slice(payload);
         v
     }
-}
-
-// Private copy of the Internet checksum, kept independent of the code under
-// test; not API. To be replaced by the datapath's one checksum module.
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An IPv6 packet: fixed header plus `rest` (extension headers and

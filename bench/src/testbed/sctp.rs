@@ -57,7 +57,7 @@ fn is_our_init(packet: &[u8], src: IpAddr, dst: IpAddr, src_port: u16, dst_port:
     let Some(sctp) = packet.get(l4..l4 + 13) else {
         return false;
     };
-    proto == 132
+    proto == podfence_datapath::wire::ip_proto::SCTP
         && s == src
         && d == dst
         && u16::from_be_bytes([sctp[0], sctp[1]]) == src_port

@@ -14,7 +14,9 @@
 
 use std::net::Ipv4Addr;
 
-use podfence_datapath::craft::{FrameSpec, Transport, checksum_add, checksum_fold};
+use podfence_datapath::craft::{FrameSpec, Transport};
+use podfence_datapath::wire::checksum::{address_range, data_sum, finish, pseudo_header_sum};
+use podfence_datapath::wire::{ip_proto, tcp, udp};
 
 /// Bytes of the stamp after the L4 header.
 pub const STAMP_LEN: usize = 12;
@@ -222,17 +224,30 @@ impl Template {
         bytes[0..6].copy_from_slice(&spec.dst_mac);
         bytes[6..12].copy_from_slice(&spec.src_mac);
         let l4 = 14 + 20;
-        let csum_at = l4 + if flow.tcp { 16 } else { 6 };
+        let csum_at = l4
+            + if flow.tcp {
+                tcp::field::CHECKSUM.start
+            } else {
+                udp::field::CHECKSUM.start
+            };
         bytes[csum_at..csum_at + 2].fill(0);
         let isn = 0x1000_0000u32.wrapping_mul(flow.index.wrapping_add(1)) ^ 0x5a5a;
         if flow.tcp {
             bytes[l4 + 4..l4 + 8].fill(0);
         }
         let l4_len = bytes.len() - l4;
-        let mut base = checksum_add(0, &bytes[14 + 12..14 + 20]);
-        base += u32::from(if flow.tcp { 6u8 } else { 17 });
-        base += l4_len as u32;
-        base = checksum_add(base, &bytes[l4..]);
+        let addrs = address_range(false);
+        let protocol = if flow.tcp {
+            ip_proto::TCP
+        } else {
+            ip_proto::UDP
+        };
+        let pseudo = pseudo_header_sum(
+            &bytes[14 + addrs.start..14 + addrs.end],
+            protocol,
+            l4_len as u32,
+        );
+        let base = data_sum(pseudo, &bytes[l4..]);
         Self {
             bytes,
             tcp: flow.tcp,
@@ -288,10 +303,10 @@ impl Template {
             let tcp_seq = self.isn.wrapping_add(seq.wrapping_mul(self.payload));
             out[l4 + 4..l4 + 8].copy_from_slice(&tcp_seq.to_be_bytes());
             sum += (tcp_seq >> 16) + (tcp_seq & 0xffff);
-            let csum = checksum_fold(sum);
+            let csum = finish(sum);
             out[l4 + 16..l4 + 18].copy_from_slice(&csum.to_be_bytes());
         } else {
-            let csum = match checksum_fold(sum) {
+            let csum = match finish(sum) {
                 0 => 0xffff,
                 c => c,
             };
@@ -311,8 +326,8 @@ fn parse(spec: &TrafficSpec, frame: &[u8]) -> Option<Stamp> {
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let l4 = ip.get(ihl..)?;
     let header = match ip[9] {
-        17 => 8,
-        6 => usize::from(l4.get(12)? >> 4) * 4,
+        ip_proto::UDP => 8,
+        ip_proto::TCP => usize::from(l4.get(tcp::field::DATA_OFFSET)? >> 4) * 4,
         _ => return None,
     };
     let src_port = u16::from_be_bytes([l4[0], l4[1]]);
@@ -333,7 +348,7 @@ fn parse(spec: &TrafficSpec, frame: &[u8]) -> Option<Stamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podfence_datapath::craft::internet_checksum;
+    use podfence_datapath::wire::checksum::internet_checksum;
 
     fn spec() -> TrafficSpec {
         TrafficSpec::new(Ipv4Addr::new(10, 128, 0, 100), Ipv4Addr::new(10, 128, 0, 0))

@@ -169,7 +169,7 @@ pub fn bench_cluster(shape: Shape, allowed: u16, denied: u16) -> BenchCluster {
 mod tests {
     use super::*;
     use podfence_control::compile::{CompileOptions, Locality, compile};
-    use podfence_datapath::Protocol as P;
+    use podfence_datapath::IpProtocol as P;
 
     #[test]
     fn measured_traffic_is_allowed_and_the_rest_denied_at_every_size() {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use podfence_datapath::denials::{Denial, DenialKind, DenialQueue, SNAP_LEN};
 use podfence_datapath::publish::{Generation, Publisher};
-use podfence_datapath::tables::{Decision, Direction, Protocol, Tables};
+use podfence_datapath::tables::{Decision, Direction, IpProtocol, Tables};
 use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
@@ -464,7 +464,7 @@ fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
         .filter(|(_, v)| v.is_policy_denial())
         .map(|(name, _)| *name)
         .collect();
-    let protocol = Protocol(d.flow.protocol);
+    let protocol = IpProtocol(d.flow.protocol);
     json!({
         "time": rfc3339(d.unix_ns),
         "node": node,
@@ -577,7 +577,7 @@ spec:
             u32::from_be_bytes([10, 0, 0, 1]),
             u32::from_be_bytes([10, 0, 0, 2]),
         );
-        let verdict = tables.classify_v4(web, db, Protocol::TCP, 5432);
+        let verdict = tables.classify_v4(web, db, IpProtocol::TCP, 5432);
         assert!(!verdict.is_allowed());
         let generation = tables.generation();
         let publisher = Publisher::new(tables);

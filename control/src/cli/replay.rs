@@ -175,7 +175,7 @@ fn replay_summary(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> anyh
             writeln!(
                 out,
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                podfence_datapath::Protocol(f.key.protocol),
+                podfence_datapath::IpProtocol(f.key.protocol),
                 addr(f.key.src),
                 f.key.src_port,
                 addr(f.key.dst),

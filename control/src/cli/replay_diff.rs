@@ -9,6 +9,7 @@ use podfence_control::compile::{CompileOptions, compile};
 use podfence_control::index::Cluster;
 use podfence_control::replay::{self, ReplayOptions};
 use podfence_control::sources::manifests;
+use podfence_datapath::wire::ip_proto;
 
 use super::CliError;
 use super::replay::{Progress, ReplayArgs};
@@ -241,12 +242,12 @@ fn print_diff_json(
             };
             json!({
                 "change": f.change.as_str(),
-                "protocol": podfence_datapath::Protocol(f.protocol).to_string(),
+                "protocol": podfence_datapath::IpProtocol(f.protocol).to_string(),
                 "src": f.src.to_string(),
                 "src_pod": sides.names.pod(f.src),
                 "dst": f.dst.to_string(),
                 "dst_pod": sides.names.pod(f.dst),
-                "port": matches!(f.protocol, 6 | 17 | 132).then_some(f.port),
+                "port": matches!(f.protocol, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP).then_some(f.port),
                 "connections": f.connections,
                 "packets": f.packets,
                 "bytes": f.bytes,

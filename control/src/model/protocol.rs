@@ -51,11 +51,11 @@ impl Protocol {
 
     /// The IP protocol number.
     #[must_use]
-    pub fn ip_protocol(self) -> podfence_datapath::Protocol {
+    pub fn ip_protocol(self) -> podfence_datapath::IpProtocol {
         match self {
-            Self::Tcp => podfence_datapath::Protocol::TCP,
-            Self::Udp => podfence_datapath::Protocol::UDP,
-            Self::Sctp => podfence_datapath::Protocol::SCTP,
+            Self::Tcp => podfence_datapath::IpProtocol::TCP,
+            Self::Udp => podfence_datapath::IpProtocol::UDP,
+            Self::Sctp => podfence_datapath::IpProtocol::SCTP,
         }
     }
 }

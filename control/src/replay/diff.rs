@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use podfence_datapath::conntrack::ConnKey;
 use podfence_datapath::tables::{Tables, Verdict};
+use podfence_datapath::wire::ip_proto;
 use rustc_hash::FxHashMap;
 
 use super::{FileError, Flow, ReplayOptions, replay};
@@ -107,7 +108,7 @@ impl DiffReport {
 /// The destination port policy looks at (as the worker classifies).
 fn policy_port(key: &ConnKey) -> u16 {
     match key.protocol {
-        6 | 17 | 132 => key.dst_port,
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => key.dst_port,
         _ => 0,
     }
 }

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use podfence_datapath::tables::{Decision, Direction, Tables, Verdict};
+use podfence_datapath::wire::ip_proto;
 use rustc_hash::FxHashMap;
 
 use super::ChangedFlow;
@@ -67,10 +68,12 @@ impl ChangedFlow {
     /// The flow for a reader: `TCP x/a (10.244.1.1) → y/b (10.244.2.2) port 80`.
     #[must_use]
     pub fn describe(&self, names: &PodNames) -> String {
-        let proto = podfence_datapath::Protocol(self.protocol);
+        let proto = podfence_datapath::IpProtocol(self.protocol);
         let (src, dst) = (names.describe(self.src), names.describe(self.dst));
         match self.protocol {
-            6 | 17 | 132 => format!("{proto} {src} → {dst} port {}", self.port),
+            ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => {
+                format!("{proto} {src} → {dst} port {}", self.port)
+            }
             _ => format!("{proto} {src} → {dst}"),
         }
     }
@@ -89,14 +92,14 @@ impl ChangedFlow {
             return vec!["allow — an ICMP error about a connection that is allowed".to_owned()];
         };
         let protocol = match self.protocol {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            132 => Some(Protocol::Sctp),
+            ip_proto::TCP => Some(Protocol::Tcp),
+            ip_proto::UDP => Some(Protocol::Udp),
+            ip_proto::SCTP => Some(Protocol::Sctp),
             _ => None,
         };
         let Some(protocol) = protocol else {
             let endpoints = (names.endpoint(self.src), names.endpoint(self.dst));
-            let what = podfence_datapath::Protocol(self.protocol);
+            let what = podfence_datapath::IpProtocol(self.protocol);
             return [
                 (Direction::Egress, verdict.egress),
                 (Direction::Ingress, verdict.ingress),
@@ -136,7 +139,7 @@ fn brief_decision(
     tables: &Tables,
     direction: Direction,
     d: Decision,
-    protocol: podfence_datapath::Protocol,
+    protocol: podfence_datapath::IpProtocol,
     endpoints: (&Endpoint, &Endpoint),
 ) -> String {
     let (side, endpoint) = match direction {

@@ -5,11 +5,12 @@
 //!
 //! Shared by the cargo-fuzz target and the plain test over the seeds.
 
-use podfence_datapath::flow::{Fragment, FragmentKey, PacketMeta, ParseError, Parsed, parse_frame};
+use podfence_datapath::flow::{Fragment, PacketMeta, ParseError, Parsed, parse_frame};
+use podfence_datapath::fragments::FragmentKey;
 use podfence_datapath::link::LinkType;
 use podfence_datapath::wire::{
     EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader,
-    Ipv6Packet, LinuxSll2Header, LinuxSllHeader, SctpPacket, TcpPacket, UdpPacket,
+    Ipv6Packet, LinuxSll2Header, LinuxSllHeader, SctpPacket, TcpPacket, UdpPacket, ip_proto,
 };
 
 /// The link type a selector byte stands for.
@@ -79,10 +80,10 @@ fn check_meta(frame: &[u8], meta: &PacketMeta) {
     assert_eq!(key.reversed().reversed(), key);
     assert_eq!(key.canonical().0, key.reversed().canonical().0);
     if meta.tcp_flags != 0 {
-        assert_eq!(key.protocol, 6);
+        assert_eq!(key.protocol, ip_proto::TCP);
     }
     if meta.sctp_chunk.is_some() {
-        assert_eq!(key.protocol, 132);
+        assert_eq!(key.protocol, ip_proto::SCTP);
     }
     if meta.echo_reply {
         assert_eq!(key.src_port, key.dst_port);

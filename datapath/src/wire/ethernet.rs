@@ -5,6 +5,18 @@
 
 use super::{ParseError, be16};
 
+/// Byte positions of the untagged header's fields.
+pub mod field {
+    use std::ops::Range;
+
+    /// Destination MAC address.
+    pub const DST_ADDR: Range<usize> = 0..6;
+    /// Source MAC address.
+    pub const SRC_ADDR: Range<usize> = 6..12;
+    /// Ethertype, or the TPID of a VLAN tag.
+    pub const ETHERTYPE: Range<usize> = 12..14;
+}
+
 /// Ethertypes the parser acts on. Any other value is carried as is.
 pub mod ethertype {
     /// IPv4.
@@ -93,9 +105,9 @@ pub(crate) fn walk_vlan_tags(
         if b.len() < offset + 4 {
             return Err(ParseError::TruncatedVlan);
         }
-        tags.tci[tags.len()] = be16(b, offset);
+        tags.tci[tags.len()] = be16(&b[offset..]);
         tags.len += 1;
-        ethertype = be16(b, offset + 2);
+        ethertype = be16(&b[offset + 2..]);
         offset += 4;
     }
     Ok(VlanWalk {
@@ -123,28 +135,30 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         if b.len() < Self::HEADER_LEN {
             return Err(ParseError::TruncatedEthernet);
         }
-        let walk = walk_vlan_tags(b, Self::HEADER_LEN, be16(b, 12))?;
+        let walk = walk_vlan_tags(b, Self::HEADER_LEN, be16(&b[field::ETHERTYPE]))?;
         Ok(Self { buffer, walk })
     }
 
     /// Destination MAC address.
     #[must_use]
     pub fn dst_addr(&self) -> [u8; 6] {
-        let b = self.buffer.as_ref();
-        [b[0], b[1], b[2], b[3], b[4], b[5]]
+        let mut mac = [0; 6];
+        mac.copy_from_slice(&self.buffer.as_ref()[field::DST_ADDR]);
+        mac
     }
 
     /// Source MAC address.
     #[must_use]
     pub fn src_addr(&self) -> [u8; 6] {
-        let b = self.buffer.as_ref();
-        [b[6], b[7], b[8], b[9], b[10], b[11]]
+        let mut mac = [0; 6];
+        mac.copy_from_slice(&self.buffer.as_ref()[field::SRC_ADDR]);
+        mac
     }
 
     /// The ethertype field right after the MAC addresses (a TPID if tagged).
     #[must_use]
     pub fn outer_ethertype(&self) -> u16 {
-        be16(self.buffer.as_ref(), 12)
+        be16(&self.buffer.as_ref()[field::ETHERTYPE])
     }
 
     /// The ethertype of the payload, after any VLAN tags.

@@ -8,6 +8,24 @@
 
 use super::{ParseError, be16};
 
+/// Byte positions of the header's fields.
+pub mod field {
+    use std::ops::Range;
+
+    /// Message type.
+    pub const TYPE: usize = 0;
+    /// Message code.
+    pub const CODE: usize = 1;
+    /// Checksum.
+    pub const CHECKSUM: Range<usize> = 2..4;
+    /// Echo: identifier.
+    pub const ECHO_IDENT: Range<usize> = 4..6;
+    /// Echo: sequence number.
+    pub const ECHO_SEQ: Range<usize> = 6..8;
+    /// The four type-specific bytes (an MTU, a pointer, unused).
+    pub const REST: Range<usize> = 4..8;
+}
+
 /// ICMP message types podfence distinguishes.
 pub mod kind {
     /// Echo reply.
@@ -71,33 +89,33 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     #[must_use]
     #[inline]
     pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[0]
+        self.buffer.as_ref()[field::TYPE]
     }
 
     /// Message code.
     #[must_use]
     #[inline]
     pub fn code(&self) -> u8 {
-        self.buffer.as_ref()[1]
+        self.buffer.as_ref()[field::CODE]
     }
 
     /// Checksum field.
     #[must_use]
     pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     /// Echo identifier, for echo request and reply.
     #[must_use]
     #[inline]
     pub fn echo_ident(&self) -> Option<u16> {
-        is_echo(self.msg_type()).then(|| be16(self.buffer.as_ref(), 4))
+        is_echo(self.msg_type()).then(|| be16(&self.buffer.as_ref()[field::ECHO_IDENT]))
     }
 
     /// Echo sequence number, for echo request and reply.
     #[must_use]
     pub fn echo_seq(&self) -> Option<u16> {
-        is_echo(self.msg_type()).then(|| be16(self.buffer.as_ref(), 6))
+        is_echo(self.msg_type()).then(|| be16(&self.buffer.as_ref()[field::ECHO_SEQ]))
     }
 
     /// Whether this is an error message.
@@ -119,6 +137,14 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
     #[must_use]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[Self::HEADER_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
+    /// Sets the checksum field.
+    #[inline]
+    pub fn set_checksum(&mut self, checksum: u16) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     }
 }
 
@@ -160,5 +186,16 @@ mod tests {
         for t in [0, 8, 13, 14, 255] {
             assert!(!is_error(t));
         }
+    }
+
+    #[test]
+    fn set_checksum() {
+        let mut v = [kind::ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 1, 0xaa];
+        let orig = v;
+        let mut p = Icmpv4Packet::new_checked(&mut v[..]).unwrap();
+        p.set_checksum(0x0bad);
+        assert_eq!(p.checksum(), 0x0bad);
+        assert_eq!(p.echo_ident(), Some(0x1234));
+        assert_eq!((&v[..2], &v[4..]), (&orig[..2], &orig[4..]));
     }
 }

@@ -6,7 +6,34 @@
 
 use std::net::Ipv4Addr;
 
-use super::{ParseError, be16, be32, internet_checksum};
+use super::checksum::internet_checksum;
+use super::{ParseError, be16, be32};
+
+/// Byte positions of the header's fields.
+pub mod field {
+    use std::ops::Range;
+
+    /// Version (high nibble) and header length in 32-bit words (low nibble).
+    pub const VER_IHL: usize = 0;
+    /// DSCP and ECN (the former TOS byte).
+    pub const DSCP_ECN: usize = 1;
+    /// Total length.
+    pub const LENGTH: Range<usize> = 2..4;
+    /// Identification.
+    pub const IDENT: Range<usize> = 4..6;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FLAGS_FRAG: Range<usize> = 6..8;
+    /// Time to live.
+    pub const TTL: usize = 8;
+    /// Protocol of the payload.
+    pub const PROTOCOL: usize = 9;
+    /// Header checksum.
+    pub const CHECKSUM: Range<usize> = 10..12;
+    /// Source address.
+    pub const SRC_ADDR: Range<usize> = 12..16;
+    /// Destination address.
+    pub const DST_ADDR: Range<usize> = 16..20;
+}
 
 /// A checked view of an IPv4 packet.
 ///
@@ -47,17 +74,17 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         if b.is_empty() {
             return Err(ParseError::TruncatedIpv4);
         }
-        if b[0] >> 4 != 4 {
+        if b[field::VER_IHL] >> 4 != 4 {
             return Err(ParseError::BadIpVersion);
         }
-        let header_len = usize::from(b[0] & 0x0f) * 4;
+        let header_len = usize::from(b[field::VER_IHL] & 0x0f) * 4;
         if header_len < Self::MIN_HEADER_LEN {
             return Err(ParseError::BadIpv4HeaderLength);
         }
         if b.len() < header_len {
             return Err(ParseError::TruncatedIpv4);
         }
-        let total_len = usize::from(be16(b, 2));
+        let total_len = usize::from(be16(&b[field::LENGTH]));
         if total_len < header_len {
             return Err(ParseError::BadIpv4TotalLength);
         }
@@ -67,100 +94,100 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Always 4.
     #[must_use]
     pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[0] >> 4
+        self.buffer.as_ref()[field::VER_IHL] >> 4
     }
 
     /// Header length in bytes, options included (20 to 60).
     #[must_use]
     #[inline]
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[0] & 0x0f) * 4
+        usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
     /// DSCP (upper six bits of the former TOS byte).
     #[must_use]
     pub fn dscp(&self) -> u8 {
-        self.buffer.as_ref()[1] >> 2
+        self.buffer.as_ref()[field::DSCP_ECN] >> 2
     }
 
     /// ECN (lower two bits of the former TOS byte).
     #[must_use]
     pub fn ecn(&self) -> u8 {
-        self.buffer.as_ref()[1] & 0x03
+        self.buffer.as_ref()[field::DSCP_ECN] & 0x03
     }
 
     /// Total length field: header plus payload.
     #[must_use]
     pub fn total_len(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(&self.buffer.as_ref()[field::LENGTH])
     }
 
     /// Identification (used by fragment reassembly).
     #[must_use]
     #[inline]
     pub fn ident(&self) -> u16 {
-        be16(self.buffer.as_ref(), 4)
+        be16(&self.buffer.as_ref()[field::IDENT])
     }
 
     /// The DF flag.
     #[must_use]
     pub fn dont_frag(&self) -> bool {
-        self.buffer.as_ref()[6] & 0x40 != 0
+        self.buffer.as_ref()[field::FLAGS_FRAG.start] & 0x40 != 0
     }
 
     /// The MF flag.
     #[must_use]
     #[inline]
     pub fn more_frags(&self) -> bool {
-        self.buffer.as_ref()[6] & 0x20 != 0
+        self.buffer.as_ref()[field::FLAGS_FRAG.start] & 0x20 != 0
     }
 
     /// Fragment offset in bytes (the field counts 8-byte units).
     #[must_use]
     #[inline]
     pub fn frag_offset(&self) -> u16 {
-        (be16(self.buffer.as_ref(), 6) & 0x1fff) << 3
+        (be16(&self.buffer.as_ref()[field::FLAGS_FRAG]) & 0x1fff) << 3
     }
 
     /// Whether this is a fragment at all (MF set or a non-zero offset).
     #[must_use]
     #[inline]
     pub fn is_fragment(&self) -> bool {
-        be16(self.buffer.as_ref(), 6) & 0x3fff != 0
+        be16(&self.buffer.as_ref()[field::FLAGS_FRAG]) & 0x3fff != 0
     }
 
     /// Time to live.
     #[must_use]
     #[inline]
     pub fn ttl(&self) -> u8 {
-        self.buffer.as_ref()[8]
+        self.buffer.as_ref()[field::TTL]
     }
 
     /// Protocol of the payload.
     #[must_use]
     #[inline]
     pub fn protocol(&self) -> u8 {
-        self.buffer.as_ref()[9]
+        self.buffer.as_ref()[field::PROTOCOL]
     }
 
     /// Header checksum field.
     #[must_use]
     pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), 10)
+        be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     /// Source address as a number.
     #[must_use]
     #[inline]
     pub fn src(&self) -> u32 {
-        be32(self.buffer.as_ref(), 12)
+        be32(&self.buffer.as_ref()[field::SRC_ADDR])
     }
 
     /// Destination address as a number.
     #[must_use]
     #[inline]
     pub fn dst(&self) -> u32 {
-        be32(self.buffer.as_ref(), 16)
+        be32(&self.buffer.as_ref()[field::DST_ADDR])
     }
 
     /// Source address.
@@ -198,6 +225,39 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The underlying buffer.
     pub fn into_inner(self) -> T {
         self.buffer
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    /// Sets the time to live (the header checksum is the caller's).
+    #[inline]
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buffer.as_mut()[field::TTL] = ttl;
+    }
+
+    /// Sets the header checksum field.
+    #[inline]
+    pub fn set_checksum(&mut self, checksum: u16) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
+    }
+
+    /// Sets the source address (the checksums are the caller's).
+    #[inline]
+    pub fn set_src_addr(&mut self, addr: Ipv4Addr) {
+        self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&addr.octets());
+    }
+
+    /// Sets the destination address (the checksums are the caller's).
+    #[inline]
+    pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
+        self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&addr.octets());
+    }
+
+    /// Recomputes the header checksum from scratch.
+    pub fn fill_checksum(&mut self) {
+        self.set_checksum(0);
+        let sum = internet_checksum(&self.buffer.as_ref()[..self.header_len()]);
+        self.set_checksum(sum);
     }
 }
 
@@ -303,6 +363,47 @@ mod tests {
             Ipv4Packet::new_checked(&bad[..]).unwrap_err(),
             ParseError::BadIpv4TotalLength
         );
+    }
+
+    #[test]
+    fn setters_write_the_fields_and_nothing_else() {
+        let mut v = packet();
+        let orig = v.clone();
+        let mut p = Ipv4Packet::new_checked(&mut v[..]).unwrap();
+        p.set_ttl(3);
+        p.set_src_addr(Ipv4Addr::new(192, 0, 2, 1));
+        p.set_dst_addr(Ipv4Addr::new(198, 51, 100, 7));
+        p.set_checksum(0xbeef);
+        assert_eq!(p.ttl(), 3);
+        assert_eq!(p.src_addr(), Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(p.dst_addr(), Ipv4Addr::new(198, 51, 100, 7));
+        assert_eq!(p.checksum(), 0xbeef);
+        assert!(!p.verify_checksum());
+        p.fill_checksum();
+        assert!(p.verify_checksum());
+        assert_eq!(p.payload(), &[0xde, 0xad, 0xbe, 0xef]);
+        for (i, (a, b)) in v.iter().zip(&orig).enumerate() {
+            let written = [field::TTL, 10, 11].contains(&i) || (12..20).contains(&i);
+            assert!(written || a == b, "byte {i} changed");
+        }
+    }
+
+    #[test]
+    fn incremental_updates_keep_the_header_checksum_valid() {
+        use crate::wire::checksum::{update_u16, update_u32};
+        let mut v = packet();
+        let mut p = Ipv4Packet::new_checked(&mut v[..]).unwrap();
+        // A new destination (what NAT does) and a decremented TTL.
+        let (old, new) = (p.dst(), u32::from(Ipv4Addr::new(10, 96, 0, 10)));
+        p.set_dst_addr(new.into());
+        p.set_checksum(update_u32(p.checksum(), old, new));
+        assert!(p.verify_checksum());
+        let old = u16::from_be_bytes([p.ttl(), p.protocol()]);
+        p.set_ttl(p.ttl() - 1);
+        let new = u16::from_be_bytes([p.ttl(), p.protocol()]);
+        p.set_checksum(update_u16(p.checksum(), old, new));
+        assert!(p.verify_checksum());
+        assert_eq!(p.ttl(), 63);
     }
 
     #[test]

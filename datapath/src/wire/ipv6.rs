@@ -11,6 +11,38 @@ use std::net::Ipv6Addr;
 
 use super::{ParseError, be16, be32, be128, ip_proto};
 
+/// Byte positions of the fixed header's fields.
+pub mod field {
+    use std::ops::Range;
+
+    /// Version (4 bits), traffic class (8 bits) and flow label (20 bits).
+    pub const VER_TC_FLOW: Range<usize> = 0..4;
+    /// Payload length (extension headers included).
+    pub const PAYLOAD_LEN: Range<usize> = 4..6;
+    /// Next header.
+    pub const NEXT_HEADER: usize = 6;
+    /// Hop limit.
+    pub const HOP_LIMIT: usize = 7;
+    /// Source address.
+    pub const SRC_ADDR: Range<usize> = 8..24;
+    /// Destination address.
+    pub const DST_ADDR: Range<usize> = 24..40;
+}
+
+/// Byte positions of the fields of an extension header.
+pub mod ext_field {
+    use std::ops::Range;
+
+    /// Next header (every extension header).
+    pub const NEXT_HEADER: usize = 0;
+    /// Header length (hop-by-hop, routing, destination options, AH).
+    pub const LENGTH: usize = 1;
+    /// Fragment header: offset (13 bits), reserved, M flag (low bit).
+    pub const FRAG_OFFSET_M: Range<usize> = 2..4;
+    /// Fragment header: identification.
+    pub const FRAG_IDENT: Range<usize> = 4..8;
+}
+
 /// The most extension headers [`Ipv6Packet::extensions`] walks before it
 /// gives up with [`ParseError::TooManyIpv6Extensions`].
 pub const MAX_EXTENSION_HEADERS: usize = 8;
@@ -80,66 +112,66 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         if b.is_empty() {
             return Err(ParseError::TruncatedIpv6);
         }
-        if b[0] >> 4 != 6 {
+        if b[field::VER_TC_FLOW.start] >> 4 != 6 {
             return Err(ParseError::BadIpVersion);
         }
         if b.len() < Self::HEADER_LEN {
             return Err(ParseError::TruncatedIpv6);
         }
-        Ok(Self::HEADER_LEN + usize::from(be16(b, 4)))
+        Ok(Self::HEADER_LEN + usize::from(be16(&b[field::PAYLOAD_LEN])))
     }
 
     /// Always 6.
     #[must_use]
     pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[0] >> 4
+        self.buffer.as_ref()[field::VER_TC_FLOW.start] >> 4
     }
 
     /// Traffic class.
     #[must_use]
     pub fn traffic_class(&self) -> u8 {
-        let b = self.buffer.as_ref();
+        let b = &self.buffer.as_ref()[field::VER_TC_FLOW];
         (b[0] << 4) | (b[1] >> 4)
     }
 
     /// Flow label (20 bits).
     #[must_use]
     pub fn flow_label(&self) -> u32 {
-        be32(self.buffer.as_ref(), 0) & 0x000f_ffff
+        be32(&self.buffer.as_ref()[field::VER_TC_FLOW]) & 0x000f_ffff
     }
 
     /// Payload length field (extension headers included).
     #[must_use]
     pub fn payload_len(&self) -> u16 {
-        be16(self.buffer.as_ref(), 4)
+        be16(&self.buffer.as_ref()[field::PAYLOAD_LEN])
     }
 
     /// Next header of the fixed header.
     #[must_use]
     #[inline]
     pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[6]
+        self.buffer.as_ref()[field::NEXT_HEADER]
     }
 
     /// Hop limit.
     #[must_use]
     #[inline]
     pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[7]
+        self.buffer.as_ref()[field::HOP_LIMIT]
     }
 
     /// Source address as a number.
     #[must_use]
     #[inline]
     pub fn src(&self) -> u128 {
-        be128(self.buffer.as_ref(), 8)
+        be128(&self.buffer.as_ref()[field::SRC_ADDR])
     }
 
     /// Destination address as a number.
     #[must_use]
     #[inline]
     pub fn dst(&self) -> u128 {
-        be128(self.buffer.as_ref(), 24)
+        be128(&self.buffer.as_ref()[field::DST_ADDR])
     }
 
     /// Source address.
@@ -224,6 +256,27 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 }
 
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    /// Sets the hop limit (IPv6 has no header checksum).
+    #[inline]
+    pub fn set_hop_limit(&mut self, hop_limit: u8) {
+        self.buffer.as_mut()[field::HOP_LIMIT] = hop_limit;
+    }
+
+    /// Sets the source address (the transport checksum is the caller's).
+    #[inline]
+    pub fn set_src_addr(&mut self, addr: Ipv6Addr) {
+        self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&addr.octets());
+    }
+
+    /// Sets the destination address (the transport checksum is the
+    /// caller's).
+    #[inline]
+    pub fn set_dst_addr(&mut self, addr: Ipv6Addr) {
+        self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&addr.octets());
+    }
+}
+
 /// A checked view of a variable-length extension header: hop-by-hop,
 /// routing, destination options (length in 8-byte units beyond the first
 /// 8) or AH (length in 4-byte units beyond the first 8).
@@ -242,10 +295,11 @@ impl<T: AsRef<[u8]>> Ipv6ExtHeader<T> {
         if b.len() < 2 {
             return Err(ParseError::TruncatedIpv6Extension);
         }
+        let units = usize::from(b[ext_field::LENGTH]);
         let len = if kind == ip_proto::AH {
-            (usize::from(b[1]) + 2) * 4
+            (units + 2) * 4
         } else {
-            (usize::from(b[1]) + 1) * 8
+            (units + 1) * 8
         };
         if b.len() < len {
             return Err(ParseError::TruncatedIpv6Extension);
@@ -257,7 +311,7 @@ impl<T: AsRef<[u8]>> Ipv6ExtHeader<T> {
     #[must_use]
     #[inline]
     pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[0]
+        self.buffer.as_ref()[ext_field::NEXT_HEADER]
     }
 
     /// Length of this header in bytes.
@@ -297,25 +351,25 @@ impl<T: AsRef<[u8]>> Ipv6FragmentHeader<T> {
     /// Next header (of the reassembled packet's fragmentable part).
     #[must_use]
     pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[0]
+        self.buffer.as_ref()[ext_field::NEXT_HEADER]
     }
 
     /// Fragment offset in bytes.
     #[must_use]
     pub fn frag_offset(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2) & 0xfff8
+        be16(&self.buffer.as_ref()[ext_field::FRAG_OFFSET_M]) & 0xfff8
     }
 
     /// The M flag.
     #[must_use]
     pub fn more_frags(&self) -> bool {
-        self.buffer.as_ref()[3] & 1 != 0
+        self.buffer.as_ref()[ext_field::FRAG_OFFSET_M.end - 1] & 1 != 0
     }
 
     /// Identification.
     #[must_use]
     pub fn ident(&self) -> u32 {
-        be32(self.buffer.as_ref(), 4)
+        be32(&self.buffer.as_ref()[ext_field::FRAG_IDENT])
     }
 
     /// All three fragment fields.
@@ -472,6 +526,25 @@ mod tests {
         assert_eq!(usize::from(ext.count), MAX_EXTENSION_HEADERS);
         assert_eq!(ext.protocol, ip_proto::NO_NEXT_HEADER);
         assert_eq!(ext.l4_offset, v.len());
+    }
+
+    #[test]
+    fn setters_write_the_fields_and_nothing_else() {
+        let mut v = header(ip_proto::TCP, &[1, 2, 3]);
+        let orig = v.clone();
+        let a: Ipv6Addr = "2001:db8::a".parse().unwrap();
+        let b: Ipv6Addr = "fd00:10:96::1".parse().unwrap();
+        let mut p = Ipv6Packet::new_checked(&mut v[..]).unwrap();
+        p.set_hop_limit(1);
+        p.set_src_addr(a);
+        p.set_dst_addr(b);
+        assert_eq!(p.hop_limit(), 1);
+        assert_eq!((p.src_addr(), p.dst_addr()), (a, b));
+        assert_eq!(p.payload(), &[1, 2, 3]);
+        for (i, (x, y)) in v.iter().zip(&orig).enumerate() {
+            let written = i == field::HOP_LIMIT || (8..40).contains(&i);
+            assert!(written || x == y, "byte {i} changed");
+        }
     }
 
     #[test]

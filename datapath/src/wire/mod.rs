@@ -7,9 +7,14 @@
 //! fields that decide lengths) once, after which every accessor reads inside
 //! the checked range and cannot panic. There is no unchecked constructor.
 //!
-//! Views are generic over `T: AsRef<[u8]>` so that a mutable buffer can get
-//! setters later (TTL rewrite); the no-panic promise assumes `as_ref` returns
-//! the same slice every time, as every std implementation does.
+//! Each header module names its fields' byte ranges in a `field` module.
+//! Views are generic over `T: AsRef<[u8]>`; over a mutable buffer
+//! (`T: AsMut<[u8]>` too) they have setters for the fields that forwarding
+//! and address translation rewrite (addresses, ports, TTL, checksums). A
+//! setter writes the field only: the caller updates the checksums that
+//! cover it, incrementally, with [`checksum`]. The no-panic promise assumes
+//! `as_ref` and `as_mut` return the same slice every time, as every std
+//! implementation does.
 //!
 //! Protocol numbers, ethertypes, ICMP types and SCTP chunk types are plain
 //! values: an unknown one is not an error, only a malformed length is.
@@ -18,6 +23,7 @@
 
 use std::fmt;
 
+pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
 pub mod icmpv6;
@@ -38,17 +44,64 @@ pub use sll::{LinuxSll2Header, LinuxSllHeader};
 pub use tcp::TcpPacket;
 pub use udp::UdpPacket;
 
-/// IP protocol numbers the parser looks into. Any other value is carried as
-/// is.
+/// An IP protocol number: IPv4's protocol field, IPv6's (last) next header.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpProtocol(pub u8);
+
+impl IpProtocol {
+    /// ICMP.
+    pub const ICMP: Self = Self(1);
+    /// TCP.
+    pub const TCP: Self = Self(6);
+    /// UDP.
+    pub const UDP: Self = Self(17);
+    /// ICMPv6.
+    pub const ICMPV6: Self = Self(58);
+    /// SCTP.
+    pub const SCTP: Self = Self(132);
+
+    /// The protocol's usual name, if it has one here.
+    #[must_use]
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::ICMP => "ICMP",
+            Self::TCP => "TCP",
+            Self::UDP => "UDP",
+            Self::ICMPV6 => "ICMPv6",
+            Self::SCTP => "SCTP",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for IpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "proto-{}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for IpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// IP protocol numbers as plain bytes, for `match` patterns over a header
+/// field or a flow key. Any other value is carried as is.
 pub mod ip_proto {
+    use super::IpProtocol;
+
     /// IPv6 hop-by-hop options.
     pub const HOP_BY_HOP: u8 = 0;
     /// ICMP.
-    pub const ICMP: u8 = 1;
+    pub const ICMP: u8 = IpProtocol::ICMP.0;
     /// TCP.
-    pub const TCP: u8 = 6;
+    pub const TCP: u8 = IpProtocol::TCP.0;
     /// UDP.
-    pub const UDP: u8 = 17;
+    pub const UDP: u8 = IpProtocol::UDP.0;
     /// IPv6 routing header.
     pub const ROUTING: u8 = 43;
     /// IPv6 fragment header.
@@ -58,13 +111,13 @@ pub mod ip_proto {
     /// Authentication header.
     pub const AH: u8 = 51;
     /// ICMPv6.
-    pub const ICMPV6: u8 = 58;
+    pub const ICMPV6: u8 = IpProtocol::ICMPV6.0;
     /// IPv6 "no next header".
     pub const NO_NEXT_HEADER: u8 = 59;
     /// IPv6 destination options.
     pub const DESTINATION_OPTIONS: u8 = 60;
     /// SCTP.
-    pub const SCTP: u8 = 132;
+    pub const SCTP: u8 = IpProtocol::SCTP.0;
 }
 
 macro_rules! parse_errors {
@@ -166,42 +219,27 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Reads a big-endian `u16` at `i`. Callers index only checked ranges.
+/// Reads a big-endian `u16` from the start of `b`. Callers pass checked
+/// ranges.
 #[inline]
-pub(crate) fn be16(b: &[u8], i: usize) -> u16 {
-    u16::from_be_bytes([b[i], b[i + 1]])
+pub(crate) fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
 }
 
-/// Reads a big-endian `u32` at `i`. Callers index only checked ranges.
+/// Reads a big-endian `u32` from the start of `b`. Callers pass checked
+/// ranges.
 #[inline]
-pub(crate) fn be32(b: &[u8], i: usize) -> u32 {
-    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+pub(crate) fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Reads a big-endian `u128` at `i`. Callers index only checked ranges.
+/// Reads a big-endian `u128` from the start of `b`. Callers pass checked
+/// ranges.
 #[inline]
-pub(crate) fn be128(b: &[u8], i: usize) -> u128 {
+pub(crate) fn be128(b: &[u8]) -> u128 {
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&b[i..i + 16]);
+    bytes.copy_from_slice(&b[..16]);
     u128::from_be_bytes(bytes)
-}
-
-/// The Internet checksum (RFC 1071) of `data`, folded and complemented: 0
-/// over a region that includes a correct checksum field.
-#[must_use]
-pub fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -218,14 +256,5 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), ParseError::COUNT);
-    }
-
-    #[test]
-    fn checksum_of_rfc1071_example() {
-        // RFC 1071 section 3: the sum of these words is 0xddf2.
-        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(internet_checksum(&data), !0xddf2);
-        // Odd length pads with a zero byte.
-        assert_eq!(internet_checksum(&[0x12]), !0x1200);
     }
 }

@@ -5,6 +5,27 @@
 
 use super::{ParseError, be16, be32};
 
+/// Byte positions of the common header's and the first chunk's fields.
+pub mod field {
+    use std::ops::Range;
+
+    /// Source port.
+    pub const SRC_PORT: Range<usize> = 0..2;
+    /// Destination port.
+    pub const DST_PORT: Range<usize> = 2..4;
+    /// Verification tag.
+    pub const VERIFICATION_TAG: Range<usize> = 4..8;
+    /// CRC32c checksum (stored little-endian, read here as a big-endian
+    /// number).
+    pub const CHECKSUM: Range<usize> = 8..12;
+    /// First chunk: type.
+    pub const CHUNK_TYPE: usize = 12;
+    /// First chunk: flags.
+    pub const CHUNK_FLAGS: usize = 13;
+    /// First chunk: length.
+    pub const CHUNK_LENGTH: Range<usize> = 14..16;
+}
+
 /// SCTP chunk types connection tracking cares about.
 pub mod chunk {
     /// DATA.
@@ -69,27 +90,27 @@ impl<T: AsRef<[u8]>> SctpPacket<T> {
     #[must_use]
     #[inline]
     pub fn src_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), 0)
+        be16(&self.buffer.as_ref()[field::SRC_PORT])
     }
 
     /// Destination port.
     #[must_use]
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(&self.buffer.as_ref()[field::DST_PORT])
     }
 
     /// Verification tag (0 in a packet carrying INIT).
     #[must_use]
     #[inline]
     pub fn verification_tag(&self) -> u32 {
-        be32(self.buffer.as_ref(), 4)
+        be32(&self.buffer.as_ref()[field::VERIFICATION_TAG])
     }
 
     /// CRC32c checksum field.
     #[must_use]
     pub fn checksum(&self) -> u32 {
-        be32(self.buffer.as_ref(), 8)
+        be32(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     /// The first chunk's header, when its four bytes are present.
@@ -97,13 +118,13 @@ impl<T: AsRef<[u8]>> SctpPacket<T> {
     #[inline]
     pub fn first_chunk(&self) -> Option<SctpChunkHeader> {
         let b = self.buffer.as_ref();
-        if b.len() < Self::HEADER_LEN + 4 {
+        if b.len() < field::CHUNK_LENGTH.end {
             return None;
         }
         Some(SctpChunkHeader {
-            kind: b[12],
-            flags: b[13],
-            length: be16(b, 14),
+            kind: b[field::CHUNK_TYPE],
+            flags: b[field::CHUNK_FLAGS],
+            length: be16(&b[field::CHUNK_LENGTH]),
         })
     }
 
@@ -111,6 +132,26 @@ impl<T: AsRef<[u8]>> SctpPacket<T> {
     #[must_use]
     pub fn chunks(&self) -> &[u8] {
         &self.buffer.as_ref()[Self::HEADER_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> SctpPacket<T> {
+    /// Sets the source port (the CRC32c is the caller's).
+    #[inline]
+    pub fn set_src_port(&mut self, port: u16) {
+        self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&port.to_be_bytes());
+    }
+
+    /// Sets the destination port (the CRC32c is the caller's).
+    #[inline]
+    pub fn set_dst_port(&mut self, port: u16) {
+        self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&port.to_be_bytes());
+    }
+
+    /// Sets the checksum field, as [`SctpPacket::checksum`] reads it.
+    #[inline]
+    pub fn set_checksum(&mut self, checksum: u32) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     }
 }
 
@@ -149,6 +190,27 @@ mod tests {
                 SctpPacket::new_checked(&v[..len]).unwrap_err(),
                 ParseError::TruncatedSctp
             );
+        }
+    }
+
+    #[test]
+    fn setters_write_the_fields_and_nothing_else() {
+        let mut v = vec![0x30, 0x39, 0x0b, 0x59, 0, 0, 0, 0, 0, 0, 0, 0];
+        v.extend_from_slice(&[chunk::INIT, 0, 0, 20]);
+        v.extend_from_slice(&[7; 16]);
+        let orig = v.clone();
+        let mut s = SctpPacket::new_checked(&mut v[..]).unwrap();
+        s.set_src_port(1);
+        s.set_dst_port(38412);
+        s.set_checksum(0xcafe_babe);
+        assert_eq!(
+            (s.src_port(), s.dst_port(), s.checksum()),
+            (1, 38412, 0xcafe_babe)
+        );
+        assert_eq!(s.first_chunk().map(|c| c.kind), Some(chunk::INIT));
+        for (i, (a, b)) in v.iter().zip(&orig).enumerate() {
+            let written = (0..4).contains(&i) || field::CHECKSUM.contains(&i);
+            assert!(written || a == b, "byte {i} changed");
         }
     }
 }

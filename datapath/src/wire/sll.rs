@@ -5,6 +5,40 @@
 
 use super::{ParseError, be16, be32};
 
+/// Byte positions of a `LINUX_SLL` header's fields.
+pub mod sll_field {
+    use std::ops::Range;
+
+    /// Packet type.
+    pub const PACKET_TYPE: Range<usize> = 0..2;
+    /// ARPHRD_ type.
+    pub const ARPHRD_TYPE: Range<usize> = 2..4;
+    /// Link-layer address length.
+    pub const ADDR_LEN: Range<usize> = 4..6;
+    /// Link-layer address (the first `ADDR_LEN` bytes, at most 8).
+    pub const ADDR: Range<usize> = 6..14;
+    /// Protocol.
+    pub const PROTOCOL: Range<usize> = 14..16;
+}
+
+/// Byte positions of a `LINUX_SLL2` header's fields.
+pub mod sll2_field {
+    use std::ops::Range;
+
+    /// Protocol.
+    pub const PROTOCOL: Range<usize> = 0..2;
+    /// Interface index.
+    pub const IFINDEX: Range<usize> = 4..8;
+    /// ARPHRD_ type.
+    pub const ARPHRD_TYPE: Range<usize> = 8..10;
+    /// Packet type.
+    pub const PACKET_TYPE: usize = 10;
+    /// Link-layer address length.
+    pub const ADDR_LEN: usize = 11;
+    /// Link-layer address (the first `ADDR_LEN` bytes, at most 8).
+    pub const ADDR: Range<usize> = 12..20;
+}
+
 /// A checked view of a 16-byte `LINUX_SLL` header.
 #[derive(Clone, Copy, Debug)]
 pub struct LinuxSllHeader<T> {
@@ -28,28 +62,28 @@ impl<T: AsRef<[u8]>> LinuxSllHeader<T> {
     /// 4 sent by us).
     #[must_use]
     pub fn packet_type(&self) -> u16 {
-        be16(self.buffer.as_ref(), 0)
+        be16(&self.buffer.as_ref()[sll_field::PACKET_TYPE])
     }
 
     /// ARPHRD_ type of the interface.
     #[must_use]
     pub fn arphrd_type(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(&self.buffer.as_ref()[sll_field::ARPHRD_TYPE])
     }
 
     /// The link-layer address (up to 8 bytes are stored).
     #[must_use]
     pub fn link_addr(&self) -> &[u8] {
         let b = self.buffer.as_ref();
-        let len = usize::from(be16(b, 4)).min(8);
-        &b[6..6 + len]
+        let len = usize::from(be16(&b[sll_field::ADDR_LEN])).min(8);
+        &b[sll_field::ADDR][..len]
     }
 
     /// Protocol: an ethertype for IP frames.
     #[must_use]
     #[inline]
     pub fn protocol(&self) -> u16 {
-        be16(self.buffer.as_ref(), 14)
+        be16(&self.buffer.as_ref()[sll_field::PROTOCOL])
     }
 
     /// Everything after the header.
@@ -82,33 +116,33 @@ impl<T: AsRef<[u8]>> LinuxSll2Header<T> {
     #[must_use]
     #[inline]
     pub fn protocol(&self) -> u16 {
-        be16(self.buffer.as_ref(), 0)
+        be16(&self.buffer.as_ref()[sll2_field::PROTOCOL])
     }
 
     /// Interface index the packet was captured on.
     #[must_use]
     pub fn interface_index(&self) -> u32 {
-        be32(self.buffer.as_ref(), 4)
+        be32(&self.buffer.as_ref()[sll2_field::IFINDEX])
     }
 
     /// ARPHRD_ type of the interface.
     #[must_use]
     pub fn arphrd_type(&self) -> u16 {
-        be16(self.buffer.as_ref(), 8)
+        be16(&self.buffer.as_ref()[sll2_field::ARPHRD_TYPE])
     }
 
     /// Packet type, as in [`LinuxSllHeader::packet_type`].
     #[must_use]
     pub fn packet_type(&self) -> u8 {
-        self.buffer.as_ref()[10]
+        self.buffer.as_ref()[sll2_field::PACKET_TYPE]
     }
 
     /// The link-layer address (up to 8 bytes are stored).
     #[must_use]
     pub fn link_addr(&self) -> &[u8] {
         let b = self.buffer.as_ref();
-        let len = usize::from(b[11]).min(8);
-        &b[12..12 + len]
+        let len = usize::from(b[sll2_field::ADDR_LEN]).min(8);
+        &b[sll2_field::ADDR][..len]
     }
 
     /// Everything after the header.

@@ -2,6 +2,30 @@
 
 use super::{ParseError, be16, be32};
 
+/// Byte positions of the header's fields.
+pub mod field {
+    use std::ops::Range;
+
+    /// Source port.
+    pub const SRC_PORT: Range<usize> = 0..2;
+    /// Destination port.
+    pub const DST_PORT: Range<usize> = 2..4;
+    /// Sequence number.
+    pub const SEQ_NUM: Range<usize> = 4..8;
+    /// Acknowledgement number.
+    pub const ACK_NUM: Range<usize> = 8..12;
+    /// Data offset in 32-bit words (high nibble).
+    pub const DATA_OFFSET: usize = 12;
+    /// The eight classic flag bits.
+    pub const FLAGS: usize = 13;
+    /// Receive window.
+    pub const WINDOW: Range<usize> = 14..16;
+    /// Checksum.
+    pub const CHECKSUM: Range<usize> = 16..18;
+    /// Urgent pointer.
+    pub const URGENT: Range<usize> = 18..20;
+}
+
 /// TCP flag bits as in the low byte of the flags field.
 pub mod flags {
     /// FIN.
@@ -40,7 +64,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         if b.len() < Self::MIN_HEADER_LEN {
             return Err(ParseError::TruncatedTcp);
         }
-        let header_len = usize::from(b[12] >> 4) * 4;
+        let header_len = usize::from(b[field::DATA_OFFSET] >> 4) * 4;
         if header_len < Self::MIN_HEADER_LEN {
             return Err(ParseError::BadTcpDataOffset);
         }
@@ -54,40 +78,40 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     #[must_use]
     #[inline]
     pub fn src_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), 0)
+        be16(&self.buffer.as_ref()[field::SRC_PORT])
     }
 
     /// Destination port.
     #[must_use]
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(&self.buffer.as_ref()[field::DST_PORT])
     }
 
     /// Sequence number.
     #[must_use]
     pub fn seq_number(&self) -> u32 {
-        be32(self.buffer.as_ref(), 4)
+        be32(&self.buffer.as_ref()[field::SEQ_NUM])
     }
 
     /// Acknowledgement number.
     #[must_use]
     pub fn ack_number(&self) -> u32 {
-        be32(self.buffer.as_ref(), 8)
+        be32(&self.buffer.as_ref()[field::ACK_NUM])
     }
 
     /// Header length in bytes, options included.
     #[must_use]
     #[inline]
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[12] >> 4) * 4
+        usize::from(self.buffer.as_ref()[field::DATA_OFFSET] >> 4) * 4
     }
 
     /// The eight classic flag bits (see [`flags`]).
     #[must_use]
     #[inline]
     pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[13]
+        self.buffer.as_ref()[field::FLAGS]
     }
 
     /// SYN set.
@@ -117,19 +141,19 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Receive window.
     #[must_use]
     pub fn window(&self) -> u16 {
-        be16(self.buffer.as_ref(), 14)
+        be16(&self.buffer.as_ref()[field::WINDOW])
     }
 
     /// Checksum field.
     #[must_use]
     pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), 16)
+        be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     /// Urgent pointer.
     #[must_use]
     pub fn urgent(&self) -> u16 {
-        be16(self.buffer.as_ref(), 18)
+        be16(&self.buffer.as_ref()[field::URGENT])
     }
 
     /// The option bytes.
@@ -142,6 +166,26 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     #[must_use]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    /// Sets the source port (the checksum is the caller's).
+    #[inline]
+    pub fn set_src_port(&mut self, port: u16) {
+        self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&port.to_be_bytes());
+    }
+
+    /// Sets the destination port (the checksum is the caller's).
+    #[inline]
+    pub fn set_dst_port(&mut self, port: u16) {
+        self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&port.to_be_bytes());
+    }
+
+    /// Sets the checksum field.
+    #[inline]
+    pub fn set_checksum(&mut self, checksum: u16) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&checksum.to_be_bytes());
     }
 }
 
@@ -195,6 +239,25 @@ mod tests {
         assert_eq!(t.urgent(), 0);
         assert_eq!(t.options(), &[2, 4, 0x05, 0xb4]);
         assert_eq!(t.payload(), &[0xaa]);
+    }
+
+    #[test]
+    fn setters_write_the_fields_and_nothing_else() {
+        let mut v = syn_with_mss();
+        let orig = v.clone();
+        let mut t = TcpPacket::new_checked(&mut v[..]).unwrap();
+        t.set_src_port(1);
+        t.set_dst_port(0xfffe);
+        t.set_checksum(0xabcd);
+        assert_eq!(
+            (t.src_port(), t.dst_port(), t.checksum()),
+            (1, 0xfffe, 0xabcd)
+        );
+        assert_eq!(t.payload(), &[0xaa]);
+        for (i, (a, b)) in v.iter().zip(&orig).enumerate() {
+            let written = (0..4).contains(&i) || field::CHECKSUM.contains(&i);
+            assert!(written || a == b, "byte {i} changed");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The connection table shared by all workers.
+//! The connection table shared by all workers: bounded, lock-free.
 //!
 //! The two directions of a connection arrive on different ports, so on
 //! different workers: the table is one, shared, and must never make a worker
@@ -26,9 +26,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-/// A connection's 5-tuple: the parser's flow key (ICMP echo: the
-/// identifier in both ports).
-pub use crate::flow::FlowKey as ConnKey;
+use super::ConnKey;
+use super::state::{Signal, State, Timeouts, next_state};
 
 /// Direction-independent words of a key, and whether the key is the reverse
 /// of their order.
@@ -67,262 +66,6 @@ fn key_from_words(words: &[u64; 5], initiator_is_b: bool) -> ConnKey {
         ipv6: (meta >> 40) & 1 == 1,
     };
     if initiator_is_b { k.reversed() } else { k }
-}
-
-/// Protocol state of an entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum State {
-    /// Slot unused.
-    Free = 0,
-    /// TCP: SYN seen from the initiator.
-    TcpSynSent,
-    /// TCP: SYN-ACK seen from the responder.
-    TcpSynRecv,
-    /// TCP: handshake done, or picked up mid-stream.
-    TcpEstablished,
-    /// TCP: one side sent FIN.
-    TcpFinWait,
-    /// TCP: both sides sent FIN.
-    TcpClosing,
-    /// TCP: final ACK after both FINs.
-    TcpTimeWait,
-    /// TCP: reset.
-    TcpClosed,
-    /// UDP: only the initiator has sent.
-    UdpUnreplied,
-    /// UDP: the responder has answered.
-    UdpReplied,
-    /// ICMP/ICMPv6 echo.
-    IcmpEcho,
-    /// SCTP: INIT seen.
-    SctpOpening,
-    /// SCTP: the responder has answered.
-    SctpEstablished,
-    /// SCTP: SHUTDOWN seen.
-    SctpClosing,
-    /// SCTP: ABORT or SHUTDOWN COMPLETE seen.
-    SctpClosed,
-    /// Any other protocol.
-    Other,
-}
-
-impl State {
-    const ALL: [Self; 16] = [
-        Self::Free,
-        Self::TcpSynSent,
-        Self::TcpSynRecv,
-        Self::TcpEstablished,
-        Self::TcpFinWait,
-        Self::TcpClosing,
-        Self::TcpTimeWait,
-        Self::TcpClosed,
-        Self::UdpUnreplied,
-        Self::UdpReplied,
-        Self::IcmpEcho,
-        Self::SctpOpening,
-        Self::SctpEstablished,
-        Self::SctpClosing,
-        Self::SctpClosed,
-        Self::Other,
-    ];
-
-    fn from_bits(b: u32) -> Self {
-        Self::ALL
-            .get((b & 0xff) as usize)
-            .copied()
-            .unwrap_or(Self::Free)
-    }
-}
-
-/// Per-state idle timeouts, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP before the handshake completes.
-    pub tcp_opening: u32,
-    /// TCP established.
-    pub tcp_established: u32,
-    /// TCP after a FIN.
-    pub tcp_closing: u32,
-    /// TCP after the last ACK or a RST.
-    pub tcp_closed: u32,
-    /// UDP with no answer.
-    pub udp_unreplied: u32,
-    /// UDP answered.
-    pub udp_replied: u32,
-    /// ICMP echo.
-    pub icmp: u32,
-    /// SCTP before an answer.
-    pub sctp_opening: u32,
-    /// SCTP established.
-    pub sctp_established: u32,
-    /// SCTP shutting down or aborted.
-    pub sctp_closing: u32,
-    /// Other protocols.
-    pub other: u32,
-}
-
-impl Default for Timeouts {
-    /// Close to Linux conntrack's defaults, with established TCP and SCTP at
-    /// six hours as Cilium uses.
-    fn default() -> Self {
-        Self {
-            tcp_opening: 120,
-            tcp_established: 21_600,
-            tcp_closing: 120,
-            tcp_closed: 10,
-            udp_unreplied: 30,
-            udp_replied: 180,
-            icmp: 30,
-            sctp_opening: 30,
-            sctp_established: 21_600,
-            sctp_closing: 30,
-            other: 600,
-        }
-    }
-}
-
-impl Timeouts {
-    fn of(&self, s: State) -> u64 {
-        let secs = match s {
-            State::Free => 0,
-            State::TcpSynSent | State::TcpSynRecv => self.tcp_opening,
-            State::TcpEstablished => self.tcp_established,
-            State::TcpFinWait | State::TcpClosing => self.tcp_closing,
-            State::TcpTimeWait | State::TcpClosed => self.tcp_closed,
-            State::UdpUnreplied => self.udp_unreplied,
-            State::UdpReplied => self.udp_replied,
-            State::IcmpEcho => self.icmp,
-            State::SctpOpening => self.sctp_opening,
-            State::SctpEstablished => self.sctp_established,
-            State::SctpClosing | State::SctpClosed => self.sctp_closing,
-            State::Other => self.other,
-        };
-        u64::from(secs) * 1_000_000_000
-    }
-}
-
-/// What a packet says about its connection's state: TCP flags and the
-/// first SCTP chunk type, packed in one word so that it travels in a
-/// register (separately stored bytes reloaded as a word stall the CPU).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Signal(u32);
-
-impl Signal {
-    /// From TCP flags (0 for other protocols) and the first SCTP chunk type.
-    #[inline]
-    #[must_use]
-    pub fn new(tcp_flags: u8, sctp_chunk: Option<u8>) -> Self {
-        let chunk = sctp_chunk.map_or(0, |c| 0x100 | u32::from(c));
-        Self(u32::from(tcp_flags) | (chunk << 8))
-    }
-
-    /// TCP flags.
-    #[inline]
-    #[must_use]
-    pub fn tcp_flags(self) -> u8 {
-        self.0 as u8
-    }
-
-    /// The first SCTP chunk's type, if any.
-    #[inline]
-    #[must_use]
-    pub fn sctp_chunk(self) -> Option<u8> {
-        (self.0 & 0x1_0000 != 0).then_some((self.0 >> 8) as u8)
-    }
-}
-
-/// TCP flag bits.
-pub mod tcp_flags {
-    /// FIN.
-    pub const FIN: u8 = 0x01;
-    /// SYN.
-    pub const SYN: u8 = 0x02;
-    /// RST.
-    pub const RST: u8 = 0x04;
-    /// ACK.
-    pub const ACK: u8 = 0x10;
-}
-
-const SCTP_INIT: u8 = 1;
-const SCTP_ABORT: u8 = 6;
-const SCTP_SHUTDOWN: u8 = 7;
-const SCTP_SHUTDOWN_ACK: u8 = 8;
-const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
-
-/// Whether a packet with no connection opens one by itself (as opposed to a
-/// mid-stream packet, picked up loosely).
-#[must_use]
-pub fn opens_connection(protocol: u8, signal: Signal) -> bool {
-    match protocol {
-        6 => {
-            signal.tcp_flags() & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)
-                == tcp_flags::SYN
-        }
-        132 => signal.sctp_chunk() == Some(SCTP_INIT),
-        _ => true,
-    }
-}
-
-/// The state a new entry starts in. `picked_up`: created from a mid-stream
-/// packet.
-#[must_use]
-pub fn initial_state(protocol: u8, signal: Signal, picked_up: bool) -> State {
-    match protocol {
-        6 if picked_up => State::TcpEstablished,
-        6 => State::TcpSynSent,
-        17 => State::UdpUnreplied,
-        1 | 58 => State::IcmpEcho,
-        132 if picked_up => State::SctpEstablished,
-        132 if signal.sctp_chunk() == Some(SCTP_INIT) => State::SctpOpening,
-        132 => State::SctpEstablished,
-        _ => State::Other,
-    }
-}
-
-/// The state after a packet; `reply`: sent by the responder.
-fn next_state(s: State, reply: bool, signal: Signal) -> State {
-    let f = signal.tcp_flags();
-    match s {
-        State::TcpSynSent
-        | State::TcpSynRecv
-        | State::TcpEstablished
-        | State::TcpFinWait
-        | State::TcpClosing
-        | State::TcpTimeWait
-            if f & tcp_flags::RST != 0 =>
-        {
-            State::TcpClosed
-        }
-        State::TcpSynSent
-            if reply
-                && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK =>
-        {
-            State::TcpSynRecv
-        }
-        State::TcpSynRecv if !reply && f & tcp_flags::ACK != 0 && f & tcp_flags::SYN == 0 => {
-            State::TcpEstablished
-        }
-        State::TcpEstablished if f & tcp_flags::FIN != 0 => State::TcpFinWait,
-        State::TcpFinWait if f & tcp_flags::FIN != 0 => State::TcpClosing,
-        State::TcpClosing if f & tcp_flags::ACK != 0 => State::TcpTimeWait,
-        // A new SYN after the close reopens the port pair.
-        State::TcpClosed | State::TcpTimeWait
-            if !reply && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN =>
-        {
-            State::TcpSynSent
-        }
-        State::UdpUnreplied if reply => State::UdpReplied,
-        State::SctpOpening | State::SctpEstablished | State::SctpClosing => {
-            match signal.sctp_chunk() {
-                Some(SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE) => State::SctpClosed,
-                Some(SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK) => State::SctpClosing,
-                _ if reply && s == State::SctpOpening => State::SctpEstablished,
-                _ => s,
-            }
-        }
-        _ => s,
-    }
 }
 
 /// A connection found in the table.
@@ -745,6 +488,8 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conntrack::tcp_flags;
+    use crate::wire::ip_proto;
 
     const SEC: u64 = 1_000_000_000;
 
@@ -763,118 +508,42 @@ mod tests {
     }
 
     #[test]
-    fn tcp_handshake_and_close() {
-        use tcp_flags::{ACK, FIN, RST, SYN};
-        let ct = Conntrack::new(64, Timeouts::default());
-        let k = key(40000, 80, 6);
-        assert!(opens_connection(6, tcp(SYN)));
-        assert!(!opens_connection(6, tcp(SYN | ACK)));
-        assert_eq!(
-            ct.insert(&k, initial_state(6, tcp(SYN), false), 7, 0),
-            Inserted::Fresh
-        );
-        let h = ct.lookup(&k.reversed(), tcp(SYN | ACK), SEC).unwrap();
-        assert_eq!(
-            (h.state, h.reply, h.generation),
-            (State::TcpSynRecv, true, 7)
-        );
-        assert_eq!(ct.locate(&k.reversed()).initiator(&h), k);
-        let h = ct.lookup(&k, tcp(ACK), 2 * SEC).unwrap();
-        assert_eq!((h.state, h.reply), (State::TcpEstablished, false));
-        assert_eq!(
-            ct.lookup(&k.reversed(), tcp(FIN | ACK), 3 * SEC)
-                .unwrap()
-                .state,
-            State::TcpFinWait
-        );
-        assert_eq!(
-            ct.lookup(&k, tcp(FIN | ACK), 4 * SEC).unwrap().state,
-            State::TcpClosing
-        );
-        assert_eq!(
-            ct.lookup(&k.reversed(), tcp(ACK), 5 * SEC).unwrap().state,
-            State::TcpTimeWait
-        );
-        // Gone after the closed timeout.
-        assert!(ct.lookup(&k, tcp(ACK), 200 * SEC).is_none());
-        // A reset closes at once.
-        let _ = ct.insert(&k, State::TcpEstablished, 1, 300 * SEC);
-        assert_eq!(
-            ct.lookup(&k, tcp(RST), 301 * SEC).unwrap().state,
-            State::TcpClosed
-        );
-    }
-
-    #[test]
-    fn udp_and_icmp_timeouts() {
-        let ct = Conntrack::new(64, Timeouts::default());
-        let u = key(5353, 53, 17);
-        let _ = ct.insert(&u, State::UdpUnreplied, 1, 0);
-        assert!(ct.lookup(&u, Signal::default(), 29 * SEC).is_some());
-        assert!(
-            ct.lookup(&u, Signal::default(), 60 * SEC).is_none(),
-            "30 s idle: expired"
-        );
-        let _ = ct.insert(&u, State::UdpUnreplied, 1, 100 * SEC);
-        let h = ct
-            .lookup(&u.reversed(), Signal::default(), 101 * SEC)
-            .unwrap();
-        assert_eq!((h.state, h.reply), (State::UdpReplied, true));
-        assert!(
-            ct.lookup(&u, Signal::default(), 250 * SEC).is_some(),
-            "replied: 180 s"
-        );
-        assert_eq!(ct.live_entries(250 * SEC), 1);
-    }
-
-    #[test]
-    fn sctp_states() {
-        let ct = Conntrack::new(64, Timeouts::default());
-        let k = key(9, 80, 132);
-        let init = Signal::new(0, Some(SCTP_INIT));
-        assert!(opens_connection(132, init));
-        let _ = ct.insert(&k, initial_state(132, init, false), 1, 0);
-        let ack = Signal::new(0, Some(2));
-        assert_eq!(
-            ct.lookup(&k.reversed(), ack, 1).unwrap().state,
-            State::SctpEstablished
-        );
-        let abort = Signal::new(0, Some(SCTP_ABORT));
-        assert_eq!(ct.lookup(&k, abort, 2).unwrap().state, State::SctpClosed);
-    }
-
-    #[test]
     fn full_window_evicts_least_recently_seen() {
         let ct = Conntrack::new(WINDOW, Timeouts::default());
         for p in 0..WINDOW as u16 {
             assert_eq!(
-                ct.insert(&key(p, 80, 17), State::UdpReplied, 1, u64::from(p) * SEC),
+                ct.insert(
+                    &key(p, 80, ip_proto::UDP),
+                    State::UdpReplied,
+                    1,
+                    u64::from(p) * SEC
+                ),
                 Inserted::Fresh
             );
         }
         // Touch the oldest so that the second oldest is evicted.
         assert!(
-            ct.lookup(&key(0, 80, 17), Signal::default(), 20 * SEC)
+            ct.lookup(&key(0, 80, ip_proto::UDP), Signal::default(), 20 * SEC)
                 .is_some()
         );
         assert_eq!(
-            ct.insert(&key(99, 80, 17), State::UdpReplied, 1, 21 * SEC),
+            ct.insert(&key(99, 80, ip_proto::UDP), State::UdpReplied, 1, 21 * SEC),
             Inserted::Evicted
         );
         assert!(
-            ct.lookup(&key(1, 80, 17), Signal::default(), 22 * SEC)
+            ct.lookup(&key(1, 80, ip_proto::UDP), Signal::default(), 22 * SEC)
                 .is_none()
         );
         assert!(
-            ct.lookup(&key(0, 80, 17), Signal::default(), 22 * SEC)
+            ct.lookup(&key(0, 80, ip_proto::UDP), Signal::default(), 22 * SEC)
                 .is_some()
         );
         assert!(
-            ct.lookup(&key(99, 80, 17), Signal::default(), 22 * SEC)
+            ct.lookup(&key(99, 80, ip_proto::UDP), Signal::default(), 22 * SEC)
                 .is_some()
         );
         assert_eq!(
-            ct.insert(&key(99, 80, 17), State::UdpReplied, 1, 23 * SEC),
+            ct.insert(&key(99, 80, ip_proto::UDP), State::UdpReplied, 1, 23 * SEC),
             Inserted::Existing
         );
     }
@@ -882,7 +551,7 @@ mod tests {
     #[test]
     fn generation_and_removal() {
         let ct = Conntrack::new(64, Timeouts::default());
-        let k = key(1, 2, 17);
+        let k = key(1, 2, ip_proto::UDP);
         let _ = ct.insert(&k, State::UdpReplied, 3, 0);
         let h = ct.lookup(&k, Signal::default(), 1).unwrap();
         assert_eq!(h.generation, 3);
@@ -899,7 +568,7 @@ mod tests {
             dst: 7,
             src_port: 1,
             dst_port: 2,
-            protocol: 58,
+            protocol: ip_proto::ICMPV6,
             ipv6: true,
         };
         for initiator in [k, k.reversed()] {
@@ -923,7 +592,7 @@ mod tests {
     #[test]
     fn concurrent_workers_insert_and_find_both_directions() {
         let ct = std::sync::Arc::new(Conntrack::new(1 << 12, Timeouts::default()));
-        let flows: Vec<ConnKey> = (0..1000u16).map(|p| key(p, 443, 6)).collect();
+        let flows: Vec<ConnKey> = (0..1000u16).map(|p| key(p, 443, ip_proto::TCP)).collect();
         std::thread::scope(|s| {
             for w in 0..2 {
                 let (ct, flows) = (ct.clone(), &flows);

@@ -1,0 +1,243 @@
+//! Assembling a [`Tables`] value, off the hot path: the control plane's
+//! compiler adds policies, pods, identities, groups and port sets, and
+//! [`TablesBuilder::build`] freezes them into one immutable generation.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::{
+    BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
+    PortRule, PortSetId, Tables, allow_key,
+};
+use crate::lpm::IntervalMap;
+
+/// Why the builder refused an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Two pods claim one address.
+    #[error("address {addr} belongs to both pod {first} and pod {second}")]
+    DuplicateAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The pod that had it first (and keeps it).
+        first: ObjectName,
+        /// The pod that also claims it.
+        second: ObjectName,
+    },
+}
+
+/// Assembles a [`Tables`] value; the compiler in the control plane drives it.
+#[derive(Debug)]
+pub struct TablesBuilder {
+    tables: Tables,
+    port_set_ids: FxHashMap<Vec<PortRule>, PortSetId>,
+    added_policies: Vec<ObjectName>,
+    added_pods: Vec<ObjectName>,
+    broad_members: Vec<Vec<IdentityId>>,
+    group_broad: Vec<Vec<(BroadSetId, PortSetId)>>,
+}
+
+impl TablesBuilder {
+    /// An empty builder for generation `generation`.
+    #[must_use]
+    pub fn new(generation: u64) -> Self {
+        let none = IdentityId(0);
+        Self {
+            tables: Tables {
+                generation,
+                pods_v4: FxHashMap::default(),
+                pods_v6: FxHashMap::default(),
+                nodes_v4: FxHashMap::default(),
+                nodes_v6: FxHashMap::default(),
+                others_v4: IntervalMap::from_prefixes([], none),
+                others_v6: IntervalMap::from_prefixes([], none),
+                allow: FxHashMap::default(),
+                port_sets: Vec::new(),
+                port_rules: Vec::new(),
+                groups: Vec::new(),
+                group_policies: Vec::new(),
+                policies: Arc::from([]),
+                pods: Arc::from([]),
+                identities: 0,
+                group_broad: Vec::new(),
+                broad_rules: Vec::new(),
+                identity_broad: Vec::new(),
+                broad_words: 0,
+                broad_sets: 0,
+            },
+            port_set_ids: FxHashMap::default(),
+            added_policies: Vec::new(),
+            added_pods: Vec::new(),
+            broad_members: Vec::new(),
+            group_broad: Vec::new(),
+        }
+    }
+
+    /// The policies, for attribution: `PolicyId(i)` is `names[i]`. The
+    /// list may be shared with other generations. Instead of
+    /// [`add_policy`](Self::add_policy), not with it.
+    pub fn set_policy_names(&mut self, names: Arc<[ObjectName]>) {
+        self.tables.policies = names;
+    }
+
+    /// The pods, for attribution: `PodId(i)` is `names[i]`. The list may be
+    /// shared with other generations. Instead of [`add_pod`](Self::add_pod),
+    /// not with it.
+    pub fn set_pod_names(&mut self, names: Arc<[ObjectName]>) {
+        self.tables.pods = names;
+    }
+
+    /// Registers a policy for attribution.
+    pub fn add_policy(&mut self, namespace: &str, name: &str) -> PolicyId {
+        self.added_policies.push(ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
+        PolicyId(self.added_policies.len() as u32 - 1)
+    }
+
+    /// Registers a pod for attribution.
+    pub fn add_pod(&mut self, namespace: &str, name: &str) -> PodId {
+        self.added_pods.push(ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
+        PodId(self.added_pods.len() as u32 - 1)
+    }
+
+    fn pod_name(&self, pod: PodId) -> ObjectName {
+        if self.added_pods.is_empty() {
+            self.tables.pods[pod.index()].clone()
+        } else {
+            self.added_pods[pod.index()].clone()
+        }
+    }
+
+    /// A new identity.
+    pub fn add_identity(&mut self) -> IdentityId {
+        let id = IdentityId(self.tables.identities);
+        self.tables.identities += 1;
+        id
+    }
+
+    /// A new policy group of `policies` (kept in the given order).
+    pub fn add_group(&mut self, direction: Direction, policies: &[PolicyId]) -> GroupId {
+        let id = GroupId(self.tables.groups.len() as u32);
+        let start = self.tables.group_policies.len() as u32;
+        self.tables.group_policies.extend_from_slice(policies);
+        self.tables
+            .groups
+            .push((direction, start, policies.len() as u32));
+        self.group_broad.push(Vec::new());
+        id
+    }
+
+    /// A broad peer set of `members` (identities already added).
+    pub fn add_broad_set(&mut self, members: Vec<IdentityId>) -> BroadSetId {
+        let id = BroadSetId(self.broad_members.len() as u32);
+        self.broad_members.push(members);
+        id
+    }
+
+    /// Lets `group` accept (ingress) or reach (egress) every member of
+    /// `peers` on `set`.
+    pub fn allow_broad(&mut self, group: GroupId, peers: BroadSetId, set: PortSetId) {
+        self.group_broad[group.index()].push((peers, set));
+    }
+
+    /// Maps a pod address. The first pod to claim an address keeps it.
+    pub fn add_pod_address(&mut self, addr: IpAddr, entry: PodAddress) -> Result<(), BuildError> {
+        let existing = match addr {
+            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(entry),
+            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(entry),
+        };
+        if existing == entry {
+            return Ok(());
+        }
+        Err(BuildError::DuplicateAddress {
+            addr,
+            first: self.pod_name(existing.pod),
+            second: self.pod_name(entry.pod),
+        })
+    }
+
+    /// Maps an address of a node (not a pod address) to the node.
+    pub fn add_node_address(&mut self, addr: IpAddr, node: NodeId) {
+        match addr {
+            IpAddr::V4(a) => self.tables.nodes_v4.entry(u32::from(a)).or_insert(node),
+            IpAddr::V6(a) => self.tables.nodes_v6.entry(u128::from(a)).or_insert(node),
+        };
+    }
+
+    /// The identities of all IPv4 addresses that are not pod addresses.
+    pub fn set_other_addresses_v4(&mut self, map: IntervalMap<u32, IdentityId>) {
+        self.tables.others_v4 = map;
+    }
+
+    /// The identities of all IPv6 addresses that are not pod addresses.
+    pub fn set_other_addresses_v6(&mut self, map: IntervalMap<u128, IdentityId>) {
+        self.tables.others_v6 = map;
+    }
+
+    /// Interns a port set. Rules are ordered by policy, rule and range so that
+    /// attribution names the first policy in table order; exact duplicates go.
+    pub fn add_port_set(&mut self, mut rules: Vec<PortRule>) -> PortSetId {
+        rules.sort_unstable();
+        rules.dedup();
+        if let Some(id) = self.port_set_ids.get(&rules) {
+            return *id;
+        }
+        let id = PortSetId(self.tables.port_sets.len() as u32);
+        let start = self.tables.port_rules.len() as u32;
+        self.tables.port_rules.extend_from_slice(&rules);
+        self.tables.port_sets.push((start, rules.len() as u32));
+        self.port_set_ids.insert(rules, id);
+        id
+    }
+
+    /// Lets `group` accept (ingress) or reach (egress) `peer` on `set`.
+    pub fn allow(&mut self, group: GroupId, peer: IdentityId, set: PortSetId) {
+        self.tables.allow.insert(allow_key(group, peer), set);
+    }
+
+    /// Expected number of `add_pod_address` calls, to size the maps once.
+    pub fn reserve_pod_addresses(&mut self, v4: usize, v6: usize) {
+        self.tables.pods_v4.reserve(v4);
+        self.tables.pods_v6.reserve(v6);
+    }
+
+    /// Expected number of `allow` calls, to size the map once.
+    pub fn reserve_allow(&mut self, additional: usize) {
+        self.tables.allow.reserve(additional);
+    }
+
+    /// The finished, immutable tables.
+    #[must_use]
+    pub fn build(mut self) -> Tables {
+        if !self.added_policies.is_empty() {
+            self.tables.policies = std::mem::take(&mut self.added_policies).into();
+        }
+        if !self.added_pods.is_empty() {
+            self.tables.pods = std::mem::take(&mut self.added_pods).into();
+        }
+        let t = &mut self.tables;
+        let words = self.broad_members.len().div_ceil(64).max(1);
+        t.broad_words = words as u32;
+        t.broad_sets = self.broad_members.len() as u32;
+        t.identity_broad = vec![0; t.identities as usize * words];
+        for (b, members) in self.broad_members.iter().enumerate() {
+            for m in members {
+                t.identity_broad[m.index() * words + b / 64] |= 1 << (b % 64);
+            }
+        }
+        for rules in &self.group_broad {
+            let start = t.broad_rules.len() as u32;
+            t.broad_rules.extend_from_slice(rules);
+            t.group_broad.push((start, rules.len() as u32));
+        }
+        self.tables.allow.shrink_to_fit();
+        self.tables
+    }
+}

@@ -1,0 +1,257 @@
+//! Classifying a new connection: each address to its peer identity, then
+//! for each isolated side one lookup of `(policy group, identity)` and a bit
+//! test per broad rule. Also the read-only accessors that explain a
+//! decision.
+
+use std::net::IpAddr;
+
+use super::{
+    BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, ObjectName,
+    PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, TableStats, Tables, TablesBuilder, Verdict,
+    allow_key,
+};
+use crate::lpm::IntervalMap;
+
+impl Tables {
+    /// Tables that enforce nothing: every address is one outside identity.
+    #[must_use]
+    pub fn empty(generation: u64) -> Self {
+        let mut b = TablesBuilder::new(generation);
+        let world = b.add_identity();
+        b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
+        b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+        b.build()
+    }
+
+    /// The generation number given by the builder.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Resolves an IPv4 address (host order).
+    #[inline]
+    #[must_use]
+    pub fn peer_v4(&self, addr: u32) -> ResolvedPeer {
+        match self.pods_v4.get(&addr) {
+            Some(p) => ResolvedPeer {
+                identity: p.identity,
+                pod: Some(*p),
+                node: None,
+            },
+            None => ResolvedPeer {
+                identity: self.others_v4.get(addr),
+                pod: None,
+                node: self.nodes_v4.get(&addr).copied(),
+            },
+        }
+    }
+
+    /// Resolves an IPv6 address (host order).
+    #[inline]
+    #[must_use]
+    pub fn peer_v6(&self, addr: u128) -> ResolvedPeer {
+        match self.pods_v6.get(&addr) {
+            Some(p) => ResolvedPeer {
+                identity: p.identity,
+                pod: Some(*p),
+                node: None,
+            },
+            None => ResolvedPeer {
+                identity: self.others_v6.get(addr),
+                pod: None,
+                node: self.nodes_v6.get(&addr).copied(),
+            },
+        }
+    }
+
+    /// Resolves an address of either family.
+    #[must_use]
+    pub fn peer(&self, addr: IpAddr) -> ResolvedPeer {
+        match addr {
+            IpAddr::V4(a) => self.peer_v4(u32::from(a)),
+            IpAddr::V6(a) => self.peer_v6(u128::from(a)),
+        }
+    }
+
+    /// Classifies the first packet of an IPv4 connection.
+    #[inline]
+    #[must_use]
+    pub fn classify_v4(&self, src: u32, dst: u32, protocol: IpProtocol, dst_port: u16) -> Verdict {
+        self.decide(self.peer_v4(src), self.peer_v4(dst), protocol, dst_port)
+    }
+
+    /// Classifies the first packet of an IPv6 connection.
+    #[inline]
+    #[must_use]
+    pub fn classify_v6(
+        &self,
+        src: u128,
+        dst: u128,
+        protocol: IpProtocol,
+        dst_port: u16,
+    ) -> Verdict {
+        self.decide(self.peer_v6(src), self.peer_v6(dst), protocol, dst_port)
+    }
+
+    /// Classifies the first packet of a connection from `src` to
+    /// `dst:dst_port`. Addresses of different families share no policy state
+    /// and are classified each on its own.
+    #[must_use]
+    pub fn classify(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: IpProtocol,
+        dst_port: u16,
+    ) -> Verdict {
+        self.decide(self.peer(src), self.peer(dst), protocol, dst_port)
+    }
+
+    /// The decision for two resolved peers.
+    #[inline]
+    #[must_use]
+    pub fn decide(
+        &self,
+        src: ResolvedPeer,
+        dst: ResolvedPeer,
+        protocol: IpProtocol,
+        dst_port: u16,
+    ) -> Verdict {
+        if let (Some(s), Some(d)) = (src.pod, dst.pod)
+            && s.pod == d.pod
+        {
+            return Verdict {
+                egress: Decision::SelfTraffic,
+                ingress: Decision::SelfTraffic,
+            };
+        }
+        if src.node.is_some() && src.node == dst.pod.and_then(|p| p.node) {
+            return Verdict {
+                egress: Decision::NotEnforced,
+                ingress: Decision::OwnNode,
+            };
+        }
+        if dst.node.is_some() && dst.node == src.pod.and_then(|p| p.node) {
+            return Verdict {
+                egress: Decision::OwnNode,
+                ingress: Decision::NotEnforced,
+            };
+        }
+        let side = |enforcement: Option<Enforcement>, peer: IdentityId| match enforcement {
+            None | Some(Enforcement::Remote) => Decision::NotEnforced,
+            Some(Enforcement::Open) => Decision::NotIsolated,
+            Some(Enforcement::Isolated(g)) => self.check(g, peer, protocol, dst_port),
+            Some(Enforcement::Audited(g)) => match self.check(g, peer, protocol, dst_port) {
+                Decision::Denied { group } => Decision::WouldDeny { group },
+                allowed => allowed,
+            },
+        };
+        Verdict {
+            egress: side(src.pod.map(|p| p.egress), dst.identity),
+            ingress: side(dst.pod.map(|p| p.ingress), src.identity),
+        }
+    }
+
+    #[inline]
+    fn check(&self, group: GroupId, peer: IdentityId, protocol: IpProtocol, port: u16) -> Decision {
+        // The first matching rule of a set is its lowest (policy, rule); of
+        // all sets that match, the lowest one is reported.
+        let first_match = |set: PortSetId| {
+            self.port_set(set)
+                .iter()
+                .find(|r| r.matches(protocol, port))
+                .map(|r| (r.policy, r.rule))
+        };
+        let mut best = self
+            .allow
+            .get(&allow_key(group, peer))
+            .and_then(|s| first_match(*s));
+        for &(broad, set) in self.broad_rules(group) {
+            if self.is_member(peer, broad)
+                && let Some(m) = first_match(set)
+                && best.is_none_or(|b| m < b)
+            {
+                best = Some(m);
+            }
+        }
+        match best {
+            Some((policy, rule)) => Decision::Allowed { policy, rule },
+            None => Decision::Denied { group },
+        }
+    }
+
+    #[inline]
+    fn is_member(&self, identity: IdentityId, set: BroadSetId) -> bool {
+        let word = identity.index() * self.broad_words as usize + set.index() / 64;
+        (self.identity_broad[word] >> (set.0 % 64)) & 1 == 1
+    }
+
+    /// The broad rules of a group: `(peer set, port set)` pairs.
+    #[must_use]
+    pub fn broad_rules(&self, group: GroupId) -> &[(BroadSetId, PortSetId)] {
+        let (start, len) = self.group_broad[group.index()];
+        &self.broad_rules[start as usize..(start + len) as usize]
+    }
+
+    /// The rules of a port set, in attribution order.
+    #[must_use]
+    pub fn port_set(&self, set: PortSetId) -> &[PortRule] {
+        let (start, len) = self.port_sets[set.index()];
+        &self.port_rules[start as usize..(start + len) as usize]
+    }
+
+    /// The port set that `group` grants to `peer`, if any.
+    #[must_use]
+    pub fn allowed_ports(&self, group: GroupId, peer: IdentityId) -> Option<&[PortRule]> {
+        self.allow
+            .get(&allow_key(group, peer))
+            .map(|s| self.port_set(*s))
+    }
+
+    /// The names of a group's policies, in table order: what isolates its
+    /// pods in its direction.
+    pub fn group_policy_names(&self, group: GroupId) -> impl Iterator<Item = &ObjectName> {
+        self.group(group).1.iter().map(|&p| self.policy(p))
+    }
+
+    /// The direction and the policies of a group, in table order.
+    #[must_use]
+    pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {
+        let (dir, start, len) = self.groups[group.index()];
+        (
+            dir,
+            &self.group_policies[start as usize..(start + len) as usize],
+        )
+    }
+
+    /// A policy's namespace and name.
+    #[must_use]
+    pub fn policy(&self, policy: PolicyId) -> &ObjectName {
+        &self.policies[policy.index()]
+    }
+
+    /// A pod's namespace and name.
+    #[must_use]
+    pub fn pod(&self, pod: PodId) -> &ObjectName {
+        &self.pods[pod.index()]
+    }
+
+    /// Sizes, for reports.
+    #[must_use]
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            policies: self.policies.len(),
+            pods: self.pods.len(),
+            pod_addresses: self.pods_v4.len() + self.pods_v6.len(),
+            identities: self.identities as usize,
+            groups: self.groups.len(),
+            allow_entries: self.allow.len(),
+            broad_sets: self.broad_sets as usize,
+            broad_rules: self.broad_rules.len(),
+            port_sets: self.port_sets.len(),
+            port_rules: self.port_rules.len(),
+            prefix_intervals: self.others_v4.intervals() + self.others_v6.intervals(),
+        }
+    }
+}

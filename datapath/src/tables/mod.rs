@@ -1,0 +1,583 @@
+//! Compiled policy tables and the classifier of new connections.
+//!
+//! The split is DPDK `rte_acl`'s: everything expensive (selector matching,
+//! `except` holes, named ports, the union of policies) happens once in
+//! [`TablesBuilder`], off the hot path, and [`Tables::classify`] does a fixed
+//! handful of lookups whatever the number of policies:
+//!
+//! 1. each address to its *peer identity*: pod addresses by exact match in a
+//!    hash map, every other address by longest prefix over the `ipBlock`s
+//!    ([`IntervalMap`]); a pod address also yields the pod's enforcement
+//!    state in each direction;
+//! 2. for each isolated side, one hash lookup of `(policy group, peer
+//!    identity)` to a small set of protocol/port ranges, plus a bit test per
+//!    *broad* rule of the group.
+//!
+//! A *policy group* is the set of policies that select a local pod in one
+//! direction; pods selected by the same policies (and, where named ports are
+//! involved, exposing the same ports) share it. An *identity* is a class of
+//! addresses no rule can tell apart. Both are chosen by the compiler; the
+//! tables only store them. A `Tables` value is immutable once built: a new
+//! policy state is a new value, swapped in whole.
+//!
+//! Rules whose peers are a large share of all identities (an `ipBlock` that
+//! covers the pod network, a `namespaceSelector` that matches most
+//! namespaces) would multiply into an entry for every identity in every
+//! group that has them. Such a peer set is stored once instead, as a bit in
+//! each member identity's *broad-set* bitmap, and the group keeps a short
+//! list of `(broad set, port set)` pairs.
+//!
+//! This module holds the types; `classify` the lookups of
+//! [`Tables::classify`] and the accessors that explain a decision;
+//! `builder` the [`TablesBuilder`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::lpm::IntervalMap;
+
+mod builder;
+mod classify;
+
+pub use crate::wire::IpProtocol;
+pub use builder::{BuildError, TablesBuilder};
+
+/// Direction of a policy check, seen from the pod being protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Traffic into the pod.
+    Ingress,
+    /// Traffic out of the pod.
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        })
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            /// Position in the tables' arrays.
+            #[must_use]
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+id_type!(
+    /// A policy in the tables, for attribution.
+    PolicyId
+);
+id_type!(
+    /// A node, known by the addresses its pods report as their host's.
+    NodeId
+);
+id_type!(
+    /// A pod known to the tables, local or remote.
+    PodId
+);
+id_type!(
+    /// A class of addresses that every rule treats alike.
+    IdentityId
+);
+id_type!(
+    /// The set of policies that select a local pod in one direction.
+    GroupId
+);
+id_type!(
+    /// An interned set of port rules.
+    PortSetId
+);
+id_type!(
+    /// A large peer set stored as one bit per member identity.
+    BroadSetId
+);
+
+/// Whether and how one direction of a pod is enforced on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Enforcement {
+    /// The pod is not on this node: its own node enforces this direction.
+    Remote,
+    /// Local, and no policy isolates it in this direction.
+    Open,
+    /// Local and isolated: only what the group allows passes.
+    Isolated(GroupId),
+    /// Local and isolated in audit mode: decided as [`Self::Isolated`], but
+    /// what the group does not allow passes too, reported as
+    /// [`Decision::WouldDeny`].
+    Audited(GroupId),
+}
+
+/// What the tables know about one pod address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodAddress {
+    /// The pod's identity as a peer.
+    pub identity: IdentityId,
+    /// The pod, for self-traffic and attribution.
+    pub pod: PodId,
+    /// Its enforcement for traffic it sends.
+    pub egress: Enforcement,
+    /// Its enforcement for traffic it receives.
+    pub ingress: Enforcement,
+    /// The node it runs on, if its addresses are known: traffic between a
+    /// pod and its node is always allowed.
+    pub node: Option<NodeId>,
+}
+
+/// IpProtocol number in a [`PortRule`] that matches every protocol and port.
+pub const ANY_PROTOCOL: u8 = 0;
+
+/// One allowed protocol and port range, with the rule that allowed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRule {
+    /// The policy the rule belongs to (ordering key: first policy wins).
+    pub policy: PolicyId,
+    /// Index of the rule in the policy's ingress or egress list.
+    pub rule: u16,
+    /// IP protocol number, or [`ANY_PROTOCOL`].
+    pub protocol: u8,
+    /// First allowed destination port.
+    pub first: u16,
+    /// Last allowed destination port (inclusive).
+    pub last: u16,
+}
+
+impl PortRule {
+    /// Every protocol, every port (a rule without `ports`).
+    #[must_use]
+    pub fn any(policy: PolicyId, rule: u16) -> Self {
+        Self {
+            policy,
+            rule,
+            protocol: ANY_PROTOCOL,
+            first: 0,
+            last: u16::MAX,
+        }
+    }
+
+    #[inline]
+    fn matches(&self, protocol: IpProtocol, port: u16) -> bool {
+        self.protocol == ANY_PROTOCOL
+            || (self.protocol == protocol.0 && self.first <= port && port <= self.last)
+    }
+}
+
+/// The decision for one direction of a connection attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Nothing on this side is a pod enforced here: an outside address, a
+    /// host-network endpoint, or a pod on another node.
+    NotEnforced,
+    /// A local pod that no policy isolates in this direction.
+    NotIsolated,
+    /// A pod talking to itself, which no policy can block.
+    SelfTraffic,
+    /// A pod and the node it runs on, which policy never blocks.
+    OwnNode,
+    /// Allowed by rule `rule` of `policy`'s list for this direction.
+    Allowed {
+        /// The first policy (in table order) whose rule matched.
+        policy: PolicyId,
+        /// The rule's index in that policy's ingress or egress list.
+        rule: u16,
+    },
+    /// Isolated by the policies of `group` and no rule of theirs matched.
+    Denied {
+        /// The isolating policies.
+        group: GroupId,
+    },
+    /// As [`Self::Denied`], but the pod is in audit mode: the attempt
+    /// passes and is reported.
+    WouldDeny {
+        /// The isolating policies.
+        group: GroupId,
+    },
+}
+
+impl Decision {
+    /// Whether this side lets the connection through.
+    #[must_use]
+    pub fn is_allowed(&self) -> bool {
+        !matches!(self, Self::Denied { .. })
+    }
+
+    /// Whether policy denies it, enforced or audited.
+    #[must_use]
+    pub fn is_policy_denial(&self) -> bool {
+        matches!(self, Self::Denied { .. } | Self::WouldDeny { .. })
+    }
+}
+
+/// The verdict on a connection attempt: the source's egress and the
+/// destination's ingress must both allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    /// The source pod's egress decision.
+    pub egress: Decision,
+    /// The destination pod's ingress decision.
+    pub ingress: Decision,
+}
+
+impl Verdict {
+    /// Whether the connection may be opened.
+    #[must_use]
+    pub fn is_allowed(&self) -> bool {
+        self.egress.is_allowed() && self.ingress.is_allowed()
+    }
+}
+
+/// Namespace and name of a policy or pod, for attribution.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectName {
+    /// Namespace.
+    pub namespace: Box<str>,
+    /// Name.
+    pub name: Box<str>,
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Sizes of a built table, for reports and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Policies.
+    pub policies: usize,
+    /// Pods (local and remote) with at least one address.
+    pub pods: usize,
+    /// Pod addresses.
+    pub pod_addresses: usize,
+    /// Peer identities.
+    pub identities: usize,
+    /// Policy groups.
+    pub groups: usize,
+    /// `(group, identity)` entries.
+    pub allow_entries: usize,
+    /// Broad peer sets.
+    pub broad_sets: usize,
+    /// `(group, broad set)` rules.
+    pub broad_rules: usize,
+    /// Distinct port sets.
+    pub port_sets: usize,
+    /// Port rules over all sets.
+    pub port_rules: usize,
+    /// Longest-prefix intervals, IPv4 plus IPv6.
+    pub prefix_intervals: usize,
+}
+
+/// One immutable generation of compiled policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    generation: u64,
+    pods_v4: FxHashMap<u32, PodAddress>,
+    pods_v6: FxHashMap<u128, PodAddress>,
+    nodes_v4: FxHashMap<u32, NodeId>,
+    nodes_v6: FxHashMap<u128, NodeId>,
+    others_v4: IntervalMap<u32, IdentityId>,
+    others_v6: IntervalMap<u128, IdentityId>,
+    allow: FxHashMap<u64, PortSetId>,
+    port_sets: Vec<(u32, u32)>,
+    port_rules: Vec<PortRule>,
+    groups: Vec<(Direction, u32, u32)>,
+    group_policies: Vec<PolicyId>,
+    policies: Arc<[ObjectName]>,
+    pods: Arc<[ObjectName]>,
+    identities: u32,
+    /// Per group, a range of `broad_rules`.
+    group_broad: Vec<(u32, u32)>,
+    broad_rules: Vec<(BroadSetId, PortSetId)>,
+    /// `broad_words` words per identity: bit `b` is set iff the identity is a
+    /// member of broad set `b`.
+    identity_broad: Vec<u64>,
+    broad_words: u32,
+    broad_sets: u32,
+}
+
+/// An address resolved to what the tables know of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedPeer {
+    /// The address's identity.
+    pub identity: IdentityId,
+    /// The pod that owns the address, if any.
+    pub pod: Option<PodAddress>,
+    /// The node that owns the address, if it is no pod's but a node's.
+    pub node: Option<NodeId>,
+}
+
+#[inline]
+fn allow_key(group: GroupId, identity: IdentityId) -> u64 {
+    (u64::from(group.0) << 32) | u64::from(identity.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::prefix::Cidr;
+    use crate::wire::ip_proto;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Two local pods; `b` accepts TCP 80-81 from `a` only, `a` may reach
+    /// anything in 192.0.2.0/24 except 192.0.2.128/25 on UDP 53.
+    fn sample() -> Tables {
+        let mut b = TablesBuilder::new(7);
+        let web = b.add_policy("x", "web");
+        let dns = b.add_policy("x", "dns");
+        let (pa, pb) = (b.add_pod("x", "a"), b.add_pod("x", "b"));
+        let (world, block, id_a, id_b) = (
+            b.add_identity(),
+            b.add_identity(),
+            b.add_identity(),
+            b.add_identity(),
+        );
+        let gi = b.add_group(Direction::Ingress, &[web]);
+        let ge = b.add_group(Direction::Egress, &[dns]);
+        let a = PodAddress {
+            identity: id_a,
+            pod: pa,
+            egress: Enforcement::Isolated(ge),
+            ingress: Enforcement::Open,
+            node: None,
+        };
+        let bb = PodAddress {
+            identity: id_b,
+            pod: pb,
+            egress: Enforcement::Open,
+            ingress: Enforcement::Isolated(gi),
+            node: None,
+        };
+        b.add_pod_address(ip("10.0.0.1"), a).unwrap();
+        b.add_pod_address(ip("fd00::1"), a).unwrap();
+        b.add_pod_address(ip("10.0.0.2"), bb).unwrap();
+        let base = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 0));
+        b.set_other_addresses_v4(IntervalMap::from_prefixes(
+            [
+                (Cidr::new(base, 24), block),
+                (Cidr::new(base + 128, 25), world),
+            ],
+            world,
+        ));
+        b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+        let tcp = b.add_port_set(vec![PortRule {
+            policy: web,
+            rule: 0,
+            protocol: ip_proto::TCP,
+            first: 80,
+            last: 81,
+        }]);
+        let udp = b.add_port_set(vec![PortRule {
+            policy: dns,
+            rule: 2,
+            protocol: ip_proto::UDP,
+            first: 53,
+            last: 53,
+        }]);
+        b.allow(gi, id_a, tcp);
+        b.allow(ge, block, udp);
+        b.build()
+    }
+
+    #[test]
+    fn ingress_rule_allows_listed_peer_and_ports_only() {
+        let t = sample();
+        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, 81);
+        assert_eq!(
+            v.ingress,
+            Decision::Allowed {
+                policy: PolicyId(0),
+                rule: 0
+            }
+        );
+        // a's own egress only reaches the block on UDP 53.
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+        assert!(!v.is_allowed());
+        let v = t.classify(ip("10.0.0.2"), ip("10.0.0.2"), IpProtocol::TCP, 82);
+        assert_eq!(v.ingress, Decision::SelfTraffic);
+        let v = t.classify(ip("192.0.2.9"), ip("10.0.0.2"), IpProtocol::TCP, 80);
+        assert_eq!(v.ingress, Decision::Denied { group: GroupId(0) });
+        assert_eq!(v.egress, Decision::NotEnforced);
+        assert!(!v.is_allowed());
+    }
+
+    #[test]
+    fn egress_to_block_honours_except() {
+        let t = sample();
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), IpProtocol::UDP, 53);
+        assert_eq!(
+            v.egress,
+            Decision::Allowed {
+                policy: PolicyId(1),
+                rule: 2
+            }
+        );
+        assert_eq!(v.ingress, Decision::NotEnforced);
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.200"), IpProtocol::UDP, 53);
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+        let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), IpProtocol::TCP, 53);
+        assert!(!v.is_allowed());
+        // The pod's v6 address is the same pod, and nothing allows v6 egress.
+        let v = t.classify(ip("fd00::1"), ip("fd00::9"), IpProtocol::UDP, 53);
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+    }
+
+    #[test]
+    fn broad_rules_match_members_and_lowest_rule_wins() {
+        let mut b = TablesBuilder::new(0);
+        let (p0, p1) = (b.add_policy("x", "p0"), b.add_policy("x", "p1"));
+        let ids: Vec<IdentityId> = (0..130).map(|_| b.add_identity()).collect();
+        let g = b.add_group(Direction::Ingress, &[p0, p1]);
+        let pod = b.add_pod("x", "a");
+        let entry = PodAddress {
+            identity: ids[0],
+            pod,
+            egress: Enforcement::Open,
+            ingress: Enforcement::Isolated(g),
+            node: None,
+        };
+        b.add_pod_address(ip("10.0.0.1"), entry).unwrap();
+        // Identity n is the address 192.0.2.0 + n.
+        let base = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 0));
+        let map = IntervalMap::from_prefixes(
+            ids.iter().map(|&id| (Cidr::new(base + id.0, 32), id)),
+            ids[0],
+        );
+        b.set_other_addresses_v4(map);
+        let tcp = |policy, rule, first, last| PortRule {
+            policy,
+            rule,
+            protocol: ip_proto::TCP,
+            first,
+            last,
+        };
+        // Broad: identities 64..130 (crossing a word boundary) on 80-90, by p1 rule 0.
+        let high = b.add_broad_set(ids[64..].to_vec());
+        let s1 = b.add_port_set(vec![tcp(p1, 0, 80, 90)]);
+        b.allow_broad(g, high, s1);
+        // Narrow: identity 100 on 85 by p0 rule 3, which outranks p1.
+        let s0 = b.add_port_set(vec![tcp(p0, 3, 85, 85)]);
+        b.allow(g, ids[100], s0);
+        let t = b.build();
+        let from = |n: u32| {
+            t.classify_v4(
+                base + n,
+                u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+                IpProtocol::TCP,
+                85,
+            )
+        };
+        assert_eq!(
+            from(100).ingress,
+            Decision::Allowed {
+                policy: p0,
+                rule: 3
+            }
+        );
+        assert_eq!(
+            from(127).ingress,
+            Decision::Allowed {
+                policy: p1,
+                rule: 0
+            }
+        );
+        assert_eq!(
+            from(64).ingress,
+            Decision::Allowed {
+                policy: p1,
+                rule: 0
+            }
+        );
+        assert_eq!(from(63).ingress, Decision::Denied { group: g });
+        assert_eq!(t.stats().broad_sets, 1);
+    }
+
+    #[test]
+    fn any_protocol_rule_matches_portless_protocols() {
+        let r = PortRule::any(PolicyId(0), 0);
+        assert!(r.matches(IpProtocol::ICMP, 0));
+        assert!(r.matches(IpProtocol::SCTP, 9));
+        let tcp = PortRule {
+            protocol: ip_proto::TCP,
+            first: 1,
+            last: 2,
+            ..r
+        };
+        assert!(!tcp.matches(IpProtocol::ICMP, 0));
+        assert!(!tcp.matches(IpProtocol::UDP, 1));
+        assert!(tcp.matches(IpProtocol::TCP, 2));
+    }
+
+    #[test]
+    fn port_sets_are_interned_and_ordered() {
+        let mut b = TablesBuilder::new(0);
+        let r1 = PortRule {
+            policy: PolicyId(1),
+            rule: 0,
+            protocol: ip_proto::TCP,
+            first: 1,
+            last: 1,
+        };
+        let r0 = PortRule {
+            policy: PolicyId(0),
+            rule: 3,
+            protocol: ip_proto::TCP,
+            first: 1,
+            last: 9,
+        };
+        let s1 = b.add_port_set(vec![r1, r0, r1]);
+        let s2 = b.add_port_set(vec![r0, r1]);
+        assert_eq!(s1, s2);
+        let t = b.build();
+        assert_eq!(t.port_set(s1), &[r0, r1]);
+    }
+
+    #[test]
+    fn duplicate_pod_address_is_reported_and_first_kept() {
+        let mut b = TablesBuilder::new(0);
+        let (p1, p2) = (b.add_pod("x", "a"), b.add_pod("y", "b"));
+        let e = |pod| PodAddress {
+            identity: IdentityId(0),
+            pod,
+            egress: Enforcement::Remote,
+            ingress: Enforcement::Remote,
+            node: None,
+        };
+        b.add_pod_address(ip("10.0.0.1"), e(p1)).unwrap();
+        let err = b.add_pod_address(ip("10.0.0.1"), e(p2)).unwrap_err();
+        assert!(err.to_string().contains("x/a"), "{err}");
+        assert!(err.to_string().contains("y/b"), "{err}");
+        assert_eq!(b.build().peer(ip("10.0.0.1")).pod.unwrap().pod, p1);
+    }
+
+    #[test]
+    fn empty_tables_enforce_nothing() {
+        let t = Tables::empty(3);
+        let v = t.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, 80);
+        assert_eq!(
+            v,
+            Verdict {
+                egress: Decision::NotEnforced,
+                ingress: Decision::NotEnforced
+            }
+        );
+        assert_eq!(t.generation(), 3);
+    }
+}

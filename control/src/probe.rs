@@ -272,7 +272,7 @@ impl Explanation<'_> {
             }
             Decision::OwnNode => writeln!(
                 f,
-                "  {direction}: allow — traffic between a pod and the node it runs on is always allowed"
+                "  {direction}: allow — the node a pod runs on may always connect to it"
             ),
             Decision::Allowed { policy: p, rule } => {
                 let all = self.isolating(direction);

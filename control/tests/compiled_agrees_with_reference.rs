@@ -540,7 +540,7 @@ fn check_whole_cluster(case: &Case, options: &CompileOptions) -> Result<(), Test
             p.port
         );
         prop_assert_eq!(verdict.is_allowed(), want, "{}: got {:?}", what, verdict);
-        if !reference::is_self_traffic(&src, &dst) && !reference::is_own_node_traffic(&src, &dst) {
+        if !reference::is_self_traffic(&src, &dst) && !reference::is_from_own_node(&src, &dst) {
             let egress = reference::egress_allowed(cluster, &src, &dst, p.protocol, p.port);
             let ingress = reference::ingress_allowed(cluster, &src, &dst, p.protocol, p.port);
             prop_assert_eq!(
@@ -610,7 +610,7 @@ proptest! {
             let (src, dst) = (side(cluster, p.src), side(cluster, p.dst));
             let verdict = compiled.tables.classify(p.src, p.dst, p.protocol.ip_protocol(), p.port);
             let what = format!("{} ({} -> {}) {}/{}", p.what, describe(&src), describe(&dst), p.protocol, p.port);
-            if reference::is_self_traffic(&src, &dst) || reference::is_own_node_traffic(&src, &dst) {
+            if reference::is_self_traffic(&src, &dst) || reference::is_from_own_node(&src, &dst) {
                 prop_assert!(verdict.is_allowed(), "{}: {:?}", what, verdict);
                 continue;
             }

@@ -436,7 +436,7 @@ fn decision(tables: &Tables, d: Decision) -> Value {
         Decision::NotEnforced => json!({"verdict": "allow", "reason": "not a pod enforced here"}),
         Decision::NotIsolated => json!({"verdict": "allow", "reason": "no policy isolates it"}),
         Decision::SelfTraffic => json!({"verdict": "allow", "reason": "a pod may reach itself"}),
-        Decision::OwnNode => json!({"verdict": "allow", "reason": "a pod and its own node"}),
+        Decision::OwnNode => json!({"verdict": "allow", "reason": "the pod's own node"}),
         Decision::Allowed { policy, rule } => json!({
             "verdict": "allow",
             "policy": tables.policy(policy).to_string(),

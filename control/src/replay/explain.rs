@@ -154,9 +154,9 @@ fn brief_decision(
             "{direction}: allow — no NetworkPolicy selects {side} {endpoint} for {direction}"
         ),
         Decision::SelfTraffic => format!("{direction}: allow — a pod may always reach itself"),
-        Decision::OwnNode => format!(
-            "{direction}: allow — traffic between a pod and the node it runs on is always allowed"
-        ),
+        Decision::OwnNode => {
+            format!("{direction}: allow — the node a pod runs on may always connect to it")
+        }
         Decision::Allowed { policy, rule } => format!(
             "{direction}: allow — {side} {endpoint} is allowed by {} {direction} rule {rule}",
             tables.policy(policy)

@@ -66,8 +66,9 @@ pub(crate) fn is_endpoint(pod: &Pod) -> bool {
 
 /// Whether the connection attempt from `src` to `dst` on `protocol`/`port`
 /// is allowed: the source's egress and the destination's ingress must both
-/// allow it, a pod may always reach itself, and traffic between a pod and
-/// the node it runs on is always allowed.
+/// allow it, a pod may always reach itself, and the node a pod runs on may
+/// always connect to it (the pod's connections to its node are subject to
+/// its egress policy).
 pub(crate) fn allowed(
     cluster: &Cluster,
     src: &Side<'_>,
@@ -75,15 +76,22 @@ pub(crate) fn allowed(
     protocol: Protocol,
     port: u16,
 ) -> bool {
-    if is_self_traffic(src, dst) || is_own_node_traffic(src, dst) {
+    if is_self_traffic(src, dst) || is_from_own_node(src, dst) {
         return true;
     }
     egress_allowed(cluster, src, dst, protocol, port)
         && ingress_allowed(cluster, src, dst, protocol, port)
 }
 
+/// Whether `src` is an address of the node the pod `dst` runs on (its
+/// `status.hostIPs`), not some pod's own address.
+pub(crate) fn is_from_own_node(src: &Side<'_>, dst: &Side<'_>) -> bool {
+    dst.endpoint()
+        .is_some_and(|p| src.endpoint().is_none() && p.host_ips.contains(&src.ip()))
+}
+
 /// Whether one side is a pod and the other an address of the node it runs
-/// on (its `status.hostIPs`), not some pod's own address.
+/// on, in either direction.
 pub(crate) fn is_own_node_traffic(src: &Side<'_>, dst: &Side<'_>) -> bool {
     let node_of = |pod: &Pod, other: &Side<'_>| {
         other.endpoint().is_none() && pod.host_ips.contains(&other.ip())

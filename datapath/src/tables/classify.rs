@@ -132,12 +132,6 @@ impl Tables {
                 ingress: Decision::OwnNode,
             };
         }
-        if dst.node.is_some() && dst.node == src.pod.and_then(|p| p.node) {
-            return Verdict {
-                egress: Decision::OwnNode,
-                ingress: Decision::NotEnforced,
-            };
-        }
         let side = |enforcement: Option<Enforcement>, peer: IdentityId| match enforcement {
             None | Some(Enforcement::Remote) => Decision::NotEnforced,
             Some(Enforcement::Open) => Decision::NotIsolated,

@@ -184,7 +184,9 @@ pub enum Decision {
     NotIsolated,
     /// A pod talking to itself, which no policy can block.
     SelfTraffic,
-    /// A pod and the node it runs on, which policy never blocks.
+    /// The node a pod runs on connecting to the pod, which NetworkPolicy
+    /// never blocks (ingress only: the pod's connections to its node are
+    /// subject to its egress policy).
     OwnNode,
     /// Allowed by rule `rule` of `policy`'s list for this direction.
     Allowed {

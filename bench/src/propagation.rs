@@ -220,14 +220,18 @@ pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, S
                 server.apply(p).map_err(|e| e.to_string())?;
             }
             1 => {
-                // Edit a policy: another port in its first rule.
+                // Edit a policy: another port in its first rule (a policy
+                // without rules gets one: a write that changes nothing
+                // publishes nothing).
                 let np = policies[(i * 104_729) % policies.len()];
                 let mut v = policy_json(np);
-                for dir in ["ingress", "egress"] {
-                    if let Some(rule) = v["spec"][dir].get_mut(0) {
-                        rule["ports"] = json!([{"protocol": "TCP", "port": 1000 + (i % 5000)}]);
-                        break;
-                    }
+                let ports = json!([{"protocol": "TCP", "port": 1000 + (i % 5000)}]);
+                let first = ["ingress", "egress"]
+                    .into_iter()
+                    .find_map(|dir| v["spec"][dir].get(0).is_some().then_some(dir));
+                match first {
+                    Some(dir) => v["spec"][dir][0]["ports"] = ports,
+                    None => v["spec"]["ingress"] = json!([{"ports": ports}]),
                 }
                 server.apply(v).map_err(|e| e.to_string())?;
             }

@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 
 use podfence_control::compile::Locality;
 use podfence_control::index::Cluster;
-use podfence_control::model::Peer as PolicyPeer;
+use podfence_control::model::Peer;
 use podfence_datapath::tables::{Enforcement, GroupId, IdentityId, PortRule, ResolvedPeer};
 use podfence_datapath::wire::ip_proto;
 use podfence_datapath::{IpProtocol, Prefix, Tables};
@@ -100,7 +100,7 @@ fn identity_pieces(cluster: &Cluster, tables: &Tables) -> Vec<(u32, u32, Identit
     for policy in cluster.policies.values() {
         for rule in policy.ingress.iter().chain(&policy.egress) {
             for peer in &rule.peers {
-                if let PolicyPeer::IpBlock(block) = peer {
+                if let Peer::IpBlock(block) = peer {
                     for prefix in std::iter::once(&block.cidr).chain(&block.except) {
                         if let Prefix::V4(c) = prefix {
                             cuts.insert(u64::from(c.first()));

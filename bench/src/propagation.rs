@@ -228,7 +228,7 @@ pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, S
                 let ports = json!([{"protocol": "TCP", "port": 1000 + (i % 5000)}]);
                 let first = ["ingress", "egress"]
                     .into_iter()
-                    .find_map(|dir| v["spec"][dir].get(0).is_some().then_some(dir));
+                    .find(|dir| v["spec"][dir].get(0).is_some());
                 match first {
                     Some(dir) => v["spec"][dir][0]["ports"] = ports,
                     None => v["spec"]["ingress"] = json!([{"ports": ports}]),

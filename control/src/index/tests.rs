@@ -131,7 +131,8 @@ fn deletes_remove_and_report_change() {
 
 #[test]
 fn updates_the_model_does_not_keep_change_nothing() {
-    let mut index = ClusterIndex::default();
+    let metrics = ControlMetrics::default();
+    let mut index = ClusterIndex::with_metrics(metrics.clone());
     let labels = serde_json::json!({"app": "web"});
     let _ = list(&mut index, vec![reduce(&pod_resource(0, &labels))]);
     let held = Arc::clone(&index.cluster().pods[&key("a", "web")]);
@@ -146,6 +147,8 @@ fn updates_the_model_does_not_keep_change_nothing() {
     }
     assert!(Arc::ptr_eq(&held, &index.cluster().pods[&key("a", "web")]));
     assert_eq!(index.stats().unchanged, 3);
+    let pods = vec![("kind", "Pod".to_owned())];
+    assert_eq!(metrics.unchanged_updates.get_or_create(&pods).get(), 3);
     // A label is what selectors see.
     let relabelled = reduce(&pod_resource(4, &serde_json::json!({"app": "db"})));
     assert!(

@@ -18,3 +18,28 @@ pub use table::{Conntrack, Hit, Inserted, Located};
 /// A connection's 5-tuple: the parser's flow key (ICMP echo: the
 /// identifier in both ports).
 pub use crate::flow::FlowKey as ConnKey;
+
+/// What the state and table tests share.
+#[cfg(test)]
+mod test_support {
+    use super::{ConnKey, Signal};
+
+    pub(super) const SEC: u64 = 1_000_000_000;
+
+    /// A 10.0.0.1 → 10.0.0.2 key.
+    pub(super) fn key(sp: u16, dp: u16, proto: u8) -> ConnKey {
+        ConnKey {
+            src: 0x0a00_0001,
+            dst: 0x0a00_0002,
+            src_port: sp,
+            dst_port: dp,
+            protocol: proto,
+            ipv6: false,
+        }
+    }
+
+    /// A TCP segment's signal.
+    pub(super) fn tcp(flags: u8) -> Signal {
+        Signal::new(flags, None)
+    }
+}

@@ -252,23 +252,8 @@ pub(super) fn next_state(s: State, reply: bool, signal: Signal) -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{ConnKey, Conntrack, Inserted};
-
-    const SEC: u64 = 1_000_000_000;
-
-    fn key(sp: u16, dp: u16, proto: u8) -> ConnKey {
-        ConnKey {
-            src: 0x0a00_0001,
-            dst: 0x0a00_0002,
-            src_port: sp,
-            dst_port: dp,
-            protocol: proto,
-            ipv6: false,
-        }
-    }
-    fn tcp(flags: u8) -> Signal {
-        Signal::new(flags, None)
-    }
+    use crate::conntrack::test_support::{SEC, key, tcp};
+    use crate::conntrack::{Conntrack, Inserted};
 
     #[test]
     fn tcp_handshake_and_close() {

@@ -489,23 +489,8 @@ impl Conntrack {
 mod tests {
     use super::*;
     use crate::conntrack::tcp_flags;
+    use crate::conntrack::test_support::{SEC, key, tcp};
     use crate::wire::ip_proto;
-
-    const SEC: u64 = 1_000_000_000;
-
-    fn key(sp: u16, dp: u16, proto: u8) -> ConnKey {
-        ConnKey {
-            src: 0x0a00_0001,
-            dst: 0x0a00_0002,
-            src_port: sp,
-            dst_port: dp,
-            protocol: proto,
-            ipv6: false,
-        }
-    }
-    fn tcp(flags: u8) -> Signal {
-        Signal::new(flags, None)
-    }
 
     #[test]
     fn full_window_evicts_least_recently_seen() {

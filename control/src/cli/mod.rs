@@ -1,8 +1,9 @@
 //! The subcommands of `podfence`, one module each: its clap arguments and
 //! its `run()`.
 //!
-//! Every `run()` answers with a [`CliError`], so that the exit status is
-//! decided in one place (`main`) rather than by each command.
+//! Every `run()` answers with a [`CliError`] (`run`'s agent errors are
+//! converted into one by `main`), so that the exit status is decided in one
+//! place rather than by each command.
 
 use std::path::{Path, PathBuf};
 

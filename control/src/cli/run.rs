@@ -1,7 +1,10 @@
-//! `podfence run`: the agent on manifests, until SIGINT or SIGTERM.
+//! `podfence run`: the agent, on manifests or the Kubernetes API, until
+//! SIGINT or SIGTERM; the loop itself is the library's
+//! [`Supervisor`](podfence_control::agent::supervisor::Supervisor).
 //!
-//! SIGHUP rereads the manifests and publishes a new generation; manifests
-//! that no longer load are reported and the tables in force stay.
+//! Manifests are reread when they change and on SIGHUP; a reread that
+//! changes nothing publishes nothing, and manifests that no longer load are
+//! reported while the tables in force stay.
 //!
 //! Every flag but `--in-cluster` can also be given in the environment, as
 //! `PODFENCE_` and the flag's name in upper case with `_` for `-`

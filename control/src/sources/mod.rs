@@ -1,8 +1,9 @@
-//! Where cluster state comes from.
+//! Where cluster state comes from; both sources feed a
+//! [`ClusterIndex`](crate::index::ClusterIndex).
 //!
 //! [`manifests`] reads YAML or JSON files and directories — a `kubectl get
 //! ns,pods,netpol -A -o yaml` dump or hand-written objects — for the offline
-//! commands and for standalone nodes.
+//! commands and for standalone nodes; [`kube`] watches the Kubernetes API.
 
 pub mod kube;
 pub mod manifests;

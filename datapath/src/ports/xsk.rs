@@ -1,8 +1,8 @@
 //! AF_XDP ports: one socket per (interface, queue), each with its own UMEM.
 //!
-//! This is the only module of the datapath that touches memory the kernel
-//! shares with us (the UMEM and the four rings), which is why it is the only
-//! one with `unsafe`. The rings themselves are driven through xsk-rs 0.11
+//! This is the module of the datapath that touches memory the kernel shares
+//! with us (the UMEM and the four rings), which is why nearly all of the
+//! datapath's `unsafe` is here. The rings themselves are driven through xsk-rs 0.11
 //! (libxdp underneath); what xsk-rs leaves to the caller, and what each
 //! `unsafe` block here upholds, is ownership of frames: a frame is owned by
 //! exactly one of the kernel (while on the fill or tx ring, until it comes

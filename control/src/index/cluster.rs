@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Indexed;
-use crate::model::{Labels, Namespace, NetworkPolicy, ObjectKey, Pod};
+use crate::model::{EndpointSlice, Labels, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
 
-/// A cluster state: namespaces, pods and policies, each by key.
+/// A cluster state: namespaces, pods, policies, Services and
+/// EndpointSlices, each by key.
 ///
 /// Objects are shared (`Arc`): a clone of the state is cheap, and an object
 /// that was not replaced is the same allocation in every state that holds
@@ -24,6 +25,11 @@ pub struct Cluster {
     pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
     /// Policies by namespace and name.
     pub policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
+    /// Services by namespace and name.
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    /// EndpointSlices by namespace and name (of the slice, not of its
+    /// Service: a Service has one or more).
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
 }
 
 impl Cluster {

@@ -2,7 +2,8 @@
 //! kind.
 //!
 //! A new kind is a [`Kind`] variant, a map in [`Cluster`], an [`Indexed`]
-//! implementation here and a line in [`Cluster::relist_into`]; the index,
+//! implementation here (for a namespaced kind, a `namespaced!` line) and a
+//! line in [`Cluster::relist_into`]; the index,
 //! its relists, readiness and metrics need nothing else.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::Cluster;
-use crate::model::{Namespace, NetworkPolicy, ObjectKey, Pod};
+use crate::model::{EndpointSlice, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
 
 /// The kinds of object the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,11 +22,21 @@ pub enum Kind {
     Pod,
     /// NetworkPolicies.
     NetworkPolicy,
+    /// Services.
+    Service,
+    /// EndpointSlices.
+    EndpointSlice,
 }
 
 impl Kind {
     /// Every kind, in index order.
-    pub const ALL: [Self; 3] = [Self::Namespace, Self::Pod, Self::NetworkPolicy];
+    pub const ALL: [Self; 5] = [
+        Self::Namespace,
+        Self::Pod,
+        Self::NetworkPolicy,
+        Self::Service,
+        Self::EndpointSlice,
+    ];
     /// How many kinds there are.
     pub const COUNT: usize = Self::ALL.len();
 
@@ -36,6 +47,8 @@ impl Kind {
             Self::Namespace => "Namespace",
             Self::Pod => "Pod",
             Self::NetworkPolicy => "NetworkPolicy",
+            Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -93,47 +106,36 @@ impl Indexed for Namespace {
     }
 }
 
-impl Indexed for Pod {
-    const KIND: Kind = Kind::Pod;
-    type Key = ObjectKey;
+/// A kind kept by namespace and name in the map `$field` of [`Cluster`].
+macro_rules! namespaced {
+    ($kind:ident, $field:ident) => {
+        impl Indexed for $kind {
+            const KIND: Kind = Kind::$kind;
+            type Key = ObjectKey;
 
-    fn key(&self) -> ObjectKey {
-        Pod::key(self)
-    }
-    fn key_of(namespace: &str, name: &str) -> ObjectKey {
-        ObjectKey::new(namespace, name)
-    }
-    fn object_key(key: &ObjectKey) -> ObjectKey {
-        key.clone()
-    }
-    fn objects(cluster: &Cluster) -> &BTreeMap<ObjectKey, Arc<Self>> {
-        &cluster.pods
-    }
-    fn objects_mut(cluster: &mut Cluster) -> &mut BTreeMap<ObjectKey, Arc<Self>> {
-        &mut cluster.pods
-    }
+            fn key(&self) -> ObjectKey {
+                $kind::key(self)
+            }
+            fn key_of(namespace: &str, name: &str) -> ObjectKey {
+                ObjectKey::new(namespace, name)
+            }
+            fn object_key(key: &ObjectKey) -> ObjectKey {
+                key.clone()
+            }
+            fn objects(cluster: &Cluster) -> &BTreeMap<ObjectKey, Arc<Self>> {
+                &cluster.$field
+            }
+            fn objects_mut(cluster: &mut Cluster) -> &mut BTreeMap<ObjectKey, Arc<Self>> {
+                &mut cluster.$field
+            }
+        }
+    };
 }
 
-impl Indexed for NetworkPolicy {
-    const KIND: Kind = Kind::NetworkPolicy;
-    type Key = ObjectKey;
-
-    fn key(&self) -> ObjectKey {
-        NetworkPolicy::key(self)
-    }
-    fn key_of(namespace: &str, name: &str) -> ObjectKey {
-        ObjectKey::new(namespace, name)
-    }
-    fn object_key(key: &ObjectKey) -> ObjectKey {
-        key.clone()
-    }
-    fn objects(cluster: &Cluster) -> &BTreeMap<ObjectKey, Arc<Self>> {
-        &cluster.policies
-    }
-    fn objects_mut(cluster: &mut Cluster) -> &mut BTreeMap<ObjectKey, Arc<Self>> {
-        &mut cluster.policies
-    }
-}
+namespaced!(Pod, pods);
+namespaced!(NetworkPolicy, policies);
+namespaced!(Service, services);
+namespaced!(EndpointSlice, endpoint_slices);
 
 impl Cluster {
     /// Feeds every kind of this state to `index` as one complete list each.
@@ -142,7 +144,13 @@ impl Cluster {
             namespaces,
             pods,
             policies,
+            services,
+            endpoint_slices,
         } = self;
-        index.relist(namespaces) | index.relist(pods) | index.relist(policies)
+        index.relist(namespaces)
+            | index.relist(pods)
+            | index.relist(policies)
+            | index.relist(services)
+            | index.relist(endpoint_slices)
     }
 }

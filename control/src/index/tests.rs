@@ -1,8 +1,9 @@
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 
 use super::*;
-use crate::model::{Namespace, NetworkPolicy, ObjectKey, Pod};
+use crate::model::{EndpointSlice, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
 
 fn ns(name: &str) -> Namespace {
     Namespace::implicit(name)
@@ -70,10 +71,114 @@ fn ready_only_when_every_kind_listed() {
         list::<Pod>(&mut index, vec![]).changed(),
         "a first list is a change even when empty: readiness moved"
     );
-    assert!(!index.ready());
     let _ = list(&mut index, vec![policy("a", "p")]);
+    let _ = list::<Service>(&mut index, vec![]);
+    assert!(!index.ready(), "EndpointSlices not listed yet");
+    assert!(list(&mut index, vec![reduce_slice(&slice_resource(0, true))]).changed());
     assert!(index.ready());
     assert_eq!(index.cluster().policies.len(), 1);
+    assert_eq!(index.cluster().endpoint_slices.len(), 1);
+}
+
+/// Service a/web as the API server reports it, with the fields podfence
+/// does not keep (metadata, status, fields it does not use) set from `n`.
+fn service_resource(n: u32) -> core::Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "namespace": "a", "name": "web",
+            "resourceVersion": n.to_string(),
+            "annotations": {"touched": n.to_string()},
+        },
+        "spec": {
+            "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "appProtocol": format!("p{n}")}],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "publishNotReadyAddresses": n.is_multiple_of(2),
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": format!("192.0.2.{n}")}]}},
+    }))
+    .unwrap()
+}
+
+/// EndpointSlice a/web-1 of Service web, its one endpoint `ready`, with the
+/// fields podfence does not keep set from `n`.
+fn slice_resource(n: u32, ready: bool) -> discovery::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "namespace": "a", "name": "web-1",
+            "labels": {"kubernetes.io/service-name": "web"},
+            "resourceVersion": n.to_string(),
+            "generation": n,
+        },
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": ["10.0.0.5"],
+            "conditions": {"ready": ready, "serving": true, "terminating": false},
+            "nodeName": "n1",
+            "hostname": format!("h{n}"),
+            "targetRef": {"kind": "Pod", "namespace": "a", "name": "web", "resourceVersion": n.to_string()},
+        }],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP", "appProtocol": format!("p{n}")}],
+    }))
+    .unwrap()
+}
+
+fn reduce_service(s: &core::Service) -> Service {
+    Service::from_resource(s).unwrap()
+}
+
+fn reduce_slice(s: &discovery::EndpointSlice) -> EndpointSlice {
+    EndpointSlice::from_resource(s).unwrap()
+}
+
+#[test]
+fn service_and_slice_updates_the_model_does_not_keep_change_nothing() {
+    let mut index = ClusterIndex::default();
+    let _ = list(&mut index, vec![reduce_service(&service_resource(0))]);
+    let _ = list(&mut index, vec![reduce_slice(&slice_resource(0, true))]);
+    let svc = Arc::clone(&index.cluster().services[&key("a", "web")]);
+    let slice = Arc::clone(&index.cluster().endpoint_slices[&key("a", "web-1")]);
+    for n in 1..=3 {
+        let s = reduce_service(&service_resource(n));
+        assert_eq!(
+            index.apply(Event::Applied(key("a", "web"), Ok(s))),
+            Outcome::Unchanged,
+            "service update {n}"
+        );
+        let s = reduce_slice(&slice_resource(n, true));
+        assert_eq!(
+            index.apply(Event::Applied(key("a", "web-1"), Ok(s))),
+            Outcome::Unchanged,
+            "slice update {n}"
+        );
+    }
+    assert_eq!(index.stats().unchanged, 6);
+    assert!(Arc::ptr_eq(
+        &svc,
+        &index.cluster().services[&key("a", "web")]
+    ));
+    assert!(Arc::ptr_eq(
+        &slice,
+        &index.cluster().endpoint_slices[&key("a", "web-1")]
+    ));
+    // An endpoint no longer ready is what backend choice sees.
+    let not_ready = reduce_slice(&slice_resource(4, false));
+    assert!(!not_ready.endpoints[0].ready);
+    assert!(
+        index
+            .apply(Event::Applied(key("a", "web-1"), Ok(not_ready)))
+            .changed()
+    );
+    assert!(!index.cluster().endpoint_slices[&key("a", "web-1")].endpoints[0].ready);
+    // So is a port change of the Service.
+    let mut moved = service_resource(5);
+    moved.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 8080;
+    assert!(
+        index
+            .apply(Event::Applied(key("a", "web"), Ok(reduce_service(&moved))))
+            .changed()
+    );
 }
 
 #[test]
@@ -185,6 +290,8 @@ fn state(n: u32, namespaces: &[&str]) -> Cluster {
     }
     cluster.apply(policy("a", "p"));
     cluster.apply(reduce(&pod_resource(n, &serde_json::json!({"app": "web"}))));
+    cluster.apply(reduce_service(&service_resource(n)));
+    cluster.apply(reduce_slice(&slice_resource(n, true)));
     cluster
 }
 
@@ -199,5 +306,14 @@ fn replacing_every_kind_with_the_same_state_changes_nothing() {
     assert!(Arc::ptr_eq(&held, &index.cluster().pods[&key("a", "web")]));
     assert!(index.replace_all(state(7, &["a", "b"])).changed());
     assert_eq!(index.cluster().namespaces.len(), 2);
+    assert!(Arc::ptr_eq(&held, &index.cluster().pods[&key("a", "web")]));
+    let slice = Arc::clone(&index.cluster().endpoint_slices[&key("a", "web-1")]);
+    let mut not_ready = state(8, &["a", "b"]);
+    not_ready.apply(reduce_slice(&slice_resource(8, false)));
+    assert!(index.replace_all(not_ready).changed());
+    assert!(!Arc::ptr_eq(
+        &slice,
+        &index.cluster().endpoint_slices[&key("a", "web-1")]
+    ));
     assert!(Arc::ptr_eq(&held, &index.cluster().pods[&key("a", "web")]));
 }

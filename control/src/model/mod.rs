@@ -1,4 +1,5 @@
-//! Kubernetes objects reduced to the parts that decide policy.
+//! Kubernetes objects reduced to the parts that decide policy and Service
+//! translation.
 //!
 //! Each kind has a `from_resource` that takes the k8s-openapi object, applies
 //! the API server's defaulting and validation rules that matter for policy
@@ -8,22 +9,29 @@
 //! works on these values only. One file per kind; [`selector`] holds the
 //! label selectors they share.
 
+mod endpoint_slice;
 mod namespace;
 mod network_policy;
 mod pod;
 mod protocol;
 mod selector;
+mod service;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
+pub use endpoint_slice::{AddressType, Endpoint, EndpointPort, EndpointSlice, SERVICE_NAME_LABEL};
 pub use namespace::{NAMESPACE_NAME_LABEL, Namespace};
 pub use network_policy::{IpBlock, NetworkPolicy, Peer, PolicyPort, PortSpec, Rule};
 pub use pod::{NamedPort, Pod, PodPhase};
 pub use protocol::Protocol;
 pub use selector::{LabelSelector, Operator, Requirement};
+pub use service::{
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, MAX_AFFINITY_TIMEOUT_SECONDS, SERVICE_PROXY_NAME_LABEL,
+    Service, ServicePort, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
+};
 
 /// Namespace and name of an object: the one way objects are keyed and
 /// named. Cluster-scoped objects (namespaces) have an empty namespace.

@@ -383,14 +383,15 @@ fn convert_ports(
     Ok(out)
 }
 
-fn port_number(n: i32) -> Option<u16> {
+/// A port number (1-65535).
+pub(super) fn port_number(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|&p| p != 0)
 }
 
 /// A port name as the API accepts it (an IANA service name): 1-15
 /// characters of `a-z`, `0-9` and `-`, at least one letter, no leading,
 /// trailing or doubled `-`.
-fn validate_port_name(name: &str) -> Result<(), String> {
+pub(super) fn validate_port_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name

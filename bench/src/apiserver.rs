@@ -1,9 +1,10 @@
 //! A test API server: the Kubernetes list/watch protocol over HTTP, for the
 //! real kube client, since no kube-apiserver can run here.
 //!
-//! It serves Namespaces (`/api/v1/namespaces`), Pods (`/api/v1/pods`) and
-//! NetworkPolicies (`/apis/networking.k8s.io/v1/networkpolicies`),
-//! cluster-wide:
+//! It serves Namespaces (`/api/v1/namespaces`), Pods (`/api/v1/pods`),
+//! NetworkPolicies (`/apis/networking.k8s.io/v1/networkpolicies`), Services
+//! (`/api/v1/services`) and EndpointSlices
+//! (`/apis/discovery.k8s.io/v1/endpointslices`), cluster-wide:
 //! - lists carry the current resourceVersion (pagination is not needed: a
 //!   list is one page);
 //! - `?watch=1&resourceVersion=N` streams, chunked, every change of that
@@ -43,6 +44,10 @@ pub enum Resource {
     Pods,
     /// `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicies,
+    /// `v1` Service.
+    Services,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlices,
 }
 
 impl Resource {
@@ -51,6 +56,8 @@ impl Resource {
             "/api/v1/namespaces" => Some(Self::Namespaces),
             "/api/v1/pods" => Some(Self::Pods),
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicies),
+            "/api/v1/services" => Some(Self::Services),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlices),
             _ => None,
         }
     }
@@ -60,6 +67,8 @@ impl Resource {
             "Namespace" => Some(Self::Namespaces),
             "Pod" => Some(Self::Pods),
             "NetworkPolicy" => Some(Self::NetworkPolicies),
+            "Service" => Some(Self::Services),
+            "EndpointSlice" => Some(Self::EndpointSlices),
             _ => None,
         }
     }
@@ -69,13 +78,16 @@ impl Resource {
             Self::Namespaces => "Namespace",
             Self::Pods => "Pod",
             Self::NetworkPolicies => "NetworkPolicy",
+            Self::Services => "Service",
+            Self::EndpointSlices => "EndpointSlice",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            Self::Namespaces | Self::Pods => "v1",
+            Self::Namespaces | Self::Pods | Self::Services => "v1",
             Self::NetworkPolicies => "networking.k8s.io/v1",
+            Self::EndpointSlices => "discovery.k8s.io/v1",
         }
     }
 }
@@ -122,7 +134,9 @@ pub struct ApiServer {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
     /// Not an object of a served kind with a name.
-    #[error("not a Namespace, Pod or NetworkPolicy with metadata.name: {0}")]
+    #[error(
+        "not a Namespace, Pod, NetworkPolicy, Service or EndpointSlice with metadata.name: {0}"
+    )]
     Unservable(String),
     /// The listener could not be made.
     #[error("cannot listen: {0}")]

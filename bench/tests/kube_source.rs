@@ -1,7 +1,8 @@
 //! The Kubernetes source with the real kube client against the in-repo test
 //! API server: initial sync, every kind of change, a stream cut mid-way,
 //! 410 Gone, a malformed object, slow responses and a server unreachable at
-//! start. Verdicts are read from the tables the source publishes.
+//! start. Verdicts are read from the tables the source publishes; Services
+//! and EndpointSlices from the cluster state it publishes them from.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use podfence_bench::apiserver::{ApiServer, Resource};
 use podfence_control::compile::{CompileOptions, Locality};
-use podfence_control::index::IndexStats;
+use podfence_control::index::{Cluster, IndexStats};
+use podfence_control::model::ObjectKey;
 use podfence_control::publish::TablePublisher;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use podfence_datapath::IpProtocol;
@@ -49,7 +51,8 @@ const B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 struct Harness {
     server: ApiServer,
     tables: TablePublisher,
-    generations: mpsc::Receiver<u64>,
+    /// Each publish: its generation and the cluster state it was made from.
+    published: mpsc::Receiver<(u64, Cluster)>,
     source: Option<SourceThread>,
     _kubeconfig: TempFile,
 }
@@ -86,20 +89,20 @@ impl Harness {
             broad_threshold: 32,
             ..CompileOptions::default()
         });
-        let (tx, generations) = mpsc::channel();
+        let (tx, published) = mpsc::channel();
         let source = SourceThread::spawn(
             ApiTarget::Kubeconfig(path.clone()),
             tables.clone(),
             SourceOptions::default(),
-            move |_, generation| {
-                let _ = tx.send(generation);
+            move |index, generation| {
+                let _ = tx.send((generation, index.cluster().clone()));
             },
         )
         .expect("source starts");
         Self {
             server,
             tables,
-            generations,
+            published,
             source: Some(source),
             _kubeconfig: TempFile(path),
         }
@@ -107,7 +110,26 @@ impl Harness {
 
     /// Waits for the next publish.
     fn next_generation(&self, within: Duration) -> Option<u64> {
-        self.generations.recv_timeout(within).ok()
+        self.next_publish(within).map(|(generation, _)| generation)
+    }
+
+    /// Waits for the next publish; its generation and cluster state.
+    fn next_publish(&self, within: Duration) -> Option<(u64, Cluster)> {
+        self.published.recv_timeout(within).ok()
+    }
+
+    /// Waits for a published cluster state for which `wanted` holds.
+    fn await_state(&self, wanted: impl Fn(&Cluster) -> bool, what: &str) -> (u64, Cluster) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (generation, cluster) = self
+                .next_publish(left)
+                .unwrap_or_else(|| panic!("timed out waiting: {what}"));
+            if wanted(&cluster) {
+                return (generation, cluster);
+            }
+        }
     }
 
     /// Waits until `a → b` TCP/80 has the wanted verdict.
@@ -181,7 +203,7 @@ fn initial_sync_and_every_kind_of_change() {
     h.await_verdict(false, "pod recreated without the label");
     let stats = h.stop();
     assert_eq!(stats.malformed, 0);
-    assert_eq!(stats.lists, 3, "{stats:?}");
+    assert_eq!(stats.lists, 5, "one list per kind: {stats:?}");
 }
 
 /// Pod a as the kubelet keeps rewriting it: readiness, conditions,
@@ -234,7 +256,7 @@ fn a_cut_stream_resumes_and_410_relists() {
     h.server.delete(Resource::NetworkPolicies, "x", "b-clients");
     h.await_verdict(true, "change after 410 Gone");
     let stats = h.stop();
-    assert!(stats.lists > 3, "410 made the watcher relist: {stats:?}");
+    assert!(stats.lists > 5, "410 made the watcher relist: {stats:?}");
 }
 
 #[test]
@@ -277,7 +299,7 @@ fn unreachable_at_start_publishes_nothing_until_it_answers() {
     );
     let refused = h.server.requests();
     assert!(
-        refused >= 3,
+        refused >= 5,
         "every kind tried and was refused: {refused} requests"
     );
     h.server.set_unavailable(false);
@@ -285,6 +307,96 @@ fn unreachable_at_start_publishes_nothing_until_it_answers() {
         .expect("sync once reachable");
     h.await_verdict(true, "synced late");
     h.stop();
+}
+
+/// Service x/web on port 80 to the backends' port `http`.
+fn web_service() -> Value {
+    json!({"kind": "Service", "metadata": {"namespace": "x", "name": "web"},
+           "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                    "selector": {"pod": "b"},
+                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+           "status": {"loadBalancer": {}}})
+}
+
+/// Service web's EndpointSlice: pod b, `ready` or not, with what podfence
+/// does not keep (the hostname, the pod's resourceVersion, the
+/// appProtocol, an annotation) set from `n`.
+fn web_slice(n: u32, ready: bool) -> Value {
+    json!({"kind": "EndpointSlice",
+           "metadata": {"namespace": "x", "name": "web-abcde",
+                        "labels": {"kubernetes.io/service-name": "web",
+                                   "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                        "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": n.to_string()}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": ["10.244.1.2"],
+                          "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                          "nodeName": "node-1", "hostname": format!("b-{n}"),
+                          "targetRef": {"kind": "Pod", "namespace": "x", "name": "b",
+                                        "resourceVersion": n.to_string()}}],
+           "ports": [{"name": "http", "port": 80, "protocol": "TCP", "appProtocol": format!("p{n}")}]})
+}
+
+#[test]
+fn services_and_endpoint_slices_reach_the_index() {
+    let h = Harness::start(false);
+    let (first, cluster) = h
+        .next_publish(Duration::from_secs(20))
+        .expect("initial sync waits for Services and EndpointSlices too");
+    assert_eq!(first, 1);
+    assert!(cluster.services.is_empty() && cluster.endpoint_slices.is_empty());
+
+    h.server.apply(web_service()).unwrap();
+    h.server.apply(web_slice(0, true)).unwrap();
+    let (_, cluster) = h.await_state(
+        |c| !c.services.is_empty() && !c.endpoint_slices.is_empty(),
+        "the Service and its slice",
+    );
+    let web = &cluster.services[&ObjectKey::new("x", "web")];
+    assert!(web.is_proxied() && web.has_selector);
+    assert_eq!(
+        web.cluster_ips,
+        vec![std::net::IpAddr::from([10, 96, 0, 10])]
+    );
+    assert_eq!(web.ports[0].port, 80);
+    let slice = &cluster.endpoint_slices[&ObjectKey::new("x", "web-abcde")];
+    assert_eq!(slice.service.as_deref(), Some("web"));
+    assert_eq!(slice.endpoints[0].address, std::net::IpAddr::from(B));
+    assert!(slice.endpoints[0].ready);
+    assert_eq!(slice.endpoints[0].node.as_deref(), Some("node-1"));
+    assert_eq!(slice.ports[0].port, Some(80));
+
+    // What the endpoint controller rewrites without changing a backend.
+    let before = h.tables.generation();
+    for n in 1..=3 {
+        h.server.apply(web_slice(n, true)).unwrap();
+    }
+    // Long past the debounce: a generation for those updates would be out.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(h.tables.generation(), before);
+
+    // A backend no longer ready is what backend choice sees: that publishes.
+    h.server.apply(web_slice(4, false)).unwrap();
+    let (generation, cluster) = h.await_state(
+        |c| {
+            c.endpoint_slices
+                .get(&ObjectKey::new("x", "web-abcde"))
+                .is_some_and(|s| !s.endpoints[0].ready)
+        },
+        "the endpoint not ready",
+    );
+    assert_eq!(generation, before + 1);
+    assert!(!cluster.endpoint_slices[&ObjectKey::new("x", "web-abcde")].endpoints[0].serving);
+
+    // Deleted: gone from the index.
+    h.server.delete(Resource::EndpointSlices, "x", "web-abcde");
+    h.server.delete(Resource::Services, "x", "web");
+    h.await_state(
+        |c| c.services.is_empty() && c.endpoint_slices.is_empty(),
+        "both deleted",
+    );
+    let stats = h.stop();
+    assert_eq!(stats.unchanged, 3, "{stats:?}");
+    assert_eq!(stats.malformed, 0, "{stats:?}");
 }
 
 /// Against a real cluster when `PODFENCE_TEST_KUBECONFIG` names a

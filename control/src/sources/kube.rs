@@ -1,13 +1,14 @@
-//! The Kubernetes API as a source: watchers for Namespaces, Pods and
-//! NetworkPolicies feeding the [`ClusterIndex`], whose changes are compiled
-//! and published.
+//! The Kubernetes API as a source: watchers for Namespaces, Pods,
+//! NetworkPolicies, Services and EndpointSlices feeding the
+//! [`ClusterIndex`], whose changes are compiled and published.
 //!
 //! Each kind is watched with kube-runtime's `watcher` (list, then watch from
 //! the list's resourceVersion; resumes from the last version seen after a
 //! dropped stream, relists after 410 Gone, backs off on errors). Objects are
 //! reduced to the model's small structs ([`Namespace::from_resource`] and
-//! friends) as they arrive: labels, addresses, phase, node, ports, rules;
-//! nothing else is kept.
+//! friends) as they arrive: labels, addresses, phase, node, ports, rules,
+//! Service addresses and ports, endpoint conditions and topology; nothing
+//! else is kept.
 //!
 //! [`ClusterIndex`] applies the events (relists swapped in whole, the
 //! readiness gate, rejected objects, updates that change nothing the model
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
@@ -31,7 +33,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
 use crate::index::{Change, ClusterIndex, Event, IndexStats, Indexed};
-use crate::model::{ModelError, Namespace, NetworkPolicy, Pod};
+use crate::model::{EndpointSlice, ModelError, Namespace, NetworkPolicy, Pod, Service};
 use crate::publish::TablePublisher;
 
 /// The changes of one kind's watch stream, reduced by `reduce`.
@@ -70,6 +72,16 @@ pub fn cluster_changes(client: &Client) -> impl Stream<Item = Change> + Send + u
         changes(
             Api::<net::NetworkPolicy>::all(client.clone()),
             NetworkPolicy::from_resource,
+        )
+        .boxed(),
+        changes(
+            Api::<core::Service>::all(client.clone()),
+            Service::from_resource,
+        )
+        .boxed(),
+        changes(
+            Api::<discovery::EndpointSlice>::all(client.clone()),
+            EndpointSlice::from_resource,
         )
         .boxed(),
     ])
@@ -132,6 +144,8 @@ pub async fn run(
                         namespaces = index.cluster().namespaces.len(),
                         pods = index.cluster().pods.len(),
                         policies = index.cluster().policies.len(),
+                        services = index.cluster().services.len(),
+                        endpoint_slices = index.cluster().endpoint_slices.len(),
                         "initial sync published"
                     );
                 }

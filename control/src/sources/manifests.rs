@@ -4,25 +4,30 @@
 //! Every document is read, every error is collected (a file that cannot be
 //! read, YAML that does not parse, an object the API would reject) and
 //! reported with the file and the object's name, so that one run shows every
-//! problem. Kinds that do not affect policy are counted and skipped.
+//! problem. Namespaces, Pods, NetworkPolicies, Services and EndpointSlices
+//! are read; other kinds are counted and skipped.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use serde_json::Value;
 
 use crate::index::Cluster;
-use crate::model::{ModelError, Namespace, NetworkPolicy, ObjectKey, ObjectRef, Pod};
+use crate::model::{
+    EndpointSlice, ModelError, Namespace, NetworkPolicy, ObjectKey, ObjectRef, Pod, Service,
+};
 
 /// What a set of manifests holds.
 #[derive(Clone, Debug, Default)]
 pub struct Manifests {
-    /// Namespaces, pods and policies (later objects replace earlier ones of
-    /// the same kind and name; referenced namespaces without an object get
-    /// an implicit entry).
+    /// Namespaces, pods, policies, Services and EndpointSlices (later
+    /// objects replace earlier ones of the same kind and name; namespaces
+    /// that pods or policies reference without an object get an implicit
+    /// entry).
     pub cluster: Cluster,
     /// Objects of other kinds, counted by `apiVersion kind`.
     pub skipped: BTreeMap<String, usize>,
@@ -241,7 +246,13 @@ fn load_object(
         }
         return;
     }
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let group = match (api_version.rsplit_once('/'), kind) {
+        (Some((group, _)), _) => group,
+        // No apiVersion (items of a typed list): the kind decides.
+        (None, "NetworkPolicy") if api_version.is_empty() => "networking.k8s.io",
+        (None, "EndpointSlice") if api_version.is_empty() => "discovery.k8s.io",
+        (None, _) => "",
+    };
     let result = match (group, kind) {
         ("", "Namespace") => decode::<core::Namespace>(doc, kind)
             .and_then(|n| Namespace::from_resource(&n))
@@ -254,19 +265,27 @@ fn load_object(
                 out.cluster.apply(p);
             }),
         ("networking.k8s.io", "NetworkPolicy") => {
-            if api_version != "networking.k8s.io/v1" && !api_version.is_empty() {
-                Err(ModelError {
-                    object: object_ref_of(&doc, kind),
-                    field: "apiVersion".into(),
-                    message: format!("'{api_version}' is not served; use networking.k8s.io/v1"),
-                })
-            } else {
+            served(api_version, "networking.k8s.io/v1", &doc, kind).and_then(|()| {
                 decode::<net::NetworkPolicy>(doc, kind)
                     .and_then(|p| NetworkPolicy::from_resource(&p))
                     .map(|p| {
                         out.cluster.apply(p);
                     })
-            }
+            })
+        }
+        ("", "Service") => decode::<core::Service>(doc, kind)
+            .and_then(|s| Service::from_resource(&s))
+            .map(|s| {
+                out.cluster.apply(s);
+            }),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            served(api_version, "discovery.k8s.io/v1", &doc, kind).and_then(|()| {
+                decode::<discovery::EndpointSlice>(doc, kind)
+                    .and_then(|s| EndpointSlice::from_resource(&s))
+                    .map(|s| {
+                        out.cluster.apply(s);
+                    })
+            })
         }
         _ => {
             let key = if api_version.is_empty() {
@@ -283,6 +302,20 @@ fn load_object(
             path: path.to_owned(),
             error,
         });
+    }
+}
+
+/// `Ok` when `api_version` is `served` (or not given: the kind alone
+/// decides); else an error naming the object and the version to use.
+fn served(api_version: &str, served: &str, doc: &Value, kind: &str) -> Result<(), ModelError> {
+    if api_version == served || api_version.is_empty() {
+        Ok(())
+    } else {
+        Err(ModelError {
+            object: object_ref_of(doc, kind),
+            field: "apiVersion".into(),
+            message: format!("'{api_version}' is not served; use {served}"),
+        })
     }
 }
 
@@ -367,6 +400,48 @@ mod tests {
             vec![("on".to_owned(), "off".to_owned())]
         );
         assert_eq!(m.skipped["apps/v1 Deployment"], 1);
+    }
+
+    #[test]
+    fn reads_services_and_endpoint_slices() {
+        let m = load_one(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: x, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: [{addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}]\nports: [{name: http, port: 8080}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSliceList\nitems:\n- metadata: {name: web-2, namespace: x, labels: {kubernetes.io/service-name: web}}\n  addressType: IPv6\n  endpoints: [{addresses: ['fd00::5']}]\n",
+        )
+        .unwrap();
+        assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+        let svc = &m.cluster.services[&ObjectKey::new("x", "web")];
+        assert!(svc.is_proxied());
+        assert_eq!(svc.ports[0].port, 80);
+        let slice = &m.cluster.endpoint_slices[&ObjectKey::new("x", "web-1")];
+        assert_eq!(slice.service.as_deref(), Some("web"));
+        assert_eq!(slice.ports[0].port, Some(8080));
+        assert!(slice.endpoints[0].ready);
+        assert!(
+            m.cluster
+                .endpoint_slices
+                .contains_key(&ObjectKey::new("x", "web-2"))
+        );
+    }
+
+    #[test]
+    fn unserved_versions_and_invalid_services_are_errors() {
+        let e = load_one(
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s, namespace: x}\naddressType: IPv4\nendpoints: []\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: t, namespace: x}\naddressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.0.len(), 3, "{text}");
+        assert!(
+            text.contains(
+                "EndpointSlice x/s: apiVersion: 'discovery.k8s.io/v1beta1' is not served; use discovery.k8s.io/v1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Service x/web: spec.clusterIP"), "{text}");
+        assert!(
+            text.contains("EndpointSlice x/t: endpoints[0].addresses[0]"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (its command, its arguments, the ConfigMap's settings and its own
 //! environment) is accepted by the binary's parser, the probes reach the
 //! address and the paths the agent serves, the ClusterRole grants reading
-//! the three kinds the agent watches and nothing more, and the container
+//! the kinds the agent watches and nothing more, and the container
 //! gets its capabilities one by one. (scripts/validate-deploy checks the
 //! manifests against the Kubernetes schemas.)
 
@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use podfence_control::agent::metrics::{Health, MetricsServer};
+use podfence_control::index::Kind;
 use podfence_control::metrics::ControlMetrics;
 use serde_json::Value;
 
@@ -383,7 +384,7 @@ fn the_probes_reach_what_the_agent_serves() {
 }
 
 #[test]
-fn the_cluster_role_grants_reading_the_three_kinds_and_nothing_else() {
+fn the_cluster_role_grants_reading_the_watched_kinds_and_nothing_else() {
     let role: ClusterRole = the("ClusterRole");
     assert!(role.aggregation_rule.is_none());
     let mut granted = BTreeSet::new();
@@ -397,12 +398,18 @@ fn the_cluster_role_grants_reading_the_three_kinds_and_nothing_else() {
             }
         }
     }
-    let mut want = BTreeSet::new();
-    for (group, resource) in [
+    // One resource per kind the watchers list and watch
+    // (`sources::kube::cluster_changes`, one per `Kind`).
+    let watched = [
         ("", "namespaces"),
         ("", "pods"),
         ("networking.k8s.io", "networkpolicies"),
-    ] {
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+    ];
+    assert_eq!(watched.len(), Kind::COUNT, "a grant for every watched kind");
+    let mut want = BTreeSet::new();
+    for (group, resource) in watched {
         for verb in ["get", "list", "watch"] {
             want.insert((group, resource, verb));
         }

@@ -345,7 +345,7 @@ fn start_from_api(
             last = now;
         }
     })?;
-    info!("waiting for the first full list of namespaces, pods and policies");
+    info!("waiting for the first full list of every watched kind");
     let cluster = loop {
         if should_stop() {
             info!("stopping before the first sync");

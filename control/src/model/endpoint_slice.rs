@@ -123,86 +123,14 @@ impl EndpointSlice {
         };
         let mut endpoints = Vec::new();
         for (i, e) in slice.endpoints.iter().enumerate() {
-            let at = |f: &str| format!("endpoints[{i}].{f}");
-            if e.addresses.is_empty() || e.addresses.len() > 100 {
-                return Err(err(at("addresses"), "must hold 1-100 addresses".into()));
+            if let Some(endpoint) = convert_endpoint(e, address_type, &format!("endpoints[{i}]"))
+                .map_err(|(f, m)| err(f, m))?
+            {
+                endpoints.push(endpoint);
             }
-            if address_type == AddressType::Fqdn {
-                continue;
-            }
-            let mut addresses = Vec::with_capacity(e.addresses.len());
-            for (j, a) in e.addresses.iter().enumerate() {
-                let family_ok = |ip: &IpAddr| match address_type {
-                    AddressType::Ipv4 => ip.is_ipv4(),
-                    _ => ip.is_ipv6(),
-                };
-                let ip = a.parse::<IpAddr>().ok().filter(family_ok).ok_or_else(|| {
-                    err(
-                        format!("endpoints[{i}].addresses[{j}]"),
-                        format!("'{a}' is not an {} address", slice.address_type),
-                    )
-                })?;
-                addresses.push(ip);
-            }
-            let conditions = e.conditions.as_ref();
-            let names = |hints: Option<Vec<&String>>| {
-                let set: BTreeSet<String> = hints.into_iter().flatten().cloned().collect();
-                set.into_iter().collect::<Vec<_>>()
-            };
-            let hints = e.hints.as_ref();
-            endpoints.push(Endpoint {
-                address: addresses[0],
-                ready: conditions.and_then(|c| c.ready).unwrap_or(true),
-                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-                node: e.node_name.clone().filter(|n| !n.is_empty()),
-                zone: e.zone.clone().filter(|z| !z.is_empty()),
-                zone_hints: names(
-                    hints
-                        .and_then(|h| h.for_zones.as_ref())
-                        .map(|z| z.iter().map(|z| &z.name).collect()),
-                ),
-                node_hints: names(
-                    hints
-                        .and_then(|h| h.for_nodes.as_ref())
-                        .map(|n| n.iter().map(|n| &n.name).collect()),
-                ),
-            });
         }
-        let mut ports = Vec::new();
-        let mut names = BTreeSet::new();
-        for (i, p) in slice.ports.iter().flatten().enumerate() {
-            let at = |f: &str| format!("ports[{i}].{f}");
-            let name = p.name.clone().unwrap_or_default();
-            if !name.is_empty() {
-                validate_dns_label(&name).map_err(|m| err(at("name"), m))?;
-            }
-            if !names.insert(name.clone()) {
-                return Err(err(at("name"), format!("'{name}' is used by another port")));
-            }
-            let protocol = match p.protocol.as_deref() {
-                None => Protocol::Tcp,
-                Some(s) => Protocol::parse(s, false).ok_or_else(|| {
-                    err(
-                        at("protocol"),
-                        format!("'{s}' is not one of TCP, UDP, SCTP"),
-                    )
-                })?,
-            };
-            let port = p
-                .port
-                .map(|n| {
-                    port_number(n).ok_or_else(|| {
-                        err(at("port"), format!("{n} is not a port number (1-65535)"))
-                    })
-                })
-                .transpose()?;
-            ports.push(EndpointPort {
-                name,
-                protocol,
-                port,
-            });
-        }
+        let ports = convert_ports(slice.ports.as_deref().unwrap_or_default())
+            .map_err(|(f, m)| err(f, m))?;
         Ok(Self {
             namespace: object.key.namespace.clone(),
             name: object.key.name.clone(),
@@ -218,6 +146,103 @@ impl EndpointSlice {
             ports,
         })
     }
+}
+
+type FieldError = (String, String);
+
+/// One endpoint at `field`; `None` for an FQDN slice's (validated, not
+/// kept).
+fn convert_endpoint(
+    e: &discovery::Endpoint,
+    address_type: AddressType,
+    field: &str,
+) -> Result<Option<Endpoint>, FieldError> {
+    if e.addresses.is_empty() || e.addresses.len() > 100 {
+        return Err((
+            format!("{field}.addresses"),
+            "must hold 1-100 addresses".into(),
+        ));
+    }
+    let family = match address_type {
+        AddressType::Ipv4 => "IPv4",
+        AddressType::Ipv6 => "IPv6",
+        AddressType::Fqdn => return Ok(None),
+    };
+    let mut addresses = Vec::with_capacity(e.addresses.len());
+    for (j, a) in e.addresses.iter().enumerate() {
+        let ip = a
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|ip| ip.is_ipv4() == (address_type == AddressType::Ipv4))
+            .ok_or_else(|| {
+                (
+                    format!("{field}.addresses[{j}]"),
+                    format!("'{a}' is not an {family} address"),
+                )
+            })?;
+        addresses.push(ip);
+    }
+    let conditions = e.conditions.as_ref();
+    let hints = e.hints.as_ref();
+    let names = |names: Option<Vec<&String>>| {
+        let set: BTreeSet<String> = names.into_iter().flatten().cloned().collect();
+        set.into_iter().collect::<Vec<_>>()
+    };
+    Ok(Some(Endpoint {
+        address: addresses[0],
+        ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        node: e.node_name.clone().filter(|n| !n.is_empty()),
+        zone: e.zone.clone().filter(|z| !z.is_empty()),
+        zone_hints: names(
+            hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| &z.name).collect()),
+        ),
+        node_hints: names(
+            hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| &n.name).collect()),
+        ),
+    }))
+}
+
+fn convert_ports(given: &[discovery::EndpointPort]) -> Result<Vec<EndpointPort>, FieldError> {
+    let mut ports = Vec::with_capacity(given.len());
+    let mut names = BTreeSet::new();
+    for (i, p) in given.iter().enumerate() {
+        let at = |f: &str| format!("ports[{i}].{f}");
+        let name = p.name.clone().unwrap_or_default();
+        if !name.is_empty() {
+            validate_dns_label(&name).map_err(|m| (at("name"), m))?;
+        }
+        if !names.insert(name.clone()) {
+            return Err((at("name"), format!("'{name}' is used by another port")));
+        }
+        let protocol = match p.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(s) => Protocol::parse(s, false).ok_or_else(|| {
+                (
+                    at("protocol"),
+                    format!("'{s}' is not one of TCP, UDP, SCTP"),
+                )
+            })?,
+        };
+        let port = p
+            .port
+            .map(|n| {
+                port_number(n)
+                    .ok_or_else(|| (at("port"), format!("{n} is not a port number (1-65535)")))
+            })
+            .transpose()?;
+        ports.push(EndpointPort {
+            name,
+            protocol,
+            port,
+        });
+    }
+    Ok(ports)
 }
 
 #[cfg(test)]

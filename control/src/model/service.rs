@@ -366,9 +366,8 @@ fn ports(
             ));
         }
         let target_port = match &p.target_port {
-            None => TargetPort::Number(port),
             // An explicit 0 is defaulted like an absent one.
-            Some(IntOrString::Int(0)) => TargetPort::Number(port),
+            None | Some(IntOrString::Int(0)) => TargetPort::Number(port),
             Some(IntOrString::Int(n)) => TargetPort::Number(port_number(*n).ok_or_else(|| {
                 (
                     at("targetPort"),

@@ -7,7 +7,9 @@
 //! other backends). Backends take turns claiming their next free preferred
 //! slot until the table is full. Every backend ends with `⌊M/N⌋` or `⌈M/N⌉`
 //! slots, and removing one backend frees its slots while most others keep
-//! theirs: flows move mostly off the removed backend only.
+//! theirs: besides the removed backend's flows, 0.8–2.5 % of the table
+//! moves on average (measured; up to 30 % in the rare case of two backends
+//! with the same `skip`, whose permutations then run in lockstep).
 //!
 //! **Table size.** `M` must be prime (every `skip` in `1..M` then generates
 //! a full permutation) and much larger than `N`: with `M ≥ 100 N` a
@@ -18,8 +20,8 @@
 //! endpoints); Cilium's fixed default of 16,381 is reached at 82 endpoints.
 //! `N` here is every endpoint the frontend lists, usable or not, so that
 //! readiness changes (the common churn) never change `M`; when the count
-//! crosses a size, new flows are spread anew, which conntrack makes harmless
-//! to established ones (their translation is kept there).
+//! crosses a size, new flows are spread anew; established connections are
+//! to keep their backend in their connection entry (conntrack NAT).
 
 use super::Backend;
 use super::hash::{OFFSET, SKIP, backend_hash};

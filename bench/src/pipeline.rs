@@ -200,7 +200,7 @@ fn new_connections(tables: Tables, attempts: &[(Attempt, u16)], workers: usize) 
         .iter()
         .map(|(a, sp)| frame(a, *sp, false, tcp_flags::SYN))
         .collect();
-    let publisher = Publisher::new(tables);
+    let publisher = Publisher::new(tables, podfence_datapath::ServiceTable::empty());
     let conntrack = Conntrack::new(attempts.len() * 2, Timeouts::default());
     let stats: Vec<WorkerStats> = (0..workers).map(|_| WorkerStats::default()).collect();
     let chunk = frames.len().div_ceil(workers);
@@ -268,7 +268,7 @@ pub fn run(shape: Shape, packets: usize, alloc: &CountingAllocator) -> PipelineR
     report.parse_mpps = mpps(black_box(ok), start.elapsed());
 
     // (b) Established: open 64k allowed connections, then time their ACKs.
-    let publisher = Publisher::new(tables.clone());
+    let publisher = Publisher::new(tables.clone(), podfence_datapath::ServiceTable::empty());
     let stats = WorkerStats::default();
     let conntrack = Conntrack::new(1 << 18, Timeouts::default());
     let flows: Vec<&(Attempt, u16)> = attempts

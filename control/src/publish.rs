@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use podfence_datapath::Tables;
 use podfence_datapath::publish::{Generation, Publisher};
+use podfence_datapath::{ServiceTable, Tables};
 use tracing::{info, warn};
 
 use crate::compile::{CompileOptions, Compiler, Locality};
@@ -45,7 +45,7 @@ impl TablePublisher {
     #[must_use]
     pub fn new(options: CompileOptions) -> Self {
         Self {
-            publisher: Publisher::new(Tables::empty(0)),
+            publisher: Publisher::new(Tables::empty(0), ServiceTable::empty()),
             locality: options.locality.clone(),
             compiler: Arc::new(Mutex::new(Compiler::new(options))),
             generation: Arc::new(AtomicU64::new(0)),
@@ -97,7 +97,9 @@ impl TablePublisher {
             warn!(warning = %w, "compile");
         }
         let compile_time = started.elapsed();
-        self.publisher.publish(compiled.tables, caused_at);
+        // The compiled service table comes with Services in the model.
+        self.publisher
+            .publish(compiled.tables, ServiceTable::empty(), caused_at);
         self.generation.store(generation, Ordering::Release);
         drop(incremental);
         self.metrics

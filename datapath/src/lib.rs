@@ -5,7 +5,9 @@
 //! classifier, the address [`prefix`] types and the longest-prefix [`lpm`]
 //! map that peer identities are looked up in. The control plane compiles
 //! cluster state into a [`tables::Tables`] value through
-//! [`tables::TablesBuilder`]; the datapath only reads it.
+//! [`tables::TablesBuilder`], and its Services into a
+//! [`services::ServiceTable`] through [`services::ServiceTableBuilder`]; the
+//! datapath only reads them, both published together ([`publish`]).
 
 pub mod conntrack;
 pub mod craft;
@@ -18,6 +20,7 @@ pub mod offload;
 pub mod ports;
 pub mod prefix;
 pub mod publish;
+pub mod services;
 pub mod stats;
 pub mod switch;
 pub mod tables;
@@ -25,5 +28,6 @@ pub mod wire;
 pub mod worker;
 
 pub use prefix::{Prefix, PrefixError};
+pub use services::{ServiceTable, ServiceTableBuilder};
 pub use tables::{Decision, Direction, Tables, TablesBuilder, Verdict};
 pub use wire::IpProtocol;

@@ -1,7 +1,9 @@
 //! Publication of table generations to the workers.
 //!
-//! A generation is one immutable [`Tables`] value behind an `Arc`; publishing
-//! is one atomic pointer swap (arc-swap). Workers read through a per-worker
+//! A generation is the policy [`Tables`] and the [`ServiceTable`] of one
+//! cluster state, immutable, behind one `Arc`; publishing is one atomic
+//! pointer swap (arc-swap), so a batch never translates with the Services of
+//! one state and classifies with the policies of another. Workers read through a per-worker
 //! [`TablesReader`] at batch boundaries: while the generation is unchanged
 //! that is one atomic load and no reference-count traffic, a swap never
 //! blocks a worker, and a batch sees exactly one generation, never half a
@@ -13,13 +15,17 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use arc_swap::cache::Cache;
 
+use crate::services::ServiceTable;
 use crate::tables::Tables;
 
 /// A published generation and when the change that caused it happened.
 #[derive(Debug)]
 pub struct Generation {
-    /// The tables.
+    /// The policy tables.
     pub tables: Tables,
+    /// The Services of the same state. Shared with the previous generation
+    /// when they did not change.
+    pub services: Arc<ServiceTable>,
     /// When the oldest cluster event this generation reflects was seen
     /// (for propagation latency); `None` for the initial state.
     pub caused_at: Option<Instant>,
@@ -34,11 +40,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts with `initial` in force.
+    /// Starts with `initial` and `services` in force.
     #[must_use]
-    pub fn new(initial: Tables) -> Self {
+    pub fn new(initial: Tables, services: impl Into<Arc<ServiceTable>>) -> Self {
         let g = Generation {
             tables: initial,
+            services: services.into(),
             caused_at: None,
             published_at: Instant::now(),
         };
@@ -47,10 +54,17 @@ impl Publisher {
         }
     }
 
-    /// Puts `tables` in force; readers see it at their next batch.
-    pub fn publish(&self, tables: Tables, caused_at: Option<Instant>) {
+    /// Puts `tables` and `services` in force together; readers see them at
+    /// their next batch.
+    pub fn publish(
+        &self,
+        tables: Tables,
+        services: impl Into<Arc<ServiceTable>>,
+        caused_at: Option<Instant>,
+    ) {
         let g = Generation {
             tables,
+            services: services.into(),
             caused_at,
             published_at: Instant::now(),
         };
@@ -90,14 +104,65 @@ impl TablesReader {
 mod tests {
     use super::*;
 
+    use std::net::IpAddr;
+
+    use crate::services::{Endpoint, FrontendKey, ServiceOptions, ServiceTableBuilder};
+    use crate::wire::IpProtocol;
+
+    fn one_service(backend: &str) -> ServiceTable {
+        let mut b = ServiceTableBuilder::new();
+        let s = b.add_service("ns", "svc", ServiceOptions::default());
+        let frontend = FrontendKey {
+            addr: "10.96.0.1".parse().unwrap(),
+            protocol: IpProtocol::TCP,
+            port: 80,
+        };
+        let addr: IpAddr = backend.parse().unwrap();
+        b.add_frontend(s, frontend, &[Endpoint::ready(addr, 8080, true)])
+            .unwrap();
+        b.build()
+    }
+
+    fn backend_of(g: &Generation) -> Option<IpAddr> {
+        let f = g
+            .services
+            .frontend("10.96.0.1".parse().unwrap(), IpProtocol::TCP, 80)?;
+        Some(f.choose(0)?.addr)
+    }
+
     #[test]
     fn readers_see_a_new_generation_at_their_next_load() {
-        let p = Publisher::new(Tables::empty(1));
+        let p = Publisher::new(Tables::empty(1), ServiceTable::empty());
         let mut r = p.reader();
         assert_eq!(r.load().tables.generation(), 1);
-        p.publish(Tables::empty(2), Some(Instant::now()));
+        assert!(r.load().services.is_empty());
+        p.publish(
+            Tables::empty(2),
+            one_service("10.0.0.1"),
+            Some(Instant::now()),
+        );
         assert_eq!(r.load().tables.generation(), 2);
+        assert_eq!(backend_of(r.load()), Some("10.0.0.1".parse().unwrap()));
         assert!(r.load().caused_at.is_some());
         assert_eq!(p.current().tables.generation(), 2);
+    }
+
+    /// Policies and Services of one state go live together, and a state
+    /// that changes only policies can keep the same service table.
+    #[test]
+    fn services_and_policies_swap_together() {
+        let services = Arc::new(one_service("10.0.0.1"));
+        let p = Publisher::new(Tables::empty(1), Arc::clone(&services));
+        let mut r = p.reader();
+        p.publish(Tables::empty(2), Arc::clone(&services), None);
+        let g = r.load();
+        assert_eq!(g.tables.generation(), 2);
+        assert!(Arc::ptr_eq(&g.services, &services));
+        p.publish(Tables::empty(3), one_service("10.0.0.2"), None);
+        let g = r.load();
+        assert_eq!(
+            (g.tables.generation(), backend_of(g)),
+            (3, Some("10.0.0.2".parse().unwrap()))
+        );
     }
 }

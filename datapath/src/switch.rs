@@ -709,7 +709,8 @@ mod tests {
         assert_eq!(s.port(2).map(Port::name), Some("pod-b"));
         assert_eq!(s.port_count(), 3);
         let conntrack = crate::conntrack::Conntrack::new(64, crate::conntrack::Timeouts::default());
-        let publisher = crate::publish::Publisher::new(crate::Tables::empty(1));
+        let publisher =
+            crate::publish::Publisher::new(crate::Tables::empty(1), crate::ServiceTable::empty());
         let stats = crate::stats::WorkerStats::default();
         let mut worker = Worker::new(
             &conntrack,

@@ -2,6 +2,7 @@
 //! global allocator watches a pass over new connections, established
 //! traffic, denied attempts, fragments' neighbours and malformed frames.
 
+use podfence_datapath::ServiceTable;
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
@@ -58,7 +59,7 @@ fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 #[test]
 fn worker_allocates_nothing_per_packet() {
     // Pod .1 accepts TCP 80 from pod .2 only.
-    let publisher = Publisher::new(two_pods(1, Some(80), false));
+    let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
 
     let mut frames = Vec::new();
     for sport in 1000..1400u16 {

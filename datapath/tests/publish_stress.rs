@@ -1,6 +1,8 @@
 //! Tables are swapped continuously while workers classify: every verdict
 //! must be the one of the generation the worker loaded for its batch, which
-//! proves that no batch sees half a table and that a swap never blocks.
+//! proves that no batch sees half a table and that a swap never blocks; and
+//! the Service backend of the batch is always the one published with its
+//! policy tables.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -9,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::publish::Publisher;
+use podfence_datapath::services::{
+    Endpoint, FrontendKey, ServiceOptions, ServiceTable, ServiceTableBuilder,
+};
 use podfence_datapath::tables::{
     Direction, Enforcement, IpProtocol, PodAddress, PortRule, Tables, TablesBuilder,
 };
@@ -54,9 +59,33 @@ fn tables(g: u64) -> Tables {
     b.build()
 }
 
+const FRONTEND: FrontendKey = FrontendKey {
+    addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
+    protocol: IpProtocol::TCP,
+    port: 80,
+};
+
+/// Generation `g`'s Services: one frontend whose one backend listens on a
+/// port that tells the generation.
+fn services(g: u64) -> ServiceTable {
+    let mut b = ServiceTableBuilder::new();
+    let s = b.add_service("ns", "svc", ServiceOptions::default());
+    let backend = Endpoint::ready(
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        backend_port(g),
+        true,
+    );
+    b.add_frontend(s, FRONTEND, &[backend]).unwrap();
+    b.build()
+}
+
+fn backend_port(g: u64) -> u16 {
+    (g % 65_000) as u16 + 1
+}
+
 #[test]
 fn verdicts_always_match_the_generation_of_the_batch() {
-    let publisher = Publisher::new(tables(0));
+    let publisher = Publisher::new(tables(0), services(0));
     let stop = Arc::new(AtomicBool::new(false));
     let last_published = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_millis(1500);
@@ -67,7 +96,7 @@ fn verdicts_always_match_the_generation_of_the_batch() {
             s.spawn(move || {
                 let mut g = 1;
                 while !stop.load(Ordering::Relaxed) {
-                    publisher.publish(tables(g), None);
+                    publisher.publish(tables(g), services(g), None);
                     last_published.store(g, Ordering::Relaxed);
                     g += 1;
                 }
@@ -82,6 +111,12 @@ fn verdicts_always_match_the_generation_of_the_batch() {
                     let current = reader.load();
                     let t = &current.tables;
                     let g = t.generation();
+                    let backend = current
+                        .services
+                        .frontend(FRONTEND.addr, FRONTEND.protocol, FRONTEND.port)
+                        .and_then(|f| f.choose(u64::from(w)))
+                        .expect("a backend");
+                    assert_eq!(backend.port, backend_port(g), "generation {g}");
                     if g != last {
                         generations_seen += 1;
                         last = g;

@@ -10,6 +10,7 @@ use podfence_testkit::tables::{two_pods, v4, v6};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use podfence_datapath::ServiceTable;
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
@@ -171,7 +172,7 @@ fn switch_forwards_rewrites_and_drops() {
     ];
     let ports = vec![port("host", &from_host), port("a", &[]), port("b", &from_b)];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
-    let publisher = Publisher::new(two_pods(1, Some(80), false));
+    let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
     let conntrack = Conntrack::new(256, Timeouts::default());
     let stats = WorkerStats::default();
     let mut worker = Worker::new(
@@ -294,7 +295,7 @@ fn one_send_per_port_and_batch_and_short_sends_count_as_tx_drops() {
     };
     let ports = vec![narrow("host", &[]), narrow("a", &[]), narrow("b", &from_b)];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
-    let publisher = Publisher::new(two_pods(1, Some(80), false));
+    let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
     let conntrack = Conntrack::new(256, Timeouts::default());
     let stats = WorkerStats::default();
     let mut worker = Worker::new(
@@ -317,7 +318,7 @@ fn a_new_fib_takes_effect_on_the_next_batch() {
     let frames = vec![udp(outside(), v4(2), 6000)];
     let ports = vec![port("host", &frames), port("a", &[]), port("b", &[])];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
-    let publisher = Publisher::new(two_pods(1, Some(80), false));
+    let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
     let conntrack = Conntrack::new(256, Timeouts::default());
     let stats = WorkerStats::default();
     let mut worker = Worker::new(

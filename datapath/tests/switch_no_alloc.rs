@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use podfence_datapath::ServiceTable;
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
@@ -65,7 +66,7 @@ const ROUNDS: u64 = 21;
 
 #[test]
 fn switch_allocates_nothing_per_packet() {
-    let publisher = Publisher::new(two_pods(1, Some(80), false));
+    let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
     // Everything arrives on pod .2's port.
     let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut frames = Vec::new();

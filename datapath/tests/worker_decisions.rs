@@ -5,6 +5,7 @@
 
 use podfence_testkit::tables::{two_pods, v4};
 
+use podfence_datapath::ServiceTable;
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
@@ -56,7 +57,7 @@ fn run(worker: &mut Worker<'_>, frames: &[Vec<u8>]) -> Vec<(Outcome, bool)> {
 #[test]
 fn new_generation_cuts_or_keeps_established_connections() {
     for revalidate in [true, false] {
-        let publisher = Publisher::new(two_pods(1, Some(80), true));
+        let publisher = Publisher::new(two_pods(1, Some(80), true), ServiceTable::empty());
         let (conntrack, stats) = (
             Conntrack::new(64, Timeouts::default()),
             WorkerStats::default(),
@@ -82,7 +83,7 @@ fn new_generation_cuts_or_keeps_established_connections() {
             "reply: {opened:?}"
         );
 
-        publisher.publish(two_pods(2, None, true), None);
+        publisher.publish(two_pods(2, None, true), ServiceTable::empty(), None);
         let after = run(
             &mut w,
             &[
@@ -111,7 +112,7 @@ fn new_generation_cuts_or_keeps_established_connections() {
 
 #[test]
 fn mid_stream_packets_are_picked_up_in_either_direction() {
-    let publisher = Publisher::new(two_pods(1, Some(80), true));
+    let publisher = Publisher::new(two_pods(1, Some(80), true), ServiceTable::empty());
     let (conntrack, stats) = (
         Conntrack::new(64, Timeouts::default()),
         WorkerStats::default(),
@@ -169,7 +170,7 @@ fn fragment(src: u8, dst: u8, id: u16, offset_units: u16, more: bool, payload: &
 #[test]
 fn later_fragments_follow_their_first_fragment() {
     // UDP isolated like TCP: pod .1 accepts nothing over UDP.
-    let publisher = Publisher::new(two_pods(1, Some(80), true));
+    let publisher = Publisher::new(two_pods(1, Some(80), true), ServiceTable::empty());
     let (conntrack, stats) = (
         Conntrack::new(64, Timeouts::default()),
         WorkerStats::default(),

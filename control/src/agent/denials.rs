@@ -580,7 +580,7 @@ spec:
         let verdict = tables.classify_v4(web, db, IpProtocol::TCP, 5432);
         assert!(!verdict.is_allowed());
         let generation = tables.generation();
-        let publisher = Publisher::new(tables);
+        let publisher = Publisher::new(tables, podfence_datapath::ServiceTable::empty());
         let dir = std::env::temp_dir().join(format!("pf-denials-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let log = dir.join("deny.log");

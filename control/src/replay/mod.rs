@@ -248,7 +248,7 @@ impl Output for ShardOutput<'_> {
 #[must_use]
 pub fn replay(tables: Tables, captures: &[PathBuf], options: &ReplayOptions) -> ReplayReport {
     let workers = options.workers.max(1);
-    let publisher = Publisher::new(tables);
+    let publisher = Publisher::new(tables, podfence_datapath::ServiceTable::empty());
     let conntrack = Conntrack::new(options.conntrack_entries, Timeouts::default());
     let stats: Vec<WorkerStats> = (0..workers).map(|_| WorkerStats::default()).collect();
     let start = Instant::now();

@@ -14,7 +14,7 @@ use podfence_datapath::publish::{Generation, Publisher};
 use podfence_datapath::{ServiceTable, Tables};
 use tracing::{info, warn};
 
-use crate::compile::{CompileOptions, Compiler, Locality};
+use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler};
 use crate::index::Cluster;
 use crate::metrics::ControlMetrics;
 
@@ -27,6 +27,14 @@ pub struct Published {
     pub compile_time: Duration,
 }
 
+/// The policy and the service compiler, kept together from one generation
+/// to the next.
+#[derive(Debug)]
+struct Compilers {
+    policies: Compiler,
+    services: ServiceCompiler,
+}
+
 /// Compiles cluster states for one node and publishes them.
 #[derive(Clone, Debug)]
 pub struct TablePublisher {
@@ -34,7 +42,7 @@ pub struct TablePublisher {
     locality: Locality,
     /// Remembers the last compile for the next; held while publishing, so
     /// generations go live in their order.
-    compiler: Arc<Mutex<Compiler>>,
+    compiler: Arc<Mutex<Compilers>>,
     generation: Arc<AtomicU64>,
     metrics: ControlMetrics,
 }
@@ -47,7 +55,10 @@ impl TablePublisher {
         Self {
             publisher: Publisher::new(Tables::empty(0), ServiceTable::empty()),
             locality: options.locality.clone(),
-            compiler: Arc::new(Mutex::new(Compiler::new(options))),
+            compiler: Arc::new(Mutex::new(Compilers {
+                services: ServiceCompiler::new(options.locality.clone()),
+                policies: Compiler::new(options),
+            })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
         }
@@ -83,7 +94,7 @@ impl TablePublisher {
     #[must_use]
     pub fn in_force(&self) -> (Cluster, Arc<Generation>) {
         let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        (compiler.compiled_state(), self.publisher.current())
+        (compiler.policies.compiled_state(), self.publisher.current())
     }
 
     /// Compiles `cluster` into the next generation and swaps it in.
@@ -92,14 +103,14 @@ impl TablePublisher {
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
         let started = Instant::now();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        let compiled = incremental.compile(cluster, generation);
-        for w in &compiled.warnings {
+        let compiled = incremental.policies.compile(cluster, generation);
+        let services = incremental.services.compile(cluster);
+        for w in compiled.warnings.iter().chain(&services.warnings) {
             warn!(warning = %w, "compile");
         }
         let compile_time = started.elapsed();
-        // The compiled service table comes with Services in the model.
         self.publisher
-            .publish(compiled.tables, ServiceTable::empty(), caused_at);
+            .publish(compiled.tables, services.table, caused_at);
         self.generation.store(generation, Ordering::Release);
         drop(incremental);
         self.metrics

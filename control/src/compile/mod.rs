@@ -36,6 +36,7 @@ mod identities;
 mod memo;
 mod pass;
 mod peers;
+mod services;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use crate::model::Pod;
 
 use memo::Memo;
 use pass::Pass;
+pub use services::{CompiledServices, ServiceCompiler, compile_services};
 
 /// Which pods this node enforces policy for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use podfence_datapath::publish::{Generation, Publisher};
 use podfence_datapath::{ServiceTable, Tables};
 use tracing::{info, warn};
 
-use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler};
+use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler, ServicesConfig};
 use crate::index::Cluster;
 use crate::metrics::ControlMetrics;
 
@@ -56,12 +56,23 @@ impl TablePublisher {
             publisher: Publisher::new(Tables::empty(0), ServiceTable::empty()),
             locality: options.locality.clone(),
             compiler: Arc::new(Mutex::new(Compilers {
-                services: ServiceCompiler::new(options.locality.clone()),
+                services: ServiceCompiler::new(options.locality.clone(), ServicesConfig::default()),
                 policies: Compiler::new(options),
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
         }
+    }
+
+    /// Which Services the published generations translate (all of them by
+    /// default); before the first publish.
+    #[must_use]
+    pub fn with_services(self, config: ServicesConfig) -> Self {
+        self.compiler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .services = ServiceCompiler::new(self.locality.clone(), config);
+        self
     }
 
     /// The control-plane metrics it updates (shared with the source).

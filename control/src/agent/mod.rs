@@ -49,7 +49,7 @@ use podfence_datapath::switch::{Fib, Route, Switch, SwitchError, SwitchStats};
 use podfence_datapath::worker::{Worker, WorkerConfig, pin_to_core};
 use tracing::{error, info, warn};
 
-use crate::compile::{CompileOptions, Locality};
+use crate::compile::{CompileOptions, Locality, ServicesConfig};
 use crate::index::Cluster;
 use crate::publish::TablePublisher;
 use denials::DenialReporter;
@@ -173,6 +173,8 @@ pub struct AgentOptions {
     pub denials: DenialOptions,
     /// Audit every pod (see [`CompileOptions::audit`]).
     pub audit: bool,
+    /// Which Services the datapath translates.
+    pub services: ServicesConfig,
 }
 
 impl Default for AgentOptions {
@@ -191,6 +193,7 @@ impl Default for AgentOptions {
             health: Arc::default(),
             denials: DenialOptions::default(),
             audit: false,
+            services: ServicesConfig::default(),
         }
     }
 }

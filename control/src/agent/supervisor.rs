@@ -164,7 +164,8 @@ impl Supervisor {
             broad_threshold: agent_options.broad_threshold,
             node_addresses: plumbing::host_addresses()?,
             audit: agent_options.audit,
-        });
+        })
+        .with_services(agent_options.services.clone());
         let metrics = metrics_addr
             .map(|addr| {
                 MetricsServer::start(

@@ -26,6 +26,8 @@ use podfence_bpf::{NoSocketAction, XdpMode};
 use podfence_control::agent::control_socket;
 use podfence_control::agent::supervisor::{ClusterSource, Supervisor, SupervisorOptions};
 use podfence_control::agent::{AgentOptions, DenialOptions, DenyLog, fail_mode};
+use podfence_control::compile::ServicesConfig;
+use podfence_control::model::ObjectKey;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions};
 use podfence_datapath::ports::xsk::BusyPoll;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -39,6 +41,25 @@ pub(crate) enum FailMode {
     Closed,
     /// Passed to the kernel, unenforced.
     Open,
+}
+
+/// A feature switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+/// `NAMESPACE/NAME` of a Service.
+fn parse_service_name(s: &str) -> Result<ObjectKey, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ObjectKey::new(ns, name))
+        }
+        _ => Err(format!("'{s}' is not NAMESPACE/NAME")),
+    }
 }
 
 /// How the XDP program is attached.
@@ -196,6 +217,22 @@ pub(crate) struct RunArgs {
     /// namespaces labelled podfence.io/enforcement=audit are audited.
     #[arg(long, env = "PODFENCE_AUDIT", value_parser = clap::builder::BoolishValueParser::new())]
     audit: bool,
+    /// Translate Service addresses (ClusterIPs, external IPs) in the
+    /// datapath, so that policy sees the backend pods; `off` leaves pods'
+    /// Service traffic to kube-proxy or a CNI that replaces it.
+    #[arg(long, env = "PODFENCE_SERVICES", value_enum, default_value_t = OnOff::On)]
+    services: OnOff,
+    /// Leave this Service to kube-proxy (NAMESPACE/NAME, repeatable; the
+    /// variable takes a comma-separated list), e.g. kube-system/kube-dns
+    /// when NodeLocal DNSCache takes over its address on the node.
+    #[arg(
+        long = "skip-service",
+        env = "PODFENCE_SKIP_SERVICE",
+        value_name = "NAMESPACE/NAME",
+        value_delimiter = ',',
+        value_parser = parse_service_name
+    )]
+    skip_service: Vec<ObjectKey>,
     /// Denied packets captured per second at most.
     #[arg(
         long,
@@ -236,6 +273,10 @@ fn options(args: &RunArgs) -> AgentOptions {
     }
     o.worker.revalidate = !args.keep_established;
     o.audit = args.audit;
+    o.services = ServicesConfig {
+        enabled: args.services == OnOff::On,
+        skip: args.skip_service.clone(),
+    };
     o.denials = DenialOptions {
         node: None,
         log: match args.deny_log.as_str() {

@@ -48,7 +48,9 @@ use crate::model::Pod;
 
 use memo::Memo;
 use pass::Pass;
-pub use services::{CompiledServices, ServiceCompiler, compile_services};
+pub use services::{
+    CompiledServices, ServiceCompiler, ServicesConfig, compile_services, compile_services_with,
+};
 
 /// Which pods this node enforces policy for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -40,10 +40,46 @@ pub struct CompiledServices {
     pub warnings: Vec<String>,
 }
 
+/// Which Services the datapath translates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicesConfig {
+    /// Translate at all (`--services off`: the CNI already replaces
+    /// kube-proxy for pods, or kube-proxy is to handle everything).
+    pub enabled: bool,
+    /// Services left to kube-proxy (`--skip-service NS/NAME`, for example a
+    /// NodeLocal DNSCache that takes over kube-dns's ClusterIP on the node).
+    pub skip: Vec<ObjectKey>,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            skip: Vec::new(),
+        }
+    }
+}
+
 /// Compiles `cluster`'s Services for the node `locality` names (its
 /// endpoints are the local ones for `internalTrafficPolicy: Local`).
 #[must_use]
 pub fn compile_services(cluster: &Cluster, locality: &Locality) -> CompiledServices {
+    compile_services_with(cluster, locality, &ServicesConfig::default())
+}
+
+/// [`compile_services`] with `config`'s switch and exceptions.
+#[must_use]
+pub fn compile_services_with(
+    cluster: &Cluster,
+    locality: &Locality,
+    config: &ServicesConfig,
+) -> CompiledServices {
+    if !config.enabled {
+        return CompiledServices {
+            table: Arc::new(ServiceTable::empty()),
+            warnings: Vec::new(),
+        };
+    }
     let node = match locality {
         Locality::Node(name) => Some(name.as_str()),
         Locality::AllPods => None,
@@ -59,7 +95,8 @@ pub fn compile_services(cluster: &Cluster, locality: &Locality) -> CompiledServi
     }
     let mut builder = ServiceTableBuilder::new();
     let mut warnings = Vec::new();
-    for service in cluster.services.values().filter(|s| s.is_proxied()) {
+    let translated = |s: &&Arc<Service>| s.is_proxied() && !config.skip.contains(&s.key());
+    for service in cluster.services.values().filter(translated) {
         let id = builder.add_service(&service.namespace, &service.name, options(service));
         let slices = slices
             .get(&(service.namespace.as_str(), service.name.as_str()))
@@ -145,6 +182,7 @@ fn endpoints(
 #[derive(Debug)]
 pub struct ServiceCompiler {
     locality: Locality,
+    config: ServicesConfig,
     /// The objects the last table was built from.
     services: BTreeMap<ObjectKey, Arc<Service>>,
     slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
@@ -154,9 +192,10 @@ pub struct ServiceCompiler {
 impl ServiceCompiler {
     /// A compiler for the node `locality` names; nothing built yet.
     #[must_use]
-    pub fn new(locality: Locality) -> Self {
+    pub fn new(locality: Locality, config: ServicesConfig) -> Self {
         Self {
             locality,
+            config,
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
             last: Arc::new(ServiceTable::empty()),
@@ -173,7 +212,7 @@ impl ServiceCompiler {
                 warnings: Vec::new(),
             };
         }
-        let compiled = compile_services(cluster, &self.locality);
+        let compiled = compile_services_with(cluster, &self.locality, &self.config);
         self.services.clone_from(&cluster.services);
         self.slices.clone_from(&cluster.endpoint_slices);
         self.last = Arc::clone(&compiled.table);
@@ -316,7 +355,8 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
     #[test]
     fn the_table_is_rebuilt_only_when_services_or_slices_change() {
         let mut state = cluster(WEB);
-        let mut compiler = ServiceCompiler::new(Locality::Node("n1".into()));
+        let mut compiler =
+            ServiceCompiler::new(Locality::Node("n1".into()), ServicesConfig::default());
         let first = compiler.compile(&state).table;
         // A pod or a policy changing leaves the table as it is.
         state.apply(crate::model::Namespace::implicit("y"));
@@ -332,5 +372,30 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
             .frontend(ip("10.96.0.10"), IpProtocol::TCP, 80)
             .unwrap();
         assert_eq!(http.backends().len(), 2);
+    }
+
+    #[test]
+    fn skipped_services_and_services_off_translate_nothing() {
+        let state = cluster(WEB);
+        let skip = ServicesConfig {
+            enabled: true,
+            skip: vec![ObjectKey::new("x", "web")],
+        };
+        let c = compile_services_with(&state, &Locality::AllPods, &skip);
+        assert!(c.table.is_empty());
+        let off = ServicesConfig {
+            enabled: false,
+            skip: Vec::new(),
+        };
+        assert!(
+            compile_services_with(&state, &Locality::AllPods, &off)
+                .table
+                .is_empty()
+        );
+        assert!(
+            !compile_services(&state, &Locality::AllPods)
+                .table
+                .is_empty()
+        );
     }
 }

@@ -451,8 +451,10 @@ struct Decisions<'e, 'a>(&'e Explanation<'a>);
 
 impl fmt::Display for Decisions<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.decision(f, Direction::Egress, self.0.verdict.egress)?;
-        self.0.decision(f, Direction::Ingress, self.0.verdict.ingress)
+        self.0
+            .decision(f, Direction::Egress, self.0.verdict.egress)?;
+        self.0
+            .decision(f, Direction::Ingress, self.0.verdict.ingress)
     }
 }
 

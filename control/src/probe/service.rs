@@ -523,11 +523,7 @@ impl fmt::Display for ServiceExplanation<'_> {
             } else {
                 "deny"
             };
-            writeln!(
-                f,
-                "  backend {name} port {}: {verdict}",
-                b.backend.port
-            )?;
+            writeln!(f, "  backend {name} port {}: {verdict}", b.backend.port)?;
             for line in explanation.decisions().to_string().lines() {
                 writeln!(f, "  {line}")?;
             }

@@ -34,6 +34,7 @@ fn listens(cluster: &Cluster, probe: &Probe, external_ports: &[(Protocol, u16)])
                 .any(|np| np.protocol == probe.protocol && np.port == probe.port)
         }),
         Endpoint::External(_) => external_ports.contains(&(probe.protocol, probe.port)),
+        Endpoint::Service { .. } => false,
     }
 }
 

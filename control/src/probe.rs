@@ -1,10 +1,14 @@
 //! Connection attempts by name, as the CLI and the conformance data write
-//! them: `ns/pod` or `ext:IP` endpoints, a protocol and a port.
+//! them: `ns/pod` or `ext:IP` endpoints (and `svc:ns/name` destinations), a
+//! protocol and a port.
 //!
 //! A probe is resolved to addresses the way the datapath would see the
 //! packet (a pod's address, a host-network pod's node address, an outside
 //! address) and classified by the compiled tables, so that the offline
-//! commands exercise exactly what the fast path runs.
+//! commands exercise exactly what the fast path runs. A probe to a Service
+//! (by name, or to an address and port that is a Service frontend) is
+//! answered per backend, after Service translation, as the datapath
+//! classifies it: see [`service`].
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,6 +19,12 @@ use podfence_datapath::{Tables, Verdict};
 
 use crate::index::Cluster;
 use crate::model::{ObjectKey, PodPhase, Protocol};
+
+pub mod service;
+
+pub use service::{
+    Answer, BackendAnswer, ServiceAnswer, ServiceExplanation, ServiceTables, ServiceTarget, answer,
+};
 
 /// One side of a connection attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +38,14 @@ pub enum Endpoint {
     },
     /// An address outside the cluster's pods, `ext:IP`.
     External(IpAddr),
+    /// A Service, `svc:namespace/name`: a destination only, answered per
+    /// backend (the probe's protocol and port name the Service port).
+    Service {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
 }
 
 impl fmt::Display for Endpoint {
@@ -35,6 +53,7 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
             Self::External(ip) => write!(f, "ext:{ip}"),
+            Self::Service { namespace, name } => write!(f, "svc:{namespace}/{name}"),
         }
     }
 }
@@ -42,8 +61,8 @@ impl fmt::Display for Endpoint {
 /// Why a probe cannot be read or resolved.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
-    /// An endpoint is neither `ns/pod` nor `ext:IP`.
-    #[error("'{0}' is not an endpoint (expected NAMESPACE/POD or ext:IP)")]
+    /// An endpoint is neither `ns/pod`, `ext:IP` nor `svc:ns/name`.
+    #[error("'{0}' is not an endpoint (expected NAMESPACE/POD, ext:IP or svc:NAMESPACE/NAME)")]
     BadEndpoint(String),
     /// `ext:` is not followed by an address.
     #[error("'{0}' is not an address (expected ext:IP, e.g. ext:192.0.2.10)")]
@@ -68,6 +87,38 @@ pub enum ProbeError {
         /// Why.
         why: String,
     },
+    /// A Service where only a pod or an address can be: the source.
+    #[error(
+        "{0} cannot be a source: a Service only receives connections (probe from one of its pods instead)"
+    )]
+    ServiceSource(String),
+    /// A Service where only addresses are understood (a caller without the
+    /// service table: use [`answer`]).
+    #[error("{0} is a Service: it is answered per backend, with the service table")]
+    ServiceWithoutTable(String),
+    /// The Service is not in the manifests.
+    #[error("unknown Service {0}")]
+    UnknownService(String),
+    /// The Service exists but its addresses are not translated.
+    #[error("Service {service} is not translated: {why}")]
+    NotTranslated {
+        /// `namespace/name`.
+        service: String,
+        /// Why, naming the field.
+        why: String,
+    },
+    /// The probe's protocol and port are not a port of the Service.
+    #[error("Service {service} has no port {protocol} {port} in spec.ports (it has {ports})")]
+    NoSuchPort {
+        /// `namespace/name`.
+        service: String,
+        /// The probe's protocol.
+        protocol: Protocol,
+        /// The probe's port.
+        port: u16,
+        /// The ports it has, for the reader.
+        ports: String,
+    },
     /// The endpoints share no address family.
     #[error("{src} and {dst} have no address family in common")]
     NoCommonFamily {
@@ -81,6 +132,17 @@ pub enum ProbeError {
 impl FromStr for Endpoint {
     type Err = ProbeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(service) = s.strip_prefix("svc:") {
+            return match service.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Ok(Self::Service {
+                        namespace: ns.into(),
+                        name: name.into(),
+                    })
+                }
+                _ => Err(ProbeError::BadEndpoint(s.into())),
+            };
+        }
         if let Some(addr) = s.strip_prefix("ext:") {
             return addr
                 .parse()
@@ -169,13 +231,18 @@ impl fmt::Display for Probe {
 /// The addresses an endpoint may use, in preference order.
 ///
 /// A pod uses its own addresses; a host-network pod its node's; a pod that
-/// has finished or has no address yet cannot send or receive anything.
+/// has finished or has no address yet cannot send or receive anything. A
+/// Service has no address of its own here: its backends are resolved by
+/// [`answer`].
 pub fn endpoint_addresses(
     cluster: &Cluster,
     endpoint: &Endpoint,
 ) -> Result<Vec<IpAddr>, ProbeError> {
     let (namespace, name) = match endpoint {
         Endpoint::External(ip) => return Ok(vec![*ip]),
+        Endpoint::Service { .. } => {
+            return Err(ProbeError::ServiceWithoutTable(endpoint.to_string()));
+        }
         Endpoint::Pod { namespace, name } => (namespace, name),
     };
     let pod = cluster
@@ -207,8 +274,12 @@ pub fn endpoint_addresses(
 }
 
 /// The addresses a probe's packet would carry: the source's first address
-/// for which the destination has one of the same family.
+/// for which the destination has one of the same family. A Service source is
+/// an error; so is a Service destination (see [`answer`]).
 pub fn resolve(cluster: &Cluster, probe: &Probe) -> Result<(IpAddr, IpAddr), ProbeError> {
+    if let Endpoint::Service { .. } = probe.src {
+        return Err(ProbeError::ServiceSource(probe.src.to_string()));
+    }
     let src = endpoint_addresses(cluster, &probe.src)?;
     let dst = endpoint_addresses(cluster, &probe.dst)?;
     src.iter()
@@ -223,7 +294,9 @@ pub fn resolve(cluster: &Cluster, probe: &Probe) -> Result<(IpAddr, IpAddr), Pro
         })
 }
 
-/// Classifies a probe with compiled tables.
+/// Classifies a probe with compiled tables, addresses as given: an `ext:`
+/// address that is a Service frontend is classified as that address, as if
+/// nothing translated it (see [`answer`] for what the datapath does).
 pub fn classify(cluster: &Cluster, tables: &Tables, probe: &Probe) -> Result<Verdict, ProbeError> {
     let (src, dst) = resolve(cluster, probe)?;
     Ok(tables.classify(src, dst, probe.protocol.ip_protocol(), probe.port))
@@ -352,7 +425,7 @@ impl Explanation<'_> {
     fn what(&self) -> String {
         let peer = |e: &Endpoint, a: IpAddr| match e {
             Endpoint::External(_) => e.to_string(),
-            Endpoint::Pod { .. } => format!("{e} ({a})"),
+            Endpoint::Pod { .. } | Endpoint::Service { .. } => format!("{e} ({a})"),
         };
         format!(
             "{} from {} to {} port {}",
@@ -364,6 +437,27 @@ impl Explanation<'_> {
     }
 }
 
+impl Explanation<'_> {
+    /// The egress and the ingress line, each `  direction: ...` and ending
+    /// with a newline: the explanation without its verdict and generation
+    /// lines.
+    #[must_use]
+    pub fn decisions(&self) -> impl fmt::Display + '_ {
+        Decisions(self)
+    }
+}
+
+struct Decisions<'e, 'a>(&'e Explanation<'a>);
+
+impl fmt::Display for Decisions<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0
+            .decision(f, Direction::Egress, self.0.verdict.egress)?;
+        self.0
+            .decision(f, Direction::Ingress, self.0.verdict.ingress)
+    }
+}
+
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.verdict.is_allowed() {
@@ -372,8 +466,7 @@ impl fmt::Display for Explanation<'_> {
             "deny"
         };
         writeln!(f, "{verdict}: {}", self.what())?;
-        self.decision(f, Direction::Egress, self.verdict.egress)?;
-        self.decision(f, Direction::Ingress, self.verdict.ingress)?;
+        write!(f, "{}", self.decisions())?;
         write!(f, "  (table generation {})", self.tables.generation())
     }
 }
@@ -402,6 +495,17 @@ mod tests {
             Probe::from_line("x/a\tx/b\tICMP\t80"),
             Err(ProbeError::BadProtocol(_))
         ));
+        let p = Probe::from_line("x/a\tsvc:kube-system/kube-dns\tudp\t53").unwrap();
+        assert_eq!(p.to_string(), "x/a\tsvc:kube-system/kube-dns\tUDP\t53");
+        for bad in ["svc:", "svc:x", "svc:x/", "svc:/a", "svc:x/a/b"] {
+            assert!(
+                matches!(
+                    Probe::from_line(&format!("x/a\t{bad}\tTCP\t80")),
+                    Err(ProbeError::BadEndpoint(_))
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             Probe::from_line("x/a\tx/b\tTCP\t0"),
             Err(ProbeError::BadPort(_))

@@ -166,3 +166,215 @@ fn matrix_marks_allowed_and_denied() {
     assert_eq!(row("shop/api"), ".");
     assert_eq!(row("shop/web"), "X");
 }
+
+fn services_fixture() -> (String, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/services");
+    (
+        dir.join("cluster.yaml").to_str().unwrap().to_owned(),
+        dir.join("policies.yaml").to_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn probe_answers_a_service_per_backend_in_one_line() {
+    let (cluster, policies) = services_fixture();
+    let out = podfence(
+        &["probe", "--manifests", &cluster, &policies, "--probes", "-"],
+        "x/a\tsvc:kube-system/kube-dns\tUDP\t53\n\
+         x/a\text:10.244.1.10\tUDP\t53\n\
+         x/a\text:10.96.0.10\tudp\t53\n\
+         x/a\tsvc:y/web\tTCP\t80\n\
+         z/c\tsvc:y/web\tTCP\t80\n\
+         z/c\tsvc:y/empty\tTCP\t80\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "x/a\tsvc:kube-system/kube-dns\tUDP\t53\tallow\n\
+         x/a\text:10.244.1.10\tUDP\t53\tallow\n\
+         x/a\text:10.96.0.10\tUDP\t53\tallow\n\
+         x/a\tsvc:y/web\tTCP\t80\tdeny\n\
+         z/c\tsvc:y/web\tTCP\t80\tdeny\n\
+         z/c\tsvc:y/empty\tTCP\t80\tdeny\n"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("<stdin>:5: Service y/web (frontend 10.96.0.20:80/TCP): 1 of 2 backends allow it; answered deny"),
+        "{err}"
+    );
+    assert!(
+        err.contains("<stdin>:6: Service y/empty (frontend 10.96.0.30:80/TCP): no usable endpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn services_that_cannot_be_probed_are_status_1_and_named() {
+    let (cluster, _) = services_fixture();
+    for (line, expected) in [
+        (
+            "x/a\tsvc:y/nope\tTCP\t80\n",
+            "<stdin>:1: unknown Service svc:y/nope",
+        ),
+        (
+            "x/a\tsvc:y/web\tUDP\t80\n",
+            "<stdin>:1: Service y/web has no port UDP 80 in spec.ports (it has TCP 80 (http))",
+        ),
+        ("x/a\tsvc:y/headless\tTCP\t80\n", "spec.clusterIP: None"),
+        (
+            "x/a\tsvc:y/other\tTCP\t80\n",
+            "service.kubernetes.io/service-proxy-name=somebody-else",
+        ),
+        ("svc:y/web\tx/a\tTCP\t80\n", "svc:y/web cannot be a source"),
+    ] {
+        let out = podfence(&["probe", "--manifests", &cluster, "--probes", "-"], line);
+        assert_eq!(out.status.code(), Some(1), "{line}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = podfence(
+        &[
+            "explain",
+            "--manifests",
+            &cluster,
+            "x/a",
+            "svc:y/headless",
+            "TCP",
+            "80",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Service y/headless is not translated"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn explain_names_a_services_backends_and_their_policies() {
+    let (cluster, policies) = services_fixture();
+    let out = podfence(
+        &[
+            "explain",
+            "--manifests",
+            &cluster,
+            &policies,
+            "x/a",
+            "svc:kube-system/kube-dns",
+            "UDP",
+            "53",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.starts_with("allow: UDP from x/a (10.244.1.1) to Service kube-system/kube-dns (frontend 10.96.0.10:53/UDP): every backend allows it (2 of 2)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("policy applies after Service translation"),
+        "{s}"
+    );
+    for backend in [
+        "backend kube-system/coredns-1 (10.244.1.10) port 53: allow",
+        "backend kube-system/coredns-2 (10.244.2.10) port 53: allow",
+    ] {
+        assert!(s.contains(backend), "{s}");
+    }
+    assert!(s.contains("allowed by x/allow-dns egress rule 0"), "{s}");
+    // The ClusterIP as an address is the same Service.
+    let by_ip = podfence(
+        &[
+            "explain",
+            "--manifests",
+            &cluster,
+            &policies,
+            "x/a",
+            "ext:10.96.0.10",
+            "UDP",
+            "53",
+        ],
+        "",
+    );
+    assert_eq!(text(&by_ip.stdout), s);
+}
+
+#[test]
+fn matrix_shows_services_as_columns_only_when_asked() {
+    let (cluster, policies) = services_fixture();
+    let plain = podfence(
+        &[
+            "matrix",
+            "--manifests",
+            &cluster,
+            &policies,
+            "--proto",
+            "UDP",
+            "--port",
+            "53",
+        ],
+        "",
+    );
+    assert_eq!(plain.status.code(), Some(0), "{}", text(&plain.stderr));
+    assert!(
+        !text(&plain.stdout).contains("svc:"),
+        "{}",
+        text(&plain.stdout)
+    );
+    let out = podfence(
+        &[
+            "matrix",
+            "--manifests",
+            &cluster,
+            &policies,
+            "--proto",
+            "UDP",
+            "--port",
+            "53",
+            "--services",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let header: Vec<&str> = s.lines().nth(1).unwrap().split('\t').collect();
+    let plain_text = text(&plain.stdout);
+    let plain_header: Vec<&str> = plain_text.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(
+        header[..plain_header.len()],
+        plain_header[..],
+        "Service columns come after the others"
+    );
+    let cell = |src: &str, dst: &str| {
+        let col = header.iter().position(|h| *h == dst).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(&format!("{src}\t")))
+            .unwrap()
+            .split('\t')
+            .nth(col)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(cell("x/a", "svc:kube-system/kube-dns"), ".");
+    assert_eq!(cell("x/a", "svc:y/web"), "-", "y/web has no UDP 53");
+    assert!(!header.contains(&"svc:y/headless") && !header.contains(&"svc:y/other"));
+    let out = podfence(
+        &["matrix", "--manifests", &cluster, "--service", "y/web"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.lines().nth(1).unwrap().ends_with("\tsvc:y/web"), "{s}");
+    let out = podfence(
+        &["matrix", "--manifests", &cluster, "--service", "y/headless"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}

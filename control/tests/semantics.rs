@@ -183,6 +183,7 @@ impl World {
                     .first()
                     .map_or(Side::Outside(ip), |p| Side::Pod(p, ip))
             }
+            Endpoint::Service { .. } => unreachable!("`classify` resolves no Service"),
         }
     }
 

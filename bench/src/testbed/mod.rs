@@ -94,6 +94,9 @@ pub enum TestbedError {
     /// The probe names a pod the testbed does not have.
     #[error("pod {0} is not in the testbed (unknown, host-network, finished or without address)")]
     UnknownPod(String),
+    /// The probe names a Service: the testbed probes pods and addresses.
+    #[error("{0}: the testbed probes pods and addresses, not Services by name")]
+    Service(String),
     /// The probe names an external address not given in the options.
     #[error("external address {0} is not in the testbed (add it to TestbedOptions::external)")]
     UnknownExternal(IpAddr),

@@ -33,6 +33,7 @@ impl Testbed {
                     Err(TestbedError::UnknownExternal(*ip))
                 }
             }
+            Endpoint::Service { .. } => Err(TestbedError::Service(e.to_string())),
         }
     }
 

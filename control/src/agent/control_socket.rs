@@ -21,7 +21,7 @@ use tracing::warn;
 
 use super::AgentStatus;
 use super::metrics::WorkerCounters;
-use crate::probe::{self, Explanation, Probe};
+use crate::probe::{self, Answer, Explanation, Probe, ServiceExplanation, ServiceTables};
 use crate::publish::TablePublisher;
 
 /// Default path of the socket.
@@ -184,29 +184,26 @@ fn explain(state: &ControlState, probe_line: &str) -> String {
         Err(e) => return format!("error: {e}"),
     };
     let (cluster, generation) = state.tables.in_force();
-    let addresses = match probe::resolve(&cluster, &probe) {
-        Ok(a) => a,
-        Err(e) => {
-            return format!(
-                "error: {e} (in table generation {})",
-                generation.tables.generation()
-            );
+    let services = ServiceTables::node(Arc::clone(&generation.services));
+    let tables = &generation.tables;
+    match probe::answer(&cluster, tables, &services, &probe) {
+        Err(e) => format!("error: {e} (in table generation {})", tables.generation()),
+        Ok(Answer::Direct { addresses, verdict }) => Explanation {
+            probe: &probe,
+            addresses,
+            verdict,
+            tables,
+            cluster: &cluster,
         }
-    };
-    let verdict = generation.tables.classify(
-        addresses.0,
-        addresses.1,
-        probe.protocol.ip_protocol(),
-        probe.port,
-    );
-    Explanation {
-        probe: &probe,
-        addresses,
-        verdict,
-        tables: &generation.tables,
-        cluster: &cluster,
+        .to_string(),
+        Ok(Answer::Service(answer)) => ServiceExplanation {
+            probe: &probe,
+            answer: &answer,
+            tables,
+            cluster: &cluster,
+        }
+        .to_string(),
     }
-    .to_string()
 }
 
 /// Asks the agent listening on `path`; returns its answer.

@@ -7,13 +7,17 @@ use anyhow::Context;
 use clap::Args;
 use clap::error::ErrorKind;
 use podfence_control::agent::control_socket;
-use podfence_control::probe::{self, Endpoint, Explanation, Probe};
+use podfence_control::probe::{self, Answer, Endpoint, Explanation, Probe, ServiceExplanation};
 
 use super::{CliError, agent_unreachable, usage_error};
 
 /// Explain the verdict on one connection attempt: which policies isolate
 /// the source for egress and the destination for ingress, and which rule
 /// allowed it or that none did.
+///
+/// A destination that is a Service (`svc:namespace/name` with a Service
+/// port, or its ClusterIP as `ext:IP`) is explained per backend: policy
+/// applies after Service translation, to each backend pod.
 ///
 /// The four operands may follow the manifest paths directly, as in
 /// `podfence explain --manifests dir/ x/a y/b TCP 80`.
@@ -35,8 +39,9 @@ pub(crate) struct ExplainArgs {
     /// The agent's control socket (`podfence run --control-socket`).
     #[arg(long, value_name = "PATH", default_value = control_socket::DEFAULT_PATH)]
     socket: PathBuf,
-    /// SRC DST PROTO PORT: `namespace/pod` or `ext:IP`, twice; TCP, UDP or
-    /// SCTP (any case); the destination port.
+    /// SRC DST PROTO PORT: `namespace/pod` or `ext:IP`, twice (DST may also
+    /// be `svc:namespace/name`); TCP, UDP or SCTP (any case); the
+    /// destination port (a Service's port for a Service).
     #[arg(value_name = "SRC DST PROTO PORT", num_args = 0..=4)]
     operands: Vec<String>,
 }
@@ -47,23 +52,29 @@ pub(crate) fn run(mut args: ExplainArgs) -> Result<(), CliError> {
         return Ok(ask_agent(&args.socket, &probe)?);
     }
     let (cluster, compiled) = super::load(&args.manifests)?;
-    let addresses = probe::resolve(&cluster, &probe).map_err(anyhow::Error::from)?;
-    let verdict = compiled.tables.classify(
-        addresses.0,
-        addresses.1,
-        probe.protocol.ip_protocol(),
-        probe.port,
-    );
-    println!(
-        "{}",
-        Explanation {
-            probe: &probe,
-            addresses,
-            verdict,
-            tables: &compiled.tables,
-            cluster: &cluster,
-        }
-    );
+    let services = super::load_services(&cluster);
+    let tables = &compiled.tables;
+    match probe::answer(&cluster, tables, &services, &probe).map_err(anyhow::Error::from)? {
+        Answer::Direct { addresses, verdict } => println!(
+            "{}",
+            Explanation {
+                probe: &probe,
+                addresses,
+                verdict,
+                tables,
+                cluster: &cluster,
+            }
+        ),
+        Answer::Service(answer) => println!(
+            "{}",
+            ServiceExplanation {
+                probe: &probe,
+                answer: &answer,
+                tables,
+                cluster: &cluster,
+            }
+        ),
+    }
     Ok(())
 }
 

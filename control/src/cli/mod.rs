@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory};
 use podfence_control::compile::{CompileOptions, Compiled, compile};
 use podfence_control::index::Cluster;
+use podfence_control::probe::ServiceTables;
 use podfence_control::sources::manifests;
 
 pub(crate) mod explain;
@@ -94,6 +95,16 @@ pub(crate) fn load(paths: &[PathBuf]) -> anyhow::Result<(Cluster, Compiled)> {
         eprintln!("podfence: warning: {w}");
     }
     Ok((m.cluster, compiled))
+}
+
+/// The manifests' Services compiled for offline probes (every pod's view,
+/// see [`ServiceTables`]); the frontends left out go to standard error.
+pub(crate) fn load_services(cluster: &Cluster) -> ServiceTables {
+    let services = ServiceTables::compile(cluster);
+    for w in &services.warnings {
+        eprintln!("podfence: warning: {w}");
+    }
+    services
 }
 
 /// Why `status` or `explain --agent` got no answer.

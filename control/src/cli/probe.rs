@@ -8,15 +8,22 @@ use anyhow::{Context, bail};
 use clap::Args;
 use podfence_control::compile::Compiled;
 use podfence_control::index::Cluster;
-use podfence_control::probe::{self, Probe};
+use podfence_control::probe::{self, Answer, Probe, ServiceTables};
 
 use super::{CliError, ManifestArgs};
 
 /// Answer connection attempts read as tab-separated `src dst proto port` lines.
 ///
 /// Writes each line's four columns plus `allow` or `deny`, in input order.
-/// `src`/`dst` are `namespace/pod` or `ext:IP`; blank lines and lines
-/// starting with `#` are skipped; columns after the fourth are ignored.
+/// `src`/`dst` are `namespace/pod` or `ext:IP`; `dst` may also be a Service,
+/// `svc:namespace/name` (the port is the Service port). Blank lines and
+/// lines starting with `#` are skipped; columns after the fourth are ignored.
+///
+/// Policy applies after Service translation: a destination that is a
+/// Service (by name, or a ClusterIP and Service port given as `ext:IP`) is
+/// answered `allow` only when it has a usable endpoint and every usable
+/// backend is allowed; otherwise `deny`, with the reason on standard error
+/// (`podfence explain` gives the verdict of each backend).
 #[derive(Args, Debug)]
 pub(crate) struct ProbeArgs {
     #[command(flatten)]
@@ -28,12 +35,18 @@ pub(crate) struct ProbeArgs {
 
 pub(crate) fn run(args: &ProbeArgs) -> Result<(), CliError> {
     let (cluster, compiled) = super::load(&args.manifests.manifests)?;
-    answer(&cluster, &compiled, &args.probes)?;
+    let services = super::load_services(&cluster);
+    answer(&cluster, &compiled, &services, &args.probes)?;
     Ok(())
 }
 
 /// Classifies every probe of `path`; answers nothing if a line is bad.
-fn answer(cluster: &Cluster, compiled: &Compiled, path: &Path) -> anyhow::Result<()> {
+fn answer(
+    cluster: &Cluster,
+    compiled: &Compiled,
+    services: &ServiceTables,
+    path: &Path,
+) -> anyhow::Result<()> {
     let name = if path.as_os_str() == "-" {
         "<stdin>".to_owned()
     } else {
@@ -53,8 +66,10 @@ fn answer(cluster: &Cluster, compiled: &Compiled, path: &Path) -> anyhow::Result
         let Some(parsed) = Probe::from_file_line(&line) else {
             continue;
         };
-        match parsed.and_then(|p| probe::classify(cluster, &compiled.tables, &p).map(|v| (p, v))) {
-            Ok(r) => results.push(r),
+        match parsed
+            .and_then(|p| probe::answer(cluster, &compiled.tables, services, &p).map(|a| (p, a)))
+        {
+            Ok((p, a)) => results.push((i + 1, p, a)),
             Err(e) => errors.push(format!("{name}:{}: {e}", i + 1)),
         }
     }
@@ -62,11 +77,21 @@ fn answer(cluster: &Cluster, compiled: &Compiled, path: &Path) -> anyhow::Result
         bail!("{} bad probe line(s):\n{}", errors.len(), errors.join("\n"));
     }
     let mut out = BufWriter::new(std::io::stdout().lock());
-    for (p, v) in results {
+    for (line, p, a) in results {
+        if let Answer::Service(s) = &a
+            && !s.is_allowed()
+        {
+            eprintln!(
+                "podfence: note: {name}:{line}: Service {} (frontend {}): {}; answered deny",
+                s.service,
+                s.frontend,
+                s.summary()
+            );
+        }
         writeln!(
             out,
             "{p}\t{}",
-            if v.is_allowed() { "allow" } else { "deny" }
+            if a.is_allowed() { "allow" } else { "deny" }
         )?;
     }
     out.flush()?;

@@ -429,64 +429,13 @@ impl Decider<'_> {
             conntrack,
             tables,
             services,
-            revalidate,
             now,
+            ..
         } = *self;
         let signal = Signal::new(meta.tcp_flags, meta.sctp_chunk);
         let generation = tables.generation() as u32;
-        let mut found = conntrack.lookup_at(located, signal, now);
-        // A translated connection: (the alias it was found by, the packet's
-        // key after translation, the rewrite).
-        let mut translation = None;
-        if let Some(hit) = found {
-            match hit.nat {
-                Some(Nat::Alias { backend }) => {
-                    // Forward, to the Service address: the connection's
-                    // state is in the entry of the translated tuple.
-                    let rewrite = Rewrite {
-                        side: Side::Destination,
-                        to: backend,
-                    };
-                    let translated = rewrite.key(key);
-                    found = conntrack.lookup(&translated, signal, now);
-                    if found.is_none() {
-                        // The connection ended; its alias goes with it.
-                        c.service_stale_aliases += 1;
-                        conntrack.remove(&hit);
-                    } else {
-                        translation = Some((Some(hit), translated, rewrite));
-                    }
-                }
-                Some(Nat::Translated { service }) if hit.reply => {
-                    let rewrite = Rewrite {
-                        side: Side::Source,
-                        to: service,
-                    };
-                    translation = Some((None, located.initiator(&hit), rewrite));
-                }
-                _ => {}
-            }
-        }
-        if let Some(hit) = found {
-            c.conntrack_hits += 1;
-            if revalidate && hit.generation != generation {
-                c.revalidated += 1;
-                let initiator = match &translation {
-                    Some((Some(_), translated, _)) => *translated,
-                    _ => located.initiator(&hit),
-                };
-                let v = classify_key(tables, &initiator);
-                if !v.is_allowed() {
-                    c.revoked += 1;
-                    conntrack.remove(&hit);
-                    if let Some((Some(alias), _, _)) = &translation {
-                        conntrack.remove(alias);
-                    }
-                    return (Outcome::Revoked(v), None);
-                }
-                conntrack.set_generation(&hit, generation);
-            }
-            return (Outcome::Established, translation.map(|(_, _, r)| r));
+        if let Some(decided) = self.known(key, located, signal, c) {
+            return decided;
         }
         if let Some(inner) = meta.related {
             // An ICMP error quotes the packet it is about, as that packet's
@@ -549,6 +498,81 @@ impl Decider<'_> {
         }
         c.new_denied += 1;
         (Outcome::Denied(verdict), None)
+    }
+
+    /// The decision for a packet of a connection in the table (found by
+    /// its own tuple, or, to a Service, by its alias and then the
+    /// translated tuple); `None` when there is none.
+    fn known(
+        &self,
+        key: &ConnKey,
+        located: &crate::conntrack::Located,
+        signal: Signal,
+        c: &mut Counters,
+    ) -> Option<(Outcome, Option<Rewrite>)> {
+        let Self {
+            conntrack,
+            tables,
+            revalidate,
+            now,
+            ..
+        } = *self;
+        let generation = tables.generation() as u32;
+        let mut found = conntrack.lookup_at(located, signal, now);
+        // A translated connection: (the alias it was found by, the packet's
+        // key after translation, the rewrite).
+        let mut translation = None;
+        if let Some(hit) = found {
+            match hit.nat {
+                Some(Nat::Alias { backend }) => {
+                    // Forward, to the Service address: the connection's
+                    // state is in the entry of the translated tuple.
+                    let rewrite = Rewrite {
+                        side: Side::Destination,
+                        to: backend,
+                    };
+                    let translated = rewrite.key(key);
+                    found = conntrack.lookup(&translated, signal, now);
+                    if found.is_none() {
+                        // The connection ended; its alias goes with it.
+                        c.service_stale_aliases += 1;
+                        conntrack.remove(&hit);
+                    } else {
+                        translation = Some((Some(hit), translated, rewrite));
+                    }
+                }
+                Some(Nat::Translated { service }) if hit.reply => {
+                    let rewrite = Rewrite {
+                        side: Side::Source,
+                        to: service,
+                    };
+                    translation = Some((None, located.initiator(&hit), rewrite));
+                }
+                _ => {}
+            }
+        }
+        if let Some(hit) = found {
+            c.conntrack_hits += 1;
+            if revalidate && hit.generation != generation {
+                c.revalidated += 1;
+                let initiator = match &translation {
+                    Some((Some(_), translated, _)) => *translated,
+                    _ => located.initiator(&hit),
+                };
+                let v = classify_key(tables, &initiator);
+                if !v.is_allowed() {
+                    c.revoked += 1;
+                    conntrack.remove(&hit);
+                    if let Some((Some(alias), _, _)) = &translation {
+                        conntrack.remove(alias);
+                    }
+                    return Some((Outcome::Revoked(v), None));
+                }
+                conntrack.set_generation(&hit, generation);
+            }
+            return Some((Outcome::Established, translation.map(|(_, _, r)| r)));
+        }
+        None
     }
 
     /// A packet without a connection to a Service frontend: choose the

@@ -104,7 +104,7 @@ fn verified_key(frame: &[u8]) -> FlowKey {
 }
 
 /// A switch over the four ports, each port delivering `frames[i]`.
-fn switch(frames: [Vec<Vec<u8>>; 4]) -> Switch<MemoryPort> {
+fn switch(frames: &[Vec<Vec<u8>>; 4]) -> Switch<MemoryPort> {
     let names = ["host", "dns", "client", "web"];
     let ports = frames
         .iter()
@@ -154,7 +154,7 @@ fn forward_and_reply_are_translated_udp_and_tcp_ipv4_and_ipv6() {
         build(c4, dns4, tcp(4001, 53, ack)),
         build(c6, dns6, tcp(4001, 53, ack)),
     ];
-    let mut s = switch([vec![], replies, client, vec![]]);
+    let mut s = switch(&[vec![], replies, client, vec![]]);
     drain(&mut s, &mut w, CLIENT);
     drain(&mut s, &mut w, DNS);
     let after_first = stats.snapshot();
@@ -185,7 +185,7 @@ fn forward_and_reply_are_translated_udp_and_tcp_ipv4_and_ipv6() {
     }
 
     // Later forward packets are rewritten from the connection's entry.
-    let mut s2 = switch([vec![], vec![], again, vec![]]);
+    let mut s2 = switch(&[vec![], vec![], again, vec![]]);
     drain(&mut s2, &mut w, CLIENT);
     let sent = s2.port(DNS).unwrap().sent();
     assert_eq!(sent.len(), 3);
@@ -289,7 +289,7 @@ fn frontends_without_usable_backends_refuse_and_count() {
         &stats,
         WorkerConfig::default(),
     );
-    let mut s = switch([
+    let mut s = switch(&[
         vec![],
         vec![],
         vec![

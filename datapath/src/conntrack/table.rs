@@ -854,8 +854,8 @@ mod tests {
     fn ipv6_translation_round_trips() {
         let ct = Conntrack::new(64, Timeouts::default());
         let original = ConnKey {
-            src: 0xfd00 << 112 | 1,
-            dst: 0xfd96 << 112 | 10,
+            src: 0xfd00 << 112 | 0x1,
+            dst: 0xfd96 << 112 | 0xa,
             src_port: 999,
             dst_port: 443,
             protocol: ip_proto::TCP,

@@ -16,6 +16,7 @@ pub mod flow;
 pub mod fragments;
 pub mod link;
 pub mod lpm;
+pub mod nat;
 pub mod offload;
 pub mod ports;
 pub mod prefix;

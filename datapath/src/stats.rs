@@ -87,6 +87,17 @@ counters! {
     revalidated,
     /// Established connections cut because a new generation denies them.
     revoked,
+    /// New connections to a Service translated to a backend (allowed).
+    service_translated,
+    /// Attempts on a Service frontend with no usable endpoint anywhere
+    /// (refused, as kube-proxy rejects them).
+    service_no_endpoint,
+    /// Attempts on an `internalTrafficPolicy: Local` frontend with no
+    /// endpoint on this node (dropped, as kube-proxy drops them).
+    service_no_local_endpoint,
+    /// Forward packets that found the alias of a translated connection
+    /// whose entry had ended (the alias is removed, the packet is new).
+    service_stale_aliases,
     /// Non-first fragments given their first fragment's verdict.
     fragments_followed,
     /// Non-first fragments whose first fragment was not seen.

@@ -61,6 +61,19 @@
 //! ([`crate::offload`]): an AF_XDP frame carries no offload state, so
 //! nothing after the switch would.
 //!
+//! # Service translation
+//!
+//! For a packet of a translated connection the worker hands a
+//! [`Rewrite`] ([`Output::translated`]): the switch routes by the
+//! destination after translation (a forward packet goes to the backend's
+//! port) and applies the rewrite to its staged copy ([`crate::nat`]),
+//! after finishing an offloaded checksum (which is computed over the
+//! addresses as received). A frame the rewrite cannot be applied to is
+//! dropped and counted ([`SwitchStats::nat_failed`]): it must not leave
+//! untranslated. Attempts on a Service without a usable backend are
+//! dropped and counted ([`SwitchStats::service_refused`]); no ICMP
+//! unreachable or TCP reset is sent back yet.
+//!
 //! VLAN tags, if any, are kept as received (the MACs precede them; the IP
 //! header is found at the parsed `l3_offset`).
 //!
@@ -99,6 +112,7 @@ use rustc_hash::FxHashMap;
 use crate::denials::{Denial, DenialKind, DenialQueue};
 use crate::flow::PacketMeta;
 use crate::link::LinkType;
+use crate::nat::Rewrite;
 use crate::offload::finish_partial;
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
 use crate::wire::checksum;
@@ -218,6 +232,13 @@ pub struct SwitchStats {
     /// TCP/UDP checksums a pod left to offload, finished here (see
     /// [`crate::offload`]).
     pub checksums_finished: u64,
+    /// Frames of translated connections rewritten (see [`crate::nat`]).
+    pub translated: u64,
+    /// Frames of translated connections dropped because the rewrite could
+    /// not be applied (the frame does not hold the headers it parsed to).
+    pub nat_failed: u64,
+    /// Attempts on a Service frontend without a usable backend, dropped.
+    pub service_refused: u64,
 }
 
 /// Why a switch cannot be built or given a table.
@@ -326,7 +347,14 @@ impl<P: Port> Switch<P> {
     }
 
     /// Queues a packet that policy dropped, if anyone explains them.
-    fn record_denial(&mut self, desc: &RxDesc, frame: &[u8], meta: &PacketMeta, outcome: &Outcome) {
+    fn record_denial(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: &PacketMeta,
+        outcome: &Outcome,
+        rewrite: Option<&Rewrite>,
+    ) {
         let Some(queue) = &self.denials else {
             return;
         };
@@ -352,7 +380,8 @@ impl<P: Port> Switch<P> {
             unix_ns: self.batch_unix_ns,
             generation: self.generation,
             kind,
-            flow: meta.key,
+            // As classified: to the backend, for a Service.
+            flow: rewrite.map_or(meta.key, |r| r.key(&meta.key)),
             verdict,
             ..Denial::of_frame(desc.link, frame, desc.wire_len)
         });
@@ -495,15 +524,22 @@ impl<P: Port> Switch<P> {
         Some(slot)
     }
 
-    /// Forwards a passing IP packet.
-    fn forward_ip(&mut self, desc: &RxDesc, frame: &[u8], meta: &PacketMeta) {
+    /// Forwards a passing IP packet, translated if `rewrite` says so.
+    fn forward_ip(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: &PacketMeta,
+        rewrite: Option<&Rewrite>,
+    ) {
         if desc.link != LinkType::Ethernet {
             self.stats.not_ethernet += 1;
             return;
         }
         let fib = &*self.fib;
         let host = *fib.host();
-        let route = *fib.lookup(meta.key.dst, meta.key.ipv6);
+        let dst = rewrite.map_or(meta.key.dst, |r| r.key(&meta.key).dst);
+        let route = *fib.lookup(dst, meta.key.ipv6);
         let from_host = self.rx == Some(host.port);
         // The switch is the routing hop only from a pod to a pod.
         let routed = route.port != host.port && !from_host;
@@ -528,8 +564,19 @@ impl<P: Port> Switch<P> {
         }
         // Pods' stacks, and the kernel sending through `pf-host`, may have
         // left checksums to offload.
-        if finish_partial(out, meta) {
-            self.stats.checksums_finished += 1;
+        // (Before any translation: a begun checksum covers the addresses
+        // as received.)
+        let finished = finish_partial(out, meta);
+        let translated = rewrite.map(|r| crate::nat::apply(out, meta, r).is_ok());
+        self.stats.checksums_finished += u64::from(finished);
+        match translated {
+            Some(true) => self.stats.translated += 1,
+            Some(false) => {
+                // Never forward it untranslated: take it back.
+                self.stats.nat_failed += 1;
+                self.staging[route.port].count -= 1;
+            }
+            None => {}
         }
     }
 
@@ -568,6 +615,41 @@ pub fn decrement_hop_limit(ip: &mut [u8]) {
     ip[HOP_LIMIT] = ip[HOP_LIMIT].wrapping_sub(1);
 }
 
+impl<P: Port> Switch<P> {
+    /// [`Output::packet`] and [`Output::translated`].
+    fn handle(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+        rewrite: Option<&Rewrite>,
+    ) {
+        match outcome {
+            Outcome::Elsewhere => return,
+            Outcome::Malformed(_) => self.stats.malformed += 1,
+            Outcome::NotIp if passes => self.stats.not_ip += 1,
+            Outcome::NoBackend(_) => self.stats.service_refused += 1,
+            _ if !passes => self.stats.policy_dropped += 1,
+            _ => {}
+        }
+        if let Some(meta) = meta {
+            // Dropped, or passed in audit mode although policy would deny.
+            if !passes || matches!(outcome, Outcome::Opened(_)) {
+                self.record_denial(desc, frame, meta, outcome, rewrite);
+            }
+        }
+        if !passes {
+            return;
+        }
+        match meta {
+            Some(meta) => self.forward_ip(desc, frame, meta, rewrite),
+            None => self.forward_unchanged(frame),
+        }
+    }
+}
+
 impl<P: Port> Output for Switch<P> {
     fn packet(
         &mut self,
@@ -577,26 +659,19 @@ impl<P: Port> Output for Switch<P> {
         outcome: &Outcome,
         passes: bool,
     ) {
-        match outcome {
-            Outcome::Elsewhere => return,
-            Outcome::Malformed(_) => self.stats.malformed += 1,
-            Outcome::NotIp if passes => self.stats.not_ip += 1,
-            _ if !passes => self.stats.policy_dropped += 1,
-            _ => {}
-        }
-        if let Some(meta) = meta {
-            // Dropped, or passed in audit mode although policy would deny.
-            if !passes || matches!(outcome, Outcome::Opened(_)) {
-                self.record_denial(desc, frame, meta, outcome);
-            }
-        }
-        if !passes {
-            return;
-        }
-        match meta {
-            Some(meta) => self.forward_ip(desc, frame, meta),
-            None => self.forward_unchanged(frame),
-        }
+        self.handle(desc, frame, meta, outcome, passes, None);
+    }
+
+    fn translated(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+        rewrite: &Rewrite,
+    ) {
+        self.handle(desc, frame, meta, outcome, passes, Some(rewrite));
     }
 
     fn begin_batch(&mut self, generation: u64) {

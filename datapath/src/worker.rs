@@ -10,11 +10,22 @@
 //! Decisions, per packet:
 //! - a packet of a known connection passes (with the configured re-check
 //!   against a newer table generation: a connection the new tables deny is
-//!   cut on its next packet);
+//!   cut on its next packet); if the connection is translated, the packet
+//!   is too (forward: destination to the backend; reply: source back to the
+//!   Service address);
 //! - an ICMP error about a known connection passes;
 //! - a packet that opens a connection (TCP SYN, SCTP INIT, ICMP echo
 //!   request, any UDP or other datagram) is classified; if allowed, the
 //!   connection is recorded;
+//! - a packet without a connection addressed to a Service frontend of the
+//!   batch's generation gets a backend (`Frontend::select`: the same for the
+//!   same flow on every worker) and is classified as addressed to that
+//!   backend, never to the Service address: policy applies after
+//!   translation. If allowed, the connection is recorded with its
+//!   translation ([`crate::conntrack::Nat`]). A frontend without a usable
+//!   backend refuses the attempt ([`Outcome::NoBackend`]). The worker only
+//!   decides the rewrite ([`Rewrite`], handed to [`Output::translated`]);
+//!   the switch applies it to its copy of the frame ([`crate::nat`]);
 //! - a mid-stream packet with no connection (TCP without SYN, SCTP other
 //!   than INIT, an echo reply) is picked up loosely: allowed if the tables
 //!   allow it in its own direction or as a reply in the other, so that a
@@ -24,9 +35,11 @@
 //! - a frame that does not parse gets the configured verdict and is counted
 //!   as malformed; a frame that is not IP is not policy's business and passes.
 
-use crate::conntrack::{self, ConnKey, Conntrack, Inserted, Signal};
+use crate::conntrack::{self, ConnKey, Conntrack, Inserted, Nat, NatAddr, Signal};
+use crate::nat::{Rewrite, Side};
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
 use crate::publish::TablesReader;
+use crate::services::{Frontend, NoBackend, ServiceTable};
 use crate::stats::{Counters, WorkerStats};
 use crate::tables::{IpProtocol, Tables, Verdict};
 use crate::wire::ip_proto;
@@ -95,6 +108,10 @@ pub enum Outcome {
     Denied(Verdict),
     /// An established connection that a new table generation denies.
     Revoked(Verdict),
+    /// Addressed to a Service frontend without a usable backend: refused
+    /// ([`NoBackend::NoEndpoints`], as kube-proxy rejects) or dropped
+    /// ([`NoBackend::NoLocalEndpoints`]).
+    NoBackend(NoBackend),
     /// A non-first fragment given its first fragment's verdict.
     Fragment {
         /// That verdict (deny when the first fragment was not seen).
@@ -121,7 +138,7 @@ impl Outcome {
             | Self::Opened(_)
             | Self::PickedUp { .. }
             | Self::NotIp => true,
-            Self::Denied(_) | Self::Revoked(_) | Self::Elsewhere => false,
+            Self::Denied(_) | Self::Revoked(_) | Self::NoBackend(_) | Self::Elsewhere => false,
             Self::Fragment { allowed, .. } => *allowed,
             Self::Malformed(_) => malformed == MalformedAction::Pass,
         }
@@ -145,6 +162,23 @@ pub trait Output {
         outcome: &Outcome,
         passes: bool,
     );
+
+    /// [`Output::packet`] for a packet of a translated connection: `rewrite`
+    /// is what forwarding it must change (for a denied one, the translation
+    /// it was classified with). By default, the packet as it is.
+    #[allow(clippy::too_many_arguments, reason = "packet's arguments and one")]
+    fn translated(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&crate::flow::PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+        rewrite: &Rewrite,
+    ) {
+        let _ = rewrite;
+        self.packet(desc, frame, meta, outcome, passes);
+    }
 
     /// The batch is done (flush transmit queues here).
     fn end_batch(&mut self) {}
@@ -171,6 +205,8 @@ pub struct FragmentVerdict {
     pub allowed: bool,
     /// Its connection.
     pub flow: ConnKey,
+    /// Its translation: the later fragments' addresses change too.
+    pub rewrite: Option<Rewrite>,
 }
 
 /// The port number a policy looks at: the destination port of port-carrying
@@ -235,6 +271,7 @@ impl<'a> Worker<'a> {
         }
         let generation = self.reader.load();
         let tables = &generation.tables;
+        let services = &*generation.services;
         out.begin_batch(tables.generation());
         let mut c = Counters {
             batches: 1,
@@ -274,7 +311,9 @@ impl<'a> Worker<'a> {
                 batch_now
             };
             let mine = match kind {
-                Ok(crate::flow::FrameKind::Ip) => host_pair_shard(&meta.key, shards) == shard,
+                Ok(crate::flow::FrameKind::Ip) => {
+                    shards <= 1 || translated_shard(services, &meta.key, shards) == shard
+                }
                 _ => shard == 0,
             };
             if !mine {
@@ -283,11 +322,12 @@ impl<'a> Worker<'a> {
             }
             c.rx_packets += 1;
             c.rx_bytes += u64::from(desc.wire_len);
-            let (meta, outcome) = match kind {
+            let (meta, (outcome, rewrite)) = match kind {
                 Ok(crate::flow::FrameKind::Ip) => {
                     let decider = Decider {
                         conntrack: self.conntrack,
                         tables,
+                        services,
                         revalidate: self.config.revalidate,
                         now,
                     };
@@ -296,11 +336,11 @@ impl<'a> Worker<'a> {
                 }
                 Ok(crate::flow::FrameKind::NotIp { .. }) => {
                     c.not_ip += 1;
-                    (None, Outcome::NotIp)
+                    (None, (Outcome::NotIp, None))
                 }
                 Err(e) => {
                     c.malformed += 1;
-                    (None, Outcome::Malformed(*e))
+                    (None, (Outcome::Malformed(*e), None))
                 }
             };
             let passes = outcome.passes(self.config.malformed);
@@ -315,7 +355,10 @@ impl<'a> Worker<'a> {
                 c.new_denied_egress += u64::from(!v.egress.is_allowed());
                 c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
             }
-            out.packet(desc, frame, meta, &outcome, passes);
+            match &rewrite {
+                Some(r) => out.translated(desc, frame, meta, &outcome, passes, r),
+                None => out.packet(desc, frame, meta, &outcome, passes),
+            }
         }
         port.release(&self.descs[..n]);
         out.end_batch();
@@ -328,45 +371,50 @@ impl<'a> Worker<'a> {
 struct Decider<'a> {
     conntrack: &'a Conntrack,
     tables: &'a Tables,
+    services: &'a ServiceTable,
     revalidate: bool,
     /// Nanoseconds on the clock conntrack timeouts use.
     now: u64,
 }
 
 impl Decider<'_> {
-    /// The decision for one parsed packet (see the module doc).
+    /// The decision for one parsed packet (see the module doc), and its
+    /// rewrite if it belongs to a translated connection.
     fn packet(
         &self,
         fragments: &mut crate::fragments::FragmentTable<FragmentVerdict>,
         meta: &crate::flow::PacketMeta,
         located: &crate::conntrack::Located,
         c: &mut Counters,
-    ) -> Outcome {
+    ) -> (Outcome, Option<Rewrite>) {
         let now = self.now;
         let key = meta.key;
         if let crate::flow::Fragment::Later { id } = meta.fragment {
             if let Some(f) = fragments.lookup(&meta.key, id, now) {
                 c.fragments_followed += 1;
-                return Outcome::Fragment {
+                let outcome = Outcome::Fragment {
                     allowed: f.allowed,
                     flow: f.flow,
                 };
+                return (outcome, f.rewrite);
             }
             c.fragments_orphaned += 1;
-            return Outcome::Fragment {
+            let outcome = Outcome::Fragment {
                 allowed: false,
                 flow: key,
             };
+            return (outcome, None);
         }
-        let outcome = self.connection(meta, &key, located, c);
+        let (outcome, rewrite) = self.connection(meta, &key, located, c);
         if let crate::flow::Fragment::First { id } = meta.fragment {
             let verdict = FragmentVerdict {
                 allowed: outcome.passes(MalformedAction::Drop),
                 flow: key,
+                rewrite,
             };
             fragments.insert(&meta.key, id, verdict, now);
         }
-        outcome
+        (outcome, rewrite)
     }
 
     /// The decision for a packet that is not a later fragment.
@@ -376,35 +424,28 @@ impl Decider<'_> {
         key: &ConnKey,
         located: &crate::conntrack::Located,
         c: &mut Counters,
-    ) -> Outcome {
+    ) -> (Outcome, Option<Rewrite>) {
         let Self {
             conntrack,
             tables,
-            revalidate,
+            services,
             now,
+            ..
         } = *self;
         let signal = Signal::new(meta.tcp_flags, meta.sctp_chunk);
         let generation = tables.generation() as u32;
-        if let Some(hit) = conntrack.lookup_at(located, signal, now) {
-            c.conntrack_hits += 1;
-            if revalidate && hit.generation != generation {
-                c.revalidated += 1;
-                let v = classify_key(tables, &located.initiator(&hit));
-                if !v.is_allowed() {
-                    c.revoked += 1;
-                    conntrack.remove(&hit);
-                    return Outcome::Revoked(v);
-                }
-                conntrack.set_generation(&hit, generation);
-            }
-            return Outcome::Established;
+        if let Some(decided) = self.known(key, located, signal, c) {
+            return decided;
         }
         if let Some(inner) = meta.related {
             // An ICMP error quotes the packet it is about, as that packet's
             // sender saw it; the error goes back towards that sender.
             if conntrack.lookup(&inner, Signal::default(), now).is_some() {
-                return Outcome::Related;
+                return (Outcome::Related, None);
             }
+        }
+        if let Some(frontend) = services.destination(key) {
+            return self.open_translated(frontend, meta, key, located, signal, c);
         }
         let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
             let state = conntrack::initial_state(initiator.protocol, signal, picked_up);
@@ -429,7 +470,7 @@ impl Decider<'_> {
                     c.picked_up += 1;
                 }
                 record(c, key, !opens);
-                return if opens {
+                let outcome = if opens {
                     Outcome::Opened(verdict)
                 } else {
                     Outcome::PickedUp {
@@ -437,9 +478,10 @@ impl Decider<'_> {
                         reversed: false,
                     }
                 };
+                return (outcome, None);
             }
             c.new_denied += 1;
-            return Outcome::Denied(verdict);
+            return (Outcome::Denied(verdict), None);
         }
         // Mid-stream and not allowed in its own direction: maybe a reply.
         let reverse = key.reversed();
@@ -448,14 +490,171 @@ impl Decider<'_> {
             c.new_allowed += 1;
             c.picked_up += 1;
             record(c, &reverse, true);
-            return Outcome::PickedUp {
+            let outcome = Outcome::PickedUp {
                 verdict: back,
                 reversed: true,
             };
+            return (outcome, None);
         }
         c.new_denied += 1;
-        Outcome::Denied(verdict)
+        (Outcome::Denied(verdict), None)
     }
+
+    /// The decision for a packet of a connection in the table (found by
+    /// its own tuple, or, to a Service, by its alias and then the
+    /// translated tuple); `None` when there is none.
+    fn known(
+        &self,
+        key: &ConnKey,
+        located: &crate::conntrack::Located,
+        signal: Signal,
+        c: &mut Counters,
+    ) -> Option<(Outcome, Option<Rewrite>)> {
+        let Self {
+            conntrack,
+            tables,
+            revalidate,
+            now,
+            ..
+        } = *self;
+        let generation = tables.generation() as u32;
+        let mut found = conntrack.lookup_at(located, signal, now);
+        // A translated connection: (the alias it was found by, the packet's
+        // key after translation, the rewrite).
+        let mut translation = None;
+        if let Some(hit) = found {
+            match hit.nat {
+                Some(Nat::Alias { backend }) => {
+                    // Forward, to the Service address: the connection's
+                    // state is in the entry of the translated tuple.
+                    let rewrite = Rewrite {
+                        side: Side::Destination,
+                        to: backend,
+                    };
+                    let translated = rewrite.key(key);
+                    found = conntrack.lookup(&translated, signal, now);
+                    if found.is_none() {
+                        // The connection ended; its alias goes with it.
+                        c.service_stale_aliases += 1;
+                        conntrack.remove(&hit);
+                    } else {
+                        translation = Some((Some(hit), translated, rewrite));
+                    }
+                }
+                Some(Nat::Translated { service }) if hit.reply => {
+                    let rewrite = Rewrite {
+                        side: Side::Source,
+                        to: service,
+                    };
+                    translation = Some((None, located.initiator(&hit), rewrite));
+                }
+                _ => {}
+            }
+        }
+        if let Some(hit) = found {
+            c.conntrack_hits += 1;
+            if revalidate && hit.generation != generation {
+                c.revalidated += 1;
+                let initiator = match &translation {
+                    Some((Some(_), translated, _)) => *translated,
+                    _ => located.initiator(&hit),
+                };
+                let v = classify_key(tables, &initiator);
+                if !v.is_allowed() {
+                    c.revoked += 1;
+                    conntrack.remove(&hit);
+                    if let Some((Some(alias), _, _)) = &translation {
+                        conntrack.remove(alias);
+                    }
+                    return Some((Outcome::Revoked(v), None));
+                }
+                conntrack.set_generation(&hit, generation);
+            }
+            return Some((Outcome::Established, translation.map(|(_, _, r)| r)));
+        }
+        None
+    }
+
+    /// A packet without a connection to a Service frontend: choose the
+    /// backend, classify against it, record the translated connection.
+    /// Mid-stream packets (an agent restarted under the connection) are
+    /// translated and picked up the same way: the choice is the same while
+    /// the endpoint set is.
+    fn open_translated(
+        &self,
+        frontend: &Frontend,
+        meta: &crate::flow::PacketMeta,
+        key: &ConnKey,
+        located: &crate::conntrack::Located,
+        signal: Signal,
+        c: &mut Counters,
+    ) -> (Outcome, Option<Rewrite>) {
+        let Some(backend) = frontend.select(key) else {
+            let reason = frontend.no_backend().unwrap_or(NoBackend::NoEndpoints);
+            match reason {
+                NoBackend::NoEndpoints => c.service_no_endpoint += 1,
+                NoBackend::NoLocalEndpoints => c.service_no_local_endpoint += 1,
+            }
+            return (Outcome::NoBackend(reason), None);
+        };
+        let (addr, _) = backend.addr_bits();
+        let rewrite = Rewrite {
+            side: Side::Destination,
+            to: NatAddr {
+                addr,
+                port: backend.port,
+            },
+        };
+        let translated = rewrite.key(key);
+        let verdict = classify_key(self.tables, &translated);
+        if !verdict.is_allowed() {
+            c.new_denied += 1;
+            return (Outcome::Denied(verdict), Some(rewrite));
+        }
+        let opens = !meta.echo_reply && conntrack::opens_connection(key.protocol, signal);
+        c.new_allowed += 1;
+        c.service_translated += 1;
+        if !opens {
+            c.picked_up += 1;
+        }
+        let state = conntrack::initial_state(key.protocol, signal, !opens);
+        let generation = self.tables.generation() as u32;
+        let inserted =
+            self.conntrack
+                .insert_translated(located, &translated, state, generation, self.now);
+        for i in [inserted.0, inserted.1] {
+            match i {
+                Inserted::Fresh | Inserted::Existing => {}
+                Inserted::Evicted => c.conntrack_evictions += 1,
+                Inserted::Failed => c.conntrack_insert_failures += 1,
+            }
+        }
+        let outcome = if opens {
+            Outcome::Opened(verdict)
+        } else {
+            Outcome::PickedUp {
+                verdict,
+                reversed: false,
+            }
+        };
+        (outcome, Some(rewrite))
+    }
+}
+
+/// [`host_pair_shard`] of a packet as translated: a packet to a Service
+/// frontend counts as addressed to the backend it would get, so that it
+/// meets its replies (from the backend) on one shard. For replays, whose
+/// service table does not change under them.
+fn translated_shard(services: &ServiceTable, key: &ConnKey, shards: u32) -> u32 {
+    let translated = services
+        .destination(key)
+        .and_then(|f| f.select(key))
+        .map(|b| ConnKey {
+            dst: b.addr_bits().0,
+            dst_port: b.port,
+            ..*key
+        });
+    host_pair_shard(translated.as_ref().unwrap_or(key), shards)
 }
 
 /// Which of `shards` a packet's host pair belongs to: symmetric in source

@@ -1,21 +1,23 @@
 //! The switch allocates nothing per packet in steady state: a counting
 //! global allocator watches a worker and its switch forward pod-to-pod,
-//! pod-to-outside and IPv6 traffic, drop denied attempts and expired
-//! packets, and flush every port once per batch.
+//! pod-to-outside and IPv6 traffic, translate Service traffic (new and
+//! established, refused without endpoints), drop denied attempts and
+//! expired packets, and flush every port once per batch.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use podfence_datapath::ServiceTable;
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
 use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::link::LinkType;
 use podfence_datapath::ports::Port;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
+use podfence_datapath::services::{Endpoint, FrontendKey, ServiceOptions, ServiceTableBuilder};
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
 use podfence_datapath::worker::{Worker, WorkerConfig};
+use podfence_datapath::{IpProtocol, ServiceTable};
 
 use podfence_testkit::counting;
 use podfence_testkit::tables::{two_pods, v4, v6};
@@ -61,12 +63,30 @@ fn fib() -> Fib {
     fib
 }
 
+const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 2);
+
+/// TCP 80 on [`SERVICE`] to pod .1's port 80; [`EMPTY`] without endpoints.
+fn service_table() -> ServiceTable {
+    let mut b = ServiceTableBuilder::new();
+    let s = b.add_service("ns", "web", ServiceOptions::default());
+    let key = |addr| FrontendKey {
+        addr: IpAddr::V4(addr),
+        protocol: IpProtocol::TCP,
+        port: 80,
+    };
+    b.add_frontend(s, key(SERVICE), &[Endpoint::ready(v4(1), 80, true)])
+        .unwrap();
+    b.add_frontend(s, key(EMPTY), &[]).unwrap();
+    b.build()
+}
+
 /// Passes over the trace: one to warm up, the rest measured.
 const ROUNDS: u64 = 21;
 
 #[test]
 fn switch_allocates_nothing_per_packet() {
-    let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
+    let publisher = Publisher::new(two_pods(1, Some(80), false), service_table());
     // Everything arrives on pod .2's port.
     let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut frames = Vec::new();
@@ -80,6 +100,14 @@ fn switch_allocates_nothing_per_packet() {
             dst_port: 53,
         };
         frames.push(frame(v4(2), outside, udp)); // to the host port
+        let svc = IpAddr::V4(SERVICE);
+        frames.push(frame(v4(2), svc, tcp(sport, 80, tcp_flags::SYN))); // translated
+        frames.push(frame(v4(2), svc, tcp(sport, 80, tcp_flags::ACK))); // by its alias
+        frames.push(frame(
+            v4(2),
+            IpAddr::V4(EMPTY),
+            tcp(sport, 80, tcp_flags::SYN),
+        )); // refused
     }
     let mut expiring = frame(v4(2), v4(1), tcp(999, 80, tcp_flags::SYN));
     expiring[14 + 8] = 1; // checksum now wrong; the switch does not check it
@@ -127,6 +155,8 @@ fn switch_allocates_nothing_per_packet() {
     assert!(s.ttl_expired > warm.ttl_expired, "expiry: {s:?}");
     assert!(s.malformed > warm.malformed, "malformed: {s:?}");
     assert!(s.not_ip > warm.not_ip, "not IP: {s:?}");
+    assert!(s.translated > warm.translated, "translated: {s:?}");
+    assert!(s.service_refused > warm.service_refused, "refused: {s:?}");
     assert_eq!(
         allocations,
         0,

@@ -19,6 +19,7 @@ pub mod frames;
 pub mod netns;
 pub mod packet;
 pub mod paths;
+pub mod services;
 pub mod skip;
 pub mod tables;
 

@@ -107,7 +107,22 @@ impl WorkerCounters {
 }
 
 /// The worker counters exported.
-const WORKER_COUNTERS: [CounterSpec; 14] = [
+const WORKER_COUNTERS: [CounterSpec; 17] = [
+    (
+        "podfence_service_translated",
+        "New connections to a Service translated to a backend",
+        |c| c.service_translated,
+    ),
+    (
+        "podfence_service_no_endpoint",
+        "Attempts on a Service with no usable endpoint (refused)",
+        |c| c.service_no_endpoint,
+    ),
+    (
+        "podfence_service_no_local_endpoint",
+        "Attempts on a Local Service with no endpoint on this node (dropped)",
+        |c| c.service_no_local_endpoint,
+    ),
     ("podfence_rx_packets", "Frames received", |c| c.rx_packets),
     ("podfence_rx_bytes", "Bytes received", |c| c.rx_bytes),
     ("podfence_allowed_packets", "Frames let through", |c| {

@@ -126,8 +126,15 @@ pub(crate) fn run(mut args: ReplayArgs) -> Result<(), CliError> {
     if !args.candidate.is_empty() || !args.delete_policy.is_empty() {
         return replay_diff::run(&args);
     }
-    let (_, compiled) = super::load(&args.manifests.manifests)?;
-    replay_summary(&compiled.tables, &args)?;
+    let (cluster, compiled) = super::load(&args.manifests.manifests)?;
+    let services = podfence_control::compile::compile_services(
+        &cluster,
+        &podfence_control::compile::Locality::AllPods,
+    );
+    for w in &services.warnings {
+        eprintln!("podfence: warning: {w}");
+    }
+    replay_summary(&compiled.tables, services.table, &args)?;
     Ok(())
 }
 
@@ -147,7 +154,11 @@ fn is_capture(path: &Path) -> bool {
     }
 }
 
-fn replay_summary(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> anyhow::Result<()> {
+fn replay_summary(
+    tables: &podfence_datapath::Tables,
+    services: std::sync::Arc<podfence_datapath::ServiceTable>,
+    args: &ReplayArgs,
+) -> anyhow::Result<()> {
     let progress = Progress::new(&args.captures, 1);
     let want_verdicts =
         args.packets.is_some() || args.write_allowed.is_some() || args.write_denied.is_some();
@@ -157,6 +168,7 @@ fn replay_summary(tables: &podfence_datapath::Tables, args: &ReplayArgs) -> anyh
         record_flows: args.flows.is_some(),
         malformed: args.malformed(),
         progress: Some(progress.counter.clone()),
+        services,
         ..ReplayOptions::default()
     };
     let report = replay::replay(tables.clone(), &args.captures, &options);

@@ -70,6 +70,12 @@ fn diff(args: &ReplayArgs) -> anyhow::Result<(replay::DiffReport, Vec<String>)> 
         workers: args.workers as usize,
         malformed: args.malformed(),
         progress: Some(progress.counter.clone()),
+        // Both states replay the current Services: the candidate changes policy.
+        services: podfence_control::compile::compile_services(
+            &current.cluster,
+            &podfence_control::compile::Locality::AllPods,
+        )
+        .table,
         ..ReplayOptions::default()
     };
     let report = replay::diff(

@@ -2,13 +2,19 @@
 //!
 //! The captures go through exactly what the live datapath runs — the same
 //! parser, the shared conntrack, the compiled tables, the worker's
-//! decisions — with capture timestamps as the clock, so replies of allowed
-//! connections pass, mid-stream flows are picked up loosely and timeouts
-//! behave as they would have at capture time.
+//! decisions, the Service translation — with capture timestamps as the
+//! clock, so replies of allowed connections pass, mid-stream flows are
+//! picked up loosely and timeouts behave as they would have at capture
+//! time. Give the manifests' service table ([`ReplayOptions::services`]) and
+//! connections to a ClusterIP are translated as the live datapath
+//! translates them, their verdicts decided against the backend; a flow is
+//! recorded under the tuple its first packet carried (the Service address),
+//! and translated replies count in it.
 //!
 //! With several workers each reads every file and handles the packets
 //! whose host pair hashes to it (a symmetric hash of addresses and
-//! protocol): both directions of a connection, and every fragment of a
+//! protocol; for a packet to a Service, of the client and the backend it
+//! gets): both directions of a connection, and every fragment of a
 //! datagram, meet on one worker, so verdicts do not depend on the number of
 //! workers. Frames that do not parse are handled by worker 0.
 //!
@@ -28,9 +34,11 @@ use std::time::{Duration, Instant};
 
 use podfence_datapath::conntrack::{ConnKey, Conntrack, Timeouts};
 use podfence_datapath::flow::PacketMeta;
+use podfence_datapath::nat::{Rewrite, Side};
 use podfence_datapath::ports::capture::{CapturePort, CaptureWriter};
 use podfence_datapath::ports::{Port, PortError, RxDesc};
 use podfence_datapath::publish::Publisher;
+use podfence_datapath::services::ServiceTable;
 use podfence_datapath::stats::{Counters, WorkerStats};
 use podfence_datapath::tables::{Decision, Direction, Tables, Verdict};
 use podfence_datapath::worker::{MalformedAction, Outcome, Output, Worker, WorkerConfig};
@@ -57,6 +65,9 @@ pub struct ReplayOptions {
     /// Bytes read by worker 0 are added to it as they are read, for a
     /// progress display (a diff's two replays add to the same counter).
     pub progress: Option<Arc<AtomicU64>>,
+    /// The Services to translate (none by default), published with the
+    /// tables: `compile::compile_services` of the same manifests.
+    pub services: Arc<ServiceTable>,
 }
 
 impl Default for ReplayOptions {
@@ -68,6 +79,7 @@ impl Default for ReplayOptions {
             malformed: MalformedAction::Drop,
             conntrack_entries: 1 << 20,
             progress: None,
+            services: Arc::new(ServiceTable::empty()),
         }
     }
 }
@@ -209,6 +221,29 @@ struct ShardOutput<'r> {
 }
 
 impl Output for ShardOutput<'_> {
+    fn translated(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+        rewrite: &Rewrite,
+    ) {
+        // A translated reply belongs to the flow of the Service address
+        // (the key its client used), as the client sees it.
+        match (rewrite.side, meta) {
+            (Side::Source, Some(m)) => {
+                let m = PacketMeta {
+                    key: rewrite.key(&m.key),
+                    ..*m
+                };
+                self.packet(desc, frame, Some(&m), outcome, passes);
+            }
+            _ => self.packet(desc, frame, meta, outcome, passes),
+        }
+    }
+
     fn packet(
         &mut self,
         desc: &RxDesc,
@@ -248,7 +283,7 @@ impl Output for ShardOutput<'_> {
 #[must_use]
 pub fn replay(tables: Tables, captures: &[PathBuf], options: &ReplayOptions) -> ReplayReport {
     let workers = options.workers.max(1);
-    let publisher = Publisher::new(tables, podfence_datapath::ServiceTable::empty());
+    let publisher = Publisher::new(tables, Arc::clone(&options.services));
     let conntrack = Conntrack::new(options.conntrack_entries, Timeouts::default());
     let stats: Vec<WorkerStats> = (0..workers).map(|_| WorkerStats::default()).collect();
     let start = Instant::now();

@@ -5,15 +5,16 @@
 //! packet of a known connection (either direction) passes without a policy
 //! lookup, and only a miss is classified. `state` holds the per-protocol
 //! state machine ([`State`]) and its [`Timeouts`]; `table` the one
-//! [`Conntrack`] all workers share, bounded and lock-free. Address
-//! translation will keep its side data (the original destination of a
-//! translated connection) next to them.
+//! [`Conntrack`] all workers share, bounded and lock-free. A connection to
+//! a Service keeps its translation there too ([`Nat`]: the original
+//! destination in the entry of the translated tuple, the backend in an
+//! alias of the original one; see `table`'s module doc).
 
 mod state;
 mod table;
 
 pub use state::{Signal, State, Timeouts, initial_state, opens_connection, tcp_flags};
-pub use table::{Conntrack, Hit, Inserted, Located};
+pub use table::{Conntrack, Hit, Inserted, Located, Nat, NatAddr};
 
 /// A connection's 5-tuple: the parser's flow key (ICMP echo: the
 /// identifier in both ports).

@@ -23,6 +23,37 @@
 //! one 8-bit fingerprint per slot (a word per bucket), so a lookup reads one
 //! word that is usually cached and then at most the one slot whose
 //! fingerprint matches, instead of eight cache lines.
+//!
+//! # Translated connections (NAT side data)
+//!
+//! A connection to a Service is translated, VPP nat44-style: one session,
+//! two rewrites. Its packets arrive under two tuples: forward packets keep
+//! the Service address (client → Service), replies come from the backend
+//! (backend → client). As VPP keeps an in2out and an out2in hash entry, a
+//! translated connection takes two slots:
+//!
+//! - the **translated entry**, keyed by the translated tuple (client →
+//!   backend), holds the connection: its state, its generation, and as NAT
+//!   data the original destination (Service address and port). Replies find
+//!   it in the reverse direction and are rewritten from the backend back to
+//!   the Service; re-checks classify its key, the backend's tuple.
+//! - the **alias**, keyed by the original tuple (client → Service), holds
+//!   only the backend. A forward packet finds it by its own key (the one the
+//!   worker located and prefetched), is rewritten to the backend and then
+//!   looks the translated entry up to advance the state. An alias never
+//!   changes state: it is stored in its protocol's longest-lived state and
+//!   is only as good as its translated entry (an alias whose entry is gone is
+//!   stale and removed by the worker).
+//!
+//! The NAT data (address and port, 24 bytes) lives in a parallel array
+//! indexed like the slots, written while the slot's sequence number is odd
+//! and read only for slots whose tag says they have some (a flag bit), then
+//! validated against the sequence number. Lookups of untranslated flows
+//! read what they read before plus one flag test; the slots stay 64 bytes.
+//! Costs: 24 bytes more per slot of table memory, two slots per translated
+//! connection, and for its forward packets a second lookup (not
+//! prefetched). A slot reused for another connection drops its NAT data
+//! with its flags.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -68,6 +99,34 @@ fn key_from_words(words: &[u64; 5], initiator_is_b: bool) -> ConnKey {
     if initiator_is_b { k.reversed() } else { k }
 }
 
+/// One side of a translation: an address (IPv4 in the low 32 bits, as in
+/// [`ConnKey`]) and a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatAddr {
+    /// The address.
+    pub addr: u128,
+    /// The port.
+    pub port: u16,
+}
+
+/// What the entry of a translated connection keeps (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Nat {
+    /// The entry of the translated tuple (client → backend): replies get
+    /// their source rewritten to `service`, the original destination.
+    Translated {
+        /// The Service address and port the client connected to.
+        service: NatAddr,
+    },
+    /// The alias of the original tuple (client → Service): forward packets
+    /// get their destination rewritten to `backend`; the connection's state
+    /// is in the translated entry.
+    Alias {
+        /// The backend chosen.
+        backend: NatAddr,
+    },
+}
+
 /// A connection found in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hit {
@@ -82,6 +141,8 @@ pub struct Hit {
     pub initiator_is_b: bool,
     /// Where it is, for [`Conntrack::set_generation`] and [`Conntrack::remove`].
     pub slot: usize,
+    /// The translation, for an entry of a translated connection.
+    pub nat: Option<Nat>,
 }
 
 /// How an insert went.
@@ -110,6 +171,30 @@ fn matching_bytes(word: u64, fp: u8) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGHS
 }
 const INITIATOR_IS_B: u32 = 1 << 8;
+/// The slot has NAT data (see [`NatSlot`]).
+const HAS_NAT: u32 = 1 << 9;
+/// The slot is the alias of a translated connection.
+const ALIAS: u32 = 1 << 10;
+
+/// A slot's NAT data, beside the slots so that they stay 64 bytes.
+#[derive(Debug, Default)]
+struct NatSlot {
+    addr_hi: AtomicU64,
+    addr_lo: AtomicU64,
+    port: AtomicU32,
+}
+
+/// The state an alias is stored in: its protocol's longest-lived one, since
+/// it lives as long as its translated entry (checked on every hit).
+fn alias_state(protocol: u8) -> State {
+    match protocol {
+        crate::wire::ip_proto::TCP => State::TcpEstablished,
+        crate::wire::ip_proto::UDP => State::UdpReplied,
+        crate::wire::ip_proto::SCTP => State::SctpEstablished,
+        crate::wire::ip_proto::ICMP | crate::wire::ip_proto::ICMPV6 => State::IcmpEcho,
+        _ => State::Other,
+    }
+}
 
 #[repr(align(64))]
 #[derive(Debug, Default)]
@@ -166,6 +251,8 @@ fn seq(tag: u64) -> u32 {
 #[derive(Debug)]
 pub struct Conntrack {
     slots: Box<[Slot]>,
+    /// NAT data per slot, valid where the slot's tag has [`HAS_NAT`].
+    nat: Box<[NatSlot]>,
     /// One fingerprint byte per slot; 0: never used.
     fingerprints: Box<[AtomicU64]>,
     bucket_mask: usize,
@@ -181,9 +268,11 @@ impl Conntrack {
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
         let n = capacity.max(WINDOW).next_power_of_two();
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
+        let nat = (0..n).map(|_| NatSlot::default()).collect();
         let fingerprints = (0..n / WINDOW).map(|_| AtomicU64::new(0)).collect();
         Self {
             slots,
+            nat,
             fingerprints,
             bucket_mask: n / WINDOW - 1,
             timeouts,
@@ -271,6 +360,20 @@ impl Conntrack {
         (seq(t1) == seq(t2)).then_some((t2, key))
     }
 
+    /// The NAT data of slot `idx`, read under the sequence number of `tag`;
+    /// `None` if the slot was reused meanwhile.
+    fn read_nat(&self, idx: usize, tag: u64) -> Option<NatAddr> {
+        let n = &self.nat[idx];
+        let hi = n.addr_hi.load(Ordering::Relaxed);
+        let lo = n.addr_lo.load(Ordering::Relaxed);
+        let port = n.port.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (seq(self.slots[idx].tag.load(Ordering::Relaxed)) == seq(tag)).then_some(NatAddr {
+            addr: (u128::from(hi) << 64) | u128::from(lo),
+            port: port as u16,
+        })
+    }
+
     /// Finds the connection of a packet and advances its state; `now` in
     /// nanoseconds (any monotonic clock, or capture time in replays).
     #[must_use]
@@ -302,6 +405,23 @@ impl Conntrack {
             }
             let initiator_is_b = tag as u32 & INITIATOR_IS_B != 0;
             let reply = swapped != initiator_is_b;
+            if tag as u32 & ALIAS != 0 {
+                // Only forward packets are addressed to the Service; the
+                // state lives in the translated entry.
+                if reply {
+                    continue;
+                }
+                let backend = self.read_nat(idx, tag)?;
+                slot.last_seen.store(now, Ordering::Relaxed);
+                return Some(Hit {
+                    state: State::from_bits(tag as u32),
+                    reply,
+                    generation: slot.generation.load(Ordering::Relaxed),
+                    initiator_is_b,
+                    slot: idx,
+                    nat: Some(Nat::Alias { backend }),
+                });
+            }
             // Advance the state; a failed CAS means a concurrent update (or
             // reuse of the slot): re-read and retry a few times.
             for _ in 0..4 {
@@ -323,6 +443,13 @@ impl Conntrack {
                     Err(_) => return None,
                 }
             }
+            let nat = if tag as u32 & HAS_NAT == 0 {
+                None
+            } else {
+                Some(Nat::Translated {
+                    service: self.read_nat(idx, tag)?,
+                })
+            };
             slot.last_seen.store(now, Ordering::Relaxed);
             return Some(Hit {
                 state: State::from_bits(tag as u32),
@@ -330,6 +457,7 @@ impl Conntrack {
                 generation: slot.generation.load(Ordering::Relaxed),
                 initiator_is_b,
                 slot: idx,
+                nat,
             });
         }
         None
@@ -346,6 +474,63 @@ impl Conntrack {
     /// located (not reversed).
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert_at(&self, at: &Located, state: State, generation: u32, now: u64) -> Inserted {
+        self.insert_with(at, state, 0, None, generation, now)
+    }
+
+    /// Records a translated connection (see the module doc): the entry of
+    /// `translated` (the initiator's key with the backend as destination)
+    /// with `service`, the original destination, and the alias of
+    /// `original` (located: the packet's own key) with `backend`. The entry
+    /// goes in first, so that a packet finding the alias finds it too.
+    /// Returns how each insert went: the entry's, then the alias's.
+    #[must_use = "a failed insert means replies will not be recognised"]
+    pub fn insert_translated(
+        &self,
+        original: &Located,
+        translated: &ConnKey,
+        state: State,
+        generation: u32,
+        now: u64,
+    ) -> (Inserted, Inserted) {
+        let first = key_from_words(&original.words, original.swapped);
+        let service = NatAddr {
+            addr: first.dst,
+            port: first.dst_port,
+        };
+        let backend = NatAddr {
+            addr: translated.dst,
+            port: translated.dst_port,
+        };
+        let entry = self.insert_with(
+            &self.locate(translated),
+            state,
+            HAS_NAT,
+            Some(service),
+            generation,
+            now,
+        );
+        let alias = self.insert_with(
+            original,
+            alias_state(translated.protocol),
+            HAS_NAT | ALIAS,
+            Some(backend),
+            generation,
+            now,
+        );
+        (entry, alias)
+    }
+
+    /// An insert with the flags and NAT data of a translated connection's
+    /// slot (none for others).
+    fn insert_with(
+        &self,
+        at: &Located,
+        state: State,
+        extra: u32,
+        nat: Option<NatAddr>,
+        generation: u32,
+        now: u64,
+    ) -> Inserted {
         let Located {
             words,
             swapped,
@@ -421,6 +606,12 @@ impl Conntrack {
             }
             slot.last_seen.store(now, Ordering::Relaxed);
             slot.generation.store(generation, Ordering::Relaxed);
+            if let Some(n) = nat {
+                let r = &self.nat[idx];
+                r.addr_hi.store((n.addr >> 64) as u64, Ordering::Relaxed);
+                r.addr_lo.store(n.addr as u64, Ordering::Relaxed);
+                r.port.store(u32::from(n.port), Ordering::Relaxed);
+            }
             // The fingerprint before the publication, so that a reader that
             // sees the entry also finds it.
             let shift = (idx % WINDOW) * 8;
@@ -433,7 +624,7 @@ impl Conntrack {
                     Err(o) => old = o,
                 }
             }
-            let flags = if swapped { INITIATOR_IS_B } else { 0 };
+            let flags = extra | if swapped { INITIATOR_IS_B } else { 0 };
             let published =
                 (u64::from(seq(claimed).wrapping_add(1)) << 32) | u64::from(flags | state as u32);
             slot.tag.store(published, Ordering::Release);
@@ -597,5 +788,151 @@ mod tests {
             }
         });
         assert_eq!(ct.live_entries(2), 1000);
+    }
+
+    /// Client 10.0.0.1:sp → Service 10.96.0.10:53, backend 10.0.0.9:5353.
+    fn service_keys(sp: u16, proto: u8) -> (ConnKey, ConnKey) {
+        let original = ConnKey {
+            dst: 0x0a60_000a,
+            ..key(sp, 53, proto)
+        };
+        let translated = ConnKey {
+            dst: 0x0a00_0009,
+            dst_port: 5353,
+            ..original
+        };
+        (original, translated)
+    }
+
+    #[test]
+    fn translated_connection_is_found_in_both_directions() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let (original, translated) = service_keys(4000, ip_proto::UDP);
+        let inserted = ct.insert_translated(
+            &ct.locate(&original),
+            &translated,
+            State::UdpUnreplied,
+            1,
+            0,
+        );
+        assert_eq!(inserted, (Inserted::Fresh, Inserted::Fresh));
+        let service = NatAddr {
+            addr: 0x0a60_000a,
+            port: 53,
+        };
+        let backend = NatAddr {
+            addr: 0x0a00_0009,
+            port: 5353,
+        };
+        // Forward: the alias, by the packet's own tuple.
+        let alias = ct.lookup(&original, Signal::default(), 1).unwrap();
+        assert_eq!(alias.nat, Some(Nat::Alias { backend }));
+        assert!(!alias.reply);
+        // Then the entry, by the translated tuple.
+        let fwd = ct.lookup(&translated, Signal::default(), 1).unwrap();
+        assert_eq!(fwd.nat, Some(Nat::Translated { service }));
+        assert_eq!(fwd.state, State::UdpUnreplied);
+        // The reply, backend → client.
+        let back = ct
+            .lookup(&translated.reversed(), Signal::default(), 2)
+            .unwrap();
+        assert!(back.reply);
+        assert_eq!(back.nat, Some(Nat::Translated { service }));
+        assert_eq!(back.state, State::UdpReplied, "the entry has the state");
+        // Nothing addressed from the Service address matches the alias.
+        assert!(
+            ct.lookup(&original.reversed(), Signal::default(), 3)
+                .is_none()
+        );
+        // Untranslated connections carry none.
+        let plain = key(1, 2, ip_proto::UDP);
+        let _ = ct.insert(&plain, State::UdpUnreplied, 1, 0);
+        assert_eq!(ct.lookup(&plain, Signal::default(), 1).unwrap().nat, None);
+    }
+
+    #[test]
+    fn ipv6_translation_round_trips() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let original = ConnKey {
+            src: 0xfd00 << 112 | 0x1,
+            dst: 0xfd96 << 112 | 0xa,
+            src_port: 999,
+            dst_port: 443,
+            protocol: ip_proto::TCP,
+            ipv6: true,
+        };
+        let translated = ConnKey {
+            dst: u128::MAX - 3,
+            dst_port: 8443,
+            ..original
+        };
+        let _ = ct.insert_translated(&ct.locate(&original), &translated, State::TcpSynSent, 1, 0);
+        let back = ct
+            .lookup(
+                &translated.reversed(),
+                tcp(tcp_flags::SYN | tcp_flags::ACK),
+                1,
+            )
+            .unwrap();
+        assert_eq!(
+            back.nat,
+            Some(Nat::Translated {
+                service: NatAddr {
+                    addr: original.dst,
+                    port: 443
+                }
+            })
+        );
+        assert_eq!(
+            ct.lookup(&original, tcp(tcp_flags::ACK), 2).unwrap().nat,
+            Some(Nat::Alias {
+                backend: NatAddr {
+                    addr: u128::MAX - 3,
+                    port: 8443
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn eviction_drops_the_nat_data_with_the_slot() {
+        // One bucket: every insert competes for its eight slots.
+        let ct = Conntrack::new(WINDOW, Timeouts::default());
+        let (original, translated) = service_keys(4000, ip_proto::UDP);
+        let _ = ct.insert_translated(&ct.locate(&original), &translated, State::UdpReplied, 1, 0);
+        // Eight newer plain connections evict both slots.
+        for p in 0..WINDOW as u16 {
+            let k = key(100 + p, 80, ip_proto::UDP);
+            let _ = ct.insert(&k, State::UdpReplied, 1, (1 + u64::from(p)) * SEC);
+        }
+        let now = 20 * SEC;
+        assert!(ct.lookup(&original, Signal::default(), now).is_none());
+        assert!(
+            ct.lookup(&translated.reversed(), Signal::default(), now)
+                .is_none()
+        );
+        for p in 0..WINDOW as u16 {
+            let hit = ct.lookup(&key(100 + p, 80, ip_proto::UDP), Signal::default(), now);
+            assert_eq!(hit.unwrap().nat, None, "reused slots carry no NAT data");
+        }
+    }
+
+    #[test]
+    fn removed_translated_entry_leaves_a_stale_alias_the_caller_removes() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let (original, translated) = service_keys(4000, ip_proto::TCP);
+        let _ = ct.insert_translated(
+            &ct.locate(&original),
+            &translated,
+            State::TcpEstablished,
+            1,
+            0,
+        );
+        let entry = ct.lookup(&translated, tcp(tcp_flags::ACK), 1).unwrap();
+        ct.remove(&entry);
+        let alias = ct.lookup(&original, tcp(tcp_flags::ACK), 2).unwrap();
+        assert!(ct.lookup(&translated, tcp(tcp_flags::ACK), 2).is_none());
+        ct.remove(&alias);
+        assert!(ct.lookup(&original, tcp(tcp_flags::ACK), 3).is_none());
     }
 }

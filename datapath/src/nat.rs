@@ -1,0 +1,368 @@
+//! Rewriting a packet for Service translation: one address and its port.
+//!
+//! A translated connection has two rewrites (VPP nat44's session model):
+//! forward packets get the backend as destination, replies get the Service
+//! address back as source ([`crate::conntrack::Nat`] keeps which). The
+//! worker decides ([`Rewrite`]); the switch applies it to its staged copy of
+//! the frame ([`apply`]), since the received frame is the port's, read-only.
+//!
+//! Checksums are updated incrementally (RFC 1624, through
+//! [`crate::wire::checksum`]), never recomputed over the payload: the IPv4
+//! header checksum for the address, the TCP or UDP checksum for the address
+//! (pseudo-header) and the port, ICMPv6's for the address. An IPv4 UDP
+//! checksum of 0 (none) stays 0; an updated UDP checksum of 0 is sent as
+//! 0xffff. SCTP's CRC32c covers no address and cannot be updated
+//! incrementally: it is recomputed over the packet after the port changed
+//! (so a CRC the sender left to offload comes out complete too); a first
+//! IPv4 fragment of SCTP keeps its CRC (the rest of the packet is not here).
+//! A later fragment has no transport header: only its address changes.
+//!
+//! Nothing here allocates; a frame that does not hold the headers the
+//! parser found is left untouched and reported ([`ParseError`]).
+
+use crate::conntrack::NatAddr;
+use crate::flow::{Fragment, PacketMeta};
+use crate::wire::checksum::{crc32c, update_u16, update_u32, update_u128};
+use crate::wire::{
+    Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket, UdpPacket, ip_proto,
+};
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The source: a reply, from the backend back to the Service address.
+    Source,
+    /// The destination: a forward packet, from the Service to the backend.
+    Destination,
+}
+
+/// One rewrite of a packet: `side` becomes `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rewrite {
+    /// Which end changes.
+    pub side: Side,
+    /// Its new address and port.
+    pub to: NatAddr,
+}
+
+impl Rewrite {
+    /// The packet's key after the rewrite.
+    #[must_use]
+    #[inline]
+    pub fn key(&self, key: &crate::flow::FlowKey) -> crate::flow::FlowKey {
+        match self.side {
+            Side::Source => crate::flow::FlowKey {
+                src: self.to.addr,
+                src_port: self.to.port,
+                ..*key
+            },
+            Side::Destination => crate::flow::FlowKey {
+                dst: self.to.addr,
+                dst_port: self.to.port,
+                ..*key
+            },
+        }
+    }
+}
+
+/// Applies `rewrite` to the IP packet in `frame` that `meta` describes (as
+/// parsed from this frame); on an error the frame is unchanged.
+pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(), ParseError> {
+    let l3 = usize::from(meta.l3_offset);
+    let end = l3
+        .checked_add(meta.l3_len as usize)
+        .filter(|&e| e <= frame.len())
+        .ok_or(if meta.is_ipv6() {
+            ParseError::TruncatedIpv6
+        } else {
+            ParseError::TruncatedIpv4
+        })?;
+    let key = &meta.key;
+    let (old_addr, old_port) = match rewrite.side {
+        Side::Source => (key.src, key.src_port),
+        Side::Destination => (key.dst, key.dst_port),
+    };
+    let new = rewrite.to;
+    // The transport header, if this packet has one: checked before anything
+    // is written.
+    let l4 = match (meta.fragment, meta.l4_offset) {
+        (Fragment::Later { .. }, _) | (_, None) => None,
+        (_, Some(l4)) => Some(usize::from(l4)).filter(|&l4| l4 <= end),
+    };
+    if let Some(l4) = l4 {
+        check_transport(&frame[l4..end], key.protocol, meta.fragment)?;
+    }
+    // The address, and the IPv4 header checksum.
+    if meta.is_ipv6() {
+        let mut ip = Ipv6Packet::new_checked(&mut frame[l3..end])?;
+        let addr = std::net::Ipv6Addr::from(new.addr);
+        match rewrite.side {
+            Side::Source => ip.set_src_addr(addr),
+            Side::Destination => ip.set_dst_addr(addr),
+        }
+    } else {
+        let mut ip = Ipv4Packet::new_checked(&mut frame[l3..end])?;
+        let (old, addr) = (old_addr as u32, new.addr as u32);
+        match rewrite.side {
+            Side::Source => ip.set_src_addr(addr.into()),
+            Side::Destination => ip.set_dst_addr(addr.into()),
+        }
+        let c = update_u32(ip.checksum(), old, addr);
+        ip.set_checksum(c);
+    }
+    let Some(l4) = l4 else {
+        return Ok(());
+    };
+    let l4 = &mut frame[l4..end];
+    // The pseudo-header's address, then the port.
+    let addr_update = |c: u16| {
+        if meta.is_ipv6() {
+            update_u128(c, old_addr, new.addr)
+        } else {
+            update_u32(c, old_addr as u32, new.addr as u32)
+        }
+    };
+    match key.protocol {
+        ip_proto::TCP => {
+            let mut tcp = TcpPacket::new_checked(l4)?;
+            let c = update_u16(addr_update(tcp.checksum()), old_port, new.port);
+            match rewrite.side {
+                Side::Source => tcp.set_src_port(new.port),
+                Side::Destination => tcp.set_dst_port(new.port),
+            }
+            tcp.set_checksum(c);
+        }
+        ip_proto::UDP => {
+            let mut udp = UdpPacket::new_checked_header(l4)?;
+            let c = udp.checksum();
+            match rewrite.side {
+                Side::Source => udp.set_src_port(new.port),
+                Side::Destination => udp.set_dst_port(new.port),
+            }
+            if c != 0 || meta.is_ipv6() {
+                let c = update_u16(addr_update(c), old_port, new.port);
+                udp.set_checksum(if c == 0 { 0xffff } else { c });
+            }
+        }
+        ip_proto::SCTP => {
+            let whole = meta.fragment == Fragment::NotFragment;
+            let mut sctp = SctpPacket::new_checked(&mut *l4)?;
+            match rewrite.side {
+                Side::Source => sctp.set_src_port(new.port),
+                Side::Destination => sctp.set_dst_port(new.port),
+            }
+            if whole {
+                l4[8..12].fill(0);
+                let crc = crc32c(l4);
+                l4[8..12].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+        ip_proto::ICMPV6 => {
+            // Its checksum covers the pseudo-header; ports are not rewritten.
+            let mut icmp = Icmpv6Packet::new_checked(l4)?;
+            let c = addr_update(icmp.checksum());
+            icmp.set_checksum(c);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks that the transport header [`apply`] writes is there.
+fn check_transport(l4: &[u8], protocol: u8, fragment: Fragment) -> Result<(), ParseError> {
+    match protocol {
+        ip_proto::TCP => TcpPacket::new_checked(l4).map(|_| ()),
+        ip_proto::UDP => UdpPacket::new_checked_header(l4).map(|_| ()),
+        ip_proto::SCTP => SctpPacket::new_checked(l4).map(|_| ()),
+        ip_proto::ICMPV6 if fragment == Fragment::NotFragment => {
+            Icmpv6Packet::new_checked(l4).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::craft::{FrameSpec, Transport};
+    use crate::flow::{Parsed, parse_frame};
+    use crate::link::LinkType;
+    use crate::wire::checksum::{
+        address_range, data_sum, fold, internet_checksum, pseudo_header_sum,
+    };
+    use std::net::IpAddr;
+
+    fn meta(frame: &[u8]) -> PacketMeta {
+        match parse_frame(LinkType::Ethernet, frame).unwrap() {
+            Parsed::Ip(m) => m,
+            other @ Parsed::NotIp { .. } => panic!("{other:?}"),
+        }
+    }
+
+    /// Whether the frame's IPv4 header and TCP/UDP checksums verify.
+    fn verifies(frame: &[u8]) -> bool {
+        let m = meta(frame);
+        let l3 = usize::from(m.l3_offset);
+        let end = l3 + m.l3_len as usize;
+        let l4 = usize::from(m.l4_offset.unwrap());
+        if !m.is_ipv6() && internet_checksum(&frame[l3..l4]) != 0 {
+            return false;
+        }
+        let addrs = address_range(m.is_ipv6());
+        let pseudo = pseudo_header_sum(
+            &frame[l3 + addrs.start..l3 + addrs.end],
+            m.key.protocol,
+            (end - l4) as u32,
+        );
+        fold(data_sum(pseudo, &frame[l4..end])) == 0xffff
+    }
+
+    fn frames() -> Vec<(Vec<u8>, u128)> {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut out = Vec::new();
+        for (src, dst, backend) in [
+            ("10.0.0.1", "10.96.0.10", u128::from(0x0a00_0209u32)),
+            (
+                "fd00::1",
+                "fd96::a",
+                0xfd00_0000_0000_0000_0000_0000_0000_0209,
+            ),
+        ] {
+            for transport in [
+                Transport::Tcp {
+                    src_port: 40_000,
+                    dst_port: 53,
+                    flags: 2,
+                },
+                Transport::Udp {
+                    src_port: 40_000,
+                    dst_port: 53,
+                },
+            ] {
+                for payload_len in [0, 3, 100] {
+                    let spec = FrameSpec {
+                        src: ip(src),
+                        dst: ip(dst),
+                        transport,
+                        payload_len,
+                        payload_fill: 0xc3,
+                    };
+                    out.push((spec.build(), backend));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_rewrites_keep_checksums_valid_and_undo_each_other() {
+        for (original, backend) in frames() {
+            assert!(verifies(&original));
+            let m = meta(&original);
+            let mut f = original.clone();
+            let to_backend = Rewrite {
+                side: Side::Destination,
+                to: NatAddr {
+                    addr: backend,
+                    port: 5353,
+                },
+            };
+            apply(&mut f, &m, &to_backend).unwrap();
+            let after = meta(&f);
+            assert_eq!(after.key, to_backend.key(&m.key));
+            assert!(verifies(&f), "forward rewrite");
+            // The reply's rewrite, applied to the reversed packet, is the
+            // inverse: here, rewrite the destination back.
+            let back = Rewrite {
+                side: Side::Destination,
+                to: NatAddr {
+                    addr: m.key.dst,
+                    port: m.key.dst_port,
+                },
+            };
+            apply(&mut f, &after, &back).unwrap();
+            assert_eq!(f, original);
+            // Source side.
+            let src = Rewrite {
+                side: Side::Source,
+                to: NatAddr {
+                    addr: backend,
+                    port: 1,
+                },
+            };
+            let mut g = original.clone();
+            apply(&mut g, &m, &src).unwrap();
+            assert_eq!(meta(&g).key, src.key(&m.key));
+            assert!(verifies(&g), "source rewrite");
+        }
+    }
+
+    #[test]
+    fn ipv4_udp_without_checksum_stays_without() {
+        let (mut f, backend) = frames()
+            .into_iter()
+            .find(|(f, _)| {
+                let m = meta(f);
+                !m.is_ipv6() && m.key.protocol == ip_proto::UDP
+            })
+            .unwrap();
+        let m = meta(&f);
+        let at = usize::from(m.l4_offset.unwrap()) + 6;
+        f[at..at + 2].fill(0);
+        let r = Rewrite {
+            side: Side::Destination,
+            to: NatAddr {
+                addr: backend,
+                port: 5353,
+            },
+        };
+        apply(&mut f, &m, &r).unwrap();
+        assert_eq!(&f[at..at + 2], &[0, 0]);
+        assert_eq!(meta(&f).key.dst_port, 5353);
+    }
+
+    #[test]
+    fn sctp_crc_is_recomputed() {
+        let spec = |dst: &str, dst_port| FrameSpec {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            transport: Transport::Sctp {
+                src_port: 7,
+                dst_port,
+                chunk: 1,
+            },
+            payload_len: 20,
+            payload_fill: 1,
+        };
+        let mut f = spec("10.96.0.10", 80).build();
+        let m = meta(&f);
+        let r = Rewrite {
+            side: Side::Destination,
+            to: NatAddr {
+                addr: 0x0a00_0209,
+                port: 8080,
+            },
+        };
+        apply(&mut f, &m, &r).unwrap();
+        // Identical to a frame built for the backend, IP header included.
+        let want = spec("10.0.2.9", 8080).build();
+        assert_eq!(f, want);
+    }
+
+    #[test]
+    fn truncated_frames_are_refused_untouched() {
+        let (f, backend) = frames().remove(0);
+        let m = meta(&f);
+        let mut short = f[..f.len() - 1].to_vec();
+        let copy = short.clone();
+        let r = Rewrite {
+            side: Side::Destination,
+            to: NatAddr {
+                addr: backend,
+                port: 1,
+            },
+        };
+        assert!(apply(&mut short, &m, &r).is_err());
+        assert_eq!(short, copy);
+    }
+}

@@ -444,7 +444,9 @@ impl Decider<'_> {
                 return (Outcome::Related, None);
             }
         }
-        if let Some(frontend) = services.destination(key) {
+        if let Some(frontend) = services.destination(key)
+            && !is_hairpin(frontend, key)
+        {
             return self.open_translated(frontend, meta, key, located, signal, c);
         }
         let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
@@ -641,6 +643,17 @@ impl Decider<'_> {
     }
 }
 
+/// Whether the backend a flow to `frontend` gets is its own client: a pod
+/// reaching itself through its Service. The worker leaves such a flow
+/// untranslated for the kernel, where kube-proxy translates it and
+/// masquerades it so that the reply comes back through it (the switch
+/// cannot send a frame back out of the port it came in on).
+fn is_hairpin(frontend: &Frontend, key: &ConnKey) -> bool {
+    frontend
+        .select(key)
+        .is_some_and(|b| b.addr_bits() == (key.src, key.ipv6))
+}
+
 /// [`host_pair_shard`] of a packet as translated: a packet to a Service
 /// frontend counts as addressed to the backend it would get, so that it
 /// meets its replies (from the backend) on one shard. For replays, whose
@@ -648,6 +661,7 @@ impl Decider<'_> {
 fn translated_shard(services: &ServiceTable, key: &ConnKey, shards: u32) -> u32 {
     let translated = services
         .destination(key)
+        .filter(|f| !is_hairpin(f, key))
         .and_then(|f| f.select(key))
         .map(|b| ConnKey {
             dst: b.addr_bits().0,

@@ -359,6 +359,38 @@ fn the_backend_of_a_flow_does_not_depend_on_the_worker() {
 }
 
 #[test]
+fn a_pod_reaching_itself_through_its_service_is_left_to_the_kernel() {
+    let mut b = ServiceTableBuilder::new();
+    let id = b.add_service("ns", "self", ServiceOptions::default());
+    let key = FrontendKey {
+        addr: IpAddr::V4(Ipv4Addr::new(10, 96, 1, 2)),
+        protocol: IpProtocol::TCP,
+        port: 80,
+    };
+    // The client v4(2) is the Service's only backend.
+    b.add_frontend(id, key, &[Endpoint::ready(v4(2), 8080, true)])
+        .unwrap();
+    let publisher = Publisher::new(Tables::empty(1), b.build());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    let got = run(
+        &mut w,
+        &[build(v4(2), key.addr, tcp(4000, 80, tcp_flags::SYN))],
+    );
+    assert!(
+        matches!(got[0], (Outcome::Opened(_), true, None)),
+        "passed untranslated: {got:?}"
+    );
+    assert_eq!(stats.snapshot().service_translated, 0);
+}
+
+#[test]
 fn a_revoked_translated_connection_is_cut_in_both_directions() {
     let publisher = Publisher::new(Tables::empty(1), services::services());
     let conntrack = Conntrack::new(1024, Timeouts::default());

@@ -386,6 +386,68 @@ fn cidrs(family: Family, list: &[Prefix]) -> Vec<String> {
         .collect()
 }
 
+/// Which chains a Service port uses (kube-proxy's `usesClusterPolicyChain`
+/// and friends).
+#[derive(Clone, Copy)]
+struct Uses {
+    cluster: bool,
+    local: bool,
+    external: bool,
+}
+
+struct Plan {
+    cluster_chain: String,
+    local_chain: String,
+    external_chain: String,
+    local_policy: bool,
+    /// Which of the three chains are written.
+    uses: Uses,
+    /// Endpoints some policy chain goes to: each gets a chain.
+    reachable: BTreeSet<Backend>,
+    /// ClientIP affinity's timeout.
+    affinity: Option<u32>,
+}
+
+impl Plan {
+    fn new(sp: &ServicePortRules<'_>) -> Self {
+        let local_policy = sp.local_policy();
+        let uses_cluster = !sp.cluster.is_empty() && (!local_policy || sp.externally_accessible());
+        let uses_local = !sp.local.is_empty() && local_policy;
+        let mut reachable = BTreeSet::new();
+        if uses_cluster {
+            reachable.extend(&sp.cluster);
+        }
+        if uses_local {
+            reachable.extend(&sp.local);
+        }
+        Self {
+            cluster_chain: sp.chain("service"),
+            local_chain: sp.chain("local"),
+            external_chain: sp.chain("external"),
+            local_policy,
+            uses: Uses {
+                cluster: uses_cluster,
+                local: uses_local,
+                external: sp.has_endpoints() && sp.externally_accessible(),
+            },
+            reachable,
+            affinity: match sp.service.session_affinity {
+                SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+                SessionAffinity::None => None,
+            },
+        }
+    }
+
+    /// The chain ClusterIP traffic goes to.
+    fn internal_chain(&self) -> &str {
+        if self.local_policy {
+            &self.local_chain
+        } else {
+            &self.cluster_chain
+        }
+    }
+}
+
 struct Writer<'t> {
     family: Family,
     text: &'t mut String,
@@ -416,12 +478,17 @@ impl Writer<'_> {
 
     /// Table, sets, maps, fixed chains and their rules.
     fn base(&mut self, config: &KubeProxyConfig) {
+        self.declarations();
+        self.base_rules(config);
+    }
+
+    /// The table, its sets and maps, and the fixed chains.
+    fn declarations(&mut self) {
         let (f, t, a) = (self.family.nft(), TABLE, self.family.addr_type());
         let _ = writeln!(
             self.text,
             "add table {f} {t} {{ comment \"rules for kube-proxy\" ; }}"
         );
-        let mark = format!("{MASQUERADE_MARK:#x}");
         for (name, comment) in [
             ("cluster-ips", "Active ClusterIPs"),
             ("nodeport-ips", "IPs that accept NodePort traffic"),
@@ -501,6 +568,12 @@ impl Writer<'_> {
         ] {
             self.add("chain", &format!("{name}{spec}"));
         }
+    }
+
+    /// The fixed chains' rules and the NodePort addresses.
+    fn base_rules(&mut self, config: &KubeProxyConfig) {
+        let f = self.family.nft();
+        let mark = format!("{MASQUERADE_MARK:#x}");
         self.rule(
             "cluster-ips-check",
             &format!("{f} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""),
@@ -574,38 +647,19 @@ impl Writer<'_> {
     /// The rules of one Service port in this family; whether it got a
     /// policy chain, and its endpoint chains.
     fn service_port(&mut self, sp: &ServicePortRules<'_>) -> (bool, usize) {
-        let (f, a) = (self.family.nft(), self.family.addr_type());
-        let (proto, port) = (sp.protocol, sp.port);
         let _ = writeln!(self.text, "# {}", sp.display());
-        let cluster_chain = sp.chain("service");
-        let local_chain = sp.chain("local");
-        let external_chain = sp.chain("external");
-        let local_policy = sp.local_policy();
-        let uses_cluster = !sp.cluster.is_empty() && (!local_policy || sp.externally_accessible());
-        let uses_local = !sp.local.is_empty() && local_policy;
-        let internal_chain = if local_policy {
-            &local_chain
-        } else {
-            &cluster_chain
-        };
-        let has_endpoints = sp.has_endpoints();
-        let has_internal = sp.has_internal();
-        let uses_external = has_endpoints && sp.externally_accessible();
-        let mut reachable: BTreeSet<Backend> = BTreeSet::new();
-        if uses_cluster {
-            reachable.extend(&sp.cluster);
-        }
-        if uses_local {
-            reachable.extend(&sp.local);
-        }
-        let affinity = match sp.service.session_affinity {
-            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-            SessionAffinity::None => None,
-        };
-
+        let plan = Plan::new(sp);
         // Declarations first: map elements and rules refer to them.
-        if let Some(timeout) = affinity {
-            for &b in &reachable {
+        self.declare(sp, &plan);
+        self.capture(sp, &plan);
+        self.chain_rules(sp, &plan);
+        (plan.uses.cluster || plan.uses.local, plan.reachable.len())
+    }
+
+    fn declare(&mut self, sp: &ServicePortRules<'_>, plan: &Plan) {
+        let a = self.family.addr_type();
+        if let Some(timeout) = plan.affinity {
+            for &b in &plan.reachable {
                 self.add(
                     "set",
                     &format!(
@@ -615,29 +669,34 @@ impl Writer<'_> {
                 );
             }
         }
-        if uses_cluster {
-            self.add("chain", &cluster_chain);
+        if plan.uses.cluster {
+            self.add("chain", &plan.cluster_chain);
         }
-        if uses_local {
-            self.add("chain", &local_chain);
+        if plan.uses.local {
+            self.add("chain", &plan.local_chain);
         }
-        if uses_external {
-            self.add("chain", &external_chain);
+        if plan.uses.external {
+            self.add("chain", &plan.external_chain);
         }
-        for &b in &reachable {
+        for &b in &plan.reachable {
             self.add("chain", &sp.endpoint_chain(b));
         }
+    }
 
-        // Where traffic is captured.
+    /// Where the Service port's traffic is captured: `service-ips` and
+    /// `service-nodeports`, or the no-endpoint maps.
+    fn capture(&mut self, sp: &ServicePortRules<'_>, plan: &Plan) {
+        let (proto, port) = (sp.protocol, sp.port);
         let key = |ip: IpAddr| format!("{ip} . {proto} . {port}");
         let comment = sp.display();
+        let has_endpoints = sp.has_endpoints();
         if self.cluster_ips.insert(sp.cluster_ip) {
             self.element("cluster-ips", &sp.cluster_ip.to_string());
         }
-        if has_internal {
+        if sp.has_internal() {
             self.element(
                 "service-ips",
-                &format!("{} : goto {internal_chain}", key(sp.cluster_ip)),
+                &format!("{} : goto {}", key(sp.cluster_ip), plan.internal_chain()),
             );
         } else {
             // No endpoint anywhere: rejected; none on this node under
@@ -656,7 +715,7 @@ impl Writer<'_> {
             if has_endpoints {
                 self.element(
                     "service-ips",
-                    &format!("{} : goto {external_chain}", key(ip)),
+                    &format!("{} : goto {}", key(ip), plan.external_chain),
                 );
             } else {
                 self.element(
@@ -669,7 +728,7 @@ impl Writer<'_> {
             if has_endpoints {
                 self.element(
                     "service-nodeports",
-                    &format!("{proto} . {node_port} : goto {external_chain}"),
+                    &format!("{proto} . {node_port} : goto {}", plan.external_chain),
                 );
             } else {
                 self.element(
@@ -678,11 +737,18 @@ impl Writer<'_> {
                 );
             }
         }
+    }
 
+    /// The Service, external and endpoint chains' rules.
+    fn chain_rules(&mut self, sp: &ServicePortRules<'_>, plan: &Plan) {
+        let f = self.family.nft();
+        let (proto, port) = (sp.protocol, sp.port);
         // ClusterIP traffic from outside the cluster is masqueraded.
-        if has_internal && let Some(not_local) = self.not_local.clone() {
+        if sp.has_internal()
+            && let Some(not_local) = self.not_local.clone()
+        {
             self.rule(
-                internal_chain,
+                plan.internal_chain(),
                 &format!(
                     "{f} daddr {} {proto} dport {port} {not_local} jump mark-for-masquerade",
                     sp.cluster_ip
@@ -690,24 +756,28 @@ impl Writer<'_> {
             );
         }
         // externalTrafficPolicy Cluster: masquerade, then any endpoint.
-        if uses_external {
-            self.rule(&external_chain, "jump mark-for-masquerade");
-            self.rule(&external_chain, &format!("goto {cluster_chain}"));
+        if plan.uses.external {
+            self.rule(&plan.external_chain, "jump mark-for-masquerade");
+            self.rule(
+                &plan.external_chain,
+                &format!("goto {}", plan.cluster_chain),
+            );
         }
-        if uses_cluster {
-            self.to_endpoints(sp, &cluster_chain, &sp.cluster, affinity.is_some());
+        let affinity = plan.affinity.is_some();
+        if plan.uses.cluster {
+            self.load_balance(sp, &plan.cluster_chain, &sp.cluster, affinity);
         }
-        if uses_local {
-            self.to_endpoints(sp, &local_chain, &sp.local, affinity.is_some());
+        if plan.uses.local {
+            self.load_balance(sp, &plan.local_chain, &sp.local, affinity);
         }
-        for &b in &reachable {
+        for &b in &plan.reachable {
             let chain = sp.endpoint_chain(b);
             // Hairpin: the endpoint reaching itself is masqueraded.
             self.rule(
                 &chain,
                 &format!("{f} saddr {} jump mark-for-masquerade", b.addr),
             );
-            if affinity.is_some() {
+            if affinity {
                 self.rule(
                     &chain,
                     &format!("update @{} {{ {f} saddr }}", sp.affinity_set(b)),
@@ -715,12 +785,11 @@ impl Writer<'_> {
             }
             self.rule(&chain, &format!("meta l4proto {proto} dnat to {b}"));
         }
-        (uses_cluster || uses_local, reachable.len())
     }
 
     /// The load-balancing rule of a policy chain (after the affinity
     /// lookups).
-    fn to_endpoints(
+    fn load_balance(
         &mut self,
         sp: &ServicePortRules<'_>,
         chain: &str,

@@ -403,7 +403,7 @@ fn render(
 }
 
 /// Runs `nft` in network namespace `netns` with `stdin` as input.
-fn nft(netns: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+pub(crate) fn nft(netns: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", netns, "nft"]).args(args);
     cmd.stdin(if stdin.is_some() {

@@ -118,6 +118,7 @@ fn kill_fail_modes_restart_and_clean_stop() {
     let options = TestbedOptions {
         external: vec![outside],
         external_ports: vec![(Protocol::Tcp, 80)],
+        ..TestbedOptions::default()
     };
     let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "agent");
     let (node, dir) = (bed.node_netns().to_owned(), &dir.0);

@@ -74,6 +74,7 @@ fn conformance_cluster_is_fully_connected_without_agent() {
         &TestbedOptions {
             external: externals.clone(),
             external_ports: external_ports.clone(),
+            ..TestbedOptions::default()
         },
     )
     .expect("testbed builds");
@@ -138,6 +139,7 @@ fn failed_build_leaves_nothing_behind(cluster: &Cluster) {
         &TestbedOptions {
             external: vec![ext, ext],
             external_ports: Vec::new(),
+            ..TestbedOptions::default()
         },
     )
     .expect_err("a duplicate address fails the build");

@@ -42,6 +42,7 @@ fn dual_stack_pods_and_skipped_pods() {
         &TestbedOptions {
             external: vec!["2001:db8::10".parse().unwrap()],
             external_ports: vec![(Protocol::Tcp, 443)],
+            ..TestbedOptions::default()
         },
     )
     .expect("testbed builds");

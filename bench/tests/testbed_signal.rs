@@ -30,6 +30,7 @@ fn child_builds_and_waits() {
         &TestbedOptions {
             external: vec!["192.0.2.10".parse().unwrap()],
             external_ports: Vec::new(),
+            ..TestbedOptions::default()
         },
     )
     .expect("testbed builds");

@@ -50,7 +50,7 @@ mod servers;
 mod sockets;
 mod wiring;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
@@ -58,8 +58,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+use podfence_control::compile::Locality;
 use podfence_control::index::Cluster;
-use podfence_control::model::{PodPhase, Protocol};
+use podfence_control::model::{Pod, PodPhase, Protocol, Service};
+use podfence_datapath::Prefix;
+
+use crate::kube_proxy::{self, Family, KubeProxyConfig, KubeProxyRules};
 
 use commands::sysctl;
 pub(crate) use commands::{add_veth_pair, ip, run};
@@ -100,6 +104,12 @@ pub enum TestbedError {
     /// The probe names an external address not given in the options.
     #[error("external address {0} is not in the testbed (add it to TestbedOptions::external)")]
     UnknownExternal(IpAddr),
+    /// kube-proxy's rules could not be installed.
+    #[error("installing kube-proxy's nftables rules: {0}")]
+    KubeProxy(String),
+    /// The probe cannot be done this way.
+    #[error("{0}")]
+    Unsupported(String),
     /// Source and destination have no address family in common.
     #[error("{src} and {dst} have no address family in common")]
     NoCommonFamily {
@@ -115,6 +125,16 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TestbedError {
     move |source| TestbedError::Io { what, source }
 }
 
+/// Whether the node namespace gets kube-proxy's nftables rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KubeProxyMode {
+    /// When the cluster has Services kube-proxy would proxy (the default).
+    #[default]
+    WhenServices,
+    /// Never: Service addresses are not translated in the kernel.
+    Off,
+}
+
 /// What the testbed holds besides the cluster's pods.
 #[derive(Clone, Debug, Default)]
 pub struct TestbedOptions {
@@ -123,6 +143,8 @@ pub struct TestbedOptions {
     /// Ports on which the outside namespace answers, on every external
     /// address (TCP and UDP; SCTP needs no listener).
     pub external_ports: Vec<(Protocol, u16)>,
+    /// kube-proxy's rules for the cluster's Services in the node namespace.
+    pub kube_proxy: KubeProxyMode,
 }
 
 /// What a probe saw.
@@ -179,6 +201,10 @@ pub struct Testbed {
     pods: BTreeMap<String, TestbedPod>,
     skipped: Vec<SkippedPod>,
     external: Vec<IpAddr>,
+    /// ClusterIPs and external IPs of the Services kube-proxy's rules
+    /// translate (`ext:` destinations reached through them).
+    service_ips: Vec<IpAddr>,
+    kube_proxy: Option<KubeProxyRules>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -226,6 +252,8 @@ impl Testbed {
             pods: BTreeMap::new(),
             skipped: Vec::new(),
             external: options.external.clone(),
+            service_ips: Vec::new(),
+            kube_proxy: None,
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };
@@ -234,11 +262,20 @@ impl Testbed {
         let outside = bed.outside.clone();
         bed.add_netns(&node)?;
         bed.add_netns(&outside)?;
+        let proxied: Vec<&Service> = cluster
+            .services
+            .values()
+            .map(AsRef::as_ref)
+            .filter(|s| options.kube_proxy == KubeProxyMode::WhenServices && s.is_proxied())
+            .collect();
         let any_v6 = options.external.iter().any(IpAddr::is_ipv6)
             || cluster
                 .pods
                 .values()
-                .any(|p| p.ips.iter().any(IpAddr::is_ipv6));
+                .any(|p| p.ips.iter().any(IpAddr::is_ipv6))
+            || proxied
+                .iter()
+                .any(|s| s.cluster_ips.iter().any(IpAddr::is_ipv6));
 
         ip(&node, &["link", "set", "lo", "up"])?;
         sysctl(
@@ -280,13 +317,20 @@ impl Testbed {
                 ips: pod.ips.clone(),
             };
             bed.build_pod(&tp, index, queues.max(1))?;
-            let ports: Vec<(Protocol, u16)> = pod
+            let mut ports: Vec<(Protocol, u16)> = pod
                 .named_ports
                 .iter()
                 .map(|p| (p.protocol, p.port))
                 .collect();
+            // A Service's backend also answers on the target ports its
+            // EndpointSlices give it (a numeric targetPort need not be a
+            // named container port).
+            ports.extend(slice_ports(cluster, &pod.ips));
             bed.start_server(&tp.netns, &tp.ips, &ports, &key)?;
             bed.pods.insert(key, tp);
+        }
+        if !proxied.is_empty() {
+            bed.install_kube_proxy(cluster, &proxied, any_v6)?;
         }
         for &ext in &options.external {
             bed.start_server(
@@ -297,6 +341,69 @@ impl Testbed {
             )?;
         }
         Ok(bed)
+    }
+
+    /// kube-proxy's rules in the node namespace, and a route for every
+    /// ClusterIP (a real node has a default route; this one has none, and
+    /// the node's own connections need a route before `nat-output` DNATs
+    /// them). The node counts as the pods' node when they name one.
+    fn install_kube_proxy(
+        &mut self,
+        cluster: &Cluster,
+        proxied: &[&Service],
+        v6: bool,
+    ) -> Result<(), TestbedError> {
+        let built: Vec<&Pod> = cluster
+            .pods
+            .values()
+            .filter(|p| self.pods.contains_key(&p.key().to_string()))
+            .map(AsRef::as_ref)
+            .collect();
+        let nodes: BTreeSet<&str> = built.iter().filter_map(|p| p.node.as_deref()).collect();
+        let locality = match nodes.iter().collect::<Vec<_>>()[..] {
+            [one] => Locality::Node((*one).to_owned()),
+            _ => Locality::AllPods,
+        };
+        let pod_ips: Vec<IpAddr> = built.iter().flat_map(|p| p.ips.iter().copied()).collect();
+        let cluster_cidrs = [false, true]
+            .into_iter()
+            .filter_map(|v6| {
+                covering(
+                    &pod_ips
+                        .iter()
+                        .copied()
+                        .filter(|a| a.is_ipv6() == v6)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut node_port_addresses = vec![IpAddr::V4(wiring::TRANSIT_NODE_V4)];
+        let mut families = vec![Family::V4];
+        if v6 {
+            node_port_addresses.push(IpAddr::V6(wiring::TRANSIT_NODE_V6));
+            families.push(Family::V6);
+        }
+        let config = KubeProxyConfig {
+            locality,
+            cluster_cidrs,
+            service_cidrs: Vec::new(),
+            node_port_addresses,
+            families,
+        };
+        let rules = kube_proxy::rules(cluster, &config);
+        kube_proxy::install(&self.node, &rules).map_err(TestbedError::KubeProxy)?;
+        let mut seen = BTreeSet::new();
+        for s in proxied {
+            for &addr in &s.cluster_ips {
+                if seen.insert(addr) && !self.external.contains(&addr) {
+                    self.route_to_outside(addr)?;
+                }
+            }
+            self.service_ips
+                .extend(s.cluster_ips.iter().chain(&s.external_ips).copied());
+        }
+        self.kube_proxy = Some(rules);
+        Ok(())
     }
 
     fn add_netns(&mut self, name: &str) -> Result<(), TestbedError> {
@@ -366,11 +473,50 @@ impl Testbed {
         &self.pods
     }
 
+    /// kube-proxy's rules as installed in the node namespace, if any.
+    #[must_use]
+    pub fn kube_proxy_rules(&self) -> Option<&KubeProxyRules> {
+        self.kube_proxy.as_ref()
+    }
+
+    /// The Service addresses kube-proxy's rules translate (reachable as
+    /// `ext:` destinations).
+    #[must_use]
+    pub fn service_ips(&self) -> &[IpAddr] {
+        &self.service_ips
+    }
+
     /// The pods left out, and why.
     #[must_use]
     pub fn skipped(&self) -> &[SkippedPod] {
         &self.skipped
     }
+}
+
+/// The smallest prefix holding every address of `addrs` (one family).
+fn covering(addrs: &[IpAddr]) -> Option<Prefix> {
+    let first = *addrs.first()?;
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let width: u32 = if first.is_ipv4() { 32 } else { 128 };
+    let differ = addrs
+        .iter()
+        .fold(0u128, |acc, &a| acc | (bits(a) ^ bits(first)));
+    let len = width - (128 - differ.leading_zeros()).min(width);
+    Prefix::new(first, u8::try_from(len).ok()?)
+}
+
+/// The (protocol, port) pairs EndpointSlices give an endpoint at one of
+/// `ips`.
+fn slice_ports(cluster: &Cluster, ips: &[IpAddr]) -> Vec<(Protocol, u16)> {
+    cluster
+        .endpoint_slices
+        .values()
+        .filter(|s| s.endpoints.iter().any(|e| ips.contains(&e.address)))
+        .flat_map(|s| s.ports.iter().filter_map(|p| Some((p.protocol, p.port?))))
+        .collect()
 }
 
 // ---------------------------------------------------------------- cleanup --

@@ -26,6 +26,9 @@ impl Testbed {
                 let pod = self.pods.get(&key).ok_or(TestbedError::UnknownPod(key))?;
                 Ok((&pod.netns, pod.ips.clone()))
             }
+            // A Service address: the kernel's DNAT (kube-proxy's rules in
+            // the node) or the agent picks the namespace.
+            Endpoint::External(ip) if self.service_ips.contains(ip) => Ok((&self.node, vec![*ip])),
             Endpoint::External(ip) => {
                 if self.external.contains(ip) {
                     Ok((&self.outside, vec![*ip]))
@@ -63,8 +66,43 @@ impl Testbed {
             Protocol::Udp => in_netns(src_ns, || udp_probe((src, 0), dst, probe.port, timeout))
                 .map_err(io_err(what())),
             Protocol::Sctp => {
+                if matches!(probe.dst, Endpoint::External(ip) if self.service_ips.contains(&ip)) {
+                    return Err(TestbedError::Unsupported(format!(
+                        "probe {probe}: an SCTP probe watches for its INIT at the destination, \
+                         which a Service address does not name"
+                    )));
+                }
                 sctp_probe(src_ns, dst_ns, src, dst, probe.port, timeout).map_err(io_err(what()))
             }
+        }
+    }
+
+    /// A TCP connection or UDP exchange from the node namespace itself (the
+    /// node's own traffic, source chosen by the kernel) to `dst`: what
+    /// answered.
+    pub fn probe_from_node(
+        &self,
+        protocol: Protocol,
+        dst: IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        let any = if dst.is_ipv4() {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        let what = || format!("{protocol} from the node to {}", SocketAddr::new(dst, port));
+        match protocol {
+            Protocol::Tcp => {
+                in_netns(&self.node, || tcp_probe(any, dst, port, timeout)).map_err(io_err(what()))
+            }
+            Protocol::Udp => in_netns(&self.node, || udp_probe((any, 0), dst, port, timeout))
+                .map_err(io_err(what())),
+            Protocol::Sctp => Err(TestbedError::Unsupported(format!(
+                "{}: no SCTP probe from the node",
+                what()
+            ))),
         }
     }
 

@@ -12,9 +12,11 @@ pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Link-local IPv6 gateway of every pod.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
-const TRANSIT_NODE_V4: &str = "169.254.100.1";
+/// The node's address on the link to the outside namespace.
+pub(super) const TRANSIT_NODE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 1);
 const TRANSIT_OUT_V4: &str = "169.254.100.2";
-const TRANSIT_NODE_V6: &str = "fd70:6600::1";
+/// The node's IPv6 address on the link to the outside namespace.
+pub(super) const TRANSIT_NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd70, 0x6600, 0, 0, 0, 0, 0, 1);
 const TRANSIT_OUT_V6: &str = "fd70:6600::2";
 const TRANSIT_NODE_MAC: &str = "02:70:66:ff:ff:01";
 const TRANSIT_OUT_MAC: &str = "02:70:66:ff:ff:02";
@@ -22,11 +24,12 @@ const TRANSIT_OUT_MAC: &str = "02:70:66:ff:ff:02";
 /// Static neighbours on the node-outside link, both families.
 fn transit_neighbours(node: &str, out: &str, v6: bool) -> Result<(), TestbedError> {
     // Static neighbours: no resolution delay on the first packet.
-    let mut pairs = vec![(TRANSIT_NODE_V4, TRANSIT_OUT_V4)];
+    let mut pairs = vec![(TRANSIT_NODE_V4.to_string(), TRANSIT_OUT_V4)];
     if v6 {
-        pairs.push((TRANSIT_NODE_V6, TRANSIT_OUT_V6));
+        pairs.push((TRANSIT_NODE_V6.to_string(), TRANSIT_OUT_V6));
     }
-    for (node_addr, out_addr) in pairs {
+    for (node_addr, out_addr) in &pairs {
+        let node_addr = node_addr.as_str();
         ip(
             node,
             &[
@@ -60,6 +63,29 @@ fn transit_neighbours(node: &str, out: &str, v6: bool) -> Result<(), TestbedErro
 }
 
 impl Testbed {
+    /// A host route for `addr` in the node towards the outside namespace,
+    /// where a real node's default route would send it.
+    pub(super) fn route_to_outside(&self, addr: IpAddr) -> Result<(), TestbedError> {
+        let (cidr, via, fam) = match addr {
+            IpAddr::V4(a) => (format!("{a}/32"), TRANSIT_OUT_V4, "-4"),
+            IpAddr::V6(a) => (format!("{a}/128"), TRANSIT_OUT_V6, "-6"),
+        };
+        ip(
+            &self.node,
+            &[
+                fam,
+                "route",
+                "replace",
+                &cidr,
+                "via",
+                via,
+                "dev",
+                NODE_OUT_IF,
+            ],
+        )
+        .map(|_| ())
+    }
+
     pub(super) fn build_outside(
         &mut self,
         options: &TestbedOptions,
@@ -134,12 +160,10 @@ impl Testbed {
         ip(&out, &["link", "set", OUT_NODE_IF, "up"])?;
         transit_neighbours(&node, &out, v6)?;
         // Everything not outside is behind the node: pods answer through it.
-        ip(&out, &["route", "add", "default", "via", TRANSIT_NODE_V4])?;
+        let (gw4, gw6) = (TRANSIT_NODE_V4.to_string(), TRANSIT_NODE_V6.to_string());
+        ip(&out, &["route", "add", "default", "via", &gw4])?;
         if v6 {
-            ip(
-                &out,
-                &["-6", "route", "add", "default", "via", TRANSIT_NODE_V6],
-            )?;
+            ip(&out, &["-6", "route", "add", "default", "via", &gw6])?;
         }
         for ext in &options.external {
             let (len, via, fam) = if ext.is_ipv4() {

@@ -18,7 +18,7 @@ use podfence_datapath::ports::RxDesc;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::services::{
-    Endpoint, FrontendKey, NoBackend, ServiceOptions, ServiceTableBuilder,
+    Backend, Conditions, Endpoint, FrontendKey, NoBackend, ServiceOptions, ServiceTableBuilder,
 };
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
@@ -444,5 +444,258 @@ fn a_revoked_translated_connection_is_cut_in_both_directions() {
         stats.snapshot().service_stale_aliases,
         0,
         "removed, not found stale"
+    );
+}
+
+// Endpoint churn.
+
+/// The churn tests' Service: TCP 80 to port 8080 and UDP 53 to port 5353
+/// of `endpoints` (addresses and conditions; all on this node).
+const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 1);
+
+fn churn_services(endpoints: &[(IpAddr, Conditions)]) -> ServiceTable {
+    let mut b = ServiceTableBuilder::new();
+    let id = b.add_service("ns", "churn", ServiceOptions::default());
+    for (protocol, port, target) in [(IpProtocol::TCP, 80, 8080), (IpProtocol::UDP, 53, 5353)] {
+        let list: Vec<Endpoint> = endpoints
+            .iter()
+            .map(|&(addr, conditions)| Endpoint {
+                backend: Backend { addr, port: target },
+                conditions,
+                local: true,
+            })
+            .collect();
+        let key = FrontendKey {
+            addr: IpAddr::V4(CHURN),
+            protocol,
+            port,
+        };
+        b.add_frontend(id, key, &list).unwrap();
+    }
+    b.build()
+}
+
+fn ready(addr: IpAddr) -> (IpAddr, Conditions) {
+    (addr, Conditions::READY)
+}
+
+/// The address a translated outcome went to (IPv4).
+fn backend_of(got: &(Outcome, bool, Option<Rewrite>)) -> IpAddr {
+    let r = got.2.expect("translated");
+    IpAddr::V4(Ipv4Addr::from(r.to.addr as u32))
+}
+
+/// Client ports whose connections to the churn Service go to `a` and to
+/// `b` respectively (the first of each among 4000..4100).
+fn ports_to(w: &mut Worker<'_>, a: IpAddr, b: IpAddr) -> (u16, u16) {
+    let frames: Vec<Vec<u8>> = (4000..4100u16)
+        .map(|p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::SYN)))
+        .collect();
+    let got = run(w, &frames);
+    let port = |want| 4000 + got.iter().position(|g| backend_of(g) == want).unwrap() as u16;
+    (port(a), port(b))
+}
+
+#[test]
+fn a_tcp_connection_whose_backend_is_gone_ends_on_its_next_packet() {
+    let (x, y) = (v4(1), v4(3));
+    for revalidate in [true, false] {
+        let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+        let conntrack = Conntrack::new(1024, Timeouts::default());
+        let stats = WorkerStats::default();
+        let config = WorkerConfig {
+            revalidate,
+            ..WorkerConfig::default()
+        };
+        let mut w = Worker::new(&conntrack, publisher.reader(), &stats, config);
+        let (to_x, to_y) = ports_to(&mut w, x, y);
+        // x leaves the Service.
+        publisher.publish(Tables::empty(2), churn_services(&[ready(y)]), None);
+        let ack = |p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::ACK));
+        let got = run(&mut w, &[ack(to_x), ack(to_y)]);
+        assert!(
+            matches!(got[0], (Outcome::BackendGone, false, None)),
+            "{revalidate}: {got:?}"
+        );
+        assert!(
+            matches!(got[1], (Outcome::Established, true, Some(_))),
+            "{revalidate}: {got:?}"
+        );
+        assert_eq!(backend_of(&got[1]), y, "the other keeps its backend");
+        let c = stats.snapshot();
+        assert_eq!(c.service_backend_gone, 1);
+        assert_eq!(c.revalidated, u64::from(revalidate));
+        // Both slots went: a retransmission is a new mid-stream packet, to
+        // a current backend (which resets it: the client fails at once).
+        let again = run(&mut w, &[ack(to_x)]);
+        assert!(
+            matches!(again[0], (Outcome::PickedUp { .. }, true, Some(_))),
+            "{again:?}"
+        );
+        assert_eq!(backend_of(&again[0]), y);
+        assert_eq!(stats.snapshot().service_stale_aliases, 0);
+        // A new connection uses the current set.
+        let syn = run(
+            &mut w,
+            &[build(
+                v4(2),
+                IpAddr::V4(CHURN),
+                tcp(to_x + 1000, 80, tcp_flags::SYN),
+            )],
+        );
+        assert_eq!(backend_of(&syn[0]), y);
+    }
+}
+
+#[test]
+fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
+    let (x, y) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    let (to_x, _) = ports_to(&mut w, x, y);
+    publisher.publish(Tables::empty(2), churn_services(&[ready(y)]), None);
+    let got = run(&mut w, &[build(x, v4(2), tcp(8080, to_x, tcp_flags::ACK))]);
+    assert!(
+        matches!(got[0], (Outcome::BackendGone, false, None)),
+        "{got:?}"
+    );
+    assert_eq!(stats.snapshot().service_backend_gone, 1);
+    // The alias went with the entry: the client's next packet is new.
+    let next = run(
+        &mut w,
+        &[build(
+            v4(2),
+            IpAddr::V4(CHURN),
+            tcp(to_x, 80, tcp_flags::ACK),
+        )],
+    );
+    assert!(
+        matches!(next[0], (Outcome::PickedUp { .. }, true, Some(_))),
+        "{next:?}"
+    );
+    let c = stats.snapshot();
+    assert_eq!((c.service_stale_aliases, c.service_backend_gone), (0, 1));
+}
+
+#[test]
+fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
+    let (x, y) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    // A client port whose flow goes to x (the DNS pod's port, DNS = 1).
+    let query = |p| build(v4(2), IpAddr::V4(CHURN), udp(p, 53));
+    let frames: Vec<Vec<u8>> = (4000..4100).map(query).collect();
+    let got = run(&mut w, &frames);
+    let sport = 4000 + got.iter().position(|g| backend_of(g) == x).unwrap() as u16;
+    // x goes; the client keeps its socket and sends again.
+    publisher.publish(Tables::empty(2), churn_services(&[ready(y)]), None);
+    let before = stats.snapshot();
+    let mut s = switch(&[vec![], vec![], vec![query(sport)], vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    assert!(s.port(DNS).unwrap().sent().is_empty(), "nothing to x");
+    let sent = s.port(WEB_PORT).unwrap().sent().to_vec();
+    assert_eq!(sent.len(), 1, "to y");
+    let k = verified_key(&sent[0]);
+    assert_eq!(
+        (k.dst, k.dst_port, k.src, k.src_port),
+        (0x0a00_0003, 5353, 0x0a00_0002, sport)
+    );
+    let c = stats.snapshot();
+    assert_eq!(c.service_backend_gone - before.service_backend_gone, 1);
+    assert_eq!(c.service_translated - before.service_translated, 1);
+    assert_eq!(c.denied, before.denied, "not dropped");
+    // y's answer comes back from the Service address.
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![],
+        vec![build(y, v4(2), udp(5353, sport))],
+    ]);
+    drain(&mut s, &mut w, WEB_PORT);
+    let back = s.port(CLIENT).unwrap().sent().to_vec();
+    assert_eq!(back.len(), 1);
+    let k = verified_key(&back[0]);
+    assert_eq!((k.src, k.src_port), (u128::from(u32::from(CHURN)), 53));
+    assert_eq!(stats.snapshot().service_backend_gone, 1);
+}
+
+#[test]
+fn a_connection_whose_backend_still_serves_survives_new_generations() {
+    let (x, y) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    let (to_x, _) = ports_to(&mut w, x, y);
+    let ack = build(v4(2), IpAddr::V4(CHURN), tcp(to_x, 80, tcp_flags::ACK));
+    // Another endpoint joins; then x terminates gracefully (not ready,
+    // still serving): established connections finish, new ones avoid it.
+    let terminating = Conditions {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    let third = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 4));
+    let generations = [
+        churn_services(&[ready(x), ready(y), ready(third)]),
+        churn_services(&[(x, terminating), ready(y), ready(third)]),
+    ];
+    for (g, services) in (2..).zip(generations) {
+        publisher.publish(Tables::empty(g), services, None);
+        let got = run(&mut w, std::slice::from_ref(&ack));
+        assert!(
+            matches!(got[0], (Outcome::Established, true, Some(_))),
+            "generation {g}: {got:?}"
+        );
+        assert_eq!(backend_of(&got[0]), x);
+    }
+    let c = stats.snapshot();
+    assert_eq!((c.service_backend_gone, c.revalidated), (0, 2));
+    let syns: Vec<Vec<u8>> = (5000..5100u16)
+        .map(|p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::SYN)))
+        .collect();
+    let fresh = run(&mut w, &syns);
+    assert!(
+        fresh.iter().all(|g| backend_of(g) != x),
+        "not for new connections"
+    );
+    // Not serving any more (or the Service gone): it ends.
+    publisher.publish(
+        Tables::empty(4),
+        churn_services(&[
+            (
+                x,
+                Conditions {
+                    serving: false,
+                    ..terminating
+                },
+            ),
+            ready(y),
+        ]),
+        None,
+    );
+    let got = run(&mut w, std::slice::from_ref(&ack));
+    assert!(
+        matches!(got[0], (Outcome::BackendGone, false, None)),
+        "{got:?}"
     );
 }

@@ -143,6 +143,9 @@ pub struct Hit {
     pub slot: usize,
     /// The translation, for an entry of a translated connection.
     pub nat: Option<Nat>,
+    /// Whether the connection's first packet came from the host port (see
+    /// [`Conntrack::insert_at_from`]): its replies go back there.
+    pub from_host: bool,
 }
 
 /// How an insert went.
@@ -175,6 +178,8 @@ const INITIATOR_IS_B: u32 = 1 << 8;
 const HAS_NAT: u32 = 1 << 9;
 /// The slot is the alias of a translated connection.
 const ALIAS: u32 = 1 << 10;
+/// The connection's first packet came from the host port (the reply rule).
+const FROM_HOST: u32 = 1 << 11;
 
 /// A slot's NAT data, beside the slots so that they stay 64 bytes.
 #[derive(Debug, Default)]
@@ -420,6 +425,7 @@ impl Conntrack {
                     initiator_is_b,
                     slot: idx,
                     nat: Some(Nat::Alias { backend }),
+                    from_host: false,
                 });
             }
             // Advance the state; a failed CAS means a concurrent update (or
@@ -458,6 +464,7 @@ impl Conntrack {
                 initiator_is_b,
                 slot: idx,
                 nat,
+                from_host: tag as u32 & FROM_HOST != 0,
             });
         }
         None
@@ -475,6 +482,25 @@ impl Conntrack {
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert_at(&self, at: &Located, state: State, generation: u32, now: u64) -> Inserted {
         self.insert_with(at, state, 0, None, generation, now)
+    }
+
+    /// [`Self::insert_at`], recording whether the connection's first packet
+    /// came from the host port: the switch sends the replies of such a
+    /// connection back to the host port whatever their destination, so
+    /// that the kernel undoes its own translations (kube-proxy's NodePorts,
+    /// hostPorts, the node's traffic). The flag is a bit of the slot's tag,
+    /// written with it; [`Hit::from_host`] reads it.
+    #[must_use = "a failed insert means replies will not be recognised"]
+    pub fn insert_at_from(
+        &self,
+        at: &Located,
+        state: State,
+        generation: u32,
+        now: u64,
+        from_host: bool,
+    ) -> Inserted {
+        let flags = if from_host { FROM_HOST } else { 0 };
+        self.insert_with(at, state, flags, None, generation, now)
     }
 
     /// Records a translated connection (see the module doc): the entry of

@@ -74,6 +74,22 @@
 //! dropped and counted ([`SwitchStats::service_refused`]); no ICMP
 //! unreachable or TCP reset is sent back yet.
 //!
+//! # The reply rule
+//!
+//! A connection whose first packet came from the host port was possibly
+//! translated by the kernel on its way here (kube-proxy's NodePorts,
+//! external IPs, hostPorts, the node's own traffic, Services podfence leaves
+//! alone) without being masqueraded, so its replies may be addressed to a
+//! local pod that never sent to their source. The switch sends them back to
+//! the host port, where the kernel undoes its translation and routes them
+//! on. The switch tells the worker, once per batch, whether it received the
+//! batch on the host port ([`Output::rx_is_host`]); the worker records it in
+//! the connection's entry and hands replies of such connections to
+//! [`Output::to_host`]. Counted in [`SwitchStats::reply_rule`] when the
+//! destination alone would have led to a pod port. Packets of translated
+//! connections whose backend is gone ([`Outcome::BackendGone`]) are
+//! dropped and counted ([`SwitchStats::backend_gone`]).
+//!
 //! VLAN tags, if any, are kept as received (the MACs precede them; the IP
 //! header is found at the parsed `l3_offset`).
 //!

@@ -26,6 +26,16 @@
 //!   backend refuses the attempt ([`Outcome::NoBackend`]). The worker only
 //!   decides the rewrite ([`Rewrite`], handed to [`Output::translated`]);
 //!   the switch applies it to its copy of the frame ([`crate::nat`]);
+//!   packets received on the host port ([`Output::rx_is_host`]) are never
+//!   translated: kube-proxy translates what the kernel sends;
+//! - once per new generation, a translated connection's backend must still
+//!   serve its frontend ([`crate::services::Frontend::serves`]): if not,
+//!   the connection ends (both slots; [`Outcome::BackendGone`]), except
+//!   that a UDP client's datagram is then translated anew to a current
+//!   backend (endpoint churn);
+//! - a connection opened by a packet from the host port is recorded so;
+//!   packets towards its initiator go to [`Output::to_host`] (the reply
+//!   rule: the kernel undoes its own translations);
 //! - a mid-stream packet with no connection (TCP without SYN, SCTP other
 //!   than INIT, an echo reply) is picked up loosely: allowed if the tables
 //!   allow it in its own direction or as a reply in the other, so that a
@@ -531,14 +541,15 @@ impl Decider<'_> {
         }
         if let Some(inner) = meta.related {
             // An ICMP error quotes the packet it is about, as that packet's
-            // sender saw it; the error goes back towards that sender: to
-            // the host port if that sender is the initiator of a connection
-            // that came from there.
+            // sender saw it; the error goes back towards that sender (the
+            // parser reversed the quoted key: it is oriented like the
+            // error). Towards the initiator of a connection that came from
+            // the host port, it goes to the host port.
             if let Some(hit) = conntrack.lookup(&inner, Signal::default(), now) {
                 return Decided {
                     outcome: Outcome::Related,
                     rewrite: None,
-                    to_host: hit.from_host && !hit.reply,
+                    to_host: hit.from_host && hit.reply,
                 };
             }
         }

@@ -28,6 +28,7 @@ use podfence_datapath::wire::checksum::{
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
 use podfence_datapath::{IpProtocol, ServiceTable, Tables};
 
+use podfence_testkit::frames;
 use podfence_testkit::services::{self, DNS_V4, DNS_V6, ELSEWHERE, EMPTY, WEB};
 use podfence_testkit::tables::{v4, v6};
 
@@ -698,4 +699,139 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
         matches!(got[0], (Outcome::BackendGone, false, None)),
         "{got:?}"
     );
+}
+
+// The reply rule.
+
+/// A worker over the test pods with no policy, and the Services.
+fn open_worker<'a>(
+    publisher: &Publisher,
+    conntrack: &'a Conntrack,
+    stats: &'a WorkerStats,
+) -> Worker<'a> {
+    Worker::new(
+        conntrack,
+        publisher.reader(),
+        stats,
+        WorkerConfig::default(),
+    )
+}
+
+#[test]
+fn replies_of_connections_from_the_host_port_go_back_to_the_host_port() {
+    let publisher = Publisher::new(Tables::empty(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let (syn, synack, ack) = (
+        tcp_flags::SYN,
+        tcp_flags::SYN | tcp_flags::ACK,
+        tcp_flags::ACK,
+    );
+    // The kernel translated the client pod's connections (kube-proxy: a
+    // Service podfence leaves alone, a NodePort, a hostPort) without
+    // masquerading them: they arrive from the host port, client → web.
+    let from_host = vec![
+        build(v4(2), v4(3), tcp(4000, 8080, syn)),
+        build(v6(2), v6(3), tcp(4000, 8080, syn)),
+        build(v4(2), v4(3), udp(4001, 8080)),
+    ];
+    let mut s = switch(&[from_host, vec![], vec![], vec![]]);
+    drain(&mut s, &mut w, HOST);
+    assert_eq!(s.port(WEB_PORT).unwrap().sent().len(), 3, "by destination");
+    // web's replies are addressed to the client pod, but go back to the
+    // host port, for the kernel to undo its translation.
+    let replies = vec![
+        build(v4(3), v4(2), tcp(8080, 4000, synack)),
+        build(v6(3), v6(2), tcp(8080, 4000, synack)),
+        build(v4(3), v4(2), udp(8080, 4001)),
+    ];
+    let mut s = switch(&[vec![], vec![], vec![], replies.clone()]);
+    drain(&mut s, &mut w, WEB_PORT);
+    assert!(s.port(CLIENT).unwrap().sent().is_empty(), "not to the pod");
+    let sent = s.port(HOST).unwrap().sent().to_vec();
+    assert_eq!(sent.len(), 3);
+    for (f, r) in sent.iter().zip(&replies) {
+        assert_eq!(f[..6], [2, 0, 0, 0, HOST as u8, 1], "pf-host's MAC");
+        assert_eq!(f[12..], r[12..], "unchanged: the kernel routes it");
+    }
+    assert_eq!(s.stats().reply_rule, 3);
+    // So does an ICMP error about the client's datagram (related).
+    let quoted = build(v4(2), v4(3), udp(4001, 8080));
+    let error = frames::V4::new(1)
+        .addrs([10, 0, 0, 3], [10, 0, 0, 2])
+        .packet(&frames::icmp(3, 3, [0; 4], &quoted[14..14 + 28]));
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![],
+        vec![frames::ethernet(frames::ETH_IPV4, &error)],
+    ]);
+    drain(&mut s, &mut w, WEB_PORT);
+    assert_eq!(
+        s.port(HOST).unwrap().sent().len(),
+        1,
+        "related, to the host"
+    );
+    assert_eq!(s.stats().reply_rule, 1);
+    // The connection's own direction still goes by destination.
+    let mut s = switch(&[
+        vec![build(v4(2), v4(3), tcp(4000, 8080, ack))],
+        vec![],
+        vec![],
+        vec![],
+    ]);
+    drain(&mut s, &mut w, HOST);
+    assert_eq!(s.port(WEB_PORT).unwrap().sent().len(), 1);
+    // A connection the client pod opens itself is unaffected: web's reply
+    // goes straight to the client's port.
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![build(v4(2), v4(3), tcp(4002, 8080, syn))],
+        vec![build(v4(3), v4(2), tcp(8080, 4002, synack))],
+    ]);
+    drain(&mut s, &mut w, CLIENT);
+    drain(&mut s, &mut w, WEB_PORT);
+    assert_eq!(s.port(WEB_PORT).unwrap().sent().len(), 1);
+    assert_eq!(s.port(CLIENT).unwrap().sent().len(), 1);
+    assert!(s.port(HOST).unwrap().sent().is_empty());
+    assert_eq!(s.stats().reply_rule, 0);
+    assert_eq!(stats.snapshot().denied, 0);
+}
+
+#[test]
+fn packets_from_the_host_port_to_a_service_address_are_not_translated() {
+    let publisher = Publisher::new(Tables::empty(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+    let mut s = switch(&[
+        vec![
+            build(outside, IpAddr::V4(DNS_V4), udp(4000, 53)),
+            build(outside, IpAddr::V4(WEB), tcp(4001, 80, tcp_flags::SYN)),
+        ],
+        vec![],
+        vec![],
+        vec![],
+    ]);
+    drain(&mut s, &mut w, HOST);
+    let c = stats.snapshot();
+    assert_eq!(c.service_translated, 0, "kube-proxy's to translate");
+    assert_eq!(c.new_allowed, 2);
+    assert!(s.port(DNS).unwrap().sent().is_empty());
+    assert!(s.port(WEB_PORT).unwrap().sent().is_empty());
+    // Untranslated, they would go back where they came from.
+    assert_eq!(s.stats().hairpin, 2);
+    // The same from a local pod is translated.
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![build(v4(2), IpAddr::V4(DNS_V4), udp(4000, 53))],
+        vec![],
+    ]);
+    drain(&mut s, &mut w, CLIENT);
+    assert_eq!(stats.snapshot().service_translated, 1);
+    assert_eq!(s.port(DNS).unwrap().sent().len(), 1);
 }

@@ -54,6 +54,14 @@
 //! connection, and for its forward packets a second lookup (not
 //! prefetched). A slot reused for another connection drops its NAT data
 //! with its flags.
+//!
+//! # Connections from the host port
+//!
+//! A flag of the tag ([`Hit::from_host`]), set when the connection is
+//! recorded ([`Conntrack::insert_at_from`]) and kept by every state change
+//! (the CAS replaces the state byte only), says that its first packet came
+//! from the host port: the worker sends its replies back there (the reply
+//! rule). It costs no space and no extra load.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -761,6 +769,30 @@ mod tests {
         assert_eq!(ct.lookup(&k, Signal::default(), 2).unwrap().generation, 4);
         ct.remove(&h);
         assert!(ct.lookup(&k, Signal::default(), 3).is_none());
+    }
+
+    #[test]
+    fn the_host_port_flag_stays_through_state_changes() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let from_host = key(1, 80, ip_proto::TCP);
+        let from_pod = key(2, 80, ip_proto::TCP);
+        let at = ct.locate(&from_host);
+        let _ = ct.insert_at_from(&at, State::TcpSynSent, 1, 0, true);
+        let _ = ct.insert_at_from(&ct.locate(&from_pod), State::TcpSynSent, 1, 0, false);
+        let synack = tcp(tcp_flags::SYN | tcp_flags::ACK);
+        let back = ct.lookup(&from_host.reversed(), synack, 1).unwrap();
+        assert!(back.from_host && back.reply);
+        assert_ne!(back.state, State::TcpSynSent, "advanced, flag kept");
+        let fwd = ct.lookup(&from_host, tcp(tcp_flags::ACK), 2).unwrap();
+        assert!(fwd.from_host && !fwd.reply);
+        assert!(
+            !ct.lookup(&from_pod.reversed(), synack, 1)
+                .unwrap()
+                .from_host
+        );
+        let _ = ct.insert(&key(3, 80, ip_proto::UDP), State::UdpUnreplied, 1, 0);
+        let plain = ct.lookup(&key(3, 80, ip_proto::UDP), Signal::default(), 1);
+        assert!(!plain.unwrap().from_host);
     }
 
     #[test]

@@ -292,6 +292,27 @@ impl Decided {
             to_host: false,
         }
     }
+
+    /// Hands the packet to `out`: [`Output::to_host`] by the reply rule,
+    /// else [`Output::translated`] with a rewrite, else [`Output::packet`].
+    #[inline]
+    fn emit(
+        &self,
+        out: &mut impl Output,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&crate::flow::PacketMeta>,
+        passes: bool,
+    ) {
+        let outcome = &self.outcome;
+        match &self.rewrite {
+            _ if self.to_host => {
+                out.to_host(desc, frame, meta, outcome, passes, self.rewrite.as_ref());
+            }
+            Some(r) => out.translated(desc, frame, meta, outcome, passes, r),
+            None => out.packet(desc, frame, meta, outcome, passes),
+        }
+    }
 }
 
 /// The port number a policy looks at: the destination port of port-carrying
@@ -430,11 +451,7 @@ impl<'a> Worker<'a> {
                     (None, Decided::plain(Outcome::Malformed(*e)))
                 }
             };
-            let Decided {
-                outcome,
-                rewrite,
-                to_host,
-            } = decided;
+            let outcome = decided.outcome;
             let passes = outcome.passes(self.config.malformed);
             if passes {
                 c.allowed += 1;
@@ -447,11 +464,7 @@ impl<'a> Worker<'a> {
                 c.new_denied_egress += u64::from(!v.egress.is_allowed());
                 c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
             }
-            match &rewrite {
-                _ if to_host => out.to_host(desc, frame, meta, &outcome, passes, rewrite.as_ref()),
-                Some(r) => out.translated(desc, frame, meta, &outcome, passes, r),
-                None => out.packet(desc, frame, meta, &outcome, passes),
-            }
+            decided.emit(out, desc, frame, meta, passes);
         }
         port.release(&self.descs[..n]);
         out.end_batch();

@@ -499,9 +499,9 @@ fn ports_to(w: &mut Worker<'_>, a: IpAddr, b: IpAddr) -> (u16, u16) {
 
 #[test]
 fn a_tcp_connection_whose_backend_is_gone_ends_on_its_next_packet() {
-    let (x, y) = (v4(1), v4(3));
+    let (b1, b2) = (v4(1), v4(3));
     for revalidate in [true, false] {
-        let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+        let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
         let conntrack = Conntrack::new(1024, Timeouts::default());
         let stats = WorkerStats::default();
         let config = WorkerConfig {
@@ -509,11 +509,11 @@ fn a_tcp_connection_whose_backend_is_gone_ends_on_its_next_packet() {
             ..WorkerConfig::default()
         };
         let mut w = Worker::new(&conntrack, publisher.reader(), &stats, config);
-        let (to_x, to_y) = ports_to(&mut w, x, y);
-        // x leaves the Service.
-        publisher.publish(Tables::empty(2), churn_services(&[ready(y)]), None);
+        let (to_b1, to_b2) = ports_to(&mut w, b1, b2);
+        // b1 leaves the Service.
+        publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
         let ack = |p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::ACK));
-        let got = run(&mut w, &[ack(to_x), ack(to_y)]);
+        let got = run(&mut w, &[ack(to_b1), ack(to_b2)]);
         assert!(
             matches!(got[0], (Outcome::BackendGone, false, None)),
             "{revalidate}: {got:?}"
@@ -522,18 +522,18 @@ fn a_tcp_connection_whose_backend_is_gone_ends_on_its_next_packet() {
             matches!(got[1], (Outcome::Established, true, Some(_))),
             "{revalidate}: {got:?}"
         );
-        assert_eq!(backend_of(&got[1]), y, "the other keeps its backend");
+        assert_eq!(backend_of(&got[1]), b2, "the other keeps its backend");
         let c = stats.snapshot();
         assert_eq!(c.service_backend_gone, 1);
         assert_eq!(c.revalidated, u64::from(revalidate));
         // Both slots went: a retransmission is a new mid-stream packet, to
         // a current backend (which resets it: the client fails at once).
-        let again = run(&mut w, &[ack(to_x)]);
+        let again = run(&mut w, &[ack(to_b1)]);
         assert!(
             matches!(again[0], (Outcome::PickedUp { .. }, true, Some(_))),
             "{again:?}"
         );
-        assert_eq!(backend_of(&again[0]), y);
+        assert_eq!(backend_of(&again[0]), b2);
         assert_eq!(stats.snapshot().service_stale_aliases, 0);
         // A new connection uses the current set.
         let syn = run(
@@ -541,17 +541,17 @@ fn a_tcp_connection_whose_backend_is_gone_ends_on_its_next_packet() {
             &[build(
                 v4(2),
                 IpAddr::V4(CHURN),
-                tcp(to_x + 1000, 80, tcp_flags::SYN),
+                tcp(to_b1 + 1000, 80, tcp_flags::SYN),
             )],
         );
-        assert_eq!(backend_of(&syn[0]), y);
+        assert_eq!(backend_of(&syn[0]), b2);
     }
 }
 
 #[test]
 fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
-    let (x, y) = (v4(1), v4(3));
-    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+    let (b1, b2) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
     let mut w = Worker::new(
@@ -560,9 +560,12 @@ fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
         &stats,
         WorkerConfig::default(),
     );
-    let (to_x, _) = ports_to(&mut w, x, y);
-    publisher.publish(Tables::empty(2), churn_services(&[ready(y)]), None);
-    let got = run(&mut w, &[build(x, v4(2), tcp(8080, to_x, tcp_flags::ACK))]);
+    let (to_b1, _) = ports_to(&mut w, b1, b2);
+    publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
+    let got = run(
+        &mut w,
+        &[build(b1, v4(2), tcp(8080, to_b1, tcp_flags::ACK))],
+    );
     assert!(
         matches!(got[0], (Outcome::BackendGone, false, None)),
         "{got:?}"
@@ -574,7 +577,7 @@ fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
         &[build(
             v4(2),
             IpAddr::V4(CHURN),
-            tcp(to_x, 80, tcp_flags::ACK),
+            tcp(to_b1, 80, tcp_flags::ACK),
         )],
     );
     assert!(
@@ -587,8 +590,8 @@ fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
 
 #[test]
 fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
-    let (x, y) = (v4(1), v4(3));
-    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+    let (b1, b2) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
     let mut w = Worker::new(
@@ -597,19 +600,19 @@ fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
         &stats,
         WorkerConfig::default(),
     );
-    // A client port whose flow goes to x (the DNS pod's port, DNS = 1).
+    // A client port whose flow goes to b1 (the DNS pod's port, DNS = 1).
     let query = |p| build(v4(2), IpAddr::V4(CHURN), udp(p, 53));
     let frames: Vec<Vec<u8>> = (4000..4100).map(query).collect();
     let got = run(&mut w, &frames);
-    let sport = 4000 + got.iter().position(|g| backend_of(g) == x).unwrap() as u16;
-    // x goes; the client keeps its socket and sends again.
-    publisher.publish(Tables::empty(2), churn_services(&[ready(y)]), None);
+    let sport = 4000 + got.iter().position(|g| backend_of(g) == b1).unwrap() as u16;
+    // b1 goes; the client keeps its socket and sends again.
+    publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
     let before = stats.snapshot();
     let mut s = switch(&[vec![], vec![], vec![query(sport)], vec![]]);
     drain(&mut s, &mut w, CLIENT);
-    assert!(s.port(DNS).unwrap().sent().is_empty(), "nothing to x");
+    assert!(s.port(DNS).unwrap().sent().is_empty(), "nothing to b1");
     let sent = s.port(WEB_PORT).unwrap().sent().to_vec();
-    assert_eq!(sent.len(), 1, "to y");
+    assert_eq!(sent.len(), 1, "to b2");
     let k = verified_key(&sent[0]);
     assert_eq!(
         (k.dst, k.dst_port, k.src, k.src_port),
@@ -619,12 +622,12 @@ fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
     assert_eq!(c.service_backend_gone - before.service_backend_gone, 1);
     assert_eq!(c.service_translated - before.service_translated, 1);
     assert_eq!(c.denied, before.denied, "not dropped");
-    // y's answer comes back from the Service address.
+    // b2's answer comes back from the Service address.
     let mut s = switch(&[
         vec![],
         vec![],
         vec![],
-        vec![build(y, v4(2), udp(5353, sport))],
+        vec![build(b2, v4(2), udp(5353, sport))],
     ]);
     drain(&mut s, &mut w, WEB_PORT);
     let back = s.port(CLIENT).unwrap().sent().to_vec();
@@ -636,8 +639,8 @@ fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
 
 #[test]
 fn a_connection_whose_backend_still_serves_survives_new_generations() {
-    let (x, y) = (v4(1), v4(3));
-    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(x), ready(y)]));
+    let (b1, b2) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
     let mut w = Worker::new(
@@ -646,9 +649,9 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
         &stats,
         WorkerConfig::default(),
     );
-    let (to_x, _) = ports_to(&mut w, x, y);
-    let ack = build(v4(2), IpAddr::V4(CHURN), tcp(to_x, 80, tcp_flags::ACK));
-    // Another endpoint joins; then x terminates gracefully (not ready,
+    let (to_b1, _) = ports_to(&mut w, b1, b2);
+    let ack = build(v4(2), IpAddr::V4(CHURN), tcp(to_b1, 80, tcp_flags::ACK));
+    // Another endpoint joins; then b1 terminates gracefully (not ready,
     // still serving): established connections finish, new ones avoid it.
     let terminating = Conditions {
         ready: false,
@@ -657,8 +660,8 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
     };
     let third = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 4));
     let generations = [
-        churn_services(&[ready(x), ready(y), ready(third)]),
-        churn_services(&[(x, terminating), ready(y), ready(third)]),
+        churn_services(&[ready(b1), ready(b2), ready(third)]),
+        churn_services(&[(b1, terminating), ready(b2), ready(third)]),
     ];
     for (g, services) in (2..).zip(generations) {
         publisher.publish(Tables::empty(g), services, None);
@@ -667,7 +670,7 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
             matches!(got[0], (Outcome::Established, true, Some(_))),
             "generation {g}: {got:?}"
         );
-        assert_eq!(backend_of(&got[0]), x);
+        assert_eq!(backend_of(&got[0]), b1);
     }
     let c = stats.snapshot();
     assert_eq!((c.service_backend_gone, c.revalidated), (0, 2));
@@ -676,7 +679,7 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
         .collect();
     let fresh = run(&mut w, &syns);
     assert!(
-        fresh.iter().all(|g| backend_of(g) != x),
+        fresh.iter().all(|g| backend_of(g) != b1),
         "not for new connections"
     );
     // Not serving any more (or the Service gone): it ends.
@@ -684,13 +687,13 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
         Tables::empty(4),
         churn_services(&[
             (
-                x,
+                b1,
                 Conditions {
                     serving: false,
                     ..terminating
                 },
             ),
-            ready(y),
+            ready(b2),
         ]),
         None,
     );

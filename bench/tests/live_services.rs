@@ -215,6 +215,14 @@ fn with_services_off_the_egress_check_sees_the_cluster_ip() {
         probe("x/a\tkube-system/dns\tUDP\t5353"),
         ProbeOutcome::Answered("kube-system/dns".into())
     );
+    // A pod free to reach web's ClusterIP: kube-proxy translates it in the
+    // kernel, which hands the connection back through the host port; web's
+    // reply, addressed to the dns pod, goes back to the host port too (the
+    // reply rule), where the kernel restores the ClusterIP as its source.
+    assert_eq!(
+        probe("kube-system/dns\text:10.96.0.20\tTCP\t80"),
+        ProbeOutcome::Answered("y/web".into())
+    );
     let counters = node.agent().status().expect("status").counters;
     assert_eq!(counters.service_translated, 0, "{counters:?}");
     node.stop().expect("agent stops cleanly");

@@ -98,6 +98,11 @@ counters! {
     /// Forward packets that found the alias of a translated connection
     /// whose entry had ended (the alias is removed, the packet is new).
     service_stale_aliases,
+    /// Translated connections ended because a new generation no longer
+    /// lists their backend as serving their frontend (or has no such
+    /// frontend): endpoint churn. A TCP or SCTP packet meeting it is
+    /// dropped; a UDP client's datagram is translated anew.
+    service_backend_gone,
     /// Non-first fragments given their first fragment's verdict.
     fragments_followed,
     /// Non-first fragments whose first fragment was not seen.

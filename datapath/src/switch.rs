@@ -74,6 +74,22 @@
 //! dropped and counted ([`SwitchStats::service_refused`]); no ICMP
 //! unreachable or TCP reset is sent back yet.
 //!
+//! # The reply rule
+//!
+//! A connection whose first packet came from the host port was possibly
+//! translated by the kernel on its way here (kube-proxy's NodePorts,
+//! external IPs, hostPorts, the node's own traffic, Services podfence leaves
+//! alone) without being masqueraded, so its replies may be addressed to a
+//! local pod that never sent to their source. The switch sends them back to
+//! the host port, where the kernel undoes its translation and routes them
+//! on. The switch tells the worker, once per batch, whether it received the
+//! batch on the host port ([`Output::rx_is_host`]); the worker records it in
+//! the connection's entry and hands replies of such connections to
+//! [`Output::to_host`]. Counted in [`SwitchStats::reply_rule`] when the
+//! destination alone would have led to a pod port. Packets of translated
+//! connections whose backend is gone ([`Outcome::BackendGone`]) are
+//! dropped and counted ([`SwitchStats::backend_gone`]).
+//!
 //! VLAN tags, if any, are kept as received (the MACs precede them; the IP
 //! header is found at the parsed `l3_offset`).
 //!
@@ -239,6 +255,13 @@ pub struct SwitchStats {
     pub nat_failed: u64,
     /// Attempts on a Service frontend without a usable backend, dropped.
     pub service_refused: u64,
+    /// Packets of translated connections whose backend is gone (endpoint
+    /// churn, [`Outcome::BackendGone`]), dropped.
+    pub backend_gone: u64,
+    /// Packets sent to the host port by the reply rule (replies of
+    /// connections opened from the host port) although their destination
+    /// is a local pod.
+    pub reply_rule: u64,
 }
 
 /// Why a switch cannot be built or given a table.
@@ -524,13 +547,16 @@ impl<P: Port> Switch<P> {
         Some(slot)
     }
 
-    /// Forwards a passing IP packet, translated if `rewrite` says so.
+    /// Forwards a passing IP packet, translated if `rewrite` says so; to
+    /// the host port whatever its destination if `to_host` (the reply
+    /// rule).
     fn forward_ip(
         &mut self,
         desc: &RxDesc,
         frame: &[u8],
         meta: &PacketMeta,
         rewrite: Option<&Rewrite>,
+        to_host: bool,
     ) {
         if desc.link != LinkType::Ethernet {
             self.stats.not_ethernet += 1;
@@ -539,7 +565,12 @@ impl<P: Port> Switch<P> {
         let fib = &*self.fib;
         let host = *fib.host();
         let dst = rewrite.map_or(meta.key.dst, |r| r.key(&meta.key).dst);
-        let route = *fib.lookup(dst, meta.key.ipv6);
+        let mut route = *fib.lookup(dst, meta.key.ipv6);
+        if to_host && route.port != host.port {
+            // The kernel made this connection's translation; it undoes it.
+            self.stats.reply_rule += 1;
+            route = host;
+        }
         let from_host = self.rx == Some(host.port);
         // The switch is the routing hop only from a pod to a pod.
         let routed = route.port != host.port && !from_host;
@@ -616,7 +647,8 @@ pub fn decrement_hop_limit(ip: &mut [u8]) {
 }
 
 impl<P: Port> Switch<P> {
-    /// [`Output::packet`] and [`Output::translated`].
+    /// [`Output::packet`], [`Output::translated`] and [`Output::to_host`].
+    #[allow(clippy::too_many_arguments, reason = "the outputs' arguments and one")]
     fn handle(
         &mut self,
         desc: &RxDesc,
@@ -625,12 +657,14 @@ impl<P: Port> Switch<P> {
         outcome: &Outcome,
         passes: bool,
         rewrite: Option<&Rewrite>,
+        to_host: bool,
     ) {
         match outcome {
             Outcome::Elsewhere => return,
             Outcome::Malformed(_) => self.stats.malformed += 1,
             Outcome::NotIp if passes => self.stats.not_ip += 1,
             Outcome::NoBackend(_) => self.stats.service_refused += 1,
+            Outcome::BackendGone => self.stats.backend_gone += 1,
             _ if !passes => self.stats.policy_dropped += 1,
             _ => {}
         }
@@ -644,7 +678,7 @@ impl<P: Port> Switch<P> {
             return;
         }
         match meta {
-            Some(meta) => self.forward_ip(desc, frame, meta, rewrite),
+            Some(meta) => self.forward_ip(desc, frame, meta, rewrite, to_host),
             None => self.forward_unchanged(frame),
         }
     }
@@ -659,7 +693,7 @@ impl<P: Port> Output for Switch<P> {
         outcome: &Outcome,
         passes: bool,
     ) {
-        self.handle(desc, frame, meta, outcome, passes, None);
+        self.handle(desc, frame, meta, outcome, passes, None, false);
     }
 
     fn translated(
@@ -671,7 +705,23 @@ impl<P: Port> Output for Switch<P> {
         passes: bool,
         rewrite: &Rewrite,
     ) {
-        self.handle(desc, frame, meta, outcome, passes, Some(rewrite));
+        self.handle(desc, frame, meta, outcome, passes, Some(rewrite), false);
+    }
+
+    fn to_host(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+        rewrite: Option<&Rewrite>,
+    ) {
+        self.handle(desc, frame, meta, outcome, passes, rewrite, true);
+    }
+
+    fn rx_is_host(&self) -> bool {
+        self.rx == Some(self.fib.host().port)
     }
 
     fn begin_batch(&mut self, generation: u64) {

@@ -26,6 +26,16 @@
 //!   backend refuses the attempt ([`Outcome::NoBackend`]). The worker only
 //!   decides the rewrite ([`Rewrite`], handed to [`Output::translated`]);
 //!   the switch applies it to its copy of the frame ([`crate::nat`]);
+//!   packets received on the host port ([`Output::rx_is_host`]) are never
+//!   translated: kube-proxy translates what the kernel sends;
+//! - once per new generation, a translated connection's backend must still
+//!   serve its frontend ([`crate::services::Frontend::serves`]): if not,
+//!   the connection ends (both slots; [`Outcome::BackendGone`]), except
+//!   that a UDP client's datagram is then translated anew to a current
+//!   backend (endpoint churn);
+//! - a connection opened by a packet from the host port is recorded so;
+//!   packets towards its initiator go to [`Output::to_host`] (the reply
+//!   rule: the kernel undoes its own translations);
 //! - a mid-stream packet with no connection (TCP without SYN, SCTP other
 //!   than INIT, an echo reply) is picked up loosely: allowed if the tables
 //!   allow it in its own direction or as a reply in the other, so that a
@@ -112,6 +122,12 @@ pub enum Outcome {
     /// ([`NoBackend::NoEndpoints`], as kube-proxy rejects) or dropped
     /// ([`NoBackend::NoLocalEndpoints`]).
     NoBackend(NoBackend),
+    /// A packet of a translated connection whose backend the batch's
+    /// generation no longer lists as serving its frontend (endpoint churn):
+    /// the connection is ended (both its slots) and the packet dropped. Not
+    /// a policy decision. (A UDP client's next datagram is not this: it is
+    /// translated anew to a current backend.)
+    BackendGone,
     /// A non-first fragment given its first fragment's verdict.
     Fragment {
         /// That verdict (deny when the first fragment was not seen).
@@ -138,7 +154,11 @@ impl Outcome {
             | Self::Opened(_)
             | Self::PickedUp { .. }
             | Self::NotIp => true,
-            Self::Denied(_) | Self::Revoked(_) | Self::NoBackend(_) | Self::Elsewhere => false,
+            Self::Denied(_)
+            | Self::Revoked(_)
+            | Self::NoBackend(_)
+            | Self::BackendGone
+            | Self::Elsewhere => false,
             Self::Fragment { allowed, .. } => *allowed,
             Self::Malformed(_) => malformed == MalformedAction::Pass,
         }
@@ -150,6 +170,16 @@ pub trait Output {
     /// A batch decided by table generation `generation` begins.
     fn begin_batch(&mut self, generation: u64) {
         let _ = generation;
+    }
+
+    /// Whether the batch that begins was received on the host port (asked
+    /// once per batch, after [`Output::begin_batch`]). Connections opened
+    /// by such packets are recorded as coming from the host port (the reply
+    /// rule, see [`Output::to_host`]), and such packets are never
+    /// translated: only connections from local pods are, kube-proxy
+    /// translates the rest in the kernel. By default, false.
+    fn rx_is_host(&self) -> bool {
+        false
     }
 
     /// One packet: its descriptor, bytes, parsed metadata (if it parsed),
@@ -180,6 +210,29 @@ pub trait Output {
         self.packet(desc, frame, meta, outcome, passes);
     }
 
+    /// [`Output::packet`] (or [`Output::translated`], with `rewrite`) for
+    /// a packet travelling towards the initiator of a connection whose
+    /// first packet came from the host port: the reply rule says it leaves
+    /// through the host port whatever its destination, so that the kernel
+    /// undoes the translation it made (kube-proxy's NodePorts, external
+    /// IPs, hostPorts, the node's own traffic) even when the initiator's
+    /// address is a local pod's. By default, as any other packet.
+    #[allow(clippy::too_many_arguments, reason = "packet's arguments and one")]
+    fn to_host(
+        &mut self,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&crate::flow::PacketMeta>,
+        outcome: &Outcome,
+        passes: bool,
+        rewrite: Option<&Rewrite>,
+    ) {
+        match rewrite {
+            Some(r) => self.translated(desc, frame, meta, outcome, passes, r),
+            None => self.packet(desc, frame, meta, outcome, passes),
+        }
+    }
+
     /// The batch is done (flush transmit queues here).
     fn end_batch(&mut self) {}
 }
@@ -207,6 +260,59 @@ pub struct FragmentVerdict {
     pub flow: ConnKey,
     /// Its translation: the later fragments' addresses change too.
     pub rewrite: Option<Rewrite>,
+    /// Whether it went to the host port by the reply rule: so do they.
+    pub to_host: bool,
+}
+
+/// A packet's decision: its outcome, the rewrite of a translated
+/// connection's packet, and whether the reply rule sends it to the host
+/// port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Decided {
+    outcome: Outcome,
+    rewrite: Option<Rewrite>,
+    to_host: bool,
+}
+
+impl Decided {
+    /// Forwarded by its destination, untranslated.
+    fn plain(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            rewrite: None,
+            to_host: false,
+        }
+    }
+
+    /// Forwarded by its destination after `rewrite` (if some).
+    fn with(outcome: Outcome, rewrite: Option<Rewrite>) -> Self {
+        Self {
+            outcome,
+            rewrite,
+            to_host: false,
+        }
+    }
+
+    /// Hands the packet to `out`: [`Output::to_host`] by the reply rule,
+    /// else [`Output::translated`] with a rewrite, else [`Output::packet`].
+    #[inline]
+    fn emit(
+        &self,
+        out: &mut impl Output,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&crate::flow::PacketMeta>,
+        passes: bool,
+    ) {
+        let outcome = &self.outcome;
+        match &self.rewrite {
+            _ if self.to_host => {
+                out.to_host(desc, frame, meta, outcome, passes, self.rewrite.as_ref());
+            }
+            Some(r) => out.translated(desc, frame, meta, outcome, passes, r),
+            None => out.packet(desc, frame, meta, outcome, passes),
+        }
+    }
 }
 
 /// The port number a policy looks at: the destination port of port-carrying
@@ -273,6 +379,7 @@ impl<'a> Worker<'a> {
         let tables = &generation.tables;
         let services = &*generation.services;
         out.begin_batch(tables.generation());
+        let from_host = out.rx_is_host();
         let mut c = Counters {
             batches: 1,
             ..Counters::default()
@@ -322,13 +429,14 @@ impl<'a> Worker<'a> {
             }
             c.rx_packets += 1;
             c.rx_bytes += u64::from(desc.wire_len);
-            let (meta, (outcome, rewrite)) = match kind {
+            let (meta, decided) = match kind {
                 Ok(crate::flow::FrameKind::Ip) => {
                     let decider = Decider {
                         conntrack: self.conntrack,
                         tables,
                         services,
                         revalidate: self.config.revalidate,
+                        from_host,
                         now,
                     };
                     let o = decider.packet(&mut self.fragments, meta, located, &mut c);
@@ -336,13 +444,14 @@ impl<'a> Worker<'a> {
                 }
                 Ok(crate::flow::FrameKind::NotIp { .. }) => {
                     c.not_ip += 1;
-                    (None, (Outcome::NotIp, None))
+                    (None, Decided::plain(Outcome::NotIp))
                 }
                 Err(e) => {
                     c.malformed += 1;
-                    (None, (Outcome::Malformed(*e), None))
+                    (None, Decided::plain(Outcome::Malformed(*e)))
                 }
             };
+            let outcome = decided.outcome;
             let passes = outcome.passes(self.config.malformed);
             if passes {
                 c.allowed += 1;
@@ -355,10 +464,7 @@ impl<'a> Worker<'a> {
                 c.new_denied_egress += u64::from(!v.egress.is_allowed());
                 c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
             }
-            match &rewrite {
-                Some(r) => out.translated(desc, frame, meta, &outcome, passes, r),
-                None => out.packet(desc, frame, meta, &outcome, passes),
-            }
+            decided.emit(out, desc, frame, meta, passes);
         }
         port.release(&self.descs[..n]);
         out.end_batch();
@@ -373,20 +479,23 @@ struct Decider<'a> {
     tables: &'a Tables,
     services: &'a ServiceTable,
     revalidate: bool,
+    /// Whether the batch came from the host port.
+    from_host: bool,
     /// Nanoseconds on the clock conntrack timeouts use.
     now: u64,
 }
 
 impl Decider<'_> {
-    /// The decision for one parsed packet (see the module doc), and its
-    /// rewrite if it belongs to a translated connection.
+    /// The decision for one parsed packet (see the module doc), its
+    /// rewrite if it belongs to a translated connection, and whether the
+    /// reply rule sends it to the host port.
     fn packet(
         &self,
         fragments: &mut crate::fragments::FragmentTable<FragmentVerdict>,
         meta: &crate::flow::PacketMeta,
         located: &crate::conntrack::Located,
         c: &mut Counters,
-    ) -> (Outcome, Option<Rewrite>) {
+    ) -> Decided {
         let now = self.now;
         let key = meta.key;
         if let crate::flow::Fragment::Later { id } = meta.fragment {
@@ -396,25 +505,30 @@ impl Decider<'_> {
                     allowed: f.allowed,
                     flow: f.flow,
                 };
-                return (outcome, f.rewrite);
+                return Decided {
+                    outcome,
+                    rewrite: f.rewrite,
+                    to_host: f.to_host,
+                };
             }
             c.fragments_orphaned += 1;
             let outcome = Outcome::Fragment {
                 allowed: false,
                 flow: key,
             };
-            return (outcome, None);
+            return Decided::plain(outcome);
         }
-        let (outcome, rewrite) = self.connection(meta, &key, located, c);
+        let decided = self.connection(meta, &key, located, c);
         if let crate::flow::Fragment::First { id } = meta.fragment {
             let verdict = FragmentVerdict {
-                allowed: outcome.passes(MalformedAction::Drop),
+                allowed: decided.outcome.passes(MalformedAction::Drop),
                 flow: key,
-                rewrite,
+                rewrite: decided.rewrite,
+                to_host: decided.to_host,
             };
             fragments.insert(&meta.key, id, verdict, now);
         }
-        (outcome, rewrite)
+        decided
     }
 
     /// The decision for a packet that is not a later fragment.
@@ -424,11 +538,12 @@ impl Decider<'_> {
         key: &ConnKey,
         located: &crate::conntrack::Located,
         c: &mut Counters,
-    ) -> (Outcome, Option<Rewrite>) {
+    ) -> Decided {
         let Self {
             conntrack,
             tables,
             services,
+            from_host,
             now,
             ..
         } = *self;
@@ -439,21 +554,35 @@ impl Decider<'_> {
         }
         if let Some(inner) = meta.related {
             // An ICMP error quotes the packet it is about, as that packet's
-            // sender saw it; the error goes back towards that sender.
-            if conntrack.lookup(&inner, Signal::default(), now).is_some() {
-                return (Outcome::Related, None);
+            // sender saw it; the error goes back towards that sender (the
+            // parser reversed the quoted key: it is oriented like the
+            // error). Towards the initiator of a connection that came from
+            // the host port, it goes to the host port.
+            if let Some(hit) = conntrack.lookup(&inner, Signal::default(), now) {
+                return Decided {
+                    outcome: Outcome::Related,
+                    rewrite: None,
+                    to_host: hit.from_host && hit.reply,
+                };
             }
         }
-        if let Some(frontend) = services.destination(key)
+        // Only connections from local pods are translated: what comes from
+        // the host port was translated by kube-proxy already, or is its to
+        // translate (the kernel routes it here after its own rules).
+        if !from_host
+            && let Some(frontend) = services.destination(key)
             && !is_hairpin(frontend, key)
         {
             return self.open_translated(frontend, meta, key, located, signal, c);
         }
         let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
             let state = conntrack::initial_state(initiator.protocol, signal, picked_up);
-            // The packet's own key is located already; a reversed one is not.
+            // The packet's own key is located already; a reversed one is
+            // not, and its initiator is the packet's destination, whose
+            // packets did not come from the host port (when they do, its
+            // replies go there by their destination anyway).
             let inserted = if initiator == key {
-                conntrack.insert_at(located, state, generation, now)
+                conntrack.insert_at_from(located, state, generation, now, from_host)
             } else {
                 conntrack.insert(initiator, state, generation, now)
             };
@@ -480,10 +609,10 @@ impl Decider<'_> {
                         reversed: false,
                     }
                 };
-                return (outcome, None);
+                return Decided::plain(outcome);
             }
             c.new_denied += 1;
-            return (Outcome::Denied(verdict), None);
+            return Decided::plain(Outcome::Denied(verdict));
         }
         // Mid-stream and not allowed in its own direction: maybe a reply.
         let reverse = key.reversed();
@@ -496,22 +625,23 @@ impl Decider<'_> {
                 verdict: back,
                 reversed: true,
             };
-            return (outcome, None);
+            return Decided::plain(outcome);
         }
         c.new_denied += 1;
-        (Outcome::Denied(verdict), None)
+        Decided::plain(Outcome::Denied(verdict))
     }
 
     /// The decision for a packet of a connection in the table (found by
     /// its own tuple, or, to a Service, by its alias and then the
-    /// translated tuple); `None` when there is none.
+    /// translated tuple); `None` when there is none, or when it was a UDP
+    /// flow to a backend that is gone (the datagram is then new).
     fn known(
         &self,
         key: &ConnKey,
         located: &crate::conntrack::Located,
         signal: Signal,
         c: &mut Counters,
-    ) -> Option<(Outcome, Option<Rewrite>)> {
+    ) -> Option<Decided> {
         let Self {
             conntrack,
             tables,
@@ -521,8 +651,8 @@ impl Decider<'_> {
         } = *self;
         let generation = tables.generation() as u32;
         let mut found = conntrack.lookup_at(located, signal, now);
-        // A translated connection: (the alias it was found by, the packet's
-        // key after translation, the rewrite).
+        // A translated connection: (the alias it was found by, the
+        // initiator's key after translation, the rewrite).
         let mut translation = None;
         if let Some(hit) = found {
             match hit.nat {
@@ -553,9 +683,32 @@ impl Decider<'_> {
                 _ => {}
             }
         }
-        if let Some(hit) = found {
-            c.conntrack_hits += 1;
-            if revalidate && hit.generation != generation {
+        let hit = found?;
+        if hit.generation != generation {
+            // Endpoint churn: once per new generation, a translated
+            // connection's backend must still serve its frontend.
+            if let (Some((alias, initiator, _)), Some(Nat::Translated { service })) =
+                (&translation, hit.nat)
+                && !self.still_serves(initiator, service)
+            {
+                c.service_backend_gone += 1;
+                conntrack.remove(&hit);
+                match alias {
+                    Some(alias) => conntrack.remove(alias),
+                    None => self.remove_alias(initiator, service),
+                }
+                if initiator.protocol == ip_proto::UDP && !hit.reply {
+                    // The client keeps its socket: its next datagram goes
+                    // to a current backend, as a new flow.
+                    return None;
+                }
+                c.conntrack_hits += 1;
+                return Some(Decided::plain(Outcome::BackendGone));
+            }
+        }
+        c.conntrack_hits += 1;
+        if hit.generation != generation {
+            if revalidate {
                 c.revalidated += 1;
                 let initiator = match &translation {
                     Some((Some(_), translated, _)) => *translated,
@@ -568,13 +721,59 @@ impl Decider<'_> {
                     if let Some((Some(alias), _, _)) = &translation {
                         conntrack.remove(alias);
                     }
-                    return Some((Outcome::Revoked(v), None));
+                    return Some(Decided::plain(Outcome::Revoked(v)));
                 }
                 conntrack.set_generation(&hit, generation);
+            } else if translation.is_some() {
+                // Checked for churn above: not again until the next one.
+                conntrack.set_generation(&hit, generation);
             }
-            return Some((Outcome::Established, translation.map(|(_, _, r)| r)));
         }
-        None
+        Some(Decided {
+            outcome: Outcome::Established,
+            rewrite: translation.map(|(_, _, r)| r),
+            to_host: hit.from_host && hit.reply,
+        })
+    }
+
+    /// Whether the backend of a translated connection (`initiator`: client
+    /// → backend) still serves the frontend it was chosen for (`service`)
+    /// in the batch's generation; false when the frontend is gone too. A
+    /// hash lookup and a binary search, once per connection and generation.
+    fn still_serves(&self, initiator: &ConnKey, service: NatAddr) -> bool {
+        let original = ConnKey {
+            dst: service.addr,
+            dst_port: service.port,
+            ..*initiator
+        };
+        let backend = crate::services::Backend {
+            addr: if initiator.ipv6 {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(initiator.dst))
+            } else {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(initiator.dst as u32))
+            },
+            port: initiator.dst_port,
+        };
+        self.services
+            .destination(&original)
+            .is_some_and(|f| f.serves(backend))
+    }
+
+    /// Removes the alias (client → `service`) of the translated connection
+    /// whose entry's initiator key is `initiator`, found from a reply.
+    fn remove_alias(&self, initiator: &ConnKey, service: NatAddr) {
+        let original = ConnKey {
+            dst: service.addr,
+            dst_port: service.port,
+            ..*initiator
+        };
+        if let Some(alias) = self
+            .conntrack
+            .lookup(&original, Signal::default(), self.now)
+            && matches!(alias.nat, Some(Nat::Alias { .. }))
+        {
+            self.conntrack.remove(&alias);
+        }
     }
 
     /// A packet without a connection to a Service frontend: choose the
@@ -590,14 +789,14 @@ impl Decider<'_> {
         located: &crate::conntrack::Located,
         signal: Signal,
         c: &mut Counters,
-    ) -> (Outcome, Option<Rewrite>) {
+    ) -> Decided {
         let Some(backend) = frontend.select(key) else {
             let reason = frontend.no_backend().unwrap_or(NoBackend::NoEndpoints);
             match reason {
                 NoBackend::NoEndpoints => c.service_no_endpoint += 1,
                 NoBackend::NoLocalEndpoints => c.service_no_local_endpoint += 1,
             }
-            return (Outcome::NoBackend(reason), None);
+            return Decided::plain(Outcome::NoBackend(reason));
         };
         let (addr, _) = backend.addr_bits();
         let rewrite = Rewrite {
@@ -611,7 +810,7 @@ impl Decider<'_> {
         let verdict = classify_key(self.tables, &translated);
         if !verdict.is_allowed() {
             c.new_denied += 1;
-            return (Outcome::Denied(verdict), Some(rewrite));
+            return Decided::with(Outcome::Denied(verdict), Some(rewrite));
         }
         let opens = !meta.echo_reply && conntrack::opens_connection(key.protocol, signal);
         c.new_allowed += 1;
@@ -639,7 +838,7 @@ impl Decider<'_> {
                 reversed: false,
             }
         };
-        (outcome, Some(rewrite))
+        Decided::with(outcome, Some(rewrite))
     }
 }
 

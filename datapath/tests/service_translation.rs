@@ -18,7 +18,7 @@ use podfence_datapath::ports::RxDesc;
 use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::services::{
-    Endpoint, FrontendKey, NoBackend, ServiceOptions, ServiceTableBuilder,
+    Backend, Conditions, Endpoint, FrontendKey, NoBackend, ServiceOptions, ServiceTableBuilder,
 };
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
@@ -28,6 +28,7 @@ use podfence_datapath::wire::checksum::{
 use podfence_datapath::worker::{Outcome, Output, Worker, WorkerConfig};
 use podfence_datapath::{IpProtocol, ServiceTable, Tables};
 
+use podfence_testkit::frames;
 use podfence_testkit::services::{self, DNS_V4, DNS_V6, ELSEWHERE, EMPTY, WEB};
 use podfence_testkit::tables::{v4, v6};
 
@@ -445,4 +446,395 @@ fn a_revoked_translated_connection_is_cut_in_both_directions() {
         0,
         "removed, not found stale"
     );
+}
+
+// Endpoint churn.
+
+/// The churn tests' Service: TCP 80 to port 8080 and UDP 53 to port 5353
+/// of `endpoints` (addresses and conditions; all on this node).
+const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 1);
+
+fn churn_services(endpoints: &[(IpAddr, Conditions)]) -> ServiceTable {
+    let mut b = ServiceTableBuilder::new();
+    let id = b.add_service("ns", "churn", ServiceOptions::default());
+    for (protocol, port, target) in [(IpProtocol::TCP, 80, 8080), (IpProtocol::UDP, 53, 5353)] {
+        let list: Vec<Endpoint> = endpoints
+            .iter()
+            .map(|&(addr, conditions)| Endpoint {
+                backend: Backend { addr, port: target },
+                conditions,
+                local: true,
+            })
+            .collect();
+        let key = FrontendKey {
+            addr: IpAddr::V4(CHURN),
+            protocol,
+            port,
+        };
+        b.add_frontend(id, key, &list).unwrap();
+    }
+    b.build()
+}
+
+fn ready(addr: IpAddr) -> (IpAddr, Conditions) {
+    (addr, Conditions::READY)
+}
+
+/// The address a translated outcome went to (IPv4).
+fn backend_of(got: &(Outcome, bool, Option<Rewrite>)) -> IpAddr {
+    let r = got.2.expect("translated");
+    IpAddr::V4(Ipv4Addr::from(r.to.addr as u32))
+}
+
+/// Client ports whose connections to the churn Service go to `a` and to
+/// `b` respectively (the first of each among 4000..4100).
+fn ports_to(w: &mut Worker<'_>, a: IpAddr, b: IpAddr) -> (u16, u16) {
+    let frames: Vec<Vec<u8>> = (4000..4100u16)
+        .map(|p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::SYN)))
+        .collect();
+    let got = run(w, &frames);
+    let port = |want| 4000 + got.iter().position(|g| backend_of(g) == want).unwrap() as u16;
+    (port(a), port(b))
+}
+
+#[test]
+fn a_tcp_connection_whose_backend_is_gone_ends_on_its_next_packet() {
+    let (b1, b2) = (v4(1), v4(3));
+    for revalidate in [true, false] {
+        let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
+        let conntrack = Conntrack::new(1024, Timeouts::default());
+        let stats = WorkerStats::default();
+        let config = WorkerConfig {
+            revalidate,
+            ..WorkerConfig::default()
+        };
+        let mut w = Worker::new(&conntrack, publisher.reader(), &stats, config);
+        let (to_b1, to_b2) = ports_to(&mut w, b1, b2);
+        // b1 leaves the Service.
+        publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
+        let ack = |p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::ACK));
+        let got = run(&mut w, &[ack(to_b1), ack(to_b2)]);
+        assert!(
+            matches!(got[0], (Outcome::BackendGone, false, None)),
+            "{revalidate}: {got:?}"
+        );
+        assert!(
+            matches!(got[1], (Outcome::Established, true, Some(_))),
+            "{revalidate}: {got:?}"
+        );
+        assert_eq!(backend_of(&got[1]), b2, "the other keeps its backend");
+        let c = stats.snapshot();
+        assert_eq!(c.service_backend_gone, 1);
+        assert_eq!(c.revalidated, u64::from(revalidate));
+        // Both slots went: a retransmission is a new mid-stream packet, to
+        // a current backend (which resets it: the client fails at once).
+        let again = run(&mut w, &[ack(to_b1)]);
+        assert!(
+            matches!(again[0], (Outcome::PickedUp { .. }, true, Some(_))),
+            "{again:?}"
+        );
+        assert_eq!(backend_of(&again[0]), b2);
+        assert_eq!(stats.snapshot().service_stale_aliases, 0);
+        // A new connection uses the current set.
+        let syn = run(
+            &mut w,
+            &[build(
+                v4(2),
+                IpAddr::V4(CHURN),
+                tcp(to_b1 + 1000, 80, tcp_flags::SYN),
+            )],
+        );
+        assert_eq!(backend_of(&syn[0]), b2);
+    }
+}
+
+#[test]
+fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
+    let (b1, b2) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    let (to_b1, _) = ports_to(&mut w, b1, b2);
+    publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
+    let got = run(
+        &mut w,
+        &[build(b1, v4(2), tcp(8080, to_b1, tcp_flags::ACK))],
+    );
+    assert!(
+        matches!(got[0], (Outcome::BackendGone, false, None)),
+        "{got:?}"
+    );
+    assert_eq!(stats.snapshot().service_backend_gone, 1);
+    // The alias went with the entry: the client's next packet is new.
+    let next = run(
+        &mut w,
+        &[build(
+            v4(2),
+            IpAddr::V4(CHURN),
+            tcp(to_b1, 80, tcp_flags::ACK),
+        )],
+    );
+    assert!(
+        matches!(next[0], (Outcome::PickedUp { .. }, true, Some(_))),
+        "{next:?}"
+    );
+    let c = stats.snapshot();
+    assert_eq!((c.service_stale_aliases, c.service_backend_gone), (0, 1));
+}
+
+#[test]
+fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
+    let (b1, b2) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    // A client port whose flow goes to b1 (the DNS pod's port, DNS = 1).
+    let query = |p| build(v4(2), IpAddr::V4(CHURN), udp(p, 53));
+    let frames: Vec<Vec<u8>> = (4000..4100).map(query).collect();
+    let got = run(&mut w, &frames);
+    let sport = 4000 + got.iter().position(|g| backend_of(g) == b1).unwrap() as u16;
+    // b1 goes; the client keeps its socket and sends again.
+    publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
+    let before = stats.snapshot();
+    let mut s = switch(&[vec![], vec![], vec![query(sport)], vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    assert!(s.port(DNS).unwrap().sent().is_empty(), "nothing to b1");
+    let sent = s.port(WEB_PORT).unwrap().sent().to_vec();
+    assert_eq!(sent.len(), 1, "to b2");
+    let k = verified_key(&sent[0]);
+    assert_eq!(
+        (k.dst, k.dst_port, k.src, k.src_port),
+        (0x0a00_0003, 5353, 0x0a00_0002, sport)
+    );
+    let c = stats.snapshot();
+    assert_eq!(c.service_backend_gone - before.service_backend_gone, 1);
+    assert_eq!(c.service_translated - before.service_translated, 1);
+    assert_eq!(c.denied, before.denied, "not dropped");
+    // b2's answer comes back from the Service address.
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![],
+        vec![build(b2, v4(2), udp(5353, sport))],
+    ]);
+    drain(&mut s, &mut w, WEB_PORT);
+    let back = s.port(CLIENT).unwrap().sent().to_vec();
+    assert_eq!(back.len(), 1);
+    let k = verified_key(&back[0]);
+    assert_eq!((k.src, k.src_port), (u128::from(u32::from(CHURN)), 53));
+    assert_eq!(stats.snapshot().service_backend_gone, 1);
+}
+
+#[test]
+fn a_connection_whose_backend_still_serves_survives_new_generations() {
+    let (b1, b2) = (v4(1), v4(3));
+    let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = Worker::new(
+        &conntrack,
+        publisher.reader(),
+        &stats,
+        WorkerConfig::default(),
+    );
+    let (to_b1, _) = ports_to(&mut w, b1, b2);
+    let ack = build(v4(2), IpAddr::V4(CHURN), tcp(to_b1, 80, tcp_flags::ACK));
+    // Another endpoint joins; then b1 terminates gracefully (not ready,
+    // still serving): established connections finish, new ones avoid it.
+    let terminating = Conditions {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    let third = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 4));
+    let generations = [
+        churn_services(&[ready(b1), ready(b2), ready(third)]),
+        churn_services(&[(b1, terminating), ready(b2), ready(third)]),
+    ];
+    for (g, services) in (2..).zip(generations) {
+        publisher.publish(Tables::empty(g), services, None);
+        let got = run(&mut w, std::slice::from_ref(&ack));
+        assert!(
+            matches!(got[0], (Outcome::Established, true, Some(_))),
+            "generation {g}: {got:?}"
+        );
+        assert_eq!(backend_of(&got[0]), b1);
+    }
+    let c = stats.snapshot();
+    assert_eq!((c.service_backend_gone, c.revalidated), (0, 2));
+    let syns: Vec<Vec<u8>> = (5000..5100u16)
+        .map(|p| build(v4(2), IpAddr::V4(CHURN), tcp(p, 80, tcp_flags::SYN)))
+        .collect();
+    let fresh = run(&mut w, &syns);
+    assert!(
+        fresh.iter().all(|g| backend_of(g) != b1),
+        "not for new connections"
+    );
+    // Not serving any more (or the Service gone): it ends.
+    publisher.publish(
+        Tables::empty(4),
+        churn_services(&[
+            (
+                b1,
+                Conditions {
+                    serving: false,
+                    ..terminating
+                },
+            ),
+            ready(b2),
+        ]),
+        None,
+    );
+    let got = run(&mut w, std::slice::from_ref(&ack));
+    assert!(
+        matches!(got[0], (Outcome::BackendGone, false, None)),
+        "{got:?}"
+    );
+}
+
+// The reply rule.
+
+/// A worker over the test pods with no policy, and the Services.
+fn open_worker<'a>(
+    publisher: &Publisher,
+    conntrack: &'a Conntrack,
+    stats: &'a WorkerStats,
+) -> Worker<'a> {
+    Worker::new(
+        conntrack,
+        publisher.reader(),
+        stats,
+        WorkerConfig::default(),
+    )
+}
+
+#[test]
+fn replies_of_connections_from_the_host_port_go_back_to_the_host_port() {
+    let publisher = Publisher::new(Tables::empty(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let (syn, synack, ack) = (
+        tcp_flags::SYN,
+        tcp_flags::SYN | tcp_flags::ACK,
+        tcp_flags::ACK,
+    );
+    // The kernel translated the client pod's connections (kube-proxy: a
+    // Service podfence leaves alone, a NodePort, a hostPort) without
+    // masquerading them: they arrive from the host port, client → web.
+    let from_host = vec![
+        build(v4(2), v4(3), tcp(4000, 8080, syn)),
+        build(v6(2), v6(3), tcp(4000, 8080, syn)),
+        build(v4(2), v4(3), udp(4001, 8080)),
+    ];
+    let mut s = switch(&[from_host, vec![], vec![], vec![]]);
+    drain(&mut s, &mut w, HOST);
+    assert_eq!(s.port(WEB_PORT).unwrap().sent().len(), 3, "by destination");
+    // web's replies are addressed to the client pod, but go back to the
+    // host port, for the kernel to undo its translation.
+    let replies = vec![
+        build(v4(3), v4(2), tcp(8080, 4000, synack)),
+        build(v6(3), v6(2), tcp(8080, 4000, synack)),
+        build(v4(3), v4(2), udp(8080, 4001)),
+    ];
+    let mut s = switch(&[vec![], vec![], vec![], replies.clone()]);
+    drain(&mut s, &mut w, WEB_PORT);
+    assert!(s.port(CLIENT).unwrap().sent().is_empty(), "not to the pod");
+    let sent = s.port(HOST).unwrap().sent().to_vec();
+    assert_eq!(sent.len(), 3);
+    for (f, r) in sent.iter().zip(&replies) {
+        assert_eq!(f[..6], [2, 0, 0, 0, HOST as u8, 1], "pf-host's MAC");
+        assert_eq!(f[12..], r[12..], "unchanged: the kernel routes it");
+    }
+    assert_eq!(s.stats().reply_rule, 3);
+    // So does an ICMP error about the client's datagram (related).
+    let quoted = build(v4(2), v4(3), udp(4001, 8080));
+    let error = frames::V4::new(1)
+        .addrs([10, 0, 0, 3], [10, 0, 0, 2])
+        .packet(&frames::icmp(3, 3, [0; 4], &quoted[14..14 + 28]));
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![],
+        vec![frames::ethernet(frames::ETH_IPV4, &error)],
+    ]);
+    drain(&mut s, &mut w, WEB_PORT);
+    assert_eq!(
+        s.port(HOST).unwrap().sent().len(),
+        1,
+        "related, to the host"
+    );
+    assert_eq!(s.stats().reply_rule, 1);
+    // The connection's own direction still goes by destination.
+    let mut s = switch(&[
+        vec![build(v4(2), v4(3), tcp(4000, 8080, ack))],
+        vec![],
+        vec![],
+        vec![],
+    ]);
+    drain(&mut s, &mut w, HOST);
+    assert_eq!(s.port(WEB_PORT).unwrap().sent().len(), 1);
+    // A connection the client pod opens itself is unaffected: web's reply
+    // goes straight to the client's port.
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![build(v4(2), v4(3), tcp(4002, 8080, syn))],
+        vec![build(v4(3), v4(2), tcp(8080, 4002, synack))],
+    ]);
+    drain(&mut s, &mut w, CLIENT);
+    drain(&mut s, &mut w, WEB_PORT);
+    assert_eq!(s.port(WEB_PORT).unwrap().sent().len(), 1);
+    assert_eq!(s.port(CLIENT).unwrap().sent().len(), 1);
+    assert!(s.port(HOST).unwrap().sent().is_empty());
+    assert_eq!(s.stats().reply_rule, 0);
+    assert_eq!(stats.snapshot().denied, 0);
+}
+
+#[test]
+fn packets_from_the_host_port_to_a_service_address_are_not_translated() {
+    let publisher = Publisher::new(Tables::empty(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+    let mut s = switch(&[
+        vec![
+            build(outside, IpAddr::V4(DNS_V4), udp(4000, 53)),
+            build(outside, IpAddr::V4(WEB), tcp(4001, 80, tcp_flags::SYN)),
+        ],
+        vec![],
+        vec![],
+        vec![],
+    ]);
+    drain(&mut s, &mut w, HOST);
+    let c = stats.snapshot();
+    assert_eq!(c.service_translated, 0, "kube-proxy's to translate");
+    assert_eq!(c.new_allowed, 2);
+    assert!(s.port(DNS).unwrap().sent().is_empty());
+    assert!(s.port(WEB_PORT).unwrap().sent().is_empty());
+    // Untranslated, they would go back where they came from.
+    assert_eq!(s.stats().hairpin, 2);
+    // The same from a local pod is translated.
+    let mut s = switch(&[
+        vec![],
+        vec![],
+        vec![build(v4(2), IpAddr::V4(DNS_V4), udp(4000, 53))],
+        vec![],
+    ]);
+    drain(&mut s, &mut w, CLIENT);
+    assert_eq!(stats.snapshot().service_translated, 1);
+    assert_eq!(s.port(DNS).unwrap().sent().len(), 1);
 }

@@ -107,7 +107,7 @@ impl WorkerCounters {
 }
 
 /// The worker counters exported.
-const WORKER_COUNTERS: [CounterSpec; 17] = [
+const WORKER_COUNTERS: [CounterSpec; 18] = [
     (
         "podfence_service_translated",
         "New connections to a Service translated to a backend",
@@ -122,6 +122,11 @@ const WORKER_COUNTERS: [CounterSpec; 17] = [
         "podfence_service_no_local_endpoint",
         "Attempts on a Local Service with no endpoint on this node (dropped)",
         |c| c.service_no_local_endpoint,
+    ),
+    (
+        "podfence_service_backend_gone",
+        "Translated connections ended because their backend left the Service",
+        |c| c.service_backend_gone,
     ),
     ("podfence_rx_packets", "Frames received", |c| c.rx_packets),
     ("podfence_rx_bytes", "Bytes received", |c| c.rx_bytes),

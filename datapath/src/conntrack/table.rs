@@ -54,6 +54,14 @@
 //! connection, and for its forward packets a second lookup (not
 //! prefetched). A slot reused for another connection drops its NAT data
 //! with its flags.
+//!
+//! # Connections from the host port
+//!
+//! A flag of the tag ([`Hit::from_host`]), set when the connection is
+//! recorded ([`Conntrack::insert_at_from`]) and kept by every state change
+//! (the CAS replaces the state byte only), says that its first packet came
+//! from the host port: the worker sends its replies back there (the reply
+//! rule). It costs no space and no extra load.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -143,6 +151,9 @@ pub struct Hit {
     pub slot: usize,
     /// The translation, for an entry of a translated connection.
     pub nat: Option<Nat>,
+    /// Whether the connection's first packet came from the host port (see
+    /// [`Conntrack::insert_at_from`]): its replies go back there.
+    pub from_host: bool,
 }
 
 /// How an insert went.
@@ -175,6 +186,8 @@ const INITIATOR_IS_B: u32 = 1 << 8;
 const HAS_NAT: u32 = 1 << 9;
 /// The slot is the alias of a translated connection.
 const ALIAS: u32 = 1 << 10;
+/// The connection's first packet came from the host port (the reply rule).
+const FROM_HOST: u32 = 1 << 11;
 
 /// A slot's NAT data, beside the slots so that they stay 64 bytes.
 #[derive(Debug, Default)]
@@ -420,6 +433,7 @@ impl Conntrack {
                     initiator_is_b,
                     slot: idx,
                     nat: Some(Nat::Alias { backend }),
+                    from_host: false,
                 });
             }
             // Advance the state; a failed CAS means a concurrent update (or
@@ -458,6 +472,7 @@ impl Conntrack {
                 initiator_is_b,
                 slot: idx,
                 nat,
+                from_host: tag as u32 & FROM_HOST != 0,
             });
         }
         None
@@ -475,6 +490,25 @@ impl Conntrack {
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert_at(&self, at: &Located, state: State, generation: u32, now: u64) -> Inserted {
         self.insert_with(at, state, 0, None, generation, now)
+    }
+
+    /// [`Self::insert_at`], recording whether the connection's first packet
+    /// came from the host port: the switch sends the replies of such a
+    /// connection back to the host port whatever their destination, so
+    /// that the kernel undoes its own translations (kube-proxy's NodePorts,
+    /// hostPorts, the node's traffic). The flag is a bit of the slot's tag,
+    /// written with it; [`Hit::from_host`] reads it.
+    #[must_use = "a failed insert means replies will not be recognised"]
+    pub fn insert_at_from(
+        &self,
+        at: &Located,
+        state: State,
+        generation: u32,
+        now: u64,
+        from_host: bool,
+    ) -> Inserted {
+        let flags = if from_host { FROM_HOST } else { 0 };
+        self.insert_with(at, state, flags, None, generation, now)
     }
 
     /// Records a translated connection (see the module doc): the entry of
@@ -735,6 +769,30 @@ mod tests {
         assert_eq!(ct.lookup(&k, Signal::default(), 2).unwrap().generation, 4);
         ct.remove(&h);
         assert!(ct.lookup(&k, Signal::default(), 3).is_none());
+    }
+
+    #[test]
+    fn the_host_port_flag_stays_through_state_changes() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let from_host = key(1, 80, ip_proto::TCP);
+        let from_pod = key(2, 80, ip_proto::TCP);
+        let at = ct.locate(&from_host);
+        let _ = ct.insert_at_from(&at, State::TcpSynSent, 1, 0, true);
+        let _ = ct.insert_at_from(&ct.locate(&from_pod), State::TcpSynSent, 1, 0, false);
+        let synack = tcp(tcp_flags::SYN | tcp_flags::ACK);
+        let back = ct.lookup(&from_host.reversed(), synack, 1).unwrap();
+        assert!(back.from_host && back.reply);
+        assert_ne!(back.state, State::TcpSynSent, "advanced, flag kept");
+        let fwd = ct.lookup(&from_host, tcp(tcp_flags::ACK), 2).unwrap();
+        assert!(fwd.from_host && !fwd.reply);
+        assert!(
+            !ct.lookup(&from_pod.reversed(), synack, 1)
+                .unwrap()
+                .from_host
+        );
+        let _ = ct.insert(&key(3, 80, ip_proto::UDP), State::UdpUnreplied, 1, 0);
+        let plain = ct.lookup(&key(3, 80, ip_proto::UDP), Signal::default(), 1);
+        assert!(!plain.unwrap().from_host);
     }
 
     #[test]

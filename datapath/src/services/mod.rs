@@ -286,6 +286,18 @@ impl Frontend {
         self.backends.binary_search(&backend).is_ok()
     }
 
+    /// Whether an established connection may keep `backend`: the frontend
+    /// lists it and it is still serving (ready, or terminating but serving:
+    /// a pod shutting down gracefully finishes its connections, as under
+    /// kube-proxy, whose conntrack cleanup removes the entries of endpoints
+    /// that no longer serve). A superset of [`is_usable`](Self::is_usable),
+    /// which is about new connections. One binary search, no allocation.
+    #[must_use]
+    #[inline]
+    pub fn serves(&self, backend: Backend) -> bool {
+        self.endpoint(backend).is_some_and(|e| e.conditions.serving)
+    }
+
     /// Every endpoint the control plane gave, usable or not, sorted.
     #[must_use]
     pub fn endpoints(&self) -> &[Endpoint] {

@@ -13,6 +13,7 @@ pub mod live;
 pub mod nft;
 pub mod pipeline;
 pub mod plot;
+pub mod pod_services;
 pub mod propagation;
 pub mod replay_speed;
 pub mod spread;

@@ -14,6 +14,7 @@
 //! or, for SCTP, the INIT seen at the destination. Silence until the timeout
 //! is a deny.
 
+use std::net::IpAddr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -275,12 +276,30 @@ impl LiveNode {
         timeout: Duration,
         parallelism: usize,
     ) -> Result<Vec<LiveProbe>, LiveNodeError> {
+        self.probe_via(cluster, probes, &|_| None, timeout, parallelism)
+    }
+
+    /// [`Self::probe`], each probe sent to the addresses `via` gives it (a
+    /// Service of the destination pod's own, see
+    /// [`crate::pod_services::PodServices::via`]) instead of the pod's. The
+    /// verdict expected is the direct probe's: policy applies to the
+    /// backend, after translation.
+    pub fn probe_via<'v>(
+        &self,
+        cluster: &Cluster,
+        probes: &[Probe],
+        via: &(dyn Fn(&Probe) -> Option<&'v [IpAddr]> + Sync),
+        timeout: Duration,
+        parallelism: usize,
+    ) -> Result<Vec<LiveProbe>, LiveNodeError> {
         let tables = compile(cluster, &CompileOptions::default()).tables;
         let expected = probes
             .iter()
             .map(|p| classify(cluster, &tables, p).map(|v| v.is_allowed()))
             .collect::<Result<Vec<bool>, _>>()?;
-        let outcomes = self.bed.probe_all_outcomes(probes, timeout, parallelism);
+        let outcomes = self
+            .bed
+            .probe_all_outcomes_via(probes, via, timeout, parallelism);
         probes
             .iter()
             .zip(outcomes)

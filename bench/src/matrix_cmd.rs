@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use podfence_bench::live::{LiveNode, LiveProbe, externals};
+use podfence_bench::pod_services::{PodServices, probed_ports};
 use podfence_control::agent::AgentOptions;
 use podfence_control::index::Cluster;
 use podfence_control::model::Protocol;
@@ -45,6 +46,18 @@ pub(crate) struct MatrixArgs {
     /// This node's name (pods elsewhere are peers only).
     #[arg(long)]
     node_name: Option<String>,
+    /// Reach every pod target through a ClusterIP Service of its own, as
+    /// upstream's e2e suite does: each pod gets (in memory) a Service
+    /// `s-<pod>` in its namespace, with a port per probed protocol and port
+    /// and an EndpointSlice holding that pod alone, ClusterIPs from
+    /// 10.96.100.0/24 and fd00:96:100::/112; probes to a pod go to its
+    /// ClusterIP, and the agent translates them (kube-proxy's rules are in
+    /// the node too). The verdicts expected, and the output, are those of
+    /// the pods themselves. Probes from `ext:` sources, and to `ext:`
+    /// destinations, keep their addresses. SCTP goes through the Services
+    /// too: the INIT is watched for at the backend pod.
+    #[arg(long)]
+    via_services: bool,
 }
 
 fn read_probes(path: &Path) -> Result<Vec<Probe>, String> {
@@ -120,11 +133,25 @@ pub(crate) fn run(args: &MatrixArgs) -> Result<bool, Box<dyn std::error::Error>>
         node_name: args.node_name.clone(),
         ..AgentOptions::default()
     };
+    let testbed = externals(&probes);
+    let services = if args.via_services {
+        Some(PodServices::new(
+            &cluster,
+            &probed_ports(&probes),
+            &testbed.external,
+        )?)
+    } else {
+        None
+    };
+    let enforced = services
+        .as_ref()
+        .map_or_else(|| cluster.clone(), |s| s.with(&cluster));
     let started = Instant::now();
-    let node = LiveNode::start(&cluster, &externals(&probes), agent)?;
+    let node = LiveNode::start(&enforced, &testbed, agent)?;
     let up = started.elapsed();
     let timeout = Duration::from_millis(args.timeout_ms);
-    let results = node.probe(&cluster, &probes, timeout, args.parallel)?;
+    let via = |p: &Probe| services.as_ref().and_then(|s| s.via(p));
+    let results = node.probe_via(&enforced, &probes, &via, timeout, args.parallel)?;
     let probing = started.elapsed().saturating_sub(up);
     let status = node.agent().status()?;
     node.stop()?;
@@ -151,8 +178,15 @@ pub(crate) fn run(args: &MatrixArgs) -> Result<bool, Box<dyn std::error::Error>>
             verdict(r.expected)
         );
     }
+    let through = services.as_ref().map_or_else(String::new, |s| {
+        format!(
+            ", {} through Services of their pods ({} connections translated)",
+            probes.iter().filter(|p| s.via(p).is_some()).count(),
+            status.counters.service_translated
+        )
+    });
     eprintln!(
-        "podfence-bench matrix: {} probes, {} differ from the policy verdict (testbed and agent up in {:.1} s, probes {:.1} s; datapath: {} packets, {} connections allowed, {} attempts denied)",
+        "podfence-bench matrix: {} probes{through}, {} differ from the policy verdict (testbed and agent up in {:.1} s, probes {:.1} s; datapath: {} packets, {} connections allowed, {} attempts denied)",
         results.len(),
         differ.len(),
         up.as_secs_f64(),

@@ -1,11 +1,16 @@
 //! Every case of ../shared/conformance, live: the conformance cluster built
 //! in network namespaces, the agent enforcing each case's policies in turn
 //! (one published generation per case), every probe a real connection
-//! attempt through the AF_XDP datapath. Needs root; skips otherwise.
+//! attempt through the AF_XDP datapath. Then again through Services, as
+//! upstream's e2e suite probes: every pod a ClusterIP Service of its own
+//! (`PodServices`), every probe from a pod to a pod sent to that ClusterIP
+//! and translated by the agent, with the verdict of the direct probe.
+//! Needs root; skips otherwise.
 
 use std::time::{Duration, Instant};
 
 use podfence_bench::live::{LiveNode, externals};
+use podfence_bench::pod_services::{PodServices, probed_ports};
 use podfence_control::agent::AgentOptions;
 use podfence_control::probe::Probe;
 use podfence_control::sources::manifests;
@@ -17,6 +22,19 @@ fn every_conformance_case_matches_live() {
     if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
+    run_cases(false);
+}
+
+#[test]
+fn every_conformance_case_matches_live_through_services() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    run_cases(true);
+}
+
+/// Every case live, through a Service per pod when `via_services`.
+fn run_cases(via_services: bool) {
     let root = conformance_dir();
     let mut cases: Vec<_> = std::fs::read_dir(root.join("cases"))
         .expect("../shared/conformance/cases must exist beside the repository")
@@ -43,11 +61,19 @@ fn every_conformance_case_matches_live() {
     let base = manifests::load(&[root.join("cluster.yaml")])
         .expect("cluster.yaml")
         .cluster;
-    let node = LiveNode::start(&base, &externals(&all), AgentOptions::default())
+    let testbed = externals(&all);
+    let services = if via_services {
+        PodServices::new(&base, &probed_ports(&all), &testbed.external).expect("services")
+    } else {
+        PodServices::default()
+    };
+    let node = LiveNode::start(&services.with(&base), &testbed, AgentOptions::default())
         .expect("testbed and agent start");
+    let via = |p: &Probe| services.via(p);
 
     let mut mismatches = Vec::new();
     let mut total = 0;
+    let mut through = 0;
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let policies = case.join("policies.yaml");
@@ -55,13 +81,13 @@ fn every_conformance_case_matches_live() {
         if policies.exists() {
             paths.push(policies);
         }
-        let cluster = manifests::load(&paths).expect("case loads").cluster;
+        let cluster = services.with(&manifests::load(&paths).expect("case loads").cluster);
         node.agent().publish(&cluster).expect("publish");
         let expected = probes_of(case);
         let probes: Vec<Probe> = expected.iter().map(|(p, _)| p.clone()).collect();
         let started = Instant::now();
         let results = node
-            .probe(&cluster, &probes, Duration::from_secs(1), 64)
+            .probe_via(&cluster, &probes, &via, Duration::from_secs(1), 64)
             .expect("probes run");
         for (r, (_, allow)) in results.iter().zip(&expected) {
             // The file's verdict and the compiled one agree (the offline
@@ -77,6 +103,7 @@ fn every_conformance_case_matches_live() {
             }
         }
         total += results.len();
+        through += probes.iter().filter(|p| via(p).is_some()).count();
         eprintln!(
             "{name}: {} probes in {:.1} s",
             results.len(),
@@ -96,5 +123,15 @@ fn every_conformance_case_matches_live() {
         "traffic went through the datapath: {:?}",
         status.counters
     );
-    eprintln!("{total} probes over {} cases matched live", cases.len());
+    if via_services {
+        assert!(
+            status.counters.service_translated > 0,
+            "connections were translated: {:?}",
+            status.counters
+        );
+    }
+    eprintln!(
+        "{total} probes ({through} through Services) over {} cases matched live",
+        cases.len()
+    );
 }

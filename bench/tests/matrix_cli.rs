@@ -16,8 +16,23 @@ fn probe_format_reproduces_a_conformance_case() {
     if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
+    reproduce("003-deny-all-ingress-defaulted-policytypes", false);
+}
+
+/// Through a Service per pod: the same lines, the same verdicts (pods
+/// reaching themselves through their Services included, which their
+/// default-deny egress does not stop).
+#[test]
+fn probe_format_through_services_reproduces_a_conformance_case() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    reproduce("005-deny-all-egress", true);
+}
+
+fn reproduce(case: &str, via_services: bool) {
     let root = conformance_dir();
-    let case = root.join("cases/003-deny-all-ingress-defaulted-policytypes");
+    let case = root.join("cases").join(case);
     let expected = std::fs::read_to_string(case.join("expected.tsv")).expect("expected.tsv");
     let dir = std::env::temp_dir().join(format!("pf-matrix-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -35,6 +50,7 @@ fn probe_format_reproduces_a_conformance_case() {
         .arg(case.join("policies.yaml"))
         .arg("--probes")
         .arg(&probes)
+        .args(via_services.then_some("--via-services"))
         .output()
         .expect("podfence-bench runs");
     let _ = std::fs::remove_dir_all(&dir);
@@ -42,6 +58,11 @@ fn probe_format_reproduces_a_conformance_case() {
     assert!(out.status.success(), "exit {}: {stderr}", out.status);
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{stderr}");
     assert!(stderr.contains(" 0 differ"), "{stderr}");
+    assert_eq!(
+        stderr.contains("through Services of their pods"),
+        via_services,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -569,11 +569,12 @@ impl Decider<'_> {
         // Only connections from local pods are translated: what comes from
         // the host port was translated by kube-proxy already, or is its to
         // translate (the kernel routes it here after its own rules).
-        if !from_host
-            && let Some(frontend) = services.destination(key)
-            && !is_hairpin(frontend, key)
-        {
-            return self.open_translated(frontend, meta, key, located, signal, c);
+        let mut hairpin = None;
+        if !from_host && let Some(frontend) = services.destination(key) {
+            match frontend.select(key) {
+                Some(b) if b.addr_bits() == (key.src, key.ipv6) => hairpin = Some(b),
+                _ => return self.open_translated(frontend, meta, key, located, signal, c),
+            }
         }
         let record = |c: &mut Counters, initiator: &ConnKey, picked_up: bool| {
             let state = conntrack::initial_state(initiator.protocol, signal, picked_up);
@@ -592,7 +593,14 @@ impl Decider<'_> {
                 Inserted::Failed => c.conntrack_insert_failures += 1,
             }
         };
-        let verdict = classify_key(tables, key);
+        // A pod reaching itself through its Service (left to the kernel,
+        // see `is_hairpin`) is classified as addressed to its backend, that
+        // is to itself: a pod can always reach itself, whatever its egress
+        // policy says of the Service address.
+        let verdict = match hairpin {
+            Some(b) => classify_key(tables, &to_backend(key, b)),
+            None => classify_key(tables, key),
+        };
         let opens = !meta.echo_reply && conntrack::opens_connection(key.protocol, signal);
         if opens || verdict.is_allowed() {
             if verdict.is_allowed() {
@@ -714,7 +722,10 @@ impl Decider<'_> {
                     Some((Some(_), translated, _)) => *translated,
                     _ => located.initiator(&hit),
                 };
-                let v = classify_key(tables, &initiator);
+                let v = match &translation {
+                    Some(_) => classify_key(tables, &initiator),
+                    None => classify_untranslated(tables, self.services, &initiator),
+                };
                 if !v.is_allowed() {
                     c.revoked += 1;
                     conntrack.remove(&hit);
@@ -842,11 +853,37 @@ impl Decider<'_> {
     }
 }
 
+/// `key` addressed to `backend` instead.
+fn to_backend(key: &ConnKey, backend: crate::services::Backend) -> ConnKey {
+    ConnKey {
+        dst: backend.addr_bits().0,
+        dst_port: backend.port,
+        ..*key
+    }
+}
+
+/// [`classify_key`] for a flow the worker does not translate: a pod
+/// reaching itself through its Service ([`is_hairpin`]) is classified as
+/// addressed to its backend, that is to itself.
+fn classify_untranslated(tables: &Tables, services: &ServiceTable, key: &ConnKey) -> Verdict {
+    match services
+        .destination(key)
+        .and_then(|f| f.select(key))
+        .filter(|b| b.addr_bits() == (key.src, key.ipv6))
+    {
+        Some(b) => classify_key(tables, &to_backend(key, b)),
+        None => classify_key(tables, key),
+    }
+}
+
 /// Whether the backend a flow to `frontend` gets is its own client: a pod
 /// reaching itself through its Service. The worker leaves such a flow
 /// untranslated for the kernel, where kube-proxy translates it and
 /// masquerades it so that the reply comes back through it (the switch
-/// cannot send a frame back out of the port it came in on).
+/// cannot send a frame back out of the port it came in on). It is
+/// classified as addressed to its backend, itself: a pod can always reach
+/// itself, whatever its egress policy says of the Service address (the
+/// masqueraded flow then comes back from the node's address).
 fn is_hairpin(frontend: &Frontend, key: &ConnKey) -> bool {
     frontend
         .select(key)

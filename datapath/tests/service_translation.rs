@@ -22,6 +22,7 @@ use podfence_datapath::services::{
 };
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
+use podfence_datapath::tables::Decision;
 use podfence_datapath::wire::checksum::{
     address_range, data_sum, fold, internet_checksum, pseudo_header_sum,
 };
@@ -361,17 +362,23 @@ fn the_backend_of_a_flow_does_not_depend_on_the_worker() {
 
 #[test]
 fn a_pod_reaching_itself_through_its_service_is_left_to_the_kernel() {
-    let mut b = ServiceTableBuilder::new();
-    let id = b.add_service("ns", "self", ServiceOptions::default());
-    let key = FrontendKey {
-        addr: IpAddr::V4(Ipv4Addr::new(10, 96, 1, 2)),
-        protocol: IpProtocol::TCP,
-        port: 80,
+    let self_service = || {
+        let mut b = ServiceTableBuilder::new();
+        let id = b.add_service("ns", "self", ServiceOptions::default());
+        let key = FrontendKey {
+            addr: IpAddr::V4(Ipv4Addr::new(10, 96, 1, 2)),
+            protocol: IpProtocol::TCP,
+            port: 80,
+        };
+        // The client v4(2) is the Service's only backend.
+        b.add_frontend(id, key, &[Endpoint::ready(v4(2), 8080, true)])
+            .unwrap();
+        (b.build(), key)
     };
-    // The client v4(2) is the Service's only backend.
-    b.add_frontend(id, key, &[Endpoint::ready(v4(2), 8080, true)])
-        .unwrap();
-    let publisher = Publisher::new(Tables::empty(1), b.build());
+    // The client's egress allows only the dns and web pods: not the
+    // Service address, but the client itself, which it can always reach.
+    let (table, key) = self_service();
+    let publisher = Publisher::new(services::tables(1), table);
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
     let mut w = Worker::new(
@@ -384,11 +391,29 @@ fn a_pod_reaching_itself_through_its_service_is_left_to_the_kernel() {
         &mut w,
         &[build(v4(2), key.addr, tcp(4000, 80, tcp_flags::SYN))],
     );
-    assert!(
-        matches!(got[0], (Outcome::Opened(_), true, None)),
-        "passed untranslated: {got:?}"
+    let (Outcome::Opened(v), true, None) = got[0] else {
+        panic!("passed untranslated: {got:?}");
+    };
+    assert_eq!(
+        (v.egress, v.ingress),
+        (Decision::SelfTraffic, Decision::SelfTraffic),
+        "classified as addressed to itself"
     );
     assert_eq!(stats.snapshot().service_translated, 0);
+    // A new generation re-checks the connection the same way: it stays.
+    publisher.publish(services::tables(2), self_service().0, None);
+    let got = run(
+        &mut w,
+        &[build(v4(2), key.addr, tcp(4000, 80, tcp_flags::ACK))],
+    );
+    assert!(
+        matches!(got[0], (Outcome::Established, true, None)),
+        "{got:?}"
+    );
+    assert_eq!(
+        (stats.snapshot().revalidated, stats.snapshot().revoked),
+        (1, 0)
+    );
 }
 
 #[test]

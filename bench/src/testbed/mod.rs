@@ -73,7 +73,7 @@ pub use names::{
 };
 pub use netns::in_netns;
 pub(crate) use netns::{delete_netns, enter_netns, install_signal_handler, register, unregister};
-pub use sctp::sctp_init;
+pub use sctp::{sctp_init, sctp_init_tagged};
 pub use wiring::{GATEWAY_V4, GATEWAY_V6};
 
 /// Why the testbed could not be built or a probe could not be run.

@@ -13,7 +13,7 @@ use podfence_control::model::Protocol;
 use podfence_control::probe::{Endpoint, Probe};
 
 use super::netns::in_netns;
-use super::sctp::sctp_probe;
+use super::sctp::{SctpArrival, sctp_probe};
 use super::sockets::{bind_fd, family, new_socket, sockaddr};
 use super::{ProbeOutcome, Testbed, TestbedError, io_err};
 
@@ -52,27 +52,56 @@ impl Testbed {
         probe: &Probe,
         timeout: Duration,
     ) -> Result<ProbeOutcome, TestbedError> {
+        self.probe_outcome_via(probe, None, timeout)
+    }
+
+    /// Performs the probe for real, sent to one of `via` (a Service address
+    /// of each family whose only backend is the destination pod) instead of
+    /// the destination's own address when given, and says what happened.
+    /// An SCTP probe through a Service is watched for at the destination
+    /// pod, whatever its source address became on the way (kube-proxy
+    /// masquerades a pod reaching itself through its Service).
+    pub fn probe_outcome_via(
+        &self,
+        probe: &Probe,
+        via: Option<&[IpAddr]>,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
         let (src_ns, src_ips) = self.endpoint(&probe.src)?;
         let (dst_ns, dst_ips) = self.endpoint(&probe.dst)?;
-        let (src, dst) =
-            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
-                src: probe.src.to_string(),
-                dst: probe.dst.to_string(),
-            })?;
+        let no_family = || TestbedError::NoCommonFamily {
+            src: probe.src.to_string(),
+            dst: probe.dst.to_string(),
+        };
+        let (src, dst) = common_family(&src_ips, &dst_ips).ok_or_else(no_family)?;
+        let send_to = match via {
+            Some(via) => *via
+                .iter()
+                .find(|a| a.is_ipv4() == dst.is_ipv4())
+                .ok_or_else(no_family)?,
+            None => dst,
+        };
         let what = || format!("probe {probe}");
         match probe.protocol {
-            Protocol::Tcp => in_netns(src_ns, || tcp_probe(src, dst, probe.port, timeout))
+            Protocol::Tcp => in_netns(src_ns, || tcp_probe(src, send_to, probe.port, timeout))
                 .map_err(io_err(what())),
-            Protocol::Udp => in_netns(src_ns, || udp_probe((src, 0), dst, probe.port, timeout))
+            Protocol::Udp => in_netns(src_ns, || udp_probe((src, 0), send_to, probe.port, timeout))
                 .map_err(io_err(what())),
             Protocol::Sctp => {
-                if matches!(probe.dst, Endpoint::External(ip) if self.service_ips.contains(&ip)) {
+                if via.is_none()
+                    && matches!(probe.dst, Endpoint::External(ip) if self.service_ips.contains(&ip))
+                {
                     return Err(TestbedError::Unsupported(format!(
                         "probe {probe}: an SCTP probe watches for its INIT at the destination, \
                          which a Service address does not name"
                     )));
                 }
-                sctp_probe(src_ns, dst_ns, src, dst, probe.port, timeout).map_err(io_err(what()))
+                let seen = SctpArrival {
+                    src: via.is_none().then_some(src),
+                    dst,
+                };
+                sctp_probe(src_ns, dst_ns, (src, send_to), seen, probe.port, timeout)
+                    .map_err(io_err(what()))
             }
         }
     }
@@ -152,6 +181,19 @@ impl Testbed {
         timeout: Duration,
         parallelism: usize,
     ) -> Vec<Result<ProbeOutcome, TestbedError>> {
+        self.probe_all_outcomes_via(probes, &|_| None, timeout, parallelism)
+    }
+
+    /// [`Self::probe_all_outcomes`], each probe sent to the addresses `via`
+    /// gives it, if any (see [`Self::probe_outcome_via`]).
+    #[must_use]
+    pub fn probe_all_outcomes_via<'v>(
+        &self,
+        probes: &[Probe],
+        via: &(dyn Fn(&Probe) -> Option<&'v [IpAddr]> + Sync),
+        timeout: Duration,
+        parallelism: usize,
+    ) -> Vec<Result<ProbeOutcome, TestbedError>> {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Mutex<Vec<Option<Result<ProbeOutcome, TestbedError>>>> =
             Mutex::new((0..probes.len()).map(|_| None).collect());
@@ -161,7 +203,7 @@ impl Testbed {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(p) = probes.get(i) else { break };
-                        let r = self.probe_outcome(p, timeout);
+                        let r = self.probe_outcome_via(p, via(p), timeout);
                         results
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);

@@ -37,9 +37,45 @@ pub fn sctp_init(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> Vec<
     frame[14 + l3..].to_vec()
 }
 
+/// Where an INIT is expected to arrive: its destination address, and its
+/// source address unless the way there may change it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SctpArrival {
+    /// The source address it arrives with; `None`: any.
+    pub src: Option<IpAddr>,
+    /// The destination address it arrives with.
+    pub dst: IpAddr,
+}
+
+/// [`sctp_init`] with initiate tag `tag` (the CRC32c recomputed), so that
+/// the INIT can be recognized after a source translation has changed its
+/// source address and port.
+#[must_use]
+pub fn sctp_init_tagged(
+    src: IpAddr,
+    dst: IpAddr,
+    src_port: u16,
+    dst_port: u16,
+    tag: u32,
+) -> Vec<u8> {
+    let mut init = sctp_init(src, dst, src_port, dst_port);
+    init[16..20].copy_from_slice(&tag.to_be_bytes());
+    init[8..12].fill(0);
+    let crc = podfence_datapath::wire::checksum::crc32c(&init);
+    init[8..12].copy_from_slice(&crc.to_le_bytes());
+    init
+}
+
 /// Whether `packet` (an IP packet) is the INIT from `src:src_port` to
-/// `dst:dst_port`.
-fn is_our_init(packet: &[u8], src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> bool {
+/// `dst:dst_port` (when `src` is `None`, from any source address and port
+/// with initiate tag `tag`: masquerading rewrites both).
+fn is_our_init(
+    packet: &[u8],
+    src: Option<IpAddr>,
+    dst: IpAddr,
+    (src_port, tag): (u16, u32),
+    dst_port: u16,
+) -> bool {
     let (proto, s, d, l4) = match packet.first().map(|b| b >> 4) {
         Some(4) if packet.len() >= 20 => {
             let ihl = usize::from(packet[0] & 0x0f) * 4;
@@ -54,13 +90,16 @@ fn is_our_init(packet: &[u8], src: IpAddr, dst: IpAddr, src_port: u16, dst_port:
         }
         _ => return false,
     };
-    let Some(sctp) = packet.get(l4..l4 + 13) else {
+    let Some(sctp) = packet.get(l4..l4 + 20) else {
         return false;
     };
+    let source = match src {
+        Some(src) => s == src && u16::from_be_bytes([sctp[0], sctp[1]]) == src_port,
+        None => u32::from_be_bytes([sctp[16], sctp[17], sctp[18], sctp[19]]) == tag,
+    };
     proto == podfence_datapath::wire::ip_proto::SCTP
-        && s == src
+        && source
         && d == dst
-        && u16::from_be_bytes([sctp[0], sctp[1]]) == src_port
         && u16::from_be_bytes([sctp[2], sctp[3]]) == dst_port
         && sctp[12] == 1
 }
@@ -90,18 +129,23 @@ fn packet_socket() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Sends an INIT from `src_ns` (addresses `sent.0` to `sent.1`, port
+/// `port`) and watches `dst_ns` for its arrival as `arrival` says.
 pub(super) fn sctp_probe(
     src_ns: &str,
     dst_ns: &str,
-    src: IpAddr,
-    dst: IpAddr,
+    sent: (IpAddr, IpAddr),
+    arrival: SctpArrival,
     port: u16,
     timeout: Duration,
 ) -> io::Result<ProbeOutcome> {
+    let (src, dst) = sent;
     let src_port = 20_000 + NEXT_SCTP_PORT.fetch_add(1, Ordering::Relaxed) % 40_000;
     let watcher = in_netns(dst_ns, packet_socket)?;
     let deadline = Instant::now() + timeout;
-    let init = sctp_init(src, dst, src_port, port);
+    // A tag of its own per probe (never 0, which INIT forbids).
+    let tag = 0xcafe_0000 | u32::from(src_port);
+    let init = sctp_init_tagged(src, dst, src_port, port, tag);
     in_netns(src_ns, || {
         let fd = new_socket(family(src), libc::SOCK_RAW, 132)?;
         bind_fd(&fd, SocketAddr::new(src, 0))?;
@@ -152,7 +196,13 @@ pub(super) fn sctp_probe(
         if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
-        if is_our_init(&buf[..n.cast_unsigned()], src, dst, src_port, port) {
+        if is_our_init(
+            &buf[..n.cast_unsigned()],
+            arrival.src,
+            arrival.dst,
+            (src_port, tag),
+            port,
+        ) {
             return Ok(ProbeOutcome::Seen);
         }
     }
@@ -166,15 +216,29 @@ mod tests {
     #[test]
     fn sctp_init_is_recognized() {
         let (s, d) = (IpAddr::from([10, 244, 1, 1]), IpAddr::from([10, 244, 2, 2]));
-        let init = sctp_init(s, d, 4000, 80);
+        let tag = 0xcafe_4000;
+        let init = sctp_init_tagged(s, d, 4000, 80, tag);
         assert_eq!(init.len(), 32);
+        let mut zeroed = init.clone();
+        zeroed[8..12].fill(0);
+        assert_eq!(
+            init[8..12],
+            podfence_datapath::wire::checksum::crc32c(&zeroed).to_le_bytes(),
+            "the CRC covers the new tag"
+        );
         let mut packet = vec![0x45, 0, 0, 52, 0, 0, 0x40, 0, 64, 132, 0, 0];
         packet.extend_from_slice(&[10, 244, 1, 1, 10, 244, 2, 2]);
         packet.extend_from_slice(&init);
-        assert!(is_our_init(&packet, s, d, 4000, 80));
-        assert!(!is_our_init(&packet, s, d, 4001, 80));
-        assert!(!is_our_init(&packet, d, s, 4000, 80));
+        assert!(is_our_init(&packet, Some(s), d, (4000, tag), 80));
+        assert!(
+            is_our_init(&packet, None, d, (4001, tag), 80),
+            "any source, by tag"
+        );
+        assert!(!is_our_init(&packet, None, d, (4000, tag + 1), 80));
+        assert!(!is_our_init(&packet, Some(s), d, (4001, tag), 80));
+        assert!(!is_our_init(&packet, Some(d), s, (4000, tag), 80));
+        assert!(!is_our_init(&packet, None, s, (4000, tag), 80));
         packet[9] = 6;
-        assert!(!is_our_init(&packet, s, d, 4000, 80));
+        assert!(!is_our_init(&packet, Some(s), d, (4000, tag), 80));
     }
 }

@@ -576,6 +576,11 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
     println!("parse only            {:8.2} Mpps", r.parse_mpps);
     println!("established           {:8.2} Mpps", r.established_mpps);
     println!("new connections       {:8.2} Mpps", r.new_conn_mpps);
+    println!("  with two workers    {:8.2} Mpps", r.two_workers_mpps);
+    for (p, m) in &r.curve {
+        println!("  at {p:>6} policies   {m:8.2} Mpps");
+    }
+    println!("flatness (1k / 1)     {flatness:8.2}");
     println!(
         "through a Service ({} Services, {:.0}% of the connections, {:.0}% of them allowed):",
         r.services,
@@ -590,11 +595,6 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
         "  new connections     {:8.2} Mpps ({new_ratio:.2} x pod addresses)",
         r.new_conn_service_mpps
     );
-    println!("  with two workers    {:8.2} Mpps", r.two_workers_mpps);
-    for (p, m) in &r.curve {
-        println!("  at {p:>6} policies   {m:8.2} Mpps");
-    }
-    println!("flatness (1k / 1)     {flatness:8.2}");
     let (p50, p99, p999) = r.batch_latency_ns;
     println!("batch latency (64)    p50 {p50} ns, p99 {p99} ns, p999 {p999} ns");
     println!("allocations/packet    {:8.4}", r.allocs_per_packet);

@@ -157,10 +157,9 @@ pub fn flush_conntrack(name: &str) -> io::Result<()> {
         let mut reply = [0u8; 256];
         // SAFETY: `reply` is valid for writes of its length.
         let got = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-        if got < 0 {
+        let Ok(got) = usize::try_from(got) else {
             return Err(io::Error::last_os_error());
-        }
-        let got = got as usize;
+        };
         if got < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != ERROR {
             return Err(io::Error::other("ctnetlink: no acknowledgement"));
         }

@@ -562,6 +562,7 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
                 "new_conn_service_ratio": new_ratio,
                 "allowed_share_service": r.allowed_share_service,
                 "service_rewritten": r.service_rewritten,
+                "service_allocations": r.service_allocs,
             })
         );
         return;
@@ -597,7 +598,10 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
     );
     let (p50, p99, p999) = r.batch_latency_ns;
     println!("batch latency (64)    p50 {p50} ns, p99 {p99} ns, p999 {p999} ns");
-    println!("allocations/packet    {:8.4}", r.allocs_per_packet);
+    println!(
+        "allocations/packet    {:8.4} ({} while translating)",
+        r.allocs_per_packet, r.service_allocs
+    );
     println!(
         "replay (1 worker)     {:8.2} Mpps over {} packets",
         r.replay_mpps, r.replay_packets

@@ -109,7 +109,8 @@ enum Command {
     /// so.
     Replay(replay_cmd::ReplayArgs),
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
-    /// only, established and new connections, the curve over 1 to 10,000
+    /// only, established and new connections (to pod addresses, and through
+    /// the cluster's ClusterIP Services), the curve over 1 to 10,000
     /// policies, two workers, batch latency, allocations per packet, and
     /// replay of a capture.
     Classify {
@@ -118,6 +119,11 @@ enum Command {
         /// Packets per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         packets: usize,
+        /// Share of the Service rows' connections sent to a Service's
+        /// ClusterIP (the rest to pod addresses); 1: every packet of those
+        /// rows is translated.
+        #[arg(long, default_value_t = 1.0)]
+        service_share: f64,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -191,8 +197,9 @@ fn main() {
         Command::Classify {
             shape,
             packets,
+            service_share,
             json,
-        } => bench_pipeline(shape.shape(), packets, json),
+        } => bench_pipeline(shape.shape(), packets, service_share.clamp(0.0, 1.0), json),
         Command::Compile {
             pods,
             namespaces,
@@ -507,14 +514,22 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     }
 }
 
-fn bench_pipeline(shape: Shape, packets: usize, json: bool) {
+fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) {
     // Measure on the last core; the first takes most interrupts.
     if !podfence_datapath::worker::pin_to_core(usize::MAX) {
         eprintln!("podfence-bench: note: could not pin to a core; figures may vary more");
     }
-    let r = podfence_bench::pipeline::run(shape, packets.max(10_000), &ALLOC);
+    let options = podfence_bench::pipeline::PipelineOptions {
+        packets: packets.max(10_000),
+        service_share,
+        ..podfence_bench::pipeline::PipelineOptions::default()
+    };
+    let r = podfence_bench::pipeline::run(shape, &options, &ALLOC);
     let at = |n: usize| r.curve.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
     let flatness = at(1_000) / at(1).max(f64::MIN_POSITIVE);
+    let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
+    let est_ratio = ratio(r.established_service_mpps, r.established_mpps);
+    let new_ratio = ratio(r.new_conn_service_mpps, r.new_conn_mpps);
     if json {
         let curve: Vec<_> = r
             .curve
@@ -539,6 +554,15 @@ fn bench_pipeline(shape: Shape, packets: usize, json: bool) {
                 "replay_mpps": r.replay_mpps,
                 "replay_packets": r.replay_packets,
                 "allowed_share": r.allowed_share,
+                "services": r.services,
+                "service_share": r.service_share,
+                "established_service_mpps": r.established_service_mpps,
+                "new_conn_service_mpps": r.new_conn_service_mpps,
+                "established_service_ratio": est_ratio,
+                "new_conn_service_ratio": new_ratio,
+                "allowed_share_service": r.allowed_share_service,
+                "service_rewritten": r.service_rewritten,
+                "service_allocations": r.service_allocs,
             })
         );
         return;
@@ -558,9 +582,26 @@ fn bench_pipeline(shape: Shape, packets: usize, json: bool) {
         println!("  at {p:>6} policies   {m:8.2} Mpps");
     }
     println!("flatness (1k / 1)     {flatness:8.2}");
+    println!(
+        "through a Service ({} Services, {:.0}% of the connections, {:.0}% of them allowed):",
+        r.services,
+        100.0 * r.service_share,
+        100.0 * r.allowed_share_service
+    );
+    println!(
+        "  established         {:8.2} Mpps ({est_ratio:.2} x pod addresses; goal >= 0.90)",
+        r.established_service_mpps
+    );
+    println!(
+        "  new connections     {:8.2} Mpps ({new_ratio:.2} x pod addresses)",
+        r.new_conn_service_mpps
+    );
     let (p50, p99, p999) = r.batch_latency_ns;
     println!("batch latency (64)    p50 {p50} ns, p99 {p99} ns, p999 {p999} ns");
-    println!("allocations/packet    {:8.4}", r.allocs_per_packet);
+    println!(
+        "allocations/packet    {:8.4} ({} while translating)",
+        r.allocs_per_packet, r.service_allocs
+    );
     println!(
         "replay (1 worker)     {:8.2} Mpps over {} packets",
         r.replay_mpps, r.replay_packets

@@ -11,10 +11,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use podfence_control::index::Cluster;
-use podfence_control::model::Pod;
 use podfence_control::model::{
-    IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy,
-    Operator, Peer, PodPhase, PolicyPort, PortSpec, Protocol, Requirement, Rule,
+    AddressType, Endpoint, EndpointPort, EndpointSlice, IpBlock, LabelSelector, Labels,
+    NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy, Operator, Peer, Pod, PodPhase,
+    PolicyPort, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, ServiceType,
+    SessionAffinity, TargetPort, TrafficPolicy,
 };
 
 /// Size of a synthetic cluster.
@@ -278,6 +279,120 @@ fn policy(n: usize, kind: usize, serial: usize) -> NetworkPolicy {
     p
 }
 
+/// First ClusterIP of the synthetic Services (kubeadm's default service
+/// CIDR, 10.96.0.0/12; its first address is left to `kubernetes`).
+pub const SERVICE_BASE: u32 = 0x0a60_0000;
+
+/// The ports every synthetic Service exposes: the (protocol, port) pairs of
+/// the traffic mix ([`attempts`]), each to the same target port, so that
+/// traffic through a Service is the mix's traffic, translated.
+pub const SERVICE_PORTS: [(Protocol, u16); 7] = [
+    (Protocol::Tcp, 8080),
+    (Protocol::Udp, 53),
+    (Protocol::Tcp, 443),
+    (Protocol::Tcp, 31000),
+    (Protocol::Tcp, 9090),
+    (Protocol::Tcp, 80),
+    (Protocol::Sctp, 8080),
+];
+
+/// The number of the Service of `app` in namespace `n`.
+fn service_index(n: usize, app: usize) -> usize {
+    n * APPS + app
+}
+
+/// The ClusterIP of the synthetic Service that fronts pod number `i` (see
+/// [`add_services`]), if `shape` has that pod.
+#[must_use]
+pub fn service_ip_of_pod(shape: Shape, i: usize) -> Option<Ipv4Addr> {
+    if i >= shape.pods {
+        return None;
+    }
+    let ns_count = shape.namespaces.max(1);
+    let (n, app) = (i % ns_count, (i / ns_count) % APPS);
+    Some(service_ip(service_index(n, app)))
+}
+
+/// The ClusterIP of Service number `s`.
+#[must_use]
+pub fn service_ip(s: usize) -> Ipv4Addr {
+    Ipv4Addr::from(SERVICE_BASE + 1 + s as u32)
+}
+
+/// Adds a ClusterIP Service per app and namespace, as a Deployment would
+/// have (one per ten pods at the default sizes: 1,000 Services over 10,000
+/// pods): selector `app`, the ports of [`SERVICE_PORTS`], and one IPv4
+/// EndpointSlice listing every pod of the app in the namespace, ready, on
+/// its node. Returns the number of Services added.
+pub fn add_services(c: &mut Cluster, shape: Shape) -> usize {
+    let ns_count = shape.namespaces.max(1);
+    let mut backends: std::collections::BTreeMap<(usize, usize), Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for i in 0..shape.pods {
+        backends
+            .entry((i % ns_count, (i / ns_count) % APPS))
+            .or_default()
+            .push(i);
+    }
+    let port_name = |(protocol, port): (Protocol, u16)| {
+        format!("{}-{port}", protocol.to_string().to_lowercase())
+    };
+    for (&(n, app), pods) in &backends {
+        let name = format!("app-{app}");
+        let namespace = namespace_name(n);
+        c.apply(Service {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            service_type: ServiceType::ClusterIp,
+            cluster_ips: vec![IpAddr::V4(service_ip(service_index(n, app)))],
+            headless: false,
+            ports: SERVICE_PORTS
+                .iter()
+                .map(|&(protocol, port)| ServicePort {
+                    name: port_name((protocol, port)),
+                    protocol,
+                    port,
+                    target_port: TargetPort::Number(port),
+                    node_port: None,
+                })
+                .collect(),
+            has_selector: true,
+            session_affinity: SessionAffinity::None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_ips: Vec::new(),
+            proxy_name: None,
+        });
+        c.apply(EndpointSlice {
+            namespace,
+            name: format!("{name}-synthetic"),
+            service: Some(name),
+            address_type: AddressType::Ipv4,
+            endpoints: pods
+                .iter()
+                .map(|&i| Endpoint {
+                    address: IpAddr::V4(pod_ip(i)),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node: Some(format!("node-{}", i % 50)),
+                    zone: None,
+                    zone_hints: Vec::new(),
+                    node_hints: Vec::new(),
+                })
+                .collect(),
+            ports: SERVICE_PORTS
+                .iter()
+                .map(|&(protocol, port)| EndpointPort {
+                    name: port_name((protocol, port)),
+                    protocol,
+                    port: Some(port),
+                })
+                .collect(),
+        });
+    }
+    backends.len()
+}
+
 /// A connection attempt of the benchmark's traffic mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt {
@@ -399,5 +514,39 @@ mod tests {
             allowed > 200 && allowed < 1800,
             "allowed {allowed} of 2000: the mix should be mixed"
         );
+    }
+
+    #[test]
+    fn a_service_per_app_and_namespace_fronts_its_pods() {
+        let shape = Shape {
+            namespaces: 10,
+            pods: 250,
+            policies: 10,
+        };
+        let mut c = cluster(shape);
+        assert_eq!(add_services(&mut c, shape), 100);
+        assert_eq!((c.services.len(), c.endpoint_slices.len()), (100, 100));
+        let table = podfence_control::compile::compile_services(
+            &c,
+            &podfence_control::compile::Locality::AllPods,
+        )
+        .table;
+        assert_eq!(table.stats().frontends, 100 * SERVICE_PORTS.len());
+        for i in 0..shape.pods {
+            let ip = service_ip_of_pod(shape, i).expect("every pod has a Service");
+            for (protocol, port) in SERVICE_PORTS {
+                let f = table
+                    .frontend(IpAddr::V4(ip), protocol.ip_protocol(), port)
+                    .expect("a frontend per port");
+                let me = podfence_datapath::services::Backend {
+                    addr: IpAddr::V4(pod_ip(i)),
+                    port,
+                };
+                assert!(f.backends().contains(&me), "pod {i} backs {ip}:{port}");
+                // 250 pods over 10 namespaces and 10 apps: 2 or 3 each.
+                assert!((2..=3).contains(&f.backends().len()));
+            }
+        }
+        assert_eq!(service_ip_of_pod(shape, shape.pods), None);
     }
 }

@@ -22,7 +22,9 @@ pub(crate) struct VethArgs {
     #[arg(long, default_value_t = 10_000)]
     pods: usize,
     /// Paths to measure, comma-separated: direct, podfence, forward-all,
-    /// kernel, nftables, nftables-est.
+    /// kernel, nftables, nftables-est, podfence-svc (to the sink's
+    /// ClusterIP, podfence translating), kube-proxy (to the ClusterIP,
+    /// kube-proxy's nftables rules translating, nftables enforcing).
     #[arg(long, value_delimiter = ',', value_parser = parse_path,
           default_value = "direct,podfence,forward-all,kernel,nftables")]
     paths: Vec<PathKind>,

@@ -1,6 +1,7 @@
 //! `podfence-bench veth` end to end on a small cluster: every path carries
 //! the generator's traffic to the sink, and the paths that enforce policy
-//! (podfence and the generated nftables rules) drop exactly the denied
+//! (podfence and the generated nftables rules, also through the sink's
+//! ClusterIP: `podfence-svc` and `kube-proxy`) drop exactly the denied
 //! flows and deliver the rest. Needs root and nft; skips otherwise.
 
 use std::time::Duration;
@@ -65,12 +66,21 @@ fn every_path_delivers_and_the_enforcing_ones_drop_the_denied_flows() {
         "kernel_mpps",
         "nftables_mpps",
         "podfence_p99_us",
+        "podfence_svc_mpps",
+        "kube_proxy_mpps",
     ] {
         assert!(
             json[key].as_f64().is_some_and(|v| v > 0.0),
             "{key} in {json}"
         );
     }
+    let goals = json["goals"].as_array().expect("goals");
+    assert!(
+        goals
+            .iter()
+            .any(|g| g["goal"] == "podfence-svc >= 1.0 x kube-proxy" && !g["met"].is_null()),
+        "{json}"
+    );
     let table = report::table(&r);
     for path in PathKind::ALL {
         assert!(table.contains(path.name()), "{table}");

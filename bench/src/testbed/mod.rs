@@ -71,8 +71,8 @@ pub use names::{
     IFNAME_MAX, NETNS_NAME_MAX, NODE_OUT_IF, OUT_NODE_IF, host_veth_name, pod_netns_name,
     run_prefix, sanitize,
 };
-pub use netns::in_netns;
 pub(crate) use netns::{delete_netns, enter_netns, install_signal_handler, register, unregister};
+pub use netns::{flush_conntrack, in_netns};
 pub use sctp::{sctp_init, sctp_init_tagged};
 pub use wiring::{GATEWAY_V4, GATEWAY_V6};
 

@@ -114,3 +114,58 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
+
+/// Deletes every IPv4 connection tracking entry of namespace `name`, as
+/// `conntrack -F` does (one ctnetlink request, `IPCTNL_MSG_CT_DELETE` with
+/// no tuple). Entries of one measured path must not meet the next: a
+/// translated entry whose reply tuple is an untranslated path's flow makes
+/// the kernel remap source ports, or drop the packet at confirmation.
+pub fn flush_conntrack(name: &str) -> io::Result<()> {
+    /// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE`.
+    const CT_DELETE: u16 = (1 << 8) | 2;
+    /// `NLM_F_REQUEST | NLM_F_ACK`.
+    const FLAGS: u16 = 1 | 4;
+    /// `NLMSG_ERROR`: the acknowledgement.
+    const ERROR: u16 = 2;
+    in_netns(name, || {
+        // SAFETY: socket(2) with constant arguments reads no memory of ours.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // nlmsghdr (16 bytes), then nfgenmsg: family, version, resource id.
+        let mut msg = [0u8; 20];
+        msg[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        msg[4..6].copy_from_slice(&CT_DELETE.to_ne_bytes());
+        msg[6..8].copy_from_slice(&FLAGS.to_ne_bytes());
+        msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        msg[16] = libc::AF_INET as u8;
+        // SAFETY: `msg` is valid for reads of its length; an unconnected
+        // netlink socket sends to the kernel.
+        let sent = unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut reply = [0u8; 256];
+        // SAFETY: `reply` is valid for writes of its length.
+        let got = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+        let Ok(got) = usize::try_from(got) else {
+            return Err(io::Error::last_os_error());
+        };
+        if got < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != ERROR {
+            return Err(io::Error::other("ctnetlink: no acknowledgement"));
+        }
+        match i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(-e)),
+        }
+    })
+}

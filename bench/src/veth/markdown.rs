@@ -94,6 +94,8 @@ fn charts(dir: &Path, s: &[Summary], o: &VethOptions) -> Result<Charts, String> 
         PathKind::Podfence,
         PathKind::Nftables,
         PathKind::NftablesEst,
+        PathKind::PodfenceSvc,
+        PathKind::KubeProxy,
     ] {
         let mut points: Vec<(f64, f64)> = s
             .iter()
@@ -304,6 +306,8 @@ fn scaling(md: &mut String, main: &VethReport, s: &[Summary], charts: &Charts, s
         PathKind::Podfence,
         PathKind::Nftables,
         PathKind::NftablesEst,
+        PathKind::PodfenceSvc,
+        PathKind::KubeProxy,
     ] {
         if !s.iter().any(|x| x.case.path == path) {
             continue;

@@ -15,7 +15,17 @@
 //! - `nftables`: the kernel forwarding with the same policies as nftables
 //!   rules with conntrack (see [`crate::nft`]), each flow classified once;
 //! - `nftables-est`: the same rules, accepting only conntrack's
-//!   `established` (one-way flows walk the rules on every packet).
+//!   `established` (one-way flows walk the rules on every packet);
+//! - `podfence-svc`: as `podfence`, but the generator sends to the sink's
+//!   ClusterIP Service ([`cluster::SERVICE_IP`]), and podfence translates
+//!   every packet to the sink (kube-proxy's rules are in the node
+//!   namespace, as on a real node, and see none of this traffic);
+//! - `kube-proxy`: podfence stopped, the kernel translating with
+//!   kube-proxy's nftables rules for that Service ([`crate::kube_proxy`])
+//!   and enforcing the `nftables` path's rules.
+//!
+//! The sink receives the same frames on every path: after translation, they
+//! are addressed to the sink's address and the allowed or denied port.
 //!
 //! Every round measures every case once, in the order given and reversed
 //! in the next round (A B C, C B A, ...), so that drift of the machine
@@ -39,6 +49,7 @@ use podfence_control::agent::plumbing::PAIR_ALIAS;
 use podfence_control::compile::{CompileOptions, Locality, compile};
 use podfence_datapath::Tables;
 
+use crate::kube_proxy::{self, KubeProxyConfig};
 use crate::live::{LiveAgent, LiveError};
 use crate::nft::{self, NftStyle};
 use crate::synthetic::Shape;
@@ -67,17 +78,24 @@ pub enum PathKind {
     Nftables,
     /// Kernel routing, the policies as nftables rules, `established` only.
     NftablesEst,
+    /// podfence enforcing the policies, the traffic sent to a ClusterIP.
+    PodfenceSvc,
+    /// Kernel routing, kube-proxy's rules translating the ClusterIP, the
+    /// policies as nftables rules (as `Nftables`).
+    KubeProxy,
 }
 
 impl PathKind {
     /// Every path, in table order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Direct,
         Self::Podfence,
         Self::ForwardAll,
         Self::Kernel,
         Self::Nftables,
         Self::NftablesEst,
+        Self::PodfenceSvc,
+        Self::KubeProxy,
     ];
 
     /// Its name on the command line and in reports.
@@ -90,6 +108,8 @@ impl PathKind {
             Self::Kernel => "kernel",
             Self::Nftables => "nftables",
             Self::NftablesEst => "nftables-est",
+            Self::PodfenceSvc => "podfence-svc",
+            Self::KubeProxy => "kube-proxy",
         }
     }
 
@@ -108,7 +128,29 @@ impl PathKind {
     /// Whether the path enforces the policies (so the policy count matters).
     #[must_use]
     pub fn enforces(self) -> bool {
-        matches!(self, Self::Podfence | Self::Nftables | Self::NftablesEst)
+        matches!(
+            self,
+            Self::Podfence
+                | Self::Nftables
+                | Self::NftablesEst
+                | Self::PodfenceSvc
+                | Self::KubeProxy
+        )
+    }
+
+    /// Whether the generator sends to the sink's ClusterIP.
+    #[must_use]
+    pub fn through_service(self) -> bool {
+        matches!(self, Self::PodfenceSvc | Self::KubeProxy)
+    }
+
+    /// Whether the path needs `nft`.
+    #[must_use]
+    pub fn needs_nft(self) -> bool {
+        matches!(
+            self,
+            Self::Nftables | Self::NftablesEst | Self::PodfenceSvc | Self::KubeProxy
+        )
     }
 
     /// One line on what it is.
@@ -125,6 +167,14 @@ impl PathKind {
             Self::NftablesEst => {
                 "kernel routing, the policies as nftables rules, conntrack established only \
                  (one-way flows walk the rules per packet)"
+            }
+            Self::PodfenceSvc => {
+                "podfence enforcing the policies, the traffic sent to a ClusterIP and translated \
+                 by podfence (kube-proxy's rules present)"
+            }
+            Self::KubeProxy => {
+                "kernel routing, kube-proxy's nftables rules translating the ClusterIP, the \
+                 policies as nftables rules (as nftables)"
             }
         }
     }
@@ -412,27 +462,89 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// What runs while a case is measured.
-enum Active {
+/// What enforces while a case is measured.
+enum Enforcer {
     Nothing,
     Agent(LiveAgent),
     Nft(nft::Installed),
 }
 
+/// What runs while a case is measured: the enforcer, and kube-proxy's
+/// rules for the paths through a Service.
+struct Active {
+    enforcer: Enforcer,
+    kube_proxy: Option<KubeProxyTables>,
+}
+
+impl From<Enforcer> for Active {
+    fn from(enforcer: Enforcer) -> Self {
+        Self {
+            enforcer,
+            kube_proxy: None,
+        }
+    }
+}
+
 impl Active {
     fn policy_dropped(&self) -> Result<u64, VethError> {
-        match self {
-            Self::Nothing => Ok(0),
-            Self::Agent(a) => Ok(a.status()?.counters.denied),
-            Self::Nft(n) => n.denied().map_err(VethError::Other),
+        match &self.enforcer {
+            Enforcer::Nothing => Ok(0),
+            Enforcer::Agent(a) => Ok(a.status()?.counters.denied),
+            Enforcer::Nft(n) => n.denied().map_err(VethError::Other),
         }
     }
 
     fn stop(self) -> Result<(), VethError> {
-        match self {
-            Self::Nothing => Ok(()),
-            Self::Agent(a) => a.stop().map(|_| ()).map_err(VethError::from),
-            Self::Nft(n) => n.remove().map_err(VethError::Other),
+        let stopped = match self.enforcer {
+            Enforcer::Nothing => Ok(()),
+            Enforcer::Agent(a) => a.stop().map(|_| ()).map_err(VethError::from),
+            Enforcer::Nft(n) => n.remove().map_err(VethError::Other),
+        };
+        let removed = self.kube_proxy.map_or(Ok(()), KubeProxyTables::remove);
+        stopped?;
+        removed
+    }
+}
+
+/// kube-proxy's tables installed in a namespace; deleted on drop.
+struct KubeProxyTables {
+    netns: String,
+    families: Vec<kube_proxy::Family>,
+}
+
+impl KubeProxyTables {
+    /// kube-proxy's rules for `cluster`'s Services on the benchmark's node,
+    /// installed in `netns`.
+    fn install(netns: &str, cluster: &podfence_control::index::Cluster) -> Result<Self, VethError> {
+        let prefix = |s: &str| {
+            s.parse::<podfence_datapath::Prefix>()
+                .map_err(|e| VethError::Other(format!("{s}: {e}")))
+        };
+        let config = KubeProxyConfig {
+            locality: Locality::Node(BENCH_NODE.into()),
+            cluster_cidrs: vec![prefix(cluster::CLUSTER_CIDR)?],
+            service_cidrs: vec![prefix(cluster::SERVICE_CIDR)?],
+            node_port_addresses: Vec::new(),
+            families: vec![kube_proxy::Family::V4],
+        };
+        let rules = kube_proxy::rules(cluster, &config);
+        kube_proxy::install(netns, &rules).map_err(VethError::Other)?;
+        Ok(Self {
+            netns: netns.to_owned(),
+            families: rules.families,
+        })
+    }
+
+    fn remove(mut self) -> Result<(), VethError> {
+        let families = std::mem::take(&mut self.families);
+        kube_proxy::remove(&self.netns, &families).map_err(VethError::Other)
+    }
+}
+
+impl Drop for KubeProxyTables {
+    fn drop(&mut self) {
+        if !self.families.is_empty() {
+            let _ = kube_proxy::remove(&self.netns, &self.families);
         }
     }
 }
@@ -450,6 +562,8 @@ struct Bench<'a> {
     tables: BTreeMap<usize, Tables>,
     routed: TrafficSpec,
     direct: TrafficSpec,
+    /// The generator's frames to the sink's ClusterIP and Service ports.
+    to_service: TrafficSpec,
     denied_flows: Vec<u32>,
     installs: u32,
     budget_raised: bool,
@@ -481,24 +595,38 @@ impl Bench<'_> {
     fn setup(&mut self, case: Case) -> Result<(Active, Option<RulesetShape>), VethError> {
         let node = self.bed.node_netns().to_owned();
         Ok(match case.path {
-            PathKind::Direct | PathKind::Kernel => (Active::Nothing, None),
-            PathKind::Podfence | PathKind::ForwardAll => {
-                self.host_pair()?;
+            PathKind::Direct | PathKind::Kernel => (Enforcer::Nothing.into(), None),
+            PathKind::Podfence | PathKind::ForwardAll | PathKind::PodfenceSvc => {
                 let c = &self.clusters[&case.policies];
-                let cluster = if case.path == PathKind::Podfence {
-                    &c.full
+                // kube-proxy's rules first, as on a node where it runs.
+                let kube_proxy = if case.path == PathKind::PodfenceSvc {
+                    Some(KubeProxyTables::install(&node, &c.full)?)
                 } else {
+                    None
+                };
+                self.host_pair()?;
+                let cluster = if case.path == PathKind::ForwardAll {
                     &c.open
+                } else {
+                    &c.full
                 };
                 let agent = LiveAgent::start(&node, cluster, self.agent_options())?;
-                (Active::Agent(agent), None)
+                let active = Active {
+                    enforcer: Enforcer::Agent(agent),
+                    kube_proxy,
+                };
+                (active, None)
             }
-            PathKind::Nftables | PathKind::NftablesEst => {
+            PathKind::Nftables | PathKind::NftablesEst | PathKind::KubeProxy => {
+                // No connection of an earlier path (translated or not)
+                // may meet this one's in the kernel's table.
+                testbed::flush_conntrack(&node)
+                    .map_err(|e| VethError::Other(format!("flushing conntrack: {e}")))?;
                 self.installs += 1;
-                let style = if case.path == PathKind::Nftables {
-                    NftStyle::VerdictCache
-                } else {
+                let style = if case.path == PathKind::NftablesEst {
                     NftStyle::EstablishedOnly
+                } else {
+                    NftStyle::VerdictCache
                 };
                 let c = &self.clusters[&case.policies];
                 let rules = nft::ruleset(
@@ -509,6 +637,11 @@ impl Bench<'_> {
                     Some(c.generator_ip),
                     self.installs,
                 );
+                let kube_proxy = if case.path == PathKind::KubeProxy {
+                    Some(KubeProxyTables::install(&node, &c.full)?)
+                } else {
+                    None
+                };
                 let installed = nft::Installed::install(&node, &rules).map_err(VethError::Other)?;
                 let shape = RulesetShape {
                     chains: rules.chains.clone(),
@@ -516,7 +649,11 @@ impl Bench<'_> {
                     elements: rules.elements,
                     deep: rules.deep.clone(),
                 };
-                (Active::Nft(installed), Some(shape))
+                let active = Active {
+                    enforcer: Enforcer::Nft(installed),
+                    kube_proxy,
+                };
+                (active, Some(shape))
             }
         })
     }
@@ -524,6 +661,8 @@ impl Bench<'_> {
     fn send(&mut self, case: Case, pace: Pace, duration: Duration) -> Result<GenReport, VethError> {
         let (iface, spec) = if case.path == PathKind::Direct {
             (DIRECT_LINK, &self.direct)
+        } else if case.path.through_service() {
+            ("eth0", &self.to_service)
         } else {
             ("eth0", &self.routed)
         };
@@ -777,12 +916,7 @@ fn progress(options: &VethOptions, case: Case, round: usize, r: &CaseRound) {
 /// returns, also on error.
 pub fn run(options: &VethOptions) -> Result<VethReport, VethError> {
     let load_before = load_average();
-    if options
-        .cases
-        .iter()
-        .any(|c| matches!(c.path, PathKind::Nftables | PathKind::NftablesEst))
-        && !nft::available()
-    {
+    if options.cases.iter().any(|c| c.path.needs_nft()) && !nft::available() {
         return Err(VethError::Other(
             "nft is not installed (`apt-get install nftables`, or scripts/install-deps)".into(),
         ));
@@ -820,6 +954,10 @@ pub fn run(options: &VethOptions) -> Result<VethReport, VethError> {
         direct.dst_mac = traffic::link_mac(&sink_pod.netns, DIRECT_LINK)?;
         ifaces.push(DIRECT_LINK.to_owned());
     }
+    let mut to_service = routed.clone();
+    to_service.dst = first.service_ip;
+    to_service.allowed_port = cluster::SERVICE_ALLOWED_PORT;
+    to_service.denied_port = cluster::SERVICE_DENIED_PORT;
     let denied_flows = routed
         .flows()
         .iter()
@@ -848,6 +986,7 @@ pub fn run(options: &VethOptions) -> Result<VethReport, VethError> {
         tables,
         routed,
         direct,
+        to_service,
         denied_flows,
         installs: 0,
         budget_raised: false,

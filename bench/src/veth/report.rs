@@ -157,11 +157,30 @@ pub fn goals(summaries: &[Summary], policies: usize) -> Vec<(String, Option<bool
     let get = |p| headline(summaries, p, policies);
     let mut out = Vec::new();
     let pf = get(PathKind::Podfence);
-    for (other, goal, what) in [
-        (PathKind::ForwardAll, 0.9, "podfence >= 0.9 x forward-all"),
-        (PathKind::Nftables, 1.0, "podfence >= 1.0 x nftables"),
+    for (one, other, goal, what) in [
+        (
+            PathKind::Podfence,
+            PathKind::ForwardAll,
+            0.9,
+            "podfence >= 0.9 x forward-all",
+        ),
+        (
+            PathKind::Podfence,
+            PathKind::Nftables,
+            1.0,
+            "podfence >= 1.0 x nftables",
+        ),
+        (
+            PathKind::PodfenceSvc,
+            PathKind::KubeProxy,
+            1.0,
+            "podfence-svc >= 1.0 x kube-proxy",
+        ),
     ] {
-        match (pf, get(other)) {
+        if one == PathKind::PodfenceSvc && get(one).is_none() && get(other).is_none() {
+            continue;
+        }
+        match (get(one), get(other)) {
             (Some(p), Some(o)) if o.mpps > 0.0 => {
                 let ratio = p.mpps / o.mpps;
                 out.push((

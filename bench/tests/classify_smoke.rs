@@ -1,0 +1,48 @@
+//! `podfence-bench classify` at a small size: every row measures something,
+//! the Service rows translate every packet, and nothing allocates per
+//! packet, Service traffic included. No timing is asserted.
+
+use podfence_bench::alloc::CountingAllocator;
+use podfence_bench::pipeline::{self, PipelineOptions};
+use podfence_bench::synthetic::Shape;
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator::new();
+
+#[test]
+fn the_pipeline_rows_run_and_service_traffic_allocates_nothing() {
+    let shape = Shape {
+        namespaces: 10,
+        pods: 200,
+        policies: 100,
+    };
+    let options = PipelineOptions {
+        packets: 20_000,
+        service_share: 1.0,
+        curve: vec![1, 100],
+        replay: false,
+    };
+    let r = pipeline::run(shape, &options, &ALLOC);
+    for (what, v) in [
+        ("parse", r.parse_mpps),
+        ("established", r.established_mpps),
+        ("new connections", r.new_conn_mpps),
+        ("established through a Service", r.established_service_mpps),
+        ("new connections through a Service", r.new_conn_service_mpps),
+        ("two workers", r.two_workers_mpps),
+    ] {
+        assert!(v > 0.0, "{what}: {v}");
+    }
+    assert_eq!(r.services, 100);
+    assert!(
+        (0.7..=0.8).contains(&r.allowed_share_service),
+        "{}",
+        r.allowed_share_service
+    );
+    // Every established packet and every allowed new connection through a
+    // Service was rewritten.
+    assert!(r.service_rewritten >= 20_000, "{}", r.service_rewritten);
+    assert_eq!(r.service_allocs, 0, "allocations while translating");
+    assert!(r.allocs_per_packet < 1e-3, "{}", r.allocs_per_packet);
+    assert_eq!(r.curve.len(), 2);
+}

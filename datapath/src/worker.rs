@@ -325,6 +325,12 @@ fn policy_port(key: &ConnKey) -> u16 {
     }
 }
 
+/// How many packets ahead of its decision a packet's translated-entry slot
+/// and NAT data are prefetched ([`Conntrack::prefetch_linked`]): far enough
+/// for the loads to land, near enough that its own slot (prefetched in the
+/// second pass) is cached when its tag is read.
+const LINK_AHEAD: usize = 4;
+
 /// Classifies a connection attempt in the direction of `key`.
 #[inline]
 #[must_use]
@@ -410,7 +416,13 @@ impl<'a> Worker<'a> {
             }
         }
         let batch = self.descs[..n].iter().zip(&self.kinds).zip(&self.metas);
-        for (((desc, kind), meta), located) in batch.zip(&self.located) {
+        for (i, (((desc, kind), meta), located)) in batch.zip(&self.located).enumerate() {
+            // A few packets ahead, the NAT data and a translated entry's
+            // slot (what a translated packet reads after its own slot).
+            if i + LINK_AHEAD < n && self.kinds[i + LINK_AHEAD] == Ok(crate::flow::FrameKind::Ip) {
+                self.conntrack
+                    .prefetch_linked(&self.located[i + LINK_AHEAD]);
+            }
             let frame = port.frame(desc);
             let now = if self.config.capture_time {
                 desc.timestamp_ns
@@ -672,7 +684,7 @@ impl Decider<'_> {
                         to: backend,
                     };
                     let translated = rewrite.key(key);
-                    found = conntrack.lookup(&translated, signal, now);
+                    found = conntrack.lookup_linked(&hit, located, &translated, signal, now);
                     if found.is_none() {
                         // The connection ended; its alias goes with it.
                         c.service_stale_aliases += 1;

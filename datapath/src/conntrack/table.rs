@@ -38,9 +38,15 @@
 //!   it in the reverse direction and are rewritten from the backend back to
 //!   the Service; re-checks classify its key, the backend's tuple.
 //! - the **alias**, keyed by the original tuple (client → Service), holds
-//!   only the backend. A forward packet finds it by its own key (the one the
-//!   worker located and prefetched), is rewritten to the backend and then
-//!   looks the translated entry up to advance the state. An alias never
+//!   the backend and a *link*: the slot index of the translated entry when
+//!   it was recorded. A forward packet finds the alias by its own key (the
+//!   one the worker located and prefetched), is rewritten to the backend
+//!   and then reads the linked slot directly to advance the entry's state
+//!   ([`Conntrack::lookup_linked`]): no hash, no fingerprint, and the slot
+//!   was prefetched a few packets ahead ([`Conntrack::prefetch_linked`]).
+//!   The link is a hint, validated like any read by the entry's key under
+//!   its sequence number; a slot that no longer holds the entry (evicted,
+//!   recorded elsewhere) falls back to a full lookup. An alias never
 //!   changes state: it is stored in its protocol's longest-lived state and
 //!   is only as good as its translated entry (an alias whose entry is gone is
 //!   stale and removed by the worker).
@@ -51,9 +57,10 @@
 //! validated against the sequence number. Lookups of untranslated flows
 //! read what they read before plus one flag test; the slots stay 64 bytes.
 //! Costs: 24 bytes more per slot of table memory, two slots per translated
-//! connection, and for its forward packets a second lookup (not
-//! prefetched). A slot reused for another connection drops its NAT data
-//! with its flags.
+//! connection, and for its forward packets a second slot access (the
+//! linked one, prefetched with the NAT data). The link lives in the slot's
+//! last four bytes, which were padding. A slot reused for another
+//! connection drops its NAT data with its flags.
 //!
 //! # Connections from the host port
 //!
@@ -154,6 +161,9 @@ pub struct Hit {
     /// Whether the connection's first packet came from the host port (see
     /// [`Conntrack::insert_at_from`]): its replies go back there.
     pub from_host: bool,
+    /// For an alias, the slot its translated entry was recorded in (a
+    /// hint for [`Conntrack::lookup_linked`]).
+    link: u32,
 }
 
 /// How an insert went.
@@ -217,7 +227,22 @@ struct Slot {
     key: [AtomicU64; 5],
     last_seen: AtomicU64,
     generation: AtomicU32,
+    /// An alias's link: the slot index of its translated entry when it was
+    /// recorded ([`NO_LINK`]: unknown). A hint, validated by the entry's
+    /// key on use; it fills the slot's last four bytes.
+    link: AtomicU32,
 }
+
+/// What one slot says about a key (see `Conntrack::probe`).
+enum Probed {
+    /// The slot does not hold the key: look further.
+    NotHere,
+    /// The slot holds it: the lookup's answer.
+    Answer(Option<Hit>),
+}
+
+/// An alias without a known translated entry slot.
+const NO_LINK: u32 = u32::MAX;
 
 #[inline]
 fn prefetch_read<T>(p: &T) {
@@ -356,6 +381,32 @@ impl Conntrack {
         }
     }
 
+    /// Third stage, a few packets ahead of the decision (the slot of
+    /// [`Self::prefetch_entry`] has arrived by then): if the matching slot
+    /// has NAT data, starts loading it, and for an alias the slot of its
+    /// translated entry too, so that a translated packet's second access
+    /// ([`Self::lookup_linked`]) does not stall. Untranslated flows pay a
+    /// flag test on a cached line.
+    #[inline]
+    pub fn prefetch_linked(&self, at: &Located) {
+        let word = self.fingerprints[at.bucket].load(Ordering::Relaxed);
+        let candidates = matching_bytes(word, at.fp);
+        if candidates != 0 {
+            let idx = at.bucket * WINDOW + candidates.trailing_zeros() as usize / 8;
+            let slot = &self.slots[idx];
+            let flags = slot.tag.load(Ordering::Relaxed) as u32;
+            if flags & HAS_NAT != 0 {
+                prefetch_read(&self.nat[idx]);
+                if flags & ALIAS != 0 {
+                    let link = slot.link.load(Ordering::Relaxed) as usize;
+                    if let Some(entry) = self.slots.get(link) {
+                        prefetch_read(entry);
+                    }
+                }
+            }
+        }
+    }
+
     fn live(&self, tag: u64, last_seen: u64, now: u64) -> bool {
         let s = State::from_bits(tag as u32);
         s != State::Free && now.saturating_sub(last_seen) <= self.timeouts.of(s)
@@ -407,75 +458,141 @@ impl Conntrack {
         while candidates != 0 {
             let i = candidates.trailing_zeros() as usize / 8;
             candidates &= candidates - 1;
-            let idx = bucket * WINDOW + i;
-            let slot = &self.slots[idx];
-            let Some((mut tag, k)) = Self::read_key(slot) else {
-                continue;
-            };
-            if !same_key(&k, &words) || !self.live(tag, slot.last_seen.load(Ordering::Relaxed), now)
+            if let Probed::Answer(found) =
+                self.probe(bucket * WINDOW + i, &words, swapped, signal, now, None)
             {
-                continue;
+                return found;
             }
-            let initiator_is_b = tag as u32 & INITIATOR_IS_B != 0;
-            let reply = swapped != initiator_is_b;
-            if tag as u32 & ALIAS != 0 {
-                // Only forward packets are addressed to the Service; the
-                // state lives in the translated entry.
-                if reply {
-                    continue;
-                }
-                let backend = self.read_nat(idx, tag)?;
-                slot.last_seen.store(now, Ordering::Relaxed);
-                return Some(Hit {
-                    state: State::from_bits(tag as u32),
-                    reply,
-                    generation: slot.generation.load(Ordering::Relaxed),
-                    initiator_is_b,
-                    slot: idx,
-                    nat: Some(Nat::Alias { backend }),
-                    from_host: false,
-                });
+        }
+        None
+    }
+
+    /// The translated entry of the connection whose alias is `alias`, for
+    /// a forward packet: `translated` is the packet's key rewritten to the
+    /// backend. The alias's link names the entry's slot, so this is one
+    /// slot access (prefetched by [`Self::prefetch_linked`]) validated by
+    /// the entry's key; if the slot no longer holds it (evicted, or the
+    /// entry was recorded by another worker first), a full lookup. The
+    /// hit's NAT data is the alias's key's destination, not read again.
+    #[must_use]
+    pub fn lookup_linked(
+        &self,
+        alias: &Hit,
+        original: &Located,
+        translated: &ConnKey,
+        signal: Signal,
+        now: u64,
+    ) -> Option<Hit> {
+        let (words, swapped) = key_words(translated);
+        if alias.link != NO_LINK && (alias.link as usize) < self.slots.len() {
+            let first = key_from_words(&original.words, original.swapped);
+            let service = NatAddr {
+                addr: first.dst,
+                port: first.dst_port,
+            };
+            if let Probed::Answer(found) = self.probe(
+                alias.link as usize,
+                &words,
+                swapped,
+                signal,
+                now,
+                Some(service),
+            ) {
+                return found;
             }
-            // Advance the state; a failed CAS means a concurrent update (or
-            // reuse of the slot): re-read and retry a few times.
-            for _ in 0..4 {
-                let state = State::from_bits(tag as u32);
-                let next = next_state(state, reply, signal);
-                if next == state {
-                    break;
-                }
-                let new = (tag & !0xff) | next as u64;
-                match slot
-                    .tag
-                    .compare_exchange(tag, new, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        tag = new;
-                        break;
-                    }
-                    Err(t) if seq(t) == seq(tag) => tag = t,
-                    Err(_) => return None,
-                }
+        }
+        self.lookup(translated, signal, now)
+    }
+
+    /// The lookup of slot `idx` for the key `words` (`swapped`: the
+    /// packet's orientation): [`Probed::NotHere`] if the slot does not hold
+    /// it (look further), otherwise the lookup's answer. `service`: the NAT data of
+    /// a translated entry, when the caller knows it (not read then).
+    #[inline]
+    fn probe(
+        &self,
+        idx: usize,
+        words: &[u64; 5],
+        swapped: bool,
+        signal: Signal,
+        now: u64,
+        service: Option<NatAddr>,
+    ) -> Probed {
+        let slot = &self.slots[idx];
+        let Some((mut tag, k)) = Self::read_key(slot) else {
+            return Probed::NotHere;
+        };
+        if !same_key(&k, words) || !self.live(tag, slot.last_seen.load(Ordering::Relaxed), now) {
+            return Probed::NotHere;
+        }
+        let initiator_is_b = tag as u32 & INITIATOR_IS_B != 0;
+        let reply = swapped != initiator_is_b;
+        if tag as u32 & ALIAS != 0 {
+            // Only forward packets are addressed to the Service; the
+            // state lives in the translated entry.
+            if reply {
+                return Probed::NotHere;
             }
-            let nat = if tag as u32 & HAS_NAT == 0 {
-                None
-            } else {
-                Some(Nat::Translated {
-                    service: self.read_nat(idx, tag)?,
-                })
+            let link = slot.link.load(Ordering::Relaxed);
+            let Some(backend) = self.read_nat(idx, tag) else {
+                return Probed::Answer(None);
             };
             slot.last_seen.store(now, Ordering::Relaxed);
-            return Some(Hit {
+            return Probed::Answer(Some(Hit {
                 state: State::from_bits(tag as u32),
                 reply,
                 generation: slot.generation.load(Ordering::Relaxed),
                 initiator_is_b,
                 slot: idx,
-                nat,
-                from_host: tag as u32 & FROM_HOST != 0,
-            });
+                nat: Some(Nat::Alias { backend }),
+                from_host: false,
+                link,
+            }));
         }
-        None
+        // Advance the state; a failed CAS means a concurrent update (or
+        // reuse of the slot): re-read and retry a few times.
+        for _ in 0..4 {
+            let state = State::from_bits(tag as u32);
+            let next = next_state(state, reply, signal);
+            if next == state {
+                break;
+            }
+            let new = (tag & !0xff) | next as u64;
+            match slot
+                .tag
+                .compare_exchange(tag, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    tag = new;
+                    break;
+                }
+                Err(t) if seq(t) == seq(tag) => tag = t,
+                Err(_) => return Probed::Answer(None),
+            }
+        }
+        let nat = if tag as u32 & HAS_NAT == 0 {
+            None
+        } else {
+            let service = match service {
+                Some(s) => s,
+                None => match self.read_nat(idx, tag) {
+                    Some(s) => s,
+                    None => return Probed::Answer(None),
+                },
+            };
+            Some(Nat::Translated { service })
+        };
+        slot.last_seen.store(now, Ordering::Relaxed);
+        Probed::Answer(Some(Hit {
+            state: State::from_bits(tag as u32),
+            reply,
+            generation: slot.generation.load(Ordering::Relaxed),
+            initiator_is_b,
+            slot: idx,
+            nat,
+            from_host: tag as u32 & FROM_HOST != 0,
+            link: NO_LINK,
+        }))
     }
 
     /// Records a connection opened by `initiator` (allowed by table
@@ -489,7 +606,8 @@ impl Conntrack {
     /// located (not reversed).
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert_at(&self, at: &Located, state: State, generation: u32, now: u64) -> Inserted {
-        self.insert_with(at, state, 0, None, generation, now)
+        self.insert_with(at, state, 0, None, NO_LINK, generation, now)
+            .0
     }
 
     /// [`Self::insert_at`], recording whether the connection's first packet
@@ -508,7 +626,8 @@ impl Conntrack {
         from_host: bool,
     ) -> Inserted {
         let flags = if from_host { FROM_HOST } else { 0 };
-        self.insert_with(at, state, flags, None, generation, now)
+        self.insert_with(at, state, flags, None, NO_LINK, generation, now)
+            .0
     }
 
     /// Records a translated connection (see the module doc): the entry of
@@ -535,19 +654,21 @@ impl Conntrack {
             addr: translated.dst,
             port: translated.dst_port,
         };
-        let entry = self.insert_with(
+        let (entry, link) = self.insert_with(
             &self.locate(translated),
             state,
             HAS_NAT,
             Some(service),
+            NO_LINK,
             generation,
             now,
         );
-        let alias = self.insert_with(
+        let (alias, _) = self.insert_with(
             original,
             alias_state(translated.protocol),
             HAS_NAT | ALIAS,
             Some(backend),
+            link,
             generation,
             now,
         );
@@ -555,16 +676,19 @@ impl Conntrack {
     }
 
     /// An insert with the flags and NAT data of a translated connection's
-    /// slot (none for others).
+    /// slot (none for others) and, for an alias, the link to its entry;
+    /// returns how it went and the slot the key is in ([`NO_LINK`]: none).
+    #[allow(clippy::too_many_arguments, reason = "an insert's arguments and three")]
     fn insert_with(
         &self,
         at: &Located,
         state: State,
         extra: u32,
         nat: Option<NatAddr>,
+        link: u32,
         generation: u32,
         now: u64,
-    ) -> Inserted {
+    ) -> (Inserted, u32) {
         let Located {
             words,
             swapped,
@@ -583,7 +707,7 @@ impl Conntrack {
                     && same_key(&k, &words)
                     && self.live(tag, slot.last_seen.load(Ordering::Relaxed), now)
                 {
-                    return Inserted::Existing;
+                    return (Inserted::Existing, idx as u32);
                 }
             }
             // A never-used slot (fingerprint 0; the lowest flagged byte is
@@ -610,7 +734,7 @@ impl Conntrack {
                 let seen = slot.last_seen.load(Ordering::Relaxed);
                 let live = self.live(tag, seen, now);
                 if live && same_key(&k, &words) {
-                    return Inserted::Existing;
+                    return (Inserted::Existing, idx as u32);
                 }
                 let better = match victim {
                     None => true,
@@ -640,6 +764,7 @@ impl Conntrack {
             }
             slot.last_seen.store(now, Ordering::Relaxed);
             slot.generation.store(generation, Ordering::Relaxed);
+            slot.link.store(link, Ordering::Relaxed);
             if let Some(n) = nat {
                 let r = &self.nat[idx];
                 r.addr_hi.store((n.addr >> 64) as u64, Ordering::Relaxed);
@@ -662,13 +787,14 @@ impl Conntrack {
             let published =
                 (u64::from(seq(claimed).wrapping_add(1)) << 32) | u64::from(flags | state as u32);
             slot.tag.store(published, Ordering::Release);
-            return if victim_live {
+            let how = if victim_live {
                 Inserted::Evicted
             } else {
                 Inserted::Fresh
             };
+            return (how, idx as u32);
         }
-        Inserted::Failed
+        (Inserted::Failed, NO_LINK)
     }
 
     /// Records that the connection in `hit` was re-checked against generation
@@ -973,6 +1099,51 @@ mod tests {
             let hit = ct.lookup(&key(100 + p, 80, ip_proto::UDP), Signal::default(), now);
             assert_eq!(hit.unwrap().nat, None, "reused slots carry no NAT data");
         }
+    }
+
+    #[test]
+    fn the_alias_links_its_entry_and_a_stale_link_falls_back_to_a_lookup() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let (original, translated) = service_keys(4000, ip_proto::UDP);
+        let at = ct.locate(&original);
+        let _ = ct.insert_translated(&at, &translated, State::UdpUnreplied, 1, 0);
+        let alias = ct.lookup_at(&at, Signal::default(), 1).unwrap();
+        let entry = ct.lookup(&translated, Signal::default(), 1).unwrap();
+        assert_eq!(
+            alias.link as usize, entry.slot,
+            "linked to the entry's slot"
+        );
+        let fwd = ct
+            .lookup_linked(&alias, &at, &translated, Signal::default(), 2)
+            .unwrap();
+        assert_eq!(
+            (fwd.slot, fwd.nat, fwd.reply),
+            (entry.slot, entry.nat, false)
+        );
+        // The entry gone and recorded again elsewhere: the link is stale
+        // (its slot holds another key), the full lookup finds it.
+        ct.remove(&entry);
+        assert!(
+            ct.lookup_linked(&alias, &at, &translated, Signal::default(), 3)
+                .is_none()
+        );
+        let stale = Hit {
+            link: (entry.slot as u32 + 1) % 64,
+            ..alias
+        };
+        let _ = ct.insert(&translated, State::UdpReplied, 1, 3);
+        let found = ct
+            .lookup_linked(&stale, &at, &translated, Signal::default(), 4)
+            .unwrap();
+        assert_eq!(found.state, State::UdpReplied);
+        let unlinked = Hit {
+            link: NO_LINK,
+            ..alias
+        };
+        assert!(
+            ct.lookup_linked(&unlinked, &at, &translated, Signal::default(), 5)
+                .is_some()
+        );
     }
 
     #[test]

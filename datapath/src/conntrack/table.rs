@@ -59,7 +59,10 @@
 //! Costs: 24 bytes more per slot of table memory, two slots per translated
 //! connection, and for its forward packets a second slot access (the
 //! linked one, prefetched with the NAT data). The link lives in the slot's
-//! last four bytes, which were padding. A slot reused for another
+//! last four bytes, which were padding. An IPv4 alias also keeps its
+//! backend in its own slot (the address where entries keep their
+//! generation, which an alias does not use; the port in spare tag bits),
+//! so its forward packets read no NAT record. A slot reused for another
 //! connection drops its NAT data with its flags.
 //!
 //! # Connections from the host port
@@ -149,7 +152,8 @@ pub struct Hit {
     pub state: State,
     /// Whether the packet came from the responder.
     pub reply: bool,
-    /// Low 32 bits of the generation that allowed (or last re-checked) it.
+    /// Low 32 bits of the generation that allowed (or last re-checked) it
+    /// (meaningless for an alias: an IPv4 alias keeps its backend there).
     pub generation: u32,
     /// Whether the initiator is the canonical key's second endpoint (see
     /// [`Located::initiator`]).
@@ -198,6 +202,10 @@ const HAS_NAT: u32 = 1 << 9;
 const ALIAS: u32 = 1 << 10;
 /// The connection's first packet came from the host port (the reply rule).
 const FROM_HOST: u32 = 1 << 11;
+/// An IPv4 alias keeps its backend in its slot: the address in the
+/// `generation` field (unused by aliases), the port in the tag's bits
+/// 16–31; its forward packets read no NAT record.
+const INLINE_V4: u32 = 1 << 12;
 
 /// A slot's NAT data, beside the slots so that they stay 64 bytes.
 #[derive(Debug, Default)]
@@ -396,7 +404,9 @@ impl Conntrack {
             let slot = &self.slots[idx];
             let flags = slot.tag.load(Ordering::Relaxed) as u32;
             if flags & HAS_NAT != 0 {
-                prefetch_read(&self.nat[idx]);
+                if flags & INLINE_V4 == 0 {
+                    prefetch_read(&self.nat[idx]);
+                }
                 if flags & ALIAS != 0 {
                     let link = slot.link.load(Ordering::Relaxed) as usize;
                     if let Some(entry) = self.slots.get(link) {
@@ -534,8 +544,21 @@ impl Conntrack {
                 return Probed::NotHere;
             }
             let link = slot.link.load(Ordering::Relaxed);
-            let Some(backend) = self.read_nat(idx, tag) else {
-                return Probed::Answer(None);
+            let backend = if tag as u32 & INLINE_V4 != 0 {
+                let addr = slot.generation.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if seq(slot.tag.load(Ordering::Relaxed)) != seq(tag) {
+                    return Probed::Answer(None);
+                }
+                NatAddr {
+                    addr: u128::from(addr),
+                    port: (tag as u32 >> 16) as u16,
+                }
+            } else {
+                match self.read_nat(idx, tag) {
+                    Some(b) => b,
+                    None => return Probed::Answer(None),
+                }
             };
             slot.last_seen.store(now, Ordering::Relaxed);
             return Probed::Answer(Some(Hit {
@@ -663,13 +686,21 @@ impl Conntrack {
             generation,
             now,
         );
+        let (inline, alias_generation) = if translated.ipv6 {
+            (0, generation)
+        } else {
+            (
+                INLINE_V4 | (u32::from(backend.port) << 16),
+                backend.addr as u32,
+            )
+        };
         let (alias, _) = self.insert_with(
             original,
             alias_state(translated.protocol),
-            HAS_NAT | ALIAS,
+            HAS_NAT | ALIAS | inline,
             Some(backend),
             link,
-            generation,
+            alias_generation,
             now,
         );
         (entry, alias)

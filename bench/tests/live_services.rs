@@ -179,10 +179,12 @@ fn service_traffic_is_translated_and_policy_sees_the_backends() {
     assert_eq!(probe("x/a\ty/db\tTCP\t5432"), ProbeOutcome::NoAnswer);
     let counters = node.agent().status().expect("status").counters;
     assert_eq!(
-        (counters.service_translated, counters.new_denied_ingress),
-        (4, 2),
-        "the four allowed connections were translated; db was denied by its ingress, through the Service and directly: {counters:?}"
+        counters.service_translated, 4,
+        "the four allowed connections were translated: {counters:?}"
     );
+    // db's ingress denied it through the Service and directly (a SYN the
+    // kernel retransmits before the probe gives up counts again).
+    assert!(counters.new_denied_ingress >= 2, "{counters:?}");
     node.stop().expect("agent stops cleanly");
 }
 

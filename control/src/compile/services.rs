@@ -25,7 +25,7 @@ use podfence_datapath::services::{
 };
 
 use super::Locality;
-use crate::index::Cluster;
+use crate::index::{Cluster, same_objects};
 use crate::model::{
     AddressType, EndpointSlice, ObjectKey, Service, ServicePort, SessionAffinity, TrafficPolicy,
 };
@@ -206,7 +206,9 @@ impl ServiceCompiler {
     /// EndpointSlice changed since, a new one otherwise (with its
     /// warnings).
     pub fn compile(&mut self, cluster: &Cluster) -> CompiledServices {
-        if same(&self.services, &cluster.services) && same(&self.slices, &cluster.endpoint_slices) {
+        if same_objects(&self.services, &cluster.services)
+            && same_objects(&self.slices, &cluster.endpoint_slices)
+        {
             return CompiledServices {
                 table: Arc::clone(&self.last),
                 warnings: Vec::new(),
@@ -218,14 +220,6 @@ impl ServiceCompiler {
         self.last = Arc::clone(&compiled.table);
         compiled
     }
-}
-
-/// Whether two maps hold the very same objects.
-fn same<T>(a: &BTreeMap<ObjectKey, Arc<T>>, b: &BTreeMap<ObjectKey, Arc<T>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
 }
 
 #[cfg(test)]

@@ -11,6 +11,16 @@ use std::sync::Arc;
 use super::Indexed;
 use crate::model::{EndpointSlice, Labels, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
 
+/// Whether two maps hold the very same objects (the same `Arc`s under the
+/// same keys): how an unchanged part of the state is told apart.
+#[must_use]
+pub fn same_objects<K: Eq, T>(a: &BTreeMap<K, Arc<T>>, b: &BTreeMap<K, Arc<T>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+}
+
 /// A cluster state: namespaces, pods, policies, Services and
 /// EndpointSlices, each by key.
 ///

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, same_objects};
 pub use kinds::{Indexed, Kind};
 
 use crate::metrics::{ControlMetrics, ObjectLabels};
@@ -299,11 +299,7 @@ impl ClusterIndex {
                 new.insert(key, Arc::clone(previous));
             }
         }
-        let same = old.len() == new.len()
-            && old
-                .iter()
-                .zip(&new)
-                .all(|((k1, a), (k2, b))| k1 == k2 && Arc::ptr_eq(a, b));
+        let same = same_objects(&old, &new);
         *K::objects_mut(&mut self.cluster) = new;
         self.stats.lists += 1;
         if let Some(m) = &self.metrics {

@@ -46,6 +46,7 @@
 //!   as malformed; a frame that is not IP is not policy's business and passes.
 
 use crate::conntrack::{self, ConnKey, Conntrack, Inserted, Nat, NatAddr, Signal};
+use crate::flow::FrameKind;
 use crate::nat::{Rewrite, Side};
 use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
 use crate::publish::TablesReader;
@@ -415,14 +416,10 @@ impl<'a> Worker<'a> {
                 self.conntrack.prefetch_entry(located);
             }
         }
+        let linked = if services.is_empty() { 0 } else { n };
         let batch = self.descs[..n].iter().zip(&self.kinds).zip(&self.metas);
         for (i, (((desc, kind), meta), located)) in batch.zip(&self.located).enumerate() {
-            // A few packets ahead, the NAT data and a translated entry's
-            // slot (what a translated packet reads after its own slot).
-            if i + LINK_AHEAD < n && self.kinds[i + LINK_AHEAD] == Ok(crate::flow::FrameKind::Ip) {
-                self.conntrack
-                    .prefetch_linked(&self.located[i + LINK_AHEAD]);
-            }
+            prefetch_linked(self.conntrack, &self.located, &self.kinds, i, linked);
             let frame = port.frame(desc);
             let now = if self.config.capture_time {
                 desc.timestamp_ns
@@ -885,6 +882,23 @@ fn classify_untranslated(tables: &Tables, services: &ServiceTable, key: &ConnKey
     {
         Some(b) => classify_key(tables, &to_backend(key, b)),
         None => classify_key(tables, key),
+    }
+}
+
+/// [`LINK_AHEAD`] packets after packet `i`, the NAT data and a translated
+/// entry's slot (what a translated packet reads after its own slot), among
+/// the first `linked` packets of the batch (0 in a batch without Services).
+#[inline]
+fn prefetch_linked(
+    conntrack: &Conntrack,
+    located: &[crate::conntrack::Located],
+    kinds: &[Result<FrameKind, crate::flow::ParseError>],
+    i: usize,
+    linked: usize,
+) {
+    let ahead = i + LINK_AHEAD;
+    if ahead < linked && kinds[ahead] == Ok(FrameKind::Ip) {
+        conntrack.prefetch_linked(&located[ahead]);
     }
 }
 

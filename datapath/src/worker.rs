@@ -285,6 +285,17 @@ impl Decided {
         }
     }
 
+    /// A packet of a known connection, untranslated; `to_host`: by the
+    /// reply rule.
+    #[inline]
+    fn established(to_host: bool) -> Self {
+        Self {
+            outcome: Outcome::Established,
+            rewrite: None,
+            to_host,
+        }
+    }
+
     /// Forwarded by its destination after `rewrite` (if some).
     fn with(outcome: Outcome, rewrite: Option<Rewrite>) -> Self {
         Self {
@@ -292,6 +303,32 @@ impl Decided {
             rewrite,
             to_host: false,
         }
+    }
+
+    /// Counts the packet's verdict into `c` and hands it to `out`.
+    #[inline(always)]
+    fn finish(
+        &self,
+        c: &mut Counters,
+        out: &mut impl Output,
+        desc: &RxDesc,
+        frame: &[u8],
+        meta: Option<&crate::flow::PacketMeta>,
+        malformed: MalformedAction,
+    ) {
+        let passes = self.outcome.passes(malformed);
+        if passes {
+            c.allowed += 1;
+            c.allowed_bytes += u64::from(desc.wire_len);
+        } else {
+            c.denied += 1;
+            c.denied_bytes += u64::from(desc.wire_len);
+        }
+        if let Outcome::Denied(v) = &self.outcome {
+            c.new_denied_egress += u64::from(!v.egress.is_allowed());
+            c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
+        }
+        self.emit(out, desc, frame, meta, passes);
     }
 
     /// Hands the packet to `out`: [`Output::to_host`] by the reply rule,
@@ -438,7 +475,10 @@ impl<'a> Worker<'a> {
             }
             c.rx_packets += 1;
             c.rx_bytes += u64::from(desc.wire_len);
-            let (meta, decided) = match kind {
+            // Each arm finishes its own packet: a decision merged from the
+            // arms into one value would be copied through memory.
+            let malformed = self.config.malformed;
+            match kind {
                 Ok(crate::flow::FrameKind::Ip) => {
                     let decider = Decider {
                         conntrack: self.conntrack,
@@ -448,32 +488,19 @@ impl<'a> Worker<'a> {
                         from_host,
                         now,
                     };
-                    let o = decider.packet(&mut self.fragments, meta, located, &mut c);
-                    (Some(meta), o)
+                    let decided = decider.packet(&mut self.fragments, meta, located, &mut c);
+                    decided.finish(&mut c, out, desc, frame, Some(meta), malformed);
                 }
                 Ok(crate::flow::FrameKind::NotIp { .. }) => {
                     c.not_ip += 1;
-                    (None, Decided::plain(Outcome::NotIp))
+                    Decided::plain(Outcome::NotIp).finish(&mut c, out, desc, frame, None, malformed);
                 }
                 Err(e) => {
                     c.malformed += 1;
-                    (None, Decided::plain(Outcome::Malformed(*e)))
+                    Decided::plain(Outcome::Malformed(*e))
+                        .finish(&mut c, out, desc, frame, None, malformed);
                 }
-            };
-            let outcome = decided.outcome;
-            let passes = outcome.passes(self.config.malformed);
-            if passes {
-                c.allowed += 1;
-                c.allowed_bytes += u64::from(desc.wire_len);
-            } else {
-                c.denied += 1;
-                c.denied_bytes += u64::from(desc.wire_len);
             }
-            if let Outcome::Denied(v) = &outcome {
-                c.new_denied_egress += u64::from(!v.egress.is_allowed());
-                c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
-            }
-            decided.emit(out, desc, frame, meta, passes);
         }
         port.release(&self.descs[..n]);
         out.end_batch();
@@ -498,6 +525,7 @@ impl Decider<'_> {
     /// The decision for one parsed packet (see the module doc), its
     /// rewrite if it belongs to a translated connection, and whether the
     /// reply rule sends it to the host port.
+    #[inline(always)]
     fn packet(
         &self,
         fragments: &mut crate::fragments::FragmentTable<FragmentVerdict>,
@@ -541,6 +569,7 @@ impl Decider<'_> {
     }
 
     /// The decision for a packet that is not a later fragment.
+    #[inline(always)]
     fn connection(
         &self,
         meta: &crate::flow::PacketMeta,
@@ -551,14 +580,48 @@ impl Decider<'_> {
         let Self {
             conntrack,
             tables,
-            services,
-            from_host,
             now,
             ..
         } = *self;
         let signal = Signal::new(meta.tcp_flags, meta.sctp_chunk);
         let generation = tables.generation() as u32;
-        if let Some(decided) = self.known(key, located, signal, c) {
+        // The common case inline: an untranslated connection the batch's
+        // generation allowed. The rest (translated, re-checked, new) is out
+        // of line, so that this path moves no large values through memory.
+        let found = conntrack.lookup_at(located, signal, now);
+        if let Some(hit) = &found
+            && hit.nat.is_none()
+            && hit.generation == generation
+        {
+            c.conntrack_hits += 1;
+            return Decided::established(hit.from_host && hit.reply);
+        }
+        self.not_plain(meta, key, located, signal, found, c)
+    }
+
+    /// [`Self::connection`] for a packet that is not part of an
+    /// untranslated connection allowed by the batch's generation: `found`
+    /// is what its own key's lookup found.
+    #[inline(never)]
+    fn not_plain(
+        &self,
+        meta: &crate::flow::PacketMeta,
+        key: &ConnKey,
+        located: &crate::conntrack::Located,
+        signal: Signal,
+        found: Option<conntrack::Hit>,
+        c: &mut Counters,
+    ) -> Decided {
+        let Self {
+            conntrack,
+            tables,
+            services,
+            from_host,
+            now,
+            ..
+        } = *self;
+        let generation = tables.generation() as u32;
+        if let Some(decided) = self.known(key, located, signal, found, c) {
             return decided;
         }
         if let Some(inner) = meta.related {
@@ -657,6 +720,7 @@ impl Decider<'_> {
         key: &ConnKey,
         located: &crate::conntrack::Located,
         signal: Signal,
+        mut found: Option<conntrack::Hit>,
         c: &mut Counters,
     ) -> Option<Decided> {
         let Self {
@@ -667,7 +731,6 @@ impl Decider<'_> {
             ..
         } = *self;
         let generation = tables.generation() as u32;
-        let mut found = conntrack.lookup_at(located, signal, now);
         // A translated connection: (the alias it was found by, the
         // initiator's key after translation, the rewrite).
         let mut translation = None;

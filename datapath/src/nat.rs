@@ -24,7 +24,7 @@ use crate::conntrack::NatAddr;
 use crate::flow::{Fragment, PacketMeta};
 use crate::wire::checksum::{crc32c, update_u16, update_u32, update_u128};
 use crate::wire::{
-    Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket, UdpPacket, ip_proto,
+    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket, UdpPacket, ip_proto,
 };
 
 /// Which end of the packet a rewrite changes.
@@ -89,6 +89,9 @@ pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(
         (Fragment::Later { .. }, _) | (_, None) => None,
         (_, Some(l4)) => Some(usize::from(l4)).filter(|&l4| l4 <= end),
     };
+    if let (Some(l4), Some(related)) = (l4, meta.related) {
+        return apply_icmp_error(frame, meta, &related, rewrite, l3..end, l4);
+    }
     if let Some(l4) = l4 {
         check_transport(&frame[l4..end], key.protocol, meta.fragment)?;
     }
@@ -164,6 +167,159 @@ pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(
             icmp.set_checksum(c);
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// [`apply`] for an ICMP or ICMPv6 error about a translated connection
+/// (`related`: the connection's key as the parser found it in the quote,
+/// oriented like the error; `rewrite` is that key's rewrite). The error's
+/// own address on the rewritten side changes only if it is the translated
+/// address (an error from the backend; a router's keeps the router's); the
+/// quoted packet, which travelled the other way, has the other end
+/// rewritten: its address, its IPv4 header checksum, its port and, where
+/// the quote holds it, its TCP or UDP checksum, all incrementally, as
+/// Linux's `nf_nat_icmp_reply_translation` leaves them. SCTP's CRC32c
+/// covers the whole quoted packet and stays as it is. Every changed word of
+/// the message, and for ICMPv6 the pseudo-header's address, then updates
+/// the error's own checksum (RFC 1624): every field is at an even offset of
+/// the message. Nothing is written unless every field is there.
+fn apply_icmp_error(
+    frame: &mut [u8],
+    meta: &PacketMeta,
+    related: &crate::flow::FlowKey,
+    rewrite: &Rewrite,
+    ip: std::ops::Range<usize>,
+    l4: usize,
+) -> Result<(), ParseError> {
+    use crate::wire::{ipv4, ipv6, tcp, udp};
+    let v6 = meta.is_ipv6();
+    let end = ip.end;
+    if v6 {
+        Ipv6Packet::new_checked(&frame[ip.clone()])?;
+    } else {
+        Ipv4Packet::new_checked(&frame[ip.clone()])?;
+    }
+    let (old_addr, old_port) = match rewrite.side {
+        Side::Source => (related.src, related.src_port),
+        Side::Destination => (related.dst, related.dst_port),
+    };
+    let new = rewrite.to;
+    let outer = match rewrite.side {
+        Side::Source => meta.key.src,
+        Side::Destination => meta.key.dst,
+    } == old_addr;
+    // Where the quoted fields lie: the quote's source is the error's
+    // destination side, and the other way round.
+    let quote = l4 + Icmpv4Packet::<&[u8]>::HEADER_LEN;
+    let quoted_source = rewrite.side == Side::Destination;
+    let bad = ParseError::BadIcmpInner;
+    let (addr_at, quoted_l4, protocol) = if v6 {
+        let q = Ipv6Packet::new_checked_embedded(frame.get(quote..end).ok_or(bad)?)?;
+        let ext = q.extensions().map_err(|_| bad)?;
+        let field = if quoted_source {
+            ipv6::field::SRC_ADDR
+        } else {
+            ipv6::field::DST_ADDR
+        };
+        let whole = ext.fragment.is_none_or(|f| f.offset == 0);
+        (quote + field.start, whole.then_some(quote + ext.l4_offset), ext.protocol)
+    } else {
+        let q = Ipv4Packet::new_checked_embedded(frame.get(quote..end).ok_or(bad)?)?;
+        let field = if quoted_source {
+            ipv4::field::SRC_ADDR
+        } else {
+            ipv4::field::DST_ADDR
+        };
+        let first = q.frag_offset() == 0;
+        (quote + field.start, first.then_some(quote + q.header_len()), q.protocol())
+    };
+    // The port (the parser read it, so the quote has it) and a checksum
+    // the quote holds.
+    let port_at = quoted_l4.filter(|&t| t + 4 <= end).map(|t| {
+        t + if quoted_source {
+            tcp::field::SRC_PORT.start
+        } else {
+            tcp::field::DST_PORT.start
+        }
+    });
+    let transport_checksum_at = quoted_l4.and_then(|t| {
+        let at = match protocol {
+            ip_proto::TCP => t + tcp::field::CHECKSUM.start,
+            ip_proto::UDP => t + udp::field::CHECKSUM.start,
+            _ => return None,
+        };
+        (at + 2 <= end).then_some(at)
+    });
+    let read16 = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let addr_update = |c: u16| {
+        if v6 {
+            update_u128(c, old_addr, new.addr)
+        } else {
+            update_u32(c, old_addr as u32, new.addr as u32)
+        }
+    };
+    let mut icmp_sum = if v6 {
+        Icmpv6Packet::new_checked(&frame[l4..end])?.checksum()
+    } else {
+        Icmpv4Packet::new_checked(&frame[l4..end])?.checksum()
+    };
+    let write16 = |f: &mut [u8], at: usize, value: u16, icmp_sum: &mut u16| {
+        *icmp_sum = update_u16(*icmp_sum, read16(f, at), value);
+        f[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    };
+    // The quoted address (and, IPv4, the quoted header checksum).
+    icmp_sum = addr_update(icmp_sum);
+    if v6 {
+        frame[addr_at..addr_at + 16].copy_from_slice(&new.addr.to_be_bytes());
+    } else {
+        frame[addr_at..addr_at + 4].copy_from_slice(&(new.addr as u32).to_be_bytes());
+        let at = quote + ipv4::field::CHECKSUM.start;
+        let c = addr_update(read16(frame, at));
+        write16(frame, at, c, &mut icmp_sum);
+    }
+    // The quoted port and transport checksum.
+    if let Some(at) = port_at {
+        write16(frame, at, new.port, &mut icmp_sum);
+    }
+    if let (Some(at), Some(_)) = (transport_checksum_at, port_at) {
+        let c = read16(frame, at);
+        if c != 0 || v6 || protocol == ip_proto::TCP {
+            let c = update_u16(addr_update(c), old_port, new.port);
+            let c = if c == 0 && protocol == ip_proto::UDP {
+                0xffff
+            } else {
+                c
+            };
+            write16(frame, at, c, &mut icmp_sum);
+        }
+    }
+    // The error's own address: its IPv4 header checksum, or the ICMPv6
+    // pseudo-header.
+    if outer {
+        if v6 {
+            let mut ip = Ipv6Packet::new_checked(&mut frame[ip])?;
+            let addr = std::net::Ipv6Addr::from(new.addr);
+            match rewrite.side {
+                Side::Source => ip.set_src_addr(addr),
+                Side::Destination => ip.set_dst_addr(addr),
+            }
+            icmp_sum = addr_update(icmp_sum);
+        } else {
+            let mut ip = Ipv4Packet::new_checked(&mut frame[ip])?;
+            let addr = std::net::Ipv4Addr::from(new.addr as u32);
+            match rewrite.side {
+                Side::Source => ip.set_src_addr(addr),
+                Side::Destination => ip.set_dst_addr(addr),
+            }
+            let c = update_u32(ip.checksum(), old_addr as u32, new.addr as u32);
+            ip.set_checksum(c);
+        }
+    }
+    if v6 {
+        Icmpv6Packet::new_checked(&mut frame[l4..end])?.set_checksum(icmp_sum);
+    } else {
+        Icmpv4Packet::new_checked(&mut frame[l4..end])?.set_checksum(icmp_sum);
     }
     Ok(())
 }

@@ -17,6 +17,15 @@
 //! IPv4 fragment of SCTP keeps its CRC (the rest of the packet is not here).
 //! A later fragment has no transport header: only its address changes.
 //!
+//! An ICMP or ICMPv6 error about a translated connection gets the rewrite
+//! of the connection's packets in its own direction, applied as Linux's
+//! `nf_nat_icmp_reply_translation` does: the quoted packet (which travelled
+//! the other way) has its other end rewritten, with its IPv4 header
+//! checksum and, where the quote holds it, its TCP or UDP checksum; the
+//! error's own address only if it is the translated one (a router's error
+//! keeps the router's address); the error's checksum follows every word
+//! that changed (see [`apply`]).
+//!
 //! Nothing here allocates; a frame that does not hold the headers the
 //! parser found is left untouched and reported ([`ParseError`]).
 
@@ -503,6 +512,53 @@ mod tests {
         // Identical to a frame built for the backend, IP header included.
         let want = spec("10.0.2.9", 8080).build();
         assert_eq!(f, want);
+    }
+
+    #[test]
+    fn an_icmp_error_quoting_udp_without_checksum_keeps_it_without() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        // What the backend 10.0.0.1 got from the client, no UDP checksum.
+        let mut quoted = FrameSpec {
+            src: ip("10.0.0.2"),
+            dst: ip("10.0.0.1"),
+            transport: Transport::Udp {
+                src_port: 4000,
+                dst_port: 5353,
+            },
+            payload_len: 5,
+            payload_fill: 9,
+        }
+        .build();
+        quoted[14 + 20 + 6..14 + 20 + 8].fill(0);
+        // Its port unreachable, to the client.
+        let mut f = quoted[..14].to_vec();
+        let total = (20 + 8 + quoted.len() - 14) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, ip_proto::ICMP, 0, 0]);
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        let sum = internet_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&quoted[14..]);
+        let sum = internet_checksum(&f[34..]);
+        f[36..38].copy_from_slice(&sum.to_be_bytes());
+        let m = meta(&f);
+        let service = Rewrite {
+            side: Side::Source,
+            to: NatAddr {
+                addr: 0x0a60_000a,
+                port: 53,
+            },
+        };
+        apply(&mut f, &m, &service).unwrap();
+        assert_eq!(&f[26..30], &[10, 96, 0, 10], "from the Service address");
+        assert_eq!(internet_checksum(&f[14..34]), 0);
+        assert_eq!(internet_checksum(&f[34..]), 0, "ICMP checksum");
+        let q = 42;
+        assert_eq!(internet_checksum(&f[q..q + 20]), 0, "quoted header");
+        assert_eq!(&f[q + 16..q + 20], &[10, 96, 0, 10]);
+        assert_eq!(&f[q + 22..q + 24], &53u16.to_be_bytes());
+        assert_eq!(&f[q + 26..q + 28], &[0, 0], "no checksum stays none");
     }
 
     #[test]

@@ -210,6 +210,84 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::craft::{FrameSpec, Transport};
+    use crate::flow::{Parsed, parse_frame};
+
+    fn frame(src: &str, dst: &str, transport: Transport) -> Vec<u8> {
+        FrameSpec {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            transport,
+            payload_len: 10,
+            payload_fill: 1,
+        }
+        .build()
+    }
+
+    fn meta(frame: &[u8]) -> PacketMeta {
+        match parse_frame(LinkType::Ethernet, frame).unwrap() {
+            Parsed::Ip(m) => m,
+            other @ Parsed::NotIp { .. } => panic!("{other:?}"),
+        }
+    }
+
+    const UDP: Transport = Transport::Udp {
+        src_port: 4000,
+        dst_port: 53,
+    };
+
+    #[test]
+    fn only_unicast_non_icmp_first_fragments_are_answered() {
+        let ok = frame("10.0.0.2", "10.96.0.30", UDP);
+        assert!(answerable(LinkType::Ethernet, &ok, &meta(&ok)));
+        assert!(!answerable(LinkType::RawIp, &ok, &meta(&ok)));
+        let mut multicast_mac = ok.clone();
+        multicast_mac[0] = 0x01;
+        assert!(!answerable(
+            LinkType::Ethernet,
+            &multicast_mac,
+            &meta(&multicast_mac)
+        ));
+        for (src, dst) in [
+            ("0.0.0.0", "10.96.0.30"),
+            ("224.0.0.1", "10.96.0.30"),
+            ("10.0.0.2", "255.255.255.255"),
+            ("::", "fd96::30"),
+            ("ff02::1", "fd96::30"),
+            ("fd00::2", "ff02::1"),
+        ] {
+            let f = frame(src, dst, UDP);
+            assert!(!answerable(LinkType::Ethernet, &f, &meta(&f)), "{src} {dst}");
+        }
+        let rst = frame(
+            "10.0.0.2",
+            "10.96.0.30",
+            Transport::Tcp {
+                src_port: 1,
+                dst_port: 80,
+                flags: tcp::flags::RST | tcp::flags::ACK,
+            },
+        );
+        assert!(!answerable(LinkType::Ethernet, &rst, &meta(&rst)));
+        // An answer is an ICMP error: never answered in turn.
+        let mut out = [0u8; 256];
+        let n = port_unreachable(&ok, &meta(&ok), &mut out).unwrap();
+        let answer = &out[..n];
+        assert!(meta(answer).related.is_some());
+        assert!(!answerable(LinkType::Ethernet, answer, &meta(answer)));
+    }
+
+    #[test]
+    fn an_answer_needs_room_for_the_header_and_eight_bytes() {
+        let f = frame("10.0.0.2", "10.96.0.30", UDP);
+        let m = meta(&f);
+        // Ethernet 14, IPv4 20, ICMP 8, quote of IPv4 20 and UDP 8.
+        let mut out = [0u8; 14 + 20 + 8 + 28];
+        assert_eq!(port_unreachable(&f, &m, &mut out[..69]), None);
+        assert_eq!(port_unreachable(&f, &m, &mut out), Some(70));
+        // A frame shorter than its meta says.
+        assert_eq!(port_unreachable(&f[..40], &m, &mut [0; 256]), None);
+    }
 
     #[test]
     fn the_budget_allows_a_burst_then_the_rate() {

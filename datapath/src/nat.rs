@@ -33,7 +33,8 @@ use crate::conntrack::NatAddr;
 use crate::flow::{Fragment, PacketMeta};
 use crate::wire::checksum::{crc32c, update_u16, update_u32, update_u128};
 use crate::wire::{
-    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket, UdpPacket, ip_proto,
+    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket,
+    UdpPacket, ip_proto,
 };
 
 /// Which end of the packet a rewrite changes.
@@ -201,7 +202,7 @@ fn apply_icmp_error(
     ip: std::ops::Range<usize>,
     l4: usize,
 ) -> Result<(), ParseError> {
-    use crate::wire::{ipv4, ipv6, tcp, udp};
+    use crate::wire::ipv4;
     let v6 = meta.is_ipv6();
     let end = ip.end;
     if v6 {
@@ -218,48 +219,13 @@ fn apply_icmp_error(
         Side::Source => meta.key.src,
         Side::Destination => meta.key.dst,
     } == old_addr;
-    // Where the quoted fields lie: the quote's source is the error's
-    // destination side, and the other way round.
     let quote = l4 + Icmpv4Packet::<&[u8]>::HEADER_LEN;
-    let quoted_source = rewrite.side == Side::Destination;
-    let bad = ParseError::BadIcmpInner;
-    let (addr_at, quoted_l4, protocol) = if v6 {
-        let q = Ipv6Packet::new_checked_embedded(frame.get(quote..end).ok_or(bad)?)?;
-        let ext = q.extensions().map_err(|_| bad)?;
-        let field = if quoted_source {
-            ipv6::field::SRC_ADDR
-        } else {
-            ipv6::field::DST_ADDR
-        };
-        let whole = ext.fragment.is_none_or(|f| f.offset == 0);
-        (quote + field.start, whole.then_some(quote + ext.l4_offset), ext.protocol)
-    } else {
-        let q = Ipv4Packet::new_checked_embedded(frame.get(quote..end).ok_or(bad)?)?;
-        let field = if quoted_source {
-            ipv4::field::SRC_ADDR
-        } else {
-            ipv4::field::DST_ADDR
-        };
-        let first = q.frag_offset() == 0;
-        (quote + field.start, first.then_some(quote + q.header_len()), q.protocol())
-    };
-    // The port (the parser read it, so the quote has it) and a checksum
-    // the quote holds.
-    let port_at = quoted_l4.filter(|&t| t + 4 <= end).map(|t| {
-        t + if quoted_source {
-            tcp::field::SRC_PORT.start
-        } else {
-            tcp::field::DST_PORT.start
-        }
-    });
-    let transport_checksum_at = quoted_l4.and_then(|t| {
-        let at = match protocol {
-            ip_proto::TCP => t + tcp::field::CHECKSUM.start,
-            ip_proto::UDP => t + udp::field::CHECKSUM.start,
-            _ => return None,
-        };
-        (at + 2 <= end).then_some(at)
-    });
+    let QuotedFields {
+        addr_at,
+        port_at,
+        checksum_at: transport_checksum_at,
+        protocol,
+    } = quoted_fields(frame, v6, quote..end, rewrite.side == Side::Destination)?;
     let read16 = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
     let addr_update = |c: u16| {
         if v6 {
@@ -331,6 +297,75 @@ fn apply_icmp_error(
         Icmpv4Packet::new_checked(&mut frame[l4..end])?.set_checksum(icmp_sum);
     }
     Ok(())
+}
+
+/// Where the fields of an ICMP error's quoted packet lie in the frame.
+struct QuotedFields {
+    /// The address that changes.
+    addr_at: usize,
+    /// The port that changes, if the quote has the transport header.
+    port_at: Option<usize>,
+    /// The TCP or UDP checksum, if the quote holds it.
+    checksum_at: Option<usize>,
+    /// The quoted packet's transport protocol.
+    protocol: u8,
+}
+
+/// Finds the fields [`apply_icmp_error`] rewrites in the packet quoted at
+/// `quote` (to the end of the error): its source end if `source`, else its
+/// destination end.
+fn quoted_fields(
+    frame: &[u8],
+    v6: bool,
+    quote: std::ops::Range<usize>,
+    source: bool,
+) -> Result<QuotedFields, ParseError> {
+    use crate::wire::{ipv4, ipv6, tcp, udp};
+    let bad = ParseError::BadIcmpInner;
+    let (start, end) = (quote.start, quote.end);
+    let quoted = frame.get(quote).ok_or(bad)?;
+    let (addr, l4, protocol) = if v6 {
+        let q = Ipv6Packet::new_checked_embedded(quoted)?;
+        let ext = q.extensions().map_err(|_| bad)?;
+        let field = if source {
+            ipv6::field::SRC_ADDR
+        } else {
+            ipv6::field::DST_ADDR
+        };
+        let first = ext.fragment.is_none_or(|f| f.offset == 0);
+        (field.start, first.then_some(ext.l4_offset), ext.protocol)
+    } else {
+        let q = Ipv4Packet::new_checked_embedded(quoted)?;
+        let field = if source {
+            ipv4::field::SRC_ADDR
+        } else {
+            ipv4::field::DST_ADDR
+        };
+        let first = q.frag_offset() == 0;
+        (field.start, first.then_some(q.header_len()), q.protocol())
+    };
+    // Ports lie alike in TCP, UDP and SCTP.
+    let l4 = l4.map(|t| start + t);
+    let port = if source {
+        tcp::field::SRC_PORT.start
+    } else {
+        tcp::field::DST_PORT.start
+    };
+    let port_at = l4.filter(|&t| t + 4 <= end).map(|t| t + port);
+    let checksum_at = l4.and_then(|t| {
+        let at = match protocol {
+            ip_proto::TCP => t + tcp::field::CHECKSUM.start,
+            ip_proto::UDP => t + udp::field::CHECKSUM.start,
+            _ => return None,
+        };
+        (at + 2 <= end).then_some(at)
+    });
+    Ok(QuotedFields {
+        addr_at: start + addr,
+        port_at,
+        checksum_at,
+        protocol,
+    })
 }
 
 /// Checks that the transport header [`apply`] writes is there.

@@ -28,8 +28,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::flow::{Fragment, PacketMeta};
 use crate::link::LinkType;
-use crate::wire::checksum::{address_range, data_sum, finish, internet_checksum, pseudo_header_sum};
-use crate::wire::{Icmpv4Packet, Icmpv6Packet, Ipv4Packet, icmpv4, icmpv6, ip_proto, ipv4, ipv6, tcp};
+use crate::wire::checksum::{
+    address_range, data_sum, finish, internet_checksum, pseudo_header_sum,
+};
+use crate::wire::{
+    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, icmpv4, icmpv6, ip_proto, ipv4, ipv6, tcp,
+};
 
 /// ICMP destination unreachable code: port unreachable.
 const ICMPV4_PORT_UNREACHABLE: u8 = 3;
@@ -131,7 +135,9 @@ pub fn port_unreachable(frame: &[u8], meta: &PacketMeta, out: &mut [u8]) -> Opti
         ip[field::PROTOCOL] = ip_proto::ICMP;
         ip[field::SRC_ADDR].copy_from_slice(&(service as u32).to_be_bytes());
         ip[field::DST_ADDR].copy_from_slice(&(client as u32).to_be_bytes());
-        Ipv4Packet::new_checked(&mut out[l3..]).ok()?.fill_checksum();
+        Ipv4Packet::new_checked(&mut out[l3..])
+            .ok()?
+            .fill_checksum();
     }
     let (msg_type, code) = if v6 {
         (icmpv6::kind::DEST_UNREACHABLE, ICMPV6_PORT_UNREACHABLE)
@@ -257,7 +263,10 @@ mod tests {
             ("fd00::2", "ff02::1"),
         ] {
             let f = frame(src, dst, UDP);
-            assert!(!answerable(LinkType::Ethernet, &f, &meta(&f)), "{src} {dst}");
+            assert!(
+                !answerable(LinkType::Ethernet, &f, &meta(&f)),
+                "{src} {dst}"
+            );
         }
         let rst = frame(
             "10.0.0.2",

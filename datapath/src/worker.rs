@@ -487,27 +487,10 @@ impl<'a> Worker<'a> {
             };
             let outcome = decided.outcome;
             let passes = outcome.passes(self.config.malformed);
-            if passes {
-                c.allowed += 1;
-                c.allowed_bytes += u64::from(desc.wire_len);
-            } else {
-                c.denied += 1;
-                c.denied_bytes += u64::from(desc.wire_len);
-            }
-            if let Outcome::Denied(v) = &outcome {
-                c.new_denied_egress += u64::from(!v.egress.is_allowed());
-                c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
-            }
+            count_verdict(&mut c, &outcome, passes, desc.wire_len);
             decided.emit(out, desc, frame, meta, passes);
-            if let (Outcome::NoBackend(NoBackend::NoEndpoints), Some(meta)) = (outcome, meta)
-                && crate::reject::answerable(desc.link, frame, meta)
-            {
-                if !self.rejects.available(now) {
-                    c.service_rejects_limited += 1;
-                } else if out.reject(desc, frame, meta) {
-                    self.rejects.spend();
-                    c.service_rejects += 1;
-                }
+            if let (Outcome::NoBackend(NoBackend::NoEndpoints), Some(meta)) = (outcome, meta) {
+                answer_refused(&mut self.rejects, out, desc, frame, meta, now, &mut c);
             }
         }
         port.release(&self.descs[..n]);
@@ -909,6 +892,44 @@ impl Decider<'_> {
             }
         };
         Decided::with(outcome, Some(rewrite))
+    }
+}
+
+/// Counts a packet's verdict.
+#[inline]
+fn count_verdict(c: &mut Counters, outcome: &Outcome, passes: bool, wire_len: u32) {
+    if passes {
+        c.allowed += 1;
+        c.allowed_bytes += u64::from(wire_len);
+    } else {
+        c.denied += 1;
+        c.denied_bytes += u64::from(wire_len);
+    }
+    if let Outcome::Denied(v) = outcome {
+        c.new_denied_egress += u64::from(!v.egress.is_allowed());
+        c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
+    }
+}
+
+/// Asks `out` to answer a packet refused for want of a Service endpoint,
+/// if it deserves an answer and `budget` allows one at `now`.
+fn answer_refused(
+    budget: &mut crate::reject::Budget,
+    out: &mut impl Output,
+    desc: &RxDesc,
+    frame: &[u8],
+    meta: &crate::flow::PacketMeta,
+    now: u64,
+    c: &mut Counters,
+) {
+    if !crate::reject::answerable(desc.link, frame, meta) {
+        return;
+    }
+    if !budget.available(now) {
+        c.service_rejects_limited += 1;
+    } else if out.reject(desc, frame, meta) {
+        budget.spend();
+        c.service_rejects += 1;
     }
 }
 

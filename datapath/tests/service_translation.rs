@@ -968,7 +968,9 @@ fn icmp_error(src: IpAddr, dst: IpAddr, msg_type: u8, code: u8, quote: &[u8]) ->
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let sum = internet_checksum(&msg);
             msg[2..4].copy_from_slice(&sum.to_be_bytes());
-            let ip = frames::V4::new(1).addrs(s.octets(), d.octets()).packet(&msg);
+            let ip = frames::V4::new(1)
+                .addrs(s.octets(), d.octets())
+                .packet(&msg);
             frames::ethernet(frames::ETH_IPV4, &ip)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -1083,10 +1085,7 @@ fn no_answer_to_resets_broadcasts_local_only_services_or_beyond_the_budget() {
     let mut s = switch(&[vec![], vec![], quiet, vec![]]);
     drain(&mut s, &mut w, CLIENT);
     let c = stats.snapshot();
-    assert_eq!(
-        (c.service_no_endpoint, c.service_no_local_endpoint),
-        (2, 1)
-    );
+    assert_eq!((c.service_no_endpoint, c.service_no_local_endpoint), (2, 1));
     assert_eq!((c.service_rejects, c.service_rejects_limited), (0, 0));
     assert_eq!(s.stats().forwarded, [0, 0, 0, 0]);
     // An output that cannot answer (an offline replay) is not asked to

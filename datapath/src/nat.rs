@@ -223,7 +223,7 @@ fn apply_icmp_error(
     let QuotedFields {
         addr_at,
         port_at,
-        checksum_at: transport_checksum_at,
+        checksum_at,
         protocol,
     } = quoted_fields(frame, v6, quote..end, rewrite.side == Side::Destination)?;
     let read16 = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
@@ -257,7 +257,7 @@ fn apply_icmp_error(
     if let Some(at) = port_at {
         write16(frame, at, new.port, &mut icmp_sum);
     }
-    if let (Some(at), Some(_)) = (transport_checksum_at, port_at) {
+    if let Some(at) = checksum_at {
         let c = read16(frame, at);
         if c != 0 || v6 || protocol == ip_proto::TCP {
             let c = update_u16(addr_update(c), old_port, new.port);

@@ -30,11 +30,11 @@
 //!   backend refuses the attempt ([`Outcome::NoBackend`]): with no usable
 //!   endpoint anywhere the worker asks the output to answer it with a port
 //!   unreachable ([`Output::reject`], [`crate::reject`]: not to ICMP,
-//!   broadcasts or resets, at most [`crate::reject::Budget`] a second per
-//!   worker), as kube-proxy rejects; under `internalTrafficPolicy: Local`
-//!   with none on this node it is dropped silently, as kube-proxy drops
-//!   it. The worker only
-//!   decides the rewrite ([`Rewrite`], handed to [`Output::translated`]);
+//!   broadcasts or resets, at most [`crate::reject::Budget::PER_SECOND`] a
+//!   second per worker), as kube-proxy rejects; under
+//!   `internalTrafficPolicy: Local` with none on this node it is dropped
+//!   silently, as kube-proxy drops it. The worker only decides the rewrite
+//!   ([`Rewrite`], handed to [`Output::translated`]);
 //!   the switch applies it to its copy of the frame ([`crate::nat`]);
 //!   packets received on the host port ([`Output::rx_is_host`]) are never
 //!   translated: kube-proxy translates what the kernel sends;
@@ -113,7 +113,8 @@ impl Default for WorkerConfig {
 pub enum Outcome {
     /// Part of a known connection.
     Established,
-    /// An ICMP error about a known connection.
+    /// An ICMP error about a known connection (handed on with the
+    /// connection's rewrite if it is translated).
     Related,
     /// Opened a connection the tables allow.
     Opened(Verdict),
@@ -130,7 +131,8 @@ pub enum Outcome {
     /// An established connection that a new table generation denies.
     Revoked(Verdict),
     /// Addressed to a Service frontend without a usable backend: refused
-    /// ([`NoBackend::NoEndpoints`], as kube-proxy rejects) or dropped
+    /// ([`NoBackend::NoEndpoints`], as kube-proxy rejects: dropped, and
+    /// answered through [`Output::reject`]) or dropped
     /// ([`NoBackend::NoLocalEndpoints`]).
     NoBackend(NoBackend),
     /// A packet of a translated connection whose backend the batch's

@@ -35,10 +35,6 @@ use crate::wire::{
     Icmpv4Packet, Icmpv6Packet, Ipv4Packet, icmpv4, icmpv6, ip_proto, ipv4, ipv6, tcp,
 };
 
-/// ICMP destination unreachable code: port unreachable.
-const ICMPV4_PORT_UNREACHABLE: u8 = 3;
-/// ICMPv6 destination unreachable code: port unreachable.
-const ICMPV6_PORT_UNREACHABLE: u8 = 4;
 /// Largest IPv4 answer (RFC 1812 4.3.2.3).
 const MAX_ANSWER_V4: usize = 576;
 /// Largest IPv6 answer: the minimum MTU (RFC 4443 2.4 (c)).
@@ -140,9 +136,9 @@ pub fn port_unreachable(frame: &[u8], meta: &PacketMeta, out: &mut [u8]) -> Opti
             .fill_checksum();
     }
     let (msg_type, code) = if v6 {
-        (icmpv6::kind::DEST_UNREACHABLE, ICMPV6_PORT_UNREACHABLE)
+        (icmpv6::kind::DEST_UNREACHABLE, icmpv6::unreachable::PORT)
     } else {
-        (icmpv4::kind::DEST_UNREACHABLE, ICMPV4_PORT_UNREACHABLE)
+        (icmpv4::kind::DEST_UNREACHABLE, icmpv4::unreachable::PORT)
     };
     out[icmp..quote_at].copy_from_slice(&[msg_type, code, 0, 0, 0, 0, 0, 0]);
     if v6 {

@@ -6,10 +6,11 @@
 //! egress policy that allows one Service's backends keeps the other's
 //! closed, an ingress denial on a backend holds through its Service, and the
 //! answers come back from the ClusterIP (a connected UDP socket takes
-//! nothing else). Needs root and `ip netns`; skips otherwise.
+//! nothing else). A Service without a ready endpoint refuses at once, as
+//! under kube-proxy. Needs root and `ip netns`; skips otherwise.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use podfence_bench::live::LiveNode;
 use podfence_bench::testbed::{ProbeOutcome, TestbedOptions};
@@ -226,6 +227,74 @@ fn with_services_off_the_egress_check_sees_the_cluster_ip() {
         ProbeOutcome::Answered("y/web".into())
     );
     let counters = node.agent().status().expect("status").counters;
+    assert_eq!(counters.service_translated, 0, "{counters:?}");
+    node.stop().expect("agent stops cleanly");
+}
+
+/// A Service whose only endpoint is not ready (nor serving): no usable
+/// endpoint anywhere.
+const NOT_READY: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: down, namespace: y}
+spec:
+  selector: {app: down}
+  clusterIPs: [10.96.0.40, 'fd00:96::40']
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: down-4, namespace: y, labels: {kubernetes.io/service-name: down}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.20], nodeName: n1, conditions: {ready: false, serving: false}}]
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+";
+
+/// A pod's attempt on a Service without a usable endpoint is refused by the
+/// agent with a port unreachable, as kube-proxy's `reject` does: `connect`
+/// fails with ECONNREFUSED and a connected UDP socket gets it, at once
+/// rather than after a timeout, in both families.
+#[test]
+fn a_service_without_ready_endpoints_refuses_at_once() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    let manifests = format!("{CLUSTER}---\n{NOT_READY}");
+    let cluster = podfence_control::sources::manifests::load_str(Path::new("svc.yaml"), &manifests)
+        .expect("manifests load")
+        .cluster;
+    let node = LiveNode::start(
+        &cluster,
+        &TestbedOptions::default(),
+        AgentOptions::default(),
+    )
+    .expect("testbed and agent start");
+    let bed = node.testbed();
+    let timeout = Duration::from_secs(5);
+    for line in [
+        "x/a\text:10.96.0.40\tTCP\t80",
+        "x/a\text:10.96.0.40\tUDP\t53",
+        "x/a\text:fd00:96::40\tTCP\t80",
+        "x/a\text:fd00:96::40\tUDP\t53",
+    ] {
+        let start = Instant::now();
+        let outcome = bed
+            .probe_outcome(&Probe::from_line(line).unwrap(), timeout)
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        let took = start.elapsed();
+        assert_eq!(outcome, ProbeOutcome::Refused, "{line}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{line}: refused after {took:?}, not at once"
+        );
+    }
+    let counters = node.agent().status().expect("status").counters;
+    assert!(
+        counters.service_no_endpoint >= 4 && counters.service_rejects >= 4,
+        "every attempt refused and answered: {counters:?}"
+    );
     assert_eq!(counters.service_translated, 0, "{counters:?}");
     node.stop().expect("agent stops cleanly");
 }

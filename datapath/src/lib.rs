@@ -21,6 +21,7 @@ pub mod offload;
 pub mod ports;
 pub mod prefix;
 pub mod publish;
+pub mod reject;
 pub mod services;
 pub mod stats;
 pub mod switch;

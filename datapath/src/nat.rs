@@ -17,6 +17,15 @@
 //! IPv4 fragment of SCTP keeps its CRC (the rest of the packet is not here).
 //! A later fragment has no transport header: only its address changes.
 //!
+//! An ICMP or ICMPv6 error about a translated connection gets the rewrite
+//! of the connection's packets in its own direction, applied as Linux's
+//! `nf_nat_icmp_reply_translation` does: the quoted packet (which travelled
+//! the other way) has its other end rewritten, with its IPv4 header
+//! checksum and, where the quote holds it, its TCP or UDP checksum; the
+//! error's own address only if it is the translated one (a router's error
+//! keeps the router's address); the error's checksum follows every word
+//! that changed (see [`apply`]).
+//!
 //! Nothing here allocates; a frame that does not hold the headers the
 //! parser found is left untouched and reported ([`ParseError`]).
 
@@ -24,7 +33,8 @@ use crate::conntrack::NatAddr;
 use crate::flow::{Fragment, PacketMeta};
 use crate::wire::checksum::{crc32c, update_u16, update_u32, update_u128};
 use crate::wire::{
-    Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket, UdpPacket, ip_proto,
+    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, ParseError, SctpPacket, TcpPacket,
+    UdpPacket, ip_proto,
 };
 
 /// Which end of the packet a rewrite changes.
@@ -89,6 +99,9 @@ pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(
         (Fragment::Later { .. }, _) | (_, None) => None,
         (_, Some(l4)) => Some(usize::from(l4)).filter(|&l4| l4 <= end),
     };
+    if let (Some(l4), Some(related)) = (l4, meta.related) {
+        return apply_icmp_error(frame, meta, &related, rewrite, l3..end, l4);
+    }
     if let Some(l4) = l4 {
         check_transport(&frame[l4..end], key.protocol, meta.fragment)?;
     }
@@ -166,6 +179,193 @@ pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(
         _ => {}
     }
     Ok(())
+}
+
+/// [`apply`] for an ICMP or ICMPv6 error about a translated connection
+/// (`related`: the connection's key as the parser found it in the quote,
+/// oriented like the error; `rewrite` is that key's rewrite). The error's
+/// own address on the rewritten side changes only if it is the translated
+/// address (an error from the backend; a router's keeps the router's); the
+/// quoted packet, which travelled the other way, has the other end
+/// rewritten: its address, its IPv4 header checksum, its port and, where
+/// the quote holds it, its TCP or UDP checksum, all incrementally, as
+/// Linux's `nf_nat_icmp_reply_translation` leaves them. SCTP's CRC32c
+/// covers the whole quoted packet and stays as it is. Every changed word of
+/// the message, and for ICMPv6 the pseudo-header's address, then updates
+/// the error's own checksum (RFC 1624): every field is at an even offset of
+/// the message. Nothing is written unless every field is there.
+fn apply_icmp_error(
+    frame: &mut [u8],
+    meta: &PacketMeta,
+    related: &crate::flow::FlowKey,
+    rewrite: &Rewrite,
+    ip: std::ops::Range<usize>,
+    l4: usize,
+) -> Result<(), ParseError> {
+    use crate::wire::ipv4;
+    let v6 = meta.is_ipv6();
+    let end = ip.end;
+    if v6 {
+        Ipv6Packet::new_checked(&frame[ip.clone()])?;
+    } else {
+        Ipv4Packet::new_checked(&frame[ip.clone()])?;
+    }
+    let (old_addr, old_port) = match rewrite.side {
+        Side::Source => (related.src, related.src_port),
+        Side::Destination => (related.dst, related.dst_port),
+    };
+    let new = rewrite.to;
+    let outer = match rewrite.side {
+        Side::Source => meta.key.src,
+        Side::Destination => meta.key.dst,
+    } == old_addr;
+    let quote = l4 + Icmpv4Packet::<&[u8]>::HEADER_LEN;
+    let QuotedFields {
+        addr_at,
+        port_at,
+        checksum_at,
+        protocol,
+    } = quoted_fields(frame, v6, quote..end, rewrite.side == Side::Destination)?;
+    let read16 = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let addr_update = |c: u16| {
+        if v6 {
+            update_u128(c, old_addr, new.addr)
+        } else {
+            update_u32(c, old_addr as u32, new.addr as u32)
+        }
+    };
+    let mut icmp_sum = if v6 {
+        Icmpv6Packet::new_checked(&frame[l4..end])?.checksum()
+    } else {
+        Icmpv4Packet::new_checked(&frame[l4..end])?.checksum()
+    };
+    let write16 = |f: &mut [u8], at: usize, value: u16, icmp_sum: &mut u16| {
+        *icmp_sum = update_u16(*icmp_sum, read16(f, at), value);
+        f[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    };
+    // The quoted address (and, IPv4, the quoted header checksum).
+    icmp_sum = addr_update(icmp_sum);
+    if v6 {
+        frame[addr_at..addr_at + 16].copy_from_slice(&new.addr.to_be_bytes());
+    } else {
+        frame[addr_at..addr_at + 4].copy_from_slice(&(new.addr as u32).to_be_bytes());
+        let at = quote + ipv4::field::CHECKSUM.start;
+        let c = addr_update(read16(frame, at));
+        write16(frame, at, c, &mut icmp_sum);
+    }
+    // The quoted port and transport checksum.
+    if let Some(at) = port_at {
+        write16(frame, at, new.port, &mut icmp_sum);
+    }
+    if let Some(at) = checksum_at {
+        let c = read16(frame, at);
+        if c != 0 || v6 || protocol == ip_proto::TCP {
+            let c = update_u16(addr_update(c), old_port, new.port);
+            let c = if c == 0 && protocol == ip_proto::UDP {
+                0xffff
+            } else {
+                c
+            };
+            write16(frame, at, c, &mut icmp_sum);
+        }
+    }
+    // The error's own address: its IPv4 header checksum, or the ICMPv6
+    // pseudo-header.
+    if outer {
+        if v6 {
+            let mut ip = Ipv6Packet::new_checked(&mut frame[ip])?;
+            let addr = std::net::Ipv6Addr::from(new.addr);
+            match rewrite.side {
+                Side::Source => ip.set_src_addr(addr),
+                Side::Destination => ip.set_dst_addr(addr),
+            }
+            icmp_sum = addr_update(icmp_sum);
+        } else {
+            let mut ip = Ipv4Packet::new_checked(&mut frame[ip])?;
+            let addr = std::net::Ipv4Addr::from(new.addr as u32);
+            match rewrite.side {
+                Side::Source => ip.set_src_addr(addr),
+                Side::Destination => ip.set_dst_addr(addr),
+            }
+            let c = update_u32(ip.checksum(), old_addr as u32, new.addr as u32);
+            ip.set_checksum(c);
+        }
+    }
+    if v6 {
+        Icmpv6Packet::new_checked(&mut frame[l4..end])?.set_checksum(icmp_sum);
+    } else {
+        Icmpv4Packet::new_checked(&mut frame[l4..end])?.set_checksum(icmp_sum);
+    }
+    Ok(())
+}
+
+/// Where the fields of an ICMP error's quoted packet lie in the frame.
+struct QuotedFields {
+    /// The address that changes.
+    addr_at: usize,
+    /// The port that changes, if the quote has the transport header.
+    port_at: Option<usize>,
+    /// The TCP or UDP checksum, if the quote holds it.
+    checksum_at: Option<usize>,
+    /// The quoted packet's transport protocol.
+    protocol: u8,
+}
+
+/// Finds the fields [`apply_icmp_error`] rewrites in the packet quoted at
+/// `quote` (to the end of the error): its source end if `source`, else its
+/// destination end.
+fn quoted_fields(
+    frame: &[u8],
+    v6: bool,
+    quote: std::ops::Range<usize>,
+    source: bool,
+) -> Result<QuotedFields, ParseError> {
+    use crate::wire::{ipv4, ipv6, tcp, udp};
+    let bad = ParseError::BadIcmpInner;
+    let (start, end) = (quote.start, quote.end);
+    let quoted = frame.get(quote).ok_or(bad)?;
+    let (addr, l4, protocol) = if v6 {
+        let q = Ipv6Packet::new_checked_embedded(quoted)?;
+        let ext = q.extensions().map_err(|_| bad)?;
+        let field = if source {
+            ipv6::field::SRC_ADDR
+        } else {
+            ipv6::field::DST_ADDR
+        };
+        let first = ext.fragment.is_none_or(|f| f.offset == 0);
+        (field.start, first.then_some(ext.l4_offset), ext.protocol)
+    } else {
+        let q = Ipv4Packet::new_checked_embedded(quoted)?;
+        let field = if source {
+            ipv4::field::SRC_ADDR
+        } else {
+            ipv4::field::DST_ADDR
+        };
+        let first = q.frag_offset() == 0;
+        (field.start, first.then_some(q.header_len()), q.protocol())
+    };
+    // Ports lie alike in TCP, UDP and SCTP.
+    let l4 = l4.map(|t| start + t);
+    let port = if source {
+        tcp::field::SRC_PORT.start
+    } else {
+        tcp::field::DST_PORT.start
+    };
+    let port_at = l4.filter(|&t| t + 4 <= end).map(|t| t + port);
+    let checksum_at = l4.and_then(|t| {
+        let at = match protocol {
+            ip_proto::TCP => t + tcp::field::CHECKSUM.start,
+            ip_proto::UDP => t + udp::field::CHECKSUM.start,
+            _ => return None,
+        };
+        (at + 2 <= end).then_some(at)
+    });
+    Ok(QuotedFields {
+        addr_at: start + addr,
+        port_at,
+        checksum_at,
+        protocol,
+    })
 }
 
 /// Checks that the transport header [`apply`] writes is there.
@@ -347,6 +547,53 @@ mod tests {
         // Identical to a frame built for the backend, IP header included.
         let want = spec("10.0.2.9", 8080).build();
         assert_eq!(f, want);
+    }
+
+    #[test]
+    fn an_icmp_error_quoting_udp_without_checksum_keeps_it_without() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        // What the backend 10.0.0.1 got from the client, no UDP checksum.
+        let mut quoted = FrameSpec {
+            src: ip("10.0.0.2"),
+            dst: ip("10.0.0.1"),
+            transport: Transport::Udp {
+                src_port: 4000,
+                dst_port: 5353,
+            },
+            payload_len: 5,
+            payload_fill: 9,
+        }
+        .build();
+        quoted[14 + 20 + 6..14 + 20 + 8].fill(0);
+        // Its port unreachable, to the client.
+        let mut f = quoted[..14].to_vec();
+        let total = (20 + 8 + quoted.len() - 14) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, ip_proto::ICMP, 0, 0]);
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        let sum = internet_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&quoted[14..]);
+        let sum = internet_checksum(&f[34..]);
+        f[36..38].copy_from_slice(&sum.to_be_bytes());
+        let m = meta(&f);
+        let service = Rewrite {
+            side: Side::Source,
+            to: NatAddr {
+                addr: 0x0a60_000a,
+                port: 53,
+            },
+        };
+        apply(&mut f, &m, &service).unwrap();
+        assert_eq!(&f[26..30], &[10, 96, 0, 10], "from the Service address");
+        assert_eq!(internet_checksum(&f[14..34]), 0);
+        assert_eq!(internet_checksum(&f[34..]), 0, "ICMP checksum");
+        let q = 42;
+        assert_eq!(internet_checksum(&f[q..q + 20]), 0, "quoted header");
+        assert_eq!(&f[q + 16..q + 20], &[10, 96, 0, 10]);
+        assert_eq!(&f[q + 22..q + 24], &53u16.to_be_bytes());
+        assert_eq!(&f[q + 26..q + 28], &[0, 0], "no checksum stays none");
     }
 
     #[test]

@@ -92,6 +92,12 @@ counters! {
     /// Attempts on a Service frontend with no usable endpoint anywhere
     /// (refused, as kube-proxy rejects them).
     service_no_endpoint,
+    /// Port unreachables sent back for attempts counted in
+    /// `service_no_endpoint` (see [`crate::reject`]).
+    service_rejects,
+    /// Attempts counted in `service_no_endpoint` left unanswered because
+    /// the worker's answer budget was spent ([`crate::reject::Budget`]).
+    service_rejects_limited,
     /// Attempts on an `internalTrafficPolicy: Local` frontend with no
     /// endpoint on this node (dropped, as kube-proxy drops them).
     service_no_local_endpoint,

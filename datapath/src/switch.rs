@@ -71,8 +71,12 @@
 //! addresses as received). A frame the rewrite cannot be applied to is
 //! dropped and counted ([`SwitchStats::nat_failed`]): it must not leave
 //! untranslated. Attempts on a Service without a usable backend are
-//! dropped and counted ([`SwitchStats::service_refused`]); no ICMP
-//! unreachable or TCP reset is sent back yet.
+//! dropped and counted ([`SwitchStats::service_refused`]); those the worker
+//! answers ([`Output::reject`]) get an ICMP or ICMPv6 port unreachable,
+//! built straight into a staging slot of the port they came in on
+//! ([`crate::reject::port_unreachable`]). ICMP errors about translated
+//! connections come with their rewrite like any packet of the connection
+//! and are routed by their destination after it.
 //!
 //! # The reply rule
 //!
@@ -102,10 +106,14 @@
 //! them: [`Switch::run_batch`] takes the receive port out of its slot for the
 //! duration of the worker's batch (an `Option::take`, no allocation), hands
 //! it to the worker with the switch itself as output, and puts it back. A
-//! frame for the port it came from is a hairpin and is dropped, so the
-//! missing slot is never needed while it is out. A switch used as a plain
-//! [`Output`] of some other port (no receive port of its own) works too:
-//! every packet is then treated as received on a pod port.
+//! forwarded frame for the port it came from is a hairpin and is dropped.
+//! The one kind of frame that does go back out of the receive port, a port
+//! unreachable answering its sender, is staged for it like any other and
+//! sent once the port is back in its slot, after the batch: an AF_XDP
+//! socket transmits on the same queue it receives on. A switch used as a
+//! plain [`Output`] of some other port (no receive port of its own) works
+//! too: every packet is then treated as received on a pod port, and an
+//! answer goes to the route of its destination (the sender).
 //!
 //! # Allocation
 //!
@@ -492,6 +500,8 @@ impl<P: Port> Switch<P> {
         let result = worker.run_batch(&mut port, self);
         self.rx = None;
         self.ports[rx] = Some(port);
+        // Answers to the receive port's senders.
+        self.flush(rx);
         result
     }
 
@@ -504,8 +514,9 @@ impl<P: Port> Switch<P> {
         }
         staging.count = 0;
         let Some(port) = self.ports[index].as_mut() else {
-            // Only the receive port is out, and nothing is staged for it
-            // (hairpins are dropped); count rather than lose silently.
+            // Only the receive port is out, and what is staged for it
+            // (answers) waits until it is back; count rather than lose
+            // silently.
             self.stats.tx_dropped += n as u64;
             return;
         };
@@ -729,8 +740,36 @@ impl<P: Port> Output for Switch<P> {
         self.batch_unix_ns = 0;
     }
 
+    fn reject(&mut self, desc: &RxDesc, frame: &[u8], meta: &PacketMeta) -> bool {
+        if desc.link != LinkType::Ethernet {
+            return false;
+        }
+        let port = self
+            .rx
+            .unwrap_or_else(|| self.fib.lookup(meta.key.src, meta.key.ipv6).port);
+        if self.staging[port].count == MAX_BATCH {
+            if self.rx == Some(port) {
+                // Out of its slot: it cannot be flushed early.
+                self.stats.tx_dropped += 1;
+                return false;
+            }
+            self.flush(port);
+        }
+        let staging = &mut self.staging[port];
+        let i = staging.count;
+        let slot = &mut staging.buf[i * self.max_frame..(i + 1) * self.max_frame];
+        let Some(len) = crate::reject::port_unreachable(frame, meta, slot) else {
+            return false;
+        };
+        staging.lens[i] = len;
+        staging.count += 1;
+        true
+    }
+
     fn end_batch(&mut self) {
-        for index in 0..self.staging.len() {
+        // The receive port's frames wait until it is back in its slot.
+        let rx = self.rx;
+        for index in (0..self.staging.len()).filter(|&i| Some(i) != rx) {
             self.flush(index);
         }
         if self.denials_lost > 0

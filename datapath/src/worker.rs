@@ -13,7 +13,11 @@
 //!   cut on its next packet); if the connection is translated, the packet
 //!   is too (forward: destination to the backend; reply: source back to the
 //!   Service address);
-//! - an ICMP error about a known connection passes;
+//! - an ICMP error about a known connection passes; about a translated
+//!   one, it is translated too (an error from the backend's side about a
+//!   forward packet: the quote's backend back to the Service address, and
+//!   the error's source if it is the backend; an error from the client about
+//!   a reply: to the backend, quote included; see [`crate::nat`]);
 //! - a packet that opens a connection (TCP SYN, SCTP INIT, ICMP echo
 //!   request, any UDP or other datagram) is classified; if allowed, the
 //!   connection is recorded;
@@ -23,8 +27,14 @@
 //!   backend, never to the Service address: policy applies after
 //!   translation. If allowed, the connection is recorded with its
 //!   translation ([`crate::conntrack::Nat`]). A frontend without a usable
-//!   backend refuses the attempt ([`Outcome::NoBackend`]). The worker only
-//!   decides the rewrite ([`Rewrite`], handed to [`Output::translated`]);
+//!   backend refuses the attempt ([`Outcome::NoBackend`]): with no usable
+//!   endpoint anywhere the worker asks the output to answer it with a port
+//!   unreachable ([`Output::reject`], [`crate::reject`]: not to ICMP,
+//!   broadcasts or resets, at most [`crate::reject::Budget::PER_SECOND`] a
+//!   second per worker), as kube-proxy rejects; under
+//!   `internalTrafficPolicy: Local` with none on this node it is dropped
+//!   silently, as kube-proxy drops it. The worker only decides the rewrite
+//!   ([`Rewrite`], handed to [`Output::translated`]);
 //!   the switch applies it to its copy of the frame ([`crate::nat`]);
 //!   packets received on the host port ([`Output::rx_is_host`]) are never
 //!   translated: kube-proxy translates what the kernel sends;
@@ -103,7 +113,8 @@ impl Default for WorkerConfig {
 pub enum Outcome {
     /// Part of a known connection.
     Established,
-    /// An ICMP error about a known connection.
+    /// An ICMP error about a known connection (handed on with the
+    /// connection's rewrite if it is translated).
     Related,
     /// Opened a connection the tables allow.
     Opened(Verdict),
@@ -120,7 +131,8 @@ pub enum Outcome {
     /// An established connection that a new table generation denies.
     Revoked(Verdict),
     /// Addressed to a Service frontend without a usable backend: refused
-    /// ([`NoBackend::NoEndpoints`], as kube-proxy rejects) or dropped
+    /// ([`NoBackend::NoEndpoints`], as kube-proxy rejects: dropped, and
+    /// answered through [`Output::reject`]) or dropped
     /// ([`NoBackend::NoLocalEndpoints`]).
     NoBackend(NoBackend),
     /// A packet of a translated connection whose backend the batch's
@@ -234,6 +246,18 @@ pub trait Output {
         }
     }
 
+    /// Answers a packet the worker refused for want of a Service endpoint
+    /// (after handing it to [`Output::packet`], which drops it) with an
+    /// ICMP or ICMPv6 port unreachable to its sender
+    /// ([`crate::reject::port_unreachable`]); returns whether an answer was
+    /// sent. Asked only for packets that deserve one
+    /// ([`crate::reject::answerable`]) and within the worker's budget. By
+    /// default, none: an offline replay has no one to answer.
+    fn reject(&mut self, desc: &RxDesc, frame: &[u8], meta: &crate::flow::PacketMeta) -> bool {
+        let _ = (desc, frame, meta);
+        false
+    }
+
     /// The batch is done (flush transmit queues here).
     fn end_batch(&mut self) {}
 }
@@ -250,6 +274,8 @@ pub struct Worker<'a> {
     kinds: [Result<crate::flow::FrameKind, crate::flow::ParseError>; MAX_BATCH],
     metas: [crate::flow::PacketMeta; MAX_BATCH],
     located: [crate::conntrack::Located; MAX_BATCH],
+    /// Port unreachables this worker may still send.
+    rejects: crate::reject::Budget,
 }
 
 /// What a first fragment leaves for the fragments that follow it.
@@ -317,17 +343,7 @@ impl Decided {
         malformed: MalformedAction,
     ) {
         let passes = self.outcome.passes(malformed);
-        if passes {
-            c.allowed += 1;
-            c.allowed_bytes += u64::from(desc.wire_len);
-        } else {
-            c.denied += 1;
-            c.denied_bytes += u64::from(desc.wire_len);
-        }
-        if let Outcome::Denied(v) = &self.outcome {
-            c.new_denied_egress += u64::from(!v.egress.is_allowed());
-            c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
-        }
+        count_verdict(c, &self.outcome, passes, desc.wire_len);
         self.emit(out, desc, frame, meta, passes);
     }
 
@@ -405,6 +421,7 @@ impl<'a> Worker<'a> {
             kinds: [Ok(crate::flow::FrameKind::NotIp { ethertype: 0 }); MAX_BATCH],
             metas: [crate::flow::PacketMeta::default(); MAX_BATCH],
             located: [crate::conntrack::Located::default(); MAX_BATCH],
+            rejects: crate::reject::Budget::default(),
         }
     }
 
@@ -490,10 +507,14 @@ impl<'a> Worker<'a> {
                     };
                     let decided = decider.packet(&mut self.fragments, meta, located, &mut c);
                     decided.finish(&mut c, out, desc, frame, Some(meta), malformed);
+                    if matches!(decided.outcome, Outcome::NoBackend(NoBackend::NoEndpoints)) {
+                        answer_refused(&mut self.rejects, out, desc, frame, meta, now, &mut c);
+                    }
                 }
                 Ok(crate::flow::FrameKind::NotIp { .. }) => {
                     c.not_ip += 1;
-                    Decided::plain(Outcome::NotIp).finish(&mut c, out, desc, frame, None, malformed);
+                    Decided::plain(Outcome::NotIp)
+                        .finish(&mut c, out, desc, frame, None, malformed);
                 }
                 Err(e) => {
                     c.malformed += 1;
@@ -629,11 +650,26 @@ impl Decider<'_> {
             // sender saw it; the error goes back towards that sender (the
             // parser reversed the quoted key: it is oriented like the
             // error). Towards the initiator of a connection that came from
-            // the host port, it goes to the host port.
+            // the host port, it goes to the host port. About a translated
+            // connection, it is translated as a packet of the connection
+            // in its direction would be: found by the translated entry
+            // (from the backend's side: back to the Service address) or by
+            // the alias (from the client: to the backend).
             if let Some(hit) = conntrack.lookup(&inner, Signal::default(), now) {
+                let rewrite = match hit.nat {
+                    Some(Nat::Translated { service }) if hit.reply => Some(Rewrite {
+                        side: Side::Source,
+                        to: service,
+                    }),
+                    Some(Nat::Alias { backend }) if !hit.reply => Some(Rewrite {
+                        side: Side::Destination,
+                        to: backend,
+                    }),
+                    _ => None,
+                };
                 return Decided {
                     outcome: Outcome::Related,
-                    rewrite: None,
+                    rewrite,
                     to_host: hit.from_host && hit.reply,
                 };
             }
@@ -925,6 +961,44 @@ impl Decider<'_> {
     }
 }
 
+/// Counts a packet's verdict.
+#[inline(always)]
+fn count_verdict(c: &mut Counters, outcome: &Outcome, passes: bool, wire_len: u32) {
+    if passes {
+        c.allowed += 1;
+        c.allowed_bytes += u64::from(wire_len);
+    } else {
+        c.denied += 1;
+        c.denied_bytes += u64::from(wire_len);
+    }
+    if let Outcome::Denied(v) = outcome {
+        c.new_denied_egress += u64::from(!v.egress.is_allowed());
+        c.new_denied_ingress += u64::from(!v.ingress.is_allowed());
+    }
+}
+
+/// Asks `out` to answer a packet refused for want of a Service endpoint,
+/// if it deserves an answer and `budget` allows one at `now`.
+fn answer_refused(
+    budget: &mut crate::reject::Budget,
+    out: &mut impl Output,
+    desc: &RxDesc,
+    frame: &[u8],
+    meta: &crate::flow::PacketMeta,
+    now: u64,
+    c: &mut Counters,
+) {
+    if !crate::reject::answerable(desc.link, frame, meta) {
+        return;
+    }
+    if !budget.available(now) {
+        c.service_rejects_limited += 1;
+    } else if out.reject(desc, frame, meta) {
+        budget.spend();
+        c.service_rejects += 1;
+    }
+}
+
 /// `key` addressed to `backend` instead.
 fn to_backend(key: &ConnKey, backend: crate::services::Backend) -> ConnKey {
     ConnKey {
@@ -969,7 +1043,8 @@ fn prefetch_linked(
 /// reaching itself through its Service. The worker leaves such a flow
 /// untranslated for the kernel, where kube-proxy translates it and
 /// masquerades it so that the reply comes back through it (the switch
-/// cannot send a frame back out of the port it came in on). It is
+/// forwards no frame back out of the port it came in on, and the pod would
+/// drop a packet from its own address arriving from outside). It is
 /// classified as addressed to its backend, itself: a pod can always reach
 /// itself, whatever its egress policy says of the Service address (the
 /// masqueraded flow then comes back from the node's address).

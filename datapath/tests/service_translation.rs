@@ -6,7 +6,7 @@
 //! without a usable backend refuse, and the backend a flow gets does not
 //! depend on the worker.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use podfence_datapath::conntrack::{Conntrack, Timeouts, tcp_flags};
@@ -19,6 +19,7 @@ use podfence_datapath::ports::memory::MemoryPort;
 use podfence_datapath::publish::Publisher;
 use podfence_datapath::services::{
     Backend, Conditions, Endpoint, FrontendKey, NoBackend, ServiceOptions, ServiceTableBuilder,
+    TrafficPolicy,
 };
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
@@ -307,7 +308,10 @@ fn frontends_without_usable_backends_refuse_and_count() {
     assert_eq!((c.denied, c.new_allowed, c.service_translated), (3, 0, 0));
     assert_eq!(s.stats().service_refused, 3);
     assert_eq!(s.stats().policy_dropped, 0, "not a policy decision");
-    assert!(s.stats().forwarded.iter().all(|&n| n == 0));
+    // Nothing forwarded; the two attempts without any endpoint answered
+    // to their sender, the `Local` one dropped silently.
+    assert_eq!(s.stats().forwarded, [0, 0, 2, 0]);
+    assert_eq!((c.service_rejects, c.service_rejects_limited), (2, 0));
     let got = run(
         &mut w,
         &[build(
@@ -862,4 +866,359 @@ fn packets_from_the_host_port_to_a_service_address_are_not_translated() {
     drain(&mut s, &mut w, CLIENT);
     assert_eq!(stats.snapshot().service_translated, 1);
     assert_eq!(s.port(DNS).unwrap().sent().len(), 1);
+}
+
+// Refusal: a Service without endpoints answers its client.
+
+/// An IPv6 Service address without endpoints.
+const EMPTY_V6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0x30);
+
+/// Services without endpoints on TCP 80 and UDP 53, at [`EMPTY`] and
+/// [`EMPTY_V6`], and a `Local` one on UDP 53 at [`ELSEWHERE`] whose only
+/// endpoint is on another node.
+fn empty_services() -> ServiceTable {
+    let mut b = ServiceTableBuilder::new();
+    let id = b.add_service("ns", "empty", ServiceOptions::default());
+    for addr in [IpAddr::V4(EMPTY), IpAddr::V6(EMPTY_V6)] {
+        for (protocol, port) in [(IpProtocol::TCP, 80), (IpProtocol::UDP, 53)] {
+            let key = FrontendKey {
+                addr,
+                protocol,
+                port,
+            };
+            b.add_frontend(id, key, &[]).unwrap();
+        }
+    }
+    let local = ServiceOptions {
+        internal_traffic_policy: TrafficPolicy::Local,
+        ..ServiceOptions::default()
+    };
+    let id = b.add_service("ns", "elsewhere", local);
+    let key = FrontendKey {
+        addr: IpAddr::V4(ELSEWHERE),
+        protocol: IpProtocol::UDP,
+        port: 53,
+    };
+    let remote = Endpoint::ready(IpAddr::V4(Ipv4Addr::new(10, 1, 0, 9)), 8080, false);
+    b.add_frontend(id, key, &[remote]).unwrap();
+    b.build()
+}
+
+/// An address as the flow keys hold it.
+fn bits(addr: IpAddr) -> u128 {
+    FlowKey::new(addr, addr, 0, 0, 0).unwrap().src
+}
+
+/// The ICMP or ICMPv6 message of `frame`, after checking its IPv4 header
+/// checksum and its own checksum (over the pseudo-header for ICMPv6): the
+/// frame's meta and the quoted packet.
+fn verified_icmp(frame: &[u8]) -> (PacketMeta, Vec<u8>) {
+    let m = meta(frame);
+    let l3 = usize::from(m.l3_offset);
+    let l4 = usize::from(m.l4_offset.unwrap());
+    let end = l3 + m.l3_len as usize;
+    assert_eq!(end, frame.len(), "the IP packet fills the frame");
+    let start = if m.is_ipv6() {
+        let addrs = address_range(true);
+        let len = (end - l4) as u32;
+        pseudo_header_sum(&frame[l3 + addrs.start..l3 + addrs.end], 58, len)
+    } else {
+        assert_eq!(internet_checksum(&frame[l3..l4]), 0, "IPv4 header checksum");
+        0
+    };
+    assert_eq!(
+        fold(data_sum(start, &frame[l4..end])),
+        0xffff,
+        "ICMP checksum"
+    );
+    (m, frame[l4 + 8..end].to_vec())
+}
+
+/// Checks a quoted packet: its IPv4 header checksum and, when the quote is
+/// the whole packet, its transport checksum.
+fn verify_quote(quote: &[u8], whole: bool) {
+    if quote[0] >> 4 == 4 {
+        let header = usize::from(quote[0] & 0xf) * 4;
+        assert_eq!(internet_checksum(&quote[..header]), 0, "quoted IPv4 header");
+    }
+    if whole {
+        let Ok(Parsed::Ip(m)) = parse_frame(LinkType::RawIp, quote) else {
+            panic!("the quote is a whole packet");
+        };
+        let l4 = usize::from(m.l4_offset.unwrap());
+        let addrs = address_range(m.is_ipv6());
+        let pseudo = pseudo_header_sum(
+            &quote[addrs.clone()],
+            m.key.protocol,
+            (quote.len() - l4) as u32,
+        );
+        assert_eq!(
+            fold(data_sum(pseudo, &quote[l4..])),
+            0xffff,
+            "quoted transport checksum"
+        );
+    }
+}
+
+/// An Ethernet frame holding an ICMP (IPv4) or ICMPv6 error from `src` to
+/// `dst` that quotes `quote`, its checksums filled.
+fn icmp_error(src: IpAddr, dst: IpAddr, msg_type: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+    let mut msg = frames::icmp(msg_type, code, [0; 4], quote);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let sum = internet_checksum(&msg);
+            msg[2..4].copy_from_slice(&sum.to_be_bytes());
+            let ip = frames::V4::new(1)
+                .addrs(s.octets(), d.octets())
+                .packet(&msg);
+            frames::ethernet(frames::ETH_IPV4, &ip)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let addrs = [s.octets(), d.octets()].concat();
+            let pseudo = pseudo_header_sum(&addrs, 58, msg.len() as u32);
+            let sum = !fold(data_sum(pseudo, &msg));
+            msg[2..4].copy_from_slice(&sum.to_be_bytes());
+            frames::ethernet(
+                frames::ETH_IPV6,
+                &frames::ipv6(58, s.octets(), d.octets(), &msg),
+            )
+        }
+        _ => panic!("one family"),
+    }
+}
+
+/// The IP packet of an untagged Ethernet frame.
+fn ip_of(frame: &[u8]) -> &[u8] {
+    &frame[14..]
+}
+
+#[test]
+fn a_service_without_endpoints_answers_port_unreachable_to_its_sender() {
+    let publisher = Publisher::new(Tables::empty(1), empty_services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let (e4, e6) = (IpAddr::V4(EMPTY), IpAddr::V6(EMPTY_V6));
+    let long = |src, dst, transport, payload_len| {
+        FrameSpec {
+            src,
+            dst,
+            transport,
+            payload_len,
+            payload_fill: 0x5a,
+        }
+        .build()
+    };
+    let attempts = vec![
+        build(v4(2), e4, tcp(4000, 80, tcp_flags::SYN)),
+        build(v4(2), e4, udp(4001, 53)),
+        build(v6(2), e6, tcp(4002, 80, tcp_flags::SYN)),
+        build(v6(2), e6, udp(4003, 53)),
+        // Longer than an answer quotes.
+        long(v4(2), e4, udp(4004, 53), 1000),
+        long(v6(2), e6, udp(4005, 53), 1400),
+    ];
+    let mut s = switch(&[vec![], vec![], attempts.clone(), vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    let c = stats.snapshot();
+    assert_eq!(
+        (c.service_no_endpoint, c.service_rejects, c.denied),
+        (6, 6, 6)
+    );
+    assert_eq!(s.stats().service_refused, 6);
+    assert_eq!(
+        s.stats().forwarded,
+        [0, 0, 6, 0],
+        "answers only, to the sender's port"
+    );
+    let answers = s.port(CLIENT).unwrap().sent();
+    assert_eq!(answers.len(), 6);
+    for (answer, attempt) in answers.iter().zip(&attempts) {
+        let asked = meta(attempt);
+        let v6 = asked.is_ipv6();
+        let (m, quote) = verified_icmp(answer);
+        assert_eq!(
+            (&answer[..6], &answer[6..12], &answer[12..14]),
+            (&attempt[6..12], &attempt[..6], &attempt[12..14]),
+            "Ethernet addresses swapped"
+        );
+        // From the Service address to the client, port unreachable.
+        assert_eq!((m.key.src, m.key.dst), (asked.key.dst, asked.key.src));
+        assert_eq!(m.key.ipv6, v6);
+        let (protocol, unreachable) = if v6 { (58, (1, 4)) } else { (1, (3, 3)) };
+        assert_eq!(m.key.protocol, protocol);
+        let icmp = m.icmp.unwrap();
+        assert_eq!((icmp.msg_type, icmp.code), unreachable);
+        assert_eq!(m.ttl, 64);
+        // It quotes the attempt (the client's stack finds its socket so),
+        // as much as fits in 576 bytes (IPv4) or 1280 (IPv6).
+        assert_eq!(m.related, Some(asked.key.reversed()));
+        let (headers, limit) = if v6 { (48, 1280) } else { (28, 576) };
+        let ip = ip_of(attempt);
+        assert_eq!(quote, ip[..ip.len().min(limit - headers)]);
+        assert_eq!(m.l3_len as usize, (headers + quote.len()).min(limit));
+        verify_quote(&quote, ip.len() <= limit - headers);
+    }
+}
+
+#[test]
+fn no_answer_to_resets_broadcasts_local_only_services_or_beyond_the_budget() {
+    let publisher = Publisher::new(Tables::empty(1), empty_services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    // Frames of a memory port carry time 0: the budget sees one instant.
+    let config = WorkerConfig {
+        capture_time: true,
+        ..WorkerConfig::default()
+    };
+    let mut w = Worker::new(&conntrack, publisher.reader(), &stats, config);
+    let e4 = IpAddr::V4(EMPTY);
+    let mut broadcast = build(v4(2), e4, udp(4001, 53));
+    broadcast[..6].fill(0xff);
+    let quiet = vec![
+        build(v4(2), e4, tcp(4000, 80, tcp_flags::RST)),
+        broadcast,
+        // internalTrafficPolicy Local, no endpoint here: dropped, as
+        // kube-proxy drops it.
+        build(v4(2), IpAddr::V4(ELSEWHERE), udp(4002, 53)),
+    ];
+    let mut s = switch(&[vec![], vec![], quiet, vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    let c = stats.snapshot();
+    assert_eq!((c.service_no_endpoint, c.service_no_local_endpoint), (2, 1));
+    assert_eq!((c.service_rejects, c.service_rejects_limited), (0, 0));
+    assert_eq!(s.stats().forwarded, [0, 0, 0, 0]);
+    // An output that cannot answer (an offline replay) is not asked to
+    // send anything and nothing counts as sent.
+    let got = run(&mut w, &[build(v4(2), e4, udp(4003, 53))]);
+    assert!(matches!(
+        got[0],
+        (Outcome::NoBackend(NoBackend::NoEndpoints), false, None)
+    ));
+    assert_eq!(stats.snapshot().service_rejects, 0);
+    // A flood at one instant: a burst is answered, the rest counted.
+    let flood: Vec<Vec<u8>> = (0..60)
+        .map(|i| build(v4(2), e4, udp(5000 + i, 53)))
+        .collect();
+    let mut s = switch(&[vec![], vec![], flood, vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    let c = stats.snapshot();
+    let burst = podfence_datapath::reject::Budget::BURST;
+    assert_eq!(
+        (c.service_rejects, c.service_rejects_limited),
+        (burst, 60 - burst)
+    );
+    assert_eq!(s.stats().forwarded, [0, 0, burst, 0]);
+}
+
+// ICMP errors about translated connections.
+
+#[test]
+fn icmp_errors_from_the_backend_side_reach_the_client_from_the_service_address() {
+    let publisher = Publisher::new(Tables::empty(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let (dns4, dns6) = (IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6));
+    let (c4, c6, b4, b6) = (v4(2), v6(2), v4(1), v6(1));
+    let client = vec![
+        build(c4, dns4, udp(4000, 53)),
+        build(c6, dns6, udp(4000, 53)),
+        build(c4, dns4, tcp(4001, 53, tcp_flags::SYN)),
+        build(c6, dns6, tcp(4001, 53, tcp_flags::SYN)),
+    ];
+    let mut s = switch(&[vec![], vec![], client, vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    // As the backend received them: to b4/b6:5353.
+    let delivered = s.port(DNS).unwrap().sent().to_vec();
+    assert_eq!(delivered.len(), 4);
+    // The backend refuses the datagrams, quoting them whole; a router on
+    // the way (behind the host port) refuses the segments, quoting IP
+    // header and 8 bytes (RFC 792), so the TCP checksum is not quoted.
+    let backend = vec![
+        icmp_error(b4, c4, 3, 3, ip_of(&delivered[0])),
+        icmp_error(b6, c6, 1, 4, ip_of(&delivered[1])),
+    ];
+    let (r4, r6) = (
+        IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
+        "fd01::1".parse::<IpAddr>().unwrap(),
+    );
+    let router = vec![
+        icmp_error(r4, c4, 11, 0, &ip_of(&delivered[2])[..28]),
+        icmp_error(r6, c6, 3, 0, &ip_of(&delivered[3])[..48]),
+    ];
+    let mut s = switch(&[router, backend, vec![], vec![]]);
+    drain(&mut s, &mut w, DNS);
+    drain(&mut s, &mut w, HOST);
+    let got = s.port(CLIENT).unwrap().sent();
+    assert_eq!(got.len(), 4, "every error reaches the client");
+    let want = [
+        (dns4, dns4, c4, 17, 4000, true),
+        (dns6, dns6, c6, 17, 4000, true),
+        (r4, dns4, c4, 6, 4001, false),
+        (r6, dns6, c6, 6, 4001, false),
+    ];
+    for (f, (from, service, client, protocol, port, whole)) in got.iter().zip(want) {
+        let (m, quote) = verified_icmp(f);
+        assert_eq!(
+            (m.key.src, m.key.dst),
+            (bits(from), bits(client)),
+            "from the Service address if the backend sent it, else as sent"
+        );
+        // The quote is the packet as the client sent it.
+        let q = m.related.unwrap().reversed();
+        assert_eq!(
+            (q.src, q.src_port, q.dst, q.dst_port, q.protocol),
+            (bits(client), port, bits(service), 53, protocol)
+        );
+        verify_quote(&quote, whole);
+    }
+    assert_eq!(s.stats().translated, 4);
+}
+
+#[test]
+fn icmp_errors_from_the_client_about_a_reply_reach_the_backend() {
+    let publisher = Publisher::new(Tables::empty(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let (dns4, dns6) = (IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6));
+    let (c4, c6, b4, b6) = (v4(2), v6(2), v4(1), v6(1));
+    let client = vec![
+        build(c4, dns4, udp(4000, 53)),
+        build(c6, dns6, udp(4000, 53)),
+    ];
+    let replies = vec![
+        build(b4, c4, udp(5353, 4000)),
+        build(b6, c6, udp(5353, 4000)),
+    ];
+    let mut s = switch(&[vec![], replies, client, vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    drain(&mut s, &mut w, DNS);
+    // As the client received them: from the Service address.
+    let received = s.port(CLIENT).unwrap().sent().to_vec();
+    assert_eq!(received.len(), 2);
+    // The client's socket is gone: port unreachable, to the Service
+    // address the reply came from.
+    let errors = vec![
+        icmp_error(c4, dns4, 3, 3, ip_of(&received[0])),
+        icmp_error(c6, dns6, 1, 4, ip_of(&received[1])),
+    ];
+    let mut s = switch(&[vec![], vec![], errors, vec![]]);
+    drain(&mut s, &mut w, CLIENT);
+    let got = s.port(DNS).unwrap().sent();
+    assert_eq!(got.len(), 2, "to the backend's port");
+    for (f, (client, backend)) in got.iter().zip([(c4, b4), (c6, b6)]) {
+        let (m, quote) = verified_icmp(f);
+        assert_eq!((m.key.src, m.key.dst), (bits(client), bits(backend)));
+        // The quote is the reply as the backend sent it.
+        let q = m.related.unwrap().reversed();
+        assert_eq!(
+            (q.src, q.src_port, q.dst, q.dst_port),
+            (bits(backend), 5353, bits(client), 4000)
+        );
+        verify_quote(&quote, true);
+    }
+    let c = stats.snapshot();
+    assert_eq!((c.denied, c.service_translated), (0, 2));
 }

@@ -1,8 +1,9 @@
 //! The switch allocates nothing per packet in steady state: a counting
 //! global allocator watches a worker and its switch forward pod-to-pod,
 //! pod-to-outside and IPv6 traffic, translate Service traffic (new and
-//! established, refused without endpoints), drop denied attempts and
-//! expired packets, and flush every port once per batch.
+//! established, ICMP errors about it, refused and answered without
+//! endpoints), drop denied attempts and expired packets, and flush every
+//! port once per batch.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use podfence_datapath::switch::{Fib, Route, Switch};
 use podfence_datapath::worker::{Worker, WorkerConfig};
 use podfence_datapath::{IpProtocol, ServiceTable};
 
-use podfence_testkit::counting;
 use podfence_testkit::tables::{two_pods, v4, v6};
+use podfence_testkit::{counting, frames as raw};
 
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
@@ -107,7 +108,16 @@ fn switch_allocates_nothing_per_packet() {
             v4(2),
             IpAddr::V4(EMPTY),
             tcp(sport, 80, tcp_flags::SYN),
-        )); // refused
+        )); // refused, answered
+        // The client's port unreachable about a reply from the Service:
+        // translated to the backend, quote included.
+        let reply = raw::V4::new(6)
+            .addrs(SERVICE.octets(), [10, 0, 0, 2])
+            .packet(&raw::tcp(80, sport, tcp_flags::SYN | tcp_flags::ACK));
+        let error = raw::V4::new(1)
+            .addrs([10, 0, 0, 2], SERVICE.octets())
+            .packet(&raw::icmp(3, 3, [0; 4], &reply));
+        frames.push(raw::ethernet(raw::ETH_IPV4, &error));
     }
     let mut expiring = frame(v4(2), v4(1), tcp(999, 80, tcp_flags::SYN));
     expiring[14 + 8] = 1; // checksum now wrong; the switch does not check it
@@ -157,6 +167,10 @@ fn switch_allocates_nothing_per_packet() {
     assert!(s.not_ip > warm.not_ip, "not IP: {s:?}");
     assert!(s.translated > warm.translated, "translated: {s:?}");
     assert!(s.service_refused > warm.service_refused, "refused: {s:?}");
+    assert!(
+        s.forwarded[2] > warm.forwarded[2],
+        "answers to the sender's port: {s:?}"
+    );
     assert_eq!(
         allocations,
         0,

@@ -107,7 +107,7 @@ impl WorkerCounters {
 }
 
 /// The worker counters exported.
-const WORKER_COUNTERS: [CounterSpec; 18] = [
+const WORKER_COUNTERS: [CounterSpec; 20] = [
     (
         "podfence_service_translated",
         "New connections to a Service translated to a backend",
@@ -117,6 +117,16 @@ const WORKER_COUNTERS: [CounterSpec; 18] = [
         "podfence_service_no_endpoint",
         "Attempts on a Service with no usable endpoint (refused)",
         |c| c.service_no_endpoint,
+    ),
+    (
+        "podfence_service_rejects",
+        "Port unreachables sent for attempts on a Service with no usable endpoint",
+        |c| c.service_rejects,
+    ),
+    (
+        "podfence_service_rejects_limited",
+        "Attempts on a Service with no usable endpoint left unanswered (rate limit)",
+        |c| c.service_rejects_limited,
     ),
     (
         "podfence_service_no_local_endpoint",

@@ -231,9 +231,10 @@ impl Output for ShardOutput<'_> {
         rewrite: &Rewrite,
     ) {
         // A translated reply belongs to the flow of the Service address
-        // (the key its client used), as the client sees it.
+        // (the key its client used), as the client sees it. (An ICMP error
+        // keeps its own key: it has no ports to take.)
         match (rewrite.side, meta) {
-            (Side::Source, Some(m)) => {
+            (Side::Source, Some(m)) if m.related.is_none() => {
                 let m = PacketMeta {
                     key: rewrite.key(&m.key),
                     ..*m

@@ -1,17 +1,23 @@
 //! What one fuzz input does: the first byte picks the link type, the rest
 //! is the frame. The frame goes through `parse_frame`, whose result is
-//! checked for internal consistency, and through every header view, whose
-//! accessors are all called. Any panic is a bug.
+//! checked for internal consistency, through every header view, whose
+//! accessors are all called, and, if it parsed as IP, through what the
+//! switch may do to it: both rewrites of a Service translation (an ICMP
+//! error's quote included) and the port unreachable answering it. Any
+//! panic is a bug.
 //!
 //! Shared by the cargo-fuzz target and the plain test over the seeds.
 
+use podfence_datapath::conntrack::NatAddr;
 use podfence_datapath::flow::{Fragment, PacketMeta, ParseError, Parsed, parse_frame};
 use podfence_datapath::fragments::FragmentKey;
 use podfence_datapath::link::LinkType;
+use podfence_datapath::nat::{Rewrite, Side};
 use podfence_datapath::wire::{
     EthernetFrame, Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader,
     Ipv6Packet, LinuxSll2Header, LinuxSllHeader, SctpPacket, TcpPacket, UdpPacket, ip_proto,
 };
+use podfence_datapath::{nat, reject};
 
 /// The link type a selector byte stands for.
 pub(crate) fn link_type(selector: u8) -> LinkType {
@@ -26,10 +32,11 @@ pub(crate) fn link_type(selector: u8) -> LinkType {
 /// Runs one input; returns the parse result for callers that check it.
 pub(crate) fn run(data: &[u8]) -> Option<Result<Parsed, ParseError>> {
     let parsed = parse_checked(data)?;
+    let frame = &data[1..];
     if let Ok(Parsed::Ip(meta)) = parsed {
         assert!(!meta.key.to_string().is_empty());
+        rewrites(link_type(data[0]), frame, &meta);
     }
-    let frame = &data[1..];
     views(frame);
     if let Some(rest) = frame.get(1..) {
         views(rest);
@@ -96,6 +103,39 @@ fn check_meta(frame: &[u8], meta: &PacketMeta) {
         FragmentKey::of(meta).is_some(),
         meta.fragment != Fragment::NotFragment
     );
+}
+
+/// What the switch may do to a parsed packet: translate either end (a
+/// rewrite it refuses leaves the frame as it was; one it makes leaves a
+/// frame that parses) and, for Ethernet, answer it with a port unreachable
+/// (which parses and quotes it).
+fn rewrites(link: LinkType, frame: &[u8], meta: &PacketMeta) {
+    let addr = if meta.is_ipv6() {
+        0xfd00_0000_0000_0000_0000_0000_0000_0001
+    } else {
+        0x0a00_0001
+    };
+    let to = NatAddr { addr, port: 8080 };
+    for side in [Side::Source, Side::Destination] {
+        let mut copy = frame.to_vec();
+        if nat::apply(&mut copy, meta, &Rewrite { side, to }).is_ok() {
+            assert!(
+                matches!(parse_frame(link, &copy), Ok(Parsed::Ip(_))),
+                "a rewrite left a frame that does not parse"
+            );
+        } else {
+            assert_eq!(copy, frame, "a refused rewrite changed the frame");
+        }
+    }
+    if link == LinkType::Ethernet {
+        let mut out = [0u8; 1600];
+        if let Some(n) = reject::port_unreachable(frame, meta, &mut out) {
+            match parse_frame(link, &out[..n]) {
+                Ok(Parsed::Ip(answer)) => assert!(answer.related.is_some(), "quotes nothing"),
+                other => panic!("the answer does not parse: {other:?}"),
+            }
+        }
+    }
 }
 
 /// Every view over `b`, every accessor of the ones that check out.

@@ -44,6 +44,12 @@ pub mod kind {
     pub const PARAMETER_PROBLEM: u8 = 12;
 }
 
+/// Destination unreachable codes podfence sends.
+pub mod unreachable {
+    /// Port unreachable.
+    pub const PORT: u8 = 3;
+}
+
 /// Whether an ICMP type is an error message that quotes the offending
 /// packet.
 #[must_use]

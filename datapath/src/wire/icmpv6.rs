@@ -51,6 +51,12 @@ pub mod kind {
     pub const REDIRECT: u8 = 137;
 }
 
+/// Destination unreachable codes podfence sends.
+pub mod unreachable {
+    /// Port unreachable.
+    pub const PORT: u8 = 4;
+}
+
 /// Whether an ICMPv6 type is one of the four error messages of RFC 4443
 /// (other types below 128 are unassigned and treated as plain types).
 #[must_use]

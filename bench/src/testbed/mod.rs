@@ -220,6 +220,8 @@ pub struct Testbed {
     outside: String,
     /// The second node's namespace, with [`TestbedOptions::remote_node`].
     remote: Option<String>,
+    /// The first node's name, when its pods give one.
+    node_name: Option<String>,
     /// Every namespace created, in creation order.
     namespaces: Vec<String>,
     pods: BTreeMap<String, TestbedPod>,
@@ -271,6 +273,7 @@ impl Testbed {
         let mut bed = Self {
             node: format!("{prefix}-node"),
             outside: format!("{prefix}-out"),
+            node_name: None,
             remote: options
                 .remote_node
                 .as_ref()
@@ -305,18 +308,7 @@ impl Testbed {
                 .iter()
                 .any(|s| s.cluster_ips.iter().any(IpAddr::is_ipv6));
 
-        ip(&node, &["link", "set", "lo", "up"])?;
-        sysctl(
-            &node,
-            &[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ],
-        )?;
-        if any_v6 {
-            sysctl(&node, &[("net.ipv6.conf.all.forwarding", "1")])?;
-        }
+        wiring::forwarding_node(&node, any_v6)?;
         bed.build_outside(options, any_v6)?;
         if let Some(remote) = bed.remote.clone() {
             bed.build_remote_node(&remote, any_v6)?;
@@ -325,16 +317,7 @@ impl Testbed {
         let mut taken = HashSet::new();
         for (index, pod) in cluster.pods.values().enumerate() {
             let key = pod.key().to_string();
-            let reason = if pod.host_network {
-                Some("uses the host network")
-            } else if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
-                Some("has finished")
-            } else if pod.ips.is_empty() {
-                Some("has no address")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) = skip_reason(pod) {
                 eprintln!("testbed: skipping pod {key}: it {reason}");
                 bed.skipped.push(SkippedPod { key, reason });
                 continue;
@@ -367,23 +350,8 @@ impl Testbed {
             bed.start_server(&tp.netns, &tp.ips, &ports, &options.session_ports, &key)?;
             bed.pods.insert(key, tp);
         }
-        if let Some(remote) = bed.remote.clone() {
-            // Each node's pods, routed from the other node across the uplink.
-            for (here, there) in [(&node, &remote), (&remote, &node)] {
-                for v6 in [false, true] {
-                    let addrs: Vec<IpAddr> = bed
-                        .pods
-                        .values()
-                        .filter(|p| &p.node_netns == here)
-                        .flat_map(|p| p.ips.iter().copied())
-                        .filter(|a| a.is_ipv6() == v6)
-                        .collect();
-                    if let Some(cidr) = covering(&addrs) {
-                        bed.route_pod_cidr(there, cidr)?;
-                    }
-                }
-            }
-        }
+        bed.node_name = bed.node_name_of(cluster, &node);
+        bed.route_pod_cidrs()?;
         if !proxied.is_empty() {
             bed.install_kube_proxy(cluster, &proxied, any_v6)?;
         }
@@ -416,16 +384,9 @@ impl Testbed {
             .filter(|p| self.pods.contains_key(&p.key().to_string()))
             .map(AsRef::as_ref)
             .collect();
-        let on = |netns: &str| -> Locality {
-            let nodes: BTreeSet<&str> = built
-                .iter()
-                .filter(|p| self.pods[&p.key().to_string()].node_netns == netns)
-                .filter_map(|p| p.node.as_deref())
-                .collect();
-            match nodes.iter().collect::<Vec<_>>()[..] {
-                [one] => Locality::Node((*one).to_owned()),
-                _ => Locality::AllPods,
-            }
+        let on = |netns: &str| match self.node_name_of(cluster, netns) {
+            Some(name) => Locality::Node(name),
+            None => Locality::AllPods,
         };
         let pod_ips: Vec<IpAddr> = built.iter().flat_map(|p| p.ips.iter().copied()).collect();
         let cluster_cidrs = [false, true]
@@ -472,6 +433,48 @@ impl Testbed {
         }
         self.kube_proxy = Some(rules);
         Ok(())
+    }
+
+    /// With a second node, each node's pods routed from the other across
+    /// the uplink.
+    fn route_pod_cidrs(&self) -> Result<(), TestbedError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        for (here, there) in [(&self.node, remote), (remote, &self.node)] {
+            for v6 in [false, true] {
+                let addrs: Vec<IpAddr> = self
+                    .pods
+                    .values()
+                    .filter(|p| &p.node_netns == here)
+                    .flat_map(|p| p.ips.iter().copied())
+                    .filter(|a| a.is_ipv6() == v6)
+                    .collect();
+                if let Some(cidr) = covering(&addrs) {
+                    self.route_pod_cidr(there, cidr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `spec.nodeName` the pods wired to node namespace `netns` give,
+    /// when they give exactly one.
+    fn node_name_of(&self, cluster: &Cluster, netns: &str) -> Option<String> {
+        let names: BTreeSet<&str> = cluster
+            .pods
+            .values()
+            .filter(|p| {
+                self.pods
+                    .get(&p.key().to_string())
+                    .is_some_and(|tp| tp.node_netns == netns)
+            })
+            .filter_map(|p| p.node.as_deref())
+            .collect();
+        match names.into_iter().collect::<Vec<_>>()[..] {
+            [one] => Some(one.to_owned()),
+            _ => None,
+        }
     }
 
     fn add_netns(&mut self, name: &str) -> Result<(), TestbedError> {
@@ -527,6 +530,13 @@ impl Testbed {
     #[must_use]
     pub fn outside_netns(&self) -> &str {
         &self.outside
+    }
+
+    /// The first node's name: the `spec.nodeName` its pods give, when they
+    /// all give one (an agent there is that node's).
+    #[must_use]
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
     }
 
     /// The second node's namespace, with [`TestbedOptions::remote_node`].
@@ -590,6 +600,19 @@ impl Testbed {
     #[must_use]
     pub fn skipped(&self) -> &[SkippedPod] {
         &self.skipped
+    }
+}
+
+/// Why the testbed leaves `pod` out, if it does.
+fn skip_reason(pod: &Pod) -> Option<&'static str> {
+    if pod.host_network {
+        Some("uses the host network")
+    } else if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
+        Some("has finished")
+    } else if pod.ips.is_empty() {
+        Some("has no address")
+    } else {
+        None
     }
 }
 

@@ -75,6 +75,24 @@ fn transit_neighbours(node: &str, out: &str, v6: bool) -> Result<(), TestbedErro
     Ok(())
 }
 
+/// A node namespace's loopback up, forwarding on and reverse-path
+/// filtering off (`v6`: IPv6 forwarding too).
+pub(super) fn forwarding_node(netns: &str, v6: bool) -> Result<(), TestbedError> {
+    ip(netns, &["link", "set", "lo", "up"])?;
+    sysctl(
+        netns,
+        &[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ],
+    )?;
+    if v6 {
+        sysctl(netns, &[("net.ipv6.conf.all.forwarding", "1")])?;
+    }
+    Ok(())
+}
+
 impl Testbed {
     /// A host route for `addr` in the node towards the outside namespace,
     /// where a real node's default route would send it.
@@ -206,18 +224,7 @@ impl Testbed {
     pub(super) fn build_remote_node(&mut self, remote: &str, v6: bool) -> Result<(), TestbedError> {
         let node = self.node.clone();
         self.add_netns(remote)?;
-        ip(remote, &["link", "set", "lo", "up"])?;
-        sysctl(
-            remote,
-            &[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ],
-        )?;
-        if v6 {
-            sysctl(remote, &[("net.ipv6.conf.all.forwarding", "1")])?;
-        }
+        forwarding_node(remote, v6)?;
         ip(
             &node,
             &[

@@ -4,11 +4,13 @@
 //! only). Backends on the same node and on the other one, TCP and UDP (the
 //! answer on a connected UDP socket must come from the ClusterIP); an
 //! egress policy allowing only a remote backend's pods; NodePorts from
-//! outside, from the other node and from a local pod (kube-proxy DNATs in
-//! the kernel, the reply rule sends the reply back through it); the node's
+//! outside, from the other node and from a local pod (kube-proxy DNATs and
+//! masquerades in the kernel, the datapath passes the connection from the
+//! host port untranslated and the reply back to the kernel); the node's
 //! own traffic; ClientIP session affinity against spreading; a backend
-//! removed under an open connection; and an agent restarted under one.
-//! Needs root and `ip netns`; skips otherwise.
+//! removed under an open connection (TCP reset, a UDP flow moved); and an
+//! agent restarted under open connections. Needs root and `ip netns`;
+//! skips otherwise.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -21,7 +23,7 @@ use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions, UPLINK_NODE
 use podfence_control::agent::AgentOptions;
 use podfence_control::index::Cluster;
 use podfence_control::model::Protocol;
-use podfence_control::probe::Probe;
+use podfence_control::probe::{Endpoint, Probe};
 use podfence_testkit::{Need, skip_unless};
 
 /// Generous: the machine may be loaded.
@@ -99,8 +101,9 @@ const NODE_PORT: (&str, &str) = (
     HTTP.1,
 );
 const SESSION: (&str, &str) = (
-    "[{name: s, port: 7000, targetPort: 7000}]",
-    "[{name: s, port: 7000}]",
+    "[{name: s, port: 7000, targetPort: 7000}, \
+      {name: dns, port: 53, protocol: UDP, targetPort: 5353}]",
+    "[{name: s, port: 7000}, {name: dns, port: 5353, protocol: UDP}]",
 );
 
 /// Node n1 (the agent's): client x/a (dual-stack), restricted client x/c,
@@ -108,7 +111,7 @@ const SESSION: (&str, &str) = (
 /// Services in y: `local` (web1), `api` and `api6` (api, remote), `web`
 /// (web1 and web2), `sticky` (the same with ClientIP affinity), `np`
 /// (web1, NodePort 30080), `churn` (`churn_endpoints` on the session
-/// port). x/c may only reach app=api pods; web2 admits nobody (a policy
+/// port and dns). x/c may only reach app=api pods; web2 admits nobody (a policy
 /// for n2's enforcer, not n1's).
 fn manifests(churn_endpoints: &[&str]) -> String {
     let (web1, web2, api, api6) = (
@@ -376,6 +379,21 @@ fn a_backend_removed_mid_flow_ends_its_connection_and_new_ones_avoid_it() {
     } else {
         (both[1], "y/web1", both[0])
     };
+    // A UDP flow (one source port) on the same backend.
+    let (client, service) = (
+        Endpoint::Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+        },
+        Endpoint::External("10.96.0.60".parse().unwrap()),
+    );
+    let udp = |port: u16| {
+        bed.udp_exchange(&client, &service, (port, 53), TIMEOUT)
+            .expect("UDP exchange")
+    };
+    let udp_port = (40_000..40_064)
+        .find(|&port| udp(port) == answered(&gone))
+        .expect("a source port whose flow goes to the same backend");
     let before = node.agent().status().expect("status").generation;
     let generation = node.agent().publish(&cluster(&[kept_ip])).expect("publish");
     assert!(generation > before, "{gone_ip} left in a new generation");
@@ -390,8 +408,11 @@ fn a_backend_removed_mid_flow_ends_its_connection_and_new_ones_avoid_it() {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         other => panic!("the connection to the removed {gone} ends with a reset: {other:?}"),
     }
+    // The UDP flow's next datagram is translated anew, to the remaining
+    // backend, and its answer comes from the ClusterIP.
+    assert_eq!(udp(udp_port), answered(kept), "the UDP flow moved");
     let counters = node.agent().status().expect("status").counters;
-    assert!(counters.service_backend_gone >= 1, "{counters:?}");
+    assert!(counters.service_backend_gone >= 2, "{counters:?}");
 
     for _ in 0..6 {
         let mut stream = connect(bed, "x/a", &churn);

@@ -27,7 +27,7 @@
 //! Every pod answers TCP and UDP on its named container ports with
 //! `ns/pod`; the outside namespace answers `ext:IP` on the ports in
 //! [`TestbedOptions::external_ports`]. On [`TestbedOptions::session_ports`]
-//! a pod keeps TCP connections open and answers every message. Servers are
+//! every pod keeps TCP connections open and answers every message. Servers are
 //! threads of this process that entered the namespace (`setns`), polled
 //! with a timeout and stopped on drop.
 //!
@@ -160,8 +160,8 @@ pub struct TestbedOptions {
     /// namespace of their own behind an uplink, not in the node the agent
     /// runs in.
     pub remote_node: Option<String>,
-    /// TCP ports on which every pod serving them keeps a connection open
-    /// and answers each message it receives with `ns/pod` (instead of
+    /// TCP ports on which every pod listens, keeps each connection open
+    /// and answers every message it receives with `ns/pod` (instead of
     /// answering once and closing): for tests of long-lived connections.
     pub session_ports: Vec<u16>,
 }

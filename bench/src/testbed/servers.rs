@@ -30,8 +30,13 @@ impl Testbed {
         let (ready_tx, ready_rx) = mpsc::channel();
         let stop = Arc::clone(&self.stop);
         let (netns_owned, ips, answer) = (netns.to_owned(), ips.to_vec(), reply.to_owned());
-        let mut ports: Vec<(Protocol, u16, bool)> =
-            ports.iter().map(|&(p, n)| (p, n, false)).collect();
+        // (protocol, port, session): a session port is one whatever else
+        // the pod has on it.
+        let mut ports: Vec<(Protocol, u16, bool)> = ports
+            .iter()
+            .filter(|&&(p, n)| p != Protocol::Tcp || !session_ports.contains(&n))
+            .map(|&(p, n)| (p, n, false))
+            .collect();
         ports.extend(session_ports.iter().map(|&n| (Protocol::Tcp, n, true)));
         let handle = std::thread::Builder::new()
             .name(format!("srv-{reply}"))
@@ -76,19 +81,12 @@ impl Server {
     }
 }
 
-/// Binds every (protocol, port, session) on every address; a session port
-/// wins over the same plain one.
+/// Binds every (protocol, port, session) on every address.
 fn bind_all(ips: &[IpAddr], ports: &[(Protocol, u16, bool)]) -> io::Result<Vec<Server>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let sessions: HashSet<u16> = ports
-        .iter()
-        .filter(|p| p.2)
-        .map(|&(_, port, _)| port)
-        .collect();
     for &ip in ips {
         for &(proto, port, session) in ports {
-            let session = session || (proto == Protocol::Tcp && sessions.contains(&port));
             if !seen.insert((ip, proto, port)) {
                 continue;
             }

@@ -302,7 +302,9 @@ impl Testbed {
 
     /// A node's pod CIDR routed via the other node's uplink address (as
     /// kindnet routes each node's podCIDR): `cidr` in namespace `netns`,
-    /// towards the node on the other end of its uplink.
+    /// towards the node on the other end of its uplink. Replaces a route
+    /// to the same prefix (pods spread over the address space make it the
+    /// default route; the second node has that one already).
     pub(super) fn route_pod_cidr(&self, netns: &str, cidr: Prefix) -> Result<(), TestbedError> {
         let to_remote = netns == self.node;
         let (via, dev) = match (cidr.network().is_ipv4(), to_remote) {
@@ -315,7 +317,7 @@ impl Testbed {
         let (cidr, via) = (cidr.to_string(), via.to_string());
         ip(
             netns,
-            &[fam, "route", "add", &cidr, "via", &via, "dev", dev],
+            &[fam, "route", "replace", &cidr, "via", &via, "dev", dev],
         )
         .map(|_| ())
     }

@@ -245,12 +245,18 @@ pub enum LiveNodeError {
 impl LiveNode {
     /// Builds the testbed for `cluster` (plus `options`' outside addresses)
     /// and starts the agent in its node namespace, enforcing `cluster`.
+    /// With a second node, an agent given no node name is the first
+    /// node's ([`Testbed::node_name`]), so the second node's pods are not
+    /// local to it.
     pub fn start(
         cluster: &Cluster,
         options: &TestbedOptions,
-        agent: AgentOptions,
+        mut agent: AgentOptions,
     ) -> Result<Self, LiveNodeError> {
         let bed = Testbed::build(cluster, options)?;
+        if agent.node_name.is_none() && bed.remote_netns().is_some() {
+            agent.node_name = bed.node_name().map(str::to_owned);
+        }
         let agent = LiveAgent::start(bed.node_netns(), cluster, agent)?;
         Ok(Self { agent, bed })
     }

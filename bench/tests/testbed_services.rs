@@ -4,7 +4,8 @@
 //! from the ClusterIP), from another pod, from the backend itself
 //! (hairpin) and from the node; a Service without endpoints is refused, as
 //! kube-proxy's `no-endpoint-services` map and `reject-chain` make it; IPv6
-//! too. Needs root and `ip netns`; skips otherwise.
+//! too; and a backend on a second node, across the uplink. Needs root and
+//! `ip netns`; skips otherwise.
 
 use std::path::Path;
 use std::process::Command;
@@ -214,4 +215,98 @@ fn no_rules_when_off_or_without_services() {
         .output()
         .expect("nft runs");
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("kube-proxy"));
+}
+
+/// n1: x/a; n2: x/r, the backend of Service x/r.
+const TWO_NODES: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIPs: [{ip: 10.244.1.2}, {ip: 'fd00:244:1::2'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r, namespace: x, labels: {app: r}}
+spec:
+  nodeName: n2
+  containers:
+  - name: c
+    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 5353, protocol: UDP}]
+status: {phase: Running, podIPs: [{ip: 10.244.2.5}, {ip: 'fd00:244:2::5'}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: r, namespace: x}
+spec:
+  selector: {app: r}
+  clusterIP: 10.96.0.30
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: dns, port: 53, protocol: UDP, targetPort: dns}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: r-4, namespace: x, labels: {kubernetes.io/service-name: r}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.2.5], nodeName: n2}]
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+";
+
+/// Two nodes, kube-proxy alone: n1's pod reaches n2's pod directly and
+/// through its ClusterIP (DNAT in n1, across the uplink), n2's pod reaches
+/// itself through it (kube-proxy's rules in n2), and n1 itself reaches it.
+#[test]
+fn a_second_node_behind_the_uplink() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    let cluster = podfence_control::sources::manifests::load_str(Path::new("two.yaml"), TWO_NODES)
+        .expect("manifests load")
+        .cluster;
+    let bed = Testbed::build(
+        &cluster,
+        &TestbedOptions {
+            remote_node: Some("n2".into()),
+            ..TestbedOptions::default()
+        },
+    )
+    .expect("testbed builds");
+    let remote = bed.remote_netns().expect("a second node").to_owned();
+    assert_eq!(bed.pods()["x/r"].node_netns, remote);
+    assert_eq!(bed.pods()["x/a"].node_netns, bed.node_netns());
+    assert_eq!(bed.node_name(), Some("n1"));
+    // Both nodes have kube-proxy's rules, each with the Service's endpoint.
+    for netns in [bed.node_netns(), remote.as_str()] {
+        assert!(
+            nft_list(netns, "ip").contains("dnat to 10.244.2.5:8080"),
+            "{netns}"
+        );
+    }
+    let timeout = Duration::from_secs(2);
+    let probe = |line: &str| {
+        bed.probe_outcome(&Probe::from_line(line).unwrap(), timeout)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let r = ProbeOutcome::Answered("x/r".into());
+    for line in [
+        "x/a\tx/r\tTCP\t8080",
+        "x/r\tx/a\tTCP\t8080",
+        "x/a\text:10.96.0.30\tTCP\t80",
+        "x/a\text:10.96.0.30\tUDP\t53",
+        "x/r\text:10.96.0.30\tTCP\t80",
+    ] {
+        let want = if line.starts_with("x/r\tx/a") {
+            ProbeOutcome::Answered("x/a".into())
+        } else {
+            r.clone()
+        };
+        assert_eq!(probe(line), want, "{line}");
+    }
+    assert_eq!(
+        bed.probe_from_node(Protocol::Tcp, "10.96.0.30".parse().unwrap(), 80, timeout)
+            .unwrap(),
+        r,
+        "node n1 to the ClusterIP"
+    );
 }

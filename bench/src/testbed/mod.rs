@@ -14,13 +14,22 @@
 //!   proxy ARP is on for the host veth), so no ARP/ND is needed to get going;
 //! - an outside namespace `<prefix>-out` behind the node (transit link
 //!   `pf-out` in the node, `pf-node` outside, 169.254.100.0/30 and
-//!   fd70:6600::/126), holding every external address the caller asks for.
+//!   fd70:6600::/126), holding every external address the caller asks for;
+//! - with [`TestbedOptions::remote_node`], a second node `<prefix>-node2`
+//!   holding the pods whose `spec.nodeName` names it, wired like `ptp`
+//!   there too, behind an uplink (`pf-node2` in the first node, `pf-node1`
+//!   in the second, 172.18.0.2 and .3/24, fc00:f853:ccd:e793::2 and ::3/64,
+//!   kind's node network). Each node routes the other's pod addresses (the
+//!   smallest prefix covering them) via the other's uplink address, as
+//!   kindnet routes podCIDRs; the second node's default route goes through
+//!   the first. No agent runs there; kube-proxy's rules do.
 //!
 //! Every pod answers TCP and UDP on its named container ports with
 //! `ns/pod`; the outside namespace answers `ext:IP` on the ports in
-//! [`TestbedOptions::external_ports`]. Servers are threads of this process
-//! that entered the namespace (`setns`), polled with a timeout and stopped
-//! on drop.
+//! [`TestbedOptions::external_ports`]. On [`TestbedOptions::session_ports`]
+//! every pod keeps TCP connections open and answers every message. Servers are
+//! threads of this process that entered the namespace (`setns`), polled
+//! with a timeout and stopped on drop.
 //!
 //! This kernel has no SCTP, so an SCTP probe is an INIT chunk sent over a
 //! raw IP socket in the source namespace and watched for with a packet socket
@@ -68,13 +77,15 @@ use crate::kube_proxy::{self, Family, KubeProxyConfig, KubeProxyRules};
 use commands::sysctl;
 pub(crate) use commands::{add_veth_pair, ip, run};
 pub use names::{
-    IFNAME_MAX, NETNS_NAME_MAX, NODE_OUT_IF, OUT_NODE_IF, host_veth_name, pod_netns_name,
-    run_prefix, sanitize,
+    IFNAME_MAX, NETNS_NAME_MAX, NODE_OUT_IF, NODE_UPLINK_IF, OUT_NODE_IF, REMOTE_UPLINK_IF,
+    host_veth_name, pod_netns_name, run_prefix, sanitize,
 };
 pub(crate) use netns::{delete_netns, enter_netns, install_signal_handler, register, unregister};
 pub use netns::{flush_conntrack, in_netns};
 pub use sctp::{sctp_init, sctp_init_tagged};
-pub use wiring::{GATEWAY_V4, GATEWAY_V6};
+pub use wiring::{
+    GATEWAY_V4, GATEWAY_V6, UPLINK_NODE_V4, UPLINK_NODE_V6, UPLINK_REMOTE_V4, UPLINK_REMOTE_V6,
+};
 
 /// Why the testbed could not be built or a probe could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +156,14 @@ pub struct TestbedOptions {
     pub external_ports: Vec<(Protocol, u16)>,
     /// kube-proxy's rules for the cluster's Services in the node namespace.
     pub kube_proxy: KubeProxyMode,
+    /// A second node: pods whose `spec.nodeName` is this name live in a
+    /// namespace of their own behind an uplink, not in the node the agent
+    /// runs in.
+    pub remote_node: Option<String>,
+    /// TCP ports on which every pod listens, keeps each connection open
+    /// and answers every message it receives with `ns/pod` (instead of
+    /// answering once and closing): for tests of long-lived connections.
+    pub session_ports: Vec<u16>,
 }
 
 /// What a probe saw.
@@ -176,7 +195,10 @@ pub struct TestbedPod {
     pub key: String,
     /// Its network namespace.
     pub netns: String,
-    /// Host-side veth in the node namespace.
+    /// The node namespace it is wired to (the first node's, or the second
+    /// node's with [`TestbedOptions::remote_node`]).
+    pub node_netns: String,
+    /// Host-side veth in its node namespace.
     pub host_veth: String,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
@@ -196,6 +218,10 @@ pub struct Testbed {
     prefix: String,
     node: String,
     outside: String,
+    /// The second node's namespace, with [`TestbedOptions::remote_node`].
+    remote: Option<String>,
+    /// The first node's name, when its pods give one.
+    node_name: Option<String>,
     /// Every namespace created, in creation order.
     namespaces: Vec<String>,
     pods: BTreeMap<String, TestbedPod>,
@@ -247,6 +273,11 @@ impl Testbed {
         let mut bed = Self {
             node: format!("{prefix}-node"),
             outside: format!("{prefix}-out"),
+            node_name: None,
+            remote: options
+                .remote_node
+                .as_ref()
+                .map(|_| format!("{prefix}-node2")),
             prefix,
             namespaces: Vec::new(),
             pods: BTreeMap::new(),
@@ -277,46 +308,36 @@ impl Testbed {
                 .iter()
                 .any(|s| s.cluster_ips.iter().any(IpAddr::is_ipv6));
 
-        ip(&node, &["link", "set", "lo", "up"])?;
-        sysctl(
-            &node,
-            &[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ],
-        )?;
-        if any_v6 {
-            sysctl(&node, &[("net.ipv6.conf.all.forwarding", "1")])?;
-        }
+        wiring::forwarding_node(&node, any_v6)?;
         bed.build_outside(options, any_v6)?;
+        if let Some(remote) = bed.remote.clone() {
+            bed.build_remote_node(&remote, any_v6)?;
+        }
 
         let mut taken = HashSet::new();
         for (index, pod) in cluster.pods.values().enumerate() {
             let key = pod.key().to_string();
-            let reason = if pod.host_network {
-                Some("uses the host network")
-            } else if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
-                Some("has finished")
-            } else if pod.ips.is_empty() {
-                Some("has no address")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) = skip_reason(pod) {
                 eprintln!("testbed: skipping pod {key}: it {reason}");
                 bed.skipped.push(SkippedPod { key, reason });
                 continue;
             }
             let netns = pod_netns_name(&bed.prefix, &pod.namespace, &pod.name, index, &taken);
             taken.insert(netns.clone());
+            let node_netns = match &bed.remote {
+                Some(remote) if pod.node.is_some() && pod.node == options.remote_node => {
+                    remote.clone()
+                }
+                _ => node.clone(),
+            };
             let tp = TestbedPod {
                 key: key.clone(),
                 netns,
+                node_netns,
                 host_veth: host_veth_name(index),
                 ips: pod.ips.clone(),
             };
-            bed.build_pod(&tp, index, queues.max(1))?;
+            bed.build_pod(&tp.node_netns.clone(), &tp, index, queues.max(1))?;
             let mut ports: Vec<(Protocol, u16)> = pod
                 .named_ports
                 .iter()
@@ -326,9 +347,11 @@ impl Testbed {
             // EndpointSlices give it (a numeric targetPort need not be a
             // named container port).
             ports.extend(slice_ports(cluster, &pod.ips));
-            bed.start_server(&tp.netns, &tp.ips, &ports, &key)?;
+            bed.start_server(&tp.netns, &tp.ips, &ports, &options.session_ports, &key)?;
             bed.pods.insert(key, tp);
         }
+        bed.node_name = bed.node_name_of(cluster, &node);
+        bed.route_pod_cidrs()?;
         if !proxied.is_empty() {
             bed.install_kube_proxy(cluster, &proxied, any_v6)?;
         }
@@ -337,16 +360,18 @@ impl Testbed {
                 &outside,
                 &[ext],
                 &options.external_ports,
+                &[],
                 &format!("ext:{ext}"),
             )?;
         }
         Ok(bed)
     }
 
-    /// kube-proxy's rules in the node namespace, and a route for every
-    /// ClusterIP (a real node has a default route; this one has none, and
-    /// the node's own connections need a route before `nat-output` DNATs
-    /// them). The node counts as the pods' node when they name one.
+    /// kube-proxy's rules in each node namespace, and a route for every
+    /// ClusterIP in the first (a real node has a default route; this one has
+    /// none, and the node's own connections need a route before
+    /// `nat-output` DNATs them; the second node's default route leads
+    /// there). A node counts as its pods' node when they name one.
     fn install_kube_proxy(
         &mut self,
         cluster: &Cluster,
@@ -359,10 +384,9 @@ impl Testbed {
             .filter(|p| self.pods.contains_key(&p.key().to_string()))
             .map(AsRef::as_ref)
             .collect();
-        let nodes: BTreeSet<&str> = built.iter().filter_map(|p| p.node.as_deref()).collect();
-        let locality = match nodes.iter().collect::<Vec<_>>()[..] {
-            [one] => Locality::Node((*one).to_owned()),
-            _ => Locality::AllPods,
+        let on = |netns: &str| match self.node_name_of(cluster, netns) {
+            Some(name) => Locality::Node(name),
+            None => Locality::AllPods,
         };
         let pod_ips: Vec<IpAddr> = built.iter().flat_map(|p| p.ips.iter().copied()).collect();
         let cluster_cidrs = [false, true]
@@ -377,21 +401,26 @@ impl Testbed {
                 )
             })
             .collect();
-        let mut node_port_addresses = vec![IpAddr::V4(wiring::TRANSIT_NODE_V4)];
         let mut families = vec![Family::V4];
         if v6 {
-            node_port_addresses.push(IpAddr::V6(wiring::TRANSIT_NODE_V6));
             families.push(Family::V6);
         }
-        let config = KubeProxyConfig {
-            locality,
+        let node = self.node.clone();
+        let mut config = KubeProxyConfig {
+            locality: on(&node),
             cluster_cidrs,
             service_cidrs: Vec::new(),
-            node_port_addresses,
+            node_port_addresses: self.node_addresses(&node, v6),
             families,
         };
         let rules = kube_proxy::rules(cluster, &config);
-        kube_proxy::install(&self.node, &rules).map_err(TestbedError::KubeProxy)?;
+        kube_proxy::install(&node, &rules).map_err(TestbedError::KubeProxy)?;
+        if let Some(remote) = self.remote.clone() {
+            config.locality = on(&remote);
+            config.node_port_addresses = self.node_addresses(&remote, v6);
+            let rules = kube_proxy::rules(cluster, &config);
+            kube_proxy::install(&remote, &rules).map_err(TestbedError::KubeProxy)?;
+        }
         let mut seen = BTreeSet::new();
         for s in proxied {
             for &addr in &s.cluster_ips {
@@ -404,6 +433,48 @@ impl Testbed {
         }
         self.kube_proxy = Some(rules);
         Ok(())
+    }
+
+    /// With a second node, each node's pods routed from the other across
+    /// the uplink.
+    fn route_pod_cidrs(&self) -> Result<(), TestbedError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        for (here, there) in [(&self.node, remote), (remote, &self.node)] {
+            for v6 in [false, true] {
+                let addrs: Vec<IpAddr> = self
+                    .pods
+                    .values()
+                    .filter(|p| &p.node_netns == here)
+                    .flat_map(|p| p.ips.iter().copied())
+                    .filter(|a| a.is_ipv6() == v6)
+                    .collect();
+                if let Some(cidr) = covering(&addrs) {
+                    self.route_pod_cidr(there, cidr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `spec.nodeName` the pods wired to node namespace `netns` give,
+    /// when they give exactly one.
+    fn node_name_of(&self, cluster: &Cluster, netns: &str) -> Option<String> {
+        let names: BTreeSet<&str> = cluster
+            .pods
+            .values()
+            .filter(|p| {
+                self.pods
+                    .get(&p.key().to_string())
+                    .is_some_and(|tp| tp.node_netns == netns)
+            })
+            .filter_map(|p| p.node.as_deref())
+            .collect();
+        match names.into_iter().collect::<Vec<_>>()[..] {
+            [one] => Some(one.to_owned()),
+            _ => None,
+        }
     }
 
     fn add_netns(&mut self, name: &str) -> Result<(), TestbedError> {
@@ -461,6 +532,45 @@ impl Testbed {
         &self.outside
     }
 
+    /// The first node's name: the `spec.nodeName` its pods give, when they
+    /// all give one (an agent there is that node's).
+    #[must_use]
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
+    /// The second node's namespace, with [`TestbedOptions::remote_node`].
+    #[must_use]
+    pub fn remote_netns(&self) -> Option<&str> {
+        self.remote.as_deref()
+    }
+
+    /// The addresses of node namespace `netns` (the first node's or the
+    /// second's) on its links to the outside and to the other node: where
+    /// its NodePorts are open. `v6`: IPv6 too.
+    #[must_use]
+    pub fn node_addresses(&self, netns: &str, v6: bool) -> Vec<IpAddr> {
+        let mut addrs = Vec::new();
+        if netns == self.node {
+            addrs.push(IpAddr::V4(wiring::TRANSIT_NODE_V4));
+            if self.remote.is_some() {
+                addrs.push(IpAddr::V4(UPLINK_NODE_V4));
+            }
+            if v6 {
+                addrs.push(IpAddr::V6(wiring::TRANSIT_NODE_V6));
+                if self.remote.is_some() {
+                    addrs.push(IpAddr::V6(UPLINK_NODE_V6));
+                }
+            }
+        } else if self.remote.as_deref() == Some(netns) {
+            addrs.push(IpAddr::V4(UPLINK_REMOTE_V4));
+            if v6 {
+                addrs.push(IpAddr::V6(UPLINK_REMOTE_V6));
+            }
+        }
+        addrs
+    }
+
     /// Every namespace the testbed made.
     #[must_use]
     pub fn namespaces(&self) -> &[String] {
@@ -490,6 +600,19 @@ impl Testbed {
     #[must_use]
     pub fn skipped(&self) -> &[SkippedPod] {
         &self.skipped
+    }
+}
+
+/// Why the testbed leaves `pod` out, if it does.
+fn skip_reason(pod: &Pod) -> Option<&'static str> {
+    if pod.host_network {
+        Some("uses the host network")
+    } else if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
+        Some("has finished")
+    } else if pod.ips.is_empty() {
+        Some("has no address")
+    } else {
+        None
     }
 }
 

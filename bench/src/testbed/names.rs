@@ -12,6 +12,10 @@ pub const NETNS_NAME_MAX: usize = 100;
 pub const NODE_OUT_IF: &str = "pf-out";
 /// Outside side of the link to the node.
 pub const OUT_NODE_IF: &str = "pf-node";
+/// The first node's end of the uplink to the second node.
+pub const NODE_UPLINK_IF: &str = "pf-node2";
+/// The second node's end of the uplink to the first node.
+pub const REMOTE_UPLINK_IF: &str = "pf-node1";
 
 /// Makes prefixes unique within the process.
 static NEXT_RUN: AtomicU32 = AtomicU32::new(0);
@@ -119,6 +123,8 @@ mod tests {
             host_veth_name(999_999_999),
             NODE_OUT_IF.into(),
             OUT_NODE_IF.into(),
+            NODE_UPLINK_IF.into(),
+            REMOTE_UPLINK_IF.into(),
         ] {
             assert!(n.len() <= IFNAME_MAX, "{n}");
         }

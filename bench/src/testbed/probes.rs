@@ -30,7 +30,11 @@ impl Testbed {
             // the node) or the agent picks the namespace.
             Endpoint::External(ip) if self.service_ips.contains(ip) => Ok((&self.node, vec![*ip])),
             Endpoint::External(ip) => {
-                if self.external.contains(ip) {
+                // A node's own address (its NodePorts): that node.
+                let mut nodes = std::iter::once(self.node.as_str()).chain(self.remote.as_deref());
+                if let Some(node) = nodes.find(|n| self.node_addresses(n, true).contains(ip)) {
+                    Ok((node, vec![*ip]))
+                } else if self.external.contains(ip) {
                     Ok((&self.outside, vec![*ip]))
                 } else {
                     Err(TestbedError::UnknownExternal(*ip))

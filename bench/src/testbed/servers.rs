@@ -1,9 +1,10 @@
 //! The servers every pod and external address runs: threads of this process
-//! that entered the namespace and answer TCP and UDP with a fixed text.
+//! that entered the namespace and answer TCP and UDP with a fixed text (on
+//! session ports, every message of a connection kept open).
 
 use std::collections::HashSet;
-use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -23,16 +24,20 @@ impl Testbed {
         netns: &str,
         ips: &[IpAddr],
         ports: &[(Protocol, u16)],
+        session_ports: &[u16],
         reply: &str,
     ) -> Result<(), TestbedError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let stop = Arc::clone(&self.stop);
-        let (netns_owned, ips, ports, answer) = (
-            netns.to_owned(),
-            ips.to_vec(),
-            ports.to_vec(),
-            reply.to_owned(),
-        );
+        let (netns_owned, ips, answer) = (netns.to_owned(), ips.to_vec(), reply.to_owned());
+        // (protocol, port, session): a session port is one whatever else
+        // the pod has on it.
+        let mut ports: Vec<(Protocol, u16, bool)> = ports
+            .iter()
+            .filter(|&&(p, n)| p != Protocol::Tcp || !session_ports.contains(&n))
+            .map(|&(p, n)| (p, n, false))
+            .collect();
+        ports.extend(session_ports.iter().map(|&n| (Protocol::Tcp, n, true)));
         let handle = std::thread::Builder::new()
             .name(format!("srv-{reply}"))
             .spawn(move || {
@@ -62,23 +67,26 @@ impl Testbed {
 
 enum Server {
     Tcp(TcpListener),
+    /// Keeps accepted connections open, answering each message.
+    Session(TcpListener),
     Udp(UdpSocket),
 }
 
 impl Server {
     fn fd(&self) -> RawFd {
         match self {
-            Self::Tcp(l) => l.as_raw_fd(),
+            Self::Tcp(l) | Self::Session(l) => l.as_raw_fd(),
             Self::Udp(s) => s.as_raw_fd(),
         }
     }
 }
 
-fn bind_all(ips: &[IpAddr], ports: &[(Protocol, u16)]) -> io::Result<Vec<Server>> {
+/// Binds every (protocol, port, session) on every address.
+fn bind_all(ips: &[IpAddr], ports: &[(Protocol, u16, bool)]) -> io::Result<Vec<Server>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for &ip in ips {
-        for &(proto, port) in ports {
+        for &(proto, port, session) in ports {
             if !seen.insert((ip, proto, port)) {
                 continue;
             }
@@ -88,7 +96,11 @@ fn bind_all(ips: &[IpAddr], ports: &[(Protocol, u16)]) -> io::Result<Vec<Server>
                 Protocol::Tcp => {
                     let l = TcpListener::bind(addr).map_err(with_addr)?;
                     l.set_nonblocking(true)?;
-                    out.push(Server::Tcp(l));
+                    out.push(if session {
+                        Server::Session(l)
+                    } else {
+                        Server::Tcp(l)
+                    });
                 }
                 Protocol::Udp => {
                     let s = UdpSocket::bind(addr).map_err(with_addr)?;
@@ -104,20 +116,38 @@ fn bind_all(ips: &[IpAddr], ports: &[(Protocol, u16)]) -> io::Result<Vec<Server>
 }
 
 fn serve(sockets: &[Server], reply: &[u8], stop: &AtomicBool) {
-    let mut fds: Vec<libc::pollfd> = sockets
-        .iter()
-        .map(|s| libc::pollfd {
-            fd: s.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let pollfd = |fd: RawFd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds: Vec<libc::pollfd> = sockets.iter().map(|s| pollfd(s.fd())).collect();
+    // Open session connections, polled after the listening sockets.
+    let mut sessions: Vec<TcpStream> = Vec::new();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
+        fds.truncate(sockets.len());
+        fds.extend(sessions.iter().map(|s| pollfd(s.as_raw_fd())));
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, SERVER_POLL_MS) };
         if n <= 0 {
             continue;
+        }
+        // Sessions first (indices shift as they close), then listeners.
+        let mut i = sessions.len();
+        while i > 0 {
+            i -= 1;
+            if fds[sockets.len() + i].revents == 0 {
+                continue;
+            }
+            let open = match sessions[i].read(&mut buf) {
+                Ok(0) => false,
+                Ok(_) => sessions[i].write_all(reply).is_ok(),
+                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            };
+            if !open {
+                sessions.swap_remove(i);
+            }
         }
         for (pfd, server) in fds.iter_mut().zip(sockets) {
             if pfd.revents == 0 {
@@ -125,6 +155,15 @@ fn serve(sockets: &[Server], reply: &[u8], stop: &AtomicBool) {
             }
             pfd.revents = 0;
             match server {
+                Server::Session(l) => {
+                    while let Ok((stream, _)) = l.accept() {
+                        // Answers are a few bytes: a nonblocking write of
+                        // one fits in any socket buffer.
+                        if stream.set_nonblocking(true).is_ok() {
+                            sessions.push(stream);
+                        }
+                    }
+                }
                 Server::Tcp(l) => {
                     while let Ok((mut stream, _)) = l.accept() {
                         let _ = stream.set_nonblocking(false);

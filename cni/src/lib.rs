@@ -142,6 +142,22 @@ pub fn run(invocation: &Invocation, stdin: &[u8]) -> Output {
         Err((e, version)) => return Output::error(e, version.as_deref()),
     };
     let version = conf.cni_version.clone();
+    let since = match invocation.command.as_str() {
+        "CHECK" => (0, 4, 0),
+        "STATUS" | "GC" => (1, 1, 0),
+        _ => (0, 0, 0),
+    };
+    if spec::version_tuple(&version) < since {
+        let e = Error::new(
+            code::INCOMPATIBLE_VERSION,
+            &format!("config version does not allow {}", invocation.command),
+            format!(
+                "{} needs cniVersion {}.{}.{} or later",
+                invocation.command, since.0, since.1, since.2
+            ),
+        );
+        return Output::error(e, Some(&version));
+    }
     let result = match invocation.command.as_str() {
         "ADD" => add(invocation, &conf),
         "DEL" => del(invocation, &conf),

@@ -21,6 +21,15 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1
 /// The newest of [`SUPPORTED_VERSIONS`].
 pub const LATEST_VERSION: &str = "1.1.0";
 
+/// `major.minor.patch` as numbers, for comparing versions; what does not
+/// parse is `(0, 0, 0)`.
+#[must_use]
+pub fn version_tuple(version: &str) -> (u32, u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
 /// Where the agent listens unless the configuration says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/podfence/control.sock";
 

@@ -432,6 +432,9 @@ impl Supervisor {
             self.pods.force();
         }
         if !after_sync.is_empty() {
+            // `podfence status` shows the change once the plugin returns.
+            *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.agent.status());
+            self.status_refreshed = Instant::now();
             let synced = self.agent.sync_workers(Duration::from_secs(1));
             for (reply, answer) in after_sync {
                 let _ = reply.send(if synced {

@@ -434,3 +434,80 @@ fn version_answers_every_supported_version() {
         json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
 }
+
+#[test]
+fn the_agent_installs_the_plugin_while_it_runs() {
+    if skip() {
+        return;
+    }
+    let (bed, dir, manifests) =
+        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "cni-install");
+    let node = bed.node_netns().to_owned();
+    let a = pod_netns(&bed, "x/a");
+    let socket = dir.0.join("control.sock");
+    // The node's directories: its network plugin's conflist (ptp), and an
+    // empty binary directory.
+    let (bin_dir, conf_dir) = (dir.0.join("opt-cni-bin"), dir.0.join("net.d"));
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    std::fs::create_dir_all(&conf_dir).expect("conf dir");
+    let mut node_list = conflist("1.0.0", &socket, "closed", &dir.0.join("ipam"));
+    node_list.plugins.truncate(1);
+    let file = conf_dir.join("10-ptp.conflist");
+    let original =
+        json!({"cniVersion": "1.0.0", "name": "podfence-test", "plugins": node_list.plugins});
+    std::fs::write(&file, original.to_string()).expect("conflist");
+
+    let plugin = plugin_dir().join("podfence-cni");
+    let (bin, conf) = (
+        bin_dir.display().to_string(),
+        conf_dir.display().to_string(),
+    );
+    let flags = [
+        "--cni-bin-dir",
+        &bin,
+        "--cni-conf-dir",
+        &conf,
+        "--cni-plugin",
+        plugin.to_str().expect("path"),
+    ];
+    let agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir.0, &flags);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let installed = loop {
+        let text = std::fs::read_to_string(&file).expect("conflist");
+        let list = NetworkList::parse(&text).expect("still a conflist");
+        if list.plugins.len() == 2 {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not chained in 10 s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        installed.plugins[0], original["plugins"][0],
+        "ptp first, unchanged"
+    );
+    assert_eq!(
+        installed.plugins[1],
+        json!({"type": "podfence-cni", "controlSocket": socket, "failMode": "closed"})
+    );
+    assert_eq!(
+        std::fs::read(bin_dir.join("podfence-cni")).expect("installed binary"),
+        std::fs::read(&plugin).expect("built binary")
+    );
+
+    // The runtime, reading the node's directories, gets the pod enforced.
+    let mut runtime = Runtime::new(vec![CNI_BIN.into(), bin_dir.clone()], &node);
+    let sandbox = Sandbox::new("installed");
+    let results = runtime.add(&installed, &sandbox.attachment).expect("ADD");
+    assert_eq!(tcp(&a, pod_ip(&results[1]), 8080), ProbeOutcome::NoAnswer);
+    runtime.del(&installed, &sandbox.attachment).expect("DEL");
+
+    // A clean stop takes both out again.
+    agent.terminate();
+    let after: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("conflist")).expect("JSON");
+    assert_eq!(after, original, "the conflist as it was");
+    assert!(!bin_dir.join("podfence-cni").exists(), "the binary removed");
+}

@@ -26,6 +26,7 @@
 //! threads inherit it.
 
 pub mod cni;
+pub mod cni_install;
 pub mod control_socket;
 pub mod denials;
 pub mod metrics;

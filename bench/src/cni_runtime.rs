@@ -76,6 +76,22 @@ pub struct PluginOutput {
     pub success: bool,
 }
 
+/// A CNI error a plugin printed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{plugin} {command} failed: code {code}: {msg}: {details}")]
+pub struct PluginError {
+    /// Its type.
+    pub plugin: String,
+    /// The command.
+    pub command: String,
+    /// The error's code.
+    pub code: u64,
+    /// Its message.
+    pub msg: String,
+    /// Its details.
+    pub details: String,
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -91,21 +107,8 @@ pub enum CniError {
         source: std::io::Error,
     },
     /// The plugin failed with a CNI error.
-    #[error("{plugin} {command} failed: code {code}: {msg}: {details}")]
-    Plugin {
-        /// Its type.
-        plugin: String,
-        /// The command.
-        command: String,
-        /// The error's code.
-        code: u64,
-        /// Its message.
-        msg: String,
-        /// Its details.
-        details: String,
-        /// The error object as printed.
-        error: Value,
-    },
+    #[error(transparent)]
+    Plugin(Box<PluginError>),
     /// The plugin's output is not what the specification says.
     #[error("{plugin} {command}: unexpected output {stdout:?} (stderr {stderr:?})")]
     Output {
@@ -136,7 +139,7 @@ impl CniError {
     #[must_use]
     pub fn code(&self) -> Option<u64> {
         match self {
-            Self::Plugin { code, .. } => Some(*code),
+            Self::Plugin(e) => Some(e.code),
             _ => None,
         }
     }
@@ -317,7 +320,7 @@ impl Runtime {
                 .unwrap_or_default()
                 .to_owned()
         };
-        Err(CniError::Plugin {
+        Err(CniError::Plugin(Box::new(PluginError {
             plugin: plugin.to_owned(),
             command: command.to_owned(),
             code: error
@@ -326,8 +329,7 @@ impl Runtime {
                 .ok_or_else(unexpected)?,
             msg: field("msg"),
             details: field("details"),
-            error,
-        })
+        })))
     }
 
     /// Runs one plugin with `stdin` as it is (for malformed input).

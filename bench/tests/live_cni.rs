@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 /// Pods a and b run (the testbed wires them); `new` is scheduled here but
 /// has no address yet: the CNI chain gives it one. It accepts TCP 8080
 /// from b only, and may send nothing.
-const CLUSTER: &str = r#"
+const CLUSTER: &str = r"
 apiVersion: v1
 kind: Namespace
 metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}
@@ -71,7 +71,7 @@ spec:
   ingress:
   - from: [{podSelector: {matchLabels: {pod: b}}}]
     ports: [{protocol: TCP, port: 8080}]
-"#;
+";
 
 const CNI_BIN: &str = "/usr/lib/cni";
 const PROBE: Duration = Duration::from_millis(700);

@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(plugins.len(), 3);
         assert_eq!(plugins[2]["failMode"], "open");
         // Removal restores the list and removes the binary.
-        assert_eq!(install.uninstall().unwrap(), [list.clone()]);
+        assert_eq!(install.uninstall().unwrap(), std::slice::from_ref(&list));
         assert_eq!(read(&list), serde_json::from_str::<Value>(KINDNET).unwrap());
         assert!(!install.bin_dir.join(PLUGIN).exists());
         assert!(install.uninstall().unwrap().is_empty(), "idempotent");

@@ -613,6 +613,7 @@ impl Agent {
     /// Waits until every worker has applied the commands sent so far (new
     /// ports, forwarding tables) and is past the generation published
     /// before this call; `false` when one did not within `timeout`.
+    #[must_use]
     pub fn sync_workers(&self, timeout: Duration) -> bool {
         let (done, synced) = mpsc::channel();
         let mut asked = 0;

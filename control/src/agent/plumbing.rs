@@ -245,10 +245,10 @@ fn link(name: &str) -> Result<Option<Link>, AgentError> {
 /// neighbour table (or, failing that, from `known_macs`: what the CNI
 /// reported). Routes through `host_if` (ours) are skipped, as are routes
 /// via a gateway (not a directly attached pod).
-pub fn discover(
+pub fn discover<S: std::hash::BuildHasher>(
     addrs: &[IpAddr],
     host_if: &str,
-    known_macs: &HashMap<IpAddr, [u8; 6]>,
+    known_macs: &HashMap<IpAddr, [u8; 6], S>,
 ) -> Result<Discovery, AgentError> {
     let wanted: HashSet<IpAddr> = addrs.iter().copied().collect();
     let mut dev_of: HashMap<IpAddr, String> = HashMap::new();

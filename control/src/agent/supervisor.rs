@@ -217,27 +217,9 @@ impl Supervisor {
         }
         let pods = PodTracker::new(&status);
         let status = Arc::new(Mutex::new(Some(status)));
-        let mut cni = None;
-        let control = control_socket.and_then(|path| {
-            let (calls_tx, calls) = mpsc::channel();
-            cni = Some(CniRequests {
-                calls,
-                pending: Vec::new(),
-                last_reconcile: Instant::now(),
-            });
-            let state = ControlState {
-                tables: agent.tables().clone(),
-                status: Arc::clone(&status),
-                workers: worker_counters,
-                cni: Some(calls_tx),
-            };
-            ControlSocket::start(&path, state)
-                .inspect_err(|e| {
-                    warn!(path = %path.display(), error = %e,
-                        "no control socket: `podfence status` and `explain --agent` will not reach this agent");
-                })
-                .ok()
-        });
+        let (control, cni) = control_socket
+            .and_then(|path| start_control(&path, &agent, &status, worker_counters))
+            .unzip();
         Ok(Some(Self {
             agent,
             source: running,
@@ -337,58 +319,11 @@ impl Supervisor {
 
     fn serve_cni_calls(&mut self, cni: &mut CniRequests, calls: Vec<CniCall>) {
         let tables = self.agent.tables().clone();
-        let mut changed = false;
-        // Answers due once the workers have applied what this round did.
-        let mut after_sync: Vec<(Reply, String)> = Vec::new();
-        let mut checks: Vec<(Reply, PodRequest)> = Vec::new();
-        for CniCall { request, reply } in calls {
-            match request {
-                CniRequest::Adopt(pod) => {
-                    if let Ok(Some(mac)) = pod.mac() {
-                        for &addr in &pod.addresses {
-                            self.agent.set_known_mac(addr, Some(mac));
-                        }
-                    }
-                    let known =
-                        tables.record_cni_addresses(pod.key(), &pod.container_id, &pod.addresses);
-                    info!(pod = %pod.key(), container = pod.container_id, addresses = ?pod.addresses, ?known, "CNI adopt");
-                    changed = true;
-                    cni.pending.push(PendingAdopt {
-                        pod,
-                        reply,
-                        deadline: Instant::now() + ADOPT_TIMEOUT,
-                    });
-                }
-                CniRequest::Release(pod) => {
-                    let key = pod.key();
-                    let held = tables.cni_addresses(&key);
-                    let released = tables.forget_cni_addresses(&key, &pod.container_id);
-                    if released {
-                        for addr in held.into_iter().flat_map(|(_, ips)| ips) {
-                            self.agent.set_known_mac(addr, None);
-                        }
-                        changed = true;
-                    }
-                    cni.pending.retain(|p| {
-                        let same = p.pod.key() == key && p.pod.container_id == pod.container_id;
-                        if same {
-                            let _ = p.reply.send(Err("released before it was enforced".into()));
-                        }
-                        !same
-                    });
-                    info!(pod = %key, container = pod.container_id, released, "CNI release");
-                    after_sync.push((reply, serde_json::json!({"released": released}).to_string()));
-                }
-                CniRequest::Check(pod) => checks.push((reply, pod)),
-                CniRequest::Gc(gc) => {
-                    let gone = tables.retain_cni_addresses(&gc.valid_container_ids);
-                    changed |= !gone.is_empty();
-                    let gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
-                    info!(released = ?gone, "CNI garbage collection");
-                    after_sync.push((reply, serde_json::json!({"released": gone}).to_string()));
-                }
-            }
-        }
+        let Taken {
+            changed,
+            mut after_sync,
+            checks,
+        } = self.take_cni_calls(cni, calls);
         // While adopts wait (for a route, for the pod in the cluster
         // state), the datapath is reconciled five times a second.
         if changed || cni.last_reconcile.elapsed() >= Duration::from_millis(200) {
@@ -446,6 +381,69 @@ impl Supervisor {
         }
     }
 
+    /// Applies the new requests to the tables: adopts become pending,
+    /// releases and collections are done.
+    fn take_cni_calls(&mut self, cni: &mut CniRequests, calls: Vec<CniCall>) -> Taken {
+        let tables = self.agent.tables().clone();
+        let mut changed = false;
+        // Answers due once the workers have applied what this round did.
+        let mut after_sync: Vec<(Reply, String)> = Vec::new();
+        let mut checks: Vec<(Reply, PodRequest)> = Vec::new();
+        for CniCall { request, reply } in calls {
+            match request {
+                CniRequest::Adopt(pod) => {
+                    if let Ok(Some(mac)) = pod.mac() {
+                        for &addr in &pod.addresses {
+                            self.agent.set_known_mac(addr, Some(mac));
+                        }
+                    }
+                    let known =
+                        tables.record_cni_addresses(pod.key(), &pod.container_id, &pod.addresses);
+                    info!(pod = %pod.key(), container = pod.container_id, addresses = ?pod.addresses, ?known, "CNI adopt");
+                    changed = true;
+                    cni.pending.push(PendingAdopt {
+                        pod,
+                        reply,
+                        deadline: Instant::now() + ADOPT_TIMEOUT,
+                    });
+                }
+                CniRequest::Release(pod) => {
+                    let key = pod.key();
+                    let held = tables.cni_addresses(&key);
+                    let released = tables.forget_cni_addresses(&key, &pod.container_id);
+                    if released {
+                        for addr in held.into_iter().flat_map(|(_, ips)| ips) {
+                            self.agent.set_known_mac(addr, None);
+                        }
+                        changed = true;
+                    }
+                    cni.pending.retain(|p| {
+                        let same = p.pod.key() == key && p.pod.container_id == pod.container_id;
+                        if same {
+                            let _ = p.reply.send(Err("released before it was enforced".into()));
+                        }
+                        !same
+                    });
+                    info!(pod = %key, container = pod.container_id, released, "CNI release");
+                    after_sync.push((reply, serde_json::json!({"released": released}).to_string()));
+                }
+                CniRequest::Check(pod) => checks.push((reply, pod)),
+                CniRequest::Gc(gc) => {
+                    let gone = tables.retain_cni_addresses(&gc.valid_container_ids);
+                    changed |= !gone.is_empty();
+                    let gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
+                    info!(released = ?gone, "CNI garbage collection");
+                    after_sync.push((reply, serde_json::json!({"released": gone}).to_string()));
+                }
+            }
+        }
+        Taken {
+            changed,
+            after_sync,
+            checks,
+        }
+    }
+
     /// Stops the source, then the agent.
     pub fn stop(self) -> Result<Vec<WorkerReport>, AgentError> {
         let Self { agent, source, .. } = self;
@@ -457,6 +455,35 @@ impl Supervisor {
         }
         agent.stop()
     }
+}
+
+/// The control socket at `path`, and the queue of the CNI requests it
+/// takes; `None`, with a warning, when it cannot listen.
+fn start_control(
+    path: &std::path::Path,
+    agent: &Agent,
+    status: &Arc<Mutex<Option<AgentStatus>>>,
+    workers: Arc<super::metrics::WorkerCounters>,
+) -> Option<(ControlSocket, CniRequests)> {
+    let (calls_tx, calls) = mpsc::channel();
+    let state = ControlState {
+        tables: agent.tables().clone(),
+        status: Arc::clone(status),
+        workers,
+        cni: Some(calls_tx),
+    };
+    let socket = ControlSocket::start(path, state)
+        .inspect_err(|e| {
+            warn!(path = %path.display(), error = %e,
+                "no control socket: `podfence status`, `explain --agent` and podfence-cni will not reach this agent");
+        })
+        .ok()?;
+    let cni = CniRequests {
+        calls,
+        pending: Vec::new(),
+        last_reconcile: Instant::now(),
+    };
+    Some((socket, cni))
 }
 
 /// Watches the API until every kind has listed once (nothing is enforced
@@ -564,6 +591,16 @@ impl PodTracker {
 
 /// Where a CNI request's answer goes.
 type Reply = mpsc::Sender<Result<String, String>>;
+
+/// What a round of CNI requests left to do.
+struct Taken {
+    /// The tables' CNI addresses changed: reconcile now.
+    changed: bool,
+    /// Answers due once the workers have applied the round.
+    after_sync: Vec<(Reply, String)>,
+    /// Checks to answer after the reconcile.
+    checks: Vec<(Reply, PodRequest)>,
+}
 
 /// The CNI plugin's requests, and the adopts waiting to be in force.
 struct CniRequests {

@@ -390,13 +390,13 @@ fn status(conf: &NetConf) -> Result<Output, Error> {
 }
 
 fn gc(conf: &NetConf) -> Result<Output, Error> {
+    // Without the list nothing can be told stale: nothing is released.
+    let Some(valid) = &conf.valid_attachments else {
+        return Ok(Output::ok(String::new())
+            .note("podfence-cni: GC without cni.dev/valid-attachments releases nothing".into()));
+    };
     let request = Gc {
-        valid_container_ids: conf
-            .valid_attachments
-            .iter()
-            .flatten()
-            .map(|a| a.container_id.clone())
-            .collect(),
+        valid_container_ids: valid.iter().map(|a| a.container_id.clone()).collect(),
     };
     match agent::ask(&conf.control_socket, "gc", &request) {
         Ok(_) => Ok(Output::ok(String::new())),

@@ -260,3 +260,64 @@ impl TablePublisher {
         self.locality.addresses(&cni.overlay(last))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodPhase;
+
+    fn pod(name: &str, ips: &[IpAddr]) -> crate::model::Pod {
+        crate::model::Pod {
+            namespace: "x".into(),
+            name: name.into(),
+            labels: crate::model::Labels::default(),
+            node: None,
+            host_network: false,
+            phase: PodPhase::Pending,
+            ips: ips.to_vec(),
+            host_ips: Vec::new(),
+            named_ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cni_addresses_are_compiled_in_until_forgotten() {
+        let ip: IpAddr = "10.1.0.5".parse().unwrap();
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        let tables = TablePublisher::new(CompileOptions::default());
+        let mut cluster = Cluster::default();
+        cluster.apply(pod("new", &[]));
+        cluster.apply(pod("old", &[other]));
+        tables.publish(&cluster, None);
+        assert_eq!(tables.local_addresses(), [other]);
+        let key = ObjectKey::new("x", "new");
+
+        // A pod the state does not have yet: recorded, nothing published.
+        let later = ObjectKey::new("x", "later");
+        assert_eq!(
+            tables.record_cni_addresses(later.clone(), "c0", &["10.1.0.6".parse().unwrap()]),
+            CniRecorded::Unknown
+        );
+        assert_eq!(tables.generation(), 1);
+
+        assert_eq!(
+            tables.record_cni_addresses(key.clone(), "c1", &[ip]),
+            CniRecorded::Known
+        );
+        assert_eq!(tables.generation(), 2, "published at once");
+        let (in_force, generation) = tables.in_force();
+        assert_eq!(in_force.pods[&key].ips, [ip]);
+        assert_eq!(generation.tables.generation(), 2);
+        assert_eq!(tables.local_addresses(), [other, ip]);
+        // The next state the source publishes keeps them.
+        tables.publish(&cluster, None);
+        assert_eq!(tables.in_force().0.pods[&key].ips, [ip]);
+
+        // Another sandbox's release leaves them; the pod's own takes them.
+        assert!(!tables.forget_cni_addresses(&key, "c0"));
+        assert!(tables.forget_cni_addresses(&key, "c1"));
+        assert!(!tables.in_force().0.pods.contains_key(&key));
+        assert_eq!(tables.local_addresses(), [other]);
+        assert_eq!(tables.retain_cni_addresses(&[]), [later]);
+    }
+}

@@ -511,3 +511,42 @@ fn the_agent_installs_the_plugin_while_it_runs() {
     assert_eq!(after, original, "the conflist as it was");
     assert!(!bin_dir.join("podfence-cni").exists(), "the binary removed");
 }
+
+#[test]
+fn a_pod_the_agent_does_not_know_is_refused() {
+    if skip() {
+        return;
+    }
+    let (bed, dir, manifests) =
+        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "cni-unknown");
+    let node = bed.node_netns().to_owned();
+    let _agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir.0, &[]);
+    let socket = dir.0.join("control.sock");
+    let mut runtime = Runtime::new(vec![CNI_BIN.into(), plugin_dir()], &node);
+    let list = conflist("1.0.0", &socket, "closed", &dir.0.join("ipam"));
+    let netns = Netns::new("pfcni").expect("pod namespace");
+    let ghost = Attachment::pod(
+        "x",
+        "ghost",
+        "ghost-sandbox",
+        &Path::new("/run/netns").join(netns.name()),
+    );
+    // Not in the manifests: the agent cannot compile its policies, and
+    // refuses once its time is up.
+    let started = std::time::Instant::now();
+    let refused = runtime.add(&list, &ghost).expect_err("refused");
+    assert_eq!(refused.code(), Some(100), "{refused}");
+    assert!(
+        refused.to_string().contains("not in the tables in force"),
+        "{refused}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert_eq!(
+        adopted(&socket),
+        ["10.244.1.1", "10.244.1.2"],
+        "nothing adopted"
+    );
+    runtime
+        .del(&list, &ghost)
+        .expect("DEL after the failed ADD");
+}

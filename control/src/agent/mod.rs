@@ -33,7 +33,7 @@ pub mod metrics;
 pub mod plumbing;
 pub mod supervisor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -248,7 +248,7 @@ pub struct Agent {
     pods: Discovery,
     /// Pods' MACs the CNI reported, for pods the neighbour table does not
     /// know yet.
-    known_macs: std::collections::HashMap<IpAddr, [u8; 6]>,
+    known_macs: HashMap<IpAddr, [u8; 6]>,
     /// The network namespace it started in (inode of
     /// `/proc/thread-self/ns/net`).
     netns: Option<u64>,
@@ -323,7 +323,7 @@ impl Agent {
             rule_families: Vec::new(),
             adopted: Vec::new(),
             pods: Discovery::default(),
-            known_macs: std::collections::HashMap::new(),
+            known_macs: HashMap::new(),
             netns: current_netns(),
             denials,
             reporter: Some(reporter),

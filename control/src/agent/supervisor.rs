@@ -353,7 +353,11 @@ impl Supervisor {
                 }
                 Some(why) if now >= adopt.deadline => {
                     warn!(pod = %adopt.pod.key(), why, "CNI adopt refused: not in force in time");
-                    tables.forget_cni_addresses(&adopt.pod.key(), &adopt.pod.container_id);
+                    if tables.forget_cni_addresses(&adopt.pod.key(), &adopt.pod.container_id) {
+                        for &addr in &adopt.pod.addresses {
+                            self.agent.set_known_mac(addr, None);
+                        }
+                    }
                     timed_out = true;
                     let _ = adopt
                         .reply

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod apiserver;
+pub mod cni_runtime;
 pub mod kube_proxy;
 pub mod live;
 pub mod nft;

@@ -5,7 +5,13 @@
 //! states (the manifest reload, the Kubernetes source) and by the agent,
 //! whose workers read its [`Publisher`]. Generations are numbered here,
 //! once, whatever publishes them.
+//!
+//! It also holds the pod addresses this node's CNI plugin reported
+//! ([`CniAddresses`]): every state is compiled with them overlaid, so that
+//! a pod the runtime just wired is in the tables before the API (or the
+//! manifests) have its address, whichever source publishes next.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -15,8 +21,9 @@ use podfence_datapath::{ServiceTable, Tables};
 use tracing::{info, warn};
 
 use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler, ServicesConfig};
-use crate::index::Cluster;
+use crate::index::{Cluster, CniAddresses};
 use crate::metrics::ControlMetrics;
+use crate::model::ObjectKey;
 
 /// What one publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +35,25 @@ pub struct Published {
 }
 
 /// The policy and the service compiler, kept together from one generation
-/// to the next.
+/// to the next, with what the next compile starts from.
 #[derive(Debug)]
 struct Compilers {
     policies: Compiler,
     services: ServiceCompiler,
+    /// The state last published, as its source gave it.
+    last: Cluster,
+    /// Addresses from the CNI, overlaid on every state compiled.
+    cni: CniAddresses,
+}
+
+/// What recording a pod's CNI addresses found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CniRecorded {
+    /// The pod is in the state published (and the generation now in force
+    /// has it with these addresses, or with its own).
+    Known,
+    /// The pod is not in the state (yet): the addresses apply once it is.
+    Unknown,
 }
 
 /// Compiles cluster states for one node and publishes them.
@@ -58,6 +79,8 @@ impl TablePublisher {
             compiler: Arc::new(Mutex::new(Compilers {
                 services: ServiceCompiler::new(options.locality.clone(), ServicesConfig::default()),
                 policies: Compiler::new(options),
+                last: Cluster::default(),
+                cni: CniAddresses::default(),
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
@@ -112,14 +135,33 @@ impl TablePublisher {
     /// `caused_at`: when the oldest change it reflects was seen.
     pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> Published {
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        cluster.clone_into(&mut incremental.last);
+        self.publish_locked(incremental, caused_at)
+    }
+
+    /// Compiles the last state given, with the CNI's addresses, and swaps
+    /// it in; releases the lock once the generation is in force.
+    fn publish_locked(
+        &self,
+        mut incremental: std::sync::MutexGuard<'_, Compilers>,
+        caused_at: Option<Instant>,
+    ) -> Published {
         let started = Instant::now();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        let compiled = incremental.policies.compile(cluster, generation);
-        let services = incremental.services.compile(cluster);
+        let Compilers {
+            policies,
+            services,
+            last,
+            cni,
+        } = &mut *incremental;
+        let cluster = cni.overlay(last);
+        let compiled = policies.compile(&cluster, generation);
+        let services = services.compile(&cluster);
         for w in compiled.warnings.iter().chain(&services.warnings) {
             warn!(warning = %w, "compile");
         }
         let compile_time = started.elapsed();
+        let (pods, policies) = (cluster.pods.len(), cluster.policies.len());
         self.publisher
             .publish(compiled.tables, services.table, caused_at);
         self.generation.store(generation, Ordering::Release);
@@ -137,8 +179,8 @@ impl TablePublisher {
         }
         info!(
             generation,
-            pods = cluster.pods.len(),
-            policies = cluster.policies.len(),
+            pods,
+            policies,
             compile_ms = compile_time.as_secs_f64() * 1e3,
             since_change_ms = caused_at.map(|t| t.elapsed().as_secs_f64() * 1e3),
             "tables published"
@@ -147,5 +189,135 @@ impl TablePublisher {
             generation,
             compile_time,
         }
+    }
+
+    /// Records that sandbox `container_id` of `pod` has `ips` (from the
+    /// CNI) and, when the pod is in the state and has no addresses of its
+    /// own, publishes a generation with them.
+    pub fn record_cni_addresses(
+        &self,
+        pod: ObjectKey,
+        container_id: &str,
+        ips: &[IpAddr],
+    ) -> CniRecorded {
+        let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(held) = incremental.last.pods.get(&pod).cloned() else {
+            incremental.cni.insert(pod, container_id, ips);
+            return CniRecorded::Unknown;
+        };
+        if incremental.cni.insert(pod, container_id, ips) && held.ips.is_empty() {
+            let _ = self.publish_locked(incremental, Some(Instant::now()));
+        }
+        CniRecorded::Known
+    }
+
+    /// Forgets the CNI's addresses of `pod` if they are sandbox
+    /// `container_id`'s, publishing a generation without them when they
+    /// were in force. Returns whether there were any.
+    pub fn forget_cni_addresses(&self, pod: &ObjectKey, container_id: &str) -> bool {
+        let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        if !incremental.cni.remove(pod, container_id) {
+            return false;
+        }
+        if incremental
+            .last
+            .pods
+            .get(pod)
+            .is_some_and(|p| p.ips.is_empty())
+        {
+            let _ = self.publish_locked(incremental, Some(Instant::now()));
+        }
+        true
+    }
+
+    /// Forgets the CNI's addresses of every sandbox not in `valid`,
+    /// publishing a generation without them; returns the pods.
+    pub fn retain_cni_addresses(&self, valid: &[String]) -> Vec<ObjectKey> {
+        let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone = incremental.cni.retain_containers(valid);
+        if !gone.is_empty() {
+            let _ = self.publish_locked(incremental, Some(Instant::now()));
+        }
+        gone
+    }
+
+    /// The sandbox and addresses the CNI reported for `pod`, if any.
+    #[must_use]
+    pub fn cni_addresses(&self, pod: &ObjectKey) -> Option<(String, Vec<IpAddr>)> {
+        let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        incremental
+            .cni
+            .get(pod)
+            .map(|(id, ips)| (id.to_owned(), ips.to_vec()))
+    }
+
+    /// Addresses of the local pods policy applies to in the state last
+    /// published, the CNI's included: what the datapath must adopt.
+    #[must_use]
+    pub fn local_addresses(&self) -> Vec<IpAddr> {
+        let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        let Compilers { last, cni, .. } = &mut *incremental;
+        self.locality.addresses(&cni.overlay(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodPhase;
+
+    fn pod(name: &str, ips: &[IpAddr]) -> crate::model::Pod {
+        crate::model::Pod {
+            namespace: "x".into(),
+            name: name.into(),
+            labels: crate::model::Labels::default(),
+            node: None,
+            host_network: false,
+            phase: PodPhase::Pending,
+            ips: ips.to_vec(),
+            host_ips: Vec::new(),
+            named_ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cni_addresses_are_compiled_in_until_forgotten() {
+        let ip: IpAddr = "10.1.0.5".parse().unwrap();
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        let tables = TablePublisher::new(CompileOptions::default());
+        let mut cluster = Cluster::default();
+        cluster.apply(pod("new", &[]));
+        cluster.apply(pod("old", &[other]));
+        tables.publish(&cluster, None);
+        assert_eq!(tables.local_addresses(), [other]);
+        let key = ObjectKey::new("x", "new");
+
+        // A pod the state does not have yet: recorded, nothing published.
+        let later = ObjectKey::new("x", "later");
+        assert_eq!(
+            tables.record_cni_addresses(later.clone(), "c0", &["10.1.0.6".parse().unwrap()]),
+            CniRecorded::Unknown
+        );
+        assert_eq!(tables.generation(), 1);
+
+        assert_eq!(
+            tables.record_cni_addresses(key.clone(), "c1", &[ip]),
+            CniRecorded::Known
+        );
+        assert_eq!(tables.generation(), 2, "published at once");
+        let (in_force, generation) = tables.in_force();
+        assert_eq!(in_force.pods[&key].ips, [ip]);
+        assert_eq!(generation.tables.generation(), 2);
+        assert_eq!(tables.local_addresses(), [other, ip]);
+        // The next state the source publishes keeps them.
+        tables.publish(&cluster, None);
+        assert_eq!(tables.in_force().0.pods[&key].ips, [ip]);
+
+        // Another sandbox's release leaves them; the pod's own takes them.
+        assert!(!tables.forget_cni_addresses(&key, "c0"));
+        assert!(tables.forget_cni_addresses(&key, "c1"));
+        assert!(!tables.in_force().0.pods.contains_key(&key));
+        assert_eq!(tables.local_addresses(), [other]);
+        assert_eq!(tables.retain_cni_addresses(&[]), [later]);
     }
 }

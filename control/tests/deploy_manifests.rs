@@ -2,8 +2,9 @@
 //! (its command, its arguments, the ConfigMap's settings and its own
 //! environment) is accepted by the binary's parser, the probes reach the
 //! address and the paths the agent serves, the ClusterRole grants reading
-//! the kinds the agent watches and nothing more, and the container
-//! gets its capabilities one by one. (scripts/validate-deploy checks the
+//! the kinds the agent watches and nothing more, the container
+//! gets its capabilities one by one, and podfence-cni lands where the
+//! node's runtime finds it and reaches the agent's socket from the node. (scripts/validate-deploy checks the
 //! manifests against the Kubernetes schemas.)
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -489,8 +490,62 @@ fn the_agent_gets_capabilities_one_by_one() {
     let containerfile = std::fs::read_to_string(deploy().join("Containerfile")).unwrap();
     for installed in [
         "/usr/local/bin/podfence ",
+        "/usr/local/bin/podfence-cni",
         "/usr/local/bin/podfence-entrypoint",
     ] {
         assert!(containerfile.contains(installed), "{installed}");
     }
+}
+
+/// The node path a container path is on, through the container's hostPath
+/// mounts.
+fn node_path(ds: &DaemonSet, container_path: &str) -> Option<String> {
+    let spec = pod_spec(ds);
+    agent(ds)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| {
+            Path::new(container_path).starts_with(&m.mount_path) && m.read_only != Some(true)
+        })
+        .find_map(|m| {
+            let volume = spec.volumes.iter().flatten().find(|v| v.name == m.name)?;
+            let host = volume.host_path.as_ref()?;
+            assert_eq!(
+                host.type_.as_deref(),
+                Some("DirectoryOrCreate"),
+                "{}: made if missing",
+                m.name
+            );
+            let rest = Path::new(container_path).strip_prefix(&m.mount_path).ok()?;
+            Some(if rest.as_os_str().is_empty() {
+                host.path.clone()
+            } else {
+                Path::new(&host.path).join(rest).display().to_string()
+            })
+        })
+}
+
+#[test]
+fn the_cni_plugin_lands_where_the_runtime_looks_and_reaches_the_agent() {
+    let ds: DaemonSet = the("DaemonSet");
+    let env = environment(&ds);
+    // The agent installs podfence-cni into the node's CNI directories
+    // (containerd's and CRI-O's defaults), writable through hostPath.
+    for (var, node) in [
+        ("PODFENCE_CNI_BIN_DIR", "/opt/cni/bin"),
+        ("PODFENCE_CNI_CONF_DIR", "/etc/cni/net.d"),
+    ] {
+        let dir = env.get(var).unwrap_or_else(|| panic!("{var} is set"));
+        assert_eq!(node_path(&ds, dir).as_deref(), Some(node), "{var}");
+    }
+    // The entry names the agent's socket, and the plugin runs on the node:
+    // the socket must be at the same path there.
+    let socket = env.get("PODFENCE_CONTROL_SOCKET").map_or(
+        podfence_control::agent::control_socket::DEFAULT_PATH,
+        String::as_str,
+    );
+    assert_eq!(node_path(&ds, socket).as_deref(), Some(socket));
+    // The plugin's default is that path too.
+    assert_eq!(socket, "/run/podfence/control.sock");
 }

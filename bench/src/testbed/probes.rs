@@ -139,6 +139,26 @@ impl Testbed {
         }
     }
 
+    /// A TCP connection from any namespace `netns` (a pod the testbed did
+    /// not build, such as one a CNI chain wired; source address chosen by
+    /// its routes) to `dst:port`: what answered.
+    pub fn tcp_probe_from(
+        netns: &str,
+        dst: IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        let any = if dst.is_ipv4() {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        in_netns(netns, || tcp_probe(any, dst, port, timeout)).map_err(io_err(format!(
+            "TCP from {netns} to {}",
+            SocketAddr::new(dst, port)
+        )))
+    }
+
     /// A UDP exchange from a fixed source port, so that repeated calls are
     /// one flow (one conntrack entry) and not one connection each.
     pub fn udp_exchange(

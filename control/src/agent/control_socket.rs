@@ -3,16 +3,23 @@
 //! and `podfence explain --agent` (a verdict from the tables in force, with
 //! their generation).
 //!
+//! It also takes the CNI plugin's requests (`podfence-cni`): `adopt`,
+//! `release`, `check` and `gc` (see [`super::cni`]), handed to the
+//! supervisor, and `ping`.
+//!
 //! One request line per connection, one answer, then the connection
-//! closes: `status`, or `explain` and a probe line (`SRC DST PROTO PORT`,
-//! tab- or space-separated). Answers are JSON for `status` and text for
-//! `explain`; an error answer starts with `error:`.
+//! closes: `status`, `ping`, `explain` and a probe line (`SRC DST PROTO
+//! PORT`, tab- or space-separated), or a CNI verb and a JSON object.
+//! Answers are JSON for `status`, `ping` and the CNI verbs and text for
+//! `explain`; an error answer starts with `error:`. Each connection is
+//! answered on a thread of its own, so an adopt that waits does not hold
+//! up the others.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,6 +27,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::AgentStatus;
+use super::cni::{ANSWER_TIMEOUT, CniCall, CniRequest};
 use super::metrics::WorkerCounters;
 use crate::probe::{self, Answer, Explanation, Probe, ServiceExplanation, ServiceTables};
 use crate::publish::TablePublisher;
@@ -39,7 +47,13 @@ pub struct ControlState {
     pub status: Arc<Mutex<Option<AgentStatus>>>,
     /// Worker and conntrack counters.
     pub workers: Arc<WorkerCounters>,
+    /// Where the CNI plugin's requests go (the supervisor); without it
+    /// they are refused.
+    pub cni: Option<mpsc::Sender<CniCall>>,
 }
+
+/// Longest request line read.
+const MAX_REQUEST: u64 = 64 * 1024;
 
 /// The socket server; stopped (and its socket removed) on drop.
 #[derive(Debug)]
@@ -92,8 +106,16 @@ fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = answer(stream, state) {
-                    warn!(error = %e, "control socket request");
+                let state = state.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("podfence-control-request".into())
+                    .spawn(move || {
+                        if let Err(e) = answer(stream, &state) {
+                            warn!(error = %e, "control socket request");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    warn!(error = %e, "control socket: cannot start a thread for a request");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -112,19 +134,42 @@ fn answer(stream: UnixStream, state: &ControlState) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?)
-        .take(4096)
+        .take(MAX_REQUEST)
         .read_line(&mut line)?;
     let line = line.trim();
-    let reply = match line.split_once(char::is_whitespace) {
-        _ if line == "status" => status(state),
-        Some(("explain", probe)) => explain(state, probe),
-        _ => format!(
-            "error: unknown request {line:?} (ask `status` or `explain SRC DST PROTO PORT`)"
-        ),
+    let (verb, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let reply = match verb {
+        "status" => status(state),
+        "ping" => json!({"ready": state.cni.is_some()}).to_string(),
+        "explain" => explain(state, rest),
+        _ => match CniRequest::parse(verb, rest) {
+            Some(Ok(request)) => cni(state, request),
+            Some(Err(e)) => format!("error: {e}"),
+            None => format!(
+                "error: unknown request {line:?} (ask `status` or `explain SRC DST PROTO PORT`)"
+            ),
+        },
     };
     let mut stream = stream;
     stream.write_all(reply.as_bytes())?;
     stream.write_all(b"\n")
+}
+
+/// Hands `request` to the supervisor and waits for its answer.
+fn cni(state: &ControlState, request: CniRequest) -> String {
+    let Some(supervisor) = &state.cni else {
+        return "error: this agent takes no CNI requests".into();
+    };
+    let (reply, answer) = mpsc::channel();
+    if supervisor.send(CniCall { request, reply }).is_err() {
+        return "error: the agent is stopping".into();
+    }
+    match answer.recv_timeout(ANSWER_TIMEOUT) {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(why)) => format!("error: {why}"),
+        Err(mpsc::RecvTimeoutError::Timeout) => "error: the agent did not answer in time".into(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => "error: the agent is stopping".into(),
+    }
 }
 
 fn status(state: &ControlState) -> String {

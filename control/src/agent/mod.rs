@@ -25,13 +25,15 @@
 //! The agent runs in the calling thread's network namespace: its worker
 //! threads inherit it.
 
+pub mod cni;
+pub mod cni_install;
 pub mod control_socket;
 pub mod denials;
 pub mod metrics;
 pub mod plumbing;
 pub mod supervisor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -211,15 +213,7 @@ pub fn locality(cluster: &Cluster, node_name: Option<&str>) -> Locality {
 /// Addresses of the pods `locality` makes local and that policy applies to.
 #[must_use]
 pub fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
-    let mut addrs: Vec<IpAddr> = cluster
-        .pods
-        .values()
-        .filter(|p| p.is_policy_endpoint() && locality.includes(p))
-        .flat_map(|p| p.ips.iter().copied())
-        .collect();
-    addrs.sort_unstable();
-    addrs.dedup();
-    addrs
+    locality.addresses(cluster)
 }
 
 /// What one worker did, reported when it stops.
@@ -252,6 +246,9 @@ pub struct Agent {
     rule_families: Vec<bool>,
     adopted: Vec<IpAddr>,
     pods: Discovery,
+    /// Pods' MACs the CNI reported, for pods the neighbour table does not
+    /// know yet.
+    known_macs: HashMap<IpAddr, [u8; 6]>,
     /// The network namespace it started in (inode of
     /// `/proc/thread-self/ns/net`).
     netns: Option<u64>,
@@ -326,6 +323,7 @@ impl Agent {
             rule_families: Vec::new(),
             adopted: Vec::new(),
             pods: Discovery::default(),
+            known_macs: HashMap::new(),
             netns: current_netns(),
             denials,
             reporter: Some(reporter),
@@ -342,7 +340,7 @@ impl Agent {
         let pair = plumbing::host_pair(&plumbing)?;
         let dp_link = pair.dp.clone();
         self.pair = Some(pair);
-        self.pods = plumbing::discover(&addrs, &plumbing.host_if)?;
+        self.pods = plumbing::discover(&addrs, &plumbing.host_if, &self.known_macs)?;
         for addr in &self.pods.unrouted {
             warn!(%addr, "local pod address has no host route of its own: not enforced");
         }
@@ -461,7 +459,7 @@ impl Agent {
     /// left for a later call.
     pub fn reconcile(&mut self, addrs: &[IpAddr]) -> Result<bool, AgentError> {
         let plumbing = self.options.plumbing.clone();
-        let found = plumbing::discover(addrs, &plumbing.host_if)?;
+        let found = plumbing::discover(addrs, &plumbing.host_if, &self.known_macs)?;
         let old_pods = std::mem::replace(&mut self.pods, found);
         // Gone, or replaced by another interface of the same name.
         let gone: Vec<String> = old_pods
@@ -588,6 +586,50 @@ impl Agent {
         Ok(())
     }
 
+    /// Remembers the MAC the CNI gave the pod at `addr` (used while the
+    /// neighbour table has none); `None` forgets it.
+    pub fn set_known_mac(&mut self, addr: IpAddr, mac: Option<[u8; 6]>) {
+        match mac {
+            Some(mac) => self.known_macs.insert(addr, mac),
+            None => self.known_macs.remove(&addr),
+        };
+    }
+
+    /// The interface the pod at `addr` is served on, and whether the
+    /// datapath knows its MAC; `None` when `addr` is not adopted.
+    #[must_use]
+    pub fn served(&self, addr: IpAddr) -> Option<(&str, bool)> {
+        if !self.adopted.contains(&addr) {
+            return None;
+        }
+        self.pods.pods.values().find_map(|p| {
+            let (_, mac) = p.addrs.iter().find(|(a, _)| *a == addr)?;
+            self.port_of
+                .contains_key(&p.link.name)
+                .then_some((p.link.name.as_str(), mac.is_some()))
+        })
+    }
+
+    /// Waits until every worker has applied the commands sent so far (new
+    /// ports, forwarding tables) and is past the generation published
+    /// before this call; `false` when one did not within `timeout`.
+    #[must_use]
+    pub fn sync_workers(&self, timeout: Duration) -> bool {
+        let (done, synced) = mpsc::channel();
+        let mut asked = 0;
+        for tx in &self.commands {
+            if tx.send(WorkerCommand::Sync(done.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        (0..asked).all(|_| {
+            synced
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_ok()
+        })
+    }
+
     /// Local pod addresses found without a host route of their own (not
     /// enforced until a later [`reconcile`](Self::reconcile) finds one).
     #[must_use]
@@ -691,6 +733,9 @@ enum WorkerCommand {
     RemovePort(usize),
     /// A new forwarding table.
     SetFib(Arc<Fib>),
+    /// Answer once the commands before are applied (the next batch reads
+    /// the generation in force).
+    Sync(mpsc::Sender<()>),
 }
 
 /// Clears a worker's running flag when the worker ends (also by panic).
@@ -738,6 +783,9 @@ fn run_worker(
                     if let Err(e) = switch.set_fib(fib) {
                         error!(worker = index, error = %e, "forwarding table refused; the old one stays");
                     }
+                }
+                WorkerCommand::Sync(done) => {
+                    let _ = done.send(());
                 }
             }
             wait = waiter(switch);

@@ -201,7 +201,7 @@ fn sysctl(key: &str, value: &str) -> Result<(), AgentError> {
     })
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {
@@ -242,9 +242,14 @@ fn link(name: &str) -> Result<Option<Link>, AgentError> {
 
 /// Finds the interface behind each of `addrs` (the local pods' addresses)
 /// from the main table's host routes, and the pods' MACs from the
-/// neighbour table. Routes through `host_if` (ours) are skipped, as are
-/// routes via a gateway (not a directly attached pod).
-pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError> {
+/// neighbour table (or, failing that, from `known_macs`: what the CNI
+/// reported). Routes through `host_if` (ours) are skipped, as are routes
+/// via a gateway (not a directly attached pod).
+pub fn discover<S: std::hash::BuildHasher>(
+    addrs: &[IpAddr],
+    host_if: &str,
+    known_macs: &HashMap<IpAddr, [u8; 6], S>,
+) -> Result<Discovery, AgentError> {
     let wanted: HashSet<IpAddr> = addrs.iter().copied().collect();
     let mut dev_of: HashMap<IpAddr, String> = HashMap::new();
     for family in ["-4", "-6"] {
@@ -289,7 +294,10 @@ pub fn discover(addrs: &[IpAddr], host_if: &str) -> Result<Discovery, AgentError
             found.unrouted.push(addr);
             continue;
         };
-        let mac = mac_of.get(&(dev.clone(), addr)).copied();
+        let mac = mac_of
+            .get(&(dev.clone(), addr))
+            .or_else(|| known_macs.get(&addr))
+            .copied();
         if mac.is_none() {
             warn!(%addr, dev, "no neighbour entry for the pod address: the datapath cannot reach it until the pod's MAC is known");
         }

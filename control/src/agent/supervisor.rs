@@ -14,7 +14,12 @@
 //! - the local pods' addresses are reconciled with the datapath at once
 //!   when they change, every second while some have no route yet (the CNI
 //!   may add it after the API reports the pod), every ten seconds otherwise
-//!   (a MAC may change).
+//!   (a MAC may change);
+//! - the CNI plugin's requests from the control socket are served
+//!   ([`super::cni`]): an adopt publishes a generation with the pod's CNI
+//!   addresses, adopts its veth at once, and is answered once the workers
+//!   have it all; the reconcile above stays the safety net for pods wired
+//!   while no agent ran.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::cni::{ADOPT_TIMEOUT, CniCall, CniRequest, PodRequest};
 use super::control_socket::{ControlSocket, ControlState};
 use super::metrics::MetricsServer;
 use super::{Agent, AgentError, AgentOptions, AgentStatus, WorkerReport, plumbing};
@@ -106,6 +112,7 @@ pub struct Supervisor {
     source: Running,
     agent: Agent,
     pods: PodTracker,
+    cni: Option<CniRequests>,
     status: Arc<Mutex<Option<AgentStatus>>>,
     status_refreshed: Instant,
     _control: Option<ControlSocket>,
@@ -210,23 +217,14 @@ impl Supervisor {
         }
         let pods = PodTracker::new(&status);
         let status = Arc::new(Mutex::new(Some(status)));
-        let control = control_socket.and_then(|path| {
-            let state = ControlState {
-                tables: agent.tables().clone(),
-                status: Arc::clone(&status),
-                workers: worker_counters,
-            };
-            ControlSocket::start(&path, state)
-                .inspect_err(|e| {
-                    warn!(path = %path.display(), error = %e,
-                        "no control socket: `podfence status` and `explain --agent` will not reach this agent");
-                })
-                .ok()
-        });
+        let (control, cni) = control_socket
+            .and_then(|path| start_control(&path, &agent, &status, worker_counters))
+            .unzip();
         Ok(Some(Self {
             agent,
             source: running,
             pods,
+            cni,
             status,
             status_refreshed: Instant::now(),
             _control: control,
@@ -259,6 +257,7 @@ impl Supervisor {
             }
             Running::Given { .. } => {}
         }
+        self.serve_cni();
         self.pods.maintain(&mut self.agent);
         if self.status_refreshed.elapsed() >= Duration::from_secs(1) {
             *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.agent.status());
@@ -300,10 +299,153 @@ impl Supervisor {
         }
         let tables = self.agent.tables();
         let generation = tables.publish(index.cluster(), Some(seen)).generation;
-        self.pods
-            .set(super::local_addresses(index.cluster(), tables.locality()));
+        self.pods.set(tables.local_addresses());
         self.pods.maintain(&mut self.agent);
         Some(generation)
+    }
+
+    /// Serves the CNI plugin's requests and answers the adopts that are in
+    /// force or out of time (see the module doc).
+    fn serve_cni(&mut self) {
+        let Some(mut cni) = self.cni.take() else {
+            return;
+        };
+        let calls: Vec<CniCall> = cni.calls.try_iter().collect();
+        if !calls.is_empty() || !cni.pending.is_empty() {
+            self.serve_cni_calls(&mut cni, calls);
+        }
+        self.cni = Some(cni);
+    }
+
+    fn serve_cni_calls(&mut self, cni: &mut CniRequests, calls: Vec<CniCall>) {
+        let tables = self.agent.tables().clone();
+        let Taken {
+            changed,
+            mut after_sync,
+            checks,
+        } = self.take_cni_calls(cni, calls);
+        // While adopts wait (for a route, for the pod in the cluster
+        // state), the datapath is reconciled five times a second.
+        if changed || cni.last_reconcile.elapsed() >= Duration::from_millis(200) {
+            self.pods.set(tables.local_addresses());
+            self.pods.force();
+            self.pods.maintain(&mut self.agent);
+            cni.last_reconcile = Instant::now();
+        }
+        let (in_force, _) = tables.in_force();
+        for (reply, pod) in checks {
+            let answer = match enforcement_gap(&self.agent, &in_force, tables.locality(), &pod) {
+                None => Ok(serde_json::json!({"enforced": true}).to_string()),
+                Some(why) => Err(format!("not enforced: {why}")),
+            };
+            let _ = reply.send(answer);
+        }
+        let now = Instant::now();
+        let mut timed_out = false;
+        for adopt in std::mem::take(&mut cni.pending) {
+            match enforcement_gap(&self.agent, &in_force, tables.locality(), &adopt.pod) {
+                None => {
+                    let answer = serde_json::json!({
+                        "generation": tables.generation(),
+                        "addresses": adopt.pod.addresses,
+                    });
+                    after_sync.push((adopt.reply, answer.to_string()));
+                }
+                Some(why) if now >= adopt.deadline => {
+                    warn!(pod = %adopt.pod.key(), why, "CNI adopt refused: not in force in time");
+                    if tables.forget_cni_addresses(&adopt.pod.key(), &adopt.pod.container_id) {
+                        for &addr in &adopt.pod.addresses {
+                            self.agent.set_known_mac(addr, None);
+                        }
+                    }
+                    timed_out = true;
+                    let _ = adopt
+                        .reply
+                        .send(Err(format!("not enforced within {ADOPT_TIMEOUT:?}: {why}")));
+                }
+                Some(_) => cni.pending.push(adopt),
+            }
+        }
+        if timed_out {
+            self.pods.set(tables.local_addresses());
+            self.pods.force();
+        }
+        if !after_sync.is_empty() {
+            // `podfence status` shows the change once the plugin returns.
+            *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.agent.status());
+            self.status_refreshed = Instant::now();
+            let synced = self.agent.sync_workers(Duration::from_secs(1));
+            for (reply, answer) in after_sync {
+                let _ = reply.send(if synced {
+                    Ok(answer)
+                } else {
+                    Err("the workers did not apply the change in time".into())
+                });
+            }
+        }
+    }
+
+    /// Applies the new requests to the tables: adopts become pending,
+    /// releases and collections are done.
+    fn take_cni_calls(&mut self, cni: &mut CniRequests, calls: Vec<CniCall>) -> Taken {
+        let tables = self.agent.tables().clone();
+        let mut changed = false;
+        // Answers due once the workers have applied what this round did.
+        let mut after_sync: Vec<(Reply, String)> = Vec::new();
+        let mut checks: Vec<(Reply, PodRequest)> = Vec::new();
+        for CniCall { request, reply } in calls {
+            match request {
+                CniRequest::Adopt(pod) => {
+                    if let Ok(Some(mac)) = pod.mac() {
+                        for &addr in &pod.addresses {
+                            self.agent.set_known_mac(addr, Some(mac));
+                        }
+                    }
+                    let known =
+                        tables.record_cni_addresses(pod.key(), &pod.container_id, &pod.addresses);
+                    info!(pod = %pod.key(), container = pod.container_id, addresses = ?pod.addresses, ?known, "CNI adopt");
+                    changed = true;
+                    cni.pending.push(PendingAdopt {
+                        pod,
+                        reply,
+                        deadline: Instant::now() + ADOPT_TIMEOUT,
+                    });
+                }
+                CniRequest::Release(pod) => {
+                    let key = pod.key();
+                    let held = tables.cni_addresses(&key);
+                    let released = tables.forget_cni_addresses(&key, &pod.container_id);
+                    if released {
+                        for addr in held.into_iter().flat_map(|(_, ips)| ips) {
+                            self.agent.set_known_mac(addr, None);
+                        }
+                        changed = true;
+                    }
+                    cni.pending.retain(|p| {
+                        let same = p.pod.key() == key && p.pod.container_id == pod.container_id;
+                        if same {
+                            let _ = p.reply.send(Err("released before it was enforced".into()));
+                        }
+                        !same
+                    });
+                    info!(pod = %key, container = pod.container_id, released, "CNI release");
+                    after_sync.push((reply, serde_json::json!({"released": released}).to_string()));
+                }
+                CniRequest::Check(pod) => checks.push((reply, pod)),
+                CniRequest::Gc(gc) => {
+                    let gone = tables.retain_cni_addresses(&gc.valid_container_ids);
+                    changed |= !gone.is_empty();
+                    let gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
+                    info!(released = ?gone, "CNI garbage collection");
+                    after_sync.push((reply, serde_json::json!({"released": gone}).to_string()));
+                }
+            }
+        }
+        Taken {
+            changed,
+            after_sync,
+            checks,
+        }
     }
 
     /// Stops the source, then the agent.
@@ -317,6 +459,35 @@ impl Supervisor {
         }
         agent.stop()
     }
+}
+
+/// The control socket at `path`, and the queue of the CNI requests it
+/// takes; `None`, with a warning, when it cannot listen.
+fn start_control(
+    path: &std::path::Path,
+    agent: &Agent,
+    status: &Arc<Mutex<Option<AgentStatus>>>,
+    workers: Arc<super::metrics::WorkerCounters>,
+) -> Option<(ControlSocket, CniRequests)> {
+    let (calls_tx, calls) = mpsc::channel();
+    let state = ControlState {
+        tables: agent.tables().clone(),
+        status: Arc::clone(status),
+        workers,
+        cni: Some(calls_tx),
+    };
+    let socket = ControlSocket::start(path, state)
+        .inspect_err(|e| {
+            warn!(path = %path.display(), error = %e,
+                "no control socket: `podfence status`, `explain --agent` and podfence-cni will not reach this agent");
+        })
+        .ok()?;
+    let cni = CniRequests {
+        calls,
+        pending: Vec::new(),
+        last_reconcile: Instant::now(),
+    };
+    Some((socket, cni))
 }
 
 /// Watches the API until every kind has listed once (nothing is enforced
@@ -334,13 +505,14 @@ fn start_from_api(
     // After each publish, the local pods' addresses when they changed, for
     // the agent to adopt new pods and release gone ones.
     let (addresses_tx, addresses) = mpsc::channel::<Vec<IpAddr>>();
-    let locality = tables.locality().clone();
+    let published = tables.clone();
     let mut last = Vec::new();
     let thread = SourceThread::spawn(target, tables.clone(), options, move |index, _| {
         if let Some(tx) = first_tx.take() {
             let _ = tx.send(index.cluster().clone());
         }
-        let now = super::local_addresses(index.cluster(), &locality);
+        // With the CNI's addresses of pods the API has none for yet.
+        let now = published.local_addresses();
         if now != last {
             let _ = addresses_tx.send(now.clone());
             last = now;
@@ -399,6 +571,11 @@ impl PodTracker {
         }
     }
 
+    /// Reconciles at the next [`maintain`](Self::maintain).
+    fn force(&mut self) {
+        self.changed = true;
+    }
+
     fn maintain(&mut self, agent: &mut Agent) {
         let every = if agent.unrouted().is_empty() {
             Duration::from_secs(10)
@@ -414,6 +591,72 @@ impl PodTracker {
             error!(error = %e, "adopting or releasing pods failed; retrying later");
         }
     }
+}
+
+/// Where a CNI request's answer goes.
+type Reply = mpsc::Sender<Result<String, String>>;
+
+/// What a round of CNI requests left to do.
+struct Taken {
+    /// The tables' CNI addresses changed: reconcile now.
+    changed: bool,
+    /// Answers due once the workers have applied the round.
+    after_sync: Vec<(Reply, String)>,
+    /// Checks to answer after the reconcile.
+    checks: Vec<(Reply, PodRequest)>,
+}
+
+/// The CNI plugin's requests, and the adopts waiting to be in force.
+struct CniRequests {
+    calls: mpsc::Receiver<CniCall>,
+    pending: Vec<PendingAdopt>,
+    last_reconcile: Instant,
+}
+
+struct PendingAdopt {
+    pod: PodRequest,
+    reply: Reply,
+    deadline: Instant,
+}
+
+/// Why `pod` is not enforced at its addresses: `None` when it is (the
+/// tables in force have it at each, local; the datapath serves each on a
+/// pod port, MAC known).
+fn enforcement_gap(
+    agent: &Agent,
+    in_force: &Cluster,
+    locality: &crate::compile::Locality,
+    pod: &PodRequest,
+) -> Option<String> {
+    let key = pod.key();
+    let Some(held) = in_force.pods.get(&key) else {
+        return Some(format!(
+            "pod {key} is not in the tables in force (not in the agent's cluster state yet, finished, or using the host's network)"
+        ));
+    };
+    if !locality.includes(held) {
+        return Some(format!("pod {key} is not on this node"));
+    }
+    for &addr in &pod.addresses {
+        if !held.ips.contains(&addr) {
+            return Some(format!(
+                "the tables in force have pod {key} at {:?}, not {addr}",
+                held.ips
+            ));
+        }
+        match agent.served(addr) {
+            None => {
+                return Some(format!(
+                    "{addr} is not routed through the datapath (no host route of its own to the pod's veth)"
+                ));
+            }
+            Some((iface, false)) => {
+                return Some(format!("the MAC of {addr} behind {iface} is unknown"));
+            }
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// Changes to the manifest files and directories, gathered until they

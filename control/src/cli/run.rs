@@ -15,6 +15,11 @@
 //! source stays a choice of the command line (a set `PODFENCE_MANIFESTS`
 //! or `PODFENCE_KUBECONFIG` counts as choosing it). The DaemonSet's
 //! ConfigMap (`deploy/configmap.yaml`) sets the agent up this way.
+//!
+//! With `--cni-bin-dir` and `--cni-conf-dir` the agent installs
+//! `podfence-cni` once it serves its control socket, chained into the
+//! node's network configuration (checked again every five seconds, as the
+//! network plugin may rewrite its file), and removes both at a clean stop.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +28,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
 
+use podfence_control::agent::cni_install::{self, CniInstall};
 use podfence_control::agent::control_socket;
 use podfence_control::agent::supervisor::{ClusterSource, Supervisor, SupervisorOptions};
 use podfence_control::agent::{AgentOptions, DenialOptions, DenyLog, fail_mode};
@@ -233,6 +239,27 @@ pub(crate) struct RunArgs {
         value_parser = parse_service_name
     )]
     skip_service: Vec<ObjectKey>,
+    /// Install podfence-cni into this CNI binary directory (the node's
+    /// /opt/cni/bin) while the agent runs.
+    #[arg(
+        long,
+        env = "PODFENCE_CNI_BIN_DIR",
+        value_name = "DIR",
+        requires = "cni_conf_dir"
+    )]
+    cni_bin_dir: Option<PathBuf>,
+    /// Chain podfence-cni into the network configuration of this directory
+    /// (the node's /etc/cni/net.d) while the agent runs.
+    #[arg(
+        long,
+        env = "PODFENCE_CNI_CONF_DIR",
+        value_name = "DIR",
+        requires = "cni_bin_dir"
+    )]
+    cni_conf_dir: Option<PathBuf>,
+    /// The podfence-cni binary to install (default: beside this one).
+    #[arg(long, env = "PODFENCE_CNI_PLUGIN", value_name = "FILE")]
+    cni_plugin: Option<PathBuf>,
     /// Denied packets captured per second at most.
     #[arg(
         long,
@@ -309,6 +336,82 @@ fn source(args: &RunArgs) -> ClusterSource {
     )
 }
 
+/// What `--cni-bin-dir` and `--cni-conf-dir` ask to install, if they do.
+fn cni_install(args: &RunArgs) -> Result<Option<CniInstall>> {
+    let (Some(bin_dir), Some(conf_dir)) = (&args.cni_bin_dir, &args.cni_conf_dir) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        args.control_socket.to_str() != Some("none"),
+        "--cni-bin-dir needs the control socket: podfence-cni asks the agent there"
+    );
+    let plugin = match &args.cni_plugin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this binary's directory")?
+            .with_file_name(cni_install::PLUGIN),
+    };
+    Ok(Some(CniInstall {
+        bin_dir: bin_dir.clone(),
+        conf_dir: conf_dir.clone(),
+        plugin,
+        control_socket: args.control_socket.clone(),
+        fail_mode: match args.fail_mode {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        }
+        .into(),
+    }))
+}
+
+/// Keeps podfence-cni installed; logs what changed and new errors only.
+#[derive(Debug)]
+struct CniKeeper {
+    install: CniInstall,
+    last: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl CniKeeper {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn maintain(&mut self) {
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        match self.install.install() {
+            Ok(done) => {
+                self.last_error = None;
+                if done.binary || done.config.1 {
+                    info!(
+                        binary = %self.install.bin_dir.join(cni_install::PLUGIN).display(),
+                        config = %done.config.0.display(),
+                        "podfence-cni installed and chained"
+                    );
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.last_error.as_ref() != Some(&e) {
+                    warn!(
+                        error = e,
+                        "podfence-cni is not installed; retrying every 5 s"
+                    );
+                    self.last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    fn remove(&self) {
+        match self.install.uninstall() {
+            Ok(changed) => info!(configs = ?changed, "podfence-cni removed from the node"),
+            Err(e) => warn!(error = %e, "removing podfence-cni"),
+        }
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -324,6 +427,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     // acted on once the start returns.
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let mut cni = cni_install(args)?.map(|install| CniKeeper {
+        install,
+        last: None,
+        last_error: None,
+    });
     let agent = options(args);
     info!(
         node = agent.node_name.as_deref().unwrap_or("(all pods local)"),
@@ -370,6 +478,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         {
             warn!(error = %e, "cannot update the ready file");
         }
+        // Once the control socket answers: the plugin can reach the agent.
+        if let Some(cni) = &mut cni {
+            cni.maintain();
+        }
         if let Some(every) = interval
             && last_stats.elapsed() >= every
         {
@@ -378,6 +490,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
             last_stats = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // Before the agent stops: new pods are not sent to a stopping agent.
+    if let Some(cni) = &cni {
+        cni.remove();
     }
     let status = supervisor.agent().status();
     let reports = supervisor

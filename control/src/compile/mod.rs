@@ -70,6 +70,21 @@ impl Locality {
             Self::Node(n) => pod.node.as_deref() == Some(n.as_str()),
         }
     }
+
+    /// Addresses of the pods of `cluster` enforced here that policy applies
+    /// to, sorted.
+    #[must_use]
+    pub fn addresses(&self, cluster: &Cluster) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = cluster
+            .pods
+            .values()
+            .filter(|p| p.is_policy_endpoint() && self.includes(p))
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs
+    }
 }
 
 /// Compiler settings.

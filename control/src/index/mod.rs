@@ -19,6 +19,7 @@
 //! it holds.
 
 mod cluster;
+mod cni;
 mod kinds;
 
 use std::any::Any;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 pub use cluster::{Cluster, same_objects};
+pub use cni::CniAddresses;
 pub use kinds::{Indexed, Kind};
 
 use crate::metrics::{ControlMetrics, ObjectLabels};

@@ -1,0 +1,383 @@
+//! A container runtime's side of CNI, for tests: runs a network
+//! configuration list (a conflist) the way libcni does for containerd and
+//! CRI-O, so that real plugins (Debian's `ptp` and `host-local`, then
+//! `podfence-cni`) wire a pod as on a node.
+//!
+//! Per the specification's section on chaining:
+//! - ADD runs the plugins in order; each gets its own object of the list
+//!   with the list's `name` and `cniVersion`, and from the second on the
+//!   previous plugin's result as `prevResult`. The last result is the
+//!   list's, and is kept (as a runtime caches it) for DEL and CHECK;
+//! - DEL runs them in reverse order, each with the kept result as
+//!   `prevResult` (when there is one), and forgets it;
+//! - CHECK runs them in order, each with the kept result;
+//! - every call sets `CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_NETNS`,
+//!   `CNI_IFNAME`, `CNI_ARGS` and `CNI_PATH`, passes the configuration on
+//!   standard input, and reads a result or an error from standard output.
+//!
+//! Plugins run in the host network namespace given (`ip netns exec`), as
+//! the runtime runs them in the node's.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Map, Value};
+
+/// A pod's attachment to a network.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    /// `CNI_CONTAINERID`: the sandbox.
+    pub container_id: String,
+    /// `CNI_NETNS`: the path of its network namespace.
+    pub netns: PathBuf,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_ARGS`, as pairs.
+    pub args: Vec<(String, String)>,
+}
+
+impl Attachment {
+    /// A Kubernetes pod's attachment as the kubelet asks for it: `eth0`,
+    /// with the pod's namespace, name and sandbox in `CNI_ARGS`.
+    #[must_use]
+    pub fn pod(namespace: &str, name: &str, container_id: &str, netns: &Path) -> Self {
+        Self {
+            container_id: container_id.to_owned(),
+            netns: netns.to_owned(),
+            ifname: "eth0".into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), namespace.to_owned()),
+                ("K8S_POD_NAME".into(), name.to_owned()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), container_id.to_owned()),
+            ],
+        }
+    }
+
+    fn cni_args(&self) -> String {
+        self.args
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+/// What a plugin printed and how it exited.
+#[derive(Clone, Debug)]
+pub struct PluginOutput {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Exit status 0.
+    pub success: bool,
+}
+
+/// A CNI error a plugin printed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{plugin} {command} failed: code {code}: {msg}: {details}")]
+pub struct PluginError {
+    /// Its type.
+    pub plugin: String,
+    /// The command.
+    pub command: String,
+    /// The error's code.
+    pub code: u64,
+    /// Its message.
+    pub msg: String,
+    /// Its details.
+    pub details: String,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    /// The plugin binary is in none of the directories.
+    #[error("plugin {0} is not in CNI_PATH")]
+    NotFound(String),
+    /// The plugin could not be run.
+    #[error("cannot run plugin {plugin}: {source}")]
+    Exec {
+        /// Its type.
+        plugin: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The plugin failed with a CNI error.
+    #[error(transparent)]
+    Plugin(Box<PluginError>),
+    /// The plugin's output is not what the specification says.
+    #[error("{plugin} {command}: unexpected output {stdout:?} (stderr {stderr:?})")]
+    Output {
+        /// Its type.
+        plugin: String,
+        /// The command.
+        command: String,
+        /// What it printed.
+        stdout: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// The list's version has no such command.
+    #[error("configuration version {version} does not support the {command} command")]
+    Unsupported {
+        /// The command.
+        command: String,
+        /// The list's version.
+        version: String,
+    },
+    /// CHECK without a kept ADD result.
+    #[error("no result kept for container {0}: ADD it first")]
+    NoResult(String),
+}
+
+impl CniError {
+    /// The plugin's error code, if a plugin failed with one.
+    #[must_use]
+    pub fn code(&self) -> Option<u64> {
+        match self {
+            Self::Plugin(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A configuration list: `name`, `cniVersion` and its plugins' objects.
+#[derive(Clone, Debug)]
+pub struct NetworkList {
+    /// The network's name.
+    pub name: String,
+    /// The version of every configuration and result.
+    pub cni_version: String,
+    /// The plugins' objects, in order.
+    pub plugins: Vec<Value>,
+}
+
+impl NetworkList {
+    /// Reads a conflist.
+    pub fn parse(conflist: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(conflist).map_err(|e| e.to_string())?;
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("conflist without {k}"))
+        };
+        Ok(Self {
+            name: text("name")?,
+            cni_version: text("cniVersion")?,
+            plugins: v
+                .get("plugins")
+                .and_then(Value::as_array)
+                .cloned()
+                .ok_or("conflist without plugins")?,
+        })
+    }
+
+    /// Plugin `i`'s configuration: its object with the list's name and
+    /// version, and `prev_result` when given.
+    #[must_use]
+    pub fn config(&self, i: usize, prev_result: Option<&Value>) -> Value {
+        let mut object: Map<String, Value> =
+            self.plugins[i].as_object().cloned().unwrap_or_default();
+        object.insert("name".into(), Value::String(self.name.clone()));
+        object.insert("cniVersion".into(), Value::String(self.cni_version.clone()));
+        if let Some(prev) = prev_result {
+            object.insert("prevResult".into(), prev.clone());
+        }
+        Value::Object(object)
+    }
+
+    fn plugin_type(&self, i: usize) -> String {
+        self.plugins[i]
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// The runtime: where plugins are, the host namespace they run in, and
+/// the ADD results kept.
+#[derive(Debug)]
+pub struct Runtime {
+    /// `CNI_PATH`: directories searched for plugins, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// The node's network namespace (by `ip netns` name).
+    pub host_netns: String,
+    results: HashMap<(String, String, String), Value>,
+}
+
+impl Runtime {
+    /// A runtime running plugins from `bin_dirs` in `host_netns`.
+    #[must_use]
+    pub fn new(bin_dirs: Vec<PathBuf>, host_netns: &str) -> Self {
+        Self {
+            bin_dirs,
+            host_netns: host_netns.to_owned(),
+            results: HashMap::new(),
+        }
+    }
+
+    fn key(list: &NetworkList, a: &Attachment) -> (String, String, String) {
+        (list.name.clone(), a.container_id.clone(), a.ifname.clone())
+    }
+
+    /// ADD through the list; returns every plugin's result, the list's
+    /// last. On failure nothing is kept (the runtime then calls DEL).
+    pub fn add(&mut self, list: &NetworkList, a: &Attachment) -> Result<Vec<Value>, CniError> {
+        let mut results: Vec<Value> = Vec::new();
+        for i in 0..list.plugins.len() {
+            let config = list.config(i, results.last());
+            let result = self.call(&list.plugin_type(i), "ADD", a, &config)?;
+            let Some(result) = result else {
+                return Err(CniError::Output {
+                    plugin: list.plugin_type(i),
+                    command: "ADD".into(),
+                    stdout: String::new(),
+                    stderr: "ADD printed no result".into(),
+                });
+            };
+            results.push(result);
+        }
+        if let Some(last) = results.last() {
+            self.results.insert(Self::key(list, a), last.clone());
+        }
+        Ok(results)
+    }
+
+    /// DEL through the list, in reverse order, each plugin with the kept
+    /// result; the result is forgotten when every plugin succeeded.
+    pub fn del(&mut self, list: &NetworkList, a: &Attachment) -> Result<(), CniError> {
+        let key = Self::key(list, a);
+        let kept = self.results.get(&key).cloned();
+        for i in (0..list.plugins.len()).rev() {
+            let config = list.config(i, kept.as_ref());
+            self.call(&list.plugin_type(i), "DEL", a, &config)?;
+        }
+        self.results.remove(&key);
+        Ok(())
+    }
+
+    /// CHECK through the list, each plugin with the kept result. Lists
+    /// older than 0.4.0 have no CHECK (the runtime refuses, as libcni does).
+    pub fn check(&self, list: &NetworkList, a: &Attachment) -> Result<(), CniError> {
+        if ["0.1.0", "0.2.0", "0.3.0", "0.3.1"].contains(&list.cni_version.as_str()) {
+            return Err(CniError::Unsupported {
+                command: "CHECK".into(),
+                version: list.cni_version.clone(),
+            });
+        }
+        let kept = self
+            .results
+            .get(&Self::key(list, a))
+            .ok_or_else(|| CniError::NoResult(a.container_id.clone()))?;
+        for i in 0..list.plugins.len() {
+            let config = list.config(i, Some(kept));
+            self.call(&list.plugin_type(i), "CHECK", a, &config)?;
+        }
+        Ok(())
+    }
+
+    /// The result kept from `a`'s ADD.
+    #[must_use]
+    pub fn kept_result(&self, list: &NetworkList, a: &Attachment) -> Option<&Value> {
+        self.results.get(&Self::key(list, a))
+    }
+
+    /// Runs one plugin: its result (`None` when it printed nothing), or its
+    /// error.
+    pub fn call(
+        &self,
+        plugin: &str,
+        command: &str,
+        a: &Attachment,
+        config: &Value,
+    ) -> Result<Option<Value>, CniError> {
+        let out = self.run_plugin(plugin, command, a, config.to_string().as_bytes())?;
+        let unexpected = || CniError::Output {
+            plugin: plugin.to_owned(),
+            command: command.to_owned(),
+            stdout: out.stdout.clone(),
+            stderr: out.stderr.clone(),
+        };
+        let printed: Option<Value> = if out.stdout.trim().is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&out.stdout).map_err(|_| unexpected())?)
+        };
+        if out.success {
+            return Ok(printed);
+        }
+        let error = printed.ok_or_else(unexpected)?;
+        let field = |k: &str| {
+            error
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Err(CniError::Plugin(Box::new(PluginError {
+            plugin: plugin.to_owned(),
+            command: command.to_owned(),
+            code: error
+                .get("code")
+                .and_then(Value::as_u64)
+                .ok_or_else(unexpected)?,
+            msg: field("msg"),
+            details: field("details"),
+        })))
+    }
+
+    /// Runs one plugin with `stdin` as it is (for malformed input).
+    pub fn run_plugin(
+        &self,
+        plugin: &str,
+        command: &str,
+        a: &Attachment,
+        stdin: &[u8],
+    ) -> Result<PluginOutput, CniError> {
+        let binary = self
+            .bin_dirs
+            .iter()
+            .map(|d| d.join(plugin))
+            .find(|p| p.is_file())
+            .ok_or_else(|| CniError::NotFound(plugin.to_owned()))?;
+        let cni_path = self
+            .bin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let exec = |source| CniError::Exec {
+            plugin: plugin.to_owned(),
+            source,
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.host_netns])
+            .arg(&binary)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &a.container_id)
+            .env("CNI_NETNS", &a.netns)
+            .env("CNI_IFNAME", &a.ifname)
+            .env("CNI_ARGS", a.cni_args())
+            .env("CNI_PATH", cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(exec)?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin).map_err(exec)?;
+        }
+        let out = child.wait_with_output().map_err(exec)?;
+        Ok(PluginOutput {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        })
+    }
+}

@@ -606,18 +606,52 @@ impl Decider<'_> {
         } = *self;
         let signal = Signal::new(meta.tcp_flags, meta.sctp_chunk);
         let generation = tables.generation() as u32;
-        // The common case inline: an untranslated connection the batch's
-        // generation allowed. The rest (translated, re-checked, new) is out
-        // of line, so that this path moves no large values through memory.
+        // The common cases inline: a connection the batch's generation
+        // allowed, untranslated or translated. The rest (re-checked, ended,
+        // new) is out of line, so that this path moves no large values
+        // through memory.
         let found = conntrack.lookup_at(located, signal, now);
-        if let Some(hit) = &found
-            && hit.nat.is_none()
-            && hit.generation == generation
-        {
-            c.conntrack_hits += 1;
-            return Decided::established(hit.from_host && hit.reply);
+        let mut linked = None;
+        if let Some(hit) = &found {
+            match hit.nat {
+                None if hit.generation == generation => {
+                    c.conntrack_hits += 1;
+                    return Decided::established(hit.from_host && hit.reply);
+                }
+                Some(Nat::Translated { service }) if hit.reply && hit.generation == generation => {
+                    // A reply: from the backend back to the Service address.
+                    c.conntrack_hits += 1;
+                    let rewrite = Rewrite {
+                        side: Side::Source,
+                        to: service,
+                    };
+                    return Decided {
+                        outcome: Outcome::Established,
+                        rewrite: Some(rewrite),
+                        to_host: hit.from_host,
+                    };
+                }
+                Some(Nat::Alias { backend }) => {
+                    // Forward, to the Service address: the connection's
+                    // state is in the entry of the translated tuple.
+                    let rewrite = Rewrite {
+                        side: Side::Destination,
+                        to: backend,
+                    };
+                    let entry =
+                        conntrack.lookup_linked(hit, located, &rewrite.key(key), signal, now);
+                    if let Some(e) = &entry
+                        && e.generation == generation
+                    {
+                        c.conntrack_hits += 1;
+                        return Decided::with(Outcome::Established, Some(rewrite));
+                    }
+                    linked = Some(entry);
+                }
+                _ => {}
+            }
         }
-        self.not_plain(meta, key, located, signal, found, c)
+        self.not_plain(meta, key, located, signal, found, linked, c)
     }
 
     /// [`Self::connection`] for a packet that is not part of an
@@ -631,6 +665,7 @@ impl Decider<'_> {
         located: &crate::conntrack::Located,
         signal: Signal,
         found: Option<conntrack::Hit>,
+        linked: Option<Option<conntrack::Hit>>,
         c: &mut Counters,
     ) -> Decided {
         let Self {
@@ -642,7 +677,7 @@ impl Decider<'_> {
             ..
         } = *self;
         let generation = tables.generation() as u32;
-        if let Some(decided) = self.known(key, located, signal, found, c) {
+        if let Some(decided) = self.known(key, located, found, linked, c) {
             return decided;
         }
         if let Some(inner) = meta.related {
@@ -750,20 +785,22 @@ impl Decider<'_> {
     /// The decision for a packet of a connection in the table (found by
     /// its own tuple, or, to a Service, by its alias and then the
     /// translated tuple); `None` when there is none, or when it was a UDP
-    /// flow to a backend that is gone (the datagram is then new).
+    /// flow to a backend that is gone (the datagram is then new). `found`:
+    /// what the lookup of the packet's own key found; `linked`: for an
+    /// alias, what the lookup of its translated entry found
+    /// ([`Self::connection`] looks it up).
     fn known(
         &self,
         key: &ConnKey,
         located: &crate::conntrack::Located,
-        signal: Signal,
         mut found: Option<conntrack::Hit>,
+        linked: Option<Option<conntrack::Hit>>,
         c: &mut Counters,
     ) -> Option<Decided> {
         let Self {
             conntrack,
             tables,
             revalidate,
-            now,
             ..
         } = *self;
         let generation = tables.generation() as u32;
@@ -780,7 +817,7 @@ impl Decider<'_> {
                         to: backend,
                     };
                     let translated = rewrite.key(key);
-                    found = conntrack.lookup_linked(&hit, located, &translated, signal, now);
+                    found = linked.flatten();
                     if found.is_none() {
                         // The connection ended; its alias goes with it.
                         c.service_stale_aliases += 1;

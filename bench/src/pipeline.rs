@@ -49,9 +49,10 @@ const FRAME_LEN: usize = 60;
 /// Bytes of [`CountingOutput`]'s copy of a translated frame.
 const SCRATCH: usize = 128;
 
-/// Counts what passes; the cheapest output a worker can have. A translated
-/// packet that passes is also rewritten, on a copy of the frame, as the
-/// switch rewrites its staged copy ([`podfence_datapath::nat::apply`]).
+/// Counts what passes, and copies each frame that passes, as the switch
+/// copies every frame it forwards into a transmit slot; the cheapest output
+/// a worker can have. A translated packet is also rewritten on its copy, as
+/// the switch rewrites its staged copy ([`podfence_datapath::nat::apply`]).
 #[derive(Debug)]
 pub struct CountingOutput {
     /// Frames that passed.
@@ -83,13 +84,17 @@ impl Output for CountingOutput {
     fn packet(
         &mut self,
         _desc: &RxDesc,
-        _frame: &[u8],
+        frame: &[u8],
         _meta: Option<&podfence_datapath::flow::PacketMeta>,
         _outcome: &Outcome,
         passes: bool,
     ) {
         self.seen += 1;
         self.passed += u64::from(passes);
+        if let (true, Some(copy)) = (passes, self.scratch.get_mut(..frame.len())) {
+            copy.copy_from_slice(frame);
+            self.scratch_len = frame.len();
+        }
     }
 
     fn translated(
@@ -104,8 +109,6 @@ impl Output for CountingOutput {
         self.packet(desc, frame, meta, outcome, passes);
         if let (true, Some(meta), Some(copy)) = (passes, meta, self.scratch.get_mut(..frame.len()))
         {
-            copy.copy_from_slice(frame);
-            self.scratch_len = frame.len();
             let ok = podfence_datapath::nat::apply(copy, meta, rewrite).is_ok();
             self.rewritten += u64::from(ok);
         }

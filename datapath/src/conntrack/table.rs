@@ -59,11 +59,12 @@
 //! Costs: 24 bytes more per slot of table memory, two slots per translated
 //! connection, and for its forward packets a second slot access (the
 //! linked one, prefetched with the NAT data). The link lives in the slot's
-//! last four bytes, which were padding. An IPv4 alias also keeps its
-//! backend in its own slot (the address where entries keep their
-//! generation, which an alias does not use; the port in spare tag bits),
-//! so its forward packets read no NAT record. A slot reused for another
-//! connection drops its NAT data with its flags.
+//! last four bytes, which were padding. An IPv4 connection keeps its NAT
+//! data in its own slots instead: an alias its backend where entries keep
+//! their generation (which an alias does not use), an entry its Service
+//! where aliases keep their link, both ports in spare tag bits; none of its
+//! packets reads a NAT record. A slot reused for another connection drops
+//! its NAT data with its flags.
 //!
 //! # Connections from the host port
 //!
@@ -202,9 +203,11 @@ const HAS_NAT: u32 = 1 << 9;
 const ALIAS: u32 = 1 << 10;
 /// The connection's first packet came from the host port (the reply rule).
 const FROM_HOST: u32 = 1 << 11;
-/// An IPv4 alias keeps its backend in its slot: the address in the
-/// `generation` field (unused by aliases), the port in the tag's bits
-/// 16–31; its forward packets read no NAT record.
+/// An IPv4 translated connection keeps its NAT data in its slots: an
+/// alias its backend (the address in the `generation` field, unused by
+/// aliases), an entry its Service (the address in the `link` field, unused
+/// by entries), the port in the tag's bits 16–31 for both; their packets
+/// read no NAT record.
 const INLINE_V4: u32 = 1 << 12;
 
 /// A slot's NAT data, beside the slots so that they stay 64 bytes.
@@ -237,7 +240,8 @@ struct Slot {
     generation: AtomicU32,
     /// An alias's link: the slot index of its translated entry when it was
     /// recorded ([`NO_LINK`]: unknown). A hint, validated by the entry's
-    /// key on use; it fills the slot's last four bytes.
+    /// key on use; it fills the slot's last four bytes. An IPv4 entry's
+    /// Service address (see [`INLINE_V4`]).
     link: AtomicU32,
 }
 
@@ -598,6 +602,17 @@ impl Conntrack {
         } else {
             let service = match service {
                 Some(s) => s,
+                None if tag as u32 & INLINE_V4 != 0 => {
+                    let addr = slot.link.load(Ordering::Relaxed);
+                    fence(Ordering::Acquire);
+                    if seq(slot.tag.load(Ordering::Relaxed)) != seq(tag) {
+                        return Probed::Answer(None);
+                    }
+                    NatAddr {
+                        addr: u128::from(addr),
+                        port: (tag as u32 >> 16) as u16,
+                    }
+                }
                 None => match self.read_nat(idx, tag) {
                     Some(s) => s,
                     None => return Probed::Answer(None),
@@ -677,12 +692,23 @@ impl Conntrack {
             addr: translated.dst,
             port: translated.dst_port,
         };
+        // An IPv4 entry keeps the Service address in its link (unused by
+        // entries) and the port in its tag: its replies read no NAT record.
+        let (entry_flags, entry_nat, entry_link) = if translated.ipv6 {
+            (HAS_NAT, Some(service), NO_LINK)
+        } else {
+            (
+                HAS_NAT | INLINE_V4 | (u32::from(service.port) << 16),
+                None,
+                service.addr as u32,
+            )
+        };
         let (entry, link) = self.insert_with(
             &self.locate(translated),
             state,
-            HAS_NAT,
-            Some(service),
-            NO_LINK,
+            entry_flags,
+            entry_nat,
+            entry_link,
             generation,
             now,
         );

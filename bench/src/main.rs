@@ -545,6 +545,7 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
                 "policies": shape.policies,
                 "parse_mpps": r.parse_mpps,
                 "established_mpps": r.established_mpps,
+                "established_cpu_ns": r.established_cpu_ns,
                 "new_conn_mpps": r.new_conn_mpps,
                 "two_workers_new_conn_mpps": r.two_workers_mpps,
                 "flatness_1k": flatness,
@@ -557,6 +558,7 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
                 "services": r.services,
                 "service_share": r.service_share,
                 "established_service_mpps": r.established_service_mpps,
+                "established_service_cpu_ns": r.established_service_cpu_ns,
                 "new_conn_service_mpps": r.new_conn_service_mpps,
                 "established_service_ratio": est_ratio,
                 "new_conn_service_ratio": new_ratio,
@@ -575,7 +577,10 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
         100.0 * r.allowed_share
     );
     println!("parse only            {:8.2} Mpps", r.parse_mpps);
-    println!("established           {:8.2} Mpps", r.established_mpps);
+    println!(
+        "established           {:8.2} Mpps ({:.1} ns CPU/packet)",
+        r.established_mpps, r.established_cpu_ns
+    );
     println!("new connections       {:8.2} Mpps", r.new_conn_mpps);
     println!("  with two workers    {:8.2} Mpps", r.two_workers_mpps);
     for (p, m) in &r.curve {
@@ -589,8 +594,8 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
         100.0 * r.allowed_share_service
     );
     println!(
-        "  established         {:8.2} Mpps ({est_ratio:.2} x pod addresses; goal >= 0.90)",
-        r.established_service_mpps
+        "  established         {:8.2} Mpps ({est_ratio:.2} x pod addresses; goal >= 0.90; {:.1} ns CPU/packet)",
+        r.established_service_mpps, r.established_service_cpu_ns
     );
     println!(
         "  new connections     {:8.2} Mpps ({new_ratio:.2} x pod addresses)",

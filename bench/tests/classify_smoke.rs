@@ -33,6 +33,11 @@ fn the_pipeline_rows_run_and_service_traffic_allocates_nothing() {
     ] {
         assert!(v > 0.0, "{what}: {v}");
     }
+    // The thread's CPU time per packet, where the kernel says it.
+    if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+        assert!(r.established_cpu_ns > 0.0, "{}", r.established_cpu_ns);
+        assert!(r.established_service_cpu_ns > 0.0);
+    }
     assert_eq!(r.services, 100);
     assert!(
         (0.7..=0.8).contains(&r.allowed_share_service),

@@ -332,6 +332,10 @@ impl Decided {
     }
 
     /// Counts the packet's verdict into `c` and hands it to `out`.
+    #[allow(
+        clippy::inline_always,
+        reason = "measured: out of line, the decision is copied through memory (store-forwarding stalls, docs/benchmarks.md)"
+    )]
     #[inline(always)]
     fn finish(
         &self,
@@ -505,9 +509,9 @@ impl<'a> Worker<'a> {
                         from_host,
                         now,
                     };
-                    let decided = decider.packet(&mut self.fragments, meta, located, &mut c);
-                    decided.finish(&mut c, out, desc, frame, Some(meta), malformed);
-                    if matches!(decided.outcome, Outcome::NoBackend(NoBackend::NoEndpoints)) {
+                    let decision = decider.packet(&mut self.fragments, meta, located, &mut c);
+                    decision.finish(&mut c, out, desc, frame, Some(meta), malformed);
+                    if matches!(decision.outcome, Outcome::NoBackend(NoBackend::NoEndpoints)) {
                         answer_refused(&mut self.rejects, out, desc, frame, meta, now, &mut c);
                     }
                 }
@@ -546,6 +550,10 @@ impl Decider<'_> {
     /// The decision for one parsed packet (see the module doc), its
     /// rewrite if it belongs to a translated connection, and whether the
     /// reply rule sends it to the host port.
+    #[allow(
+        clippy::inline_always,
+        reason = "measured: out of line, the decision is copied through memory (store-forwarding stalls, docs/benchmarks.md)"
+    )]
     #[inline(always)]
     fn packet(
         &self,
@@ -590,6 +598,10 @@ impl Decider<'_> {
     }
 
     /// The decision for a packet that is not a later fragment.
+    #[allow(
+        clippy::inline_always,
+        reason = "measured: out of line, the decision is copied through memory (store-forwarding stalls, docs/benchmarks.md)"
+    )]
     #[inline(always)]
     fn connection(
         &self,
@@ -646,28 +658,28 @@ impl Decider<'_> {
                         c.conntrack_hits += 1;
                         return Decided::with(Outcome::Established, Some(rewrite));
                     }
-                    linked = Some(entry);
+                    linked = entry;
                 }
                 _ => {}
             }
         }
-        self.not_plain(meta, key, located, signal, found, linked, c)
+        self.not_plain(meta, located, found, linked, c)
     }
 
-    /// [`Self::connection`] for a packet that is not part of an
-    /// untranslated connection allowed by the batch's generation: `found`
-    /// is what its own key's lookup found.
+    /// [`Self::connection`] for a packet that is not part of a connection
+    /// the batch's generation allowed: `found` is what its own key's lookup
+    /// found, `linked` an alias's translated entry (see [`Self::known`]).
     #[inline(never)]
     fn not_plain(
         &self,
         meta: &crate::flow::PacketMeta,
-        key: &ConnKey,
         located: &crate::conntrack::Located,
-        signal: Signal,
         found: Option<conntrack::Hit>,
-        linked: Option<Option<conntrack::Hit>>,
+        linked: Option<conntrack::Hit>,
         c: &mut Counters,
     ) -> Decided {
+        let key = &meta.key;
+        let signal = Signal::new(meta.tcp_flags, meta.sctp_chunk);
         let Self {
             conntrack,
             tables,
@@ -787,14 +799,13 @@ impl Decider<'_> {
     /// translated tuple); `None` when there is none, or when it was a UDP
     /// flow to a backend that is gone (the datagram is then new). `found`:
     /// what the lookup of the packet's own key found; `linked`: for an
-    /// alias, what the lookup of its translated entry found
-    /// ([`Self::connection`] looks it up).
+    /// alias, its translated entry as [`Self::connection`] found it.
     fn known(
         &self,
         key: &ConnKey,
         located: &crate::conntrack::Located,
         mut found: Option<conntrack::Hit>,
-        linked: Option<Option<conntrack::Hit>>,
+        linked: Option<conntrack::Hit>,
         c: &mut Counters,
     ) -> Option<Decided> {
         let Self {
@@ -817,7 +828,7 @@ impl Decider<'_> {
                         to: backend,
                     };
                     let translated = rewrite.key(key);
-                    found = linked.flatten();
+                    found = linked;
                     if found.is_none() {
                         // The connection ended; its alias goes with it.
                         c.service_stale_aliases += 1;
@@ -999,6 +1010,10 @@ impl Decider<'_> {
 }
 
 /// Counts a packet's verdict.
+#[allow(
+    clippy::inline_always,
+    reason = "measured: part of the per-packet path, see `Decided::finish`"
+)]
 #[inline(always)]
 fn count_verdict(c: &mut Counters, outcome: &Outcome, passes: bool, wire_len: u32) {
     if passes {

@@ -46,6 +46,27 @@ impl AgentProcess {
     /// `podfence run SOURCE... --node-name node-1` in `node` (its control
     /// socket `DIR/control.sock`), waiting until it is ready.
     pub(crate) fn start(node: &str, source: &[String], dir: &Path, extra: &[&str]) -> Self {
+        Self::start_logged(node, source, dir, extra, None)
+    }
+
+    /// [`Self::start`], its log (standard error) appended to `log`.
+    pub(crate) fn start_logged(
+        node: &str,
+        source: &[String],
+        dir: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("agent log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let child = Command::new("ip")
@@ -59,6 +80,7 @@ impl AgentProcess {
             .arg(dir.join("control.sock"))
             .args(extra)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("podfence run starts");
         let mut agent = Self { child, ready };
@@ -107,6 +129,32 @@ impl Drop for AgentProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Everything in the node namespace that the agent could leave behind:
+/// links (with any XDP program), policy rules, our table, routes.
+pub(crate) fn node_state(node: &str) -> String {
+    let mut state = String::new();
+    for args in [
+        &["-d", "-o", "link", "show"][..],
+        &["-4", "rule", "show"],
+        &["-6", "rule", "show"],
+        &["-4", "route", "show", "table", "all"],
+        &["-6", "route", "show", "table", "all"],
+    ] {
+        let out = podfence_testkit::netns::ip(node, args);
+        // Counters and link-local routes of the pair change by themselves.
+        for line in out.lines() {
+            let line: String = line
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace(" noqueue state UP", "");
+            state.push_str(&line);
+            state.push('\n');
+        }
+    }
+    state
 }
 
 /// The `podfence` binary built beside this test.

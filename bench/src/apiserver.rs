@@ -384,7 +384,11 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
             None => respond(
                 &mut stream,
                 "404 Not Found",
-                &status(404, "NotFound", &format!("daemonsets.apps \"{name}\" not found")),
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("daemonsets.apps \"{name}\" not found"),
+                ),
             ),
         }
         return;

@@ -104,14 +104,16 @@ pub struct Percentiles {
 impl Percentiles {
     fn of(mut sample: Vec<Duration>) -> Self {
         sample.sort_unstable();
-        let at = |q: f64| {
-            let i = ((q * sample.len() as f64).ceil() as usize).clamp(1, sample.len().max(1)) - 1;
+        // Nearest rank: the smallest value with at least `q` of the sample
+        // at or below it.
+        let at = |per_mille: usize| {
+            let i = (per_mille * sample.len()).div_ceil(1000).max(1) - 1;
             sample.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
         };
         Self {
-            p50_ms: at(0.5),
-            p99_ms: at(0.99),
-            max_ms: at(1.0),
+            p50_ms: at(500),
+            p99_ms: at(990),
+            max_ms: at(1000),
         }
     }
 }
@@ -244,7 +246,9 @@ pub fn run(options: &LifecycleOptions) -> Result<LifecycleReport, String> {
         report.pod_start = Some(pod_start(options, &bed, &dir.0, &manifests, &new_pods)?);
     }
     for _ in 0..options.upgrades {
-        report.upgrades.push(upgrade(options, &bed, &dir.0, &manifests)?);
+        report
+            .upgrades
+            .push(upgrade(options, &bed, &dir.0, &manifests)?);
     }
     Ok(report)
 }
@@ -338,7 +342,7 @@ impl Agent {
             .spawn()
             .map_err(err("podfence run"))?;
         let mut agent = Self { child, ready };
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + Duration::from_mins(5);
         while !agent.ready.exists() {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Err(format!("podfence run exited before it was ready: {status}"));
@@ -416,7 +420,8 @@ fn conflist(socket: Option<&Path>, ipam: &Path) -> Result<NetworkList, String> {
         },
     })];
     if let Some(socket) = socket {
-        plugins.push(json!({"type": "podfence-cni", "controlSocket": socket, "failMode": "closed"}));
+        plugins
+            .push(json!({"type": "podfence-cni", "controlSocket": socket, "failMode": "closed"}));
     }
     NetworkList::parse(
         &json!({"cniVersion": "1.0.0", "name": "podfence-bench", "plugins": plugins}).to_string(),
@@ -518,7 +523,8 @@ fn ping(
         let mut last = Instant::now();
         let mut buf = [0u8; 64];
         while !stop.load(Ordering::Relaxed) {
-            let ok = stream.write_all(b"ping").is_ok() && matches!(stream.read(&mut buf), Ok(n) if n > 0);
+            let ok = stream.write_all(b"ping").is_ok()
+                && matches!(stream.read(&mut buf), Ok(n) if n > 0);
             if !ok {
                 return (exchanges, longest.max(last.elapsed()), false);
             }
@@ -608,12 +614,13 @@ fn upgrade(
     let asked = Instant::now();
     old.terminate()?;
     let exited = Instant::now();
-    let new = Agent::start(options, node, dir, manifests, &[
-        "--on-stop",
-        "clean",
-        "--conntrack-file",
-        &table_arg,
-    ]);
+    let new = Agent::start(
+        options,
+        node,
+        dir,
+        manifests,
+        &["--on-stop", "clean", "--conntrack-file", &table_arg],
+    );
     let ready = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     let retrans = retransmitted(&client, "10.244.1.2").saturating_sub(retrans_before);

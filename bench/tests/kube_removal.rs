@@ -63,7 +63,11 @@ fn the_daemonset_decides_keep_or_clean_and_doubt_keeps() {
 
     server.apply(daemonset(true)).expect("apply");
     assert_eq!(ask(TIMEOUT), DaemonSetState::Deleting);
-    assert_eq!(ask(TIMEOUT).on_stop(), OnStop::Clean, "being deleted: clean");
+    assert_eq!(
+        ask(TIMEOUT).on_stop(),
+        OnStop::Clean,
+        "being deleted: clean"
+    );
 
     server.apply(daemonset(false)).expect("apply");
     server.set_unavailable(true);
@@ -75,8 +79,14 @@ fn the_daemonset_decides_keep_or_clean_and_doubt_keeps() {
     server.set_delay(Duration::from_secs(3));
     let started = Instant::now();
     let state = ask(second);
-    assert!(matches!(&state, DaemonSetState::Unknown(why) if why.contains("within")), "{state:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "gave up in time");
+    assert!(
+        matches!(&state, DaemonSetState::Unknown(why) if why.contains("within")),
+        "{state:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up in time"
+    );
     assert_eq!(state.on_stop(), OnStop::Keep);
     server.set_delay(Duration::ZERO);
 

@@ -241,21 +241,23 @@ fn pod_netns(bed: &Testbed, key: &str) -> String {
 fn cluster_with_new_pods(n: usize) -> String {
     let mut yaml = CLUSTER.to_owned();
     for i in 0..n {
-        yaml.push_str(&format!(
+        use std::fmt::Write as _;
+        let _ = write!(
+            yaml,
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: x, name: new-{i}, labels: {{app: new}}}}\n\
              spec:\n  nodeName: node-1\n  containers:\n  - name: c\n    ports: [{{name: web, containerPort: 8080}}]\n"
-        ));
+        );
     }
     yaml
 }
 
 #[test]
 fn pods_added_in_parallel_are_each_enforced_at_their_first_packet() {
+    const PODS: usize = 16;
+    const AT_ONCE: usize = 8;
     if skip() {
         return;
     }
-    const PODS: usize = 16;
-    const AT_ONCE: usize = 8;
     let (bed, dir, manifests) = common::testbed_with_manifests(
         &cluster_with_new_pods(PODS),
         &TestbedOptions::default(),
@@ -286,19 +288,37 @@ fn pods_added_in_parallel_are_each_enforced_at_their_first_packet() {
     });
     let first = first.into_inner().expect("lock");
     for (i, result) in results.iter().enumerate() {
-        let added = result.as_ref().unwrap_or_else(|e| panic!("ADD of new-{i}: {e}"));
+        let added = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("ADD of new-{i}: {e}"));
         assert_eq!(added.results[1], added.results[0], "prevResult unchanged");
         let (ip, (from_a, from_b, to_a)) = first[i].clone().expect("probed");
-        assert_eq!(from_a, ProbeOutcome::NoAnswer, "new-{i} ({ip}): a denied at once");
-        assert_eq!(from_b, answered(&format!("x/new-{i}")), "new-{i}: b allowed at once");
-        assert_eq!(to_a, ProbeOutcome::NoAnswer, "new-{i}: its egress denied at once");
+        assert_eq!(
+            from_a,
+            ProbeOutcome::NoAnswer,
+            "new-{i} ({ip}): a denied at once"
+        );
+        assert_eq!(
+            from_b,
+            answered(&format!("x/new-{i}")),
+            "new-{i}: b allowed at once"
+        );
+        assert_eq!(
+            to_a,
+            ProbeOutcome::NoAnswer,
+            "new-{i}: its egress denied at once"
+        );
     }
     let all = adopted(&socket);
     assert_eq!(all.len(), 2 + PODS, "{all:?}");
     for pod in &pods {
         runtime.del(&list, pod).expect("DEL");
     }
-    assert_eq!(adopted(&socket), ["10.244.1.1", "10.244.1.2"], "all released");
+    assert_eq!(
+        adopted(&socket),
+        ["10.244.1.1", "10.244.1.2"],
+        "all released"
+    );
 }
 
 #[test]

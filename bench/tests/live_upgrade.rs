@@ -266,8 +266,8 @@ struct Speaker {
 
 impl Speaker {
     fn start(netns: &str, port: u16) -> Self {
-        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)))
-            .expect("speaker binds");
+        let listener =
+            in_netns(netns, move || TcpListener::bind(("0.0.0.0", port))).expect("speaker binds");
         listener.set_nonblocking(true).expect("nonblocking");
         let (say, said) = mpsc::channel::<String>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -338,7 +338,10 @@ impl CniDirs {
 
     fn flags(&self) -> Vec<String> {
         let plugin = common::podfence().with_file_name("podfence-cni");
-        assert!(plugin.exists(), "build podfence-cni: cargo build -p podfence-cni");
+        assert!(
+            plugin.exists(),
+            "build podfence-cni: cargo build -p podfence-cni"
+        );
         vec![
             "--cni-bin-dir".into(),
             self.bin.display().to_string(),
@@ -360,7 +363,10 @@ impl CniDirs {
     fn await_chained(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.chained() {
-            assert!(Instant::now() < deadline, "podfence-cni not chained in 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "podfence-cni not chained in 10 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -450,7 +456,10 @@ fn an_upgrade_keeps_enforcing_and_keeps_connections_and_an_uninstall_leaves_noth
     );
     // The backend speaks first: its packet finds the restored translated
     // connection and reaches the client from the Service address.
-    speaker.say.send("after the upgrade".into()).expect("speaker runs");
+    speaker
+        .say
+        .send("after the upgrade".into())
+        .expect("speaker runs");
     assert_eq!(
         read_message(&mut service).expect("the backend's first packet after the upgrade"),
         "after the upgrade"

@@ -456,7 +456,10 @@ fn the_agent_tells_an_upgrade_from_an_uninstall_by_its_own_daemonset() {
     let ds: DaemonSet = the("DaemonSet");
     let env = environment(&ds);
     // Keep for the next agent, unless this DaemonSet is gone or going.
-    assert_eq!(env.get("PODFENCE_ON_STOP").map(String::as_str), Some("keep"));
+    assert_eq!(
+        env.get("PODFENCE_ON_STOP").map(String::as_str),
+        Some("keep")
+    );
     let (namespace, name) = (
         ds.metadata.namespace.clone().expect("namespace"),
         ds.metadata.name.clone().expect("name"),
@@ -497,7 +500,10 @@ fn the_agent_tells_an_upgrade_from_an_uninstall_by_its_own_daemonset() {
     assert_eq!(subjects.len(), 1);
     assert_eq!(
         (subjects[0].kind.as_str(), Some(&subjects[0].name)),
-        ("ServiceAccount", pod_spec(&ds).service_account_name.as_ref())
+        (
+            "ServiceAccount",
+            pod_spec(&ds).service_account_name.as_ref()
+        )
     );
     assert_eq!(subjects[0].namespace.as_ref(), Some(&namespace));
 }

@@ -17,10 +17,12 @@
 //! stopping anything; [`Agent::reconcile`] adopts and releases pods.
 //! [`Agent::stop`] undoes the start in reverse: routes
 //! back to the CNI's, redirectors detached, workers stopped, the host-port
-//! pair removed when this run made it. A crash leaves the redirectors
-//! attached with no socket bound, which drops pod traffic (fail closed, or
-//! passes it with [`NoSocketAction::Pass`]) until the next start replaces
-//! them.
+//! pair removed when this run made it. [`Agent::stop_with`]`(`[`OnStop::Keep`]`)`
+//! stops the workers only and leaves the rest, and the connection table's
+//! file ([`open_conntrack`]), for the next agent, as a crash does: the
+//! redirectors stay attached with no socket bound, which drops pod traffic
+//! (fail closed, or passes it with [`NoSocketAction::Pass`]) until the
+//! next start replaces them atomically and takes the routes over in place.
 //!
 //! The agent runs in the calling thread's network namespace: its worker
 //! threads inherit it.

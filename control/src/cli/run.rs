@@ -20,6 +20,12 @@
 //! `podfence-cni` once it serves its control socket, chained into the
 //! node's network configuration (checked again every five seconds, as the
 //! network plugin may rewrite its file), and removes both at a clean stop.
+//!
+//! `--on-stop keep` leaves the datapath, the chaining and the connection
+//! table (a file, `--conntrack-file`) for the next agent; with
+//! `--daemonset`, the agent asks the API at stop whether its DaemonSet is
+//! gone or going, and cleans instead if it is
+//! ([`removal`](podfence_control::agent::removal)).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -112,8 +112,9 @@ impl<T> Drop for Array<T> {
 impl<T> std::fmt::Debug for Array<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Array")
+            .field("ptr", &self.ptr)
             .field("len", &self.len)
-            .field("mapped", &!self.boxed)
+            .field("boxed", &self.boxed)
             .finish()
     }
 }
@@ -132,7 +133,9 @@ pub enum StoreError {
         source: io::Error,
     },
     /// Another process holds the file (another agent runs).
-    #[error("connection table file {path} is held by another process (another agent?) after {waited:?}")]
+    #[error(
+        "connection table file {path} is held by another process (another agent?) after {waited:?}"
+    )]
     Locked {
         /// The file.
         path: PathBuf,
@@ -210,7 +213,7 @@ pub(super) fn open(
     n: usize,
     slot_bytes: usize,
     nat_bytes: usize,
-    wait: Duration,
+    lock_wait: Duration,
 ) -> Result<(Mapping, Opened), StoreError> {
     let err = |op: &'static str| {
         move |source: io::Error| StoreError::Io {
@@ -231,7 +234,7 @@ pub(super) fn open(
         .truncate(false)
         .open(path)
         .map_err(err("open"))?;
-    lock(&file, path, wait)?;
+    lock(&file, path, lock_wait)?;
     let (_, _, _, size) = layout(n, slot_bytes, nat_bytes);
     let had = file.metadata().map_err(err("stat"))?.len();
     let want = Header {
@@ -266,7 +269,7 @@ pub(super) fn open(
         // SAFETY: the mapping is at least a page and page-aligned, so a
         // `Header` fits at its start; no other process maps it (the lock)
         // and this table's arrays do not exist yet.
-        let header = unsafe { &mut *mapping.base.as_ptr().cast::<Header>() };
+        let header = unsafe { &mut *mapping.header() };
         *header = Header {
             magic: [0; 8],
             generation: AtomicU64::new(0),
@@ -288,7 +291,11 @@ fn read_mismatch(file: &File, want: &Header) -> io::Result<Option<String>> {
     let why = if bytes[..8] != want.magic {
         "not a podfence connection table".to_owned()
     } else if u32_at(8) != want.layout {
-        format!("layout version {}, this agent's is {}", u32_at(8), want.layout)
+        format!(
+            "layout version {}, this agent's is {}",
+            u32_at(8),
+            want.layout
+        )
     } else if (u32_at(12), u32_at(16)) != (want.slot_bytes, want.nat_bytes) {
         format!(
             "slots of {}+{} bytes, this agent's are {}+{}",
@@ -300,7 +307,10 @@ fn read_mismatch(file: &File, want: &Header) -> io::Result<Option<String>> {
     } else if u32_at(20) != want.clock {
         "stamped with another clock".to_owned()
     } else if capacity != want.capacity {
-        format!("{capacity} entries, this agent's table has {}", want.capacity)
+        format!(
+            "{capacity} entries, this agent's table has {}",
+            want.capacity
+        )
     } else if bytes[32..72] != want.boot_id {
         "written before the last reboot".to_owned()
     } else {
@@ -387,7 +397,7 @@ impl Mapping {
     /// and the array must be dropped before the mapping.
     pub(super) unsafe fn array<T>(&self, offset: usize, len: usize) -> Array<T> {
         debug_assert!(offset + len * std::mem::size_of::<T>() <= self.len);
-        debug_assert!(offset % std::mem::align_of::<T>() == 0);
+        debug_assert!(offset.is_multiple_of(std::mem::align_of::<T>()));
         // SAFETY: within the mapping, per the caller.
         let ptr = unsafe { self.base.add(offset) }.cast::<T>();
         Array {
@@ -397,12 +407,21 @@ impl Mapping {
         }
     }
 
+    /// The start of the mapping, where the header is.
+    #[allow(
+        clippy::cast_ptr_alignment,
+        reason = "mmap returns a page-aligned address"
+    )]
+    fn header(&self) -> *mut Header {
+        self.base.as_ptr().cast::<Header>()
+    }
+
     /// The header's generation record.
     pub(super) fn generation(&self) -> &AtomicU64 {
         // SAFETY: the mapping starts with a `Header` (written by `open`),
         // aligned (page-aligned mapping) and alive as long as `self`; the
         // field is an atomic, only ever accessed as one.
-        unsafe { &(*self.base.as_ptr().cast::<Header>()).generation }
+        unsafe { &(*self.header()).generation }
     }
 
     /// The file.
@@ -424,7 +443,8 @@ pub fn monotonic_ns() -> u64 {
     unsafe {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
     }
-    (ts.tv_sec as u64)
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }

@@ -1313,10 +1313,8 @@ mod file_tests {
 
     impl TempFile {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "podfence-ct-{}-{name}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("podfence-ct-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             Self(dir.join("conntrack"))
         }
@@ -1371,7 +1369,9 @@ mod file_tests {
         assert_eq!(ct.generation_floor(), 7);
         let later = ct.clock_ns();
         assert!(later >= now, "one clock across processes of a boot");
-        let hit = ct.lookup(&plain.reversed(), tcp(tcp_flags::ACK), later).unwrap();
+        let hit = ct
+            .lookup(&plain.reversed(), tcp(tcp_flags::ACK), later)
+            .unwrap();
         assert!(hit.reply);
         assert_eq!((hit.state, hit.generation), (State::TcpEstablished, 7));
         // The translated connection, found by a reply first (the backend
@@ -1398,23 +1398,43 @@ mod file_tests {
         let file = TempFile::new("mismatch");
         {
             let (ct, _) = Conntrack::open(&file.0, 64, Timeouts::default()).unwrap();
-            let _ = ct.insert(&key(1, 80, ip_proto::TCP), State::TcpEstablished, 1, ct.clock_ns());
+            let _ = ct.insert(
+                &key(1, 80, ip_proto::TCP),
+                State::TcpEstablished,
+                1,
+                ct.clock_ns(),
+            );
             ct.record_generation(3);
         }
         let (ct, opened) = Conntrack::open(&file.0, 256, Timeouts::default()).unwrap();
-        assert!(matches!(&opened, Opened::Mismatch(why) if why.contains("bytes")), "{opened:?}");
+        assert!(
+            matches!(&opened, Opened::Mismatch(why) if why.contains("bytes")),
+            "{opened:?}"
+        );
         assert_eq!(ct.live_entries(ct.clock_ns()), 0);
         assert_eq!(ct.generation_floor(), 0);
-        let _ = ct.insert(&key(1, 80, ip_proto::TCP), State::TcpEstablished, 1, ct.clock_ns());
+        let _ = ct.insert(
+            &key(1, 80, ip_proto::TCP),
+            State::TcpEstablished,
+            1,
+            ct.clock_ns(),
+        );
         drop(ct);
         // Another layout version in the header.
         {
             use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new().write(true).open(&file.0).unwrap();
-            f.write_all_at(&(store::LAYOUT_VERSION + 1).to_ne_bytes(), 8).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file.0)
+                .unwrap();
+            f.write_all_at(&(store::LAYOUT_VERSION + 1).to_ne_bytes(), 8)
+                .unwrap();
         }
         let (ct, opened) = Conntrack::open(&file.0, 256, Timeouts::default()).unwrap();
-        assert!(matches!(&opened, Opened::Mismatch(why) if why.contains("layout version")), "{opened:?}");
+        assert!(
+            matches!(&opened, Opened::Mismatch(why) if why.contains("layout version")),
+            "{opened:?}"
+        );
         assert_eq!(ct.live_entries(ct.clock_ns()), 0);
         drop(ct);
         // Not a table at all.
@@ -1427,13 +1447,12 @@ mod file_tests {
     fn one_process_holds_a_table_file_at_a_time() {
         let file = TempFile::new("lock");
         let (held, _) = Conntrack::open(&file.0, 64, Timeouts::default()).unwrap();
-        let second = Conntrack::open_waiting(
-            &file.0,
-            64,
-            Timeouts::default(),
-            Duration::from_millis(30),
+        let second =
+            Conntrack::open_waiting(&file.0, 64, Timeouts::default(), Duration::from_millis(30));
+        assert!(
+            matches!(second, Err(StoreError::Locked { .. })),
+            "{second:?}"
         );
-        assert!(matches!(second, Err(StoreError::Locked { .. })), "{second:?}");
         drop(held);
         assert!(Conntrack::open_waiting(&file.0, 64, Timeouts::default(), Duration::ZERO).is_ok());
     }

@@ -310,6 +310,24 @@ mod tests {
     }
 
     #[test]
+    fn generations_continue_above_those_a_restored_table_recorded() {
+        use podfence_datapath::conntrack::Timeouts;
+        let table = Arc::new(Conntrack::new(64, Timeouts::default()));
+        // As an agent before left it.
+        table.record_generation(41);
+        let tables = TablePublisher::new(CompileOptions::default())
+            .with_conntrack(Arc::clone(&table));
+        assert_eq!(tables.generation(), 41, "in force: none of ours yet");
+        let published = tables.publish(&Cluster::default(), None);
+        assert_eq!(published.generation, 42);
+        assert_eq!(tables.publisher().current().tables.generation(), 42);
+        assert_eq!(table.generation_floor(), 42, "recorded for the next agent");
+        // Without a table: from 1, as always.
+        let plain = TablePublisher::new(CompileOptions::default());
+        assert_eq!(plain.publish(&Cluster::default(), None).generation, 1);
+    }
+
+    #[test]
     fn cni_addresses_are_compiled_in_until_forgotten() {
         let ip: IpAddr = "10.1.0.5".parse().unwrap();
         let other: IpAddr = "10.0.0.9".parse().unwrap();

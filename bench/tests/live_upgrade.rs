@@ -565,3 +565,71 @@ fn a_table_of_another_layout_starts_clean() {
     assert_eq!(node_state(&node), before, "nothing left behind");
     assert!(!table.exists());
 }
+
+#[test]
+fn a_next_agent_that_fails_to_start_leaves_the_node_failing_closed() {
+    if skip() {
+        return;
+    }
+    let options = TestbedOptions {
+        session_ports: vec![SESSION_PORT],
+        ..TestbedOptions::default()
+    };
+    let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "failed-next");
+    let node = bed.node_netns().to_owned();
+    let (a, c) = (pod_netns(&bed, "x/a"), pod_netns(&bed, "x/c"));
+    let before = node_state(&node);
+    let table = dir.0.join("conntrack");
+    let table_arg = table.to_str().expect("path");
+    let keep = ["--on-stop", "keep", "--conntrack-file", table_arg];
+    let source = manifests_arg(&manifests);
+    let old = AgentProcess::start(&node, &source, &dir.0, &keep);
+    let mut session = connect(&a, &format!("10.244.1.2:{SESSION_PORT}"));
+    assert_eq!(exchange(&mut session).expect("exchange"), "x/b");
+    old.terminate();
+
+    // The next agent cannot start (a read-only /proc/sys: its sysctl
+    // fails after it found the pair): what the old one left stays, and
+    // nothing reaches a pod past the datapath.
+    let script = format!(
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         exec ip netns exec {node} {} run --manifests {} --node-name node-1 \
+         --control-socket none --no-metrics --on-stop keep --conntrack-file {table_arg}",
+        common::podfence().display(),
+        manifests.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    let b_veth = &bed.pods()["x/b"].host_veth;
+    assert_eq!(
+        programs(&node, b_veth),
+        [podfence_bpf::PROGRAM_NAME],
+        "{stderr}"
+    );
+    let routes = netns::ip(&node, &["-4", "route", "show", "table", "7066"]);
+    assert!(routes.contains("10.244.1.2 dev pf-host"), "{routes}");
+    assert!(table.exists(), "the table stays for the next try");
+    let probe = |netns: &str| {
+        Testbed::tcp_probe_from(
+            netns,
+            "10.244.1.2".parse().expect("IP"),
+            SESSION_PORT,
+            Duration::from_millis(700),
+        )
+        .expect("probe")
+    };
+    use podfence_bench::testbed::ProbeOutcome;
+    assert_eq!(probe(&c), ProbeOutcome::NoAnswer, "denied stays denied");
+    assert_eq!(probe(&a), ProbeOutcome::NoAnswer, "failing closed");
+
+    // A next agent that starts takes over, the connection included.
+    let clean = ["--on-stop", "clean", "--conntrack-file", table_arg];
+    let new = AgentProcess::start(&node, &source, &dir.0, &clean);
+    assert_eq!(exchange(&mut session).expect("after the takeover"), "x/b");
+    new.terminate();
+    assert_eq!(node_state(&node), before, "nothing left behind");
+}

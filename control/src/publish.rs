@@ -315,8 +315,8 @@ mod tests {
         let table = Arc::new(Conntrack::new(64, Timeouts::default()));
         // As an agent before left it.
         table.record_generation(41);
-        let tables = TablePublisher::new(CompileOptions::default())
-            .with_conntrack(Arc::clone(&table));
+        let tables =
+            TablePublisher::new(CompileOptions::default()).with_conntrack(Arc::clone(&table));
         assert_eq!(tables.generation(), 41, "in force: none of ours yet");
         let published = tables.publish(&Cluster::default(), None);
         assert_eq!(published.generation, 42);

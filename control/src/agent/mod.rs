@@ -171,6 +171,13 @@ pub struct AgentOptions {
     pub pin_workers: bool,
     /// Conntrack entries.
     pub conntrack_entries: usize,
+    /// What an agent dropped without a stop (a start that failed midway,
+    /// an error that unwinds the supervisor) leaves: with `true`, as
+    /// [`OnStop::Keep`] (the fail mode decides pod traffic, as after a
+    /// crash, and the next agent takes over); `false`, as [`OnStop::Clean`].
+    /// Set with `--on-stop keep`: a new agent that fails to start must not
+    /// hand the pods its predecessor left to the kernel unenforced.
+    pub keep_on_drop: bool,
     /// A connection table the caller opened (e.g. from the file an agent
     /// before this one left, [`open_conntrack`]); `None`: a new one of
     /// `conntrack_entries` on the heap.
@@ -201,6 +208,7 @@ impl Default for AgentOptions {
             pin_workers: true,
             conntrack_entries: 1 << 18,
             conntrack: None,
+            keep_on_drop: false,
             broad_threshold: CompileOptions::default().broad_threshold,
             worker_counters: Arc::default(),
             health: Arc::default(),
@@ -785,7 +793,11 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if !self.workers.is_empty() || self.pair.is_some() || !self.redirectors.is_empty() {
             // Errors were logged.
-            let _ = self.tear_down();
+            let _ = if self.options.keep_on_drop {
+                self.leave()
+            } else {
+                self.tear_down()
+            };
         }
     }
 }

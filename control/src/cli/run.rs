@@ -509,6 +509,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         "--daemonset needs the Kubernetes API (--in-cluster or --kubeconfig)"
     );
     let mut agent = options(args);
+    agent.keep_on_drop = args.on_stop == OnStopArg::Keep;
     if let Some(path) = conntrack_file(args) {
         agent.conntrack = Some(
             open_conntrack(Some(&path), args.conntrack_entries)

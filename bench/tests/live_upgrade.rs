@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use podfence_bench::testbed::{Testbed, TestbedOptions, in_netns};
+use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions, in_netns};
 use podfence_testkit::netns;
 use podfence_testkit::{Need, skip_unless};
 use serde_json::{Value, json};
@@ -560,7 +560,7 @@ fn a_table_of_another_layout_starts_clean() {
         Duration::from_millis(700),
     )
     .expect("probe");
-    assert_eq!(denied, podfence_bench::testbed::ProbeOutcome::NoAnswer);
+    assert_eq!(denied, ProbeOutcome::NoAnswer);
     new.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");
     assert!(!table.exists());
@@ -622,7 +622,6 @@ fn a_next_agent_that_fails_to_start_leaves_the_node_failing_closed() {
         )
         .expect("probe")
     };
-    use podfence_bench::testbed::ProbeOutcome;
     assert_eq!(probe(&c), ProbeOutcome::NoAnswer, "denied stays denied");
     assert_eq!(probe(&a), ProbeOutcome::NoAnswer, "failing closed");
 

@@ -484,6 +484,24 @@ fn on_stop(args: &RunArgs) -> OnStop {
     decided
 }
 
+/// The agent's options, with its connection table opened when it lives in
+/// a file.
+fn agent_options(args: &RunArgs) -> Result<AgentOptions> {
+    anyhow::ensure!(
+        args.daemonset.is_none() || args.manifests.is_empty(),
+        "--daemonset needs the Kubernetes API (--in-cluster or --kubeconfig)"
+    );
+    let mut agent = options(args);
+    agent.keep_on_drop = args.on_stop == OnStopArg::Keep;
+    if let Some(path) = conntrack_file(args) {
+        agent.conntrack = Some(
+            open_conntrack(Some(&path), args.conntrack_entries)
+                .context("cannot use the connection table's file")?,
+        );
+    }
+    Ok(agent)
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -504,18 +522,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         last: None,
         last_error: None,
     });
-    anyhow::ensure!(
-        args.daemonset.is_none() || args.manifests.is_empty(),
-        "--daemonset needs the Kubernetes API (--in-cluster or --kubeconfig)"
-    );
-    let mut agent = options(args);
-    agent.keep_on_drop = args.on_stop == OnStopArg::Keep;
-    if let Some(path) = conntrack_file(args) {
-        agent.conntrack = Some(
-            open_conntrack(Some(&path), args.conntrack_entries)
-                .context("cannot use the connection table's file")?,
-        );
-    }
+    let agent = agent_options(args)?;
     info!(
         node = agent.node_name.as_deref().unwrap_or("(all pods local)"),
         fail = fail_mode(agent.redirect.no_socket_action),

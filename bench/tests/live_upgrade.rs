@@ -632,3 +632,58 @@ fn a_next_agent_that_fails_to_start_leaves_the_node_failing_closed() {
     new.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");
 }
+
+#[test]
+fn a_kept_connection_the_next_agents_policies_deny_is_cut() {
+    if skip() {
+        return;
+    }
+    let options = TestbedOptions {
+        session_ports: vec![SESSION_PORT],
+        ..TestbedOptions::default()
+    };
+    let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "recheck");
+    let node = bed.node_netns().to_owned();
+    let a = pod_netns(&bed, "x/a");
+    let table = dir.0.join("conntrack");
+    let flags = [
+        "--on-stop",
+        "keep",
+        "--conntrack-file",
+        table.to_str().expect("path"),
+    ];
+    let source = manifests_arg(&manifests);
+    let old = AgentProcess::start(&node, &source, &dir.0, &flags);
+    let mut kept = connect(&a, &format!("10.244.1.2:{SESSION_PORT}"));
+    let mut web = connect(&a, &format!("10.244.1.4:{SESSION_PORT}"));
+    assert_eq!(exchange(&mut kept).expect("exchange"), "x/b");
+    assert_eq!(exchange(&mut web).expect("exchange"), "x/web");
+    old.terminate();
+
+    // The next agent's policies: b talks to nobody now, either way (a
+    // mid-stream packet is picked up if either direction is allowed).
+    let closed = CLUSTER
+        .replace(
+            "  ingress:\n  - from: [{podSelector: {matchLabels: {pod: a}}}]\n",
+            "",
+        )
+        .replace(
+            "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]",
+            "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress, Egress]",
+        );
+    assert!(closed.contains("policyTypes: [Ingress, Egress]") && !closed.contains("from:"));
+    std::fs::write(&manifests, closed).expect("manifests");
+    let new = AgentProcess::start(&node, &source, &dir.0, &flags);
+    kept.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    assert!(
+        exchange(&mut kept).is_err(),
+        "re-checked against the new policies and cut"
+    );
+    assert_eq!(
+        exchange(&mut web).expect("still allowed"),
+        "x/web",
+        "the others continue"
+    );
+    drop(new);
+}

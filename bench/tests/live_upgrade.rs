@@ -9,14 +9,13 @@
 
 mod common;
 
-use common::{AgentProcess, node_state};
+use common::{AgentProcess, Speaker, node_state};
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -253,57 +252,6 @@ fn knock(from: &str, to: &str, to_ip: &str) -> Running<(u64, u64)> {
     Running {
         stop,
         thread: Some(thread),
-    }
-}
-
-/// A server in `netns` on `port` for one connection that answers every
-/// message with "pong" and sends what it is handed on its own: a server
-/// that speaks first.
-struct Speaker {
-    say: mpsc::Sender<String>,
-    _running: Running<()>,
-}
-
-impl Speaker {
-    fn start(netns: &str, port: u16) -> Self {
-        let listener =
-            in_netns(netns, move || TcpListener::bind(("0.0.0.0", port))).expect("speaker binds");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let (say, said) = mpsc::channel::<String>();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut stream = loop {
-                if stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                match listener.accept() {
-                    Ok((s, _)) => break s,
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            };
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
-            let mut buf = [0u8; 256];
-            while !stopping.load(Ordering::Relaxed) {
-                while let Ok(text) = said.try_recv() {
-                    let _ = stream.write_all(text.as_bytes());
-                }
-                match stream.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(_) => {
-                        let _ = stream.write_all(b"pong");
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        Self {
-            say,
-            _running: Running {
-                stop,
-                thread: Some(thread),
-            },
-        }
     }
 }
 

@@ -157,6 +157,71 @@ pub(crate) fn node_state(node: &str) -> String {
     state
 }
 
+/// A server in `netns` on `port` for one connection that answers every
+/// message with "pong" and sends what it is handed on its own: a server
+/// that speaks first.
+pub(crate) struct Speaker {
+    /// What to send next, unasked.
+    pub(crate) say: std::sync::mpsc::Sender<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Speaker {
+    pub(crate) fn start(netns: &str, port: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, mpsc};
+        let listener = podfence_bench::testbed::in_netns(netns, move || {
+            std::net::TcpListener::bind(("0.0.0.0", port))
+        })
+        .expect("speaker binds");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (say, said) = mpsc::channel::<String>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut stream = loop {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
+            let mut buf = [0u8; 256];
+            while !stopping.load(Ordering::Relaxed) {
+                while let Ok(text) = said.try_recv() {
+                    let _ = stream.write_all(text.as_bytes());
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        let _ = stream.write_all(b"pong");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Self {
+            say,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The `podfence` binary built beside this test.
 pub(crate) fn podfence() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

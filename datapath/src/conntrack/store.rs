@@ -206,7 +206,7 @@ fn boot_id() -> [u8; 40] {
 }
 
 /// Opens (or creates) the table file `path` for `n` slots, locks it
-/// (waiting up to `wait` for a previous holder) and maps it. A file whose
+/// (waiting up to `lock_wait` for a previous holder) and maps it. A file whose
 /// header does not describe exactly this table is cleared.
 pub(super) fn open(
     path: &Path,

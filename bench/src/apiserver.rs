@@ -4,7 +4,8 @@
 //! It serves Namespaces (`/api/v1/namespaces`), Pods (`/api/v1/pods`),
 //! NetworkPolicies (`/apis/networking.k8s.io/v1/networkpolicies`), Services
 //! (`/api/v1/services`) and EndpointSlices
-//! (`/apis/discovery.k8s.io/v1/endpointslices`), cluster-wide:
+//! (`/apis/discovery.k8s.io/v1/endpointslices`), cluster-wide, and
+//! DaemonSets one by name (`/apis/apps/v1/namespaces/NS/daemonsets/NAME`):
 //! - lists carry the current resourceVersion (pagination is not needed: a
 //!   list is one page);
 //! - `?watch=1&resourceVersion=N` streams, chunked, every change of that
@@ -48,6 +49,8 @@ pub enum Resource {
     Services,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlices,
+    /// `apps/v1` DaemonSet (one by name: what a stopping agent asks).
+    DaemonSets,
 }
 
 impl Resource {
@@ -58,6 +61,7 @@ impl Resource {
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicies),
             "/api/v1/services" => Some(Self::Services),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlices),
+            "/apis/apps/v1/daemonsets" => Some(Self::DaemonSets),
             _ => None,
         }
     }
@@ -69,6 +73,7 @@ impl Resource {
             "NetworkPolicy" => Some(Self::NetworkPolicies),
             "Service" => Some(Self::Services),
             "EndpointSlice" => Some(Self::EndpointSlices),
+            "DaemonSet" => Some(Self::DaemonSets),
             _ => None,
         }
     }
@@ -80,6 +85,7 @@ impl Resource {
             Self::NetworkPolicies => "NetworkPolicy",
             Self::Services => "Service",
             Self::EndpointSlices => "EndpointSlice",
+            Self::DaemonSets => "DaemonSet",
         }
     }
 
@@ -88,6 +94,7 @@ impl Resource {
             Self::Namespaces | Self::Pods | Self::Services => "v1",
             Self::NetworkPolicies => "networking.k8s.io/v1",
             Self::EndpointSlices => "discovery.k8s.io/v1",
+            Self::DaemonSets => "apps/v1",
         }
     }
 }
@@ -364,6 +371,26 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
             "503 Service Unavailable",
             &status(503, "ServiceUnavailable", "unavailable on demand"),
         );
+        return;
+    }
+    if let Some((namespace, name)) = path
+        .strip_prefix("/apis/apps/v1/namespaces/")
+        .and_then(|rest| rest.split_once("/daemonsets/"))
+    {
+        let key = (Resource::DaemonSets, namespace.to_owned(), name.to_owned());
+        let found = shared.lock().objects.get(&key).cloned();
+        match found {
+            Some(object) => respond(&mut stream, "200 OK", &object),
+            None => respond(
+                &mut stream,
+                "404 Not Found",
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("daemonsets.apps \"{name}\" not found"),
+                ),
+            ),
+        }
         return;
     }
     let Some(resource) = Resource::from_path(&path) else {

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -200,6 +201,15 @@ impl NetworkList {
     }
 }
 
+/// How an ADD went: each plugin's result, and how long each took.
+#[derive(Clone, Debug, Default)]
+pub struct Added {
+    /// Every plugin's result, in the list's order (the last is the list's).
+    pub results: Vec<Value>,
+    /// Each plugin's ADD time, in the same order.
+    pub times: Vec<Duration>,
+}
+
 /// The runtime: where plugins are, the host namespace they run in, and
 /// the ADD results kept.
 #[derive(Debug)]
@@ -229,10 +239,19 @@ impl Runtime {
     /// ADD through the list; returns every plugin's result, the list's
     /// last. On failure nothing is kept (the runtime then calls DEL).
     pub fn add(&mut self, list: &NetworkList, a: &Attachment) -> Result<Vec<Value>, CniError> {
-        let mut results: Vec<Value> = Vec::new();
+        let added = self.add_timed(list, a)?;
+        self.keep(list, a, &added);
+        Ok(added.results)
+    }
+
+    /// ADD through the list, keeping nothing, with each plugin's time.
+    pub fn add_timed(&self, list: &NetworkList, a: &Attachment) -> Result<Added, CniError> {
+        let mut added = Added::default();
         for i in 0..list.plugins.len() {
-            let config = list.config(i, results.last());
+            let config = list.config(i, added.results.last());
+            let started = Instant::now();
             let result = self.call(&list.plugin_type(i), "ADD", a, &config)?;
+            added.times.push(started.elapsed());
             let Some(result) = result else {
                 return Err(CniError::Output {
                     plugin: list.plugin_type(i),
@@ -241,12 +260,59 @@ impl Runtime {
                     stderr: "ADD printed no result".into(),
                 });
             };
-            results.push(result);
+            added.results.push(result);
         }
-        if let Some(last) = results.last() {
+        Ok(added)
+    }
+
+    fn keep(&mut self, list: &NetworkList, a: &Attachment, added: &Added) {
+        if let Some(last) = added.results.last() {
             self.results.insert(Self::key(list, a), last.clone());
         }
-        Ok(results)
+    }
+
+    /// ADD of every pod of `pods`, `at_once` in flight at a time (a kubelet
+    /// starting pods in parallel); `then` runs on the ADD's thread as soon
+    /// as it returns (to probe the pod's first packets then). Returns how
+    /// each went, in the order of `pods`; successes are kept for DEL.
+    pub fn add_parallel(
+        &mut self,
+        list: &NetworkList,
+        pods: &[Attachment],
+        at_once: usize,
+        then: impl Fn(usize, &Added) + Sync,
+    ) -> Vec<Result<Added, CniError>> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: std::sync::Mutex<Vec<(usize, Result<Added, CniError>)>> =
+            std::sync::Mutex::new(Vec::with_capacity(pods.len()));
+        let this = &*self;
+        std::thread::scope(|s| {
+            for _ in 0..at_once.max(1) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(pod) = pods.get(i) else { break };
+                        let added = this.add_timed(list, pod);
+                        if let Ok(added) = &added {
+                            then(i, added);
+                        }
+                        done.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((i, added));
+                    }
+                });
+            }
+        });
+        let mut done = done
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        done.sort_by_key(|(i, _)| *i);
+        for (i, added) in &done {
+            if let Ok(added) = added {
+                self.keep(list, &pods[*i], added);
+            }
+        }
+        done.into_iter().map(|(_, added)| added).collect()
     }
 
     /// DEL through the list, in reverse order, each plugin with the kept

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod apiserver;
 pub mod cni_runtime;
 pub mod kube_proxy;
+pub mod lifecycle;
 pub mod live;
 pub mod nft;
 pub mod pipeline;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use podfence_control::agent::supervisor::{
     ClusterSource, Supervisor, SupervisorError, SupervisorOptions,
 };
-use podfence_control::agent::{AgentError, AgentOptions, AgentStatus, WorkerReport};
+use podfence_control::agent::{AgentError, AgentOptions, AgentStatus, OnStop, WorkerReport};
 use podfence_control::compile::{CompileOptions, compile};
 use podfence_control::index::Cluster;
 use podfence_control::model::Protocol;
@@ -33,7 +33,7 @@ use crate::testbed::{ProbeOutcome, Testbed, TestbedError, TestbedOptions, enter_
 enum Request {
     Publish(Box<Cluster>, mpsc::Sender<u64>),
     Status(mpsc::Sender<AgentStatus>),
-    Stop(mpsc::Sender<Result<Vec<WorkerReport>, AgentError>>),
+    Stop(OnStop, mpsc::Sender<Result<Vec<WorkerReport>, AgentError>>),
 }
 
 /// Why a live agent could not start.
@@ -117,8 +117,8 @@ impl LiveAgent {
                         Request::Status(reply) => {
                             let _ = reply.send(supervisor.agent().status());
                         }
-                        Request::Stop(reply) => {
-                            let _ = reply.send(supervisor.stop());
+                        Request::Stop(on_stop, reply) => {
+                            let _ = reply.send(supervisor.stop_with(on_stop));
                             return;
                         }
                     }
@@ -158,8 +158,14 @@ impl LiveAgent {
     }
 
     /// Stops the agent cleanly and waits for it.
-    pub fn stop(mut self) -> Result<Vec<WorkerReport>, LiveError> {
-        let reports = self.ask(Request::Stop)?;
+    pub fn stop(self) -> Result<Vec<WorkerReport>, LiveError> {
+        self.stop_with(OnStop::Clean)
+    }
+
+    /// Stops the agent as `on_stop` says (keep: for the next agent, see
+    /// `podfence run --on-stop`) and waits for it.
+    pub fn stop_with(mut self, on_stop: OnStop) -> Result<Vec<WorkerReport>, LiveError> {
+        let reports = self.ask(|tx| Request::Stop(on_stop, tx))?;
         self.requests = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -18,6 +18,7 @@ use podfence_control::compile::{CompileOptions, Compiler, compile};
 use podfence_control::model::{Namespace, NetworkPolicy, Pod};
 use serde_json::json;
 
+mod lifecycle_cmd;
 mod matrix_cmd;
 mod replay_cmd;
 mod traffic_cmd;
@@ -108,6 +109,13 @@ enum Command {
     /// podfence-control`); a tool that is not installed gets a row that says
     /// so.
     Replay(replay_cmd::ReplayArgs),
+    /// Issue 14's measures (root): pod start latency added by podfence-cni
+    /// (ADD p50/p99 of pods started through Debian's ptp and host-local,
+    /// so many at a time, with and without podfence-cni chained), and the
+    /// gap an agent upgrade (`--on-stop keep`, then the next agent) leaves
+    /// in an open connection while a denied pod knocks every 10 ms. Runs
+    /// the real `podfence run` on manifests of a synthetic cluster.
+    Lifecycle(lifecycle_cmd::LifecycleArgs),
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
     /// only, established and new connections (to pod addresses, and through
     /// the cluster's ClusterIP Services), the curve over 1 to 10,000
@@ -184,6 +192,7 @@ fn main() {
             }
         }
         Command::Veth(args) => exit_on_error("veth", veth_cmd::run(&args)),
+        Command::Lifecycle(args) => exit_on_error("lifecycle", lifecycle_cmd::run(&args)),
         Command::Replay(args) => exit_on_error("replay", replay_cmd::run(&args)),
         Command::Traffic(args) => exit_on_error("traffic", traffic_cmd::run(&args)),
         Command::Matrix(args) => match matrix_cmd::run(&args) {

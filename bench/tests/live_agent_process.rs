@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::AgentProcess;
+use common::{AgentProcess, node_state};
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +13,6 @@ use std::time::Duration;
 use podfence_bench::testbed::{ProbeOutcome, Testbed, TestbedOptions};
 use podfence_control::model::Protocol;
 use podfence_control::probe::Probe;
-use podfence_testkit::netns;
 use podfence_testkit::{Need, skip_unless};
 
 const CLUSTER: &str = r#"
@@ -58,32 +57,6 @@ spec:
   podSelector: {matchLabels: {pod: c}}
   policyTypes: [Ingress]
 "#;
-
-/// Everything in the node namespace that the agent could leave behind:
-/// links (with any XDP program), policy rules, our table, routes.
-fn node_state(node: &str) -> String {
-    let mut state = String::new();
-    for args in [
-        &["-d", "-o", "link", "show"][..],
-        &["-4", "rule", "show"],
-        &["-6", "rule", "show"],
-        &["-4", "route", "show", "table", "all"],
-        &["-6", "route", "show", "table", "all"],
-    ] {
-        let out = netns::ip(node, args);
-        // Counters and link-local routes of the pair change by themselves.
-        for line in out.lines() {
-            let line: String = line
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .replace(" noqueue state UP", "");
-            state.push_str(&line);
-            state.push('\n');
-        }
-    }
-    state
-}
 
 fn manifests_arg(path: &Path) -> [String; 2] {
     ["--manifests".into(), path.display().to_string()]

@@ -135,10 +135,15 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(container_id: &str) -> Self {
+        Self::of("new", container_id)
+    }
+
+    /// A sandbox of pod `x/<name>`, whose server answers `x/<name>`.
+    fn of(name: &str, container_id: &str) -> Self {
         let netns = Netns::new("pfcni").expect("pod namespace");
-        let server = Server::start(netns.name(), 8080, "x/new");
+        let server = Server::start(netns.name(), 8080, format!("x/{name}"));
         let path = Path::new("/run/netns").join(netns.name());
-        let attachment = Attachment::pod("x", "new", container_id, &path);
+        let attachment = Attachment::pod("x", name, container_id, &path);
         Self {
             _server: server,
             netns,
@@ -154,7 +159,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(netns: &str, port: u16, answer: &'static str) -> Self {
+    fn start(netns: &str, port: u16, answer: String) -> Self {
         let listener = in_netns(netns, move || {
             let l = TcpListener::bind(("0.0.0.0", port))?;
             l.set_nonblocking(true)?;
@@ -230,6 +235,90 @@ fn manifests_arg(path: &Path) -> [String; 2] {
 
 fn pod_netns(bed: &Testbed, key: &str) -> String {
     bed.pods()[key].netns.clone()
+}
+
+/// `CLUSTER` with `n` more pods like `new` (`x/new-0`...), no address yet.
+fn cluster_with_new_pods(n: usize) -> String {
+    let mut yaml = CLUSTER.to_owned();
+    for i in 0..n {
+        use std::fmt::Write as _;
+        let _ = write!(
+            yaml,
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: x, name: new-{i}, labels: {{app: new}}}}\n\
+             spec:\n  nodeName: node-1\n  containers:\n  - name: c\n    ports: [{{name: web, containerPort: 8080}}]\n"
+        );
+    }
+    yaml
+}
+
+#[test]
+fn pods_added_in_parallel_are_each_enforced_at_their_first_packet() {
+    const PODS: usize = 16;
+    const AT_ONCE: usize = 8;
+    if skip() {
+        return;
+    }
+    let (bed, dir, manifests) = common::testbed_with_manifests(
+        &cluster_with_new_pods(PODS),
+        &TestbedOptions::default(),
+        "cni-many",
+    );
+    let node = bed.node_netns().to_owned();
+    let (a, b) = (pod_netns(&bed, "x/a"), pod_netns(&bed, "x/b"));
+    let a_ip: IpAddr = "10.244.1.1".parse().expect("IP");
+    let _agent = AgentProcess::start(&node, &manifests_arg(&manifests), &dir.0, &[]);
+    let socket = dir.0.join("control.sock");
+    let mut runtime = Runtime::new(vec![CNI_BIN.into(), plugin_dir()], &node);
+    let list = conflist("1.0.0", &socket, "closed", &dir.0.join("ipam"));
+    let sandboxes: Vec<Sandbox> = (0..PODS)
+        .map(|i| Sandbox::of(&format!("new-{i}"), &format!("many-{i}")))
+        .collect();
+    let pods: Vec<Attachment> = sandboxes.iter().map(|s| s.attachment.clone()).collect();
+    // The first packets of each pod, sent the moment its ADD returns while
+    // other ADDs are in flight: (a to it, b to it, it to a).
+    let first = std::sync::Mutex::new(vec![None; PODS]);
+    let results = runtime.add_parallel(&list, &pods, AT_ONCE, |i, added| {
+        let ip = pod_ip(&added.results[1]);
+        let seen = (
+            tcp(&a, ip, 8080),
+            tcp(&b, ip, 8080),
+            tcp(sandboxes[i].netns.name(), a_ip, 80),
+        );
+        first.lock().expect("lock")[i] = Some((ip, seen));
+    });
+    let first = first.into_inner().expect("lock");
+    for (i, result) in results.iter().enumerate() {
+        let added = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("ADD of new-{i}: {e}"));
+        assert_eq!(added.results[1], added.results[0], "prevResult unchanged");
+        let (ip, (from_a, from_b, to_a)) = first[i].clone().expect("probed");
+        assert_eq!(
+            from_a,
+            ProbeOutcome::NoAnswer,
+            "new-{i} ({ip}): a denied at once"
+        );
+        assert_eq!(
+            from_b,
+            answered(&format!("x/new-{i}")),
+            "new-{i}: b allowed at once"
+        );
+        assert_eq!(
+            to_a,
+            ProbeOutcome::NoAnswer,
+            "new-{i}: its egress denied at once"
+        );
+    }
+    let all = adopted(&socket);
+    assert_eq!(all.len(), 2 + PODS, "{all:?}");
+    for pod in &pods {
+        runtime.del(&list, pod).expect("DEL");
+    }
+    assert_eq!(
+        adopted(&socket),
+        ["10.244.1.1", "10.244.1.2"],
+        "all released"
+    );
 }
 
 #[test]

@@ -8,9 +8,10 @@
 //! masquerades in the kernel, the datapath passes the connection from the
 //! host port untranslated and the reply back to the kernel); the node's
 //! own traffic; ClientIP session affinity against spreading; a backend
-//! removed under an open connection (TCP reset, a UDP flow moved); and an
-//! agent restarted under open connections. Needs root and `ip netns`;
-//! skips otherwise.
+//! removed under an open connection (TCP reset, a UDP flow moved); an
+//! agent restarted under open connections; and, with the connection table
+//! kept for the next agent, a remote backend that speaks first after an
+//! upgrade. Needs root and `ip netns`; skips otherwise.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -25,6 +26,8 @@ use podfence_control::index::Cluster;
 use podfence_control::model::Protocol;
 use podfence_control::probe::{Endpoint, Probe};
 use podfence_testkit::{Need, skip_unless};
+
+mod common;
 
 /// Generous: the machine may be loaded.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,11 +109,19 @@ const SESSION: (&str, &str) = (
     "[{name: s, port: 7000}, {name: dns, port: 5353, protocol: UDP}]",
 );
 
+/// The Service `push` (web2 on n2 only): a server of the test's own that
+/// speaks first.
+const PUSH_PORT: u16 = 7100;
+const PUSH: (&str, &str) = (
+    "[{name: p, port: 7100, targetPort: 7100}]",
+    "[{name: p, port: 7100}]",
+);
+
 /// Node n1 (the agent's): client x/a (dual-stack), restricted client x/c,
 /// backend y/web1. Node n2: backends y/web2 and y/api (dual-stack).
 /// Services in y: `local` (web1), `api` and `api6` (api, remote), `web`
 /// (web1 and web2), `sticky` (the same with ClientIP affinity), `np`
-/// (web1, NodePort 30080), `churn` (`churn_endpoints` on the session
+/// (web1, NodePort 30080), `push` (web2, see `PUSH`), `churn` (`churn_endpoints` on the session
 /// port and dns). x/c may only reach app=api pods; web2 admits nobody (a policy
 /// for n2's enforcer, not n1's).
 fn manifests(churn_endpoints: &[&str]) -> String {
@@ -134,6 +145,7 @@ fn manifests(churn_endpoints: &[&str]) -> String {
         service("sticky", "10.96.0.40", affinity, HTTP, &[web1, web2]),
         service("np", "10.96.0.50", "  type: NodePort\n", NODE_PORT, &[web1]),
         service("churn", "10.96.0.60", "", SESSION, churn_endpoints),
+        service("push", "10.96.0.80", "", PUSH, &[web2]),
         "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: only-api, namespace: x}
@@ -460,4 +472,61 @@ fn an_agent_restarted_under_an_open_service_connection_keeps_it() {
     let mut stream = connect(&bed, "x/a", &churn);
     exchange(&mut stream).expect("a new connection");
     agent.stop().expect("agent stops cleanly");
+}
+
+/// The issue the test above leaves open, with the table kept: a Service
+/// connection to a backend on the other node whose backend speaks first
+/// after the upgrade (its packet comes back through the host port and must
+/// be translated back to the Service address from the table the agent
+/// before left).
+#[test]
+fn after_an_upgrade_a_remote_backend_may_speak_first() {
+    use std::sync::Arc;
+
+    use podfence_control::agent::OnStop;
+    use podfence_datapath::conntrack::{Conntrack, Timeouts};
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    let cluster = cluster(&["10.244.1.20", "10.244.2.20"]);
+    let options = TestbedOptions {
+        own_ports: vec![PUSH_PORT],
+        ..options()
+    };
+    let bed = Testbed::build(&cluster, &options).expect("testbed builds");
+    // The table outlives the first agent as the file does between two
+    // processes (`live_upgrade.rs` runs the processes).
+    let table = Arc::new(Conntrack::new(1 << 12, Timeouts::default()));
+    let kept = || AgentOptions {
+        conntrack: Some(Arc::clone(&table)),
+        keep_on_drop: true,
+        ..agent_options()
+    };
+    let speaker = common::Speaker::start(&bed.pods()["y/web2"].netns, PUSH_PORT);
+    let old = LiveAgent::start(bed.node_netns(), &cluster, kept()).expect("agent starts");
+    let mut stream = connect(&bed, "x/a", &format!("10.96.0.80:{PUSH_PORT}"));
+    speaker.say.send("hello".into()).expect("speaker");
+    assert_eq!(read_one(&mut stream).expect("hello"), "hello");
+    old.stop_with(OnStop::Keep).expect("kept");
+
+    let new = LiveAgent::start(bed.node_netns(), &cluster, kept()).expect("next agent");
+    speaker
+        .say
+        .send("first after the upgrade".into())
+        .expect("speaker");
+    assert_eq!(
+        read_one(&mut stream).expect("the remote backend's first packet"),
+        "first after the upgrade",
+        "translated back to the Service address"
+    );
+    assert_eq!(exchange(&mut stream).expect("the client's turn"), "pong");
+    new.stop().expect("agent stops cleanly");
+}
+
+fn read_one(stream: &mut TcpStream) -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    match stream.read(&mut buf)? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        n => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+    }
 }

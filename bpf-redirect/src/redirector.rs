@@ -247,6 +247,19 @@ impl Redirector {
         self.detach_inner()
     }
 
+    /// Lets go of the program without detaching it, for the next agent
+    /// (an upgrade): it stays attached with the no-socket action in force
+    /// (the XSKMAP empties as this process's sockets close) until the next
+    /// [`attach`](Self::attach) replaces it atomically. No moment of the
+    /// handover lets a frame past the datapath unless the no-socket action
+    /// is [`NoSocketAction::Pass`].
+    pub fn leave_attached(mut self) {
+        self.attached = false;
+        info!(ifname = %self.ifname, prog_id = self.prog_id, mode = %self.mode,
+            no_socket_action = ?self.no_socket_action,
+            "left the podfence XDP redirector attached for the next agent");
+    }
+
     fn detach_inner(&mut self) -> Result<(), Error> {
         if !self.attached {
             return Ok(());

@@ -39,7 +39,7 @@ enum Command {
     Matrix(cli::matrix::MatrixArgs),
     Explain(cli::explain::ExplainArgs),
     Replay(cli::replay::ReplayArgs),
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     Status(cli::status::StatusArgs),
 }
 

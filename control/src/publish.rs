@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use podfence_datapath::conntrack::Conntrack;
 use podfence_datapath::publish::{Generation, Publisher};
 use podfence_datapath::{ServiceTable, Tables};
 use tracing::{info, warn};
@@ -66,6 +67,10 @@ pub struct TablePublisher {
     compiler: Arc<Mutex<Compilers>>,
     generation: Arc<AtomicU64>,
     metrics: ControlMetrics,
+    /// The connection table whose entries carry these generations, when it
+    /// outlives the agent: generations are recorded there before they go
+    /// live, and numbered above what an agent before recorded.
+    conntrack: Option<Arc<Conntrack>>,
 }
 
 impl TablePublisher {
@@ -84,7 +89,28 @@ impl TablePublisher {
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
+            conntrack: None,
         }
+    }
+
+    /// Numbers generations above those an earlier agent recorded in
+    /// `conntrack` (a table restored from its file) and records each one
+    /// there before it goes live: a restored entry never carries the
+    /// number of a generation of this agent, so the first packet of each
+    /// restored connection is checked against this agent's tables (and
+    /// cut if they deny it). Before the first publish.
+    #[must_use]
+    pub fn with_conntrack(mut self, conntrack: Arc<Conntrack>) -> Self {
+        let floor = conntrack.generation_floor();
+        self.generation.store(floor, Ordering::Release);
+        if floor > 0 {
+            info!(
+                after = floor,
+                "table generations continue after those of the agent before"
+            );
+        }
+        self.conntrack = Some(conntrack);
+        self
     }
 
     /// Which Services the published generations translate (all of them by
@@ -162,6 +188,9 @@ impl TablePublisher {
         }
         let compile_time = started.elapsed();
         let (pods, policies) = (cluster.pods.len(), cluster.policies.len());
+        if let Some(conntrack) = &self.conntrack {
+            conntrack.record_generation(generation);
+        }
         self.publisher
             .publish(compiled.tables, services.table, caused_at);
         self.generation.store(generation, Ordering::Release);
@@ -278,6 +307,24 @@ mod tests {
             host_ips: Vec::new(),
             named_ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn generations_continue_above_those_a_restored_table_recorded() {
+        use podfence_datapath::conntrack::Timeouts;
+        let table = Arc::new(Conntrack::new(64, Timeouts::default()));
+        // As an agent before left it.
+        table.record_generation(41);
+        let tables =
+            TablePublisher::new(CompileOptions::default()).with_conntrack(Arc::clone(&table));
+        assert_eq!(tables.generation(), 41, "in force: none of ours yet");
+        let published = tables.publish(&Cluster::default(), None);
+        assert_eq!(published.generation, 42);
+        assert_eq!(tables.publisher().current().tables.generation(), 42);
+        assert_eq!(table.generation_floor(), 42, "recorded for the next agent");
+        // Without a table: from 1, as always.
+        let plain = TablePublisher::new(CompileOptions::default());
+        assert_eq!(plain.publish(&Cluster::default(), None).generation, 1);
     }
 
     #[test]

@@ -378,3 +378,56 @@ fn matrix_shows_services_as_columns_only_when_asked() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
+
+#[test]
+fn run_refuses_bad_on_stop_settings_before_touching_the_node() {
+    let demo = demo();
+    let m = demo.to_str().unwrap();
+    // Usage: an unknown mode, a DaemonSet that is no NAMESPACE/NAME.
+    for args in [
+        vec!["run", "--manifests", m, "--on-stop", "sideways"],
+        vec!["run", "--manifests", m, "--daemonset", "podfence"],
+    ] {
+        let out = podfence(&args, "");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Unusable: asking the API about the DaemonSet without the API; a
+    // connection table's file that cannot be.
+    let cases = [
+        (
+            vec![
+                "run",
+                "--manifests",
+                m,
+                "--on-stop",
+                "keep",
+                "--daemonset",
+                "ns/ds",
+            ],
+            "needs the Kubernetes API",
+        ),
+        (
+            vec![
+                "run",
+                "--manifests",
+                m,
+                "--on-stop",
+                "keep",
+                "--conntrack-file",
+                "/proc/podfence/conntrack",
+            ],
+            "connection table's file",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = podfence(&args, "");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

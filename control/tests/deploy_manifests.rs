@@ -2,7 +2,8 @@
 //! (its command, its arguments, the ConfigMap's settings and its own
 //! environment) is accepted by the binary's parser, the probes reach the
 //! address and the paths the agent serves, the ClusterRole grants reading
-//! the kinds the agent watches and nothing more, the container
+//! the kinds the agent watches and nothing more (and `get` on its own
+//! DaemonSet, to tell an upgrade from an uninstall), the container
 //! gets its capabilities one by one, and podfence-cni lands where the
 //! node's runtime finds it and reaches the agent's socket from the node. (scripts/validate-deploy checks the
 //! manifests against the Kubernetes schemas.)
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use podfence_control::agent::metrics::{Health, MetricsServer};
 use podfence_control::index::Kind;
@@ -142,6 +143,11 @@ fn environment(ds: &DaemonSet) -> BTreeMap<String, String> {
                 match path.as_str() {
                     "spec.nodeName" => NODE_NAME.to_owned(),
                     "status.hostIP" => HOST_IP.to_owned(),
+                    "metadata.namespace" => ds
+                        .metadata
+                        .namespace
+                        .clone()
+                        .expect("the DaemonSet names its namespace"),
                     other => panic!("{}: unexpected field {other}", var.name),
                 }
             }
@@ -439,7 +445,67 @@ fn the_cluster_role_grants_reading_the_watched_kinds_and_nothing_else() {
                 .is_some_and(|v| v.starts_with("rbac.authorization.k8s.io/"))
         })
         .count();
-    assert_eq!(rbac_kinds, 2, "one ClusterRole and its binding");
+    assert_eq!(
+        rbac_kinds, 4,
+        "one ClusterRole and its binding, one Role and its binding"
+    );
+}
+
+#[test]
+fn the_agent_tells_an_upgrade_from_an_uninstall_by_its_own_daemonset() {
+    let ds: DaemonSet = the("DaemonSet");
+    let env = environment(&ds);
+    // Keep for the next agent, unless this DaemonSet is gone or going.
+    assert_eq!(
+        env.get("PODFENCE_ON_STOP").map(String::as_str),
+        Some("keep")
+    );
+    let (namespace, name) = (
+        ds.metadata.namespace.clone().expect("namespace"),
+        ds.metadata.name.clone().expect("name"),
+    );
+    assert_eq!(
+        env.get("PODFENCE_DAEMONSET"),
+        Some(&format!("{namespace}/{name}")),
+        "the agent asks about its own DaemonSet"
+    );
+    // The connection table goes where the node keeps it between agents
+    // (the /run/podfence hostPath) and a reboot clears it (a tmpfs).
+    let table = env
+        .get("PODFENCE_CONNTRACK_FILE")
+        .map_or("/run/podfence/conntrack", String::as_str);
+    let mounted = agent(&ds)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| Path::new(table).starts_with(&m.mount_path) && m.read_only != Some(true));
+    assert!(mounted, "{table} is on a writable mount");
+    // The grant: `get` on that one DaemonSet, in its namespace, to the
+    // agent's service account; nothing else.
+    let role: Role = the("Role");
+    assert_eq!(role.metadata.namespace.as_ref(), Some(&namespace));
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups, Some(vec!["apps".to_owned()]));
+    assert_eq!(rules[0].resources, Some(vec!["daemonsets".to_owned()]));
+    assert_eq!(rules[0].resource_names, Some(vec![name]));
+    assert_eq!(rules[0].verbs, ["get"]);
+    let binding: RoleBinding = the("RoleBinding");
+    assert_eq!(binding.metadata.namespace.as_ref(), Some(&namespace));
+    assert_eq!(
+        (binding.role_ref.kind.as_str(), Some(&binding.role_ref.name)),
+        ("Role", role.metadata.name.as_ref())
+    );
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (subjects[0].kind.as_str(), Some(&subjects[0].name)),
+        (
+            "ServiceAccount",
+            pod_spec(&ds).service_account_name.as_ref()
+        )
+    );
+    assert_eq!(subjects[0].namespace.as_ref(), Some(&namespace));
 }
 
 #[test]

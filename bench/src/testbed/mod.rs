@@ -164,6 +164,10 @@ pub struct TestbedOptions {
     /// and answers every message it receives with `ns/pod` (instead of
     /// answering once and closing): for tests of long-lived connections.
     pub session_ports: Vec<u16>,
+    /// TCP ports the pods' servers leave free, for a test's own server
+    /// (one that speaks first, say), even where a container or an
+    /// EndpointSlice names them.
+    pub own_ports: Vec<u16>,
 }
 
 /// What a probe saw.
@@ -347,6 +351,7 @@ impl Testbed {
             // EndpointSlices give it (a numeric targetPort need not be a
             // named container port).
             ports.extend(slice_ports(cluster, &pod.ips));
+            ports.retain(|&(p, n)| p != Protocol::Tcp || !options.own_ports.contains(&n));
             bed.start_server(&tp.netns, &tp.ips, &ports, &options.session_ports, &key)?;
             bed.pods.insert(key, tp);
         }

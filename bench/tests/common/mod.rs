@@ -46,6 +46,27 @@ impl AgentProcess {
     /// `podfence run SOURCE... --node-name node-1` in `node` (its control
     /// socket `DIR/control.sock`), waiting until it is ready.
     pub(crate) fn start(node: &str, source: &[String], dir: &Path, extra: &[&str]) -> Self {
+        Self::start_logged(node, source, dir, extra, None)
+    }
+
+    /// [`Self::start`], its log (standard error) appended to `log`.
+    pub(crate) fn start_logged(
+        node: &str,
+        source: &[String],
+        dir: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("agent log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let child = Command::new("ip")
@@ -59,6 +80,7 @@ impl AgentProcess {
             .arg(dir.join("control.sock"))
             .args(extra)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("podfence run starts");
         let mut agent = Self { child, ready };
@@ -105,6 +127,97 @@ impl Drop for AgentProcess {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Everything in the node namespace that the agent could leave behind:
+/// links (with any XDP program), policy rules, our table, routes.
+pub(crate) fn node_state(node: &str) -> String {
+    let mut state = String::new();
+    for args in [
+        &["-d", "-o", "link", "show"][..],
+        &["-4", "rule", "show"],
+        &["-6", "rule", "show"],
+        &["-4", "route", "show", "table", "all"],
+        &["-6", "route", "show", "table", "all"],
+    ] {
+        let out = podfence_testkit::netns::ip(node, args);
+        // Counters and link-local routes of the pair change by themselves.
+        for line in out.lines() {
+            let line: String = line
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace(" noqueue state UP", "");
+            state.push_str(&line);
+            state.push('\n');
+        }
+    }
+    state
+}
+
+/// A server in `netns` on `port` for one connection that answers every
+/// message with "pong" and sends what it is handed on its own: a server
+/// that speaks first.
+pub(crate) struct Speaker {
+    /// What to send next, unasked.
+    pub(crate) say: std::sync::mpsc::Sender<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Speaker {
+    pub(crate) fn start(netns: &str, port: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, mpsc};
+        let listener = podfence_bench::testbed::in_netns(netns, move || {
+            std::net::TcpListener::bind(("0.0.0.0", port))
+        })
+        .expect("speaker binds");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (say, said) = mpsc::channel::<String>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut stream = loop {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
+            let mut buf = [0u8; 256];
+            while !stopping.load(Ordering::Relaxed) {
+                while let Ok(text) = said.try_recv() {
+                    let _ = stream.write_all(text.as_bytes());
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        let _ = stream.write_all(b"pong");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Self {
+            say,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

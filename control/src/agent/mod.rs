@@ -17,10 +17,12 @@
 //! stopping anything; [`Agent::reconcile`] adopts and releases pods.
 //! [`Agent::stop`] undoes the start in reverse: routes
 //! back to the CNI's, redirectors detached, workers stopped, the host-port
-//! pair removed when this run made it. A crash leaves the redirectors
-//! attached with no socket bound, which drops pod traffic (fail closed, or
-//! passes it with [`NoSocketAction::Pass`]) until the next start replaces
-//! them.
+//! pair removed when this run made it. [`Agent::stop_with`]`(`[`OnStop::Keep`]`)`
+//! stops the workers only and leaves the rest, and the connection table's
+//! file ([`open_conntrack`]), for the next agent, as a crash does: the
+//! redirectors stay attached with no socket bound, which drops pod traffic
+//! (fail closed, or passes it with [`NoSocketAction::Pass`]) until the
+//! next start replaces them atomically and takes the routes over in place.
 //!
 //! The agent runs in the calling thread's network namespace: its worker
 //! threads inherit it.
@@ -31,6 +33,7 @@ pub mod control_socket;
 pub mod denials;
 pub mod metrics;
 pub mod plumbing;
+pub mod removal;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +45,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
-use podfence_datapath::conntrack::{Conntrack, Timeouts};
+use podfence_datapath::conntrack::{Conntrack, Opened, StoreError, Timeouts};
 use podfence_datapath::denials::DenialQueue;
 use podfence_datapath::ports::xsk::{ReadableWait, XskConfig, XskPort};
 use podfence_datapath::ports::{Port, PortError};
@@ -137,6 +140,9 @@ pub enum AgentError {
     /// writing them started.
     #[error("cannot start reporting denials (deny log, capture file): {0}")]
     Denials(std::io::Error),
+    /// The connection table's file cannot be used.
+    #[error(transparent)]
+    Conntrack(#[from] StoreError),
 }
 
 /// Denied packets queued for the reporter before more are dropped (and
@@ -165,6 +171,17 @@ pub struct AgentOptions {
     pub pin_workers: bool,
     /// Conntrack entries.
     pub conntrack_entries: usize,
+    /// What an agent dropped without a stop (a start that failed midway,
+    /// an error that unwinds the supervisor) leaves: with `true`, as
+    /// [`OnStop::Keep`] (the fail mode decides pod traffic, as after a
+    /// crash, and the next agent takes over); `false`, as [`OnStop::Clean`].
+    /// Set with `--on-stop keep`: a new agent that fails to start must not
+    /// hand the pods its predecessor left to the kernel unenforced.
+    pub keep_on_drop: bool,
+    /// A connection table the caller opened (e.g. from the file an agent
+    /// before this one left, [`open_conntrack`]); `None`: a new one of
+    /// `conntrack_entries` on the heap.
+    pub conntrack: Option<Arc<Conntrack>>,
     /// Compiler broad-set threshold (see [`CompileOptions`]).
     pub broad_threshold: usize,
     /// Where the workers' counters are registered for `/metrics`.
@@ -190,6 +207,8 @@ impl Default for AgentOptions {
             workers: 1,
             pin_workers: true,
             conntrack_entries: 1 << 18,
+            conntrack: None,
+            keep_on_drop: false,
             broad_threshold: CompileOptions::default().broad_threshold,
             worker_counters: Arc::default(),
             health: Arc::default(),
@@ -291,10 +310,12 @@ impl Agent {
         cluster: &Cluster,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
-        let conntrack = Arc::new(Conntrack::new(
-            options.conntrack_entries,
-            Timeouts::default(),
-        ));
+        let conntrack = options.conntrack.clone().unwrap_or_else(|| {
+            Arc::new(Conntrack::new(
+                options.conntrack_entries,
+                Timeouts::default(),
+            ))
+        });
         options
             .worker_counters
             .set_conntrack(Arc::clone(&conntrack));
@@ -660,9 +681,63 @@ impl Agent {
     }
 
     /// Stops cleanly: routes back to the kernel's, redirectors detached,
-    /// workers stopped, the host-port pair removed if this run made it.
-    pub fn stop(mut self) -> Result<Vec<WorkerReport>, AgentError> {
-        self.tear_down()
+    /// workers stopped, the host-port pair removed if this run made it, the
+    /// connection table's file (if any) removed.
+    pub fn stop(self) -> Result<Vec<WorkerReport>, AgentError> {
+        self.stop_with(OnStop::Clean)
+    }
+
+    /// Stops as `on_stop` says: [`OnStop::Clean`] as [`stop`](Self::stop);
+    /// [`OnStop::Keep`] stops the workers and leaves, for the next agent,
+    /// the redirectors attached with the fail mode in force, the routes,
+    /// the host-port pair and the connection table's file.
+    pub fn stop_with(mut self, on_stop: OnStop) -> Result<Vec<WorkerReport>, AgentError> {
+        match on_stop {
+            OnStop::Clean => self.tear_down(),
+            OnStop::Keep => self.leave(),
+        }
+    }
+
+    fn leave(&mut self) -> Result<Vec<WorkerReport>, AgentError> {
+        // Never detached, whatever happens next: the next agent replaces
+        // them atomically.
+        for redirector in std::mem::take(&mut self.redirectors).into_values() {
+            redirector.leave_attached();
+        }
+        self.pair = None;
+        let here = current_netns();
+        let reports = self.stop_workers();
+        if here != self.netns {
+            return Err(AgentError::WrongNamespace {
+                started: self.netns,
+                now: here,
+            });
+        }
+        info!(
+            addresses = self.adopted.len(),
+            conntrack = ?self.conntrack.path(),
+            live_connections = self.conntrack.live_entries(self.conntrack.clock_ns()),
+            "stopped; redirectors, routes, host-port pair and connection table left for the next agent"
+        );
+        Ok(reports)
+    }
+
+    /// Stops the workers (their sockets close: the redirectors' no-socket
+    /// action applies) and the denial reporter.
+    fn stop_workers(&mut self) -> Vec<WorkerReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut reports = Vec::new();
+        for handle in self.workers.drain(..) {
+            if let Ok(report) = handle.join() {
+                reports.push(report);
+            } else {
+                error!("a worker panicked");
+            }
+        }
+        if let Some(reporter) = self.reporter.take() {
+            reporter.stop();
+        }
+        reports
     }
 
     fn tear_down(&mut self) -> Result<Vec<WorkerReport>, AgentError> {
@@ -691,17 +766,15 @@ impl Agent {
                 first_error.get_or_insert(AgentError::Redirector { iface, source });
             }
         }
-        self.stop.store(true, Ordering::Relaxed);
-        let mut reports = Vec::new();
-        for handle in self.workers.drain(..) {
-            if let Ok(report) = handle.join() {
-                reports.push(report);
-            } else {
-                error!("a worker panicked");
+        let reports = self.stop_workers();
+        if let Some(path) = self.conntrack.path() {
+            match std::fs::remove_file(path) {
+                Ok(()) => info!(path = %path.display(), "connection table file removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "removing the connection table file");
+                }
             }
-        }
-        if let Some(reporter) = self.reporter.take() {
-            reporter.stop();
         }
         if let Some(pair) = self.pair.take()
             && let Err(e) = plumbing::remove_pair(&pair)
@@ -720,9 +793,54 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if !self.workers.is_empty() || self.pair.is_some() || !self.redirectors.is_empty() {
             // Errors were logged.
-            let _ = self.tear_down();
+            let _ = if self.options.keep_on_drop {
+                self.leave()
+            } else {
+                self.tear_down()
+            };
         }
     }
+}
+
+/// What a stopping agent leaves on the node (`podfence run --on-stop`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnStop {
+    /// Everything undone: the node as it was before the agent (an
+    /// uninstall, or a node leaving podfence).
+    #[default]
+    Clean,
+    /// Everything left for the next agent (an upgrade or a restart): the
+    /// redirectors with the fail mode in force, the routes, the host-port
+    /// pair and the connection table.
+    Keep,
+}
+
+/// The connection table of `options`: the file at `path` (restored if an
+/// agent before left one of this layout; see [`Conntrack::open`]) or, with
+/// no path, a new one on the heap. Says what it found in the log.
+pub fn open_conntrack(
+    path: Option<&std::path::Path>,
+    entries: usize,
+) -> Result<Arc<Conntrack>, AgentError> {
+    let Some(path) = path else {
+        return Ok(Arc::new(Conntrack::new(entries, Timeouts::default())));
+    };
+    let (table, opened) = Conntrack::open(path, entries, Timeouts::default())?;
+    match &opened {
+        Opened::Created => info!(path = %path.display(), "connection table created"),
+        Opened::Restored => info!(
+            path = %path.display(),
+            live_connections = table.live_entries(table.clock_ns()),
+            generations_above = table.generation_floor(),
+            "connection table of the agent before restored"
+        ),
+        Opened::Mismatch(why) => warn!(
+            path = %path.display(),
+            why,
+            "the connection table left there does not fit this agent: starting with an empty one (open connections are picked up by their next packets where policy allows)"
+        ),
+    }
+    Ok(Arc::new(table))
 }
 
 /// A change a worker applies between batches.

@@ -21,10 +21,12 @@
 //!   pass action lets frames reach the kernel there.
 //!
 //! Restoring deletes the rules and the table's routes, and then the pair
-//! (when it is ours); the CNI's routes take over again. A crashed agent leaves the
-//! rules in place, so pod traffic keeps going to `pf-host` where the
-//! redirector drops it (fail closed), and the next start finds the original
-//! routes untouched in the main table and adopts them again.
+//! (when it is ours); the CNI's routes take over again. An agent that
+//! stops with `--on-stop keep`, or crashes, leaves rules, routes and pair in
+//! place, so pod traffic keeps going to `pf-host` where the redirector
+//! drops it (fail closed), and the next start takes them over in place
+//! ([`adopt`] replaces, never flushes first) with the original routes
+//! untouched in the main table.
 //!
 //! Everything goes through `ip` (iproute2) in the
 //! calling thread's network namespace.
@@ -440,12 +442,19 @@ fn clear_routes(config: &PlumbingConfig) {
 }
 
 /// Sends every address of `pods` to `pf-host`: one route per address in our
-/// table, and the rules that look it up. Leftovers of a crashed run are
-/// replaced.
+/// table, and the rules that look it up. What an earlier run left (an
+/// agent that stopped with `--on-stop keep`, or crashed) is taken over in
+/// place: routes are replaced, not flushed first, and rules already there
+/// stay, so that no moment sends a pod's traffic past the datapath; routes
+/// of addresses no longer local go afterwards.
 pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError> {
-    clear_routes(config);
+    let left = table_routes(config)?;
     for &addr in pods {
         route(config, addr)?;
+    }
+    let wanted: HashSet<IpAddr> = pods.iter().copied().collect();
+    for addr in left.iter().filter(|a| !wanted.contains(a)) {
+        unroute(config, *addr);
     }
     let mut families: Vec<IpAddr> = Vec::new();
     for &addr in pods {
@@ -456,12 +465,59 @@ pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError>
     for family in families {
         add_rules(config, family)?;
     }
+    if !left.is_empty() {
+        info!(
+            left = left.len(),
+            "took over the pod routes an earlier run left"
+        );
+    }
     info!(
         addresses = pods.len(),
         table = config.table,
         "pod addresses routed through the datapath"
     );
     Ok(())
+}
+
+/// The pod addresses routed in our table (left by an earlier run).
+pub fn table_routes(config: &PlumbingConfig) -> Result<Vec<IpAddr>, AgentError> {
+    let table = config.table.to_string();
+    let mut found = Vec::new();
+    for family in ["-4", "-6"] {
+        let routes: Vec<RouteJson> = match ip_json(&[family, "route", "show", "table", &table]) {
+            Ok(routes) => routes,
+            // An absent table is an empty one.
+            Err(AgentError::Command { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        found.extend(routes.iter().filter_map(|r| host_route_dst(&r.dst)));
+    }
+    Ok(found)
+}
+
+#[derive(Deserialize)]
+struct RuleJson {
+    priority: Option<u32>,
+    iif: Option<String>,
+    table: Option<String>,
+}
+
+/// Which of our two rules (the `iif pf-dp` one, the table one) are in
+/// place for the family of `family_of`.
+fn rules_present(config: &PlumbingConfig, family_of: IpAddr) -> Result<[bool; 2], AgentError> {
+    let rules: Vec<RuleJson> = ip_json(&[family_flag(family_of), "rule", "show"])?;
+    let table = config.table.to_string();
+    let has = |priority: u32, iif: Option<&str>, lookup: &str| {
+        rules.iter().any(|r| {
+            r.priority == Some(priority)
+                && r.iif.as_deref() == iif
+                && r.table.as_deref() == Some(lookup)
+        })
+    };
+    Ok([
+        has(config.priority, Some(&config.dp_if), "main"),
+        has(config.priority + 1, None, &table),
+    ])
 }
 
 fn host_prefix(addr: IpAddr) -> String {
@@ -502,9 +558,13 @@ pub fn unroute(config: &PlumbingConfig, addr: IpAddr) {
     }
 }
 
-/// Adds our rules for the family of `addr`.
+/// Adds our rules for the family of `family_of`, those not in place yet.
 pub fn add_rules(config: &PlumbingConfig, family_of: IpAddr) -> Result<(), AgentError> {
-    for rule in rules(config) {
+    let present = rules_present(config, family_of)?;
+    for (rule, present) in rules(config).into_iter().zip(present) {
+        if present {
+            continue;
+        }
         let mut args = vec![family_flag(family_of), "rule", "add"];
         args.extend(rule.iter().map(String::as_str));
         run("ip", &args)?;

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use super::cni::{ADOPT_TIMEOUT, CniCall, CniRequest, PodRequest};
 use super::control_socket::{ControlSocket, ControlState};
 use super::metrics::MetricsServer;
-use super::{Agent, AgentError, AgentOptions, AgentStatus, WorkerReport, plumbing};
+use super::{Agent, AgentError, AgentOptions, AgentStatus, OnStop, WorkerReport, plumbing};
 use crate::compile::{CompileOptions, Locality};
 use crate::index::{Cluster, ClusterIndex};
 use crate::publish::TablePublisher;
@@ -173,6 +173,10 @@ impl Supervisor {
             audit: agent_options.audit,
         })
         .with_services(agent_options.services.clone());
+        let tables = match &agent_options.conntrack {
+            Some(conntrack) => tables.with_conntrack(Arc::clone(conntrack)),
+            None => tables,
+        };
         let metrics = metrics_addr
             .map(|addr| {
                 MetricsServer::start(
@@ -450,6 +454,12 @@ impl Supervisor {
 
     /// Stops the source, then the agent.
     pub fn stop(self) -> Result<Vec<WorkerReport>, AgentError> {
+        self.stop_with(OnStop::Clean)
+    }
+
+    /// Stops the source, then the agent as `on_stop` says
+    /// ([`Agent::stop_with`]).
+    pub fn stop_with(self, on_stop: OnStop) -> Result<Vec<WorkerReport>, AgentError> {
         let Self { agent, source, .. } = self;
         if let Running::Api { thread, .. } = source {
             match thread.stop() {
@@ -457,7 +467,7 @@ impl Supervisor {
                 Err(e) => error!(error = %e, "Kubernetes source"),
             }
         }
-        agent.stop()
+        agent.stop_with(on_stop)
     }
 }
 

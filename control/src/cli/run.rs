@@ -20,6 +20,12 @@
 //! `podfence-cni` once it serves its control socket, chained into the
 //! node's network configuration (checked again every five seconds, as the
 //! network plugin may rewrite its file), and removes both at a clean stop.
+//!
+//! `--on-stop keep` leaves the datapath, the chaining and the connection
+//! table (a file, `--conntrack-file`) for the next agent; with
+//! `--daemonset`, the agent asks the API at stop whether its DaemonSet is
+//! gone or going, and cleans instead if it is
+//! ([`removal`](podfence_control::agent::removal)).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,7 +37,9 @@ use podfence_bpf::{NoSocketAction, XdpMode};
 use podfence_control::agent::cni_install::{self, CniInstall};
 use podfence_control::agent::control_socket;
 use podfence_control::agent::supervisor::{ClusterSource, Supervisor, SupervisorOptions};
-use podfence_control::agent::{AgentOptions, DenialOptions, DenyLog, fail_mode};
+use podfence_control::agent::{
+    AgentOptions, DenialOptions, DenyLog, OnStop, fail_mode, open_conntrack, removal,
+};
 use podfence_control::compile::ServicesConfig;
 use podfence_control::model::ObjectKey;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions};
@@ -49,6 +57,16 @@ pub(crate) enum FailMode {
     Open,
 }
 
+/// What a stopping agent leaves on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnStopArg {
+    /// Nothing: the node as it was before the agent.
+    Clean,
+    /// Redirectors (fail mode in force), routes, the host-port pair, the
+    /// CNI chaining and the connection table, for the next agent.
+    Keep,
+}
+
 /// A feature switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OnOff {
@@ -58,7 +76,7 @@ pub(crate) enum OnOff {
     Off,
 }
 
-/// `NAMESPACE/NAME` of a Service.
+/// `NAMESPACE/NAME` of a Service or a DaemonSet.
 fn parse_service_name(s: &str) -> Result<ObjectKey, String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -260,6 +278,24 @@ pub(crate) struct RunArgs {
     /// The podfence-cni binary to install (default: beside this one).
     #[arg(long, env = "PODFENCE_CNI_PLUGIN", value_name = "FILE")]
     cni_plugin: Option<PathBuf>,
+    /// What to leave on the node at SIGINT or SIGTERM: `clean` undoes
+    /// everything; `keep` leaves the XDP redirectors (the fail mode in
+    /// force), the routes, the host-port pair, podfence-cni's chaining and
+    /// the connection table for the next agent, which takes them over
+    /// without a moment where pod traffic bypasses the datapath.
+    #[arg(long, env = "PODFENCE_ON_STOP", value_enum, default_value_t = OnStopArg::Clean)]
+    on_stop: OnStopArg,
+    /// With --on-stop keep, the DaemonSet this agent runs in
+    /// (NAMESPACE/NAME): at stop the agent asks the API about it, and
+    /// cleans instead of keeping when it is gone or being deleted
+    /// (podfence is being removed). Needs --in-cluster or --kubeconfig.
+    #[arg(long, env = "PODFENCE_DAEMONSET", value_name = "NAMESPACE/NAME", value_parser = parse_service_name)]
+    daemonset: Option<ObjectKey>,
+    /// The connection table's file (a tmpfs such as /run: the next agent
+    /// maps it and keeps the connections open; `none`: in memory). Default:
+    /// /run/podfence/conntrack with --on-stop keep, memory otherwise.
+    #[arg(long, env = "PODFENCE_CONNTRACK_FILE", value_name = "FILE")]
+    conntrack_file: Option<PathBuf>,
     /// Denied packets captured per second at most.
     #[arg(
         long,
@@ -412,6 +448,60 @@ impl CniKeeper {
     }
 }
 
+/// Where the connection table's file is, if it has one.
+fn conntrack_file(args: &RunArgs) -> Option<PathBuf> {
+    match &args.conntrack_file {
+        Some(p) if p.to_str() == Some("none") => None,
+        Some(p) => Some(p.clone()),
+        None => (args.on_stop == OnStopArg::Keep).then(|| PathBuf::from(DEFAULT_CONNTRACK_FILE)),
+    }
+}
+
+/// The connection table's file with `--on-stop keep`, by default.
+const DEFAULT_CONNTRACK_FILE: &str = "/run/podfence/conntrack";
+
+/// How long the stopping agent waits for the API's answer about its
+/// DaemonSet (the DaemonSet's grace period is 60 s).
+const DAEMONSET_ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to leave at this stop: `--on-stop`, and with `keep` and
+/// `--daemonset`, what the API says of the DaemonSet.
+fn on_stop(args: &RunArgs) -> OnStop {
+    if args.on_stop == OnStopArg::Clean {
+        return OnStop::Clean;
+    }
+    let (Some(daemonset), ClusterSource::Api(target, _)) = (&args.daemonset, source(args)) else {
+        return OnStop::Keep;
+    };
+    let state = removal::daemonset_state(&target, daemonset, DAEMONSET_ASK_TIMEOUT);
+    let decided = state.on_stop();
+    info!(
+        daemonset = %daemonset,
+        answer = state.describe(),
+        on_stop = ?decided,
+        "upgrade or removal?"
+    );
+    decided
+}
+
+/// The agent's options, with its connection table opened when it lives in
+/// a file.
+fn agent_options(args: &RunArgs) -> Result<AgentOptions> {
+    anyhow::ensure!(
+        args.daemonset.is_none() || args.manifests.is_empty(),
+        "--daemonset needs the Kubernetes API (--in-cluster or --kubeconfig)"
+    );
+    let mut agent = options(args);
+    agent.keep_on_drop = args.on_stop == OnStopArg::Keep;
+    if let Some(path) = conntrack_file(args) {
+        agent.conntrack = Some(
+            open_conntrack(Some(&path), args.conntrack_entries)
+                .context("cannot use the connection table's file")?,
+        );
+    }
+    Ok(agent)
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -432,7 +522,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         last: None,
         last_error: None,
     });
-    let agent = options(args);
+    let agent = agent_options(args)?;
     info!(
         node = agent.node_name.as_deref().unwrap_or("(all pods local)"),
         fail = fail_mode(agent.redirect.no_socket_action),
@@ -491,13 +581,19 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Asked while the agent still enforces.
+    let on_stop = on_stop(args);
     // Before the agent stops: new pods are not sent to a stopping agent.
-    if let Some(cni) = &cni {
+    // Kept, the chaining stays: the plugin's fail mode decides new pods
+    // until the next agent answers.
+    if let Some(cni) = &cni
+        && on_stop == OnStop::Clean
+    {
         cni.remove();
     }
     let status = supervisor.agent().status();
     let reports = supervisor
-        .stop()
+        .stop_with(on_stop)
         .context("the agent did not stop cleanly")?;
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);

@@ -189,7 +189,7 @@ pub enum SourceError {
     Runtime(std::io::Error),
 }
 
-async fn client(target: &ApiTarget) -> Result<Client, SourceError> {
+pub(crate) async fn client(target: &ApiTarget) -> Result<Client, SourceError> {
     let config = match target {
         ApiTarget::Kubeconfig(path) => {
             let err = |message: String| SourceError::Kubeconfig {

@@ -11,9 +11,11 @@
 //! alias of the original one; see `table`'s module doc).
 
 mod state;
+mod store;
 mod table;
 
 pub use state::{Signal, State, Timeouts, initial_state, opens_connection, tcp_flags};
+pub use store::{LAYOUT_VERSION, Opened, StoreError, monotonic_ns};
 pub use table::{Conntrack, Hit, Inserted, Located, Nat, NatAddr};
 
 /// A connection's 5-tuple: the parser's flow key (ICMP echo: the

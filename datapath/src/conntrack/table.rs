@@ -76,8 +76,16 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+use std::mem::size_of;
+
 use super::ConnKey;
 use super::state::{Signal, State, Timeouts, next_state};
+use super::store::{self, Array, Mapping, Opened, StoreError};
+
+/// The number of slots of a table asked for `capacity` entries.
+fn slot_count(capacity: usize) -> usize {
+    capacity.max(WINDOW).next_power_of_two()
+}
 
 /// Direction-independent words of a key, and whether the key is the reverse
 /// of their order.
@@ -298,43 +306,137 @@ fn seq(tag: u64) -> u32 {
 }
 
 /// The shared connection table.
+///
+/// Its arrays are on the heap ([`Conntrack::new`]) or in a file that
+/// outlives the process ([`Conntrack::open`], see `store`); either way the
+/// lookups index them from a base pointer fixed at construction.
 #[derive(Debug)]
 pub struct Conntrack {
-    slots: Box<[Slot]>,
+    slots: Array<Slot>,
     /// NAT data per slot, valid where the slot's tag has [`HAS_NAT`].
-    nat: Box<[NatSlot]>,
+    nat: Array<NatSlot>,
     /// One fingerprint byte per slot; 0: never used.
-    fingerprints: Box<[AtomicU64]>,
+    fingerprints: Array<AtomicU64>,
     bucket_mask: usize,
     timeouts: Timeouts,
-    /// Zero of [`clock_ns`](Self::clock_ns).
-    origin: std::time::Instant,
+    /// The highest generation recorded, for a table on the heap.
+    generations: AtomicU64,
+    /// The file the arrays are mapped from, if they are. Declared after
+    /// them: unmapped once they are gone.
+    mapping: Option<Mapping>,
 }
+
+/// How long [`Conntrack::open`] waits for a previous agent to let go of
+/// the file.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Conntrack {
     /// A table of at least `capacity` entries (rounded up to a power of two,
     /// at least the probe window), allocated now and never grown.
     #[must_use]
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
-        let n = capacity.max(WINDOW).next_power_of_two();
+        let n = slot_count(capacity);
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
-        let nat = (0..n).map(|_| NatSlot::default()).collect();
-        let fingerprints = (0..n / WINDOW).map(|_| AtomicU64::new(0)).collect();
+        let nat: Box<[NatSlot]> = (0..n).map(|_| NatSlot::default()).collect();
+        let fingerprints: Box<[AtomicU64]> = (0..n / WINDOW).map(|_| AtomicU64::new(0)).collect();
         Self {
-            slots,
-            nat,
-            fingerprints,
+            slots: Array::boxed(slots),
+            nat: Array::boxed(nat),
+            fingerprints: Array::boxed(fingerprints),
             bucket_mask: n / WINDOW - 1,
             timeouts,
-            origin: std::time::Instant::now(),
+            generations: AtomicU64::new(0),
+            mapping: None,
         }
     }
 
-    /// Nanoseconds since the table was made: the clock that live workers
-    /// pass as `now`, so that they and the table's readers agree.
+    /// The table of the file `path` (created if missing, under a tmpfs
+    /// such as `/run` in production): what an earlier agent left there if
+    /// it is a table of this layout, capacity and boot
+    /// ([`Opened::Restored`]), an empty one otherwise. The file stays
+    /// locked while the table lives; a previous holder is waited for up to
+    /// 30 s.
+    pub fn open(
+        path: &std::path::Path,
+        capacity: usize,
+        timeouts: Timeouts,
+    ) -> Result<(Self, Opened), StoreError> {
+        Self::open_waiting(path, capacity, timeouts, LOCK_WAIT)
+    }
+
+    /// [`Self::open`], waiting up to `wait` for the lock.
+    pub fn open_waiting(
+        path: &std::path::Path,
+        capacity: usize,
+        timeouts: Timeouts,
+        wait: std::time::Duration,
+    ) -> Result<(Self, Opened), StoreError> {
+        let n = slot_count(capacity);
+        let (slot_bytes, nat_bytes) = (size_of::<Slot>(), size_of::<NatSlot>());
+        let (mapping, opened) = store::open(path, n, slot_bytes, nat_bytes, wait)?;
+        let (slots_at, nat_at, fps_at, _) = store::layout(n, slot_bytes, nat_bytes);
+        // SAFETY: `layout` places the three arrays after the header at
+        // 64-byte aligned offsets, each `n` (or `n / WINDOW`) elements long,
+        // within the mapping `open` sized by the same layout; slots, NAT
+        // data and fingerprints are atomics only, valid for any bytes, and
+        // all-zero is the empty table. The arrays are fields of the table
+        // declared before the mapping, so they go first.
+        let (slots, nat, fingerprints) = unsafe {
+            (
+                mapping.array::<Slot>(slots_at, n),
+                mapping.array::<NatSlot>(nat_at, n),
+                mapping.array::<AtomicU64>(fps_at, n / WINDOW),
+            )
+        };
+        Ok((
+            Self {
+                slots,
+                nat,
+                fingerprints,
+                bucket_mask: n / WINDOW - 1,
+                timeouts,
+                generations: AtomicU64::new(0),
+                mapping: Some(mapping),
+            },
+            opened,
+        ))
+    }
+
+    /// The file the table is mapped from, if it is.
+    #[must_use]
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.mapping.as_ref().map(Mapping::path)
+    }
+
+    /// The highest table generation recorded with
+    /// [`record_generation`](Self::record_generation), by this process or,
+    /// for a restored file, by the agent before: the next agent numbers its
+    /// generations above it, so that no restored entry looks checked by a
+    /// generation it was not checked by.
+    #[must_use]
+    pub fn generation_floor(&self) -> u64 {
+        self.generation_record().load(Ordering::Acquire)
+    }
+
+    /// Records that generation `generation` is about to be published
+    /// (before any entry can carry it). Not the hot path: once a publish.
+    pub fn record_generation(&self, generation: u64) {
+        self.generation_record()
+            .fetch_max(generation, Ordering::AcqRel);
+    }
+
+    fn generation_record(&self) -> &AtomicU64 {
+        self.mapping
+            .as_ref()
+            .map_or(&self.generations, Mapping::generation)
+    }
+
+    /// `CLOCK_MONOTONIC` in nanoseconds: the clock live workers pass as
+    /// `now`, the same in every process of a boot, so that entries an
+    /// earlier agent stamped age rightly in this one.
     #[must_use]
     pub fn clock_ns(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
+        store::monotonic_ns()
     }
 
     /// Number of slots.
@@ -1220,5 +1322,164 @@ mod tests {
         assert!(ct.lookup(&translated, tcp(tcp_flags::ACK), 2).is_none());
         ct.remove(&alias);
         assert!(ct.lookup(&original, tcp(tcp_flags::ACK), 3).is_none());
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use crate::conntrack::tcp_flags;
+    use crate::conntrack::test_support::{key, tcp};
+    use crate::wire::ip_proto;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A table file path of this test alone, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("podfence-ct-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir.join("conntrack"))
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    const _: () = assert!(size_of::<Slot>() == 64 && size_of::<NatSlot>() == 24);
+
+    #[test]
+    fn a_table_file_keeps_its_connections_for_the_next_process() {
+        let file = TempFile::new("restore");
+        let plain = key(1, 80, ip_proto::TCP);
+        let (original, translated) = (
+            ConnKey {
+                dst: 0x0a60_000a,
+                ..key(2, 53, ip_proto::UDP)
+            },
+            ConnKey {
+                dst: 0x0a00_0009,
+                dst_port: 5353,
+                ..key(2, 53, ip_proto::UDP)
+            },
+        );
+        let now;
+        {
+            let (ct, opened) = Conntrack::open(&file.0, 100, Timeouts::default()).unwrap();
+            assert_eq!(opened, Opened::Created);
+            assert_eq!(ct.capacity(), 128);
+            assert_eq!(ct.path(), Some(file.0.as_path()));
+            now = ct.clock_ns();
+            let _ = ct.insert(&plain, State::TcpEstablished, 7, now);
+            let _ = ct.insert_translated(
+                &ct.locate(&original),
+                &translated,
+                State::UdpReplied,
+                7,
+                now,
+            );
+            ct.record_generation(7);
+            ct.record_generation(5);
+            assert_eq!(ct.generation_floor(), 7, "the highest is kept");
+        }
+        let (ct, opened) = Conntrack::open(&file.0, 100, Timeouts::default()).unwrap();
+        assert_eq!(opened, Opened::Restored);
+        assert_eq!(ct.generation_floor(), 7);
+        let later = ct.clock_ns();
+        assert!(later >= now, "one clock across processes of a boot");
+        let hit = ct
+            .lookup(&plain.reversed(), tcp(tcp_flags::ACK), later)
+            .unwrap();
+        assert!(hit.reply);
+        assert_eq!((hit.state, hit.generation), (State::TcpEstablished, 7));
+        // The translated connection, found by a reply first (the backend
+        // speaks first after the restart) and by a forward packet.
+        let back = ct
+            .lookup(&translated.reversed(), Signal::default(), later)
+            .unwrap();
+        assert_eq!(
+            back.nat,
+            Some(Nat::Translated {
+                service: NatAddr {
+                    addr: 0x0a60_000a,
+                    port: 53
+                }
+            })
+        );
+        let alias = ct.lookup(&original, Signal::default(), later).unwrap();
+        assert!(matches!(alias.nat, Some(Nat::Alias { backend }) if backend.port == 5353));
+        assert_eq!(ct.live_entries(later), 3);
+    }
+
+    #[test]
+    fn another_layout_capacity_or_file_starts_clean() {
+        let file = TempFile::new("mismatch");
+        {
+            let (ct, _) = Conntrack::open(&file.0, 64, Timeouts::default()).unwrap();
+            let _ = ct.insert(
+                &key(1, 80, ip_proto::TCP),
+                State::TcpEstablished,
+                1,
+                ct.clock_ns(),
+            );
+            ct.record_generation(3);
+        }
+        let (ct, opened) = Conntrack::open(&file.0, 256, Timeouts::default()).unwrap();
+        assert!(
+            matches!(&opened, Opened::Mismatch(why) if why.contains("bytes")),
+            "{opened:?}"
+        );
+        assert_eq!(ct.live_entries(ct.clock_ns()), 0);
+        assert_eq!(ct.generation_floor(), 0);
+        let _ = ct.insert(
+            &key(1, 80, ip_proto::TCP),
+            State::TcpEstablished,
+            1,
+            ct.clock_ns(),
+        );
+        drop(ct);
+        // Another layout version in the header.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file.0)
+                .unwrap();
+            f.write_all_at(&(store::LAYOUT_VERSION + 1).to_ne_bytes(), 8)
+                .unwrap();
+        }
+        let (ct, opened) = Conntrack::open(&file.0, 256, Timeouts::default()).unwrap();
+        assert!(
+            matches!(&opened, Opened::Mismatch(why) if why.contains("layout version")),
+            "{opened:?}"
+        );
+        assert_eq!(ct.live_entries(ct.clock_ns()), 0);
+        drop(ct);
+        // Not a table at all.
+        std::fs::write(&file.0, vec![7u8; 8192]).unwrap();
+        let (_, opened) = Conntrack::open(&file.0, 256, Timeouts::default()).unwrap();
+        assert!(matches!(&opened, Opened::Mismatch(_)), "{opened:?}");
+    }
+
+    #[test]
+    fn one_process_holds_a_table_file_at_a_time() {
+        let file = TempFile::new("lock");
+        let (held, _) = Conntrack::open(&file.0, 64, Timeouts::default()).unwrap();
+        let second =
+            Conntrack::open_waiting(&file.0, 64, Timeouts::default(), Duration::from_millis(30));
+        assert!(
+            matches!(second, Err(StoreError::Locked { .. })),
+            "{second:?}"
+        );
+        drop(held);
+        assert!(Conntrack::open_waiting(&file.0, 64, Timeouts::default(), Duration::ZERO).is_ok());
     }
 }

@@ -573,7 +573,7 @@ fn upgrade(
         TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
     })
     .map_err(err("connecting the client to the server"))?;
-    let receiver = in_netns(&server, || {
+    let knock_sink = in_netns(&server, || {
         let s = UdpSocket::bind(("0.0.0.0", KNOCK_PORT))?;
         s.set_read_timeout(Some(Duration::from_millis(20)))?;
         Ok(s)
@@ -587,7 +587,7 @@ fn upgrade(
         std::thread::spawn(move || {
             let mut buf = [0u8; 16];
             while !stop.load(Ordering::Relaxed) {
-                if receiver.recv(&mut buf).is_ok() {
+                if knock_sink.recv(&mut buf).is_ok() {
                     received.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -215,7 +215,7 @@ fn ping(mut stream: TcpStream) -> Running<Pings> {
 /// The denied peer: a datagram from `from` to `to` every 10 ms; the
 /// receiver counts what arrives. Returns (sent, received) at the end.
 fn knock(from: &str, to: &str, to_ip: &str) -> Running<(u64, u64)> {
-    let receiver = in_netns(to, || {
+    let knock_sink = in_netns(to, || {
         let s = UdpSocket::bind(("0.0.0.0", KNOCK_PORT))?;
         s.set_read_timeout(Some(Duration::from_millis(20)))?;
         Ok(s)
@@ -230,7 +230,7 @@ fn knock(from: &str, to: &str, to_ip: &str) -> Running<(u64, u64)> {
     let counter = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         while !stopping.load(Ordering::Relaxed) {
-            if receiver.recv(&mut buf).is_ok() {
+            if knock_sink.recv(&mut buf).is_ok() {
                 counting.fetch_add(1, Ordering::Relaxed);
             }
         }

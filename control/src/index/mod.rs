@@ -188,10 +188,12 @@ impl ClusterIndex {
         &self.cluster
     }
 
-    /// Whether every kind has been listed once.
+    /// Whether every kind that gates readiness has been listed once.
     #[must_use]
     pub fn ready(&self) -> bool {
-        self.listed.iter().all(|&l| l)
+        Kind::ALL
+            .iter()
+            .all(|k| !k.gates_readiness() || self.listed[k.index()])
     }
 
     /// The counters.

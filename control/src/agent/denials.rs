@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use podfence_datapath::denials::{Denial, DenialKind, DenialQueue, SNAP_LEN};
 use podfence_datapath::publish::{Generation, Publisher};
-use podfence_datapath::tables::{Decision, Direction, IpProtocol, Tables};
+use podfence_datapath::tables::{Decision, Direction, IpProtocol, ObjectName, Tables};
 use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
@@ -157,7 +157,7 @@ struct Report {
     generations: VecDeque<Arc<Generation>>,
     metrics: ControlMetrics,
     /// Counters by (generation, egress?, group, audited), resolved once.
-    policy_counters: FxHashMap<(u64, bool, u32, bool), PolicyCounters>,
+    policy_counters: FxHashMap<(u64, bool, Denier, bool), PolicyCounters>,
     /// `denial_totals` keys by index, their index, and counts not yet added.
     totals: Vec<((String, String), u64)>,
     total_index: FxHashMap<(String, String), usize>,
@@ -288,8 +288,17 @@ impl Report {
     fn count(&mut self, tables: &Tables, d: &Denial) {
         let audited = d.kind == DenialKind::Audited;
         for (egress, decision) in [(true, d.verdict.egress), (false, d.verdict.ingress)] {
-            if let Decision::Denied { group } | Decision::WouldDeny { group } = decision {
-                let key = (tables.generation(), egress, group.0, audited);
+            let denier = match decision {
+                Decision::Denied { group } | Decision::WouldDeny { group } => {
+                    Some(Denier::Group(group.0))
+                }
+                Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+                    Some(Denier::TierPolicy(r.policy.0))
+                }
+                _ => None,
+            };
+            if let Some(denier) = denier {
+                let key = (tables.generation(), egress, denier, audited);
                 let counters = if let Some(c) = self.policy_counters.get(&key) {
                     Arc::clone(c)
                 } else {
@@ -314,8 +323,14 @@ impl Report {
         decision: Decision,
         audited: bool,
     ) -> PolicyCounters {
-        let (Decision::Denied { group } | Decision::WouldDeny { group }) = decision else {
-            return Arc::new([]);
+        let names: Vec<ObjectName> = match decision {
+            Decision::Denied { group } | Decision::WouldDeny { group } => {
+                tables.group_policy_names(group).cloned().collect()
+            }
+            Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+                vec![tables.policy(r.policy).clone()]
+            }
+            _ => return Arc::new([]),
         };
         let direction = if egress {
             Direction::Egress
@@ -328,7 +343,7 @@ impl Report {
             &self.metrics.denials
         };
         let mut out = Vec::new();
-        for name in tables.group_policy_names(group) {
+        for name in &names {
             let counter = family
                 .get_or_create(&vec![
                     ("direction", direction.to_string()),
@@ -430,6 +445,14 @@ fn endpoint(tables: &Tables, addr: IpAddr) -> Value {
     }
 }
 
+/// What denied one side: the isolating policies of a NetworkPolicy group,
+/// or one tier policy (counted under its kind and name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Denier {
+    Group(u32),
+    TierPolicy(u32),
+}
+
 /// What decided one direction, in the words of `podfence explain`.
 fn decision(tables: &Tables, d: Decision) -> Value {
     match d {
@@ -442,6 +465,18 @@ fn decision(tables: &Tables, d: Decision) -> Value {
             "policy": tables.policy(policy).to_string(),
             "rule": rule,
         }),
+        Decision::TierAccepted(r) | Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+            json!({
+                "verdict": match d {
+                    Decision::TierAccepted(_) => "allow",
+                    Decision::TierDenied(_) => "deny",
+                    _ => "deny (audit: passed)",
+                },
+                "tier": r.tier.to_string(),
+                "policy": tables.policy(r.policy).to_string(),
+                "rule": r.rule,
+            })
+        }
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables
                 .group_policy_names(group)

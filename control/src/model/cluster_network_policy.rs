@@ -276,6 +276,19 @@ impl ClusterPolicyKey {
         }
     }
 
+    /// The key of the object `name` of kind `kind`, if it is one of these
+    /// kinds.
+    #[must_use]
+    pub fn of_kind(kind: &str, name: &str) -> Option<Self> {
+        let api = match kind {
+            "ClusterNetworkPolicy" => PolicyApi::ClusterV1beta1,
+            "AdminNetworkPolicy" => PolicyApi::Admin,
+            "BaselineAdminNetworkPolicy" => PolicyApi::BaselineAdmin,
+            _ => return None,
+        };
+        Some(Self::new(api, name))
+    }
+
     /// The kind, for messages.
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -533,7 +546,7 @@ fn convert_cluster(
         None => return Err(("spec.tier".into(), "is required".into())),
     };
     let priority = priority(spec.priority)?;
-    let subject = subject(spec.subject.as_ref())?;
+    let subject = subject(spec.subject.as_ref(), false)?;
     let canonical = api == PolicyApi::ClusterV1beta1;
     let mut dirs: [Vec<TierRule>; 2] = [Vec::new(), Vec::new()];
     for (d, (field, rules)) in [
@@ -565,6 +578,7 @@ fn convert_cluster(
                 &format!("{at}.{peers_name}"),
                 ingress,
                 canonical,
+                false,
                 unsupported,
             )?;
             let ports = protocols(r.protocols.as_deref(), &format!("{at}.protocols"))?;
@@ -594,7 +608,7 @@ fn convert_admin(
     } else {
         (Tier::Baseline, MAX_PRIORITY + 1, &["Allow", "Deny"])
     };
-    let subject = subject(spec.subject.as_ref())?;
+    let subject = subject(spec.subject.as_ref(), true)?;
     let mut dirs: [Vec<TierRule>; 2] = [Vec::new(), Vec::new()];
     for (d, (field, rules)) in [
         ("spec.ingress", &spec.ingress),
@@ -620,6 +634,7 @@ fn convert_admin(
                 &format!("{at}.{peers_name}"),
                 ingress,
                 false,
+                true,
                 unsupported,
             )?;
             let ports = admin_ports(r.ports.as_deref(), &format!("{at}.ports"))?;
@@ -665,13 +680,25 @@ fn selector(s: &meta::LabelSelector, field: &str) -> Result<LabelSelector, Field
     LabelSelector::from_resource(s, field)
 }
 
-fn pods_peer(p: &RawPods, field: &str) -> Result<(LabelSelector, LabelSelector), FieldError> {
-    let ns = p.namespace_selector.as_ref().ok_or_else(|| {
-        (
-            format!("{field}.namespaceSelector"),
-            "is required".to_owned(),
-        )
-    })?;
+/// A `pods` subject or peer. `namespaceSelector` is required in v1alpha1;
+/// in the ClusterNetworkPolicy versions an absent one selects every
+/// namespace.
+fn pods_peer(
+    p: &RawPods,
+    field: &str,
+    admin: bool,
+) -> Result<(LabelSelector, LabelSelector), FieldError> {
+    let every = meta::LabelSelector::default();
+    let ns = match (&p.namespace_selector, admin) {
+        (Some(ns), _) => ns,
+        (None, false) => &every,
+        (None, true) => {
+            return Err((
+                format!("{field}.namespaceSelector"),
+                "is required".to_owned(),
+            ));
+        }
+    };
     let pods = p
         .pod_selector
         .as_ref()
@@ -682,7 +709,7 @@ fn pods_peer(p: &RawPods, field: &str) -> Result<(LabelSelector, LabelSelector),
     ))
 }
 
-fn subject(s: Option<&RawSubject>) -> Result<Subject, FieldError> {
+fn subject(s: Option<&RawSubject>, admin: bool) -> Result<Subject, FieldError> {
     let field = "spec.subject";
     let s = s.ok_or_else(|| (field.to_owned(), "is required".to_owned()))?;
     match (&s.namespaces, &s.pods) {
@@ -691,7 +718,7 @@ fn subject(s: Option<&RawSubject>) -> Result<Subject, FieldError> {
             "spec.subject.namespaces",
         )?)),
         (None, Some(p)) => {
-            let (namespaces, pods) = pods_peer(p, "spec.subject.pods")?;
+            let (namespaces, pods) = pods_peer(p, "spec.subject.pods", admin)?;
             Ok(Subject::Pods { namespaces, pods })
         }
         _ => Err((
@@ -733,6 +760,7 @@ fn convert_peers(
     field: &str,
     ingress: bool,
     canonical: bool,
+    admin: bool,
     unsupported: &mut Vec<String>,
 ) -> Result<Vec<TierPeer>, FieldError> {
     let peers = peers.unwrap_or_default();
@@ -768,7 +796,7 @@ fn convert_peers(
         let peer = if let Some(ns) = &p.namespaces {
             TierPeer::Namespaces(selector(ns, &format!("{at}.namespaces"))?)
         } else if let Some(pods) = &p.pods {
-            let (namespaces, pods) = pods_peer(pods, &format!("{at}.pods"))?;
+            let (namespaces, pods) = pods_peer(pods, &format!("{at}.pods"), admin)?;
             TierPeer::Pods { namespaces, pods }
         } else if let Some(nets) = &p.networks {
             egress_only("networks")?;
@@ -1065,8 +1093,8 @@ mod tests {
             ),
             (
                 PolicyApi::ClusterV1beta1,
-                "  tier: Admin\n  priority: 1\n  egress: [{name: r, action: Deny, to: [{pods: {podSelector: {}}}]}]\n",
-                "spec.egress[0].to[0].pods.namespaceSelector",
+                "  tier: Admin\n  priority: 1\n  egress: [{name: r, action: Deny, to: [{pods: {namespaceSelector: {}}}]}]\n",
+                "spec.egress[0].to[0].pods.podSelector",
             ),
             (
                 PolicyApi::Admin,
@@ -1079,6 +1107,11 @@ mod tests {
                 "spec.ingress[0].ports[0].namedPort",
             ),
             (PolicyApi::Admin, "  priority: nope\n", "spec.priority"),
+            (
+                PolicyApi::Admin,
+                "  priority: 1\n  egress: [{action: Deny, to: [{pods: {podSelector: {}}}]}]\n",
+                "spec.egress[0].to[0].pods.namespaceSelector",
+            ),
         ];
         for (api, spec, field) in cases {
             let e = parse(*api, &format!("{head}{spec}")).unwrap_err();

@@ -161,6 +161,25 @@ fn brief_decision(
             "{direction}: allow — {side} {endpoint} is allowed by {} {direction} rule {rule}",
             tables.policy(policy)
         ),
+        Decision::TierAccepted(r) => format!(
+            "{direction}: allow — {side} {endpoint}: accepted by {} tier {} {direction} rule {}",
+            r.tier,
+            tables.policy(r.policy),
+            r.rule
+        ),
+        Decision::TierDenied(r) => format!(
+            "{direction}: deny — {side} {endpoint}: denied by {} tier {} {direction} rule {}",
+            r.tier,
+            tables.policy(r.policy),
+            r.rule
+        ),
+        Decision::TierWouldDeny(r) => format!(
+            "{direction}: allow (audit) — {side} {endpoint}: denied by {} tier {} {direction} rule {}, \
+             but it is in audit mode: reported, not dropped",
+            r.tier,
+            tables.policy(r.policy),
+            r.rule
+        ),
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables
                 .group_policy_names(group)

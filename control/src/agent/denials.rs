@@ -454,7 +454,7 @@ enum Denier {
 }
 
 /// What decided one direction, in the words of `podfence explain`.
-fn decision(tables: &Tables, d: Decision) -> Value {
+fn decision(tables: &Tables, d: Decision, direction: Direction) -> Value {
     match d {
         Decision::NotEnforced => json!({"verdict": "allow", "reason": "not a pod enforced here"}),
         Decision::NotIsolated => json!({"verdict": "allow", "reason": "no policy isolates it"}),
@@ -474,7 +474,9 @@ fn decision(tables: &Tables, d: Decision) -> Value {
                 },
                 "tier": r.tier.to_string(),
                 "policy": tables.policy(r.policy).to_string(),
+                "priority": tables.tier_info(r.policy).and_then(|i| i.priority),
                 "rule": r.rule,
+                "rule_name": tables.tier_rule_name(r, direction),
             })
         }
         Decision::Denied { group } | Decision::WouldDeny { group } => {
@@ -514,8 +516,8 @@ fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
         "protocol": protocol.name().map_or_else(|| protocol.0.to_string(), str::to_owned),
         "src_port": d.flow.src_port,
         "dst_port": d.flow.dst_port,
-        "egress": decision(tables, d.verdict.egress),
-        "ingress": decision(tables, d.verdict.ingress),
+        "egress": decision(tables, d.verdict.egress, Direction::Egress),
+        "ingress": decision(tables, d.verdict.ingress, Direction::Ingress),
         "generation": d.generation,
     })
 }
@@ -682,6 +684,65 @@ spec:
             ])
             .get();
         assert_eq!(counter, 10_001);
+    }
+
+    /// A tier policy's denial: logged with its tier, priority and rule
+    /// name, counted against that one policy under its kind.
+    #[test]
+    fn a_tier_denial_names_tier_policy_priority_and_rule() {
+        let yaml = format!(
+            "{CLUSTER}---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {{name: guard}}\nspec:\n  tier: Admin\n  priority: 7\n  subject: {{namespaces: {{}}}}\n  ingress:\n  - {{name: no-web, action: Deny, from: [{{pods: {{podSelector: {{matchLabels: {{app: web}}}}}}}}]}}\n"
+        );
+        let cluster = manifests::load_str(Path::new("test.yaml"), &yaml)
+            .expect("manifests")
+            .cluster;
+        let tables = compile(&cluster, &CompileOptions::default()).tables;
+        let (web, db) = (
+            u32::from_be_bytes([10, 0, 0, 1]),
+            u32::from_be_bytes([10, 0, 0, 2]),
+        );
+        let verdict = tables.classify_v4(web, db, IpProtocol::TCP, 5432);
+        assert!(
+            matches!(verdict.ingress, Decision::TierDenied(_)),
+            "{verdict:?}"
+        );
+        let denial = Denial {
+            generation: tables.generation(),
+            flow: FlowKey {
+                src: u128::from(web),
+                dst: u128::from(db),
+                src_port: 40_000,
+                dst_port: 5432,
+                protocol: 6,
+                ipv6: false,
+            },
+            verdict,
+            ..Denial::of_frame(LinkType::Ethernet, &[0; 60], 60)
+        };
+        let line = describe(&tables, &denial, None);
+        assert_eq!(line["denied_by"], "ingress");
+        assert_eq!(
+            line["ingress"],
+            json!({
+                "verdict": "deny",
+                "tier": "admin",
+                "policy": "ClusterNetworkPolicy/guard",
+                "priority": 7,
+                "rule": 0,
+                "rule_name": "no-web",
+            })
+        );
+        let publisher = Publisher::new(tables, podfence_datapath::ServiceTable::empty());
+        let metrics = ControlMetrics::default();
+        let mut report =
+            Report::new(publisher, metrics.clone(), DenialOptions::default()).expect("report");
+        let queue = DenialQueue::new(16);
+        queue.push(denial);
+        report.drain(&queue);
+        assert_eq!(
+            metrics.denial_totals(),
+            vec![(("ingress".into(), "ClusterNetworkPolicy/guard".into()), 1)]
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::groups::{GroupFill, GroupScratch, RulePorts};
 use super::identities::{IdentityKey, NOT_A_POD};
 use super::memo::{Interner, Memo};
 use super::peers::{BlockMaps, PeerRef};
-use super::tiers::{TierPolicy, rule_action};
+use super::tiers::{TierPolicy, rule_action, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
 use crate::index::Cluster;
 use crate::model::{NetworkPolicy, Pod};
@@ -208,6 +208,7 @@ impl<'a> Pass<'a> {
         let mut builder = TablesBuilder::new(self.generation);
         builder.set_pod_names(pod_names);
         builder.set_policy_names(policy_list);
+        builder.set_tier_info(policies.len() as u32, tier_info(&tiers));
         let policy_ids: Vec<PolicyId> = (0..policies.len() as u32).map(PolicyId).collect();
         for _ in &identities.items {
             builder.add_identity();

@@ -11,13 +11,14 @@
 use std::sync::Arc;
 
 use podfence_datapath::Prefix;
-use podfence_datapath::tables::{ObjectName, RuleAction, Tier as TableTier};
+use podfence_datapath::tables::{ObjectName, RuleAction, Tier as TableTier, TierPolicyInfo};
 
 use super::memo::Interner;
 use super::pass::Pass;
 use super::peers::{PeerRef, SelectorPeer};
 use crate::model::{
-    Action, ClusterNetworkPolicy, IpBlock, LabelSelector, PortSpec, Subject, Tier, TierPeer,
+    Action, ClusterNetworkPolicy, IpBlock, LabelSelector, PolicyApi, PortSpec, Subject, Tier,
+    TierPeer,
 };
 
 /// One tier policy of this compile, its rule peers resolved.
@@ -45,6 +46,26 @@ impl TierPolicy<'_> {
             name: self.policy.name.as_str().into(),
         }
     }
+}
+
+/// What the tables keep of each tier policy for attribution.
+pub(super) fn tier_info(tiers: &[TierPolicy<'_>]) -> Arc<[TierPolicyInfo]> {
+    tiers
+        .iter()
+        .map(|t| {
+            let names = |ingress: bool| {
+                t.policy
+                    .rules(ingress)
+                    .iter()
+                    .map(|r| r.name.as_str().into())
+                    .collect()
+            };
+            TierPolicyInfo {
+                priority: (t.policy.api != PolicyApi::BaselineAdmin).then_some(t.policy.priority),
+                rule_names: [names(true), names(false)],
+            }
+        })
+        .collect()
 }
 
 /// The tables' action of a rule.

@@ -162,23 +162,26 @@ fn brief_decision(
             tables.policy(policy)
         ),
         Decision::TierAccepted(r) => format!(
-            "{direction}: allow — {side} {endpoint}: accepted by {} tier {} {direction} rule {}",
+            "{direction}: allow — {side} {endpoint}: accepted by {} tier {} {direction} rule {} \"{}\"",
             r.tier,
             tables.policy(r.policy),
-            r.rule
+            r.rule,
+            tables.tier_rule_name(r, direction)
         ),
         Decision::TierDenied(r) => format!(
-            "{direction}: deny — {side} {endpoint}: denied by {} tier {} {direction} rule {}",
+            "{direction}: deny — {side} {endpoint}: denied by {} tier {} {direction} rule {} \"{}\"",
             r.tier,
             tables.policy(r.policy),
-            r.rule
+            r.rule,
+            tables.tier_rule_name(r, direction)
         ),
         Decision::TierWouldDeny(r) => format!(
-            "{direction}: allow (audit) — {side} {endpoint}: denied by {} tier {} {direction} rule {}, \
+            "{direction}: allow (audit) — {side} {endpoint}: denied by {} tier {} {direction} rule {} \"{}\", \
              but it is in audit mode: reported, not dropped",
             r.tier,
             tables.policy(r.policy),
-            r.rule
+            r.rule,
+            tables.tier_rule_name(r, direction)
         ),
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::{
     BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, ObjectName,
     Passed, PodAddress, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, RuleAction, TableStats,
-    Tables, TablesBuilder, Tier, TierRule, Verdict, allow_key,
+    Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -288,6 +288,23 @@ impl Tables {
     #[must_use]
     pub fn policy(&self, policy: PolicyId) -> &ObjectName {
         &self.policies[policy.index()]
+    }
+
+    /// What attribution shows of a tier policy, if `policy` is one.
+    #[must_use]
+    pub fn tier_info(&self, policy: PolicyId) -> Option<&TierPolicyInfo> {
+        let i = policy.0.checked_sub(self.tier_base)?;
+        self.tier_info.get(i as usize)
+    }
+
+    /// The name of a tier rule (empty when it has none or is unknown).
+    #[must_use]
+    pub fn tier_rule_name(&self, rule: TierRule, direction: Direction) -> &str {
+        self.tier_info(rule.policy)
+            .and_then(|i| {
+                i.rule_names[super::direction_index(direction)].get(usize::from(rule.rule))
+            })
+            .map_or("", |n| n)
     }
 
     /// A pod's namespace and name.

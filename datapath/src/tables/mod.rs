@@ -44,6 +44,15 @@ mod classify;
 pub use crate::wire::IpProtocol;
 pub use builder::{BuildError, TablesBuilder};
 
+/// `[ingress, egress]` index of a direction.
+#[must_use]
+pub fn direction_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
 /// Direction of a policy check, seen from the pod being protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -179,6 +188,15 @@ pub struct TierRule {
     pub policy: PolicyId,
     /// The rule's index in the policy's ingress or egress list.
     pub rule: u16,
+}
+
+/// What attribution shows of a tier policy beyond its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TierPolicyInfo {
+    /// Its priority (`None`: a BaselineAdminNetworkPolicy, which has none).
+    pub priority: Option<u32>,
+    /// Its rules' names, `[ingress, egress]`, in rule order.
+    pub rule_names: [Box<[Box<str>]>; 2],
 }
 
 /// What the tables know about one pod address.
@@ -400,6 +418,9 @@ pub struct Tables {
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
     policies: Arc<[ObjectName]>,
+    /// Tier policies are `PolicyId(tier_base + i)` for `tier_info[i]`.
+    tier_base: u32,
+    tier_info: Arc<[TierPolicyInfo]>,
     pods: Arc<[ObjectName]>,
     identities: u32,
     /// Per group, a range of `broad_rules`.

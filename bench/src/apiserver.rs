@@ -2,9 +2,14 @@
 //! real kube client, since no kube-apiserver can run here.
 //!
 //! It serves Namespaces (`/api/v1/namespaces`), Pods (`/api/v1/pods`),
-//! NetworkPolicies (`/apis/networking.k8s.io/v1/networkpolicies`), Services
-//! (`/api/v1/services`) and EndpointSlices
-//! (`/apis/discovery.k8s.io/v1/endpointslices`), cluster-wide:
+//! Nodes (`/api/v1/nodes`), NetworkPolicies
+//! (`/apis/networking.k8s.io/v1/networkpolicies`), Services
+//! (`/api/v1/services`), EndpointSlices
+//! (`/apis/discovery.k8s.io/v1/endpointslices`) and, once its CRD is
+//! installed ([`ApiServer::install_crd`]), ClusterNetworkPolicies
+//! (`/apis/policy.networking.k8s.io/<version>/clusternetworkpolicies`, in
+//! the version installed), cluster-wide, with the discovery documents of
+//! that group (`/apis`, `/apis/policy.networking.k8s.io/<version>`):
 //! - lists carry the current resourceVersion (pagination is not needed: a
 //!   list is one page);
 //! - `?watch=1&resourceVersion=N` streams, chunked, every change of that
@@ -48,7 +53,15 @@ pub enum Resource {
     Services,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlices,
+    /// `v1` Node.
+    Nodes,
+    /// `policy.networking.k8s.io` ClusterNetworkPolicy, in the version of
+    /// its installed CRD.
+    ClusterNetworkPolicies,
 }
+
+/// The ClusterNetworkPolicy group.
+const POLICY_GROUP: &str = "policy.networking.k8s.io";
 
 impl Resource {
     fn from_path(path: &str) -> Option<Self> {
@@ -58,6 +71,7 @@ impl Resource {
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicies),
             "/api/v1/services" => Some(Self::Services),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlices),
+            "/api/v1/nodes" => Some(Self::Nodes),
             _ => None,
         }
     }
@@ -69,6 +83,8 @@ impl Resource {
             "NetworkPolicy" => Some(Self::NetworkPolicies),
             "Service" => Some(Self::Services),
             "EndpointSlice" => Some(Self::EndpointSlices),
+            "Node" => Some(Self::Nodes),
+            "ClusterNetworkPolicy" => Some(Self::ClusterNetworkPolicies),
             _ => None,
         }
     }
@@ -80,14 +96,26 @@ impl Resource {
             Self::NetworkPolicies => "NetworkPolicy",
             Self::Services => "Service",
             Self::EndpointSlices => "EndpointSlice",
+            Self::Nodes => "Node",
+            Self::ClusterNetworkPolicies => "ClusterNetworkPolicy",
         }
     }
 
-    fn api_version(self) -> &'static str {
+    fn cluster_scoped(self) -> bool {
+        matches!(
+            self,
+            Self::Namespaces | Self::Nodes | Self::ClusterNetworkPolicies
+        )
+    }
+
+    /// The apiVersion of its objects; `crd` is the installed version of
+    /// the ClusterNetworkPolicy CRD.
+    fn api_version(self, crd: &str) -> String {
         match self {
-            Self::Namespaces | Self::Pods | Self::Services => "v1",
-            Self::NetworkPolicies => "networking.k8s.io/v1",
-            Self::EndpointSlices => "discovery.k8s.io/v1",
+            Self::Namespaces | Self::Pods | Self::Services | Self::Nodes => "v1".into(),
+            Self::NetworkPolicies => "networking.k8s.io/v1".into(),
+            Self::EndpointSlices => "discovery.k8s.io/v1".into(),
+            Self::ClusterNetworkPolicies => format!("{POLICY_GROUP}/{crd}"),
         }
     }
 }
@@ -107,6 +135,8 @@ struct State {
     delay: Duration,
     unavailable: bool,
     requests: u64,
+    /// The version of the ClusterNetworkPolicy CRD served, if installed.
+    crd: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -135,7 +165,7 @@ pub struct ApiServer {
 pub enum ApiServerError {
     /// Not an object of a served kind with a name.
     #[error(
-        "not a Namespace, Pod, NetworkPolicy, Service or EndpointSlice with metadata.name: {0}"
+        "not a Namespace, Pod, Node, NetworkPolicy, Service, EndpointSlice or ClusterNetworkPolicy with metadata.name: {0}"
     )]
     Unservable(String),
     /// The listener could not be made.
@@ -200,7 +230,7 @@ impl ApiServer {
         let version = s.version + 1;
         let (kind, stored) = if let Some(mut o) = object {
             o["metadata"]["resourceVersion"] = json!(version.to_string());
-            o["apiVersion"] = json!(resource.api_version());
+            o["apiVersion"] = json!(resource.api_version(s.crd.unwrap_or("v1beta1")));
             o["kind"] = json!(resource.kind());
             let kind = if s.objects.insert(key, o.clone()).is_some() {
                 "MODIFIED"
@@ -229,7 +259,7 @@ impl ApiServer {
             .as_str()
             .ok_or_else(|| ApiServerError::Unservable(object.to_string()))?;
         let namespace = match resource {
-            Resource::Namespaces => "",
+            r if r.cluster_scoped() => "",
             _ => object["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or("default"),
@@ -248,7 +278,7 @@ impl ApiServer {
 
     /// Deletes an object (if it exists).
     pub fn delete(&self, resource: Resource, namespace: &str, name: &str) {
-        let namespace = if resource == Resource::Namespaces {
+        let namespace = if resource.cluster_scoped() {
             ""
         } else {
             namespace
@@ -283,6 +313,17 @@ impl ApiServer {
     pub fn set_unavailable(&self, unavailable: bool) {
         let mut s = self.shared.lock();
         s.unavailable = unavailable;
+        s.cut += 1;
+        drop(s);
+        self.shared.changed.notify_all();
+    }
+
+    /// Installs (`Some(version)`: `v1beta1` or `v1alpha2`) or removes the
+    /// ClusterNetworkPolicy CRD: discovery and the resource's path follow.
+    /// Open watches are cut, as a CRD change ends them on a real server.
+    pub fn install_crd(&self, version: Option<&'static str>) {
+        let mut s = self.shared.lock();
+        s.crd = version;
         s.cut += 1;
         drop(s);
         self.shared.changed.notify_all();
@@ -366,7 +407,18 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
         );
         return;
     }
-    let Some(resource) = Resource::from_path(&path) else {
+    let crd = shared.lock().crd;
+    if let Some(document) = discovery(&path, crd) {
+        respond(&mut stream, "200 OK", &document);
+        return;
+    }
+    let cnp_path = crd.map(|v| format!("/apis/{POLICY_GROUP}/{v}/clusternetworkpolicies"));
+    let resource = if cnp_path.as_deref() == Some(path.as_str()) {
+        Some(Resource::ClusterNetworkPolicies)
+    } else {
+        Resource::from_path(&path)
+    };
+    let Some(resource) = resource else {
         respond(
             &mut stream,
             "404 Not Found",
@@ -384,7 +436,7 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
             .map(|(_, o)| o)
             .collect();
         let list = json!({
-            "apiVersion": resource.api_version(),
+            "apiVersion": resource.api_version(s.crd.unwrap_or("v1beta1")),
             "kind": format!("{}List", resource.kind()),
             "metadata": {"resourceVersion": s.version.to_string()},
             "items": items,
@@ -394,6 +446,30 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
         return;
     }
     stream_changes(shared, stream, resource, &params, bookmark_every);
+}
+
+/// The discovery document at `path`, if it is one: the group list (only
+/// the ClusterNetworkPolicy group, when its CRD is installed) and that
+/// group's resource list.
+fn discovery(path: &str, crd: Option<&str>) -> Option<Value> {
+    if path == "/apis" {
+        let groups: Vec<Value> = crd
+            .map(|v| {
+                let gv = json!({"groupVersion": format!("{POLICY_GROUP}/{v}"), "version": v});
+                json!({"name": POLICY_GROUP, "versions": [gv.clone()], "preferredVersion": gv})
+            })
+            .into_iter()
+            .collect();
+        return Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}));
+    }
+    let v = crd?;
+    (path == format!("/apis/{POLICY_GROUP}/{v}")).then(|| {
+        json!({"kind": "APIResourceList", "apiVersion": "v1",
+               "groupVersion": format!("{POLICY_GROUP}/{v}"),
+               "resources": [{"name": "clusternetworkpolicies", "singularName": "clusternetworkpolicy",
+                              "namespaced": false, "kind": "ClusterNetworkPolicy",
+                              "verbs": ["get", "list", "watch"]}]})
+    })
 }
 
 /// Streams the changes of `resource` (see the module doc).
@@ -444,6 +520,7 @@ fn stream_changes(
             .collect();
         sent = s.version;
         let version = s.version;
+        let api_version = resource.api_version(s.crd.unwrap_or("v1beta1"));
         drop(s);
         for event in &events {
             if !chunk(&mut stream, event) {
@@ -452,7 +529,7 @@ fn stream_changes(
         }
         if bookmarks && last_bookmark.elapsed() >= bookmark_every {
             let mark = json!({"type": "BOOKMARK", "object": {
-                "apiVersion": resource.api_version(), "kind": resource.kind(),
+                "apiVersion": api_version, "kind": resource.kind(),
                 "metadata": {"resourceVersion": version.to_string()}}});
             if !chunk(&mut stream, &mark) {
                 return;

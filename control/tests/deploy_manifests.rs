@@ -407,15 +407,10 @@ fn the_cluster_role_grants_reading_the_watched_kinds_and_nothing_else() {
         ("networking.k8s.io", "networkpolicies"),
         ("", "services"),
         ("discovery.k8s.io", "endpointslices"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
+        ("", "nodes"),
     ];
-    // ClusterNetworkPolicies and Nodes are not watched yet (they do not
-    // gate readiness either).
-    let watched_kinds = Kind::ALL.iter().filter(|k| k.gates_readiness()).count();
-    assert_eq!(
-        watched.len(),
-        watched_kinds,
-        "a grant for every watched kind"
-    );
+    assert_eq!(watched.len(), Kind::COUNT, "a grant for every watched kind");
     let mut want = BTreeSet::new();
     for (group, resource) in watched {
         for verb in ["get", "list", "watch"] {

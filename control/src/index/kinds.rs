@@ -64,14 +64,6 @@ impl Kind {
         }
     }
 
-    /// Whether readiness waits for a first list of this kind. The kube
-    /// source does not watch ClusterNetworkPolicies and Nodes yet, and a
-    /// cluster may lack the CRDs: those kinds never hold readiness back.
-    #[must_use]
-    pub fn gates_readiness(self) -> bool {
-        !matches!(self, Self::ClusterNetworkPolicy | Self::Node)
-    }
-
     pub(super) fn index(self) -> usize {
         self as usize
     }

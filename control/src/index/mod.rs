@@ -188,12 +188,10 @@ impl ClusterIndex {
         &self.cluster
     }
 
-    /// Whether every kind that gates readiness has been listed once.
+    /// Whether every kind has been listed once.
     #[must_use]
     pub fn ready(&self) -> bool {
-        Kind::ALL
-            .iter()
-            .all(|k| !k.gates_readiness() || self.listed[k.index()])
+        self.listed.iter().all(|&l| l)
     }
 
     /// The counters.

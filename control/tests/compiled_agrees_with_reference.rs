@@ -719,6 +719,7 @@ proptest! {
 
 /// The generator reaches the shapes the properties are meant to cover.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one note per shape")]
 fn generator_covers_interesting_shapes() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;

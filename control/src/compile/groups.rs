@@ -119,7 +119,7 @@ impl GroupFill<'_> {
         d: usize,
         ingress_ports: &[NamedPort],
         egress_named: bool,
-        rule_peers: &Option<Vec<PeerRef>>,
+        rule_peers: Option<&[PeerRef]>,
         ctx: &RulePorts<'_>,
     ) {
         let identities = self.identities;
@@ -127,14 +127,9 @@ impl GroupFill<'_> {
         let (by_selector, by_block) = (self.by_selector, self.by_block);
         let admitted = self
             .rule_identities
-            .entry(rule_peers.clone())
+            .entry(rule_peers.map(<[PeerRef]>::to_vec))
             .or_insert_with(|| {
-                resolve_rule_peers(
-                    rule_peers.as_deref(),
-                    identities.items.len(),
-                    by_selector,
-                    by_block,
-                )
+                resolve_rule_peers(rule_peers, identities.items.len(), by_selector, by_block)
             });
         if admitted.len() > self.broad_threshold {
             // Ports that do not depend on the peer: one port set for the
@@ -147,7 +142,7 @@ impl GroupFill<'_> {
                 let builder = &mut *self.builder;
                 let broad = *self
                     .broad_sets
-                    .entry((rule_peers.clone(), None))
+                    .entry((rule_peers.map(<[PeerRef]>::to_vec), None))
                     .or_insert_with(|| {
                         let members = admitted.iter().map(|&(id, _)| IdentityId(id));
                         builder.add_broad_set(members.collect())
@@ -180,7 +175,7 @@ impl GroupFill<'_> {
                     let builder = &mut *self.builder;
                     let broad = *self
                         .broad_sets
-                        .entry((rule_peers.clone(), Some(profile)))
+                        .entry((rule_peers.map(<[PeerRef]>::to_vec), Some(profile)))
                         .or_insert_with(|| {
                             let members = admitted.iter().filter(|&&(id, via)| {
                                 let (sel_sig, _, q) = identities.items[id as usize];

@@ -304,7 +304,7 @@ impl<'a> Pass<'a> {
                                 d,
                                 ingress_ports,
                                 policy_named[p as usize][1],
-                                &resolved[p as usize].rules[d][r],
+                                resolved[p as usize].rules[d][r].as_deref(),
                                 &ctx,
                             );
                         }
@@ -378,7 +378,7 @@ impl<'a> Pass<'a> {
                                     d,
                                     ingress_ports,
                                     tp.named[1],
-                                    &tp.rules[d][r],
+                                    tp.rules[d][r].as_deref(),
                                     &ctx,
                                 );
                             }

@@ -344,7 +344,7 @@ impl ClusterNetworkPolicy {
 
     /// Reduces an object of `api` given as JSON (a manifest document or a
     /// dynamic object from the API server).
-    pub fn from_value(api: PolicyApi, doc: Value) -> Result<Self, ModelError> {
+    pub fn from_value(api: PolicyApi, doc: &Value) -> Result<Self, ModelError> {
         let name = doc
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -982,7 +982,7 @@ mod tests {
 
     fn parse(api: PolicyApi, yaml: &str) -> Result<ClusterNetworkPolicy, ModelError> {
         let doc: Value = serde_saphyr::from_str(yaml).unwrap();
-        ClusterNetworkPolicy::from_value(api, doc)
+        ClusterNetworkPolicy::from_value(api, &doc)
     }
 
     const CNP: &str =

@@ -194,7 +194,7 @@ fn cluster_policy_changes(client: Client, every: Duration) -> impl Stream<Item =
                     field: String::new(),
                     message: e.to_string(),
                 })?;
-                ClusterNetworkPolicy::from_value(api, value)
+                ClusterNetworkPolicy::from_value(api, &value)
             };
             let mut stream = std::pin::pin!(reduced(objects, reduce));
             let mut check = tokio::time::Instant::now() + every;

@@ -199,6 +199,7 @@ fn load_text(path: &Path, text: &str, out: &mut Manifests, errors: &mut Vec<Load
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per kind")]
 fn load_object(
     path: &Path,
     document: usize,
@@ -284,26 +285,9 @@ fn load_object(
         (
             "policy.networking.k8s.io",
             "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy",
-        ) => match PolicyApi::parse(api_version, kind) {
-            Some(api) => ClusterNetworkPolicy::from_value(api, doc).map(|p| {
-                out.cluster.apply(p);
-            }),
-            None => Err(ModelError {
-                object: ObjectRef {
-                    kind: kind.to_owned(),
-                    key: ObjectKey::cluster_scoped(object_ref_of(&doc, kind).key.name),
-                },
-                field: "apiVersion".into(),
-                message: format!(
-                    "'{api_version}' is not read; use {}",
-                    if kind == "ClusterNetworkPolicy" {
-                        "policy.networking.k8s.io/v1beta1 or v1alpha2"
-                    } else {
-                        "policy.networking.k8s.io/v1alpha1"
-                    }
-                ),
-            }),
-        },
+        ) => cluster_policy(api_version, kind, &doc).map(|p| {
+            out.cluster.apply(p);
+        }),
         ("", "Service") => decode::<core::Service>(doc, kind)
             .and_then(|s| Service::from_resource(&s))
             .map(|s| {
@@ -333,6 +317,33 @@ fn load_object(
             path: path.to_owned(),
             error,
         });
+    }
+}
+
+/// A ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy
+/// in a version podfence reads.
+fn cluster_policy(
+    api_version: &str,
+    kind: &str,
+    doc: &Value,
+) -> Result<ClusterNetworkPolicy, ModelError> {
+    match PolicyApi::parse(api_version, kind) {
+        Some(api) => ClusterNetworkPolicy::from_value(api, doc),
+        None => Err(ModelError {
+            object: ObjectRef {
+                kind: kind.to_owned(),
+                key: ObjectKey::cluster_scoped(object_ref_of(doc, kind).key.name),
+            },
+            field: "apiVersion".into(),
+            message: format!(
+                "'{api_version}' is not read; use {}",
+                if kind == "ClusterNetworkPolicy" {
+                    "policy.networking.k8s.io/v1beta1 or v1alpha2"
+                } else {
+                    "policy.networking.k8s.io/v1alpha1"
+                }
+            ),
+        }),
     }
 }
 

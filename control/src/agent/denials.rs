@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use podfence_datapath::denials::{Denial, DenialKind, DenialQueue, SNAP_LEN};
 use podfence_datapath::publish::{Generation, Publisher};
-use podfence_datapath::tables::{Decision, Direction, IpProtocol, ObjectName, Tables};
+use podfence_datapath::tables::{Decision, Direction, IpProtocol, ObjectName, Tables, TierRule};
 use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
@@ -453,6 +453,22 @@ enum Denier {
     TierPolicy(u32),
 }
 
+/// One side's decision, with the Admin-tier Pass rule that handed it on
+/// to NetworkPolicy, if one did (`passed_by`).
+fn side(tables: &Tables, d: Decision, passed: Option<TierRule>, direction: Direction) -> Value {
+    let mut v = decision(tables, d, direction);
+    if let Some(r) = passed {
+        v["passed_by"] = json!({
+            "tier": r.tier.to_string(),
+            "policy": tables.policy(r.policy).to_string(),
+            "priority": tables.tier_info(r.policy).and_then(|i| i.priority),
+            "rule": r.rule,
+            "rule_name": tables.tier_rule_name(r, direction),
+        });
+    }
+    v
+}
+
 /// What decided one direction, in the words of `podfence explain`.
 fn decision(tables: &Tables, d: Decision, direction: Direction) -> Value {
     match d {
@@ -516,8 +532,8 @@ fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
         "protocol": protocol.name().map_or_else(|| protocol.0.to_string(), str::to_owned),
         "src_port": d.flow.src_port,
         "dst_port": d.flow.dst_port,
-        "egress": decision(tables, d.verdict.egress, Direction::Egress),
-        "ingress": decision(tables, d.verdict.ingress, Direction::Ingress),
+        "egress": side(tables, d.verdict.egress, d.verdict.passed.egress, Direction::Egress),
+        "ingress": side(tables, d.verdict.ingress, d.verdict.passed.ingress, Direction::Ingress),
         "generation": d.generation,
     })
 }
@@ -721,6 +737,7 @@ spec:
         };
         let line = describe(&tables, &denial, None);
         assert_eq!(line["denied_by"], "ingress");
+        assert!(line["ingress"].get("passed_by").is_none());
         assert_eq!(
             line["ingress"],
             json!({
@@ -742,6 +759,24 @@ spec:
         assert_eq!(
             metrics.denial_totals(),
             vec![(("ingress".into(), "ClusterNetworkPolicy/guard".into()), 1)]
+        );
+
+        // Passed on to NetworkPolicy, which denies: the chain is logged.
+        let yaml = yaml.replace("action: Deny", "action: Pass");
+        let cluster = manifests::load_str(Path::new("test.yaml"), &yaml)
+            .expect("manifests")
+            .cluster;
+        let tables = compile(&cluster, &CompileOptions::default()).tables;
+        let verdict = tables.classify_v4(web, db, IpProtocol::TCP, 5432);
+        let line = describe(&tables, &Denial { verdict, ..denial }, None);
+        assert_eq!(
+            line["ingress"]["isolated_by"],
+            json!(["shop/db-only-api", "shop/default-deny"])
+        );
+        assert_eq!(
+            line["ingress"]["passed_by"],
+            json!({"tier": "admin", "policy": "ClusterNetworkPolicy/guard", "priority": 7,
+                   "rule": 0, "rule_name": "no-web"})
         );
     }
 

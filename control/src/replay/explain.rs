@@ -79,7 +79,8 @@ impl ChangedFlow {
     }
 
     /// Why one side (current or candidate) decides as it does: one line per
-    /// direction, worded as `podfence explain` words it.
+    /// direction (and one per Pass rule that handed a direction on), worded
+    /// as `podfence explain` words it.
     #[must_use]
     pub fn explain(
         &self,
@@ -124,10 +125,11 @@ impl ChangedFlow {
             cluster,
         }
         .to_string();
-        // The verdict line, the egress line, the ingress line, the generation.
-        text.lines()
-            .skip(1)
-            .take(2)
+        // The verdict line, each direction's lines (a Pass rule that
+        // handed a side on has one of its own), the generation.
+        let lines: Vec<&str> = text.lines().collect();
+        lines[1..lines.len().saturating_sub(1).max(1)]
+            .iter()
             .map(|l| l.trim().to_owned())
             .collect()
     }

@@ -8,8 +8,11 @@
 //! (`/apis/discovery.k8s.io/v1/endpointslices`) and, once its CRD is
 //! installed ([`ApiServer::install_crd`]), ClusterNetworkPolicies
 //! (`/apis/policy.networking.k8s.io/<version>/clusternetworkpolicies`, in
-//! the version installed), cluster-wide, with the discovery documents of
-//! that group (`/apis`, `/apis/policy.networking.k8s.io/<version>`):
+//! the version installed), and once theirs are
+//! ([`ApiServer::install_admin_crds`]), AdminNetworkPolicies and
+//! BaselineAdminNetworkPolicies (`v1alpha1`), cluster-wide, with the
+//! discovery documents of that group (`/apis`,
+//! `/apis/policy.networking.k8s.io/<version>`):
 //! - lists carry the current resourceVersion (pagination is not needed: a
 //!   list is one page);
 //! - `?watch=1&resourceVersion=N` streams, chunked, every change of that
@@ -58,6 +61,10 @@ pub enum Resource {
     /// `policy.networking.k8s.io` ClusterNetworkPolicy, in the version of
     /// its installed CRD.
     ClusterNetworkPolicies,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy.
+    AdminNetworkPolicies,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicies,
 }
 
 /// The ClusterNetworkPolicy group.
@@ -85,6 +92,8 @@ impl Resource {
             "EndpointSlice" => Some(Self::EndpointSlices),
             "Node" => Some(Self::Nodes),
             "ClusterNetworkPolicy" => Some(Self::ClusterNetworkPolicies),
+            "AdminNetworkPolicy" => Some(Self::AdminNetworkPolicies),
+            "BaselineAdminNetworkPolicy" => Some(Self::BaselineAdminNetworkPolicies),
             _ => None,
         }
     }
@@ -98,13 +107,19 @@ impl Resource {
             Self::EndpointSlices => "EndpointSlice",
             Self::Nodes => "Node",
             Self::ClusterNetworkPolicies => "ClusterNetworkPolicy",
+            Self::AdminNetworkPolicies => "AdminNetworkPolicy",
+            Self::BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
         }
     }
 
     fn cluster_scoped(self) -> bool {
         matches!(
             self,
-            Self::Namespaces | Self::Nodes | Self::ClusterNetworkPolicies
+            Self::Namespaces
+                | Self::Nodes
+                | Self::ClusterNetworkPolicies
+                | Self::AdminNetworkPolicies
+                | Self::BaselineAdminNetworkPolicies
         )
     }
 
@@ -116,6 +131,9 @@ impl Resource {
             Self::NetworkPolicies => "networking.k8s.io/v1".into(),
             Self::EndpointSlices => "discovery.k8s.io/v1".into(),
             Self::ClusterNetworkPolicies => format!("{POLICY_GROUP}/{crd}"),
+            Self::AdminNetworkPolicies | Self::BaselineAdminNetworkPolicies => {
+                format!("{POLICY_GROUP}/v1alpha1")
+            }
         }
     }
 }
@@ -137,6 +155,9 @@ struct State {
     requests: u64,
     /// The version of the ClusterNetworkPolicy CRD served, if installed.
     crd: Option<&'static str>,
+    /// Whether the AdminNetworkPolicy and BaselineAdminNetworkPolicy CRDs
+    /// are installed.
+    admin_crds: bool,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +350,16 @@ impl ApiServer {
         self.shared.changed.notify_all();
     }
 
+    /// Installs or removes the AdminNetworkPolicy and
+    /// BaselineAdminNetworkPolicy CRDs (`v1alpha1`); open watches are cut.
+    pub fn install_admin_crds(&self, installed: bool) {
+        let mut s = self.shared.lock();
+        s.admin_crds = installed;
+        s.cut += 1;
+        drop(s);
+        self.shared.changed.notify_all();
+    }
+
     /// Requests served so far.
     #[must_use]
     pub fn requests(&self) -> u64 {
@@ -407,14 +438,22 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
         );
         return;
     }
-    let crd = shared.lock().crd;
-    if let Some(document) = discovery(&path, crd) {
+    let (crd, admin_crds) = {
+        let s = shared.lock();
+        (s.crd, s.admin_crds)
+    };
+    if let Some(document) = discovery(&path, crd, admin_crds) {
         respond(&mut stream, "200 OK", &document);
         return;
     }
     let cnp_path = crd.map(|v| format!("/apis/{POLICY_GROUP}/{v}/clusternetworkpolicies"));
+    let admin_path = |plural: &str| format!("/apis/{POLICY_GROUP}/v1alpha1/{plural}");
     let resource = if cnp_path.as_deref() == Some(path.as_str()) {
         Some(Resource::ClusterNetworkPolicies)
+    } else if admin_crds && path == admin_path("adminnetworkpolicies") {
+        Some(Resource::AdminNetworkPolicies)
+    } else if admin_crds && path == admin_path("baselineadminnetworkpolicies") {
+        Some(Resource::BaselineAdminNetworkPolicies)
     } else {
         Resource::from_path(&path)
     };
@@ -449,26 +488,48 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
 }
 
 /// The discovery document at `path`, if it is one: the group list (only
-/// the ClusterNetworkPolicy group, when its CRD is installed) and that
-/// group's resource list.
-fn discovery(path: &str, crd: Option<&str>) -> Option<Value> {
+/// the policy group, when a CRD of it is installed) and the resource list
+/// of each of its versions.
+fn discovery(path: &str, crd: Option<&str>, admin_crds: bool) -> Option<Value> {
+    let resource = |plural: &str, kind: &str| {
+        json!({"name": plural, "singularName": plural.trim_end_matches('s'), "namespaced": false,
+               "kind": kind, "verbs": ["get", "list", "watch"]})
+    };
+    let mut versions: Vec<(&str, Vec<Value>)> = Vec::new();
+    if let Some(v) = crd {
+        versions.push((
+            v,
+            vec![resource("clusternetworkpolicies", "ClusterNetworkPolicy")],
+        ));
+    }
+    if admin_crds {
+        versions.push((
+            "v1alpha1",
+            vec![
+                resource("adminnetworkpolicies", "AdminNetworkPolicy"),
+                resource("baselineadminnetworkpolicies", "BaselineAdminNetworkPolicy"),
+            ],
+        ));
+    }
     if path == "/apis" {
-        let groups: Vec<Value> = crd
-            .map(|v| {
-                let gv = json!({"groupVersion": format!("{POLICY_GROUP}/{v}"), "version": v});
-                json!({"name": POLICY_GROUP, "versions": [gv.clone()], "preferredVersion": gv})
+        let gvs: Vec<Value> = versions
+            .iter()
+            .map(|(v, _)| json!({"groupVersion": format!("{POLICY_GROUP}/{v}"), "version": v}))
+            .collect();
+        let groups: Vec<Value> = gvs
+            .first()
+            .map(|preferred| {
+                json!({"name": POLICY_GROUP, "versions": gvs, "preferredVersion": preferred})
             })
             .into_iter()
             .collect();
         return Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}));
     }
-    let v = crd?;
-    (path == format!("/apis/{POLICY_GROUP}/{v}")).then(|| {
-        json!({"kind": "APIResourceList", "apiVersion": "v1",
-               "groupVersion": format!("{POLICY_GROUP}/{v}"),
-               "resources": [{"name": "clusternetworkpolicies", "singularName": "clusternetworkpolicy",
-                              "namespaced": false, "kind": "ClusterNetworkPolicy",
-                              "verbs": ["get", "list", "watch"]}]})
+    versions.into_iter().find_map(|(v, resources)| {
+        (path == format!("/apis/{POLICY_GROUP}/{v}")).then(|| {
+            json!({"kind": "APIResourceList", "apiVersion": "v1",
+                   "groupVersion": format!("{POLICY_GROUP}/{v}"), "resources": resources})
+        })
     })
 }
 

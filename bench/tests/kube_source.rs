@@ -213,6 +213,33 @@ fn cluster_network_policy_crd_installed_upgraded_and_removed_while_running() {
     assert_eq!(h.allowed(), Some(false));
     h.server.install_crd(None);
     h.await_verdict(true, "CRD removed: nothing enforced");
+
+    // The older kinds, if served, on the same tiers.
+    h.server.install_admin_crds(true);
+    h.server
+        .apply(
+            json!({"kind": "BaselineAdminNetworkPolicy", "metadata": {"name": "default"},
+                      "spec": {"subject": {"namespaces": {}},
+                               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        )
+        .unwrap();
+    h.await_verdict(false, "BaselineAdminNetworkPolicy enforced");
+    h.server
+        .apply(json!({"kind": "AdminNetworkPolicy", "metadata": {"name": "let-a"},
+                      "spec": {"priority": 1, "subject": {"namespaces": {}},
+                               "ingress": [{"action": "Allow", "from": [{"pods": {
+                                   "namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "a"}}}}]}]}}))
+        .unwrap();
+    h.await_verdict(true, "AdminNetworkPolicy Allow before the baseline");
+    // A CNP again beside them: its admin Deny at priority 5 comes after the
+    // ANP's Allow at priority 1.
+    h.server.install_crd(Some("v1beta1"));
+    h.server.apply(admin_deny_to_b()).unwrap();
+    let (_, cluster) = h.await_state(|c| c.cluster_policies.len() == 3, "three kinds");
+    assert_eq!(cluster.cluster_policies.len(), 3);
+    assert_eq!(h.allowed(), Some(true));
+    h.server.install_admin_crds(false);
+    h.await_verdict(false, "only the CNP left");
     h.stop();
 }
 

@@ -42,9 +42,8 @@ fn cluster_network_policy_cases_on_the_conformance_cluster_match_live() {
     run_cases(&["cases-cnp", "cases-admin"], false);
 }
 
-/// Every case of `dirs` that runs on `cluster.yaml` live, through a Service
-/// per pod when `via_services`.
-fn run_cases(dirs: &[&str], via_services: bool) {
+/// The cases of `dirs` that run on `cluster.yaml`, sorted.
+fn cases_on_the_conformance_cluster(dirs: &[&str]) -> Vec<std::path::PathBuf> {
     let root = conformance_dir();
     let mut cases: Vec<_> = dirs
         .iter()
@@ -60,6 +59,14 @@ fn run_cases(dirs: &[&str], via_services: bool) {
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no conformance cases");
+    cases
+}
+
+/// Every case of `dirs` that runs on `cluster.yaml` live, through a Service
+/// per pod when `via_services`.
+fn run_cases(dirs: &[&str], via_services: bool) {
+    let root = conformance_dir();
+    let cases = cases_on_the_conformance_cluster(dirs);
     let probes_of = |case: &std::path::Path| -> Vec<(Probe, bool)> {
         std::fs::read_to_string(case.join("expected.tsv"))
             .expect("expected.tsv")

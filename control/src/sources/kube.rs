@@ -2,12 +2,13 @@
 //! NetworkPolicies, Services, EndpointSlices and ClusterNetworkPolicies
 //! feeding the [`ClusterIndex`], whose changes are compiled and published.
 //!
-//! ClusterNetworkPolicy is a CRD that may be missing, or installed, changed
-//! or removed while the agent runs: discovery decides which version to
-//! watch (the newest served of `v1beta1`, `v1alpha2`) and is asked again
-//! every [`SourceOptions::rediscover`]; while none is served the kind is listed as
-//! empty, so readiness does not wait for it. The older AdminNetworkPolicy
-//! and BaselineAdminNetworkPolicy are read from manifests only.
+//! ClusterNetworkPolicy (and the older AdminNetworkPolicy and
+//! BaselineAdminNetworkPolicy) are CRDs that may be missing, or installed,
+//! changed or removed while the agent runs: discovery decides which version
+//! to watch (ClusterNetworkPolicy: the newest served of `v1beta1`,
+//! `v1alpha2`) and is asked again every [`SourceOptions::rediscover`];
+//! while a kind is not served it is listed as empty, so readiness does not
+//! wait for it (see `cluster_policies`).
 //!
 //! Each kind is watched with kube-runtime's `watcher` (list, then watch from
 //! the list's resourceVersion; resumes from the last version seen after a
@@ -33,7 +34,6 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
-use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::runtime::watcher::Event as WatchEvent;
@@ -41,28 +41,13 @@ use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
 use crate::index::{Change, ClusterIndex, Event, IndexStats, Indexed};
-use crate::model::{
-    ClusterNetworkPolicy, EndpointSlice, ModelError, Namespace, NetworkPolicy, Node, Pod,
-    PolicyApi, Service,
-};
+use crate::model::{EndpointSlice, ModelError, Namespace, NetworkPolicy, Node, Pod, Service};
 use crate::publish::TablePublisher;
 
 /// The changes of one kind's watch stream, reduced by `reduce`.
 fn changes<R, K>(
     api: Api<R>,
     reduce: fn(&R) -> Result<K, ModelError>,
-) -> impl Stream<Item = Change> + Send
-where
-    R: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K: Indexed,
-{
-    reduced(api, reduce)
-}
-
-/// [`changes`] for a resource of any dynamic type, with any reduction.
-fn reduced<R, K>(
-    api: Api<R>,
-    reduce: impl Fn(&R) -> Result<K, ModelError> + Send + 'static,
 ) -> impl Stream<Item = Change> + Send
 where
     R: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -112,7 +97,7 @@ pub fn cluster_changes(
         )
         .boxed(),
         changes(Api::<core::Node>::all(client.clone()), Node::from_resource).boxed(),
-        cluster_policy_changes(client.clone(), rediscover).boxed(),
+        super::cluster_policies::changes(client, rediscover).boxed(),
     ])
 }
 
@@ -120,107 +105,6 @@ pub fn cluster_changes(
 /// ClusterNetworkPolicy version the server serves (a CRD installed,
 /// upgraded or removed).
 pub const REDISCOVER_EVERY: Duration = Duration::from_secs(30);
-
-/// The ClusterNetworkPolicy versions read, newest first.
-const CLUSTER_POLICY_VERSIONS: [(&str, PolicyApi); 2] = [
-    ("v1beta1", PolicyApi::ClusterV1beta1),
-    ("v1alpha2", PolicyApi::ClusterV1alpha2),
-];
-
-/// The newest ClusterNetworkPolicy version the server serves, if any.
-async fn served_cluster_policy(
-    client: &Client,
-) -> Result<Option<(ApiResource, PolicyApi)>, kube::Error> {
-    let group = match kube::discovery::group(client, "policy.networking.k8s.io").await {
-        Ok(group) => group,
-        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(CLUSTER_POLICY_VERSIONS.iter().find_map(|&(version, api)| {
-        group
-            .versioned_resources(version)
-            .into_iter()
-            .find(|(r, _)| r.kind == "ClusterNetworkPolicy")
-            .map(|(r, _)| (r, api))
-    }))
-}
-
-/// ClusterNetworkPolicy changes in the version discovery finds, asked
-/// again every `every` (see the module doc). Runs as a task of the
-/// current runtime.
-fn cluster_policy_changes(client: Client, every: Duration) -> impl Stream<Item = Change> + Send {
-    use futures::SinkExt;
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Change>(256);
-    tokio::spawn(async move {
-        // `Some(None)`: listed empty while nothing is served.
-        let mut watching: Option<Option<PolicyApi>> = None;
-        loop {
-            let served = served_cluster_policy(&client).await;
-            let (resource, api) = match served {
-                Err(e) => {
-                    let failed = Event::<ClusterNetworkPolicy>::Failed(format!("discovery: {e}"));
-                    if tx.send(failed.into()).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Ok(None) => {
-                    if watching != Some(None) {
-                        info!("ClusterNetworkPolicy is not served: none is enforced");
-                        for event in [Event::ListStarted, Event::<ClusterNetworkPolicy>::ListDone] {
-                            if tx.send(event.into()).await.is_err() {
-                                return;
-                            }
-                        }
-                        watching = Some(None);
-                    }
-                    tokio::time::sleep(every).await;
-                    continue;
-                }
-                Ok(Some(found)) => found,
-            };
-            info!(version = api.api_version(), "watching ClusterNetworkPolicy");
-            watching = Some(Some(api));
-            let objects: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            let reduce = move |o: &DynamicObject| {
-                let value = serde_json::to_value(o).map_err(|e| ModelError {
-                    object: crate::model::ObjectRef {
-                        kind: api.kind().into(),
-                        key: crate::model::ObjectKey::cluster_scoped(o.name_any()),
-                    },
-                    field: String::new(),
-                    message: e.to_string(),
-                })?;
-                ClusterNetworkPolicy::from_value(api, &value)
-            };
-            let mut stream = std::pin::pin!(reduced(objects, reduce));
-            let mut check = tokio::time::Instant::now() + every;
-            loop {
-                tokio::select! {
-                    change = stream.next() => {
-                        let Some(change) = change else { break };
-                        if tx.send(change).await.is_err() {
-                            return;
-                        }
-                    }
-                    () = tokio::time::sleep_until(check) => {
-                        check = tokio::time::Instant::now() + every;
-                        match served_cluster_policy(&client).await {
-                            Ok(Some((_, now))) if now == api => {}
-                            // Another version, none, or discovery failing:
-                            // look again from the top.
-                            _ => break,
-                        }
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
 
 /// Source settings.
 #[derive(Clone, Copy, Debug)]

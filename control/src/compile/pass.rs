@@ -331,10 +331,8 @@ impl<'a> Pass<'a> {
             if selected.is_empty() {
                 continue;
             }
-            let mut groups_of = TierGroups {
-                audited: audited_endpoints[e],
-                ..TierGroups::NONE
-            };
+            let mut groups_of = TierGroups::NONE;
+            groups_of.audited = audited_endpoints[e];
             for (d, direction) in [Direction::Ingress, Direction::Egress]
                 .into_iter()
                 .enumerate()
@@ -387,11 +385,7 @@ impl<'a> Pass<'a> {
                         tier_groups.insert(key, g);
                         g
                     };
-                    let slot = match tier {
-                        Tier::Admin => &mut groups_of.admin,
-                        Tier::Baseline => &mut groups_of.baseline,
-                    };
-                    slot[d] = Some(group);
+                    groups_of.set(tier, direction, group);
                 }
             }
             endpoint_tiers[e] = groups_of;

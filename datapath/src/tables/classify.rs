@@ -134,8 +134,15 @@ impl Tables {
                 passed: Passed::NONE,
             };
         }
-        let (egress, egress_pass) = self.side(src.pod, 1, dst.identity, protocol, dst_port);
-        let (ingress, ingress_pass) = self.side(dst.pod, 0, src.identity, protocol, dst_port);
+        let (egress, egress_pass) =
+            self.side(src.pod, Direction::Egress, dst.identity, protocol, dst_port);
+        let (ingress, ingress_pass) = self.side(
+            dst.pod,
+            Direction::Ingress,
+            src.identity,
+            protocol,
+            dst_port,
+        );
         Verdict {
             egress,
             ingress,
@@ -146,13 +153,13 @@ impl Tables {
         }
     }
 
-    /// One side: the Admin tier, then NetworkPolicy, then the Baseline tier
-    /// (`d`: 0 ingress, 1 egress). At most three group lookups.
+    /// One side: the Admin tier, then NetworkPolicy, then the Baseline tier.
+    /// At most three group lookups.
     #[inline]
     fn side(
         &self,
         pod: Option<PodAddress>,
-        d: usize,
+        direction: Direction,
         peer: IdentityId,
         protocol: IpProtocol,
         port: u16,
@@ -160,7 +167,10 @@ impl Tables {
         let Some(pod) = pod else {
             return (Decision::NotEnforced, None);
         };
-        let enforcement = if d == 0 { pod.ingress } else { pod.egress };
+        let enforcement = match direction {
+            Direction::Ingress => pod.ingress,
+            Direction::Egress => pod.egress,
+        };
         let tiers = pod.tiers;
         let tier_decision = |tier: Tier, group: Option<GroupId>| {
             let hit = self.first_match(group?, peer, protocol, port)?;
@@ -177,17 +187,19 @@ impl Tables {
             })
         };
         let mut passed = None;
-        match tier_decision(Tier::Admin, tiers.admin[d]) {
+        match tier_decision(Tier::Admin, tiers.get(Tier::Admin, direction)) {
             Some(Ok(decision)) => return (decision, None),
             Some(Err(pass)) => passed = Some(pass),
             None => {}
         }
         let decision = match enforcement {
             Enforcement::Remote => Decision::NotEnforced,
-            Enforcement::Open => match tier_decision(Tier::Baseline, tiers.baseline[d]) {
-                Some(Ok(decision)) => decision,
-                Some(Err(_)) | None => Decision::NotIsolated,
-            },
+            Enforcement::Open => {
+                match tier_decision(Tier::Baseline, tiers.get(Tier::Baseline, direction)) {
+                    Some(Ok(decision)) => decision,
+                    Some(Err(_)) | None => Decision::NotIsolated,
+                }
+            }
             Enforcement::Isolated(g) => self.check(g, peer, protocol, port),
             Enforcement::Audited(g) => match self.check(g, peer, protocol, port) {
                 Decision::Denied { group } => Decision::WouldDeny { group },

@@ -147,25 +147,50 @@ impl fmt::Display for Tier {
     }
 }
 
-/// The tier groups of a local pod: per tier and direction (`[ingress,
-/// egress]`), the group of that tier's policies that select it, if any.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// The tier groups of a local pod: per tier and direction, the group of
+/// that tier's policies that select it, if any. Kept as four `u32`s
+/// (`u32::MAX`: none) so that a [`PodAddress`] stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TierGroups {
-    /// Admin-tier groups.
-    pub admin: [Option<GroupId>; 2],
-    /// Baseline-tier groups.
-    pub baseline: [Option<GroupId>; 2],
+    /// `[admin ingress, admin egress, baseline ingress, baseline egress]`.
+    groups: [u32; 4],
     /// Whether a tier's denial only is reported ([`Decision::TierWouldDeny`]).
     pub audited: bool,
+}
+
+impl Default for TierGroups {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 impl TierGroups {
     /// No tier policy selects the pod.
     pub const NONE: Self = Self {
-        admin: [None; 2],
-        baseline: [None; 2],
+        groups: [u32::MAX; 4],
         audited: false,
     };
+
+    fn slot(tier: Tier, direction: Direction) -> usize {
+        let t = match tier {
+            Tier::Admin => 0,
+            Tier::Baseline => 2,
+        };
+        t + direction_index(direction)
+    }
+
+    /// The group of `tier` for `direction`, if any.
+    #[inline]
+    #[must_use]
+    pub fn get(&self, tier: Tier, direction: Direction) -> Option<GroupId> {
+        let g = self.groups[Self::slot(tier, direction)];
+        (g != u32::MAX).then_some(GroupId(g))
+    }
+
+    /// Sets the group of `tier` for `direction`.
+    pub fn set(&mut self, tier: Tier, direction: Direction, group: GroupId) {
+        self.groups[Self::slot(tier, direction)] = group.0;
+    }
 }
 
 /// What a matching rule does. NetworkPolicy rules only allow.
@@ -695,10 +720,12 @@ mod tests {
             identity: id_b,
             pod: pb,
             ingress,
-            tiers: TierGroups {
-                admin: [Some(g_admin), None],
-                baseline: [Some(g_base), None],
-                audited,
+            tiers: {
+                let mut t = TierGroups::NONE;
+                t.audited = audited;
+                t.set(Tier::Admin, Direction::Ingress, g_admin);
+                t.set(Tier::Baseline, Direction::Ingress, g_base);
+                t
             },
             ..open
         };
@@ -763,6 +790,16 @@ mod tests {
         assert_eq!(to_b(&t, 9).ingress, Decision::TierDenied(base));
         // The egress side of `a` is decided on its own: nothing selects it.
         assert_eq!(v.egress, Decision::NotIsolated);
+    }
+
+    #[test]
+    fn pod_address_stays_small() {
+        assert!(std::mem::size_of::<PodAddress>() <= 52);
+        let mut t = TierGroups::NONE;
+        assert_eq!(t.get(Tier::Baseline, Direction::Egress), None);
+        t.set(Tier::Baseline, Direction::Egress, GroupId(3));
+        assert_eq!(t.get(Tier::Baseline, Direction::Egress), Some(GroupId(3)));
+        assert_eq!(t.get(Tier::Admin, Direction::Egress), None);
     }
 
     #[test]

@@ -256,6 +256,7 @@ fn tier_peer(egress: bool) -> BoxedStrategy<TierPeer> {
         3 => selector(NS_KEYS, NS_VALUES).prop_map(TierPeer::Namespaces),
         3 => (selector(NS_KEYS, NS_VALUES), selector(POD_KEYS, POD_VALUES))
             .prop_map(|(namespaces, pods)| TierPeer::Pods { namespaces, pods }),
+        1 => Just(TierPeer::Unknown),
     ];
     if !egress {
         return pods.boxed();
@@ -782,6 +783,7 @@ fn generator_covers_interesting_shapes() {
                 for peer in &rule.peers {
                     note("nodes peer", matches!(peer, TierPeer::Nodes(_)));
                     note("networks peer", matches!(peer, TierPeer::Networks(_)));
+                    note("peer of an unknown kind", matches!(peer, TierPeer::Unknown));
                 }
             }
         }
@@ -793,6 +795,7 @@ fn generator_covers_interesting_shapes() {
                 for peer in &rule.peers {
                     note("nodes peer", matches!(peer, TierPeer::Nodes(_)));
                     note("networks peer", matches!(peer, TierPeer::Networks(_)));
+                    note("peer of an unknown kind", matches!(peer, TierPeer::Unknown));
                 }
             }
         }
@@ -833,6 +836,7 @@ fn generator_covers_interesting_shapes() {
         "pass rule",
         "nodes peer",
         "networks peer",
+        "peer of an unknown kind",
     ] {
         assert!(
             seen.get(what).copied().unwrap_or(0) >= 5,

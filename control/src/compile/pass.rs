@@ -365,10 +365,13 @@ impl<'a> Pass<'a> {
                         for &t in &key.1 {
                             let tp = &tiers[t as usize];
                             for (r, rule) in tp.policy.rules(d == 0).iter().enumerate() {
+                                // A rule that fails closed (no peers
+                                // resolved) matches every port too.
+                                let fails_closed = tp.rules[d][r].is_none();
                                 let ctx = RulePorts {
                                     policy: PolicyId(policies.len() as u32 + t),
                                     rule: r as u16,
-                                    ports: &rule.ports,
+                                    ports: if fails_closed { &[] } else { &rule.ports },
                                     action: rule_action(rule.action),
                                 };
                                 fill.add_rule(

@@ -24,7 +24,8 @@ use crate::model::{
 /// One tier policy of this compile, its rule peers resolved.
 pub(super) struct TierPolicy<'a> {
     pub(super) policy: &'a Arc<ClusterNetworkPolicy>,
-    /// `[direction][rule]` → the rule's peers (never "every peer").
+    /// `[direction][rule]` → the rule's peers (`None`: every peer, for a rule
+    /// that fails closed).
     pub(super) rules: [Vec<Option<Vec<PeerRef>>>; 2],
     /// Whether ingress / egress rules use named ports.
     pub(super) named: [bool; 2],
@@ -119,6 +120,15 @@ impl<'a> Pass<'a> {
                 let mut rules: [Vec<Option<Vec<PeerRef>>>; 2] = [Vec::new(), Vec::new()];
                 for (d, list) in [&policy.ingress, &policy.egress].into_iter().enumerate() {
                     for rule in list {
+                        // A peer of an unknown kind fails closed: a Deny or
+                        // Pass rule matches everything (every peer, every
+                        // port); an Accept rule nothing by it.
+                        let fails_closed = rule.action != Action::Accept
+                            && rule.peers.contains(&TierPeer::Unknown);
+                        if fails_closed {
+                            rules[d].push(None);
+                            continue;
+                        }
                         let mut peers = Vec::new();
                         for peer in &rule.peers {
                             self.resolve_peer(peer, selectors, blocks, &mut peers);
@@ -176,7 +186,7 @@ impl<'a> Pass<'a> {
                     }
                 }
             }
-            TierPeer::DomainNames(_) => {}
+            TierPeer::DomainNames(_) | TierPeer::Unknown => {}
         }
     }
 

@@ -20,14 +20,13 @@ use super::{LabelSelector, ModelError, ObjectKey, ObjectRef, PolicyPort, PortSpe
 
 /// The largest priority the APIs accept.
 pub const MAX_PRIORITY: u32 = 1000;
-/// Most rules per direction (CRD `maxItems`).
-const MAX_RULES: usize = 100;
-/// Most peers per rule (CRD `maxItems`).
-const MAX_PEERS: usize = 100;
+/// Most rules per direction, peers per rule and `protocols` entries per
+/// rule (CRD `maxItems`): ClusterNetworkPolicy.
+const MAX_ITEMS: usize = 25;
+/// The same for AdminNetworkPolicy and BaselineAdminNetworkPolicy.
+const MAX_ITEMS_V1ALPHA1: usize = 100;
 /// Most CIDRs per `networks` peer (CRD `maxItems`).
 const MAX_NETWORKS: usize = 25;
-/// Most `protocols` (or `ports`) entries per rule (CRD `maxItems`).
-const MAX_PORTS: usize = 100;
 /// Longest rule name (CRD `maxLength`).
 const MAX_RULE_NAME: usize = 100;
 
@@ -166,6 +165,10 @@ pub enum TierPeer {
     Nodes(LabelSelector),
     /// Domain names (egress only): not enforced; matches nothing.
     DomainNames(Vec<String>),
+    /// A peer with none of the known fields (a field of a newer API):
+    /// fails closed, as the API asks: an Accept rule matches nothing by it,
+    /// a Deny or Pass rule matches everything (every peer and port).
+    Unknown,
 }
 
 impl fmt::Display for TierPeer {
@@ -182,6 +185,7 @@ impl fmt::Display for TierPeer {
             }
             Self::Nodes(sel) => write!(f, "nodes [{sel}]"),
             Self::DomainNames(d) => write!(f, "domain names {} (not enforced)", d.join(", ")),
+            Self::Unknown => f.write_str("a peer of an unknown kind (fails closed)"),
         }
     }
 }
@@ -253,7 +257,8 @@ pub struct ClusterNetworkPolicy {
     pub ingress: Vec<TierRule>,
     /// `spec.egress`, in order.
     pub egress: Vec<TierRule>,
-    /// What of it podfence does not enforce (field paths): `domainNames`.
+    /// What of it podfence does not enforce as written (field paths):
+    /// `domainNames`, peers of unknown kinds.
     pub unsupported: Vec<String>,
 }
 
@@ -557,7 +562,7 @@ fn convert_cluster(
     .enumerate()
     {
         let rules = rules.as_deref().unwrap_or_default();
-        limit(rules.len(), MAX_RULES, field)?;
+        limit(rules.len(), MAX_ITEMS, field)?;
         for (i, r) in rules.iter().enumerate() {
             let at = format!("{field}[{i}]");
             let ingress = d == 0;
@@ -570,7 +575,7 @@ fn convert_cluster(
             if other.is_some() {
                 return Err((format!("{at}.{other_name}"), "is not allowed here".into()));
             }
-            let name = rule_name(r.name.as_deref(), &at, api == PolicyApi::ClusterV1beta1)?;
+            let name = rule_name(r.name.as_deref(), &at)?;
             let action = action(r.action.as_deref(), &at, &["Accept", "Deny", "Pass"])?;
             let peers_name = if ingress { "from" } else { "to" };
             let peers = convert_peers(
@@ -582,6 +587,21 @@ fn convert_cluster(
                 unsupported,
             )?;
             let ports = protocols(r.protocols.as_deref(), &format!("{at}.protocols"))?;
+            let addresses = |p: &TierPeer| {
+                matches!(
+                    p,
+                    TierPeer::Networks(_) | TierPeer::Nodes(_) | TierPeer::DomainNames(_)
+                )
+            };
+            let named = |p: &PolicyPort| matches!(p.port, PortSpec::Named(_));
+            if peers.iter().any(addresses) && ports.iter().any(named) {
+                return Err((
+                    at,
+                    "networks/nodes/domainNames peer cannot be set with namedPorts since there \
+                     are no namedPorts for networks/nodes/domainNames"
+                        .into(),
+                ));
+            }
             dirs[d].push(TierRule {
                 name,
                 action,
@@ -618,7 +638,7 @@ fn convert_admin(
     .enumerate()
     {
         let rules = rules.as_deref().unwrap_or_default();
-        limit(rules.len(), MAX_RULES, field)?;
+        limit(rules.len(), MAX_ITEMS_V1ALPHA1, field)?;
         for (i, r) in rules.iter().enumerate() {
             let at = format!("{field}[{i}]");
             let ingress = d == 0;
@@ -627,7 +647,7 @@ fn convert_admin(
             } else {
                 (&r.to, "to")
             };
-            let name = rule_name(r.name.as_deref(), &at, false)?;
+            let name = rule_name(r.name.as_deref(), &at)?;
             let action = action(r.action.as_deref(), &at, actions)?;
             let peers = convert_peers(
                 peers.as_deref(),
@@ -728,11 +748,8 @@ fn subject(s: Option<&RawSubject>, admin: bool) -> Result<Subject, FieldError> {
     }
 }
 
-fn rule_name(name: Option<&str>, at: &str, required: bool) -> Result<String, FieldError> {
+fn rule_name(name: Option<&str>, at: &str) -> Result<String, FieldError> {
     let name = name.unwrap_or_default();
-    if required && name.is_empty() {
-        return Err((format!("{at}.name"), "is required".into()));
-    }
     if name.len() > MAX_RULE_NAME {
         return Err((
             format!("{at}.name"),
@@ -767,7 +784,11 @@ fn convert_peers(
     if peers.is_empty() {
         return Err((field.to_owned(), "must list at least one peer".into()));
     }
-    limit(peers.len(), MAX_PEERS, field)?;
+    limit(
+        peers.len(),
+        if admin { MAX_ITEMS_V1ALPHA1 } else { MAX_ITEMS },
+        field,
+    )?;
     let mut out = Vec::new();
     for (i, p) in peers.iter().enumerate() {
         let at = format!("{field}[{i}]");
@@ -776,7 +797,13 @@ fn convert_peers(
             + usize::from(p.networks.is_some())
             + usize::from(p.nodes.is_some())
             + usize::from(p.domain_names.is_some());
-        if set != 1 {
+        if set == 0 {
+            // A field this version does not know (a newer CRD): fail closed.
+            unsupported.push(format!("{at} (a peer of an unknown kind)"));
+            out.push(TierPeer::Unknown);
+            continue;
+        }
+        if set > 1 {
             return Err((
                 at,
                 "exactly one of namespaces, pods, networks, nodes and domainNames must be set"
@@ -876,8 +903,14 @@ fn named(name: &str, field: &str, out: &mut Vec<PolicyPort>) -> Result<(), Field
 }
 
 fn protocols(list: Option<&[RawProtocol]>, field: &str) -> Result<Vec<PolicyPort>, FieldError> {
+    if list.is_some_and(<[_]>::is_empty) {
+        return Err((
+            field.to_owned(),
+            "must list at least one protocol when set".into(),
+        ));
+    }
     let list = list.unwrap_or_default();
-    limit(list.len(), MAX_PORTS, field)?;
+    limit(list.len(), MAX_ITEMS, field)?;
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
         let at = format!("{field}[{i}]");
@@ -903,7 +936,7 @@ fn protocols(list: Option<&[RawProtocol]>, field: &str) -> Result<Vec<PolicyPort
         };
         let at = format!("{at}.{key}.destinationPort");
         let port = match &spec.destination_port {
-            None => PortSpec::Any,
+            None => return Err((at, "is required".into())),
             Some(RawPort {
                 number: Some(n),
                 range: None,
@@ -941,7 +974,7 @@ fn admin_protocol(p: Option<&str>, field: &str) -> Result<Protocol, FieldError> 
 
 fn admin_ports(list: Option<&[RawAdminPort]>, field: &str) -> Result<Vec<PolicyPort>, FieldError> {
     let list = list.unwrap_or_default();
-    limit(list.len(), MAX_PORTS, field)?;
+    limit(list.len(), MAX_ITEMS_V1ALPHA1, field)?;
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
         let at = format!("{field}[{i}]");
@@ -993,7 +1026,7 @@ mod tests {
         let p = parse(
             PolicyApi::ClusterV1beta1,
             &format!(
-                "{CNP}  egress:\n  - name: r\n    action: Pass\n    to:\n    - networks: [10.0.0.0/8]\n    - nodes: {{matchLabels: {{a: b}}}}\n    - pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{c: d}}}}}}\n    - domainNames: [example.com]\n    protocols:\n    - tcp: {{destinationPort: {{number: 80}}}}\n    - udp: {{destinationPort: {{range: {{start: 53, end: 54}}}}}}\n    - sctp: {{}}\n    - destinationNamedPort: web\n"
+                "{CNP}  egress:\n  - name: r\n    action: Pass\n    to:\n    - networks: [10.0.0.0/8]\n    - nodes: {{matchLabels: {{a: b}}}}\n    - pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{c: d}}}}}}\n    - domainNames: [example.com]\n    protocols:\n    - tcp: {{destinationPort: {{number: 80}}}}\n    - udp: {{destinationPort: {{range: {{start: 53, end: 54}}}}}}\n    - sctp: {{destinationPort: {{number: 9}}}}\n"
             ),
         )
         .unwrap();
@@ -1002,17 +1035,18 @@ mod tests {
         assert_eq!((r.name.as_str(), r.action), ("r", Action::Pass));
         assert_eq!(r.peers.len(), 4);
         let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            ports,
-            [
-                "TCP/80",
-                "UDP/53-54",
-                "SCTP/*",
-                "TCP/web",
-                "UDP/web",
-                "SCTP/web"
-            ]
-        );
+        assert_eq!(ports, ["TCP/80", "UDP/53-54", "SCTP/9"]);
+        // A named port, whatever its protocol.
+        let q = parse(
+            PolicyApi::ClusterV1alpha2,
+            &format!(
+                "{CNP}  ingress:\n  - {{action: Accept, from: [{{namespaces: {{}}}}], protocols: [{{destinationNamedPort: web}}]}}\n"
+            ),
+        )
+        .unwrap();
+        let ports: Vec<String> = q.ingress[0].ports.iter().map(ToString::to_string).collect();
+        assert_eq!(ports, ["TCP/web", "UDP/web", "SCTP/web"]);
+        assert!(q.ingress[0].name.is_empty(), "names are optional");
         assert_eq!(p.unsupported, ["spec.egress[0].to[3].domainNames"]);
     }
 
@@ -1037,6 +1071,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines, reason = "one invalid object per case")]
     fn invalid_objects_name_object_and_field() {
         let head = "metadata: {name: p}\nspec:\n  subject: {namespaces: {}}\n";
         let cases: &[(PolicyApi, &str, &str)] = &[
@@ -1058,8 +1093,26 @@ mod tests {
             ),
             (
                 PolicyApi::ClusterV1beta1,
-                "  tier: Admin\n  priority: 1\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]\n",
-                "spec.ingress[0].name",
+                "  tier: Admin\n  priority: 1\n  egress: [{action: Deny, to: [{networks: [10.0.0.0/8]}], protocols: [{destinationNamedPort: web}]}]\n",
+                "spec.egress[0]",
+            ),
+            (
+                PolicyApi::ClusterV1beta1,
+                "  tier: Admin\n  priority: 1\n  egress: [{action: Deny, to: [{namespaces: {}}], protocols: [{tcp: {}}]}]\n",
+                "spec.egress[0].protocols[0].tcp.destinationPort",
+            ),
+            (
+                PolicyApi::ClusterV1alpha2,
+                "  tier: Admin\n  priority: 1\n  egress: [{action: Deny, to: [{namespaces: {}}], protocols: []}]\n",
+                "spec.egress[0].protocols",
+            ),
+            (
+                PolicyApi::ClusterV1beta1,
+                &format!(
+                    "  tier: Admin\n  priority: 1\n  ingress: [{}]\n",
+                    vec!["{action: Deny, from: [{namespaces: {}}]}"; 26].join(", ")
+                ),
+                "spec.ingress",
             ),
             (
                 PolicyApi::ClusterV1beta1,
@@ -1134,6 +1187,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "metadata.name");
+    }
+
+    #[test]
+    fn a_peer_of_an_unknown_kind_fails_closed() {
+        let p = parse(
+            PolicyApi::ClusterV1beta1,
+            &format!("{CNP}  egress:\n  - {{action: Deny, to: [{{futurePeer: {{a: b}}}}]}}\n"),
+        )
+        .unwrap();
+        assert_eq!(p.egress[0].peers, [TierPeer::Unknown]);
+        assert_eq!(
+            p.unsupported,
+            ["spec.egress[0].to[0] (a peer of an unknown kind)"]
+        );
     }
 
     #[test]

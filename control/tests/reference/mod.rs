@@ -259,6 +259,11 @@ fn tier_rule_matches(
     protocol: Protocol,
     port: u16,
 ) -> bool {
+    // A peer of an unknown kind fails closed: a Deny or Pass rule becomes
+    // "deny (or pass) everything"; an Accept rule matches nothing by it.
+    if rule.action != Action::Accept && rule.peers.contains(&TierPeer::Unknown) {
+        return true;
+    }
     let mut via_pods = false;
     let mut any = false;
     for p in &rule.peers {
@@ -287,6 +292,7 @@ fn tier_rule_matches(
                 false,
             ),
             TierPeer::DomainNames(_) => (false, false),
+            TierPeer::Unknown => (false, false),
         };
         any |= matched;
         via_pods |= matched && is_pods;

@@ -291,8 +291,8 @@ fn tier_rule_matches(
                     .any(|n| selector_matches(sel, &n.labels) && n.addresses.contains(&peer.ip())),
                 false,
             ),
-            TierPeer::DomainNames(_) => (false, false),
-            TierPeer::Unknown => (false, false),
+            // Not enforced; an unknown kind was handled above.
+            TierPeer::DomainNames(_) | TierPeer::Unknown => (false, false),
         };
         any |= matched;
         via_pods |= matched && is_pods;

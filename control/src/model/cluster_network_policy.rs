@@ -914,25 +914,20 @@ fn protocols(list: Option<&[RawProtocol]>, field: &str) -> Result<Vec<PolicyPort
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
         let at = format!("{field}[{i}]");
-        let set = usize::from(p.tcp.is_some())
-            + usize::from(p.udp.is_some())
-            + usize::from(p.sctp.is_some())
-            + usize::from(p.destination_named_port.is_some());
-        if set != 1 {
-            return Err((
-                at,
-                "exactly one of tcp, udp, sctp and destinationNamedPort must be set".into(),
-            ));
-        }
-        if let Some(name) = &p.destination_named_port {
-            named(name, &format!("{at}.destinationNamedPort"), &mut out)?;
-            continue;
-        }
-        let (protocol, spec, key) = match (&p.tcp, &p.udp, &p.sctp) {
-            (Some(s), _, _) => (Protocol::Tcp, s, "tcp"),
-            (_, Some(s), _) => (Protocol::Udp, s, "udp"),
-            (_, _, Some(s)) => (Protocol::Sctp, s, "sctp"),
-            _ => unreachable!("exactly one is set"),
+        let (protocol, spec, key) = match (&p.tcp, &p.udp, &p.sctp, &p.destination_named_port) {
+            (Some(s), None, None, None) => (Protocol::Tcp, s, "tcp"),
+            (None, Some(s), None, None) => (Protocol::Udp, s, "udp"),
+            (None, None, Some(s), None) => (Protocol::Sctp, s, "sctp"),
+            (None, None, None, Some(name)) => {
+                named(name, &format!("{at}.destinationNamedPort"), &mut out)?;
+                continue;
+            }
+            _ => {
+                return Err((
+                    at,
+                    "exactly one of tcp, udp, sctp and destinationNamedPort must be set".into(),
+                ));
+            }
         };
         let at = format!("{at}.{key}.destinationPort");
         let port = match &spec.destination_port {

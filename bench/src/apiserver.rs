@@ -2,10 +2,18 @@
 //! real kube client, since no kube-apiserver can run here.
 //!
 //! It serves Namespaces (`/api/v1/namespaces`), Pods (`/api/v1/pods`),
-//! NetworkPolicies (`/apis/networking.k8s.io/v1/networkpolicies`), Services
-//! (`/api/v1/services`) and EndpointSlices
-//! (`/apis/discovery.k8s.io/v1/endpointslices`), cluster-wide, and
-//! DaemonSets one by name (`/apis/apps/v1/namespaces/NS/daemonsets/NAME`):
+//! Nodes (`/api/v1/nodes`), NetworkPolicies
+//! (`/apis/networking.k8s.io/v1/networkpolicies`), Services
+//! (`/api/v1/services`), EndpointSlices
+//! (`/apis/discovery.k8s.io/v1/endpointslices`) and, once its CRD is
+//! installed ([`ApiServer::install_crd`]), ClusterNetworkPolicies
+//! (`/apis/policy.networking.k8s.io/<version>/clusternetworkpolicies`, in
+//! the version installed), and once theirs are
+//! ([`ApiServer::install_admin_crds`]), AdminNetworkPolicies and
+//! BaselineAdminNetworkPolicies (`v1alpha1`), cluster-wide, with the
+//! discovery documents of that group (`/apis`,
+//! `/apis/policy.networking.k8s.io/<version>`), and DaemonSets one by name
+//! (`/apis/apps/v1/namespaces/NS/daemonsets/NAME`):
 //! - lists carry the current resourceVersion (pagination is not needed: a
 //!   list is one page);
 //! - `?watch=1&resourceVersion=N` streams, chunked, every change of that
@@ -51,7 +59,19 @@ pub enum Resource {
     EndpointSlices,
     /// `apps/v1` DaemonSet (one by name: what a stopping agent asks).
     DaemonSets,
+    /// `v1` Node.
+    Nodes,
+    /// `policy.networking.k8s.io` ClusterNetworkPolicy, in the version of
+    /// its installed CRD.
+    ClusterNetworkPolicies,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy.
+    AdminNetworkPolicies,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicies,
 }
+
+/// The ClusterNetworkPolicy group.
+const POLICY_GROUP: &str = "policy.networking.k8s.io";
 
 impl Resource {
     fn from_path(path: &str) -> Option<Self> {
@@ -62,6 +82,7 @@ impl Resource {
             "/api/v1/services" => Some(Self::Services),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlices),
             "/apis/apps/v1/daemonsets" => Some(Self::DaemonSets),
+            "/api/v1/nodes" => Some(Self::Nodes),
             _ => None,
         }
     }
@@ -74,6 +95,10 @@ impl Resource {
             "Service" => Some(Self::Services),
             "EndpointSlice" => Some(Self::EndpointSlices),
             "DaemonSet" => Some(Self::DaemonSets),
+            "Node" => Some(Self::Nodes),
+            "ClusterNetworkPolicy" => Some(Self::ClusterNetworkPolicies),
+            "AdminNetworkPolicy" => Some(Self::AdminNetworkPolicies),
+            "BaselineAdminNetworkPolicy" => Some(Self::BaselineAdminNetworkPolicies),
             _ => None,
         }
     }
@@ -86,15 +111,36 @@ impl Resource {
             Self::Services => "Service",
             Self::EndpointSlices => "EndpointSlice",
             Self::DaemonSets => "DaemonSet",
+            Self::Nodes => "Node",
+            Self::ClusterNetworkPolicies => "ClusterNetworkPolicy",
+            Self::AdminNetworkPolicies => "AdminNetworkPolicy",
+            Self::BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
         }
     }
 
-    fn api_version(self) -> &'static str {
+    fn cluster_scoped(self) -> bool {
+        matches!(
+            self,
+            Self::Namespaces
+                | Self::Nodes
+                | Self::ClusterNetworkPolicies
+                | Self::AdminNetworkPolicies
+                | Self::BaselineAdminNetworkPolicies
+        )
+    }
+
+    /// The apiVersion of its objects; `crd` is the installed version of
+    /// the ClusterNetworkPolicy CRD.
+    fn api_version(self, crd: &str) -> String {
         match self {
-            Self::Namespaces | Self::Pods | Self::Services => "v1",
-            Self::NetworkPolicies => "networking.k8s.io/v1",
-            Self::EndpointSlices => "discovery.k8s.io/v1",
-            Self::DaemonSets => "apps/v1",
+            Self::Namespaces | Self::Pods | Self::Services | Self::Nodes => "v1".into(),
+            Self::NetworkPolicies => "networking.k8s.io/v1".into(),
+            Self::EndpointSlices => "discovery.k8s.io/v1".into(),
+            Self::DaemonSets => "apps/v1".into(),
+            Self::ClusterNetworkPolicies => format!("{POLICY_GROUP}/{crd}"),
+            Self::AdminNetworkPolicies | Self::BaselineAdminNetworkPolicies => {
+                format!("{POLICY_GROUP}/v1alpha1")
+            }
         }
     }
 }
@@ -114,6 +160,11 @@ struct State {
     delay: Duration,
     unavailable: bool,
     requests: u64,
+    /// The version of the ClusterNetworkPolicy CRD served, if installed.
+    crd: Option<&'static str>,
+    /// Whether the AdminNetworkPolicy and BaselineAdminNetworkPolicy CRDs
+    /// are installed.
+    admin_crds: bool,
 }
 
 #[derive(Debug, Default)]
@@ -142,7 +193,7 @@ pub struct ApiServer {
 pub enum ApiServerError {
     /// Not an object of a served kind with a name.
     #[error(
-        "not a Namespace, Pod, NetworkPolicy, Service or EndpointSlice with metadata.name: {0}"
+        "not a Namespace, Pod, Node, NetworkPolicy, Service, EndpointSlice or ClusterNetworkPolicy with metadata.name: {0}"
     )]
     Unservable(String),
     /// The listener could not be made.
@@ -207,7 +258,7 @@ impl ApiServer {
         let version = s.version + 1;
         let (kind, stored) = if let Some(mut o) = object {
             o["metadata"]["resourceVersion"] = json!(version.to_string());
-            o["apiVersion"] = json!(resource.api_version());
+            o["apiVersion"] = json!(resource.api_version(s.crd.unwrap_or("v1beta1")));
             o["kind"] = json!(resource.kind());
             let kind = if s.objects.insert(key, o.clone()).is_some() {
                 "MODIFIED"
@@ -236,7 +287,7 @@ impl ApiServer {
             .as_str()
             .ok_or_else(|| ApiServerError::Unservable(object.to_string()))?;
         let namespace = match resource {
-            Resource::Namespaces => "",
+            r if r.cluster_scoped() => "",
             _ => object["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or("default"),
@@ -255,7 +306,7 @@ impl ApiServer {
 
     /// Deletes an object (if it exists).
     pub fn delete(&self, resource: Resource, namespace: &str, name: &str) {
-        let namespace = if resource == Resource::Namespaces {
+        let namespace = if resource.cluster_scoped() {
             ""
         } else {
             namespace
@@ -290,6 +341,27 @@ impl ApiServer {
     pub fn set_unavailable(&self, unavailable: bool) {
         let mut s = self.shared.lock();
         s.unavailable = unavailable;
+        s.cut += 1;
+        drop(s);
+        self.shared.changed.notify_all();
+    }
+
+    /// Installs (`Some(version)`: `v1beta1` or `v1alpha2`) or removes the
+    /// ClusterNetworkPolicy CRD: discovery and the resource's path follow.
+    /// Open watches are cut, as a CRD change ends them on a real server.
+    pub fn install_crd(&self, version: Option<&'static str>) {
+        let mut s = self.shared.lock();
+        s.crd = version;
+        s.cut += 1;
+        drop(s);
+        self.shared.changed.notify_all();
+    }
+
+    /// Installs or removes the AdminNetworkPolicy and
+    /// BaselineAdminNetworkPolicy CRDs (`v1alpha1`); open watches are cut.
+    pub fn install_admin_crds(&self, installed: bool) {
+        let mut s = self.shared.lock();
+        s.admin_crds = installed;
         s.cut += 1;
         drop(s);
         self.shared.changed.notify_all();
@@ -393,7 +465,26 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
         }
         return;
     }
-    let Some(resource) = Resource::from_path(&path) else {
+    let (crd, admin_crds) = {
+        let s = shared.lock();
+        (s.crd, s.admin_crds)
+    };
+    if let Some(document) = discovery(&path, crd, admin_crds) {
+        respond(&mut stream, "200 OK", &document);
+        return;
+    }
+    let cnp_path = crd.map(|v| format!("/apis/{POLICY_GROUP}/{v}/clusternetworkpolicies"));
+    let admin_path = |plural: &str| format!("/apis/{POLICY_GROUP}/v1alpha1/{plural}");
+    let resource = if cnp_path.as_deref() == Some(path.as_str()) {
+        Some(Resource::ClusterNetworkPolicies)
+    } else if admin_crds && path == admin_path("adminnetworkpolicies") {
+        Some(Resource::AdminNetworkPolicies)
+    } else if admin_crds && path == admin_path("baselineadminnetworkpolicies") {
+        Some(Resource::BaselineAdminNetworkPolicies)
+    } else {
+        Resource::from_path(&path)
+    };
+    let Some(resource) = resource else {
         respond(
             &mut stream,
             "404 Not Found",
@@ -411,7 +502,7 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
             .map(|(_, o)| o)
             .collect();
         let list = json!({
-            "apiVersion": resource.api_version(),
+            "apiVersion": resource.api_version(s.crd.unwrap_or("v1beta1")),
             "kind": format!("{}List", resource.kind()),
             "metadata": {"resourceVersion": s.version.to_string()},
             "items": items,
@@ -421,6 +512,52 @@ fn serve(shared: &Shared, mut stream: TcpStream, bookmark_every: Duration) {
         return;
     }
     stream_changes(shared, stream, resource, &params, bookmark_every);
+}
+
+/// The discovery document at `path`, if it is one: the group list (only
+/// the policy group, when a CRD of it is installed) and the resource list
+/// of each of its versions.
+fn discovery(path: &str, crd: Option<&str>, admin_crds: bool) -> Option<Value> {
+    let resource = |plural: &str, kind: &str| {
+        json!({"name": plural, "singularName": plural.trim_end_matches('s'), "namespaced": false,
+               "kind": kind, "verbs": ["get", "list", "watch"]})
+    };
+    let mut versions: Vec<(&str, Vec<Value>)> = Vec::new();
+    if let Some(v) = crd {
+        versions.push((
+            v,
+            vec![resource("clusternetworkpolicies", "ClusterNetworkPolicy")],
+        ));
+    }
+    if admin_crds {
+        versions.push((
+            "v1alpha1",
+            vec![
+                resource("adminnetworkpolicies", "AdminNetworkPolicy"),
+                resource("baselineadminnetworkpolicies", "BaselineAdminNetworkPolicy"),
+            ],
+        ));
+    }
+    if path == "/apis" {
+        let gvs: Vec<Value> = versions
+            .iter()
+            .map(|(v, _)| json!({"groupVersion": format!("{POLICY_GROUP}/{v}"), "version": v}))
+            .collect();
+        let groups: Vec<Value> = gvs
+            .first()
+            .map(|preferred| {
+                json!({"name": POLICY_GROUP, "versions": gvs, "preferredVersion": preferred})
+            })
+            .into_iter()
+            .collect();
+        return Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}));
+    }
+    versions.into_iter().find_map(|(v, resources)| {
+        (path == format!("/apis/{POLICY_GROUP}/{v}")).then(|| {
+            json!({"kind": "APIResourceList", "apiVersion": "v1",
+                   "groupVersion": format!("{POLICY_GROUP}/{v}"), "resources": resources})
+        })
+    })
 }
 
 /// Streams the changes of `resource` (see the module doc).
@@ -471,6 +608,7 @@ fn stream_changes(
             .collect();
         sent = s.version;
         let version = s.version;
+        let api_version = resource.api_version(s.crd.unwrap_or("v1beta1"));
         drop(s);
         for event in &events {
             if !chunk(&mut stream, event) {
@@ -479,7 +617,7 @@ fn stream_changes(
         }
         if bookmarks && last_bookmark.elapsed() >= bookmark_every {
             let mark = json!({"type": "BOOKMARK", "object": {
-                "apiVersion": resource.api_version(), "kind": resource.kind(),
+                "apiVersion": api_version, "kind": resource.kind(),
                 "metadata": {"resourceVersion": version.to_string()}}});
             if !chunk(&mut stream, &mark) {
                 return;

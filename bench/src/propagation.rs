@@ -189,7 +189,10 @@ pub fn run(shape: Shape, changes: usize, debounce: Duration) -> Result<Report, S
     let source = SourceThread::spawn(
         ApiTarget::Kubeconfig(kubeconfig.clone()),
         tables,
-        SourceOptions { debounce },
+        SourceOptions {
+            debounce,
+            ..SourceOptions::default()
+        },
         move |_, _| {
             let _ = tx.send(Instant::now());
         },

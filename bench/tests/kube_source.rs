@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use podfence_bench::apiserver::{ApiServer, Resource};
 use podfence_control::compile::{CompileOptions, Locality};
 use podfence_control::index::{Cluster, IndexStats};
-use podfence_control::model::ObjectKey;
+use podfence_control::model::{ObjectKey, PolicyApi};
 use podfence_control::publish::TablePublisher;
 use podfence_control::sources::kube::{ApiTarget, SourceOptions, SourceThread};
 use podfence_datapath::IpProtocol;
@@ -69,6 +69,11 @@ impl Harness {
     /// A server holding namespace x with pods a and b, and a source
     /// connected to it (not yet synced when `unavailable`).
     fn start(unavailable: bool) -> Self {
+        Self::start_with(unavailable, SourceOptions::default())
+    }
+
+    /// [`Self::start`] with source settings of its own.
+    fn start_with(unavailable: bool, options: SourceOptions) -> Self {
         let server = ApiServer::start().expect("server");
         server.apply(namespace("x")).unwrap();
         server
@@ -93,7 +98,7 @@ impl Harness {
         let source = SourceThread::spawn(
             ApiTarget::Kubeconfig(path.clone()),
             tables.clone(),
-            SourceOptions::default(),
+            options,
             move |index, generation| {
                 let _ = tx.send((generation, index.cluster().clone()));
             },
@@ -163,6 +168,81 @@ impl Harness {
     }
 }
 
+/// An admin ClusterNetworkPolicy denying ingress to `pod: b` from every
+/// namespace.
+fn admin_deny_to_b() -> Value {
+    json!({"kind": "ClusterNetworkPolicy", "metadata": {"name": "guard-b"},
+           "spec": {"tier": "Admin", "priority": 5,
+                    "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}},
+                    "ingress": [{"name": "none", "action": "Deny", "from": [{"namespaces": {}}]}]}})
+}
+
+#[test]
+fn cluster_network_policy_crd_installed_upgraded_and_removed_while_running() {
+    let h = Harness::start_with(
+        false,
+        SourceOptions {
+            rediscover: Duration::from_millis(100),
+            ..SourceOptions::default()
+        },
+    );
+    h.next_generation(Duration::from_secs(20))
+        .expect("initial sync without the CRD");
+    h.await_verdict(true, "no policy: allowed");
+    h.server
+        .apply(
+            json!({"kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"}]}}),
+        )
+        .unwrap();
+    h.await_state(|c| c.nodes.contains_key("node-1"), "node watched");
+
+    h.server.install_crd(Some("v1alpha2"));
+    h.server.apply(admin_deny_to_b()).unwrap();
+    h.await_verdict(false, "CRD installed later: its policy enforced");
+    h.server.install_crd(Some("v1beta1"));
+    let (_, cluster) = h.await_state(
+        |c| {
+            c.cluster_policies
+                .values()
+                .any(|p| p.api == PolicyApi::ClusterV1beta1)
+        },
+        "the newer version watched after an upgrade",
+    );
+    assert_eq!(cluster.cluster_policies.len(), 1);
+    assert_eq!(h.allowed(), Some(false));
+    h.server.install_crd(None);
+    h.await_verdict(true, "CRD removed: nothing enforced");
+
+    // The older kinds, if served, on the same tiers.
+    h.server.install_admin_crds(true);
+    h.server
+        .apply(
+            json!({"kind": "BaselineAdminNetworkPolicy", "metadata": {"name": "default"},
+                      "spec": {"subject": {"namespaces": {}},
+                               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        )
+        .unwrap();
+    h.await_verdict(false, "BaselineAdminNetworkPolicy enforced");
+    h.server
+        .apply(json!({"kind": "AdminNetworkPolicy", "metadata": {"name": "let-a"},
+                      "spec": {"priority": 1, "subject": {"namespaces": {}},
+                               "ingress": [{"action": "Allow", "from": [{"pods": {
+                                   "namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "a"}}}}]}]}}))
+        .unwrap();
+    h.await_verdict(true, "AdminNetworkPolicy Allow before the baseline");
+    // A CNP again beside them: its admin Deny at priority 5 comes after the
+    // ANP's Allow at priority 1.
+    h.server.install_crd(Some("v1beta1"));
+    h.server.apply(admin_deny_to_b()).unwrap();
+    let (_, cluster) = h.await_state(|c| c.cluster_policies.len() == 3, "three kinds");
+    assert_eq!(cluster.cluster_policies.len(), 3);
+    assert_eq!(h.allowed(), Some(true));
+    h.server.install_admin_crds(false);
+    h.await_verdict(false, "only the CNP left");
+    h.stop();
+}
+
 #[test]
 fn initial_sync_and_every_kind_of_change() {
     let h = Harness::start(false);
@@ -203,7 +283,11 @@ fn initial_sync_and_every_kind_of_change() {
     h.await_verdict(false, "pod recreated without the label");
     let stats = h.stop();
     assert_eq!(stats.malformed, 0);
-    assert_eq!(stats.lists, 5, "one list per kind: {stats:?}");
+    assert_eq!(
+        stats.lists,
+        podfence_control::index::Kind::COUNT as u64,
+        "one list per kind: {stats:?}"
+    );
 }
 
 /// Pod a as the kubelet keeps rewriting it: readiness, conditions,

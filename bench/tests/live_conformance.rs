@@ -5,7 +5,8 @@
 //! upstream's e2e suite probes: every pod a ClusterIP Service of its own
 //! (`PodServices`), every probe from a pod to a pod sent to that ClusterIP
 //! and translated by the agent, with the verdict of the direct probe.
-//! Needs root; skips otherwise.
+//! And the ClusterNetworkPolicy cases on the same cluster (cases-admin, and
+//! the cases-cnp that name `cluster.yaml`). Needs root; skips otherwise.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ fn every_conformance_case_matches_live() {
     if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
-    run_cases(false);
+    run_cases(&["cases"], false);
 }
 
 #[test]
@@ -30,18 +31,42 @@ fn every_conformance_case_matches_live_through_services() {
     if skip_unless(&[Need::Root, Need::Netns]) {
         return;
     }
-    run_cases(true);
+    run_cases(&["cases"], true);
 }
 
-/// Every case live, through a Service per pod when `via_services`.
-fn run_cases(via_services: bool) {
+#[test]
+fn cluster_network_policy_cases_on_the_conformance_cluster_match_live() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    run_cases(&["cases-cnp", "cases-admin"], false);
+}
+
+/// The cases of `dirs` that run on `cluster.yaml`, sorted.
+fn cases_on_the_conformance_cluster(dirs: &[&str]) -> Vec<std::path::PathBuf> {
     let root = conformance_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(root.join("cases"))
-        .expect("../shared/conformance/cases must exist beside the repository")
+    let mut cases: Vec<_> = dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(root.join(d))
+                .expect("../shared/conformance cases must exist beside the repository")
+        })
         .map(|e| e.expect("readable").path())
+        .filter(|case| {
+            std::fs::read_to_string(case.join("cluster"))
+                .map_or(true, |c| c.trim() == "cluster.yaml")
+        })
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no conformance cases");
+    cases
+}
+
+/// Every case of `dirs` that runs on `cluster.yaml` live, through a Service
+/// per pod when `via_services`.
+fn run_cases(dirs: &[&str], via_services: bool) {
+    let root = conformance_dir();
+    let cases = cases_on_the_conformance_cluster(dirs);
     let probes_of = |case: &std::path::Path| -> Vec<(Probe, bool)> {
         std::fs::read_to_string(case.join("expected.tsv"))
             .expect("expected.tsv")

@@ -53,6 +53,9 @@ pub struct ControlMetrics {
     pub deny_log_held_back: Counter,
     /// Denied packets not captured: over the capture rate.
     pub captures_skipped: Counter,
+    /// Notices about the tier policies in force: pairs of equal priority
+    /// in one tier, and policies partly unsupported (`domainNames`).
+    pub tier_notices: Gauge,
 }
 
 impl Default for ControlMetrics {
@@ -72,6 +75,7 @@ impl Default for ControlMetrics {
             denials_unattributed: Counter::default(),
             deny_log_held_back: Counter::default(),
             captures_skipped: Counter::default(),
+            tier_notices: Gauge::default(),
         }
     }
 }
@@ -89,6 +93,11 @@ impl ControlMetrics {
     }
 
     pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "podfence_tier_notices",
+            "Notices about the ClusterNetworkPolicies in force: equal priorities in a tier (ordered by name), parts not enforced (domainNames)",
+            self.tier_notices.clone(),
+        );
         registry.register(
             "podfence_table_generation",
             "Policy table generation in force",

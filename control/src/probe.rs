@@ -14,11 +14,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use podfence_datapath::tables::{Decision, Direction, Enforcement, GroupId, PolicyId};
+use podfence_datapath::tables::{Decision, Direction, Enforcement, GroupId, PolicyId, TierRule};
 use podfence_datapath::{Tables, Verdict};
 
 use crate::index::Cluster;
-use crate::model::{ObjectKey, PodPhase, Protocol};
+use crate::model::{ClusterPolicyKey, ObjectKey, PodPhase, Protocol};
 
 pub mod service;
 
@@ -302,6 +302,44 @@ pub fn classify(cluster: &Cluster, tables: &Tables, probe: &Probe) -> Result<Ver
     Ok(tables.classify(src, dst, probe.protocol.ip_protocol(), probe.port))
 }
 
+/// A tier rule in words: `admin tier: ClusterNetworkPolicy/x (priority
+/// 10) ingress rule 0 "deny-from-y" (Deny: from: ...)`. `cluster` is the
+/// state the tables were compiled from.
+#[must_use]
+pub fn describe_tier_rule(
+    tables: &Tables,
+    cluster: &Cluster,
+    r: TierRule,
+    direction: Direction,
+) -> String {
+    let name = tables.policy(r.policy);
+    let policy = ClusterPolicyKey::of_kind(&name.namespace, &name.name)
+        .and_then(|k| cluster.cluster_policies.get(&k));
+    let rule = policy.and_then(|p| {
+        p.rules(direction == Direction::Ingress)
+            .get(usize::from(r.rule))
+    });
+    let priority = policy.map_or(String::new(), |p| match p.api {
+        crate::model::PolicyApi::BaselineAdmin => String::new(),
+        _ => format!(" (priority {})", p.priority),
+    });
+    let peers = if direction == Direction::Ingress {
+        "from"
+    } else {
+        "to"
+    };
+    match rule {
+        Some(rule) => format!(
+            "{} tier: {name}{priority} {direction} rule {} \"{}\" ({})",
+            r.tier,
+            r.rule,
+            rule.name,
+            rule.describe(peers)
+        ),
+        None => format!("{} tier: {name} {direction} rule {}", r.tier, r.rule),
+    }
+}
+
 /// A verdict with its reasons, in words.
 #[derive(Debug)]
 pub struct Explanation<'a> {
@@ -329,6 +367,17 @@ impl Explanation<'_> {
             Direction::Ingress => ("destination", &self.probe.dst),
         };
         let policy = |p: PolicyId| self.tables.policy(p).to_string();
+        let passed = match direction {
+            Direction::Egress => self.verdict.passed.egress,
+            Direction::Ingress => self.verdict.passed.ingress,
+        };
+        if let Some(r) = passed {
+            writeln!(
+                f,
+                "  {direction}: passed on — {}",
+                describe_tier_rule(self.tables, self.cluster, r, direction)
+            )?;
+        }
         match d {
             Decision::NotEnforced => {
                 writeln!(
@@ -383,6 +432,22 @@ impl Explanation<'_> {
                     self.what()
                 )
             }
+            Decision::TierAccepted(r) => writeln!(
+                f,
+                "  {direction}: allow — {}",
+                describe_tier_rule(self.tables, self.cluster, r, direction)
+            ),
+            Decision::TierDenied(r) => writeln!(
+                f,
+                "  {direction}: deny — {}",
+                describe_tier_rule(self.tables, self.cluster, r, direction)
+            ),
+            Decision::TierWouldDeny(r) => writeln!(
+                f,
+                "  {direction}: allow (audit) — {}, but {side} {endpoint} is in audit mode: \
+                 reported, not dropped",
+                describe_tier_rule(self.tables, self.cluster, r, direction)
+            ),
             Decision::WouldDeny { group } => {
                 let names = self.group_names(group);
                 writeln!(

@@ -45,6 +45,8 @@ struct Compilers {
     last: Cluster,
     /// Addresses from the CNI, overlaid on every state compiled.
     cni: CniAddresses,
+    /// The compiler's notices of the last compile, logged when they change.
+    notices: Vec<String>,
 }
 
 /// What recording a pod's CNI addresses found.
@@ -86,6 +88,7 @@ impl TablePublisher {
                 policies: Compiler::new(options),
                 last: Cluster::default(),
                 cni: CniAddresses::default(),
+                notices: Vec::new(),
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
@@ -179,12 +182,22 @@ impl TablePublisher {
             services,
             last,
             cni,
+            notices,
         } = &mut *incremental;
         let cluster = cni.overlay(last);
         let compiled = policies.compile(&cluster, generation);
         let services = services.compile(&cluster);
         for w in compiled.warnings.iter().chain(&services.warnings) {
             warn!(warning = %w, "compile");
+        }
+        if compiled.notices != *notices {
+            for n in compiled.notices.iter().filter(|n| !notices.contains(n)) {
+                warn!(notice = %n, "cluster network policy");
+            }
+            self.metrics
+                .tier_notices
+                .set(i64::try_from(compiled.notices.len()).unwrap_or(i64::MAX));
+            notices.clone_from(&compiled.notices);
         }
         let compile_time = started.elapsed();
         let (pods, policies) = (cluster.pods.len(), cluster.policies.len());

@@ -146,6 +146,57 @@ fn explain_names_policies_and_rule() {
 }
 
 #[test]
+fn explain_shows_the_tier_chain() {
+    let root = podfence_testkit::paths::conformance_dir();
+    let cluster = root.join("cluster.yaml");
+    let policies = root.join("cases-cnp/925-cnp-pass-delegates-to-networkpolicy/policies.yaml");
+    let (cluster, policies) = (cluster.to_str().unwrap(), policies.to_str().unwrap());
+    let explain = |src: &str| {
+        let out = podfence(
+            &[
+                "explain",
+                "--manifests",
+                cluster,
+                "--manifests",
+                policies,
+                src,
+                "x/a",
+                "TCP",
+                "80",
+            ],
+            "",
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("skipped"),
+            "{}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let s = explain("y/a");
+    assert!(s.starts_with("deny:"), "{s}");
+    assert!(
+        s.contains(
+            "ingress: passed on — admin tier: ClusterNetworkPolicy/pass-y (priority 10) ingress rule 0 \"pass-from-y\""
+        ),
+        "{s}"
+    );
+    assert!(
+        s.contains("ingress: deny — destination x/a is isolated for ingress by x/only-y-b"),
+        "{s}"
+    );
+    let s = explain("z/a");
+    assert!(
+        s.contains(
+            "ingress: deny — admin tier: ClusterNetworkPolicy/deny-all-pods (priority 20) ingress rule 0 \"deny-all-pods\""
+        ),
+        "{s}"
+    );
+    assert!(explain("y/b").starts_with("allow:"));
+}
+
+#[test]
 fn matrix_marks_allowed_and_denied() {
     let demo = demo();
     let m = demo.to_str().unwrap();

@@ -15,8 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use podfence_control::compile::{CompileOptions, Locality, compile};
 use podfence_control::index::Cluster;
 use podfence_control::model::{
-    IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy,
-    Operator, Peer, Pod, PodPhase, PolicyPort, PortSpec, Protocol, Requirement, Rule,
+    Action, ClusterNetworkPolicy, IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort,
+    Namespace, NetworkPolicy, Node, Operator, Peer, Pod, PodPhase, PolicyApi, PolicyPort, PortSpec,
+    Protocol, Requirement, Rule, Subject, Tier, TierPeer, TierRule,
 };
 use podfence_datapath::Prefix;
 use podfence_datapath::tables::Decision;
@@ -31,6 +32,8 @@ const POD_VALUES: &[&str] = &["a", "b", "c"];
 const NS_KEYS: &[&str] = &["env", "team", NAMESPACE_NAME_LABEL];
 const NS_VALUES: &[&str] = &["a", "b", "x", "y"];
 const PORT_NAMES: &[&str] = &["web", "dns"];
+const NODE_KEYS: &[&str] = &["zone"];
+const NODE_VALUES: &[&str] = &["a", "b"];
 const NAMED_PORT_NUMBERS: &[u16] = &[53, 80, 81, 8080, 8081];
 const RULE_PORTS: &[u16] = &[53, 80, 81, 443, 8080, 8081, 9000];
 const PROBE_PORTS: &[u16] = &[53, 79, 80, 81, 82, 443, 8080, 8081, 9000];
@@ -247,6 +250,74 @@ fn policy() -> BoxedStrategy<(usize, NetworkPolicy)> {
         .boxed()
 }
 
+/// A peer of a tier rule; `egress` peers may also be networks and nodes.
+fn tier_peer(egress: bool) -> BoxedStrategy<TierPeer> {
+    let pods = prop_oneof![
+        3 => selector(NS_KEYS, NS_VALUES).prop_map(TierPeer::Namespaces),
+        3 => (selector(NS_KEYS, NS_VALUES), selector(POD_KEYS, POD_VALUES))
+            .prop_map(|(namespaces, pods)| TierPeer::Pods { namespaces, pods }),
+        1 => Just(TierPeer::Unknown),
+    ];
+    if !egress {
+        return pods.boxed();
+    }
+    prop_oneof![
+        6 => pods,
+        2 => (ip_block(true), ip_block(false), any::<bool>()).prop_map(|(a, b, both)| {
+            TierPeer::Networks(if both { vec![a.cidr, b.cidr] } else { vec![a.cidr] })
+        }),
+        2 => selector(NODE_KEYS, NODE_VALUES).prop_map(TierPeer::Nodes),
+        1 => Just(TierPeer::DomainNames(vec!["example.com".into()])),
+    ]
+    .boxed()
+}
+
+fn tier_rule(egress: bool) -> BoxedStrategy<TierRule> {
+    let action = prop_oneof![Just(Action::Accept), Just(Action::Deny), Just(Action::Pass)];
+    (
+        action,
+        prop::collection::vec(tier_peer(egress), 1..=2),
+        prop::collection::vec(policy_port(), 0..=2),
+    )
+        .prop_map(|(action, peers, ports)| TierRule {
+            name: String::new(),
+            action,
+            peers,
+            ports,
+        })
+        .boxed()
+}
+
+/// A tier policy; priorities from a small set so that ties happen.
+fn cluster_policy() -> BoxedStrategy<ClusterNetworkPolicy> {
+    let tier = prop_oneof![Just(Tier::Admin), Just(Tier::Baseline)];
+    let subject = prop_oneof![
+        selector(NS_KEYS, NS_VALUES).prop_map(Subject::Namespaces),
+        (selector(NS_KEYS, NS_VALUES), selector(POD_KEYS, POD_VALUES))
+            .prop_map(|(namespaces, pods)| Subject::Pods { namespaces, pods }),
+    ];
+    (
+        tier,
+        0..3u32,
+        subject,
+        prop::collection::vec(tier_rule(false), 0..=2),
+        prop::collection::vec(tier_rule(true), 0..=2),
+    )
+        .prop_map(
+            |(tier, priority, subject, ingress, egress)| ClusterNetworkPolicy {
+                api: PolicyApi::ClusterV1beta1,
+                name: String::new(),
+                tier,
+                priority,
+                subject,
+                ingress,
+                egress,
+                unsupported: Vec::new(),
+            },
+        )
+        .boxed()
+}
+
 #[derive(Clone, Copy, Debug)]
 enum PodKind {
     Normal(PodPhase),
@@ -443,9 +514,11 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(namespace, 2..=4),
         prop::collection::vec(pod_draft(), 2..=8),
         prop::collection::vec(policy(), 1..=5),
+        prop::collection::vec(cluster_policy(), 0..=3),
+        prop::collection::vec(labels(NODE_KEYS, NODE_VALUES), NODES.len()),
         prop::collection::vec(probe, 40),
     )
-        .prop_map(|(namespaces, pods, policies, probes)| {
+        .prop_map(|(namespaces, pods, policies, tiers, node_labels, probes)| {
             let mut cluster = Cluster::default();
             let names: Vec<String> = NAMESPACES[..namespaces.len()].iter().map(string).collect();
             for (name, (has_object, mut labels)) in names.iter().zip(namespaces) {
@@ -465,6 +538,21 @@ fn case() -> impl Strategy<Value = Case> {
                 policy.namespace.clone_from(&names[ns % names.len()]);
                 policy.name = format!("np{i}");
                 cluster.apply(policy);
+            }
+            for (i, mut policy) in tiers.into_iter().enumerate() {
+                // Admin policies come as either kind.
+                if policy.tier == Tier::Admin && i % 2 == 1 {
+                    policy.api = PolicyApi::Admin;
+                }
+                policy.name = format!("cnp{i}");
+                cluster.apply(policy);
+            }
+            for (n, labels) in node_labels.into_iter().enumerate() {
+                cluster.apply(Node {
+                    name: NODES[n].to_owned(),
+                    labels,
+                    addresses: node_ips(n),
+                });
             }
             cluster.add_implicit_namespaces();
             let probes = probes
@@ -632,6 +720,7 @@ proptest! {
 
 /// The generator reaches the shapes the properties are meant to cover.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one note per shape")]
 fn generator_covers_interesting_shapes() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
@@ -686,6 +775,30 @@ fn generator_covers_interesting_shapes() {
                 }
             }
         }
+        for policy in cluster.cluster_policies.values() {
+            note("admin tier", policy.tier == Tier::Admin);
+            note("baseline tier", policy.tier == Tier::Baseline);
+            for rule in policy.ingress.iter().chain(&policy.egress) {
+                note("pass rule", rule.action == Action::Pass);
+                for peer in &rule.peers {
+                    note("nodes peer", matches!(peer, TierPeer::Nodes(_)));
+                    note("networks peer", matches!(peer, TierPeer::Networks(_)));
+                    note("peer of an unknown kind", matches!(peer, TierPeer::Unknown));
+                }
+            }
+        }
+        for policy in cluster.cluster_policies.values() {
+            note("admin tier", policy.tier == Tier::Admin);
+            note("baseline tier", policy.tier == Tier::Baseline);
+            for rule in policy.ingress.iter().chain(&policy.egress) {
+                note("pass rule", rule.action == Action::Pass);
+                for peer in &rule.peers {
+                    note("nodes peer", matches!(peer, TierPeer::Nodes(_)));
+                    note("networks peer", matches!(peer, TierPeer::Networks(_)));
+                    note("peer of an unknown kind", matches!(peer, TierPeer::Unknown));
+                }
+            }
+        }
         for p in &case.probes {
             let (src, dst) = (side(cluster, p.src), side(cluster, p.dst));
             note("v6 probe", p.src.is_ipv6());
@@ -718,6 +831,12 @@ fn generator_covers_interesting_shapes() {
         "v6 probe",
         "probe from outside",
         "pod and its own node",
+        "admin tier",
+        "baseline tier",
+        "pass rule",
+        "nodes peer",
+        "networks peer",
+        "peer of an unknown kind",
     ] {
         assert!(
             seen.get(what).copied().unwrap_or(0) >= 5,

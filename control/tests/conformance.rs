@@ -14,24 +14,43 @@ use podfence_testkit::paths::conformance_dir;
 /// the default mix.
 const THRESHOLDS: [usize; 3] = [usize::MAX, 0, BROAD_THRESHOLD];
 
-#[test]
-fn every_conformance_case_matches() {
+/// The cases of `root/dir`, each with the cluster manifest it runs on:
+/// `cluster.yaml`, or the one its `cluster` file names.
+fn cases(dir: &str) -> Vec<(PathBuf, PathBuf)> {
     let root = conformance_dir();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
-        .expect("../shared/conformance/cases must exist beside the repository")
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+        .unwrap_or_else(|e| {
+            panic!("../shared/conformance/{dir} must exist beside the repository: {e}")
+        })
         .map(|e| e.unwrap().path())
         .collect();
     cases.sort();
-    assert!(!cases.is_empty(), "no conformance cases found");
+    assert!(!cases.is_empty(), "no conformance cases found in {dir}");
+    cases
+        .into_iter()
+        .map(|case| {
+            let cluster = std::fs::read_to_string(case.join("cluster"))
+                .map_or_else(|_| "cluster.yaml".to_owned(), |s| s.trim().to_owned());
+            (root.join(cluster), case)
+        })
+        .collect()
+}
+
+/// Runs every case of `dirs` through the compiled tables at every broad
+/// threshold; returns the mismatches and the number of probes.
+fn run(dirs: &[&str]) -> (Vec<String>, usize, usize) {
     let mut mismatches = Vec::new();
     let mut probes = 0;
-    for case in &cases {
-        let mut inputs = vec![root.join("cluster.yaml")];
+    let mut count = 0;
+    for (cluster, case) in dirs.iter().flat_map(|d| cases(d)) {
+        count += 1;
+        let mut inputs = vec![cluster];
         let policies = case.join("policies.yaml");
         if policies.exists() {
             inputs.push(policies);
         }
         let m = manifests::load(&inputs).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        assert_eq!(m.skipped_note(), None, "{}", case.display());
         let expected = std::fs::read_to_string(case.join("expected.tsv")).unwrap();
         for broad_threshold in THRESHOLDS {
             let options = CompileOptions {
@@ -60,12 +79,29 @@ fn every_conformance_case_matches() {
             }
         }
     }
+    (mismatches, probes, count)
+}
+
+#[test]
+fn every_conformance_case_matches() {
+    let (mismatches, probes, cases) = run(&["cases"]);
     assert!(
         mismatches.is_empty(),
-        "{} of {probes} probes in {} cases differ:\n{}",
+        "{} of {probes} probes in {cases} cases differ:\n{}",
         mismatches.len(),
-        cases.len(),
         mismatches.join("\n")
     );
-    eprintln!("{probes} probes in {} cases all match", cases.len());
+    eprintln!("{probes} probes in {cases} cases all match");
+}
+
+#[test]
+fn every_cluster_network_policy_case_matches() {
+    let (mismatches, probes, cases) = run(&["cases-cnp", "cases-admin"]);
+    assert!(
+        mismatches.is_empty(),
+        "{} of {probes} probes in {cases} cases differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    eprintln!("{probes} probes in {cases} cases all match");
 }

@@ -413,8 +413,17 @@ fn the_cluster_role_grants_reading_the_watched_kinds_and_nothing_else() {
         ("networking.k8s.io", "networkpolicies"),
         ("", "services"),
         ("discovery.k8s.io", "endpointslices"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
+        ("policy.networking.k8s.io", "adminnetworkpolicies"),
+        ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+        ("", "nodes"),
     ];
-    assert_eq!(watched.len(), Kind::COUNT, "a grant for every watched kind");
+    // The ClusterNetworkPolicy kind of the index is three resources.
+    assert_eq!(
+        watched.len(),
+        Kind::COUNT + 2,
+        "a grant for every watched resource"
+    );
     let mut want = BTreeSet::new();
     for (group, resource) in watched {
         for verb in ["get", "list", "watch"] {

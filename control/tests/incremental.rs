@@ -3,7 +3,9 @@
 //! A cluster (the conformance cluster with every case's policies, renamed
 //! apart) goes through long random sequences of the changes a watch
 //! delivers: pods relabelled, moved, readdressed, deleted and recreated;
-//! namespaces relabelled; policies added, deleted and edited. After each
+//! namespaces relabelled; policies added, deleted and edited; tier
+//! policies (ClusterNetworkPolicy and the older kinds) added, deleted and
+//! edited; nodes relabelled and readdressed. After each
 //! change the tables of a [`Compiler`] that has seen every earlier state
 //! must equal, field for field, those compiled from nothing.
 
@@ -13,14 +15,29 @@ use std::sync::Arc;
 
 use podfence_control::compile::{AUDIT_LABEL, CompileOptions, Compiler, Locality, compile};
 use podfence_control::index::Cluster;
-use podfence_control::model::{NetworkPolicy, Pod};
+use podfence_control::model::{ClusterNetworkPolicy, NetworkPolicy, Node, Pod};
 use podfence_control::sources::manifests;
 use podfence_testkit::paths::conformance_dir;
 
+/// A tier policy whose egress peers are nodes and networks, beside those of
+/// the cases (which run on a cluster without Node objects).
+const NODE_PEERS: &str = "apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: node-peers}
+spec:
+  tier: Admin
+  priority: 3
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  egress:
+  - {name: zone-a, action: Deny, to: [{nodes: {matchLabels: {zone: a}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}
+  - {name: pass-net, action: Pass, to: [{networks: [10.244.2.0/24, 172.18.0.0/30]}]}
+";
+
 /// The conformance cluster with each pod replicated eight times (so that
 /// bulk changes touch more pods than the compiler checks one by one), and
-/// every policy of every case with the case in its name.
-fn universe() -> (Cluster, Vec<NetworkPolicy>) {
+/// every policy of every case with the case in its name; the tier policies
+/// of the cases on that cluster, and two nodes.
+fn universe() -> (Cluster, Vec<NetworkPolicy>, Vec<ClusterNetworkPolicy>) {
     let root = conformance_dir();
     let mut cluster = manifests::load(&[root.join("cluster.yaml")])
         .expect("../shared/conformance/cluster.yaml must load")
@@ -60,7 +77,45 @@ fn universe() -> (Cluster, Vec<NetworkPolicy>) {
             policies.push(p);
         }
     }
-    (cluster, policies)
+    let mut tiers = Vec::new();
+    let mut tier_cases: Vec<PathBuf> = ["cases-cnp", "cases-admin"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|case| {
+            std::fs::read_to_string(case.join("cluster"))
+                .map_or(true, |c| c.trim() == "cluster.yaml")
+        })
+        .collect();
+    tier_cases.sort();
+    for case in tier_cases {
+        let m = manifests::load(&[case.join("policies.yaml")]).unwrap();
+        let tag = case.file_name().unwrap().to_string_lossy()[..3].to_owned();
+        tiers.extend(m.cluster.cluster_policies.values().map(|p| {
+            let mut p = ClusterNetworkPolicy::clone(p);
+            // BaselineAdminNetworkPolicies keep their one name.
+            if p.name != "default" {
+                p.name = format!("{tag}-{}", p.name);
+            }
+            p
+        }));
+    }
+    let extra = manifests::load_str(std::path::Path::new("node-peers.yaml"), NODE_PEERS).unwrap();
+    tiers.extend(
+        extra
+            .cluster
+            .cluster_policies
+            .values()
+            .map(|p| ClusterNetworkPolicy::clone(p)),
+    );
+    for (n, name) in ["node-1", "node-2"].into_iter().enumerate() {
+        cluster.apply(Node {
+            name: name.into(),
+            labels: [("zone".to_owned(), ["a", "b"][n].to_owned())].into(),
+            addresses: vec![format!("172.18.0.{}", n + 1).parse().unwrap()],
+        });
+    }
+    (cluster, policies, tiers)
 }
 
 /// xorshift64*: deterministic, enough to pick changes.
@@ -89,10 +144,54 @@ fn pick_pod(cluster: &Cluster, rng: &mut Rng) -> Option<Pod> {
 fn change(
     cluster: &mut Cluster,
     policies: &[NetworkPolicy],
+    tiers: &[ClusterNetworkPolicy],
     gone: &mut Vec<Pod>,
     rng: &mut Rng,
 ) -> String {
-    match rng.below(10) {
+    match rng.below(13) {
+        10 => {
+            // A tier policy added (or replaced by the same again).
+            let p = tiers[rng.below(tiers.len())].clone();
+            let what = format!("{} applied", p.key());
+            cluster.apply(p);
+            what
+        }
+        11 => {
+            // A tier policy deleted, or edited: another priority.
+            let n = cluster.cluster_policies.len();
+            let Some(key) = cluster.cluster_policies.keys().nth(rng.below(n)).cloned() else {
+                return "nothing".into();
+            };
+            if rng.below(2) == 0 {
+                cluster.cluster_policies.remove(&key);
+                return format!("{key} deleted");
+            }
+            let mut p = ClusterNetworkPolicy::clone(&cluster.cluster_policies[&key]);
+            p.priority = [1, 3, 10, 50][rng.below(4)];
+            let what = format!("{key} priority {}", p.priority);
+            cluster.apply(p);
+            what
+        }
+        12 => {
+            // A node relabelled or readdressed.
+            let n = cluster.nodes.len();
+            let Some(node) = cluster.nodes.values().nth(rng.below(n)) else {
+                return "nothing".into();
+            };
+            let mut node = Node::clone(node);
+            if rng.below(2) == 0 {
+                node.labels
+                    .insert("zone".into(), ["a", "b"][rng.below(2)].into());
+            } else {
+                node.addresses = vec![format!("172.18.0.{}", 1 + rng.below(4)).parse().unwrap()];
+            }
+            let what = format!(
+                "node {} now {:?} {:?}",
+                node.name, node.labels, node.addresses
+            );
+            cluster.apply(node);
+            what
+        }
         0 => {
             // A pod takes another pod's labels.
             let (Some(mut a), Some(b)) = (pick_pod(cluster, rng), pick_pod(cluster, rng)) else {
@@ -220,7 +319,11 @@ fn change(
 
 #[test]
 fn incremental_tables_equal_tables_compiled_from_scratch() {
-    let (start, policies) = universe();
+    let (start, policies, tiers) = universe();
+    assert!(
+        tiers.len() > 10,
+        "too few tier policies in the conformance cases"
+    );
     assert!(
         policies.len() > 30,
         "too few policies in the conformance cases"
@@ -245,7 +348,7 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed as u64 + 1));
         let mut log = Vec::new();
         for step in 1..=400_u64 {
-            log.push(change(&mut cluster, &policies, &mut gone, &mut rng));
+            log.push(change(&mut cluster, &policies, &tiers, &mut gone, &mut rng));
             let incremental = compiler.compile(&cluster, step);
             let scratch = compile(
                 &cluster,
@@ -260,6 +363,7 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
                 &log[log.len().saturating_sub(5)..]
             );
             assert_eq!(incremental.warnings, scratch.warnings, "step {step}");
+            assert_eq!(incremental.notices, scratch.notices, "step {step}");
         }
         let changed: usize = log.iter().filter(|l| *l != "nothing").count();
         assert!(

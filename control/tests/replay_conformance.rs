@@ -46,18 +46,43 @@ fn transport(protocol: Protocol, src_port: u16, dst_port: u16, reply: bool) -> T
     }
 }
 
+/// The cases of the conformance directories `dirs`, each with the cluster
+/// manifest it runs on (`cluster.yaml`, or what its `cluster` file names).
+fn cases(dirs: &[&str]) -> Vec<(PathBuf, PathBuf)> {
+    let root = conformance_dir();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        cases.sort();
+        assert!(!cases.is_empty(), "no cases in {dir}");
+        for case in cases {
+            let cluster = std::fs::read_to_string(case.join("cluster"))
+                .map_or_else(|_| "cluster.yaml".to_owned(), |s| s.trim().to_owned());
+            out.push((root.join(cluster), case));
+        }
+    }
+    out
+}
+
 #[test]
 fn replay_agrees_with_probe_on_every_conformance_case() {
-    let root = conformance_dir();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join("cases"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
+    replay_agrees_with_probe(&["cases"]);
+}
+
+#[test]
+fn replay_agrees_with_probe_on_every_cluster_network_policy_case() {
+    replay_agrees_with_probe(&["cases-cnp", "cases-admin"]);
+}
+
+fn replay_agrees_with_probe(dirs: &[&str]) {
+    let cases = cases(dirs);
     let mut mismatches = Vec::new();
     let mut checked = 0;
-    for (n, case) in cases.iter().enumerate() {
-        let mut inputs = vec![root.join("cluster.yaml")];
+    for (n, (cluster, case)) in cases.iter().enumerate() {
+        let mut inputs = vec![cluster.clone()];
         if case.join("policies.yaml").exists() {
             inputs.push(case.join("policies.yaml"));
         }
@@ -65,9 +90,11 @@ fn replay_agrees_with_probe_on_every_conformance_case() {
         let tables = compile(&m.cluster, &CompileOptions::default()).tables;
         let expected = std::fs::read_to_string(case.join("expected.tsv")).unwrap();
 
-        let capture = TempFile(
-            std::env::temp_dir().join(format!("podfence-replay-{}-{n}.pcap", std::process::id())),
-        );
+        let capture = TempFile(std::env::temp_dir().join(format!(
+            "podfence-replay-{}-{}-{n}.pcap",
+            std::process::id(),
+            dirs[0]
+        )));
         let mut writer = CaptureWriter::create(&capture.0, LinkType::Ethernet).unwrap();
         // (probe line, is reply, expected verdict)
         let mut packets: Vec<(String, bool, &str)> = Vec::new();

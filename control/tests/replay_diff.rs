@@ -1046,3 +1046,45 @@ fn cli_unusable_input_is_status_1_and_usage_errors_2() {
         );
     }
 }
+
+#[test]
+fn a_cluster_network_policy_candidate_breaks_exactly_what_it_denies() {
+    const CNP: &str = "../cases-cnp/921-cnp-deny-beats-networkpolicy-allow";
+    let dir = TempDir::new("cnp");
+    let state = manifests::load(&[cluster_yaml()]).unwrap();
+    let capture = dir.path("all.pcap");
+    let counts = capture_all_probes(&state, &capture);
+    let diffed = Diffed::run(
+        &[cluster_yaml(), policies("001-no-policies")],
+        &[policies(CNP)],
+        &[],
+        std::slice::from_ref(&capture),
+        1,
+    );
+    assert!(
+        diffed.report.errors.is_empty(),
+        "{:?}",
+        diffed.report.errors
+    );
+    let expected = oracle_changes("001-no-policies", CNP, &counts, |_| true);
+    assert!(!expected.is_empty());
+    assert!(expected.keys().all(|(c, _)| *c == Change::Break));
+    assert_eq!(diffed.listed(), expected);
+    // Each break is explained by the admin tier's rule.
+    let tables = compile(&diffed.candidate.cluster, &CompileOptions::default()).tables;
+    let names = diffed.names();
+    for f in &diffed.report.changes {
+        let why = f.explain(
+            &names,
+            &diffed.candidate.cluster,
+            &tables,
+            f.candidate.as_ref(),
+        );
+        assert!(
+            why.iter().any(|l| l.contains(
+                "deny — admin tier: ClusterNetworkPolicy/deny-y-to-x (priority 10) ingress rule 0 \"deny-from-y\""
+            )),
+            "{why:?}"
+        );
+    }
+}

@@ -72,6 +72,7 @@ impl Denial {
             verdict: Verdict {
                 egress: crate::tables::Decision::NotEnforced,
                 ingress: crate::tables::Decision::NotEnforced,
+                passed: crate::tables::Passed::NONE,
             },
             link,
             wire_len,
@@ -146,6 +147,7 @@ mod tests {
         let verdict = Verdict {
             egress: Decision::NotEnforced,
             ingress: Decision::Denied { group: GroupId(3) },
+            passed: crate::tables::Passed::NONE,
         };
         Denial {
             verdict,

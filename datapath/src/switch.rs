@@ -961,6 +961,7 @@ mod tests {
             ingress: crate::tables::Decision::Denied {
                 group: crate::tables::GroupId(0),
             },
+            passed: crate::tables::Passed::NONE,
         });
         s.begin_batch(7);
         for _ in 0..5 {

@@ -44,6 +44,7 @@ fn tables(g: u64) -> Tables {
             protocol: 6,
             first: port,
             last: port,
+            action: podfence_datapath::tables::RuleAction::Allow,
         }]);
         b.allow(group, pods_identity, set);
         let entry = PodAddress {
@@ -52,6 +53,7 @@ fn tables(g: u64) -> Tables {
             egress: Enforcement::Open,
             ingress: Enforcement::Isolated(group),
             node: None,
+            tiers: podfence_datapath::tables::TierGroups::NONE,
         };
         b.add_pod_address(IpAddr::V4(Ipv4Addr::from(pod_ip(i))), entry)
             .unwrap();

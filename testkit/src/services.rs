@@ -53,6 +53,7 @@ pub fn tables(generation: u64) -> Tables {
         protocol,
         first: port,
         last: port,
+        action: podfence_datapath::tables::RuleAction::Allow,
     };
     let dns = b.add_port_set(vec![rule(0, 17, 5353), rule(0, 6, 5353)]);
     b.allow(egress, dns_id, dns);
@@ -84,6 +85,7 @@ pub fn tables(generation: u64) -> Tables {
                 egress,
                 ingress,
                 node: None,
+                tiers: podfence_datapath::tables::TierGroups::NONE,
             };
             b.add_pod_address(addr, entry).expect("distinct addresses");
         }

@@ -40,6 +40,7 @@ pub fn two_pods(generation: u64, open_port: Option<u16>, isolate_p2: bool) -> Ta
             protocol: 6,
             first: port,
             last: port,
+            action: podfence_datapath::tables::RuleAction::Allow,
         };
         let set = b.add_port_set(vec![rule]);
         b.allow(group, id2, set);
@@ -59,6 +60,7 @@ pub fn two_pods(generation: u64, open_port: Option<u16>, isolate_p2: bool) -> Ta
                 egress: Enforcement::Open,
                 ingress,
                 node: None,
+                tiers: podfence_datapath::tables::TierGroups::NONE,
             };
             b.add_pod_address(addr, entry).unwrap();
         }

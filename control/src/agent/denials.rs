@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use podfence_datapath::denials::{Denial, DenialKind, DenialQueue, SNAP_LEN};
 use podfence_datapath::publish::{Generation, Publisher};
-use podfence_datapath::tables::{Decision, Direction, IpProtocol, Tables};
+use podfence_datapath::tables::{Decision, Direction, IpProtocol, ObjectName, Tables, TierRule};
 use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
@@ -157,7 +157,7 @@ struct Report {
     generations: VecDeque<Arc<Generation>>,
     metrics: ControlMetrics,
     /// Counters by (generation, egress?, group, audited), resolved once.
-    policy_counters: FxHashMap<(u64, bool, u32, bool), PolicyCounters>,
+    policy_counters: FxHashMap<(u64, bool, Denier, bool), PolicyCounters>,
     /// `denial_totals` keys by index, their index, and counts not yet added.
     totals: Vec<((String, String), u64)>,
     total_index: FxHashMap<(String, String), usize>,
@@ -288,8 +288,17 @@ impl Report {
     fn count(&mut self, tables: &Tables, d: &Denial) {
         let audited = d.kind == DenialKind::Audited;
         for (egress, decision) in [(true, d.verdict.egress), (false, d.verdict.ingress)] {
-            if let Decision::Denied { group } | Decision::WouldDeny { group } = decision {
-                let key = (tables.generation(), egress, group.0, audited);
+            let denier = match decision {
+                Decision::Denied { group } | Decision::WouldDeny { group } => {
+                    Some(Denier::Group(group.0))
+                }
+                Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+                    Some(Denier::TierPolicy(r.policy.0))
+                }
+                _ => None,
+            };
+            if let Some(denier) = denier {
+                let key = (tables.generation(), egress, denier, audited);
                 let counters = if let Some(c) = self.policy_counters.get(&key) {
                     Arc::clone(c)
                 } else {
@@ -314,8 +323,14 @@ impl Report {
         decision: Decision,
         audited: bool,
     ) -> PolicyCounters {
-        let (Decision::Denied { group } | Decision::WouldDeny { group }) = decision else {
-            return Arc::new([]);
+        let names: Vec<ObjectName> = match decision {
+            Decision::Denied { group } | Decision::WouldDeny { group } => {
+                tables.group_policy_names(group).cloned().collect()
+            }
+            Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+                vec![tables.policy(r.policy).clone()]
+            }
+            _ => return Arc::new([]),
         };
         let direction = if egress {
             Direction::Egress
@@ -328,7 +343,7 @@ impl Report {
             &self.metrics.denials
         };
         let mut out = Vec::new();
-        for name in tables.group_policy_names(group) {
+        for name in &names {
             let counter = family
                 .get_or_create(&vec![
                     ("direction", direction.to_string()),
@@ -430,8 +445,32 @@ fn endpoint(tables: &Tables, addr: IpAddr) -> Value {
     }
 }
 
+/// What denied one side: the isolating policies of a NetworkPolicy group,
+/// or one tier policy (counted under its kind and name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Denier {
+    Group(u32),
+    TierPolicy(u32),
+}
+
+/// One side's decision, with the Admin-tier Pass rule that handed it on
+/// to NetworkPolicy, if one did (`passed_by`).
+fn side(tables: &Tables, d: Decision, passed: Option<TierRule>, direction: Direction) -> Value {
+    let mut v = decision(tables, d, direction);
+    if let Some(r) = passed {
+        v["passed_by"] = json!({
+            "tier": r.tier.to_string(),
+            "policy": tables.policy(r.policy).to_string(),
+            "priority": tables.tier_info(r.policy).and_then(|i| i.priority),
+            "rule": r.rule,
+            "rule_name": tables.tier_rule_name(r, direction),
+        });
+    }
+    v
+}
+
 /// What decided one direction, in the words of `podfence explain`.
-fn decision(tables: &Tables, d: Decision) -> Value {
+fn decision(tables: &Tables, d: Decision, direction: Direction) -> Value {
     match d {
         Decision::NotEnforced => json!({"verdict": "allow", "reason": "not a pod enforced here"}),
         Decision::NotIsolated => json!({"verdict": "allow", "reason": "no policy isolates it"}),
@@ -442,6 +481,20 @@ fn decision(tables: &Tables, d: Decision) -> Value {
             "policy": tables.policy(policy).to_string(),
             "rule": rule,
         }),
+        Decision::TierAccepted(r) | Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+            json!({
+                "verdict": match d {
+                    Decision::TierAccepted(_) => "allow",
+                    Decision::TierDenied(_) => "deny",
+                    _ => "deny (audit: passed)",
+                },
+                "tier": r.tier.to_string(),
+                "policy": tables.policy(r.policy).to_string(),
+                "priority": tables.tier_info(r.policy).and_then(|i| i.priority),
+                "rule": r.rule,
+                "rule_name": tables.tier_rule_name(r, direction),
+            })
+        }
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables
                 .group_policy_names(group)
@@ -479,8 +532,8 @@ fn describe(tables: &Tables, d: &Denial, node: Option<&str>) -> Value {
         "protocol": protocol.name().map_or_else(|| protocol.0.to_string(), str::to_owned),
         "src_port": d.flow.src_port,
         "dst_port": d.flow.dst_port,
-        "egress": decision(tables, d.verdict.egress),
-        "ingress": decision(tables, d.verdict.ingress),
+        "egress": side(tables, d.verdict.egress, d.verdict.passed.egress, Direction::Egress),
+        "ingress": side(tables, d.verdict.ingress, d.verdict.passed.ingress, Direction::Ingress),
         "generation": d.generation,
     })
 }
@@ -647,6 +700,84 @@ spec:
             ])
             .get();
         assert_eq!(counter, 10_001);
+    }
+
+    /// A tier policy's denial: logged with its tier, priority and rule
+    /// name, counted against that one policy under its kind.
+    #[test]
+    fn a_tier_denial_names_tier_policy_priority_and_rule() {
+        let yaml = format!(
+            "{CLUSTER}---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {{name: guard}}\nspec:\n  tier: Admin\n  priority: 7\n  subject: {{namespaces: {{}}}}\n  ingress:\n  - {{name: no-web, action: Deny, from: [{{pods: {{podSelector: {{matchLabels: {{app: web}}}}}}}}]}}\n"
+        );
+        let cluster = manifests::load_str(Path::new("test.yaml"), &yaml)
+            .expect("manifests")
+            .cluster;
+        let tables = compile(&cluster, &CompileOptions::default()).tables;
+        let (web, db) = (
+            u32::from_be_bytes([10, 0, 0, 1]),
+            u32::from_be_bytes([10, 0, 0, 2]),
+        );
+        let verdict = tables.classify_v4(web, db, IpProtocol::TCP, 5432);
+        assert!(
+            matches!(verdict.ingress, Decision::TierDenied(_)),
+            "{verdict:?}"
+        );
+        let denial = Denial {
+            generation: tables.generation(),
+            flow: FlowKey {
+                src: u128::from(web),
+                dst: u128::from(db),
+                src_port: 40_000,
+                dst_port: 5432,
+                protocol: 6,
+                ipv6: false,
+            },
+            verdict,
+            ..Denial::of_frame(LinkType::Ethernet, &[0; 60], 60)
+        };
+        let line = describe(&tables, &denial, None);
+        assert_eq!(line["denied_by"], "ingress");
+        assert!(line["ingress"].get("passed_by").is_none());
+        assert_eq!(
+            line["ingress"],
+            json!({
+                "verdict": "deny",
+                "tier": "admin",
+                "policy": "ClusterNetworkPolicy/guard",
+                "priority": 7,
+                "rule": 0,
+                "rule_name": "no-web",
+            })
+        );
+        let publisher = Publisher::new(tables, podfence_datapath::ServiceTable::empty());
+        let metrics = ControlMetrics::default();
+        let mut report =
+            Report::new(publisher, metrics.clone(), DenialOptions::default()).expect("report");
+        let queue = DenialQueue::new(16);
+        queue.push(denial);
+        report.drain(&queue);
+        assert_eq!(
+            metrics.denial_totals(),
+            vec![(("ingress".into(), "ClusterNetworkPolicy/guard".into()), 1)]
+        );
+
+        // Passed on to NetworkPolicy, which denies: the chain is logged.
+        let yaml = yaml.replace("action: Deny", "action: Pass");
+        let cluster = manifests::load_str(Path::new("test.yaml"), &yaml)
+            .expect("manifests")
+            .cluster;
+        let tables = compile(&cluster, &CompileOptions::default()).tables;
+        let verdict = tables.classify_v4(web, db, IpProtocol::TCP, 5432);
+        let line = describe(&tables, &Denial { verdict, ..denial }, None);
+        assert_eq!(
+            line["ingress"]["isolated_by"],
+            json!(["shop/db-only-api", "shop/default-deny"])
+        );
+        assert_eq!(
+            line["ingress"]["passed_by"],
+            json!({"tier": "admin", "policy": "ClusterNetworkPolicy/guard", "priority": 7,
+                   "rule": 0, "rule_name": "no-web"})
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub(crate) struct ManifestArgs {
 }
 
 /// The manifests at `paths`, compiled; the note on skipped kinds and the
-/// compiler's warnings go to standard error.
+/// compiler's warnings and notices go to standard error.
 pub(crate) fn load(paths: &[PathBuf]) -> anyhow::Result<(Cluster, Compiled)> {
     let m = manifests::load(paths).context("the manifests cannot be used")?;
     if let Some(note) = m.skipped_note() {
@@ -93,6 +93,9 @@ pub(crate) fn load(paths: &[PathBuf]) -> anyhow::Result<(Cluster, Compiled)> {
     let compiled = compile(&m.cluster, &CompileOptions::default());
     for w in &compiled.warnings {
         eprintln!("podfence: warning: {w}");
+    }
+    for n in &compiled.notices {
+        eprintln!("podfence: note: {n}");
     }
     Ok((m.cluster, compiled))
 }

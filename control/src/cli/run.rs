@@ -368,6 +368,7 @@ fn source(args: &RunArgs) -> ClusterSource {
         target,
         SourceOptions {
             debounce: Duration::from_millis(args.debounce_ms),
+            ..SourceOptions::default()
         },
     )
 }

@@ -8,7 +8,7 @@ use podfence_datapath::tables::ObjectName;
 use rustc_hash::FxHashMap;
 
 use super::peers::{BlockMaps, PeerRef, SelectorPeer};
-use crate::model::{IpBlock, NamedPort, Namespace, NetworkPolicy, Pod};
+use crate::model::{ClusterNetworkPolicy, IpBlock, NamedPort, Namespace, NetworkPolicy, Pod};
 
 pub(super) struct Interner<K> {
     pub(super) ids: FxHashMap<K, u32>,
@@ -74,6 +74,10 @@ pub(super) struct Memo {
     /// Name lists of the last compile, shared while no pod or policy came or went.
     pub(super) pod_names: Option<Arc<[ObjectName]>>,
     pub(super) policy_names: Option<Arc<[ObjectName]>>,
+    /// The tier policies' names at the end of that list.
+    pub(super) tier_names: Vec<ObjectName>,
+    /// The last compile's tier policies, in precedence order.
+    pub(super) tier_policies: Vec<Arc<ClusterNetworkPolicy>>,
 }
 
 impl Memo {

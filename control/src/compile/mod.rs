@@ -37,6 +37,7 @@ mod memo;
 mod pass;
 mod peers;
 mod services;
+mod tiers;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -131,6 +132,10 @@ pub struct Compiled {
     pub tables: Tables,
     /// Problems that did not stop compilation (e.g. two pods on one address).
     pub warnings: Vec<String>,
+    /// Facts about the input worth reporting that are no problem with it:
+    /// tier policies of equal priority (ordered by name), parts of tier
+    /// policies that are not enforced (`domainNames`).
+    pub notices: Vec<String>,
 }
 
 /// Default of [`CompileOptions::broad_threshold`].
@@ -194,6 +199,9 @@ impl Compiler {
             cluster
                 .policies
                 .insert(m.policy.key(), Arc::clone(&m.policy));
+        }
+        for p in &self.memo.tier_policies {
+            cluster.cluster_policies.insert(p.key(), Arc::clone(p));
         }
         cluster
     }

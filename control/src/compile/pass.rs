@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use podfence_datapath::TablesBuilder;
 use podfence_datapath::tables::{
-    BroadSetId, Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId,
-    PolicyId,
+    Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
+    RuleAction, Tier, TierGroups,
 };
 use rustc_hash::FxHashMap;
 
-use super::groups::{GroupScratch, RulePorts};
+use super::groups::{GroupFill, GroupScratch, RulePorts};
 use super::identities::{IdentityKey, NOT_A_POD};
 use super::memo::{Interner, Memo};
-use super::peers::{BlockMaps, PeerRef, resolve_rule_peers};
+use super::peers::{BlockMaps, PeerRef};
+use super::tiers::{TierPolicy, rule_action, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
 use crate::index::Cluster;
 use crate::model::{NetworkPolicy, Pod};
@@ -60,12 +61,14 @@ impl<'a> Pass<'a> {
     }
 
     /// Shares the last compile's name lists when no pod or policy came or
-    /// went; makes new ones otherwise.
+    /// went; makes new ones otherwise. Policies are the NetworkPolicies in
+    /// name order, then the tier policies in precedence order.
     pub(super) fn names(
         &self,
         memo: &mut Memo,
         same_endpoints: bool,
         same_policies: bool,
+        tier_names: Vec<ObjectName>,
     ) -> (Arc<[ObjectName]>, Arc<[ObjectName]>) {
         let name = |namespace: &str, name: &str| ObjectName {
             namespace: namespace.into(),
@@ -79,15 +82,18 @@ impl<'a> Pass<'a> {
                 .map(|p| name(&p.namespace, &p.name))
                 .collect(),
         };
+        let same_tiers = memo.tier_names == tier_names;
         let policies = match memo.policy_names.take() {
-            Some(names) if same_policies => names,
+            Some(names) if same_policies && same_tiers => names,
             _ => self
                 .cluster
                 .policies
                 .values()
                 .map(|p| name(&p.namespace, &p.name))
+                .chain(tier_names.iter().cloned())
                 .collect(),
         };
+        memo.tier_names = tier_names;
         memo.pod_names = Some(pods.clone());
         memo.policy_names = Some(policies.clone());
         (pods, policies)
@@ -103,11 +109,16 @@ impl<'a> Pass<'a> {
 
         // Selector peers and ipBlocks, interned; every rule's peers resolved.
         let (resolved, same_policies) = self.resolve_policies(memo);
+        let (tiers, notices) = self.resolve_tiers(&mut memo.selectors, &mut memo.blocks);
         let mut selector_live = vec![false; memo.selectors.items.len()];
         let mut block_live = vec![false; memo.blocks.items.len()];
+        let tier_peers = tiers
+            .iter()
+            .flat_map(|t| t.rules.iter().flatten().flatten().flatten());
         for peer in resolved
             .iter()
             .flat_map(|m| m.rules.iter().flatten().flatten().flatten())
+            .chain(tier_peers)
         {
             match *peer {
                 PeerRef::Selector(s) => selector_live[s as usize] = true,
@@ -118,7 +129,8 @@ impl<'a> Pass<'a> {
 
         // Each endpoint's selector signature: the live selector peers it matches.
         let (endpoints, same_endpoints) = self.endpoint_facts(memo);
-        let (pod_names, policy_list) = self.names(memo, same_endpoints, same_policies);
+        let tier_names: Vec<ObjectName> = tiers.iter().map(TierPolicy::table_name).collect();
+        let (pod_names, policy_list) = self.names(memo, same_endpoints, same_policies, tier_names);
         let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
         let mut live_matches = Vec::new();
         let endpoint_sig: Vec<u32> = endpoints
@@ -148,7 +160,7 @@ impl<'a> Pass<'a> {
 
         // Named-port use decides whether ports are part of identities/groups.
         let policy_named: Vec<[bool; 2]> = resolved.iter().map(|m| m.named).collect();
-        let egress_named = policy_named.iter().any(|n| n[1]);
+        let egress_named = policy_named.iter().any(|n| n[1]) || tiers.iter().any(|t| t.named[1]);
         let profiles = &memo.profiles;
         let endpoint_profile: Vec<u32> = endpoints.iter().map(|m| m.facts.profile).collect();
         let mut profile_live = vec![false; profiles.items.len()];
@@ -196,6 +208,7 @@ impl<'a> Pass<'a> {
         let mut builder = TablesBuilder::new(self.generation);
         builder.set_pod_names(pod_names);
         builder.set_policy_names(policy_list);
+        builder.set_tier_info(policies.len() as u32, tier_info(&tiers));
         let policy_ids: Vec<PolicyId> = (0..policies.len() as u32).map(PolicyId).collect();
         for _ in &identities.items {
             builder.add_identity();
@@ -213,15 +226,23 @@ impl<'a> Pass<'a> {
 
         // Groups of local endpoints, and their allow entries.
         let mut groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
-        let mut rule_identities: FxHashMap<Option<Vec<PeerRef>>, Vec<(u32, bool)>> =
-            FxHashMap::default();
-        let mut broad_sets: FxHashMap<(Option<Vec<PeerRef>>, Option<u32>), BroadSetId> =
-            FxHashMap::default();
-        let mut scratch = GroupScratch::new(identities.items.len());
+        let mut fill = GroupFill {
+            builder: &mut builder,
+            scratch: GroupScratch::new(identities.items.len()),
+            rule_identities: FxHashMap::default(),
+            broad_sets: FxHashMap::default(),
+            identities: &identities,
+            profiles,
+            by_selector: &by_selector,
+            by_block: &by_block,
+            broad_threshold: self.options.broad_threshold,
+        };
         let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
+        let mut audited_endpoints: Vec<bool> = Vec::with_capacity(self.endpoints.len());
         for (e, pod) in self.endpoints.iter().enumerate() {
             if !self.is_local(pod) {
                 enforcement.push([Enforcement::Remote; 2]);
+                audited_endpoints.push(false);
                 continue;
             }
             let mut selecting: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
@@ -244,6 +265,7 @@ impl<'a> Pass<'a> {
                 || cluster.namespaces.get(&pod.namespace).is_some_and(|ns| {
                     ns.labels.get(AUDIT_LABEL.0).map(String::as_str) == Some(AUDIT_LABEL.1)
                 });
+            audited_endpoints.push(audited);
             let mut pair = [Enforcement::Open; 2];
             for (d, direction) in [Direction::Ingress, Direction::Egress]
                 .into_iter()
@@ -261,7 +283,7 @@ impl<'a> Pass<'a> {
                 } else {
                     let ids: Vec<PolicyId> =
                         key.1.iter().map(|&p| policy_ids[p as usize]).collect();
-                    let g = builder.add_group(direction, &ids);
+                    let g = fill.builder.add_group(direction, &ids);
                     let ingress_ports = &profiles.items[profile as usize];
                     for &p in &key.1 {
                         let policy = policies[p as usize];
@@ -271,96 +293,23 @@ impl<'a> Pass<'a> {
                             &policy.egress
                         };
                         for (r, rule) in rules.iter().enumerate() {
-                            let rule_peers = &resolved[p as usize].rules[d][r];
-                            let admitted = rule_identities
-                                .entry(rule_peers.clone())
-                                .or_insert_with(|| {
-                                    resolve_rule_peers(
-                                        rule_peers.as_deref(),
-                                        identities.items.len(),
-                                        &by_selector,
-                                        &by_block,
-                                    )
-                                });
                             let ctx = RulePorts {
                                 policy: policy_ids[p as usize],
                                 rule: r as u16,
-                                spec: rule,
+                                ports: &rule.ports,
+                                action: RuleAction::Allow,
                             };
-                            if admitted.len() > self.options.broad_threshold {
-                                // Ports that do not depend on the peer: one
-                                // port set for the whole peer set.
-                                let mut plain = Vec::new();
-                                let named = (d == 0).then_some(ingress_ports.as_slice());
-                                ctx.push(named, true, &mut plain);
-                                if !plain.is_empty() {
-                                    let set = builder.add_port_set(plain);
-                                    let broad = *broad_sets
-                                        .entry((rule_peers.clone(), None))
-                                        .or_insert_with(|| {
-                                            let members =
-                                                admitted.iter().map(|&(id, _)| IdentityId(id));
-                                            builder.add_broad_set(members.collect())
-                                        });
-                                    builder.allow_broad(g, broad, set);
-                                }
-                                // Egress named ports: one peer set per named-port profile.
-                                if d == 1 && policy_named[p as usize][1] {
-                                    // In the order of the ports, not of ids,
-                                    // which depend on what came before.
-                                    let mut by_profile: Vec<u32> = Vec::new();
-                                    for &(id, via_selector) in admitted.iter() {
-                                        let (sel_sig, _, profile) = identities.items[id as usize];
-                                        if via_selector && sel_sig != NOT_A_POD {
-                                            by_profile.push(profile);
-                                        }
-                                    }
-                                    by_profile.sort_unstable_by(|a, b| {
-                                        profiles.items[*a as usize]
-                                            .cmp(&profiles.items[*b as usize])
-                                    });
-                                    by_profile.dedup();
-                                    for profile in by_profile {
-                                        let mut named = Vec::new();
-                                        let ports = &profiles.items[profile as usize];
-                                        ctx.push(Some(ports), false, &mut named);
-                                        if named.is_empty() {
-                                            continue;
-                                        }
-                                        let set = builder.add_port_set(named);
-                                        let broad = *broad_sets
-                                            .entry((rule_peers.clone(), Some(profile)))
-                                            .or_insert_with(|| {
-                                                let members =
-                                                    admitted.iter().filter(|&&(id, via)| {
-                                                        let (sel_sig, _, q) =
-                                                            identities.items[id as usize];
-                                                        via && sel_sig != NOT_A_POD && q == profile
-                                                    });
-                                                builder.add_broad_set(
-                                                    members
-                                                        .map(|&(id, _)| IdentityId(id))
-                                                        .collect(),
-                                                )
-                                            });
-                                        builder.allow_broad(g, broad, set);
-                                    }
-                                }
-                                continue;
-                            }
-                            for &(id, via_selector) in admitted.iter() {
-                                let named = if d == 0 {
-                                    Some(ingress_ports.as_slice())
-                                } else {
-                                    let (sel_sig, _, profile) = identities.items[id as usize];
-                                    (via_selector && sel_sig != NOT_A_POD)
-                                        .then(|| profiles.items[profile as usize].as_slice())
-                                };
-                                ctx.push(named, true, scratch.rules_for(id));
-                            }
+                            fill.add_rule(
+                                g,
+                                d,
+                                ingress_ports,
+                                policy_named[p as usize][1],
+                                resolved[p as usize].rules[d][r].as_deref(),
+                                &ctx,
+                            );
                         }
                     }
-                    scratch.flush(&mut builder, g);
+                    fill.flush(g);
                     groups.insert(key, g);
                     g
                 };
@@ -371,6 +320,78 @@ impl<'a> Pass<'a> {
                 };
             }
             enforcement.push(pair);
+        }
+
+        // Tier groups: per local endpoint, tier and direction, the tier
+        // policies selecting it that have rules there, in precedence order.
+        let subjects = self.tier_subjects(&tiers);
+        let mut tier_groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
+        let mut endpoint_tiers: Vec<TierGroups> = vec![TierGroups::NONE; self.endpoints.len()];
+        for (e, selected) in subjects.iter().enumerate() {
+            if selected.is_empty() {
+                continue;
+            }
+            let mut groups_of = TierGroups::NONE;
+            groups_of.audited = audited_endpoints[e];
+            for (d, direction) in [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .enumerate()
+            {
+                for tier in [Tier::Admin, Tier::Baseline] {
+                    let members: Vec<u32> = selected
+                        .iter()
+                        .copied()
+                        .filter(|&t| {
+                            let t = &tiers[t as usize];
+                            t.table_tier() == tier && !t.rules[d].is_empty()
+                        })
+                        .collect();
+                    if members.is_empty() {
+                        continue;
+                    }
+                    let uses_named = d == 0 && members.iter().any(|&t| tiers[t as usize].named[0]);
+                    let profile = if uses_named { endpoint_profile[e] } else { 0 };
+                    let key = (direction, members, profile);
+                    let group = if let Some(g) = tier_groups.get(&key) {
+                        *g
+                    } else {
+                        let ids: Vec<PolicyId> = key
+                            .1
+                            .iter()
+                            .map(|&t| PolicyId(policies.len() as u32 + t))
+                            .collect();
+                        let g = fill.builder.add_group(direction, &ids);
+                        let ingress_ports = &profiles.items[profile as usize];
+                        for &t in &key.1 {
+                            let tp = &tiers[t as usize];
+                            for (r, rule) in tp.policy.rules(d == 0).iter().enumerate() {
+                                // A rule that fails closed (no peers
+                                // resolved) matches every port too.
+                                let fails_closed = tp.rules[d][r].is_none();
+                                let ctx = RulePorts {
+                                    policy: PolicyId(policies.len() as u32 + t),
+                                    rule: r as u16,
+                                    ports: if fails_closed { &[] } else { &rule.ports },
+                                    action: rule_action(rule.action),
+                                };
+                                fill.add_rule(
+                                    g,
+                                    d,
+                                    ingress_ports,
+                                    tp.named[1],
+                                    tp.rules[d][r].as_deref(),
+                                    &ctx,
+                                );
+                            }
+                        }
+                        fill.flush(g);
+                        tier_groups.insert(key, g);
+                        g
+                    };
+                    groups_of.set(tier, direction, group);
+                }
+            }
+            endpoint_tiers[e] = groups_of;
         }
 
         // Nodes, known by the host addresses their pods report; this node
@@ -421,6 +442,7 @@ impl<'a> Pass<'a> {
                 egress,
                 ingress,
                 node: endpoint_node[e as usize],
+                tiers: endpoint_tiers[e as usize],
             };
             if let Err(err) = builder.add_pod_address(ip, entry) {
                 self.warnings.push(err.to_string());
@@ -432,9 +454,11 @@ impl<'a> Pass<'a> {
         memo.profiles_live = live_profile_count;
         memo.policies = resolved;
         memo.endpoints = endpoints;
+        memo.tier_policies = tiers.iter().map(|t| Arc::clone(t.policy)).collect();
         Compiled {
             tables: builder.build(),
             warnings: self.warnings,
+            notices,
         }
     }
 }

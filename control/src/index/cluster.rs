@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Indexed;
-use crate::model::{EndpointSlice, Labels, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
+use crate::model::{
+    ClusterNetworkPolicy, ClusterPolicyKey, EndpointSlice, Labels, Namespace, NetworkPolicy, Node,
+    ObjectKey, Pod, Service,
+};
 
 /// Whether two maps hold the very same objects (the same `Arc`s under the
 /// same keys): how an unchanged part of the state is told apart.
@@ -21,8 +24,8 @@ pub fn same_objects<K: Eq, T>(a: &BTreeMap<K, Arc<T>>, b: &BTreeMap<K, Arc<T>>) 
             .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
 }
 
-/// A cluster state: namespaces, pods, policies, Services and
-/// EndpointSlices, each by key.
+/// A cluster state: namespaces, pods, policies, Services,
+/// EndpointSlices, cluster-scoped policies and nodes, each by key.
 ///
 /// Objects are shared (`Arc`): a clone of the state is cheap, and an object
 /// that was not replaced is the same allocation in every state that holds
@@ -40,6 +43,11 @@ pub struct Cluster {
     /// EndpointSlices by namespace and name (of the slice, not of its
     /// Service: a Service has one or more).
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    /// ClusterNetworkPolicies (and AdminNetworkPolicies,
+    /// BaselineAdminNetworkPolicies) by kind and name.
+    pub cluster_policies: BTreeMap<ClusterPolicyKey, Arc<ClusterNetworkPolicy>>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Arc<Node>>,
 }
 
 impl Cluster {

@@ -11,7 +11,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::Cluster;
-use crate::model::{EndpointSlice, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
+use crate::model::{
+    ClusterNetworkPolicy, ClusterPolicyKey, EndpointSlice, Namespace, NetworkPolicy, Node,
+    ObjectKey, Pod, Service,
+};
 
 /// The kinds of object the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,16 +29,23 @@ pub enum Kind {
     Service,
     /// EndpointSlices.
     EndpointSlice,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies and
+    /// BaselineAdminNetworkPolicies (one kind: one set of tiers).
+    ClusterNetworkPolicy,
+    /// Nodes.
+    Node,
 }
 
 impl Kind {
     /// Every kind, in index order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Namespace,
         Self::Pod,
         Self::NetworkPolicy,
         Self::Service,
         Self::EndpointSlice,
+        Self::ClusterNetworkPolicy,
+        Self::Node,
     ];
     /// How many kinds there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -49,6 +59,8 @@ impl Kind {
             Self::NetworkPolicy => "NetworkPolicy",
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
+            Self::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Self::Node => "Node",
         }
     }
 
@@ -106,6 +118,50 @@ impl Indexed for Namespace {
     }
 }
 
+impl Indexed for Node {
+    const KIND: Kind = Kind::Node;
+    type Key = String;
+
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+    fn key_of(_: &str, name: &str) -> String {
+        name.to_owned()
+    }
+    fn object_key(key: &String) -> ObjectKey {
+        ObjectKey::cluster_scoped(key.clone())
+    }
+    fn objects(cluster: &Cluster) -> &BTreeMap<String, Arc<Self>> {
+        &cluster.nodes
+    }
+    fn objects_mut(cluster: &mut Cluster) -> &mut BTreeMap<String, Arc<Self>> {
+        &mut cluster.nodes
+    }
+}
+
+/// Keyed by kind family and name; `key_of` gives the key of a
+/// ClusterNetworkPolicy (the kind a source watches by that name).
+impl Indexed for ClusterNetworkPolicy {
+    const KIND: Kind = Kind::ClusterNetworkPolicy;
+    type Key = ClusterPolicyKey;
+
+    fn key(&self) -> ClusterPolicyKey {
+        ClusterNetworkPolicy::key(self)
+    }
+    fn key_of(_: &str, name: &str) -> ClusterPolicyKey {
+        ClusterPolicyKey::new(crate::model::PolicyApi::ClusterV1beta1, name)
+    }
+    fn object_key(key: &ClusterPolicyKey) -> ObjectKey {
+        ObjectKey::cluster_scoped(key.to_string())
+    }
+    fn objects(cluster: &Cluster) -> &BTreeMap<ClusterPolicyKey, Arc<Self>> {
+        &cluster.cluster_policies
+    }
+    fn objects_mut(cluster: &mut Cluster) -> &mut BTreeMap<ClusterPolicyKey, Arc<Self>> {
+        &mut cluster.cluster_policies
+    }
+}
+
 /// A kind kept by namespace and name in the map `$field` of [`Cluster`].
 macro_rules! namespaced {
     ($kind:ident, $field:ident) => {
@@ -146,11 +202,15 @@ impl Cluster {
             policies,
             services,
             endpoint_slices,
+            cluster_policies,
+            nodes,
         } = self;
         index.relist(namespaces)
             | index.relist(pods)
             | index.relist(policies)
             | index.relist(services)
             | index.relist(endpoint_slices)
+            | index.relist(cluster_policies)
+            | index.relist(nodes)
     }
 }

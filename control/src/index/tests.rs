@@ -3,7 +3,9 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 
 use super::*;
-use crate::model::{EndpointSlice, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
+use crate::model::{
+    ClusterNetworkPolicy, EndpointSlice, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service,
+};
 
 fn ns(name: &str) -> Namespace {
     Namespace::implicit(name)
@@ -73,6 +75,8 @@ fn ready_only_when_every_kind_listed() {
     );
     let _ = list(&mut index, vec![policy("a", "p")]);
     let _ = list::<Service>(&mut index, vec![]);
+    let _ = list::<Node>(&mut index, vec![]);
+    let _ = list::<ClusterNetworkPolicy>(&mut index, vec![]);
     assert!(!index.ready(), "EndpointSlices not listed yet");
     assert!(list(&mut index, vec![reduce_slice(&slice_resource(0, true))]).changed());
     assert!(index.ready());

@@ -9,9 +9,11 @@
 //! works on these values only. One file per kind; [`selector`] holds the
 //! label selectors they share.
 
+mod cluster_network_policy;
 mod endpoint_slice;
 mod namespace;
 mod network_policy;
+mod node;
 mod pod;
 mod protocol;
 mod selector;
@@ -22,9 +24,14 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
+pub use cluster_network_policy::{
+    Action, ClusterNetworkPolicy, ClusterPolicyKey, MAX_PRIORITY, PolicyApi, Precedence, Subject,
+    Tier, TierPeer, TierRule,
+};
 pub use endpoint_slice::{AddressType, Endpoint, EndpointPort, EndpointSlice, SERVICE_NAME_LABEL};
 pub use namespace::{NAMESPACE_NAME_LABEL, Namespace};
 pub use network_policy::{IpBlock, NetworkPolicy, Peer, PolicyPort, PortSpec, Rule};
+pub use node::Node;
 pub use pod::{NamedPort, Pod, PodPhase};
 pub use protocol::Protocol;
 pub use selector::{LabelSelector, Operator, Requirement};

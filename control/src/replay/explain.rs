@@ -79,7 +79,8 @@ impl ChangedFlow {
     }
 
     /// Why one side (current or candidate) decides as it does: one line per
-    /// direction, worded as `podfence explain` words it.
+    /// direction (and one per Pass rule that handed a direction on), worded
+    /// as `podfence explain` words it.
     #[must_use]
     pub fn explain(
         &self,
@@ -124,10 +125,11 @@ impl ChangedFlow {
             cluster,
         }
         .to_string();
-        // The verdict line, the egress line, the ingress line, the generation.
-        text.lines()
-            .skip(1)
-            .take(2)
+        // The verdict line, each direction's lines (a Pass rule that
+        // handed a side on has one of its own), the generation.
+        let lines: Vec<&str> = text.lines().collect();
+        lines[1..lines.len().saturating_sub(1).max(1)]
+            .iter()
             .map(|l| l.trim().to_owned())
             .collect()
     }
@@ -160,6 +162,28 @@ fn brief_decision(
         Decision::Allowed { policy, rule } => format!(
             "{direction}: allow — {side} {endpoint} is allowed by {} {direction} rule {rule}",
             tables.policy(policy)
+        ),
+        Decision::TierAccepted(r) => format!(
+            "{direction}: allow — {side} {endpoint}: accepted by {} tier {} {direction} rule {} \"{}\"",
+            r.tier,
+            tables.policy(r.policy),
+            r.rule,
+            tables.tier_rule_name(r, direction)
+        ),
+        Decision::TierDenied(r) => format!(
+            "{direction}: deny — {side} {endpoint}: denied by {} tier {} {direction} rule {} \"{}\"",
+            r.tier,
+            tables.policy(r.policy),
+            r.rule,
+            tables.tier_rule_name(r, direction)
+        ),
+        Decision::TierWouldDeny(r) => format!(
+            "{direction}: allow (audit) — {side} {endpoint}: denied by {} tier {} {direction} rule {} \"{}\", \
+             but it is in audit mode: reported, not dropped",
+            r.tier,
+            tables.policy(r.policy),
+            r.rule,
+            tables.tier_rule_name(r, direction)
         ),
         Decision::Denied { group } | Decision::WouldDeny { group } => {
             let names: Vec<String> = tables

@@ -500,6 +500,19 @@ pub fn attribution(tables: &Tables, verdict: Option<&Verdict>) -> String {
                 let audit = if d.is_allowed() { "(audit)" } else { "" };
                 parts.push(format!("{direction}={}{audit}", names.join(",")));
             }
+            Decision::TierAccepted(r) | Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+                let audit = if matches!(d, Decision::TierWouldDeny(_)) {
+                    "(audit)"
+                } else {
+                    ""
+                };
+                parts.push(format!(
+                    "{direction}={}:{}#{}{audit}",
+                    r.tier,
+                    tables.policy(r.policy),
+                    r.rule
+                ));
+            }
             Decision::NotEnforced
             | Decision::NotIsolated
             | Decision::SelfTraffic

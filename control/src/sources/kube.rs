@@ -1,6 +1,14 @@
-//! The Kubernetes API as a source: watchers for Namespaces, Pods,
-//! NetworkPolicies, Services and EndpointSlices feeding the
-//! [`ClusterIndex`], whose changes are compiled and published.
+//! The Kubernetes API as a source: watchers for Namespaces, Pods, Nodes,
+//! NetworkPolicies, Services, EndpointSlices and ClusterNetworkPolicies
+//! feeding the [`ClusterIndex`], whose changes are compiled and published.
+//!
+//! ClusterNetworkPolicy (and the older AdminNetworkPolicy and
+//! BaselineAdminNetworkPolicy) are CRDs that may be missing, or installed,
+//! changed or removed while the agent runs: discovery decides which version
+//! to watch (ClusterNetworkPolicy: the newest served of `v1beta1`,
+//! `v1alpha2`) and is asked again every [`SourceOptions::rediscover`];
+//! while a kind is not served it is listed as empty, so readiness does not
+//! wait for it (see `cluster_policies`).
 //!
 //! Each kind is watched with kube-runtime's `watcher` (list, then watch from
 //! the list's resourceVersion; resumes from the last version seen after a
@@ -33,7 +41,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
 use crate::index::{Change, ClusterIndex, Event, IndexStats, Indexed};
-use crate::model::{EndpointSlice, ModelError, Namespace, NetworkPolicy, Pod, Service};
+use crate::model::{EndpointSlice, ModelError, Namespace, NetworkPolicy, Node, Pod, Service};
 use crate::publish::TablePublisher;
 
 /// The changes of one kind's watch stream, reduced by `reduce`.
@@ -60,8 +68,12 @@ where
         })
 }
 
-/// Every watched kind's changes, merged.
-pub fn cluster_changes(client: &Client) -> impl Stream<Item = Change> + Send + use<> {
+/// Every watched kind's changes, merged; discovery is asked again every
+/// `rediscover` (see the module doc). Spawns a task on the current runtime.
+pub fn cluster_changes(
+    client: &Client,
+    rediscover: Duration,
+) -> impl Stream<Item = Change> + Send + use<> {
     futures::stream::select_all([
         changes(
             Api::<core::Namespace>::all(client.clone()),
@@ -84,20 +96,31 @@ pub fn cluster_changes(client: &Client) -> impl Stream<Item = Change> + Send + u
             EndpointSlice::from_resource,
         )
         .boxed(),
+        changes(Api::<core::Node>::all(client.clone()), Node::from_resource).boxed(),
+        super::cluster_policies::changes(client, rediscover).boxed(),
     ])
 }
+
+/// How often discovery is asked again, by default, which
+/// ClusterNetworkPolicy version the server serves (a CRD installed,
+/// upgraded or removed).
+pub const REDISCOVER_EVERY: Duration = Duration::from_secs(30);
 
 /// Source settings.
 #[derive(Clone, Copy, Debug)]
 pub struct SourceOptions {
     /// How long changes are gathered into one generation after the first.
     pub debounce: Duration,
+    /// How often discovery is asked again which ClusterNetworkPolicy
+    /// version is served.
+    pub rediscover: Duration,
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
         Self {
             debounce: Duration::from_millis(5),
+            rediscover: REDISCOVER_EVERY,
         }
     }
 }
@@ -243,7 +266,7 @@ impl SourceThread {
                         let _ = stopped.await;
                     };
                     Ok(run(
-                        cluster_changes(&client),
+                        cluster_changes(&client, options.rediscover),
                         &tables,
                         options,
                         stopped,

@@ -4,8 +4,10 @@
 //! Every document is read, every error is collected (a file that cannot be
 //! read, YAML that does not parse, an object the API would reject) and
 //! reported with the file and the object's name, so that one run shows every
-//! problem. Namespaces, Pods, NetworkPolicies, Services and EndpointSlices
-//! are read; other kinds are counted and skipped.
+//! problem. Namespaces, Pods, Nodes, NetworkPolicies, Services,
+//! EndpointSlices, ClusterNetworkPolicies (v1beta1, v1alpha2) and
+//! AdminNetworkPolicies and BaselineAdminNetworkPolicies (v1alpha1) are
+//! read; other kinds are counted and skipped.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +20,8 @@ use serde_json::Value;
 
 use crate::index::Cluster;
 use crate::model::{
-    EndpointSlice, ModelError, Namespace, NetworkPolicy, ObjectKey, ObjectRef, Pod, Service,
+    ClusterNetworkPolicy, EndpointSlice, ModelError, Namespace, NetworkPolicy, Node, ObjectKey,
+    ObjectRef, Pod, PolicyApi, Service,
 };
 
 /// What a set of manifests holds.
@@ -196,6 +199,7 @@ fn load_text(path: &Path, text: &str, out: &mut Manifests, errors: &mut Vec<Load
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per kind")]
 fn load_object(
     path: &Path,
     document: usize,
@@ -273,6 +277,17 @@ fn load_object(
                     })
             })
         }
+        ("", "Node") => decode::<core::Node>(doc, kind)
+            .and_then(|n| Node::from_resource(&n))
+            .map(|n| {
+                out.cluster.apply(n);
+            }),
+        (
+            "policy.networking.k8s.io",
+            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy",
+        ) => cluster_policy(api_version, kind, &doc).map(|p| {
+            out.cluster.apply(p);
+        }),
         ("", "Service") => decode::<core::Service>(doc, kind)
             .and_then(|s| Service::from_resource(&s))
             .map(|s| {
@@ -305,6 +320,33 @@ fn load_object(
     }
 }
 
+/// A ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy
+/// in a version podfence reads.
+fn cluster_policy(
+    api_version: &str,
+    kind: &str,
+    doc: &Value,
+) -> Result<ClusterNetworkPolicy, ModelError> {
+    match PolicyApi::parse(api_version, kind) {
+        Some(api) => ClusterNetworkPolicy::from_value(api, doc),
+        None => Err(ModelError {
+            object: ObjectRef {
+                kind: kind.to_owned(),
+                key: ObjectKey::cluster_scoped(object_ref_of(doc, kind).key.name),
+            },
+            field: "apiVersion".into(),
+            message: format!(
+                "'{api_version}' is not read; use {}",
+                if kind == "ClusterNetworkPolicy" {
+                    "policy.networking.k8s.io/v1beta1 or v1alpha2"
+                } else {
+                    "policy.networking.k8s.io/v1alpha1"
+                }
+            ),
+        }),
+    }
+}
+
 /// `Ok` when `api_version` is `served` (or not given: the kind alone
 /// decides); else an error naming the object and the version to use.
 fn served(api_version: &str, served: &str, doc: &Value, kind: &str) -> Result<(), ModelError> {
@@ -329,7 +371,7 @@ fn object_ref_of(doc: &Value, kind: &str) -> ObjectRef {
     let name = field("name").unwrap_or_else(|| "<unnamed>".into());
     ObjectRef {
         kind: kind.to_owned(),
-        key: if kind == "Namespace" {
+        key: if matches!(kind, "Namespace" | "Node") {
             ObjectKey::cluster_scoped(name)
         } else {
             ObjectKey::new(field("namespace").unwrap_or_else(|| "default".into()), name)
@@ -528,5 +570,27 @@ mod tests {
         );
         assert_eq!(base.skipped_note_beyond(&base), None);
         assert_eq!(Manifests::default().skipped_note(), None);
+    }
+
+    #[test]
+    fn reads_cluster_scoped_policies_and_nodes() {
+        let m = load_one(
+            "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: p}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: q}\nspec: {tier: Baseline, priority: 1, subject: {namespaces: {}}}\n---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: p}\nspec: {priority: 1, subject: {namespaces: {}}}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.cluster.cluster_policies.len(),
+            3,
+            "ANP p and CNP p are two objects"
+        );
+        assert_eq!(m.cluster.nodes["n"].addresses.len(), 1);
+        assert_eq!(m.skipped_note(), None);
+        let e = load_one(
+            "apiVersion: policy.networking.k8s.io/v1\nkind: ClusterNetworkPolicy\nmetadata: {name: p}\n---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: r}\nspec: {tier: Admin, priority: 2000, subject: {namespaces: {}}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ClusterNetworkPolicy p: apiVersion"), "{e}");
+        assert!(e.contains("ClusterNetworkPolicy r: spec.priority"), "{e}");
     }
 }

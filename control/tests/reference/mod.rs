@@ -1,5 +1,5 @@
-//! A naive reference evaluator of networking.k8s.io/v1 NetworkPolicy, for
-//! tests.
+//! A naive reference evaluator of networking.k8s.io/v1 NetworkPolicy and
+//! of the ClusterNetworkPolicy tiers around it, for tests.
 //!
 //! It is written from the API reference, not from the compiler: every
 //! question ("is this pod isolated?", "does this rule admit that peer on this
@@ -13,6 +13,12 @@
 //! address or some other address. Only pods that are policy endpoints (they
 //! have addresses of their own and have not finished) are selected by
 //! policies or matched by pod peers; any other side is just its address.
+//!
+//! Each side is decided on its own, per the ClusterNetworkPolicy API: the
+//! Admin tier's policies by priority (then name) and their rules in order,
+//! the first match deciding (Accept: allowed; Deny: denied; Pass: on to
+//! NetworkPolicy); then NetworkPolicy if it isolates the pod; then the
+//! Baseline tier likewise (Pass: allowed); then allowed.
 
 #![allow(
     dead_code,
@@ -23,8 +29,8 @@ use std::net::IpAddr;
 
 use podfence_control::index::Cluster;
 use podfence_control::model::{
-    IpBlock, LabelSelector, NetworkPolicy, Operator, Peer, Pod, PolicyPort, PortSpec, Protocol,
-    Rule,
+    Action, ClusterNetworkPolicy, IpBlock, LabelSelector, NetworkPolicy, Operator, Peer, Pod,
+    PolicyPort, PortSpec, Protocol, Rule, Subject, Tier, TierPeer, TierRule,
 };
 use podfence_datapath::Prefix;
 
@@ -141,8 +147,14 @@ pub(crate) fn egress_allowed(
     let Some(pod) = src.endpoint() else {
         return true;
     };
+    match tier_action(cluster, Tier::Admin, pod, dst, false, protocol, port) {
+        Some(Action::Accept) => return true,
+        Some(Action::Deny) => return false,
+        Some(Action::Pass) | None => {}
+    }
     if !isolated_for_egress(cluster, pod) {
-        return true;
+        return tier_action(cluster, Tier::Baseline, pod, dst, false, protocol, port)
+            != Some(Action::Deny);
     }
     for policy in selecting(cluster, pod) {
         if !policy.isolates_egress {
@@ -168,8 +180,14 @@ pub(crate) fn ingress_allowed(
     let Some(pod) = dst.endpoint() else {
         return true;
     };
+    match tier_action(cluster, Tier::Admin, pod, src, true, protocol, port) {
+        Some(Action::Accept) => return true,
+        Some(Action::Deny) => return false,
+        Some(Action::Pass) | None => {}
+    }
     if !isolated_for_ingress(cluster, pod) {
-        return true;
+        return tier_action(cluster, Tier::Baseline, pod, src, true, protocol, port)
+            != Some(Action::Deny);
     }
     for policy in selecting(cluster, pod) {
         if !policy.isolates_ingress {
@@ -182,6 +200,111 @@ pub(crate) fn ingress_allowed(
         }
     }
     false
+}
+
+/// The action of the first rule of `tier` that matches, for `pod`'s
+/// ingress (`peer` is the source) or egress (`peer` is the destination):
+/// policies whose subject selects `pod`, by priority then name, each
+/// policy's rules in order.
+fn tier_action(
+    cluster: &Cluster,
+    tier: Tier,
+    pod: &Pod,
+    peer: &Side<'_>,
+    ingress: bool,
+    protocol: Protocol,
+    port: u16,
+) -> Option<Action> {
+    let mut policies: Vec<&ClusterNetworkPolicy> = cluster
+        .cluster_policies
+        .values()
+        .map(AsRef::as_ref)
+        .filter(|p| p.tier == tier && subject_selects(cluster, &p.subject, pod))
+        .collect();
+    policies.sort_by(|a, b| (a.priority, &a.name, a.api).cmp(&(b.priority, &b.name, b.api)));
+    for policy in policies {
+        let rules = if ingress {
+            &policy.ingress
+        } else {
+            &policy.egress
+        };
+        for rule in rules {
+            if tier_rule_matches(cluster, rule, pod, peer, ingress, protocol, port) {
+                return Some(rule.action);
+            }
+        }
+    }
+    None
+}
+
+fn subject_selects(cluster: &Cluster, subject: &Subject, pod: &Pod) -> bool {
+    let ns_labels = cluster.namespace_labels(&pod.namespace);
+    match subject {
+        Subject::Namespaces(ns) => selector_matches(ns, &ns_labels),
+        Subject::Pods { namespaces, pods } => {
+            selector_matches(namespaces, &ns_labels) && selector_matches(pods, &pod.labels)
+        }
+    }
+}
+
+/// Whether a tier rule matches: a peer matches, and a port (named ports
+/// resolve on the protected pod for ingress, on the destination pod for
+/// egress when a pod peer matched it).
+fn tier_rule_matches(
+    cluster: &Cluster,
+    rule: &TierRule,
+    protected: &Pod,
+    peer: &Side<'_>,
+    ingress: bool,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    // A peer of an unknown kind fails closed: a Deny or Pass rule becomes
+    // "deny (or pass) everything"; an Accept rule matches nothing by it.
+    if rule.action != Action::Accept && rule.peers.contains(&TierPeer::Unknown) {
+        return true;
+    }
+    let mut via_pods = false;
+    let mut any = false;
+    for p in &rule.peers {
+        let (matched, is_pods) = match p {
+            TierPeer::Namespaces(ns) => (
+                peer.endpoint().is_some_and(|pod| {
+                    selector_matches(ns, &cluster.namespace_labels(&pod.namespace))
+                }),
+                true,
+            ),
+            TierPeer::Pods { namespaces, pods } => (
+                peer.endpoint().is_some_and(|pod| {
+                    selector_matches(namespaces, &cluster.namespace_labels(&pod.namespace))
+                        && selector_matches(pods, &pod.labels)
+                }),
+                true,
+            ),
+            TierPeer::Networks(cidrs) => {
+                (cidrs.iter().any(|c| prefix_contains(c, peer.ip())), false)
+            }
+            TierPeer::Nodes(sel) => (
+                cluster
+                    .nodes
+                    .values()
+                    .any(|n| selector_matches(sel, &n.labels) && n.addresses.contains(&peer.ip())),
+                false,
+            ),
+            // Not enforced; an unknown kind was handled above.
+            TierPeer::DomainNames(_) | TierPeer::Unknown => (false, false),
+        };
+        any |= matched;
+        via_pods |= matched && is_pods;
+    }
+    let named_from = if ingress {
+        Some(protected)
+    } else if via_pods {
+        peer.endpoint()
+    } else {
+        None
+    };
+    any && ports_match(&rule.ports, protocol, port, named_from)
 }
 
 /// An ingress rule of `policy` (which selects `protected`) admits `peer`:

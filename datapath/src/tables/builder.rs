@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
-    PortRule, PortSetId, Tables, allow_key,
+    PortRule, PortSetId, Tables, TierPolicyInfo, allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -59,6 +59,8 @@ impl TablesBuilder {
                 groups: Vec::new(),
                 group_policies: Vec::new(),
                 policies: Arc::from([]),
+                tier_base: 0,
+                tier_info: Arc::from([]),
                 pods: Arc::from([]),
                 identities: 0,
                 group_broad: Vec::new(),
@@ -80,6 +82,13 @@ impl TablesBuilder {
     /// [`add_policy`](Self::add_policy), not with it.
     pub fn set_policy_names(&mut self, names: Arc<[ObjectName]>) {
         self.tables.policies = names;
+    }
+
+    /// What attribution shows of the tier policies, which are
+    /// `PolicyId(base + i)` for `info[i]`.
+    pub fn set_tier_info(&mut self, base: u32, info: Arc<[TierPolicyInfo]>) {
+        self.tables.tier_base = base;
+        self.tables.tier_info = info;
     }
 
     /// The pods, for attribution: `PodId(i)` is `names[i]`. The list may be

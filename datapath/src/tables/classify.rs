@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use super::{
     BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, ObjectName,
-    PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, TableStats, Tables, TablesBuilder, Verdict,
-    allow_key,
+    Passed, PodAddress, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, RuleAction, TableStats,
+    Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -124,38 +124,107 @@ impl Tables {
             return Verdict {
                 egress: Decision::SelfTraffic,
                 ingress: Decision::SelfTraffic,
+                passed: Passed::NONE,
             };
         }
         if src.node.is_some() && src.node == dst.pod.and_then(|p| p.node) {
             return Verdict {
                 egress: Decision::NotEnforced,
                 ingress: Decision::OwnNode,
+                passed: Passed::NONE,
             };
         }
-        let side = |enforcement: Option<Enforcement>, peer: IdentityId| match enforcement {
-            None | Some(Enforcement::Remote) => Decision::NotEnforced,
-            Some(Enforcement::Open) => Decision::NotIsolated,
-            Some(Enforcement::Isolated(g)) => self.check(g, peer, protocol, dst_port),
-            Some(Enforcement::Audited(g)) => match self.check(g, peer, protocol, dst_port) {
+        let (egress, egress_pass) =
+            self.side(src.pod, Direction::Egress, dst.identity, protocol, dst_port);
+        let (ingress, ingress_pass) = self.side(
+            dst.pod,
+            Direction::Ingress,
+            src.identity,
+            protocol,
+            dst_port,
+        );
+        Verdict {
+            egress,
+            ingress,
+            passed: Passed {
+                egress: egress_pass,
+                ingress: ingress_pass,
+            },
+        }
+    }
+
+    /// One side: the Admin tier, then NetworkPolicy, then the Baseline tier.
+    /// At most three group lookups.
+    #[inline]
+    fn side(
+        &self,
+        pod: Option<PodAddress>,
+        direction: Direction,
+        peer: IdentityId,
+        protocol: IpProtocol,
+        port: u16,
+    ) -> (Decision, Option<TierRule>) {
+        let Some(pod) = pod else {
+            return (Decision::NotEnforced, None);
+        };
+        let enforcement = match direction {
+            Direction::Ingress => pod.ingress,
+            Direction::Egress => pod.egress,
+        };
+        let tiers = pod.tiers;
+        let tier_decision = |tier: Tier, group: Option<GroupId>| {
+            let hit = self.first_match(group?, peer, protocol, port)?;
+            let rule = TierRule {
+                tier,
+                policy: hit.policy,
+                rule: hit.rule,
+            };
+            Some(match hit.action {
+                RuleAction::Allow => Ok(Decision::TierAccepted(rule)),
+                RuleAction::Deny if tiers.audited => Ok(Decision::TierWouldDeny(rule)),
+                RuleAction::Deny => Ok(Decision::TierDenied(rule)),
+                RuleAction::Pass => Err(rule),
+            })
+        };
+        let mut passed = None;
+        match tier_decision(Tier::Admin, tiers.get(Tier::Admin, direction)) {
+            Some(Ok(decision)) => return (decision, None),
+            Some(Err(pass)) => passed = Some(pass),
+            None => {}
+        }
+        let decision = match enforcement {
+            Enforcement::Remote => Decision::NotEnforced,
+            Enforcement::Open => {
+                match tier_decision(Tier::Baseline, tiers.get(Tier::Baseline, direction)) {
+                    Some(Ok(decision)) => decision,
+                    Some(Err(_)) | None => Decision::NotIsolated,
+                }
+            }
+            Enforcement::Isolated(g) => self.check(g, peer, protocol, port),
+            Enforcement::Audited(g) => match self.check(g, peer, protocol, port) {
                 Decision::Denied { group } => Decision::WouldDeny { group },
                 allowed => allowed,
             },
         };
-        Verdict {
-            egress: side(src.pod.map(|p| p.egress), dst.identity),
-            ingress: side(dst.pod.map(|p| p.ingress), src.identity),
-        }
+        (decision, passed)
     }
 
+    /// The first rule of `group` (lowest policy, then rule) that matches.
     #[inline]
-    fn check(&self, group: GroupId, peer: IdentityId, protocol: IpProtocol, port: u16) -> Decision {
+    fn first_match(
+        &self,
+        group: GroupId,
+        peer: IdentityId,
+        protocol: IpProtocol,
+        port: u16,
+    ) -> Option<PortRule> {
         // The first matching rule of a set is its lowest (policy, rule); of
-        // all sets that match, the lowest one is reported.
+        // all sets that match, the lowest one wins.
         let first_match = |set: PortSetId| {
             self.port_set(set)
                 .iter()
                 .find(|r| r.matches(protocol, port))
-                .map(|r| (r.policy, r.rule))
+                .copied()
         };
         let mut best = self
             .allow
@@ -164,13 +233,21 @@ impl Tables {
         for &(broad, set) in self.broad_rules(group) {
             if self.is_member(peer, broad)
                 && let Some(m) = first_match(set)
-                && best.is_none_or(|b| m < b)
+                && best.is_none_or(|b| (m.policy, m.rule) < (b.policy, b.rule))
             {
                 best = Some(m);
             }
         }
-        match best {
-            Some((policy, rule)) => Decision::Allowed { policy, rule },
+        best
+    }
+
+    #[inline]
+    fn check(&self, group: GroupId, peer: IdentityId, protocol: IpProtocol, port: u16) -> Decision {
+        match self.first_match(group, peer, protocol, port) {
+            Some(r) => Decision::Allowed {
+                policy: r.policy,
+                rule: r.rule,
+            },
             None => Decision::Denied { group },
         }
     }
@@ -223,6 +300,23 @@ impl Tables {
     #[must_use]
     pub fn policy(&self, policy: PolicyId) -> &ObjectName {
         &self.policies[policy.index()]
+    }
+
+    /// What attribution shows of a tier policy, if `policy` is one.
+    #[must_use]
+    pub fn tier_info(&self, policy: PolicyId) -> Option<&TierPolicyInfo> {
+        let i = policy.0.checked_sub(self.tier_base)?;
+        self.tier_info.get(i as usize)
+    }
+
+    /// The name of a tier rule (empty when it has none or is unknown).
+    #[must_use]
+    pub fn tier_rule_name(&self, rule: TierRule, direction: Direction) -> &str {
+        self.tier_info(rule.policy)
+            .and_then(|i| {
+                i.rule_names[super::direction_index(direction)].get(usize::from(rule.rule))
+            })
+            .map_or("", |n| n)
     }
 
     /// A pod's namespace and name.

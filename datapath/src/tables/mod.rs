@@ -44,6 +44,15 @@ mod classify;
 pub use crate::wire::IpProtocol;
 pub use builder::{BuildError, TablesBuilder};
 
+/// `[ingress, egress]` index of a direction.
+#[must_use]
+pub fn direction_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
 /// Direction of a policy check, seen from the pod being protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -120,6 +129,101 @@ pub enum Enforcement {
     Audited(GroupId),
 }
 
+/// A cluster-scoped policy tier (ClusterNetworkPolicy `spec.tier`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// Decided before NetworkPolicy.
+    Admin,
+    /// Decided after NetworkPolicy, for pods no NetworkPolicy isolates.
+    Baseline,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Admin => "admin",
+            Self::Baseline => "baseline",
+        })
+    }
+}
+
+/// The tier groups of a local pod: per tier and direction, the group of
+/// that tier's policies that select it, if any. Kept as four `u32`s
+/// (`u32::MAX`: none) so that a [`PodAddress`] stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TierGroups {
+    /// `[admin ingress, admin egress, baseline ingress, baseline egress]`.
+    groups: [u32; 4],
+    /// Whether a tier's denial only is reported ([`Decision::TierWouldDeny`]).
+    pub audited: bool,
+}
+
+impl Default for TierGroups {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl TierGroups {
+    /// No tier policy selects the pod.
+    pub const NONE: Self = Self {
+        groups: [u32::MAX; 4],
+        audited: false,
+    };
+
+    fn slot(tier: Tier, direction: Direction) -> usize {
+        let t = match tier {
+            Tier::Admin => 0,
+            Tier::Baseline => 2,
+        };
+        t + direction_index(direction)
+    }
+
+    /// The group of `tier` for `direction`, if any.
+    #[inline]
+    #[must_use]
+    pub fn get(&self, tier: Tier, direction: Direction) -> Option<GroupId> {
+        let g = self.groups[Self::slot(tier, direction)];
+        (g != u32::MAX).then_some(GroupId(g))
+    }
+
+    /// Sets the group of `tier` for `direction`.
+    pub fn set(&mut self, tier: Tier, direction: Direction, group: GroupId) {
+        self.groups[Self::slot(tier, direction)] = group.0;
+    }
+}
+
+/// What a matching rule does. NetworkPolicy rules only allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleAction {
+    /// Allowed (a tier's Accept: lower tiers are skipped).
+    Allow,
+    /// Denied.
+    Deny,
+    /// The rest of the tier is skipped.
+    Pass,
+}
+
+/// A rule of a tier policy, for attribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TierRule {
+    /// The tier.
+    pub tier: Tier,
+    /// The policy (tier policies are numbered in precedence order).
+    pub policy: PolicyId,
+    /// The rule's index in the policy's ingress or egress list.
+    pub rule: u16,
+}
+
+/// What attribution shows of a tier policy beyond its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TierPolicyInfo {
+    /// Its priority (`None`: a BaselineAdminNetworkPolicy, which has none).
+    pub priority: Option<u32>,
+    /// Its rules' names, `[ingress, egress]`, in rule order.
+    pub rule_names: [Box<[Box<str>]>; 2],
+}
+
 /// What the tables know about one pod address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PodAddress {
@@ -134,6 +238,8 @@ pub struct PodAddress {
     /// The node it runs on, if its addresses are known: traffic between a
     /// pod and its node is always allowed.
     pub node: Option<NodeId>,
+    /// Its cluster-scoped tier groups (local pods only).
+    pub tiers: TierGroups,
 }
 
 /// IpProtocol number in a [`PortRule`] that matches every protocol and port.
@@ -152,6 +258,8 @@ pub struct PortRule {
     pub first: u16,
     /// Last allowed destination port (inclusive).
     pub last: u16,
+    /// What the rule does when it matches.
+    pub action: RuleAction,
 }
 
 impl PortRule {
@@ -164,6 +272,7 @@ impl PortRule {
             protocol: ANY_PROTOCOL,
             first: 0,
             last: u16::MAX,
+            action: RuleAction::Allow,
         }
     }
 
@@ -206,19 +315,33 @@ pub enum Decision {
         /// The isolating policies.
         group: GroupId,
     },
+    /// Allowed by an Accept rule of a tier policy (an Admin Accept skips
+    /// NetworkPolicy; a Baseline Accept applies where none isolates).
+    TierAccepted(TierRule),
+    /// Denied by a Deny rule of a tier policy.
+    TierDenied(TierRule),
+    /// As [`Self::TierDenied`], but the pod is in audit mode: the attempt
+    /// passes and is reported.
+    TierWouldDeny(TierRule),
 }
 
 impl Decision {
     /// Whether this side lets the connection through.
     #[must_use]
     pub fn is_allowed(&self) -> bool {
-        !matches!(self, Self::Denied { .. })
+        !matches!(self, Self::Denied { .. } | Self::TierDenied(_))
     }
 
     /// Whether policy denies it, enforced or audited.
     #[must_use]
     pub fn is_policy_denial(&self) -> bool {
-        matches!(self, Self::Denied { .. } | Self::WouldDeny { .. })
+        matches!(
+            self,
+            Self::Denied { .. }
+                | Self::WouldDeny { .. }
+                | Self::TierDenied(_)
+                | Self::TierWouldDeny(_)
+        )
     }
 }
 
@@ -230,6 +353,26 @@ pub struct Verdict {
     pub egress: Decision,
     /// The destination pod's ingress decision.
     pub ingress: Decision,
+    /// The Admin-tier Pass rules that handed each side on to
+    /// NetworkPolicy (or, from the Baseline tier, to the default).
+    pub passed: Passed,
+}
+
+/// The Pass rules a verdict went through, per side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Passed {
+    /// The source's egress.
+    pub egress: Option<TierRule>,
+    /// The destination's ingress.
+    pub ingress: Option<TierRule>,
+}
+
+impl Passed {
+    /// No Pass rule matched.
+    pub const NONE: Self = Self {
+        egress: None,
+        ingress: None,
+    };
 }
 
 impl Verdict {
@@ -240,10 +383,12 @@ impl Verdict {
     }
 }
 
-/// Namespace and name of a policy or pod, for attribution.
+/// Namespace and name of a policy or pod, for attribution. A cluster-scoped
+/// (tier) policy has its kind in place of a namespace:
+/// `ClusterNetworkPolicy/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectName {
-    /// Namespace.
+    /// Namespace (a tier policy: its kind).
     pub namespace: Box<str>,
     /// Name.
     pub name: Box<str>,
@@ -298,6 +443,9 @@ pub struct Tables {
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
     policies: Arc<[ObjectName]>,
+    /// Tier policies are `PolicyId(tier_base + i)` for `tier_info[i]`.
+    tier_base: u32,
+    tier_info: Arc<[TierPolicyInfo]>,
     pods: Arc<[ObjectName]>,
     identities: u32,
     /// Per group, a range of `broad_rules`.
@@ -359,6 +507,7 @@ mod tests {
             egress: Enforcement::Isolated(ge),
             ingress: Enforcement::Open,
             node: None,
+            tiers: TierGroups::NONE,
         };
         let bb = PodAddress {
             identity: id_b,
@@ -366,6 +515,7 @@ mod tests {
             egress: Enforcement::Open,
             ingress: Enforcement::Isolated(gi),
             node: None,
+            tiers: TierGroups::NONE,
         };
         b.add_pod_address(ip("10.0.0.1"), a).unwrap();
         b.add_pod_address(ip("fd00::1"), a).unwrap();
@@ -385,6 +535,7 @@ mod tests {
             protocol: ip_proto::TCP,
             first: 80,
             last: 81,
+            action: RuleAction::Allow,
         }]);
         let udp = b.add_port_set(vec![PortRule {
             policy: dns,
@@ -392,6 +543,7 @@ mod tests {
             protocol: ip_proto::UDP,
             first: 53,
             last: 53,
+            action: RuleAction::Allow,
         }]);
         b.allow(gi, id_a, tcp);
         b.allow(ge, block, udp);
@@ -454,6 +606,7 @@ mod tests {
             egress: Enforcement::Open,
             ingress: Enforcement::Isolated(g),
             node: None,
+            tiers: TierGroups::NONE,
         };
         b.add_pod_address(ip("10.0.0.1"), entry).unwrap();
         // Identity n is the address 192.0.2.0 + n.
@@ -469,6 +622,7 @@ mod tests {
             protocol: ip_proto::TCP,
             first,
             last,
+            action: RuleAction::Allow,
         };
         // Broad: identities 64..130 (crossing a word boundary) on 80-90, by p1 rule 0.
         let high = b.add_broad_set(ids[64..].to_vec());
@@ -511,6 +665,151 @@ mod tests {
         assert_eq!(t.stats().broad_sets, 1);
     }
 
+    /// Pod `a` (10.0.0.1) sends to `b` (10.0.0.2); `b`'s ingress has an
+    /// Admin group (`admin` rules), maybe a NetworkPolicy group allowing
+    /// TCP 80, and a Baseline group denying everything.
+    fn tiered(admin: &[(RuleAction, u16)], isolated: bool, audited: bool) -> Tables {
+        let mut b = TablesBuilder::new(0);
+        let np = b.add_policy("x", "np");
+        let cnp = b.add_policy("ClusterNetworkPolicy", "admin");
+        let base = b.add_policy("ClusterNetworkPolicy", "base");
+        let (pa, pb) = (b.add_pod("x", "a"), b.add_pod("x", "b"));
+        let (world, id_a, id_b) = (b.add_identity(), b.add_identity(), b.add_identity());
+        b.set_other_addresses_v4(IntervalMap::from_prefixes([], world));
+        b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+        let g_np = b.add_group(Direction::Ingress, &[np]);
+        let g_admin = b.add_group(Direction::Ingress, &[cnp]);
+        let g_base = b.add_group(Direction::Ingress, &[base]);
+        let rule = |policy, rule, first, last, action| PortRule {
+            policy,
+            rule,
+            protocol: ip_proto::TCP,
+            first,
+            last,
+            action,
+        };
+        let np_set = b.add_port_set(vec![rule(np, 0, 80, 80, RuleAction::Allow)]);
+        b.allow(g_np, id_a, np_set);
+        let admin_rules = admin
+            .iter()
+            .enumerate()
+            .map(|(i, &(action, port))| rule(cnp, i as u16, port, port, action))
+            .collect();
+        let admin_set = b.add_port_set(admin_rules);
+        b.allow(g_admin, id_a, admin_set);
+        let base_set = b.add_port_set(vec![PortRule {
+            action: RuleAction::Deny,
+            ..PortRule::any(base, 0)
+        }]);
+        b.allow(g_base, id_a, base_set);
+        let open = PodAddress {
+            identity: id_a,
+            pod: pa,
+            egress: Enforcement::Open,
+            ingress: Enforcement::Open,
+            node: None,
+            tiers: TierGroups::NONE,
+        };
+        b.add_pod_address(ip("10.0.0.1"), open).unwrap();
+        let ingress = match (isolated, audited) {
+            (false, _) => Enforcement::Open,
+            (true, false) => Enforcement::Isolated(g_np),
+            (true, true) => Enforcement::Audited(g_np),
+        };
+        let target = PodAddress {
+            identity: id_b,
+            pod: pb,
+            ingress,
+            tiers: {
+                let mut t = TierGroups::NONE;
+                t.audited = audited;
+                t.set(Tier::Admin, Direction::Ingress, g_admin);
+                t.set(Tier::Baseline, Direction::Ingress, g_base);
+                t
+            },
+            ..open
+        };
+        b.add_pod_address(ip("10.0.0.2"), target).unwrap();
+        b.build()
+    }
+
+    fn to_b(t: &Tables, port: u16) -> Verdict {
+        t.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, port)
+    }
+
+    #[test]
+    fn admin_tier_decides_first_then_networkpolicy_then_baseline() {
+        let admin = |rule| TierRule {
+            tier: Tier::Admin,
+            policy: PolicyId(1),
+            rule,
+        };
+        // Rule order decides within a policy: Pass on 80 before Deny on 80.
+        let t = tiered(
+            &[
+                (RuleAction::Pass, 80),
+                (RuleAction::Deny, 80),
+                (RuleAction::Allow, 81),
+            ],
+            true,
+            false,
+        );
+        let v = to_b(&t, 80);
+        assert_eq!(
+            v.ingress,
+            Decision::Allowed {
+                policy: PolicyId(0),
+                rule: 0
+            },
+            "passed to NetworkPolicy, which allows 80"
+        );
+        assert_eq!(v.passed.ingress, Some(admin(0)));
+        // Accept skips NetworkPolicy, which would deny 81.
+        assert_eq!(to_b(&t, 81).ingress, Decision::TierAccepted(admin(2)));
+        // No admin rule: NetworkPolicy isolates, the Baseline tier is not asked.
+        assert_eq!(to_b(&t, 82).ingress, Decision::Denied { group: GroupId(0) });
+        // Deny first beats the NetworkPolicy allow.
+        let t = tiered(
+            &[(RuleAction::Deny, 80), (RuleAction::Pass, 80)],
+            true,
+            false,
+        );
+        let v = to_b(&t, 80);
+        assert_eq!(v.ingress, Decision::TierDenied(admin(0)));
+        assert!(!v.is_allowed() && v.ingress.is_policy_denial());
+        // Not isolated by NetworkPolicy: the Baseline tier decides, also after a Pass.
+        let t = tiered(&[(RuleAction::Pass, 80)], false, false);
+        let base = TierRule {
+            tier: Tier::Baseline,
+            policy: PolicyId(2),
+            rule: 0,
+        };
+        let v = to_b(&t, 80);
+        assert_eq!(v.ingress, Decision::TierDenied(base));
+        assert_eq!(v.passed.ingress, Some(admin(0)));
+        assert_eq!(to_b(&t, 9).ingress, Decision::TierDenied(base));
+        // The egress side of `a` is decided on its own: nothing selects it.
+        assert_eq!(v.egress, Decision::NotIsolated);
+    }
+
+    #[test]
+    fn pod_address_stays_small() {
+        assert!(std::mem::size_of::<PodAddress>() <= 52);
+        let mut t = TierGroups::NONE;
+        assert_eq!(t.get(Tier::Baseline, Direction::Egress), None);
+        t.set(Tier::Baseline, Direction::Egress, GroupId(3));
+        assert_eq!(t.get(Tier::Baseline, Direction::Egress), Some(GroupId(3)));
+        assert_eq!(t.get(Tier::Admin, Direction::Egress), None);
+    }
+
+    #[test]
+    fn audited_pods_report_tier_denials_and_pass() {
+        let t = tiered(&[(RuleAction::Deny, 80)], true, true);
+        let v = to_b(&t, 80);
+        assert!(matches!(v.ingress, Decision::TierWouldDeny(_)), "{v:?}");
+        assert!(v.is_allowed() && v.ingress.is_policy_denial());
+    }
+
     #[test]
     fn any_protocol_rule_matches_portless_protocols() {
         let r = PortRule::any(PolicyId(0), 0);
@@ -520,6 +819,7 @@ mod tests {
             protocol: ip_proto::TCP,
             first: 1,
             last: 2,
+            action: RuleAction::Allow,
             ..r
         };
         assert!(!tcp.matches(IpProtocol::ICMP, 0));
@@ -536,6 +836,7 @@ mod tests {
             protocol: ip_proto::TCP,
             first: 1,
             last: 1,
+            action: RuleAction::Allow,
         };
         let r0 = PortRule {
             policy: PolicyId(0),
@@ -543,6 +844,7 @@ mod tests {
             protocol: ip_proto::TCP,
             first: 1,
             last: 9,
+            action: RuleAction::Allow,
         };
         let s1 = b.add_port_set(vec![r1, r0, r1]);
         let s2 = b.add_port_set(vec![r0, r1]);
@@ -561,6 +863,7 @@ mod tests {
             egress: Enforcement::Remote,
             ingress: Enforcement::Remote,
             node: None,
+            tiers: TierGroups::NONE,
         };
         b.add_pod_address(ip("10.0.0.1"), e(p1)).unwrap();
         let err = b.add_pod_address(ip("10.0.0.1"), e(p2)).unwrap_err();
@@ -577,7 +880,8 @@ mod tests {
             v,
             Verdict {
                 egress: Decision::NotEnforced,
-                ingress: Decision::NotEnforced
+                ingress: Decision::NotEnforced,
+                passed: Passed::NONE,
             }
         );
         assert_eq!(t.generation(), 3);

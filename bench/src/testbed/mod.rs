@@ -164,6 +164,9 @@ pub struct TestbedOptions {
     /// and answers every message it receives with `ns/pod` (instead of
     /// answering once and closing): for tests of long-lived connections.
     pub session_ports: Vec<u16>,
+    /// MTU of the pods' veths, both ends (`None`: the kernel's 1500). The
+    /// agent sets its host-port pair's from `AgentOptions::mtu`.
+    pub mtu: Option<u32>,
 }
 
 /// What a probe saw.
@@ -231,6 +234,8 @@ pub struct Testbed {
     /// translate (`ext:` destinations reached through them).
     service_ips: Vec<IpAddr>,
     kube_proxy: Option<KubeProxyRules>,
+    /// The pods' MTU, [`TestbedOptions::mtu`].
+    mtu: Option<u32>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -285,6 +290,7 @@ impl Testbed {
             external: options.external.clone(),
             service_ips: Vec::new(),
             kube_proxy: None,
+            mtu: options.mtu,
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };

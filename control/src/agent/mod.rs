@@ -156,6 +156,11 @@ pub struct AgentOptions {
     pub redirect: RedirectConfig,
     /// AF_XDP sockets.
     pub xsk: XskConfig,
+    /// Largest IP packet the datapath carries: the MTU of the pods' veths
+    /// (set by the CNI) and of the host-port pair (set by the agent). Sockets
+    /// carry frames of `mtu` + 22 bytes (Ethernet, two VLAN tags); beyond a
+    /// chunk, as AF_XDP multi-buffer chains.
+    pub mtu: u32,
     /// Worker settings (`revalidate`: cut established connections that a
     /// new generation denies, on their next packet).
     pub worker: WorkerConfig,
@@ -186,6 +191,7 @@ impl Default for AgentOptions {
             plumbing: PlumbingConfig::default(),
             redirect: RedirectConfig::default(),
             xsk: XskConfig::default(),
+            mtu: 1500,
             worker: WorkerConfig::default(),
             workers: 1,
             pin_workers: true,
@@ -337,7 +343,9 @@ impl Agent {
     fn bring_up(&mut self, cluster: &Cluster) -> Result<(), AgentError> {
         let addrs = local_addresses(cluster, self.tables.locality());
         let plumbing = self.options.plumbing.clone();
-        let pair = plumbing::host_pair(&plumbing)?;
+        // Frames of the MTU, whatever its size (multi-buffer past a chunk).
+        self.options.xsk.max_frame = self.options.xsk.max_frame.max(frame_len(self.options.mtu));
+        let pair = plumbing::host_pair(&plumbing, self.options.mtu)?;
         let dp_link = pair.dp.clone();
         self.pair = Some(pair);
         self.pods = plumbing::discover(&addrs, &plumbing.host_if, &self.known_macs)?;
@@ -399,7 +407,8 @@ impl Agent {
                     source,
                 }
             })?;
-        info!(iface = link.name, mode = %redirector.mode(), "redirector attached");
+        info!(iface = link.name, mode = %redirector.mode(), mtu = link.mtu, "redirector attached");
+        self.check_mtu(link, redirector.mode());
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
             let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
@@ -413,6 +422,39 @@ impl Agent {
         }
         self.redirectors.insert(link.name.clone(), redirector);
         Ok(ports)
+    }
+
+    /// Says, once per interface, when the datapath cannot carry its MTU:
+    /// longer frames would be dropped (and counted), so the operator learns
+    /// it at start rather than from a stalled transfer.
+    fn check_mtu(&self, link: &plumbing::Link, mode: podfence_bpf::AttachMode) {
+        let xsk = &self.options.xsk;
+        if link.mtu > self.options.mtu {
+            warn!(
+                iface = link.name,
+                mtu = link.mtu,
+                %mode,
+                datapath_mtu = self.options.mtu,
+                "interface MTU exceeds what the datapath carries: packets longer than {} bytes \
+                 are dropped and counted (podfence_frames_oversize); start the agent with \
+                 --mtu {}",
+                self.options.mtu,
+                link.mtu
+            );
+        }
+        let chunk = xsk.frame_size.saturating_sub(256);
+        if !xsk.multi_buffer && frame_len(link.mtu) > chunk {
+            warn!(
+                iface = link.name,
+                mtu = link.mtu,
+                %mode,
+                chunk,
+                "AF_XDP without multi-buffer carries frames of one chunk only: packets longer \
+                 than {} bytes are dropped by the kernel; multi-buffer (XDP_USE_SG, Linux 6.6) \
+                 is needed for this MTU",
+                chunk - 22
+            );
+        }
     }
 
     /// The forwarding table for the pods found, and the addresses to adopt.
@@ -825,7 +867,10 @@ fn run_worker(
 /// Sums the ring statistics of the worker's sockets into `rings`.
 fn publish_ring_stats(switch: &Switch<XskPort>, rings: &RingCounters) {
     let mut sum = [0u64; 6];
+    let mut oversize = switch.stats().too_long;
     for port in (0..switch.port_count()).filter_map(|i| switch.port(i)) {
+        let stats = port.stats();
+        oversize += stats.rx_oversize + stats.tx_oversize;
         if let Ok(s) = port.xsk_stats() {
             for (total, v) in sum.iter_mut().zip([
                 s.rx_dropped,
@@ -852,6 +897,13 @@ fn publish_ring_stats(switch: &Switch<XskPort>, rings: &RingCounters) {
     {
         counter.store(v, Ordering::Relaxed);
     }
+    rings.oversize.store(oversize, Ordering::Relaxed);
+}
+
+/// The longest frame of an MTU: Ethernet header and two VLAN tags.
+#[must_use]
+pub fn frame_len(mtu: u32) -> u32 {
+    mtu.saturating_add(14 + 8)
 }
 
 /// Whether pod traffic passes while no agent runs, for messages.

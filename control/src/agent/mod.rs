@@ -428,32 +428,8 @@ impl Agent {
     /// longer frames would be dropped (and counted), so the operator learns
     /// it at start rather than from a stalled transfer.
     fn check_mtu(&self, link: &plumbing::Link, mode: podfence_bpf::AttachMode) {
-        let xsk = &self.options.xsk;
-        if link.mtu > self.options.mtu {
-            warn!(
-                iface = link.name,
-                mtu = link.mtu,
-                %mode,
-                datapath_mtu = self.options.mtu,
-                "interface MTU exceeds what the datapath carries: packets longer than {} bytes \
-                 are dropped and counted (podfence_frames_oversize); start the agent with \
-                 --mtu {}",
-                self.options.mtu,
-                link.mtu
-            );
-        }
-        let chunk = xsk.frame_size.saturating_sub(256);
-        if !xsk.multi_buffer && frame_len(link.mtu) > chunk {
-            warn!(
-                iface = link.name,
-                mtu = link.mtu,
-                %mode,
-                chunk,
-                "AF_XDP without multi-buffer carries frames of one chunk only: packets longer \
-                 than {} bytes are dropped by the kernel; multi-buffer (XDP_USE_SG, Linux 6.6) \
-                 is needed for this MTU",
-                chunk - 22
-            );
+        if let Some(problem) = mtu_shortfall(link.mtu, self.options.mtu, &self.options.xsk) {
+            warn!(iface = link.name, mtu = link.mtu, %mode, "{problem}");
         }
     }
 
@@ -900,6 +876,27 @@ fn publish_ring_stats(switch: &Switch<XskPort>, rings: &RingCounters) {
     rings.oversize.store(oversize, Ordering::Relaxed);
 }
 
+/// Why the datapath (MTU `datapath_mtu`, sockets `xsk`) cannot carry the
+/// packets of an interface of MTU `mtu`, and what is needed; `None` when
+/// it can.
+#[must_use]
+pub fn mtu_shortfall(mtu: u32, datapath_mtu: u32, xsk: &XskConfig) -> Option<String> {
+    // A chunk less the kernel's XDP headroom.
+    let chunk = xsk.frame_size.saturating_sub(256);
+    if !xsk.multi_buffer && frame_len(mtu) > chunk {
+        return Some(format!(
+            "MTU {mtu} needs AF_XDP multi-buffer (XDP_USE_SG, Linux 6.6), which is off: \
+             frames longer than a chunk ({chunk} bytes) are dropped by the kernel"
+        ));
+    }
+    (mtu > datapath_mtu).then(|| {
+        format!(
+            "MTU {mtu} exceeds the datapath's ({datapath_mtu}): longer packets are dropped \
+             and counted (podfence_frames_oversize); start the agent with --mtu {mtu}"
+        )
+    })
+}
+
 /// The longest frame of an MTU: Ethernet header and two VLAN tags.
 #[must_use]
 pub fn frame_len(mtu: u32) -> u32 {
@@ -912,5 +909,35 @@ pub fn fail_mode(action: NoSocketAction) -> &'static str {
     match action {
         NoSocketAction::Drop => "closed (pod traffic is dropped while no agent runs)",
         NoSocketAction::Pass => "open (pod traffic bypasses policy while no agent runs)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtu_shortfall_names_what_is_needed() {
+        let xsk = XskConfig::default();
+        assert_eq!(mtu_shortfall(1500, 1500, &xsk), None);
+        assert_eq!(mtu_shortfall(9000, 9000, &xsk), None);
+        assert_eq!(mtu_shortfall(1500, 9000, &xsk), None);
+        let too_big = mtu_shortfall(9000, 1500, &xsk).expect("a shortfall");
+        assert!(too_big.contains("MTU 9000"), "{too_big}");
+        assert!(too_big.contains("--mtu 9000"), "{too_big}");
+        let no_sg = XskConfig {
+            multi_buffer: false,
+            ..XskConfig::default()
+        };
+        assert_eq!(mtu_shortfall(1500, 1500, &no_sg), None);
+        let single = mtu_shortfall(9000, 9000, &no_sg).expect("a shortfall");
+        assert!(single.contains("multi-buffer"), "{single}");
+        assert!(single.contains("1792 bytes"), "{single}");
+    }
+
+    #[test]
+    fn frames_of_an_mtu() {
+        assert_eq!(frame_len(1500), 1522);
+        assert_eq!(frame_len(9000), 9022);
     }
 }

@@ -227,6 +227,10 @@ pub fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
 pub struct WorkerReport {
     /// Its switch's counters.
     pub switch: SwitchStats,
+    /// Frames dropped for their length: its ports' AF_XDP chains longer
+    /// than they carry, received or to send (the switch's own are
+    /// `switch.too_long`).
+    pub ports_oversize: u64,
     /// Receive/transmit errors it logged and went on after.
     pub port_errors: u64,
 }
@@ -408,7 +412,7 @@ impl Agent {
                 }
             })?;
         info!(iface = link.name, mode = %redirector.mode(), mtu = link.mtu, "redirector attached");
-        self.check_mtu(link, redirector.mode());
+        self.check_mtu(link, redirector.mode())?;
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
             let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
@@ -426,11 +430,35 @@ impl Agent {
 
     /// Says, once per interface, when the datapath cannot carry its MTU:
     /// longer frames would be dropped (and counted), so the operator learns
-    /// it at start rather than from a stalled transfer.
-    fn check_mtu(&self, link: &plumbing::Link, mode: podfence_bpf::AttachMode) {
+    /// it at start rather than from a stalled transfer. In generic mode,
+    /// the sender's unsegmented TSO/GSO packets reach the program too: the
+    /// agent makes the kernel segment what it sends through its own
+    /// `pf-host`, and warns for pod veths, whose sender is the pod.
+    fn check_mtu(
+        &self,
+        link: &plumbing::Link,
+        mode: podfence_bpf::AttachMode,
+    ) -> Result<(), AgentError> {
         if let Some(problem) = mtu_shortfall(link.mtu, self.options.mtu, &self.options.xsk) {
             warn!(iface = link.name, mtu = link.mtu, %mode, "{problem}");
         }
+        if mode != podfence_bpf::AttachMode::Generic {
+            return Ok(());
+        }
+        let pair = self.pair.as_ref().filter(|p| p.dp.name == link.name);
+        match pair {
+            Some(pair) if pair.created => plumbing::segment_in_software(&pair.host.name)?,
+            _ => warn!(
+                iface = link.name,
+                mtu = link.mtu,
+                %mode,
+                "generic XDP receives the peer's TCP segmentation offload unsegmented (up to \
+                 64 KB), longer than the datapath carries: such packets are dropped and counted \
+                 (podfence_frames_oversize) and bulk TCP stalls; use native XDP, or have the \
+                 peer segment in software (ip link set <its interface> gso_max_segs 1)"
+            ),
+        }
+        Ok(())
     }
 
     /// The forwarding table for the pods found, and the addresses to adopt.
@@ -837,6 +865,10 @@ fn run_worker(
         }
     }
     report.switch = switch.stats().clone();
+    report.ports_oversize = (0..switch.port_count())
+        .filter_map(|i| switch.port(i))
+        .map(|p| p.stats().rx_oversize + p.stats().tx_oversize)
+        .sum();
     report
 }
 

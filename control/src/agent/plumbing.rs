@@ -360,6 +360,14 @@ pub fn host_pair(config: &PlumbingConfig, mtu: u32) -> Result<HostPair, AgentErr
     configured
 }
 
+/// Has the kernel segment in software what it sends through `dev`
+/// (`gso_max_segs 1`): for `pf-host` when `pf-dp`'s redirector runs in
+/// generic mode, which would otherwise see TSO/GSO packets of up to 64 KB.
+/// (Native XDP on a veth turns its peer's offload off by itself.)
+pub fn segment_in_software(dev: &str) -> Result<(), AgentError> {
+    run("ip", &["link", "set", dev, "gso_max_segs", "1"]).map(|_| ())
+}
+
 /// Marks the pair as podfence's and sets it up (ARP off, one MAC, `mtu`, no
 /// reverse-path filter on pf-dp, both ends up).
 fn configure_host_pair(

@@ -814,7 +814,8 @@ impl Port for XskPort {
         );
         if self.rx_chained[frame] {
             let start = frame * self.max_frame;
-            return &self.linear[start..start + desc.len as usize];
+            let len = (desc.len as usize).min(self.max_frame);
+            return &self.linear[start..start + len];
         }
         let fd = &self.rx_batch[first];
         // SAFETY: `fd` came from this port's rx ring in the current batch,

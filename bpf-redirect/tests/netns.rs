@@ -606,3 +606,34 @@ fn reports_missing_interface() {
         );
     });
 }
+
+/// Native XDP on a veth whose peer MTU is 9000: the kernel refuses a
+/// program without frags support there (veth: ERANGE, "Peer MTU is too
+/// large to set XDP"); the redirector is built with `xdp.frags`, so it
+/// attaches natively and still classifies a jumbo frame by its linear part.
+#[test]
+fn attaches_natively_to_jumbo_veth() {
+    let Some(bed) = testbed() else { return };
+    bed.ip(&["link", "set", "dev", IF_XDP, "mtu", "9000"]);
+    bed.ip(&["link", "set", "dev", IF_PEER, "mtu", "9000"]);
+    let native = RedirectConfig {
+        mode: XdpMode::Native,
+        ..RedirectConfig::default()
+    };
+    bed.in_ns(|| {
+        let r = Redirector::attach(IF_XDP, &native).expect("native attach at MTU 9000");
+        assert_eq!(r.mode(), AttachMode::Native);
+        attached(&[(r.program_id(), AttachMode::Native)]);
+        // A 9000-byte IPv4 frame and a small one: both IP, no socket bound,
+        // so both are counted as dropped by the fail-closed fallback.
+        let before = r.counters().unwrap();
+        let mut jumbo = ipv4_udp();
+        jumbo.resize(9000 - 14, 0xab);
+        let frames = vec![eth(0x0800, &jumbo), eth(0x0800, &ipv4_udp())];
+        send_frames(IF_PEER, &frames);
+        let d = delta_after(&r, before, 2);
+        assert_eq!(d.fallback_dropped, 2, "{d:?}");
+        assert_eq!(d.malformed, 0, "{d:?}");
+        r.detach().expect("detach");
+    });
+}

@@ -51,7 +51,9 @@
 //!   ([`SwitchStats::policy_dropped`]).
 //! - [`Outcome::Elsewhere`]: another worker's packet, ignored.
 //! - Frames that are not Ethernet (captures of raw IP or cooked frames have
-//!   no MACs to rewrite), frames longer than the staging slots, and frames
+//!   no MACs to rewrite), frames longer than the staging slots (sized to
+//!   the ports' largest frame: jumbo frames, which AF_XDP ports receive as
+//!   chains and hand over whole, fit when the agent's MTU says so), and frames
 //!   whose destination is the port they came from (a hairpin; the host port
 //!   would loop them through the kernel) are dropped and counted.
 //!

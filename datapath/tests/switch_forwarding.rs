@@ -347,3 +347,85 @@ fn a_new_fib_takes_effect_on_the_next_batch() {
     let ports = switch.into_ports();
     assert_eq!(ports.len(), 3, "ports given back");
 }
+
+/// A TCP frame of `len` bytes (Ethernet included) from `src` to `dst`.
+fn jumbo_tcp(src: IpAddr, dst: IpAddr, sport: u16, len: usize) -> Vec<u8> {
+    let headers = 14 + if src.is_ipv6() { 40 } else { 20 } + 20;
+    let t = Transport::Tcp {
+        src_port: sport,
+        dst_port: 80,
+        flags: tcp_flags::SYN,
+    };
+    let f = build(src, dst, t, len - headers);
+    assert_eq!(f.len(), len);
+    f
+}
+
+/// `f` with its TCP checksum only begun, as a pod's stack hands it to its
+/// veth (the folded pseudo-header sum, `CHECKSUM_PARTIAL`).
+fn begun(mut f: Vec<u8>) -> Vec<u8> {
+    use podfence_datapath::wire::checksum::{address_range, fold, pseudo_header_sum};
+    let ipv6 = f[12..14] == [0x86, 0xdd];
+    let l4 = 14 + if ipv6 { 40 } else { 20 };
+    let addrs = address_range(ipv6);
+    let len = u32::try_from(f.len() - l4).unwrap();
+    let pseudo = fold(pseudo_header_sum(
+        &f[14 + addrs.start..14 + addrs.end],
+        6,
+        len,
+    ));
+    f[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+    f
+}
+
+/// Jumbo frames (MTU 9000: 9014 bytes) cross the switch whole when its
+/// staging slots hold them: MACs and TTL rewritten, payload as sent, and a
+/// checksum the pod left to offload finished over the whole payload. With
+/// slots too short they are counted (`too_long`), not lost silently.
+#[test]
+fn jumbo_frames_are_switched_whole_or_counted() {
+    let complete = [
+        jumbo_tcp(v4(2), v4(1), 4100, 9014),
+        jumbo_tcp(v6(2), v6(1), 4101, 9014),
+        jumbo_tcp(v4(2), v4(1), 4102, 4000),
+    ];
+    let from_b: Vec<Vec<u8>> = complete.iter().cloned().map(begun).collect();
+    for (sent, original) in from_b.iter().zip(&complete) {
+        assert_ne!(sent, original, "the checksum was begun, not complete");
+    }
+    let run = |max_frame: usize| {
+        let ports = vec![port("host", &[]), port("a", &[]), port("b", &from_b)];
+        let mut switch = Switch::new(ports, Arc::new(fib()), max_frame).unwrap();
+        let publisher = Publisher::new(two_pods(1, Some(80), false), ServiceTable::empty());
+        let conntrack = Conntrack::new(256, Timeouts::default());
+        let stats = WorkerStats::default();
+        let mut worker = Worker::new(
+            &conntrack,
+            publisher.reader(),
+            &stats,
+            WorkerConfig::default(),
+        );
+        assert_eq!(switch.run_batch(&mut worker, POD_B).unwrap(), 3);
+        let stats = switch.stats().clone();
+        (switch.port(POD_A).unwrap().sent().to_vec(), stats)
+    };
+
+    let (to_a, stats) = run(9000 + 14 + 8);
+    assert_eq!(stats.forwarded, [0, 3, 0]);
+    assert_eq!(stats.too_long, 0);
+    assert_eq!(stats.checksums_finished, 3);
+    assert_eq!(to_a.len(), 3);
+    for (received, original) in to_a.iter().zip(&complete) {
+        assert_eq!(received[..6], POD_A_MAC);
+        assert_eq!(received[6..12], VETH_A_MAC);
+        assert_eq!(ttl_of(received), ttl_of(original) - 1);
+        // Checksum finished: the frame is the complete one, TTL aside.
+        assert_same_packet(original, received);
+    }
+    assert_ipv4_header_valid(&to_a[0]);
+
+    let (to_a, stats) = run(2048);
+    assert_eq!(stats.too_long, 3, "{stats:?}");
+    assert_eq!(stats.forwarded, [0, 0, 0]);
+    assert!(to_a.is_empty());
+}

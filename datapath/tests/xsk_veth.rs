@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use podfence_bpf::{RedirectConfig, Redirector};
+use podfence_bpf::{AttachMode, RedirectConfig, Redirector, XdpMode};
 use podfence_datapath::ports::xsk::{XskConfig, XskMode, XskPort};
 use podfence_datapath::ports::{Port, RxDesc};
 use podfence_testkit::netns::Netns;
@@ -47,6 +47,14 @@ impl Testbed {
         Some(bed)
     }
 
+    /// Sets the MTU of both ends of the pair.
+    fn set_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        for dev in [&self.if_a, &self.if_b] {
+            self.netns.ip(&["link", "set", "dev", dev, "mtu", &mtu]);
+        }
+    }
+
     fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         self.netns.in_ns(f)
     }
@@ -73,6 +81,18 @@ fn frame(src: [u8; 6], dst: [u8; 6], seq: u32) -> Vec<u8> {
     f
 }
 
+/// Asserts `got == want`, saying where they differ (not printing them).
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what} differs: {} bytes, expected {}; first difference at {at:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
 /// Receives from `port` until all of `expected` came or `wait` passed; checks
 /// each frame against `expected` in order, releasing every batch.
 fn receive_exactly(port: &mut XskPort, expected: &[Vec<u8>], wait: Duration) -> usize {
@@ -89,7 +109,7 @@ fn receive_exactly(port: &mut XskPort, expected: &[Vec<u8>], wait: Duration) -> 
             assert!(got < expected.len(), "more frames than sent");
             let bytes = port.frame(d);
             assert_eq!(d.len as usize, bytes.len());
-            assert_eq!(bytes, &expected[got][..], "frame {got} differs");
+            assert_same(bytes, &expected[got], &format!("frame {got}"));
             got += 1;
         }
         port.release(&descs[..n]);
@@ -260,4 +280,155 @@ fn open_errors_say_what_is_wrong() {
         eprintln!("second socket on queue 0: {err}");
         assert!(err.contains("queue 0"), "{err}");
     });
+}
+
+/// An IPv4/UDP frame of exactly `len` bytes (Ethernet header included)
+/// whose payload depends on `seq`.
+fn sized_frame(src: [u8; 6], dst: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
+    let mut f = frame(src, dst, seq);
+    f.truncate(14 + 28 + 4);
+    f.extend((f.len()..len).map(|i| (i as u32 ^ seq.rotate_left(8)) as u8));
+    let total = u16::try_from(len - 14).unwrap();
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    let udp_len = u16::try_from(len - 14 - 20).unwrap();
+    f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    f
+}
+
+/// Room for a round of 90 frames of up to 6 chunks each, in and out.
+fn jumbo_config() -> XskConfig {
+    XskConfig {
+        frame_count: 2048,
+        frame_size: 2048,
+        rx_ring: 1024,
+        tx_ring: 1024,
+        fill_ring: 1024,
+        comp_ring: 1024,
+        ..XskConfig::default()
+    }
+}
+
+/// Opens queue 0 of `ifname`, waiting for the kernel to finish releasing a
+/// socket closed just before (the release of its UMEM is deferred).
+fn reopen(ifname: &str, config: &XskConfig) -> XskPort {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match XskPort::open(ifname, 0, config) {
+            Ok(port) => return port,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("already has") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open XskPort: {e}"),
+        }
+    }
+}
+
+/// Largest frame at MTU 9000 with two VLAN tags.
+const JUMBO_FRAME: u32 = 9000 + 14 + 8;
+
+/// MTU 9000 on both ends, in native and in generic XDP: 9014-byte frames
+/// (five or six 2048-byte chunks) arrive whole and byte-exact among small
+/// ones, and leave whole, in both directions; frames longer than the port
+/// carries are counted, on receive and on send, and what follows them still
+/// arrives.
+#[test]
+fn jumbo_frames_in_both_directions() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.set_mtu(9000);
+    for mode in [XdpMode::Native, XdpMode::Generic] {
+        bed.in_ns(|| {
+            let redirect = RedirectConfig {
+                mode,
+                ..RedirectConfig::default()
+            };
+            let redirector =
+                Redirector::attach(bed.if_a.as_str(), &redirect).expect("attach redirector");
+            let expected_mode = match mode {
+                XdpMode::Generic => AttachMode::Generic,
+                _ => AttachMode::Native,
+            };
+            assert_eq!(redirector.mode(), expected_mode);
+            let config = XskConfig {
+                max_frame: JUMBO_FRAME,
+                ..jumbo_config()
+            };
+            let mut port = reopen(&bed.if_a, &config);
+            assert_eq!(port.max_frame_len(), JUMBO_FRAME as usize);
+            assert!(port.chunk_len() < 9014);
+            redirector.register_socket(0, &port).expect("register");
+            let peer = PacketSocket::open(&bed.if_b);
+
+            // In: jumbo, small and in-between frames, in rounds larger than
+            // a batch so that chains meet the batch limit.
+            let sizes = [9014, 60, 1514, 9014, 4000, 9014, 1792, 1793, 3585];
+            for round in 0..4u32 {
+                let frames: Vec<Vec<u8>> = (0..90u32)
+                    .map(|i| {
+                        let len = sizes[(i as usize + round as usize) % sizes.len()];
+                        sized_frame(MAC_B, MAC_A, round * 1000 + i, len)
+                    })
+                    .collect();
+                peer.send(&frames);
+                let got = receive_exactly(&mut port, &frames, Duration::from_secs(5));
+                assert_eq!(got, frames.len(), "{mode:?} round {round}");
+            }
+            assert_quiet(&mut port);
+            assert_eq!(port.stats().rx_oversize, 0);
+
+            // Out: the same mix, in batches of 16.
+            let out: Vec<Vec<u8>> = (0..144u32)
+                .map(|i| sized_frame(MAC_A, MAC_B, 50_000 + i, sizes[i as usize % sizes.len()]))
+                .collect();
+            let mut next = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while next < out.len() && Instant::now() < deadline {
+                let end = (next + 16).min(out.len());
+                let batch: Vec<&[u8]> = out[next..end].iter().map(Vec::as_slice).collect();
+                next += port.send(&batch).expect("send");
+            }
+            assert_eq!(next, out.len(), "{mode:?}: sent only {next}");
+            let received = peer.collect_from(MAC_A, out.len() + 1, Duration::from_secs(3));
+            assert_eq!(
+                received.len(),
+                out.len(),
+                "{mode:?}: peer count; {:?}, {:?}",
+                port.stats(),
+                port.xsk_stats()
+            );
+            for (i, (r, o)) in received.iter().zip(&out).enumerate() {
+                assert_same(r, o, &format!("{mode:?}: frame {i} at the peer"));
+            }
+
+            // Longer than the port carries: counted, not sent.
+            let long = vec![0u8; JUMBO_FRAME as usize + 1];
+            let before = port.stats();
+            assert_eq!(port.send(&[&long]).expect("send"), 0);
+            assert_eq!(port.stats().tx_oversize, before.tx_oversize + 1);
+            assert_eq!(port.stats().tx_dropped, before.tx_dropped + 1);
+            let ring = port.xsk_stats().expect("XDP_STATISTICS");
+            assert_eq!(ring.tx_invalid_descs, 0, "{ring:?}");
+            assert_eq!(ring.rx_invalid_descs, 0, "{ring:?}");
+            redirector.unregister(0).expect("unregister");
+            drop(port);
+
+            // A port that carries 4000 bytes: a jumbo frame is counted as
+            // oversize, and the frames around it arrive.
+            let short = XskConfig {
+                max_frame: 4000,
+                ..jumbo_config()
+            };
+            let mut port = reopen(&bed.if_a, &short);
+            redirector.register_socket(0, &port).expect("register");
+            let small = sized_frame(MAC_B, MAC_A, 7, 100);
+            let mid = sized_frame(MAC_B, MAC_A, 8, 3999);
+            let jumbo = sized_frame(MAC_B, MAC_A, 9, 9014);
+            peer.send(&[small.clone(), jumbo, mid.clone()]);
+            let got = receive_exactly(&mut port, &[small, mid], Duration::from_secs(5));
+            assert_eq!(got, 2, "{mode:?}");
+            assert_eq!(port.stats().rx_oversize, 1, "{mode:?}");
+            redirector.unregister(0).expect("unregister");
+            drop(port);
+            redirector.detach().expect("detach");
+        });
+    }
 }

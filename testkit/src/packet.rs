@@ -142,7 +142,7 @@ impl PacketSocket {
     pub fn collect_from(&self, src: [u8; 6], count: usize, timeout: Duration) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         let mut got = Vec::new();
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; 65536];
         while got.len() < count && Instant::now() < deadline {
             // SAFETY: `buf` is valid for writes of its length.
             let n =

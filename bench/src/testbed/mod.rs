@@ -168,6 +168,9 @@ pub struct TestbedOptions {
     /// (one that speaks first, say), even where a container or an
     /// EndpointSlice names them.
     pub own_ports: Vec<u16>,
+    /// MTU of the pods' veths, both ends (`None`: the kernel's 1500). The
+    /// agent sets its host-port pair's from `AgentOptions::mtu`.
+    pub mtu: Option<u32>,
 }
 
 /// What a probe saw.
@@ -235,6 +238,8 @@ pub struct Testbed {
     /// translate (`ext:` destinations reached through them).
     service_ips: Vec<IpAddr>,
     kube_proxy: Option<KubeProxyRules>,
+    /// The pods' MTU, [`TestbedOptions::mtu`].
+    mtu: Option<u32>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -289,6 +294,7 @@ impl Testbed {
             external: options.external.clone(),
             service_ips: Vec::new(),
             kube_proxy: None,
+            mtu: options.mtu,
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };

@@ -323,7 +323,7 @@ impl Testbed {
     }
 
     /// A pod's namespace and veth, wired like `ptp` to the node namespace
-    /// `node`.
+    /// `node`, both ends with the testbed's MTU when it has one.
     pub(super) fn build_pod(
         &mut self,
         node: &str,
@@ -348,6 +348,11 @@ impl Testbed {
         add.extend(["netns", ns]);
         ip(&node, &add)?;
         ip(ns, &["link", "set", "lo", "up"])?;
+        if let Some(mtu) = self.mtu {
+            let mtu = mtu.to_string();
+            ip(ns, &["link", "set", "eth0", "mtu", &mtu])?;
+            ip(&node, &["link", "set", hv, "mtu", &mtu])?;
+        }
         sysctl(&node, &[(&format!("net.ipv4.conf.{hv}.proxy_arp"), "1")])?;
         ip(ns, &["link", "set", "eth0", "up"])?;
         ip(&node, &["link", "set", hv, "up"])?;

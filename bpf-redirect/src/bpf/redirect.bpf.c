@@ -16,7 +16,8 @@
 //     default so that a dead agent fails closed; XDP_PASS fails open.
 //
 // Every outcome is counted in a per-CPU array; userspace sums over CPUs.
-// Policy is never decided here: that is the datapath's job.
+// Policy is never decided here: that is the datapath's job. Frames may span
+// several buffers (jumbo MTUs); only the headers in the first are read.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -85,7 +86,13 @@ static __always_inline int count(__u32 idx, int action)
 	return action;
 }
 
-SEC("xdp")
+// xdp.frags (BPF_F_XDP_HAS_FRAGS): the program accepts multi-buffer frames,
+// which is what lets it attach natively to a veth whose peer MTU exceeds one
+// page (the kernel refuses a program without it there: ERANGE, "Peer MTU is
+// too large to set XDP"). It reads only the linear part (data..data_end),
+// where the Ethernet, VLAN and IP headers always are; the whole frame, every
+// buffer of it, is handed to the socket (AF_XDP multi-buffer, XDP_USE_SG).
+SEC("xdp.frags")
 int podfence_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;

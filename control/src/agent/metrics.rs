@@ -45,6 +45,10 @@ pub struct RingCounters {
     pub tx_invalid_descs: AtomicU64,
     /// Times the tx ring was empty when the kernel looked.
     pub tx_ring_empty: AtomicU64,
+    /// Frames dropped for their length: AF_XDP chains longer than the
+    /// sockets carry (received or to send), frames longer than a staging
+    /// slot of the switch.
+    pub oversize: AtomicU64,
 }
 
 /// The workers' counters, read at scrape time.
@@ -195,7 +199,7 @@ const WORKER_COUNTERS: [CounterSpec; 20] = [
 ];
 
 /// The ring counters exported.
-const RING_COUNTERS: [RingSpec; 6] = [
+const RING_COUNTERS: [RingSpec; 7] = [
     (
         "podfence_xsk_rx_dropped",
         "AF_XDP: frames dropped for reasons other than invalid descriptors",
@@ -225,6 +229,11 @@ const RING_COUNTERS: [RingSpec; 6] = [
         "podfence_xsk_tx_ring_empty",
         "AF_XDP: times the tx ring was empty when the kernel looked",
         |r| &r.tx_ring_empty,
+    ),
+    (
+        "podfence_frames_oversize",
+        "Frames dropped for their length: longer than the datapath's MTU (--mtu) carries",
+        |r| &r.oversize,
     ),
 ];
 

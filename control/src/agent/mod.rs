@@ -162,6 +162,11 @@ pub struct AgentOptions {
     pub redirect: RedirectConfig,
     /// AF_XDP sockets.
     pub xsk: XskConfig,
+    /// Largest IP packet the datapath carries: the MTU of the pods' veths
+    /// (set by the CNI) and of the host-port pair (set by the agent). Sockets
+    /// carry frames of `mtu` + 22 bytes (Ethernet, two VLAN tags); beyond a
+    /// chunk, as AF_XDP multi-buffer chains.
+    pub mtu: u32,
     /// Worker settings (`revalidate`: cut established connections that a
     /// new generation denies, on their next packet).
     pub worker: WorkerConfig,
@@ -203,6 +208,7 @@ impl Default for AgentOptions {
             plumbing: PlumbingConfig::default(),
             redirect: RedirectConfig::default(),
             xsk: XskConfig::default(),
+            mtu: 1500,
             worker: WorkerConfig::default(),
             workers: 1,
             pin_workers: true,
@@ -240,6 +246,10 @@ pub fn local_addresses(cluster: &Cluster, locality: &Locality) -> Vec<IpAddr> {
 pub struct WorkerReport {
     /// Its switch's counters.
     pub switch: SwitchStats,
+    /// Frames dropped for their length: its ports' AF_XDP chains longer
+    /// than they carry, received or to send (the switch's own are
+    /// `switch.too_long`).
+    pub ports_oversize: u64,
     /// Receive/transmit errors it logged and went on after.
     pub port_errors: u64,
 }
@@ -358,7 +368,9 @@ impl Agent {
     fn bring_up(&mut self, cluster: &Cluster) -> Result<(), AgentError> {
         let addrs = local_addresses(cluster, self.tables.locality());
         let plumbing = self.options.plumbing.clone();
-        let pair = plumbing::host_pair(&plumbing)?;
+        // Frames of the MTU, whatever its size (multi-buffer past a chunk).
+        self.options.xsk.max_frame = self.options.xsk.max_frame.max(frame_len(self.options.mtu));
+        let pair = plumbing::host_pair(&plumbing, self.options.mtu)?;
         let dp_link = pair.dp.clone();
         self.pair = Some(pair);
         self.pods = plumbing::discover(&addrs, &plumbing.host_if, &self.known_macs)?;
@@ -420,7 +432,8 @@ impl Agent {
                     source,
                 }
             })?;
-        info!(iface = link.name, mode = %redirector.mode(), "redirector attached");
+        info!(iface = link.name, mode = %redirector.mode(), mtu = link.mtu, "redirector attached");
+        self.check_mtu(link, redirector.mode())?;
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
             let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
@@ -434,6 +447,39 @@ impl Agent {
         }
         self.redirectors.insert(link.name.clone(), redirector);
         Ok(ports)
+    }
+
+    /// Says, once per interface, when the datapath cannot carry its MTU:
+    /// longer frames would be dropped (and counted), so the operator learns
+    /// it at start rather than from a stalled transfer. In generic mode,
+    /// the sender's unsegmented TSO/GSO packets reach the program too: the
+    /// agent makes the kernel segment what it sends through its own
+    /// `pf-host`, and warns for pod veths, whose sender is the pod.
+    fn check_mtu(
+        &self,
+        link: &plumbing::Link,
+        mode: podfence_bpf::AttachMode,
+    ) -> Result<(), AgentError> {
+        if let Some(problem) = mtu_shortfall(link.mtu, self.options.mtu, &self.options.xsk) {
+            warn!(iface = link.name, mtu = link.mtu, %mode, "{problem}");
+        }
+        if mode != podfence_bpf::AttachMode::Generic {
+            return Ok(());
+        }
+        let pair = self.pair.as_ref().filter(|p| p.dp.name == link.name);
+        match pair {
+            Some(pair) if pair.created => plumbing::segment_in_software(&pair.host.name)?,
+            _ => warn!(
+                iface = link.name,
+                mtu = link.mtu,
+                %mode,
+                "generic XDP receives the peer's TCP segmentation offload unsegmented (up to \
+                 64 KB), longer than the datapath carries: such packets are dropped and counted \
+                 (podfence_frames_oversize) and bulk TCP stalls; use native XDP, or have the \
+                 peer segment in software (ip link set <its interface> gso_max_segs 1)"
+            ),
+        }
+        Ok(())
     }
 
     /// The forwarding table for the pods found, and the addresses to adopt.
@@ -937,13 +983,20 @@ fn run_worker(
         }
     }
     report.switch = switch.stats().clone();
+    report.ports_oversize = (0..switch.port_count())
+        .filter_map(|i| switch.port(i))
+        .map(|p| p.stats().rx_oversize + p.stats().tx_oversize)
+        .sum();
     report
 }
 
 /// Sums the ring statistics of the worker's sockets into `rings`.
 fn publish_ring_stats(switch: &Switch<XskPort>, rings: &RingCounters) {
     let mut sum = [0u64; 6];
+    let mut oversize = switch.stats().too_long;
     for port in (0..switch.port_count()).filter_map(|i| switch.port(i)) {
+        let stats = port.stats();
+        oversize += stats.rx_oversize + stats.tx_oversize;
         if let Ok(s) = port.xsk_stats() {
             for (total, v) in sum.iter_mut().zip([
                 s.rx_dropped,
@@ -970,6 +1023,34 @@ fn publish_ring_stats(switch: &Switch<XskPort>, rings: &RingCounters) {
     {
         counter.store(v, Ordering::Relaxed);
     }
+    rings.oversize.store(oversize, Ordering::Relaxed);
+}
+
+/// Why the datapath (MTU `datapath_mtu`, sockets `xsk`) cannot carry the
+/// packets of an interface of MTU `mtu`, and what is needed; `None` when
+/// it can.
+#[must_use]
+pub fn mtu_shortfall(mtu: u32, datapath_mtu: u32, xsk: &XskConfig) -> Option<String> {
+    // A chunk less the kernel's XDP headroom.
+    let chunk = xsk.frame_size.saturating_sub(256);
+    if !xsk.multi_buffer && frame_len(mtu) > chunk {
+        return Some(format!(
+            "MTU {mtu} needs AF_XDP multi-buffer (XDP_USE_SG, Linux 6.6), which is off: \
+             frames longer than a chunk ({chunk} bytes) are dropped by the kernel"
+        ));
+    }
+    (mtu > datapath_mtu).then(|| {
+        format!(
+            "MTU {mtu} exceeds the datapath's ({datapath_mtu}): longer packets are dropped \
+             and counted (podfence_frames_oversize); start the agent with --mtu {mtu}"
+        )
+    })
+}
+
+/// The longest frame of an MTU: Ethernet header and two VLAN tags.
+#[must_use]
+pub fn frame_len(mtu: u32) -> u32 {
+    mtu.saturating_add(14 + 8)
 }
 
 /// Whether pod traffic passes while no agent runs, for messages.
@@ -978,5 +1059,35 @@ pub fn fail_mode(action: NoSocketAction) -> &'static str {
     match action {
         NoSocketAction::Drop => "closed (pod traffic is dropped while no agent runs)",
         NoSocketAction::Pass => "open (pod traffic bypasses policy while no agent runs)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtu_shortfall_names_what_is_needed() {
+        let xsk = XskConfig::default();
+        assert_eq!(mtu_shortfall(1500, 1500, &xsk), None);
+        assert_eq!(mtu_shortfall(9000, 9000, &xsk), None);
+        assert_eq!(mtu_shortfall(1500, 9000, &xsk), None);
+        let too_big = mtu_shortfall(9000, 1500, &xsk).expect("a shortfall");
+        assert!(too_big.contains("MTU 9000"), "{too_big}");
+        assert!(too_big.contains("--mtu 9000"), "{too_big}");
+        let no_sg = XskConfig {
+            multi_buffer: false,
+            ..XskConfig::default()
+        };
+        assert_eq!(mtu_shortfall(1500, 1500, &no_sg), None);
+        let single = mtu_shortfall(9000, 9000, &no_sg).expect("a shortfall");
+        assert!(single.contains("multi-buffer"), "{single}");
+        assert!(single.contains("1792 bytes"), "{single}");
+    }
+
+    #[test]
+    fn frames_of_an_mtu() {
+        assert_eq!(frame_len(1500), 1522);
+        assert_eq!(frame_len(9000), 9022);
     }
 }

@@ -73,6 +73,8 @@ pub struct Link {
     pub mac: [u8; 6],
     /// Receive queues.
     pub rx_queues: u32,
+    /// Its MTU (largest IP packet, Ethernet header not counted).
+    pub mtu: u32,
 }
 
 /// A local pod's interface, with the pod addresses behind it.
@@ -161,6 +163,7 @@ struct LinkJson {
     ifalias: Option<String>,
     address: Option<String>,
     num_rx_queues: Option<u32>,
+    mtu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +241,7 @@ fn link(name: &str) -> Result<Option<Link>, AgentError> {
     Ok(link_json(name)?.map(|l| Link {
         mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
         rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
+        mtu: l.mtu.unwrap_or(1500),
         name: l.ifname,
     }))
 }
@@ -275,6 +279,7 @@ pub fn discover<S: std::hash::BuildHasher>(
             let link = Link {
                 mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
                 rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
+                mtu: l.mtu.unwrap_or(1500),
                 name: l.ifname,
             };
             (link.name.clone(), link)
@@ -317,8 +322,8 @@ pub fn discover<S: std::hash::BuildHasher>(
 }
 
 /// Makes sure the host-port pair exists and is up, with ARP off on
-/// `pf-host` and one MAC on both ends.
-pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
+/// `pf-host`, one MAC on both ends and `mtu` on both.
+pub fn host_pair(config: &PlumbingConfig, mtu: u32) -> Result<HostPair, AgentError> {
     let (created, made_now) = if let Some(existing) = link_json(&config.host_if)? {
         let ours = existing.ifalias.as_deref() == Some(PAIR_ALIAS);
         if ours {
@@ -349,7 +354,7 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
         );
         (true, true)
     };
-    let configured = configure_host_pair(config, created);
+    let configured = configure_host_pair(config, created, mtu);
     if configured.is_err() && made_now {
         // Made by this call and unusable: not left behind.
         let _ = run("ip", &["link", "del", &config.host_if]);
@@ -357,9 +362,21 @@ pub fn host_pair(config: &PlumbingConfig) -> Result<HostPair, AgentError> {
     configured
 }
 
-/// Marks the pair as podfence's and sets it up (ARP off, one MAC, no
+/// Has the kernel segment in software what it sends through `dev`
+/// (`gso_max_segs 1`): for `pf-host` when `pf-dp`'s redirector runs in
+/// generic mode, which would otherwise see TSO/GSO packets of up to 64 KB.
+/// (Native XDP on a veth turns its peer's offload off by itself.)
+pub fn segment_in_software(dev: &str) -> Result<(), AgentError> {
+    run("ip", &["link", "set", dev, "gso_max_segs", "1"]).map(|_| ())
+}
+
+/// Marks the pair as podfence's and sets it up (ARP off, one MAC, `mtu`, no
 /// reverse-path filter on pf-dp, both ends up).
-fn configure_host_pair(config: &PlumbingConfig, created: bool) -> Result<HostPair, AgentError> {
+fn configure_host_pair(
+    config: &PlumbingConfig,
+    created: bool,
+    mtu: u32,
+) -> Result<HostPair, AgentError> {
     if created {
         run("ip", &["link", "set", &config.host_if, "alias", PAIR_ALIAS])?;
     }
@@ -382,8 +399,9 @@ fn configure_host_pair(config: &PlumbingConfig, created: bool) -> Result<HostPai
         ],
     )?;
     sysctl(&format!("net/ipv4/conf/{}/rp_filter", config.dp_if), "0")?;
+    let mtu = mtu.to_string();
     for dev in [&config.host_if, &config.dp_if] {
-        run("ip", &["link", "set", dev, "up"])?;
+        run("ip", &["link", "set", dev, "mtu", &mtu, "up"])?;
     }
     Ok(HostPair {
         host,

@@ -176,6 +176,17 @@ pub(crate) struct RunArgs {
     /// AF_XDP bind mode.
     #[arg(long, env = "PODFENCE_XSK_MODE", value_enum, default_value_t = XskModeArg::Auto)]
     xsk_mode: XskModeArg,
+    /// Largest IP packet the datapath carries: the pods' MTU (up to 9000;
+    /// frames past one AF_XDP chunk travel as multi-buffer chains). Set on
+    /// the host-port pair too.
+    #[arg(
+        long,
+        env = "PODFENCE_MTU",
+        default_value_t = 1500,
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u32).range(576..=9216)
+    )]
+    mtu: u32,
     /// Busy poll the sockets for this many microseconds (0: off).
     #[arg(
         long,
@@ -328,6 +339,7 @@ fn options(args: &RunArgs) -> AgentOptions {
         XskModeArg::Copy => Some(false),
         XskModeArg::ZeroCopy => Some(true),
     };
+    o.mtu = args.mtu;
     if args.busy_poll > 0 {
         o.xsk.busy_poll = Some(BusyPoll {
             usecs: args.busy_poll,

@@ -43,6 +43,12 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames that could not be transmitted (ring full, too long).
     pub tx_dropped: u64,
+    /// Received frames dropped because they span more buffers than the
+    /// port makes contiguous (longer than its largest frame).
+    pub rx_oversize: u64,
+    /// Frames not transmitted because they are longer than the port's
+    /// largest frame (also counted in `tx_dropped`).
+    pub tx_oversize: u64,
 }
 
 /// Why a port failed.

@@ -20,6 +20,24 @@
 //! in one ring operation. All descriptor arrays are allocated at open;
 //! `recv`, `frame`, `release` and `send` never allocate.
 //!
+//! # Frames longer than a chunk (multi-buffer)
+//!
+//! A frame longer than one UMEM chunk (jumbo MTUs) arrives as a chain of
+//! descriptors, every one but the last flagged `XDP_PKT_CONTD`, when the
+//! socket is bound with `XDP_USE_SG` ([`XskConfig::multi_buffer`]); without
+//! it the kernel drops such frames silently. The port hands the caller
+//! whole frames: a chain is copied, at `recv`, into a slot of a buffer
+//! allocated at open (one slot of [`XskConfig::max_frame`] bytes per batch
+//! entry; none when that fits in a chunk), and [`RxDesc::len`] is the
+//! frame's total length. Parsing, policy, rewrite and checksum code thus see
+//! one contiguous frame whatever its size. On `send`, a frame longer than a
+//! chunk is split into a chain of tx frames. The kernel publishes a chain on
+//! the rx ring at once, so a chain cut by the batch limit is completed from
+//! the ring; a chain that does not fit (longer than `max_frame`, or
+//! incomplete) is dropped and counted ([`PortStats::rx_oversize`]), as is a
+//! frame to send that needs more than [`MAX_TX_BUFFERS`] chunks or more
+//! than `max_frame` bytes ([`PortStats::tx_oversize`]): never silently.
+//!
 //! # Modes
 //!
 //! - Copy or zero-copy: [`XskConfig::zero_copy`] (`None` lets the kernel
@@ -61,13 +79,21 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::{Port, PortError, PortStats, RxDesc};
+use super::{MAX_BATCH, Port, PortError, PortStats, RxDesc};
 use crate::link::LinkType;
 
 /// `SO_PREFER_BUSY_POLL` (linux/asm-generic/socket.h), not in every libc.
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
 /// `SO_BUSY_POLL_BUDGET` (linux/asm-generic/socket.h), not in every libc.
 const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// `XDP_PKT_CONTD` (linux/if_xdp.h): more buffers of this frame follow.
+const XDP_PKT_CONTD: u32 = 1;
+
+/// Most chunks a frame to send may span: the kernel's copy-mode limit
+/// (`MAX_SKB_FRAGS`, 17, of which one is the linear part) minus a margin;
+/// 9216 bytes need 5 chunks of 2048.
+pub const MAX_TX_BUFFERS: usize = 16;
 
 /// Busy-polling settings of a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +127,16 @@ pub struct XskConfig {
     pub need_wakeup: bool,
     /// Busy polling, if wanted.
     pub busy_poll: Option<BusyPoll>,
+    /// Bind with `XDP_USE_SG`: frames longer than a chunk arrive and leave
+    /// as chains of buffers (kernel >= 6.6). Without it, the kernel drops
+    /// them on receive and `send` refuses them.
+    pub multi_buffer: bool,
+    /// Largest frame, all its buffers together, that the port receives and
+    /// sends (Ethernet header included: an MTU of 9000 needs 9018, 9022 with
+    /// two VLAN tags). At most one chunk (the default, 0, means one chunk)
+    /// costs nothing; more reserves `max_frame` bytes per batch entry at
+    /// open, where chains are made contiguous.
+    pub max_frame: u32,
 }
 
 impl Default for XskConfig {
@@ -115,6 +151,8 @@ impl Default for XskConfig {
             zero_copy: None,
             need_wakeup: true,
             busy_poll: None,
+            multi_buffer: true,
+            max_frame: 0,
         }
     }
 }
@@ -153,8 +191,10 @@ pub struct XskPort {
     mode: XskMode,
     busy_poll_error: Option<io::Error>,
     frame_size: usize,
-    /// Largest frame `send` takes (frame size minus the kernel's headroom).
+    /// Bytes of one chunk (frame size minus the kernel's headroom).
     tx_capacity: usize,
+    /// Largest frame received or sent, all buffers together.
+    max_frame: usize,
     // Rings before the UMEM: they are dropped first (xsk-rs would keep the
     // UMEM alive anyway; the order states the intent).
     rx: RxQueue,
@@ -162,11 +202,21 @@ pub struct XskPort {
     fill: FillQueue,
     comp: CompQueue,
     umem: Umem,
-    /// The current batch, as the rx ring described it.
+    /// The current batch, as the rx ring described it (every buffer).
     rx_batch: Vec<FrameDesc>,
     rx_len: usize,
-    /// Per UMEM frame index: its slot in `rx_batch` (valid while in the batch).
+    /// Per frame of the batch: its first buffer's index in `rx_batch`.
+    rx_first: Vec<u32>,
+    /// Per frame of the batch: whether it is a chain, copied into `linear`.
+    rx_chained: Vec<bool>,
+    /// Frames in the batch.
+    rx_frames: usize,
+    /// Per UMEM frame index: the batch frame it starts (valid while in the batch).
     rx_slot: Vec<u32>,
+    /// Chains of the batch made contiguous: one `max_frame` slot per frame.
+    linear: Vec<u8>,
+    /// Buffers of a chain cut off on the ring to skip before the next frame.
+    rx_skip_chain: bool,
     /// Rx frames the port owns that are not yet on the fill ring.
     fill_pending: Vec<FrameDesc>,
     /// Tx frames free for `send`.
@@ -223,7 +273,8 @@ fn explain_create_error(
         ),
         Some(libc::EINVAL) => format!(
             "binding to queue {queue} of {ifname} was refused (EINVAL): the queue is out of \
-             range for this interface, or a ring or frame size is not accepted"
+             range for this interface, a ring or frame size is not accepted, or the kernel \
+             lacks AF_XDP multi-buffer (XDP_USE_SG, Linux 6.6; turn multi_buffer off)"
         ),
         Some(libc::EBUSY) => {
             format!("queue {queue} of {ifname} already has an AF_XDP socket or UMEM bound")
@@ -273,6 +324,9 @@ fn bind_flags(config: &XskConfig) -> BindFlags {
     };
     if config.need_wakeup {
         bind |= BindFlags::XDP_USE_NEED_WAKEUP;
+    }
+    if config.multi_buffer {
+        bind |= BindFlags::XDP_USE_SG;
     }
     bind
 }
@@ -340,6 +394,12 @@ impl XskPort {
         let mut tx_free = Vec::with_capacity(descs.len() - half);
         tx_free.extend_from_slice(&descs[half..]);
         let batch_cap = (config.rx_ring as usize).max(config.comp_ring as usize);
+        let max_frame = (config.max_frame as usize).max(tx_capacity);
+        let linear = if max_frame > tx_capacity {
+            vec![0; MAX_BATCH * max_frame]
+        } else {
+            Vec::new()
+        };
         let mut port = Self {
             name,
             queue,
@@ -348,6 +408,7 @@ impl XskPort {
             busy_poll_error: None,
             frame_size: config.frame_size as usize,
             tx_capacity,
+            max_frame,
             rx,
             tx,
             fill,
@@ -355,7 +416,12 @@ impl XskPort {
             umem,
             rx_batch: vec![FrameDesc::default(); batch_cap],
             rx_len: 0,
+            rx_first: vec![0; MAX_BATCH],
+            rx_chained: vec![false; MAX_BATCH],
+            rx_frames: 0,
             rx_slot: vec![u32::MAX; config.frame_count as usize],
+            linear,
+            rx_skip_chain: false,
             fill_pending,
             tx_free,
             tx_batch: Vec::with_capacity(batch_cap),
@@ -392,6 +458,24 @@ impl XskPort {
             return Err(invalid(
                 name,
                 format!("frame_size {} is not a power of two", c.frame_size),
+            ));
+        }
+        if c.max_frame > c.frame_size && !c.multi_buffer {
+            return Err(invalid(
+                name,
+                format!(
+                    "max_frame {} exceeds a chunk ({}): frames that long need multi_buffer",
+                    c.max_frame, c.frame_size
+                ),
+            ));
+        }
+        if c.max_frame as usize > MAX_TX_BUFFERS * (c.frame_size as usize / 2) {
+            return Err(invalid(
+                name,
+                format!(
+                    "max_frame {} is too long for chunks of {} bytes",
+                    c.max_frame, c.frame_size
+                ),
             ));
         }
         Ok(())
@@ -481,9 +565,15 @@ impl XskPort {
         self.busy_poll_error.as_ref()
     }
 
-    /// Largest frame [`Port::send`] accepts.
+    /// Largest frame [`Port::send`] accepts and `recv` delivers.
     #[must_use]
     pub fn max_frame_len(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Bytes of one UMEM chunk: frames longer than this travel as chains.
+    #[must_use]
+    pub fn chunk_len(&self) -> usize {
         self.tx_capacity
     }
 
@@ -551,12 +641,109 @@ impl XskPort {
         self.tx_outstanding -= n;
     }
 
+    /// Kicks the kernel until the tx ring is empty or a kick makes no
+    /// progress. In copy mode each system call transmits at most 32
+    /// descriptors (the kernel's `TX_BATCH_SIZE`) and leaves the rest on the
+    /// ring until the next one, which on an idle port would never come; a
+    /// batch of 64 frames, or of chains, needs several. In zero-copy mode
+    /// the driver transmits asynchronously: one kick, no progress seen, done.
+    fn drain_tx(&mut self) -> Result<(), PortError> {
+        let size = self.config.tx_ring;
+        let mut pending = size - self.tx.nb_free_exact();
+        // Bounded: the ring cannot take more than this many kicks' worth.
+        for _ in 0..=size / 32 {
+            if pending == 0 {
+                break;
+            }
+            self.kick_tx()?;
+            let now = size - self.tx.nb_free_exact();
+            if now >= pending {
+                break;
+            }
+            pending = now;
+        }
+        Ok(())
+    }
+
     /// Tells the kernel to transmit what is on the tx ring.
     fn kick_tx(&self) -> Result<(), PortError> {
         self.tx.wakeup().map_err(|source| PortError::Io {
             port: self.name.clone(),
             source,
         })
+    }
+}
+
+/// Whether more buffers of the same frame follow `fd`.
+fn is_contd(fd: &FrameDesc) -> bool {
+    fd.options() & XDP_PKT_CONTD != 0
+}
+
+impl XskPort {
+    /// Groups the buffers of `rx_batch[..rx_len]` into frames, writes one
+    /// descriptor per deliverable frame into `descs` and copies chains into
+    /// `linear`; returns the frames delivered and their bytes. Buffers of
+    /// frames not delivered stay in the batch and go back with it.
+    fn gather(&mut self, descs: &mut [RxDesc]) -> (usize, u64) {
+        let mut frames = 0;
+        let mut bytes = 0u64;
+        let mut i = 0;
+        let n = self.rx_len;
+        // The tail of a chain whose start was dropped: not a frame.
+        while self.rx_skip_chain && i < n {
+            self.rx_skip_chain = is_contd(&self.rx_batch[i]);
+            i += 1;
+        }
+        while i < n {
+            let first = i;
+            let mut end = i;
+            while end < n && is_contd(&self.rx_batch[end]) {
+                end += 1;
+            }
+            if end == n {
+                // Cut off on the ring (never seen: the kernel publishes a
+                // chain whole): drop what arrived, skip the rest later.
+                self.rx_skip_chain = true;
+                self.stats.rx_oversize += 1;
+                break;
+            }
+            i = end + 1;
+            let len: usize = self.rx_batch[first..i]
+                .iter()
+                .map(|fd| fd.lengths().data())
+                .sum();
+            let chained = i - first > 1;
+            if chained && (len > self.max_frame || self.linear.is_empty()) {
+                self.stats.rx_oversize += 1;
+                continue;
+            }
+            if chained {
+                let mut at = frames * self.max_frame;
+                for fd in &self.rx_batch[first..i] {
+                    // SAFETY: `fd` came from this port's rx ring in this
+                    // batch: a frame of this UMEM the kernel no longer
+                    // writes, of which the port takes no mutable view.
+                    let data = unsafe { self.umem.data(fd) };
+                    let piece = data.contents();
+                    self.linear[at..at + piece.len()].copy_from_slice(piece);
+                    at += piece.len();
+                }
+            }
+            self.rx_slot[self.rx_batch[first].addr() / self.frame_size] = frames as u32;
+            self.rx_first[frames] = first as u32;
+            self.rx_chained[frames] = chained;
+            descs[frames] = RxDesc {
+                addr: self.rx_batch[first].addr() as u64,
+                len: len as u32,
+                wire_len: len as u32,
+                timestamp_ns: 0,
+                link: LinkType::Ethernet,
+            };
+            bytes += len as u64;
+            frames += 1;
+        }
+        self.rx_frames = frames;
+        (frames, bytes)
     }
 }
 
@@ -578,12 +765,15 @@ impl Port for XskPort {
             let len = self.rx_len;
             self.fill_pending.extend_from_slice(&self.rx_batch[..len]);
             self.rx_len = 0;
+            self.rx_frames = 0;
         }
         self.refill();
         if self.config.need_wakeup && self.fill.needs_wakeup() {
             self.poll_rx();
         }
-        let want = descs.len().min(self.rx_batch.len());
+        // At most one descriptor per frame asked for: never more frames
+        // than `descs` holds, even if all are single buffers.
+        let want = descs.len().min(MAX_BATCH).min(self.rx_batch.len());
         // SAFETY: `rx_batch` holds no frame the port lends out (the batch
         // was emptied above); frames the rx ring returns were put on the
         // fill ring by this port, belong to its UMEM and are the port's
@@ -594,34 +784,40 @@ impl Port for XskPort {
             // SAFETY: as above.
             n = unsafe { self.rx.consume(&mut self.rx_batch[..want]) };
         }
-        let mut bytes = 0;
-        for (slot, (fd, out)) in self.rx_batch[..n].iter().zip(descs.iter_mut()).enumerate() {
-            let len = fd.lengths().data() as u32;
-            self.rx_slot[fd.addr() / self.frame_size] = slot as u32;
-            *out = RxDesc {
-                addr: fd.addr() as u64,
-                len,
-                wire_len: len,
-                timestamp_ns: 0,
-                link: LinkType::Ethernet,
-            };
-            bytes += u64::from(len);
+        // A chain cut by the batch limit: the kernel publishes a chain's
+        // buffers together, so the rest is on the ring already.
+        while n > 0 && n < self.rx_batch.len() && is_contd(&self.rx_batch[n - 1]) {
+            // SAFETY: as above; `rx_batch[n..]` holds no lent frame.
+            let more = unsafe { self.rx.consume(&mut self.rx_batch[n..=n]) };
+            if more == 0 {
+                break;
+            }
+            n += more;
         }
         self.rx_len = n;
-        self.stats.rx_frames += n as u64;
+        let (frames, bytes) = self.gather(descs);
+        self.stats.rx_frames += frames as u64;
         self.stats.rx_bytes += bytes;
-        Ok(n)
+        Ok(frames)
     }
 
     fn frame(&self, desc: &RxDesc) -> &[u8] {
         let index = desc.addr as usize / self.frame_size;
-        let slot = self.rx_slot.get(index).copied().unwrap_or(u32::MAX) as usize;
+        let frame = self.rx_slot.get(index).copied().unwrap_or(u32::MAX) as usize;
+        let first = self.rx_first.get(frame).copied().unwrap_or(u32::MAX) as usize;
         assert!(
-            slot < self.rx_len && self.rx_batch[slot].addr() as u64 == desc.addr,
+            frame < self.rx_frames
+                && first < self.rx_len
+                && self.rx_batch[first].addr() as u64 == desc.addr,
             "{}: descriptor {desc:?} is not of the current batch",
             self.name
         );
-        let fd = &self.rx_batch[slot];
+        if self.rx_chained[frame] {
+            let start = frame * self.max_frame;
+            let len = (desc.len as usize).min(self.max_frame);
+            return &self.linear[start..start + len];
+        }
+        let fd = &self.rx_batch[first];
         // SAFETY: `fd` came from this port's rx ring in the current batch,
         // so it describes a frame of this UMEM that the kernel no longer
         // writes (it is on no ring until `release`), and the port takes
@@ -636,64 +832,90 @@ impl Port for XskPort {
         let len = self.rx_len;
         self.fill_pending.extend_from_slice(&self.rx_batch[..len]);
         self.rx_len = 0;
+        self.rx_frames = 0;
         self.refill();
     }
 
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
         self.reclaim();
-        if self.tx_free.len() < frames.len() && self.tx_outstanding > 0 {
+        let chunk = self.tx_capacity;
+        let need: usize = frames.iter().map(|f| f.len().div_ceil(chunk).max(1)).sum();
+        if self.tx_free.len() < need && self.tx_outstanding > 0 {
             // Starved: make the kernel finish what it has, then look again.
             self.kick_tx()?;
             self.reclaim();
         }
-        let room = self.tx.nb_free(frames.len() as u32) as usize;
+        let room = self.tx.nb_free(need as u32) as usize;
         let mut dropped = 0u64;
         let mut bytes = 0u64;
+        let mut sent = 0usize;
+        let mut full = false;
         self.tx_batch.clear();
         for frame in frames {
-            if frame.len() > self.tx_capacity || self.tx_batch.len() >= room {
+            let buffers = frame.len().div_ceil(chunk).max(1);
+            if frame.len() > self.max_frame || buffers > MAX_TX_BUFFERS {
+                self.stats.tx_oversize += 1;
                 dropped += 1;
                 continue;
             }
-            let Some(mut fd) = self.tx_free.pop() else {
+            if full || self.tx_batch.len() + buffers > room || self.tx_free.len() < buffers {
+                // Ring or frames short: this one and the rest wait for the
+                // caller, so that what is accepted stays a prefix.
+                full = true;
                 dropped += 1;
                 continue;
-            };
-            {
-                // SAFETY: `fd` is a tx frame of this UMEM taken from the free
-                // list: neither the kernel (it is on no ring) nor any other
-                // view of the port refers to it.
-                let mut data = unsafe { self.umem.data_mut(&mut fd) };
-                // The data length first: `contents_mut` spans exactly it.
-                data.cursor().set_pos(frame.len());
-                data.contents_mut().copy_from_slice(frame);
+            }
+            let last = buffers - 1;
+            for (i, piece) in frame.chunks(chunk).enumerate() {
+                let Some(mut fd) = self.tx_free.pop() else {
+                    unreachable!("tx_free holds `buffers` frames, checked above");
+                };
+                fd.set_options(if i < last { XDP_PKT_CONTD } else { 0 });
+                {
+                    // SAFETY: `fd` is a tx frame of this UMEM taken from the
+                    // free list: neither the kernel (it is on no ring) nor
+                    // any other view of the port refers to it.
+                    let mut data = unsafe { self.umem.data_mut(&mut fd) };
+                    // The data length first: `contents_mut` spans exactly it.
+                    data.cursor().set_pos(piece.len());
+                    data.contents_mut().copy_from_slice(piece);
+                }
+                self.tx_batch.push(fd);
+            }
+            if frame.is_empty() {
+                // An empty frame still takes one (empty) descriptor.
+                let Some(mut fd) = self.tx_free.pop() else {
+                    unreachable!("tx_free holds a frame, checked above");
+                };
+                fd.set_options(0);
+                // SAFETY: as above.
+                unsafe { self.umem.data_mut(&mut fd) }.cursor().set_pos(0);
+                self.tx_batch.push(fd);
             }
             bytes += frame.len() as u64;
-            self.tx_batch.push(fd);
+            sent += 1;
         }
         let n = self.tx_batch.len();
         if n > 0 {
             // SAFETY: every frame in `tx_batch` is a filled tx frame of this
             // UMEM owned by the port; from here the kernel owns it until it
             // comes back on the completion ring. `room` ensured the ring has
-            // space for all of them, so all are submitted (all-or-nothing).
+            // space for all of them, so all are submitted (all-or-nothing),
+            // chains whole.
             let done = unsafe { self.tx.produce(&self.tx_batch) };
             if done == n {
                 self.tx_outstanding += n;
+                if !self.config.need_wakeup || self.tx.needs_wakeup() {
+                    self.drain_tx()?;
+                }
+                self.stats.tx_frames += sent as u64;
+                self.stats.tx_bytes += bytes;
             } else {
                 // Cannot happen after nb_free; keep the frames anyway.
                 self.tx_free.extend_from_slice(&self.tx_batch);
-                dropped += n as u64;
-                bytes = 0;
-            }
-            if done == n && (!self.config.need_wakeup || self.tx.needs_wakeup()) {
-                self.kick_tx()?;
+                dropped += sent as u64;
             }
             self.tx_batch.clear();
-            if done == n {
-                self.stats.tx_frames += n as u64;
-                self.stats.tx_bytes += bytes;
-            }
         }
         self.stats.tx_dropped += dropped;
         Ok(frames.len() - dropped as usize)

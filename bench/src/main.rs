@@ -158,6 +158,7 @@ impl ShapeArgs {
             namespaces: self.namespaces,
             pods: self.pods,
             policies: self.policies,
+            cluster_policies: 0,
         }
     }
 }
@@ -222,17 +223,20 @@ fn main() {
                     namespaces,
                     pods,
                     policies,
+                    cluster_policies: 0,
                 }],
                 _ => vec![
                     Shape {
                         namespaces: 100,
                         pods: 10_000,
                         policies: 1_000,
+                        cluster_policies: 0,
                     },
                     Shape {
                         namespaces: 1_000,
                         pods: 100_000,
                         policies: 10_000,
+                        cluster_policies: 0,
                     },
                 ],
             };

@@ -753,6 +753,7 @@ mod tests {
         namespaces: 10,
         pods: 200,
         policies: 100,
+        cluster_policies: 0,
     };
 
     fn parsed(frame: &[u8]) -> podfence_datapath::flow::PacketMeta {

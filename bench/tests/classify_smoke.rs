@@ -15,6 +15,7 @@ fn the_pipeline_rows_run_and_service_traffic_allocates_nothing() {
         namespaces: 10,
         pods: 200,
         policies: 100,
+        cluster_policies: 0,
     };
     let options = PipelineOptions {
         packets: 20_000,

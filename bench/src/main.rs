@@ -124,8 +124,9 @@ enum Command {
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
     /// only, established and new connections (to pod addresses, and through
     /// the cluster's ClusterIP Services), the curve over 1 to 10,000
-    /// policies, two workers, batch latency, allocations per packet, and
-    /// replay of a capture.
+    /// policies, the curve over ClusterNetworkPolicy counts (with the share
+    /// of attempts a tier decides), two workers, batch latency, allocations
+    /// per packet, and replay of a capture.
     Classify {
         #[command(flatten)]
         shape: ShapeArgs,
@@ -137,6 +138,10 @@ enum Command {
         /// rows is translated.
         #[arg(long, default_value_t = 1.0)]
         service_share: f64,
+        /// ClusterNetworkPolicy counts of the tier curve (comma-separated),
+        /// at --pods and --policies.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 1_000])]
+        tier_curve: Vec<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -213,8 +218,15 @@ fn main() {
             shape,
             packets,
             service_share,
+            tier_curve,
             json,
-        } => bench_pipeline(shape.shape(), packets, service_share.clamp(0.0, 1.0), json),
+        } => bench_pipeline(
+            shape.shape(),
+            packets,
+            service_share.clamp(0.0, 1.0),
+            tier_curve,
+            json,
+        ),
         Command::Compile {
             pods,
             namespaces,
@@ -599,7 +611,13 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     }
 }
 
-fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) {
+fn bench_pipeline(
+    shape: Shape,
+    packets: usize,
+    service_share: f64,
+    tier_curve: Vec<usize>,
+    json: bool,
+) {
     // Measure on the last core; the first takes most interrupts.
     if !podfence_datapath::worker::pin_to_core(usize::MAX) {
         eprintln!("podfence-bench: note: could not pin to a core; figures may vary more");
@@ -607,11 +625,19 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
     let options = podfence_bench::pipeline::PipelineOptions {
         packets: packets.max(10_000),
         service_share,
+        tier_curve,
         ..podfence_bench::pipeline::PipelineOptions::default()
     };
     let r = podfence_bench::pipeline::run(shape, &options, &ALLOC);
     let at = |n: usize| r.curve.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
     let flatness = at(1_000) / at(1).max(f64::MIN_POSITIVE);
+    let tier_at = |n: usize| {
+        r.tier_curve
+            .iter()
+            .find(|p| p.cluster_policies == n)
+            .map_or(0.0, |p| p.new_conn_mpps)
+    };
+    let tier_flatness = tier_at(1_000) / tier_at(1).max(f64::MIN_POSITIVE);
     let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     let est_ratio = ratio(r.established_service_mpps, r.established_mpps);
     let new_ratio = ratio(r.new_conn_service_mpps, r.new_conn_mpps);
@@ -620,6 +646,17 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
             .curve
             .iter()
             .map(|(p, m)| json!({"policies": p, "new_conn_mpps": m}))
+            .collect();
+        let tier_curve: Vec<_> = r
+            .tier_curve
+            .iter()
+            .map(|p| {
+                json!({
+                    "cluster_policies": p.cluster_policies,
+                    "new_conn_mpps": p.new_conn_mpps,
+                    "tier_decided_share": p.tier_decided_share,
+                })
+            })
             .collect();
         let (p50, p99, p999) = r.batch_latency_ns;
         println!(
@@ -635,6 +672,8 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
                 "two_workers_new_conn_mpps": r.two_workers_mpps,
                 "flatness_1k": flatness,
                 "curve": curve,
+                "tier_flatness_1k": tier_flatness,
+                "tier_curve": tier_curve,
                 "batch_latency_ns": {"p50": p50, "p99": p99, "p999": p999},
                 "allocs_per_packet": r.allocs_per_packet,
                 "replay_mpps": r.replay_mpps,
@@ -672,6 +711,15 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
         println!("  at {p:>6} policies   {m:8.2} Mpps");
     }
     println!("flatness (1k / 1)     {flatness:8.2}");
+    for p in &r.tier_curve {
+        println!(
+            "  at {:>6} cluster policies {:8.2} Mpps ({:.1}% decided by a tier)",
+            p.cluster_policies,
+            p.new_conn_mpps,
+            100.0 * p.tier_decided_share
+        );
+    }
+    println!("tier flatness (1k / 1){tier_flatness:8.2} (goal >= 0.80)");
     println!(
         "through a Service ({} Services, {:.0}% of the connections, {:.0}% of them allowed):",
         r.services,

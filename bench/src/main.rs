@@ -445,10 +445,10 @@ fn time_changes(
     let ms = |v| median(v).as_secs_f64() * 1e3;
     let tier_ms = |v: Vec<Duration>| (!v.is_empty()).then(|| ms(v));
     ChangeTimes {
-        scratch_ms: ms(scratch),
-        incremental_ms: ms(incremental),
-        tier_scratch_ms: tier_ms(tier_scratch),
-        tier_incremental_ms: tier_ms(tier_incremental),
+        scratch: ms(scratch),
+        incremental: ms(incremental),
+        tier_scratch: tier_ms(tier_scratch),
+        tier_incremental: tier_ms(tier_incremental),
     }
 }
 
@@ -456,13 +456,13 @@ fn time_changes(
 #[derive(Clone, Copy, Debug)]
 struct ChangeTimes {
     /// After a change of another kind, compiled from scratch.
-    scratch_ms: f64,
+    scratch: f64,
     /// The same, incrementally.
-    incremental_ms: f64,
+    incremental: f64,
     /// After a ClusterNetworkPolicy edit, from scratch (none without them).
-    tier_scratch_ms: Option<f64>,
+    tier_scratch: Option<f64>,
     /// The same, incrementally.
-    tier_incremental_ms: Option<f64>,
+    tier_incremental: Option<f64>,
 }
 
 /// [`time_changes`] with every pod enforced, then for a node's agent (the
@@ -519,8 +519,8 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     let tables = tables.expect("at least one run");
     let compile_time = median(times);
     let [all_pods, node] = change_times(cluster, &options, runs.max(1) * 20);
-    let (scratch_ms, incremental_ms) = (all_pods.scratch_ms, all_pods.incremental_ms);
-    let (node_scratch_ms, node_incremental_ms) = (node.scratch_ms, node.incremental_ms);
+    let (scratch_ms, incremental_ms) = (all_pods.scratch, all_pods.incremental);
+    let (node_scratch_ms, node_incremental_ms) = (node.scratch, node.incremental);
 
     let tries = synthetic::attempts(shape, attempts, 42);
     let mut tier_decided = 0usize;
@@ -551,10 +551,10 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
                 "node_change_scratch_ms": node_scratch_ms,
                 "node_change_incremental_ms": node_incremental_ms,
                 "change_incremental_ms": incremental_ms,
-                "cluster_policy_change_scratch_ms": all_pods.tier_scratch_ms,
-                "cluster_policy_change_incremental_ms": all_pods.tier_incremental_ms,
-                "node_cluster_policy_change_scratch_ms": node.tier_scratch_ms,
-                "node_cluster_policy_change_incremental_ms": node.tier_incremental_ms,
+                "cluster_policy_change_scratch_ms": all_pods.tier_scratch,
+                "cluster_policy_change_incremental_ms": all_pods.tier_incremental,
+                "node_cluster_policy_change_scratch_ms": node.tier_scratch,
+                "node_cluster_policy_change_incremental_ms": node.tier_incremental,
                 "tables_mib": mib(retained),
                 "classify_ns": ns_per,
                 "classify_allowed_ns": allowed_ns,
@@ -594,21 +594,67 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
             stats.port_sets,
             stats.prefix_intervals,
         );
-        if let (Some(scratch), Some(incremental), Some(node_scratch), Some(node_incremental)) = (
-            all_pods.tier_scratch_ms,
-            all_pods.tier_incremental_ms,
-            node.tier_scratch_ms,
-            node.tier_incremental_ms,
-        ) {
-            println!(
-                "  with {} cluster policies: after one cluster policy edit: from scratch {scratch:.2} ms, \
-                 incremental {incremental:.2} ms (medians; one node's pods: {node_scratch:.2} ms, \
-                 {node_incremental:.2} ms); {:.1}% of the attempts decided by a tier",
-                shape.cluster_policies,
-                100.0 * tier_decided as f64 / tries.len() as f64,
-            );
-        }
+        print_tier_changes(
+            shape,
+            [all_pods, node],
+            tier_decided as f64 / tries.len() as f64,
+        );
     }
+}
+
+/// The text line of `compile` about ClusterNetworkPolicies, when the
+/// cluster has them: their edits' change times (every pod local, then one
+/// node's) and the share of attempts a tier decided.
+fn print_tier_changes(shape: Shape, [all_pods, node]: [ChangeTimes; 2], tier_decided: f64) {
+    if let (Some(scratch), Some(incremental), Some(node_scratch), Some(node_incremental)) = (
+        all_pods.tier_scratch,
+        all_pods.tier_incremental,
+        node.tier_scratch,
+        node.tier_incremental,
+    ) {
+        println!(
+            "  with {} cluster policies: after one cluster policy edit: from scratch {scratch:.2} ms, \
+             incremental {incremental:.2} ms (medians; one node's pods: {node_scratch:.2} ms, \
+             {node_incremental:.2} ms); {:.1}% of the attempts decided by a tier",
+            shape.cluster_policies,
+            100.0 * tier_decided,
+        );
+    }
+}
+
+/// The curve over ClusterNetworkPolicy counts: its flatness (the rate at
+/// 1,000 over the rate at 1; 0 when the curve lacks either) and its JSON.
+fn tier_curve_summary(curve: &[podfence_bench::pipeline::TierPoint]) -> (f64, serde_json::Value) {
+    let at = |n: usize| {
+        curve
+            .iter()
+            .find(|p| p.cluster_policies == n)
+            .map_or(0.0, |p| p.new_conn_mpps)
+    };
+    let json = curve
+        .iter()
+        .map(|p| {
+            json!({
+                "cluster_policies": p.cluster_policies,
+                "new_conn_mpps": p.new_conn_mpps,
+                "tier_decided_share": p.tier_decided_share,
+            })
+        })
+        .collect();
+    (at(1_000) / at(1).max(f64::MIN_POSITIVE), json)
+}
+
+/// The text rows of the curve over ClusterNetworkPolicy counts.
+fn print_tier_curve(curve: &[podfence_bench::pipeline::TierPoint], flatness: f64) {
+    for p in curve {
+        println!(
+            "  at {:>6} cluster policies {:8.2} Mpps ({:.1}% decided by a tier)",
+            p.cluster_policies,
+            p.new_conn_mpps,
+            100.0 * p.tier_decided_share
+        );
+    }
+    println!("tier flatness (1k / 1){flatness:8.2} (goal >= 0.80)");
 }
 
 fn bench_pipeline(
@@ -631,13 +677,7 @@ fn bench_pipeline(
     let r = podfence_bench::pipeline::run(shape, &options, &ALLOC);
     let at = |n: usize| r.curve.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
     let flatness = at(1_000) / at(1).max(f64::MIN_POSITIVE);
-    let tier_at = |n: usize| {
-        r.tier_curve
-            .iter()
-            .find(|p| p.cluster_policies == n)
-            .map_or(0.0, |p| p.new_conn_mpps)
-    };
-    let tier_flatness = tier_at(1_000) / tier_at(1).max(f64::MIN_POSITIVE);
+    let (tier_flatness, tier_curve) = tier_curve_summary(&r.tier_curve);
     let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     let est_ratio = ratio(r.established_service_mpps, r.established_mpps);
     let new_ratio = ratio(r.new_conn_service_mpps, r.new_conn_mpps);
@@ -646,17 +686,6 @@ fn bench_pipeline(
             .curve
             .iter()
             .map(|(p, m)| json!({"policies": p, "new_conn_mpps": m}))
-            .collect();
-        let tier_curve: Vec<_> = r
-            .tier_curve
-            .iter()
-            .map(|p| {
-                json!({
-                    "cluster_policies": p.cluster_policies,
-                    "new_conn_mpps": p.new_conn_mpps,
-                    "tier_decided_share": p.tier_decided_share,
-                })
-            })
             .collect();
         let (p50, p99, p999) = r.batch_latency_ns;
         println!(
@@ -711,15 +740,7 @@ fn bench_pipeline(
         println!("  at {p:>6} policies   {m:8.2} Mpps");
     }
     println!("flatness (1k / 1)     {flatness:8.2}");
-    for p in &r.tier_curve {
-        println!(
-            "  at {:>6} cluster policies {:8.2} Mpps ({:.1}% decided by a tier)",
-            p.cluster_policies,
-            p.new_conn_mpps,
-            100.0 * p.tier_decided_share
-        );
-    }
-    println!("tier flatness (1k / 1){tier_flatness:8.2} (goal >= 0.80)");
+    print_tier_curve(&r.tier_curve, tier_flatness);
     println!(
         "through a Service ({} Services, {:.0}% of the connections, {:.0}% of them allowed):",
         r.services,

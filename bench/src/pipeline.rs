@@ -648,6 +648,37 @@ impl Default for PipelineOptions {
     }
 }
 
+/// The new-connection rate over ClusterNetworkPolicy counts `counts`, with
+/// the pods, policies and traffic mix of `shape`, and the share of each
+/// point's trace a tier decides.
+#[must_use]
+pub fn tier_curve(shape: Shape, counts: &[usize], packets: usize) -> Vec<TierPoint> {
+    counts
+        .iter()
+        .map(|&cluster_policies| {
+            let shape = Shape {
+                cluster_policies,
+                ..shape
+            };
+            let tables = compile(&synthetic::cluster(shape), &CompileOptions::default()).tables;
+            let attempts = mixed_attempts(&tables, shape, packets);
+            let decided = attempts
+                .iter()
+                .filter(|(a, _)| {
+                    synthetic::decided_by_tier(
+                        &tables.classify_v4(a.src, a.dst, a.protocol, a.port),
+                    )
+                })
+                .count();
+            TierPoint {
+                cluster_policies,
+                tier_decided_share: decided as f64 / attempts.len().max(1) as f64,
+                new_conn_mpps: new_connections(tables, &attempts, 1),
+            }
+        })
+        .collect()
+}
+
 /// Runs every scenario at `shape` (the curves vary the policy count and
 /// the ClusterNetworkPolicy count).
 #[must_use]
@@ -737,27 +768,8 @@ pub fn run(shape: Shape, options: &PipelineOptions, alloc: &CountingAllocator) -
             .push((policies, new_connections(tables, &attempts, 1)));
     }
 
-    // (f) The curve over ClusterNetworkPolicy counts, same pods, policies
-    // and traffic mix; how much of the trace the tiers decide.
-    for &cluster_policies in &options.tier_curve {
-        let shape = Shape {
-            cluster_policies,
-            ..shape
-        };
-        let tables = compile(&synthetic::cluster(shape), &CompileOptions::default()).tables;
-        let attempts = mixed_attempts(&tables, shape, packets);
-        let decided = attempts
-            .iter()
-            .filter(|(a, _)| {
-                synthetic::decided_by_tier(&tables.classify_v4(a.src, a.dst, a.protocol, a.port))
-            })
-            .count();
-        report.tier_curve.push(TierPoint {
-            cluster_policies,
-            new_conn_mpps: new_connections(tables, &attempts, 1),
-            tier_decided_share: decided as f64 / attempts.len().max(1) as f64,
-        });
-    }
+    // (f) The curve over ClusterNetworkPolicy counts.
+    report.tier_curve = tier_curve(shape, &options.tier_curve, packets);
 
     // (g) Replay of the new-connection trace, from a capture in the page cache.
     if !options.replay {

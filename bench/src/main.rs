@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use podfence_bench::alloc::CountingAllocator;
 use podfence_bench::synthetic::{self, Shape};
 use podfence_control::compile::{CompileOptions, Compiler, compile};
-use podfence_control::model::{Namespace, NetworkPolicy, Pod};
+use podfence_control::model::{ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod};
 use serde_json::json;
 
 mod lifecycle_cmd;
@@ -39,7 +39,9 @@ enum Command {
     /// Compile synthetic clusters and classify new connections against them.
     ///
     /// Without --pods, runs 10,000 pods / 1,000 policies in 100 namespaces
-    /// and 100,000 pods / 10,000 policies in 1,000 namespaces.
+    /// and 100,000 pods / 10,000 policies in 1,000 namespaces. With
+    /// --cluster-policies, every size also has that many
+    /// ClusterNetworkPolicies, and their edits are timed among the changes.
     Compile {
         /// Pods (with --namespaces and --policies: one custom size).
         #[arg(long, requires_all = ["namespaces", "policies"])]
@@ -50,6 +52,9 @@ enum Command {
         /// Policies.
         #[arg(long)]
         policies: Option<usize>,
+        /// ClusterNetworkPolicies (Admin and Baseline tiers) at every size.
+        #[arg(long, default_value_t = 0)]
+        cluster_policies: usize,
         /// Compile runs per size (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -119,8 +124,9 @@ enum Command {
     /// The worker pipeline on in-memory traces of 64-byte packets: parse
     /// only, established and new connections (to pod addresses, and through
     /// the cluster's ClusterIP Services), the curve over 1 to 10,000
-    /// policies, two workers, batch latency, allocations per packet, and
-    /// replay of a capture.
+    /// policies, the curve over ClusterNetworkPolicy counts (with the share
+    /// of attempts a tier decides), two workers, batch latency, allocations
+    /// per packet, and replay of a capture.
     Classify {
         #[command(flatten)]
         shape: ShapeArgs,
@@ -132,6 +138,10 @@ enum Command {
         /// rows is translated.
         #[arg(long, default_value_t = 1.0)]
         service_share: f64,
+        /// ClusterNetworkPolicy counts of the tier curve (comma-separated),
+        /// at --pods and --policies.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 1_000])]
+        tier_curve: Vec<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -158,6 +168,7 @@ impl ShapeArgs {
             namespaces: self.namespaces,
             pods: self.pods,
             policies: self.policies,
+            cluster_policies: 0,
         }
     }
 }
@@ -207,12 +218,20 @@ fn main() {
             shape,
             packets,
             service_share,
+            tier_curve,
             json,
-        } => bench_pipeline(shape.shape(), packets, service_share.clamp(0.0, 1.0), json),
+        } => bench_pipeline(
+            shape.shape(),
+            packets,
+            service_share.clamp(0.0, 1.0),
+            tier_curve,
+            json,
+        ),
         Command::Compile {
             pods,
             namespaces,
             policies,
+            cluster_policies,
             runs,
             attempts,
             json,
@@ -222,17 +241,20 @@ fn main() {
                     namespaces,
                     pods,
                     policies,
+                    cluster_policies,
                 }],
                 _ => vec![
                     Shape {
                         namespaces: 100,
                         pods: 10_000,
                         policies: 1_000,
+                        cluster_policies,
                     },
                     Shape {
                         namespaces: 1_000,
                         pods: 100_000,
                         policies: 10_000,
+                        cluster_policies,
                     },
                 ],
             };
@@ -328,12 +350,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Medians, in ms, of compiling after a single-object change from scratch
 /// and with a [`Compiler`] that compiled the state before; the two run in
 /// alternating order on the same states. Changes cycle through a pod label
-/// flip, a policy edit, a pod deleted and recreated, a namespace relabelled.
+/// flip, a policy edit, a pod deleted and recreated, a namespace relabelled
+/// and, when the cluster has ClusterNetworkPolicies, one of them edited (a
+/// fifth change in addition to `changes`, timed on its own).
 fn time_changes(
     mut cluster: podfence_control::index::Cluster,
     options: &CompileOptions,
     changes: usize,
-) -> (f64, f64) {
+) -> ChangeTimes {
     let mut compiler = Compiler::new(options.clone());
     let _ = compiler.compile(&cluster, 0);
     let pods: Vec<Pod> = cluster.pods.values().map(|p| Pod::clone(p)).collect();
@@ -347,10 +371,22 @@ fn time_changes(
         .values()
         .map(|n| Namespace::clone(n))
         .collect();
+    let cluster_policies: Vec<ClusterNetworkPolicy> = cluster
+        .cluster_policies
+        .values()
+        .map(|p| ClusterNetworkPolicy::clone(p))
+        .collect();
+    let (kinds, total) = if cluster_policies.is_empty() {
+        (4, changes)
+    } else {
+        (5, changes + changes.div_ceil(4))
+    };
     let (mut scratch, mut incremental) = (Vec::new(), Vec::new());
-    for i in 0..changes {
+    let (mut tier_scratch, mut tier_incremental) = (Vec::new(), Vec::new());
+    for i in 0..total {
         let k = i.wrapping_mul(7919);
-        match i % 4 {
+        let kind = i % kinds;
+        match kind {
             0 => {
                 let mut pod = pods[k % pods.len()].clone();
                 pod.labels.insert("app".into(), format!("app-{}", i % 10));
@@ -369,13 +405,28 @@ fn time_changes(
                 let _ = compiler.compile(&cluster, i as u64);
                 cluster.apply(pod.clone());
             }
-            _ => {
+            3 => {
                 let mut ns = namespaces[k % namespaces.len()].clone();
                 ns.labels
                     .insert("env".into(), ["prod", "dev"][i % 2].into());
                 cluster.apply(ns);
             }
+            _ => {
+                // Another policy's tier, priority, subject and rules under
+                // this one's name.
+                let count = cluster_policies.len();
+                let mut edited = cluster_policies[(k + 1) % count].clone();
+                let at = &cluster_policies[k % count];
+                edited.name.clone_from(&at.name);
+                edited.api = at.api;
+                cluster.apply(edited);
+            }
         }
+        let (scratch, incremental) = if kind == 4 {
+            (&mut tier_scratch, &mut tier_incremental)
+        } else {
+            (&mut scratch, &mut incremental)
+        };
         let time_scratch = || {
             let start = Instant::now();
             black_box(compile(&cluster, options));
@@ -392,7 +443,26 @@ fn time_changes(
         }
     }
     let ms = |v| median(v).as_secs_f64() * 1e3;
-    (ms(scratch), ms(incremental))
+    let tier_ms = |v: Vec<Duration>| (!v.is_empty()).then(|| ms(v));
+    ChangeTimes {
+        scratch: ms(scratch),
+        incremental: ms(incremental),
+        tier_scratch: tier_ms(tier_scratch),
+        tier_incremental: tier_ms(tier_incremental),
+    }
+}
+
+/// Medians of [`time_changes`], in ms.
+#[derive(Clone, Copy, Debug)]
+struct ChangeTimes {
+    /// After a change of another kind, compiled from scratch.
+    scratch: f64,
+    /// The same, incrementally.
+    incremental: f64,
+    /// After a ClusterNetworkPolicy edit, from scratch (none without them).
+    tier_scratch: Option<f64>,
+    /// The same, incrementally.
+    tier_incremental: Option<f64>,
 }
 
 /// [`time_changes`] with every pod enforced, then for a node's agent (the
@@ -401,14 +471,14 @@ fn change_times(
     cluster: podfence_control::index::Cluster,
     options: &CompileOptions,
     changes: usize,
-) -> [f64; 4] {
+) -> [ChangeTimes; 2] {
     let node_options = CompileOptions {
         locality: podfence_control::compile::Locality::Node("node-0".into()),
         ..options.clone()
     };
-    let (node_scratch, node_incremental) = time_changes(cluster.clone(), &node_options, changes);
-    let (scratch, incremental) = time_changes(cluster, options, changes);
-    [scratch, incremental, node_scratch, node_incremental]
+    let node = time_changes(cluster.clone(), &node_options, changes);
+    let all = time_changes(cluster, options, changes);
+    [all, node]
 }
 
 /// Nanoseconds per attempt for the two address lookups alone, to show what
@@ -448,18 +518,16 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
     }
     let tables = tables.expect("at least one run");
     let compile_time = median(times);
-    let [
-        scratch_ms,
-        incremental_ms,
-        node_scratch_ms,
-        node_incremental_ms,
-    ] = change_times(cluster, &options, runs.max(1) * 20);
+    let [all_pods, node] = change_times(cluster, &options, runs.max(1) * 20);
+    let (scratch_ms, incremental_ms) = (all_pods.scratch, all_pods.incremental);
+    let (node_scratch_ms, node_incremental_ms) = (node.scratch, node.incremental);
 
     let tries = synthetic::attempts(shape, attempts, 42);
+    let mut tier_decided = 0usize;
     let (allowed_tries, denied_tries): (Vec<_>, Vec<_>) = tries.iter().partition(|a| {
-        tables
-            .classify_v4(a.src, a.dst, a.protocol, a.port)
-            .is_allowed()
+        let v = tables.classify_v4(a.src, a.dst, a.protocol, a.port);
+        tier_decided += usize::from(synthetic::decided_by_tier(&v));
+        v.is_allowed()
     });
     let allocs_before = ALLOC.allocations();
     let (ns_per, allowed) = time_classify(&tables, &tries);
@@ -476,12 +544,17 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
                 "namespaces": shape.namespaces,
                 "pods": shape.pods,
                 "policies": shape.policies,
+                "cluster_policies": shape.cluster_policies,
                 "compile_ms": compile_time.as_secs_f64() * 1e3,
                 "compile_peak_mib": mib(peak),
                 "change_scratch_ms": scratch_ms,
                 "node_change_scratch_ms": node_scratch_ms,
                 "node_change_incremental_ms": node_incremental_ms,
                 "change_incremental_ms": incremental_ms,
+                "cluster_policy_change_scratch_ms": all_pods.tier_scratch,
+                "cluster_policy_change_incremental_ms": all_pods.tier_incremental,
+                "node_cluster_policy_change_scratch_ms": node.tier_scratch,
+                "node_cluster_policy_change_incremental_ms": node.tier_incremental,
                 "tables_mib": mib(retained),
                 "classify_ns": ns_per,
                 "classify_allowed_ns": allowed_ns,
@@ -489,6 +562,7 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
                 "address_lookup_ns": lookup_ns,
                 "classify_allocations": classify_allocs,
                 "allowed_fraction": allowed as f64 / tries.len() as f64,
+                "tier_decided_fraction": tier_decided as f64 / tries.len() as f64,
                 "identities": stats.identities,
                 "groups": stats.groups,
                 "allow_entries": stats.allow_entries,
@@ -520,10 +594,76 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
             stats.port_sets,
             stats.prefix_intervals,
         );
+        print_tier_changes(
+            shape,
+            [all_pods, node],
+            tier_decided as f64 / tries.len() as f64,
+        );
     }
 }
 
-fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) {
+/// The text line of `compile` about ClusterNetworkPolicies, when the
+/// cluster has them: their edits' change times (every pod local, then one
+/// node's) and the share of attempts a tier decided.
+fn print_tier_changes(shape: Shape, [all_pods, node]: [ChangeTimes; 2], tier_decided: f64) {
+    if let (Some(scratch), Some(incremental), Some(node_scratch), Some(node_incremental)) = (
+        all_pods.tier_scratch,
+        all_pods.tier_incremental,
+        node.tier_scratch,
+        node.tier_incremental,
+    ) {
+        println!(
+            "  with {} cluster policies: after one cluster policy edit: from scratch {scratch:.2} ms, \
+             incremental {incremental:.2} ms (medians; one node's pods: {node_scratch:.2} ms, \
+             {node_incremental:.2} ms); {:.1}% of the attempts decided by a tier",
+            shape.cluster_policies,
+            100.0 * tier_decided,
+        );
+    }
+}
+
+/// The curve over ClusterNetworkPolicy counts: its flatness (the rate at
+/// 1,000 over the rate at 1; 0 when the curve lacks either) and its JSON.
+fn tier_curve_summary(curve: &[podfence_bench::pipeline::TierPoint]) -> (f64, serde_json::Value) {
+    let at = |n: usize| {
+        curve
+            .iter()
+            .find(|p| p.cluster_policies == n)
+            .map_or(0.0, |p| p.new_conn_mpps)
+    };
+    let json = curve
+        .iter()
+        .map(|p| {
+            json!({
+                "cluster_policies": p.cluster_policies,
+                "new_conn_mpps": p.new_conn_mpps,
+                "tier_decided_share": p.tier_decided_share,
+            })
+        })
+        .collect();
+    (at(1_000) / at(1).max(f64::MIN_POSITIVE), json)
+}
+
+/// The text rows of the curve over ClusterNetworkPolicy counts.
+fn print_tier_curve(curve: &[podfence_bench::pipeline::TierPoint], flatness: f64) {
+    for p in curve {
+        println!(
+            "  at {:>6} cluster policies {:8.2} Mpps ({:.1}% decided by a tier)",
+            p.cluster_policies,
+            p.new_conn_mpps,
+            100.0 * p.tier_decided_share
+        );
+    }
+    println!("tier flatness (1k / 1){flatness:8.2} (goal >= 0.80)");
+}
+
+fn bench_pipeline(
+    shape: Shape,
+    packets: usize,
+    service_share: f64,
+    tier_curve: Vec<usize>,
+    json: bool,
+) {
     // Measure on the last core; the first takes most interrupts.
     if !podfence_datapath::worker::pin_to_core(usize::MAX) {
         eprintln!("podfence-bench: note: could not pin to a core; figures may vary more");
@@ -531,11 +671,13 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
     let options = podfence_bench::pipeline::PipelineOptions {
         packets: packets.max(10_000),
         service_share,
+        tier_curve,
         ..podfence_bench::pipeline::PipelineOptions::default()
     };
     let r = podfence_bench::pipeline::run(shape, &options, &ALLOC);
     let at = |n: usize| r.curve.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
     let flatness = at(1_000) / at(1).max(f64::MIN_POSITIVE);
+    let (tier_flatness, tier_curve) = tier_curve_summary(&r.tier_curve);
     let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     let est_ratio = ratio(r.established_service_mpps, r.established_mpps);
     let new_ratio = ratio(r.new_conn_service_mpps, r.new_conn_mpps);
@@ -559,6 +701,8 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
                 "two_workers_new_conn_mpps": r.two_workers_mpps,
                 "flatness_1k": flatness,
                 "curve": curve,
+                "tier_flatness_1k": tier_flatness,
+                "tier_curve": tier_curve,
                 "batch_latency_ns": {"p50": p50, "p99": p99, "p999": p999},
                 "allocs_per_packet": r.allocs_per_packet,
                 "replay_mpps": r.replay_mpps,
@@ -596,6 +740,7 @@ fn bench_pipeline(shape: Shape, packets: usize, service_share: f64, json: bool) 
         println!("  at {p:>6} policies   {m:8.2} Mpps");
     }
     println!("flatness (1k / 1)     {flatness:8.2}");
+    print_tier_curve(&r.tier_curve, tier_flatness);
     println!(
         "through a Service ({} Services, {:.0}% of the connections, {:.0}% of them allowed):",
         r.services,

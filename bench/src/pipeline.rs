@@ -1,7 +1,8 @@
 //! The worker pipeline on in-memory traces: parse only, established
 //! connections, new connections, the same two through Services, the curve
-//! over policy counts, two workers, per-batch latency, allocations per
-//! packet, and replay from a capture.
+//! over policy counts, the curve over ClusterNetworkPolicy counts, two
+//! workers, per-batch latency, allocations per packet, and replay from a
+//! capture.
 //!
 //! Traces are 64-byte frames (60 bytes plus the 4-byte FCS a wire would
 //! add) built with `podfence_datapath::craft` from the synthetic cluster's
@@ -333,6 +334,9 @@ pub struct PipelineReport {
     pub two_workers_mpps: f64,
     /// New-connection Mpps by policy count.
     pub curve: Vec<(usize, f64)>,
+    /// New connections by ClusterNetworkPolicy count, at the shape's pods
+    /// and policies.
+    pub tier_curve: Vec<TierPoint>,
     /// Per-batch latency of the new-connection run: p50, p99, p999 (ns).
     pub batch_latency_ns: (u64, u64, u64),
     /// Heap allocations per packet over the measured worker runs.
@@ -359,6 +363,18 @@ pub struct PipelineReport {
     pub service_rewritten: u64,
     /// Heap allocations during the Service rows' measured runs.
     pub service_allocs: u64,
+}
+
+/// A point of the curve over ClusterNetworkPolicy counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TierPoint {
+    /// ClusterNetworkPolicies of the cluster.
+    pub cluster_policies: usize,
+    /// New connections, Mpps.
+    pub new_conn_mpps: f64,
+    /// Share of the trace's connection attempts a tier decided
+    /// ([`synthetic::decided_by_tier`]).
+    pub tier_decided_share: f64,
 }
 
 /// What one measured worker run did.
@@ -614,6 +630,8 @@ pub struct PipelineOptions {
     pub service_share: f64,
     /// Policy counts of the new-connection curve.
     pub curve: Vec<usize>,
+    /// ClusterNetworkPolicy counts of the new-connection curve over tiers.
+    pub tier_curve: Vec<usize>,
     /// Replay a capture of the new connections.
     pub replay: bool,
 }
@@ -624,12 +642,45 @@ impl Default for PipelineOptions {
             packets: 1_000_000,
             service_share: 1.0,
             curve: vec![1, 10, 100, 1_000, 10_000],
+            tier_curve: vec![1, 10, 100, 1_000],
             replay: true,
         }
     }
 }
 
-/// Runs every scenario at `shape` (the curve varies the policy count).
+/// The new-connection rate over ClusterNetworkPolicy counts `counts`, with
+/// the pods, policies and traffic mix of `shape`, and the share of each
+/// point's trace a tier decides.
+#[must_use]
+pub fn tier_curve(shape: Shape, counts: &[usize], packets: usize) -> Vec<TierPoint> {
+    counts
+        .iter()
+        .map(|&cluster_policies| {
+            let shape = Shape {
+                cluster_policies,
+                ..shape
+            };
+            let tables = compile(&synthetic::cluster(shape), &CompileOptions::default()).tables;
+            let attempts = mixed_attempts(&tables, shape, packets);
+            let decided = attempts
+                .iter()
+                .filter(|(a, _)| {
+                    synthetic::decided_by_tier(
+                        &tables.classify_v4(a.src, a.dst, a.protocol, a.port),
+                    )
+                })
+                .count();
+            TierPoint {
+                cluster_policies,
+                tier_decided_share: decided as f64 / attempts.len().max(1) as f64,
+                new_conn_mpps: new_connections(tables, &attempts, 1),
+            }
+        })
+        .collect()
+}
+
+/// Runs every scenario at `shape` (the curves vary the policy count and
+/// the ClusterNetworkPolicy count).
 #[must_use]
 pub fn run(shape: Shape, options: &PipelineOptions, alloc: &CountingAllocator) -> PipelineReport {
     let (packets, service_share) = (options.packets, options.service_share);
@@ -717,7 +768,10 @@ pub fn run(shape: Shape, options: &PipelineOptions, alloc: &CountingAllocator) -
             .push((policies, new_connections(tables, &attempts, 1)));
     }
 
-    // (f) Replay of the new-connection trace, from a capture in the page cache.
+    // (f) The curve over ClusterNetworkPolicy counts.
+    report.tier_curve = tier_curve(shape, &options.tier_curve, packets);
+
+    // (g) Replay of the new-connection trace, from a capture in the page cache.
     if !options.replay {
         return report;
     }
@@ -753,6 +807,7 @@ mod tests {
         namespaces: 10,
         pods: 200,
         policies: 100,
+        cluster_policies: 0,
     };
 
     fn parsed(frame: &[u8]) -> podfence_datapath::flow::PacketMeta {

@@ -7,16 +7,22 @@
 //! cross-namespace rules by team label, ipBlocks with per-namespace `except`
 //! holes, an internet egress rule, matchExpressions, and a NodePort-style
 //! `endPort` range. Generation is deterministic for a given size.
+//!
+//! On request ([`Shape::cluster_policies`]) the cluster also gets the
+//! ClusterNetworkPolicies cluster administrators write as guardrails, ten
+//! kinds round robin over the Admin and Baseline tiers ([`cluster_policy`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use podfence_control::index::Cluster;
 use podfence_control::model::{
-    AddressType, Endpoint, EndpointPort, EndpointSlice, IpBlock, LabelSelector, Labels,
-    NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy, Operator, Peer, Pod, PodPhase,
-    PolicyPort, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, ServiceType,
-    SessionAffinity, TargetPort, TrafficPolicy,
+    Action, AddressType, ClusterNetworkPolicy, Endpoint, EndpointPort, EndpointSlice, IpBlock,
+    LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NetworkPolicy, Operator,
+    Peer, Pod, PodPhase, PolicyApi, PolicyPort, PortSpec, Protocol, Requirement, Rule, Service,
+    ServicePort, ServiceType, SessionAffinity, Subject, TargetPort, Tier, TierPeer, TierRule,
+    TrafficPolicy,
 };
+use podfence_datapath::{Decision, Verdict};
 
 /// Size of a synthetic cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +33,10 @@ pub struct Shape {
     pub pods: usize,
     /// Policies, spread evenly over the namespaces (ten kinds, round robin).
     pub policies: usize,
+    /// ClusterNetworkPolicies (ten kinds, round robin; see
+    /// [`cluster_policy`]). 0 in every benchmark that does not ask for
+    /// them, so that their figures stay comparable with earlier ones.
+    pub cluster_policies: usize,
 }
 
 const APPS: usize = 10;
@@ -157,6 +167,9 @@ pub fn cluster(shape: Shape) -> Cluster {
         let kind = (p / ns_count) % 10;
         c.apply(policy(n, kind, p / ns_count));
     }
+    for i in 0..shape.cluster_policies {
+        c.apply(cluster_policy(i, ns_count));
+    }
     c
 }
 
@@ -277,6 +290,274 @@ fn policy(n: usize, kind: usize, serial: usize) -> NetworkPolicy {
         }
     }
     p
+}
+
+/// Kinds of ClusterNetworkPolicy [`cluster_policy`] writes, round robin.
+pub const CLUSTER_POLICY_KINDS: usize = 10;
+
+/// The networks the first kind of ClusterNetworkPolicy denies egress to:
+/// two of the outside ranges of the traffic mix ([`attempts`]).
+pub const DENIED_NETWORKS: [&str; 2] = ["192.0.2.0/24", "203.0.113.0/24"];
+
+fn named(name: &str) -> PolicyPort {
+    PolicyPort {
+        protocol: Protocol::Tcp,
+        port: PortSpec::Named(name.to_owned()),
+    }
+}
+
+fn networks(cidrs: &[String]) -> TierPeer {
+    TierPeer::Networks(
+        cidrs
+            .iter()
+            .map(|c| c.parse().expect("valid cidr"))
+            .collect(),
+    )
+}
+
+fn tier_rule(name: &str, action: Action, peers: Vec<TierPeer>, ports: Vec<PolicyPort>) -> TierRule {
+    TierRule {
+        name: name.to_owned(),
+        action,
+        peers,
+        ports,
+    }
+}
+
+/// ClusterNetworkPolicy number `i` of a cluster of `ns_count` namespaces:
+/// kind `i % 10`, serial `i / 10` (which varies the namespace or team it
+/// is about). The kinds are the guardrails admins write:
+///
+/// 0. Admin: egress to two known-bad networks denied, cluster-wide.
+/// 1. Admin: the shared namespace `ns-0` (the synthetic kube-system, which
+///    runs DNS) closed to other namespaces' egress, except DNS.
+/// 2. Admin: a team's namespaces open to the monitoring pods (`app-9`) on
+///    the named port `metrics`.
+/// 3. Admin: prod namespaces deny ingress from dev ones and Pass staging
+///    traffic on 8000-8999 on to NetworkPolicy.
+/// 4. Admin: a team's web and api pods Pass their team's traffic (port
+///    range) and their egress to its databases on to NetworkPolicy.
+/// 5. Admin: a namespace accepts its own pods on 8080 and the named port
+///    `http`.
+/// 6. Baseline: default deny per namespace (ingress from every namespace;
+///    egress to every network).
+/// 7. Baseline: a namespace accepts its own pods.
+/// 8. Admin: prod web pods deny the NodePort range to every db pod.
+/// 9. Baseline: a team's databases reach the team's pods and nothing
+///    outside the cluster.
+///
+/// Priorities spread with the serial; kinds 0 and 1, 2 and 3, 6 and 7 share
+/// theirs (ties, resolved by name).
+#[must_use]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per kind of policy, read side by side"
+)]
+pub fn cluster_policy(i: usize, ns_count: usize) -> ClusterNetworkPolicy {
+    const BASE: [usize; CLUSTER_POLICY_KINDS] = [5, 5, 20, 20, 40, 60, 0, 0, 80, 100];
+    let (kind, serial) = (i % CLUSTER_POLICY_KINDS, i / CLUSTER_POLICY_KINDS);
+    let n = serial % ns_count.max(1);
+    let ns = namespace_name(n);
+    let team = format!("team-{}", serial % TEAMS);
+    let every = LabelSelector::default;
+    let in_ns = || sel(&[(NAMESPACE_NAME_LABEL, ns.as_str())]);
+    let mut p = ClusterNetworkPolicy {
+        api: PolicyApi::ClusterV1beta1,
+        name: String::new(),
+        tier: Tier::Admin,
+        priority: ((BASE[kind] + serial * 7) % 1001) as u32,
+        subject: Subject::Namespaces(every()),
+        ingress: Vec::new(),
+        egress: Vec::new(),
+        unsupported: Vec::new(),
+    };
+    match kind {
+        0 => {
+            p.name = format!("deny-bad-networks-{serial}");
+            let mut cidrs: Vec<String> = DENIED_NETWORKS.iter().map(|c| (*c).to_owned()).collect();
+            cidrs.push(format!("100.64.{}.0/24", serial % 256));
+            p.egress = vec![tier_rule(
+                "bad-networks",
+                Action::Deny,
+                vec![networks(&cidrs)],
+                vec![],
+            )];
+        }
+        1 => {
+            p.name = format!("infra-guard-{serial}");
+            p.subject = Subject::Namespaces(LabelSelector {
+                match_labels: if serial == 0 {
+                    Vec::new()
+                } else {
+                    vec![("team".to_owned(), team.clone())]
+                },
+                match_expressions: expr(NAMESPACE_NAME_LABEL, Operator::NotIn, &["ns-0"])
+                    .match_expressions,
+            });
+            let infra = || sel(&[(NAMESPACE_NAME_LABEL, "ns-0")]);
+            p.egress = vec![
+                tier_rule(
+                    "dns",
+                    Action::Accept,
+                    vec![TierPeer::Pods {
+                        namespaces: infra(),
+                        pods: sel(&[("app", "app-0")]),
+                    }],
+                    vec![port(Protocol::Udp, 53, 53), port(Protocol::Tcp, 53, 53)],
+                ),
+                tier_rule(
+                    "no-infra",
+                    Action::Deny,
+                    vec![TierPeer::Namespaces(infra())],
+                    vec![],
+                ),
+            ];
+        }
+        2 => {
+            p.name = format!("allow-monitoring-{serial}");
+            p.subject = Subject::Namespaces(sel(&[("team", &team)]));
+            p.ingress = vec![tier_rule(
+                "scrape",
+                Action::Accept,
+                vec![TierPeer::Pods {
+                    namespaces: every(),
+                    pods: sel(&[("app", "app-9")]),
+                }],
+                vec![named("metrics")],
+            )];
+        }
+        3 => {
+            p.name = format!("env-isolation-{serial}");
+            p.subject = Subject::Namespaces(sel(&[("env", "prod")]));
+            p.ingress = vec![
+                tier_rule(
+                    "no-dev",
+                    Action::Deny,
+                    vec![TierPeer::Namespaces(sel(&[("env", "dev")]))],
+                    vec![],
+                ),
+                tier_rule(
+                    "staging-to-owners",
+                    Action::Pass,
+                    vec![TierPeer::Namespaces(sel(&[("env", "staging")]))],
+                    vec![port(Protocol::Tcp, 8000, 8999)],
+                ),
+            ];
+        }
+        4 => {
+            p.name = format!("team-{}-delegate-{serial}", serial % TEAMS);
+            p.subject = Subject::Pods {
+                namespaces: sel(&[("team", &team)]),
+                pods: expr("tier", Operator::In, &["web", "api"]),
+            };
+            p.ingress = vec![tier_rule(
+                "team",
+                Action::Pass,
+                vec![TierPeer::Namespaces(sel(&[("team", &team)]))],
+                vec![port(Protocol::Tcp, 8000, 8999)],
+            )];
+            p.egress = vec![tier_rule(
+                "team-db",
+                Action::Pass,
+                vec![TierPeer::Pods {
+                    namespaces: sel(&[("team", &team)]),
+                    pods: sel(&[("tier", "db")]),
+                }],
+                vec![port(Protocol::Tcp, 5432, 5432)],
+            )];
+        }
+        5 => {
+            p.name = format!("{ns}-same-namespace");
+            p.subject = Subject::Namespaces(in_ns());
+            p.ingress = vec![tier_rule(
+                "same-namespace",
+                Action::Accept,
+                vec![TierPeer::Namespaces(in_ns())],
+                vec![port(Protocol::Tcp, 8080, 8080), named("http")],
+            )];
+        }
+        6 => {
+            p.name = format!("{ns}-baseline-deny-{serial}");
+            p.tier = Tier::Baseline;
+            p.subject = Subject::Namespaces(in_ns());
+            p.ingress = vec![tier_rule(
+                "default-deny",
+                Action::Deny,
+                vec![TierPeer::Namespaces(every())],
+                vec![],
+            )];
+            p.egress = vec![tier_rule(
+                "default-deny",
+                Action::Deny,
+                vec![networks(&["0.0.0.0/0".to_owned()])],
+                vec![],
+            )];
+        }
+        7 => {
+            p.name = format!("{ns}-baseline-same-namespace-{serial}");
+            p.tier = Tier::Baseline;
+            p.subject = Subject::Namespaces(in_ns());
+            p.ingress = vec![tier_rule(
+                "same-namespace",
+                Action::Accept,
+                vec![TierPeer::Namespaces(in_ns())],
+                vec![],
+            )];
+        }
+        8 => {
+            p.name = format!("nodeports-{serial}");
+            p.subject = Subject::Pods {
+                namespaces: sel(&[("env", "prod")]),
+                pods: sel(&[("tier", "web")]),
+            };
+            p.ingress = vec![tier_rule(
+                "no-db",
+                Action::Deny,
+                vec![TierPeer::Pods {
+                    namespaces: every(),
+                    pods: sel(&[("tier", "db")]),
+                }],
+                vec![port(Protocol::Tcp, 30000, 32767)],
+            )];
+        }
+        _ => {
+            p.name = format!("team-{}-db-egress-{serial}", serial % TEAMS);
+            p.tier = Tier::Baseline;
+            p.subject = Subject::Pods {
+                namespaces: sel(&[("team", &team)]),
+                pods: sel(&[("tier", "db")]),
+            };
+            p.egress = vec![
+                tier_rule(
+                    "team",
+                    Action::Accept,
+                    vec![TierPeer::Namespaces(sel(&[("team", &team)]))],
+                    vec![],
+                ),
+                tier_rule(
+                    "no-internet",
+                    Action::Deny,
+                    vec![networks(&["0.0.0.0/0".to_owned()])],
+                    vec![],
+                ),
+            ];
+        }
+    }
+    p
+}
+
+/// Whether a tier (an Admin or Baseline rule) decided `v`: a tier's Deny
+/// on a side that denies it, or, allowed, a tier's Accept on either side.
+#[must_use]
+pub fn decided_by_tier(v: &Verdict) -> bool {
+    let sides = [v.egress, v.ingress];
+    if v.is_allowed() {
+        sides
+            .iter()
+            .any(|d| matches!(d, Decision::TierAccepted(_) | Decision::TierWouldDeny(_)))
+    } else {
+        sides.iter().any(|d| matches!(d, Decision::TierDenied(_)))
+    }
 }
 
 /// First ClusterIP of the synthetic Services (kubeadm's default service
@@ -498,6 +779,7 @@ mod tests {
             namespaces: 10,
             pods: 200,
             policies: 100,
+            cluster_policies: 0,
         };
         let c = cluster(shape);
         assert_eq!(
@@ -517,11 +799,68 @@ mod tests {
     }
 
     #[test]
+    fn cluster_policies_are_guardrails_of_both_tiers_that_decide_some_traffic() {
+        let shape = Shape {
+            namespaces: 10,
+            pods: 200,
+            policies: 100,
+            cluster_policies: 40,
+        };
+        let c = cluster(shape);
+        assert_eq!(c.cluster_policies.len(), 40);
+        assert_eq!(
+            cluster(shape).cluster_policies,
+            c.cluster_policies,
+            "deterministic"
+        );
+        let all: Vec<_> = c.cluster_policies.values().collect();
+        for tier in [Tier::Admin, Tier::Baseline] {
+            assert!(all.iter().any(|p| p.tier == tier), "{tier}");
+        }
+        let rules = || all.iter().flat_map(|p| p.ingress.iter().chain(&p.egress));
+        for action in [Action::Accept, Action::Deny, Action::Pass] {
+            assert!(rules().any(|r| r.action == action), "{action}");
+        }
+        assert!(rules().any(|r| r.ports.iter().any(|p| matches!(p.port, PortSpec::Named(_)))));
+        assert!(rules().any(|r| r.peers.iter().any(|p| matches!(p, TierPeer::Networks(_)))));
+        let mut admin: Vec<u32> = all
+            .iter()
+            .filter(|p| p.tier == Tier::Admin)
+            .map(|p| p.priority)
+            .collect();
+        let count = admin.len();
+        admin.sort_unstable();
+        admin.dedup();
+        assert!(admin.len() < count, "some Admin priorities tie");
+
+        let decided = |shape: Shape| {
+            let t = compile(&cluster(shape), &CompileOptions::default()).tables;
+            attempts(shape, 4000, 1)
+                .iter()
+                .filter(|a| decided_by_tier(&t.classify_v4(a.src, a.dst, a.protocol, a.port)))
+                .count()
+        };
+        let tier = decided(shape);
+        assert!(
+            (40..2000).contains(&tier),
+            "{tier} of 4000 decided by a tier"
+        );
+        assert_eq!(
+            decided(Shape {
+                cluster_policies: 0,
+                ..shape
+            }),
+            0
+        );
+    }
+
+    #[test]
     fn a_service_per_app_and_namespace_fronts_its_pods() {
         let shape = Shape {
             namespaces: 10,
             pods: 250,
             policies: 10,
+            cluster_policies: 0,
         };
         let mut c = cluster(shape);
         assert_eq!(add_services(&mut c, shape), 100);

@@ -1,6 +1,7 @@
 //! `podfence-bench classify` at a small size: every row measures something,
-//! the Service rows translate every packet, and nothing allocates per
-//! packet, Service traffic included. No timing is asserted.
+//! the Service rows translate every packet, nothing allocates per packet,
+//! Service traffic included, and the tier curve's traffic is partly decided
+//! by ClusterNetworkPolicy rules. No timing is asserted.
 
 use podfence_bench::alloc::CountingAllocator;
 use podfence_bench::pipeline::{self, PipelineOptions};
@@ -15,11 +16,13 @@ fn the_pipeline_rows_run_and_service_traffic_allocates_nothing() {
         namespaces: 10,
         pods: 200,
         policies: 100,
+        cluster_policies: 0,
     };
     let options = PipelineOptions {
         packets: 20_000,
         service_share: 1.0,
         curve: vec![1, 100],
+        tier_curve: vec![1, 30],
         replay: false,
     };
     let r = pipeline::run(shape, &options, &ALLOC);
@@ -50,4 +53,23 @@ fn the_pipeline_rows_run_and_service_traffic_allocates_nothing() {
     assert_eq!(r.service_allocs, 0, "allocations while translating");
     assert!(r.allocs_per_packet < 1e-3, "{}", r.allocs_per_packet);
     assert_eq!(r.curve.len(), 2);
+    assert!(r.curve.iter().all(|&(_, m)| m > 0.0), "{:?}", r.curve);
+
+    // The tier curve: a row per count, each measured; tiers decide part of
+    // the traffic, more of it with more of them (ten kinds of guardrail
+    // against one), never all of it.
+    let counts: Vec<usize> = r.tier_curve.iter().map(|p| p.cluster_policies).collect();
+    assert_eq!(counts, [1, 30]);
+    for p in &r.tier_curve {
+        assert!(p.new_conn_mpps > 0.0, "{p:?}");
+        assert!(
+            p.tier_decided_share > 0.0 && p.tier_decided_share < 0.5,
+            "{p:?}"
+        );
+    }
+    assert!(
+        r.tier_curve[1].tier_decided_share > r.tier_curve[0].tier_decided_share,
+        "{:?}",
+        r.tier_curve
+    );
 }

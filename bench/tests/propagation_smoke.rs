@@ -13,6 +13,7 @@ const SMALL: Shape = Shape {
     namespaces: 4,
     pods: 80,
     policies: 20,
+    cluster_policies: 0,
 };
 
 #[test]

@@ -45,6 +45,7 @@ fn podfence_and_tcpdump_read_every_generated_packet() {
         namespaces: 10,
         pods: 1_000,
         policies: 100,
+        cluster_policies: 0,
     };
     let workload = Workload::generate(shape, PACKETS).expect("the workload is written");
     let mix = workload.mix().clone();

@@ -862,6 +862,7 @@ fn clusters(options: &VethOptions) -> (BTreeMap<usize, BenchCluster>, BTreeMap<u
                 namespaces: options.namespaces,
                 pods: options.pods,
                 policies: case.policies,
+                cluster_policies: 0,
             },
             options.spec.allowed_port,
             options.spec.denied_port,

@@ -236,21 +236,43 @@ impl TablePublisher {
     /// Records that sandbox `container_id` of `pod` has `ips` (from the
     /// CNI) and, when the pod is in the state and has no addresses of its
     /// own, publishes a generation with them.
+    #[must_use]
     pub fn record_cni_addresses(
         &self,
         pod: ObjectKey,
         container_id: &str,
         ips: &[IpAddr],
     ) -> CniRecorded {
+        self.record_cni_addresses_of(vec![(pod, container_id, ips)])[0]
+    }
+
+    /// [`Self::record_cni_addresses`] for several sandboxes at once, in
+    /// order, with one publish for all (pods started together wait for one
+    /// compile, not one each). Returns what each was.
+    pub fn record_cni_addresses_of(
+        &self,
+        sandboxes: Vec<(ObjectKey, &str, &[IpAddr])>,
+    ) -> Vec<CniRecorded> {
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(held) = incremental.last.pods.get(&pod).cloned() else {
-            incremental.cni.insert(pod, container_id, ips);
-            return CniRecorded::Unknown;
-        };
-        if incremental.cni.insert(pod, container_id, ips) && held.ips.is_empty() {
+        let mut publish = false;
+        let recorded = sandboxes
+            .into_iter()
+            .map(|(pod, container_id, ips)| {
+                let held = incremental.last.pods.get(&pod).map(|p| p.ips.is_empty());
+                let inserted = incremental.cni.insert(pod, container_id, ips);
+                match held {
+                    None => CniRecorded::Unknown,
+                    Some(without_own) => {
+                        publish |= inserted && without_own;
+                        CniRecorded::Known
+                    }
+                }
+            })
+            .collect();
+        if publish {
             let _ = self.publish_locked(incremental, Some(Instant::now()));
         }
-        CniRecorded::Known
+        recorded
     }
 
     /// Forgets the CNI's addresses of `pod` if they are sandbox

@@ -314,7 +314,12 @@ impl Supervisor {
         let Some(mut cni) = self.cni.take() else {
             return;
         };
-        let calls: Vec<CniCall> = cni.calls.try_iter().collect();
+        let calls: Vec<CniCall> = cni
+            .early
+            .take()
+            .into_iter()
+            .chain(cni.calls.try_iter())
+            .collect();
         if !calls.is_empty() || !cni.pending.is_empty() {
             self.serve_cni_calls(&mut cni, calls);
         }
@@ -389,6 +394,17 @@ impl Supervisor {
         }
     }
 
+    /// Waits up to `max` between ticks, less when a CNI request comes (a
+    /// pod waits to start): the caller's loop then ticks at once.
+    pub fn idle(&mut self, max: Duration) {
+        match &mut self.cni {
+            Some(cni) if cni.early.is_none() => {
+                cni.early = cni.calls.recv_timeout(max).ok();
+            }
+            _ => std::thread::sleep(max),
+        }
+    }
+
     /// Applies the new requests to the tables: adopts become pending,
     /// releases and collections are done.
     fn take_cni_calls(&mut self, cni: &mut CniRequests, calls: Vec<CniCall>) -> Taken {
@@ -397,24 +413,15 @@ impl Supervisor {
         // Answers due once the workers have applied what this round did.
         let mut after_sync: Vec<(Reply, String)> = Vec::new();
         let mut checks: Vec<(Reply, PodRequest)> = Vec::new();
+        // Adopts are recorded together (one publish for the pods that came
+        // at once), before any release or collection that follows them.
+        let mut adopts: Vec<(PodRequest, Reply)> = Vec::new();
         for CniCall { request, reply } in calls {
+            if !matches!(request, CniRequest::Adopt(_)) {
+                changed |= self.record_adopts(cni, std::mem::take(&mut adopts));
+            }
             match request {
-                CniRequest::Adopt(pod) => {
-                    if let Ok(Some(mac)) = pod.mac() {
-                        for &addr in &pod.addresses {
-                            self.agent.set_known_mac(addr, Some(mac));
-                        }
-                    }
-                    let known =
-                        tables.record_cni_addresses(pod.key(), &pod.container_id, &pod.addresses);
-                    info!(pod = %pod.key(), container = pod.container_id, addresses = ?pod.addresses, ?known, "CNI adopt");
-                    changed = true;
-                    cni.pending.push(PendingAdopt {
-                        pod,
-                        reply,
-                        deadline: Instant::now() + ADOPT_TIMEOUT,
-                    });
-                }
+                CniRequest::Adopt(pod) => adopts.push((pod, reply)),
                 CniRequest::Release(pod) => {
                     let key = pod.key();
                     let held = tables.cni_addresses(&key);
@@ -445,11 +452,47 @@ impl Supervisor {
                 }
             }
         }
+        changed |= self.record_adopts(cni, adopts);
         Taken {
             changed,
             after_sync,
             checks,
         }
+    }
+
+    /// Records the addresses of `adopts` (one publish for all) and makes
+    /// them pending; returns whether there were any.
+    fn record_adopts(&mut self, cni: &mut CniRequests, adopts: Vec<(PodRequest, Reply)>) -> bool {
+        if adopts.is_empty() {
+            return false;
+        }
+        for (pod, _) in &adopts {
+            if let Ok(Some(mac)) = pod.mac() {
+                for &addr in &pod.addresses {
+                    self.agent.set_known_mac(addr, Some(mac));
+                }
+            }
+        }
+        let sandboxes = adopts
+            .iter()
+            .map(|(pod, _)| {
+                (
+                    pod.key(),
+                    pod.container_id.as_str(),
+                    pod.addresses.as_slice(),
+                )
+            })
+            .collect();
+        let recorded = self.agent.tables().record_cni_addresses_of(sandboxes);
+        for ((pod, reply), known) in adopts.into_iter().zip(recorded) {
+            info!(pod = %pod.key(), container = pod.container_id, addresses = ?pod.addresses, ?known, "CNI adopt");
+            cni.pending.push(PendingAdopt {
+                pod,
+                reply,
+                deadline: Instant::now() + ADOPT_TIMEOUT,
+            });
+        }
+        true
     }
 
     /// Stops the source, then the agent.
@@ -494,6 +537,7 @@ fn start_control(
         .ok()?;
     let cni = CniRequests {
         calls,
+        early: None,
         pending: Vec::new(),
         last_reconcile: Instant::now(),
     };
@@ -619,6 +663,8 @@ struct Taken {
 /// The CNI plugin's requests, and the adopts waiting to be in force.
 struct CniRequests {
     calls: mpsc::Receiver<CniCall>,
+    /// A call [`Supervisor::idle`] woke up for, served by the next tick.
+    early: Option<CniCall>,
     pending: Vec<PendingAdopt>,
     last_reconcile: Instant,
 }

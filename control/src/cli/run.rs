@@ -592,7 +592,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
             info!(generation = s.generation, counters = ?s.counters, "stats");
             last_stats = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(50));
+        supervisor.idle(Duration::from_millis(50));
     }
     // Asked while the agent still enforces.
     let on_stop = on_stop(args);

@@ -129,12 +129,7 @@ fn forward_and_reply_are_translated_udp_and_tcp_ipv4_and_ipv6() {
     let publisher = Publisher::new(services::tables(1), services::services());
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let (dns4, dns6) = (IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6));
     let (c4, c6, b4, b6) = (v4(2), v6(2), v4(1), v6(1));
     let syn = tcp_flags::SYN;
@@ -234,12 +229,7 @@ fn policy_applies_to_the_backend_not_the_service_address() {
     let publisher = Publisher::new(services::tables(1), services::services());
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let got = run(
         &mut w,
         &[
@@ -286,12 +276,7 @@ fn frontends_without_usable_backends_refuse_and_count() {
     let publisher = Publisher::new(Tables::empty(1), services::services());
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let mut s = switch(&[
         vec![],
         vec![],
@@ -347,12 +332,7 @@ fn the_backend_of_a_flow_does_not_depend_on_the_worker() {
         let publisher = Publisher::new(Tables::empty(1), Arc::clone(&table));
         let conntrack = Conntrack::new(1024, Timeouts::default());
         let stats = WorkerStats::default();
-        let mut w = Worker::new(
-            &conntrack,
-            publisher.reader(),
-            &stats,
-            WorkerConfig::default(),
-        );
+        let mut w = open_worker(&publisher, &conntrack, &stats);
         run(&mut w, &frames)
             .into_iter()
             .map(|(_, _, r)| r.expect("translated").to)
@@ -385,12 +365,7 @@ fn a_pod_reaching_itself_through_its_service_is_left_to_the_kernel() {
     let publisher = Publisher::new(services::tables(1), table);
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let got = run(
         &mut w,
         &[build(v4(2), key.addr, tcp(4000, 80, tcp_flags::SYN))],
@@ -425,12 +400,7 @@ fn a_revoked_translated_connection_is_cut_in_both_directions() {
     let publisher = Publisher::new(Tables::empty(1), services::services());
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let open = run(
         &mut w,
         &[build(v4(2), IpAddr::V4(WEB), tcp(4000, 80, tcp_flags::SYN))],
@@ -583,12 +553,7 @@ fn a_reply_from_a_backend_that_is_gone_ends_the_connection_too() {
     let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let (to_b1, _) = ports_to(&mut w, b1, b2);
     publisher.publish(Tables::empty(2), churn_services(&[ready(b2)]), None);
     let got = run(
@@ -623,12 +588,7 @@ fn a_udp_flow_whose_backend_is_gone_moves_to_a_current_backend() {
     let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     // A client port whose flow goes to b1 (the DNS pod's port, DNS = 1).
     let query = |p| build(v4(2), IpAddr::V4(CHURN), udp(p, 53));
     let frames: Vec<Vec<u8>> = (4000..4100).map(query).collect();
@@ -672,12 +632,7 @@ fn a_connection_whose_backend_still_serves_survives_new_generations() {
     let publisher = Publisher::new(Tables::empty(1), churn_services(&[ready(b1), ready(b2)]));
     let conntrack = Conntrack::new(1024, Timeouts::default());
     let stats = WorkerStats::default();
-    let mut w = Worker::new(
-        &conntrack,
-        publisher.reader(),
-        &stats,
-        WorkerConfig::default(),
-    );
+    let mut w = open_worker(&publisher, &conntrack, &stats);
     let (to_b1, _) = ports_to(&mut w, b1, b2);
     let ack = build(v4(2), IpAddr::V4(CHURN), tcp(to_b1, 80, tcp_flags::ACK));
     // Another endpoint joins; then b1 terminates gracefully (not ready,

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use serde_json::json;
 use tracing::warn;
 
@@ -119,13 +120,28 @@ fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool) {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
+                // Until a client connects (a pod's ADD waits on it), or
+                // 100 ms pass to see `stop`.
+                wait_readable(listener, Duration::from_millis(100));
             }
             Err(e) => {
                 warn!(error = %e, "control socket accept");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// Sleeps until `listener` has a connection to accept or `timeout` passes.
+fn wait_readable(listener: &UnixListener, timeout: Duration) {
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    });
+    if rustix::event::poll(&mut fds, Some(&timeout)).is_err() {
+        // EINTR, or worse: never spin.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

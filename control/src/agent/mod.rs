@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
 use podfence_datapath::conntrack::{Conntrack, Opened, StoreError, Timeouts};
 use podfence_datapath::denials::DenialQueue;
-use podfence_datapath::ports::xsk::{ReadableWait, XskConfig, XskPort};
+use podfence_datapath::ports::xsk::{ReadableWait, Wake, XskConfig, XskPort};
 use podfence_datapath::ports::{Port, PortError};
 use podfence_datapath::stats::{Counters, WorkerStats};
 use podfence_datapath::switch::{Fib, Route, Switch, SwitchError, SwitchStats};
@@ -136,6 +136,9 @@ pub enum AgentError {
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    /// A worker's waker (an eventfd) could not be made.
+    #[error("cannot create a worker's eventfd: {0} (is the open-files limit reached?)")]
+    Wake(std::io::Error),
     /// The deny log or the capture file cannot be opened, or the thread
     /// writing them started.
     #[error("cannot start reporting denials (deny log, capture file): {0}")]
@@ -270,7 +273,7 @@ pub struct Agent {
     /// The index the next added port gets.
     next_port: usize,
     /// One channel per worker.
-    commands: Vec<mpsc::Sender<WorkerCommand>>,
+    commands: Vec<WorkerMailbox>,
     /// Families (is IPv4) whose rules are in place.
     rule_families: Vec<bool>,
     adopted: Vec<IpAddr>,
@@ -514,8 +517,8 @@ impl Agent {
     }
 
     fn tell_workers(&self, command: impl Fn() -> WorkerCommand) {
-        for tx in &self.commands {
-            let _ = tx.send(command());
+        for mailbox in &self.commands {
+            mailbox.send(command());
         }
     }
 
@@ -562,8 +565,8 @@ impl Agent {
         for link in &new_links {
             let index = self.next_port;
             let ports = self.attach(link)?;
-            for (tx, port) in self.commands.iter().zip(ports) {
-                let _ = tx.send(WorkerCommand::AddPort(Box::new(port)));
+            for (mailbox, port) in self.commands.iter().zip(ports) {
+                mailbox.send(WorkerCommand::AddPort(Box::new(port)));
             }
             self.port_of.insert(link.name.clone(), index);
             self.next_port += 1;
@@ -621,7 +624,11 @@ impl Agent {
         let reader = self.tables.publisher().reader();
         let stop = Arc::clone(&self.stop);
         let (tx, commands) = mpsc::channel();
-        self.commands.push(tx);
+        let wake = Arc::new(Wake::new().map_err(AgentError::Wake)?);
+        self.commands.push(WorkerMailbox {
+            tx,
+            wake: Arc::clone(&wake),
+        });
         let config = self.options.worker;
         let pin = self.options.pin_workers;
         let worker_stats = Arc::clone(&stats);
@@ -645,7 +652,11 @@ impl Agent {
                 // Cleared however the thread ends, for /healthz.
                 let _running = RunningFlag(running);
                 let mut worker = Worker::new(&conntrack, reader, &worker_stats, config);
-                run_worker(index, &mut switch, &mut worker, &stop, &commands, &rings)
+                let inbox = Inbox {
+                    commands,
+                    wake: &wake,
+                };
+                run_worker(index, &mut switch, &mut worker, &stop, &inbox, &rings)
             })
             .map_err(AgentError::Thread)?;
         self.workers.push(handle);
@@ -684,8 +695,8 @@ impl Agent {
     pub fn sync_workers(&self, timeout: Duration) -> bool {
         let (done, synced) = mpsc::channel();
         let mut asked = 0;
-        for tx in &self.commands {
-            if tx.send(WorkerCommand::Sync(done.clone())).is_ok() {
+        for mailbox in &self.commands {
+            if mailbox.send(WorkerCommand::Sync(done.clone())) {
                 asked += 1;
             }
         }
@@ -772,6 +783,9 @@ impl Agent {
     /// action applies) and the denial reporter.
     fn stop_workers(&mut self) -> Vec<WorkerReport> {
         self.stop.store(true, Ordering::Relaxed);
+        for mailbox in &self.commands {
+            mailbox.wake.wake();
+        }
         let mut reports = Vec::new();
         for handle in self.workers.drain(..) {
             if let Ok(report) = handle.join() {
@@ -902,6 +916,31 @@ enum WorkerCommand {
     Sync(mpsc::Sender<()>),
 }
 
+/// Where the agent sends a worker its commands: the channel, and the waker
+/// that ends the worker's sleep so it acts at once.
+#[derive(Debug)]
+struct WorkerMailbox {
+    tx: mpsc::Sender<WorkerCommand>,
+    wake: Arc<Wake>,
+}
+
+impl WorkerMailbox {
+    /// Sends `command` and wakes the worker; false if the worker is gone.
+    fn send(&self, command: WorkerCommand) -> bool {
+        let sent = self.tx.send(command).is_ok();
+        if sent {
+            self.wake.wake();
+        }
+        sent
+    }
+}
+
+/// A worker's end of its [`WorkerMailbox`].
+struct Inbox<'a> {
+    commands: mpsc::Receiver<WorkerCommand>,
+    wake: &'a Wake,
+}
+
 /// Clears a worker's running flag when the worker ends (also by panic).
 struct RunningFlag(Arc<AtomicBool>);
 
@@ -912,20 +951,24 @@ impl Drop for RunningFlag {
 }
 
 /// Spins through the ports while there is traffic; after a run of empty
-/// rounds, sleeps in `poll` until a port has frames (or 50 ms pass, to see
-/// `stop`).
+/// rounds, sleeps in `poll` until a port has frames, a command comes (its
+/// [`Wake`]) or 50 ms pass (to see `stop`).
 fn run_worker(
     index: usize,
     switch: &mut Switch<XskPort>,
     worker: &mut Worker<'_>,
     stop: &AtomicBool,
-    commands: &mpsc::Receiver<WorkerCommand>,
+    inbox: &Inbox<'_>,
     rings: &RingCounters,
 ) -> WorkerReport {
     const SPINS_BEFORE_SLEEP: u32 = 256;
     let mut report = WorkerReport::default();
-    let waiter =
-        |s: &Switch<XskPort>| ReadableWait::new((0..s.port_count()).filter_map(|i| s.port(i)));
+    let waiter = |s: &Switch<XskPort>| {
+        ReadableWait::with_wake(
+            (0..s.port_count()).filter_map(|i| s.port(i)),
+            Some(inbox.wake),
+        )
+    };
     let mut wait = waiter(switch);
     let mut idle = 0u32;
     let mut last_error: Option<Instant> = None;
@@ -937,7 +980,7 @@ fn run_worker(
             publish_ring_stats(switch, rings);
             last_rings = Instant::now();
         }
-        while let Ok(command) = commands.try_recv() {
+        while let Ok(command) = inbox.commands.try_recv() {
             match command {
                 WorkerCommand::AddPort(port) => {
                     switch.add_port(*port);

@@ -287,11 +287,12 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Whether a TCP socket listens on `port` in `netns` (/proc/net/tcp there).
+/// Whether a TCP socket listens on `port` in `netns` (its /proc/net/tcp,
+/// seen by a thread in it).
 fn listening(netns: &str, port: u16) -> bool {
     let tables = in_netns(netns, || {
-        let mut s = std::fs::read_to_string("/proc/net/tcp")?;
-        s.push_str(&std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default());
+        let mut s = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+        s.push_str(&std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default());
         Ok(s)
     });
     tables.is_ok_and(|t| {
@@ -397,7 +398,16 @@ pub fn sockperf(
     let (port, p, ip) = (to.port(), to.port().to_string(), to.ip().to_string());
     let _server = ServerProcess::start(
         server_netns,
-        &["sockperf", "server", "--tcp", "-i", &ip, "-p", &p],
+        &[
+            "sockperf",
+            "sr",
+            "--tcp",
+            "--uc-reuseaddr",
+            "-i",
+            &ip,
+            "-p",
+            &p,
+        ],
         port,
     )?;
     let secs = whole_seconds(duration).to_string();

@@ -357,6 +357,28 @@ fn progress(mtu: u32, path: PathKind, round: usize, rounds: usize, m: &Measureme
     );
 }
 
+/// The tools `options` need (iperf3, sockperf, nft) that are not installed.
+#[must_use]
+pub fn missing_tools(options: &TcpOptions) -> Vec<&'static str> {
+    let mut tools = Vec::new();
+    if options.workloads.iter().any(|w| w.streams()) {
+        tools.push("iperf3");
+    }
+    if options.workloads.contains(&Workload::Rr) {
+        tools.push("sockperf");
+    }
+    if options.paths.iter().any(|p| p.needs_nft()) {
+        tools.push("nft");
+    }
+    tools.retain(|tool| {
+        !std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    tools
+}
+
 /// Checks the options and that the tools are there.
 fn check(options: &TcpOptions) -> Result<(), TcpError> {
     if let Some(p) = options.paths.iter().find(|p| !PATHS.contains(p)) {
@@ -369,26 +391,10 @@ fn check(options: &TcpOptions) -> Result<(), TcpError> {
     if options.paths.is_empty() || options.workloads.is_empty() || options.mtus.is_empty() {
         return Err(TcpError::Other("nothing to measure".into()));
     }
-    let mut tools = Vec::new();
-    if options.workloads.iter().any(|w| w.streams()) {
-        tools.push("iperf3");
-    }
-    if options.workloads.contains(&Workload::Rr) {
-        tools.push("sockperf");
-    }
-    if options.paths.iter().any(|p| p.needs_nft()) {
-        tools.push("nft");
-    }
-    for tool in tools {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Err(TcpError::Other(format!(
-                "{tool} is not installed (scripts/install-deps installs it)"
-            )));
-        }
+    if let Some(tool) = missing_tools(options).first() {
+        return Err(TcpError::Other(format!(
+            "{tool} is not installed (scripts/install-deps installs it)"
+        )));
     }
     Ok(())
 }

@@ -231,7 +231,10 @@ pub fn bars(
         let left = 0.1 + width * i as f64;
         chart
             .draw_series(s.points.iter().map(|&(g, v)| {
-                Rectangle::new([(g + left, 0.0), (g + left + width * 0.9, v)], color.filled())
+                Rectangle::new(
+                    [(g + left, 0.0), (g + left + width * 0.9, v)],
+                    color.filled(),
+                )
             }))
             .map_err(err)?
             .label(s.label.clone())

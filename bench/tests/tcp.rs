@@ -63,9 +63,17 @@ fn every_path_and_workload_gives_complete_figures() {
                 Outcome::Stream(s) => {
                     assert!(s.bytes_received > 0, "{what}: bytes arrived");
                     assert!(s.bytes_sent >= s.bytes_received, "{what}");
-                    let streams = if m.workload == Workload::Stream4 { 4 } else { 1 };
+                    let streams = if m.workload == Workload::Stream4 {
+                        4
+                    } else {
+                        1
+                    };
                     assert_eq!(s.streams, streams, "{what}");
-                    assert_eq!(s.udp_packets.is_some(), m.workload == Workload::Udp, "{what}");
+                    assert_eq!(
+                        s.udp_packets.is_some(),
+                        m.workload == Workload::Udp,
+                        "{what}"
+                    );
                 }
                 Outcome::Rr(rr) => {
                     assert_eq!(m.workload, Workload::Rr);
@@ -107,7 +115,13 @@ fn every_path_and_workload_gives_complete_figures() {
     report::write(&dir, &r, "podfence-bench tcp (test)").expect("report");
     let md = std::fs::read_to_string(dir.join("tcp.md")).expect("tcp.md");
     assert!(md.contains("## Goals") && md.contains("tcp-crr.svg"));
-    for f in ["tcp-stream.svg", "tcp-rr.svg", "tcp-crr.svg", "tcp-cpu.svg", "tcp.json"] {
+    for f in [
+        "tcp-stream.svg",
+        "tcp-rr.svg",
+        "tcp-crr.svg",
+        "tcp-cpu.svg",
+        "tcp.json",
+    ] {
         assert!(dir.join(f).exists(), "{f}");
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");

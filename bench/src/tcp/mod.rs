@@ -344,7 +344,11 @@ fn progress(mtu: u32, path: PathKind, round: usize, rounds: usize, m: &Measureme
             r.p99_us,
             r.per_second()
         ),
-        Outcome::Crr(c) => format!("{:.0} connections/s ({} failed)", c.per_second(), c.failures),
+        Outcome::Crr(c) => format!(
+            "{:.0} connections/s ({} failed)",
+            c.per_second(),
+            c.failures
+        ),
     };
     eprintln!(
         "tcp: mtu {mtu} round {}/{} {:<11} {:<7} {what}; CPU {:.2} s (agent {:.2} s)",

@@ -210,11 +210,12 @@ impl Goal {
 #[must_use]
 pub fn goals(report: &TcpReport) -> Vec<Goal> {
     let s = summaries(report);
-    let ratio = |mtu: u32, w: Workload, a: PathKind, b: PathKind, f: fn(&Summary) -> Option<f64>| {
-        let x = f(find(&s, mtu, a, w)?)?;
-        let y = f(find(&s, mtu, b, w)?)?;
-        (y > 0.0).then(|| x / y)
-    };
+    let ratio =
+        |mtu: u32, w: Workload, a: PathKind, b: PathKind, f: fn(&Summary) -> Option<f64>| {
+            let x = f(find(&s, mtu, a, w)?)?;
+            let y = f(find(&s, mtu, b, w)?)?;
+            (y > 0.0).then(|| x / y)
+        };
     let mut out = Vec::new();
     for &mtu in &report.options.mtus {
         let goal = |what: &str, value, target, at_least| Goal {
@@ -451,7 +452,10 @@ fn chart(
 ) -> Result<bool, String> {
     let s = summaries(report);
     let mut groups = Vec::new();
-    for &w in workloads.iter().filter(|w| report.options.workloads.contains(w)) {
+    for &w in workloads
+        .iter()
+        .filter(|w| report.options.workloads.contains(w))
+    {
         for &mtu in &report.options.mtus {
             groups.push((w, mtu));
         }
@@ -486,7 +490,10 @@ pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let o = &report.options;
     let mut md = String::new();
-    let _ = writeln!(md, "# TCP and UDP between pods: podfence, the kernel, nftables\n");
+    let _ = writeln!(
+        md,
+        "# TCP and UDP between pods: podfence, the kernel, nftables\n"
+    );
     let _ = writeln!(md, "    {command}\n");
     let _ = writeln!(
         md,

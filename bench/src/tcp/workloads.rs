@@ -69,7 +69,9 @@ impl Workload {
         match self {
             Self::Stream1 => "TCP stream, 1 connection (iperf3)",
             Self::Stream4 => "TCP stream, 4 connections (iperf3 -P 4)",
-            Self::Rr => "TCP request/response, 64 bytes each way, 1 connection (sockperf ping-pong)",
+            Self::Rr => {
+                "TCP request/response, 64 bytes each way, 1 connection (sockperf ping-pong)"
+            }
             Self::Crr => "TCP connect, 64-byte request, response, close, per second (Rust clients)",
             Self::Udp => "UDP stream, flat out (iperf3 -u -b 0): what arrives",
         }
@@ -112,15 +114,14 @@ pub fn parse_iperf3(text: &str) -> Result<StreamResult, TcpError> {
     }
     let end = v.get("end").ok_or_else(|| bad("no `end`"))?;
     let u = |o: &Value, k: &str| o.get(k).and_then(Value::as_u64);
-    let sent = end.get("sum_sent").ok_or_else(|| bad("no `end.sum_sent`"))?;
+    let sent = end
+        .get("sum_sent")
+        .ok_or_else(|| bad("no `end.sum_sent`"))?;
     let received = end
         .get("sum_received")
         .ok_or_else(|| bad("no `end.sum_received`"))?;
     let test = v.pointer("/start/test_start");
-    let udp = test
-        .and_then(|t| t.get("protocol"))
-        .and_then(Value::as_str)
-        == Some("UDP");
+    let udp = test.and_then(|t| t.get("protocol")).and_then(Value::as_str) == Some("UDP");
     let udp_packets = if udp {
         let sum = end.get("sum").ok_or_else(|| bad("no `end.sum` (UDP)"))?;
         Some((
@@ -384,7 +385,13 @@ pub fn iperf3(
         Workload::Udp => args.extend(["-u", "-b", "0"]),
         _ => {}
     }
-    timed(|| parse_iperf3(&run_client(client_netns, &args, duration + Duration::from_secs(15))?))
+    timed(|| {
+        parse_iperf3(&run_client(
+            client_netns,
+            &args,
+            duration + Duration::from_secs(15),
+        )?)
+    })
 }
 
 /// Request/response: sockperf ping-pong over TCP, 64-byte messages, round
@@ -414,23 +421,23 @@ pub fn sockperf(
     let m = MESSAGE.to_string();
     timed(|| {
         parse_sockperf(&run_client(
-        client_netns,
-        &[
-            "sockperf",
-            "ping-pong",
-            "--tcp",
-            "-i",
-            &ip,
-            "-p",
-            &p,
-            "-t",
-            &secs,
-            "-m",
-            &m,
-            "--full-rtt",
-        ],
-        duration + Duration::from_secs(15),
-    )?)
+            client_netns,
+            &[
+                "sockperf",
+                "ping-pong",
+                "--tcp",
+                "-i",
+                &ip,
+                "-p",
+                &p,
+                "-t",
+                &secs,
+                "-m",
+                &m,
+                "--full-rtt",
+            ],
+            duration + Duration::from_secs(15),
+        )?)
     })
 }
 
@@ -553,7 +560,11 @@ fn crr_clients(
     let deadline = start + duration;
     let mut handles = Vec::new();
     for i in 0..clients.max(1) {
-        let (done, failed, netns) = (Arc::clone(&done), Arc::clone(&failed), client_netns.to_owned());
+        let (done, failed, netns) = (
+            Arc::clone(&done),
+            Arc::clone(&failed),
+            client_netns.to_owned(),
+        );
         let h = std::thread::Builder::new()
             .name(format!("tcp-crr-cli-{i}"))
             .spawn(move || -> std::io::Result<()> {

@@ -214,12 +214,12 @@ pub fn bars(
         .x_labels(groups.len() * 2 + 1)
         .x_label_formatter(&|x| {
             // Labels at the groups' centres only.
-            let i = x - 0.5;
-            if (i - i.round()).abs() < 1e-6 && i >= 0.0 {
-                names.get(i.round() as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+            names
+                .iter()
+                .zip(0u32..)
+                .find(|&(_, k)| (x - 0.5 - f64::from(k)).abs() < 1e-6)
+                .map(|(name, _)| name.clone())
+                .unwrap_or_default()
         })
         .y_desc(y_desc)
         .y_label_formatter(&|y| format!("{y:.2}"))

@@ -291,7 +291,7 @@ impl Bench<'_> {
                 Some(_) if !self.options.idle.is_zero() => {
                     // Let the start settle (first publish, links up).
                     std::thread::sleep(Duration::from_millis(500));
-                    let (_, span) = timed(|| {
+                    let ((), span) = timed(|| {
                         std::thread::sleep(self.options.idle);
                         Ok(())
                     })?;

@@ -448,7 +448,7 @@ fn chart(
     y_desc: &str,
     report: &TcpReport,
     workloads: &[Workload],
-    f: fn(&Summary) -> Option<f64>,
+    f: Metric,
 ) -> Result<bool, String> {
     let s = summaries(report);
     let mut groups = Vec::new();
@@ -484,12 +484,52 @@ fn chart(
     Ok(true)
 }
 
-/// Writes `dir/tcp.md`, its charts (`tcp-stream.svg`, `tcp-rr.svg`,
-/// `tcp-crr.svg`, `tcp-cpu.svg`) and `dir/tcp.json`.
-pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// A figure of a summary.
+type Metric = fn(&Summary) -> Option<f64>;
+
+/// The charts: file, title, y axis, workloads, figure.
+const CHARTS: [(&str, &str, &str, &[Workload], Metric); 5] = [
+    (
+        "tcp-stream.svg",
+        "Streams: what arrives",
+        "Gbit/s",
+        &[Workload::Stream1, Workload::Stream4, Workload::Udp],
+        |x| x.gbps,
+    ),
+    (
+        "tcp-rr.svg",
+        "Request/response: p50 round trip",
+        "us",
+        &[Workload::Rr],
+        |x| x.p50_us,
+    ),
+    (
+        "tcp-rr-p99.svg",
+        "Request/response: p99 round trip",
+        "us",
+        &[Workload::Rr],
+        |x| x.p99_us,
+    ),
+    (
+        "tcp-crr.svg",
+        "Connection rate: connect, request, response, close",
+        "per second",
+        &[Workload::Crr],
+        |x| x.per_second,
+    ),
+    (
+        "tcp-cpu.svg",
+        "CPU seconds per GB (whole machine)",
+        "CPU s / GB",
+        &[Workload::Stream1, Workload::Stream4, Workload::Udp],
+        |x| x.cpu_per_gb,
+    ),
+];
+
+/// The report's setup part: machine, testbed, cluster, rounds, paths,
+/// workloads, what CPU counts.
+fn setup(md: &mut String, report: &TcpReport, command: &str) {
     let o = &report.options;
-    let mut md = String::new();
     let _ = writeln!(
         md,
         "# TCP and UDP between pods: podfence, the kernel, nftables\n"
@@ -541,6 +581,14 @@ pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String
         let _ = writeln!(md, "- `{}`: {}", w.name(), w.describe());
     }
     let _ = writeln!(md, "\n{COUNTED}\n");
+}
+
+/// Writes `dir/tcp.md`, its charts (`tcp-stream.svg`, `tcp-rr.svg`,
+/// `tcp-rr-p99.svg`, `tcp-crr.svg`, `tcp-cpu.svg`) and `dir/tcp.json`.
+pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut md = String::new();
+    setup(&mut md, report, command);
     let _ = writeln!(md, "## Goals\n");
     let _ = writeln!(md, "| MTU | goal | measured | target | verdict |");
     let _ = writeln!(md, "|---|---|---|---|---|");
@@ -559,45 +607,8 @@ pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String
     let _ = writeln!(md, "\n## Figures (medians)\n\n```");
     md.push_str(&table(report));
     let _ = writeln!(md, "```\n");
-    let charts: [(&str, &str, &str, &[Workload], fn(&Summary) -> Option<f64>); 5] = [
-        (
-            "tcp-stream.svg",
-            "Streams: what arrives",
-            "Gbit/s",
-            &[Workload::Stream1, Workload::Stream4, Workload::Udp],
-            |x| x.gbps,
-        ),
-        (
-            "tcp-rr.svg",
-            "Request/response: p50 round trip",
-            "us",
-            &[Workload::Rr],
-            |x| x.p50_us,
-        ),
-        (
-            "tcp-rr-p99.svg",
-            "Request/response: p99 round trip",
-            "us",
-            &[Workload::Rr],
-            |x| x.p99_us,
-        ),
-        (
-            "tcp-crr.svg",
-            "Connection rate: connect, request, response, close",
-            "per second",
-            &[Workload::Crr],
-            |x| x.per_second,
-        ),
-        (
-            "tcp-cpu.svg",
-            "CPU seconds per GB (whole machine)",
-            "CPU s / GB",
-            &[Workload::Stream1, Workload::Stream4, Workload::Udp],
-            |x| x.cpu_per_gb,
-        ),
-    ];
     let _ = writeln!(md, "## Charts\n");
-    for (file, title, y, workloads, f) in charts {
+    for (file, title, y, workloads, f) in CHARTS {
         if chart(dir, file, title, y, report, workloads, f)? {
             let _ = writeln!(md, "![{title}]({file})\n");
         }

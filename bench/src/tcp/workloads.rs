@@ -120,8 +120,11 @@ pub fn parse_iperf3(text: &str) -> Result<StreamResult, TcpError> {
     let received = end
         .get("sum_received")
         .ok_or_else(|| bad("no `end.sum_received`"))?;
-    let test = v.pointer("/start/test_start");
-    let udp = test.and_then(|t| t.get("protocol")).and_then(Value::as_str) == Some("UDP");
+    let test_start = v.pointer("/start/test_start");
+    let udp = test_start
+        .and_then(|t| t.get("protocol"))
+        .and_then(Value::as_str)
+        == Some("UDP");
     let udp_packets = if udp {
         let sum = end.get("sum").ok_or_else(|| bad("no `end.sum` (UDP)"))?;
         Some((
@@ -140,8 +143,8 @@ pub fn parse_iperf3(text: &str) -> Result<StreamResult, TcpError> {
             .ok_or_else(|| bad("no seconds"))?,
         retransmits: u(sent, "retransmits"),
         udp_packets,
-        streams: test.and_then(|t| u(t, "num_streams")).unwrap_or(1),
-        block: test.and_then(|t| u(t, "blksize")).unwrap_or(0),
+        streams: test_start.and_then(|t| u(t, "num_streams")).unwrap_or(1),
+        block: test_start.and_then(|t| u(t, "blksize")).unwrap_or(0),
     })
 }
 
@@ -183,18 +186,21 @@ pub fn parse_sockperf(text: &str) -> Result<RrResult, TcpError> {
             plain.push(c);
         }
     }
-    let field = |line: &str, key: &str| -> Option<f64> {
+    let field = |line: &'_ str, key: &str| -> Option<String> {
         let rest = &line[line.find(key)? + key.len()..];
         let end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        rest[..end].parse().ok()
+        Some(rest[..end].to_owned())
     };
     let mut r = RrResult::default();
     let (mut p50, mut p99, mut valid) = (None, None, None);
     for line in plain.lines() {
         if line.contains("[Valid Duration]") {
-            valid = Some((field(line, "RunTime="), field(line, "ReceivedMessages=")));
+            valid = Some((
+                field(line, "RunTime=").and_then(|v| v.parse::<f64>().ok()),
+                field(line, "ReceivedMessages=").and_then(|v| v.parse::<u64>().ok()),
+            ));
         } else if let Some((_, v)) = line.split_once("percentile 50.000 =") {
             p50 = v.trim().parse().ok();
         } else if let Some((_, v)) = line.split_once("percentile 99.000 =") {
@@ -206,7 +212,7 @@ pub fn parse_sockperf(text: &str) -> Result<RrResult, TcpError> {
         return Err(bad("[Valid Duration] without RunTime or ReceivedMessages"));
     };
     r.seconds = seconds;
-    r.transactions = received as u64;
+    r.transactions = received;
     r.p50_us = p50.ok_or_else(|| bad("no 50th percentile"))?;
     r.p99_us = p99.ok_or_else(|| bad("no 99th percentile"))?;
     Ok(r)
@@ -361,7 +367,7 @@ fn run_client(netns: &str, args: &[&str], limit: Duration) -> Result<String, Tcp
 /// `-t 0.5` as 0, which means forever), at least 1.
 #[must_use]
 pub fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs_f64().ceil().max(1.0) as u64
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// A stream workload (TCP with `streams` connections, or UDP flat out)
@@ -570,15 +576,14 @@ fn crr_clients(
             .spawn(move || -> std::io::Result<()> {
                 enter_netns(&netns)?;
                 while Instant::now() < deadline {
-                    match transaction(to, Duration::from_secs(1)) {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => {
-                            // Refused or dropped: not a transaction. A short
-                            // pause keeps a refusing path from spinning.
-                            std::thread::sleep(Duration::from_millis(1));
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
+                    if transaction(to, Duration::from_secs(1)).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        // Refused or dropped: not a transaction. A short
+                        // pause keeps a refusing path from spinning.
+                        std::thread::sleep(Duration::from_millis(1));
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(())
             })

@@ -37,7 +37,6 @@ use podfence_control::agent::AgentOptions;
 use podfence_control::compile::{CompileOptions, Locality, compile};
 
 use crate::cpu::{self, cpu_times, threads_ticks, ticks_per_second};
-use crate::live::LiveError;
 use crate::synthetic::Shape;
 use crate::testbed::{self, Testbed, TestbedError, TestbedOptions};
 use crate::veth::cluster::{BENCH_NODE, BenchCluster, bench_cluster};
@@ -99,9 +98,6 @@ pub enum TcpError {
     /// Setting up or removing a path.
     #[error(transparent)]
     Path(#[from] VethError),
-    /// The agent.
-    #[error(transparent)]
-    Agent(#[from] LiveError),
     /// A tool (iperf3, sockperf) or a client.
     #[error("{0}")]
     Tool(String),

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// One line of a chart.
 #[derive(Clone, Debug)]
@@ -207,20 +208,10 @@ pub fn bars(
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..n, 0.0..y_max)
         .map_err(err)?;
-    let names = groups.to_vec();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(groups.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            // Labels at the groups' centres only.
-            names
-                .iter()
-                .zip(0u32..)
-                .find(|&(_, k)| (x - 0.5 - f64::from(k)).abs() < 1e-6)
-                .map(|(name, _)| name.clone())
-                .unwrap_or_default()
-        })
+        .x_labels(0)
         .y_desc(y_desc)
         .y_label_formatter(&|y| format!("{y:.2}"))
         .draw()
@@ -247,6 +238,16 @@ pub fn bars(
         .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(err)?;
+    // Group names under the axis, at the groups' centres.
+    let style = ("sans-serif", 14)
+        .into_font()
+        .into_text_style(&root)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (name, k) in groups.iter().zip(0u32..) {
+        let (x, y) = chart.backend_coord(&(f64::from(k) + 0.5, 0.0));
+        root.draw(&Text::new(name.as_str(), (x, y + 8), style.clone()))
+            .map_err(err)?;
+    }
     root.present().map_err(err)
 }
 
@@ -302,7 +303,11 @@ mod tests {
         )
         .unwrap();
         let text = std::fs::read_to_string(&bar).unwrap();
-        assert!(text.contains("MTU 9000") && text.contains("podfence"));
+        assert!(
+            text.contains("MTU 1500") && text.contains("MTU 9000"),
+            "group labels"
+        );
+        assert!(text.contains("podfence"));
         assert!(text.matches("<rect").count() >= 3, "three bars");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!((nines(0.999) - 3.0).abs() < 1e-9);

@@ -303,7 +303,16 @@ impl Bench<'_> {
             )?;
             let mut runs = Vec::new();
             for &w in &self.options.workloads {
-                let m = self.workload(w)?;
+                // A tool that fails once (a server slow to go, say) gets a
+                // second try, said on standard error, rather than ending
+                // a run of several minutes.
+                let m = match self.workload(w) {
+                    Err(TcpError::Tool(e)) => {
+                        eprintln!("tcp: {} {}: {e}; once more", path.name(), w.name());
+                        self.workload(w)?
+                    }
+                    other => other?,
+                };
                 if self.options.progress {
                     progress(self.mtu, path, round, self.options.rounds, &m);
                 }

@@ -186,7 +186,7 @@ pub fn parse_sockperf(text: &str) -> Result<RrResult, TcpError> {
             plain.push(c);
         }
     }
-    let field = |line: &'_ str, key: &str| -> Option<String> {
+    let field = |line: &str, key: &str| -> Option<String> {
         let rest = &line[line.find(key)? + key.len()..];
         let end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod apiserver;
 pub mod cni_runtime;
+pub mod cpu;
 pub mod kube_proxy;
 pub mod lifecycle;
 pub mod live;
@@ -20,6 +21,7 @@ pub mod propagation;
 pub mod replay_speed;
 pub mod spread;
 pub mod synthetic;
+pub mod tcp;
 pub mod testbed;
 pub mod traffic;
 pub mod veth;

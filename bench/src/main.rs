@@ -21,6 +21,7 @@ use serde_json::json;
 mod lifecycle_cmd;
 mod matrix_cmd;
 mod replay_cmd;
+mod tcp_cmd;
 mod traffic_cmd;
 mod veth_cmd;
 
@@ -86,6 +87,13 @@ enum Command {
     /// kernel's routing, and the kernel with the same policies as nftables
     /// rules with conntrack (and the generator straight into the sink).
     Veth(Box<veth_cmd::VethArgs>),
+    /// TCP and UDP between two pods of a testbed node (root), as users
+    /// measure a CNI: iperf3 streams (1 and 4 connections, UDP), sockperf
+    /// request/response, and the connection rate, over the kernel, podfence
+    /// with no policy, podfence with the policies and nftables with the
+    /// same policies, in alternating rounds, at MTU 1500 and 9000; CPU
+    /// seconds per GB and the goals of issue 16.
+    Tcp(Box<tcp_cmd::TcpArgs>),
     /// Propagation latency through the test API server and the real kube
     /// client: the initial sync of a synthetic cluster, then single-object
     /// changes (pod label flips, policy edits, pod churn), each timed from
@@ -203,6 +211,7 @@ fn main() {
             }
         }
         Command::Veth(args) => exit_on_error("veth", veth_cmd::run(&args)),
+        Command::Tcp(args) => exit_on_error("tcp", tcp_cmd::run(&args)),
         Command::Lifecycle(args) => exit_on_error("lifecycle", lifecycle_cmd::run(&args)),
         Command::Replay(args) => exit_on_error("replay", replay_cmd::run(&args)),
         Command::Traffic(args) => exit_on_error("traffic", traffic_cmd::run(&args)),

@@ -1,9 +1,10 @@
-//! SVG charts of the veth benchmark (plotters' SVG backend; text is left to
-//! the SVG viewer, so no font is loaded).
+//! SVG charts of the veth and tcp benchmarks (plotters' SVG backend; text
+//! is left to the SVG viewer, so no font is loaded).
 
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// One line of a chart.
 #[derive(Clone, Debug)]
@@ -181,6 +182,75 @@ pub fn latency_by_percentile(path: &Path, title: &str, lines: &[Series]) -> Resu
     root.present().map_err(err)
 }
 
+/// Grouped bars: one group per entry of `groups` along x, one bar per
+/// series in each (a series' `points` are `(group index, value)`; groups a
+/// series has no point for get no bar).
+pub fn bars(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[Series],
+) -> Result<(), String> {
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.2;
+    let n = groups.len().max(1) as f64;
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..n, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_desc)
+        .y_label_formatter(&|y| format!("{y:.2}"))
+        .draw()
+        .map_err(err)?;
+    let width = 0.8 / series.len().max(1) as f64;
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let left = 0.1 + width * i as f64;
+        chart
+            .draw_series(s.points.iter().map(|&(g, v)| {
+                Rectangle::new(
+                    [(g + left, 0.0), (g + left + width * 0.9, v)],
+                    color.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(s.label.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    // Group names under the axis, at the groups' centres.
+    let style = ("sans-serif", 14)
+        .into_font()
+        .into_text_style(&root)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (name, k) in groups.iter().zip(0u32..) {
+        let (x, y) = chart.backend_coord(&(f64::from(k) + 0.5, 0.0));
+        root.draw(&Text::new(name.as_str(), (x, y + 8), style.clone()))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +284,31 @@ mod tests {
         .unwrap();
         let text = std::fs::read_to_string(&lat).unwrap();
         assert!(text.contains("99.9%"), "percentile labels");
+        let bar = dir.join("bars.svg");
+        bars(
+            &bar,
+            "stream",
+            "Gbit/s",
+            &["MTU 1500".into(), "MTU 9000".into()],
+            &[
+                Series {
+                    label: "kernel".into(),
+                    points: vec![(0.0, 10.0), (1.0, 20.0)],
+                },
+                Series {
+                    label: "podfence".into(),
+                    points: vec![(0.0, 6.0)],
+                },
+            ],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&bar).unwrap();
+        assert!(
+            text.contains("MTU 1500") && text.contains("MTU 9000"),
+            "group labels"
+        );
+        assert!(text.contains("podfence"));
+        assert!(text.matches("<rect").count() >= 3, "three bars");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!((nines(0.999) - 3.0).abs() < 1e-9);
     }

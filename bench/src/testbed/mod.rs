@@ -74,8 +74,7 @@ use podfence_datapath::Prefix;
 
 use crate::kube_proxy::{self, Family, KubeProxyConfig, KubeProxyRules};
 
-use commands::sysctl;
-pub(crate) use commands::{add_veth_pair, ip, run};
+pub(crate) use commands::{add_veth_pair, ip, run, sysctl};
 pub use names::{
     IFNAME_MAX, NETNS_NAME_MAX, NODE_OUT_IF, NODE_UPLINK_IF, OUT_NODE_IF, REMOTE_UPLINK_IF,
     host_veth_name, pod_netns_name, run_prefix, sanitize,

@@ -37,6 +37,7 @@
 //! for every path, so latencies compare).
 
 pub mod cluster;
+pub mod enforcer;
 pub mod markdown;
 pub mod report;
 
@@ -45,13 +46,12 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use podfence_control::agent::AgentOptions;
-use podfence_control::agent::plumbing::PAIR_ALIAS;
 use podfence_control::compile::{CompileOptions, Locality, compile};
 use podfence_datapath::Tables;
 
-use crate::kube_proxy::{self, KubeProxyConfig};
-use crate::live::{LiveAgent, LiveError};
-use crate::nft::{self, NftStyle};
+use crate::cpu::{cpu_times, cpus, load_average};
+use crate::live::LiveError;
+use crate::nft;
 use crate::synthetic::Shape;
 use crate::testbed::{self, Testbed, TestbedError, TestbedOptions};
 use crate::traffic::frames::TrafficSpec;
@@ -59,6 +59,7 @@ use crate::traffic::generator::{GenReport, GeneratorConfig, Pace};
 use crate::traffic::sink::{Sink, SinkConfig, SinkReport};
 use crate::traffic::{self, TrafficError};
 use cluster::{BENCH_NODE, BenchCluster, bench_cluster};
+use enforcer::{Active, host_pair};
 
 /// Name of the veth pair between the generator and the sink pod.
 pub const DIRECT_LINK: &str = "direct0";
@@ -410,145 +411,6 @@ pub struct VethReport {
     pub load: (f64, f64),
 }
 
-/// CPU time counters, in jiffies: of the machine (/proc/stat) and of this
-/// process (/proc/self/stat).
-#[derive(Clone, Copy, Debug, Default)]
-struct CpuTimes {
-    busy: u64,
-    total: u64,
-    user: u64,
-    steal: u64,
-    own_user: u64,
-}
-
-fn cpu_times() -> CpuTimes {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    let total: u64 = v.iter().take(8).sum();
-    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces): utime is
-    // the 12th of them.
-    let own_user = own
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(11)?.parse().ok())
-        .unwrap_or(0);
-    CpuTimes {
-        busy: total - at(3) - at(4),
-        total,
-        user: at(0) + at(1),
-        steal: at(7),
-        own_user,
-    }
-}
-
-/// The 1-minute load average.
-#[must_use]
-pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
-/// What enforces while a case is measured.
-enum Enforcer {
-    Nothing,
-    Agent(LiveAgent),
-    Nft(nft::Installed),
-}
-
-/// What runs while a case is measured: the enforcer, and kube-proxy's
-/// rules for the paths through a Service.
-struct Active {
-    enforcer: Enforcer,
-    kube_proxy: Option<KubeProxyTables>,
-}
-
-impl From<Enforcer> for Active {
-    fn from(enforcer: Enforcer) -> Self {
-        Self {
-            enforcer,
-            kube_proxy: None,
-        }
-    }
-}
-
-impl Active {
-    fn policy_dropped(&self) -> Result<u64, VethError> {
-        match &self.enforcer {
-            Enforcer::Nothing => Ok(0),
-            Enforcer::Agent(a) => Ok(a.status()?.counters.denied),
-            Enforcer::Nft(n) => n.denied().map_err(VethError::Other),
-        }
-    }
-
-    fn stop(self) -> Result<(), VethError> {
-        let stopped = match self.enforcer {
-            Enforcer::Nothing => Ok(()),
-            Enforcer::Agent(a) => a.stop().map(|_| ()).map_err(VethError::from),
-            Enforcer::Nft(n) => n.remove().map_err(VethError::Other),
-        };
-        let removed = self.kube_proxy.map_or(Ok(()), KubeProxyTables::remove);
-        stopped?;
-        removed
-    }
-}
-
-/// kube-proxy's tables installed in a namespace; deleted on drop.
-struct KubeProxyTables {
-    netns: String,
-    families: Vec<kube_proxy::Family>,
-}
-
-impl KubeProxyTables {
-    /// kube-proxy's rules for `cluster`'s Services on the benchmark's node,
-    /// installed in `netns`.
-    fn install(netns: &str, cluster: &podfence_control::index::Cluster) -> Result<Self, VethError> {
-        let prefix = |s: &str| {
-            s.parse::<podfence_datapath::Prefix>()
-                .map_err(|e| VethError::Other(format!("{s}: {e}")))
-        };
-        let config = KubeProxyConfig {
-            locality: Locality::Node(BENCH_NODE.into()),
-            cluster_cidrs: vec![prefix(cluster::CLUSTER_CIDR)?],
-            service_cidrs: vec![prefix(cluster::SERVICE_CIDR)?],
-            node_port_addresses: Vec::new(),
-            families: vec![kube_proxy::Family::V4],
-        };
-        let rules = kube_proxy::rules(cluster, &config);
-        kube_proxy::install(netns, &rules).map_err(VethError::Other)?;
-        Ok(Self {
-            netns: netns.to_owned(),
-            families: rules.families,
-        })
-    }
-
-    fn remove(mut self) -> Result<(), VethError> {
-        let families = std::mem::take(&mut self.families);
-        kube_proxy::remove(&self.netns, &families).map_err(VethError::Other)
-    }
-}
-
-impl Drop for KubeProxyTables {
-    fn drop(&mut self) {
-        if !self.families.is_empty() {
-            let _ = kube_proxy::remove(&self.netns, &self.families);
-        }
-    }
-}
-
 /// Everything the rounds share.
 struct Bench<'a> {
     options: &'a VethOptions,
@@ -578,84 +440,20 @@ impl Bench<'_> {
         }
     }
 
-    /// The host-port pair, made beforehand with as many queues as workers
-    /// (the agent makes it with one); the agent takes it over by its alias
-    /// and removes it when it stops.
-    fn host_pair(&self) -> Result<(), VethError> {
-        let q = self.options.queues.max(1);
-        if q == 1 {
-            return Ok(());
-        }
-        let node = self.bed.node_netns();
-        testbed::add_veth_pair(node, "pf-host", "pf-dp", None, q)?;
-        testbed::ip(node, &["link", "set", "pf-host", "alias", PAIR_ALIAS])?;
-        Ok(())
-    }
-
     fn setup(&mut self, case: Case) -> Result<(Active, Option<RulesetShape>), VethError> {
+        self.installs += 1;
+        let c = &self.clusters[&case.policies];
         let node = self.bed.node_netns().to_owned();
-        Ok(match case.path {
-            PathKind::Direct | PathKind::Kernel => (Enforcer::Nothing.into(), None),
-            PathKind::Podfence | PathKind::ForwardAll | PathKind::PodfenceSvc => {
-                let c = &self.clusters[&case.policies];
-                // kube-proxy's rules first, as on a node where it runs.
-                let kube_proxy = if case.path == PathKind::PodfenceSvc {
-                    Some(KubeProxyTables::install(&node, &c.full)?)
-                } else {
-                    None
-                };
-                self.host_pair()?;
-                let cluster = if case.path == PathKind::ForwardAll {
-                    &c.open
-                } else {
-                    &c.full
-                };
-                let agent = LiveAgent::start(&node, cluster, self.agent_options())?;
-                let active = Active {
-                    enforcer: Enforcer::Agent(agent),
-                    kube_proxy,
-                };
-                (active, None)
-            }
-            PathKind::Nftables | PathKind::NftablesEst | PathKind::KubeProxy => {
-                // No connection of an earlier path (translated or not)
-                // may meet this one's in the kernel's table.
-                testbed::flush_conntrack(&node)
-                    .map_err(|e| VethError::Other(format!("flushing conntrack: {e}")))?;
-                self.installs += 1;
-                let style = if case.path == PathKind::NftablesEst {
-                    NftStyle::EstablishedOnly
-                } else {
-                    NftStyle::VerdictCache
-                };
-                let c = &self.clusters[&case.policies];
-                let rules = nft::ruleset(
-                    &c.full,
-                    &self.tables[&case.policies],
-                    &Locality::Node(BENCH_NODE.into()),
-                    style,
-                    Some(c.generator_ip),
-                    self.installs,
-                );
-                let kube_proxy = if case.path == PathKind::KubeProxy {
-                    Some(KubeProxyTables::install(&node, &c.full)?)
-                } else {
-                    None
-                };
-                let installed = nft::Installed::install(&node, &rules).map_err(VethError::Other)?;
-                let shape = RulesetShape {
-                    chains: rules.chains.clone(),
-                    sets: rules.sets,
-                    elements: rules.elements,
-                    deep: rules.deep.clone(),
-                };
-                let active = Active {
-                    enforcer: Enforcer::Nft(installed),
-                    kube_proxy,
-                };
-                (active, Some(shape))
-            }
-        })
+        let queues = self.options.queues.max(1);
+        enforcer::start(
+            case.path,
+            &node,
+            c,
+            &self.tables[&case.policies],
+            self.agent_options(),
+            self.installs,
+            || host_pair(&node, queues),
+        )
     }
 
     fn send(&mut self, case: Case, pace: Pace, duration: Duration) -> Result<GenReport, VethError> {

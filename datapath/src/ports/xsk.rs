@@ -421,7 +421,7 @@ impl XskPort {
         let mut checksum_offload = if config.checksum_offload {
             ChecksumOffload::TxMetadata
         } else {
-            ChecksumOffload::Software("not asked for".to_owned())
+            ChecksumOffload::Software("asked for software".to_owned())
         };
         let socket = match Socket::open(ifindex, queue, &socket_config) {
             Ok(socket) => socket,

@@ -62,10 +62,14 @@ struct Snmp {
 }
 
 fn snmp(netns: &str) -> Snmp {
-    let text = in_netns(netns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))
-        .expect("read /proc/net/snmp");
+    let text = in_netns(netns, || {
+        std::fs::read_to_string("/proc/thread-self/net/snmp")
+    })
+    .expect("read /proc/net/snmp");
     let field = |proto: &str, name: &str| -> u64 {
-        let mut lines = text.lines().filter(|l| l.starts_with(&format!("{proto}: ")));
+        let mut lines = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{proto}: ")));
         let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
         let at = names.split_whitespace().position(|n| n == name).unwrap();
         values.split_whitespace().nth(at).unwrap().parse().unwrap()
@@ -82,8 +86,7 @@ fn snmp(netns: &str) -> Snmp {
 /// echoes them; the echo must be what was sent.
 fn tcp_echo(node: &LiveNode, client: &str) {
     let b = &node.testbed().pods()["x/b"];
-    let listener =
-        in_netns(&b.netns, || TcpListener::bind(("0.0.0.0", TCP_PORT))).expect("listen");
+    let listener = in_netns(&b.netns, || TcpListener::bind(("0.0.0.0", TCP_PORT))).expect("listen");
     let server = std::thread::spawn(move || -> io::Result<u64> {
         let (mut conn, _) = listener.accept()?;
         conn.set_read_timeout(Some(Duration::from_secs(15)))?;
@@ -108,7 +111,10 @@ fn tcp_echo(node: &LiveNode, client: &str) {
     let mut back = Vec::with_capacity(TRANSFER);
     (&stream).read_to_end(&mut back).expect("read the echo");
     sender.join().unwrap().expect("send");
-    assert_eq!(server.join().unwrap().expect("echo server"), TRANSFER as u64);
+    assert_eq!(
+        server.join().unwrap().expect("echo server"),
+        TRANSFER as u64
+    );
     assert_eq!(back.len(), TRANSFER, "bytes echoed");
     if let Some(at) = back.iter().zip(&data).position(|(x, y)| x != y) {
         panic!("echo differs from what was sent at byte {at}");
@@ -177,17 +183,26 @@ fn traffic(offload: bool) -> bool {
         );
         let (retrans, sent) = (a.retrans - b.retrans, a.out_segs - b.out_segs);
         eprintln!("{ns}: {sent} TCP segments sent, {retrans} retransmitted");
-        assert!(retrans * 100 <= sent.max(100), "{ns}: {retrans} of {sent} retransmitted");
+        assert!(
+            retrans * 100 <= sent.max(100),
+            "{ns}: {retrans} of {sent} retransmitted"
+        );
     }
     let reports = node.stop().expect("agent stops cleanly");
     let offloaded: u64 = reports.iter().map(|r| r.switch.checksums_offloaded).sum();
     let finished: u64 = reports.iter().map(|r| r.switch.checksums_finished).sum();
     eprintln!("offload {offload}: {offloaded} checksums left to the kernel, {finished} finished");
     if offload {
-        assert!(offloaded > 100, "begun checksums left to the kernel: {offloaded}");
+        assert!(
+            offloaded > 100,
+            "begun checksums left to the kernel: {offloaded}"
+        );
     } else {
         assert_eq!(offloaded, 0);
-        assert!(finished > 100, "begun checksums finished in software: {finished}");
+        assert!(
+            finished > 100,
+            "begun checksums finished in software: {finished}"
+        );
     }
     true
 }

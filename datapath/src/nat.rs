@@ -99,12 +99,23 @@ pub fn apply_begun(
     apply_as(frame, meta, rewrite, true)
 }
 
-/// The pseudo-header sum `field` (folded, not complemented) after an
-/// address word sum changed: `update` is an RFC 1624 update of a complete
-/// checksum, so complement in and out.
+/// A TCP or UDP checksum `c` after the address (`addr_update`, an RFC
+/// 1624 update of a complete checksum) and the port changed. Complete: both
+/// updated. Begun (the pseudo-header sum, folded, not complemented): the
+/// address only, complemented in and out.
 #[inline]
-fn begun_update(field: u16, update: impl Fn(u16) -> u16) -> u16 {
-    !update(!field)
+fn transport_sum(
+    c: u16,
+    begun: bool,
+    addr_update: impl Fn(u16) -> u16,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    if begun {
+        !addr_update(!c)
+    } else {
+        update_u16(addr_update(c), old_port, new_port)
+    }
 }
 
 fn apply_as(
@@ -173,11 +184,7 @@ fn apply_as(
     match key.protocol {
         ip_proto::TCP => {
             let mut tcp = TcpPacket::new_checked(l4)?;
-            let c = if begun {
-                begun_update(tcp.checksum(), addr_update)
-            } else {
-                update_u16(addr_update(tcp.checksum()), old_port, new.port)
-            };
+            let c = transport_sum(tcp.checksum(), begun, addr_update, old_port, new.port);
             match rewrite.side {
                 Side::Source => tcp.set_src_port(new.port),
                 Side::Destination => tcp.set_dst_port(new.port),
@@ -191,10 +198,9 @@ fn apply_as(
                 Side::Source => udp.set_src_port(new.port),
                 Side::Destination => udp.set_dst_port(new.port),
             }
-            if begun {
-                udp.set_checksum(begun_update(c, addr_update));
-            } else if c != 0 || meta.is_ipv6() {
-                let c = update_u16(addr_update(c), old_port, new.port);
+            // (A begun one is never 0: it holds a pseudo-header sum.)
+            if begun || c != 0 || meta.is_ipv6() {
+                let c = transport_sum(c, begun, addr_update, old_port, new.port);
                 udp.set_checksum(if c == 0 { 0xffff } else { c });
             }
         }
@@ -506,7 +512,12 @@ mod tests {
             let l3 = usize::from(m.l3_offset);
             let end = l3 + m.l3_len as usize;
             let l4 = usize::from(m.l4_offset.unwrap());
-            let at = l4 + if m.key.protocol == ip_proto::TCP { 16 } else { 6 };
+            let at = l4
+                + if m.key.protocol == ip_proto::TCP {
+                    16
+                } else {
+                    6
+                };
             let addrs = address_range(m.is_ipv6());
             let pseudo = fold(pseudo_header_sum(
                 &frame[l3 + addrs.start..l3 + addrs.end],

@@ -130,7 +130,13 @@ pub fn finish_partial(frame: &mut [u8], meta: &PacketMeta) -> bool {
 }
 
 /// [`finish_partial`] once the field is found begun.
-fn finish_located(frame: &mut [u8], meta: &PacketMeta, l4: usize, field: usize, end: usize) -> bool {
+fn finish_located(
+    frame: &mut [u8],
+    meta: &PacketMeta,
+    l4: usize,
+    field: usize,
+    end: usize,
+) -> bool {
     let at = l4 + field;
     let pseudo = u16::from_be_bytes([frame[at], frame[at + 1]]);
     let segment = data_sum(0, &frame[l4..end]);

@@ -649,7 +649,10 @@ impl<P: Port> Switch<P> {
             } else {
                 Begun::No
             };
-            (begun, rewrite.map(|r| crate::nat::apply(out, meta, r).is_ok()))
+            (
+                begun,
+                rewrite.map(|r| crate::nat::apply(out, meta, r).is_ok()),
+            )
         };
         match begun {
             Begun::Request(request) => {

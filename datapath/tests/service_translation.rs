@@ -1213,7 +1213,11 @@ fn run_offloaded(client: &[Vec<u8>], replies: &[Vec<u8>], offload: bool) -> Swit
         .map(|(f, name)| {
             let p = MemoryPort::new(name, LinkType::Ethernet, f.iter().map(Vec::as_slice), 1)
                 .keeping_sent(64);
-            if offload { p.with_checksum_offload() } else { p }
+            if offload {
+                p.with_checksum_offload()
+            } else {
+                p
+            }
         })
         .collect();
     let mut s = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
@@ -1255,7 +1259,14 @@ fn begun_checksums_are_left_to_offloading_ports_through_translation() {
         let want = software.port(port).unwrap().sent();
         let got = offloaded.port(port).unwrap();
         assert_eq!(got.sent().len(), want.len());
-        assert!(software.port(port).unwrap().sent_requests().iter().all(Option::is_none));
+        assert!(
+            software
+                .port(port)
+                .unwrap()
+                .sent_requests()
+                .iter()
+                .all(Option::is_none)
+        );
         for (i, ((frame, request), want)) in got
             .sent()
             .iter()
@@ -1269,8 +1280,13 @@ fn begun_checksums_are_left_to_offloading_ports_through_translation() {
             if let Some(request) = *request {
                 // Still begun: the device finishing it gives what the
                 // software path sent, to the byte.
-                assert_eq!(usize::from(request.start), usize::from(meta(&frame).l4_offset.unwrap()));
-                assert!(podfence_datapath::offload::finish_request(&mut frame, request));
+                assert_eq!(
+                    usize::from(request.start),
+                    usize::from(meta(&frame).l4_offset.unwrap())
+                );
+                assert!(podfence_datapath::offload::finish_request(
+                    &mut frame, request
+                ));
             }
             verified_key(&frame);
             assert_eq!(&frame, want, "port {port} frame {i}");

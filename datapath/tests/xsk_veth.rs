@@ -441,7 +441,9 @@ fn jumbo_frames_in_both_directions() {
 /// `proto` is `Udp` or `Tcp`, `name` a column such as `InCsumErrors`.
 fn snmp(proto: &str, name: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{proto}: ")));
+    let mut lines = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{proto}: ")));
     let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
     let at = names.split_whitespace().position(|n| n == name).unwrap();
     values.split_whitespace().nth(at).unwrap().parse().unwrap()
@@ -463,7 +465,11 @@ fn begun_frame(transport: Transport, payload_len: usize) -> (Vec<u8>, ChecksumRe
     f[..6].copy_from_slice(&MAC_B);
     f[6..12].copy_from_slice(&MAC_A);
     let l4 = 34;
-    let offset = if matches!(transport, Transport::Tcp { .. }) { 16 } else { 6 };
+    let offset = if matches!(transport, Transport::Tcp { .. }) {
+        16
+    } else {
+        6
+    };
     let len = u32::try_from(f.len() - l4).unwrap();
     let pseudo = fold(pseudo_header_sum(&f[26..34], f[23], len));
     f[l4 + offset..l4 + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
@@ -510,7 +516,8 @@ fn syn_ack_arrives(port: &mut XskPort, to_port: u16) -> bool {
 fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
     let Some(bed) = Testbed::new() else { return };
     bed.set_mtu(9000);
-    bed.netns.ip(&["addr", "add", "10.251.0.2/24", "dev", &bed.if_b]);
+    bed.netns
+        .ip(&["addr", "add", "10.251.0.2/24", "dev", &bed.if_b]);
     bed.netns.ip(&[
         "neigh",
         "add",
@@ -554,7 +561,10 @@ fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
         let errors = snmp("Udp", "InCsumErrors");
         let (f, _) = udp(1000);
         assert_eq!(port.send(&[&f]).unwrap(), 1);
-        assert!(udp_sock.recv(&mut buf).is_err(), "a begun checksum arrived unfinished and was taken");
+        assert!(
+            udp_sock.recv(&mut buf).is_err(),
+            "a begun checksum arrived unfinished and was taken"
+        );
         assert_eq!(snmp("Udp", "InCsumErrors"), errors + 1);
 
         // With it: the datagram arrives whole, one chunk or a chain.
@@ -564,7 +574,11 @@ fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
             let n = udp_sock.recv(&mut buf).expect("the datagram arrives");
             assert_eq!(&buf[..n], &f[42..], "payload of {len}");
         }
-        assert_eq!(snmp("Udp", "InCsumErrors"), errors + 1, "no new checksum error");
+        assert_eq!(
+            snmp("Udp", "InCsumErrors"),
+            errors + 1,
+            "no new checksum error"
+        );
 
         // TCP: a SYN is answered only if its checksum is right.
         let tcp_errors = snmp("Tcp", "InCsumErrors");
@@ -580,11 +594,17 @@ fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
         };
         let (f, _) = syn(40_001);
         port.send(&[&f]).unwrap();
-        assert!(!syn_ack_arrives(&mut port, 40_001), "unfinished SYN answered");
+        assert!(
+            !syn_ack_arrives(&mut port, 40_001),
+            "unfinished SYN answered"
+        );
         assert_eq!(snmp("Tcp", "InCsumErrors"), tcp_errors + 1);
         let (f, request) = syn(40_002);
         port.send_offloaded(&[&f], &[Some(request)]).unwrap();
-        assert!(syn_ack_arrives(&mut port, 40_002), "no SYN-ACK to a finished SYN");
+        assert!(
+            syn_ack_arrives(&mut port, 40_002),
+            "no SYN-ACK to a finished SYN"
+        );
         assert_eq!(snmp("Tcp", "InCsumErrors"), tcp_errors + 1);
         drop(tcp_listener);
         assert_eq!(port.xsk_stats().unwrap().tx_invalid_descs, 0);

@@ -434,3 +434,28 @@ fn answer(stream: &TcpStream, registry: &Registry, health: &Health) {
         body.len()
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(counters: &Arc<WorkerCounters>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Arc::clone(counters)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_checksum_offload_mode_is_a_gauge_once_known() {
+        let counters = Arc::new(WorkerCounters::default());
+        assert_eq!(counters.checksum_offload(), None);
+        assert!(!scrape(&counters).contains("podfence_checksum_offload"));
+        counters.set_checksum_offload(true);
+        assert_eq!(counters.checksum_offload(), Some(true));
+        assert!(scrape(&counters).contains("\npodfence_checksum_offload 1\n"));
+        counters.set_checksum_offload(false);
+        assert!(scrape(&counters).contains("\npodfence_checksum_offload 0\n"));
+    }
+}

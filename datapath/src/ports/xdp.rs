@@ -100,7 +100,7 @@ unsafe impl<T: Send> Send for Ring<T> {}
 impl<T: Copy> Ring<T> {
     fn map(fd: RawFd, offsets: &libc::xdp_ring_offset, size: u32, pgoff: u64) -> io::Result<Self> {
         let len = offsets.desc as usize + size as usize * size_of::<T>();
-        let map = Mapping::new(len, Some(fd), pgoff as libc::off_t)?;
+        let map = Mapping::new(len, Some(fd), pgoff.cast_signed())?;
         let at = |off: u64| -> NonNull<u8> {
             // SAFETY: the kernel's offsets lie within the mapping of `len`
             // bytes it told us to map (producer, consumer and flags before
@@ -125,15 +125,26 @@ impl<T: Copy> Ring<T> {
         })
     }
 
-    fn index(&self, which: NonNull<AtomicU32>) -> &AtomicU32 {
-        // SAFETY: `which` points at an aligned u32 of the live mapping
-        // `self.map`, shared with the kernel, which accesses it atomically.
-        unsafe { which.as_ref() }
+    fn producer(&self) -> &AtomicU32 {
+        // SAFETY: an aligned u32 of the live mapping `self._map` (kept as
+        // long as `self`), shared with the kernel, which accesses it
+        // atomically.
+        unsafe { self.producer.as_ref() }
+    }
+
+    fn consumer(&self) -> &AtomicU32 {
+        // SAFETY: as for `producer`.
+        unsafe { self.consumer.as_ref() }
+    }
+
+    fn flags(&self) -> &AtomicU32 {
+        // SAFETY: as for `producer`.
+        unsafe { self.flags.as_ref() }
     }
 
     /// Entries free for producing (fill, tx).
     pub(super) fn free(&self) -> u32 {
-        let consumer = self.index(self.consumer).load(Ordering::Acquire);
+        let consumer = self.consumer().load(Ordering::Acquire);
         self.size - self.local.wrapping_sub(consumer)
     }
 
@@ -164,8 +175,7 @@ impl<T: Copy> Ring<T> {
             unsafe { self.descs.add(slot).write_volatile(*item) };
         }
         self.local = self.local.wrapping_add(n as u32);
-        self.index(self.producer)
-            .store(self.local, Ordering::Release);
+        self.producer().store(self.local, Ordering::Release);
         n
     }
 
@@ -175,7 +185,7 @@ impl<T: Copy> Ring<T> {
     /// The frames the entries describe become the caller's; it must hold
     /// no view of a frame it has since given back to the kernel.
     pub(super) unsafe fn consume(&mut self, out: &mut [T]) -> usize {
-        let producer = self.index(self.producer).load(Ordering::Acquire);
+        let producer = self.producer().load(Ordering::Acquire);
         let n = (producer.wrapping_sub(self.local) as usize).min(out.len());
         if n == 0 {
             return 0;
@@ -189,15 +199,14 @@ impl<T: Copy> Ring<T> {
             *item = unsafe { self.descs.add(slot).read_volatile() };
         }
         self.local = self.local.wrapping_add(n as u32);
-        self.index(self.consumer)
-            .store(self.local, Ordering::Release);
+        self.consumer().store(self.local, Ordering::Release);
         n
     }
 
     /// Whether the kernel asks for a system call to go on
     /// (`XDP_RING_NEED_WAKEUP`).
     pub(super) fn needs_wakeup(&self) -> bool {
-        self.index(self.flags).load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+        self.flags().load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
 }
 
@@ -278,7 +287,11 @@ fn set_u32(fd: RawFd, opt: libc::c_int, value: u32) -> io::Result<()> {
 impl Socket {
     /// Creates the socket and its UMEM, maps the rings and binds to `queue`
     /// of interface `ifindex` (in the calling thread's network namespace).
-    pub(super) fn open(ifindex: u32, queue: u32, config: &SocketConfig) -> Result<Self, (Step, io::Error)> {
+    pub(super) fn open(
+        ifindex: u32,
+        queue: u32,
+        config: &SocketConfig,
+    ) -> Result<Self, (Step, io::Error)> {
         // SAFETY: plain system call; the result is checked.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -343,8 +356,13 @@ impl Socket {
                 io::Error::other("the kernel's ring offsets lack flags (Linux < 5.4)"),
             ));
         }
-        let fill = Ring::map(raw, &off.fr, config.fill_ring, libc::XDP_UMEM_PGOFF_FILL_RING)
-            .map_err(rings)?;
+        let fill = Ring::map(
+            raw,
+            &off.fr,
+            config.fill_ring,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+        )
+        .map_err(rings)?;
         let comp = Ring::map(
             raw,
             &off.cr,
@@ -407,7 +425,10 @@ impl Socket {
     /// # Safety
     /// The frame is owned by the caller (on no ring) and no other view of
     /// these bytes exists while this one lives.
-    #[allow(clippy::mut_from_ref, reason = "the UMEM is shared memory; the caller's contract rules out aliasing")]
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "the UMEM is shared memory; the caller's contract rules out aliasing"
+    )]
     pub(super) unsafe fn bytes_mut(&self, addr: u64, len: usize) -> Option<&mut [u8]> {
         let start = usize::try_from(addr).ok()?;
         if start.checked_add(len)? > self.umem.len {

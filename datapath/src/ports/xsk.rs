@@ -86,8 +86,8 @@
 //! each of its ports in turn (round robin). Ports are `Send`, not shared:
 //! each belongs to exactly one worker thread.
 //!
-//! Dropping a port closes the socket and then frees the UMEM (xsk-rs keeps
-//! the UMEM alive for as long as any socket or ring of it exists).
+//! Dropping a port unmaps its rings, closes the socket and then unmaps the
+//! UMEM (`ports::xdp::Socket`'s field order).
 
 use std::fmt;
 use std::io;
@@ -308,7 +308,10 @@ fn queue_size(port: &str, what: &str, n: u32) -> Result<u32, PortError> {
     if n.is_power_of_two() {
         Ok(n)
     } else {
-        Err(invalid(port, format!("{what} size {n} is not a power of two")))
+        Err(invalid(
+            port,
+            format!("{what} size {n} is not a power of two"),
+        ))
     }
 }
 
@@ -355,7 +358,7 @@ fn create_error(
     queue: u32,
     config: &XskConfig,
     step: Step,
-    source: io::Error,
+    source: &io::Error,
 ) -> PortError {
     let context = match step {
         Step::Socket => "",
@@ -363,7 +366,7 @@ fn create_error(
         Step::Rings => "setting up the rings: ",
         Step::Bind => "binding: ",
     };
-    let why = explain_create_error(ifname, queue, config.zero_copy, &source);
+    let why = explain_create_error(ifname, queue, config.zero_copy, source);
     PortError::Io {
         port: name.to_owned(),
         source: io::Error::new(source.kind(), format!("{context}{why}: {source}")),
@@ -436,9 +439,9 @@ impl XskPort {
                 ));
                 socket_config.tx_metadata = false;
                 Socket::open(ifindex, queue, &socket_config)
-                    .map_err(|(step, e)| create_error(&name, ifname, queue, config, step, e))?
+                    .map_err(|(step, e)| create_error(&name, ifname, queue, config, step, &e))?
             }
-            Err((step, e)) => return Err(create_error(&name, ifname, queue, config, step, e)),
+            Err((step, e)) => return Err(create_error(&name, ifname, queue, config, step, &e)),
         };
         // Data to send starts after the kernel's headroom, as received data
         // does, leaving room for the TX metadata before it.
@@ -785,7 +788,9 @@ impl XskPort {
             // The request goes on the first buffer only.
             let mut request = requests.get(f).copied().flatten();
             let last = buffers - 1;
-            let pieces = frame.chunks(chunk).chain(frame.is_empty().then_some(&[][..]));
+            let pieces = frame
+                .chunks(chunk)
+                .chain(frame.is_empty().then_some(&[][..]));
             for (i, piece) in pieces.enumerate() {
                 let Some(base) = self.tx_free.pop() else {
                     unreachable!("tx_free holds `buffers` frames, checked above");
@@ -981,9 +986,7 @@ impl Port for XskPort {
         let frame = self.rx_slot.get(index).copied().unwrap_or(u32::MAX) as usize;
         let first = self.rx_first.get(frame).copied().unwrap_or(u32::MAX) as usize;
         assert!(
-            frame < self.rx_frames
-                && first < self.rx_len
-                && self.rx_batch[first].addr == desc.addr,
+            frame < self.rx_frames && first < self.rx_len && self.rx_batch[first].addr == desc.addr,
             "{}: descriptor {desc:?} is not of the current batch",
             self.name
         );

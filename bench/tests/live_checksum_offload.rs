@@ -1,11 +1,14 @@
 //! Checksum offload through the running agent: TCP and UDP between two
 //! pods, and TCP between the node and a pod, with the checksums pods leave
 //! to offload finished by the kernel (AF_XDP TX metadata) and, forced, by
-//! the datapath in software. Either way payloads arrive byte-exact, no
+//! the datapath in software (`--checksum-offload software` on `podfence
+//! run`, whose start-up line says which is in force). Either way payloads arrive byte-exact, no
 //! receiver counts a checksum error (`/proc/net/snmp` `InCsumErrors`) and
 //! TCP hardly retransmits; the switch's counters say which path carried
 //! the begun checksums. Needs root; the TX metadata run skips, saying so,
 //! only where the kernel lacks it.
+
+mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -221,4 +224,46 @@ fn tcp_and_udp_with_checksums_finished_in_software() {
         return;
     }
     assert!(traffic(false));
+}
+
+/// `podfence run` says at start who finishes checksums: the kernel by
+/// default (where it can), software when told.
+#[test]
+fn the_agent_says_at_start_who_finishes_checksums() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    let (bed, dir, manifests) =
+        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "csum");
+    let source = [
+        "--manifests".to_owned(),
+        manifests.to_string_lossy().into_owned(),
+    ];
+    let log = dir.0.join("agent.log");
+    for (extra, want) in [
+        (
+            &["--checksum-offload", "software"][..],
+            "checksum offload: software (asked for software)",
+        ),
+        (&[][..], "checksum offload: "),
+    ] {
+        let _ = std::fs::remove_file(&log);
+        let agent = common::AgentProcess::start_logged(
+            bed.node_netns(),
+            &source,
+            &dir.0,
+            extra,
+            Some(&log),
+        );
+        agent.terminate();
+        let text = std::fs::read_to_string(&log).expect("agent log");
+        let line = text
+            .lines()
+            .find(|l| l.contains(want))
+            .unwrap_or_else(|| panic!("no {want:?} in the log:\n{text}"));
+        eprintln!("{line}");
+        if extra.is_empty() && !line.contains("AF_XDP TX metadata") {
+            eprintln!("SKIPPED (default run): this kernel lacks AF_XDP TX checksum metadata");
+        }
+    }
 }

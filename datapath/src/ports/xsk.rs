@@ -895,16 +895,24 @@ impl XskPort {
             }
             if chained {
                 let mut at = frames * self.max_frame;
+                let mut whole = true;
                 for fd in &self.rx_batch[first..i] {
                     // SAFETY: `fd` came from this port's rx ring in this
                     // batch: a frame of this UMEM the kernel no longer
                     // writes, of which the port takes no mutable view.
                     let piece = unsafe { self.socket.bytes(fd.addr, fd.len as usize) };
-                    // The kernel wrote the descriptor: never trust it to
-                    // stay in range.
-                    let Some(piece) = piece else { break };
+                    // A descriptor outside the UMEM (never seen): the
+                    // frame is not delivered.
+                    let Some(piece) = piece else {
+                        whole = false;
+                        break;
+                    };
                     self.linear[at..at + piece.len()].copy_from_slice(piece);
                     at += piece.len();
+                }
+                if !whole {
+                    self.stats.rx_oversize += 1;
+                    continue;
                 }
             }
             self.rx_slot[self.rx_batch[first].addr as usize / self.frame_size] = frames as u32;

@@ -26,6 +26,13 @@
 //! keeps the router's address); the error's checksum follows every word
 //! that changed (see [`apply`]).
 //!
+//! A TCP or UDP checksum the sender left begun, to be finished by the
+//! transmitting device ([`crate::offload`]), is updated by [`apply_begun`]:
+//! the field holds the folded pseudo-header sum, not complemented, so the
+//! address change is added to it as it is (`field' = field + ~old + new`,
+//! what Linux's `inet_proto_csum_replace4` does for `CHECKSUM_PARTIAL`) and
+//! the port change not at all (the device sums the header as it leaves).
+//!
 //! Nothing here allocates; a frame that does not hold the headers the
 //! parser found is left untouched and reported ([`ParseError`]).
 
@@ -78,6 +85,45 @@ impl Rewrite {
 /// Applies `rewrite` to the IP packet in `frame` that `meta` describes (as
 /// parsed from this frame); on an error the frame is unchanged.
 pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(), ParseError> {
+    apply_as(frame, meta, rewrite, false)
+}
+
+/// [`apply`] to a TCP or UDP packet whose checksum is begun (the field
+/// holds the pseudo-header sum, for the transmitting device to finish; see
+/// the module doc): it stays begun, over the new addresses.
+pub fn apply_begun(
+    frame: &mut [u8],
+    meta: &PacketMeta,
+    rewrite: &Rewrite,
+) -> Result<(), ParseError> {
+    apply_as(frame, meta, rewrite, true)
+}
+
+/// A TCP or UDP checksum `c` after the address (`addr_update`, an RFC
+/// 1624 update of a complete checksum) and the port changed. Complete: both
+/// updated. Begun (the pseudo-header sum, folded, not complemented): the
+/// address only, complemented in and out.
+#[inline]
+fn transport_sum(
+    c: u16,
+    begun: bool,
+    addr_update: impl Fn(u16) -> u16,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    if begun {
+        !addr_update(!c)
+    } else {
+        update_u16(addr_update(c), old_port, new_port)
+    }
+}
+
+fn apply_as(
+    frame: &mut [u8],
+    meta: &PacketMeta,
+    rewrite: &Rewrite,
+    begun: bool,
+) -> Result<(), ParseError> {
     let l3 = usize::from(meta.l3_offset);
     let end = l3
         .checked_add(meta.l3_len as usize)
@@ -138,7 +184,7 @@ pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(
     match key.protocol {
         ip_proto::TCP => {
             let mut tcp = TcpPacket::new_checked(l4)?;
-            let c = update_u16(addr_update(tcp.checksum()), old_port, new.port);
+            let c = transport_sum(tcp.checksum(), begun, addr_update, old_port, new.port);
             match rewrite.side {
                 Side::Source => tcp.set_src_port(new.port),
                 Side::Destination => tcp.set_dst_port(new.port),
@@ -152,8 +198,9 @@ pub fn apply(frame: &mut [u8], meta: &PacketMeta, rewrite: &Rewrite) -> Result<(
                 Side::Source => udp.set_src_port(new.port),
                 Side::Destination => udp.set_dst_port(new.port),
             }
-            if c != 0 || meta.is_ipv6() {
-                let c = update_u16(addr_update(c), old_port, new.port);
+            // (A begun one is never 0: it holds a pseudo-header sum.)
+            if begun || c != 0 || meta.is_ipv6() {
+                let c = transport_sum(c, begun, addr_update, old_port, new.port);
                 udp.set_checksum(if c == 0 { 0xffff } else { c });
             }
         }
@@ -387,6 +434,7 @@ mod tests {
     use crate::craft::{FrameSpec, Transport};
     use crate::flow::{Parsed, parse_frame};
     use crate::link::LinkType;
+    use crate::offload::{Begun, finish_request, request_or_finish};
     use crate::wire::checksum::{
         address_range, data_sum, fold, internet_checksum, pseudo_header_sum,
     };
@@ -454,6 +502,78 @@ mod tests {
             }
         }
         out
+    }
+
+    /// What a sender with offload leaves: the field holding the folded
+    /// pseudo-header sum.
+    fn begin(frame: &mut [u8]) -> crate::ports::ChecksumRequest {
+        let m = meta(frame);
+        {
+            let l3 = usize::from(m.l3_offset);
+            let end = l3 + m.l3_len as usize;
+            let l4 = usize::from(m.l4_offset.unwrap());
+            let at = l4
+                + if m.key.protocol == ip_proto::TCP {
+                    16
+                } else {
+                    6
+                };
+            let addrs = address_range(m.is_ipv6());
+            let pseudo = fold(pseudo_header_sum(
+                &frame[l3 + addrs.start..l3 + addrs.end],
+                m.key.protocol,
+                (end - l4) as u32,
+            ));
+            frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        }
+        match request_or_finish(frame, &m) {
+            Begun::Request(request) => request,
+            other => panic!("not recognised as begun: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn begun_checksums_stay_begun_through_translation() {
+        for (original, backend) in frames() {
+            let m = meta(&original);
+            let rewrites = [
+                Rewrite {
+                    side: Side::Destination,
+                    to: NatAddr {
+                        addr: backend,
+                        port: 5353,
+                    },
+                },
+                Rewrite {
+                    side: Side::Source,
+                    to: NatAddr {
+                        addr: backend ^ 0x0101,
+                        port: 61_000,
+                    },
+                },
+            ];
+            for rewrite in rewrites {
+                // The complete checksum, updated as always.
+                let mut complete = original.clone();
+                apply(&mut complete, &m, &rewrite).unwrap();
+                assert!(verifies(&complete));
+                // The same packet, begun: translated, still begun over the
+                // new addresses, and finished by the device, it is the same
+                // frame to the byte.
+                let mut partial = original.clone();
+                let request = begin(&mut partial);
+                apply_begun(&mut partial, &m, &rewrite).unwrap();
+                let after = meta(&partial);
+                assert_eq!(after.key, rewrite.key(&m.key));
+                assert_eq!(
+                    request_or_finish(&mut partial.clone(), &after),
+                    Begun::Request(request),
+                    "still recognised as begun after translation"
+                );
+                assert!(finish_request(&mut partial, request));
+                assert_eq!(partial, complete, "{rewrite:?} of {:?}", m.key);
+            }
+        }
     }
 
     #[test]

@@ -61,7 +61,14 @@
 //!
 //! TCP and UDP checksums that the sender left to offload are finished
 //! ([`crate::offload`]): an AF_XDP frame carries no offload state, so
-//! nothing after the switch would.
+//! nothing after the switch would. Unless the port the frame leaves by
+//! takes checksum requests ([`Port::checksum_offload`]: AF_XDP TX
+//! metadata): then the checksum stays begun (through a translation too,
+//! [`crate::nat::apply_begun`]) and the frame is sent with the request
+//! ([`Port::send_offloaded`]), so the kernel hands it on as
+//! `CHECKSUM_PARTIAL`, as the sender's stack had it, and nobody sums the
+//! segment. Counted in [`SwitchStats::checksums_finished`] and
+//! [`SwitchStats::checksums_offloaded`].
 //!
 //! # Service translation
 //!
@@ -70,7 +77,7 @@
 //! destination after translation (a forward packet goes to the backend's
 //! port) and applies the rewrite to its staged copy ([`crate::nat`]),
 //! after finishing an offloaded checksum (which is computed over the
-//! addresses as received). A frame the rewrite cannot be applied to is
+//! addresses as received), or keeping it begun over the new addresses. A frame the rewrite cannot be applied to is
 //! dropped and counted ([`SwitchStats::nat_failed`]): it must not leave
 //! untranslated. Attempts on a Service without a usable backend are
 //! dropped and counted ([`SwitchStats::service_refused`]); those the worker
@@ -139,8 +146,8 @@ use crate::denials::{Denial, DenialKind, DenialQueue};
 use crate::flow::PacketMeta;
 use crate::link::LinkType;
 use crate::nat::Rewrite;
-use crate::offload::finish_partial;
-use crate::ports::{MAX_BATCH, Port, PortError, RxDesc};
+use crate::offload::{Begun, finish_partial, request_or_finish};
+use crate::ports::{ChecksumRequest, MAX_BATCH, Port, PortError, RxDesc};
 use crate::wire::checksum;
 use crate::worker::{Outcome, Output, Worker};
 
@@ -258,6 +265,9 @@ pub struct SwitchStats {
     /// TCP/UDP checksums a pod left to offload, finished here (see
     /// [`crate::offload`]).
     pub checksums_finished: u64,
+    /// Begun TCP/UDP checksums left to the transmitting kernel (sent with
+    /// a checksum request, see [`crate::offload`]).
+    pub checksums_offloaded: u64,
     /// Frames of translated connections rewritten (see [`crate::nat`]).
     pub translated: u64,
     /// Frames of translated connections dropped because the rewrite could
@@ -295,7 +305,23 @@ struct Staging {
     /// `MAX_BATCH` slots of `max_frame` bytes.
     buf: Vec<u8>,
     lens: [usize; MAX_BATCH],
+    /// Per slot, the checksum left to the port (only with `offload`).
+    requests: [Option<ChecksumRequest>; MAX_BATCH],
     count: usize,
+    /// Whether the port takes checksum requests.
+    offload: bool,
+}
+
+impl Staging {
+    fn new(max_frame: usize, offload: bool) -> Self {
+        Self {
+            buf: vec![0; MAX_BATCH * max_frame],
+            lens: [0; MAX_BATCH],
+            requests: [None; MAX_BATCH],
+            count: 0,
+            offload,
+        }
+    }
 }
 
 /// The switch: an [`Output`] that forwards passing packets to its ports.
@@ -350,11 +376,7 @@ impl<P: Port> Switch<P> {
         check_fib(&fib, ports.len())?;
         let staging = ports
             .iter()
-            .map(|_| Staging {
-                buf: vec![0; MAX_BATCH * max_frame],
-                lens: [0; MAX_BATCH],
-                count: 0,
-            })
+            .map(|p| Staging::new(max_frame, p.checksum_offload()))
             .collect();
         let stats = SwitchStats {
             forwarded: vec![0; ports.len()],
@@ -465,12 +487,9 @@ impl<P: Port> Switch<P> {
     /// Adds a port (a pod that appeared); returns its index, the next one.
     /// Routes to it come with the next [`set_fib`](Self::set_fib).
     pub fn add_port(&mut self, port: P) -> usize {
+        self.staging
+            .push(Staging::new(self.max_frame, port.checksum_offload()));
         self.ports.push(Some(port));
-        self.staging.push(Staging {
-            buf: vec![0; MAX_BATCH * self.max_frame],
-            lens: [0; MAX_BATCH],
-            count: 0,
-        });
         self.stats.forwarded.push(0);
         self.ports.len() - 1
     }
@@ -527,7 +546,12 @@ impl<P: Port> Switch<P> {
         for ((f, slot), &len) in frames.iter_mut().zip(slots).zip(&staging.lens[..n]) {
             *f = &slot[..len];
         }
-        if let Ok(sent) = port.send(&frames[..n]) {
+        let sent = if staging.offload {
+            port.send_offloaded(&frames[..n], &staging.requests[..n])
+        } else {
+            port.send(&frames[..n])
+        };
+        if let Ok(sent) = sent {
             let sent = sent.min(n);
             self.stats.forwarded[index] += sent as u64;
             self.stats.tx_dropped += (n - sent) as u64;
@@ -555,6 +579,7 @@ impl<P: Port> Switch<P> {
         let i = staging.count;
         staging.count += 1;
         staging.lens[i] = frame.len();
+        staging.requests[i] = None;
         let slot = &mut staging.buf[i * self.max_frame..i * self.max_frame + frame.len()];
         slot.copy_from_slice(frame);
         Some(slot)
@@ -594,6 +619,7 @@ impl<P: Port> Switch<P> {
             (route, routed)
         };
         let l3 = usize::from(meta.l3_offset);
+        let offload = self.staging[route.port].offload;
         let Some(out) = self.stage(route.port, frame) else {
             return;
         };
@@ -607,12 +633,36 @@ impl<P: Port> Switch<P> {
             }
         }
         // Pods' stacks, and the kernel sending through `pf-host`, may have
-        // left checksums to offload.
-        // (Before any translation: a begun checksum covers the addresses
-        // as received.)
-        let finished = finish_partial(out, meta);
-        let translated = rewrite.map(|r| crate::nat::apply(out, meta, r).is_ok());
-        self.stats.checksums_finished += u64::from(finished);
+        // left checksums to offload: left to the kernel sending the frame
+        // if it takes requests, else finished here (before any
+        // translation: a begun checksum covers the addresses as received).
+        let (begun, translated) = if offload {
+            let begun = request_or_finish(out, meta);
+            let translated = rewrite.map(|r| match begun {
+                Begun::Request(_) => crate::nat::apply_begun(out, meta, r).is_ok(),
+                Begun::No | Begun::Finished => crate::nat::apply(out, meta, r).is_ok(),
+            });
+            (begun, translated)
+        } else {
+            let begun = if finish_partial(out, meta) {
+                Begun::Finished
+            } else {
+                Begun::No
+            };
+            (
+                begun,
+                rewrite.map(|r| crate::nat::apply(out, meta, r).is_ok()),
+            )
+        };
+        match begun {
+            Begun::Request(request) => {
+                let staging = &mut self.staging[route.port];
+                staging.requests[staging.count - 1] = Some(request);
+                self.stats.checksums_offloaded += 1;
+            }
+            Begun::Finished => self.stats.checksums_finished += 1,
+            Begun::No => {}
+        }
         match translated {
             Some(true) => self.stats.translated += 1,
             Some(false) => {
@@ -764,6 +814,7 @@ impl<P: Port> Output for Switch<P> {
             return false;
         };
         staging.lens[i] = len;
+        staging.requests[i] = None;
         staging.count += 1;
         true
     }

@@ -1177,3 +1177,119 @@ fn icmp_errors_from_the_client_about_a_reply_reach_the_backend() {
     let c = stats.snapshot();
     assert_eq!((c.denied, c.service_translated), (0, 2));
 }
+
+// Checksum offload: begun checksums through the switch.
+
+/// `frame` as a sender with checksum offload hands it over: its TCP or UDP
+/// checksum field holding the folded pseudo-header sum.
+fn begin(mut frame: Vec<u8>) -> Vec<u8> {
+    let m = meta(&frame);
+    let l3 = usize::from(m.l3_offset);
+    let l4 = usize::from(m.l4_offset.unwrap());
+    let end = l3 + m.l3_len as usize;
+    let at = l4 + if m.key.protocol == 6 { 16 } else { 6 };
+    let addrs = address_range(m.is_ipv6());
+    let pseudo = fold(pseudo_header_sum(
+        &frame[l3 + addrs.start..l3 + addrs.end],
+        m.key.protocol,
+        (end - l4) as u32,
+    ));
+    frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+    frame
+}
+
+/// Runs `client` frames (from the client pod) and then `replies` (from the
+/// DNS backend) through a fresh worker and a switch whose ports take
+/// checksum requests or not; returns the switch.
+fn run_offloaded(client: &[Vec<u8>], replies: &[Vec<u8>], offload: bool) -> Switch<MemoryPort> {
+    let publisher = Publisher::new(services::tables(1), services::services());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let inputs = [vec![], replies.to_vec(), client.to_vec(), vec![]];
+    let ports = inputs
+        .iter()
+        .zip(["host", "dns", "client", "web"])
+        .map(|(f, name)| {
+            let p = MemoryPort::new(name, LinkType::Ethernet, f.iter().map(Vec::as_slice), 1)
+                .keeping_sent(64);
+            if offload {
+                p.with_checksum_offload()
+            } else {
+                p
+            }
+        })
+        .collect();
+    let mut s = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
+    drain(&mut s, &mut w, CLIENT);
+    drain(&mut s, &mut w, DNS);
+    s
+}
+
+#[test]
+fn begun_checksums_are_left_to_offloading_ports_through_translation() {
+    let (dns4, dns6) = (IpAddr::V4(DNS_V4), IpAddr::V6(DNS_V6));
+    let (c4, c6, b4, b6) = (v4(2), v6(2), v4(1), v6(1));
+    let syn = tcp_flags::SYN;
+    let synack = tcp_flags::SYN | tcp_flags::ACK;
+    // Through the Service (translated), and pod to pod (not translated);
+    // the last one complete, as a raw socket would send it.
+    let client = vec![
+        begin(build(c4, dns4, udp(4000, 53))),
+        begin(build(c6, dns6, udp(4000, 53))),
+        begin(build(c4, dns4, tcp(4001, 53, syn))),
+        begin(build(c6, dns6, tcp(4001, 53, syn))),
+        begin(build(c4, b4, tcp(4002, 5353, syn))),
+        build(c4, b4, udp(4003, 5353)),
+    ];
+    let replies = vec![
+        begin(build(b4, c4, udp(5353, 4000))),
+        begin(build(b6, c6, udp(5353, 4000))),
+        begin(build(b4, c4, tcp(5353, 4001, synack))),
+        begin(build(b6, c6, tcp(5353, 4001, synack))),
+    ];
+    let software = run_offloaded(&client, &replies, false);
+    let offloaded = run_offloaded(&client, &replies, true);
+    assert_eq!(software.stats().checksums_finished, 9);
+    assert_eq!(software.stats().checksums_offloaded, 0);
+    assert_eq!(offloaded.stats().checksums_finished, 0);
+    assert_eq!(offloaded.stats().checksums_offloaded, 9);
+    assert_eq!(offloaded.stats().translated, 8);
+    for port in [DNS, CLIENT] {
+        let want = software.port(port).unwrap().sent();
+        let got = offloaded.port(port).unwrap();
+        assert_eq!(got.sent().len(), want.len());
+        assert!(
+            software
+                .port(port)
+                .unwrap()
+                .sent_requests()
+                .iter()
+                .all(Option::is_none)
+        );
+        for (i, ((frame, request), want)) in got
+            .sent()
+            .iter()
+            .zip(got.sent_requests())
+            .zip(want)
+            .enumerate()
+        {
+            let complete = i == 5 && port == DNS;
+            assert_eq!(request.is_none(), complete, "port {port} frame {i}");
+            let mut frame = frame.clone();
+            if let Some(request) = *request {
+                // Still begun: the device finishing it gives what the
+                // software path sent, to the byte.
+                assert_eq!(
+                    usize::from(request.start),
+                    usize::from(meta(&frame).l4_offset.unwrap())
+                );
+                assert!(podfence_datapath::offload::finish_request(
+                    &mut frame, request
+                ));
+            }
+            verified_key(&frame);
+            assert_eq!(&frame, want, "port {port} frame {i}");
+        }
+    }
+}

@@ -17,6 +17,7 @@ use podfence_datapath::publish::Publisher;
 use podfence_datapath::services::{Endpoint, FrontendKey, ServiceOptions, ServiceTableBuilder};
 use podfence_datapath::stats::WorkerStats;
 use podfence_datapath::switch::{Fib, Route, Switch};
+use podfence_datapath::wire::checksum::{fold, pseudo_header_sum};
 use podfence_datapath::worker::{Worker, WorkerConfig};
 use podfence_datapath::{IpProtocol, ServiceTable};
 
@@ -35,6 +36,16 @@ fn frame(src: IpAddr, dst: IpAddr, transport: Transport) -> Vec<u8> {
         payload_fill: 1,
     }
     .build()
+}
+
+/// An IPv4 TCP or UDP `frame` with its checksum begun, as a sender with
+/// checksum offload hands it over (the folded pseudo-header sum).
+fn begun(mut frame: Vec<u8>) -> Vec<u8> {
+    let at = 34 + if frame[23] == 6 { 16 } else { 6 };
+    let len = u32::try_from(frame.len() - 34).unwrap();
+    let pseudo = fold(pseudo_header_sum(&frame[26..34], frame[23], len));
+    frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+    frame
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> Transport {
@@ -85,10 +96,8 @@ fn service_table() -> ServiceTable {
 /// Passes over the trace: one to warm up, the rest measured.
 const ROUNDS: u64 = 21;
 
-#[test]
-fn switch_allocates_nothing_per_packet() {
-    let publisher = Publisher::new(two_pods(1, Some(80), false), service_table());
-    // Everything arrives on pod .2's port.
+/// What arrives on pod .2's port: every path through the switch.
+fn input_frames() -> Vec<Vec<u8>> {
     let outside = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut frames = Vec::new();
     for sport in 1000..1200u16 {
@@ -119,12 +128,35 @@ fn switch_allocates_nothing_per_packet() {
             .packet(&raw::icmp(3, 3, [0; 4], &reply));
         frames.push(raw::ethernet(raw::ETH_IPV4, &error));
     }
+    // Checksums left to offload: to pod .1's port, which takes checksum
+    // requests (also through a translation), and to the host port, which
+    // does not (finished in software).
+    for sport in 2000..2050u16 {
+        frames.push(begun(frame(v4(2), v4(1), tcp(sport, 80, tcp_flags::SYN))));
+        frames.push(begun(frame(
+            v4(2),
+            IpAddr::V4(SERVICE),
+            tcp(sport, 80, tcp_flags::SYN),
+        )));
+        let udp = Transport::Udp {
+            src_port: sport,
+            dst_port: 53,
+        };
+        frames.push(begun(frame(v4(2), outside, udp)));
+    }
     let mut expiring = frame(v4(2), v4(1), tcp(999, 80, tcp_flags::SYN));
     expiring[14 + 8] = 1; // checksum now wrong; the switch does not check it
     frames.push(expiring);
     let truncated = frames[0][..20].to_vec(); // IPv4 ethertype, 6 bytes of header
     frames.push(truncated); // malformed (dropped by default)
     frames.push(vec![0xff; 20]); // not IP: to the host port unchanged
+    frames
+}
+
+#[test]
+fn switch_allocates_nothing_per_packet() {
+    let publisher = Publisher::new(two_pods(1, Some(80), false), service_table());
+    let frames = input_frames();
 
     let rx = MemoryPort::new(
         "p2",
@@ -134,7 +166,7 @@ fn switch_allocates_nothing_per_packet() {
     );
     let ports = vec![
         MemoryPort::new("host", LinkType::Ethernet, [], 0),
-        MemoryPort::new("p1", LinkType::Ethernet, [], 0),
+        MemoryPort::new("p1", LinkType::Ethernet, [], 0).with_checksum_offload(),
         rx,
     ];
     let mut switch = Switch::new(ports, Arc::new(fib()), 2048).unwrap();
@@ -166,6 +198,14 @@ fn switch_allocates_nothing_per_packet() {
     assert!(s.malformed > warm.malformed, "malformed: {s:?}");
     assert!(s.not_ip > warm.not_ip, "not IP: {s:?}");
     assert!(s.translated > warm.translated, "translated: {s:?}");
+    assert!(
+        s.checksums_offloaded > warm.checksums_offloaded,
+        "offloaded: {s:?}"
+    );
+    assert!(
+        s.checksums_finished > warm.checksums_finished,
+        "finished: {s:?}"
+    );
     assert!(s.service_refused > warm.service_refused, "refused: {s:?}");
     assert!(
         s.forwarded[2] > warm.forwarded[2],

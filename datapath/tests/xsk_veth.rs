@@ -11,8 +11,10 @@
 use std::time::{Duration, Instant};
 
 use podfence_bpf::{AttachMode, RedirectConfig, Redirector, XdpMode};
-use podfence_datapath::ports::xsk::{XskConfig, XskMode, XskPort};
-use podfence_datapath::ports::{Port, RxDesc};
+use podfence_datapath::craft::{FrameSpec, Transport};
+use podfence_datapath::ports::xsk::{ChecksumOffload, XskConfig, XskMode, XskPort};
+use podfence_datapath::ports::{ChecksumRequest, Port, RxDesc};
+use podfence_datapath::wire::checksum::{fold, pseudo_header_sum};
 use podfence_testkit::netns::Netns;
 use podfence_testkit::packet::PacketSocket;
 use podfence_testkit::{Need, skip_unless};
@@ -431,4 +433,180 @@ fn jumbo_frames_in_both_directions() {
             redirector.detach().expect("detach");
         });
     }
+}
+
+// Checksum offload through TX metadata.
+
+/// A counter of `/proc/net/snmp` (of the calling thread's namespace):
+/// `proto` is `Udp` or `Tcp`, `name` a column such as `InCsumErrors`.
+fn snmp(proto: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let mut lines = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{proto}: ")));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == name).unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// An IPv4 TCP or UDP frame from `a` (10.251.0.1) to `b` (10.251.0.2) as a
+/// stack with checksum offload hands it to its device: the checksum begun
+/// (the folded pseudo-header sum in its field); and the request that
+/// finishes it.
+fn begun_frame(transport: Transport, payload_len: usize) -> (Vec<u8>, ChecksumRequest) {
+    let mut f = FrameSpec {
+        src: "10.251.0.1".parse().unwrap(),
+        dst: "10.251.0.2".parse().unwrap(),
+        transport,
+        payload_len,
+        payload_fill: 0xa7,
+    }
+    .build();
+    f[..6].copy_from_slice(&MAC_B);
+    f[6..12].copy_from_slice(&MAC_A);
+    let l4 = 34;
+    let offset = if matches!(transport, Transport::Tcp { .. }) {
+        16
+    } else {
+        6
+    };
+    let len = u32::try_from(f.len() - l4).unwrap();
+    let pseudo = fold(pseudo_header_sum(&f[26..34], f[23], len));
+    f[l4 + offset..l4 + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+    let request = ChecksumRequest {
+        start: l4 as u16,
+        offset: offset as u16,
+    };
+    (f, request)
+}
+
+/// Whether a SYN-ACK from `b`'s port 12347 to `a`'s `port` arrives within
+/// half a second (other frames are released and ignored).
+fn syn_ack_arrives(port: &mut XskPort, to_port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut descs = [RxDesc::default(); 64];
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        let n = port.recv(&mut descs).expect("recv");
+        for d in &descs[..n] {
+            let f = port.frame(d);
+            seen |= f.len() >= 54
+                && f[23] == 6
+                && f[34..36] == 12347u16.to_be_bytes()
+                && f[36..38] == to_port.to_be_bytes()
+                && f[47] == 0x12;
+        }
+        port.release(&descs[..n]);
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    seen
+}
+
+/// The kernel finishes checksums left to it in TX metadata, as this port
+/// sends them (on veth, copy mode: the skb is `CHECKSUM_PARTIAL`, and the
+/// receiving stack takes it): a begun UDP datagram, a jumbo one sent as a
+/// chain (the request on its first buffer only), and a begun TCP SYN all
+/// reach their sockets, with no checksum error counted. The same frames
+/// sent without the request are dropped for their checksums and counted,
+/// which is what shows the request did it. Skips where the kernel lacks TX
+/// metadata (before Linux 6.11), saying so.
+#[test]
+fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.set_mtu(9000);
+    bed.netns
+        .ip(&["addr", "add", "10.251.0.2/24", "dev", &bed.if_b]);
+    bed.netns.ip(&[
+        "neigh",
+        "add",
+        "10.251.0.1",
+        "lladdr",
+        &podfence_testkit::netns::mac_string(MAC_A),
+        "dev",
+        &bed.if_b,
+    ]);
+    bed.in_ns(|| {
+        let redirector = Redirector::attach(bed.if_a.as_str(), &RedirectConfig::default())
+            .expect("attach redirector");
+        let config = XskConfig {
+            max_frame: JUMBO_FRAME,
+            ..jumbo_config()
+        };
+        let mut port = XskPort::open(&bed.if_a, 0, &config).expect("open XskPort");
+        if let ChecksumOffload::Software(why) = port.checksum_offload() {
+            eprintln!("SKIPPED: this kernel lacks AF_XDP TX checksum metadata: {why}");
+            return;
+        }
+        assert!(Port::checksum_offload(&port));
+        redirector.register_socket(0, &port).expect("register");
+        let udp_sock = std::net::UdpSocket::bind("10.251.0.2:12346").expect("bind UDP");
+        udp_sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let tcp_listener = std::net::TcpListener::bind("10.251.0.2:12347").expect("listen");
+        let mut buf = vec![0u8; 10_000];
+        let udp = |len| {
+            begun_frame(
+                Transport::Udp {
+                    src_port: 12345,
+                    dst_port: 12346,
+                },
+                len,
+            )
+        };
+
+        // Without the request: dropped by the receiver, counted.
+        let errors = snmp("Udp", "InCsumErrors");
+        let (f, _) = udp(1000);
+        assert_eq!(port.send(&[&f]).unwrap(), 1);
+        assert!(
+            udp_sock.recv(&mut buf).is_err(),
+            "a begun checksum arrived unfinished and was taken"
+        );
+        assert_eq!(snmp("Udp", "InCsumErrors"), errors + 1);
+
+        // With it: the datagram arrives whole, one chunk or a chain.
+        for len in [1000, 8000] {
+            let (f, request) = udp(len);
+            assert_eq!(port.send_offloaded(&[&f], &[Some(request)]).unwrap(), 1);
+            let n = udp_sock.recv(&mut buf).expect("the datagram arrives");
+            assert_eq!(&buf[..n], &f[42..], "payload of {len}");
+        }
+        assert_eq!(
+            snmp("Udp", "InCsumErrors"),
+            errors + 1,
+            "no new checksum error"
+        );
+
+        // TCP: a SYN is answered only if its checksum is right.
+        let tcp_errors = snmp("Tcp", "InCsumErrors");
+        let syn = |src_port| {
+            begun_frame(
+                Transport::Tcp {
+                    src_port,
+                    dst_port: 12347,
+                    flags: 0x02,
+                },
+                0,
+            )
+        };
+        let (f, _) = syn(40_001);
+        port.send(&[&f]).unwrap();
+        assert!(
+            !syn_ack_arrives(&mut port, 40_001),
+            "unfinished SYN answered"
+        );
+        assert_eq!(snmp("Tcp", "InCsumErrors"), tcp_errors + 1);
+        let (f, request) = syn(40_002);
+        port.send_offloaded(&[&f], &[Some(request)]).unwrap();
+        assert!(
+            syn_ack_arrives(&mut port, 40_002),
+            "no SYN-ACK to a finished SYN"
+        );
+        assert_eq!(snmp("Tcp", "InCsumErrors"), tcp_errors + 1);
+        drop(tcp_listener);
+        assert_eq!(port.xsk_stats().unwrap().tx_invalid_descs, 0);
+    });
 }

@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub struct WorkerCounters {
     workers: Mutex<Vec<(Arc<WorkerStats>, Arc<RingCounters>)>>,
     /// The connection table the workers share, once they run.
     conntrack: Mutex<Option<Arc<Conntrack>>>,
+    /// Who finishes transport checksums: 0 not known yet, 1 software,
+    /// 2 the kernel (AF_XDP TX metadata).
+    checksum_offload: AtomicU8,
 }
 
 /// A ring counter's name, help and reader.
@@ -69,6 +72,23 @@ impl WorkerCounters {
             .conntrack
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(conntrack);
+    }
+
+    /// Records who finishes the transport checksums the datapath sends:
+    /// the kernel, through AF_XDP TX metadata (`true`), or the switch.
+    pub fn set_checksum_offload(&self, offloaded: bool) {
+        self.checksum_offload
+            .store(if offloaded { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// Whether the kernel finishes transport checksums (`None` before the
+    /// ports are open).
+    #[must_use]
+    pub fn checksum_offload(&self) -> Option<bool> {
+        match self.checksum_offload.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
     }
 
     /// Adds a worker's counters.
@@ -275,6 +295,16 @@ impl Collector for WorkerCounters {
                 capacity.metric_type(),
             )?)?;
         }
+        if let Some(offloaded) = self.checksum_offload() {
+            let gauge = ConstGauge::new(i64::from(offloaded));
+            gauge.encode(encoder.encode_descriptor(
+                "podfence_checksum_offload",
+                "1: TCP/UDP checksums pods left to offload are finished by the kernel \
+                 (AF_XDP TX metadata); 0: by the datapath, in software",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
         let workers = ConstGauge::new(i64::try_from(snapshots.len()).unwrap_or(i64::MAX));
         workers.encode(encoder.encode_descriptor(
             "podfence_workers",
@@ -403,4 +433,29 @@ fn answer(stream: &TcpStream, registry: &Registry, health: &Health) {
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(counters: &Arc<WorkerCounters>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Arc::clone(counters)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_checksum_offload_mode_is_a_gauge_once_known() {
+        let counters = Arc::new(WorkerCounters::default());
+        assert_eq!(counters.checksum_offload(), None);
+        assert!(!scrape(&counters).contains("podfence_checksum_offload"));
+        counters.set_checksum_offload(true);
+        assert_eq!(counters.checksum_offload(), Some(true));
+        assert!(scrape(&counters).contains("\npodfence_checksum_offload 1\n"));
+        counters.set_checksum_offload(false);
+        assert!(scrape(&counters).contains("\npodfence_checksum_offload 0\n"));
+    }
 }

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
 use podfence_datapath::conntrack::{Conntrack, Opened, StoreError, Timeouts};
 use podfence_datapath::denials::DenialQueue;
-use podfence_datapath::ports::xsk::{ReadableWait, Wake, XskConfig, XskPort};
+use podfence_datapath::ports::xsk::{ChecksumOffload, ReadableWait, Wake, XskConfig, XskPort};
 use podfence_datapath::ports::{Port, PortError};
 use podfence_datapath::stats::{Counters, WorkerStats};
 use podfence_datapath::switch::{Fib, Route, Switch, SwitchError, SwitchStats};
@@ -277,6 +277,9 @@ pub struct Agent {
     /// Families (is IPv4) whose rules are in place.
     rule_families: Vec<bool>,
     adopted: Vec<IpAddr>,
+    /// Who finishes transport checksums, as the first port opened found
+    /// (logged once; a port that differs is warned about).
+    checksum_offload: Option<ChecksumOffload>,
     pods: Discovery,
     /// Pods' MACs the CNI reported, for pods the neighbour table does not
     /// know yet.
@@ -356,6 +359,7 @@ impl Agent {
             commands: Vec::new(),
             rule_families: Vec::new(),
             adopted: Vec::new(),
+            checksum_offload: None,
             pods: Discovery::default(),
             known_macs: HashMap::new(),
             netns: current_netns(),
@@ -440,6 +444,7 @@ impl Agent {
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
             let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
+            self.note_checksum_offload(&link.name, port.checksum_offload());
             redirector
                 .register_socket(w as u32, &port)
                 .map_err(|source| AgentError::Redirector {
@@ -450,6 +455,25 @@ impl Agent {
         }
         self.redirectors.insert(link.name.clone(), redirector);
         Ok(ports)
+    }
+
+    /// Says at start who finishes the TCP/UDP checksums pods leave to
+    /// offload ("checksum offload: AF_XDP TX metadata" or "checksum
+    /// offload: software (why)"), and warns about a port that differs.
+    fn note_checksum_offload(&mut self, iface: &str, mode: &ChecksumOffload) {
+        match &self.checksum_offload {
+            None => {
+                info!("checksum offload: {mode}");
+                self.options
+                    .worker_counters
+                    .set_checksum_offload(mode.is_offloaded());
+                self.checksum_offload = Some(mode.clone());
+            }
+            Some(first) if first != mode => {
+                warn!(iface, "checksum offload on this interface: {mode}");
+            }
+            Some(_) => {}
+        }
     }
 
     /// Says, once per interface, when the datapath cannot carry its MTU:

@@ -108,6 +108,16 @@ pub(crate) enum XskModeArg {
     ZeroCopy,
 }
 
+/// Who finishes the TCP/UDP checksums pods leave to offload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ChecksumOffloadArg {
+    /// The kernel, through AF_XDP TX metadata, where it can (Linux 6.11,
+    /// copy mode); software elsewhere.
+    Auto,
+    /// The datapath, in software, always.
+    Software,
+}
+
 /// Enforce NetworkPolicy on this node's pods (root), from manifests or
 /// the Kubernetes API.
 ///
@@ -176,6 +186,12 @@ pub(crate) struct RunArgs {
     /// AF_XDP bind mode.
     #[arg(long, env = "PODFENCE_XSK_MODE", value_enum, default_value_t = XskModeArg::Auto)]
     xsk_mode: XskModeArg,
+    /// Who finishes the TCP/UDP checksums pods leave to offload: `auto`
+    /// leaves them to the kernel through AF_XDP TX metadata where it can;
+    /// `software` always finishes them in the datapath. The agent says at
+    /// start which is in force.
+    #[arg(long, env = "PODFENCE_CHECKSUM_OFFLOAD", value_enum, default_value_t = ChecksumOffloadArg::Auto)]
+    checksum_offload: ChecksumOffloadArg,
     /// Largest IP packet the datapath carries: the pods' MTU (up to 9000;
     /// frames past one AF_XDP chunk travel as multi-buffer chains). Set on
     /// the host-port pair too.
@@ -339,6 +355,7 @@ fn options(args: &RunArgs) -> AgentOptions {
         XskModeArg::Copy => Some(false),
         XskModeArg::ZeroCopy => Some(true),
     };
+    o.xsk.checksum_offload = args.checksum_offload == ChecksumOffloadArg::Auto;
     o.mtu = args.mtu;
     if args.busy_poll > 0 {
         o.xsk.busy_poll = Some(BusyPoll {

@@ -5,7 +5,7 @@
 //! Transmitted frames are counted (and optionally kept) without allocating
 //! per frame once the sink's capacity is reached.
 
-use super::{Port, PortError, PortStats, RxDesc};
+use super::{ChecksumRequest, Port, PortError, PortStats, RxDesc};
 use crate::link::LinkType;
 
 /// A port over an in-memory trace.
@@ -19,7 +19,10 @@ pub struct MemoryPort {
     rounds_left: u64,
     stats: PortStats,
     sent: Vec<Vec<u8>>,
+    /// The checksum request each kept frame was sent with.
+    sent_requests: Vec<Option<ChecksumRequest>>,
     keep_sent: usize,
+    checksum_offload: bool,
 }
 
 impl MemoryPort {
@@ -50,7 +53,9 @@ impl MemoryPort {
             rounds_left: rounds,
             stats: PortStats::default(),
             sent: Vec::new(),
+            sent_requests: Vec::new(),
             keep_sent: 0,
+            checksum_offload: false,
         }
     }
 
@@ -59,7 +64,23 @@ impl MemoryPort {
     pub fn keeping_sent(mut self, n: usize) -> Self {
         self.keep_sent = n;
         self.sent.reserve(n);
+        self.sent_requests.reserve(n);
         self
+    }
+
+    /// Takes checksum requests ([`Port::send_offloaded`]), as a device
+    /// with TX checksum offload does; kept frames keep theirs
+    /// ([`MemoryPort::sent_requests`]), unfinished.
+    #[must_use]
+    pub fn with_checksum_offload(mut self) -> Self {
+        self.checksum_offload = true;
+        self
+    }
+
+    /// The checksum request of each kept frame (`None`: sent complete).
+    #[must_use]
+    pub fn sent_requests(&self) -> &[Option<ChecksumRequest>] {
+        &self.sent_requests
     }
 
     /// Transmitted frames kept so far.
@@ -99,11 +120,30 @@ impl Port for MemoryPort {
     fn release(&mut self, _descs: &[RxDesc]) {}
 
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
-        for f in frames {
+        self.send_offloaded(frames, &[])
+    }
+
+    fn checksum_offload(&self) -> bool {
+        self.checksum_offload
+    }
+
+    fn send_offloaded(
+        &mut self,
+        frames: &[&[u8]],
+        requests: &[Option<ChecksumRequest>],
+    ) -> Result<usize, PortError> {
+        if !self.checksum_offload && requests.iter().any(Option::is_some) {
+            return Err(PortError::Unsupported {
+                port: self.name.clone(),
+                operation: "checksum offload",
+            });
+        }
+        for (i, f) in frames.iter().enumerate() {
             self.stats.tx_frames += 1;
             self.stats.tx_bytes += f.len() as u64;
             if self.sent.len() < self.keep_sent {
                 self.sent.push(f.to_vec());
+                self.sent_requests.push(requests.get(i).copied().flatten());
             }
         }
         Ok(frames.len())

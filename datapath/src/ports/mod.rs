@@ -10,6 +10,7 @@ use crate::link::LinkType;
 
 pub mod capture;
 pub mod memory;
+mod xdp;
 pub mod xsk;
 
 /// Largest batch a worker asks for.
@@ -28,6 +29,20 @@ pub struct RxDesc {
     pub timestamp_ns: u64,
     /// Framing.
     pub link: LinkType,
+}
+
+/// A transport checksum for the device to finish as the frame leaves (TX
+/// checksum offload, `CHECKSUM_PARTIAL` in the kernel's terms): the
+/// checksum field at `start + offset` holds the folded pseudo-header sum,
+/// not complemented, and the device stores there the complement of the
+/// one's complement sum of the bytes from `start` to the end of the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChecksumRequest {
+    /// Where the summed bytes begin: the transport header's offset from
+    /// the frame's first byte.
+    pub start: u16,
+    /// Where the checksum field is, from `start` (TCP 16, UDP 6).
+    pub offset: u16,
 }
 
 /// Counters every port keeps.
@@ -98,6 +113,30 @@ pub trait Port: Send {
 
     /// Transmits frames; returns how many were accepted.
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError>;
+
+    /// Whether the port has the device finish checksums of frames sent with
+    /// [`Port::send_offloaded`]. Without it, a sender finishes them itself.
+    fn checksum_offload(&self) -> bool {
+        false
+    }
+
+    /// Transmits frames like [`Port::send`], each with the checksum it
+    /// leaves to the device (`requests[i]` for `frames[i]`; missing entries
+    /// mean none). A port without [`Port::checksum_offload`] refuses
+    /// requests.
+    fn send_offloaded(
+        &mut self,
+        frames: &[&[u8]],
+        requests: &[Option<ChecksumRequest>],
+    ) -> Result<usize, PortError> {
+        if requests.iter().any(Option::is_some) {
+            return Err(PortError::Unsupported {
+                port: self.name().to_owned(),
+                operation: "checksum offload",
+            });
+        }
+        self.send(frames)
+    }
 
     /// Whether the port will never receive again (end of a capture or trace).
     fn finished(&self) -> bool {

@@ -2,9 +2,11 @@
 //!
 //! This is the module of the datapath that touches memory the kernel shares
 //! with us (the UMEM and the four rings), which is why nearly all of the
-//! datapath's `unsafe` is here. The rings themselves are driven through xsk-rs 0.11
-//! (libxdp underneath); what xsk-rs leaves to the caller, and what each
-//! `unsafe` block here upholds, is ownership of frames: a frame is owned by
+//! datapath's `unsafe` is here. The socket, UMEM and rings are our own thin
+//! layer over the kernel's interface (`ports::xdp`: libxdp 1.6, under
+//! xsk-rs, cannot register a UMEM with TX metadata); what that layer leaves
+//! to the caller, and what each `unsafe` block here upholds, is ownership
+//! of frames: a frame is owned by
 //! exactly one of the kernel (while on the fill or tx ring, until it comes
 //! back on the rx or completion ring) or this port, and the port never reads
 //! or writes a frame the kernel owns.
@@ -38,6 +40,23 @@
 //! frame to send that needs more than [`MAX_TX_BUFFERS`] chunks or more
 //! than `max_frame` bytes ([`PortStats::tx_oversize`]): never silently.
 //!
+//! # Checksum offload (TX metadata)
+//!
+//! With [`XskConfig::checksum_offload`] the UMEM is registered with 16
+//! bytes of TX metadata (`XDP_UMEM_TX_METADATA_LEN`, `struct
+//! xsk_tx_metadata`) in the headroom just before each frame to send (data
+//! starts `XDP_PACKET_HEADROOM`, 256 bytes, into its chunk, metadata 16
+//! bytes before that). A frame sent with a [`ChecksumRequest`]
+//! ([`Port::send_offloaded`]) gets `XDP_TXMD_FLAGS_CHECKSUM` with
+//! `csum_start`/`csum_offset` there and `XDP_TX_METADATA` on its first
+//! descriptor only (a chain's later buffers carry none). In copy mode the
+//! kernel then builds a `CHECKSUM_PARTIAL` skb: the device, or for a veth
+//! the receiving stack's trust, finishes it. Kernels before 6.11 refuse the
+//! registration flag (EINVAL): the port then registers without metadata and
+//! reports [`ChecksumOffload::Software`] with the reason, as it does for a
+//! zero-copy socket (whether its driver implements the request is not
+//! probed). [`XskPort::checksum_offload`] says which is in force.
+//!
 //! # Modes
 //!
 //! - Copy or zero-copy: [`XskConfig::zero_copy`] (`None` lets the kernel
@@ -67,20 +86,27 @@
 //! each of its ports in turn (round robin). Ports are `Send`, not shared:
 //! each belongs to exactly one worker thread.
 //!
-//! Dropping a port closes the socket and then frees the UMEM (xsk-rs keeps
-//! the UMEM alive for as long as any socket or ring of it exists).
+//! Dropping a port unmaps its rings, closes the socket and then unmaps the
+//! UMEM (`ports::xdp::Socket`'s field order).
 
+use std::fmt;
 use std::io;
-use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
-use xsk_rs::config::{
-    BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+use super::xdp::{
+    Socket, SocketConfig, Step, TX_METADATA_LEN, XDP_PACKET_HEADROOM, checksum_request,
 };
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
-
-use super::{MAX_BATCH, Port, PortError, PortStats, RxDesc};
+use super::{ChecksumRequest, MAX_BATCH, Port, PortError, PortStats, RxDesc};
 use crate::link::LinkType;
+
+/// A descriptor of the rx and tx rings.
+type FrameDesc = libc::xdp_desc;
+
+const EMPTY_DESC: FrameDesc = FrameDesc {
+    addr: 0,
+    len: 0,
+    options: 0,
+};
 
 /// `SO_PREFER_BUSY_POLL` (linux/asm-generic/socket.h), not in every libc.
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
@@ -137,6 +163,10 @@ pub struct XskConfig {
     /// costs nothing; more reserves `max_frame` bytes per batch entry at
     /// open, where chains are made contiguous.
     pub max_frame: u32,
+    /// Ask the kernel for TX checksum offload through TX metadata (see the
+    /// module doc); `false` forces software. Where the kernel lacks it the
+    /// port falls back to software either way.
+    pub checksum_offload: bool,
 }
 
 impl Default for XskConfig {
@@ -153,6 +183,7 @@ impl Default for XskConfig {
             busy_poll: None,
             multi_buffer: true,
             max_frame: 0,
+            checksum_offload: true,
         }
     }
 }
@@ -164,6 +195,32 @@ pub enum XskMode {
     Copy,
     /// The driver DMAs straight into the UMEM.
     ZeroCopy,
+}
+
+/// Who finishes the transport checksums a port sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChecksumOffload {
+    /// The kernel, from the request in each frame's TX metadata.
+    TxMetadata,
+    /// The sender, in software; why.
+    Software(String),
+}
+
+impl ChecksumOffload {
+    /// Whether the kernel finishes them.
+    #[must_use]
+    pub fn is_offloaded(&self) -> bool {
+        matches!(self, Self::TxMetadata)
+    }
+}
+
+impl fmt::Display for ChecksumOffload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TxMetadata => f.write_str("AF_XDP TX metadata"),
+            Self::Software(why) => write!(f, "software ({why})"),
+        }
+    }
 }
 
 /// The kernel's ring statistics of a socket (`XDP_STATISTICS`).
@@ -195,13 +252,9 @@ pub struct XskPort {
     tx_capacity: usize,
     /// Largest frame received or sent, all buffers together.
     max_frame: usize,
-    // Rings before the UMEM: they are dropped first (xsk-rs would keep the
-    // UMEM alive anyway; the order states the intent).
-    rx: RxQueue,
-    tx: TxQueue,
-    fill: FillQueue,
-    comp: CompQueue,
-    umem: Umem,
+    /// Who finishes checksums of frames sent with a request.
+    checksum_offload: ChecksumOffload,
+    socket: Socket,
     /// The current batch, as the rx ring described it (every buffer).
     rx_batch: Vec<FrameDesc>,
     rx_len: usize,
@@ -217,14 +270,15 @@ pub struct XskPort {
     linear: Vec<u8>,
     /// Buffers of a chain cut off on the ring to skip before the next frame.
     rx_skip_chain: bool,
-    /// Rx frames the port owns that are not yet on the fill ring.
-    fill_pending: Vec<FrameDesc>,
-    /// Tx frames free for `send`.
-    tx_free: Vec<FrameDesc>,
+    /// Rx chunks (their addresses) the port owns that are not yet on the
+    /// fill ring.
+    fill_pending: Vec<u64>,
+    /// Tx chunks (their addresses) free for `send`.
+    tx_free: Vec<u64>,
     /// Frames of the send in progress, filled and about to be submitted.
     tx_batch: Vec<FrameDesc>,
     /// Scratch for the completion ring.
-    comp_batch: Vec<FrameDesc>,
+    comp_batch: Vec<u64>,
     /// Tx frames submitted and not yet completed.
     tx_outstanding: usize,
     stats: PortStats,
@@ -236,6 +290,7 @@ impl std::fmt::Debug for XskPort {
             .field("name", &self.name)
             .field("fd", &self.fd())
             .field("mode", &self.mode)
+            .field("checksum_offload", &self.checksum_offload)
             .field("config", &self.config)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -249,8 +304,15 @@ fn invalid(port: &str, message: String) -> PortError {
     }
 }
 
-fn queue_size(port: &str, what: &str, n: u32) -> Result<QueueSize, PortError> {
-    QueueSize::new(n).map_err(|_| invalid(port, format!("{what} size {n} is not a power of two")))
+fn queue_size(port: &str, what: &str, n: u32) -> Result<u32, PortError> {
+    if n.is_power_of_two() {
+        Ok(n)
+    } else {
+        Err(invalid(
+            port,
+            format!("{what} size {n} is not a power of two"),
+        ))
+    }
 }
 
 /// Explains an errno from socket creation or bind.
@@ -289,26 +351,22 @@ fn explain_create_error(
     }
 }
 
-/// The `io::Error` inside an xsk-rs error, if there is one.
-fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<io::Error> {
-    let io = std::error::Error::source(e)?.downcast_ref::<io::Error>()?;
-    Some(match io.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(io.kind(), io.to_string()),
-    })
-}
-
 /// A [`PortError`] for a failed UMEM or socket creation, saying why.
 fn create_error(
     name: &str,
     ifname: &str,
     queue: u32,
     config: &XskConfig,
-    context: &str,
-    e: &(dyn std::error::Error + 'static),
+    step: Step,
+    source: &io::Error,
 ) -> PortError {
-    let source = os_error(e).unwrap_or_else(|| io::Error::other(e.to_string()));
-    let why = explain_create_error(ifname, queue, config.zero_copy, &source);
+    let context = match step {
+        Step::Socket => "",
+        Step::UmemMemory | Step::UmemRegistration => "creating the UMEM: ",
+        Step::Rings => "setting up the rings: ",
+        Step::Bind => "binding: ",
+    };
+    let why = explain_create_error(ifname, queue, config.zero_copy, source);
     PortError::Io {
         port: name.to_owned(),
         source: io::Error::new(source.kind(), format!("{context}{why}: {source}")),
@@ -316,17 +374,17 @@ fn create_error(
 }
 
 /// Bind flags for `config`.
-fn bind_flags(config: &XskConfig) -> BindFlags {
+fn bind_flags(config: &XskConfig) -> u16 {
     let mut bind = match config.zero_copy {
-        Some(true) => BindFlags::XDP_ZEROCOPY,
-        Some(false) => BindFlags::XDP_COPY,
-        None => BindFlags::empty(),
+        Some(true) => libc::XDP_ZEROCOPY,
+        Some(false) => libc::XDP_COPY,
+        None => 0,
     };
     if config.need_wakeup {
-        bind |= BindFlags::XDP_USE_NEED_WAKEUP;
+        bind |= libc::XDP_USE_NEED_WAKEUP;
     }
     if config.multi_buffer {
-        bind |= BindFlags::XDP_USE_SG;
+        bind |= libc::XDP_USE_SG;
     }
     bind
 }
@@ -342,7 +400,8 @@ impl XskPort {
             .map_err(|_| invalid(&name, format!("interface name {ifname:?} contains NUL")))?;
         // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
         // call; if_nametoindex only reads it.
-        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if ifindex == 0 {
             return Err(PortError::Io {
                 port: name,
                 source: io::Error::new(
@@ -352,41 +411,44 @@ impl XskPort {
             });
         }
 
-        let umem_config = UmemConfig::builder()
-            .frame_size(
-                FrameSize::new(config.frame_size)
-                    .map_err(|e| invalid(&name, format!("frame size: {e}")))?,
-            )
-            .fill_queue_size(queue_size(&name, "fill ring", config.fill_ring)?)
-            .comp_queue_size(queue_size(&name, "completion ring", config.comp_ring)?)
-            .frame_headroom(0)
-            .build()
-            .map_err(|e| invalid(&name, format!("UMEM configuration: {e}")))?;
-        let tx_capacity = umem_config.mtu() as usize;
-        let frame_count = NonZeroU32::new(config.frame_count).expect("checked");
-        let (umem, descs) = Umem::new(umem_config, frame_count, false)
-            .map_err(|e| create_error(&name, ifname, queue, config, "creating the UMEM: ", &e))?;
-
-        let socket_config = SocketConfig::builder()
-            .rx_queue_size(queue_size(&name, "rx ring", config.rx_ring)?)
-            .tx_queue_size(queue_size(&name, "tx ring", config.tx_ring)?)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .xdp_flags(XdpFlags::empty())
-            .bind_flags(bind_flags(config))
-            .build();
-        let iface = xsk_rs::config::Interface::new(c_name);
-        // SAFETY: the UMEM is fresh and used by this socket only, so no other
-        // socket shares (device, queue) through it; frames are handed to the
-        // kernel only through this port's rings below.
-        let created = unsafe { Socket::new(socket_config, &umem, &iface, queue) };
-        let (tx, rx, rings) =
-            created.map_err(|e| create_error(&name, ifname, queue, config, "", &e))?;
-        let Some((fill, comp)) = rings else {
-            return Err(invalid(
-                &name,
-                "libxdp returned no fill/completion rings for a fresh UMEM".to_owned(),
-            ));
+        let mut socket_config = SocketConfig {
+            frame_count: config.frame_count,
+            frame_size: config.frame_size,
+            fill_ring: queue_size(&name, "fill ring", config.fill_ring)?,
+            comp_ring: queue_size(&name, "completion ring", config.comp_ring)?,
+            rx_ring: queue_size(&name, "rx ring", config.rx_ring)?,
+            tx_ring: queue_size(&name, "tx ring", config.tx_ring)?,
+            bind_flags: bind_flags(config),
+            tx_metadata: config.checksum_offload,
         };
+        let mut checksum_offload = if config.checksum_offload {
+            ChecksumOffload::TxMetadata
+        } else {
+            ChecksumOffload::Software("asked for software".to_owned())
+        };
+        let socket = match Socket::open(ifindex, queue, &socket_config) {
+            Ok(socket) => socket,
+            Err((Step::UmemRegistration, e))
+                if config.checksum_offload && e.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                // The kernel does not know XDP_UMEM_TX_METADATA_LEN (Linux
+                // < 6.11): without TX metadata.
+                checksum_offload = ChecksumOffload::Software(format!(
+                    "the kernel refused TX metadata on the UMEM \
+                     (XDP_UMEM_TX_METADATA_LEN, Linux 6.11): {e}"
+                ));
+                socket_config.tx_metadata = false;
+                Socket::open(ifindex, queue, &socket_config)
+                    .map_err(|(step, e)| create_error(&name, ifname, queue, config, step, &e))?
+            }
+            Err((step, e)) => return Err(create_error(&name, ifname, queue, config, step, &e)),
+        };
+        // Data to send starts after the kernel's headroom, as received data
+        // does, leaving room for the TX metadata before it.
+        let tx_capacity = config.frame_size as usize - XDP_PACKET_HEADROOM;
+        let descs: Vec<u64> = (0..u64::from(config.frame_count))
+            .map(|i| i * u64::from(config.frame_size))
+            .collect();
 
         let half = (config.frame_count / 2) as usize;
         let mut fill_pending = Vec::with_capacity(half);
@@ -409,12 +471,9 @@ impl XskPort {
             frame_size: config.frame_size as usize,
             tx_capacity,
             max_frame,
-            rx,
-            tx,
-            fill,
-            comp,
-            umem,
-            rx_batch: vec![FrameDesc::default(); batch_cap],
+            checksum_offload,
+            socket,
+            rx_batch: vec![EMPTY_DESC; batch_cap],
             rx_len: 0,
             rx_first: vec![0; MAX_BATCH],
             rx_chained: vec![false; MAX_BATCH],
@@ -425,11 +484,17 @@ impl XskPort {
             fill_pending,
             tx_free,
             tx_batch: Vec::with_capacity(batch_cap),
-            comp_batch: vec![FrameDesc::default(); config.comp_ring as usize],
+            comp_batch: vec![0; config.comp_ring as usize],
             tx_outstanding: 0,
             stats: PortStats::default(),
         };
         port.mode = port.query_mode()?;
+        if port.mode == XskMode::ZeroCopy && port.checksum_offload.is_offloaded() {
+            port.checksum_offload = ChecksumOffload::Software(
+                "zero-copy socket: whether its driver honours TX checksum requests is not probed"
+                    .to_owned(),
+            );
+        }
         if let Some(bp) = config.busy_poll {
             port.busy_poll_error = port.set_busy_poll(bp).err();
         }
@@ -486,7 +551,7 @@ impl XskPort {
         let mut opts = libc::xdp_options { flags: 0 };
         let mut len = size_of::<libc::xdp_options>() as libc::socklen_t;
         // SAFETY: `opts` and `len` are valid for writes of the sizes given
-        // and outlive the call; the fd is the open socket of `self.rx`.
+        // and outlive the call; the fd is this port's open socket.
         let ret = unsafe {
             libc::getsockopt(
                 self.fd(),
@@ -538,7 +603,7 @@ impl XskPort {
     /// The socket's file descriptor, for the redirector's XSKMAP.
     #[must_use]
     pub fn fd(&self) -> RawFd {
-        self.rx.fd().as_raw_fd()
+        self.socket.fd()
     }
 
     /// The queue this port is bound to.
@@ -579,21 +644,17 @@ impl XskPort {
 
     /// The kernel's ring statistics (`XDP_STATISTICS`).
     pub fn xsk_stats(&self) -> Result<XskStats, PortError> {
-        let s = self
-            .rx
-            .fd()
-            .xdp_statistics()
-            .map_err(|source| PortError::Io {
-                port: self.name.clone(),
-                source,
-            })?;
+        let s = self.socket.statistics().map_err(|source| PortError::Io {
+            port: self.name.clone(),
+            source,
+        })?;
         Ok(XskStats {
-            rx_dropped: s.rx_dropped(),
-            rx_invalid_descs: s.rx_invalid_descs(),
-            tx_invalid_descs: s.tx_invalid_descs(),
-            rx_ring_full: s.rx_ring_full(),
-            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs(),
-            tx_ring_empty_descs: s.tx_ring_empty_descs(),
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
         })
     }
 
@@ -603,7 +664,7 @@ impl XskPort {
         if self.fill_pending.is_empty() {
             return;
         }
-        let room = self.fill.nb_free(self.fill_pending.len() as u32) as usize;
+        let room = self.socket.fill.free() as usize;
         let n = room.min(self.fill_pending.len());
         if n == 0 {
             return;
@@ -614,7 +675,7 @@ impl XskPort {
         // and not lent out by `frame`: they left the batch in `release`);
         // after this call the kernel owns them until they come back on the
         // rx ring.
-        let done = unsafe { self.fill.produce(&self.fill_pending[start..]) };
+        let done = unsafe { self.socket.fill.produce(&self.fill_pending[start..]) };
         if done == n {
             self.fill_pending.truncate(start);
         }
@@ -625,7 +686,19 @@ impl XskPort {
     fn poll_rx(&mut self) {
         // Errors (EINTR, ...) only mean this poll did not happen; the next
         // recv tries again.
-        let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        self.socket.poll_rx();
+    }
+
+    /// Mask of a chunk's start address (aligned chunks).
+    fn chunk_mask(&self) -> u64 {
+        !(self.frame_size as u64 - 1)
+    }
+
+    /// Who finishes the checksums of frames sent with a request: the
+    /// kernel (TX metadata) or, if it cannot, the sender (and why).
+    #[must_use]
+    pub fn checksum_offload(&self) -> &ChecksumOffload {
+        &self.checksum_offload
     }
 
     /// Takes completed tx frames back into the free list.
@@ -636,8 +709,10 @@ impl XskPort {
         // SAFETY: the descriptors are written by the completion ring only;
         // frames coming back on it were submitted by this port to its tx
         // ring, belong to its UMEM and are the port's again from here on.
-        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
-        self.tx_free.extend_from_slice(&self.comp_batch[..n]);
+        let n = unsafe { self.socket.comp.consume(&mut self.comp_batch) };
+        let chunk = self.chunk_mask();
+        self.tx_free
+            .extend(self.comp_batch[..n].iter().map(|&addr| addr & chunk));
         self.tx_outstanding -= n;
     }
 
@@ -649,14 +724,14 @@ impl XskPort {
     /// the driver transmits asynchronously: one kick, no progress seen, done.
     fn drain_tx(&mut self) -> Result<(), PortError> {
         let size = self.config.tx_ring;
-        let mut pending = size - self.tx.nb_free_exact();
+        let mut pending = self.socket.tx.pending();
         // Bounded: the ring cannot take more than this many kicks' worth.
         for _ in 0..=size / 32 {
             if pending == 0 {
                 break;
             }
             self.kick_tx()?;
-            let now = size - self.tx.nb_free_exact();
+            let now = self.socket.tx.pending();
             if now >= pending {
                 break;
             }
@@ -667,16 +742,117 @@ impl XskPort {
 
     /// Tells the kernel to transmit what is on the tx ring.
     fn kick_tx(&self) -> Result<(), PortError> {
-        self.tx.wakeup().map_err(|source| PortError::Io {
+        self.socket.wakeup_tx().map_err(|source| PortError::Io {
             port: self.name.clone(),
             source,
         })
     }
 }
 
+impl XskPort {
+    /// [`Port::send`], with checksum requests (`requests[i]` for
+    /// `frames[i]`; only when the kernel takes them).
+    fn transmit(
+        &mut self,
+        frames: &[&[u8]],
+        requests: &[Option<ChecksumRequest>],
+    ) -> Result<usize, PortError> {
+        self.reclaim();
+        let chunk = self.tx_capacity;
+        let need: usize = frames.iter().map(|f| f.len().div_ceil(chunk).max(1)).sum();
+        if self.tx_free.len() < need && self.tx_outstanding > 0 {
+            // Starved: make the kernel finish what it has, then look again.
+            self.kick_tx()?;
+            self.reclaim();
+        }
+        let room = self.socket.tx.free().min(need as u32) as usize;
+        let mut dropped = 0u64;
+        let mut bytes = 0u64;
+        let mut sent = 0usize;
+        let mut full = false;
+        self.tx_batch.clear();
+        for (f, frame) in frames.iter().enumerate() {
+            let buffers = frame.len().div_ceil(chunk).max(1);
+            if frame.len() > self.max_frame || buffers > MAX_TX_BUFFERS {
+                self.stats.tx_oversize += 1;
+                dropped += 1;
+                continue;
+            }
+            if full || self.tx_batch.len() + buffers > room || self.tx_free.len() < buffers {
+                // Ring or frames short: this one and the rest wait for the
+                // caller, so that what is accepted stays a prefix.
+                full = true;
+                dropped += 1;
+                continue;
+            }
+            // The request goes on the first buffer only.
+            let mut request = requests.get(f).copied().flatten();
+            let last = buffers - 1;
+            let pieces = frame
+                .chunks(chunk)
+                .chain(frame.is_empty().then_some(&[][..]));
+            for (i, piece) in pieces.enumerate() {
+                let Some(base) = self.tx_free.pop() else {
+                    unreachable!("tx_free holds `buffers` frames, checked above");
+                };
+                let addr = base + XDP_PACKET_HEADROOM as u64;
+                let mut options = if i < last { XDP_PKT_CONTD } else { 0 };
+                if let Some(r) = request.take() {
+                    options |= libc::XDP_TX_METADATA;
+                    let meta = addr - TX_METADATA_LEN as u64;
+                    // SAFETY: the chunk was taken from the free list: the
+                    // port owns it (it is on no ring) and holds no other
+                    // view of it.
+                    let at = unsafe { self.socket.bytes_mut(meta, TX_METADATA_LEN) };
+                    at.expect("a chunk's headroom lies within the UMEM")
+                        .copy_from_slice(&checksum_request(r.start, r.offset));
+                }
+                // SAFETY: as above; the data lies in the same chunk, after
+                // the metadata.
+                let data = unsafe { self.socket.bytes_mut(addr, piece.len()) };
+                data.expect("a chunk's data lies within the UMEM")
+                    .copy_from_slice(piece);
+                self.tx_batch.push(FrameDesc {
+                    addr,
+                    len: piece.len() as u32,
+                    options,
+                });
+            }
+            bytes += frame.len() as u64;
+            sent += 1;
+        }
+        let n = self.tx_batch.len();
+        if n > 0 {
+            // SAFETY: every frame in `tx_batch` is a filled tx frame of this
+            // UMEM owned by the port; from here the kernel owns it until it
+            // comes back on the completion ring. `room` ensured the ring has
+            // space for all of them, so all are submitted (all-or-nothing),
+            // chains whole.
+            let done = unsafe { self.socket.tx.produce(&self.tx_batch) };
+            if done == n {
+                self.tx_outstanding += n;
+                if !self.config.need_wakeup || self.socket.tx.needs_wakeup() {
+                    self.drain_tx()?;
+                }
+                self.stats.tx_frames += sent as u64;
+                self.stats.tx_bytes += bytes;
+            } else {
+                // Cannot happen after `free`; keep the frames anyway.
+                let chunk = self.chunk_mask();
+                self.tx_free
+                    .extend(self.tx_batch.iter().map(|fd| fd.addr & chunk));
+                dropped += sent as u64;
+            }
+            self.tx_batch.clear();
+        }
+        self.stats.tx_dropped += dropped;
+        Ok(frames.len() - dropped as usize)
+    }
+}
+
 /// Whether more buffers of the same frame follow `fd`.
 fn is_contd(fd: &FrameDesc) -> bool {
-    fd.options() & XDP_PKT_CONTD != 0
+    fd.options & XDP_PKT_CONTD != 0
 }
 
 impl XskPort {
@@ -710,7 +886,7 @@ impl XskPort {
             i = end + 1;
             let len: usize = self.rx_batch[first..i]
                 .iter()
-                .map(|fd| fd.lengths().data())
+                .map(|fd| fd.len as usize)
                 .sum();
             let chained = i - first > 1;
             if chained && (len > self.max_frame || self.linear.is_empty()) {
@@ -719,21 +895,31 @@ impl XskPort {
             }
             if chained {
                 let mut at = frames * self.max_frame;
+                let mut whole = true;
                 for fd in &self.rx_batch[first..i] {
                     // SAFETY: `fd` came from this port's rx ring in this
                     // batch: a frame of this UMEM the kernel no longer
                     // writes, of which the port takes no mutable view.
-                    let data = unsafe { self.umem.data(fd) };
-                    let piece = data.contents();
+                    let piece = unsafe { self.socket.bytes(fd.addr, fd.len as usize) };
+                    // A descriptor outside the UMEM (never seen): the
+                    // frame is not delivered.
+                    let Some(piece) = piece else {
+                        whole = false;
+                        break;
+                    };
                     self.linear[at..at + piece.len()].copy_from_slice(piece);
                     at += piece.len();
                 }
+                if !whole {
+                    self.stats.rx_oversize += 1;
+                    continue;
+                }
             }
-            self.rx_slot[self.rx_batch[first].addr() / self.frame_size] = frames as u32;
+            self.rx_slot[self.rx_batch[first].addr as usize / self.frame_size] = frames as u32;
             self.rx_first[frames] = first as u32;
             self.rx_chained[frames] = chained;
             descs[frames] = RxDesc {
-                addr: self.rx_batch[first].addr() as u64,
+                addr: self.rx_batch[first].addr,
                 len: len as u32,
                 wire_len: len as u32,
                 timestamp_ns: 0,
@@ -763,12 +949,14 @@ impl Port for XskPort {
             // The caller did not release the last batch: give it back now so
             // that no frame is lost from the fill cycle.
             let len = self.rx_len;
-            self.fill_pending.extend_from_slice(&self.rx_batch[..len]);
+            let chunk = self.chunk_mask();
+            self.fill_pending
+                .extend(self.rx_batch[..len].iter().map(|fd| fd.addr & chunk));
             self.rx_len = 0;
             self.rx_frames = 0;
         }
         self.refill();
-        if self.config.need_wakeup && self.fill.needs_wakeup() {
+        if self.config.need_wakeup && self.socket.fill.needs_wakeup() {
             self.poll_rx();
         }
         // At most one descriptor per frame asked for: never more frames
@@ -778,17 +966,17 @@ impl Port for XskPort {
         // was emptied above); frames the rx ring returns were put on the
         // fill ring by this port, belong to its UMEM and are the port's
         // until `release`.
-        let mut n = unsafe { self.rx.consume(&mut self.rx_batch[..want]) };
+        let mut n = unsafe { self.socket.rx.consume(&mut self.rx_batch[..want]) };
         if n == 0 && self.config.busy_poll.is_some() {
             self.poll_rx();
             // SAFETY: as above.
-            n = unsafe { self.rx.consume(&mut self.rx_batch[..want]) };
+            n = unsafe { self.socket.rx.consume(&mut self.rx_batch[..want]) };
         }
         // A chain cut by the batch limit: the kernel publishes a chain's
         // buffers together, so the rest is on the ring already.
         while n > 0 && n < self.rx_batch.len() && is_contd(&self.rx_batch[n - 1]) {
             // SAFETY: as above; `rx_batch[n..]` holds no lent frame.
-            let more = unsafe { self.rx.consume(&mut self.rx_batch[n..=n]) };
+            let more = unsafe { self.socket.rx.consume(&mut self.rx_batch[n..=n]) };
             if more == 0 {
                 break;
             }
@@ -806,9 +994,7 @@ impl Port for XskPort {
         let frame = self.rx_slot.get(index).copied().unwrap_or(u32::MAX) as usize;
         let first = self.rx_first.get(frame).copied().unwrap_or(u32::MAX) as usize;
         assert!(
-            frame < self.rx_frames
-                && first < self.rx_len
-                && self.rx_batch[first].addr() as u64 == desc.addr,
+            frame < self.rx_frames && first < self.rx_len && self.rx_batch[first].addr == desc.addr,
             "{}: descriptor {desc:?} is not of the current batch",
             self.name
         );
@@ -822,103 +1008,42 @@ impl Port for XskPort {
         // so it describes a frame of this UMEM that the kernel no longer
         // writes (it is on no ring until `release`), and the port takes
         // mutable views only of tx frames, never of rx frames.
-        let data = unsafe { self.umem.data(fd) };
-        data.contents()
+        let data = unsafe { self.socket.bytes(fd.addr, fd.len as usize) };
+        data.unwrap_or_default()
     }
 
     fn release(&mut self, _descs: &[RxDesc]) {
         // The whole batch goes back at once: the Port contract releases a
         // batch as a unit.
         let len = self.rx_len;
-        self.fill_pending.extend_from_slice(&self.rx_batch[..len]);
+        let chunk = self.chunk_mask();
+        self.fill_pending
+            .extend(self.rx_batch[..len].iter().map(|fd| fd.addr & chunk));
         self.rx_len = 0;
         self.rx_frames = 0;
         self.refill();
     }
 
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, PortError> {
-        self.reclaim();
-        let chunk = self.tx_capacity;
-        let need: usize = frames.iter().map(|f| f.len().div_ceil(chunk).max(1)).sum();
-        if self.tx_free.len() < need && self.tx_outstanding > 0 {
-            // Starved: make the kernel finish what it has, then look again.
-            self.kick_tx()?;
-            self.reclaim();
+        self.transmit(frames, &[])
+    }
+
+    fn checksum_offload(&self) -> bool {
+        self.checksum_offload.is_offloaded()
+    }
+
+    fn send_offloaded(
+        &mut self,
+        frames: &[&[u8]],
+        requests: &[Option<ChecksumRequest>],
+    ) -> Result<usize, PortError> {
+        if !self.checksum_offload.is_offloaded() && requests.iter().any(Option::is_some) {
+            return Err(PortError::Unsupported {
+                port: self.name.clone(),
+                operation: "checksum offload",
+            });
         }
-        let room = self.tx.nb_free(need as u32) as usize;
-        let mut dropped = 0u64;
-        let mut bytes = 0u64;
-        let mut sent = 0usize;
-        let mut full = false;
-        self.tx_batch.clear();
-        for frame in frames {
-            let buffers = frame.len().div_ceil(chunk).max(1);
-            if frame.len() > self.max_frame || buffers > MAX_TX_BUFFERS {
-                self.stats.tx_oversize += 1;
-                dropped += 1;
-                continue;
-            }
-            if full || self.tx_batch.len() + buffers > room || self.tx_free.len() < buffers {
-                // Ring or frames short: this one and the rest wait for the
-                // caller, so that what is accepted stays a prefix.
-                full = true;
-                dropped += 1;
-                continue;
-            }
-            let last = buffers - 1;
-            for (i, piece) in frame.chunks(chunk).enumerate() {
-                let Some(mut fd) = self.tx_free.pop() else {
-                    unreachable!("tx_free holds `buffers` frames, checked above");
-                };
-                fd.set_options(if i < last { XDP_PKT_CONTD } else { 0 });
-                {
-                    // SAFETY: `fd` is a tx frame of this UMEM taken from the
-                    // free list: neither the kernel (it is on no ring) nor
-                    // any other view of the port refers to it.
-                    let mut data = unsafe { self.umem.data_mut(&mut fd) };
-                    // The data length first: `contents_mut` spans exactly it.
-                    data.cursor().set_pos(piece.len());
-                    data.contents_mut().copy_from_slice(piece);
-                }
-                self.tx_batch.push(fd);
-            }
-            if frame.is_empty() {
-                // An empty frame still takes one (empty) descriptor.
-                let Some(mut fd) = self.tx_free.pop() else {
-                    unreachable!("tx_free holds a frame, checked above");
-                };
-                fd.set_options(0);
-                // SAFETY: as above.
-                unsafe { self.umem.data_mut(&mut fd) }.cursor().set_pos(0);
-                self.tx_batch.push(fd);
-            }
-            bytes += frame.len() as u64;
-            sent += 1;
-        }
-        let n = self.tx_batch.len();
-        if n > 0 {
-            // SAFETY: every frame in `tx_batch` is a filled tx frame of this
-            // UMEM owned by the port; from here the kernel owns it until it
-            // comes back on the completion ring. `room` ensured the ring has
-            // space for all of them, so all are submitted (all-or-nothing),
-            // chains whole.
-            let done = unsafe { self.tx.produce(&self.tx_batch) };
-            if done == n {
-                self.tx_outstanding += n;
-                if !self.config.need_wakeup || self.tx.needs_wakeup() {
-                    self.drain_tx()?;
-                }
-                self.stats.tx_frames += sent as u64;
-                self.stats.tx_bytes += bytes;
-            } else {
-                // Cannot happen after nb_free; keep the frames anyway.
-                self.tx_free.extend_from_slice(&self.tx_batch);
-                dropped += sent as u64;
-            }
-            self.tx_batch.clear();
-        }
-        self.stats.tx_dropped += dropped;
-        Ok(frames.len() - dropped as usize)
+        self.transmit(frames, requests)
     }
 
     fn stats(&self) -> PortStats {

@@ -1176,7 +1176,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| wake.wake());
             // Only the wake can end this wait before its minute is up.
-            assert!(wait.wait(std::time::Duration::from_secs(60)).unwrap());
+            assert!(wait.wait(std::time::Duration::from_mins(1)).unwrap());
         });
         assert!(
             !wait.wait(std::time::Duration::ZERO).unwrap(),

@@ -11,6 +11,7 @@ use super::{
     BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
     PortRule, PortSetId, Tables, TierPolicyInfo, allow_key,
 };
+use super::ports::PortMatcher;
 use crate::lpm::IntervalMap;
 
 /// Why the builder refused an input.
@@ -56,6 +57,8 @@ impl TablesBuilder {
                 allow: FxHashMap::default(),
                 port_sets: Vec::new(),
                 port_rules: Vec::new(),
+                port_matchers: Vec::new(),
+                port_segments: Vec::new(),
                 groups: Vec::new(),
                 group_policies: Vec::new(),
                 policies: Arc::from([]),
@@ -241,12 +244,43 @@ impl TablesBuilder {
                 t.identity_broad[m.index() * words + b / 64] |= 1 << (b % 64);
             }
         }
-        for rules in &self.group_broad {
+        // A group's rules for one peer set become one port set, so that a
+        // lookup tests each broad set of the group once, however many of
+        // the group's policies name it.
+        let mut merged: Vec<(BroadSetId, PortSetId)> = Vec::new();
+        for mut rules in std::mem::take(&mut self.group_broad) {
+            rules.sort_unstable();
+            rules.dedup();
+            merged.clear();
+            for same in rules.chunk_by(|a, b| a.0 == b.0) {
+                let set = match same {
+                    [(_, set)] => *set,
+                    _ => {
+                        let union = same
+                            .iter()
+                            .flat_map(|&(_, set)| self.tables.port_set(set).iter().copied())
+                            .collect();
+                        self.add_port_set(union)
+                    }
+                };
+                merged.push((same[0].0, set));
+            }
+            let t = &mut self.tables;
             let start = t.broad_rules.len() as u32;
-            t.broad_rules.extend_from_slice(rules);
-            t.group_broad.push((start, rules.len() as u32));
+            t.broad_rules.extend_from_slice(&merged);
+            t.group_broad.push((start, merged.len() as u32));
         }
-        self.tables.allow.shrink_to_fit();
+        let t = &mut self.tables;
+        t.port_matchers = t
+            .port_sets
+            .iter()
+            .map(|&(start, len)| {
+                let rules = &t.port_rules[start as usize..(start + len) as usize];
+                PortMatcher::build(rules, start, &mut t.port_segments)
+            })
+            .collect();
+        t.port_segments.shrink_to_fit();
+        t.allow.shrink_to_fit();
         self.tables
     }
 }

@@ -10,6 +10,7 @@ use super::{
     Passed, PodAddress, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, RuleAction, TableStats,
     Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
 };
+use super::ports::NO_RULE;
 use crate::lpm::IntervalMap;
 
 impl Tables {
@@ -209,7 +210,9 @@ impl Tables {
         (decision, passed)
     }
 
-    /// The first rule of `group` (lowest policy, then rule) that matches.
+    /// The first rule of `group` (lowest policy, then rule) that matches:
+    /// of its entry for `peer` and of each broad set of the group that
+    /// `peer` is in (one per set), the lowest.
     #[inline]
     fn first_match(
         &self,
@@ -218,13 +221,14 @@ impl Tables {
         protocol: IpProtocol,
         port: u16,
     ) -> Option<PortRule> {
-        // The first matching rule of a set is its lowest (policy, rule); of
-        // all sets that match, the lowest one wins.
         let first_match = |set: PortSetId| {
-            self.port_set(set)
-                .iter()
-                .find(|r| r.matches(protocol, port))
-                .copied()
+            let i = self.port_matchers[set.index()].first(
+                &self.port_rules,
+                &self.port_segments,
+                protocol,
+                port,
+            );
+            (i != NO_RULE).then(|| self.port_rules[i as usize])
         };
         let mut best = self
             .allow

@@ -40,6 +40,7 @@ use crate::lpm::IntervalMap;
 
 mod builder;
 mod classify;
+mod ports;
 
 pub use crate::wire::IpProtocol;
 pub use builder::{BuildError, TablesBuilder};
@@ -440,6 +441,9 @@ pub struct Tables {
     allow: FxHashMap<u64, PortSetId>,
     port_sets: Vec<(u32, u32)>,
     port_rules: Vec<PortRule>,
+    /// Per port set, its first match by segments (`ports`).
+    port_matchers: Vec<ports::PortMatcher>,
+    port_segments: Vec<ports::PortSegment>,
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
     policies: Arc<[ObjectName]>,
@@ -448,7 +452,8 @@ pub struct Tables {
     tier_info: Arc<[TierPolicyInfo]>,
     pods: Arc<[ObjectName]>,
     identities: u32,
-    /// Per group, a range of `broad_rules`.
+    /// Per group, a range of `broad_rules`: one per broad set, its port set
+    /// the union of the group's rules for that peer set.
     group_broad: Vec<(u32, u32)>,
     broad_rules: Vec<(BroadSetId, PortSetId)>,
     /// `broad_words` words per identity: bit `b` is set iff the identity is a

@@ -11,6 +11,7 @@ use super::{
     BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
     PortRule, PortSetId, Tables, TierPolicyInfo, allow_key,
 };
+use super::{NO_NODE, PodEntry, TierGroups};
 use super::ports::PortMatcher;
 use crate::lpm::IntervalMap;
 
@@ -38,6 +39,7 @@ pub struct TablesBuilder {
     added_pods: Vec<ObjectName>,
     broad_members: Vec<Vec<IdentityId>>,
     group_broad: Vec<Vec<(BroadSetId, PortSetId)>>,
+    tier_group_ids: FxHashMap<TierGroups, u32>,
 }
 
 impl TablesBuilder {
@@ -50,6 +52,7 @@ impl TablesBuilder {
                 generation,
                 pods_v4: FxHashMap::default(),
                 pods_v6: FxHashMap::default(),
+                tier_groups: vec![TierGroups::NONE],
                 nodes_v4: FxHashMap::default(),
                 nodes_v6: FxHashMap::default(),
                 others_v4: IntervalMap::from_prefixes([], none),
@@ -77,6 +80,7 @@ impl TablesBuilder {
             added_pods: Vec::new(),
             broad_members: Vec::new(),
             group_broad: Vec::new(),
+            tier_group_ids: FxHashMap::from_iter([(TierGroups::NONE, 0)]),
         }
     }
 
@@ -161,11 +165,24 @@ impl TablesBuilder {
 
     /// Maps a pod address. The first pod to claim an address keeps it.
     pub fn add_pod_address(&mut self, addr: IpAddr, entry: PodAddress) -> Result<(), BuildError> {
-        let existing = match addr {
-            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(entry),
-            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(entry),
+        let tier_groups = &mut self.tables.tier_groups;
+        let tiers = *self.tier_group_ids.entry(entry.tiers).or_insert_with(|| {
+            tier_groups.push(entry.tiers);
+            tier_groups.len() as u32 - 1
+        });
+        let packed = PodEntry {
+            identity: entry.identity,
+            pod: entry.pod,
+            egress: entry.egress.pack(),
+            ingress: entry.ingress.pack(),
+            node: entry.node.map_or(NO_NODE, |n| n.0),
+            tiers,
         };
-        if existing == entry {
+        let existing = match addr {
+            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(packed),
+            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(packed),
+        };
+        if existing == packed {
             return Ok(());
         }
         Err(BuildError::DuplicateAddress {

@@ -10,6 +10,7 @@ use super::{
     Passed, PodAddress, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, RuleAction, TableStats,
     Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
 };
+use super::{NO_NODE, NodeId, PodEntry};
 use super::ports::NO_RULE;
 use crate::lpm::IntervalMap;
 
@@ -37,7 +38,7 @@ impl Tables {
         match self.pods_v4.get(&addr) {
             Some(p) => ResolvedPeer {
                 identity: p.identity,
-                pod: Some(*p),
+                pod: Some(self.unpack(p)),
                 node: None,
             },
             None => ResolvedPeer {
@@ -55,7 +56,7 @@ impl Tables {
         match self.pods_v6.get(&addr) {
             Some(p) => ResolvedPeer {
                 identity: p.identity,
-                pod: Some(*p),
+                pod: Some(self.unpack(p)),
                 node: None,
             },
             None => ResolvedPeer {
@@ -63,6 +64,18 @@ impl Tables {
                 pod: None,
                 node: self.nodes_v6.get(&addr).copied(),
             },
+        }
+    }
+
+    #[inline]
+    fn unpack(&self, p: &PodEntry) -> PodAddress {
+        PodAddress {
+            identity: p.identity,
+            pod: p.pod,
+            egress: Enforcement::unpack(p.egress),
+            ingress: Enforcement::unpack(p.ingress),
+            node: (p.node != NO_NODE).then_some(NodeId(p.node)),
+            tiers: self.tier_groups[p.tiers as usize],
         }
     }
 

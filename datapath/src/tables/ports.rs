@@ -15,18 +15,18 @@ pub(super) const NO_RULE: u32 = u32::MAX;
 /// Sets of at most this many rules are scanned, not searched.
 const SCAN_MAX: u32 = 4;
 
-/// Where a port set's rules and segments are, and its first every-protocol
-/// rule.
+/// Where a port set's rules or segments are: a scanned set's rules
+/// (`start..start + len` of the tables' port rules), or, with
+/// [`SEGMENTS`] set in `len`, a searched set's segments, the first of
+/// which (key 0, no protocol) holds its first every-protocol rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct PortMatcher {
-    rules_start: u32,
-    rules_len: u32,
     start: u32,
     len: u32,
-    /// Index into the tables' port rules of the set's first rule that
-    /// matches every protocol and port ([`NO_RULE`]: none).
-    any: u32,
 }
+
+/// The flag of a searched set in [`PortMatcher::len`].
+const SEGMENTS: u32 = 1 << 31;
 
 /// From `key` (`protocol << 16 | first port`) up to the next segment's key,
 /// `rule` (an index into the tables' port rules, or [`NO_RULE`]) is the
@@ -47,21 +47,18 @@ impl PortMatcher {
     /// rule names gets segments covering ports 0 to 65535; every other
     /// protocol is matched by the `any` rule alone.
     pub(super) fn build(rules: &[PortRule], base: u32, segments: &mut Vec<PortSegment>) -> Self {
-        let start = segments.len() as u32;
-        let rules_len = rules.len() as u32;
-        if rules_len <= SCAN_MAX {
+        if rules.len() <= SCAN_MAX as usize {
             return Self {
-                rules_start: base,
-                rules_len,
-                start,
-                len: 0,
-                any: NO_RULE,
+                start: base,
+                len: rules.len() as u32,
             };
         }
         let any = rules
             .iter()
             .position(|r| r.protocol == ANY_PROTOCOL)
             .map_or(NO_RULE, |i| base + i as u32);
+        let start = segments.len() as u32;
+        segments.push(PortSegment { key: 0, rule: any });
         let mut protocols: Vec<u8> = rules
             .iter()
             .map(|r| r.protocol)
@@ -119,11 +116,8 @@ impl PortMatcher {
             }
         }
         Self {
-            rules_start: base,
-            rules_len,
             start,
-            len: segments.len() as u32 - start,
-            any,
+            len: (segments.len() as u32 - start) | SEGMENTS,
         }
     }
 
@@ -137,19 +131,22 @@ impl PortMatcher {
         protocol: IpProtocol,
         port: u16,
     ) -> u32 {
-        if self.rules_len <= SCAN_MAX {
-            let own = &rules[self.rules_start as usize..(self.rules_start + self.rules_len) as usize];
+        if self.len & SEGMENTS == 0 {
+            let own = &rules[self.start as usize..(self.start + self.len) as usize];
             return own
                 .iter()
                 .position(|r| r.matches(protocol, port))
-                .map_or(NO_RULE, |i| self.rules_start + i as u32);
+                .map_or(NO_RULE, |i| self.start + i as u32);
         }
-        let own = &segments[self.start as usize..(self.start + self.len) as usize];
+        let len = self.len & !SEGMENTS;
+        let own = &segments[self.start as usize..(self.start + len) as usize];
         let q = key(protocol.0, port);
-        let i = own.partition_point(|s| s.key <= q);
-        match i.checked_sub(1).map(|i| own[i]) {
-            Some(s) if s.key >> 16 == u32::from(protocol.0) => s.rule,
-            _ => self.any,
+        // The first segment has key 0: `i` is at least 1.
+        let s = own[own.partition_point(|s| s.key <= q) - 1];
+        if s.key >> 16 == u32::from(protocol.0) {
+            s.rule
+        } else {
+            own[0].rule
         }
     }
 }
@@ -228,7 +225,7 @@ mod tests {
             let base = all.len() as u32;
             all.extend_from_slice(rules);
             let m = PortMatcher::build(rules, base, &mut segments);
-            assert_eq!(m.len == 0, rules.len() <= SCAN_MAX as usize);
+            assert_eq!(m.len & SEGMENTS == 0, rules.len() <= SCAN_MAX as usize);
             for protocol in protocols {
                 for port in probes {
                     assert_eq!(

@@ -11,7 +11,6 @@ use super::{
     Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
 };
 use super::{NO_NODE, NodeId, PodEntry};
-use super::ports::NO_RULE;
 use crate::lpm::IntervalMap;
 
 impl Tables {
@@ -235,13 +234,12 @@ impl Tables {
         port: u16,
     ) -> Option<PortRule> {
         let first_match = |set: PortSetId| {
-            let i = self.port_matchers[set.index()].first(
+            self.port_matchers[set.index()].first(
                 &self.port_rules,
                 &self.port_segments,
                 protocol,
                 port,
-            );
-            (i != NO_RULE).then(|| self.port_rules[i as usize])
+            )
         };
         let mut best = self
             .allow

@@ -10,7 +10,7 @@
 use super::{ANY_PROTOCOL, IpProtocol, PortRule};
 
 /// No rule matches.
-pub(super) const NO_RULE: u32 = u32::MAX;
+const NO_RULE: u32 = u32::MAX;
 
 /// Sets of at most this many rules are scanned, not searched.
 const SCAN_MAX: u32 = 4;
@@ -121,33 +121,31 @@ impl PortMatcher {
         }
     }
 
-    /// The index (into `rules`, the tables' port rules) of the first rule
-    /// matching `protocol` and `port`.
-    #[inline]
+    /// The first rule matching `protocol` and `port`; `rules` and
+    /// `segments` are the tables'.
+    #[inline(always)]
     pub(super) fn first(
         &self,
         rules: &[PortRule],
         segments: &[PortSegment],
         protocol: IpProtocol,
         port: u16,
-    ) -> u32 {
+    ) -> Option<PortRule> {
         if self.len & SEGMENTS == 0 {
             let own = &rules[self.start as usize..(self.start + self.len) as usize];
-            return own
-                .iter()
-                .position(|r| r.matches(protocol, port))
-                .map_or(NO_RULE, |i| self.start + i as u32);
+            return own.iter().find(|r| r.matches(protocol, port)).copied();
         }
         let len = self.len & !SEGMENTS;
         let own = &segments[self.start as usize..(self.start + len) as usize];
         let q = key(protocol.0, port);
-        // The first segment has key 0: `i` is at least 1.
+        // The first segment has key 0: the partition point is at least 1.
         let s = own[own.partition_point(|s| s.key <= q) - 1];
-        if s.key >> 16 == u32::from(protocol.0) {
+        let rule = if s.key >> 16 == u32::from(protocol.0) {
             s.rule
         } else {
             own[0].rule
-        }
+        };
+        rules.get(rule as usize).copied()
     }
 }
 
@@ -180,11 +178,8 @@ mod tests {
     }
 
     /// The first rule by a scan, as the rules define it.
-    fn scan(rules: &[PortRule], base: u32, protocol: IpProtocol, port: u16) -> u32 {
-        rules
-            .iter()
-            .position(|r| r.matches(protocol, port))
-            .map_or(NO_RULE, |i| base + i as u32)
+    fn scan(rules: &[PortRule], protocol: IpProtocol, port: u16) -> Option<PortRule> {
+        rules.iter().find(|r| r.matches(protocol, port)).copied()
     }
 
     #[test]
@@ -230,7 +225,7 @@ mod tests {
                 for port in probes {
                     assert_eq!(
                         m.first(&all, &segments, protocol, port),
-                        scan(rules, base, protocol, port),
+                        scan(rules, protocol, port),
                         "set {n}, {protocol:?} {port}"
                     );
                 }
@@ -266,7 +261,7 @@ mod tests {
             for (proto, port, wide) in probes {
                 let protocol = IpProtocol([0, ip_proto::TCP, ip_proto::UDP, ip_proto::SCTP, ip_proto::ICMP][proto]);
                 let port = at(port, wide);
-                proptest::prop_assert_eq!(m.first(&rules, &segments, protocol, port), scan(&rules, 0, protocol, port));
+                proptest::prop_assert_eq!(m.first(&rules, &segments, protocol, port), scan(&rules, protocol, port));
             }
         }
     }

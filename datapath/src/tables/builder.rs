@@ -264,6 +264,10 @@ impl TablesBuilder {
         // A group's rules for one peer set become one port set, so that a
         // lookup tests each broad set of the group once, however many of
         // the group's policies name it.
+        // Groups often share a peer set's rules (the same policies): each
+        // distinct list of port sets is merged once.
+        let mut unions: FxHashMap<Vec<PortSetId>, PortSetId> = FxHashMap::default();
+        let mut sets: Vec<PortSetId> = Vec::new();
         let mut merged: Vec<(BroadSetId, PortSetId)> = Vec::new();
         for mut rules in std::mem::take(&mut self.group_broad) {
             rules.sort_unstable();
@@ -273,11 +277,19 @@ impl TablesBuilder {
                 let set = match same {
                     [(_, set)] => *set,
                     _ => {
-                        let union = same
-                            .iter()
-                            .flat_map(|&(_, set)| self.tables.port_set(set).iter().copied())
-                            .collect();
-                        self.add_port_set(union)
+                        sets.clear();
+                        sets.extend(same.iter().map(|&(_, set)| set));
+                        if let Some(&union) = unions.get(&sets) {
+                            union
+                        } else {
+                            let rules = sets
+                                .iter()
+                                .flat_map(|&set| self.tables.port_set(set).iter().copied())
+                                .collect();
+                            let union = self.add_port_set(rules);
+                            unions.insert(sets.clone(), union);
+                            union
+                        }
                     }
                 };
                 merged.push((same[0].0, set));

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::ports::PortMatcher;
 use super::{
     BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
     PortRule, PortSetId, Tables, TierPolicyInfo, allow_key,
 };
 use super::{NO_NODE, PodEntry, TierGroups};
-use super::ports::PortMatcher;
 use crate::lpm::IntervalMap;
 
 /// Why the builder refused an input.
@@ -274,22 +274,21 @@ impl TablesBuilder {
             rules.dedup();
             merged.clear();
             for same in rules.chunk_by(|a, b| a.0 == b.0) {
-                let set = match same {
-                    [(_, set)] => *set,
-                    _ => {
-                        sets.clear();
-                        sets.extend(same.iter().map(|&(_, set)| set));
-                        if let Some(&union) = unions.get(&sets) {
-                            union
-                        } else {
-                            let rules = sets
-                                .iter()
-                                .flat_map(|&set| self.tables.port_set(set).iter().copied())
-                                .collect();
-                            let union = self.add_port_set(rules);
-                            unions.insert(sets.clone(), union);
-                            union
-                        }
+                let set = if let [(_, set)] = same {
+                    *set
+                } else {
+                    sets.clear();
+                    sets.extend(same.iter().map(|&(_, set)| set));
+                    if let Some(&union) = unions.get(&sets) {
+                        union
+                    } else {
+                        let rules = sets
+                            .iter()
+                            .flat_map(|&set| self.tables.port_set(set).iter().copied())
+                            .collect();
+                        let union = self.add_port_set(rules);
+                        unions.insert(sets.clone(), union);
+                        union
                     }
                 };
                 merged.push((same[0].0, set));

@@ -10,8 +10,9 @@
 //!    ([`IntervalMap`]); a pod address also yields the pod's enforcement
 //!    state in each direction;
 //! 2. for each isolated side, one hash lookup of `(policy group, peer
-//!    identity)` to a small set of protocol/port ranges, plus a bit test per
-//!    *broad* rule of the group.
+//!    identity)` to a set of protocol/port ranges, plus a bit test per
+//!    *broad* peer set of the group; each set's first match is a scan of a
+//!    few rules or a search of segments built for it (`ports`).
 //!
 //! A *policy group* is the set of policies that select a local pod in one
 //! direction; pods selected by the same policies (and, where named ports are
@@ -25,7 +26,8 @@
 //! namespaces) would multiply into an entry for every identity in every
 //! group that has them. Such a peer set is stored once instead, as a bit in
 //! each member identity's *broad-set* bitmap, and the group keeps a short
-//! list of `(broad set, port set)` pairs.
+//! list of `(broad set, port set)` pairs, one per broad set (the builder
+//! merges the port sets of the group's rules that share a peer set).
 //!
 //! This module holds the types; `classify` the lookups of
 //! [`Tables::classify`] and the accessors that explain a decision;

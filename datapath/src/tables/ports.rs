@@ -123,9 +123,13 @@ impl PortMatcher {
 
     /// The first rule matching `protocol` and `port`; `rules` and
     /// `segments` are the tables'.
+    #[allow(
+        clippy::inline_always,
+        reason = "the classifier's inner step: out of line, it cost the common small sets a call"
+    )]
     #[inline(always)]
     pub(super) fn first(
-        &self,
+        self,
         rules: &[PortRule],
         segments: &[PortSegment],
         protocol: IpProtocol,

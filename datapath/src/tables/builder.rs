@@ -9,10 +9,9 @@ use rustc_hash::FxHashMap;
 
 use super::ports::PortMatcher;
 use super::{
-    BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
-    PortRule, PortSetId, Tables, TierPolicyInfo, allow_key,
+    BroadSetId, Direction, GroupId, IdentityId, NO_NODE, NodeId, ObjectName, PodAddress, PodEntry,
+    PodId, PolicyId, PortRule, PortSetId, Tables, TierGroups, TierPolicyInfo, allow_key,
 };
-use super::{NO_NODE, PodEntry, TierGroups};
 use crate::lpm::IntervalMap;
 
 /// Why the builder refused an input.
@@ -263,9 +262,8 @@ impl TablesBuilder {
         }
         // A group's rules for one peer set become one port set, so that a
         // lookup tests each broad set of the group once, however many of
-        // the group's policies name it.
-        // Groups often share a peer set's rules (the same policies): each
-        // distinct list of port sets is merged once.
+        // the group's policies name it. Groups often share a peer set's
+        // rules (the same policies): each distinct list is merged once.
         let mut unions: FxHashMap<Vec<PortSetId>, PortSetId> = FxHashMap::default();
         let mut sets: Vec<PortSetId> = Vec::new();
         let mut merged: Vec<(BroadSetId, PortSetId)> = Vec::new();

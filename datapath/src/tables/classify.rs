@@ -1,16 +1,16 @@
 //! Classifying a new connection: each address to its peer identity, then
 //! for each isolated side one lookup of `(policy group, identity)` and a bit
-//! test per broad rule. Also the read-only accessors that explain a
-//! decision.
+//! test per broad peer set of the group, each a first match in a port set.
+//! Also the read-only accessors that explain a decision.
 
 use std::net::IpAddr;
 
 use super::{
-    BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, ObjectName,
-    Passed, PodAddress, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, RuleAction, TableStats,
-    Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
+    BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, NO_NODE, NodeId,
+    ObjectName, Passed, PodAddress, PodEntry, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer,
+    RuleAction, TableStats, Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict,
+    allow_key,
 };
-use super::{NO_NODE, NodeId, PodEntry};
 use crate::lpm::IntervalMap;
 
 impl Tables {

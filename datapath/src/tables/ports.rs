@@ -45,7 +45,7 @@ impl PortMatcher {
     /// Compiles `rules` (sorted: policy, rule, ...), which the tables keep
     /// at `base..`, appending its segments to `segments`. Each protocol a
     /// rule names gets segments covering ports 0 to 65535; every other
-    /// protocol is matched by the `any` rule alone.
+    /// protocol is matched by the first every-protocol rule alone.
     pub(super) fn build(rules: &[PortRule], base: u32, segments: &mut Vec<PortSegment>) -> Self {
         if rules.len() <= SCAN_MAX as usize {
             return Self {

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::ports::PortMatcher;
 use super::{
-    BroadSetId, Direction, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
-    PortRule, PortSetId, Tables, TierPolicyInfo, allow_key,
+    BroadSetId, Direction, GroupId, IdentityId, NO_NODE, NodeId, ObjectName, PodAddress, PodEntry,
+    PodId, PolicyId, PortRule, PortSetId, Tables, TierGroups, TierPolicyInfo, allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -37,6 +38,7 @@ pub struct TablesBuilder {
     added_pods: Vec<ObjectName>,
     broad_members: Vec<Vec<IdentityId>>,
     group_broad: Vec<Vec<(BroadSetId, PortSetId)>>,
+    tier_group_ids: FxHashMap<TierGroups, u32>,
 }
 
 impl TablesBuilder {
@@ -49,6 +51,7 @@ impl TablesBuilder {
                 generation,
                 pods_v4: FxHashMap::default(),
                 pods_v6: FxHashMap::default(),
+                tier_groups: vec![TierGroups::NONE],
                 nodes_v4: FxHashMap::default(),
                 nodes_v6: FxHashMap::default(),
                 others_v4: IntervalMap::from_prefixes([], none),
@@ -56,6 +59,8 @@ impl TablesBuilder {
                 allow: FxHashMap::default(),
                 port_sets: Vec::new(),
                 port_rules: Vec::new(),
+                port_matchers: Vec::new(),
+                port_segments: Vec::new(),
                 groups: Vec::new(),
                 group_policies: Vec::new(),
                 policies: Arc::from([]),
@@ -74,6 +79,7 @@ impl TablesBuilder {
             added_pods: Vec::new(),
             broad_members: Vec::new(),
             group_broad: Vec::new(),
+            tier_group_ids: FxHashMap::from_iter([(TierGroups::NONE, 0)]),
         }
     }
 
@@ -158,11 +164,24 @@ impl TablesBuilder {
 
     /// Maps a pod address. The first pod to claim an address keeps it.
     pub fn add_pod_address(&mut self, addr: IpAddr, entry: PodAddress) -> Result<(), BuildError> {
-        let existing = match addr {
-            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(entry),
-            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(entry),
+        let tier_groups = &mut self.tables.tier_groups;
+        let tiers = *self.tier_group_ids.entry(entry.tiers).or_insert_with(|| {
+            tier_groups.push(entry.tiers);
+            tier_groups.len() as u32 - 1
+        });
+        let packed = PodEntry {
+            identity: entry.identity,
+            pod: entry.pod,
+            egress: entry.egress.pack(),
+            ingress: entry.ingress.pack(),
+            node: entry.node.map_or(NO_NODE, |n| n.0),
+            tiers,
         };
-        if existing == entry {
+        let existing = match addr {
+            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(packed),
+            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(packed),
+        };
+        if existing == packed {
             return Ok(());
         }
         Err(BuildError::DuplicateAddress {
@@ -241,12 +260,53 @@ impl TablesBuilder {
                 t.identity_broad[m.index() * words + b / 64] |= 1 << (b % 64);
             }
         }
-        for rules in &self.group_broad {
+        // A group's rules for one peer set become one port set, so that a
+        // lookup tests each broad set of the group once, however many of
+        // the group's policies name it. Groups often share a peer set's
+        // rules (the same policies): each distinct list is merged once.
+        let mut unions: FxHashMap<Vec<PortSetId>, PortSetId> = FxHashMap::default();
+        let mut sets: Vec<PortSetId> = Vec::new();
+        let mut merged: Vec<(BroadSetId, PortSetId)> = Vec::new();
+        for mut rules in std::mem::take(&mut self.group_broad) {
+            rules.sort_unstable();
+            rules.dedup();
+            merged.clear();
+            for same in rules.chunk_by(|a, b| a.0 == b.0) {
+                let set = if let [(_, set)] = same {
+                    *set
+                } else {
+                    sets.clear();
+                    sets.extend(same.iter().map(|&(_, set)| set));
+                    if let Some(&union) = unions.get(&sets) {
+                        union
+                    } else {
+                        let rules = sets
+                            .iter()
+                            .flat_map(|&set| self.tables.port_set(set).iter().copied())
+                            .collect();
+                        let union = self.add_port_set(rules);
+                        unions.insert(sets.clone(), union);
+                        union
+                    }
+                };
+                merged.push((same[0].0, set));
+            }
+            let t = &mut self.tables;
             let start = t.broad_rules.len() as u32;
-            t.broad_rules.extend_from_slice(rules);
-            t.group_broad.push((start, rules.len() as u32));
+            t.broad_rules.extend_from_slice(&merged);
+            t.group_broad.push((start, merged.len() as u32));
         }
-        self.tables.allow.shrink_to_fit();
+        let t = &mut self.tables;
+        t.port_matchers = t
+            .port_sets
+            .iter()
+            .map(|&(start, len)| {
+                let rules = &t.port_rules[start as usize..(start + len) as usize];
+                PortMatcher::build(rules, start, &mut t.port_segments)
+            })
+            .collect();
+        t.port_segments.shrink_to_fit();
+        t.allow.shrink_to_fit();
         self.tables
     }
 }

@@ -1,14 +1,15 @@
 //! Classifying a new connection: each address to its peer identity, then
 //! for each isolated side one lookup of `(policy group, identity)` and a bit
-//! test per broad rule. Also the read-only accessors that explain a
-//! decision.
+//! test per broad peer set of the group, each a first match in a port set.
+//! Also the read-only accessors that explain a decision.
 
 use std::net::IpAddr;
 
 use super::{
-    BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, ObjectName,
-    Passed, PodAddress, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer, RuleAction, TableStats,
-    Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict, allow_key,
+    BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, NO_NODE, NodeId,
+    ObjectName, Passed, PodAddress, PodEntry, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer,
+    RuleAction, TableStats, Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict,
+    allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -36,7 +37,7 @@ impl Tables {
         match self.pods_v4.get(&addr) {
             Some(p) => ResolvedPeer {
                 identity: p.identity,
-                pod: Some(*p),
+                pod: Some(self.unpack(p)),
                 node: None,
             },
             None => ResolvedPeer {
@@ -54,7 +55,7 @@ impl Tables {
         match self.pods_v6.get(&addr) {
             Some(p) => ResolvedPeer {
                 identity: p.identity,
-                pod: Some(*p),
+                pod: Some(self.unpack(p)),
                 node: None,
             },
             None => ResolvedPeer {
@@ -62,6 +63,18 @@ impl Tables {
                 pod: None,
                 node: self.nodes_v6.get(&addr).copied(),
             },
+        }
+    }
+
+    #[inline]
+    fn unpack(&self, p: &PodEntry) -> PodAddress {
+        PodAddress {
+            identity: p.identity,
+            pod: p.pod,
+            egress: Enforcement::unpack(p.egress),
+            ingress: Enforcement::unpack(p.ingress),
+            node: (p.node != NO_NODE).then_some(NodeId(p.node)),
+            tiers: self.tier_groups[p.tiers as usize],
         }
     }
 
@@ -209,7 +222,9 @@ impl Tables {
         (decision, passed)
     }
 
-    /// The first rule of `group` (lowest policy, then rule) that matches.
+    /// The first rule of `group` (lowest policy, then rule) that matches:
+    /// of its entry for `peer` and of each broad set of the group that
+    /// `peer` is in (one per set), the lowest.
     #[inline]
     fn first_match(
         &self,
@@ -218,13 +233,13 @@ impl Tables {
         protocol: IpProtocol,
         port: u16,
     ) -> Option<PortRule> {
-        // The first matching rule of a set is its lowest (policy, rule); of
-        // all sets that match, the lowest one wins.
         let first_match = |set: PortSetId| {
-            self.port_set(set)
-                .iter()
-                .find(|r| r.matches(protocol, port))
-                .copied()
+            self.port_matchers[set.index()].first(
+                &self.port_rules,
+                &self.port_segments,
+                protocol,
+                port,
+            )
         };
         let mut best = self
             .allow

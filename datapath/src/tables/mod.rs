@@ -10,8 +10,9 @@
 //!    ([`IntervalMap`]); a pod address also yields the pod's enforcement
 //!    state in each direction;
 //! 2. for each isolated side, one hash lookup of `(policy group, peer
-//!    identity)` to a small set of protocol/port ranges, plus a bit test per
-//!    *broad* rule of the group.
+//!    identity)` to a set of protocol/port ranges, plus a bit test per
+//!    *broad* peer set of the group; each set's first match is a scan of a
+//!    few rules or a search of segments built for it (`ports`).
 //!
 //! A *policy group* is the set of policies that select a local pod in one
 //! direction; pods selected by the same policies (and, where named ports are
@@ -25,7 +26,8 @@
 //! namespaces) would multiply into an entry for every identity in every
 //! group that has them. Such a peer set is stored once instead, as a bit in
 //! each member identity's *broad-set* bitmap, and the group keeps a short
-//! list of `(broad set, port set)` pairs.
+//! list of `(broad set, port set)` pairs, one per broad set (the builder
+//! merges the port sets of the group's rules that share a peer set).
 //!
 //! This module holds the types; `classify` the lookups of
 //! [`Tables::classify`] and the accessors that explain a decision;
@@ -40,6 +42,7 @@ use crate::lpm::IntervalMap;
 
 mod builder;
 mod classify;
+mod ports;
 
 pub use crate::wire::IpProtocol;
 pub use builder::{BuildError, TablesBuilder};
@@ -242,6 +245,50 @@ pub struct PodAddress {
     pub tiers: TierGroups,
 }
 
+/// A [`PodAddress`] as the address maps hold it: 24 bytes where the struct
+/// takes 52, so that a node's pod entries take fewer cache lines. Unpacked
+/// by [`Tables::peer_v4`] and [`Tables::peer_v6`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PodEntry {
+    identity: IdentityId,
+    pod: PodId,
+    egress: u32,
+    ingress: u32,
+    /// [`NO_NODE`]: none.
+    node: u32,
+    /// Index into [`Tables::tier_groups`] (0: [`TierGroups::NONE`]).
+    tiers: u32,
+}
+
+const NO_NODE: u32 = u32::MAX;
+/// An [`Enforcement`] in a `u32`: its kind in the top two bits, its group
+/// below (2^30 groups would take more than 12 GiB of tables).
+const ENFORCEMENT_KIND: u32 = 30;
+const GROUP_MASK: u32 = (1 << ENFORCEMENT_KIND) - 1;
+
+impl Enforcement {
+    fn pack(self) -> u32 {
+        let (kind, group) = match self {
+            Self::Remote => (0, 0),
+            Self::Open => (1, 0),
+            Self::Isolated(g) => (2, g.0),
+            Self::Audited(g) => (3, g.0),
+        };
+        (kind << ENFORCEMENT_KIND) | (group & GROUP_MASK)
+    }
+
+    #[inline]
+    fn unpack(packed: u32) -> Self {
+        let group = GroupId(packed & GROUP_MASK);
+        match packed >> ENFORCEMENT_KIND {
+            0 => Self::Remote,
+            1 => Self::Open,
+            2 => Self::Isolated(group),
+            _ => Self::Audited(group),
+        }
+    }
+}
+
 /// IpProtocol number in a [`PortRule`] that matches every protocol and port.
 pub const ANY_PROTOCOL: u8 = 0;
 
@@ -431,8 +478,10 @@ pub struct TableStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
     generation: u64,
-    pods_v4: FxHashMap<u32, PodAddress>,
-    pods_v6: FxHashMap<u128, PodAddress>,
+    pods_v4: FxHashMap<u32, PodEntry>,
+    pods_v6: FxHashMap<u128, PodEntry>,
+    /// The pods' distinct tier groups, [`TierGroups::NONE`] first.
+    tier_groups: Vec<TierGroups>,
     nodes_v4: FxHashMap<u32, NodeId>,
     nodes_v6: FxHashMap<u128, NodeId>,
     others_v4: IntervalMap<u32, IdentityId>,
@@ -440,6 +489,9 @@ pub struct Tables {
     allow: FxHashMap<u64, PortSetId>,
     port_sets: Vec<(u32, u32)>,
     port_rules: Vec<PortRule>,
+    /// Per port set, its first match by segments (`ports`).
+    port_matchers: Vec<ports::PortMatcher>,
+    port_segments: Vec<ports::PortSegment>,
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
     policies: Arc<[ObjectName]>,
@@ -448,7 +500,8 @@ pub struct Tables {
     tier_info: Arc<[TierPolicyInfo]>,
     pods: Arc<[ObjectName]>,
     identities: u32,
-    /// Per group, a range of `broad_rules`.
+    /// Per group, a range of `broad_rules`: one per broad set, its port set
+    /// the union of the group's rules for that peer set.
     group_broad: Vec<(u32, u32)>,
     broad_rules: Vec<(BroadSetId, PortSetId)>,
     /// `broad_words` words per identity: bit `b` is set iff the identity is a
@@ -794,7 +847,15 @@ mod tests {
 
     #[test]
     fn pod_address_stays_small() {
-        assert!(std::mem::size_of::<PodAddress>() <= 52);
+        assert_eq!(std::mem::size_of::<PodEntry>(), 24);
+        for e in [
+            Enforcement::Remote,
+            Enforcement::Open,
+            Enforcement::Isolated(GroupId(GROUP_MASK)),
+            Enforcement::Audited(GroupId(0)),
+        ] {
+            assert_eq!(Enforcement::unpack(e.pack()), e);
+        }
         let mut t = TierGroups::NONE;
         assert_eq!(t.get(Tier::Baseline, Direction::Egress), None);
         t.set(Tier::Baseline, Direction::Egress, GroupId(3));

@@ -12,6 +12,10 @@ use libbpf_rs::libbpf_sys;
 /// any NIC's queue count; it bounds the kernel memory a typo can ask for.
 pub const MAX_QUEUES_LIMIT: u32 = 4096;
 
+/// Largest XSKMAP the loader creates (`max_interfaces * max_queues`): 1 Mi
+/// entries, 8 MiB of kernel memory.
+pub const MAX_XSKMAP_ENTRIES: u32 = 1 << 20;
+
 /// Which XDP attach mode to ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XdpMode {
@@ -97,6 +101,11 @@ pub struct RedirectConfig {
     /// Replace an XDP program that is not podfence's (by program name) if one
     /// is attached. Off by default: attach then fails and names the program.
     pub replace_foreign: bool,
+    /// Interfaces one loaded program serves ([`RedirectProgram`](crate::RedirectProgram)):
+    /// 1 for [`Redirector::attach`](crate::Redirector::attach); an agent
+    /// sharing one program between its pods' interfaces sets more.
+    /// `max_interfaces * max_queues` is at most `MAX_XSKMAP_ENTRIES`.
+    pub max_interfaces: u32,
 }
 
 impl Default for RedirectConfig {
@@ -106,6 +115,7 @@ impl Default for RedirectConfig {
             no_socket_action: NoSocketAction::Drop,
             max_queues: 64,
             replace_foreign: false,
+            max_interfaces: 1,
         }
     }
 }

@@ -26,6 +26,30 @@ pub enum Error {
         /// The largest accepted value.
         limit: u32,
     },
+    /// `RedirectConfig::max_interfaces` is 0, or with `max_queues` makes an
+    /// XSKMAP larger than the loader creates.
+    #[error(
+        "max_interfaces ({interfaces}) times max_queues ({queues}) must be between 1 and {limit}"
+    )]
+    InvalidInterfaceCount {
+        /// The configured interfaces.
+        interfaces: u32,
+        /// The configured queues.
+        queues: u32,
+        /// The largest accepted product.
+        limit: u32,
+    },
+    /// Every interface slot of a shared program is taken.
+    #[error(
+        "the XDP program serves {max_interfaces} interfaces already; cannot attach {ifname} \
+         to it (load another program)"
+    )]
+    NoFreeSlot {
+        /// Interface name.
+        ifname: String,
+        /// Slots of the program.
+        max_interfaces: u32,
+    },
     /// Opening or loading the BPF object failed (verifier, permissions,
     /// kernel without BPF/XDP support).
     #[error(

@@ -7,10 +7,16 @@
 //! the kernel, and applies a configurable action — drop by default, so a dead
 //! agent fails closed — when no socket is bound to the queue.
 //!
-//! [`Redirector::attach`] loads one program instance, with its own XSKMAP and
-//! counters, per interface; the handle binds sockets to queues
-//! ([`Redirector::register_socket`]), reads [`Counters`] and detaches on
-//! [`Redirector::detach`] or drop. The program is attached through netlink,
+//! [`RedirectProgram::load`] loads one program instance, with its XSKMAP and
+//! counters, that serves up to `max_interfaces` interfaces, each in a slot
+//! of its own; [`Redirector::attach_shared`] attaches it to one interface
+//! ([`Redirector::attach`] loads a program for that interface alone). The
+//! handle binds sockets to queues ([`Redirector::register_socket`]), reads
+//! [`Counters`] and detaches on [`Redirector::detach`] or drop. Sharing
+//! matters for starting pods: attaching a program not attached anywhere
+//! yet makes the kernel rebuild its XDP dispatcher and wait out an RCU grace
+//! period (about 10 ms, serialised), attaching one already attached does
+//! not. The program is attached through netlink,
 //! not a BPF link, so it deliberately outlives a crashed agent (keeping the
 //! fail-closed fallback in force); the next attach replaces it atomically.
 
@@ -37,10 +43,12 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/redirect.skel.rs"));
 }
 
-pub use config::{AttachMode, MAX_QUEUES_LIMIT, NoSocketAction, RedirectConfig, XdpMode};
+pub use config::{
+    AttachMode, MAX_QUEUES_LIMIT, MAX_XSKMAP_ENTRIES, NoSocketAction, RedirectConfig, XdpMode,
+};
 pub use counters::{Counter, Counters};
 pub use error::Error;
 pub use iface::Interface;
 pub use logging::forward_libbpf_logs;
-pub use redirector::{PROGRAM_NAME, Redirector};
+pub use redirector::{PROGRAM_NAME, RedirectProgram, Redirector};
 pub use xdp::{AttachedProgram, attached_programs};

@@ -1,6 +1,7 @@
-//! The loader: loads one instance of the XDP program per interface, attaches
-//! it (native, or generic where the driver lacks native XDP), replaces what a
-//! crashed run left behind, and owns the program's maps while it runs.
+//! The loader: loads an instance of the XDP program that serves one or many
+//! interfaces (a slot each), attaches it (native, or generic where the
+//! driver lacks native XDP), replaces what a crashed run left behind, and
+//! owns the program's maps while it runs.
 //!
 //! Attachment is by netlink (`bpf_xdp_attach`), not by BPF link, on purpose:
 //! a link dies with the process, which would turn an agent crash into "all
@@ -11,12 +12,15 @@
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, Program, libbpf_sys};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{AttachMode, MAX_QUEUES_LIMIT, NoSocketAction, RedirectConfig, XdpMode};
+use crate::config::{
+    AttachMode, MAX_QUEUES_LIMIT, MAX_XSKMAP_ENTRIES, NoSocketAction, RedirectConfig, XdpMode,
+};
 use crate::counters::{Counter, Counters};
 use crate::error::Error;
 use crate::iface::Interface;
@@ -28,6 +32,148 @@ use crate::xdp::{self, XdpState};
 /// of an earlier run and replaced without asking.
 pub const PROGRAM_NAME: &str = "podfence_xdp";
 
+/// A loaded XDP program and its maps, serving up to `max_interfaces`
+/// interfaces, one slot each (see the crate doc for why it is shared).
+#[derive(Debug)]
+pub struct RedirectProgram {
+    prog: OwnedFd,
+    prog_id: u32,
+    xsks: MapHandle,
+    counters: MapHandle,
+    slots: MapHandle,
+    max_queues: u32,
+    max_interfaces: u32,
+    mode: XdpMode,
+    no_socket_action: NoSocketAction,
+    replace_foreign: bool,
+    /// Slots no interface holds.
+    free: Mutex<Vec<u32>>,
+}
+
+impl RedirectProgram {
+    /// Loads the program with `config` (not attached anywhere yet).
+    pub fn load(config: &RedirectConfig) -> Result<Arc<Self>, Error> {
+        if config.max_queues == 0 || config.max_queues > MAX_QUEUES_LIMIT {
+            return Err(Error::InvalidQueueCount {
+                got: config.max_queues,
+                limit: MAX_QUEUES_LIMIT,
+            });
+        }
+        let entries = config.max_interfaces.checked_mul(config.max_queues);
+        if config.max_interfaces == 0 || entries.is_none_or(|e| e > MAX_XSKMAP_ENTRIES) {
+            return Err(Error::InvalidInterfaceCount {
+                interfaces: config.max_interfaces,
+                queues: config.max_queues,
+                limit: MAX_XSKMAP_ENTRIES,
+            });
+        }
+        let loaded = load(config)?;
+        Ok(Arc::new(Self {
+            prog: loaded.prog,
+            prog_id: loaded.prog_id,
+            xsks: loaded.xsks,
+            counters: loaded.counters,
+            slots: loaded.slots,
+            max_queues: config.max_queues,
+            max_interfaces: config.max_interfaces,
+            mode: config.mode,
+            no_socket_action: config.no_socket_action,
+            replace_foreign: config.replace_foreign,
+            free: Mutex::new((0..config.max_interfaces).rev().collect()),
+        }))
+    }
+
+    /// Whether another interface can be attached.
+    #[must_use]
+    pub fn has_free_slot(&self) -> bool {
+        !self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// The kernel's id of the loaded program.
+    #[must_use]
+    pub fn program_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// Takes a free slot for `ifindex`: its counters start at zero and the
+    /// program finds it by the interface's index.
+    fn take_slot(&self, ifindex: u32, ifname: &str) -> Result<u32, Error> {
+        let slot = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .ok_or_else(|| Error::NoFreeSlot {
+                ifname: ifname.to_owned(),
+                max_interfaces: self.max_interfaces,
+            })?;
+        let map_err = |map, op| {
+            move |source| Error::Map {
+                ifname: ifname.to_owned(),
+                map,
+                op,
+                source,
+            }
+        };
+        let taken = (|| {
+            let zeros = vec![vec![0u8; 8]; libbpf_rs::num_possible_cpus().map_err(Error::Load)?];
+            for counter in Counter::ALL {
+                self.counters
+                    .update_percpu(
+                        &self.counter_key(slot, counter).to_ne_bytes(),
+                        &zeros,
+                        MapFlags::ANY,
+                    )
+                    .map_err(map_err("counters", "per-CPU update"))?;
+            }
+            self.slots
+                .update(&ifindex.to_ne_bytes(), &slot.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("slots", "update"))
+        })();
+        match taken {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                self.put_slot(slot, ifindex);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives `slot` back: the interface loses it and its sockets' entries.
+    fn put_slot(&self, slot: u32, ifindex: u32) {
+        // Only if the index is still this slot's (a later attach of the
+        // same interface may have taken it over).
+        let key = ifindex.to_ne_bytes();
+        if let Ok(Some(held)) = self.slots.lookup(&key, MapFlags::ANY)
+            && held.as_slice() == slot.to_ne_bytes()
+            && let Err(e) = self.slots.delete(&key)
+            && e.kind() != ErrorKind::NotFound
+        {
+            warn!(ifindex, slot, error = %e, "removing an interface slot");
+        }
+        for queue in 0..self.max_queues {
+            let _ = self.xsks.delete(&self.xsk_key(slot, queue).to_ne_bytes());
+        }
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(slot);
+    }
+
+    fn xsk_key(&self, slot: u32, queue: u32) -> u32 {
+        slot * self.max_queues + queue
+    }
+
+    fn counter_key(&self, slot: u32, counter: Counter) -> u32 {
+        debug_assert!(slot <= self.max_interfaces);
+        slot * Counter::COUNT + counter.key()
+    }
+}
+
 /// The XDP redirector attached to one interface.
 ///
 /// Dropping it detaches the program (as [`detach`](Self::detach) does, with
@@ -36,15 +182,11 @@ pub const PROGRAM_NAME: &str = "podfence_xdp";
 /// at that index and the replace check leaves it untouched.
 #[derive(Debug)]
 pub struct Redirector {
+    program: Arc<RedirectProgram>,
+    slot: u32,
     ifindex: u32,
     ifname: String,
     mode: AttachMode,
-    prog_id: u32,
-    max_queues: u32,
-    no_socket_action: NoSocketAction,
-    prog: OwnedFd,
-    xsks: MapHandle,
-    counters: MapHandle,
     attached: bool,
 }
 
@@ -55,77 +197,85 @@ struct Loaded {
     prog_id: u32,
     xsks: MapHandle,
     counters: MapHandle,
+    slots: MapHandle,
 }
 
 impl Redirector {
-    /// Loads the program with `config`, attaches it to `iface` and returns
-    /// the handle.
+    /// Loads a program with `config` for `iface` alone, attaches it and
+    /// returns the handle (see [`attach_shared`](Self::attach_shared)).
+    pub fn attach(iface: impl Into<Interface>, config: &RedirectConfig) -> Result<Self, Error> {
+        let program = RedirectProgram::load(&RedirectConfig {
+            max_interfaces: 1,
+            ..config.clone()
+        })?;
+        Self::attach_shared(iface, &program)
+    }
+
+    /// Attaches `program` to `iface`, in a slot of its own, and returns the
+    /// handle.
     ///
     /// A podfence program already attached (left by a crashed run) is
     /// replaced atomically when it is in the mode being attached, or
     /// detached first when it is in the other mode (the kernel allows only
     /// one of native and generic). Any other XDP program makes this fail
-    /// with [`Error::ForeignProgram`] unless `config.replace_foreign` is set.
-    pub fn attach(iface: impl Into<Interface>, config: &RedirectConfig) -> Result<Self, Error> {
-        if config.max_queues == 0 || config.max_queues > MAX_QUEUES_LIMIT {
-            return Err(Error::InvalidQueueCount {
-                got: config.max_queues,
-                limit: MAX_QUEUES_LIMIT,
-            });
-        }
+    /// with [`Error::ForeignProgram`] unless the program's config has
+    /// `replace_foreign`.
+    pub fn attach_shared(
+        iface: impl Into<Interface>,
+        program: &Arc<RedirectProgram>,
+    ) -> Result<Self, Error> {
         let (ifindex, ifname) = iface.into().resolve()?;
-        let loaded = load(config)?;
-
-        let mut state = xdp::query(ifindex).map_err(|source| Error::Query {
-            ifname: ifname.clone(),
-            source,
-        })?;
-        check_leftovers(&ifname, state, config.replace_foreign)?;
-        let mode = attach_program(
-            ifindex,
-            &ifname,
-            loaded.prog.as_fd(),
-            config.mode,
-            &mut state,
-        )?;
-
-        let this = Self {
+        let slot = program.take_slot(ifindex, &ifname)?;
+        // From here on, dropping `this` detaches (if attached) and gives the
+        // slot back.
+        let mut this = Self {
+            program: Arc::clone(program),
+            slot,
             ifindex,
             ifname,
-            mode,
-            prog_id: loaded.prog_id,
-            max_queues: config.max_queues,
-            no_socket_action: config.no_socket_action,
-            prog: loaded.prog,
-            xsks: loaded.xsks,
-            counters: loaded.counters,
-            attached: true,
+            mode: AttachMode::Native,
+            attached: false,
         };
+        let mut state = xdp::query(ifindex).map_err(|source| Error::Query {
+            ifname: this.ifname.clone(),
+            source,
+        })?;
+        check_leftovers(&this.ifname, state, program.replace_foreign)?;
+        this.mode = attach_program(
+            ifindex,
+            &this.ifname,
+            program.prog.as_fd(),
+            program.mode,
+            &mut state,
+        )?;
+        this.attached = true;
         // Trust, but verify: the kernel must now report our program in the
         // mode we asked for. On error `this` is dropped, which detaches.
         let now = xdp::query(ifindex).map_err(|source| Error::Query {
             ifname: this.ifname.clone(),
             source,
         })?;
-        if now.get(mode) != Some(this.prog_id) {
+        if now.get(this.mode) != Some(program.prog_id) {
             return Err(Error::Attach {
                 ifname: this.ifname.clone(),
-                mode,
+                mode: this.mode,
                 source: std::io::Error::other(format!(
-                    "attach reported success but the kernel reports program {:?} in {mode} \
+                    "attach reported success but the kernel reports program {:?} in {} \
                      mode, not ours ({})",
-                    now.get(mode),
-                    this.prog_id
+                    now.get(this.mode),
+                    this.mode,
+                    program.prog_id
                 )),
             });
         }
         info!(
             ifname = %this.ifname,
             ifindex,
-            prog_id = this.prog_id,
-            %mode,
-            no_socket_action = ?config.no_socket_action,
-            max_queues = config.max_queues,
+            prog_id = program.prog_id,
+            slot,
+            mode = %this.mode,
+            no_socket_action = ?program.no_socket_action,
+            max_queues = program.max_queues,
             "attached podfence XDP redirector"
         );
         Ok(this)
@@ -148,8 +298,10 @@ impl Redirector {
                 libc::EBADF,
             )))
         })?;
-        self.xsks
-            .update(&queue.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
+        let key = self.program.xsk_key(self.slot, queue);
+        self.program
+            .xsks
+            .update(&key.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err)?;
         debug!(ifname = %self.ifname, queue, fd, "registered AF_XDP socket");
         Ok(())
@@ -161,7 +313,8 @@ impl Redirector {
     /// userspace. (Closing a socket also removes it from the map.)
     pub fn unregister(&self, queue: u32) -> Result<(), Error> {
         self.check_queue(queue)?;
-        match self.xsks.delete(&queue.to_ne_bytes()) {
+        let key = self.program.xsk_key(self.slot, queue);
+        match self.program.xsks.delete(&key.to_ne_bytes()) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(source) => {
@@ -177,13 +330,16 @@ impl Redirector {
         Ok(())
     }
 
-    /// The counters, summed over all CPUs, since this program was loaded.
+    /// The counters, summed over all CPUs, since this redirector was
+    /// attached.
     pub fn counters(&self) -> Result<Counters, Error> {
         let mut totals = Counters::default();
         for counter in Counter::ALL {
+            let key = self.program.counter_key(self.slot, counter);
             let per_cpu = self
+                .program
                 .counters
-                .lookup_percpu(&counter.key().to_ne_bytes(), MapFlags::ANY)
+                .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
                 .map_err(|source| Error::Map {
                     ifname: self.ifname.clone(),
                     map: "counters",
@@ -218,26 +374,28 @@ impl Redirector {
     /// The kernel's id of the loaded program.
     #[must_use]
     pub fn program_id(&self) -> u32 {
-        self.prog_id
+        self.program.prog_id
     }
 
     /// Entries in the XSKMAP: valid queues are `0..max_queues()`.
     #[must_use]
     pub fn max_queues(&self) -> u32 {
-        self.max_queues
+        self.program.max_queues
     }
 
     /// The action applied when no socket is bound to a queue.
     #[must_use]
     pub fn no_socket_action(&self) -> NoSocketAction {
-        self.no_socket_action
+        self.program.no_socket_action
     }
 
     /// The XSKMAP's fd, for libraries that insert sockets themselves (e.g.
-    /// libxdp's `xsk_socket__update_xskmap`).
+    /// libxdp's `xsk_socket__update_xskmap`), which key it by queue: valid
+    /// as such for a program of one interface ([`attach`](Self::attach));
+    /// a shared program's keys are `slot * max_queues + queue`.
     #[must_use]
     pub fn xsk_map_fd(&self) -> BorrowedFd<'_> {
-        self.xsks.as_fd()
+        self.program.xsks.as_fd()
     }
 
     /// Detaches the program from the interface. If another program has
@@ -255,29 +413,41 @@ impl Redirector {
     /// is [`NoSocketAction::Pass`].
     pub fn leave_attached(mut self) {
         self.attached = false;
-        info!(ifname = %self.ifname, prog_id = self.prog_id, mode = %self.mode,
-            no_socket_action = ?self.no_socket_action,
+        // The slot stays taken: the program keeps serving the interface.
+        self.slot = u32::MAX;
+        info!(ifname = %self.ifname, prog_id = self.program.prog_id, mode = %self.mode,
+            no_socket_action = ?self.program.no_socket_action,
             "left the podfence XDP redirector attached for the next agent");
     }
 
     fn detach_inner(&mut self) -> Result<(), Error> {
+        let detached = self.detach_program();
+        if self.slot != u32::MAX {
+            self.program.put_slot(self.slot, self.ifindex);
+            self.slot = u32::MAX;
+        }
+        detached
+    }
+
+    fn detach_program(&mut self) -> Result<(), Error> {
         if !self.attached {
             return Ok(());
         }
         self.attached = false;
+        let prog_id = self.program.prog_id;
         match xdp::attach(
             self.ifindex,
             None,
             self.mode.flag(),
-            Some(self.prog.as_fd()),
+            Some(self.program.prog.as_fd()),
         ) {
             Ok(()) => {
-                info!(ifname = %self.ifname, prog_id = self.prog_id, mode = %self.mode,
+                info!(ifname = %self.ifname, prog_id, mode = %self.mode,
                     "detached podfence XDP redirector");
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                warn!(ifname = %self.ifname, prog_id = self.prog_id,
+                warn!(ifname = %self.ifname, prog_id,
                     "our XDP program is no longer the one attached; leaving the interface as is");
                 Ok(())
             }
@@ -294,13 +464,13 @@ impl Redirector {
     }
 
     fn check_queue(&self, queue: u32) -> Result<(), Error> {
-        if queue < self.max_queues {
+        if queue < self.program.max_queues {
             Ok(())
         } else {
             Err(Error::QueueOutOfRange {
                 ifname: self.ifname.clone(),
                 queue,
-                max_queues: self.max_queues,
+                max_queues: self.program.max_queues,
             })
         }
     }
@@ -326,19 +496,33 @@ fn load(config: &RedirectConfig) -> Result<Loaded, Error> {
             Error::Inconsistent("the program's .rodata is not memory-mapped".into())
         })?;
     rodata.no_socket_action = config.no_socket_action.xdp_action();
+    rodata.max_queues = config.max_queues;
+    rodata.max_slots = config.max_interfaces;
+    // Checked by the caller: at most MAX_XSKMAP_ENTRIES.
+    let xsk_entries = config.max_interfaces * config.max_queues;
+    // A row per slot, and one for interfaces without a slot.
+    let counter_entries = (config.max_interfaces + 1) * Counter::COUNT;
     open.maps
         .xsks
-        .set_max_entries(config.max_queues)
+        .set_max_entries(xsk_entries)
         .map_err(Error::Load)?;
-    let skel = open.load().map_err(Error::Load)?;
-
-    if skel.maps.counters.max_entries() != Counter::COUNT {
+    open.maps
+        .slots
+        .set_max_entries(config.max_interfaces)
+        .map_err(Error::Load)?;
+    // The C enum's size times the rows: checked below against ours.
+    let c_counters = open.maps.counters.max_entries();
+    open.maps
+        .counters
+        .set_max_entries(counter_entries)
+        .map_err(Error::Load)?;
+    if c_counters != Counter::COUNT {
         return Err(Error::Inconsistent(format!(
-            "the counters map has {} entries, the loader knows {}",
-            skel.maps.counters.max_entries(),
+            "the counters map has {c_counters} entries per interface, the loader knows {}",
             Counter::COUNT
         )));
     }
+    let skel = open.load().map_err(Error::Load)?;
     let prog = skel
         .progs
         .podfence_xdp
@@ -348,11 +532,13 @@ fn load(config: &RedirectConfig) -> Result<Loaded, Error> {
     let prog_id = Program::id_from_fd(prog.as_fd()).map_err(Error::Load)?;
     let xsks = MapHandle::try_from(&skel.maps.xsks).map_err(Error::Load)?;
     let counters = MapHandle::try_from(&skel.maps.counters).map_err(Error::Load)?;
+    let slots = MapHandle::try_from(&skel.maps.slots).map_err(Error::Load)?;
     Ok(Loaded {
         prog,
         prog_id,
         xsks,
         counters,
+        slots,
     })
 }
 

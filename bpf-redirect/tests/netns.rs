@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::libbpf_sys;
 use podfence_bpf::{
     AttachMode, AttachedProgram, Counters, Error, NoSocketAction, PROGRAM_NAME, RedirectConfig,
-    Redirector, XdpMode, attached_programs,
+    RedirectProgram, Redirector, XdpMode, attached_programs,
 };
 use podfence_testkit::frames;
 use podfence_testkit::netns::Netns;
@@ -635,5 +635,114 @@ fn attaches_natively_to_jumbo_veth() {
         assert_eq!(d.fallback_dropped, 2, "{d:?}");
         assert_eq!(d.malformed, 0, "{d:?}");
         r.detach().expect("detach");
+    });
+}
+
+#[test]
+fn one_program_serves_several_interfaces_each_in_its_slot() {
+    const IF_2: &str = "pfc";
+    const IF_2_PEER: &str = "pfd";
+    const IF_3: &str = "pfe";
+    let Some(bed) = testbed() else { return };
+    bed.add_veth(
+        (IF_2, [0x02, 0, 0, 0, 0, 0x0c]),
+        (IF_2_PEER, [0x02, 0, 0, 0, 0, 0x0d]),
+    );
+    bed.add_veth(
+        (IF_3, [0x02, 0, 0, 0, 0, 0x0e]),
+        ("pff", [0x02, 0, 0, 0, 0, 0x0f]),
+    );
+    bed.set_up(&[IF_2, IF_2_PEER, IF_3, "pff"]);
+    bed.in_ns(|| {
+        let program = RedirectProgram::load(&RedirectConfig {
+            max_queues: 4,
+            max_interfaces: 2,
+            ..RedirectConfig::default()
+        })
+        .expect("load");
+        let a = Redirector::attach_shared(IF_XDP, &program).expect("attach pfa");
+        let c = Redirector::attach_shared(IF_2, &program).expect("attach pfc");
+        assert_eq!(a.program_id(), c.program_id());
+        assert_eq!(attached_programs(IF_2).unwrap()[0].id, program.program_id());
+        attached(&[(program.program_id(), AttachMode::Native)]);
+        assert!(!program.has_free_slot());
+        let err = Redirector::attach_shared(IF_3, &program).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NoFreeSlot {
+                    max_interfaces: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            attached_programs(IF_3).unwrap().is_empty(),
+            "a refused attach leaves nothing"
+        );
+
+        // A socket on pfa's queue 0 takes pfa's IP frames only: pfc has no
+        // socket in its slot, and each interface counts its own frames.
+        let xsk = Xsk::bind(IF_XDP, 0).expect("AF_XDP socket on pfa queue 0");
+        a.register_socket(0, &xsk).expect("register");
+        let (before_a, before_c) = (a.counters().unwrap(), c.counters().unwrap());
+        send_frames(
+            IF_PEER,
+            &[eth(0x0800, &ipv4_udp()), eth(0x0806, &arp_request())],
+        );
+        let to_c = frames::ethernet_tagged(
+            [0x02, 0, 0, 0, 0, 0x0c],
+            [0x02, 0, 0, 0, 0, 0x0d],
+            &[],
+            0x0800,
+            &ipv4_udp(),
+        );
+        send_frames(IF_2_PEER, &[to_c.clone(), to_c]);
+        let d_a = delta_after(&a, before_a, 2);
+        let d_c = delta_after(&c, before_c, 2);
+        assert_eq!(
+            d_a,
+            Counters {
+                redirected: 1,
+                passed_neighbour: 1,
+                ..Counters::default()
+            }
+        );
+        assert_eq!(
+            d_c,
+            Counters {
+                fallback_dropped: 2,
+                ..Counters::default()
+            }
+        );
+
+        // Detaching one leaves the other served; its slot goes to the next
+        // interface, with counters from zero.
+        a.detach().expect("detach pfa");
+        attached(&[]);
+        assert_eq!(attached_programs(IF_2).unwrap()[0].id, program.program_id());
+        assert!(program.has_free_slot());
+        let e = Redirector::attach_shared(IF_3, &program).expect("attach pfe in the freed slot");
+        assert_eq!(e.counters().unwrap(), Counters::default());
+        let before_c = c.counters().unwrap();
+        let to_c = frames::ethernet_tagged(
+            [0x02, 0, 0, 0, 0, 0x0c],
+            [0x02, 0, 0, 0, 0, 0x0d],
+            &[],
+            0x0806,
+            &arp_request(),
+        );
+        send_frames(IF_2_PEER, &[to_c]);
+        assert_eq!(
+            delta_after(&c, before_c, 1),
+            Counters {
+                passed_neighbour: 1,
+                ..Counters::default()
+            }
+        );
+        drop((c, e));
+        assert!(attached_programs(IF_2).unwrap().is_empty());
+        assert!(attached_programs(IF_3).unwrap().is_empty());
     });
 }

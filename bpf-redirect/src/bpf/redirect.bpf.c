@@ -15,6 +15,15 @@
 //     (the agent is not running or has not bound that queue yet). XDP_DROP by
 //     default so that a dead agent fails closed; XDP_PASS fails open.
 //
+// One loaded program serves many interfaces (every pod veth of a node): the
+// kernel's XDP dispatcher is rebuilt, behind an RCU grace period, only when
+// a new program is attached somewhere, so a pod that gets the program
+// already attached elsewhere starts without that wait. Each interface has a
+// slot (the `slots` map, by ifindex): its sockets sit at
+// slot * max_queues + queue in the XSKMAP, and its counters in its row of
+// the counters array. An interface without a slot is treated as one without
+// sockets.
+//
 // Every outcome is counted in a per-CPU array; userspace sums over CPUs.
 // Policy is never decided here: that is the datapath's job. Frames may span
 // several buffers (jumbo MTUs); only the headers in the first are read.
@@ -59,8 +68,21 @@ enum counter {
 // verifier sees a constant.
 const volatile __u32 no_socket_action = XDP_DROP;
 
-// AF_XDP sockets keyed by receive queue index. max_entries is set by the
-// loader (number of queues) before load; one map per attached interface.
+// Queues per interface (the XSKMAP stride) and interface slots, set by the
+// loader in .rodata.
+const volatile __u32 max_queues = 64;
+const volatile __u32 max_slots = 1;
+
+// Interface slots by ifindex. max_entries is set by the loader (max_slots).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} slots SEC(".maps");
+
+// AF_XDP sockets keyed by slot * max_queues + receive queue. max_entries is
+// set by the loader (max_slots * max_queues) before load.
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, 64);
@@ -68,7 +90,9 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-// One u64 per counter per CPU: no atomics needed on the hot path.
+// One u64 per counter per slot per CPU: no atomics needed on the hot path.
+// Row max_slots counts frames of interfaces without a slot. max_entries is
+// set by the loader ((max_slots + 1) * CNT_MAX).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
@@ -76,11 +100,12 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline int count(__u32 idx, int action)
+static __always_inline int count_at(__u32 row, __u32 counter, int action)
 {
+	__u32 idx = row * CNT_MAX + counter;
 	__u64 *value = bpf_map_lookup_elem(&counters, &idx);
 
-	// The lookup cannot fail for idx < CNT_MAX, but the verifier insists.
+	// The lookup cannot fail for a row <= max_slots, but the verifier insists.
 	if (value)
 		*value += 1;
 	return action;
@@ -98,12 +123,15 @@ int podfence_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *slot = bpf_map_lookup_elem(&slots, &ifindex);
+	__u32 row = slot ? *slot : max_slots;
 	void *cursor;
 	__be16 proto;
 	int action;
 
 	if ((void *)(eth + 1) > data_end)
-		return count(CNT_MALFORMED, XDP_DROP);
+		return count_at(row, CNT_MALFORMED, XDP_DROP);
 	proto = eth->h_proto;
 	cursor = eth + 1;
 
@@ -115,17 +143,17 @@ int podfence_xdp(struct xdp_md *ctx)
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
 		if ((void *)(vlan + 1) > data_end)
-			return count(CNT_MALFORMED, XDP_DROP);
+			return count_at(row, CNT_MALFORMED, XDP_DROP);
 		proto = vlan->h_vlan_encapsulated_proto;
 		cursor = vlan + 1;
 	}
 	// A third tag: nothing legitimate on a pod interface; do not let it
 	// bypass the datapath through the kernel.
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
-		return count(CNT_MALFORMED, XDP_DROP);
+		return count_at(row, CNT_MALFORMED, XDP_DROP);
 
 	if (proto == bpf_htons(ETH_P_ARP))
-		return count(CNT_PASSED_NEIGHBOUR, XDP_PASS);
+		return count_at(row, CNT_PASSED_NEIGHBOUR, XDP_PASS);
 
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = cursor;
@@ -138,21 +166,27 @@ int podfence_xdp(struct xdp_md *ctx)
 
 			if ((void *)(icmp_type + 1) <= data_end &&
 			    *icmp_type >= ICMPV6_ND_FIRST && *icmp_type <= ICMPV6_ND_LAST)
-				return count(CNT_PASSED_NEIGHBOUR, XDP_PASS);
+				return count_at(row, CNT_PASSED_NEIGHBOUR, XDP_PASS);
 		}
 	} else if (proto != bpf_htons(ETH_P_IP)) {
-		return count(CNT_PASSED_OTHER, XDP_PASS);
+		return count_at(row, CNT_PASSED_OTHER, XDP_PASS);
 	}
 
 	// IPv4 or IPv6: to the socket on this queue. The low bits of the flags
 	// are the action returned when the key has no socket (kernel >= 5.3);
 	// success returns XDP_REDIRECT.
-	action = bpf_redirect_map(&xsks, ctx->rx_queue_index, no_socket_action);
+	// Without a slot, or from a queue beyond the slot's range, there is no
+	// socket.
+	if (!slot || ctx->rx_queue_index >= max_queues)
+		action = no_socket_action;
+	else
+		action = bpf_redirect_map(&xsks, *slot * max_queues + ctx->rx_queue_index,
+					  no_socket_action);
 	if (action == XDP_REDIRECT)
-		return count(CNT_REDIRECTED, action);
+		return count_at(row, CNT_REDIRECTED, action);
 	if (action == XDP_PASS)
-		return count(CNT_FALLBACK_PASSED, action);
-	return count(CNT_FALLBACK_DROPPED, action);
+		return count_at(row, CNT_FALLBACK_PASSED, action);
+	return count_at(row, CNT_FALLBACK_DROPPED, action);
 }
 
 // Only non-GPL helpers are used, so the project's licence is declared as is.

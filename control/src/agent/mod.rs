@@ -44,7 +44,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use podfence_bpf::{NoSocketAction, RedirectConfig, Redirector};
+use podfence_bpf::{NoSocketAction, RedirectConfig, RedirectProgram, Redirector};
 use podfence_datapath::conntrack::{Conntrack, Opened, StoreError, Timeouts};
 use podfence_datapath::denials::DenialQueue;
 use podfence_datapath::ports::xsk::{ChecksumOffload, ReadableWait, Wake, XskConfig, XskPort};
@@ -61,6 +61,10 @@ use denials::DenialReporter;
 pub use denials::{DenialOptions, DenyLog};
 use metrics::{Health, RingCounters, WorkerCounters};
 use plumbing::{Discovery, HostPair, PlumbingConfig};
+
+/// Interfaces one loaded redirector program serves: a node's pods (the
+/// kubelet's default maximum is 110) and the host port, with room.
+const INTERFACES_PER_PROGRAM: u32 = 256;
 
 /// What can stop the agent from starting or stopping cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +271,8 @@ pub struct Agent {
     stats: Vec<Arc<WorkerStats>>,
     conntrack: Arc<Conntrack>,
     redirectors: BTreeMap<String, Redirector>,
+    /// The loaded redirector programs the interfaces share.
+    programs: Vec<Arc<RedirectProgram>>,
     pair: Option<HostPair>,
     /// Switch port index of each interface (the same in every worker).
     port_of: BTreeMap<String, usize>,
@@ -353,6 +359,7 @@ impl Agent {
             stats: Vec::new(),
             conntrack,
             redirectors: BTreeMap::new(),
+            programs: Vec::new(),
             pair: None,
             port_of: BTreeMap::new(),
             next_port: 0,
@@ -433,12 +440,11 @@ impl Agent {
             });
         }
         let redirector =
-            Redirector::attach(link.name.as_str(), &self.options.redirect).map_err(|source| {
-                AgentError::Redirector {
+            self.attach_redirector(&link.name)
+                .map_err(|source| AgentError::Redirector {
                     iface: link.name.clone(),
                     source,
-                }
-            })?;
+                })?;
         info!(iface = link.name, mode = %redirector.mode(), mtu = link.mtu, "redirector attached");
         self.check_mtu(link, redirector.mode())?;
         let mut ports = Vec::with_capacity(workers);
@@ -455,6 +461,25 @@ impl Agent {
         }
         self.redirectors.insert(link.name.clone(), redirector);
         Ok(ports)
+    }
+
+    /// Attaches the redirector program the agent's interfaces share (one
+    /// more when all of its slots are taken): attaching a program already
+    /// attached elsewhere spares the pod's start the kernel's XDP
+    /// dispatcher update and its RCU grace period.
+    fn attach_redirector(&mut self, iface: &str) -> Result<Redirector, podfence_bpf::Error> {
+        let program = match self.programs.iter().find(|p| p.has_free_slot()) {
+            Some(program) => Arc::clone(program),
+            None => {
+                let program = RedirectProgram::load(&RedirectConfig {
+                    max_interfaces: INTERFACES_PER_PROGRAM,
+                    ..self.options.redirect.clone()
+                })?;
+                self.programs.push(Arc::clone(&program));
+                program
+            }
+        };
+        Redirector::attach_shared(iface, &program)
     }
 
     /// Says at start who finishes the TCP/UDP checksums pods leave to

@@ -195,6 +195,7 @@ fn open(config: &SinkConfig) -> Result<(Vec<Redirector>, Vec<XskPort>), TrafficE
         no_socket_action: podfence_bpf::NoSocketAction::Drop,
         max_queues: config.queues.max(1),
         replace_foreign: false,
+        max_interfaces: 1,
     };
     // Deep rings: a sink that shares its core loses it for a scheduler
     // slice (milliseconds) at a time; 8192 frames hold 9 ms at 0.9 Mpps.

@@ -468,16 +468,15 @@ impl Agent {
     /// attached elsewhere spares the pod's start the kernel's XDP
     /// dispatcher update and its RCU grace period.
     fn attach_redirector(&mut self, iface: &str) -> Result<Redirector, podfence_bpf::Error> {
-        let program = match self.programs.iter().find(|p| p.has_free_slot()) {
-            Some(program) => Arc::clone(program),
-            None => {
-                let program = RedirectProgram::load(&RedirectConfig {
-                    max_interfaces: INTERFACES_PER_PROGRAM,
-                    ..self.options.redirect.clone()
-                })?;
-                self.programs.push(Arc::clone(&program));
-                program
-            }
+        let program = if let Some(program) = self.programs.iter().find(|p| p.has_free_slot()) {
+            Arc::clone(program)
+        } else {
+            let program = RedirectProgram::load(&RedirectConfig {
+                max_interfaces: INTERFACES_PER_PROGRAM,
+                ..self.options.redirect.clone()
+            })?;
+            self.programs.push(Arc::clone(&program));
+            program
         };
         Redirector::attach_shared(iface, &program)
     }

@@ -77,7 +77,7 @@ fn denials_are_logged_counted_and_captured() {
         .lines()
         .find_map(|l| {
             l.strip_prefix(
-                "podfence_denials_total{direction=\"ingress\",namespace=\"x\",policy=\"isolate-c\"} ",
+                "podfence_denials_total{direction=\"ingress\",kind=\"NetworkPolicy\",namespace=\"x\",policy=\"isolate-c\",tier=\"\",rule=\"\"} ",
             )
         })
         .and_then(|v| v.trim().parse().ok())
@@ -224,7 +224,7 @@ fn a_namespace_in_audit_mode_is_reported_not_enforced() {
     let (_, metrics) = common::http_get(&node, "127.0.0.1:9465", "/metrics");
     assert!(
         metrics.contains(
-            "podfence_audit_denials_total{direction=\"ingress\",namespace=\"x\",policy=\"isolate-c\"} 1\n"
+            "podfence_audit_denials_total{direction=\"ingress\",kind=\"NetworkPolicy\",namespace=\"x\",policy=\"isolate-c\",tier=\"\",rule=\"\"} 1\n"
         ),
         "{metrics}"
     );

@@ -37,8 +37,11 @@ pub struct ControlMetrics {
     /// and name.
     pub rejected_objects: Family<ObjectLabels, Counter>,
     /// Connection attempts and packets denied, by direction and by each
-    /// isolating policy (a denial counts for every policy that isolates
-    /// the pod in that direction).
+    /// isolating NetworkPolicy (a denial counts for every policy that
+    /// isolates the pod in that direction) or by the ClusterNetworkPolicy
+    /// (or AdminNetworkPolicy) rule that denied: labels `direction`,
+    /// `kind`, `namespace` (empty for cluster-scoped kinds), `policy`,
+    /// `tier` and `rule` (empty for NetworkPolicy).
     pub denials: Family<ObjectLabels, Counter>,
     /// Connection attempts that pods in audit mode let through although
     /// policy would deny them, by direction and isolating policy.
@@ -135,12 +138,12 @@ impl ControlMetrics {
         );
         registry.register(
             "podfence_denials",
-            "Denied packets (connection attempts and revoked connections), by direction and isolating policy",
+            "Denied packets (connection attempts and revoked connections), by direction and isolating NetworkPolicy or denying tier rule",
             self.denials.clone(),
         );
         registry.register(
             "podfence_audit_denials",
-            "Connection attempts passed in audit mode that policy would deny, by direction and isolating policy",
+            "Connection attempts passed in audit mode that policy would deny, by direction and isolating NetworkPolicy or denying tier rule",
             self.audit_denials.clone(),
         );
         registry.register(

@@ -323,19 +323,26 @@ impl Report {
         decision: Decision,
         audited: bool,
     ) -> PolicyCounters {
-        let names: Vec<ObjectName> = match decision {
-            Decision::Denied { group } | Decision::WouldDeny { group } => {
-                tables.group_policy_names(group).cloned().collect()
-            }
-            Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
-                vec![tables.policy(r.policy).clone()]
-            }
-            _ => return Arc::new([]),
-        };
         let direction = if egress {
             Direction::Egress
         } else {
             Direction::Ingress
+        };
+        // A NetworkPolicy's denial is its isolation (no rule); a tier's is
+        // one rule of a cluster-scoped policy, whose name's namespace part
+        // is its kind.
+        let (names, tier_rule): (Vec<ObjectName>, _) = match decision {
+            Decision::Denied { group } | Decision::WouldDeny { group } => {
+                (tables.group_policy_names(group).cloned().collect(), None)
+            }
+            Decision::TierDenied(r) | Decision::TierWouldDeny(r) => {
+                let rule = (
+                    r.tier.to_string(),
+                    tables.tier_rule_name(r, direction).to_owned(),
+                );
+                (vec![tables.policy(r.policy).clone()], Some(rule))
+            }
+            _ => return Arc::new([]),
         };
         let family = if audited {
             &self.metrics.audit_denials
@@ -344,13 +351,25 @@ impl Report {
         };
         let mut out = Vec::new();
         for name in &names {
-            let counter = family
-                .get_or_create(&vec![
+            let labels = match &tier_rule {
+                None => vec![
                     ("direction", direction.to_string()),
+                    ("kind", "NetworkPolicy".to_owned()),
                     ("namespace", name.namespace.to_string()),
                     ("policy", name.name.to_string()),
-                ])
-                .clone();
+                    ("tier", String::new()),
+                    ("rule", String::new()),
+                ],
+                Some((tier, rule)) => vec![
+                    ("direction", direction.to_string()),
+                    ("kind", name.namespace.to_string()),
+                    ("namespace", String::new()),
+                    ("policy", name.name.to_string()),
+                    ("tier", tier.clone()),
+                    ("rule", rule.clone()),
+                ],
+            };
+            let counter = family.get_or_create(&labels).clone();
             let total = (!audited).then(|| {
                 let key = (direction.to_string(), name.to_string());
                 *self.total_index.entry(key.clone()).or_insert_with(|| {
@@ -695,15 +714,18 @@ spec:
             .denials
             .get_or_create(&vec![
                 ("direction", "ingress".to_owned()),
+                ("kind", "NetworkPolicy".to_owned()),
                 ("namespace", "shop".to_owned()),
                 ("policy", "default-deny".to_owned()),
+                ("tier", String::new()),
+                ("rule", String::new()),
             ])
             .get();
         assert_eq!(counter, 10_001);
     }
 
     /// A tier policy's denial: logged with its tier, priority and rule
-    /// name, counted against that one policy under its kind.
+    /// name, counted against that one policy and rule under its kind.
     #[test]
     fn a_tier_denial_names_tier_policy_priority_and_rule() {
         let yaml = format!(
@@ -760,6 +782,15 @@ spec:
             metrics.denial_totals(),
             vec![(("ingress".into(), "ClusterNetworkPolicy/guard".into()), 1)]
         );
+        let by_rule = vec![
+            ("direction", "ingress".to_owned()),
+            ("kind", "ClusterNetworkPolicy".to_owned()),
+            ("namespace", String::new()),
+            ("policy", "guard".to_owned()),
+            ("tier", "admin".to_owned()),
+            ("rule", "no-web".to_owned()),
+        ];
+        assert_eq!(metrics.denials.get_or_create(&by_rule).get(), 1);
 
         // Passed on to NetworkPolicy, which denies: the chain is logged.
         let yaml = yaml.replace("action: Deny", "action: Pass");

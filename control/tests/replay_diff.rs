@@ -158,7 +158,12 @@ impl Capture {
 
 /// The probes of a case's expected.tsv with their verdicts.
 fn probes(case_name: &str) -> Vec<(Probe, bool)> {
-    std::fs::read_to_string(case(case_name).join("expected.tsv"))
+    probes_in(&case(case_name))
+}
+
+/// The probes of the expected.tsv in `dir` with their verdicts.
+fn probes_in(dir: &Path) -> Vec<(Probe, bool)> {
+    std::fs::read_to_string(dir.join("expected.tsv"))
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -1087,4 +1092,69 @@ fn a_cluster_network_policy_candidate_breaks_exactly_what_it_denies() {
             "{why:?}"
         );
     }
+}
+
+#[test]
+fn deleting_a_cluster_network_policy_opens_what_it_denied() {
+    let dir = TempDir::new("delete-cnp");
+    let m = manifests::load(&[cluster_yaml()]).unwrap();
+    let capture = dir.path("all.pcap");
+    let counts = capture_all_probes(&m, &capture);
+    let cnp_case = conformance_dir()
+        .join("cases-cnp")
+        .join("921-cnp-deny-beats-networkpolicy-allow");
+    let current = [cluster_yaml(), cnp_case.join("policies.yaml")];
+    // Without the ClusterNetworkPolicy, x's NetworkPolicy allows all its
+    // ingress and nothing else is isolated: every probe the case denies
+    // opens, nothing breaks.
+    let expected: BTreeMap<_, _> = probes_in(&cnp_case)
+        .into_iter()
+        .filter(|(_, allowed)| !allowed)
+        .map(|(p, _)| {
+            let id = flow_id(&p);
+            ((Change::Open, id.clone()), counts[&id])
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    for (pattern, state) in [
+        (
+            "ClusterNetworkPolicy/deny-y-to-x",
+            "deletes ClusterNetworkPolicy deny-y-to-x",
+        ),
+        (
+            "ClusterNetworkPolicy/*",
+            "deletes ClusterNetworkPolicy deny-y-to-x",
+        ),
+        (
+            "*/*",
+            "deletes NetworkPolicy x/allow-all-ingress; deletes ClusterNetworkPolicy deny-y-to-x",
+        ),
+    ] {
+        let d = Diffed::run(
+            &current,
+            &[],
+            &[pattern.parse().unwrap()],
+            std::slice::from_ref(&capture),
+            1,
+        );
+        assert_eq!(d.listed(), expected, "--delete-policy {pattern}");
+        assert_eq!(
+            StateChanges::between(&d.current.cluster, &d.candidate.cluster).to_string(),
+            state,
+            "--delete-policy {pattern}"
+        );
+    }
+    let current_m = manifests::load(&current).unwrap();
+    let e = replay::load_candidate(
+        &current,
+        &current_m,
+        &[],
+        &["AdminNetworkPolicy/deny-y-to-x".parse().unwrap()],
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--delete-policy AdminNetworkPolicy/deny-y-to-x: the current manifests have no \
+         AdminNetworkPolicy deny-y-to-x"
+    );
 }

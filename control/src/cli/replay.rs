@@ -79,8 +79,9 @@ pub(crate) struct ReplayArgs {
     /// added).
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub(super) candidate: Vec<PathBuf>,
-    /// Diff: leave this NetworkPolicy of the current manifests out of the
-    /// candidate (NAMESPACE/NAME; either part may be *; repeatable).
+    /// Diff: leave this policy of the current manifests out of the
+    /// candidate (NAMESPACE/NAME; either part may be *; repeatable; a
+    /// cluster-scoped policy is KIND/NAME, e.g. ClusterNetworkPolicy/guard).
     #[arg(long = "delete-policy", value_name = "NAMESPACE/NAME")]
     pub(super) delete_policy: Vec<replay::PolicyPattern>,
     /// Diff: exit with status 3 when any connection would break.

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::index::Cluster;
+use crate::model::ClusterPolicyKey;
 use crate::sources::manifests::{self, LoadErrors, Manifests};
 
 /// Policies named by `--delete-policy`: `NAMESPACE/NAME`, where either part
@@ -70,8 +71,15 @@ pub enum CandidateError {
     #[error("the candidate manifests cannot be used")]
     Load(#[source] LoadErrors),
     /// `--delete-policy` names a policy the current manifests do not have.
-    #[error("--delete-policy {0}: the current manifests have no NetworkPolicy {0}")]
-    NoSuchPolicy(String),
+    #[error("--delete-policy {pattern}: the current manifests have no {kind} {name}")]
+    NoSuchPolicy {
+        /// The pattern as given.
+        pattern: String,
+        /// The kind it names.
+        kind: &'static str,
+        /// The policy's name (`namespace/name` for a NetworkPolicy).
+        name: String,
+    },
 }
 
 /// The candidate policy state: the current manifests with the policies
@@ -93,13 +101,25 @@ pub fn load_candidate(
 ) -> Result<Manifests, CandidateError> {
     for p in delete.iter().filter(|p| p.is_exact()) {
         let (ns, name) = (p.namespace.as_deref(), p.name.as_deref());
-        if !current
-            .cluster
+        let cluster = &current.cluster;
+        let found = cluster
             .policies
             .keys()
             .any(|k| Some(k.namespace.as_str()) == ns && Some(k.name.as_str()) == name)
-        {
-            return Err(CandidateError::NoSuchPolicy(p.to_string()));
+            || cluster
+                .cluster_policies
+                .keys()
+                .any(|k| p.matches(k.kind(), &k.name));
+        if !found {
+            let (kind, name) = match ns.and_then(|kind| ClusterPolicyKey::of_kind(kind, "")) {
+                Some(key) => (key.kind(), name.unwrap_or_default().to_owned()),
+                None => ("NetworkPolicy", p.to_string()),
+            };
+            return Err(CandidateError::NoSuchPolicy {
+                pattern: p.to_string(),
+                kind,
+                name,
+            });
         }
     }
     let mut out = if candidate_paths.is_empty() {
@@ -125,6 +145,11 @@ pub fn load_candidate(
             defined.policies.contains_key(key)
                 || !delete.iter().any(|p| p.matches(&key.namespace, &key.name))
         });
+        // Cluster-scoped policies are named KIND/NAME.
+        out.cluster.cluster_policies.retain(|key, _| {
+            defined.cluster_policies.contains_key(key)
+                || !delete.iter().any(|p| p.matches(key.kind(), &key.name))
+        });
     }
     Ok(out)
 }
@@ -138,6 +163,12 @@ pub struct StateChanges {
     pub policies_changed: Vec<String>,
     /// Policies only the current state has.
     pub policies_deleted: Vec<String>,
+    /// Cluster-scoped policies only the candidate has (`Kind name`).
+    pub cluster_policies_added: Vec<String>,
+    /// Cluster-scoped policies both have, with different content.
+    pub cluster_policies_changed: Vec<String>,
+    /// Cluster-scoped policies only the current state has.
+    pub cluster_policies_deleted: Vec<String>,
     /// Pods added, changed or gone.
     pub pods: usize,
     /// Namespaces added, changed or gone.
@@ -161,6 +192,18 @@ impl StateChanges {
                 out.policies_deleted.push(k.to_string());
             }
         }
+        for (k, p) in &candidate.cluster_policies {
+            match current.cluster_policies.get(k) {
+                None => out.cluster_policies_added.push(k.to_string()),
+                Some(q) if q != p => out.cluster_policies_changed.push(k.to_string()),
+                Some(_) => {}
+            }
+        }
+        for k in current.cluster_policies.keys() {
+            if !candidate.cluster_policies.contains_key(k) {
+                out.cluster_policies_deleted.push(k.to_string());
+            }
+        }
         out.pods = differing(&current.pods, &candidate.pods);
         out.namespaces = differing(&current.namespaces, &candidate.namespaces);
         out
@@ -172,6 +215,9 @@ impl StateChanges {
         self.policies_added.is_empty()
             && self.policies_changed.is_empty()
             && self.policies_deleted.is_empty()
+            && self.cluster_policies_added.is_empty()
+            && self.cluster_policies_changed.is_empty()
+            && self.cluster_policies_deleted.is_empty()
             && self.pods == 0
             && self.namespaces == 0
     }
@@ -190,6 +236,15 @@ impl fmt::Display for StateChanges {
         ] {
             if !list.is_empty() {
                 parts.push(format!("{what} NetworkPolicy {}", list.join(", ")));
+            }
+        }
+        for (what, list) in [
+            ("adds", &self.cluster_policies_added),
+            ("changes", &self.cluster_policies_changed),
+            ("deletes", &self.cluster_policies_deleted),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what} {}", list.join(", ")));
             }
         }
         if self.pods > 0 {

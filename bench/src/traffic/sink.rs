@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use podfence_bpf::{RedirectConfig, Redirector, XdpMode};
-use podfence_datapath::ports::xsk::{ReadableWait, XskConfig, XskPort, XskStats};
+use podfence_datapath::ports::wait::ReadableWait;
+use podfence_datapath::ports::xsk::{XskConfig, XskPort, XskStats};
 use podfence_datapath::ports::{MAX_BATCH, Port, RxDesc};
 
 use super::frames::{FCS_LEN, TrafficSpec};

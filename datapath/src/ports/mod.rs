@@ -10,6 +10,7 @@ use crate::link::LinkType;
 
 pub mod capture;
 pub mod memory;
+pub mod wait;
 mod xdp;
 pub mod xsk;
 

@@ -10,12 +10,12 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
 use podfence_bench::live::LiveNode;
+use podfence_bench::testbed::echo::{pattern, tcp_echo};
 use podfence_bench::testbed::{TestbedOptions, in_netns};
 use podfence_control::agent::AgentOptions;
 use podfence_control::agent::metrics::WorkerCounters;
@@ -46,13 +46,6 @@ const TRANSFER: usize = 4 << 20;
 /// Ports no testbed server uses.
 const TCP_PORT: u16 = 5202;
 const UDP_PORT: u16 = 5203;
-
-/// Position-dependent bytes, so that a lost or repeated stretch shows.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32 ^ seed).wrapping_mul(2_654_435_761).to_be_bytes()[i % 4])
-        .collect()
-}
 
 /// The counters of a namespace's stack that say whether checksums were
 /// right: UDP and TCP `InCsumErrors`, TCP `RetransSegs` and `OutSegs`.
@@ -87,39 +80,14 @@ fn snmp(netns: &str) -> Snmp {
 
 /// The client in namespace `client` sends `TRANSFER` bytes to pod b, which
 /// echoes them; the echo must be what was sent.
-fn tcp_echo(node: &LiveNode, client: &str) {
+fn tcp_echo_to_b(node: &LiveNode, client: &str) {
     let b = &node.testbed().pods()["x/b"];
-    let listener = in_netns(&b.netns, || TcpListener::bind(("0.0.0.0", TCP_PORT))).expect("listen");
-    let server = std::thread::spawn(move || -> io::Result<u64> {
-        let (mut conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(15)))?;
-        let mut writer = conn.try_clone()?;
-        io::copy(&mut conn, &mut writer)
-    });
-    let dst = SocketAddr::new(b.ips[0], TCP_PORT);
-    let stream = in_netns(client, || {
-        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
-    })
-    .expect("the client connects to pod b");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
     let data = pattern(TRANSFER, 7);
-    let sent = data.clone();
-    let mut writer = stream.try_clone().unwrap();
-    let sender = std::thread::spawn(move || -> io::Result<()> {
-        writer.write_all(&sent)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut back = Vec::with_capacity(TRANSFER);
-    (&stream).read_to_end(&mut back).expect("read the echo");
-    sender.join().unwrap().expect("send");
-    assert_eq!(
-        server.join().unwrap().expect("echo server"),
-        TRANSFER as u64
-    );
-    assert_eq!(back.len(), TRANSFER, "bytes echoed");
-    if let Some(at) = back.iter().zip(&data).position(|(x, y)| x != y) {
+    let echo = tcp_echo(&b.netns, client, SocketAddr::new(b.ips[0], TCP_PORT), &data)
+        .expect("echo through pod b");
+    assert_eq!(echo.server_received, TRANSFER as u64);
+    assert_eq!(echo.back.len(), TRANSFER, "bytes echoed");
+    if let Some(at) = echo.back.iter().zip(&data).position(|(x, y)| x != y) {
         panic!("echo differs from what was sent at byte {at}");
     }
 }
@@ -175,8 +143,8 @@ fn traffic(offload: bool) -> bool {
     ];
     let before: Vec<Snmp> = namespaces.iter().map(|n| snmp(n)).collect();
     udp_datagrams(&node);
-    tcp_echo(&node, &namespaces[0]);
-    tcp_echo(&node, &namespaces[2]);
+    tcp_echo_to_b(&node, &namespaces[0]);
+    tcp_echo_to_b(&node, &namespaces[2]);
     let after: Vec<Snmp> = namespaces.iter().map(|n| snmp(n)).collect();
     for ((ns, b), a) in namespaces.iter().zip(&before).zip(&after) {
         assert_eq!(

@@ -5,12 +5,11 @@
 //! and sent to the other pod's veth as a chain; in native XDP (what `auto`
 //! gets on a jumbo veth) and in generic. Needs root; skips otherwise.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::io;
+use std::net::SocketAddr;
 
 use podfence_bench::live::LiveNode;
+use podfence_bench::testbed::echo::{pattern, tcp_echo};
 use podfence_bench::testbed::{TestbedOptions, in_netns};
 use podfence_bpf::{AttachMode, XdpMode, attached_programs};
 use podfence_control::agent::AgentOptions;
@@ -41,71 +40,23 @@ const TRANSFER: usize = 8 << 20;
 /// A port no testbed server uses.
 const PORT: u16 = 5201;
 
-/// The bytes of the transfer: position-dependent, so that a lost, repeated
-/// or reordered stretch shows.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[i % 4])
-        .collect()
-}
-
-/// The connection's maximum segment size (`TCP_MAXSEG`).
-fn mss(stream: &TcpStream) -> u32 {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of their sizes for the
-    // duration of the call; the fd is the stream's open socket.
-    let ret = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            (&raw mut value).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(ret, 0, "TCP_MAXSEG: {}", io::Error::last_os_error());
-    u32::try_from(value).expect("positive")
-}
-
 /// The client in namespace `client` sends `TRANSFER` bytes to pod b, which
 /// echoes them; the client checks what came back. Returns the MSS of its
 /// connection.
 fn echo_transfer(node: &LiveNode, client: &str) -> u32 {
     let b = &node.testbed().pods()["x/b"];
-    let listener = in_netns(&b.netns, || TcpListener::bind(("0.0.0.0", PORT))).expect("listen");
-    let server = std::thread::spawn(move || -> io::Result<u64> {
-        let (mut conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(15)))?;
-        let mut writer = conn.try_clone()?;
-        io::copy(&mut conn, &mut writer)
-    });
-    let dst = SocketAddr::new(b.ips[0], PORT);
-    let stream = in_netns(client, || {
-        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
-    })
-    .expect("the client connects to pod b");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mss = mss(&stream);
-    let data = pattern(TRANSFER);
-    let sent = data.clone();
-    let mut writer = stream.try_clone().unwrap();
-    let sender = std::thread::spawn(move || -> io::Result<()> {
-        writer.write_all(&sent)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut back = Vec::with_capacity(TRANSFER);
-    (&stream).read_to_end(&mut back).expect("read the echo");
-    sender.join().unwrap().expect("send");
-    let echoed = server.join().unwrap().expect("echo server");
-    assert_eq!(echoed, TRANSFER as u64, "bytes pod b received");
-    assert_eq!(back.len(), TRANSFER, "bytes pod a got back");
-    if let Some(at) = back.iter().zip(&data).position(|(x, y)| x != y) {
+    let data = pattern(TRANSFER, 0);
+    let echo = tcp_echo(&b.netns, client, SocketAddr::new(b.ips[0], PORT), &data)
+        .expect("echo through pod b");
+    assert_eq!(
+        echo.server_received, TRANSFER as u64,
+        "bytes pod b received"
+    );
+    assert_eq!(echo.back.len(), TRANSFER, "bytes pod a got back");
+    if let Some(at) = echo.back.iter().zip(&data).position(|(x, y)| x != y) {
         panic!("echo differs from what was sent at byte {at}");
     }
-    mss
+    echo.mss
 }
 
 /// Runs the echo transfer at `mtu` (testbed veths and agent alike), the

@@ -51,6 +51,7 @@
 //! `sockets` (raw socket calls the probes share).
 
 mod commands;
+pub mod echo;
 mod names;
 mod netns;
 mod probes;

@@ -343,7 +343,7 @@ impl<'a> Pass<'a> {
                         .copied()
                         .filter(|&t| {
                             let t = &tiers[t as usize];
-                            t.table_tier() == tier && !t.rules[d].is_empty()
+                            t.policy.tier == tier && !t.rules[d].is_empty()
                         })
                         .collect();
                     if members.is_empty() {

@@ -11,14 +11,13 @@
 use std::sync::Arc;
 
 use podfence_datapath::Prefix;
-use podfence_datapath::tables::{ObjectName, RuleAction, Tier as TableTier, TierPolicyInfo};
+use podfence_datapath::tables::{ObjectName, RuleAction, TierPolicyInfo};
 
 use super::memo::Interner;
 use super::pass::Pass;
 use super::peers::{PeerRef, SelectorPeer};
 use crate::model::{
-    Action, ClusterNetworkPolicy, IpBlock, LabelSelector, PolicyApi, PortSpec, Subject, Tier,
-    TierPeer,
+    Action, ClusterNetworkPolicy, IpBlock, LabelSelector, PolicyApi, PortSpec, Subject, TierPeer,
 };
 
 /// One tier policy of this compile, its rule peers resolved.
@@ -32,14 +31,6 @@ pub(super) struct TierPolicy<'a> {
 }
 
 impl TierPolicy<'_> {
-    /// The tables' tier of the policy.
-    pub(super) fn table_tier(&self) -> TableTier {
-        match self.policy.tier {
-            Tier::Admin => TableTier::Admin,
-            Tier::Baseline => TableTier::Baseline,
-        }
-    }
-
     /// Its name in the tables: its kind in place of a namespace.
     pub(super) fn table_name(&self) -> ObjectName {
         ObjectName {

@@ -93,23 +93,8 @@ impl PolicyApi {
     }
 }
 
-/// The tier a policy belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Tier {
-    /// Before NetworkPolicy.
-    Admin,
-    /// After NetworkPolicy.
-    Baseline,
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Admin => "admin",
-            Self::Baseline => "baseline",
-        })
-    }
-}
+/// The tier a policy belongs to: the tables' own.
+pub use podfence_datapath::tables::Tier;
 
 /// What a matching rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -102,6 +102,20 @@ pub fn request_or_finish(frame: &mut [u8], meta: &PacketMeta) -> Begun {
     }
 }
 
+/// What a frame's begun checksum becomes on its way out of a port that
+/// takes checksum requests (`offload`: [`request_or_finish`]) or not
+/// ([`finish_partial`]).
+#[inline]
+pub fn settle(frame: &mut [u8], meta: &PacketMeta, offload: bool) -> Begun {
+    if offload {
+        request_or_finish(frame, meta)
+    } else if finish_partial(frame, meta) {
+        Begun::Finished
+    } else {
+        Begun::No
+    }
+}
+
 /// Finishes a begun checksum as a device does for `request`: the
 /// complement of the one's complement sum of `frame[start..]` (the field
 /// holding the pseudo-header sum), 0 sent as 0xffff (Linux's

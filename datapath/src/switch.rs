@@ -146,7 +146,7 @@ use crate::denials::{Denial, DenialKind, DenialQueue};
 use crate::flow::PacketMeta;
 use crate::link::LinkType;
 use crate::nat::Rewrite;
-use crate::offload::{Begun, finish_partial, request_or_finish};
+use crate::offload::{Begun, settle};
 use crate::ports::{ChecksumRequest, MAX_BATCH, Port, PortError, RxDesc};
 use crate::wire::checksum;
 use crate::worker::{Outcome, Output, Worker};
@@ -636,24 +636,14 @@ impl<P: Port> Switch<P> {
         // left checksums to offload: left to the kernel sending the frame
         // if it takes requests, else finished here (before any
         // translation: a begun checksum covers the addresses as received).
-        let (begun, translated) = if offload {
-            let begun = request_or_finish(out, meta);
-            let translated = rewrite.map(|r| match begun {
-                Begun::Request(_) => crate::nat::apply_begun(out, meta, r).is_ok(),
-                Begun::No | Begun::Finished => crate::nat::apply(out, meta, r).is_ok(),
-            });
-            (begun, translated)
-        } else {
-            let begun = if finish_partial(out, meta) {
-                Begun::Finished
-            } else {
-                Begun::No
-            };
-            (
-                begun,
-                rewrite.map(|r| crate::nat::apply(out, meta, r).is_ok()),
-            )
-        };
+        let begun = settle(out, meta, offload);
+        let translated = rewrite.map(|r| {
+            match begun {
+                Begun::Request(_) => crate::nat::apply_begun(out, meta, r),
+                Begun::No | Begun::Finished => crate::nat::apply(out, meta, r),
+            }
+            .is_ok()
+        });
         match begun {
             Begun::Request(request) => {
                 let staging = &mut self.staging[route.port];

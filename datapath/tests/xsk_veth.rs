@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use podfence_bpf::{AttachMode, RedirectConfig, Redirector, XdpMode};
 use podfence_datapath::craft::{FrameSpec, Transport};
-use podfence_datapath::ports::xsk::{ChecksumOffload, XskConfig, XskMode, XskPort};
+use podfence_datapath::ports::xsk::{ChecksumOffload, PreparedXsk, XskConfig, XskMode, XskPort};
 use podfence_datapath::ports::{ChecksumRequest, Port, RxDesc};
 use podfence_datapath::wire::checksum::{fold, pseudo_header_sum};
 use podfence_testkit::netns::Netns;
@@ -281,6 +281,66 @@ fn open_errors_say_what_is_wrong() {
             .to_string();
         eprintln!("second socket on queue 0: {err}");
         assert!(err.contains("queue 0"), "{err}");
+    });
+}
+
+/// A socket made before its interface exists (as the agent keeps spares
+/// for pods yet to start) binds to it later and carries frames both ways;
+/// binding to a missing interface fails with its name.
+#[test]
+fn a_socket_prepared_ahead_binds_to_a_later_interface() {
+    if skip_unless(&[Need::Root, Need::Bpf, Need::Iproute2]) {
+        return;
+    }
+    let Some(netns) = Netns::new(NS_PREFIX) else {
+        return;
+    };
+    netns.disable_ipv6();
+    let config = small_config();
+    let (missing, prepared) = netns.in_ns(|| {
+        let missing = PreparedXsk::new(&config)
+            .expect("prepare")
+            .bind("pfx-missing", 0)
+            .unwrap_err()
+            .to_string();
+        (missing, PreparedXsk::new(&config).expect("prepare"))
+    });
+    assert!(
+        missing.contains("pfx-missing") && missing.contains("not found"),
+        "{missing}"
+    );
+    assert_eq!(prepared.config(), &config);
+    let pid = std::process::id();
+    let (if_a, if_b) = (format!("pfxa-{pid}"), format!("pfxb-{pid}"));
+    netns.add_veth((&if_a, MAC_A), (&if_b, MAC_B));
+    netns.set_up(&[&if_a, &if_b]);
+    netns.in_ns(|| {
+        let redirector = Redirector::attach(if_a.as_str(), &RedirectConfig::default())
+            .expect("attach redirector");
+        let mut port = prepared.bind(&if_a, 0).expect("bind the prepared socket");
+        redirector.register_socket(0, &port).expect("register");
+        let peer = PacketSocket::open(&if_b);
+        // More than the fill ring's frames, so the fill ring was filled at
+        // bind and refilled since.
+        for round in 0..4 {
+            let frames: Vec<Vec<u8>> = (0..64)
+                .map(|i| frame(MAC_B, MAC_A, round * 64 + i))
+                .collect();
+            peer.send(&frames);
+            assert_eq!(
+                receive_exactly(&mut port, &frames, Duration::from_secs(5)),
+                64,
+                "round {round}"
+            );
+        }
+        let out: Vec<Vec<u8>> = (0..32).map(|i| frame(MAC_A, MAC_B, 1000 + i)).collect();
+        let batch: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
+        assert_eq!(port.send(&batch).expect("send"), out.len());
+        let received = peer.collect_from(MAC_A, out.len() + 1, Duration::from_secs(3));
+        assert_eq!(received, out);
+        redirector.unregister(0).expect("unregister");
+        drop(port);
+        redirector.detach().expect("detach");
     });
 }
 

@@ -225,8 +225,6 @@ pub(super) struct SocketConfig {
     pub(super) rx_ring: u32,
     /// Tx ring size.
     pub(super) tx_ring: u32,
-    /// `sxdp_flags` of `bind` (`XDP_COPY`, `XDP_USE_SG`, ...).
-    pub(super) bind_flags: u16,
     /// Register the UMEM with [`TX_METADATA_LEN`] bytes of TX metadata
     /// before each frame to send (`XDP_UMEM_TX_METADATA_LEN`).
     pub(super) tx_metadata: bool,
@@ -247,7 +245,8 @@ pub(super) enum Step {
     Bind,
 }
 
-/// An AF_XDP socket with its own UMEM (not shared), bound to one queue.
+/// An AF_XDP socket with its own UMEM (not shared), bound to one queue
+/// once [`Socket::bind`] succeeded.
 /// Dropping it unmaps the rings, closes the socket, then unmaps the UMEM.
 #[derive(Debug)]
 pub(super) struct Socket {
@@ -285,13 +284,11 @@ fn set_u32(fd: RawFd, opt: libc::c_int, value: u32) -> io::Result<()> {
 }
 
 impl Socket {
-    /// Creates the socket and its UMEM, maps the rings and binds to `queue`
-    /// of interface `ifindex` (in the calling thread's network namespace).
-    pub(super) fn open(
-        ifindex: u32,
-        queue: u32,
-        config: &SocketConfig,
-    ) -> Result<Self, (Step, io::Error)> {
+    /// Creates the socket and its UMEM and maps the rings, in the calling
+    /// thread's network namespace; [`Self::bind`] then binds it to a queue
+    /// of an interface there. The UMEM's memory is faulted in here, which
+    /// is most of what making a socket costs.
+    pub(super) fn create(config: &SocketConfig) -> Result<Self, (Step, io::Error)> {
         // SAFETY: plain system call; the result is checked.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -374,22 +371,6 @@ impl Socket {
             .map_err(rings)?;
         let tx = Ring::map(raw, &off.tx, config.tx_ring, libc::XDP_PGOFF_TX_RING as u64)
             .map_err(rings)?;
-        let addr = libc::sockaddr_xdp {
-            sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: config.bind_flags,
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: queue,
-            sxdp_shared_umem_fd: 0,
-        };
-        // SAFETY: `addr` is valid for reads of its size during the call.
-        check(unsafe {
-            libc::bind(
-                raw,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        })
-        .map_err(|e| (Step::Bind, e))?;
         Ok(Self {
             rx,
             tx,
@@ -397,6 +378,26 @@ impl Socket {
             comp,
             fd,
             umem,
+        })
+    }
+
+    /// Binds the socket to `queue` of interface `ifindex` with `flags`
+    /// (`sxdp_flags`). The kernel binds a socket once.
+    pub(super) fn bind(&self, ifindex: u32, queue: u32, flags: u16) -> io::Result<()> {
+        let addr = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: flags,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: queue,
+            sxdp_shared_umem_fd: 0,
+        };
+        // SAFETY: `addr` is valid for reads of its size during the call.
+        check(unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
         })
     }
 

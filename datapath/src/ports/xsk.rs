@@ -389,36 +389,44 @@ fn bind_flags(config: &XskConfig) -> u16 {
     bind
 }
 
-impl XskPort {
-    /// Opens an AF_XDP socket on `queue` of `ifname` (in the calling
-    /// thread's network namespace) and fills its fill ring. Register
-    /// [`Self::fd`] in the redirector's XSKMAP for `queue` afterwards.
-    pub fn open(ifname: &str, queue: u32, config: &XskConfig) -> Result<Self, PortError> {
-        let name = format!("{ifname}:{queue}");
-        Self::check_config(&name, config)?;
-        let c_name = std::ffi::CString::new(ifname)
-            .map_err(|_| invalid(&name, format!("interface name {ifname:?} contains NUL")))?;
-        // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
-        // call; if_nametoindex only reads it.
-        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(PortError::Io {
-                port: name,
-                source: io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("interface {ifname} not found in this network namespace"),
-                ),
-            });
-        }
+/// An AF_XDP socket made before the interface it will serve exists: its
+/// UMEM mapped, faulted in and registered, its rings mapped; only binding
+/// is left ([`PreparedXsk::bind`]). Most of a socket's cost (a few
+/// milliseconds for the UMEM's pages) is paid here, so an agent can make
+/// some ahead and spare a starting pod the wait. A prepared socket belongs
+/// to the network namespace it was made in.
+pub struct PreparedXsk {
+    config: XskConfig,
+    checksum_offload: ChecksumOffload,
+    socket: Socket,
+}
 
+impl fmt::Debug for PreparedXsk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedXsk")
+            .field("fd", &self.socket.fd())
+            .field("checksum_offload", &self.checksum_offload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedXsk {
+    /// Makes a socket for `config` in the calling thread's network
+    /// namespace.
+    pub fn new(config: &XskConfig) -> Result<Self, PortError> {
+        Self::make("unbound AF_XDP socket", "its interface", 0, config)
+    }
+
+    /// [`Self::new`], with errors named for the port it is made for.
+    fn make(name: &str, ifname: &str, queue: u32, config: &XskConfig) -> Result<Self, PortError> {
+        XskPort::check_config(name, config)?;
         let mut socket_config = SocketConfig {
             frame_count: config.frame_count,
             frame_size: config.frame_size,
-            fill_ring: queue_size(&name, "fill ring", config.fill_ring)?,
-            comp_ring: queue_size(&name, "completion ring", config.comp_ring)?,
-            rx_ring: queue_size(&name, "rx ring", config.rx_ring)?,
-            tx_ring: queue_size(&name, "tx ring", config.tx_ring)?,
-            bind_flags: bind_flags(config),
+            fill_ring: queue_size(name, "fill ring", config.fill_ring)?,
+            comp_ring: queue_size(name, "completion ring", config.comp_ring)?,
+            rx_ring: queue_size(name, "rx ring", config.rx_ring)?,
+            tx_ring: queue_size(name, "tx ring", config.tx_ring)?,
             tx_metadata: config.checksum_offload,
         };
         let mut checksum_offload = if config.checksum_offload {
@@ -426,7 +434,7 @@ impl XskPort {
         } else {
             ChecksumOffload::Software("asked for software".to_owned())
         };
-        let socket = match Socket::open(ifindex, queue, &socket_config) {
+        let socket = match Socket::create(&socket_config) {
             Ok(socket) => socket,
             Err((Step::UmemRegistration, e))
                 if config.checksum_offload && e.raw_os_error() == Some(libc::EINVAL) =>
@@ -438,11 +446,92 @@ impl XskPort {
                      (XDP_UMEM_TX_METADATA_LEN, Linux 6.11): {e}"
                 ));
                 socket_config.tx_metadata = false;
-                Socket::open(ifindex, queue, &socket_config)
-                    .map_err(|(step, e)| create_error(&name, ifname, queue, config, step, &e))?
+                Socket::create(&socket_config)
+                    .map_err(|(step, e)| create_error(name, ifname, queue, config, step, &e))?
             }
-            Err((step, e)) => return Err(create_error(&name, ifname, queue, config, step, &e)),
+            Err((step, e)) => return Err(create_error(name, ifname, queue, config, step, &e)),
         };
+        Ok(Self {
+            config: *config,
+            checksum_offload,
+            socket,
+        })
+    }
+
+    /// The configuration the socket was made for.
+    #[must_use]
+    pub fn config(&self) -> &XskConfig {
+        &self.config
+    }
+
+    /// Binds the socket to `queue` of `ifname` (in the network namespace
+    /// it was made in) and fills its fill ring. Register
+    /// [`XskPort::fd`] in the redirector's XSKMAP for `queue` afterwards.
+    pub fn bind(self, ifname: &str, queue: u32) -> Result<XskPort, PortError> {
+        let name = format!("{ifname}:{queue}");
+        let ifindex = ifindex(&name, ifname)?;
+        self.bind_named(name, ifname, ifindex, queue)
+    }
+
+    fn bind_named(
+        self,
+        name: String,
+        ifname: &str,
+        ifindex: u32,
+        queue: u32,
+    ) -> Result<XskPort, PortError> {
+        let Self {
+            config,
+            checksum_offload,
+            socket,
+        } = self;
+        socket
+            .bind(ifindex, queue, bind_flags(&config))
+            .map_err(|e| create_error(&name, ifname, queue, &config, Step::Bind, &e))?;
+        XskPort::new(name, queue, &config, checksum_offload, socket)
+    }
+}
+
+/// The index of interface `ifname` in the calling thread's network
+/// namespace.
+fn ifindex(name: &str, ifname: &str) -> Result<u32, PortError> {
+    let c_name = std::ffi::CString::new(ifname)
+        .map_err(|_| invalid(name, format!("interface name {ifname:?} contains NUL")))?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
+    // call; if_nametoindex only reads it.
+    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(PortError::Io {
+            port: name.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {ifname} not found in this network namespace"),
+            ),
+        });
+    }
+    Ok(ifindex)
+}
+
+impl XskPort {
+    /// Opens an AF_XDP socket on `queue` of `ifname` (in the calling
+    /// thread's network namespace) and fills its fill ring. Register
+    /// [`Self::fd`] in the redirector's XSKMAP for `queue` afterwards.
+    pub fn open(ifname: &str, queue: u32, config: &XskConfig) -> Result<Self, PortError> {
+        let name = format!("{ifname}:{queue}");
+        // The interface first: a missing one fails before any memory is
+        // touched.
+        let ifindex = ifindex(&name, ifname)?;
+        PreparedXsk::make(&name, ifname, queue, config)?.bind_named(name, ifname, ifindex, queue)
+    }
+
+    /// The port of a bound `socket`.
+    fn new(
+        name: String,
+        queue: u32,
+        config: &XskConfig,
+        checksum_offload: ChecksumOffload,
+        socket: Socket,
+    ) -> Result<Self, PortError> {
         // Data to send starts after the kernel's headroom, as received data
         // does, leaving room for the TX metadata before it.
         let tx_capacity = config.frame_size as usize - XDP_PACKET_HEADROOM;

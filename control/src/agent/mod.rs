@@ -34,6 +34,7 @@ pub mod denials;
 pub mod metrics;
 pub mod plumbing;
 pub mod removal;
+pub mod spare_sockets;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,7 @@ use denials::DenialReporter;
 pub use denials::{DenialOptions, DenyLog};
 use metrics::{Health, RingCounters, WorkerCounters};
 use plumbing::{Discovery, HostPair, PlumbingConfig};
+use spare_sockets::SpareSockets;
 
 /// Interfaces one loaded redirector program serves: a node's pods (the
 /// kubelet's default maximum is 110) and the host port, with room.
@@ -207,6 +209,9 @@ pub struct AgentOptions {
     pub audit: bool,
     /// Which Services the datapath translates.
     pub services: ServicesConfig,
+    /// AF_XDP sockets kept ready for pods yet to start (see
+    /// [`spare_sockets`]); 0: each is made as its pod starts.
+    pub spare_sockets: usize,
 }
 
 impl Default for AgentOptions {
@@ -229,9 +234,14 @@ impl Default for AgentOptions {
             denials: DenialOptions::default(),
             audit: false,
             services: ServicesConfig::default(),
+            spare_sockets: DEFAULT_SPARE_SOCKETS,
         }
     }
 }
+
+/// Default of [`AgentOptions::spare_sockets`]: a burst of that many pod
+/// sockets binds without waiting for UMEM memory (8 MiB each by default).
+pub const DEFAULT_SPARE_SOCKETS: usize = 8;
 
 /// Which pods this node enforces, per [`AgentOptions::node_name`].
 #[must_use]
@@ -297,6 +307,8 @@ pub struct Agent {
     /// Every worker queues the packets policy drops here.
     denials: Arc<DenialQueue>,
     reporter: Option<DenialReporter>,
+    /// Sockets made ahead for new pod interfaces (started once running).
+    spares: Option<SpareSockets>,
 }
 
 /// The calling thread's network namespace.
@@ -373,6 +385,7 @@ impl Agent {
             netns: current_netns(),
             denials,
             reporter: Some(reporter),
+            spares: None,
             options,
         };
         // From here on, dropping `agent` undoes what was done.
@@ -416,6 +429,12 @@ impl Agent {
         }
         self.next_port = links.len();
         self.adopted = adopted;
+        // After the start's own sockets, which it made itself: the spares
+        // are for pods that start from now on.
+        self.spares = Some(
+            SpareSockets::start(self.options.xsk, self.options.spare_sockets)
+                .map_err(AgentError::Thread)?,
+        );
         self.options
             .health
             .published
@@ -450,7 +469,11 @@ impl Agent {
         self.check_mtu(link, redirector.mode())?;
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
-            let port = XskPort::open(&link.name, w as u32, &self.options.xsk)?;
+            let queue = w as u32;
+            let port = match self.spares.as_ref().and_then(|s| s.take(&self.options.xsk)) {
+                Some(prepared) => prepared.bind(&link.name, queue)?,
+                None => XskPort::open(&link.name, queue, &self.options.xsk)?,
+            };
             self.note_checksum_offload(&link.name, port.checksum_offload());
             redirector
                 .register_socket(w as u32, &port)

@@ -217,6 +217,15 @@ pub(crate) struct RunArgs {
     /// Conntrack entries.
     #[arg(long, env = "PODFENCE_CONNTRACK_ENTRIES", default_value_t = 1 << 18, value_name = "N")]
     conntrack_entries: usize,
+    /// AF_XDP sockets (each with its UMEM, 8 MiB) kept ready so that a
+    /// starting pod's interface only binds one (0: made as pods start).
+    #[arg(
+        long,
+        env = "PODFENCE_SPARE_SOCKETS",
+        default_value_t = podfence_control::agent::DEFAULT_SPARE_SOCKETS,
+        value_name = "N"
+    )]
+    spare_sockets: usize,
     /// Log the counters this often (0: only at stop).
     #[arg(
         long,
@@ -339,6 +348,7 @@ fn options(args: &RunArgs) -> AgentOptions {
         workers: usize::from(args.workers),
         pin_workers: !args.no_pin,
         conntrack_entries: args.conntrack_entries,
+        spare_sockets: args.spare_sockets,
         ..AgentOptions::default()
     };
     o.redirect.no_socket_action = match args.fail_mode {

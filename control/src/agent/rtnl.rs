@@ -949,3 +949,352 @@ impl Rtnl {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::NLM_F_MULTIPART;
+    use netlink_packet_route::link::LinkHeader;
+
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+
+    /// `message` framed with `seq` and `flags`, as the kernel sends it.
+    fn framed(message: RouteNetlinkMessage, seq: u32, flags: u16) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = seq;
+        header.flags = flags;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut bytes = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        bytes
+    }
+
+    /// A netlink attribute (padded).
+    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut bytes = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        bytes.extend(kind.to_ne_bytes());
+        bytes.extend(value);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        bytes
+    }
+
+    /// An `NLMSG_ERROR` (or, with `kind` `NLMSG_DONE`, a dump's end) with
+    /// `code`, `body` after it.
+    fn control(kind: u16, seq: u32, flags: u16, code: i32, body: &[u8]) -> Vec<u8> {
+        let length = (NLMSG_HEADER_LEN + 4 + body.len()) as u32;
+        let mut bytes = length.to_ne_bytes().to_vec();
+        bytes.extend(kind.to_ne_bytes());
+        bytes.extend(flags.to_ne_bytes());
+        bytes.extend(seq.to_ne_bytes());
+        bytes.extend(0u32.to_ne_bytes());
+        bytes.extend(code.to_ne_bytes());
+        bytes.extend(body);
+        bytes
+    }
+
+    const ALIAS: &str = "an alias";
+
+    fn link(index: u32, name: &str) -> RouteNetlinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes.push(LinkAttribute::IfName(name.into()));
+        link.attributes
+            .push(LinkAttribute::Address(vec![2, 0x50, 0, 0, 0, 1]));
+        link.attributes.push(LinkAttribute::NumRxQueues(4));
+        link.attributes.push(LinkAttribute::Mtu(9000));
+        link.attributes.push(LinkAttribute::IfAlias(ALIAS.into()));
+        RouteNetlinkMessage::NewLink(link)
+    }
+
+    #[test]
+    fn a_dump_reads_every_message_of_its_request_up_to_done() {
+        let mut datagram = framed(link(2, "veth-a"), 7, NLM_F_MULTIPART);
+        // A late answer to another request is passed over.
+        datagram.extend(framed(link(9, "stale"), 6, NLM_F_MULTIPART));
+        datagram.extend(framed(
+            link(3, "veth-b"),
+            7,
+            NLM_F_MULTIPART | NLM_F_DUMP_INTR,
+        ));
+        let mut replies = Vec::new();
+        let mut interrupted = false;
+        let ending = read_datagram(&datagram, 7, "dump", &mut replies, &mut interrupted).unwrap();
+        assert!(matches!(ending, Ending::Pending));
+        assert!(interrupted);
+        let done = control(NLMSG_DONE, 7, NLM_F_MULTIPART, 0, &[]);
+        let ending = read_datagram(&done, 7, "dump", &mut replies, &mut interrupted).unwrap();
+        assert!(matches!(ending, Ending::Done));
+        let links: Vec<LinkEntry> = replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => link_entry(l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(links.len(), 2);
+        assert_eq!(
+            links[0],
+            LinkEntry {
+                index: 2,
+                name: "veth-a".into(),
+                mac: Some([2, 0x50, 0, 0, 0, 1]),
+                rx_queues: Some(4),
+                mtu: Some(9000),
+                alias: Some(ALIAS.into()),
+            }
+        );
+        assert_eq!(links[1].name, "veth-b");
+    }
+
+    #[test]
+    fn an_ack_ends_a_request_and_an_error_carries_errno_and_the_kernels_text() {
+        let request_header = [0u8; NLMSG_HEADER_LEN];
+        let ack = control(NLMSG_ERROR, 3, NLM_F_CAPPED, 0, &request_header);
+        let mut replies = Vec::new();
+        let ending = read_datagram(&ack, 3, "req", &mut replies, &mut false).unwrap();
+        assert!(matches!(ending, Ending::Done) && replies.is_empty());
+
+        let mut body = request_header.to_vec();
+        body.extend(attribute(NLMSGERR_ATTR_MSG, b"Nexthop device is not up\0"));
+        let nack = control(NLMSG_ERROR, 3, NLM_F_CAPPED | NLM_F_ACK_TLVS, -100, &body);
+        let error = read_datagram(
+            &nack,
+            3,
+            "ip -4 route replace 10.0.0.1/32 dev pf-host table 7066",
+            &mut replies,
+            &mut false,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error.errno(), Some(100));
+        let text = error.to_string();
+        assert!(
+            text.starts_with("`ip -4 route replace 10.0.0.1/32 dev pf-host table 7066` failed: ")
+                && text.ends_with(" (kernel: Nexthop device is not up)"),
+            "{text}"
+        );
+
+        // Uncapped: the whole request is echoed before the attributes.
+        let mut body = framed(link(2, "veth-a"), 3, NLM_F_REQUEST);
+        body.extend(attribute(NLMSGERR_ATTR_MSG, b"Unknown device\0"));
+        let nack = control(NLMSG_ERROR, 3, NLM_F_ACK_TLVS, -19, &body);
+        let error = read_datagram(&nack, 3, "req", &mut replies, &mut false)
+            .err()
+            .unwrap();
+        assert_eq!(error.errno(), Some(19));
+        assert!(
+            error.to_string().ends_with("(kernel: Unknown device)"),
+            "{error}"
+        );
+
+        // An error ending a dump.
+        let done = control(NLMSG_DONE, 3, NLM_F_MULTIPART, -2, &[]);
+        let error = read_datagram(&done, 3, "dump", &mut replies, &mut false)
+            .err()
+            .unwrap();
+        assert_eq!(error.errno(), Some(2));
+        assert!(!error.to_string().contains("kernel:"), "{error}");
+    }
+
+    #[test]
+    fn truncated_or_garbled_replies_are_decode_errors_not_panics() {
+        let datagram = framed(link(2, "veth-a"), 1, 0);
+        for cut in [3, NLMSG_HEADER_LEN - 1, datagram.len() - 1] {
+            let mut replies = Vec::new();
+            let error = read_datagram(&datagram[..cut], 1, "dump", &mut replies, &mut false)
+                .err()
+                .unwrap();
+            assert!(matches!(error, AgentError::NetlinkDecode { .. }), "{error}");
+        }
+        // A length field shorter than a header.
+        let mut garbled = datagram.clone();
+        garbled[..4].copy_from_slice(&4u32.to_ne_bytes());
+        assert!(read_datagram(&garbled, 1, "dump", &mut Vec::new(), &mut false).is_err());
+    }
+
+    #[test]
+    fn link_changes_set_flags_through_the_change_mask() {
+        let change = LinkChange {
+            arp: Some(false),
+            up: Some(true),
+            mtu: Some(1400),
+            address: Some([2, 0, 0, 0, 0, 1]),
+            ..LinkChange::default()
+        };
+        let message = change.message("pf-host");
+        let header: &LinkHeader = &message.header;
+        assert_eq!(header.flags, LinkFlags::Noarp | LinkFlags::Up);
+        assert_eq!(header.change_mask, LinkFlags::Noarp | LinkFlags::Up);
+        assert_eq!(
+            message.attributes,
+            [
+                LinkAttribute::IfName("pf-host".into()),
+                LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+                LinkAttribute::Mtu(1400),
+            ]
+        );
+        assert_eq!(
+            change.describe("pf-host"),
+            "ip link set pf-host arp off address 02:00:00:00:00:01 mtu 1400 up"
+        );
+        // ARP on clears IFF_NOARP; nothing else changes.
+        let on = LinkChange {
+            arp: Some(true),
+            ..LinkChange::default()
+        }
+        .message("x");
+        assert_eq!(on.header.flags, LinkFlags::empty());
+        assert_eq!(on.header.change_mask, LinkFlags::Noarp);
+    }
+
+    #[test]
+    fn rules_encode_and_match_as_ip_rule_does() {
+        let rule = RuleSpec {
+            family: Family::V6,
+            priority: 91,
+            iif: None,
+            table: 7066,
+        };
+        let message = rule.message();
+        assert_eq!(message.header.family, AddressFamily::Inet6);
+        // 7066 does not fit the header's byte: the attribute says it.
+        assert_eq!(message.header.table, RouteHeader::RT_TABLE_UNSPEC);
+        assert_eq!(message.header.action, RuleAction::ToTable);
+        assert_eq!(
+            message.attributes,
+            [RuleAttribute::Priority(91), RuleAttribute::Table(7066)]
+        );
+        assert_eq!(
+            rule.describe("add"),
+            "ip -6 rule add priority 91 lookup 7066"
+        );
+        let decoded = rule_entry(&message);
+        assert!(rule.matches(&decoded));
+
+        let main = RuleSpec {
+            family: Family::V4,
+            priority: 90,
+            iif: Some("pf-dp"),
+            table: TABLE_MAIN,
+        };
+        assert_eq!(main.message().header.table, 254);
+        assert_eq!(
+            main.describe("del"),
+            "ip -4 rule del priority 90 iif pf-dp lookup main"
+        );
+        let decoded = rule_entry(&main.message());
+        assert!(main.matches(&decoded) && !rule.matches(&decoded));
+        // The kernel's dump of a rule without FRA_TABLE names it in the header.
+        let mut header_only = main.message();
+        header_only
+            .attributes
+            .retain(|a| !matches!(a, RuleAttribute::Table(_)));
+        assert!(main.matches(&rule_entry(&header_only)));
+    }
+
+    #[test]
+    fn dumped_routes_neighbours_and_addresses_become_plain_values() {
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.destination_prefix_length = 32;
+        route.header.table = 254;
+        route.header.kind = RouteType::Unicast;
+        route
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+            )));
+        route.attributes.push(RouteAttribute::Oif(5));
+        assert_eq!(
+            route_entry(&route),
+            RouteEntry {
+                dst: Some("10.0.0.2".parse().unwrap()),
+                prefix_len: 32,
+                oif: Some(5),
+                gateway: None,
+                table: 254,
+                unicast: true,
+            }
+        );
+        // RTA_TABLE wins over the header's byte.
+        route.attributes.push(RouteAttribute::Table(7066));
+        assert_eq!(route_entry(&route).table, 7066);
+
+        let mut neighbour = NeighbourMessage::default();
+        neighbour.header.ifindex = 5;
+        neighbour.header.state = netlink_packet_route::neighbour::NeighbourState::Noarp;
+        neighbour
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(
+                "fd00::2".parse().unwrap(),
+            )));
+        neighbour
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 9]));
+        let entry = neighbour_entry(&neighbour).unwrap();
+        assert_eq!(entry.dst, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (entry.ifindex, entry.lladdr, entry.noarp),
+            (5, Some([2, 0, 0, 0, 0, 9]), true)
+        );
+        // No destination: no entry; a non-Ethernet lladdr: no MAC.
+        neighbour.attributes[1] = NeighbourAttribute::LinkLayerAddress(vec![1, 2, 3, 4]);
+        assert_eq!(neighbour_entry(&neighbour).unwrap().lladdr, None);
+        neighbour.attributes.remove(0);
+        assert_eq!(neighbour_entry(&neighbour), None);
+
+        let mut address = AddressMessage::default();
+        address.header.index = 3;
+        address.header.scope = AddressScope::Universe;
+        address
+            .attributes
+            .push(AddressAttribute::Address("10.0.0.9".parse().unwrap()));
+        address
+            .attributes
+            .push(AddressAttribute::Local("10.0.0.1".parse().unwrap()));
+        let entry = address_entry(&address).unwrap();
+        assert_eq!(
+            (entry.addr, entry.global),
+            ("10.0.0.1".parse().unwrap(), true)
+        );
+        address.header.scope = AddressScope::Link;
+        address.attributes.remove(1);
+        let entry = address_entry(&address).unwrap();
+        assert_eq!(
+            (entry.addr, entry.global),
+            ("10.0.0.9".parse().unwrap(), false)
+        );
+    }
+
+    #[test]
+    fn requests_serialize_to_what_the_kernel_parses() {
+        // The veth request round-trips through the crate's own parser, as
+        // the kernel reads it: the peer is nested in IFLA_INFO_DATA.
+        let mut peer = LinkMessage::default();
+        peer.attributes.push(LinkAttribute::IfName("pf-dp".into()));
+        let mut request = LinkMessage::default();
+        request
+            .attributes
+            .push(LinkAttribute::IfName("pf-host".into()));
+        request.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        let bytes = framed(
+            RouteNetlinkMessage::NewLink(request.clone()),
+            1,
+            NLM_F_REQUEST,
+        );
+        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).unwrap();
+        assert_eq!(
+            parsed.payload,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(request))
+        );
+        assert_eq!(header_table(7066), 0);
+        assert_eq!(header_table(254), 254);
+        assert_eq!(table_name(254), "main");
+        assert_eq!(format_mac([0xde, 0xad, 0, 1, 2, 0xff]), "de:ad:00:01:02:ff");
+    }
+}

@@ -94,9 +94,9 @@ pub enum AgentError {
         message: String,
     },
     /// A sysctl could not be written.
-    #[error("cannot set sysctl {key}={value}: {source}")]
+    #[error("cannot write {value} to /proc/sys/{key}: {source}")]
     Sysctl {
-        /// Its key, as under `/proc/sys`.
+        /// Its path under `/proc/sys`.
         key: String,
         /// The value.
         value: String,

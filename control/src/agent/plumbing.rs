@@ -129,7 +129,7 @@ pub fn host_addresses() -> Result<Vec<IpAddr>, AgentError> {
 /// namespace).
 fn sysctl(key: &str, value: &str) -> Result<(), AgentError> {
     std::fs::write(format!("/proc/sys/{key}"), value).map_err(|source| AgentError::Sysctl {
-        key: key.replace('/', "."),
+        key: key.to_owned(),
         value: value.to_owned(),
         source,
     })

@@ -147,8 +147,6 @@ pub(crate) struct NeighbourEntry {
 /// An interface address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AddressEntry {
-    /// Interface index.
-    pub(crate) ifindex: u32,
     /// The local address.
     pub(crate) addr: IpAddr,
     /// Whether its scope is global.
@@ -390,7 +388,6 @@ fn address_entry(message: &AddressMessage) -> Option<AddressEntry> {
         }
     }
     Some(AddressEntry {
-        ifindex: message.header.index,
         // IFA_LOCAL is the interface's own address (on a point-to-point
         // link IFA_ADDRESS is the peer's); IPv6 gives IFA_ADDRESS alone.
         addr: local.or(address)?,
@@ -1246,7 +1243,6 @@ mod tests {
         assert_eq!(neighbour_entry(&neighbour), None);
 
         let mut address = AddressMessage::default();
-        address.header.index = 3;
         address.header.scope = AddressScope::Universe;
         address
             .attributes

@@ -171,7 +171,8 @@ fn link(rtnl: &mut Rtnl, name: &str) -> Result<Option<Link>, AgentError> {
 /// from the main table's host routes, and the pods' MACs from the
 /// neighbour table (or, failing that, from `known_macs`: what the CNI
 /// reported). Routes through `host_if` (ours) are skipped, as are routes
-/// via a gateway (not a directly attached pod).
+/// via a gateway (not a directly attached pod) and those of another type
+/// than unicast (blackhole, unreachable, …).
 pub fn discover<S: std::hash::BuildHasher>(
     addrs: &[IpAddr],
     host_if: &str,
@@ -205,6 +206,7 @@ pub fn discover<S: std::hash::BuildHasher>(
     }
     let mut mac_of: HashMap<(u32, IpAddr), [u8; 6]> = HashMap::new();
     for neighbour in rtnl.neighbours()? {
+        // NOARP entries resolve nothing (and `ip neigh show` hides them).
         if let (false, Some(mac)) = (neighbour.noarp, neighbour.lladdr) {
             mac_of.insert((neighbour.ifindex, neighbour.dst), mac);
         }

@@ -158,12 +158,13 @@ fn discover_finds_pods_behind_host_routes_as_ip_reports_them() {
     // Pod c: no neighbour entry and none known.
     ns.ip(&["route", "add", "10.77.0.4/32", "dev", "veth-b"]);
     // Not pods: a route via a gateway, a prefix, a route through our own
-    // pf-host, an address with no route at all.
+    // pf-host, an address with no route at all, a blackhole route.
     ns.ip(&["addr", "add", "10.77.1.1/24", "dev", "veth-b"]);
     ns.ip(&["route", "add", "10.77.0.5/32", "via", "10.77.1.9"]);
     ns.ip(&["route", "add", "10.77.2.0/24", "dev", "veth-a"]);
     pod_veth(&ns, "pf-host", "pf-dp", [0x02, 0x50, 0, 0, 0, 0x0f], "1");
     ns.ip(&["route", "add", "10.77.0.6/32", "dev", "pf-host"]);
+    ns.ip(&["route", "add", "blackhole", "10.77.0.8/32"]);
     let addrs = [
         "10.77.0.2",
         "fd77::2",
@@ -173,6 +174,7 @@ fn discover_finds_pods_behind_host_routes_as_ip_reports_them() {
         "10.77.2.1",
         "10.77.0.6",
         "10.77.0.7",
+        "10.77.0.8",
     ]
     .map(ip);
     let known: HashMap<IpAddr, [u8; 6]> = [(ip("10.77.0.3"), mac_b)].into();
@@ -203,7 +205,14 @@ fn discover_finds_pods_behind_host_routes_as_ip_reports_them() {
     assert_eq!(found.pods["veth-b"].link.mtu, 1400);
     assert_eq!(
         found.unrouted,
-        ["10.77.0.5", "10.77.2.1", "10.77.0.6", "10.77.0.7"].map(ip)
+        [
+            "10.77.0.5",
+            "10.77.2.1",
+            "10.77.0.6",
+            "10.77.0.7",
+            "10.77.0.8"
+        ]
+        .map(ip)
     );
 }
 

@@ -34,6 +34,7 @@ pub mod denials;
 pub mod metrics;
 pub mod plumbing;
 pub mod removal;
+mod rtnl;
 pub mod spare_sockets;
 pub mod supervisor;
 
@@ -72,31 +73,37 @@ const INTERFACES_PER_PROGRAM: u32 = 256;
 /// What can stop the agent from starting or stopping cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// A helper program could not be run at all.
+    /// An rtnetlink request failed (`request`: the equivalent `ip`
+    /// command).
     #[error(
-        "cannot run {program}: {source} (is it installed? `scripts/install-deps` installs iproute2)"
+        "`{request}` failed: {source}{}",
+        detail.as_ref().map(|d| format!(" (kernel: {d})")).unwrap_or_default()
     )]
-    Spawn {
-        /// The program.
-        program: String,
+    Netlink {
+        /// What was asked, as the `ip` command that asks it.
+        request: String,
+        /// The errno the kernel answered with (or the socket's error).
+        source: std::io::Error,
+        /// The kernel's explanation (extended ACK), when it gives one.
+        detail: Option<String>,
+    },
+    /// An rtnetlink reply could not be read.
+    #[error("cannot read the kernel's answer to `{request}`: {message}")]
+    NetlinkDecode {
+        /// What was asked.
+        request: String,
+        /// The decoder's complaint.
+        message: String,
+    },
+    /// A sysctl could not be written.
+    #[error("cannot write {value} to /proc/sys/{key}: {source}")]
+    Sysctl {
+        /// Its path under `/proc/sys`.
+        key: String,
+        /// The value.
+        value: String,
         /// Why.
         source: std::io::Error,
-    },
-    /// A helper program failed.
-    #[error("`{command}` failed: {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// What it printed on standard error.
-        stderr: String,
-    },
-    /// A helper program's output could not be read.
-    #[error("cannot read the output of `{command}`: {message}")]
-    Parse {
-        /// The command line.
-        command: String,
-        /// The parser's complaint.
-        message: String,
     },
     /// An interface that should exist does not.
     #[error("interface {name} does not exist")]
@@ -153,6 +160,17 @@ pub enum AgentError {
     /// The connection table's file cannot be used.
     #[error(transparent)]
     Conntrack(#[from] StoreError),
+}
+
+impl AgentError {
+    /// The errno of a failed rtnetlink request.
+    #[must_use]
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Netlink { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 /// Denied packets queued for the reporter before more are dropped (and

@@ -28,17 +28,17 @@
 //! ([`adopt`] replaces, never flushes first) with the original routes
 //! untouched in the main table.
 //!
-//! Everything goes through `ip` (iproute2) in the
-//! calling thread's network namespace.
+//! Everything goes through rtnetlink ([`super::rtnl`]: one socket per
+//! call, no process spawned) in the calling thread's network namespace,
+//! but for the one sysctl, a write under `/proc/sys`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::process::Command;
 
-use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::AgentError;
+use super::rtnl::{Family, LinkChange, LinkEntry, RouteEntry, Rtnl, RuleSpec, TABLE_MAIN};
 
 /// Where the plumbing goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,101 +108,30 @@ pub struct Discovery {
     pub unrouted: Vec<IpAddr>,
 }
 
-/// Runs `program args`, returning standard output.
-fn run(program: &str, args: &[&str]) -> Result<String, AgentError> {
-    debug!(command = %format!("{program} {}", args.join(" ")), "plumbing");
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| AgentError::Spawn {
-            program: program.to_owned(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(AgentError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
-
-fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T, AgentError> {
-    let mut all = vec!["-json"];
-    all.extend_from_slice(args);
-    let text = run("ip", &all)?;
-    // `ip -json` prints nothing at all for an empty list in some versions.
-    let text = if text.trim().is_empty() { "[]" } else { &text };
-    serde_json::from_str(text).map_err(|e| AgentError::Parse {
-        command: format!("ip {}", all.join(" ")),
-        message: e.to_string(),
-    })
-}
-
-#[derive(Deserialize)]
-struct RouteJson {
-    dst: String,
-    dev: Option<String>,
-    gateway: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct NeighJson {
-    dst: String,
-    dev: Option<String>,
-    lladdr: Option<String>,
-}
-
 /// Alias marking a host-port pair made by podfence.
 pub const PAIR_ALIAS: &str = "podfence host port";
-
-#[derive(Deserialize)]
-struct LinkJson {
-    ifname: String,
-    ifalias: Option<String>,
-    address: Option<String>,
-    num_rx_queues: Option<u32>,
-    mtu: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct AddrJson {
-    #[serde(default)]
-    addr_info: Vec<AddrInfoJson>,
-}
-
-#[derive(Deserialize)]
-struct AddrInfoJson {
-    local: Option<String>,
-    scope: Option<String>,
-}
 
 /// Every global address of this network namespace's interfaces: the
 /// addresses this node's traffic to its pods may come from.
 pub fn host_addresses() -> Result<Vec<IpAddr>, AgentError> {
-    let links: Vec<AddrJson> = ip_json(&["addr", "show"])?;
-    let mut addrs: Vec<IpAddr> = links
-        .iter()
-        .flat_map(|l| &l.addr_info)
-        .filter(|a| a.scope.as_deref() == Some("global"))
-        .filter_map(|a| a.local.as_deref()?.parse().ok())
+    let mut addrs: Vec<IpAddr> = Rtnl::open()?
+        .addresses()?
+        .into_iter()
+        .filter(|a| a.global)
+        .map(|a| a.addr)
         .collect();
     addrs.sort_unstable();
     addrs.dedup();
     Ok(addrs)
 }
 
-fn format_mac(mac: [u8; 6]) -> String {
-    mac.map(|byte| format!("{byte:02x}")).join(":")
-}
-
 /// Writes `value` to `/proc/sys/<key>` (of the calling thread's network
 /// namespace).
 fn sysctl(key: &str, value: &str) -> Result<(), AgentError> {
-    std::fs::write(format!("/proc/sys/{key}"), value).map_err(|e| AgentError::Command {
-        command: format!("sysctl {key}={value}"),
-        stderr: e.to_string(),
+    std::fs::write(format!("/proc/sys/{key}"), value).map_err(|source| AgentError::Sysctl {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        source,
     })
 }
 
@@ -215,94 +144,82 @@ pub(crate) fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// A host route's destination: a bare address, or one with a full-length
+/// A host route's destination: the address of a route with a full-length
 /// prefix.
-fn host_route_dst(dst: &str) -> Option<IpAddr> {
-    match dst.split_once('/') {
-        None => dst.parse().ok(),
-        Some((addr, len)) => {
-            let addr: IpAddr = addr.parse().ok()?;
-            let full = if addr.is_ipv4() { "32" } else { "128" };
-            (len == full).then_some(addr)
+fn host_route_dst(route: &RouteEntry) -> Option<IpAddr> {
+    let dst = route.dst?;
+    (route.prefix_len == Family::of(dst).host_prefix_len()).then_some(dst)
+}
+
+impl From<LinkEntry> for Link {
+    fn from(entry: LinkEntry) -> Self {
+        Self {
+            mac: entry.mac.unwrap_or_default(),
+            rx_queues: entry.rx_queues.unwrap_or(1).max(1),
+            mtu: entry.mtu.unwrap_or(1500),
+            name: entry.name,
         }
     }
 }
 
-fn link_json(name: &str) -> Result<Option<LinkJson>, AgentError> {
-    match ip_json::<Vec<LinkJson>>(&["-d", "link", "show", "dev", name]) {
-        Ok(links) => Ok(links.into_iter().next()),
-        Err(AgentError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// The interface `name`, or `None` when there is none.
-fn link(name: &str) -> Result<Option<Link>, AgentError> {
-    Ok(link_json(name)?.map(|l| Link {
-        mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
-        rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
-        mtu: l.mtu.unwrap_or(1500),
-        name: l.ifname,
-    }))
+fn link(rtnl: &mut Rtnl, name: &str) -> Result<Option<Link>, AgentError> {
+    Ok(rtnl.link(name)?.map(Link::from))
 }
 
 /// Finds the interface behind each of `addrs` (the local pods' addresses)
 /// from the main table's host routes, and the pods' MACs from the
 /// neighbour table (or, failing that, from `known_macs`: what the CNI
 /// reported). Routes through `host_if` (ours) are skipped, as are routes
-/// via a gateway (not a directly attached pod).
+/// via a gateway (not a directly attached pod) and those of another type
+/// than unicast (blackhole, unreachable, …).
 pub fn discover<S: std::hash::BuildHasher>(
     addrs: &[IpAddr],
     host_if: &str,
     known_macs: &HashMap<IpAddr, [u8; 6], S>,
 ) -> Result<Discovery, AgentError> {
+    let mut rtnl = Rtnl::open()?;
+    // One dump each of routes (per family), links and neighbours, whatever
+    // the pod count.
+    let links: HashMap<u32, Link> = rtnl
+        .links()?
+        .into_iter()
+        .map(|entry| (entry.index, Link::from(entry)))
+        .collect();
     let wanted: HashSet<IpAddr> = addrs.iter().copied().collect();
-    let mut dev_of: HashMap<IpAddr, String> = HashMap::new();
-    for family in ["-4", "-6"] {
-        let routes: Vec<RouteJson> = ip_json(&[family, "route", "show", "table", "main"])?;
-        for r in routes {
-            let (Some(dev), None) = (r.dev, r.gateway) else {
+    let mut link_of: HashMap<IpAddr, (u32, &Link)> = HashMap::new();
+    for family in Family::BOTH {
+        for route in rtnl.routes(family, TABLE_MAIN)? {
+            let (true, Some(oif), None) = (route.unicast, route.oif, route.gateway) else {
                 continue;
             };
-            let Some(addr) = host_route_dst(&r.dst) else {
+            let Some(addr) = host_route_dst(&route) else {
                 continue;
             };
-            if dev != host_if && wanted.contains(&addr) {
-                dev_of.insert(addr, dev);
+            let Some(link) = links.get(&oif) else {
+                continue;
+            };
+            if link.name != host_if && wanted.contains(&addr) {
+                link_of.insert(addr, (oif, link));
             }
         }
     }
-    // One listing of links and one of neighbours, whatever the pod count.
-    let links: HashMap<String, Link> = ip_json::<Vec<LinkJson>>(&["-d", "link", "show"])?
-        .into_iter()
-        .map(|l| {
-            let link = Link {
-                mac: l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
-                rx_queues: l.num_rx_queues.unwrap_or(1).max(1),
-                mtu: l.mtu.unwrap_or(1500),
-                name: l.ifname,
-            };
-            (link.name.clone(), link)
-        })
-        .collect();
-    let mut mac_of: HashMap<(String, IpAddr), [u8; 6]> = HashMap::new();
-    for n in ip_json::<Vec<NeighJson>>(&["neigh", "show"])? {
-        if let (Some(dev), Ok(ip), Some(mac)) = (
-            n.dev,
-            n.dst.parse::<IpAddr>(),
-            n.lladdr.as_deref().and_then(parse_mac),
-        ) {
-            mac_of.insert((dev, ip), mac);
+    let mut mac_of: HashMap<(u32, IpAddr), [u8; 6]> = HashMap::new();
+    for neighbour in rtnl.neighbours()? {
+        // NOARP entries resolve nothing (and `ip neigh show` hides them).
+        if let (false, Some(mac)) = (neighbour.noarp, neighbour.lladdr) {
+            mac_of.insert((neighbour.ifindex, neighbour.dst), mac);
         }
     }
     let mut found = Discovery::default();
     for &addr in addrs {
-        let Some((dev, link)) = dev_of.get(&addr).and_then(|d| Some((d, links.get(d)?))) else {
+        let Some(&(index, link)) = link_of.get(&addr) else {
             found.unrouted.push(addr);
             continue;
         };
+        let dev = &link.name;
         let mac = mac_of
-            .get(&(dev.clone(), addr))
+            .get(&(index, addr))
             .or_else(|| known_macs.get(&addr))
             .copied();
         if mac.is_none() {
@@ -324,8 +241,9 @@ pub fn discover<S: std::hash::BuildHasher>(
 /// Makes sure the host-port pair exists and is up, with ARP off on
 /// `pf-host`, one MAC on both ends and `mtu` on both.
 pub fn host_pair(config: &PlumbingConfig, mtu: u32) -> Result<HostPair, AgentError> {
-    let (created, made_now) = if let Some(existing) = link_json(&config.host_if)? {
-        let ours = existing.ifalias.as_deref() == Some(PAIR_ALIAS);
+    let mut rtnl = Rtnl::open()?;
+    let (created, made_now) = if let Some(existing) = rtnl.link(&config.host_if)? {
+        let ours = existing.alias.as_deref() == Some(PAIR_ALIAS);
         if ours {
             info!(
                 host = config.host_if,
@@ -334,19 +252,7 @@ pub fn host_pair(config: &PlumbingConfig, mtu: u32) -> Result<HostPair, AgentErr
         }
         (ours, false)
     } else {
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &config.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &config.dp_if,
-            ],
-        )?;
+        rtnl.add_veth(&config.host_if, &config.dp_if)?;
         info!(
             host = config.host_if,
             dp = config.dp_if,
@@ -354,10 +260,10 @@ pub fn host_pair(config: &PlumbingConfig, mtu: u32) -> Result<HostPair, AgentErr
         );
         (true, true)
     };
-    let configured = configure_host_pair(config, created, mtu);
+    let configured = configure_host_pair(&mut rtnl, config, created, mtu);
     if configured.is_err() && made_now {
         // Made by this call and unusable: not left behind.
-        let _ = run("ip", &["link", "del", &config.host_if]);
+        let _ = rtnl.delete_link(&config.host_if);
     }
     configured
 }
@@ -367,96 +273,110 @@ pub fn host_pair(config: &PlumbingConfig, mtu: u32) -> Result<HostPair, AgentErr
 /// generic mode, which would otherwise see TSO/GSO packets of up to 64 KB.
 /// (Native XDP on a veth turns its peer's offload off by itself.)
 pub fn segment_in_software(dev: &str) -> Result<(), AgentError> {
-    run("ip", &["link", "set", dev, "gso_max_segs", "1"]).map(|_| ())
+    Rtnl::open()?.set_link(
+        dev,
+        &LinkChange {
+            gso_max_segs: Some(1),
+            ..LinkChange::default()
+        },
+    )
 }
 
 /// Marks the pair as podfence's and sets it up (ARP off, one MAC, `mtu`, no
 /// reverse-path filter on pf-dp, both ends up).
 fn configure_host_pair(
+    rtnl: &mut Rtnl,
     config: &PlumbingConfig,
     created: bool,
     mtu: u32,
 ) -> Result<HostPair, AgentError> {
     if created {
-        run("ip", &["link", "set", &config.host_if, "alias", PAIR_ALIAS])?;
+        rtnl.set_link(
+            &config.host_if,
+            &LinkChange {
+                alias: Some(PAIR_ALIAS),
+                ..LinkChange::default()
+            },
+        )?;
     }
     let missing = |name: &str| AgentError::NoInterface {
         name: name.to_owned(),
     };
-    let host = link(&config.host_if)?.ok_or_else(|| missing(&config.host_if))?;
-    run("ip", &["link", "set", &config.host_if, "arp", "off"])?;
+    let host = link(rtnl, &config.host_if)?.ok_or_else(|| missing(&config.host_if))?;
+    rtnl.set_link(
+        &config.host_if,
+        &LinkChange {
+            arp: Some(false),
+            ..LinkChange::default()
+        },
+    )?;
     // Both ends share one MAC: frames the kernel sends to pf-host (addressed
     // to pf-host's own MAC, ARP being off) are then for pf-dp too, so that a
     // redirector failing open can pass them to the kernel on pf-dp.
-    run(
-        "ip",
-        &[
-            "link",
-            "set",
-            &config.dp_if,
-            "address",
-            &format_mac(host.mac),
-        ],
+    rtnl.set_link(
+        &config.dp_if,
+        &LinkChange {
+            address: Some(host.mac),
+            ..LinkChange::default()
+        },
     )?;
     sysctl(&format!("net/ipv4/conf/{}/rp_filter", config.dp_if), "0")?;
-    let mtu = mtu.to_string();
     for dev in [&config.host_if, &config.dp_if] {
-        run("ip", &["link", "set", dev, "mtu", &mtu, "up"])?;
+        rtnl.set_link(
+            dev,
+            &LinkChange {
+                mtu: Some(mtu),
+                up: Some(true),
+                ..LinkChange::default()
+            },
+        )?;
     }
+    // Both as configured (the MTU set above).
     Ok(HostPair {
-        host,
-        dp: link(&config.dp_if)?.ok_or_else(|| missing(&config.dp_if))?,
+        host: link(rtnl, &config.host_if)?.ok_or_else(|| missing(&config.host_if))?,
+        dp: link(rtnl, &config.dp_if)?.ok_or_else(|| missing(&config.dp_if))?,
         created,
     })
 }
 
-fn family_flag(addr: IpAddr) -> &'static str {
-    if addr.is_ipv4() { "-4" } else { "-6" }
-}
-
-/// Our policy rules, per family: frames the kernel takes in on `pf-dp`
+/// Our policy rules for `family`: frames the kernel takes in on `pf-dp`
 /// (only when the redirector fails open) are routed by the main table;
 /// everything else looks up our table first.
-fn rules(config: &PlumbingConfig) -> [Vec<String>; 2] {
-    let (table, priority) = (config.table, config.priority);
+fn rules(config: &PlumbingConfig, family: Family) -> [RuleSpec<'_>; 2] {
     [
-        vec![
-            "priority".into(),
-            priority.to_string(),
-            "iif".into(),
-            config.dp_if.clone(),
-            "lookup".into(),
-            "main".into(),
-        ],
-        vec![
-            "priority".into(),
-            (priority + 1).to_string(),
-            "lookup".into(),
-            table.to_string(),
-        ],
+        RuleSpec {
+            family,
+            priority: config.priority,
+            iif: Some(&config.dp_if),
+            table: TABLE_MAIN,
+        },
+        RuleSpec {
+            family,
+            priority: config.priority + 1,
+            iif: None,
+            table: config.table,
+        },
     ]
 }
 
 /// Deletes our rules and flushes our table, whatever run left them.
-fn clear_routes(config: &PlumbingConfig) {
-    let table = config.table.to_string();
-    for family in ["-4", "-6"] {
-        for rule in rules(config) {
-            // Each `ip rule del` removes one match; a crashed run left at
-            // most a few.
-            let mut args = vec![family, "rule", "del"];
-            args.extend(rule.iter().map(String::as_str));
+fn clear_routes(config: &PlumbingConfig) -> Result<(), AgentError> {
+    let mut rtnl = Rtnl::open()?;
+    for family in Family::BOTH {
+        for rule in rules(config, family) {
+            // Each deletion removes one match; a crashed run left at most a
+            // few.
             for _ in 0..16 {
-                if run("ip", &args).is_err() {
+                if rtnl.delete_rule(&rule).is_err() {
                     break;
                 }
             }
         }
-        if let Err(e) = run("ip", &[family, "route", "flush", "table", &table]) {
-            // An empty or absent table is not an error worth reporting.
+        if let Err(e) = rtnl.flush_table(family, config.table) {
             debug!(error = %e, "flush of our routing table");
         }
     }
+    Ok(())
 }
 
 /// Sends every address of `pods` to `pf-host`: one route per address in our
@@ -466,22 +386,24 @@ fn clear_routes(config: &PlumbingConfig) {
 /// stay, so that no moment sends a pod's traffic past the datapath; routes
 /// of addresses no longer local go afterwards.
 pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError> {
-    let left = table_routes(config)?;
+    let mut rtnl = Rtnl::open()?;
+    let left = table_routes_with(&mut rtnl, config)?;
+    let host = host_index(&mut rtnl, config)?;
     for &addr in pods {
-        route(config, addr)?;
+        route_with(&mut rtnl, config, host, addr)?;
     }
     let wanted: HashSet<IpAddr> = pods.iter().copied().collect();
     for addr in left.iter().filter(|a| !wanted.contains(a)) {
-        unroute(config, *addr);
+        unroute_with(&mut rtnl, config, *addr);
     }
-    let mut families: Vec<IpAddr> = Vec::new();
+    let mut families: Vec<Family> = Vec::new();
     for &addr in pods {
-        if !families.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
-            families.push(addr);
+        if !families.contains(&Family::of(addr)) {
+            families.push(Family::of(addr));
         }
     }
     for family in families {
-        add_rules(config, family)?;
+        add_rules_with(&mut rtnl, config, family)?;
     }
     if !left.is_empty() {
         info!(
@@ -499,107 +421,107 @@ pub fn adopt(config: &PlumbingConfig, pods: &[IpAddr]) -> Result<(), AgentError>
 
 /// The pod addresses routed in our table (left by an earlier run).
 pub fn table_routes(config: &PlumbingConfig) -> Result<Vec<IpAddr>, AgentError> {
-    let table = config.table.to_string();
+    table_routes_with(&mut Rtnl::open()?, config)
+}
+
+fn table_routes_with(rtnl: &mut Rtnl, config: &PlumbingConfig) -> Result<Vec<IpAddr>, AgentError> {
     let mut found = Vec::new();
-    for family in ["-4", "-6"] {
-        let routes: Vec<RouteJson> = match ip_json(&[family, "route", "show", "table", &table]) {
-            Ok(routes) => routes,
-            // An absent table is an empty one.
-            Err(AgentError::Command { .. }) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        found.extend(routes.iter().filter_map(|r| host_route_dst(&r.dst)));
+    for family in Family::BOTH {
+        // An absent table is an empty one.
+        let routes = rtnl.routes(family, config.table)?;
+        found.extend(routes.iter().filter_map(host_route_dst));
     }
     Ok(found)
 }
 
-#[derive(Deserialize)]
-struct RuleJson {
-    priority: Option<u32>,
-    iif: Option<String>,
-    table: Option<String>,
-}
-
 /// Which of our two rules (the `iif pf-dp` one, the table one) are in
-/// place for the family of `family_of`.
-fn rules_present(config: &PlumbingConfig, family_of: IpAddr) -> Result<[bool; 2], AgentError> {
-    let rules: Vec<RuleJson> = ip_json(&[family_flag(family_of), "rule", "show"])?;
-    let table = config.table.to_string();
-    let has = |priority: u32, iif: Option<&str>, lookup: &str| {
-        rules.iter().any(|r| {
-            r.priority == Some(priority)
-                && r.iif.as_deref() == iif
-                && r.table.as_deref() == Some(lookup)
-        })
-    };
-    Ok([
-        has(config.priority, Some(&config.dp_if), "main"),
-        has(config.priority + 1, None, &table),
-    ])
+/// place for `family`.
+fn rules_present(
+    rtnl: &mut Rtnl,
+    config: &PlumbingConfig,
+    family: Family,
+) -> Result<[bool; 2], AgentError> {
+    let present = rtnl.rules(family)?;
+    Ok(rules(config, family).map(|rule| present.iter().any(|r| rule.matches(r))))
 }
 
-fn host_prefix(addr: IpAddr) -> String {
-    if addr.is_ipv4() {
-        format!("{addr}/32")
-    } else {
-        format!("{addr}/128")
-    }
+/// `pf-host`'s interface index.
+fn host_index(rtnl: &mut Rtnl, config: &PlumbingConfig) -> Result<u32, AgentError> {
+    rtnl.link(&config.host_if)?
+        .map(|link| link.index)
+        .ok_or_else(|| AgentError::NoInterface {
+            name: config.host_if.clone(),
+        })
 }
 
 /// Routes one pod address through `pf-host` (in our table).
 pub fn route(config: &PlumbingConfig, addr: IpAddr) -> Result<(), AgentError> {
-    let table = config.table.to_string();
-    let dst = host_prefix(addr);
-    let args = [
-        family_flag(addr),
-        "route",
-        "replace",
-        &dst,
-        "dev",
-        &config.host_if,
-        "table",
-        &table,
-    ];
-    run("ip", &args).map(drop)
+    let mut rtnl = Rtnl::open()?;
+    let host = host_index(&mut rtnl, config)?;
+    route_with(&mut rtnl, config, host, addr)
+}
+
+fn route_with(
+    rtnl: &mut Rtnl,
+    config: &PlumbingConfig,
+    host: u32,
+    addr: IpAddr,
+) -> Result<(), AgentError> {
+    rtnl.replace_route(
+        addr,
+        Family::of(addr).host_prefix_len(),
+        (host, &config.host_if),
+        config.table,
+    )
 }
 
 /// Hands one pod address back to the main table. An address without a
 /// route in our table is not an error.
 pub fn unroute(config: &PlumbingConfig, addr: IpAddr) {
-    let table = config.table.to_string();
-    let dst = host_prefix(addr);
-    if let Err(e) = run(
-        "ip",
-        &[family_flag(addr), "route", "del", &dst, "table", &table],
-    ) {
+    match Rtnl::open() {
+        Ok(mut rtnl) => unroute_with(&mut rtnl, config, addr),
+        Err(e) => debug!(error = %e, "route removal"),
+    }
+}
+
+fn unroute_with(rtnl: &mut Rtnl, config: &PlumbingConfig, addr: IpAddr) {
+    if let Err(e) = rtnl.delete_route(addr, Family::of(addr).host_prefix_len(), config.table) {
         debug!(error = %e, "route removal");
     }
 }
 
 /// Adds our rules for the family of `family_of`, those not in place yet.
 pub fn add_rules(config: &PlumbingConfig, family_of: IpAddr) -> Result<(), AgentError> {
-    let present = rules_present(config, family_of)?;
-    for (rule, present) in rules(config).into_iter().zip(present) {
-        if present {
-            continue;
+    add_rules_with(&mut Rtnl::open()?, config, Family::of(family_of))
+}
+
+fn add_rules_with(
+    rtnl: &mut Rtnl,
+    config: &PlumbingConfig,
+    family: Family,
+) -> Result<(), AgentError> {
+    let present = rules_present(rtnl, config, family)?;
+    for (rule, present) in rules(config, family).into_iter().zip(present) {
+        if !present {
+            rtnl.add_rule(&rule)?;
         }
-        let mut args = vec![family_flag(family_of), "rule", "add"];
-        args.extend(rule.iter().map(String::as_str));
-        run("ip", &args)?;
     }
     Ok(())
 }
 
 /// Undoes [`adopt`]: the CNI's routes take over at once.
 pub fn restore(config: &PlumbingConfig) {
-    clear_routes(config);
+    if let Err(e) = clear_routes(config) {
+        warn!(error = %e, "pod routes could not be handed back to the main table");
+        return;
+    }
     info!("pod routes handed back to the kernel's main table");
 }
 
 /// Removes the host-port pair if it is ours ([`HostPair::created`]).
 pub fn remove_pair(pair: &HostPair) -> Result<(), AgentError> {
     if pair.created {
-        run("ip", &["link", "del", &pair.host.name])?;
+        Rtnl::open()?.delete_link(&pair.host.name)?;
     }
     Ok(())
 }
@@ -619,23 +541,44 @@ mod tests {
         assert_eq!(parse_mac("zz:50:66:00:00:0a"), None);
     }
 
+    fn route(dst: Option<&str>, prefix_len: u8) -> RouteEntry {
+        RouteEntry {
+            dst: dst.map(|d| d.parse().unwrap()),
+            prefix_len,
+            oif: Some(2),
+            gateway: None,
+            table: TABLE_MAIN,
+            unicast: true,
+        }
+    }
+
     #[test]
     fn only_full_length_routes_are_host_routes() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(host_route_dst(&route(Some("10.0.0.1"), 32)), Some(v4));
+        assert_eq!(host_route_dst(&route(Some("10.0.0.0"), 24)), None);
+        assert_eq!(host_route_dst(&route(Some("fd00::1"), 128)), Some(v6));
+        assert_eq!(host_route_dst(&route(Some("fd00::"), 64)), None);
+        // A /32 of an IPv6 address is not a host route.
+        assert_eq!(host_route_dst(&route(Some("fd00::1"), 32)), None);
+        // The default route has no destination.
+        assert_eq!(host_route_dst(&route(None, 0)), None);
+    }
+
+    #[test]
+    fn our_rules_look_up_main_for_pf_dp_then_our_table() {
+        let config = PlumbingConfig::default();
+        let [fail_open, ours] = rules(&config, Family::V6);
         assert_eq!(
-            host_route_dst("10.0.0.1"),
-            Some("10.0.0.1".parse().unwrap())
+            (fail_open.priority, fail_open.iif, fail_open.table),
+            (90, Some("pf-dp"), TABLE_MAIN)
         );
-        assert_eq!(
-            host_route_dst("10.0.0.1/32"),
-            Some("10.0.0.1".parse().unwrap())
+        assert_eq!((ours.priority, ours.iif, ours.table), (91, None, 7066));
+        assert!(
+            [fail_open, ours]
+                .iter()
+                .all(|rule| rule.family == Family::V6)
         );
-        assert_eq!(host_route_dst("10.0.0.0/24"), None);
-        assert_eq!(host_route_dst("fd00::1"), Some("fd00::1".parse().unwrap()));
-        assert_eq!(host_route_dst("fd00::/64"), None);
-        assert_eq!(
-            host_route_dst("fd00::1/128"),
-            Some("fd00::1".parse().unwrap())
-        );
-        assert_eq!(host_route_dst("default"), None);
     }
 }

@@ -75,6 +75,7 @@ impl SpareSockets {
 
     /// A ready socket for `config`, if one is (the maker then makes
     /// another).
+    #[must_use]
     pub fn take(&self, config: &XskConfig) -> Option<PreparedXsk> {
         if *config != self.config {
             return None;
@@ -94,6 +95,7 @@ impl SpareSockets {
 
     /// Waits until `count` sockets are ready or `timeout` passed; returns
     /// how many are.
+    #[must_use]
     pub fn wait_ready(&self, count: usize, timeout: Duration) -> usize {
         let pool = self.shared.lock();
         let (pool, _) = self

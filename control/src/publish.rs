@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler, ServicesConfig};
 use crate::index::{Cluster, OverlaidCluster};
 use crate::metrics::ControlMetrics;
-use crate::model::ObjectKey;
+use crate::model::{ObjectKey, Pod};
 
 /// What one publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +160,15 @@ impl TablePublisher {
         (compiler.policies.compiled_state(), self.publisher.current())
     }
 
+    /// Pod `key` as the generation in force has it, if it is there (a pod
+    /// with addresses, its own or the CNI's): [`Self::in_force`] for one
+    /// pod, without making the whole state.
+    #[must_use]
+    pub fn in_force_pod(&self, key: &ObjectKey) -> Option<Arc<Pod>> {
+        let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        compiler.policies.compiled_pod(key).cloned()
+    }
+
     /// Compiles `cluster` into the next generation and swaps it in.
     /// `caused_at`: when the oldest change it reflects was seen.
     pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> Published {
@@ -258,7 +267,7 @@ impl TablePublisher {
             .into_iter()
             .map(|(pod, container_id, ips)| {
                 let known = incremental.state.source_pod(&pod).is_some();
-                publish |= incremental.state.insert(pod, container_id, ips);
+                publish |= incremental.state.insert(&pod, container_id, ips);
                 if known {
                     CniRecorded::Known
                 } else {
@@ -383,6 +392,18 @@ mod tests {
         assert_eq!(tables.generation(), 2, "published at once");
         let (in_force, generation) = tables.in_force();
         assert_eq!(in_force.pods[&key].ips, [ip]);
+        assert_eq!(
+            tables.in_force_pod(&key),
+            Some(Arc::clone(&in_force.pods[&key]))
+        );
+        assert_eq!(
+            tables
+                .in_force_pod(&ObjectKey::new("x", "old"))
+                .unwrap()
+                .ips,
+            [other]
+        );
+        assert_eq!(tables.in_force_pod(&later), None, "not in the state");
         assert_eq!(generation.tables.generation(), 2);
         assert_eq!(tables.local_addresses(), [other, ip]);
         // The next state the source publishes keeps them.
@@ -393,6 +414,7 @@ mod tests {
         assert!(!tables.forget_cni_addresses(&key, "c0"));
         assert!(tables.forget_cni_addresses(&key, "c1"));
         assert!(!tables.in_force().0.pods.contains_key(&key));
+        assert_eq!(tables.in_force_pod(&key), None);
         assert_eq!(tables.local_addresses(), [other]);
         assert_eq!(tables.retain_cni_addresses(&[]), [later]);
     }

@@ -453,7 +453,7 @@ fn cni_change(
             if rng.below(3) == 0 {
                 ips.push(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(n)).into());
             }
-            overlaid.insert(key.clone(), &id, &ips);
+            overlaid.insert(&key, &id, &ips);
             ips.sort_unstable();
             let what = format!("CNI {key} {id} {ips:?}");
             cni.insert(key, (id, ips));

@@ -97,14 +97,14 @@ impl OverlaidCluster {
     /// Records that sandbox `container_id` of `pod` has `ips` (replacing an
     /// earlier sandbox's). Returns whether the overlaid state changed (the
     /// pod is in it, without addresses of its own, and did not have these).
-    pub fn insert(&mut self, pod: ObjectKey, container_id: &str, ips: &[IpAddr]) -> bool {
+    pub fn insert(&mut self, pod: &ObjectKey, container_id: &str, ips: &[IpAddr]) -> bool {
         let mut ips = ips.to_vec();
         ips.sort_unstable();
         ips.dedup();
-        match self.cni.get_mut(&pod) {
+        match self.cni.get_mut(pod) {
             Some(held) if held.container_id == container_id && held.ips == ips => return false,
             Some(held) => {
-                held.container_id = container_id.to_owned();
+                container_id.clone_into(&mut held.container_id);
                 held.ips = ips;
             }
             None => {
@@ -118,8 +118,8 @@ impl OverlaidCluster {
                 );
             }
         }
-        let source = self.source_pod(&pod).cloned();
-        self.place(&pod, source)
+        let source = self.source_pod(pod).cloned();
+        self.place(pod, source)
     }
 
     /// Forgets `pod`'s addresses if they are sandbox `container_id`'s (a
@@ -127,10 +127,10 @@ impl OverlaidCluster {
     /// `None` when there were none, else whether the overlaid state changed
     /// (they were overlaid).
     pub fn remove(&mut self, pod: &ObjectKey, container_id: &str) -> Option<bool> {
-        if !self
+        if self
             .cni
             .get(pod)
-            .is_some_and(|held| held.container_id == container_id)
+            .is_none_or(|held| held.container_id != container_id)
         {
             return None;
         }
@@ -346,8 +346,8 @@ mod tests {
             &source.pods[&key("new")]
         ));
 
-        assert!(overlaid.insert(key("new"), "c1", &[ip("10.1.0.5")]));
-        assert!(!overlaid.insert(key("new"), "c1", &[ip("10.1.0.5")]));
+        assert!(overlaid.insert(&key("new"), "c1", &[ip("10.1.0.5")]));
+        assert!(!overlaid.insert(&key("new"), "c1", &[ip("10.1.0.5")]));
         check(&source, &overlaid);
         assert_eq!(overlaid.cluster().pods[&key("new")].ips, [ip("10.1.0.5")]);
         let first = Arc::clone(&overlaid.cluster().pods[&key("new")]);
@@ -389,13 +389,13 @@ mod tests {
         source.apply(pod("new", &[]));
         let mut overlaid = OverlaidCluster::default();
         overlaid.update(&source);
-        assert!(overlaid.insert(key("new"), "c1", &[ip("10.1.0.5")]));
+        assert!(overlaid.insert(&key("new"), "c1", &[ip("10.1.0.5")]));
         let first = Arc::clone(&overlaid.cluster().pods[&key("new")]);
         // The same addresses for another sandbox: nothing to compile.
-        assert!(!overlaid.insert(key("new"), "c2", &[ip("10.1.0.5")]));
+        assert!(!overlaid.insert(&key("new"), "c2", &[ip("10.1.0.5")]));
         assert!(Arc::ptr_eq(&overlaid.cluster().pods[&key("new")], &first));
         assert_eq!(overlaid.cni_addresses(&key("new")).unwrap().0, "c2");
-        assert!(overlaid.insert(key("new"), "c3", &[ip("10.1.0.6"), ip("fd00::6")]));
+        assert!(overlaid.insert(&key("new"), "c3", &[ip("10.1.0.6"), ip("fd00::6")]));
         check(&source, &overlaid);
         assert_eq!(
             overlaid.cluster().pods[&key("new")].ips,
@@ -420,7 +420,7 @@ mod tests {
         let mut overlaid = OverlaidCluster::default();
         overlaid.update(&source);
         // Not in the state yet: recorded, the state unchanged.
-        assert!(!overlaid.insert(key("later"), "c1", &[ip("10.1.0.5")]));
+        assert!(!overlaid.insert(&key("later"), "c1", &[ip("10.1.0.5")]));
         check(&source, &overlaid);
         assert!(overlaid.cluster().pods.is_empty());
         source.apply(pod("later", &[]));
@@ -450,8 +450,8 @@ mod tests {
         source.apply(pod("third", &["10.0.0.3"]));
         let mut overlaid = OverlaidCluster::default();
         overlaid.update(&source);
-        overlaid.insert(key("new"), "c1", &[ip("10.1.0.5")]);
-        overlaid.insert(key("new"), "c2", &[ip("10.1.0.6")]);
+        overlaid.insert(&key("new"), "c1", &[ip("10.1.0.5")]);
+        overlaid.insert(&key("new"), "c2", &[ip("10.1.0.6")]);
         assert_eq!(
             overlaid.remove(&key("new"), "c1"),
             None,
@@ -464,17 +464,17 @@ mod tests {
         assert_eq!(overlaid.remove(&key("new"), "c2"), Some(true));
         assert_eq!(overlaid.remove(&key("new"), "c2"), None, "idempotent");
         check(&source, &overlaid);
-        overlaid.insert(key("new"), "c3", &[ip("10.1.0.7")]);
-        overlaid.insert(key("other"), "c4", &[ip("10.1.0.8")]);
-        overlaid.insert(key("third"), "c5", &[ip("10.1.0.9")]);
-        overlaid.insert(key("absent"), "c6", &[ip("10.1.0.10")]);
+        overlaid.insert(&key("new"), "c3", &[ip("10.1.0.7")]);
+        overlaid.insert(&key("other"), "c4", &[ip("10.1.0.8")]);
+        overlaid.insert(&key("third"), "c5", &[ip("10.1.0.9")]);
+        overlaid.insert(&key("absent"), "c6", &[ip("10.1.0.10")]);
         check(&source, &overlaid);
         assert_eq!(
             overlaid.retain_containers(&["c4".into()]),
             (vec![key("absent"), key("new"), key("third")], true)
         );
         // Entries that were not overlaid: nothing to compile.
-        overlaid.insert(key("third"), "c7", &[ip("10.1.0.11")]);
+        overlaid.insert(&key("third"), "c7", &[ip("10.1.0.11")]);
         assert_eq!(
             overlaid.retain_containers(&["c4".into()]),
             (vec![key("third")], false)
@@ -492,7 +492,7 @@ mod tests {
         source.apply(Namespace::implicit("b"));
         source.apply(pod("p", &[]));
         let mut overlaid = OverlaidCluster::default();
-        overlaid.insert(key("p"), "c1", &[ip("10.1.0.5")]);
+        overlaid.insert(&key("p"), "c1", &[ip("10.1.0.5")]);
         overlaid.update(&source);
         check(&source, &overlaid);
         let kept = Arc::clone(&overlaid.cluster().namespaces["a"]);

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use super::groups::{GroupFill, GroupScratch, RulePorts};
 use super::identities::{IdentityKey, NOT_A_POD};
-use super::memo::{Interner, Memo};
+use super::memo::{EndpointMemo, Interner, Memo};
 use super::peers::{BlockMaps, PeerRef};
 use super::tiers::{TierPolicy, rule_action, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
@@ -61,11 +61,13 @@ impl<'a> Pass<'a> {
     }
 
     /// Shares the last compile's name lists when no pod or policy came or
-    /// went; makes new ones otherwise. Policies are the NetworkPolicies in
-    /// name order, then the tier policies in precedence order.
+    /// went; makes new ones otherwise (of the endpoints' names, shared).
+    /// Policies are the NetworkPolicies in name order, then the tier
+    /// policies in precedence order.
     pub(super) fn names(
         &self,
         memo: &mut Memo,
+        endpoints: &[EndpointMemo],
         same_endpoints: bool,
         same_policies: bool,
         tier_names: Vec<ObjectName>,
@@ -76,11 +78,7 @@ impl<'a> Pass<'a> {
         };
         let pods = match memo.pod_names.take() {
             Some(names) if same_endpoints => names,
-            _ => self
-                .endpoints
-                .iter()
-                .map(|p| name(&p.namespace, &p.name))
-                .collect(),
+            _ => endpoints.iter().map(|m| m.name.clone()).collect(),
         };
         let same_tiers = memo.tier_names == tier_names;
         let policies = match memo.policy_names.take() {
@@ -130,7 +128,8 @@ impl<'a> Pass<'a> {
         // Each endpoint's selector signature: the live selector peers it matches.
         let (endpoints, same_endpoints) = self.endpoint_facts(memo);
         let tier_names: Vec<ObjectName> = tiers.iter().map(TierPolicy::table_name).collect();
-        let (pod_names, policy_list) = self.names(memo, same_endpoints, same_policies, tier_names);
+        let (pod_names, policy_list) =
+            self.names(memo, &endpoints, same_endpoints, same_policies, tier_names);
         let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
         let mut live_matches = Vec::new();
         let endpoint_sig: Vec<u32> = endpoints

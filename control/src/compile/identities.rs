@@ -125,8 +125,7 @@ impl Pass<'_> {
     pub(super) fn select_in(&self, namespace: &str, selector: &LabelSelector, out: &mut Vec<u32>) {
         if let Some(pods) = self.by_namespace.get(namespace) {
             out.extend(
-                pods.iter()
-                    .copied()
+                pods.clone()
                     .filter(|&i| selector.matches(&self.endpoints[i as usize].labels)),
             );
         }

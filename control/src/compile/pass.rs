@@ -2,6 +2,7 @@
 //! cluster state and the last compile's memo to a tables generation.
 
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use podfence_datapath::TablesBuilder;
@@ -27,8 +28,8 @@ pub(super) struct Pass<'a> {
     pub(super) generation: u64,
     /// Pods that own their addresses, in name order.
     pub(super) endpoints: Vec<&'a Arc<Pod>>,
-    /// Endpoint indices by namespace.
-    pub(super) by_namespace: FxHashMap<&'a str, Vec<u32>>,
+    /// Endpoint indices by namespace (those of a namespace are adjacent).
+    pub(super) by_namespace: FxHashMap<&'a str, Range<u32>>,
     pub(super) warnings: Vec<String>,
 }
 
@@ -39,12 +40,16 @@ impl<'a> Pass<'a> {
             .values()
             .filter(|p| p.is_policy_endpoint())
             .collect();
-        let mut by_namespace: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
+        let mut by_namespace: FxHashMap<&str, Range<u32>> = FxHashMap::default();
+        let mut first = 0;
         for (i, p) in endpoints.iter().enumerate() {
-            by_namespace
-                .entry(p.namespace.as_str())
-                .or_default()
-                .push(i as u32);
+            let last = endpoints
+                .get(i + 1)
+                .is_none_or(|next| next.namespace != p.namespace);
+            if last {
+                by_namespace.insert(p.namespace.as_str(), first..i as u32 + 1);
+                first = i as u32 + 1;
+            }
         }
         Self {
             cluster,

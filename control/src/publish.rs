@@ -7,9 +7,11 @@
 //! once, whatever publishes them.
 //!
 //! It also holds the pod addresses this node's CNI plugin reported
-//! ([`CniAddresses`]): every state is compiled with them overlaid, so that
-//! a pod the runtime just wired is in the tables before the API (or the
-//! manifests) have its address, whichever source publishes next.
+//! ([`OverlaidCluster`]): every state is compiled with them overlaid, so
+//! that a pod the runtime just wired is in the tables before the API (or
+//! the manifests) have its address, whichever source publishes next. The
+//! overlaid state is kept, not remade: a CNI change replaces one pod, a
+//! source's state is merged in by what changed.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +24,9 @@ use podfence_datapath::{ServiceTable, Tables};
 use tracing::{info, warn};
 
 use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler, ServicesConfig};
-use crate::index::{Cluster, CniAddresses};
+use crate::index::{Cluster, OverlaidCluster};
 use crate::metrics::ControlMetrics;
-use crate::model::ObjectKey;
+use crate::model::{ObjectKey, Pod};
 
 /// What one publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +43,9 @@ pub struct Published {
 struct Compilers {
     policies: Compiler,
     services: ServiceCompiler,
-    /// The state last published, as its source gave it.
-    last: Cluster,
-    /// Addresses from the CNI, overlaid on every state compiled.
-    cni: CniAddresses,
+    /// The state last published, with the addresses from the CNI
+    /// overlaid: what is compiled.
+    state: OverlaidCluster,
     /// The compiler's notices of the last compile, logged when they change.
     notices: Vec<String>,
 }
@@ -86,8 +87,7 @@ impl TablePublisher {
             compiler: Arc::new(Mutex::new(Compilers {
                 services: ServiceCompiler::new(options.locality.clone(), ServicesConfig::default()),
                 policies: Compiler::new(options),
-                last: Cluster::default(),
-                cni: CniAddresses::default(),
+                state: OverlaidCluster::default(),
                 notices: Vec::new(),
             })),
             generation: Arc::new(AtomicU64::new(0)),
@@ -160,11 +160,20 @@ impl TablePublisher {
         (compiler.policies.compiled_state(), self.publisher.current())
     }
 
+    /// Pod `key` as the generation in force has it, if it is there (a pod
+    /// with addresses, its own or the CNI's): [`Self::in_force`] for one
+    /// pod, without making the whole state.
+    #[must_use]
+    pub fn in_force_pod(&self, key: &ObjectKey) -> Option<Arc<Pod>> {
+        let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        compiler.policies.compiled_pod(key).cloned()
+    }
+
     /// Compiles `cluster` into the next generation and swaps it in.
     /// `caused_at`: when the oldest change it reflects was seen.
     pub fn publish(&self, cluster: &Cluster, caused_at: Option<Instant>) -> Published {
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        cluster.clone_into(&mut incremental.last);
+        incremental.state.update(cluster);
         self.publish_locked(incremental, caused_at)
     }
 
@@ -180,13 +189,12 @@ impl TablePublisher {
         let Compilers {
             policies,
             services,
-            last,
-            cni,
+            state,
             notices,
         } = &mut *incremental;
-        let cluster = cni.overlay(last);
-        let compiled = policies.compile(&cluster, generation);
-        let services = services.compile(&cluster);
+        let cluster = state.cluster();
+        let compiled = policies.compile(cluster, generation);
+        let services = services.compile(cluster);
         for w in compiled.warnings.iter().chain(&services.warnings) {
             warn!(warning = %w, "compile");
         }
@@ -234,8 +242,8 @@ impl TablePublisher {
     }
 
     /// Records that sandbox `container_id` of `pod` has `ips` (from the
-    /// CNI) and, when the pod is in the state and has no addresses of its
-    /// own, publishes a generation with them.
+    /// CNI) and, when the pod is in the state without addresses of its own
+    /// (and did not have these already), publishes a generation with them.
     #[must_use]
     pub fn record_cni_addresses(
         &self,
@@ -258,14 +266,12 @@ impl TablePublisher {
         let recorded = sandboxes
             .into_iter()
             .map(|(pod, container_id, ips)| {
-                let held = incremental.last.pods.get(&pod).map(|p| p.ips.is_empty());
-                let inserted = incremental.cni.insert(pod, container_id, ips);
-                match held {
-                    None => CniRecorded::Unknown,
-                    Some(without_own) => {
-                        publish |= inserted && without_own;
-                        CniRecorded::Known
-                    }
+                let known = incremental.state.source_pod(&pod).is_some();
+                publish |= incremental.state.insert(&pod, container_id, ips);
+                if known {
+                    CniRecorded::Known
+                } else {
+                    CniRecorded::Unknown
                 }
             })
             .collect();
@@ -280,26 +286,24 @@ impl TablePublisher {
     /// were in force. Returns whether there were any.
     pub fn forget_cni_addresses(&self, pod: &ObjectKey, container_id: &str) -> bool {
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        if !incremental.cni.remove(pod, container_id) {
-            return false;
+        match incremental.state.remove(pod, container_id) {
+            None => false,
+            Some(changed) => {
+                if changed {
+                    let _ = self.publish_locked(incremental, Some(Instant::now()));
+                }
+                true
+            }
         }
-        if incremental
-            .last
-            .pods
-            .get(pod)
-            .is_some_and(|p| p.ips.is_empty())
-        {
-            let _ = self.publish_locked(incremental, Some(Instant::now()));
-        }
-        true
     }
 
     /// Forgets the CNI's addresses of every sandbox not in `valid`,
-    /// publishing a generation without them; returns the pods.
+    /// publishing a generation without them when some were in force;
+    /// returns the pods.
     pub fn retain_cni_addresses(&self, valid: &[String]) -> Vec<ObjectKey> {
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        let gone = incremental.cni.retain_containers(valid);
-        if !gone.is_empty() {
+        let (gone, changed) = incremental.state.retain_containers(valid);
+        if changed {
             let _ = self.publish_locked(incremental, Some(Instant::now()));
         }
         gone
@@ -310,8 +314,8 @@ impl TablePublisher {
     pub fn cni_addresses(&self, pod: &ObjectKey) -> Option<(String, Vec<IpAddr>)> {
         let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
         incremental
-            .cni
-            .get(pod)
+            .state
+            .cni_addresses(pod)
             .map(|(id, ips)| (id.to_owned(), ips.to_vec()))
     }
 
@@ -319,9 +323,8 @@ impl TablePublisher {
     /// published, the CNI's included: what the datapath must adopt.
     #[must_use]
     pub fn local_addresses(&self) -> Vec<IpAddr> {
-        let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        let Compilers { last, cni, .. } = &mut *incremental;
-        self.locality.addresses(&cni.overlay(last))
+        let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        self.locality.addresses(incremental.state.cluster())
     }
 }
 
@@ -389,6 +392,18 @@ mod tests {
         assert_eq!(tables.generation(), 2, "published at once");
         let (in_force, generation) = tables.in_force();
         assert_eq!(in_force.pods[&key].ips, [ip]);
+        assert_eq!(
+            tables.in_force_pod(&key),
+            Some(Arc::clone(&in_force.pods[&key]))
+        );
+        assert_eq!(
+            tables
+                .in_force_pod(&ObjectKey::new("x", "old"))
+                .unwrap()
+                .ips,
+            [other]
+        );
+        assert_eq!(tables.in_force_pod(&later), None, "not in the state");
         assert_eq!(generation.tables.generation(), 2);
         assert_eq!(tables.local_addresses(), [other, ip]);
         // The next state the source publishes keeps them.
@@ -399,6 +414,7 @@ mod tests {
         assert!(!tables.forget_cni_addresses(&key, "c0"));
         assert!(tables.forget_cni_addresses(&key, "c1"));
         assert!(!tables.in_force().0.pods.contains_key(&key));
+        assert_eq!(tables.in_force_pod(&key), None);
         assert_eq!(tables.local_addresses(), [other]);
         assert_eq!(tables.retain_cni_addresses(&[]), [later]);
     }

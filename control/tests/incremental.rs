@@ -8,14 +8,21 @@
 //! edited; nodes relabelled and readdressed. After each
 //! change the tables of a [`Compiler`] that has seen every earlier state
 //! must equal, field for field, those compiled from nothing.
+//!
+//! The same holds for the state with the CNI's addresses overlaid
+//! ([`OverlaidCluster`]), kept as pods start, get sandboxes, lose them and
+//! gain addresses of their own: it must equal the overlay made by cloning
+//! the state, and compile like it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use podfence_control::compile::{AUDIT_LABEL, CompileOptions, Compiler, Locality, compile};
-use podfence_control::index::Cluster;
-use podfence_control::model::{ClusterNetworkPolicy, NetworkPolicy, Node, Pod};
+use podfence_control::compile::{
+    AUDIT_LABEL, BROAD_THRESHOLD, CompileOptions, Compiler, Locality, compile,
+};
+use podfence_control::index::{Cluster, OverlaidCluster};
+use podfence_control::model::{ClusterNetworkPolicy, NetworkPolicy, Node, ObjectKey, Pod};
 use podfence_control::sources::manifests;
 use podfence_testkit::paths::conformance_dir;
 
@@ -369,6 +376,193 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
         assert!(
             changed > 350,
             "only {changed} of 400 steps changed anything"
+        );
+    }
+}
+
+/// The CNI's entries as the test keeps them: by pod, sandbox and addresses.
+type CniEntries = std::collections::BTreeMap<ObjectKey, (String, Vec<IpAddr>)>;
+
+/// The overlay made the plain way: the whole state cloned, the CNI's
+/// addresses given to the pods without any of their own.
+fn cloned_overlay(source: &Cluster, cni: &CniEntries) -> Cluster {
+    let mut cluster = source.clone();
+    for (key, pod) in &mut cluster.pods {
+        if let Some((_, ips)) = cni.get(key)
+            && pod.ips.is_empty()
+            && !pod.host_network
+        {
+            *pod = Arc::new(Pod {
+                ips: ips.clone(),
+                ..Pod::clone(pod)
+            });
+        }
+    }
+    cluster
+}
+
+/// Applies one change of a starting pod's: its status loses its addresses
+/// (a pod the API has no address for yet), or the CNI records, releases or
+/// collects sandboxes. Returns what it did.
+fn cni_change(
+    cluster: &mut Cluster,
+    overlaid: &mut OverlaidCluster,
+    cni: &mut CniEntries,
+    gone: &[Pod],
+    rng: &mut Rng,
+    sandbox: &mut u32,
+) -> String {
+    match rng.below(6) {
+        0 => {
+            let Some(mut pod) = pick_pod(cluster, rng) else {
+                return "nothing".into();
+            };
+            pod.ips.clear();
+            let what = format!("pod {} without addresses", pod.key());
+            cluster.apply(pod);
+            what
+        }
+        1..=3 => {
+            // Mostly pods that wait for addresses, some that have their
+            // own, some that are not in the state.
+            let waiting: Vec<ObjectKey> = cluster
+                .pods
+                .values()
+                .filter(|p| p.ips.is_empty())
+                .map(|p| p.key())
+                .collect();
+            let key = match rng.below(4) {
+                0 | 1 if !waiting.is_empty() => waiting[rng.below(waiting.len())].clone(),
+                2 if !gone.is_empty() => gone[rng.below(gone.len())].key(),
+                _ => match pick_pod(cluster, rng) {
+                    Some(p) => p.key(),
+                    None => return "nothing".into(),
+                },
+            };
+            // A new sandbox, or the same one again.
+            let id = match cni.get(&key) {
+                Some((id, _)) if rng.below(3) == 0 => id.clone(),
+                _ => {
+                    *sandbox += 1;
+                    format!("c{sandbox}")
+                }
+            };
+            let n = (*sandbox % 250) as u8;
+            let mut ips: Vec<IpAddr> =
+                vec![Ipv4Addr::new(10, 250, n, 1 + rng.below(3) as u8).into()];
+            if rng.below(3) == 0 {
+                ips.push(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, u16::from(n)).into());
+            }
+            overlaid.insert(&key, &id, &ips);
+            ips.sort_unstable();
+            let what = format!("CNI {key} {id} {ips:?}");
+            cni.insert(key, (id, ips));
+            what
+        }
+        4 => {
+            // A release: of the sandbox recorded, or of an older one.
+            let n = cni.len();
+            let Some((key, (id, _))) = cni.iter().nth(rng.below(n)) else {
+                return "nothing".into();
+            };
+            let (key, id) = (key.clone(), id.clone());
+            if rng.below(4) == 0 {
+                assert_eq!(overlaid.remove(&key, "c0"), None, "an old sandbox's");
+                return format!("CNI release {key} c0");
+            }
+            assert!(overlaid.remove(&key, &id).is_some());
+            cni.remove(&key);
+            format!("CNI release {key} {id}")
+        }
+        _ => {
+            // A collection that keeps about half.
+            let valid: Vec<String> = cni
+                .values()
+                .filter(|_| rng.below(2) == 0)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let (released, _) = overlaid.retain_containers(&valid);
+            let expected: Vec<ObjectKey> = cni
+                .iter()
+                .filter(|(_, (id, _))| !valid.contains(id))
+                .map(|(key, _)| key.clone())
+                .collect();
+            assert_eq!(released, expected);
+            cni.retain(|_, (id, _)| valid.contains(id));
+            format!("CNI gc keeps {}", valid.len())
+        }
+    }
+}
+
+#[test]
+fn cni_addresses_kept_overlaid_compile_like_the_cloned_overlay() {
+    let (start, policies, tiers) = universe();
+    let node_addresses: Vec<IpAddr> = vec!["172.18.0.9".parse().unwrap()];
+    let settings = [
+        (Locality::AllPods, BROAD_THRESHOLD, Vec::new()),
+        (Locality::Node("node-1".into()), 0, node_addresses),
+    ];
+    for (seed, (locality, broad_threshold, node_addresses)) in settings.into_iter().enumerate() {
+        let options = CompileOptions {
+            generation: 0,
+            locality,
+            broad_threshold,
+            node_addresses,
+            audit: false,
+        };
+        let mut compiler = Compiler::new(options.clone());
+        let mut cluster = start.clone();
+        let mut overlaid = OverlaidCluster::default();
+        let mut cni = CniEntries::new();
+        let (mut gone, mut sandbox) = (Vec::new(), 0);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (seed as u64 + 1));
+        let mut log = Vec::new();
+        let mut overlaid_pods = 0;
+        for step in 1..=300_u64 {
+            log.push(if rng.below(2) == 0 {
+                cni_change(
+                    &mut cluster,
+                    &mut overlaid,
+                    &mut cni,
+                    &gone,
+                    &mut rng,
+                    &mut sandbox,
+                )
+            } else {
+                change(&mut cluster, &policies, &tiers, &mut gone, &mut rng)
+            });
+            overlaid.update(&cluster);
+            let expected = cloned_overlay(&cluster, &cni);
+            assert!(
+                *overlaid.cluster() == expected,
+                "step {step}: the kept overlay differs after {:?}",
+                &log[log.len().saturating_sub(5)..]
+            );
+            for (key, pod) in &cluster.pods {
+                assert!(Arc::ptr_eq(overlaid.source_pod(key).unwrap(), pod));
+            }
+            overlaid_pods += cni
+                .keys()
+                .filter(|k| cluster.pods.get(*k).is_some_and(|p| p.ips.is_empty()))
+                .count();
+            let incremental = compiler.compile(overlaid.cluster(), step);
+            let scratch = compile(
+                &expected,
+                &CompileOptions {
+                    generation: step,
+                    ..options.clone()
+                },
+            );
+            assert!(
+                incremental.tables == scratch.tables,
+                "{options:?}, step {step}: tables differ after {:?}",
+                &log[log.len().saturating_sub(5)..]
+            );
+            assert_eq!(incremental.warnings, scratch.warnings, "step {step}");
+        }
+        assert!(
+            overlaid_pods > 300,
+            "the CNI's addresses were overlaid on only {overlaid_pods} pod-steps"
         );
     }
 }

@@ -7,7 +7,7 @@
 //! waits for the answer. `adopt` is answered only once the pod is enforced:
 //! its addresses compiled into the tables in force (from the request, as
 //! the cluster state may not have them yet: see
-//! [`crate::index::CniAddresses`]), its veth's port live in every worker,
+//! [`crate::index::OverlaidCluster`]), its veth's port live in every worker,
 //! its addresses routed through the datapath; or with a refusal after
 //! [`ADOPT_TIMEOUT`]. The reconcile loop stays the safety net for pods
 //! wired while no agent ran.

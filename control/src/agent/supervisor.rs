@@ -341,9 +341,8 @@ impl Supervisor {
             self.pods.maintain(&mut self.agent);
             cni.last_reconcile = Instant::now();
         }
-        let (in_force, _) = tables.in_force();
         for (reply, pod) in checks {
-            let answer = match enforcement_gap(&self.agent, &in_force, tables.locality(), &pod) {
+            let answer = match enforcement_gap(&self.agent, &tables, &pod) {
                 None => Ok(serde_json::json!({"enforced": true}).to_string()),
                 Some(why) => Err(format!("not enforced: {why}")),
             };
@@ -352,7 +351,7 @@ impl Supervisor {
         let now = Instant::now();
         let mut timed_out = false;
         for adopt in std::mem::take(&mut cni.pending) {
-            match enforcement_gap(&self.agent, &in_force, tables.locality(), &adopt.pod) {
+            match enforcement_gap(&self.agent, &tables, &adopt.pod) {
                 None => {
                     let answer = serde_json::json!({
                         "generation": tables.generation(),
@@ -678,19 +677,14 @@ struct PendingAdopt {
 /// Why `pod` is not enforced at its addresses: `None` when it is (the
 /// tables in force have it at each, local; the datapath serves each on a
 /// pod port, MAC known).
-fn enforcement_gap(
-    agent: &Agent,
-    in_force: &Cluster,
-    locality: &crate::compile::Locality,
-    pod: &PodRequest,
-) -> Option<String> {
+fn enforcement_gap(agent: &Agent, tables: &TablePublisher, pod: &PodRequest) -> Option<String> {
     let key = pod.key();
-    let Some(held) = in_force.pods.get(&key) else {
+    let Some(held) = tables.in_force_pod(&key) else {
         return Some(format!(
             "pod {key} is not in the tables in force (not in the agent's cluster state yet, finished, or using the host's network)"
         ));
     };
-    if !locality.includes(held) {
+    if !tables.locality().includes(&held) {
         return Some(format!("pod {key} is not on this node"));
     }
     for &addr in &pod.addresses {

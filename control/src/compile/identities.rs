@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use podfence_datapath::tables::ObjectName;
+
 use super::memo::{ByName, EndpointFacts, EndpointMemo, Memo, NameKey};
 use super::pass::Pass;
 use super::peers::SelectorPeer;
@@ -33,36 +35,52 @@ impl Pass<'_> {
         let mut facts = Vec::with_capacity(self.endpoints.len());
         let mut fresh = Vec::new();
         let mut namespace: Option<&Arc<Namespace>> = None;
+        // The namespace's name as the tables have it, one for its pods.
+        let mut namespace_name: Option<Arc<str>> = None;
         for (e, pod) in self.endpoints.iter().enumerate() {
             // Endpoints come by namespace: look each namespace up once.
             if e == 0 || self.endpoints[e - 1].namespace != pod.namespace {
                 namespace = self.cluster.namespaces.get(&pod.namespace);
+                namespace_name = None;
             }
             let same_pod = |m: &EndpointMemo| Arc::ptr_eq(&m.pod, pod);
-            let same = previous.take_fast(same_pod, pod.name_key()).filter(|m| {
+            let held = previous.take_fast(same_pod, pod.name_key());
+            let same = |m: &EndpointMemo| {
                 Arc::ptr_eq(&m.pod, pod)
                     && match (&m.namespace, namespace) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                         (None, None) => true,
                         _ => false,
                     }
+            };
+            let name = match held {
+                Some(m) if same(&m) => {
+                    namespace_name.get_or_insert_with(|| Arc::clone(&m.name.namespace));
+                    facts.push(m);
+                    continue;
+                }
+                // The pod's object changed, its name did not.
+                Some(m) => m.name,
+                None => ObjectName {
+                    namespace: Arc::clone(
+                        namespace_name.get_or_insert_with(|| pod.namespace.as_str().into()),
+                    ),
+                    name: pod.name.as_str().into(),
+                },
+            };
+            let mut ports = pod.named_ports.clone();
+            ports.sort();
+            ports.dedup();
+            facts.push(EndpointMemo {
+                pod: Arc::clone(pod),
+                name,
+                namespace: namespace.cloned(),
+                facts: EndpointFacts {
+                    matched: Vec::new(),
+                    profile: memo.profiles.intern(ports),
+                },
             });
-            if let Some(m) = same {
-                facts.push(m);
-            } else {
-                let mut ports = pod.named_ports.clone();
-                ports.sort();
-                ports.dedup();
-                facts.push(EndpointMemo {
-                    pod: Arc::clone(pod),
-                    namespace: namespace.cloned(),
-                    facts: EndpointFacts {
-                        matched: Vec::new(),
-                        profile: memo.profiles.intern(ports),
-                    },
-                });
-                fresh.push(e as u32);
-            }
+            fresh.push(e as u32);
         }
         let selectors = &memo.selectors.items;
         let mut is_fresh = vec![false; self.endpoints.len()];
@@ -107,8 +125,7 @@ impl Pass<'_> {
     pub(super) fn select_in(&self, namespace: &str, selector: &LabelSelector, out: &mut Vec<u32>) {
         if let Some(pods) = self.by_namespace.get(namespace) {
             out.extend(
-                pods.iter()
-                    .copied()
+                pods.clone()
                     .filter(|&i| selector.matches(&self.endpoints[i as usize].labels)),
             );
         }

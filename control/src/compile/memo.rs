@@ -101,6 +101,8 @@ pub(super) struct PolicyMemo {
 
 pub(super) struct EndpointMemo {
     pub(super) pod: Arc<Pod>,
+    /// The pod's name in the tables, made once per pod object.
+    pub(super) name: ObjectName,
     pub(super) namespace: Option<Arc<Namespace>>,
     pub(super) facts: EndpointFacts,
 }

@@ -45,9 +45,9 @@ use std::sync::Arc;
 use podfence_datapath::Tables;
 
 use crate::index::Cluster;
-use crate::model::Pod;
+use crate::model::{ObjectKey, Pod};
 
-use memo::Memo;
+use memo::{Memo, NameKey};
 use pass::Pass;
 pub use services::{
     CompiledServices, ServiceCompiler, ServicesConfig, compile_services, compile_services_with,
@@ -204,6 +204,18 @@ impl Compiler {
             cluster.cluster_policies.insert(p.key(), Arc::clone(p));
         }
         cluster
+    }
+
+    /// Pod `key` as the last compile had it, if it was one of its
+    /// endpoints (a pod with addresses): one pod of [`Self::compiled_state`].
+    #[must_use]
+    pub fn compiled_pod(&self, key: &ObjectKey) -> Option<&Arc<Pod>> {
+        let wanted = (key.namespace.as_str(), key.name.as_str());
+        let endpoints = &self.memo.endpoints;
+        endpoints
+            .binary_search_by(|m| m.name_key().cmp(&wanted))
+            .ok()
+            .map(|i| &endpoints[i].pod)
     }
 
     /// Compiles `cluster` into tables numbered `generation`.

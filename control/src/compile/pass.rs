@@ -2,6 +2,7 @@
 //! cluster state and the last compile's memo to a tables generation.
 
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use podfence_datapath::TablesBuilder;
@@ -13,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::groups::{GroupFill, GroupScratch, RulePorts};
 use super::identities::{IdentityKey, NOT_A_POD};
-use super::memo::{Interner, Memo};
+use super::memo::{EndpointMemo, Interner, Memo};
 use super::peers::{BlockMaps, PeerRef};
 use super::tiers::{TierPolicy, rule_action, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
@@ -27,8 +28,8 @@ pub(super) struct Pass<'a> {
     pub(super) generation: u64,
     /// Pods that own their addresses, in name order.
     pub(super) endpoints: Vec<&'a Arc<Pod>>,
-    /// Endpoint indices by namespace.
-    pub(super) by_namespace: FxHashMap<&'a str, Vec<u32>>,
+    /// Endpoint indices by namespace (those of a namespace are adjacent).
+    pub(super) by_namespace: FxHashMap<&'a str, Range<u32>>,
     pub(super) warnings: Vec<String>,
 }
 
@@ -39,12 +40,16 @@ impl<'a> Pass<'a> {
             .values()
             .filter(|p| p.is_policy_endpoint())
             .collect();
-        let mut by_namespace: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
+        let mut by_namespace: FxHashMap<&str, Range<u32>> = FxHashMap::default();
+        let mut first = 0;
         for (i, p) in endpoints.iter().enumerate() {
-            by_namespace
-                .entry(p.namespace.as_str())
-                .or_default()
-                .push(i as u32);
+            let last = endpoints
+                .get(i + 1)
+                .is_none_or(|next| next.namespace != p.namespace);
+            if last {
+                by_namespace.insert(p.namespace.as_str(), first..i as u32 + 1);
+                first = i as u32 + 1;
+            }
         }
         Self {
             cluster,
@@ -61,11 +66,13 @@ impl<'a> Pass<'a> {
     }
 
     /// Shares the last compile's name lists when no pod or policy came or
-    /// went; makes new ones otherwise. Policies are the NetworkPolicies in
-    /// name order, then the tier policies in precedence order.
+    /// went; makes new ones otherwise (of the endpoints' names, shared).
+    /// Policies are the NetworkPolicies in name order, then the tier
+    /// policies in precedence order.
     pub(super) fn names(
         &self,
         memo: &mut Memo,
+        endpoints: &[EndpointMemo],
         same_endpoints: bool,
         same_policies: bool,
         tier_names: Vec<ObjectName>,
@@ -76,11 +83,7 @@ impl<'a> Pass<'a> {
         };
         let pods = match memo.pod_names.take() {
             Some(names) if same_endpoints => names,
-            _ => self
-                .endpoints
-                .iter()
-                .map(|p| name(&p.namespace, &p.name))
-                .collect(),
+            _ => endpoints.iter().map(|m| m.name.clone()).collect(),
         };
         let same_tiers = memo.tier_names == tier_names;
         let policies = match memo.policy_names.take() {
@@ -130,7 +133,8 @@ impl<'a> Pass<'a> {
         // Each endpoint's selector signature: the live selector peers it matches.
         let (endpoints, same_endpoints) = self.endpoint_facts(memo);
         let tier_names: Vec<ObjectName> = tiers.iter().map(TierPolicy::table_name).collect();
-        let (pod_names, policy_list) = self.names(memo, same_endpoints, same_policies, tier_names);
+        let (pod_names, policy_list) =
+            self.names(memo, &endpoints, same_endpoints, same_policies, tier_names);
         let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
         let mut live_matches = Vec::new();
         let endpoint_sig: Vec<u32> = endpoints

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 pub use cluster::{Cluster, same_objects};
-pub use cni::CniAddresses;
+pub use cni::OverlaidCluster;
 pub use kinds::{Indexed, Kind};
 
 use crate::metrics::{ControlMetrics, ObjectLabels};

@@ -432,13 +432,15 @@ impl Verdict {
 
 /// Namespace and name of a policy or pod, for attribution. A cluster-scoped
 /// (tier) policy has its kind in place of a namespace:
-/// `ClusterNetworkPolicy/name`.
+/// `ClusterNetworkPolicy/name`. Shared, not copied, from one generation's
+/// name list to the next (the control plane remakes a list when a pod
+/// comes or goes).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectName {
     /// Namespace (a tier policy: its kind).
-    pub namespace: Box<str>,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: Box<str>,
+    pub name: Arc<str>,
 }
 
 impl fmt::Display for ObjectName {

@@ -583,6 +583,14 @@ fn setup(md: &mut String, report: &TcpReport, command: &str) {
     let _ = writeln!(md, "\n{COUNTED}\n");
 }
 
+/// Where the report sends the reader of a missed goal.
+const MISSED_GOALS: &str = "What limits each missed goal, with the profiles and the experiments \
+    behind it: docs/benchmarks.md, \"TCP and UDP between pods\". In short, every MTU-sized segment \
+    is a frame that one worker forwards and the kernel copies on both sides (no GSO through AF_XDP), \
+    on two cores shared with the senders and receivers; a worker that falls behind loses frames \
+    (no backpressure from an AF_XDP ring), and each new connection costs wake-ups and a \
+    classification.";
+
 /// Writes `dir/tcp.md`, its charts (`tcp-stream.svg`, `tcp-rr.svg`,
 /// `tcp-rr-p99.svg`, `tcp-crr.svg`, `tcp-cpu.svg`) and `dir/tcp.json`.
 pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String> {
@@ -592,7 +600,8 @@ pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String
     let _ = writeln!(md, "## Goals\n");
     let _ = writeln!(md, "| MTU | goal | measured | target | verdict |");
     let _ = writeln!(md, "|---|---|---|---|---|");
-    for g in goals(report) {
+    let goals = goals(report);
+    for g in &goals {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} {} | {} |",
@@ -603,6 +612,9 @@ pub fn write(dir: &Path, report: &TcpReport, command: &str) -> Result<(), String
             g.target,
             g.verdict()
         );
+    }
+    if goals.iter().any(|g| g.met() == Some(false)) {
+        let _ = writeln!(md, "\n{MISSED_GOALS}");
     }
     let _ = writeln!(md, "\n## Figures (medians)\n\n```");
     md.push_str(&table(report));
@@ -787,6 +799,10 @@ mod tests {
         write(&dir, &report(), "podfence-bench tcp").unwrap();
         let md = std::fs::read_to_string(dir.join("tcp.md")).unwrap();
         assert!(md.contains("missed by 20%") && md.contains("tcp-stream.svg"));
+        assert!(
+            md.contains("What limits each missed goal"),
+            "a miss is explained"
+        );
         for f in ["tcp-stream.svg", "tcp-rr.svg", "tcp-crr.svg", "tcp-cpu.svg"] {
             assert!(dir.join(f).exists(), "{f}");
         }

@@ -2,6 +2,7 @@
 //! stable across compiles, and per pod and per policy what was derived from
 //! it, found again by name.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use podfence_datapath::tables::ObjectName;
@@ -69,6 +70,9 @@ pub(super) struct Memo {
     pub(super) policies: Vec<PolicyMemo>,
     /// The last compile's endpoints in name order, with what they matched.
     pub(super) endpoints: Vec<EndpointMemo>,
+    /// The endpoint list of the compile before, emptied: its allocation
+    /// is the next compile's list.
+    pub(super) spare_endpoints: Vec<EndpointMemo>,
     /// Signature maps of the last compile's live ipBlocks.
     pub(super) block_maps: Option<BlockMaps>,
     /// Name lists of the last compile, shared while no pod or policy came or went.
@@ -99,12 +103,59 @@ pub(super) struct PolicyMemo {
     pub(super) named: [bool; 2],
 }
 
+/// One endpoint, with what the per-endpoint loops of a compile read of
+/// its pod held inline, so that they walk this list rather than the pods.
 pub(super) struct EndpointMemo {
     pub(super) pod: Arc<Pod>,
-    /// The pod's name in the tables, made once per pod object.
+    /// The pod's name in the tables, made once per pod object; pods of one
+    /// namespace mostly share its namespace's `Arc`.
     pub(super) name: ObjectName,
     pub(super) namespace: Option<Arc<Namespace>>,
+    /// Whether the pod is enforced here ([`super::Locality::includes`]).
+    pub(super) local: bool,
+    /// The pod's first addresses; `inline_ips` of them, or all of them are
+    /// in `pod.ips` when it is [`SPILLED`].
+    ips: [IpAddr; 2],
+    inline_ips: u8,
     pub(super) facts: EndpointFacts,
+}
+
+/// `EndpointMemo::inline_ips` of a pod with more addresses than fit.
+const SPILLED: u8 = u8::MAX;
+
+impl EndpointMemo {
+    pub(super) fn new(
+        pod: Arc<Pod>,
+        name: ObjectName,
+        namespace: Option<Arc<Namespace>>,
+        local: bool,
+        facts: EndpointFacts,
+    ) -> Self {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let (ips, inline_ips) = match pod.ips.as_slice() {
+            [] => ([unspecified; 2], 0),
+            [a] => ([*a, unspecified], 1),
+            [a, b] => ([*a, *b], 2),
+            _ => ([unspecified; 2], SPILLED),
+        };
+        Self {
+            pod,
+            name,
+            namespace,
+            local,
+            ips,
+            inline_ips,
+            facts,
+        }
+    }
+
+    /// The pod's addresses.
+    pub(super) fn ips(&self) -> &[IpAddr] {
+        match self.inline_ips {
+            SPILLED => &self.pod.ips,
+            n => &self.ips[..usize::from(n)],
+        }
+    }
 }
 
 /// What an endpoint's own objects decide.
@@ -145,17 +196,18 @@ impl NameKey for PolicyMemo {
 }
 
 /// The last compile's entries, in name order, handed out by name to a walk
-/// over this compile's objects in name order.
-pub(super) struct ByName<T> {
-    pub(super) previous: std::iter::Peekable<std::vec::IntoIter<T>>,
+/// over this compile's objects in name order; the list they came from is
+/// left empty, its allocation kept.
+pub(super) struct ByName<'m, T> {
+    pub(super) previous: std::iter::Peekable<std::vec::Drain<'m, T>>,
     /// Whether every name asked for was there and none was passed over.
     pub(super) same: bool,
 }
 
-impl<T: NameKey> ByName<T> {
-    pub(super) fn new(previous: Vec<T>) -> Self {
+impl<'m, T: NameKey> ByName<'m, T> {
+    pub(super) fn new(previous: &'m mut Vec<T>) -> Self {
         Self {
-            previous: previous.into_iter().peekable(),
+            previous: previous.drain(..).peekable(),
             same: true,
         }
     }

@@ -34,29 +34,15 @@ pub(super) struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
+    /// A compile of `cluster`; its endpoints are found by
+    /// [`Self::endpoint_facts`].
     pub(super) fn new(cluster: &'a Cluster, options: &'a CompileOptions, generation: u64) -> Self {
-        let endpoints: Vec<&Arc<Pod>> = cluster
-            .pods
-            .values()
-            .filter(|p| p.is_policy_endpoint())
-            .collect();
-        let mut by_namespace: FxHashMap<&str, Range<u32>> = FxHashMap::default();
-        let mut first = 0;
-        for (i, p) in endpoints.iter().enumerate() {
-            let last = endpoints
-                .get(i + 1)
-                .is_none_or(|next| next.namespace != p.namespace);
-            if last {
-                by_namespace.insert(p.namespace.as_str(), first..i as u32 + 1);
-                first = i as u32 + 1;
-            }
-        }
         Self {
             cluster,
             options,
             generation,
-            endpoints,
-            by_namespace,
+            endpoints: Vec::with_capacity(cluster.pods.len()),
+            by_namespace: FxHashMap::default(),
             warnings: Vec::new(),
         }
     }
@@ -176,8 +162,8 @@ impl<'a> Pass<'a> {
         // Identities: of every endpoint address, then of every address range.
         let mut identities: Interner<IdentityKey> = Interner::new();
         let mut addresses: Vec<(IpAddr, u32, u32)> = Vec::new(); // (addr, endpoint, identity)
-        for (e, pod) in self.endpoints.iter().enumerate() {
-            for &ip in &pod.ips {
+        for (e, m) in endpoints.iter().enumerate() {
+            for &ip in m.ips() {
                 let block_sig = match ip {
                     IpAddr::V4(a) => block_maps.v4.get(u32::from(a)),
                     IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
@@ -244,7 +230,7 @@ impl<'a> Pass<'a> {
         let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
         let mut audited_endpoints: Vec<bool> = Vec::with_capacity(self.endpoints.len());
         for (e, pod) in self.endpoints.iter().enumerate() {
-            if !self.is_local(pod) {
+            if !endpoints[e].local {
                 enforcement.push([Enforcement::Remote; 2]);
                 audited_endpoints.push(false);
                 continue;
@@ -328,7 +314,7 @@ impl<'a> Pass<'a> {
 
         // Tier groups: per local endpoint, tier and direction, the tier
         // policies selecting it that have rules there, in precedence order.
-        let subjects = self.tier_subjects(&tiers);
+        let subjects = self.tier_subjects(&tiers, &endpoints);
         let mut tier_groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
         let mut endpoint_tiers: Vec<TierGroups> = vec![TierGroups::NONE; self.endpoints.len()];
         for (e, selected) in subjects.iter().enumerate() {
@@ -407,12 +393,12 @@ impl<'a> Pass<'a> {
             ips.dedup();
             NodeId(nodes.intern(ips))
         });
-        let endpoint_node: Vec<Option<NodeId>> = self
-            .endpoints
+        let endpoint_node: Vec<Option<NodeId>> = endpoints
             .iter()
-            .map(|p| {
+            .map(|m| {
+                let p = &m.pod;
                 if let Some(local) = local_node
-                    && self.is_local(p)
+                    && m.local
                 {
                     for &ip in &p.host_ips {
                         builder.add_node_address(ip, local);

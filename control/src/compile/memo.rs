@@ -73,6 +73,11 @@ pub(super) struct Memo {
     /// The endpoint list of the compile before, emptied: its allocation
     /// is the next compile's list.
     pub(super) spare_endpoints: Vec<EndpointMemo>,
+    /// Selector signatures (the live selectors an endpoint matches) of the
+    /// endpoints since `sigs_live` was the live selectors, each
+    /// endpoint's kept in its [`EndpointMemo::sig`].
+    pub(super) selector_sigs: Interner<Vec<u32>>,
+    pub(super) sigs_live: Vec<bool>,
     /// Signature maps of the last compile's live ipBlocks.
     pub(super) block_maps: Option<BlockMaps>,
     /// Name lists of the last compile, shared while no pod or policy came or went.
@@ -117,11 +122,30 @@ pub(super) struct EndpointMemo {
     /// in `pod.ips` when it is [`SPILLED`].
     ips: [IpAddr; 2],
     inline_ips: u8,
+    /// Likewise its host addresses (`pod.host_ips`).
+    host_ips: [IpAddr; 2],
+    inline_host_ips: u8,
     pub(super) facts: EndpointFacts,
+    /// Its id in `Memo::selector_sigs` ([`NO_SIG`]: not known yet).
+    pub(super) sig: u32,
 }
+
+/// [`EndpointMemo::sig`] not worked out yet.
+pub(super) const NO_SIG: u32 = u32::MAX;
 
 /// `EndpointMemo::inline_ips` of a pod with more addresses than fit.
 const SPILLED: u8 = u8::MAX;
+
+/// Up to two addresses inline, and how many (or [`SPILLED`]).
+fn inline(ips: &[IpAddr]) -> ([IpAddr; 2], u8) {
+    let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    match ips {
+        [] => ([unspecified; 2], 0),
+        [a] => ([*a, unspecified], 1),
+        [a, b] => ([*a, *b], 2),
+        _ => ([unspecified; 2], SPILLED),
+    }
+}
 
 impl EndpointMemo {
     pub(super) fn new(
@@ -131,13 +155,8 @@ impl EndpointMemo {
         local: bool,
         facts: EndpointFacts,
     ) -> Self {
-        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        let (ips, inline_ips) = match pod.ips.as_slice() {
-            [] => ([unspecified; 2], 0),
-            [a] => ([*a, unspecified], 1),
-            [a, b] => ([*a, *b], 2),
-            _ => ([unspecified; 2], SPILLED),
-        };
+        let (ips, inline_ips) = inline(&pod.ips);
+        let (host_ips, inline_host_ips) = inline(&pod.host_ips);
         Self {
             pod,
             name,
@@ -145,7 +164,10 @@ impl EndpointMemo {
             local,
             ips,
             inline_ips,
+            host_ips,
+            inline_host_ips,
             facts,
+            sig: NO_SIG,
         }
     }
 
@@ -154,6 +176,14 @@ impl EndpointMemo {
         match self.inline_ips {
             SPILLED => &self.pod.ips,
             n => &self.ips[..usize::from(n)],
+        }
+    }
+
+    /// The pod's host addresses.
+    pub(super) fn host_ips(&self) -> &[IpAddr] {
+        match self.inline_host_ips {
+            SPILLED => &self.pod.host_ips,
+            n => &self.host_ips[..usize::from(n)],
         }
     }
 }

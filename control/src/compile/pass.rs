@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::groups::{GroupFill, GroupScratch, RulePorts};
 use super::identities::{IdentityKey, NOT_A_POD};
-use super::memo::{EndpointMemo, Interner, Memo};
+use super::memo::{EndpointMemo, Interner, Memo, NO_SIG};
 use super::peers::{BlockMaps, PeerRef};
 use super::tiers::{TierPolicy, rule_action, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
@@ -117,15 +117,26 @@ impl<'a> Pass<'a> {
         memo.selectors_live = selector_live.iter().filter(|&&l| l).count();
 
         // Each endpoint's selector signature: the live selector peers it matches.
-        let (endpoints, same_endpoints) = self.endpoint_facts(memo);
+        let (mut endpoints, same_endpoints) = self.endpoint_facts(memo);
         let tier_names: Vec<ObjectName> = tiers.iter().map(TierPolicy::table_name).collect();
         let (pod_names, policy_list) =
             self.names(memo, &endpoints, same_endpoints, same_policies, tier_names);
-        let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
+        // Signatures stay while the live selectors do (an endpoint's
+        // matches change only with its objects, which makes its memo anew,
+        // or with new selectors, which are live).
+        if memo.sigs_live != selector_live
+            || memo.selector_sigs.items.len() > 2 * endpoints.len() + 1024
+        {
+            memo.selector_sigs = Interner::new();
+            memo.sigs_live.clone_from(&selector_live);
+            for m in &mut endpoints {
+                m.sig = NO_SIG;
+            }
+        }
+        let selector_sigs = &mut memo.selector_sigs;
         let mut live_matches = Vec::new();
-        let endpoint_sig: Vec<u32> = endpoints
-            .iter()
-            .map(|m| {
+        for m in &mut endpoints {
+            if m.sig == NO_SIG {
                 live_matches.clear();
                 let live = m
                     .facts
@@ -134,9 +145,10 @@ impl<'a> Pass<'a> {
                     .copied()
                     .filter(|&s| selector_live[s as usize]);
                 live_matches.extend(live);
-                selector_sigs.intern_ref(&live_matches)
-            })
-            .collect();
+                m.sig = selector_sigs.intern_ref(&live_matches);
+            }
+        }
+        let selector_sigs = &memo.selector_sigs;
 
         // Address ranges to ipBlock signatures, by longest prefix.
         let live_blocks: Vec<u32> = (0..block_live.len() as u32)
@@ -169,7 +181,7 @@ impl<'a> Pass<'a> {
                     IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
                 };
                 let profile = if egress_named { endpoint_profile[e] } else { 0 };
-                let id = identities.intern((endpoint_sig[e], block_sig, profile));
+                let id = identities.intern((m.sig, block_sig, profile));
                 addresses.push((ip, e as u32, id));
             }
         }
@@ -396,20 +408,20 @@ impl<'a> Pass<'a> {
         let endpoint_node: Vec<Option<NodeId>> = endpoints
             .iter()
             .map(|m| {
-                let p = &m.pod;
+                let host_ips = m.host_ips();
                 if let Some(local) = local_node
                     && m.local
                 {
-                    for &ip in &p.host_ips {
+                    for &ip in host_ips {
                         builder.add_node_address(ip, local);
                     }
                     Some(local)
-                } else if p.host_ips.is_empty() {
+                } else if host_ips.is_empty() {
                     None
-                } else if p.host_ips.is_sorted() {
-                    Some(NodeId(nodes.intern_ref(&p.host_ips)))
+                } else if host_ips.is_sorted() {
+                    Some(NodeId(nodes.intern_ref(host_ips)))
                 } else {
-                    let mut ips = p.host_ips.clone();
+                    let mut ips = host_ips.to_vec();
                     ips.sort_unstable();
                     Some(NodeId(nodes.intern(ips)))
                 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use podfence_datapath::tables::ObjectName;
+use podfence_datapath::tables::{Enforcement, NodeId, ObjectName, TierGroups};
 use rustc_hash::FxHashMap;
 
 use super::peers::{BlockMaps, PeerRef, SelectorPeer};
@@ -78,6 +78,8 @@ pub(super) struct Memo {
     /// endpoint's kept in its [`EndpointMemo::sig`].
     pub(super) selector_sigs: Interner<Vec<u32>>,
     pub(super) sigs_live: Vec<bool>,
+    /// Per-endpoint lists of the last compile, their allocations reused.
+    pub(super) scratch: Scratch,
     /// Signature maps of the last compile's live ipBlocks.
     pub(super) block_maps: Option<BlockMaps>,
     /// Name lists of the last compile, shared while no pod or policy came or went.
@@ -87,6 +89,28 @@ pub(super) struct Memo {
     pub(super) tier_names: Vec<ObjectName>,
     /// The last compile's tier policies, in precedence order.
     pub(super) tier_policies: Vec<Arc<ClusterNetworkPolicy>>,
+}
+
+/// Per-endpoint lists of one compile, kept for the next to refill so that
+/// their allocations are reused.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// (address, endpoint, identity) of every endpoint address.
+    pub(super) addresses: Vec<(IpAddr, u32, u32)>,
+    pub(super) enforcement: Vec<[Enforcement; 2]>,
+    pub(super) audited: Vec<bool>,
+    pub(super) tiers: Vec<TierGroups>,
+    pub(super) nodes: Vec<Option<NodeId>>,
+}
+
+impl Scratch {
+    pub(super) fn clear(&mut self) {
+        self.addresses.clear();
+        self.enforcement.clear();
+        self.audited.clear();
+        self.tiers.clear();
+        self.nodes.clear();
+    }
 }
 
 impl Memo {

@@ -164,23 +164,28 @@ impl<'a> Pass<'a> {
         let policy_named: Vec<[bool; 2]> = resolved.iter().map(|m| m.named).collect();
         let egress_named = policy_named.iter().any(|n| n[1]) || tiers.iter().any(|t| t.named[1]);
         let profiles = &memo.profiles;
-        let endpoint_profile: Vec<u32> = endpoints.iter().map(|m| m.facts.profile).collect();
         let mut profile_live = vec![false; profiles.items.len()];
-        for &p in &endpoint_profile {
-            profile_live[p as usize] = true;
+        for m in &endpoints {
+            profile_live[m.facts.profile as usize] = true;
         }
         let live_profile_count = profile_live.iter().filter(|&&l| l).count();
 
         // Identities: of every endpoint address, then of every address range.
         let mut identities: Interner<IdentityKey> = Interner::new();
-        let mut addresses: Vec<(IpAddr, u32, u32)> = Vec::new(); // (addr, endpoint, identity)
+        let mut scratch = std::mem::take(&mut memo.scratch);
+        scratch.clear();
+        let addresses = &mut scratch.addresses;
         for (e, m) in endpoints.iter().enumerate() {
             for &ip in m.ips() {
                 let block_sig = match ip {
                     IpAddr::V4(a) => block_maps.v4.get(u32::from(a)),
                     IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
                 };
-                let profile = if egress_named { endpoint_profile[e] } else { 0 };
+                let profile = if egress_named {
+                    endpoints[e].facts.profile
+                } else {
+                    0
+                };
                 let id = identities.intern((m.sig, block_sig, profile));
                 addresses.push((ip, e as u32, id));
             }
@@ -239,8 +244,8 @@ impl<'a> Pass<'a> {
             by_block: &by_block,
             broad_threshold: self.options.broad_threshold,
         };
-        let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
-        let mut audited_endpoints: Vec<bool> = Vec::with_capacity(self.endpoints.len());
+        let enforcement = &mut scratch.enforcement;
+        let audited_endpoints = &mut scratch.audited;
         for (e, pod) in self.endpoints.iter().enumerate() {
             if !endpoints[e].local {
                 enforcement.push([Enforcement::Remote; 2]);
@@ -278,7 +283,11 @@ impl<'a> Pass<'a> {
                 }
                 let uses_named =
                     d == 0 && selecting[d].iter().any(|&p| policy_named[p as usize][0]);
-                let profile = if uses_named { endpoint_profile[e] } else { 0 };
+                let profile = if uses_named {
+                    endpoints[e].facts.profile
+                } else {
+                    0
+                };
                 let key = (direction, std::mem::take(&mut selecting[d]), profile);
                 let group = if let Some(g) = groups.get(&key) {
                     *g
@@ -328,7 +337,8 @@ impl<'a> Pass<'a> {
         // policies selecting it that have rules there, in precedence order.
         let subjects = self.tier_subjects(&tiers, &endpoints);
         let mut tier_groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
-        let mut endpoint_tiers: Vec<TierGroups> = vec![TierGroups::NONE; self.endpoints.len()];
+        let endpoint_tiers = &mut scratch.tiers;
+        endpoint_tiers.resize(self.endpoints.len(), TierGroups::NONE);
         for (e, selected) in subjects.iter().enumerate() {
             if selected.is_empty() {
                 continue;
@@ -352,7 +362,11 @@ impl<'a> Pass<'a> {
                         continue;
                     }
                     let uses_named = d == 0 && members.iter().any(|&t| tiers[t as usize].named[0]);
-                    let profile = if uses_named { endpoint_profile[e] } else { 0 };
+                    let profile = if uses_named {
+                        endpoints[e].facts.profile
+                    } else {
+                        0
+                    };
                     let key = (direction, members, profile);
                     let group = if let Some(g) = tier_groups.get(&key) {
                         *g
@@ -405,28 +419,26 @@ impl<'a> Pass<'a> {
             ips.dedup();
             NodeId(nodes.intern(ips))
         });
-        let endpoint_node: Vec<Option<NodeId>> = endpoints
-            .iter()
-            .map(|m| {
-                let host_ips = m.host_ips();
-                if let Some(local) = local_node
-                    && m.local
-                {
-                    for &ip in host_ips {
-                        builder.add_node_address(ip, local);
-                    }
-                    Some(local)
-                } else if host_ips.is_empty() {
-                    None
-                } else if host_ips.is_sorted() {
-                    Some(NodeId(nodes.intern_ref(host_ips)))
-                } else {
-                    let mut ips = host_ips.to_vec();
-                    ips.sort_unstable();
-                    Some(NodeId(nodes.intern(ips)))
+        let endpoint_node = &mut scratch.nodes;
+        endpoint_node.extend(endpoints.iter().map(|m| {
+            let host_ips = m.host_ips();
+            if let Some(local) = local_node
+                && m.local
+            {
+                for &ip in host_ips {
+                    builder.add_node_address(ip, local);
                 }
-            })
-            .collect();
+                Some(local)
+            } else if host_ips.is_empty() {
+                None
+            } else if host_ips.is_sorted() {
+                Some(NodeId(nodes.intern_ref(host_ips)))
+            } else {
+                let mut ips = host_ips.to_vec();
+                ips.sort_unstable();
+                Some(NodeId(nodes.intern(ips)))
+            }
+        }));
         for (n, node_ips) in nodes.items.iter().enumerate() {
             for &ip in node_ips {
                 builder.add_node_address(ip, NodeId(n as u32));
@@ -436,7 +448,7 @@ impl<'a> Pass<'a> {
         // Pod addresses.
         let v4 = addresses.iter().filter(|a| a.0.is_ipv4()).count();
         builder.reserve_pod_addresses(v4, addresses.len() - v4);
-        for (ip, e, id) in addresses {
+        for &(ip, e, id) in addresses.iter() {
             let [ingress, egress] = enforcement[e as usize];
             let entry = PodAddress {
                 identity: IdentityId(id),
@@ -456,6 +468,7 @@ impl<'a> Pass<'a> {
         memo.profiles_live = live_profile_count;
         memo.policies = resolved;
         memo.endpoints = endpoints;
+        memo.scratch = scratch;
         memo.tier_policies = tiers.iter().map(|t| Arc::clone(t.policy)).collect();
         Compiled {
             tables: builder.build(),

@@ -37,7 +37,7 @@ impl Pass<'_> {
         let mut previous = ByName::new(&mut last);
         let mut facts = std::mem::take(&mut memo.spare_endpoints);
         facts.clear();
-        facts.reserve(previous.previous.len() + 64);
+        facts.reserve(previous.len() + 64);
         let mut fresh = Vec::new();
         let cluster = self.cluster;
         // The namespace of the endpoints being walked (they come by
@@ -46,10 +46,25 @@ impl Pass<'_> {
         let mut namespace: Option<&Arc<Namespace>> = None;
         let mut namespace_name: Option<Arc<str>> = None;
         let mut namespace_start = ("", 0);
+        // Entries at the front of `previous` kept as they are, to be moved
+        // to `facts` in one go.
+        let mut kept = 0;
         for pod in cluster.pods.values() {
-            // An endpoint of the last compile whose object is unchanged is
-            // known without reading the pod.
-            let held = match previous.previous.next_if(|m| Arc::ptr_eq(&m.pod, pod)) {
+            // An endpoint of the last compile whose pod and namespace
+            // objects are unchanged is known without reading the pod.
+            if let Some(run) = &namespace_name
+                && let Some(m) = previous.ahead(kept)
+                && Arc::ptr_eq(&m.pod, pod)
+                && Arc::ptr_eq(&m.name.namespace, run)
+                && same_namespace_object(m, namespace)
+            {
+                kept += 1;
+                self.endpoints.push(pod);
+                continue;
+            }
+            previous.move_to(kept, &mut facts);
+            kept = 0;
+            let held = match previous.next_if(|m| Arc::ptr_eq(&m.pod, pod)) {
                 Some(m) => Some(m),
                 None if !pod.is_policy_endpoint() => continue,
                 None => previous.take(pod.name_key()),
@@ -75,14 +90,6 @@ impl Pass<'_> {
                 ))
             };
             self.endpoints.push(pod);
-            let same_objects = |m: &EndpointMemo| {
-                Arc::ptr_eq(&m.pod, pod)
-                    && match (&m.namespace, namespace) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    }
-            };
             let name = match held {
                 Some(mut m) => {
                     if !Arc::ptr_eq(run, &m.name.namespace) {
@@ -90,7 +97,7 @@ impl Pass<'_> {
                         // compile tells it by pointer.
                         m.name.namespace = Arc::clone(run);
                     }
-                    if same_objects(&m) {
+                    if Arc::ptr_eq(&m.pod, pod) && same_namespace_object(&m, namespace) {
                         facts.push(m);
                         continue;
                     }
@@ -119,6 +126,7 @@ impl Pass<'_> {
             ));
             fresh.push(e);
         }
+        previous.move_to(kept, &mut facts);
         if !facts.is_empty() {
             self.by_namespace
                 .insert(namespace_start.0, namespace_start.1..facts.len() as u32);
@@ -172,5 +180,14 @@ impl Pass<'_> {
                     .filter(|&i| selector.matches(&self.endpoints[i as usize].labels)),
             );
         }
+    }
+}
+
+/// Whether `m` was made with the namespace object `namespace`.
+fn same_namespace_object(m: &EndpointMemo, namespace: Option<&Arc<Namespace>>) -> bool {
+    match (&m.namespace, namespace) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }

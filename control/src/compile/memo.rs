@@ -253,39 +253,63 @@ impl NameKey for PolicyMemo {
 /// over this compile's objects in name order; the list they came from is
 /// left empty, its allocation kept.
 pub(super) struct ByName<'m, T> {
-    pub(super) previous: std::iter::Peekable<std::vec::Drain<'m, T>>,
+    previous: std::vec::Drain<'m, T>,
     /// Whether every name asked for was there and none was passed over.
-    pub(super) same: bool,
+    same: bool,
 }
 
 impl<'m, T: NameKey> ByName<'m, T> {
     pub(super) fn new(previous: &'m mut Vec<T>) -> Self {
         Self {
-            previous: previous.drain(..).peekable(),
+            previous: previous.drain(..),
             same: true,
+        }
+    }
+
+    /// How many entries are left.
+    pub(super) fn len(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// The entry `n` places ahead of the next, left where it is.
+    pub(super) fn ahead(&self, n: usize) -> Option<&T> {
+        self.previous.as_slice().get(n)
+    }
+
+    /// Moves the next `n` entries to `out`, as they are.
+    pub(super) fn move_to(&mut self, n: usize, out: &mut Vec<T>) {
+        out.extend(self.previous.by_ref().take(n));
+    }
+
+    /// The next entry if `f` holds for it.
+    pub(super) fn next_if(&mut self, f: impl FnOnce(&T) -> bool) -> Option<T> {
+        if self.previous.as_slice().first().is_some_and(f) {
+            self.previous.next()
+        } else {
+            None
         }
     }
 
     /// The next entry if `same` holds for it (it is then the entry of the
     /// name asked for), else the entry named `key`.
     pub(super) fn take_fast(&mut self, same: impl Fn(&T) -> bool, key: (&str, &str)) -> Option<T> {
-        match self.previous.next_if(same) {
+        match self.next_if(same) {
             Some(entry) => Some(entry),
             None => self.take(key),
         }
     }
 
     pub(super) fn take(&mut self, key: (&str, &str)) -> Option<T> {
-        while self.previous.next_if(|m| m.name_key() < key).is_some() {
+        while self.next_if(|m| m.name_key() < key).is_some() {
             self.same = false;
         }
-        let entry = self.previous.next_if(|m| m.name_key() == key);
+        let entry = self.next_if(|m| m.name_key() == key);
         self.same &= entry.is_some();
         entry
     }
 
     /// Whether the names walked were exactly the last compile's.
-    pub(super) fn same_names(mut self) -> bool {
-        self.same && self.previous.peek().is_none()
+    pub(super) fn same_names(self) -> bool {
+        self.same && self.previous.len() == 0
     }
 }

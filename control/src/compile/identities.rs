@@ -133,16 +133,30 @@ impl Pass<'_> {
         }
         let same_names = previous.same_names();
         memo.spare_endpoints = last;
+        self.match_selectors(memo, known, &fresh, &mut facts);
+        (facts, same_names)
+    }
+
+    /// Adds to the endpoints' matched selectors the selectors new since the
+    /// last compile (ids from `known` on), and every selector to the
+    /// `fresh` endpoints (made anew this compile).
+    fn match_selectors(
+        &self,
+        memo: &mut Memo,
+        known: usize,
+        fresh: &[u32],
+        facts: &mut [EndpointMemo],
+    ) {
         let selectors = &memo.selectors.items;
         let mut is_fresh = vec![false; self.endpoints.len()];
-        for &e in &fresh {
+        for &e in fresh {
             is_fresh[e as usize] = true;
         }
         let mut candidates = Vec::new();
         for (sid, selector) in selectors.iter().enumerate() {
             let new = sid >= known;
             if !new && fresh.len() <= FEW_FRESH {
-                for &e in &fresh {
+                for &e in fresh {
                     let pod = self.endpoints[e as usize];
                     let endpoint = &mut facts[e as usize];
                     if selector.matches(pod, endpoint.namespace.as_deref()) {
@@ -169,7 +183,6 @@ impl Pass<'_> {
             }
         }
         memo.selectors_checked = selectors.len() as u32;
-        (facts, same_names)
     }
 
     /// Endpoints of `namespace` matching `selector`.

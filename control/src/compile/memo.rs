@@ -313,3 +313,51 @@ impl<'m, T: NameKey> ByName<'m, T> {
         self.same && self.previous.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Labels, PodPhase};
+
+    fn endpoint(ips: &[&str], host_ips: &[&str]) -> EndpointMemo {
+        let parse = |a: &[&str]| a.iter().map(|a| a.parse().unwrap()).collect();
+        let pod = Pod {
+            namespace: "ns".into(),
+            name: "p".into(),
+            labels: Labels::default(),
+            node: None,
+            host_network: false,
+            phase: PodPhase::Running,
+            ips: parse(ips),
+            host_ips: parse(host_ips),
+            named_ports: Vec::new(),
+        };
+        let name = ObjectName {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        let facts = EndpointFacts {
+            matched: Vec::new(),
+            profile: 0,
+        };
+        EndpointMemo::new(Arc::new(pod), name, None, true, facts)
+    }
+
+    #[test]
+    fn addresses_read_back_as_the_pod_has_them_however_many() {
+        let lists: [&[&str]; 4] = [
+            &[],
+            &["10.0.0.1"],
+            &["10.0.0.1", "fd00::1"],
+            &["10.0.0.1", "fd00::1", "10.0.0.2"],
+        ];
+        for ips in lists {
+            for host_ips in lists {
+                let m = endpoint(ips, host_ips);
+                assert_eq!(m.ips(), m.pod.ips.as_slice());
+                assert_eq!(m.host_ips(), m.pod.host_ips.as_slice());
+                assert_eq!(m.sig, NO_SIG);
+            }
+        }
+    }
+}

@@ -175,18 +175,21 @@ impl<'a> Pass<'a> {
         let mut scratch = std::mem::take(&mut memo.scratch);
         scratch.clear();
         let addresses = &mut scratch.addresses;
+        // Neighbouring endpoints (alike pods of a namespace) mostly share one.
+        let mut last: Option<(IdentityKey, u32)> = None;
         for (e, m) in endpoints.iter().enumerate() {
             for &ip in m.ips() {
                 let block_sig = match ip {
                     IpAddr::V4(a) => block_maps.v4.get(u32::from(a)),
                     IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
                 };
-                let profile = if egress_named {
-                    endpoints[e].facts.profile
-                } else {
-                    0
+                let profile = if egress_named { m.facts.profile } else { 0 };
+                let key = (m.sig, block_sig, profile);
+                let id = match last {
+                    Some((k, id)) if k == key => id,
+                    _ => identities.intern(key),
                 };
-                let id = identities.intern((m.sig, block_sig, profile));
+                last = Some((key, id));
                 addresses.push((ip, e as u32, id));
             }
         }

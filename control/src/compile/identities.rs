@@ -22,80 +22,145 @@ pub(super) const NOT_A_POD: u32 = u32::MAX;
 pub(super) const FEW_FRESH: usize = 64;
 
 impl Pass<'_> {
-    /// For each endpoint, the selector ids (live or not) that match it and
-    /// its named-port profile: remembered for endpoints whose pod and
-    /// namespace objects are unchanged, worked out for the rest; selectors
-    /// new since the last compile are checked on every endpoint.
-    pub(super) fn endpoint_facts(&self, memo: &mut Memo) -> (Vec<EndpointMemo>, bool) {
+    /// Finds the endpoints (the pods with addresses of their own, in name
+    /// order, into `self.endpoints` and `self.by_namespace`) and, for each,
+    /// the selector ids (live or not) that match it and its named-port
+    /// profile: remembered for endpoints whose pod and namespace objects are
+    /// unchanged, worked out for the rest; selectors new since the last
+    /// compile are checked on every endpoint.
+    pub(super) fn endpoint_facts(&mut self, memo: &mut Memo) -> (Vec<EndpointMemo>, bool) {
         if memo.profiles.items.is_empty() {
             memo.profiles.intern(Vec::new());
         }
         let known = memo.selectors_checked as usize;
-        let mut previous = ByName::new(std::mem::take(&mut memo.endpoints));
-        let mut facts = Vec::with_capacity(self.endpoints.len());
+        let mut last = std::mem::take(&mut memo.endpoints);
+        let mut previous = ByName::new(&mut last);
+        let mut facts = std::mem::take(&mut memo.spare_endpoints);
+        facts.clear();
+        facts.reserve(previous.len() + 64);
         let mut fresh = Vec::new();
+        let cluster = self.cluster;
+        // The namespace of the endpoints being walked (they come by
+        // namespace): its object, its name as the tables have it (one `Arc`
+        // for its pods), and where its endpoints start.
         let mut namespace: Option<&Arc<Namespace>> = None;
-        // The namespace's name as the tables have it, one for its pods.
         let mut namespace_name: Option<Arc<str>> = None;
-        for (e, pod) in self.endpoints.iter().enumerate() {
-            // Endpoints come by namespace: look each namespace up once.
-            if e == 0 || self.endpoints[e - 1].namespace != pod.namespace {
-                namespace = self.cluster.namespaces.get(&pod.namespace);
-                namespace_name = None;
+        let mut namespace_start = ("", 0);
+        // Entries at the front of `previous` kept as they are, to be moved
+        // to `facts` in one go.
+        let mut kept = 0;
+        for pod in cluster.pods.values() {
+            // An endpoint of the last compile whose pod and namespace
+            // objects are unchanged is known without reading the pod.
+            if let Some(run) = &namespace_name
+                && let Some(m) = previous.ahead(kept)
+                && Arc::ptr_eq(&m.pod, pod)
+                && Arc::ptr_eq(&m.name.namespace, run)
+                && same_namespace_object(m, namespace)
+            {
+                kept += 1;
+                self.endpoints.push(pod);
+                continue;
             }
-            let same_pod = |m: &EndpointMemo| Arc::ptr_eq(&m.pod, pod);
-            let held = previous.take_fast(same_pod, pod.name_key());
-            let same = |m: &EndpointMemo| {
-                Arc::ptr_eq(&m.pod, pod)
-                    && match (&m.namespace, namespace) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    }
+            previous.move_to(kept, &mut facts);
+            kept = 0;
+            let held = match previous.next_if(|m| Arc::ptr_eq(&m.pod, pod)) {
+                Some(m) => Some(m),
+                None if !pod.is_policy_endpoint() => continue,
+                None => previous.take(pod.name_key()),
             };
-            let name = match held {
-                Some(m) if same(&m) => {
-                    namespace_name.get_or_insert_with(|| Arc::clone(&m.name.namespace));
-                    facts.push(m);
-                    continue;
+            let e = facts.len() as u32;
+            let same_namespace = match (&namespace_name, &held) {
+                (None, _) => false,
+                (Some(run), Some(m)) if Arc::ptr_eq(run, &m.name.namespace) => true,
+                (Some(run), _) => **run == *pod.namespace,
+            };
+            let run = if same_namespace && let Some(run) = &namespace_name {
+                run
+            } else {
+                if e > 0 {
+                    self.by_namespace
+                        .insert(namespace_start.0, namespace_start.1..e);
                 }
-                // The pod's object changed, its name did not.
-                Some(m) => m.name,
+                namespace_start = (pod.namespace.as_str(), e);
+                namespace = cluster.namespaces.get(&pod.namespace);
+                namespace_name.insert(held.as_ref().map_or_else(
+                    || pod.namespace.as_str().into(),
+                    |m| Arc::clone(&m.name.namespace),
+                ))
+            };
+            self.endpoints.push(pod);
+            let name = match held {
+                Some(mut m) => {
+                    if !Arc::ptr_eq(run, &m.name.namespace) {
+                        // Share the namespace's name, so that the next
+                        // compile tells it by pointer.
+                        m.name.namespace = Arc::clone(run);
+                    }
+                    if Arc::ptr_eq(&m.pod, pod) && same_namespace_object(&m, namespace) {
+                        facts.push(m);
+                        continue;
+                    }
+                    // The pod's object changed, its name did not.
+                    m.name
+                }
                 None => ObjectName {
-                    namespace: Arc::clone(
-                        namespace_name.get_or_insert_with(|| pod.namespace.as_str().into()),
-                    ),
+                    namespace: Arc::clone(run),
                     name: pod.name.as_str().into(),
                 },
             };
             let mut ports = pod.named_ports.clone();
             ports.sort();
             ports.dedup();
-            facts.push(EndpointMemo {
-                pod: Arc::clone(pod),
+            let endpoint_facts = EndpointFacts {
+                matched: Vec::new(),
+                profile: memo.profiles.intern(ports),
+            };
+            let local = self.is_local(pod);
+            facts.push(EndpointMemo::new(
+                Arc::clone(pod),
                 name,
-                namespace: namespace.cloned(),
-                facts: EndpointFacts {
-                    matched: Vec::new(),
-                    profile: memo.profiles.intern(ports),
-                },
-            });
-            fresh.push(e as u32);
+                namespace.cloned(),
+                local,
+                endpoint_facts,
+            ));
+            fresh.push(e);
         }
+        previous.move_to(kept, &mut facts);
+        if !facts.is_empty() {
+            self.by_namespace
+                .insert(namespace_start.0, namespace_start.1..facts.len() as u32);
+        }
+        let same_names = previous.same_names();
+        memo.spare_endpoints = last;
+        self.match_selectors(memo, known, &fresh, &mut facts);
+        (facts, same_names)
+    }
+
+    /// Adds to the endpoints' matched selectors the selectors new since the
+    /// last compile (ids from `known` on), and every selector to the
+    /// `fresh` endpoints (made anew this compile).
+    fn match_selectors(
+        &self,
+        memo: &mut Memo,
+        known: usize,
+        fresh: &[u32],
+        facts: &mut [EndpointMemo],
+    ) {
         let selectors = &memo.selectors.items;
         let mut is_fresh = vec![false; self.endpoints.len()];
-        for &e in &fresh {
+        for &e in fresh {
             is_fresh[e as usize] = true;
         }
         let mut candidates = Vec::new();
         for (sid, selector) in selectors.iter().enumerate() {
             let new = sid >= known;
             if !new && fresh.len() <= FEW_FRESH {
-                for &e in &fresh {
+                for &e in fresh {
                     let pod = self.endpoints[e as usize];
-                    let namespace = self.cluster.namespaces.get(&pod.namespace);
-                    if selector.matches(pod, namespace.map(AsRef::as_ref)) {
-                        facts[e as usize].facts.matched.push(sid as u32);
+                    let endpoint = &mut facts[e as usize];
+                    if selector.matches(pod, endpoint.namespace.as_deref()) {
+                        endpoint.facts.matched.push(sid as u32);
                     }
                 }
                 continue;
@@ -118,7 +183,6 @@ impl Pass<'_> {
             }
         }
         memo.selectors_checked = selectors.len() as u32;
-        (facts, previous.same_names())
     }
 
     /// Endpoints of `namespace` matching `selector`.
@@ -129,5 +193,14 @@ impl Pass<'_> {
                     .filter(|&i| selector.matches(&self.endpoints[i as usize].labels)),
             );
         }
+    }
+}
+
+/// Whether `m` was made with the namespace object `namespace`.
+fn same_namespace_object(m: &EndpointMemo, namespace: Option<&Arc<Namespace>>) -> bool {
+    match (&m.namespace, namespace) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::groups::{GroupFill, GroupScratch, RulePorts};
 use super::identities::{IdentityKey, NOT_A_POD};
-use super::memo::{EndpointMemo, Interner, Memo};
+use super::memo::{EndpointMemo, Interner, Memo, NO_SIG};
 use super::peers::{BlockMaps, PeerRef};
 use super::tiers::{TierPolicy, rule_action, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
@@ -34,29 +34,15 @@ pub(super) struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
+    /// A compile of `cluster`; its endpoints are found by
+    /// [`Self::endpoint_facts`].
     pub(super) fn new(cluster: &'a Cluster, options: &'a CompileOptions, generation: u64) -> Self {
-        let endpoints: Vec<&Arc<Pod>> = cluster
-            .pods
-            .values()
-            .filter(|p| p.is_policy_endpoint())
-            .collect();
-        let mut by_namespace: FxHashMap<&str, Range<u32>> = FxHashMap::default();
-        let mut first = 0;
-        for (i, p) in endpoints.iter().enumerate() {
-            let last = endpoints
-                .get(i + 1)
-                .is_none_or(|next| next.namespace != p.namespace);
-            if last {
-                by_namespace.insert(p.namespace.as_str(), first..i as u32 + 1);
-                first = i as u32 + 1;
-            }
-        }
         Self {
             cluster,
             options,
             generation,
-            endpoints,
-            by_namespace,
+            endpoints: Vec::with_capacity(cluster.pods.len()),
+            by_namespace: FxHashMap::default(),
             warnings: Vec::new(),
         }
     }
@@ -131,15 +117,26 @@ impl<'a> Pass<'a> {
         memo.selectors_live = selector_live.iter().filter(|&&l| l).count();
 
         // Each endpoint's selector signature: the live selector peers it matches.
-        let (endpoints, same_endpoints) = self.endpoint_facts(memo);
+        let (mut endpoints, same_endpoints) = self.endpoint_facts(memo);
         let tier_names: Vec<ObjectName> = tiers.iter().map(TierPolicy::table_name).collect();
         let (pod_names, policy_list) =
             self.names(memo, &endpoints, same_endpoints, same_policies, tier_names);
-        let mut selector_sigs: Interner<Vec<u32>> = Interner::new();
+        // Signatures stay while the live selectors do (an endpoint's
+        // matches change only with its objects, which makes its memo anew,
+        // or with new selectors, which are live).
+        if memo.sigs_live != selector_live
+            || memo.selector_sigs.items.len() > 2 * endpoints.len() + 1024
+        {
+            memo.selector_sigs = Interner::new();
+            memo.sigs_live.clone_from(&selector_live);
+            for m in &mut endpoints {
+                m.sig = NO_SIG;
+            }
+        }
+        let selector_sigs = &mut memo.selector_sigs;
         let mut live_matches = Vec::new();
-        let endpoint_sig: Vec<u32> = endpoints
-            .iter()
-            .map(|m| {
+        for m in &mut endpoints {
+            if m.sig == NO_SIG {
                 live_matches.clear();
                 let live = m
                     .facts
@@ -148,9 +145,10 @@ impl<'a> Pass<'a> {
                     .copied()
                     .filter(|&s| selector_live[s as usize]);
                 live_matches.extend(live);
-                selector_sigs.intern_ref(&live_matches)
-            })
-            .collect();
+                m.sig = selector_sigs.intern_ref(&live_matches);
+            }
+        }
+        let selector_sigs = &memo.selector_sigs;
 
         // Address ranges to ipBlock signatures, by longest prefix.
         let live_blocks: Vec<u32> = (0..block_live.len() as u32)
@@ -166,24 +164,32 @@ impl<'a> Pass<'a> {
         let policy_named: Vec<[bool; 2]> = resolved.iter().map(|m| m.named).collect();
         let egress_named = policy_named.iter().any(|n| n[1]) || tiers.iter().any(|t| t.named[1]);
         let profiles = &memo.profiles;
-        let endpoint_profile: Vec<u32> = endpoints.iter().map(|m| m.facts.profile).collect();
         let mut profile_live = vec![false; profiles.items.len()];
-        for &p in &endpoint_profile {
-            profile_live[p as usize] = true;
+        for m in &endpoints {
+            profile_live[m.facts.profile as usize] = true;
         }
         let live_profile_count = profile_live.iter().filter(|&&l| l).count();
 
         // Identities: of every endpoint address, then of every address range.
         let mut identities: Interner<IdentityKey> = Interner::new();
-        let mut addresses: Vec<(IpAddr, u32, u32)> = Vec::new(); // (addr, endpoint, identity)
-        for (e, pod) in self.endpoints.iter().enumerate() {
-            for &ip in &pod.ips {
+        let mut scratch = std::mem::take(&mut memo.scratch);
+        scratch.clear();
+        let addresses = &mut scratch.addresses;
+        // Neighbouring endpoints (alike pods of a namespace) mostly share one.
+        let mut last: Option<(IdentityKey, u32)> = None;
+        for (e, m) in endpoints.iter().enumerate() {
+            for &ip in m.ips() {
                 let block_sig = match ip {
                     IpAddr::V4(a) => block_maps.v4.get(u32::from(a)),
                     IpAddr::V6(a) => block_maps.v6.get(u128::from(a)),
                 };
-                let profile = if egress_named { endpoint_profile[e] } else { 0 };
-                let id = identities.intern((endpoint_sig[e], block_sig, profile));
+                let profile = if egress_named { m.facts.profile } else { 0 };
+                let key = (m.sig, block_sig, profile);
+                let id = match last {
+                    Some((k, id)) if k == key => id,
+                    _ => identities.intern(key),
+                };
+                last = Some((key, id));
                 addresses.push((ip, e as u32, id));
             }
         }
@@ -241,10 +247,10 @@ impl<'a> Pass<'a> {
             by_block: &by_block,
             broad_threshold: self.options.broad_threshold,
         };
-        let mut enforcement: Vec<[Enforcement; 2]> = Vec::with_capacity(self.endpoints.len());
-        let mut audited_endpoints: Vec<bool> = Vec::with_capacity(self.endpoints.len());
+        let enforcement = &mut scratch.enforcement;
+        let audited_endpoints = &mut scratch.audited;
         for (e, pod) in self.endpoints.iter().enumerate() {
-            if !self.is_local(pod) {
+            if !endpoints[e].local {
                 enforcement.push([Enforcement::Remote; 2]);
                 audited_endpoints.push(false);
                 continue;
@@ -280,7 +286,11 @@ impl<'a> Pass<'a> {
                 }
                 let uses_named =
                     d == 0 && selecting[d].iter().any(|&p| policy_named[p as usize][0]);
-                let profile = if uses_named { endpoint_profile[e] } else { 0 };
+                let profile = if uses_named {
+                    endpoints[e].facts.profile
+                } else {
+                    0
+                };
                 let key = (direction, std::mem::take(&mut selecting[d]), profile);
                 let group = if let Some(g) = groups.get(&key) {
                     *g
@@ -328,9 +338,10 @@ impl<'a> Pass<'a> {
 
         // Tier groups: per local endpoint, tier and direction, the tier
         // policies selecting it that have rules there, in precedence order.
-        let subjects = self.tier_subjects(&tiers);
+        let subjects = self.tier_subjects(&tiers, &endpoints);
         let mut tier_groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
-        let mut endpoint_tiers: Vec<TierGroups> = vec![TierGroups::NONE; self.endpoints.len()];
+        let endpoint_tiers = &mut scratch.tiers;
+        endpoint_tiers.resize(self.endpoints.len(), TierGroups::NONE);
         for (e, selected) in subjects.iter().enumerate() {
             if selected.is_empty() {
                 continue;
@@ -354,7 +365,11 @@ impl<'a> Pass<'a> {
                         continue;
                     }
                     let uses_named = d == 0 && members.iter().any(|&t| tiers[t as usize].named[0]);
-                    let profile = if uses_named { endpoint_profile[e] } else { 0 };
+                    let profile = if uses_named {
+                        endpoints[e].facts.profile
+                    } else {
+                        0
+                    };
                     let key = (direction, members, profile);
                     let group = if let Some(g) = tier_groups.get(&key) {
                         *g
@@ -407,28 +422,26 @@ impl<'a> Pass<'a> {
             ips.dedup();
             NodeId(nodes.intern(ips))
         });
-        let endpoint_node: Vec<Option<NodeId>> = self
-            .endpoints
-            .iter()
-            .map(|p| {
-                if let Some(local) = local_node
-                    && self.is_local(p)
-                {
-                    for &ip in &p.host_ips {
-                        builder.add_node_address(ip, local);
-                    }
-                    Some(local)
-                } else if p.host_ips.is_empty() {
-                    None
-                } else if p.host_ips.is_sorted() {
-                    Some(NodeId(nodes.intern_ref(&p.host_ips)))
-                } else {
-                    let mut ips = p.host_ips.clone();
-                    ips.sort_unstable();
-                    Some(NodeId(nodes.intern(ips)))
+        let endpoint_node = &mut scratch.nodes;
+        endpoint_node.extend(endpoints.iter().map(|m| {
+            let host_ips = m.host_ips();
+            if let Some(local) = local_node
+                && m.local
+            {
+                for &ip in host_ips {
+                    builder.add_node_address(ip, local);
                 }
-            })
-            .collect();
+                Some(local)
+            } else if host_ips.is_empty() {
+                None
+            } else if host_ips.is_sorted() {
+                Some(NodeId(nodes.intern_ref(host_ips)))
+            } else {
+                let mut ips = host_ips.to_vec();
+                ips.sort_unstable();
+                Some(NodeId(nodes.intern(ips)))
+            }
+        }));
         for (n, node_ips) in nodes.items.iter().enumerate() {
             for &ip in node_ips {
                 builder.add_node_address(ip, NodeId(n as u32));
@@ -438,7 +451,7 @@ impl<'a> Pass<'a> {
         // Pod addresses.
         let v4 = addresses.iter().filter(|a| a.0.is_ipv4()).count();
         builder.reserve_pod_addresses(v4, addresses.len() - v4);
-        for (ip, e, id) in addresses {
+        for &(ip, e, id) in addresses.iter() {
             let [ingress, egress] = enforcement[e as usize];
             let entry = PodAddress {
                 identity: IdentityId(id),
@@ -458,6 +471,7 @@ impl<'a> Pass<'a> {
         memo.profiles_live = live_profile_count;
         memo.policies = resolved;
         memo.endpoints = endpoints;
+        memo.scratch = scratch;
         memo.tier_policies = tiers.iter().map(|t| Arc::clone(t.policy)).collect();
         Compiled {
             tables: builder.build(),

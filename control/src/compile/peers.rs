@@ -68,7 +68,8 @@ impl Pass<'_> {
     /// object; returns them in policy order, and whether the policies are
     /// the last compile's names.
     pub(super) fn resolve_policies(&self, memo: &mut Memo) -> (Vec<PolicyMemo>, bool) {
-        let mut previous = ByName::new(std::mem::take(&mut memo.policies));
+        let mut last = std::mem::take(&mut memo.policies);
+        let mut previous = ByName::new(&mut last);
         let mut resolved = Vec::with_capacity(self.cluster.policies.len());
         for policy in self.cluster.policies.values() {
             let same_policy = |m: &PolicyMemo| Arc::ptr_eq(&m.policy, policy);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use podfence_datapath::Prefix;
 use podfence_datapath::tables::{ObjectName, RuleAction, TierPolicyInfo};
 
-use super::memo::Interner;
+use super::memo::{EndpointMemo, Interner};
 use super::pass::Pass;
 use super::peers::{PeerRef, SelectorPeer};
 use crate::model::{
@@ -183,7 +183,11 @@ impl<'a> Pass<'a> {
 
     /// Per endpoint, the tier policies (indices into `tiers`, ascending)
     /// whose subject selects it; only local endpoints.
-    pub(super) fn tier_subjects(&self, tiers: &[TierPolicy<'_>]) -> Vec<Vec<u32>> {
+    pub(super) fn tier_subjects(
+        &self,
+        tiers: &[TierPolicy<'_>],
+        endpoints: &[EndpointMemo],
+    ) -> Vec<Vec<u32>> {
         let mut out = vec![Vec::new(); self.endpoints.len()];
         let mut selected = Vec::new();
         let every_pod = LabelSelector::default();
@@ -199,7 +203,7 @@ impl<'a> Pass<'a> {
                 }
             }
             for &e in &selected {
-                if self.is_local(self.endpoints[e as usize]) {
+                if endpoints[e as usize].local {
                     out[e as usize].push(t as u32);
                 }
             }

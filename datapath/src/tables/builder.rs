@@ -165,10 +165,15 @@ impl TablesBuilder {
     /// Maps a pod address. The first pod to claim an address keeps it.
     pub fn add_pod_address(&mut self, addr: IpAddr, entry: PodAddress) -> Result<(), BuildError> {
         let tier_groups = &mut self.tables.tier_groups;
-        let tiers = *self.tier_group_ids.entry(entry.tiers).or_insert_with(|| {
-            tier_groups.push(entry.tiers);
-            tier_groups.len() as u32 - 1
-        });
+        // Most pods are in no tier group; theirs is the first.
+        let tiers = if entry.tiers == TierGroups::NONE {
+            0
+        } else {
+            *self.tier_group_ids.entry(entry.tiers).or_insert_with(|| {
+                tier_groups.push(entry.tiers);
+                tier_groups.len() as u32 - 1
+            })
+        };
         let packed = PodEntry {
             identity: entry.identity,
             pod: entry.pod,

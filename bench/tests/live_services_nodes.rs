@@ -333,6 +333,44 @@ fn same_node_and_remote_backends_node_ports_and_the_nodes_own_traffic() {
     node.stop().expect("agent stops cleanly");
 }
 
+/// A client that reuses its port after the server closed, towards another
+/// Service address whose choice is the same backend, gets a new connection
+/// answered through that address (the closed connection's entry gives
+/// way), and back again.
+#[test]
+fn a_port_reused_for_another_service_with_the_same_backend_connects() {
+    if skip_unless(&[Need::Root, Need::Netns]) {
+        return;
+    }
+    let cluster = cluster(&["10.244.1.20"]);
+    let node = LiveNode::start(&cluster, &options(), AgentOptions::default())
+        .expect("testbed and agent start");
+    let bed = node.testbed();
+    let client = Endpoint::Pod {
+        namespace: "x".into(),
+        name: "a".into(),
+    };
+    let service = |ip: &str| Endpoint::External(ip.parse().unwrap());
+    let mut answers = Vec::new();
+    // 10.96.0.40 (ClientIP affinity) and 10.96.0.30 share their backends;
+    // a port for which both choose one backend.
+    for round in 0..3 {
+        for ip in ["10.96.0.40", "10.96.0.30"] {
+            let got = bed
+                .tcp_exchange(&client, &service(ip), (41_000, 80), TIMEOUT)
+                .expect("exchange");
+            answers.push((round, ip, got));
+        }
+    }
+    for (round, ip, got) in &answers {
+        assert!(
+            matches!(got, ProbeOutcome::Answered(_)),
+            "round {round}, {ip}: {got:?} (all: {answers:?})"
+        );
+    }
+    node.stop().expect("agent stops cleanly");
+}
+
 #[test]
 fn client_ip_affinity_keeps_a_client_on_one_backend_without_it_they_spread() {
     if skip_unless(&[Need::Root, Need::Netns]) {

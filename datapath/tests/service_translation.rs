@@ -447,6 +447,84 @@ fn a_revoked_translated_connection_is_cut_in_both_directions() {
     );
 }
 
+/// A client that reuses its port after a passive close, for another
+/// Service address that chooses the same backend: the closed connection's
+/// entry gives way, and the new connection's replies come from the Service
+/// it connected to (not the old one's address).
+#[test]
+fn a_reused_port_to_another_service_with_the_same_backend_is_a_new_connection() {
+    use tcp_flags::{ACK, FIN, SYN};
+    const FIRST: Ipv4Addr = Ipv4Addr::new(10, 96, 2, 1);
+    const SECOND: Ipv4Addr = Ipv4Addr::new(10, 96, 2, 2);
+    let backend = v4(3);
+    let mut b = ServiceTableBuilder::new();
+    let id = b.add_service("ns", "twice", ServiceOptions::default());
+    let list = [Endpoint {
+        backend: Backend {
+            addr: backend,
+            port: 8080,
+        },
+        conditions: Conditions::READY,
+        local: true,
+    }];
+    for addr in [FIRST, SECOND] {
+        let key = FrontendKey {
+            addr: IpAddr::V4(addr),
+            protocol: IpProtocol::TCP,
+            port: 80,
+        };
+        b.add_frontend(id, key, &list).unwrap();
+    }
+    let publisher = Publisher::new(Tables::empty(1), b.build());
+    let conntrack = Conntrack::new(1024, Timeouts::default());
+    let stats = WorkerStats::default();
+    let mut w = open_worker(&publisher, &conntrack, &stats);
+    let client = v4(2);
+    let to = |svc: Ipv4Addr, flags| build(client, IpAddr::V4(svc), tcp(4000, 80, flags));
+    let back = |flags| build(backend, client, tcp(8080, 4000, flags));
+    let source_of = |got: &(Outcome, bool, Option<Rewrite>)| {
+        let r = got.2.expect("translated");
+        (Ipv4Addr::from(r.to.addr as u32), r.to.port)
+    };
+    // A whole connection through FIRST, the backend closing first.
+    let first = run(
+        &mut w,
+        &[
+            to(FIRST, SYN),
+            back(SYN | ACK),
+            to(FIRST, ACK),
+            back(FIN | ACK),
+            to(FIRST, FIN | ACK),
+            back(ACK),
+        ],
+    );
+    assert!(
+        matches!(first[0], (Outcome::Opened(_), true, Some(_))),
+        "{first:?}"
+    );
+    assert_eq!(source_of(&first[1]), (FIRST, 80), "{first:?}");
+    // The same client port to SECOND: a new connection, answered from SECOND.
+    let second = run(&mut w, &[to(SECOND, SYN), back(SYN | ACK), to(SECOND, ACK)]);
+    assert!(
+        matches!(second[0], (Outcome::Opened(_), true, Some(_))),
+        "{second:?}"
+    );
+    assert_eq!(backend_of(&second[0]), backend);
+    assert_eq!(source_of(&second[1]), (SECOND, 80), "{second:?}");
+    assert!(
+        matches!(second[2], (Outcome::Established, true, Some(_))),
+        "{second:?}"
+    );
+    // And back to FIRST once that one is closed too: the old alias is gone.
+    let _ = run(&mut w, &[back(FIN | ACK), to(SECOND, FIN | ACK), back(ACK)]);
+    let again = run(&mut w, &[to(FIRST, SYN), back(SYN | ACK)]);
+    assert!(
+        matches!(again[0], (Outcome::Opened(_), true, Some(_))),
+        "{again:?}"
+    );
+    assert_eq!(source_of(&again[1]), (FIRST, 80), "{again:?}");
+}
+
 // Endpoint churn.
 
 /// The churn tests' Service: TCP 80 to port 8080 and UDP 53 to port 5353

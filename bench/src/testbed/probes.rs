@@ -87,8 +87,10 @@ impl Testbed {
         };
         let what = || format!("probe {probe}");
         match probe.protocol {
-            Protocol::Tcp => in_netns(src_ns, || tcp_probe(src, send_to, probe.port, timeout))
-                .map_err(io_err(what())),
+            Protocol::Tcp => in_netns(src_ns, || {
+                tcp_probe(SocketAddr::new(src, 0), send_to, probe.port, timeout)
+            })
+            .map_err(io_err(what())),
             Protocol::Udp => in_netns(src_ns, || udp_probe((src, 0), send_to, probe.port, timeout))
                 .map_err(io_err(what())),
             Protocol::Sctp => {
@@ -127,9 +129,10 @@ impl Testbed {
         };
         let what = || format!("{protocol} from the node to {}", SocketAddr::new(dst, port));
         match protocol {
-            Protocol::Tcp => {
-                in_netns(&self.node, || tcp_probe(any, dst, port, timeout)).map_err(io_err(what()))
-            }
+            Protocol::Tcp => in_netns(&self.node, || {
+                tcp_probe(SocketAddr::new(any, 0), dst, port, timeout)
+            })
+            .map_err(io_err(what())),
             Protocol::Udp => in_netns(&self.node, || udp_probe((any, 0), dst, port, timeout))
                 .map_err(io_err(what())),
             Protocol::Sctp => Err(TestbedError::Unsupported(format!(
@@ -153,9 +156,37 @@ impl Testbed {
         } else {
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
         };
-        in_netns(netns, || tcp_probe(any, dst, port, timeout)).map_err(io_err(format!(
+        in_netns(netns, || {
+            tcp_probe(SocketAddr::new(any, 0), dst, port, timeout)
+        })
+        .map_err(io_err(format!(
             "TCP from {netns} to {}",
             SocketAddr::new(dst, port)
+        )))
+    }
+
+    /// A TCP exchange from a fixed source port (what a client that reuses
+    /// its port after the server closed does): what answered.
+    pub fn tcp_exchange(
+        &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        ports: (u16, u16),
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        let (src_ns, src_ips) = self.endpoint(src)?;
+        let (_, dst_ips) = self.endpoint(dst)?;
+        let (s, d) =
+            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
+                src: src.to_string(),
+                dst: dst.to_string(),
+            })?;
+        in_netns(src_ns, || {
+            tcp_probe(SocketAddr::new(s, ports.0), d, ports.1, timeout)
+        })
+        .map_err(io_err(format!(
+            "TCP from {src} port {} to {dst} port {}",
+            ports.0, ports.1
         )))
     }
 
@@ -253,7 +284,12 @@ fn common_family(src: &[IpAddr], dst: &[IpAddr]) -> Option<(IpAddr, IpAddr)> {
     })
 }
 
-fn tcp_probe(src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> io::Result<ProbeOutcome> {
+fn tcp_probe(
+    src: SocketAddr,
+    dst: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<ProbeOutcome> {
     let deadline = Instant::now() + timeout;
     let mut stream = match connect_from(src, SocketAddr::new(dst, port), timeout) {
         Ok(s) => s,
@@ -291,14 +327,31 @@ fn tcp_probe(src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> io::Resu
     })
 }
 /// A TCP connection from `src` (bound first, so the outside namespace with
-/// several addresses sends from the right one).
-fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+/// several addresses sends from the right one; a port other than 0 is
+/// bound with `SO_REUSEADDR`, so that it can be reused at once).
+fn connect_from(src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let fd = new_socket(
-        family(src),
+        family(src.ip()),
         libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
         libc::IPPROTO_TCP,
     )?;
-    bind_fd(&fd, SocketAddr::new(src, 0))?;
+    if src.port() != 0 {
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is valid for reads of an int during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    bind_fd(&fd, src)?;
     let (sa, len) = sockaddr(dst);
     // SAFETY: `sa` is a valid socket address of `len` bytes.
     if unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) } != 0 {

@@ -22,24 +22,6 @@ use podfence_control::agent::metrics::WorkerCounters;
 use podfence_control::sources::manifests;
 use podfence_testkit::{Need, skip_unless};
 
-const CLUSTER: &str = r"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}
----
-apiVersion: v1
-kind: Pod
-metadata: {namespace: x, name: a, labels: {pod: a}}
-spec: {containers: [{name: c}]}
-status: {phase: Running, podIP: 10.244.1.1, podIPs: [{ip: 10.244.1.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {namespace: x, name: b, labels: {pod: b}}
-spec: {containers: [{name: c}]}
-status: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}]}
-";
-
 /// Bytes sent each way over TCP.
 const TRANSFER: usize = 4 << 20;
 
@@ -113,7 +95,7 @@ fn udp_datagrams(node: &LiveNode) {
 /// kernel (`offload`) or finish them in software. Returns `false` when
 /// the kernel lacks TX metadata and `offload` was asked for.
 fn traffic(offload: bool) -> bool {
-    let cluster = manifests::load_str(std::path::Path::new("inline"), CLUSTER)
+    let cluster = manifests::load_str(std::path::Path::new("inline"), common::TWO_PODS)
         .expect("loads")
         .cluster;
     let counters = Arc::new(WorkerCounters::default());
@@ -202,7 +184,7 @@ fn the_agent_says_at_start_who_finishes_checksums() {
         return;
     }
     let (bed, dir, manifests) =
-        common::testbed_with_manifests(CLUSTER, &TestbedOptions::default(), "csum");
+        common::testbed_with_manifests(common::TWO_PODS, &TestbedOptions::default(), "csum");
     let source = [
         "--manifests".to_owned(),
         manifests.to_string_lossy().into_owned(),

@@ -5,6 +5,8 @@
 //! and sent to the other pod's veth as a chain; in native XDP (what `auto`
 //! gets on a jumbo veth) and in generic. Needs root; skips otherwise.
 
+mod common;
+
 use std::io;
 use std::net::SocketAddr;
 
@@ -15,24 +17,6 @@ use podfence_bpf::{AttachMode, XdpMode, attached_programs};
 use podfence_control::agent::AgentOptions;
 use podfence_control::sources::manifests;
 use podfence_testkit::{Need, skip_unless};
-
-const CLUSTER: &str = r"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}
----
-apiVersion: v1
-kind: Pod
-metadata: {namespace: x, name: a, labels: {pod: a}}
-spec: {containers: [{name: c}]}
-status: {phase: Running, podIP: 10.244.1.1, podIPs: [{ip: 10.244.1.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {namespace: x, name: b, labels: {pod: b}}
-spec: {containers: [{name: c}]}
-status: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}]}
-";
 
 /// Bytes sent each way.
 const TRANSFER: usize = 8 << 20;
@@ -63,7 +47,7 @@ fn echo_transfer(node: &LiveNode, client: &str) -> u32 {
 /// redirectors attached in `mode`, and checks the agent dropped nothing for
 /// its length.
 fn transfer_at(mtu: u32, mode: XdpMode) -> u32 {
-    let cluster = manifests::load_str(std::path::Path::new("inline"), CLUSTER)
+    let cluster = manifests::load_str(std::path::Path::new("inline"), common::TWO_PODS)
         .expect("loads")
         .cluster;
     let options = TestbedOptions {

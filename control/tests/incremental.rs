@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use podfence_control::compile::{
-    AUDIT_LABEL, BROAD_THRESHOLD, CompileOptions, Compiler, Locality, compile,
+    AUDIT_LABEL, BROAD_THRESHOLD, CompileOptions, Compiled, Compiler, Locality, compile,
 };
 use podfence_control::index::{Cluster, OverlaidCluster};
 use podfence_control::model::{ClusterNetworkPolicy, NetworkPolicy, Node, ObjectKey, Pod};
@@ -324,6 +324,31 @@ fn change(
     }
 }
 
+/// `incremental` (generation `step`) is what compiling `cluster` from
+/// scratch with `options` gives; `log` says what the last steps changed.
+fn assert_compiled_from_scratch(
+    incremental: &Compiled,
+    cluster: &Cluster,
+    options: &CompileOptions,
+    step: u64,
+    log: &[impl std::fmt::Debug],
+) {
+    let scratch = compile(
+        cluster,
+        &CompileOptions {
+            generation: step,
+            ..options.clone()
+        },
+    );
+    assert!(
+        incremental.tables == scratch.tables,
+        "{options:?}, step {step}: tables differ after {:?}",
+        &log[log.len().saturating_sub(5)..]
+    );
+    assert_eq!(incremental.warnings, scratch.warnings, "step {step}");
+    assert_eq!(incremental.notices, scratch.notices, "step {step}");
+}
+
 #[test]
 fn incremental_tables_equal_tables_compiled_from_scratch() {
     let (start, policies, tiers) = universe();
@@ -357,20 +382,7 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
         for step in 1..=400_u64 {
             log.push(change(&mut cluster, &policies, &tiers, &mut gone, &mut rng));
             let incremental = compiler.compile(&cluster, step);
-            let scratch = compile(
-                &cluster,
-                &CompileOptions {
-                    generation: step,
-                    ..options.clone()
-                },
-            );
-            assert!(
-                incremental.tables == scratch.tables,
-                "{options:?}, step {step}: tables differ after {:?}",
-                &log[log.len().saturating_sub(5)..]
-            );
-            assert_eq!(incremental.warnings, scratch.warnings, "step {step}");
-            assert_eq!(incremental.notices, scratch.notices, "step {step}");
+            assert_compiled_from_scratch(&incremental, &cluster, &options, step, &log);
         }
         let changed: usize = log.iter().filter(|l| *l != "nothing").count();
         assert!(
@@ -546,19 +558,7 @@ fn cni_addresses_kept_overlaid_compile_like_the_cloned_overlay() {
                 .filter(|k| cluster.pods.get(*k).is_some_and(|p| p.ips.is_empty()))
                 .count();
             let incremental = compiler.compile(overlaid.cluster(), step);
-            let scratch = compile(
-                &expected,
-                &CompileOptions {
-                    generation: step,
-                    ..options.clone()
-                },
-            );
-            assert!(
-                incremental.tables == scratch.tables,
-                "{options:?}, step {step}: tables differ after {:?}",
-                &log[log.len().saturating_sub(5)..]
-            );
-            assert_eq!(incremental.warnings, scratch.warnings, "step {step}");
+            assert_compiled_from_scratch(&incremental, &expected, &options, step, &log);
         }
         assert!(
             overlaid_pods > 300,

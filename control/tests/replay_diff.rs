@@ -229,6 +229,18 @@ struct Diffed {
 }
 
 impl Diffed {
+    /// [`Self::run`] of `--delete-policy pattern` on the current
+    /// manifests, over one capture, one worker.
+    fn deleting(current_paths: &[PathBuf], pattern: &str, capture: &PathBuf) -> Self {
+        Self::run(
+            current_paths,
+            &[],
+            &[pattern.parse().unwrap()],
+            std::slice::from_ref(capture),
+            1,
+        )
+    }
+
     fn run(
         current_paths: &[PathBuf],
         candidate_paths: &[PathBuf],
@@ -534,13 +546,7 @@ fn deleting_a_policy_opens_what_it_denied() {
     // outside addresses, over both ports and three protocols.
     assert_eq!(expected.len(), 3 * 10 * 6);
     for pattern in ["y/just-a-selector", "y/*", "*/*"] {
-        let d = Diffed::run(
-            &current,
-            &[],
-            &[pattern.parse().unwrap()],
-            std::slice::from_ref(&capture),
-            1,
-        );
+        let d = Diffed::deleting(&current, pattern, &capture);
         assert_eq!(d.listed(), expected, "--delete-policy {pattern}");
         assert_eq!(
             StateChanges::between(&d.current.cluster, &d.candidate.cluster).to_string(),
@@ -1130,13 +1136,7 @@ fn deleting_a_cluster_network_policy_opens_what_it_denied() {
             "deletes NetworkPolicy x/allow-all-ingress; deletes ClusterNetworkPolicy deny-y-to-x",
         ),
     ] {
-        let d = Diffed::run(
-            &current,
-            &[],
-            &[pattern.parse().unwrap()],
-            std::slice::from_ref(&capture),
-            1,
-        );
+        let d = Diffed::deleting(&current, pattern, &capture);
         assert_eq!(d.listed(), expected, "--delete-policy {pattern}");
         assert_eq!(
             StateChanges::between(&d.current.cluster, &d.candidate.cluster).to_string(),

@@ -218,53 +218,59 @@ pub fn goals(report: &TcpReport) -> Vec<Goal> {
         };
     let mut out = Vec::new();
     for &mtu in &report.options.mtus {
-        let goal = |what: &str, value, target, at_least| Goal {
-            what: what.into(),
-            mtu,
-            value,
-            target,
-            at_least,
-        };
         let (pf, kernel, nft) = (PathKind::Podfence, PathKind::Kernel, PathKind::Nftables);
         let gbps: fn(&Summary) -> Option<f64> = |x| x.gbps;
         let p50: fn(&Summary) -> Option<f64> = |x| x.p50_us;
         let rate: fn(&Summary) -> Option<f64> = |x| x.per_second;
-        out.push(goal(
-            "TCP stream, 1 connection: podfence / kernel",
-            ratio(mtu, Workload::Stream1, pf, kernel, gbps),
-            0.5,
-            true,
-        ));
-        out.push(goal(
-            "TCP stream, 4 connections: podfence / kernel",
-            ratio(mtu, Workload::Stream4, pf, kernel, gbps),
-            0.5,
-            true,
-        ));
-        out.push(goal(
-            "request/response p50: podfence / kernel",
-            ratio(mtu, Workload::Rr, pf, kernel, p50),
-            1.0,
-            false,
-        ));
-        out.push(goal(
-            "connection rate: podfence / nftables (same policies)",
-            ratio(mtu, Workload::Crr, pf, nft, rate),
-            1.0,
-            true,
-        ));
-        out.push(goal(
-            "connection rate: podfence / kernel (no policy)",
-            ratio(mtu, Workload::Crr, pf, kernel, rate),
-            0.8,
-            true,
-        ));
-        out.push(goal(
-            "idle agent, cores",
-            idle_agent(report, mtu, pf),
-            0.01,
-            false,
-        ));
+        let goals = [
+            (
+                "TCP stream, 1 connection: podfence / kernel",
+                ratio(mtu, Workload::Stream1, pf, kernel, gbps),
+                0.5,
+                true,
+            ),
+            (
+                "TCP stream, 4 connections: podfence / kernel",
+                ratio(mtu, Workload::Stream4, pf, kernel, gbps),
+                0.5,
+                true,
+            ),
+            (
+                "request/response p50: podfence / kernel",
+                ratio(mtu, Workload::Rr, pf, kernel, p50),
+                1.0,
+                false,
+            ),
+            (
+                "connection rate: podfence / nftables (same policies)",
+                ratio(mtu, Workload::Crr, pf, nft, rate),
+                1.0,
+                true,
+            ),
+            (
+                "connection rate: podfence / kernel (no policy)",
+                ratio(mtu, Workload::Crr, pf, kernel, rate),
+                0.8,
+                true,
+            ),
+            (
+                "idle agent, cores",
+                idle_agent(report, mtu, pf),
+                0.01,
+                false,
+            ),
+        ];
+        out.extend(
+            goals
+                .into_iter()
+                .map(|(what, value, target, at_least)| Goal {
+                    what: what.into(),
+                    mtu,
+                    value,
+                    target,
+                    at_least,
+                }),
+        );
     }
     out
 }

@@ -174,26 +174,25 @@ impl Testbed {
         ports: (u16, u16),
         timeout: Duration,
     ) -> Result<ProbeOutcome, TestbedError> {
-        let (src_ns, src_ips) = self.endpoint(src)?;
-        let (_, dst_ips) = self.endpoint(dst)?;
-        let (s, d) =
-            common_family(&src_ips, &dst_ips).ok_or_else(|| TestbedError::NoCommonFamily {
-                src: src.to_string(),
-                dst: dst.to_string(),
-            })?;
-        in_netns(src_ns, || {
-            tcp_probe(SocketAddr::new(s, ports.0), d, ports.1, timeout)
-        })
-        .map_err(io_err(format!(
-            "TCP from {src} port {} to {dst} port {}",
-            ports.0, ports.1
-        )))
+        self.exchange_from_port(Protocol::Tcp, src, dst, ports, timeout)
     }
 
     /// A UDP exchange from a fixed source port, so that repeated calls are
     /// one flow (one conntrack entry) and not one connection each.
     pub fn udp_exchange(
         &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        ports: (u16, u16),
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, TestbedError> {
+        self.exchange_from_port(Protocol::Udp, src, dst, ports, timeout)
+    }
+
+    /// A TCP or UDP exchange from source port `ports.0` to `ports.1`.
+    fn exchange_from_port(
+        &self,
+        protocol: Protocol,
         src: &Endpoint,
         dst: &Endpoint,
         ports: (u16, u16),
@@ -206,8 +205,16 @@ impl Testbed {
                 src: src.to_string(),
                 dst: dst.to_string(),
             })?;
-        in_netns(src_ns, || udp_probe((s, ports.0), d, ports.1, timeout)).map_err(io_err(format!(
-            "UDP from {src} port {} to {dst} port {}",
+        in_netns(src_ns, || match protocol {
+            Protocol::Tcp => tcp_probe(SocketAddr::new(s, ports.0), d, ports.1, timeout),
+            Protocol::Udp => udp_probe((s, ports.0), d, ports.1, timeout),
+            Protocol::Sctp => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an exchange from a fixed port is TCP or UDP",
+            )),
+        })
+        .map_err(io_err(format!(
+            "{protocol} from {src} port {} to {dst} port {}",
             ports.0, ports.1
         )))
     }

@@ -257,3 +257,22 @@ pub(crate) fn http_get(netns: &str, addr: &str, path: &str) -> (String, String) 
         body.to_owned(),
     )
 }
+
+/// Namespace `x` with pods `a` (10.244.1.1) and `b` (10.244.1.2), no policy.
+pub(crate) const TWO_PODS: &str = r"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: a, labels: {pod: a}}
+spec: {containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.1, podIPs: [{ip: 10.244.1.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: b, labels: {pod: b}}
+spec: {containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}]}
+";

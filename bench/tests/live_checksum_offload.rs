@@ -40,23 +40,12 @@ struct Snmp {
 }
 
 fn snmp(netns: &str) -> Snmp {
-    let text = in_netns(netns, || {
-        std::fs::read_to_string("/proc/thread-self/net/snmp")
-    })
-    .expect("read /proc/net/snmp");
-    let field = |proto: &str, name: &str| -> u64 {
-        let mut lines = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{proto}: ")));
-        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-        let at = names.split_whitespace().position(|n| n == name).unwrap();
-        values.split_whitespace().nth(at).unwrap().parse().unwrap()
-    };
+    let counters = in_netns(netns, || Ok(podfence_testkit::netns::Snmp::read())).unwrap();
     Snmp {
-        udp_csum_errors: field("Udp", "InCsumErrors"),
-        tcp_csum_errors: field("Tcp", "InCsumErrors"),
-        retrans: field("Tcp", "RetransSegs"),
-        out_segs: field("Tcp", "OutSegs"),
+        udp_csum_errors: counters.get("Udp", "InCsumErrors"),
+        tcp_csum_errors: counters.get("Tcp", "InCsumErrors"),
+        retrans: counters.get("Tcp", "RetransSegs"),
+        out_segs: counters.get("Tcp", "OutSegs"),
     }
 }
 

@@ -15,7 +15,7 @@ use podfence_datapath::craft::{FrameSpec, Transport};
 use podfence_datapath::ports::xsk::{ChecksumOffload, PreparedXsk, XskConfig, XskMode, XskPort};
 use podfence_datapath::ports::{ChecksumRequest, Port, RxDesc};
 use podfence_datapath::wire::checksum::{fold, pseudo_header_sum};
-use podfence_testkit::netns::Netns;
+use podfence_testkit::netns::{Netns, Snmp};
 use podfence_testkit::packet::PacketSocket;
 use podfence_testkit::{Need, skip_unless};
 
@@ -497,18 +497,6 @@ fn jumbo_frames_in_both_directions() {
 
 // Checksum offload through TX metadata.
 
-/// A counter of `/proc/net/snmp` (of the calling thread's namespace):
-/// `proto` is `Udp` or `Tcp`, `name` a column such as `InCsumErrors`.
-fn snmp(proto: &str, name: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut lines = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{proto}: ")));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let at = names.split_whitespace().position(|n| n == name).unwrap();
-    values.split_whitespace().nth(at).unwrap().parse().unwrap()
-}
-
 /// An IPv4 TCP or UDP frame from `a` (10.251.0.1) to `b` (10.251.0.2) as a
 /// stack with checksum offload hands it to its device: the checksum begun
 /// (the folded pseudo-header sum in its field); and the request that
@@ -618,14 +606,14 @@ fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
         };
 
         // Without the request: dropped by the receiver, counted.
-        let errors = snmp("Udp", "InCsumErrors");
+        let errors = Snmp::read().get("Udp", "InCsumErrors");
         let (f, _) = udp(1000);
         assert_eq!(port.send(&[&f]).unwrap(), 1);
         assert!(
             udp_sock.recv(&mut buf).is_err(),
             "a begun checksum arrived unfinished and was taken"
         );
-        assert_eq!(snmp("Udp", "InCsumErrors"), errors + 1);
+        assert_eq!(Snmp::read().get("Udp", "InCsumErrors"), errors + 1);
 
         // With it: the datagram arrives whole, one chunk or a chain.
         for len in [1000, 8000] {
@@ -635,13 +623,13 @@ fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
             assert_eq!(&buf[..n], &f[42..], "payload of {len}");
         }
         assert_eq!(
-            snmp("Udp", "InCsumErrors"),
+            Snmp::read().get("Udp", "InCsumErrors"),
             errors + 1,
             "no new checksum error"
         );
 
         // TCP: a SYN is answered only if its checksum is right.
-        let tcp_errors = snmp("Tcp", "InCsumErrors");
+        let tcp_errors = Snmp::read().get("Tcp", "InCsumErrors");
         let syn = |src_port| {
             begun_frame(
                 Transport::Tcp {
@@ -658,14 +646,14 @@ fn the_kernel_finishes_checksums_requested_in_tx_metadata() {
             !syn_ack_arrives(&mut port, 40_001),
             "unfinished SYN answered"
         );
-        assert_eq!(snmp("Tcp", "InCsumErrors"), tcp_errors + 1);
+        assert_eq!(Snmp::read().get("Tcp", "InCsumErrors"), tcp_errors + 1);
         let (f, request) = syn(40_002);
         port.send_offloaded(&[&f], &[Some(request)]).unwrap();
         assert!(
             syn_ack_arrives(&mut port, 40_002),
             "no SYN-ACK to a finished SYN"
         );
-        assert_eq!(snmp("Tcp", "InCsumErrors"), tcp_errors + 1);
+        assert_eq!(Snmp::read().get("Tcp", "InCsumErrors"), tcp_errors + 1);
         drop(tcp_listener);
         assert_eq!(port.xsk_stats().unwrap().tx_invalid_descs, 0);
     });

@@ -166,3 +166,31 @@ impl Drop for Netns {
         }
     }
 }
+
+/// `/proc/net/snmp` as the calling thread's network namespace counts it.
+#[derive(Debug)]
+pub struct Snmp(String);
+
+impl Snmp {
+    /// Reads the calling thread's namespace's counters; panics if it cannot.
+    #[must_use]
+    pub fn read() -> Self {
+        Self(std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read /proc/net/snmp"))
+    }
+
+    /// The counter `name` (a column such as `InCsumErrors`) of `proto`
+    /// (`Udp`, `Tcp`, ...); panics if there is none.
+    #[must_use]
+    pub fn get(&self, proto: &str, name: &str) -> u64 {
+        let mut lines = self
+            .0
+            .lines()
+            .filter(|l| l.strip_prefix(proto).is_some_and(|r| r.starts_with(": ")));
+        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+        let at = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no {proto} counter {name}"));
+        values.split_whitespace().nth(at).unwrap().parse().unwrap()
+    }
+}

@@ -26,9 +26,10 @@
 //!   same flow on every worker) and is classified as addressed to that
 //!   backend, never to the Service address: policy applies after
 //!   translation. If allowed, the connection is recorded with its
-//!   translation ([`crate::conntrack::Nat`]); a closed TCP connection
-//!   through another Service address that holds the same translated tuple
-//!   (a client reusing its port) gives way to it. A frontend without a usable
+//!   translation ([`crate::conntrack::Nat`]; a closed TCP connection
+//!   through another Service address that holds the same translated tuple,
+//!   a client reusing its port, gives way: see
+//!   [`Conntrack::insert_translated`]). A frontend without a usable
 //!   backend refuses the attempt ([`Outcome::NoBackend`]): with no usable
 //!   endpoint anywhere the worker asks the output to answer it with a port
 //!   unreachable ([`Output::reject`], [`crate::reject`]: not to ICMP,
@@ -945,38 +946,6 @@ impl Decider<'_> {
         }
     }
 
-    /// Makes room for a new TCP connection through a Service whose
-    /// translated tuple (client → backend) is still held by a closed
-    /// connection through another Service address: the client reused its
-    /// port after a passive close, and both Services chose the same
-    /// backend. Left in place, the old entry would answer for the new
-    /// connection and rewrite its replies to the old Service address. The
-    /// old connection gives way, alias and all, as netfilter evicts a
-    /// closing TCP connection whose reply tuple a new translation needs. A
-    /// connection not closed stays.
-    fn take_over_closed(&self, translated: &ConnKey, original: &ConnKey) {
-        let Some(old) = self
-            .conntrack
-            .lookup(translated, Signal::default(), self.now)
-        else {
-            return;
-        };
-        let Some(Nat::Translated { service }) = old.nat else {
-            return;
-        };
-        let same_service = service.addr == original.dst && service.port == original.dst_port;
-        if same_service
-            || !matches!(
-                old.state,
-                conntrack::State::TcpTimeWait | conntrack::State::TcpClosed
-            )
-        {
-            return;
-        }
-        self.conntrack.remove(&old);
-        self.remove_alias(translated, service);
-    }
-
     /// A packet without a connection to a Service frontend: choose the
     /// backend, classify against it, record the translated connection.
     /// Mid-stream packets (an agent restarted under the connection) are
@@ -1021,9 +990,6 @@ impl Decider<'_> {
         }
         let state = conntrack::initial_state(key.protocol, signal, !opens);
         let generation = self.tables.generation() as u32;
-        if opens && key.protocol == ip_proto::TCP {
-            self.take_over_closed(&translated, key);
-        }
         let inserted =
             self.conntrack
                 .insert_translated(located, &translated, state, generation, self.now);

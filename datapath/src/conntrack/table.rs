@@ -774,8 +774,11 @@ impl Conntrack {
     /// `translated` (the initiator's key with the backend as destination)
     /// with `service`, the original destination, and the alias of
     /// `original` (located: the packet's own key) with `backend`. The entry
-    /// goes in first, so that a packet finding the alias finds it too.
-    /// Returns how each insert went: the entry's, then the alias's.
+    /// goes in first, so that a packet finding the alias finds it too. A
+    /// new TCP connection (`state` SYN sent) takes over an entry of its
+    /// translated tuple left by a closed connection through another Service
+    /// address (see `take_over_closed`). Returns how each insert went: the
+    /// entry's, then the alias's.
     #[must_use = "a failed insert means replies will not be recognised"]
     pub fn insert_translated(
         &self,
@@ -805,15 +808,25 @@ impl Conntrack {
                 service.addr as u32,
             )
         };
-        let (entry, link) = self.insert_with(
-            &self.locate(translated),
-            state,
-            entry_flags,
-            entry_nat,
-            entry_link,
-            generation,
-            now,
-        );
+        let at = self.locate(translated);
+        let insert_entry = || {
+            self.insert_with(
+                &at,
+                state,
+                entry_flags,
+                entry_nat,
+                entry_link,
+                generation,
+                now,
+            )
+        };
+        let (mut entry, mut link) = insert_entry();
+        if entry == Inserted::Existing
+            && state == State::TcpSynSent
+            && self.take_over_closed(link, &at, service, now)
+        {
+            (entry, link) = insert_entry();
+        }
         let (inline, alias_generation) = if translated.ipv6 {
             (0, generation)
         } else {
@@ -832,6 +845,49 @@ impl Conntrack {
             now,
         );
         (entry, alias)
+    }
+
+    /// Makes room for a new TCP connection through `service` whose
+    /// translated tuple (client → backend, located `at`) the entry in slot
+    /// `idx` holds for a closed connection through another Service address:
+    /// the client reused its port after a passive close and both Services
+    /// chose the same backend. Left in place, that entry would answer for
+    /// the new connection and rewrite its replies to the old address. It
+    /// goes, with its alias, as netfilter evicts a closing TCP connection
+    /// whose reply tuple a new translation needs; a connection not closed
+    /// stays. Returns whether it went.
+    fn take_over_closed(&self, idx: u32, at: &Located, service: NatAddr, now: u64) -> bool {
+        if idx as usize >= self.slots.len() {
+            return false;
+        }
+        let Probed::Answer(Some(old)) = self.probe(
+            idx as usize,
+            &at.words,
+            at.swapped,
+            Signal::default(),
+            now,
+            None,
+        ) else {
+            return false;
+        };
+        let Some(Nat::Translated { service: held }) = old.nat else {
+            return false;
+        };
+        if held == service || !matches!(old.state, State::TcpTimeWait | State::TcpClosed) {
+            return false;
+        }
+        self.remove(&old);
+        let alias = ConnKey {
+            dst: held.addr,
+            dst_port: held.port,
+            ..key_from_words(&at.words, at.swapped)
+        };
+        if let Some(hit) = self.lookup(&alias, Signal::default(), now)
+            && matches!(hit.nat, Some(Nat::Alias { .. }))
+        {
+            self.remove(&hit);
+        }
+        true
     }
 
     /// An insert with the flags and NAT data of a translated connection's

@@ -4,8 +4,11 @@
 //! `XDP_FLAGS_REPLACE` and an expected old program, which is what makes
 //! replacement and detach safe against races (the kernel swaps only if the
 //! program currently attached is the one we expect), so this module calls
-//! libbpf's `bpf_xdp_attach`/`bpf_xdp_query` directly. It also answers "what
-//! is attached to this interface" for callers and tests.
+//! libbpf's `bpf_xdp_attach` directly. It also answers "what is attached to
+//! this interface" for callers and tests, with one `RTM_GETLINK` for that
+//! interface (libbpf's `bpf_xdp_query` dumps every link of the namespace,
+//! with its statistics, to find one: on a node with hundreds of pod veths
+//! that was most of a pod's attach).
 
 use std::ffi::CStr;
 use std::io;
@@ -13,6 +16,12 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use libbpf_rs::libbpf_sys;
+use netlink_packet_core::{
+    NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage, LinkXdp};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::config::AttachMode;
 use crate::error::Error;
@@ -68,20 +77,92 @@ fn ifindex_arg(ifindex: u32) -> io::Result<libc::c_int> {
     libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))
 }
 
-/// The native and generic XDP programs attached to `ifindex`.
+/// The native and generic XDP programs attached to `ifindex`: one
+/// `RTM_GETLINK` for that link, without its statistics.
 pub(crate) fn query(ifindex: u32) -> io::Result<XdpState> {
-    let mut opts = libbpf_sys::bpf_xdp_query_opts {
-        sz: size_of::<libbpf_sys::bpf_xdp_query_opts>() as libbpf_sys::size_t,
-        ..Default::default()
-    };
-    // SAFETY: `opts` is a properly initialised bpf_xdp_query_opts whose `sz`
-    // is its own size, and it outlives the call, which only writes into it.
-    let ret = unsafe { libbpf_sys::bpf_xdp_query(ifindex_arg(ifindex)?, 0, &raw mut opts) };
-    check(ret)?;
-    Ok(XdpState {
-        native: nonzero(opts.drv_prog_id),
-        generic: nonzero(opts.skb_prog_id),
-    })
+    let mut request = LinkMessage::default();
+    request.header.index = ifindex;
+    request
+        .attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut packet = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(request)),
+    );
+    packet.finalize();
+    let mut bytes = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut bytes);
+    let socket = Socket::new(NETLINK_ROUTE)?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    let mut reply = Vec::with_capacity(REPLY_BUFFER);
+    loop {
+        reply.clear();
+        let length = match socket.recv(&mut reply, libc::MSG_TRUNC) {
+            Ok(length) => length,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if length > reply.len() {
+            return Err(invalid(&format!(
+                "a reply of {length} bytes is longer than the {REPLY_BUFFER}-byte buffer"
+            )));
+        }
+        if let Some(state) = xdp_state(&reply)? {
+            return Ok(state);
+        }
+    }
+}
+
+/// Large enough for one link's attributes without statistics.
+const REPLY_BUFFER: usize = 32 * 1024;
+
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink: {message}"))
+}
+
+/// The XDP state in a reply to [`query`], `None` if the datagram holds no
+/// answer to it.
+fn xdp_state(datagram: &[u8]) -> io::Result<Option<XdpState>> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let rest = &datagram[offset..];
+        let length = NetlinkBuffer::new_checked(rest)
+            .map_err(|e| invalid(&e.to_string()))?
+            .length() as usize;
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..length])
+            .map_err(|e| invalid(&e.to_string()))?;
+        offset += length.next_multiple_of(4).max(4);
+        match message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                let mut state = XdpState::default();
+                for attribute in link.attributes {
+                    let LinkAttribute::Xdp(xdp) = attribute else {
+                        continue;
+                    };
+                    for x in xdp {
+                        match x {
+                            LinkXdp::DrvProgId(id) => state.native = nonzero(id),
+                            LinkXdp::SkbProgId(id) => state.generic = nonzero(id),
+                            _ => {}
+                        }
+                    }
+                }
+                return Ok(Some(state));
+            }
+            NetlinkPayload::Error(error) => {
+                return Err(match error.code {
+                    Some(code) => io::Error::from_raw_os_error(-code.get()),
+                    None => invalid("an ACK instead of the link"),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// `bpf_xdp_attach`: attaches `prog` (or detaches, with `None`) with `flags`;
@@ -180,6 +261,17 @@ mod tests {
             s.iter().collect::<Vec<_>>(),
             [(AttachMode::Native, 3), (AttachMode::Generic, 7)]
         );
+    }
+
+    #[test]
+    fn a_link_that_does_not_exist_is_enodev() {
+        let err = query(u32::MAX >> 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+    }
+
+    #[test]
+    fn the_loopback_link_has_no_program() {
+        assert_eq!(query(1).unwrap(), XdpState::default());
     }
 
     #[test]

@@ -15,13 +15,17 @@
 //!   `CNI_IFNAME`, `CNI_ARGS` and `CNI_PATH`, passes the configuration on
 //!   standard input, and reads a result or an error from standard output.
 //!
-//! Plugins run in the host network namespace given (`ip netns exec`), as
-//! the runtime runs them in the node's.
+//! Plugins run in the host network namespace given, as the runtime runs
+//! them in the node's: a thread that has entered that namespace spawns
+//! them. (Not `ip netns exec`: it also unshares a mount namespace and
+//! mounts a sysfs before it execs, which no runtime does and which added
+//! 1.3 ms to every plugin call quiet, several under load.)
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -422,9 +426,8 @@ impl Runtime {
             plugin: plugin.to_owned(),
             source,
         };
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.host_netns])
-            .arg(&binary)
+        let mut plugin_command = Command::new(&binary);
+        plugin_command
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &a.container_id)
             .env("CNI_NETNS", &a.netns)
@@ -433,9 +436,8 @@ impl Runtime {
             .env("CNI_PATH", cni_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(exec)?;
+            .stderr(Stdio::piped());
+        let mut child = spawn_in_netns(&self.host_netns, &mut plugin_command).map_err(exec)?;
         if let Some(mut input) = child.stdin.take() {
             input.write_all(stdin).map_err(exec)?;
         }
@@ -446,4 +448,23 @@ impl Runtime {
             success: out.status.success(),
         })
     }
+}
+
+/// Spawns `command` from a thread that has entered the network namespace
+/// `netns` (an `ip netns` name), so the process starts in it.
+fn spawn_in_netns(netns: &str, command: &mut Command) -> std::io::Result<Child> {
+    let file = std::fs::File::open(Path::new("/var/run/netns").join(netns))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: `file` is an open namespace fd for the duration of the
+            // call; setns changes only this short-lived thread's namespace.
+            let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if ret != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            command.spawn()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }

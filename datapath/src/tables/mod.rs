@@ -488,6 +488,25 @@ pub struct Tables {
     nodes_v6: FxHashMap<u128, NodeId>,
     others_v4: IntervalMap<u32, IdentityId>,
     others_v6: IntervalMap<u128, IdentityId>,
+    /// The groups and what they allow; shared with the generation before
+    /// when the compiler found them unchanged.
+    group_tables: Arc<GroupTables>,
+    policies: Arc<[ObjectName]>,
+    /// Tier policies are `PolicyId(tier_base + i)` for `tier_info[i]`.
+    tier_base: u32,
+    tier_info: Arc<[TierPolicyInfo]>,
+    pods: Arc<[ObjectName]>,
+    identities: u32,
+}
+
+/// The policy groups of one generation and what they allow: their
+/// policies, the `(group, identity)` entries, the broad peer sets and
+/// rules, and the port sets these name. It depends on the identities, the
+/// groups and the policies only, not on which pod has which address, so a
+/// generation that changes none of those (a new pod like an existing one)
+/// shares it with the one before ([`TablesBuilder::reuse_group_tables`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupTables {
     allow: FxHashMap<u64, PortSetId>,
     port_sets: Vec<(u32, u32)>,
     port_rules: Vec<PortRule>,
@@ -496,12 +515,6 @@ pub struct Tables {
     port_segments: Vec<ports::PortSegment>,
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
-    policies: Arc<[ObjectName]>,
-    /// Tier policies are `PolicyId(tier_base + i)` for `tier_info[i]`.
-    tier_base: u32,
-    tier_info: Arc<[TierPolicyInfo]>,
-    pods: Arc<[ObjectName]>,
-    identities: u32,
     /// Per group, a range of `broad_rules`: one per broad set, its port set
     /// the union of the group's rules for that peer set.
     group_broad: Vec<(u32, u32)>,
@@ -511,6 +524,14 @@ pub struct Tables {
     identity_broad: Vec<u64>,
     broad_words: u32,
     broad_sets: u32,
+}
+
+impl GroupTables {
+    /// The rules of a port set, in attribution order.
+    fn port_set(&self, set: PortSetId) -> &[PortRule] {
+        let (start, len) = self.port_sets[set.index()];
+        &self.port_rules[start as usize..(start + len) as usize]
+    }
 }
 
 /// An address resolved to what the tables know of it.

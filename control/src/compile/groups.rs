@@ -61,10 +61,84 @@ impl PartialEq for FillInputs {
     }
 }
 
-/// The last compile's group tables and their inputs.
+impl FillInputs {
+    /// Whether the identities are `other`'s, and mean the same selector
+    /// signatures (the ipBlock signatures the caller checks).
+    pub(super) fn same_identities(&self, other: &Self) -> bool {
+        self.sigs_epoch == other.sigs_epoch && self.identities == other.identities
+    }
+}
+
+/// The last compile's group tables, their inputs and the identities its
+/// rules' peers admitted.
 pub(super) struct FillMemo {
     pub(super) inputs: FillInputs,
     pub(super) tables: Arc<GroupTables>,
+    pub(super) rules: RuleIdentities,
+}
+
+/// The identities each rule's peers admit ([`resolve_rule_peers`]), by the
+/// peers; valid for one list of identities.
+#[derive(Default)]
+pub(super) struct RuleIdentities {
+    /// Rules with peers, by their peers.
+    by_peers: FxHashMap<Vec<PeerRef>, Vec<(u32, bool)>>,
+    /// Rules without peers: every identity.
+    every: Option<Vec<(u32, bool)>>,
+}
+
+impl RuleIdentities {
+    /// The identities `peers` admit: this compile's entry, else the last
+    /// compile's (moved over, so that entries no rule uses any more go),
+    /// else `resolve`d.
+    fn get(
+        &mut self,
+        peers: Option<&[PeerRef]>,
+        last: &mut Self,
+        resolve: impl FnOnce() -> Vec<(u32, bool)>,
+    ) -> &[(u32, bool)] {
+        let Some(peers) = peers else {
+            return self
+                .every
+                .get_or_insert_with(|| last.every.take().unwrap_or_else(resolve));
+        };
+        if !self.by_peers.contains_key(peers) {
+            let (key, admitted) = last
+                .by_peers
+                .remove_entry(peers)
+                .unwrap_or_else(|| (peers.to_vec(), resolve()));
+            self.by_peers.insert(key, admitted);
+        }
+        &self.by_peers[peers]
+    }
+}
+
+/// Which identities each selector peer and each ipBlock admits; made when
+/// a rule's identities are not known from the last compile.
+struct PeerIndex {
+    by_selector: Vec<Vec<u32>>,
+    by_block: Vec<Vec<u32>>,
+}
+
+impl PeerIndex {
+    fn new(identities: &[IdentityKey], cx: &FillContext<'_, '_>) -> Self {
+        let mut by_selector: Vec<Vec<u32>> = vec![Vec::new(); cx.selector_count];
+        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); cx.block_count];
+        for (id, &(sel_sig, block_sig, _)) in identities.iter().enumerate() {
+            if sel_sig != NOT_A_POD {
+                for &s in &cx.selector_sigs.items[sel_sig as usize] {
+                    by_selector[s as usize].push(id as u32);
+                }
+            }
+            for &b in &cx.block_maps.sigs.items[block_sig as usize] {
+                by_block[b as usize].push(id as u32);
+            }
+        }
+        Self {
+            by_selector,
+            by_block,
+        }
+    }
 }
 
 /// What filling the group tables reads of one compile.
@@ -82,35 +156,26 @@ pub(super) struct FillContext<'c, 'a> {
 
 impl Pass<'_> {
     /// Adds the groups of `inputs` to `builder` in id order, each with its
-    /// allow entries and broad rules.
+    /// allow entries and broad rules. `last_rules`: the identities the
+    /// rules' peers admitted in the last compile, if its identities were
+    /// these; returns this compile's.
     pub(super) fn fill_groups(
         &self,
         builder: &mut TablesBuilder,
         inputs: &FillInputs,
         cx: &FillContext<'_, '_>,
-    ) {
-        // Inverted indexes: which identities each selector peer / block admits.
-        let mut by_selector: Vec<Vec<u32>> = vec![Vec::new(); cx.selector_count];
-        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); cx.block_count];
-        for (id, &(sel_sig, block_sig, _)) in inputs.identities.iter().enumerate() {
-            if sel_sig != NOT_A_POD {
-                for &s in &cx.selector_sigs.items[sel_sig as usize] {
-                    by_selector[s as usize].push(id as u32);
-                }
-            }
-            for &b in &cx.block_maps.sigs.items[block_sig as usize] {
-                by_block[b as usize].push(id as u32);
-            }
-        }
+        last_rules: RuleIdentities,
+    ) -> RuleIdentities {
         let mut fill = GroupFill {
             builder,
             scratch: GroupScratch::new(inputs.identities.len()),
-            rule_identities: FxHashMap::default(),
+            rules: RuleIdentities::default(),
+            last_rules,
+            peer_index: None,
+            cx,
             broad_sets: FxHashMap::default(),
             identities: &inputs.identities,
             profiles: cx.profiles,
-            by_selector: &by_selector,
-            by_block: &by_block,
             broad_threshold: self.options.broad_threshold,
         };
         for (direction, members, profile) in &inputs.groups {
@@ -175,6 +240,7 @@ impl Pass<'_> {
             }
             fill.flush(g);
         }
+        fill.rules
     }
 }
 
@@ -264,24 +330,27 @@ impl GroupScratch {
 
 /// What building a group's entries needs beyond the group: the builder and
 /// caches shared by every group of one compile.
-pub(super) struct GroupFill<'a> {
-    pub(super) builder: &'a mut TablesBuilder,
-    pub(super) scratch: GroupScratch,
-    pub(super) rule_identities: FxHashMap<Option<Vec<PeerRef>>, Vec<(u32, bool)>>,
-    pub(super) broad_sets: FxHashMap<(Option<Vec<PeerRef>>, Option<u32>), BroadSetId>,
-    pub(super) identities: &'a [IdentityKey],
-    pub(super) profiles: &'a Interner<Vec<NamedPort>>,
-    pub(super) by_selector: &'a [Vec<u32>],
-    pub(super) by_block: &'a [Vec<u32>],
-    pub(super) broad_threshold: usize,
+struct GroupFill<'a, 'c> {
+    builder: &'a mut TablesBuilder,
+    scratch: GroupScratch,
+    /// The identities of this compile's rules, and of the last one's.
+    rules: RuleIdentities,
+    last_rules: RuleIdentities,
+    /// Made at the first rule that is in neither.
+    peer_index: Option<PeerIndex>,
+    cx: &'a FillContext<'c, 'c>,
+    broad_sets: FxHashMap<(Option<Vec<PeerRef>>, Option<u32>), BroadSetId>,
+    identities: &'a [IdentityKey],
+    profiles: &'a Interner<Vec<NamedPort>>,
+    broad_threshold: usize,
 }
 
-impl GroupFill<'_> {
+impl GroupFill<'_, '_> {
     /// Grants one rule of group `g` (direction `d`: 0 ingress, 1 egress)
     /// to the identities its peers admit. `ingress_ports` are the protected
     /// pods' named ports (the group's profile); `egress_named` whether the
     /// rule's policy uses named ports in egress rules.
-    pub(super) fn add_rule(
+    fn add_rule(
         &mut self,
         g: GroupId,
         d: usize,
@@ -292,13 +361,16 @@ impl GroupFill<'_> {
     ) {
         let identities = self.identities;
         let profiles = self.profiles;
-        let (by_selector, by_block) = (self.by_selector, self.by_block);
-        let admitted = self
-            .rule_identities
-            .entry(rule_peers.map(<[PeerRef]>::to_vec))
-            .or_insert_with(|| {
-                resolve_rule_peers(rule_peers, identities.len(), by_selector, by_block)
-            });
+        let (cx, peer_index) = (self.cx, &mut self.peer_index);
+        let admitted = self.rules.get(rule_peers, &mut self.last_rules, || {
+            let index = peer_index.get_or_insert_with(|| PeerIndex::new(identities, cx));
+            resolve_rule_peers(
+                rule_peers,
+                identities.len(),
+                &index.by_selector,
+                &index.by_block,
+            )
+        });
         if admitted.len() > self.broad_threshold {
             // Ports that do not depend on the peer: one port set for the
             // whole peer set.
@@ -322,7 +394,7 @@ impl GroupFill<'_> {
                 // In the order of the ports, not of ids, which depend on
                 // what came before.
                 let mut by_profile: Vec<u32> = Vec::new();
-                for &(id, via_selector) in admitted.iter() {
+                for &(id, via_selector) in admitted {
                     let (sel_sig, _, profile) = identities[id as usize];
                     if via_selector && sel_sig != NOT_A_POD {
                         by_profile.push(profile);
@@ -356,7 +428,7 @@ impl GroupFill<'_> {
             }
             return;
         }
-        for &(id, via_selector) in admitted.iter() {
+        for &(id, via_selector) in admitted {
             let named = if d == 0 {
                 Some(ingress_ports)
             } else {
@@ -369,7 +441,7 @@ impl GroupFill<'_> {
     }
 
     /// Moves the gathered per-identity rules of `g` into the tables.
-    pub(super) fn flush(&mut self, g: GroupId) {
+    fn flush(&mut self, g: GroupId) {
         self.scratch.flush(self.builder, g);
     }
 }

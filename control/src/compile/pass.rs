@@ -12,7 +12,7 @@ use podfence_datapath::tables::{
 };
 use rustc_hash::FxHashMap;
 
-use super::groups::{FillContext, FillInputs, FillMemo, GroupKey};
+use super::groups::{FillContext, FillInputs, FillMemo, GroupKey, RuleIdentities};
 use super::identities::{IdentityKey, NOT_A_POD};
 use super::memo::{EndpointMemo, Interner, Memo, NO_SIG};
 use super::peers::{BlockMaps, PeerRef};
@@ -343,12 +343,16 @@ impl<'a> Pass<'a> {
                 .map(|t| (Arc::clone(t.policy), t.rules.clone()))
                 .collect(),
         };
-        let last_fill = memo
-            .fill
-            .take()
-            .filter(|f| same_policies_resolved && block_maps_kept && f.inputs == fill_inputs);
-        if let Some(last) = last_fill {
-            builder.reuse_group_tables(last.tables);
+        let (kept_tables, last_rules) = match memo.fill.take() {
+            Some(last) if block_maps_kept && last.inputs.same_identities(&fill_inputs) => {
+                let same = same_policies_resolved && last.inputs == fill_inputs;
+                (same.then_some(last.tables), last.rules)
+            }
+            _ => (None, RuleIdentities::default()),
+        };
+        let rules = if let Some(tables) = kept_tables {
+            builder.reuse_group_tables(tables);
+            last_rules
         } else {
             self.fill_groups(
                 &mut builder,
@@ -363,8 +367,9 @@ impl<'a> Pass<'a> {
                     selector_count: memo.selectors.items.len(),
                     block_count: memo.blocks.items.len(),
                 },
-            );
-        }
+                last_rules,
+            )
+        };
 
         // Nodes, known by the host addresses their pods report; this node
         // also by the addresses it was given.
@@ -430,6 +435,7 @@ impl<'a> Pass<'a> {
         memo.fill = Some(FillMemo {
             inputs: fill_inputs,
             tables: Arc::clone(tables.group_tables()),
+            rules,
         });
         Compiled {
             tables,

@@ -61,7 +61,7 @@ impl TablesBuilder {
                 nodes_v6: FxHashMap::default(),
                 others_v4: IntervalMap::from_prefixes([], none),
                 others_v6: IntervalMap::from_prefixes([], none),
-                group_tables: Arc::default(),
+                groups: Arc::default(),
                 policies: Arc::from([]),
                 tier_base: 0,
                 tier_info: Arc::from([]),
@@ -263,7 +263,7 @@ impl TablesBuilder {
         if !self.added_pods.is_empty() {
             self.tables.pods = std::mem::take(&mut self.added_pods).into();
         }
-        self.tables.group_tables = match self.reused.take() {
+        self.tables.groups = match self.reused.take() {
             Some(reused) => {
                 debug_assert!(
                     self.fill.groups.is_empty() && self.fill.port_sets.is_empty(),

@@ -234,7 +234,7 @@ impl Tables {
         protocol: IpProtocol,
         port: u16,
     ) -> Option<PortRule> {
-        let g = &*self.group_tables;
+        let g = &*self.groups;
         let first_match = |set: PortSetId| {
             g.port_matchers[set.index()].first(&g.port_rules, &g.port_segments, protocol, port)
         };
@@ -266,7 +266,7 @@ impl Tables {
 
     #[inline]
     fn is_member(&self, identity: IdentityId, set: BroadSetId) -> bool {
-        let g = &*self.group_tables;
+        let g = &*self.groups;
         let word = identity.index() * g.broad_words as usize + set.index() / 64;
         (g.identity_broad[word] >> (set.0 % 64)) & 1 == 1
     }
@@ -274,7 +274,7 @@ impl Tables {
     /// The broad rules of a group: `(peer set, port set)` pairs.
     #[must_use]
     pub fn broad_rules(&self, group: GroupId) -> &[(BroadSetId, PortSetId)] {
-        let g = &*self.group_tables;
+        let g = &*self.groups;
         let (start, len) = g.group_broad[group.index()];
         &g.broad_rules[start as usize..(start + len) as usize]
     }
@@ -282,13 +282,13 @@ impl Tables {
     /// The rules of a port set, in attribution order.
     #[must_use]
     pub fn port_set(&self, set: PortSetId) -> &[PortRule] {
-        self.group_tables.port_set(set)
+        self.groups.port_set(set)
     }
 
     /// The port set that `group` grants to `peer`, if any.
     #[must_use]
     pub fn allowed_ports(&self, group: GroupId, peer: IdentityId) -> Option<&[PortRule]> {
-        self.group_tables
+        self.groups
             .allow
             .get(&allow_key(group, peer))
             .map(|s| self.port_set(*s))
@@ -303,7 +303,7 @@ impl Tables {
     /// The direction and the policies of a group, in table order.
     #[must_use]
     pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {
-        let g = &*self.group_tables;
+        let g = &*self.groups;
         let (dir, start, len) = g.groups[group.index()];
         (
             dir,
@@ -344,13 +344,13 @@ impl Tables {
     /// the same ones ([`TablesBuilder::reuse_group_tables`]).
     #[must_use]
     pub fn group_tables(&self) -> &Arc<GroupTables> {
-        &self.group_tables
+        &self.groups
     }
 
     /// Sizes, for reports.
     #[must_use]
     pub fn stats(&self) -> TableStats {
-        let g = &*self.group_tables;
+        let g = &*self.groups;
         TableStats {
             policies: self.policies.len(),
             pods: self.pods.len(),

@@ -22,8 +22,11 @@ use podfence_control::compile::{
     AUDIT_LABEL, BROAD_THRESHOLD, CompileOptions, Compiled, Compiler, Locality, compile,
 };
 use podfence_control::index::{Cluster, OverlaidCluster};
-use podfence_control::model::{ClusterNetworkPolicy, NetworkPolicy, Node, ObjectKey, Pod};
+use podfence_control::model::{
+    ClusterNetworkPolicy, NetworkPolicy, Node, ObjectKey, Pod, PolicyPort, PortSpec, Protocol,
+};
 use podfence_control::sources::manifests;
+use podfence_datapath::tables::IdentityId;
 use podfence_testkit::paths::conformance_dir;
 
 /// A tier policy whose egress peers are nodes and networks, beside those of
@@ -390,6 +393,123 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
             "only {changed} of 400 steps changed anything"
         );
     }
+}
+
+/// A copy of pod `namespace/model` named `name` at `ip`.
+fn pod_like(cluster: &Cluster, namespace: &str, model: &str, name: &str, ip: [u8; 4]) -> Pod {
+    let key = ObjectKey::new(namespace, model);
+    Pod {
+        name: name.into(),
+        ips: vec![Ipv4Addr::from(ip).into()],
+        ..Pod::clone(&cluster.pods[&key])
+    }
+}
+
+fn identity_of(compiled: &Compiled, ip: [u8; 4]) -> IdentityId {
+    compiled.tables.peer(Ipv4Addr::from(ip).into()).identity
+}
+
+/// The group tables are taken from the last compile when a pod comes like
+/// an existing one, and filled anew (like a compile from scratch) when it
+/// brings a new identity, shifts the identities' numbering or a policy
+/// changes.
+#[test]
+fn group_tables_are_reused_exactly_when_nothing_they_depend_on_changed() {
+    let (mut cluster, policies, tiers) = universe();
+    for p in policies {
+        cluster.apply(p);
+    }
+    for t in tiers {
+        cluster.apply(t);
+    }
+    let options = CompileOptions {
+        locality: Locality::Node("node-1".into()),
+        ..CompileOptions::default()
+    };
+    let mut compiler = Compiler::new(options.clone());
+    let mut step = 1;
+    let mut last = compiler.compile(&cluster, step);
+    let mut compile_next = |cluster: &Cluster, what: &str, last: &mut Compiled| -> bool {
+        step += 1;
+        let next = compiler.compile(cluster, step);
+        assert_compiled_from_scratch(&next, cluster, &options, step, &[what]);
+        let reused = Arc::ptr_eq(next.tables.group_tables(), last.tables.group_tables());
+        *last = next;
+        reused
+    };
+    let local = |cluster: &Cluster, name: &str| {
+        cluster.pods[&ObjectKey::new("x", name)].node.as_deref() == Some("node-1")
+    };
+    assert!(local(&cluster, "b-3"), "x/b-3 is on node-1");
+
+    // Like x/b-3, after the first pod of its identity: reused.
+    let model = identity_of(&last, [10, 200, 3, 1]);
+    cluster.apply(pod_like(&cluster, "x", "b-3", "b-9", [10, 200, 9, 1]));
+    assert!(compile_next(&cluster, "x/b-9 like x/b-3", &mut last));
+    assert_eq!(identity_of(&last, [10, 200, 9, 1]), model);
+
+    // New labels: a new identity, filled anew.
+    let identities = last.tables.stats().identities;
+    let mut fresh = pod_like(&cluster, "x", "b-3", "b-10", [10, 200, 9, 2]);
+    fresh.labels.insert("pod".into(), "fresh".into());
+    cluster.apply(fresh);
+    assert!(!compile_next(&cluster, "x/b-10 with new labels", &mut last));
+    assert!(
+        last.tables.stats().identities > identities,
+        "a new identity"
+    );
+
+    // Like x/c-2, named before every pod: the identities are numbered
+    // otherwise, so filled anew.
+    let model = identity_of(&last, [10, 200, 2, 2]);
+    cluster.apply(pod_like(&cluster, "x", "c-2", "0-first", [10, 200, 9, 3]));
+    assert!(!compile_next(&cluster, "x/0-first like x/c-2", &mut last));
+    assert_ne!(identity_of(&last, [10, 200, 9, 3]), model, "renumbered");
+    assert_eq!(
+        identity_of(&last, [10, 200, 9, 3]),
+        identity_of(&last, [10, 200, 2, 2])
+    );
+
+    // Reused again; then a policy edited right after: filled anew.
+    cluster.apply(pod_like(&cluster, "x", "b-3", "b-11", [10, 200, 9, 4]));
+    assert!(compile_next(&cluster, "x/b-11 like x/b-3", &mut last));
+    let mut edited = NetworkPolicy::clone(
+        cluster
+            .policies
+            .values()
+            .find(|p| p.namespace == "x" && !p.ingress.is_empty())
+            .expect("a policy of x with ingress rules"),
+    );
+    // Other ports only: the same peers, so the same identities.
+    edited.ingress[0].ports = vec![PolicyPort {
+        protocol: Protocol::Tcp,
+        port: PortSpec::Range(1234, 1235),
+    }];
+    let what = format!("{}/{} on other ports", edited.namespace, edited.name);
+    cluster.apply(edited);
+    assert!(!compile_next(&cluster, &what, &mut last));
+    // And the unchanged state after it compiles alike, reused.
+    assert!(compile_next(&cluster, "nothing", &mut last));
+
+    // A tier rule's ports edited: filled anew too.
+    let mut tier = ClusterNetworkPolicy::clone(
+        cluster
+            .cluster_policies
+            .values()
+            .find(|p| p.name == "node-peers")
+            .expect("the node-peers tier policy"),
+    );
+    tier.egress[0].ports = vec![PolicyPort {
+        protocol: Protocol::Tcp,
+        port: PortSpec::Range(81, 81),
+    }];
+    cluster.apply(tier);
+    assert!(!compile_next(
+        &cluster,
+        "node-peers zone-a on 81",
+        &mut last
+    ));
+    assert!(compile_next(&cluster, "nothing", &mut last));
 }
 
 /// The CNI's entries as the test keeps them: by pod, sandbox and addresses.

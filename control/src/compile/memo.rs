@@ -8,6 +8,7 @@ use std::sync::Arc;
 use podfence_datapath::tables::{Enforcement, NodeId, ObjectName, TierGroups};
 use rustc_hash::FxHashMap;
 
+use super::groups::FillMemo;
 use super::peers::{BlockMaps, PeerRef, SelectorPeer};
 use crate::model::{ClusterNetworkPolicy, IpBlock, NamedPort, Namespace, NetworkPolicy, Pod};
 
@@ -78,6 +79,9 @@ pub(super) struct Memo {
     /// endpoint's kept in its [`EndpointMemo::sig`].
     pub(super) selector_sigs: Interner<Vec<u32>>,
     pub(super) sigs_live: Vec<bool>,
+    /// How many times `selector_sigs` was made anew (its ids then name
+    /// other selector sets).
+    pub(super) sigs_epoch: u64,
     /// Per-endpoint lists of the last compile, their allocations reused.
     pub(super) scratch: Scratch,
     /// Signature maps of the last compile's live ipBlocks.
@@ -89,6 +93,8 @@ pub(super) struct Memo {
     pub(super) tier_names: Vec<ObjectName>,
     /// The last compile's tier policies, in precedence order.
     pub(super) tier_policies: Vec<Arc<ClusterNetworkPolicy>>,
+    /// The last compile's group tables and what they were filled from.
+    pub(super) fill: Option<FillMemo>,
 }
 
 /// Per-endpoint lists of one compile, kept for the next to refill so that

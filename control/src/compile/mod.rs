@@ -22,8 +22,10 @@
 //! each pod matches, each policy's peers resolved, the ipBlock signature
 //! maps, the pod and policy name lists) and recomputes that only for the
 //! objects that changed, which it tells by the `Arc` each object is stored
-//! in (see [`Cluster`]). What it reuses gives the same tables as compiling
-//! from scratch, identity and group numbers included.
+//! in (see [`Cluster`]). When the identities, the groups and the policies
+//! are all the last compile's, the groups' allow entries are too: the last
+//! tables' are shared (`groups`). What it reuses gives the same tables as
+//! compiling from scratch, identity and group numbers included.
 //!
 //! Named ports resolve per pod by name and protocol: for ingress on the
 //! protected pod, for egress on the destination pod. For egress they resolve

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use podfence_datapath::TablesBuilder;
 use podfence_datapath::tables::{
-    Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, PolicyId,
-    RuleAction, Tier, TierGroups,
+    Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, Tier,
+    TierGroups,
 };
 use rustc_hash::FxHashMap;
 
-use super::groups::{GroupFill, GroupScratch, RulePorts};
+use super::groups::{FillContext, FillInputs, FillMemo, GroupKey, RuleIdentities};
 use super::identities::{IdentityKey, NOT_A_POD};
 use super::memo::{EndpointMemo, Interner, Memo, NO_SIG};
 use super::peers::{BlockMaps, PeerRef};
-use super::tiers::{TierPolicy, rule_action, tier_info};
+use super::tiers::{TierPolicy, tier_info};
 use super::{AUDIT_LABEL, CompileOptions, Compiled};
 use crate::index::Cluster;
 use crate::model::{NetworkPolicy, Pod};
@@ -97,7 +97,7 @@ impl<'a> Pass<'a> {
         let policies: Vec<&Arc<NetworkPolicy>> = cluster.policies.values().collect();
 
         // Selector peers and ipBlocks, interned; every rule's peers resolved.
-        let (resolved, same_policies) = self.resolve_policies(memo);
+        let (resolved, same_policies, same_policies_resolved) = self.resolve_policies(memo);
         let (tiers, notices) = self.resolve_tiers(&mut memo.selectors, &mut memo.blocks);
         let mut selector_live = vec![false; memo.selectors.items.len()];
         let mut block_live = vec![false; memo.blocks.items.len()];
@@ -128,6 +128,7 @@ impl<'a> Pass<'a> {
             || memo.selector_sigs.items.len() > 2 * endpoints.len() + 1024
         {
             memo.selector_sigs = Interner::new();
+            memo.sigs_epoch += 1;
             memo.sigs_live.clone_from(&selector_live);
             for m in &mut endpoints {
                 m.sig = NO_SIG;
@@ -155,9 +156,9 @@ impl<'a> Pass<'a> {
             .filter(|&b| block_live[b as usize])
             .collect();
         memo.blocks_live = live_blocks.len();
-        let block_maps = match memo.block_maps.take() {
-            Some(maps) if maps.live == live_blocks => maps,
-            _ => BlockMaps::new(&memo.blocks.items, live_blocks),
+        let (block_maps, block_maps_kept) = match memo.block_maps.take() {
+            Some(maps) if maps.live == live_blocks => (maps, true),
+            _ => (BlockMaps::new(&memo.blocks.items, live_blocks), false),
         };
 
         // Named-port use decides whether ports are part of identities/groups.
@@ -200,26 +201,11 @@ impl<'a> Pass<'a> {
             .v6
             .map(|sig| IdentityId(identities.intern((NOT_A_POD, sig, 0))));
 
-        // Inverted indexes: which identities each selector peer / block admits.
-        let mut by_selector: Vec<Vec<u32>> = vec![Vec::new(); memo.selectors.items.len()];
-        let mut by_block: Vec<Vec<u32>> = vec![Vec::new(); memo.blocks.items.len()];
-        for (id, &(sel_sig, block_sig, _)) in identities.items.iter().enumerate() {
-            if sel_sig != NOT_A_POD {
-                for &s in &selector_sigs.items[sel_sig as usize] {
-                    by_selector[s as usize].push(id as u32);
-                }
-            }
-            for &b in &block_maps.sigs.items[block_sig as usize] {
-                by_block[b as usize].push(id as u32);
-            }
-        }
-
         // Tables: names first, so ids are indices.
         let mut builder = TablesBuilder::new(self.generation);
         builder.set_pod_names(pod_names);
         builder.set_policy_names(policy_list);
         builder.set_tier_info(policies.len() as u32, tier_info(&tiers));
-        let policy_ids: Vec<PolicyId> = (0..policies.len() as u32).map(PolicyId).collect();
         for _ in &identities.items {
             builder.add_identity();
         }
@@ -234,19 +220,10 @@ impl<'a> Pass<'a> {
                 .push(i as u32);
         }
 
-        // Groups of local endpoints, and their allow entries.
-        let mut groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
-        let mut fill = GroupFill {
-            builder: &mut builder,
-            scratch: GroupScratch::new(identities.items.len()),
-            rule_identities: FxHashMap::default(),
-            broad_sets: FxHashMap::default(),
-            identities: &identities,
-            profiles,
-            by_selector: &by_selector,
-            by_block: &by_block,
-            broad_threshold: self.options.broad_threshold,
-        };
+        // Groups of local endpoints, numbered by first occurrence; their
+        // allow entries are filled below.
+        let mut group_ids: FxHashMap<GroupKey, GroupId> = FxHashMap::default();
+        let mut group_keys: Vec<GroupKey> = Vec::new();
         let enforcement = &mut scratch.enforcement;
         let audited_endpoints = &mut scratch.audited;
         for (e, pod) in self.endpoints.iter().enumerate() {
@@ -292,41 +269,10 @@ impl<'a> Pass<'a> {
                     0
                 };
                 let key = (direction, std::mem::take(&mut selecting[d]), profile);
-                let group = if let Some(g) = groups.get(&key) {
-                    *g
-                } else {
-                    let ids: Vec<PolicyId> =
-                        key.1.iter().map(|&p| policy_ids[p as usize]).collect();
-                    let g = fill.builder.add_group(direction, &ids);
-                    let ingress_ports = &profiles.items[profile as usize];
-                    for &p in &key.1 {
-                        let policy = policies[p as usize];
-                        let rules = if d == 0 {
-                            &policy.ingress
-                        } else {
-                            &policy.egress
-                        };
-                        for (r, rule) in rules.iter().enumerate() {
-                            let ctx = RulePorts {
-                                policy: policy_ids[p as usize],
-                                rule: r as u16,
-                                ports: &rule.ports,
-                                action: RuleAction::Allow,
-                            };
-                            fill.add_rule(
-                                g,
-                                d,
-                                ingress_ports,
-                                policy_named[p as usize][1],
-                                resolved[p as usize].rules[d][r].as_deref(),
-                                &ctx,
-                            );
-                        }
-                    }
-                    fill.flush(g);
-                    groups.insert(key, g);
-                    g
-                };
+                let group = *group_ids.entry(key).or_insert_with_key(|key| {
+                    group_keys.push(key.clone());
+                    GroupId(group_keys.len() as u32 - 1)
+                });
                 pair[d] = if audited {
                     Enforcement::Audited(group)
                 } else {
@@ -337,9 +283,12 @@ impl<'a> Pass<'a> {
         }
 
         // Tier groups: per local endpoint, tier and direction, the tier
-        // policies selecting it that have rules there, in precedence order.
+        // policies selecting it that have rules there, in precedence order;
+        // numbered after the NetworkPolicy groups.
         let subjects = self.tier_subjects(&tiers, &endpoints);
-        let mut tier_groups: FxHashMap<(Direction, Vec<u32>, u32), GroupId> = FxHashMap::default();
+        let mut tier_group_ids: FxHashMap<GroupKey, GroupId> = FxHashMap::default();
+        let mut tier_group_keys: Vec<GroupKey> = Vec::new();
+        let first_tier_group = group_keys.len() as u32;
         let endpoint_tiers = &mut scratch.tiers;
         endpoint_tiers.resize(self.endpoints.len(), TierGroups::NONE);
         for (e, selected) in subjects.iter().enumerate() {
@@ -371,47 +320,56 @@ impl<'a> Pass<'a> {
                         0
                     };
                     let key = (direction, members, profile);
-                    let group = if let Some(g) = tier_groups.get(&key) {
-                        *g
-                    } else {
-                        let ids: Vec<PolicyId> = key
-                            .1
-                            .iter()
-                            .map(|&t| PolicyId(policies.len() as u32 + t))
-                            .collect();
-                        let g = fill.builder.add_group(direction, &ids);
-                        let ingress_ports = &profiles.items[profile as usize];
-                        for &t in &key.1 {
-                            let tp = &tiers[t as usize];
-                            for (r, rule) in tp.policy.rules(d == 0).iter().enumerate() {
-                                // A rule that fails closed (no peers
-                                // resolved) matches every port too.
-                                let fails_closed = tp.rules[d][r].is_none();
-                                let ctx = RulePorts {
-                                    policy: PolicyId(policies.len() as u32 + t),
-                                    rule: r as u16,
-                                    ports: if fails_closed { &[] } else { &rule.ports },
-                                    action: rule_action(rule.action),
-                                };
-                                fill.add_rule(
-                                    g,
-                                    d,
-                                    ingress_ports,
-                                    tp.named[1],
-                                    tp.rules[d][r].as_deref(),
-                                    &ctx,
-                                );
-                            }
-                        }
-                        fill.flush(g);
-                        tier_groups.insert(key, g);
-                        g
-                    };
+                    let group = *tier_group_ids.entry(key).or_insert_with_key(|key| {
+                        tier_group_keys.push(key.clone());
+                        GroupId(first_tier_group + tier_group_keys.len() as u32 - 1)
+                    });
                     groups_of.set(tier, direction, group);
                 }
             }
             endpoint_tiers[e] = groups_of;
         }
+
+        // The groups' allow entries: the last compile's when everything
+        // they are made of is the same (which also numbers them alike),
+        // else filled anew.
+        let fill_inputs = FillInputs {
+            sigs_epoch: memo.sigs_epoch,
+            identities: std::mem::take(&mut identities.items),
+            groups: group_keys,
+            tier_groups: tier_group_keys,
+            tiers: tiers
+                .iter()
+                .map(|t| (Arc::clone(t.policy), t.rules.clone()))
+                .collect(),
+        };
+        let (kept_tables, last_rules) = match memo.fill.take() {
+            Some(last) if block_maps_kept && last.inputs.same_identities(&fill_inputs) => {
+                let same = same_policies_resolved && last.inputs == fill_inputs;
+                (same.then_some(last.tables), last.rules)
+            }
+            _ => (None, RuleIdentities::default()),
+        };
+        let rules = if let Some(tables) = kept_tables {
+            builder.reuse_group_tables(tables);
+            last_rules
+        } else {
+            self.fill_groups(
+                &mut builder,
+                &fill_inputs,
+                &FillContext {
+                    policies: &policies,
+                    resolved: &resolved,
+                    tiers: &tiers,
+                    profiles,
+                    selector_sigs,
+                    block_maps: &block_maps,
+                    selector_count: memo.selectors.items.len(),
+                    block_count: memo.blocks.items.len(),
+                },
+                last_rules,
+            )
+        };
 
         // Nodes, known by the host addresses their pods report; this node
         // also by the addresses it was given.
@@ -473,8 +431,14 @@ impl<'a> Pass<'a> {
         memo.endpoints = endpoints;
         memo.scratch = scratch;
         memo.tier_policies = tiers.iter().map(|t| Arc::clone(t.policy)).collect();
+        let tables = builder.build();
+        memo.fill = Some(FillMemo {
+            inputs: fill_inputs,
+            tables: Arc::clone(tables.group_tables()),
+            rules,
+        });
         Compiled {
-            tables: builder.build(),
+            tables,
             warnings: self.warnings,
             notices,
         }

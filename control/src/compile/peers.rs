@@ -65,21 +65,26 @@ pub(super) struct BlockMaps {
 impl Pass<'_> {
     /// Resolves every policy's rule peers to selector and block ids,
     /// reusing the last compile's result for a policy that is the same
-    /// object; returns them in policy order, and whether the policies are
-    /// the last compile's names.
-    pub(super) fn resolve_policies(&self, memo: &mut Memo) -> (Vec<PolicyMemo>, bool) {
+    /// object; returns them in policy order, whether the policies are
+    /// the last compile's names, and whether they are its objects too.
+    pub(super) fn resolve_policies(&self, memo: &mut Memo) -> (Vec<PolicyMemo>, bool, bool) {
         let mut last = std::mem::take(&mut memo.policies);
         let mut previous = ByName::new(&mut last);
         let mut resolved = Vec::with_capacity(self.cluster.policies.len());
+        let mut all_kept = true;
         for policy in self.cluster.policies.values() {
             let same_policy = |m: &PolicyMemo| Arc::ptr_eq(&m.policy, policy);
             let entry = match previous.take_fast(same_policy, policy.name_key()) {
                 Some(m) if Arc::ptr_eq(&m.policy, policy) => m,
-                _ => resolve_policy(policy, &mut memo.selectors, &mut memo.blocks),
+                _ => {
+                    all_kept = false;
+                    resolve_policy(policy, &mut memo.selectors, &mut memo.blocks)
+                }
             };
             resolved.push(entry);
         }
-        (resolved, previous.same_names())
+        let same_names = previous.same_names();
+        (resolved, same_names, same_names && all_kept)
     }
 }
 

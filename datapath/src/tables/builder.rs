@@ -9,8 +9,9 @@ use rustc_hash::FxHashMap;
 
 use super::ports::PortMatcher;
 use super::{
-    BroadSetId, Direction, GroupId, IdentityId, NO_NODE, NodeId, ObjectName, PodAddress, PodEntry,
-    PodId, PolicyId, PortRule, PortSetId, Tables, TierGroups, TierPolicyInfo, allow_key,
+    BroadSetId, Direction, GroupId, GroupTables, IdentityId, NO_NODE, NodeId, ObjectName,
+    PodAddress, PodEntry, PodId, PolicyId, PortRule, PortSetId, Tables, TierGroups, TierPolicyInfo,
+    allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -33,6 +34,10 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct TablesBuilder {
     tables: Tables,
+    /// The group tables being filled, unless an earlier generation's are
+    /// reused (`reused`).
+    fill: GroupTables,
+    reused: Option<Arc<GroupTables>>,
     port_set_ids: FxHashMap<Vec<PortRule>, PortSetId>,
     added_policies: Vec<ObjectName>,
     added_pods: Vec<ObjectName>,
@@ -56,24 +61,15 @@ impl TablesBuilder {
                 nodes_v6: FxHashMap::default(),
                 others_v4: IntervalMap::from_prefixes([], none),
                 others_v6: IntervalMap::from_prefixes([], none),
-                allow: FxHashMap::default(),
-                port_sets: Vec::new(),
-                port_rules: Vec::new(),
-                port_matchers: Vec::new(),
-                port_segments: Vec::new(),
-                groups: Vec::new(),
-                group_policies: Vec::new(),
+                groups: Arc::default(),
                 policies: Arc::from([]),
                 tier_base: 0,
                 tier_info: Arc::from([]),
                 pods: Arc::from([]),
                 identities: 0,
-                group_broad: Vec::new(),
-                broad_rules: Vec::new(),
-                identity_broad: Vec::new(),
-                broad_words: 0,
-                broad_sets: 0,
             },
+            fill: GroupTables::default(),
+            reused: None,
             port_set_ids: FxHashMap::default(),
             added_policies: Vec::new(),
             added_pods: Vec::new(),
@@ -139,10 +135,10 @@ impl TablesBuilder {
 
     /// A new policy group of `policies` (kept in the given order).
     pub fn add_group(&mut self, direction: Direction, policies: &[PolicyId]) -> GroupId {
-        let id = GroupId(self.tables.groups.len() as u32);
-        let start = self.tables.group_policies.len() as u32;
-        self.tables.group_policies.extend_from_slice(policies);
-        self.tables
+        let id = GroupId(self.fill.groups.len() as u32);
+        let start = self.fill.group_policies.len() as u32;
+        self.fill.group_policies.extend_from_slice(policies);
+        self.fill
             .groups
             .push((direction, start, policies.len() as u32));
         self.group_broad.push(Vec::new());
@@ -222,17 +218,17 @@ impl TablesBuilder {
         if let Some(id) = self.port_set_ids.get(&rules) {
             return *id;
         }
-        let id = PortSetId(self.tables.port_sets.len() as u32);
-        let start = self.tables.port_rules.len() as u32;
-        self.tables.port_rules.extend_from_slice(&rules);
-        self.tables.port_sets.push((start, rules.len() as u32));
+        let id = PortSetId(self.fill.port_sets.len() as u32);
+        let start = self.fill.port_rules.len() as u32;
+        self.fill.port_rules.extend_from_slice(&rules);
+        self.fill.port_sets.push((start, rules.len() as u32));
         self.port_set_ids.insert(rules, id);
         id
     }
 
     /// Lets `group` accept (ingress) or reach (egress) `peer` on `set`.
     pub fn allow(&mut self, group: GroupId, peer: IdentityId, set: PortSetId) {
-        self.tables.allow.insert(allow_key(group, peer), set);
+        self.fill.allow.insert(allow_key(group, peer), set);
     }
 
     /// Expected number of `add_pod_address` calls, to size the maps once.
@@ -243,7 +239,19 @@ impl TablesBuilder {
 
     /// Expected number of `allow` calls, to size the map once.
     pub fn reserve_allow(&mut self, additional: usize) {
-        self.tables.allow.reserve(additional);
+        self.fill.allow.reserve(additional);
+    }
+
+    /// Takes the groups, allow entries, broad sets and port sets of an
+    /// earlier generation whole ([`Tables::group_tables`]), instead of
+    /// [`add_group`](Self::add_group), [`add_port_set`](Self::add_port_set),
+    /// [`allow`](Self::allow), [`add_broad_set`](Self::add_broad_set) and
+    /// [`allow_broad`](Self::allow_broad), not with them. They must be
+    /// what those calls would give: the caller checked that the groups,
+    /// the identities (as many as added here) and the policies are the
+    /// earlier generation's.
+    pub fn reuse_group_tables(&mut self, group_tables: Arc<GroupTables>) {
+        self.reused = Some(group_tables);
     }
 
     /// The finished, immutable tables.
@@ -255,11 +263,33 @@ impl TablesBuilder {
         if !self.added_pods.is_empty() {
             self.tables.pods = std::mem::take(&mut self.added_pods).into();
         }
-        let t = &mut self.tables;
+        self.tables.groups = match self.reused.take() {
+            Some(reused) => {
+                debug_assert!(
+                    self.fill.groups.is_empty() && self.fill.port_sets.is_empty(),
+                    "group tables reused and filled"
+                );
+                debug_assert_eq!(
+                    reused.identity_broad.len(),
+                    self.tables.identities as usize * reused.broad_words as usize,
+                    "group tables of another identity count"
+                );
+                reused
+            }
+            None => Arc::new(self.finish_fill()),
+        };
+        self.tables
+    }
+
+    /// The filled group tables: broad sets as identity bitmaps, each
+    /// group's broad rules merged per peer set, the port matchers.
+    fn finish_fill(&mut self) -> GroupTables {
+        let identities = self.tables.identities as usize;
+        let t = &mut self.fill;
         let words = self.broad_members.len().div_ceil(64).max(1);
         t.broad_words = words as u32;
         t.broad_sets = self.broad_members.len() as u32;
-        t.identity_broad = vec![0; t.identities as usize * words];
+        t.identity_broad = vec![0; identities * words];
         for (b, members) in self.broad_members.iter().enumerate() {
             for m in members {
                 t.identity_broad[m.index() * words + b / 64] |= 1 << (b % 64);
@@ -287,7 +317,7 @@ impl TablesBuilder {
                     } else {
                         let rules = sets
                             .iter()
-                            .flat_map(|&set| self.tables.port_set(set).iter().copied())
+                            .flat_map(|&set| self.fill.port_set(set).iter().copied())
                             .collect();
                         let union = self.add_port_set(rules);
                         unions.insert(sets.clone(), union);
@@ -296,12 +326,12 @@ impl TablesBuilder {
                 };
                 merged.push((same[0].0, set));
             }
-            let t = &mut self.tables;
+            let t = &mut self.fill;
             let start = t.broad_rules.len() as u32;
             t.broad_rules.extend_from_slice(&merged);
             t.group_broad.push((start, merged.len() as u32));
         }
-        let t = &mut self.tables;
+        let t = &mut self.fill;
         t.port_matchers = t
             .port_sets
             .iter()
@@ -312,6 +342,6 @@ impl TablesBuilder {
             .collect();
         t.port_segments.shrink_to_fit();
         t.allow.shrink_to_fit();
-        self.tables
+        std::mem::take(&mut self.fill)
     }
 }

@@ -4,12 +4,13 @@
 //! Also the read-only accessors that explain a decision.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{
-    BroadSetId, Decision, Direction, Enforcement, GroupId, IdentityId, IpProtocol, NO_NODE, NodeId,
-    ObjectName, Passed, PodAddress, PodEntry, PodId, PolicyId, PortRule, PortSetId, ResolvedPeer,
-    RuleAction, TableStats, Tables, TablesBuilder, Tier, TierPolicyInfo, TierRule, Verdict,
-    allow_key,
+    BroadSetId, Decision, Direction, Enforcement, GroupId, GroupTables, IdentityId, IpProtocol,
+    NO_NODE, NodeId, ObjectName, Passed, PodAddress, PodEntry, PodId, PolicyId, PortRule,
+    PortSetId, ResolvedPeer, RuleAction, TableStats, Tables, TablesBuilder, Tier, TierPolicyInfo,
+    TierRule, Verdict, allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -233,15 +234,11 @@ impl Tables {
         protocol: IpProtocol,
         port: u16,
     ) -> Option<PortRule> {
+        let g = &*self.groups;
         let first_match = |set: PortSetId| {
-            self.port_matchers[set.index()].first(
-                &self.port_rules,
-                &self.port_segments,
-                protocol,
-                port,
-            )
+            g.port_matchers[set.index()].first(&g.port_rules, &g.port_segments, protocol, port)
         };
-        let mut best = self
+        let mut best = g
             .allow
             .get(&allow_key(group, peer))
             .and_then(|s| first_match(*s));
@@ -269,28 +266,30 @@ impl Tables {
 
     #[inline]
     fn is_member(&self, identity: IdentityId, set: BroadSetId) -> bool {
-        let word = identity.index() * self.broad_words as usize + set.index() / 64;
-        (self.identity_broad[word] >> (set.0 % 64)) & 1 == 1
+        let g = &*self.groups;
+        let word = identity.index() * g.broad_words as usize + set.index() / 64;
+        (g.identity_broad[word] >> (set.0 % 64)) & 1 == 1
     }
 
     /// The broad rules of a group: `(peer set, port set)` pairs.
     #[must_use]
     pub fn broad_rules(&self, group: GroupId) -> &[(BroadSetId, PortSetId)] {
-        let (start, len) = self.group_broad[group.index()];
-        &self.broad_rules[start as usize..(start + len) as usize]
+        let g = &*self.groups;
+        let (start, len) = g.group_broad[group.index()];
+        &g.broad_rules[start as usize..(start + len) as usize]
     }
 
     /// The rules of a port set, in attribution order.
     #[must_use]
     pub fn port_set(&self, set: PortSetId) -> &[PortRule] {
-        let (start, len) = self.port_sets[set.index()];
-        &self.port_rules[start as usize..(start + len) as usize]
+        self.groups.port_set(set)
     }
 
     /// The port set that `group` grants to `peer`, if any.
     #[must_use]
     pub fn allowed_ports(&self, group: GroupId, peer: IdentityId) -> Option<&[PortRule]> {
-        self.allow
+        self.groups
+            .allow
             .get(&allow_key(group, peer))
             .map(|s| self.port_set(*s))
     }
@@ -304,10 +303,11 @@ impl Tables {
     /// The direction and the policies of a group, in table order.
     #[must_use]
     pub fn group(&self, group: GroupId) -> (Direction, &[PolicyId]) {
-        let (dir, start, len) = self.groups[group.index()];
+        let g = &*self.groups;
+        let (dir, start, len) = g.groups[group.index()];
         (
             dir,
-            &self.group_policies[start as usize..(start + len) as usize],
+            &g.group_policies[start as usize..(start + len) as usize],
         )
     }
 
@@ -340,20 +340,28 @@ impl Tables {
         &self.pods[pod.index()]
     }
 
+    /// The groups and what they allow, for a later generation that has
+    /// the same ones ([`TablesBuilder::reuse_group_tables`]).
+    #[must_use]
+    pub fn group_tables(&self) -> &Arc<GroupTables> {
+        &self.groups
+    }
+
     /// Sizes, for reports.
     #[must_use]
     pub fn stats(&self) -> TableStats {
+        let g = &*self.groups;
         TableStats {
             policies: self.policies.len(),
             pods: self.pods.len(),
             pod_addresses: self.pods_v4.len() + self.pods_v6.len(),
             identities: self.identities as usize,
-            groups: self.groups.len(),
-            allow_entries: self.allow.len(),
-            broad_sets: self.broad_sets as usize,
-            broad_rules: self.broad_rules.len(),
-            port_sets: self.port_sets.len(),
-            port_rules: self.port_rules.len(),
+            groups: g.groups.len(),
+            allow_entries: g.allow.len(),
+            broad_sets: g.broad_sets as usize,
+            broad_rules: g.broad_rules.len(),
+            port_sets: g.port_sets.len(),
+            port_rules: g.port_rules.len(),
             prefix_intervals: self.others_v4.intervals() + self.others_v6.intervals(),
         }
     }

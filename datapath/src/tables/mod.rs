@@ -488,6 +488,25 @@ pub struct Tables {
     nodes_v6: FxHashMap<u128, NodeId>,
     others_v4: IntervalMap<u32, IdentityId>,
     others_v6: IntervalMap<u128, IdentityId>,
+    /// The groups and what they allow; shared with the generation before
+    /// when the compiler found them unchanged.
+    groups: Arc<GroupTables>,
+    policies: Arc<[ObjectName]>,
+    /// Tier policies are `PolicyId(tier_base + i)` for `tier_info[i]`.
+    tier_base: u32,
+    tier_info: Arc<[TierPolicyInfo]>,
+    pods: Arc<[ObjectName]>,
+    identities: u32,
+}
+
+/// The policy groups of one generation and what they allow: their
+/// policies, the `(group, identity)` entries, the broad peer sets and
+/// rules, and the port sets these name. It depends on the identities, the
+/// groups and the policies only, not on which pod has which address, so a
+/// generation that changes none of those (a new pod like an existing one)
+/// shares it with the one before ([`TablesBuilder::reuse_group_tables`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupTables {
     allow: FxHashMap<u64, PortSetId>,
     port_sets: Vec<(u32, u32)>,
     port_rules: Vec<PortRule>,
@@ -496,12 +515,6 @@ pub struct Tables {
     port_segments: Vec<ports::PortSegment>,
     groups: Vec<(Direction, u32, u32)>,
     group_policies: Vec<PolicyId>,
-    policies: Arc<[ObjectName]>,
-    /// Tier policies are `PolicyId(tier_base + i)` for `tier_info[i]`.
-    tier_base: u32,
-    tier_info: Arc<[TierPolicyInfo]>,
-    pods: Arc<[ObjectName]>,
-    identities: u32,
     /// Per group, a range of `broad_rules`: one per broad set, its port set
     /// the union of the group's rules for that peer set.
     group_broad: Vec<(u32, u32)>,
@@ -511,6 +524,14 @@ pub struct Tables {
     identity_broad: Vec<u64>,
     broad_words: u32,
     broad_sets: u32,
+}
+
+impl GroupTables {
+    /// The rules of a port set, in attribution order.
+    fn port_set(&self, set: PortSetId) -> &[PortRule] {
+        let (start, len) = self.port_sets[set.index()];
+        &self.port_rules[start as usize..(start + len) as usize]
+    }
 }
 
 /// An address resolved to what the tables know of it.
@@ -544,6 +565,12 @@ mod tests {
     /// Two local pods; `b` accepts TCP 80-81 from `a` only, `a` may reach
     /// anything in 192.0.2.0/24 except 192.0.2.128/25 on UDP 53.
     fn sample() -> Tables {
+        sample_reusing(None)
+    }
+
+    /// [`sample`], its groups and what they allow taken from `reused` (a
+    /// sample's) when given.
+    fn sample_reusing(reused: Option<&Arc<GroupTables>>) -> Tables {
         let mut b = TablesBuilder::new(7);
         let web = b.add_policy("x", "web");
         let dns = b.add_policy("x", "dns");
@@ -554,8 +581,14 @@ mod tests {
             b.add_identity(),
             b.add_identity(),
         );
-        let gi = b.add_group(Direction::Ingress, &[web]);
-        let ge = b.add_group(Direction::Egress, &[dns]);
+        let (gi, ge) = if reused.is_some() {
+            (GroupId(0), GroupId(1))
+        } else {
+            (
+                b.add_group(Direction::Ingress, &[web]),
+                b.add_group(Direction::Egress, &[dns]),
+            )
+        };
         let a = PodAddress {
             identity: id_a,
             pod: pa,
@@ -584,6 +617,10 @@ mod tests {
             world,
         ));
         b.set_other_addresses_v6(IntervalMap::from_prefixes([], world));
+        if let Some(reused) = reused {
+            b.reuse_group_tables(Arc::clone(reused));
+            return b.build();
+        }
         let tcp = b.add_port_set(vec![PortRule {
             policy: web,
             rule: 0,
@@ -625,6 +662,23 @@ mod tests {
         assert_eq!(v.ingress, Decision::Denied { group: GroupId(0) });
         assert_eq!(v.egress, Decision::NotEnforced);
         assert!(!v.is_allowed());
+    }
+
+    #[test]
+    fn reused_group_tables_are_shared_and_decide_alike() {
+        let first = sample();
+        let second = sample_reusing(Some(first.group_tables()));
+        assert!(Arc::ptr_eq(first.group_tables(), second.group_tables()));
+        assert_eq!(first, second);
+        let v = second.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, 81);
+        assert_eq!(
+            v.ingress,
+            Decision::Allowed {
+                policy: PolicyId(0),
+                rule: 0
+            }
+        );
+        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct Compilers {
     state: OverlaidCluster,
     /// The compiler's notices of the last compile, logged when they change.
     notices: Vec<String>,
+    /// The local pods' addresses in `state`, as of the last compile.
+    local_addresses: Vec<IpAddr>,
 }
 
 /// What recording a pod's CNI addresses found.
@@ -89,6 +91,7 @@ impl TablePublisher {
                 policies: Compiler::new(options),
                 state: OverlaidCluster::default(),
                 notices: Vec::new(),
+                local_addresses: Vec::new(),
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
@@ -191,9 +194,11 @@ impl TablePublisher {
             services,
             state,
             notices,
+            local_addresses,
         } = &mut *incremental;
         let cluster = state.cluster();
         let compiled = policies.compile(cluster, generation);
+        *local_addresses = policies.local_addresses();
         let services = services.compile(cluster);
         for w in compiled.warnings.iter().chain(&services.warnings) {
             warn!(warning = %w, "compile");
@@ -324,7 +329,7 @@ impl TablePublisher {
     #[must_use]
     pub fn local_addresses(&self) -> Vec<IpAddr> {
         let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        self.locality.addresses(incremental.state.cluster())
+        incremental.local_addresses.clone()
     }
 }
 

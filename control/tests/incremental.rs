@@ -386,6 +386,11 @@ fn incremental_tables_equal_tables_compiled_from_scratch() {
             log.push(change(&mut cluster, &policies, &tiers, &mut gone, &mut rng));
             let incremental = compiler.compile(&cluster, step);
             assert_compiled_from_scratch(&incremental, &cluster, &options, step, &log);
+            assert_eq!(
+                compiler.local_addresses(),
+                options.locality.addresses(&cluster),
+                "step {step}"
+            );
         }
         let changed: usize = log.iter().filter(|l| *l != "nothing").count();
         assert!(

@@ -220,6 +220,23 @@ impl Compiler {
             .map(|i| &endpoints[i].pod)
     }
 
+    /// Addresses of the last compile's pods enforced here, sorted, without
+    /// duplicates: [`Locality::addresses`] of the state it compiled, read
+    /// from what it remembers instead of a walk of every pod.
+    #[must_use]
+    pub fn local_addresses(&self) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = self
+            .memo
+            .endpoints
+            .iter()
+            .filter(|m| m.local)
+            .flat_map(|m| m.ips().iter().copied())
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs
+    }
+
     /// Compiles `cluster` into tables numbered `generation`.
     pub fn compile(&mut self, cluster: &Cluster, generation: u64) -> Compiled {
         if self.memo.is_mostly_garbage() {

@@ -51,6 +51,20 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// `struct nlmsghdr`'s length.
 const NLMSG_HEADER_LEN: usize = 16;
 
+/// Message types below this are netlink's own (error, done, no-op,
+/// overrun); from it on, the family's data.
+const NLMSG_MIN_TYPE: u16 = 0x10;
+
+/// `RTM_NEWLINK`, and the link attributes a [`LinkEntry`] reads
+/// (`linux/if_link.h`); `struct ifinfomsg`'s length.
+const RTM_NEWLINK: u16 = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_NUM_RX_QUEUES: u16 = 32;
+const IFINFOMSG_LEN: usize = 16;
+
 /// `NUD_NOARP`: a neighbour entry that needs no resolution (`ip neigh show`
 /// leaves these out).
 const NUD_NOARP: u16 = 0x40;
@@ -332,6 +346,49 @@ fn link_entry(message: LinkMessage) -> Option<LinkEntry> {
     (!entry.name.is_empty()).then_some(entry)
 }
 
+/// [`link_entry`] of an `RTM_NEWLINK` message (header included), read in
+/// place; `None` for another message or a link without a name.
+fn read_link_entry(bytes: &[u8]) -> Result<Option<LinkEntry>, String> {
+    let header = NetlinkBuffer::new_checked(bytes).map_err(|e| e.to_string())?;
+    if header.message_type() != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let payload = &bytes[NLMSG_HEADER_LEN..];
+    let Some(index) = payload.get(4..8) else {
+        return Err(format!("a link message of {} bytes", bytes.len()));
+    };
+    let mut entry = LinkEntry {
+        index: u32::from_ne_bytes(index.try_into().expect("four bytes")),
+        name: String::new(),
+        mac: None,
+        rx_queues: None,
+        mtu: None,
+        alias: None,
+    };
+    let u32_of = |value: &[u8]| {
+        <[u8; 4]>::try_from(value)
+            .map(u32::from_ne_bytes)
+            .map_err(|_| format!("a 4-byte attribute of {} bytes", value.len()))
+    };
+    let string_of = |value: &[u8]| {
+        let text = value.split(|&b| b == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(text).into_owned()
+    };
+    for attribute in NlasIterator::new(payload.get(IFINFOMSG_LEN..).unwrap_or_default()) {
+        let attribute = attribute.map_err(|e| e.to_string())?;
+        let value = attribute.value();
+        match attribute.kind() {
+            IFLA_IFNAME => entry.name = string_of(value),
+            IFLA_ADDRESS => entry.mac = <[u8; 6]>::try_from(value).ok(),
+            IFLA_NUM_RX_QUEUES => entry.rx_queues = Some(u32_of(value)?),
+            IFLA_MTU => entry.mtu = Some(u32_of(value)?),
+            IFLA_IFALIAS => entry.alias = Some(string_of(value)).filter(|a| !a.is_empty()),
+            _ => {}
+        }
+    }
+    Ok((!entry.name.is_empty()).then_some(entry))
+}
+
 fn route_entry(message: &RouteMessage) -> RouteEntry {
     let mut entry = RouteEntry {
         dst: None,
@@ -452,6 +509,7 @@ enum Ending {
 
 /// Reads one datagram's messages of request `seq`, collecting inner ones
 /// into `into`; sets `interrupted` when a dump message says so.
+#[cfg(test)]
 fn read_datagram(
     datagram: &[u8],
     seq: u32,
@@ -459,31 +517,66 @@ fn read_datagram(
     into: &mut Vec<RouteNetlinkMessage>,
     interrupted: &mut bool,
 ) -> Result<Ending, AgentError> {
+    read_datagram_with(datagram, seq, request, into, interrupted, &mut |bytes| {
+        decode_message(request, bytes)
+    })
+}
+
+/// A data message (header included) decoded whole.
+fn decode_message(request: &str, bytes: &[u8]) -> Result<Option<RouteNetlinkMessage>, AgentError> {
+    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+        .map_err(|e| decode_error(request, &e))?;
+    Ok(match message.payload {
+        NetlinkPayload::InnerMessage(inner) => Some(inner),
+        _ => None,
+    })
+}
+
+/// Reads one datagram's messages of request `seq`, each data message
+/// through `decode` into `into`; sets `interrupted` when a dump message
+/// says so.
+fn read_datagram_with<T>(
+    datagram: &[u8],
+    seq: u32,
+    request: &str,
+    into: &mut Vec<T>,
+    interrupted: &mut bool,
+    decode: &mut impl FnMut(&[u8]) -> Result<Option<T>, AgentError>,
+) -> Result<Ending, AgentError> {
     let mut offset = 0;
     let mut ending = Ending::Pending;
     while offset < datagram.len() {
         let rest = &datagram[offset..];
-        let length = NetlinkBuffer::new_checked(rest)
-            .map_err(|e| decode_error(request, &e))?
-            .length() as usize;
+        let header = NetlinkBuffer::new_checked(rest).map_err(|e| decode_error(request, &e))?;
+        let length = header.length() as usize;
+        let (message_type, flags, message_seq) = (
+            header.message_type(),
+            header.flags(),
+            header.sequence_number(),
+        );
         let bytes = &rest[..length];
         offset += length.next_multiple_of(4);
-        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-            .map_err(|e| decode_error(request, &e))?;
-        if message.header.sequence_number != seq {
+        if message_seq != seq {
             // A late answer to an earlier request abandoned on error.
             debug!(
-                seq = message.header.sequence_number,
+                seq = message_seq,
                 expected = seq,
                 "rtnetlink message of another request"
             );
             continue;
         }
-        if message.header.flags & NLM_F_DUMP_INTR != 0 {
+        if flags & NLM_F_DUMP_INTR != 0 {
             *interrupted = true;
         }
+        if message_type >= NLMSG_MIN_TYPE {
+            if let Some(entry) = decode(bytes)? {
+                into.push(entry);
+            }
+            continue;
+        }
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+            .map_err(|e| decode_error(request, &e))?;
         match message.payload {
-            NetlinkPayload::InnerMessage(inner) => into.push(inner),
             NetlinkPayload::Error(error) => match error.code {
                 None => ending = Ending::Done,
                 Some(code) => {
@@ -583,6 +676,20 @@ impl Rtnl {
         request: &str,
         interrupted: &mut bool,
     ) -> Result<Vec<RouteNetlinkMessage>, AgentError> {
+        self.exchange_with(message, flags, request, interrupted, &mut |bytes| {
+            decode_message(request, bytes)
+        })
+    }
+
+    /// [`Self::exchange`], each data message of the reply through `decode`.
+    fn exchange_with<T>(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        request: &str,
+        interrupted: &mut bool,
+        decode: &mut impl FnMut(&[u8]) -> Result<Option<T>, AgentError>,
+    ) -> Result<Vec<T>, AgentError> {
         debug!(request, "rtnetlink");
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -621,9 +728,14 @@ impl Rtnl {
                     ),
                 });
             }
-            if let Ending::Done =
-                read_datagram(&self.buffer, seq, request, &mut replies, interrupted)?
-            {
+            if let Ending::Done = read_datagram_with(
+                &self.buffer,
+                seq,
+                request,
+                &mut replies,
+                interrupted,
+                decode,
+            )? {
                 return Ok(replies);
             }
         }
@@ -646,10 +758,28 @@ impl Rtnl {
         message: &RouteNetlinkMessage,
         request: &str,
     ) -> Result<Vec<RouteNetlinkMessage>, AgentError> {
+        self.dump_with(message, request, &mut |bytes| {
+            decode_message(request, bytes)
+        })
+    }
+
+    /// [`Self::dump`], each message through `decode`.
+    fn dump_with<T>(
+        &mut self,
+        message: &RouteNetlinkMessage,
+        request: &str,
+        decode: &mut impl FnMut(&[u8]) -> Result<Option<T>, AgentError>,
+    ) -> Result<Vec<T>, AgentError> {
         let mut attempt = 1;
         loop {
             let mut interrupted = false;
-            let replies = self.exchange(message.clone(), NLM_F_DUMP, request, &mut interrupted)?;
+            let replies = self.exchange_with(
+                message.clone(),
+                NLM_F_DUMP,
+                request,
+                &mut interrupted,
+                decode,
+            )?;
             if !interrupted {
                 return Ok(replies);
             }
@@ -671,14 +801,14 @@ impl Rtnl {
         request
             .attributes
             .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let replies = self.dump(&RouteNetlinkMessage::GetLink(request), "ip -d link show")?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => link_entry(link),
-                _ => None,
-            })
-            .collect())
+        // A node has a link per pod, and this runs at every reconcile: each
+        // is read straight from the reply, not decoded whole.
+        let description = "ip -d link show";
+        self.dump_with(
+            &RouteNetlinkMessage::GetLink(request),
+            description,
+            &mut |bytes| read_link_entry(bytes).map_err(|e| decode_error(description, &e)),
+        )
     }
 
     /// The link `name`, or `None` when there is none.
@@ -1292,5 +1422,60 @@ mod tests {
         assert_eq!(header_table(254), 254);
         assert_eq!(table_name(254), "main");
         assert_eq!(format_mac([0xde, 0xad, 0, 1, 2, 0xff]), "de:ad:00:01:02:ff");
+    }
+
+    #[test]
+    fn a_link_read_in_place_is_the_link_decoded_whole() {
+        let mut link = LinkMessage::default();
+        link.header.index = 42;
+        link.attributes = vec![
+            LinkAttribute::Mtu(9000),
+            LinkAttribute::IfName("veth1234abcd".into()),
+            LinkAttribute::TxQueueLen(1000),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 7]),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            LinkAttribute::NumRxQueues(4),
+            LinkAttribute::IfAlias("pod a/b".into()),
+        ];
+        let read = |link: &LinkMessage| {
+            read_link_entry(&framed(RouteNetlinkMessage::NewLink(link.clone()), 1, 0)).unwrap()
+        };
+        assert_eq!(read(&link), link_entry(link.clone()));
+        assert_eq!(read(&link).unwrap().alias.as_deref(), Some("pod a/b"));
+        link.attributes
+            .retain(|a| !matches!(a, LinkAttribute::IfAlias(_)));
+        link.attributes.push(LinkAttribute::IfAlias(String::new()));
+        assert_eq!(read(&link), link_entry(link.clone()));
+        link.attributes
+            .retain(|a| !matches!(a, LinkAttribute::IfName(_)));
+        assert_eq!(read(&link), None);
+        // Not a link; a link message cut short.
+        let route = framed(RouteNetlinkMessage::NewRoute(RouteMessage::default()), 1, 0);
+        assert_eq!(read_link_entry(&route).unwrap(), None);
+        let mut cut = framed(RouteNetlinkMessage::NewLink(LinkMessage::default()), 1, 0);
+        cut.truncate(NLMSG_HEADER_LEN + 2);
+        let length = cut.len() as u32;
+        cut[..4].copy_from_slice(&length.to_ne_bytes());
+        assert!(read_link_entry(&cut).is_err());
+    }
+
+    #[test]
+    fn the_links_of_this_namespace_read_in_place_are_those_decoded_whole() {
+        let mut rtnl = Rtnl::open().unwrap();
+        let mut request = LinkMessage::default();
+        request
+            .attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let whole: Vec<LinkEntry> = rtnl
+            .dump(&RouteNetlinkMessage::GetLink(request), "links")
+            .unwrap()
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => link_entry(link),
+                _ => None,
+            })
+            .collect();
+        assert!(whole.iter().any(|l| l.name == "lo"), "{whole:?}");
+        assert_eq!(rtnl.links().unwrap(), whole);
     }
 }

@@ -33,6 +33,7 @@ pub mod control_socket;
 pub mod denials;
 pub mod metrics;
 pub mod plumbing;
+mod reaper;
 pub mod removal;
 mod rtnl;
 pub mod spare_sockets;
@@ -327,6 +328,8 @@ pub struct Agent {
     reporter: Option<DenialReporter>,
     /// Sockets made ahead for new pod interfaces (started once running).
     spares: Option<SpareSockets>,
+    /// Closes the ports workers remove, off their threads.
+    reaper: reaper::Reaper<XskPort>,
 }
 
 /// The calling thread's network namespace.
@@ -383,6 +386,7 @@ impl Agent {
             },
         )
         .map_err(AgentError::Denials)?;
+        let reaper = reaper::Reaper::start("pf-port-reaper").map_err(AgentError::Thread)?;
         let mut agent = Self {
             tables,
             stop: Arc::new(AtomicBool::new(false)),
@@ -404,6 +408,7 @@ impl Agent {
             denials,
             reporter: Some(reporter),
             spares: None,
+            reaper,
             options,
         };
         // From here on, dropping `agent` undoes what was done.
@@ -714,6 +719,7 @@ impl Agent {
         let reader = self.tables.publisher().reader();
         let stop = Arc::clone(&self.stop);
         let (tx, commands) = mpsc::channel();
+        let removed = self.reaper.sender();
         let wake = Arc::new(Wake::new().map_err(AgentError::Wake)?);
         self.commands.push(WorkerMailbox {
             tx,
@@ -745,6 +751,7 @@ impl Agent {
                 let inbox = Inbox {
                     commands,
                     wake: &wake,
+                    removed,
                 };
                 run_worker(index, &mut switch, &mut worker, &stop, &inbox, &rings)
             })
@@ -887,6 +894,7 @@ impl Agent {
         if let Some(reporter) = self.reporter.take() {
             reporter.stop();
         }
+        self.reaper.finish();
         reports
     }
 
@@ -1029,6 +1037,8 @@ impl WorkerMailbox {
 struct Inbox<'a> {
     commands: mpsc::Receiver<WorkerCommand>,
     wake: &'a Wake,
+    /// Where removed ports go to be closed.
+    removed: reaper::Handoff<XskPort>,
 }
 
 /// Clears a worker's running flag when the worker ends (also by panic).
@@ -1075,7 +1085,11 @@ fn run_worker(
                 WorkerCommand::AddPort(port) => {
                     switch.add_port(*port);
                 }
-                WorkerCommand::RemovePort(i) => drop(switch.remove_port(i)),
+                WorkerCommand::RemovePort(i) => {
+                    if let Some(port) = switch.remove_port(i) {
+                        inbox.removed.give(port);
+                    }
+                }
                 WorkerCommand::SetFib(fib) => {
                     if let Err(e) = switch.set_fib(fib) {
                         error!(worker = index, error = %e, "forwarding table refused; the old one stays");

@@ -266,6 +266,8 @@ impl Supervisor {
         if self.status_refreshed.elapsed() >= Duration::from_secs(1) {
             *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.agent.status());
             self.status_refreshed = Instant::now();
+            // Generations the workers have moved on from, freed here.
+            self.agent.tables().publisher().free_retired();
         }
         published
     }

@@ -54,7 +54,7 @@ use podfence_datapath::ports::wait::{ReadableWait, Wake};
 use podfence_datapath::ports::xsk::{ChecksumOffload, XskConfig, XskPort};
 use podfence_datapath::ports::{Port, PortError};
 use podfence_datapath::stats::{Counters, WorkerStats};
-use podfence_datapath::switch::{Fib, Route, Switch, SwitchError, SwitchStats};
+use podfence_datapath::switch::{Fib, Route, StagedPort, Switch, SwitchError, SwitchStats};
 use podfence_datapath::worker::{Worker, WorkerConfig, pin_to_core};
 use tracing::{error, info, warn};
 
@@ -661,6 +661,7 @@ impl Agent {
             let index = self.next_port;
             let ports = self.attach(link)?;
             for (mailbox, port) in self.commands.iter().zip(ports) {
+                let port = StagedPort::new(port, mailbox.max_frame);
                 mailbox.send(WorkerCommand::AddPort(Box::new(port)));
             }
             self.port_of.insert(link.name.clone(), index);
@@ -724,6 +725,7 @@ impl Agent {
         self.commands.push(WorkerMailbox {
             tx,
             wake: Arc::clone(&wake),
+            max_frame: switch.max_frame(),
         });
         let config = self.options.worker;
         let pin = self.options.pin_workers;
@@ -1004,7 +1006,7 @@ pub fn open_conntrack(
 /// A change a worker applies between batches.
 enum WorkerCommand {
     /// A pod interface appeared: its port for this worker.
-    AddPort(Box<XskPort>),
+    AddPort(Box<StagedPort<XskPort>>),
     /// A pod interface went.
     RemovePort(usize),
     /// A new forwarding table.
@@ -1020,6 +1022,8 @@ enum WorkerCommand {
 struct WorkerMailbox {
     tx: mpsc::Sender<WorkerCommand>,
     wake: Arc<Wake>,
+    /// Its switch's [`Switch::max_frame`], to stage new ports for.
+    max_frame: usize,
 }
 
 impl WorkerMailbox {

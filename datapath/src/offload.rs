@@ -19,7 +19,7 @@
 //!
 //! Where the port the frame leaves by takes TX checksum requests
 //! ([`crate::ports::Port::checksum_offload`], AF_XDP TX metadata), the
-//! switch does not finish a begun checksum: [`begun`] recognises it (the
+//! switch does not finish a begun checksum: `begun` recognises it (the
 //! field equals the folded pseudo-header sum; no sum over the segment) and
 //! returns the request to send with the frame, and the kernel makes the skb
 //! `CHECKSUM_PARTIAL` again, as the pod's stack had it. Requesting it for a

@@ -28,7 +28,7 @@
 //! ([`adopt`] replaces, never flushes first) with the original routes
 //! untouched in the main table.
 //!
-//! Everything goes through rtnetlink ([`super::rtnl`]: one socket per
+//! Everything goes through rtnetlink (`rtnl`: one socket per
 //! call, no process spawned) in the calling thread's network namespace,
 //! but for the one sysctl, a write under `/proc/sys`.
 

@@ -1,6 +1,6 @@
 //! `podfence run`: the agent, on manifests or the Kubernetes API, until
 //! SIGINT or SIGTERM; the loop itself is the library's
-//! [`Supervisor`](podfence_control::agent::supervisor::Supervisor).
+//! [`Supervisor`].
 //!
 //! Manifests are reread when they change and on SIGHUP; a reread that
 //! changes nothing publishes nothing, and manifests that no longer load are
@@ -25,7 +25,7 @@
 //! table (a file, `--conntrack-file`) for the next agent; with
 //! `--daemonset`, the agent asks the API at stop whether its DaemonSet is
 //! gone or going, and cleans instead if it is
-//! ([`removal`](podfence_control::agent::removal)).
+//! ([`removal`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! (so a manifest that a cluster would reject is rejected here too, naming the
 //! object and the field), and returns a small, comparable value. Everything
 //! downstream (the index, the compiler, the reference evaluator, the CLI)
-//! works on these values only. One file per kind; [`selector`] holds the
+//! works on these values only. One file per kind; `selector` holds the
 //! label selectors they share.
 
 mod cluster_network_policy;

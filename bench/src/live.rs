@@ -61,7 +61,7 @@ pub enum LiveError {
     Gone,
 }
 
-/// An [`Agent`] on its own thread in a network namespace.
+/// An [`Agent`](podfence_control::agent::Agent) on its own thread in a network namespace.
 #[derive(Debug)]
 pub struct LiveAgent {
     requests: Option<mpsc::Sender<Request>>,

@@ -23,12 +23,13 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+
+use crate::testbed::in_netns;
 
 /// A pod's attachment to a network.
 #[derive(Clone, Debug)]
@@ -437,7 +438,7 @@ impl Runtime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = spawn_in_netns(&self.host_netns, &mut plugin_command).map_err(exec)?;
+        let mut child = in_netns(&self.host_netns, || plugin_command.spawn()).map_err(exec)?;
         if let Some(mut input) = child.stdin.take() {
             input.write_all(stdin).map_err(exec)?;
         }
@@ -448,23 +449,4 @@ impl Runtime {
             success: out.status.success(),
         })
     }
-}
-
-/// Spawns `command` from a thread that has entered the network namespace
-/// `netns` (an `ip netns` name), so the process starts in it.
-fn spawn_in_netns(netns: &str, command: &mut Command) -> std::io::Result<Child> {
-    let file = std::fs::File::open(Path::new("/var/run/netns").join(netns))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: `file` is an open namespace fd for the duration of the
-            // call; setns changes only this short-lived thread's namespace.
-            let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if ret != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            command.spawn()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }

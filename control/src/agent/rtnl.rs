@@ -324,30 +324,9 @@ fn ip_of_route(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn link_entry(message: LinkMessage) -> Option<LinkEntry> {
-    let mut entry = LinkEntry {
-        index: message.header.index,
-        name: String::new(),
-        mac: None,
-        rx_queues: None,
-        mtu: None,
-        alias: None,
-    };
-    for attribute in message.attributes {
-        match attribute {
-            LinkAttribute::IfName(name) => entry.name = name,
-            LinkAttribute::Address(bytes) => entry.mac = <[u8; 6]>::try_from(bytes).ok(),
-            LinkAttribute::NumRxQueues(queues) => entry.rx_queues = Some(queues),
-            LinkAttribute::Mtu(mtu) => entry.mtu = Some(mtu),
-            LinkAttribute::IfAlias(alias) if !alias.is_empty() => entry.alias = Some(alias),
-            _ => {}
-        }
-    }
-    (!entry.name.is_empty()).then_some(entry)
-}
-
-/// [`link_entry`] of an `RTM_NEWLINK` message (header included), read in
-/// place; `None` for another message or a link without a name.
+/// The link of an `RTM_NEWLINK` message (header included), read in place
+/// for the attributes a [`LinkEntry`] keeps; `None` for another message or
+/// a link without a name.
 fn read_link_entry(bytes: &[u8]) -> Result<Option<LinkEntry>, String> {
     let header = NetlinkBuffer::new_checked(bytes).map_err(|e| e.to_string())?;
     if header.message_type() != RTM_NEWLINK {
@@ -820,20 +799,18 @@ impl Rtnl {
         request
             .attributes
             .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let replies = match self.exchange(
+        let description = format!("ip -d link show dev {name}");
+        match self.exchange_with(
             RouteNetlinkMessage::GetLink(request),
             NLM_F_ACK,
-            &format!("ip -d link show dev {name}"),
+            &description,
             &mut false,
+            &mut |bytes| read_link_entry(bytes).map_err(|e| decode_error(&description, &e)),
         ) {
-            Ok(replies) => replies,
-            Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(replies.into_iter().find_map(|reply| match reply {
-            RouteNetlinkMessage::NewLink(link) => link_entry(link),
-            _ => None,
-        }))
+            Ok(links) => Ok(links.into_iter().next()),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates the veth pair `name`/`peer`.
@@ -1085,6 +1062,30 @@ mod tests {
 
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
+
+    /// A link decoded whole by netlink-packet-route: the oracle of
+    /// [`read_link_entry`].
+    fn link_entry(message: LinkMessage) -> Option<LinkEntry> {
+        let mut entry = LinkEntry {
+            index: message.header.index,
+            name: String::new(),
+            mac: None,
+            rx_queues: None,
+            mtu: None,
+            alias: None,
+        };
+        for attribute in message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => entry.name = name,
+                LinkAttribute::Address(bytes) => entry.mac = <[u8; 6]>::try_from(bytes).ok(),
+                LinkAttribute::NumRxQueues(queues) => entry.rx_queues = Some(queues),
+                LinkAttribute::Mtu(mtu) => entry.mtu = Some(mtu),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => entry.alias = Some(alias),
+                _ => {}
+            }
+        }
+        (!entry.name.is_empty()).then_some(entry)
+    }
 
     /// `message` framed with `seq` and `flags`, as the kernel sends it.
     fn framed(message: RouteNetlinkMessage, seq: u32, flags: u16) -> Vec<u8> {

@@ -90,8 +90,8 @@ impl Publisher {
     }
 
     /// Generations replaced and not freed yet.
-    #[must_use]
-    pub fn retired(&self) -> usize {
+    #[cfg(test)]
+    fn retired(&self) -> usize {
         self.retired
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

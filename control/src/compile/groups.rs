@@ -175,7 +175,6 @@ impl Pass<'_> {
             cx,
             broad_sets: FxHashMap::default(),
             identities: &inputs.identities,
-            profiles: cx.profiles,
             broad_threshold: self.options.broad_threshold,
         };
         for (direction, members, profile) in &inputs.groups {
@@ -341,7 +340,6 @@ struct GroupFill<'a, 'c> {
     cx: &'a FillContext<'c, 'c>,
     broad_sets: FxHashMap<(Option<Vec<PeerRef>>, Option<u32>), BroadSetId>,
     identities: &'a [IdentityKey],
-    profiles: &'a Interner<Vec<NamedPort>>,
     broad_threshold: usize,
 }
 
@@ -360,7 +358,7 @@ impl GroupFill<'_, '_> {
         ctx: &RulePorts<'_>,
     ) {
         let identities = self.identities;
-        let profiles = self.profiles;
+        let profiles = self.cx.profiles;
         let (cx, peer_index) = (self.cx, &mut self.peer_index);
         let admitted = self.rules.get(rule_peers, &mut self.last_rules, || {
             let index = peer_index.get_or_insert_with(|| PeerIndex::new(identities, cx));

@@ -46,10 +46,17 @@ pub(super) struct FillInputs {
 /// `[direction][rule]` → a tier rule's peers (`TierPolicy::rules`).
 pub(super) type TierRules = [Vec<Option<Vec<PeerRef>>>; 2];
 
-impl PartialEq for FillInputs {
-    fn eq(&self, other: &Self) -> bool {
-        self.sigs_epoch == other.sigs_epoch
-            && self.groups == other.groups
+impl FillInputs {
+    /// Whether the identities are `other`'s, and mean the same selector
+    /// signatures (the ipBlock signatures the caller checks).
+    pub(super) fn same_identities(&self, other: &Self) -> bool {
+        self.sigs_epoch == other.sigs_epoch && self.identities == other.identities
+    }
+
+    /// With [`Self::same_identities`], whether the groups and the tier
+    /// policies (the same objects, their peers alike) are `other`'s too.
+    pub(super) fn same_groups(&self, other: &Self) -> bool {
+        self.groups == other.groups
             && self.tier_groups == other.tier_groups
             && self.tiers.len() == other.tiers.len()
             && self
@@ -57,15 +64,6 @@ impl PartialEq for FillInputs {
                 .iter()
                 .zip(&other.tiers)
                 .all(|(a, b)| Arc::ptr_eq(&a.0, &b.0) && a.1 == b.1)
-            && self.identities == other.identities
-    }
-}
-
-impl FillInputs {
-    /// Whether the identities are `other`'s, and mean the same selector
-    /// signatures (the ipBlock signatures the caller checks).
-    pub(super) fn same_identities(&self, other: &Self) -> bool {
-        self.sigs_epoch == other.sigs_epoch && self.identities == other.identities
     }
 }
 

@@ -345,7 +345,7 @@ impl<'a> Pass<'a> {
         };
         let (kept_tables, last_rules) = match memo.fill.take() {
             Some(last) if block_maps_kept && last.inputs.same_identities(&fill_inputs) => {
-                let same = same_policies_resolved && last.inputs == fill_inputs;
+                let same = same_policies_resolved && last.inputs.same_groups(&fill_inputs);
                 (same.then_some(last.tables), last.rules)
             }
             _ => (None, RuleIdentities::default()),

@@ -9,9 +9,9 @@ use rustc_hash::FxHashMap;
 
 use super::ports::PortMatcher;
 use super::{
-    BroadSetId, Direction, GroupId, GroupTables, IdentityId, NO_NODE, NodeId, ObjectName,
-    PodAddress, PodEntry, PodId, PolicyId, PortRule, PortSetId, Tables, TierGroups, TierPolicyInfo,
-    allow_key,
+    BroadSetId, Direction, Enforcement, GroupId, GroupTables, IdentityId, NO_NODE, NodeId,
+    ObjectName, PodAddress, PodEntry, PodId, PolicyId, PortRule, PortSetId, Tables, Tier,
+    TierGroups, TierPolicyInfo, allow_key,
 };
 use crate::lpm::IntervalMap;
 
@@ -27,6 +27,16 @@ pub enum BuildError {
         first: ObjectName,
         /// The pod that also claims it.
         second: ObjectName,
+    },
+    /// An id that the tables being extended do not have.
+    #[error("{what} {id} is not in the tables (they have {count})")]
+    UnknownId {
+        /// What kind of id.
+        what: &'static str,
+        /// The id.
+        id: u32,
+        /// How many the tables have.
+        count: usize,
     },
 }
 
@@ -343,5 +353,80 @@ impl TablesBuilder {
         t.port_segments.shrink_to_fit();
         t.allow.shrink_to_fit();
         std::mem::take(&mut self.fill)
+    }
+}
+
+impl Tables {
+    /// These tables, numbered `generation`, with one more pod at
+    /// `addresses`, numbered after the last pod (`entry.pod` is ignored).
+    /// Its identity, groups and node must be these tables' already: then
+    /// every verdict is what compiling the state with the pod would give,
+    /// up to the numbering. Everything but the address maps and the pod
+    /// names is shared.
+    pub fn with_pod(
+        &self,
+        generation: u64,
+        name: ObjectName,
+        addresses: &[IpAddr],
+        entry: PodAddress,
+    ) -> Result<Tables, BuildError> {
+        let known = |what, id: u32, count: usize| {
+            if (id as usize) < count {
+                Ok(())
+            } else {
+                Err(BuildError::UnknownId { what, id, count })
+            }
+        };
+        known("identity", entry.identity.0, self.identities as usize)?;
+        let groups = self.groups.groups.len();
+        let group_of = |e: Enforcement| match e {
+            Enforcement::Isolated(g) | Enforcement::Audited(g) => Some(g),
+            Enforcement::Remote | Enforcement::Open => None,
+        };
+        let tier_groups = [Tier::Admin, Tier::Baseline].into_iter().flat_map(|tier| {
+            [Direction::Ingress, Direction::Egress].map(|d| entry.tiers.get(tier, d))
+        });
+        for group in [group_of(entry.ingress), group_of(entry.egress)]
+            .into_iter()
+            .chain(tier_groups)
+            .flatten()
+        {
+            known("group", group.0, groups)?;
+        }
+        let pod = PodId(self.pods.len() as u32);
+        let mut tables = Tables {
+            generation,
+            pods: self.pods.iter().cloned().chain([name]).collect(),
+            ..self.clone()
+        };
+        let tiers = match tables.tier_groups.iter().position(|&t| t == entry.tiers) {
+            Some(i) => i as u32,
+            None => {
+                tables.tier_groups.push(entry.tiers);
+                tables.tier_groups.len() as u32 - 1
+            }
+        };
+        let packed = PodEntry {
+            identity: entry.identity,
+            pod,
+            egress: entry.egress.pack(),
+            ingress: entry.ingress.pack(),
+            node: entry.node.map_or(NO_NODE, |n| n.0),
+            tiers,
+        };
+        for &addr in addresses {
+            let existing = match addr {
+                IpAddr::V4(a) => *tables.pods_v4.entry(u32::from(a)).or_insert(packed),
+                IpAddr::V6(a) => *tables.pods_v6.entry(u128::from(a)).or_insert(packed),
+            };
+            if existing != packed {
+                return Err(BuildError::DuplicateAddress {
+                    addr,
+                    first: self.pods[existing.pod.index()].clone(),
+                    second: tables.pods[pod.index()].clone(),
+                });
+            }
+        }
+        Ok(tables)
     }
 }

@@ -682,6 +682,64 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_added_like_another_is_decided_like_it() {
+        let first = sample();
+        let like_b = first.peer(ip("10.0.0.2")).pod.unwrap();
+        let name = ObjectName {
+            namespace: "x".into(),
+            name: "b2".into(),
+        };
+        let added = first
+            .with_pod(8, name.clone(), &[ip("10.0.0.3"), ip("fd00::3")], like_b)
+            .unwrap();
+        assert_eq!(added.generation(), 8);
+        assert!(Arc::ptr_eq(first.group_tables(), added.group_tables()));
+        let b2 = added.peer(ip("10.0.0.3")).pod.unwrap();
+        assert_eq!(b2.pod, PodId(2), "numbered after the last");
+        assert_eq!(added.pod(b2.pod), &name);
+        assert_eq!(
+            PodAddress {
+                pod: like_b.pod,
+                ..b2
+            },
+            like_b
+        );
+        assert_eq!(added.peer(ip("fd00::3")).pod, Some(b2));
+        for (src, port) in [("10.0.0.1", 81), ("10.0.0.1", 82), ("192.0.2.9", 80)] {
+            let to_b = added.classify(ip(src), ip("10.0.0.2"), IpProtocol::TCP, port);
+            let to_b2 = added.classify(ip(src), ip("10.0.0.3"), IpProtocol::TCP, port);
+            assert_eq!(to_b, to_b2, "{src} port {port}");
+        }
+        assert_eq!(
+            added
+                .classify(ip("10.0.0.3"), ip("10.0.0.3"), IpProtocol::TCP, 9)
+                .ingress,
+            Decision::SelfTraffic
+        );
+        // The tables it was made from are unchanged.
+        assert_eq!(first, sample());
+        assert_eq!(first.peer(ip("10.0.0.3")).pod, None);
+
+        let taken = first.with_pod(8, name.clone(), &[ip("10.0.0.1")], like_b);
+        assert!(
+            matches!(taken, Err(BuildError::DuplicateAddress { ref first, .. }) if first.name.as_ref() == "a"),
+            "{taken:?}"
+        );
+        let unknown = PodAddress {
+            ingress: Enforcement::Isolated(GroupId(9)),
+            ..like_b
+        };
+        assert_eq!(
+            first.with_pod(8, name, &[ip("10.0.0.3")], unknown),
+            Err(BuildError::UnknownId {
+                what: "group",
+                id: 9,
+                count: 2
+            })
+        );
+    }
+
+    #[test]
     fn egress_to_block_honours_except() {
         let t = sample();
         let v = t.classify(ip("10.0.0.1"), ip("192.0.2.1"), IpProtocol::UDP, 53);

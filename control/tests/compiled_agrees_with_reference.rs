@@ -11,8 +11,9 @@ mod reference;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
-use podfence_control::compile::{CompileOptions, Locality, compile};
+use podfence_control::compile::{CompileOptions, Compiler, Locality, NotAReplica, compile};
 use podfence_control::index::Cluster;
 use podfence_control::model::{
     Action, ClusterNetworkPolicy, IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort,
@@ -20,6 +21,7 @@ use podfence_control::model::{
     Protocol, Requirement, Rule, Subject, Tier, TierPeer, TierRule,
 };
 use podfence_datapath::Prefix;
+use podfence_datapath::Tables;
 use podfence_datapath::tables::Decision;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -606,18 +608,22 @@ fn describe(side: &Side<'_>) -> String {
 /// Compiles the whole cluster with `options` and checks every probe, and
 /// each half of its verdict, against the reference.
 fn check_whole_cluster(case: &Case, options: &CompileOptions) -> Result<(), TestCaseError> {
-    let cluster = &case.cluster;
-    let compiled = compile(cluster, options);
+    let compiled = compile(&case.cluster, options);
     prop_assert!(
         compiled.warnings.is_empty(),
         "warnings: {:?}",
         compiled.warnings
     );
+    check_every_probe(case, &compiled.tables)
+}
+
+/// Checks every probe, and each half of its verdict, against the
+/// reference: `tables` enforce every pod of the case.
+fn check_every_probe(case: &Case, tables: &Tables) -> Result<(), TestCaseError> {
+    let cluster = &case.cluster;
     for p in &case.probes {
         let (src, dst) = (side(cluster, p.src), side(cluster, p.dst));
-        let verdict = compiled
-            .tables
-            .classify(p.src, p.dst, p.protocol.ip_protocol(), p.port);
+        let verdict = tables.classify(p.src, p.dst, p.protocol.ip_protocol(), p.port);
         let want = reference::allowed(cluster, &src, &dst, p.protocol, p.port);
         let what = format!(
             "{} ({} -> {}) {}/{}",
@@ -687,34 +693,199 @@ proptest! {
     /// elsewhere are not enforced.
     #[test]
     fn node_local_halves_agree_with_reference(case in case()) {
-        let cluster = &case.cluster;
         let options = CompileOptions { locality: Locality::Node(NODES[0].to_owned()), ..CompileOptions::default() };
-        let compiled = compile(cluster, &options);
+        let compiled = compile(&case.cluster, &options);
         prop_assert!(compiled.warnings.is_empty(), "warnings: {:?}", compiled.warnings);
-        let local = |side: &Side<'_>| {
-            side.endpoint().is_some_and(|p| p.node.as_deref() == Some(NODES[0]))
+        check_local_halves(&case, &compiled.tables)?;
+    }
+
+    /// A pod added to the tables of the state without it, without
+    /// compiling, when the compiler finds it a replica: the verdicts are
+    /// the reference's, as for a compile of the state with it.
+    #[test]
+    fn replicas_added_without_compiling_agree_with_reference(
+        case in case(),
+        which in any::<Index>(),
+        copy in any::<bool>(),
+        node_local in any::<bool>(),
+    ) {
+        check_replica(&case, which, copy, node_local)?;
+    }
+}
+
+/// Checks the probes of `tables` that enforce the pods of node n1 only: a
+/// local source's egress and a local destination's ingress agree with the
+/// reference's halves; pods elsewhere are not enforced.
+fn check_local_halves(case: &Case, tables: &Tables) -> Result<(), TestCaseError> {
+    let cluster = &case.cluster;
+    let local = |side: &Side<'_>| {
+        side.endpoint()
+            .is_some_and(|p| p.node.as_deref() == Some(NODES[0]))
+    };
+    for p in &case.probes {
+        let (src, dst) = (side(cluster, p.src), side(cluster, p.dst));
+        let verdict = tables.classify(p.src, p.dst, p.protocol.ip_protocol(), p.port);
+        let what = format!(
+            "{} ({} -> {}) {}/{}",
+            p.what,
+            describe(&src),
+            describe(&dst),
+            p.protocol,
+            p.port
+        );
+        if reference::is_self_traffic(&src, &dst) || reference::is_from_own_node(&src, &dst) {
+            prop_assert!(verdict.is_allowed(), "{}: {:?}", what, verdict);
+            continue;
+        }
+        if local(&src) {
+            let want = reference::egress_allowed(cluster, &src, &dst, p.protocol, p.port);
+            prop_assert_eq!(
+                verdict.egress.is_allowed(),
+                want,
+                "egress of {}: {:?}",
+                what,
+                verdict
+            );
+        } else {
+            prop_assert_eq!(verdict.egress, Decision::NotEnforced, "egress of {}", what);
+        }
+        if local(&dst) {
+            let want = reference::ingress_allowed(cluster, &src, &dst, p.protocol, p.port);
+            prop_assert_eq!(
+                verdict.ingress.is_allowed(),
+                want,
+                "ingress of {}: {:?}",
+                what,
+                verdict
+            );
+        } else {
+            prop_assert_eq!(
+                verdict.ingress,
+                Decision::NotEnforced,
+                "ingress of {}",
+                what
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`Compiler::add_replica`] on a case: a local endpoint of it (`which`)
+/// is the pod that starts; the tables it is added to are those of the
+/// state without it (`copy` false) or of the case, the pod then being a
+/// copy of that endpoint at a free address, probed as it is (`copy`).
+/// Enforced here: every pod, or those of node n1 (`node_local`, which
+/// also gives the compiler n1's addresses). Returns why the pod was not
+/// added, if it was not; when it was, the tables must agree with the
+/// reference on the state with it.
+fn check_replica(
+    case: &Case,
+    which: Index,
+    copy: bool,
+    node_local: bool,
+) -> Result<Option<NotAReplica>, TestCaseError> {
+    let options = if node_local {
+        CompileOptions {
+            locality: Locality::Node(NODES[0].to_owned()),
+            node_addresses: node_ips(0),
+            ..CompileOptions::default()
+        }
+    } else {
+        CompileOptions::default()
+    };
+    let local: Vec<&Arc<Pod>> = case
+        .cluster
+        .pods
+        .values()
+        .filter(|p| reference::is_endpoint(p) && options.locality.includes(p))
+        .collect();
+    if local.is_empty() {
+        return Ok(Some(NotAReplica::NotALocalEndpoint));
+    }
+    let chosen = which.get(&local);
+    let (before, with, pod) = if copy {
+        let free = |ipv4: bool| {
+            (0..SLOTS)
+                .map(|s| if ipv4 { v4(s) } else { v6(s) })
+                .find(|ip| case.cluster.pods.values().all(|p| !p.ips.contains(ip)))
         };
-        for p in &case.probes {
-            let (src, dst) = (side(cluster, p.src), side(cluster, p.dst));
-            let verdict = compiled.tables.classify(p.src, p.dst, p.protocol.ip_protocol(), p.port);
-            let what = format!("{} ({} -> {}) {}/{}", p.what, describe(&src), describe(&dst), p.protocol, p.port);
-            if reference::is_self_traffic(&src, &dst) || reference::is_from_own_node(&src, &dst) {
-                prop_assert!(verdict.is_allowed(), "{}: {:?}", what, verdict);
-                continue;
-            }
-            if local(&src) {
-                let want = reference::egress_allowed(cluster, &src, &dst, p.protocol, p.port);
-                prop_assert_eq!(verdict.egress.is_allowed(), want, "egress of {}: {:?}", what, verdict);
-            } else {
-                prop_assert_eq!(verdict.egress, Decision::NotEnforced, "egress of {}", what);
-            }
-            if local(&dst) {
-                let want = reference::ingress_allowed(cluster, &src, &dst, p.protocol, p.port);
-                prop_assert_eq!(verdict.ingress.is_allowed(), want, "ingress of {}: {:?}", what, verdict);
-            } else {
-                prop_assert_eq!(verdict.ingress, Decision::NotEnforced, "ingress of {}", what);
+        let mut pod = Pod::clone(chosen);
+        pod.name = format!("{}-copy", pod.name);
+        for ip in &mut pod.ips {
+            match free(ip.is_ipv4()) {
+                Some(free) => *ip = free,
+                None => return Ok(Some(NotAReplica::NotALocalEndpoint)),
             }
         }
+        // Every probe of the endpoint again, with the copy in its place.
+        let moved = |ip: IpAddr| {
+            chosen
+                .ips
+                .iter()
+                .position(|&a| a == ip)
+                .map_or(ip, |i| pod.ips[i])
+        };
+        let mut with = case.clone();
+        with.cluster.apply(pod.clone());
+        with.probes.extend(case.probes.iter().map(|p| ProbeCase {
+            what: format!("{} (the copy)", p.what),
+            src: moved(p.src),
+            dst: moved(p.dst),
+            ..p.clone()
+        }));
+        (case.cluster.clone(), with, pod)
+    } else {
+        let mut before = case.cluster.clone();
+        before.delete::<Pod>(&chosen.key());
+        (before, case.clone(), Pod::clone(chosen))
+    };
+    let mut compiler = Compiler::new(options);
+    let last = compiler.compile(&before, 1).tables;
+    let namespace = with.cluster.namespaces.get(&pod.namespace);
+    let tables = match compiler.add_replica(&last, &pod, namespace, 2) {
+        Ok(tables) => tables,
+        Err(why) => return Ok(Some(why)),
+    };
+    prop_assert_eq!(tables.generation(), 2);
+    if node_local {
+        check_local_halves(&with, &tables)?;
+    } else {
+        check_every_probe(&with, &tables)?;
+    }
+    Ok(None)
+}
+
+/// Enough of the cases above add the pod, and enough do not.
+#[test]
+fn replicas_are_added_often_and_refused_for_each_reason() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (case(), any::<Index>(), any::<bool>(), any::<bool>());
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..400 {
+        let (case, which, copy, node_local) = strategy.new_tree(&mut runner).unwrap().current();
+        let outcome = check_replica(&case, which, copy, node_local).unwrap();
+        let what = match outcome {
+            None => format!("added (copy: {copy}, node-local: {node_local})"),
+            Some(NotAReplica::NewIdentity(_)) => "new identity".to_owned(),
+            Some(NotAReplica::NewGroup(_)) => "new group".to_owned(),
+            Some(why) => why.to_string(),
+        };
+        *outcomes.entry(what).or_default() += 1;
+    }
+    for what in [
+        "added (copy: true, node-local: true)",
+        "added (copy: true, node-local: false)",
+        "added (copy: false, node-local: true)",
+        "added (copy: false, node-local: false)",
+        "new identity",
+        "new group",
+    ] {
+        assert!(
+            outcomes.get(what).copied().unwrap_or(0) >= 5,
+            "{what}: {outcomes:?}"
+        );
     }
 }
 

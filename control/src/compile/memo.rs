@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 
 use super::groups::FillMemo;
 use super::peers::{BlockMaps, PeerRef, SelectorPeer};
+use super::replica::ReplicaMemo;
 use crate::model::{ClusterNetworkPolicy, IpBlock, NamedPort, Namespace, NetworkPolicy, Pod};
 
 pub(super) struct Interner<K> {
@@ -95,6 +96,8 @@ pub(super) struct Memo {
     pub(super) tier_policies: Vec<Arc<ClusterNetworkPolicy>>,
     /// The last compile's group tables and what they were filled from.
     pub(super) fill: Option<FillMemo>,
+    /// What adding a replica to its tables needs besides.
+    pub(super) replica: Option<ReplicaMemo>,
 }
 
 /// Per-endpoint lists of one compile, kept for the next to refill so that

@@ -38,6 +38,7 @@ mod identities;
 mod memo;
 mod pass;
 mod peers;
+mod replica;
 mod services;
 mod tiers;
 
@@ -51,6 +52,7 @@ use crate::model::{ObjectKey, Pod};
 
 use memo::{Memo, NameKey};
 use pass::Pass;
+pub use replica::NotAReplica;
 pub use services::{
     CompiledServices, ServiceCompiler, ServicesConfig, compile_services, compile_services_with,
 };

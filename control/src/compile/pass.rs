@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use podfence_datapath::TablesBuilder;
 use podfence_datapath::tables::{
-    Direction, Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, Tier,
-    TierGroups,
+    Enforcement, GroupId, IdentityId, NodeId, ObjectName, PodAddress, PodId, TierGroups,
 };
 use rustc_hash::FxHashMap;
 
@@ -16,8 +15,9 @@ use super::groups::{FillContext, FillInputs, FillMemo, GroupKey, RuleIdentities}
 use super::identities::{IdentityKey, NOT_A_POD};
 use super::memo::{EndpointMemo, Interner, Memo, NO_SIG};
 use super::peers::{BlockMaps, PeerRef};
+use super::replica::{ReplicaMemo, TierShape, enforced, group_keys, is_audited, tier_group_keys};
 use super::tiers::{TierPolicy, tier_info};
-use super::{AUDIT_LABEL, CompileOptions, Compiled};
+use super::{CompileOptions, Compiled};
 use crate::index::Cluster;
 use crate::model::{NetworkPolicy, Pod};
 
@@ -223,7 +223,7 @@ impl<'a> Pass<'a> {
         // Groups of local endpoints, numbered by first occurrence; their
         // allow entries are filled below.
         let mut group_ids: FxHashMap<GroupKey, GroupId> = FxHashMap::default();
-        let mut group_keys: Vec<GroupKey> = Vec::new();
+        let mut group_keys_in_order: Vec<GroupKey> = Vec::new();
         let enforcement = &mut scratch.enforcement;
         let audited_endpoints = &mut scratch.audited;
         for (e, pod) in self.endpoints.iter().enumerate() {
@@ -232,54 +232,23 @@ impl<'a> Pass<'a> {
                 audited_endpoints.push(false);
                 continue;
             }
-            let mut selecting: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
-            for &i in policies_by_namespace
+            let candidates = policies_by_namespace
                 .get(pod.namespace.as_str())
                 .into_iter()
                 .flatten()
-            {
-                let p = policies[i as usize];
-                if p.pod_selector.matches(&pod.labels) {
-                    if p.isolates_ingress {
-                        selecting[0].push(i);
-                    }
-                    if p.isolates_egress {
-                        selecting[1].push(i);
-                    }
-                }
-            }
-            let audited = self.options.audit
-                || cluster.namespaces.get(&pod.namespace).is_some_and(|ns| {
-                    ns.labels.get(AUDIT_LABEL.0).map(String::as_str) == Some(AUDIT_LABEL.1)
-                });
+                .map(|&i| (i, &**policies[i as usize], policy_named[i as usize]));
+            let keys = group_keys(pod, endpoints[e].facts.profile, candidates);
+            let audited = is_audited(self.options, cluster.namespaces.get(&pod.namespace));
             audited_endpoints.push(audited);
-            let mut pair = [Enforcement::Open; 2];
-            for (d, direction) in [Direction::Ingress, Direction::Egress]
-                .into_iter()
-                .enumerate()
-            {
-                if selecting[d].is_empty() {
-                    continue;
-                }
-                let uses_named =
-                    d == 0 && selecting[d].iter().any(|&p| policy_named[p as usize][0]);
-                let profile = if uses_named {
-                    endpoints[e].facts.profile
-                } else {
-                    0
-                };
-                let key = (direction, std::mem::take(&mut selecting[d]), profile);
-                let group = *group_ids.entry(key).or_insert_with_key(|key| {
-                    group_keys.push(key.clone());
-                    GroupId(group_keys.len() as u32 - 1)
-                });
-                pair[d] = if audited {
-                    Enforcement::Audited(group)
-                } else {
-                    Enforcement::Isolated(group)
-                };
-            }
-            enforcement.push(pair);
+            enforcement.push(keys.map(|key| {
+                key.map_or(Enforcement::Open, |key| {
+                    let group = *group_ids.entry(key).or_insert_with_key(|key| {
+                        group_keys_in_order.push(key.clone());
+                        GroupId(group_keys_in_order.len() as u32 - 1)
+                    });
+                    enforced(group, audited)
+                })
+            }));
         }
 
         // Tier groups: per local endpoint, tier and direction, the tier
@@ -287,8 +256,9 @@ impl<'a> Pass<'a> {
         // numbered after the NetworkPolicy groups.
         let subjects = self.tier_subjects(&tiers, &endpoints);
         let mut tier_group_ids: FxHashMap<GroupKey, GroupId> = FxHashMap::default();
-        let mut tier_group_keys: Vec<GroupKey> = Vec::new();
-        let first_tier_group = group_keys.len() as u32;
+        let mut tier_group_keys_in_order: Vec<GroupKey> = Vec::new();
+        let first_tier_group = group_keys_in_order.len() as u32;
+        let tier_shapes: Vec<TierShape> = tiers.iter().map(TierShape::of).collect();
         let endpoint_tiers = &mut scratch.tiers;
         endpoint_tiers.resize(self.endpoints.len(), TierGroups::NONE);
         for (e, selected) in subjects.iter().enumerate() {
@@ -297,35 +267,14 @@ impl<'a> Pass<'a> {
             }
             let mut groups_of = TierGroups::NONE;
             groups_of.audited = audited_endpoints[e];
-            for (d, direction) in [Direction::Ingress, Direction::Egress]
-                .into_iter()
-                .enumerate()
+            for (tier, direction, key) in
+                tier_group_keys(selected, &tier_shapes, endpoints[e].facts.profile)
             {
-                for tier in [Tier::Admin, Tier::Baseline] {
-                    let members: Vec<u32> = selected
-                        .iter()
-                        .copied()
-                        .filter(|&t| {
-                            let t = &tiers[t as usize];
-                            t.policy.tier == tier && !t.rules[d].is_empty()
-                        })
-                        .collect();
-                    if members.is_empty() {
-                        continue;
-                    }
-                    let uses_named = d == 0 && members.iter().any(|&t| tiers[t as usize].named[0]);
-                    let profile = if uses_named {
-                        endpoints[e].facts.profile
-                    } else {
-                        0
-                    };
-                    let key = (direction, members, profile);
-                    let group = *tier_group_ids.entry(key).or_insert_with_key(|key| {
-                        tier_group_keys.push(key.clone());
-                        GroupId(first_tier_group + tier_group_keys.len() as u32 - 1)
-                    });
-                    groups_of.set(tier, direction, group);
-                }
+                let group = *tier_group_ids.entry(key).or_insert_with_key(|key| {
+                    tier_group_keys_in_order.push(key.clone());
+                    GroupId(first_tier_group + tier_group_keys_in_order.len() as u32 - 1)
+                });
+                groups_of.set(tier, direction, group);
             }
             endpoint_tiers[e] = groups_of;
         }
@@ -336,8 +285,8 @@ impl<'a> Pass<'a> {
         let fill_inputs = FillInputs {
             sigs_epoch: memo.sigs_epoch,
             identities: std::mem::take(&mut identities.items),
-            groups: group_keys,
-            tier_groups: tier_group_keys,
+            groups: group_keys_in_order,
+            tier_groups: tier_group_keys_in_order,
             tiers: tiers
                 .iter()
                 .map(|t| (Arc::clone(t.policy), t.rules.clone()))
@@ -431,6 +380,11 @@ impl<'a> Pass<'a> {
         memo.endpoints = endpoints;
         memo.scratch = scratch;
         memo.tier_policies = tiers.iter().map(|t| Arc::clone(t.policy)).collect();
+        memo.replica = Some(ReplicaMemo {
+            egress_named,
+            tiers: tier_shapes,
+            local_node,
+        });
         let tables = builder.build();
         memo.fill = Some(FillMemo {
             inputs: fill_inputs,

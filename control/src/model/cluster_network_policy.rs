@@ -132,6 +132,18 @@ pub enum Subject {
     },
 }
 
+impl Subject {
+    /// Whether it selects a pod labelled `pod` in a namespace labelled
+    /// `namespace`.
+    #[must_use]
+    pub fn selects(&self, namespace: &super::Labels, pod: &super::Labels) -> bool {
+        match self {
+            Self::Namespaces(namespaces) => namespaces.matches(namespace),
+            Self::Pods { namespaces, pods } => namespaces.matches(namespace) && pods.matches(pod),
+        }
+    }
+}
+
 /// One element of a rule's `from` or `to`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TierPeer {

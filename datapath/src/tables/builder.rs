@@ -357,18 +357,17 @@ impl TablesBuilder {
 }
 
 impl Tables {
-    /// These tables, numbered `generation`, with one more pod at
-    /// `addresses`, numbered after the last pod (`entry.pod` is ignored).
-    /// Its identity, groups and node must be these tables' already: then
-    /// every verdict is what compiling the state with the pod would give,
-    /// up to the numbering. Everything but the address maps and the pod
-    /// names is shared.
+    /// These tables, numbered `generation`, with one more pod, `name`, at
+    /// `addresses`, numbered after the last pod (the entries' `pod` is
+    /// ignored). Its identities, groups and node must be these tables'
+    /// already: then every verdict is what compiling the state with the pod
+    /// would give, up to the numbering. Everything but the address maps
+    /// and the pod names is shared.
     pub fn with_pod(
         &self,
         generation: u64,
         name: ObjectName,
-        addresses: &[IpAddr],
-        entry: PodAddress,
+        addresses: &[(IpAddr, PodAddress)],
     ) -> Result<Tables, BuildError> {
         let known = |what, id: u32, count: usize| {
             if (id as usize) < count {
@@ -377,21 +376,23 @@ impl Tables {
                 Err(BuildError::UnknownId { what, id, count })
             }
         };
-        known("identity", entry.identity.0, self.identities as usize)?;
         let groups = self.groups.groups.len();
         let group_of = |e: Enforcement| match e {
             Enforcement::Isolated(g) | Enforcement::Audited(g) => Some(g),
             Enforcement::Remote | Enforcement::Open => None,
         };
-        let tier_groups = [Tier::Admin, Tier::Baseline].into_iter().flat_map(|tier| {
-            [Direction::Ingress, Direction::Egress].map(|d| entry.tiers.get(tier, d))
-        });
-        for group in [group_of(entry.ingress), group_of(entry.egress)]
-            .into_iter()
-            .chain(tier_groups)
-            .flatten()
-        {
-            known("group", group.0, groups)?;
+        for (_, entry) in addresses {
+            known("identity", entry.identity.0, self.identities as usize)?;
+            let tier_groups = [Tier::Admin, Tier::Baseline].into_iter().flat_map(|tier| {
+                [Direction::Ingress, Direction::Egress].map(|d| entry.tiers.get(tier, d))
+            });
+            for group in [group_of(entry.ingress), group_of(entry.egress)]
+                .into_iter()
+                .chain(tier_groups)
+                .flatten()
+            {
+                known("group", group.0, groups)?;
+            }
         }
         let pod = PodId(self.pods.len() as u32);
         let mut tables = Tables {
@@ -399,22 +400,23 @@ impl Tables {
             pods: self.pods.iter().cloned().chain([name]).collect(),
             ..self.clone()
         };
-        let tiers = match tables.tier_groups.iter().position(|&t| t == entry.tiers) {
-            Some(i) => i as u32,
-            None => {
-                tables.tier_groups.push(entry.tiers);
-                tables.tier_groups.len() as u32 - 1
-            }
-        };
-        let packed = PodEntry {
-            identity: entry.identity,
-            pod,
-            egress: entry.egress.pack(),
-            ingress: entry.ingress.pack(),
-            node: entry.node.map_or(NO_NODE, |n| n.0),
-            tiers,
-        };
-        for &addr in addresses {
+        for &(addr, entry) in addresses {
+            let tier_groups = &mut tables.tier_groups;
+            let tiers = tier_groups
+                .iter()
+                .position(|&t| t == entry.tiers)
+                .unwrap_or_else(|| {
+                    tier_groups.push(entry.tiers);
+                    tier_groups.len() - 1
+                }) as u32;
+            let packed = PodEntry {
+                identity: entry.identity,
+                pod,
+                egress: entry.egress.pack(),
+                ingress: entry.ingress.pack(),
+                node: entry.node.map_or(NO_NODE, |n| n.0),
+                tiers,
+            };
             let existing = match addr {
                 IpAddr::V4(a) => *tables.pods_v4.entry(u32::from(a)).or_insert(packed),
                 IpAddr::V6(a) => *tables.pods_v6.entry(u128::from(a)).or_insert(packed),

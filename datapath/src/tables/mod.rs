@@ -690,7 +690,11 @@ mod tests {
             name: "b2".into(),
         };
         let added = first
-            .with_pod(8, name.clone(), &[ip("10.0.0.3"), ip("fd00::3")], like_b)
+            .with_pod(
+                8,
+                name.clone(),
+                &[(ip("10.0.0.3"), like_b), (ip("fd00::3"), like_b)],
+            )
             .unwrap();
         assert_eq!(added.generation(), 8);
         assert!(Arc::ptr_eq(first.group_tables(), added.group_tables()));
@@ -720,7 +724,7 @@ mod tests {
         assert_eq!(first, sample());
         assert_eq!(first.peer(ip("10.0.0.3")).pod, None);
 
-        let taken = first.with_pod(8, name.clone(), &[ip("10.0.0.1")], like_b);
+        let taken = first.with_pod(8, name.clone(), &[(ip("10.0.0.1"), like_b)]);
         assert!(
             matches!(taken, Err(BuildError::DuplicateAddress { ref first, .. }) if first.name.as_ref() == "a"),
             "{taken:?}"
@@ -730,7 +734,7 @@ mod tests {
             ..like_b
         };
         assert_eq!(
-            first.with_pod(8, name, &[ip("10.0.0.3")], unknown),
+            first.with_pod(8, name, &[(ip("10.0.0.3"), unknown)]),
             Err(BuildError::UnknownId {
                 what: "group",
                 id: 9,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use podfence_datapath::conntrack::Conntrack;
 use podfence_datapath::publish::{Generation, Publisher};
 use podfence_datapath::{ServiceTable, Tables};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::compile::{CompileOptions, Compiler, Locality, ServiceCompiler, ServicesConfig};
 use crate::index::{Cluster, OverlaidCluster};
@@ -48,8 +48,11 @@ struct Compilers {
     state: OverlaidCluster,
     /// The compiler's notices of the last compile, logged when they change.
     notices: Vec<String>,
-    /// The local pods' addresses in `state`, as of the last compile.
+    /// The local pods' addresses in `state`, as of the last publish.
     local_addresses: Vec<IpAddr>,
+    /// Pods of `state` added to the tables in force without a compile
+    /// since the last ([`Compiler::add_replica`]).
+    replicas: Vec<Arc<Pod>>,
 }
 
 /// What recording a pod's CNI addresses found.
@@ -92,6 +95,7 @@ impl TablePublisher {
                 state: OverlaidCluster::default(),
                 notices: Vec::new(),
                 local_addresses: Vec::new(),
+                replicas: Vec::new(),
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
@@ -160,7 +164,17 @@ impl TablePublisher {
     #[must_use]
     pub fn in_force(&self) -> (Cluster, Arc<Generation>) {
         let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        (compiler.policies.compiled_state(), self.publisher.current())
+        let mut state = compiler.policies.compiled_state();
+        for pod in &compiler.replicas {
+            state.pods.insert(pod.key(), Arc::clone(pod));
+            if let Some(ns) = compiler.state.cluster().namespaces.get(&pod.namespace) {
+                state
+                    .namespaces
+                    .entry(ns.name.clone())
+                    .or_insert_with(|| Arc::clone(ns));
+            }
+        }
+        (state, self.publisher.current())
     }
 
     /// Pod `key` as the generation in force has it, if it is there (a pod
@@ -169,7 +183,12 @@ impl TablePublisher {
     #[must_use]
     pub fn in_force_pod(&self, key: &ObjectKey) -> Option<Arc<Pod>> {
         let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        compiler.policies.compiled_pod(key).cloned()
+        let replica = || compiler.replicas.iter().find(|p| p.key() == *key);
+        compiler
+            .policies
+            .compiled_pod(key)
+            .or_else(replica)
+            .cloned()
     }
 
     /// Compiles `cluster` into the next generation and swaps it in.
@@ -195,6 +214,7 @@ impl TablePublisher {
             state,
             notices,
             local_addresses,
+            ..
         } = &mut *incremental;
         let cluster = state.cluster();
         let compiled = policies.compile(cluster, generation);
@@ -214,24 +234,8 @@ impl TablePublisher {
         }
         let compile_time = started.elapsed();
         let (pods, policies) = (cluster.pods.len(), cluster.policies.len());
-        if let Some(conntrack) = &self.conntrack {
-            conntrack.record_generation(generation);
-        }
-        self.publisher
-            .publish(compiled.tables, services.table, caused_at);
-        self.generation.store(generation, Ordering::Release);
-        drop(incremental);
-        self.metrics
-            .generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.metrics
-            .compile_seconds
-            .observe(compile_time.as_secs_f64());
-        if let Some(t) = caused_at {
-            self.metrics
-                .propagation_seconds
-                .observe(t.elapsed().as_secs_f64());
-        }
+        incremental.replicas.clear();
+        self.swap_in(incremental, compiled.tables, services.table, caused_at);
         info!(
             generation,
             pods,
@@ -240,10 +244,115 @@ impl TablePublisher {
             since_change_ms = caused_at.map(|t| t.elapsed().as_secs_f64() * 1e3),
             "tables published"
         );
+        self.metrics
+            .compile_seconds
+            .observe(compile_time.as_secs_f64());
         Published {
             generation,
             compile_time,
         }
+    }
+
+    /// Puts `tables` in force as the next generation, with `services`;
+    /// releases the lock once they are.
+    fn swap_in(
+        &self,
+        incremental: std::sync::MutexGuard<'_, Compilers>,
+        tables: Tables,
+        services: Arc<ServiceTable>,
+        caused_at: Option<Instant>,
+    ) {
+        let generation = tables.generation();
+        if let Some(conntrack) = &self.conntrack {
+            conntrack.record_generation(generation);
+        }
+        self.publisher.publish(tables, services, caused_at);
+        self.generation.store(generation, Ordering::Release);
+        drop(incremental);
+        self.metrics
+            .generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        if let Some(t) = caused_at {
+            self.metrics
+                .propagation_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Adds the local pods `keys` of the state to the tables in force
+    /// without compiling, when each is a replica ([`Compiler::add_replica`]),
+    /// and puts the result in force; gives the lock back when some pod is
+    /// not, for the caller to compile.
+    fn add_replicas<'g>(
+        &self,
+        mut incremental: std::sync::MutexGuard<'g, Compilers>,
+        keys: &[ObjectKey],
+        caused_at: Instant,
+    ) -> Result<(), std::sync::MutexGuard<'g, Compilers>> {
+        let started = Instant::now();
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let current = self.publisher.current();
+        let mut tables: Option<Tables> = None;
+        let mut added = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Compilers {
+                policies,
+                state,
+                replicas,
+                ..
+            } = &*incremental;
+            let Some(pod) = state.cluster().pods.get(key) else {
+                return Err(incremental);
+            };
+            if replicas.iter().chain(&added).any(|p| p.key() == *key) {
+                return Err(incremental);
+            }
+            let namespace = state.cluster().namespaces.get(&pod.namespace);
+            let last = tables.as_ref().unwrap_or(&current.tables);
+            match policies.add_replica(last, pod, namespace, generation) {
+                Ok(next) => tables = Some(next),
+                Err(why) => {
+                    debug!(pod = %key, %why, "compiling: not a replica");
+                    return Err(incremental);
+                }
+            }
+            added.push(Arc::clone(pod));
+        }
+        let Some(tables) = tables else {
+            return Err(incremental);
+        };
+        let Compilers {
+            replicas,
+            local_addresses,
+            ..
+        } = &mut *incremental;
+        local_addresses.extend(added.iter().flat_map(|p| p.ips.iter().copied()));
+        local_addresses.sort_unstable();
+        local_addresses.dedup();
+        replicas.extend(added);
+        let services = Arc::clone(&current.services);
+        drop(current);
+        let add_time = started.elapsed();
+        self.swap_in(incremental, tables, services, Some(caused_at));
+        info!(
+            generation,
+            pods = keys.len(),
+            add_ms = add_time.as_secs_f64() * 1e3,
+            "tables published: pods added like ones compiled"
+        );
+        Ok(())
+    }
+
+    /// Compiles the state when pods were added without a compile since
+    /// the last ([`Self::record_cni_addresses_of`]), so that the tables in
+    /// force are numbered as a compile numbers them; what they decide
+    /// does not change. Returns what it published, if it did.
+    pub fn compile_replicas(&self) -> Option<Published> {
+        let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        if incremental.replicas.is_empty() {
+            return None;
+        }
+        Some(self.publish_locked(incremental, None))
     }
 
     /// Records that sandbox `container_id` of `pod` has `ips` (from the
@@ -266,13 +375,16 @@ impl TablePublisher {
         &self,
         sandboxes: Vec<(ObjectKey, &str, &[IpAddr])>,
     ) -> Vec<CniRecorded> {
+        let caused_at = Instant::now();
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut publish = false;
+        let mut changed = Vec::new();
         let recorded = sandboxes
             .into_iter()
             .map(|(pod, container_id, ips)| {
                 let known = incremental.state.source_pod(&pod).is_some();
-                publish |= incremental.state.insert(&pod, container_id, ips);
+                if incremental.state.insert(&pod, container_id, ips) {
+                    changed.push(pod);
+                }
                 if known {
                     CniRecorded::Known
                 } else {
@@ -280,8 +392,10 @@ impl TablePublisher {
                 }
             })
             .collect();
-        if publish {
-            let _ = self.publish_locked(incremental, Some(Instant::now()));
+        if !changed.is_empty()
+            && let Err(incremental) = self.add_replicas(incremental, &changed, caused_at)
+        {
+            let _ = self.publish_locked(incremental, Some(caused_at));
         }
         recorded
     }
@@ -336,7 +450,7 @@ impl TablePublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PodPhase;
+    use crate::model::{NetworkPolicy, PodPhase};
 
     fn pod(name: &str, ips: &[IpAddr]) -> crate::model::Pod {
         crate::model::Pod {
@@ -368,6 +482,88 @@ mod tests {
         // Without a table: from 1, as always.
         let plain = TablePublisher::new(CompileOptions::default());
         assert_eq!(plain.publish(&Cluster::default(), None).generation, 1);
+    }
+
+    #[test]
+    fn a_replica_is_added_without_a_compile_until_one_is_due() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let tables = TablePublisher::new(CompileOptions::default());
+        let mut cluster = Cluster::default();
+        let labelled = |name: &str, app: &str, ips: &[IpAddr]| {
+            let mut p = pod(name, ips);
+            p.labels.insert("app".into(), app.into());
+            p
+        };
+        cluster.apply(labelled("web-1", "web", &[ip("10.0.0.1")]));
+        cluster.apply(labelled("web-0", "web", &[]));
+        cluster.apply(labelled("db-0", "db", &[]));
+        // Only web may reach db: web and db are told apart.
+        let policy = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+";
+        let policy = crate::sources::manifests::load_str(std::path::Path::new("db.yaml"), policy)
+            .unwrap()
+            .cluster;
+        for p in policy.policies.values() {
+            cluster.apply(NetworkPolicy::clone(p));
+        }
+        tables.publish(&cluster, None);
+        let pod_at = |addr: &str| {
+            let generation = tables.publisher().current();
+            let peer = generation.tables.peer(ip(addr)).pod.unwrap();
+            generation.tables.pod(peer.pod).to_string()
+        };
+
+        // Like web-1: added, numbered after it (a compile puts web-0 first).
+        let web_0 = ObjectKey::new("x", "web-0");
+        let _ = tables.record_cni_addresses(web_0.clone(), "c1", &[ip("10.0.0.2")]);
+        assert_eq!(tables.generation(), 2);
+        let current = tables.publisher().current();
+        let added = current.tables.peer(ip("10.0.0.2")).pod.unwrap();
+        assert_eq!(added.pod.0, 1, "appended");
+        assert_eq!(pod_at("10.0.0.2"), "x/web-0");
+        assert_eq!(added.identity, current.tables.peer(ip("10.0.0.1")).identity);
+        assert_eq!(tables.in_force_pod(&web_0).unwrap().ips, [ip("10.0.0.2")]);
+        assert!(tables.in_force().0.pods.contains_key(&web_0));
+        assert_eq!(tables.local_addresses(), [ip("10.0.0.1"), ip("10.0.0.2")]);
+
+        // Its own identity: compiled, and web-0 with it.
+        let db_0 = ObjectKey::new("x", "db-0");
+        let _ = tables.record_cni_addresses(db_0.clone(), "c2", &[ip("10.0.0.3")]);
+        assert_eq!(tables.generation(), 3);
+        assert_eq!(tables.compile_replicas(), None, "nothing left to compile");
+        let current = tables.publisher().current();
+        assert_eq!(current.tables.peer(ip("10.0.0.2")).pod.unwrap().pod.0, 1);
+        assert_eq!(current.tables.peer(ip("10.0.0.1")).pod.unwrap().pod.0, 2);
+        assert_ne!(
+            current.tables.peer(ip("10.0.0.3")).identity,
+            current.tables.peer(ip("10.0.0.1")).identity
+        );
+
+        // Another replica, then the compile that numbers it as a compile does.
+        cluster.apply(labelled("web-2", "web", &[]));
+        tables.publish(&cluster, None);
+        let web_2 = ObjectKey::new("x", "web-2");
+        let _ = tables.record_cni_addresses(web_2.clone(), "c3", &[ip("10.0.0.4")]);
+        assert_eq!(tables.generation(), 5);
+        assert_eq!(pod_at("10.0.0.4"), "x/web-2");
+        let before = tables.publisher().current();
+        let published = tables.compile_replicas().expect("a replica to compile");
+        assert_eq!(published.generation, 6);
+        let after = tables.publisher().current();
+        assert_eq!(after.tables.peer(ip("10.0.0.4")).pod.unwrap().pod.0, 3);
+        for (a, b) in [("10.0.0.1", "10.0.0.4"), ("10.0.0.4", "10.0.0.3")] {
+            let tcp = podfence_datapath::tables::IpProtocol::TCP;
+            assert_eq!(
+                before.tables.classify(ip(a), ip(b), tcp, 80).is_allowed(),
+                after.tables.classify(ip(a), ip(b), tcp, 80).is_allowed()
+            );
+        }
+        assert_eq!(tables.compile_replicas(), None);
     }
 
     #[test]

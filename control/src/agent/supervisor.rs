@@ -17,9 +17,11 @@
 //!   (a MAC may change);
 //! - the CNI plugin's requests from the control socket are served
 //!   ([`super::cni`]): an adopt publishes a generation with the pod's CNI
-//!   addresses, adopts its veth at once, and is answered once the workers
-//!   have it all; the reconcile above stays the safety net for pods wired
-//!   while no agent ran.
+//!   addresses (a replica of compiled pods is added to the tables in force
+//!   without a compile, and compiled once requests stop for a second),
+//!   adopts its veth at once, and is answered once the workers have it
+//!   all; the reconcile above stays the safety net for pods wired while no
+//!   agent ran.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -322,8 +324,14 @@ impl Supervisor {
             .into_iter()
             .chain(cni.calls.try_iter())
             .collect();
+        if !calls.is_empty() {
+            cni.last_call = Instant::now();
+        }
         if !calls.is_empty() || !cni.pending.is_empty() {
             self.serve_cni_calls(&mut cni, calls);
+        } else if cni.last_call.elapsed() >= COMPILE_REPLICAS_AFTER {
+            // Pods added without a compile, compiled once pods stop coming.
+            let _ = self.agent.tables().compile_replicas();
         }
         self.cni = Some(cni);
     }
@@ -541,6 +549,7 @@ fn start_control(
         early: None,
         pending: Vec::new(),
         last_reconcile: Instant::now(),
+        last_call: Instant::now(),
     };
     Some((socket, cni))
 }
@@ -648,6 +657,10 @@ impl PodTracker {
     }
 }
 
+/// How long after the last CNI request the pods added to the tables
+/// without a compile ([`TablePublisher::compile_replicas`]) are compiled.
+const COMPILE_REPLICAS_AFTER: Duration = Duration::from_secs(1);
+
 /// Where a CNI request's answer goes.
 type Reply = mpsc::Sender<Result<String, String>>;
 
@@ -668,6 +681,8 @@ struct CniRequests {
     early: Option<CniCall>,
     pending: Vec<PendingAdopt>,
     last_reconcile: Instant,
+    /// When the last request came.
+    last_call: Instant,
 }
 
 struct PendingAdopt {

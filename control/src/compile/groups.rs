@@ -116,6 +116,8 @@ impl RuleIdentities {
 struct PeerIndex {
     by_selector: Vec<Vec<u32>>,
     by_block: Vec<Vec<u32>>,
+    /// A zero per identity ([`resolve_rule_peers`]).
+    marks: Vec<u8>,
 }
 
 impl PeerIndex {
@@ -135,6 +137,7 @@ impl PeerIndex {
         Self {
             by_selector,
             by_block,
+            marks: vec![0; identities.len()],
         }
     }
 }
@@ -365,6 +368,7 @@ impl GroupFill<'_, '_> {
                 identities.len(),
                 &index.by_selector,
                 &index.by_block,
+                &mut index.marks,
             )
         });
         if admitted.len() > self.broad_threshold {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use podfence_datapath::Prefix;
 use podfence_datapath::lpm::IntervalMap;
 use podfence_datapath::prefix::{AddrBits, Cidr};
-use rustc_hash::FxHashMap;
 
 use super::memo::{ByName, Interner, Memo, NameKey, PolicyMemo};
 use super::pass::Pass;
@@ -122,36 +121,65 @@ pub(super) fn resolve_policy(
     }
 }
 
-/// The identities a rule's peers admit, each with whether a selector peer
-/// (or the absence of peers) admitted it, which is what lets egress named
-/// ports resolve on it.
+/// The identities a rule's peers admit, ascending, each with whether a
+/// selector peer (or the absence of peers) admitted it, which is what lets
+/// egress named ports resolve on it. `by_selector` and `by_block` list the
+/// identities each selector and block admits, ascending; `marks` is one
+/// zero per identity, left zero.
 pub(super) fn resolve_rule_peers(
     peers: Option<&[PeerRef]>,
     identity_count: usize,
     by_selector: &[Vec<u32>],
     by_block: &[Vec<u32>],
+    marks: &mut [u8],
 ) -> Vec<(u32, bool)> {
+    const BLOCK: u8 = 1;
+    const SELECTOR: u8 = 2;
     let Some(peers) = peers else {
         return (0..identity_count as u32).map(|id| (id, true)).collect();
     };
-    let mut out: FxHashMap<u32, bool> = FxHashMap::default();
+    // One peer (most rules): its list as it is.
+    if let [peer] = peers {
+        return match *peer {
+            PeerRef::Selector(s) => by_selector[s as usize]
+                .iter()
+                .map(|&id| (id, true))
+                .collect(),
+            PeerRef::Block(b) => by_block[b as usize].iter().map(|&id| (id, false)).collect(),
+        };
+    }
+    let mut touched: Vec<u32> = Vec::new();
     for peer in peers {
         match *peer {
             PeerRef::Selector(s) => {
                 for &id in &by_selector[s as usize] {
-                    out.insert(id, true);
+                    let mark = &mut marks[id as usize];
+                    if *mark == 0 {
+                        touched.push(id);
+                    }
+                    *mark = SELECTOR;
                 }
             }
             PeerRef::Block(b) => {
                 for &id in &by_block[b as usize] {
-                    out.entry(id).or_insert(false);
+                    let mark = &mut marks[id as usize];
+                    if *mark == 0 {
+                        touched.push(id);
+                        *mark = BLOCK;
+                    }
                 }
             }
         }
     }
-    let mut v: Vec<(u32, bool)> = out.into_iter().collect();
-    v.sort_unstable();
-    v
+    touched.sort_unstable();
+    touched
+        .into_iter()
+        .map(|id| {
+            let via_selector = marks[id as usize] == SELECTOR;
+            marks[id as usize] = 0;
+            (id, via_selector)
+        })
+        .collect()
 }
 
 impl BlockMaps {

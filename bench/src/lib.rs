@@ -17,6 +17,7 @@ pub mod nft;
 pub mod pipeline;
 pub mod plot;
 pub mod pod_services;
+pub mod pod_start;
 pub mod propagation;
 pub mod replay_speed;
 pub mod spread;

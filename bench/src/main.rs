@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use podfence_bench::alloc::CountingAllocator;
+use podfence_bench::pod_start;
 use podfence_bench::synthetic::{self, Shape};
 use podfence_control::compile::{CompileOptions, Compiler, compile};
 use podfence_control::model::{ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod};
@@ -506,10 +507,13 @@ fn time_address_lookups(tables: &podfence_datapath::Tables, tries: &[synthetic::
     start.elapsed().as_nanos() as f64 / tries.len() as f64
 }
 
-fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
-    let cluster = synthetic::cluster(shape);
-    let options = CompileOptions::default();
-
+/// `runs` compiles from scratch: the median time, the last one's peak and
+/// retained bytes, and its tables.
+fn time_compiles(
+    cluster: &podfence_control::index::Cluster,
+    options: &CompileOptions,
+    runs: usize,
+) -> (Duration, usize, usize, podfence_datapath::Tables) {
     let mut times = Vec::with_capacity(runs);
     let mut peak = 0;
     let mut retained = 0;
@@ -519,14 +523,21 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
         let before = ALLOC.live_bytes();
         ALLOC.reset_peak();
         let start = Instant::now();
-        let compiled = compile(&cluster, &options);
+        let compiled = compile(cluster, options);
         times.push(start.elapsed());
         peak = ALLOC.peak_bytes() - before;
         retained = ALLOC.live_bytes() - before;
         tables = Some(compiled.tables);
     }
     let tables = tables.expect("at least one run");
-    let compile_time = median(times);
+    (median(times), peak, retained, tables)
+}
+
+fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
+    let cluster = synthetic::cluster(shape);
+    let options = CompileOptions::default();
+    let (compile_time, peak, retained, tables) = time_compiles(&cluster, &options, runs);
+    let pod_starts = pod_start::pod_start_times(cluster.clone(), 100);
     let [all_pods, node] = change_times(cluster, &options, runs.max(1) * 20);
     let (scratch_ms, incremental_ms) = (all_pods.scratch, all_pods.incremental);
     let (node_scratch_ms, node_incremental_ms) = (node.scratch, node.incremental);
@@ -564,6 +575,7 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
                 "cluster_policy_change_incremental_ms": all_pods.tier_incremental,
                 "node_cluster_policy_change_scratch_ms": node.tier_scratch,
                 "node_cluster_policy_change_incremental_ms": node.tier_incremental,
+                "pod_start": pod_starts.to_json(),
                 "tables_mib": mib(retained),
                 "classify_ns": ns_per,
                 "classify_allowed_ns": allowed_ns,
@@ -603,6 +615,7 @@ fn bench_compile(shape: Shape, runs: usize, attempts: usize, json: bool) {
             stats.port_sets,
             stats.prefix_intervals,
         );
+        println!("  {pod_starts}");
         print_tier_changes(
             shape,
             [all_pods, node],

@@ -84,6 +84,10 @@ pub struct LifecycleOptions {
     pub pods: usize,
     /// ADDs in flight at a time.
     pub at_once: usize,
+    /// How many distinct pods the started pods are replicas of (labels and
+    /// namespace of that many synthetic pods, spread over the cluster;
+    /// pod `i` is like pod `i % shapes`). `pods`: every pod its own.
+    pub shapes: usize,
     /// Upgrades to measure (0: skip the upgrade part).
     pub upgrades: usize,
     /// The `podfence` binary (podfence-cni beside it).
@@ -125,6 +129,8 @@ pub struct PodStartReport {
     pub pods: usize,
     /// ADDs in flight at a time.
     pub at_once: usize,
+    /// How many distinct pods they are replicas of.
+    pub shapes: usize,
     /// podfence-cni's own ADD (the agent adopting the pod).
     pub podfence_cni_add: Percentiles,
     /// ptp then podfence-cni.
@@ -187,6 +193,7 @@ impl LifecycleReport {
             "pod_start": self.pod_start.as_ref().map(|s| json!({
                 "pods": s.pods,
                 "at_once": s.at_once,
+                "shapes": s.shapes,
                 "podfence_cni_add": s.podfence_cni_add.json(),
                 "chain_with": s.chain_with.json(),
                 "chain_without": s.chain_without.json(),
@@ -231,7 +238,7 @@ pub fn run(options: &LifecycleOptions) -> Result<LifecycleReport, String> {
     )
     .map_err(|e| e.to_string())?;
     let dir = TempDir::new(&format!("{}-lifecycle", bed.prefix()))?;
-    let new_pods = new_pods(options.shape, options.pods);
+    let new_pods = new_pods(options.shape, options.pods, options.shapes);
     let manifests = dir.0.join("cluster.json");
     write_manifests(&manifests, &node_pods, options.shape, &new_pods)?;
     let mut report = LifecycleReport {
@@ -254,13 +261,16 @@ pub fn run(options: &LifecycleOptions) -> Result<LifecycleReport, String> {
 }
 
 /// `n` pods to start on this node, each with the labels and namespace of
-/// a synthetic pod (so that the cluster's policies select them).
-fn new_pods(shape: Shape, n: usize) -> Vec<Pod> {
+/// one of `shapes` synthetic pods spread over the cluster (so that the
+/// cluster's policies select them): pod `i` is like the `i % shapes`th.
+fn new_pods(shape: Shape, n: usize, shapes: usize) -> Vec<Pod> {
     let cluster = synthetic::cluster(shape);
     let models: Vec<&Pod> = cluster.pods.values().map(AsRef::as_ref).collect();
+    let shapes = shapes.clamp(1, n.max(1));
     (0..n)
         .map(|i| {
-            let model = models[i * models.len().max(1) / n.max(1) % models.len().max(1)];
+            let m = i % shapes;
+            let model = models[m * models.len().max(1) / shapes % models.len().max(1)];
             Pod {
                 name: format!("start-{i}"),
                 node: Some(NODE.into()),
@@ -506,6 +516,7 @@ fn pod_start(
     Ok(PodStartReport {
         pods: new_pods.len(),
         at_once: options.at_once,
+        shapes: options.shapes.clamp(1, options.pods.max(1)),
         podfence_cni_add: Percentiles::of(with.iter().map(|t| t[1]).collect()),
         chain_with: Percentiles::of(with.iter().map(|t| t.iter().sum()).collect()),
         chain_without: Percentiles::of(without.iter().map(|t| t.iter().sum()).collect()),

@@ -19,6 +19,11 @@ pub(crate) struct LifecycleArgs {
     /// ADDs in flight at a time.
     #[arg(long, default_value_t = 10)]
     at_once: usize,
+    /// The started pods are replicas of this many pods (namespace and
+    /// labels of as many synthetic pods; pod i like the (i mod N)th), as in
+    /// a rollout; default: every pod its own.
+    #[arg(long)]
+    start_shapes: Option<usize>,
     /// Agent upgrades to measure (0: skip).
     #[arg(long, default_value_t = 5)]
     upgrades: usize,
@@ -48,6 +53,7 @@ pub(crate) fn run(args: &LifecycleArgs) -> Result<(), String> {
         shape: args.shape.shape(),
         pods: args.start_pods,
         at_once: args.at_once,
+        shapes: args.start_shapes.unwrap_or(args.start_pods),
         upgrades: args.upgrades,
         podfence,
     })?;
@@ -71,8 +77,8 @@ fn print_report(report: &LifecycleReport) {
     println!("cluster: {pods} pods, {namespaces} namespaces, {policies} policies");
     if let Some(s) = &report.pod_start {
         println!(
-            "\npod start: {} pods, {} at a time (ms)\n{:<34} {:>9} {:>9} {:>9}",
-            s.pods, s.at_once, "", "p50", "p99", "max"
+            "\npod start: {} pods (replicas of {}), {} at a time (ms)\n{:<34} {:>9} {:>9} {:>9}",
+            s.pods, s.shapes, s.at_once, "", "p50", "p99", "max"
         );
         row("podfence-cni ADD", &s.podfence_cni_add);
         row("chain: ptp + podfence-cni", &s.chain_with);

@@ -76,6 +76,7 @@ impl TablesBuilder {
                 tier_base: 0,
                 tier_info: Arc::from([]),
                 pods: Arc::from([]),
+                later_pods: Arc::from([]),
                 identities: 0,
             },
             fill: GroupTables::default(),
@@ -394,10 +395,10 @@ impl Tables {
                 known("group", group.0, groups)?;
             }
         }
-        let pod = PodId(self.pods.len() as u32);
+        let pod = PodId((self.pods.len() + self.later_pods.len()) as u32);
         let mut tables = Tables {
             generation,
-            pods: self.pods.iter().cloned().chain([name]).collect(),
+            later_pods: self.later_pods.iter().cloned().chain([name]).collect(),
             ..self.clone()
         };
         for &(addr, entry) in addresses {
@@ -424,8 +425,8 @@ impl Tables {
             if existing != packed {
                 return Err(BuildError::DuplicateAddress {
                     addr,
-                    first: self.pods[existing.pod.index()].clone(),
-                    second: tables.pods[pod.index()].clone(),
+                    first: self.pod(existing.pod).clone(),
+                    second: tables.pod(pod).clone(),
                 });
             }
         }

@@ -337,7 +337,10 @@ impl Tables {
     /// A pod's namespace and name.
     #[must_use]
     pub fn pod(&self, pod: PodId) -> &ObjectName {
-        &self.pods[pod.index()]
+        match pod.index().checked_sub(self.pods.len()) {
+            None => &self.pods[pod.index()],
+            Some(later) => &self.later_pods[later],
+        }
     }
 
     /// The groups and what they allow, for a later generation that has
@@ -353,7 +356,7 @@ impl Tables {
         let g = &*self.groups;
         TableStats {
             policies: self.policies.len(),
-            pods: self.pods.len(),
+            pods: self.pods.len() + self.later_pods.len(),
             pod_addresses: self.pods_v4.len() + self.pods_v6.len(),
             identities: self.identities as usize,
             groups: g.groups.len(),

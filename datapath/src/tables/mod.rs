@@ -496,6 +496,10 @@ pub struct Tables {
     tier_base: u32,
     tier_info: Arc<[TierPolicyInfo]>,
     pods: Arc<[ObjectName]>,
+    /// Pods added after `pods` ([`Tables::with_pod`]): `PodId(pods.len() +
+    /// i)` is `later_pods[i]`. Kept apart so that adding a pod does not
+    /// copy every name.
+    later_pods: Arc<[ObjectName]>,
     identities: u32,
 }
 

@@ -11,7 +11,10 @@
 //! that a pod the runtime just wired is in the tables before the API (or
 //! the manifests) have its address, whichever source publishes next. The
 //! overlaid state is kept, not remade: a CNI change replaces one pod, a
-//! source's state is merged in by what changed.
+//! source's state is merged in by what changed. A pod the CNI adds that is
+//! a replica of pods compiled already is not compiled in: it is added to
+//! the tables in force ([`Compiler::add_replica`]), and compiled with the
+//! next publish or [`TablePublisher::compile_replicas`].
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -432,4 +432,24 @@ impl Tables {
         }
         Ok(tables)
     }
+
+    /// These tables, numbered `generation`, without the pod addresses
+    /// `addresses`: they resolve as any other address again (the pod's
+    /// number and name stay, unused). Every verdict is what compiling the
+    /// state without the pod would give, as long as its node is known
+    /// without it. Everything but the address maps is shared.
+    #[must_use]
+    pub fn without_pod_addresses(&self, generation: u64, addresses: &[IpAddr]) -> Tables {
+        let mut tables = Tables {
+            generation,
+            ..self.clone()
+        };
+        for &addr in addresses {
+            match addr {
+                IpAddr::V4(a) => tables.pods_v4.remove(&u32::from(a)),
+                IpAddr::V6(a) => tables.pods_v6.remove(&u128::from(a)),
+            };
+        }
+        tables
+    }
 }

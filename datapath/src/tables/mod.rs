@@ -727,6 +727,12 @@ mod tests {
         // The tables it was made from are unchanged.
         assert_eq!(first, sample());
         assert_eq!(first.peer(ip("10.0.0.3")).pod, None);
+        // Removed again: an address like any other.
+        let removed = added.without_pod_addresses(9, &[ip("10.0.0.3"), ip("fd00::3")]);
+        assert_eq!(removed.generation(), 9);
+        assert_eq!(removed.peer(ip("10.0.0.3")), first.peer(ip("10.0.0.3")));
+        assert_eq!(removed.peer(ip("fd00::3")), first.peer(ip("fd00::3")));
+        assert_eq!(removed.peer(ip("10.0.0.2")), added.peer(ip("10.0.0.2")));
 
         let taken = first.with_pod(8, name.clone(), &[(ip("10.0.0.1"), like_b)]);
         assert!(

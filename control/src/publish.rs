@@ -13,8 +13,9 @@
 //! overlaid state is kept, not remade: a CNI change replaces one pod, a
 //! source's state is merged in by what changed. A pod the CNI adds that is
 //! a replica of pods compiled already is not compiled in: it is added to
-//! the tables in force ([`Compiler::add_replica`]), and compiled with the
-//! next publish or [`TablePublisher::compile_replicas`].
+//! the tables in force ([`Compiler::add_replica`]); one it releases is
+//! taken out of them ([`Compiler::remove_pod`]); both are compiled with the
+//! next publish or [`TablePublisher::compile_deferred`].
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,9 @@ struct Compilers {
     /// Pods of `state` added to the tables in force without a compile
     /// since the last ([`Compiler::add_replica`]).
     replicas: Vec<Arc<Pod>>,
+    /// Pods of the last compile removed from the tables in force without a
+    /// compile since ([`Compiler::remove_pod`]).
+    removed: Vec<ObjectKey>,
 }
 
 /// What recording a pod's CNI addresses found.
@@ -99,6 +103,7 @@ impl TablePublisher {
                 notices: Vec::new(),
                 local_addresses: Vec::new(),
                 replicas: Vec::new(),
+                removed: Vec::new(),
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
@@ -168,6 +173,9 @@ impl TablePublisher {
     pub fn in_force(&self) -> (Cluster, Arc<Generation>) {
         let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = compiler.policies.compiled_state();
+        for key in &compiler.removed {
+            state.pods.remove(key);
+        }
         for pod in &compiler.replicas {
             state.pods.insert(pod.key(), Arc::clone(pod));
             if let Some(ns) = compiler.state.cluster().namespaces.get(&pod.namespace) {
@@ -186,6 +194,9 @@ impl TablePublisher {
     #[must_use]
     pub fn in_force_pod(&self, key: &ObjectKey) -> Option<Arc<Pod>> {
         let compiler = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        if compiler.removed.contains(key) {
+            return None;
+        }
         let replica = || compiler.replicas.iter().find(|p| p.key() == *key);
         compiler
             .policies
@@ -238,6 +249,7 @@ impl TablePublisher {
         let compile_time = started.elapsed();
         let (pods, policies) = (cluster.pods.len(), cluster.policies.len());
         incremental.replicas.clear();
+        incremental.removed.clear();
         self.swap_in(incremental, compiled.tables, services.table, caused_at);
         info!(
             generation,
@@ -346,13 +358,14 @@ impl TablePublisher {
         Ok(())
     }
 
-    /// Compiles the state when pods were added without a compile since
-    /// the last ([`Self::record_cni_addresses_of`]), so that the tables in
-    /// force are numbered as a compile numbers them; what they decide
-    /// does not change. Returns what it published, if it did.
-    pub fn compile_replicas(&self) -> Option<Published> {
+    /// Compiles the state when pods were added or removed without a
+    /// compile since the last ([`Self::record_cni_addresses_of`],
+    /// [`Self::forget_cni_addresses`]), so that the tables in force are
+    /// numbered as a compile numbers them; what they decide does not
+    /// change. Returns what it published, if it did.
+    pub fn compile_deferred(&self) -> Option<Published> {
         let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
-        if incremental.replicas.is_empty() {
+        if incremental.replicas.is_empty() && incremental.removed.is_empty() {
             return None;
         }
         Some(self.publish_locked(incremental, None))
@@ -407,16 +420,73 @@ impl TablePublisher {
     /// `container_id`'s, publishing a generation without them when they
     /// were in force. Returns whether there were any.
     pub fn forget_cni_addresses(&self, pod: &ObjectKey, container_id: &str) -> bool {
+        let caused_at = Instant::now();
         let mut incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = incremental.state.cluster().pods.get(pod).cloned();
         match incremental.state.remove(pod, container_id) {
             None => false,
             Some(changed) => {
-                if changed {
-                    let _ = self.publish_locked(incremental, Some(Instant::now()));
+                if changed && let Err(incremental) = self.remove_pod(incremental, held, caused_at) {
+                    let _ = self.publish_locked(incremental, Some(caused_at));
                 }
                 true
             }
         }
+    }
+
+    /// Removes `held`, a local pod as the state had it, from the tables in
+    /// force without compiling, when it is gone from the state (or has no
+    /// addresses any more) and [`Compiler::remove_pod`] can; gives the lock
+    /// back otherwise, for the caller to compile.
+    fn remove_pod<'g>(
+        &self,
+        mut incremental: std::sync::MutexGuard<'g, Compilers>,
+        held: Option<Arc<Pod>>,
+        caused_at: Instant,
+    ) -> Result<(), std::sync::MutexGuard<'g, Compilers>> {
+        let Some(held) = held else {
+            return Err(incremental);
+        };
+        let key = held.key();
+        let now = incremental.state.cluster().pods.get(&key);
+        if now.is_some_and(|p| p.is_policy_endpoint()) || !held.is_policy_endpoint() {
+            return Err(incremental);
+        }
+        let started = Instant::now();
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let current = self.publisher.current();
+        let tables = match incremental
+            .policies
+            .remove_pod(&current.tables, &held, generation)
+        {
+            Ok(tables) => tables,
+            Err(why) => {
+                debug!(pod = %key, %why, "compiling: not removed alone");
+                return Err(incremental);
+            }
+        };
+        let Compilers {
+            replicas,
+            removed,
+            local_addresses,
+            ..
+        } = &mut *incremental;
+        local_addresses.retain(|a| !held.ips.contains(a));
+        let before = replicas.len();
+        replicas.retain(|p| p.key() != key);
+        if replicas.len() == before {
+            removed.push(key);
+        }
+        let services = Arc::clone(&current.services);
+        drop(current);
+        let remove_time = started.elapsed();
+        self.swap_in(incremental, tables, services, Some(caused_at));
+        info!(
+            generation,
+            remove_ms = remove_time.as_secs_f64() * 1e3,
+            "tables published: a pod removed alone"
+        );
+        Ok(())
     }
 
     /// Forgets the CNI's addresses of every sandbox not in `valid`,
@@ -488,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_is_added_without_a_compile_until_one_is_due() {
+    fn replicas_added_and_pods_released_wait_for_a_compile_until_one_is_due() {
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let tables = TablePublisher::new(CompileOptions::default());
         let mut cluster = Cluster::default();
@@ -538,7 +608,7 @@ spec:
         let db_0 = ObjectKey::new("x", "db-0");
         let _ = tables.record_cni_addresses(db_0.clone(), "c2", &[ip("10.0.0.3")]);
         assert_eq!(tables.generation(), 3);
-        assert_eq!(tables.compile_replicas(), None, "nothing left to compile");
+        assert_eq!(tables.compile_deferred(), None, "nothing left to compile");
         let current = tables.publisher().current();
         assert_eq!(current.tables.peer(ip("10.0.0.2")).pod.unwrap().pod.0, 1);
         assert_eq!(current.tables.peer(ip("10.0.0.1")).pod.unwrap().pod.0, 2);
@@ -555,7 +625,7 @@ spec:
         assert_eq!(tables.generation(), 5);
         assert_eq!(pod_at("10.0.0.4"), "x/web-2");
         let before = tables.publisher().current();
-        let published = tables.compile_replicas().expect("a replica to compile");
+        let published = tables.compile_deferred().expect("a replica to compile");
         assert_eq!(published.generation, 6);
         let after = tables.publisher().current();
         assert_eq!(after.tables.peer(ip("10.0.0.4")).pod.unwrap().pod.0, 3);
@@ -566,7 +636,32 @@ spec:
                 after.tables.classify(ip(a), ip(b), tcp, 80).is_allowed()
             );
         }
-        assert_eq!(tables.compile_replicas(), None);
+        assert_eq!(tables.compile_deferred(), None);
+
+        // Released: taken out of the tables alone, then compiled out.
+        let tcp = podfence_datapath::tables::IpProtocol::TCP;
+        let allowed = |a: &str, b: &str| {
+            let current = tables.publisher().current();
+            current.tables.classify(ip(a), ip(b), tcp, 80).is_allowed()
+        };
+        assert!(allowed("10.0.0.4", "10.0.0.3"), "web-2 may reach db");
+        assert!(tables.forget_cni_addresses(&web_2, "c3"));
+        assert_eq!(tables.generation(), 7);
+        let current = tables.publisher().current();
+        assert_eq!(current.tables.peer(ip("10.0.0.4")).pod, None);
+        assert!(
+            !allowed("10.0.0.4", "10.0.0.3"),
+            "its address is no web pod's"
+        );
+        assert!(allowed("10.0.0.1", "10.0.0.3"));
+        assert_eq!(tables.in_force_pod(&web_2), None);
+        assert!(!tables.in_force().0.pods.contains_key(&web_2));
+        assert!(!tables.local_addresses().contains(&ip("10.0.0.4")));
+        let published = tables.compile_deferred().expect("a removal to compile");
+        assert_eq!(published.generation, 8);
+        assert_eq!(tables.in_force_pod(&web_2), None);
+        assert!(!allowed("10.0.0.4", "10.0.0.3"));
+        assert_eq!(tables.compile_deferred(), None);
     }
 
     #[test]

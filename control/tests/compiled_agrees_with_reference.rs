@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use podfence_control::compile::{CompileOptions, Compiler, Locality, NotAReplica, compile};
+use podfence_control::compile::{CompileOptions, Compiler, Locality, NeedsCompile, compile};
 use podfence_control::index::Cluster;
 use podfence_control::model::{
     Action, ClusterNetworkPolicy, IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, NamedPort,
@@ -711,6 +711,18 @@ proptest! {
     ) {
         check_replica(&case, which, copy, node_local)?;
     }
+
+    /// A local pod removed from the tables of the state with it, without
+    /// compiling, when the compiler can: the verdicts are the reference's
+    /// for the state without it.
+    #[test]
+    fn pods_removed_without_compiling_agree_with_reference(
+        case in case(),
+        which in any::<Index>(),
+        node_local in any::<bool>(),
+    ) {
+        check_removal(&case, which, node_local)?;
+    }
 }
 
 /// Checks the probes of `tables` that enforce the pods of node n1 only: a
@@ -770,6 +782,71 @@ fn check_local_halves(case: &Case, tables: &Tables) -> Result<(), TestCaseError>
     Ok(())
 }
 
+/// The options of [`check_replica`] and [`check_removal`]: every pod
+/// enforced here, or those of node n1 (which also gives the compiler n1's
+/// addresses).
+fn replica_options(node_local: bool) -> CompileOptions {
+    if node_local {
+        CompileOptions {
+            locality: Locality::Node(NODES[0].to_owned()),
+            node_addresses: node_ips(0),
+            ..CompileOptions::default()
+        }
+    } else {
+        CompileOptions::default()
+    }
+}
+
+/// The case's endpoints enforced under `options`.
+fn local_endpoints<'c>(case: &'c Case, options: &CompileOptions) -> Vec<&'c Arc<Pod>> {
+    case.cluster
+        .pods
+        .values()
+        .filter(|p| reference::is_endpoint(p) && options.locality.includes(p))
+        .collect()
+}
+
+/// Checks `tables` against the reference on `case`: every probe, or the
+/// halves of node n1's pods (`node_local`).
+fn check_enforced_here(
+    case: &Case,
+    tables: &Tables,
+    node_local: bool,
+) -> Result<(), TestCaseError> {
+    if node_local {
+        check_local_halves(case, tables)
+    } else {
+        check_every_probe(case, tables)
+    }
+}
+
+/// [`Compiler::remove_pod`] on a case: a local endpoint of it (`which`)
+/// goes from the tables of the case; when the compiler takes it out
+/// without compiling, the tables must agree with the reference on the
+/// state without it. Returns why not, if it did not.
+fn check_removal(
+    case: &Case,
+    which: Index,
+    node_local: bool,
+) -> Result<Option<NeedsCompile>, TestCaseError> {
+    let options = replica_options(node_local);
+    let local = local_endpoints(case, &options);
+    if local.is_empty() {
+        return Ok(Some(NeedsCompile::NotALocalEndpoint));
+    }
+    let gone = Pod::clone(&***which.get(&local));
+    let mut compiler = Compiler::new(options);
+    let last = compiler.compile(&case.cluster, 1).tables;
+    let tables = match compiler.remove_pod(&last, &gone, 2) {
+        Ok(tables) => tables,
+        Err(why) => return Ok(Some(why)),
+    };
+    let mut without = case.clone();
+    without.cluster.delete::<Pod>(&gone.key());
+    check_enforced_here(&without, &tables, node_local)?;
+    Ok(None)
+}
+
 /// [`Compiler::add_replica`] on a case: a local endpoint of it (`which`)
 /// is the pod that starts; the tables it is added to are those of the
 /// state without it (`copy` false) or of the case, the pod then being a
@@ -783,24 +860,11 @@ fn check_replica(
     which: Index,
     copy: bool,
     node_local: bool,
-) -> Result<Option<NotAReplica>, TestCaseError> {
-    let options = if node_local {
-        CompileOptions {
-            locality: Locality::Node(NODES[0].to_owned()),
-            node_addresses: node_ips(0),
-            ..CompileOptions::default()
-        }
-    } else {
-        CompileOptions::default()
-    };
-    let local: Vec<&Arc<Pod>> = case
-        .cluster
-        .pods
-        .values()
-        .filter(|p| reference::is_endpoint(p) && options.locality.includes(p))
-        .collect();
+) -> Result<Option<NeedsCompile>, TestCaseError> {
+    let options = replica_options(node_local);
+    let local = local_endpoints(case, &options);
     if local.is_empty() {
-        return Ok(Some(NotAReplica::NotALocalEndpoint));
+        return Ok(Some(NeedsCompile::NotALocalEndpoint));
     }
     let chosen = which.get(&local);
     let (before, with, pod) = if copy {
@@ -814,7 +878,7 @@ fn check_replica(
         for ip in &mut pod.ips {
             match free(ip.is_ipv4()) {
                 Some(free) => *ip = free,
-                None => return Ok(Some(NotAReplica::NotALocalEndpoint)),
+                None => return Ok(Some(NeedsCompile::NotALocalEndpoint)),
             }
         }
         // Every probe of the endpoint again, with the copy in its place.
@@ -847,17 +911,13 @@ fn check_replica(
         Err(why) => return Ok(Some(why)),
     };
     prop_assert_eq!(tables.generation(), 2);
-    if node_local {
-        check_local_halves(&with, &tables)?;
-    } else {
-        check_every_probe(&with, &tables)?;
-    }
+    check_enforced_here(&with, &tables, node_local)?;
     Ok(None)
 }
 
-/// Enough of the cases above add the pod, and enough do not.
+/// Enough of the cases above add or remove the pod, and enough do not.
 #[test]
-fn replicas_are_added_often_and_refused_for_each_reason() {
+fn replicas_are_added_and_pods_removed_often_and_refused_for_each_reason() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
@@ -868,11 +928,27 @@ fn replicas_are_added_often_and_refused_for_each_reason() {
         let outcome = check_replica(&case, which, copy, node_local).unwrap();
         let what = match outcome {
             None => format!("added (copy: {copy}, node-local: {node_local})"),
-            Some(NotAReplica::NewIdentity(_)) => "new identity".to_owned(),
-            Some(NotAReplica::NewGroup(_)) => "new group".to_owned(),
+            Some(NeedsCompile::NewIdentity(_)) => "new identity".to_owned(),
+            Some(NeedsCompile::NewGroup(_)) => "new group".to_owned(),
             Some(why) => why.to_string(),
         };
         *outcomes.entry(what).or_default() += 1;
+    }
+    let mut removals: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..200 {
+        let (case, which, _, node_local) = strategy.new_tree(&mut runner).unwrap().current();
+        let outcome = check_removal(&case, which, node_local).unwrap();
+        let what = outcome.map_or_else(
+            || format!("removed (node-local: {node_local})"),
+            |why| why.to_string(),
+        );
+        *removals.entry(what).or_default() += 1;
+    }
+    for what in ["removed (node-local: true)", "removed (node-local: false)"] {
+        assert!(
+            removals.get(what).copied().unwrap_or(0) >= 20,
+            "{what}: {removals:?}"
+        );
     }
     for what in [
         "added (copy: true, node-local: true)",

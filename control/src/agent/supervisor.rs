@@ -18,10 +18,10 @@
 //! - the CNI plugin's requests from the control socket are served
 //!   ([`super::cni`]): an adopt publishes a generation with the pod's CNI
 //!   addresses (a replica of compiled pods is added to the tables in force
-//!   without a compile, and compiled once requests stop for a second),
-//!   adopts its veth at once, and is answered once the workers have it
-//!   all; the reconcile above stays the safety net for pods wired while no
-//!   agent ran.
+//!   without a compile, a released pod taken out of them alike, and both
+//!   compiled once requests stop for a second), adopts its veth at once,
+//!   and is answered once the workers have it all; the reconcile above
+//!   stays the safety net for pods wired while no agent ran.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -329,9 +329,10 @@ impl Supervisor {
         }
         if !calls.is_empty() || !cni.pending.is_empty() {
             self.serve_cni_calls(&mut cni, calls);
-        } else if cni.last_call.elapsed() >= COMPILE_REPLICAS_AFTER {
-            // Pods added without a compile, compiled once pods stop coming.
-            let _ = self.agent.tables().compile_replicas();
+        } else if cni.last_call.elapsed() >= COMPILE_DEFERRED_AFTER {
+            // Pods added or removed without a compile, compiled once
+            // requests stop coming.
+            let _ = self.agent.tables().compile_deferred();
         }
         self.cni = Some(cni);
     }
@@ -657,9 +658,10 @@ impl PodTracker {
     }
 }
 
-/// How long after the last CNI request the pods added to the tables
-/// without a compile ([`TablePublisher::compile_replicas`]) are compiled.
-const COMPILE_REPLICAS_AFTER: Duration = Duration::from_secs(1);
+/// How long after the last CNI request the pods added to or removed from
+/// the tables without a compile ([`TablePublisher::compile_deferred`]) are
+/// compiled.
+const COMPILE_DEFERRED_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a CNI request's answer goes.
 type Reply = mpsc::Sender<Result<String, String>>;

@@ -52,7 +52,7 @@ use crate::model::{ObjectKey, Pod};
 
 use memo::{Memo, NameKey};
 use pass::Pass;
-pub use replica::NotAReplica;
+pub use replica::NeedsCompile;
 pub use services::{
     CompiledServices, ServiceCompiler, ServicesConfig, compile_services, compile_services_with,
 };

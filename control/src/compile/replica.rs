@@ -1,4 +1,5 @@
-//! A pod added to the last tables without compiling the cluster.
+//! A pod added to the last tables, or removed from them, without compiling
+//! the cluster.
 //!
 //! A pod that starts is mostly a replica: its labels, namespace and ports
 //! are those of a pod compiled already, so its identity and its groups
@@ -10,7 +11,9 @@
 //! copy of the tables ([`Tables::with_pod`]). Any pod that would need
 //! something new (an identity, a group, a node) is refused, and the caller
 //! compiles. The verdicts are those of a compile; the numbering of pods
-//! may differ until the next compile.
+//! may differ until the next compile. A local pod that goes
+//! ([`Compiler::remove_pod`]) leaves its identity and groups as they are
+//! (unused, they change no verdict); only its addresses go.
 //!
 //! The per-endpoint steps the compile and this share (group and tier
 //! group keys, audit) are here.
@@ -29,9 +32,10 @@ use super::tiers::TierPolicy;
 use super::{AUDIT_LABEL, CompileOptions, Compiler};
 use crate::model::{Namespace, NetworkPolicy, Pod};
 
-/// Why a pod was not added to the last tables (the caller compiles).
+/// Why a pod was not added to or removed from the last tables (the caller
+/// compiles).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NotAReplica {
+pub enum NeedsCompile {
     /// Nothing was compiled yet.
     #[error("nothing compiled yet")]
     NothingCompiled,
@@ -50,6 +54,12 @@ pub enum NotAReplica {
     /// Its host addresses are not this node's.
     #[error("its host addresses are not this node's")]
     NewNode,
+    /// Another pod claims one of its addresses too.
+    #[error("another pod has {0} too")]
+    SharedAddress(IpAddr),
+    /// The tables do not have one of its addresses as its own.
+    #[error("the tables do not have it at {0}")]
+    NotInTables(IpAddr),
     /// The tables refused it (an address another pod has).
     #[error(transparent)]
     Tables(#[from] BuildError),
@@ -175,18 +185,18 @@ impl Compiler {
         pod: &Pod,
         namespace: Option<&Arc<Namespace>>,
         generation: u64,
-    ) -> Result<Tables, NotAReplica> {
+    ) -> Result<Tables, NeedsCompile> {
         let memo = &self.memo;
         let (Some(fill), Some(shape), Some(block_maps)) =
             (&memo.fill, &memo.replica, &memo.block_maps)
         else {
-            return Err(NotAReplica::NothingCompiled);
+            return Err(NeedsCompile::NothingCompiled);
         };
         if !pod.is_policy_endpoint() || !self.options.locality.includes(pod) {
-            return Err(NotAReplica::NotALocalEndpoint);
+            return Err(NeedsCompile::NotALocalEndpoint);
         }
         if self.compiled_pod(&pod.key()).is_some() {
-            return Err(NotAReplica::Compiled);
+            return Err(NeedsCompile::Compiled);
         }
         let mut ports = pod.named_ports.clone();
         ports.sort();
@@ -227,7 +237,7 @@ impl Compiler {
         for (d, key) in group_keys(pod, profile, candidates).into_iter().enumerate() {
             if let Some(key) = key {
                 let group = fill.inputs.groups.iter().position(|g| *g == key);
-                let group = group.ok_or(NotAReplica::NewGroup(["ingress", "egress"][d]))?;
+                let group = group.ok_or(NeedsCompile::NewGroup(["ingress", "egress"][d]))?;
                 pair[d] = enforced(GroupId(group as u32), audited);
             }
         }
@@ -245,7 +255,7 @@ impl Compiler {
             let first_tier_group = fill.inputs.groups.len();
             for (tier, direction, key) in tier_group_keys(&selected, &shape.tiers, profile) {
                 let group = fill.inputs.tier_groups.iter().position(|g| *g == key);
-                let group = group.ok_or(NotAReplica::NewGroup("tier"))?;
+                let group = group.ok_or(NeedsCompile::NewGroup("tier"))?;
                 tiers.set(tier, direction, GroupId((first_tier_group + group) as u32));
             }
         }
@@ -258,12 +268,12 @@ impl Compiler {
                     peer.pod.is_none() && peer.node == Some(local)
                 };
                 if !pod.host_ips.iter().all(known) {
-                    return Err(NotAReplica::NewNode);
+                    return Err(NeedsCompile::NewNode);
                 }
                 Some(local)
             }
             None if pod.host_ips.is_empty() => None,
-            None => return Err(NotAReplica::NewNode),
+            None => return Err(NeedsCompile::NewNode),
         };
 
         let addresses = pod
@@ -271,7 +281,7 @@ impl Compiler {
             .iter()
             .map(|&ip| {
                 let entry = PodAddress {
-                    identity: identity(ip).ok_or(NotAReplica::NewIdentity(ip))?,
+                    identity: identity(ip).ok_or(NeedsCompile::NewIdentity(ip))?,
                     pod: PodId(0),
                     egress,
                     ingress,
@@ -280,11 +290,50 @@ impl Compiler {
                 };
                 Ok((ip, entry))
             })
-            .collect::<Result<Vec<_>, NotAReplica>>()?;
+            .collect::<Result<Vec<_>, NeedsCompile>>()?;
         let name = ObjectName {
             namespace: pod.namespace.as_str().into(),
             name: pod.name.as_str().into(),
         };
         Ok(last.with_pod(generation, name, &addresses)?)
+    }
+
+    /// `last` (the tables of the last compile, or made from them by this
+    /// and [`Self::add_replica`]) without the local pod `pod`, numbered
+    /// `generation`: its addresses resolve as any other address again. The
+    /// pod must be one of the last compile's endpoints or added since, and
+    /// gone from the state (or without addresses) now.
+    pub fn remove_pod(
+        &self,
+        last: &Tables,
+        pod: &Pod,
+        generation: u64,
+    ) -> Result<Tables, NeedsCompile> {
+        let Some(shape) = &self.memo.replica else {
+            return Err(NeedsCompile::NothingCompiled);
+        };
+        if !self.options.locality.includes(pod) {
+            return Err(NeedsCompile::NotALocalEndpoint);
+        }
+        // A compile without it would forget a node address only it reported.
+        let this_node = |ip: &IpAddr| self.options.node_addresses.contains(ip);
+        if !pod.host_ips.is_empty()
+            && (shape.local_node.is_none() || !pod.host_ips.iter().all(this_node))
+        {
+            return Err(NeedsCompile::NewNode);
+        }
+        let key = pod.key();
+        for &ip in &pod.ips {
+            let owner = last.peer(ip).pod.map(|p| last.pod(p.pod));
+            if owner.is_none_or(|o| *o.namespace != *key.namespace || *o.name != *key.name) {
+                return Err(NeedsCompile::NotInTables(ip));
+            }
+            // A compile without it would give the address to the other.
+            let other = |m: &super::memo::EndpointMemo| m.ips().contains(&ip) && m.pod.key() != key;
+            if self.memo.endpoints.iter().any(other) {
+                return Err(NeedsCompile::SharedAddress(ip));
+            }
+        }
+        Ok(last.without_pod_addresses(generation, &pod.ips))
     }
 }

@@ -24,6 +24,9 @@ pub struct ControlMetrics {
     pub generation: Gauge,
     /// Seconds per compile.
     pub compile_seconds: Histogram,
+    /// Pods the CNI added (`change="added"`, replicas) or released
+    /// (`change="removed"`) put in force without a compile.
+    pub pods_without_compile: Family<ObjectLabels, Counter>,
     /// Seconds from the oldest change a generation reflects to it being
     /// live.
     pub propagation_seconds: Histogram,
@@ -66,6 +69,7 @@ impl Default for ControlMetrics {
         Self {
             generation: Gauge::default(),
             compile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            pods_without_compile: Family::default(),
             propagation_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             watch_errors: Family::default(),
             watch_lists: Family::default(),
@@ -110,6 +114,11 @@ impl ControlMetrics {
             "podfence_compile_seconds",
             "Time to compile a table generation",
             self.compile_seconds.clone(),
+        );
+        registry.register(
+            "podfence_pods_without_compile",
+            "Pods the CNI added (change=added: like pods compiled already) or released (change=removed) put in force without a compile",
+            self.pods_without_compile.clone(),
         );
         registry.register(
             "podfence_propagation_seconds",

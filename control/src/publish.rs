@@ -349,6 +349,10 @@ impl TablePublisher {
         drop(current);
         let add_time = started.elapsed();
         self.swap_in(incremental, tables, services, Some(caused_at));
+        self.metrics
+            .pods_without_compile
+            .get_or_create(&vec![("change", "added".to_owned())])
+            .inc_by(keys.len() as u64);
         info!(
             generation,
             pods = keys.len(),
@@ -481,6 +485,10 @@ impl TablePublisher {
         drop(current);
         let remove_time = started.elapsed();
         self.swap_in(incremental, tables, services, Some(caused_at));
+        self.metrics
+            .pods_without_compile
+            .get_or_create(&vec![("change", "removed".to_owned())])
+            .inc();
         info!(
             generation,
             remove_ms = remove_time.as_secs_f64() * 1e3,
@@ -603,6 +611,13 @@ spec:
         assert_eq!(tables.in_force_pod(&web_0).unwrap().ips, [ip("10.0.0.2")]);
         assert!(tables.in_force().0.pods.contains_key(&web_0));
         assert_eq!(tables.local_addresses(), [ip("10.0.0.1"), ip("10.0.0.2")]);
+
+        let added = tables
+            .metrics()
+            .pods_without_compile
+            .get_or_create(&vec![("change", "added".to_owned())])
+            .get();
+        assert_eq!(added, 1);
 
         // Its own identity: compiled, and web-0 with it.
         let db_0 = ObjectKey::new("x", "db-0");

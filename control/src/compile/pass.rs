@@ -222,8 +222,7 @@ impl<'a> Pass<'a> {
 
         // Groups of local endpoints, numbered by first occurrence; their
         // allow entries are filled below.
-        let mut group_ids: FxHashMap<GroupKey, GroupId> = FxHashMap::default();
-        let mut group_keys_in_order: Vec<GroupKey> = Vec::new();
+        let mut groups: Interner<GroupKey> = Interner::new();
         let enforcement = &mut scratch.enforcement;
         let audited_endpoints = &mut scratch.audited;
         for (e, pod) in self.endpoints.iter().enumerate() {
@@ -242,11 +241,7 @@ impl<'a> Pass<'a> {
             audited_endpoints.push(audited);
             enforcement.push(keys.map(|key| {
                 key.map_or(Enforcement::Open, |key| {
-                    let group = *group_ids.entry(key).or_insert_with_key(|key| {
-                        group_keys_in_order.push(key.clone());
-                        GroupId(group_keys_in_order.len() as u32 - 1)
-                    });
-                    enforced(group, audited)
+                    enforced(GroupId(groups.intern(key)), audited)
                 })
             }));
         }
@@ -255,9 +250,8 @@ impl<'a> Pass<'a> {
         // policies selecting it that have rules there, in precedence order;
         // numbered after the NetworkPolicy groups.
         let subjects = self.tier_subjects(&tiers, &endpoints);
-        let mut tier_group_ids: FxHashMap<GroupKey, GroupId> = FxHashMap::default();
-        let mut tier_group_keys_in_order: Vec<GroupKey> = Vec::new();
-        let first_tier_group = group_keys_in_order.len() as u32;
+        let mut tier_groups: Interner<GroupKey> = Interner::new();
+        let first_tier_group = groups.items.len() as u32;
         let tier_shapes: Vec<TierShape> = tiers.iter().map(TierShape::of).collect();
         let endpoint_tiers = &mut scratch.tiers;
         endpoint_tiers.resize(self.endpoints.len(), TierGroups::NONE);
@@ -270,10 +264,7 @@ impl<'a> Pass<'a> {
             for (tier, direction, key) in
                 tier_group_keys(selected, &tier_shapes, endpoints[e].facts.profile)
             {
-                let group = *tier_group_ids.entry(key).or_insert_with_key(|key| {
-                    tier_group_keys_in_order.push(key.clone());
-                    GroupId(first_tier_group + tier_group_keys_in_order.len() as u32 - 1)
-                });
+                let group = GroupId(first_tier_group + tier_groups.intern(key));
                 groups_of.set(tier, direction, group);
             }
             endpoint_tiers[e] = groups_of;
@@ -285,8 +276,8 @@ impl<'a> Pass<'a> {
         let fill_inputs = FillInputs {
             sigs_epoch: memo.sigs_epoch,
             identities: std::mem::take(&mut identities.items),
-            groups: group_keys_in_order,
-            tier_groups: tier_group_keys_in_order,
+            groups: groups.items,
+            tier_groups: tier_groups.items,
             tiers: tiers
                 .iter()
                 .map(|t| (Arc::clone(t.policy), t.rules.clone()))

@@ -345,21 +345,46 @@ impl TablePublisher {
         local_addresses.sort_unstable();
         local_addresses.dedup();
         replicas.extend(added);
+        let pods = keys.len() as u64;
+        self.swap_in_uncompiled(
+            incremental,
+            tables,
+            current,
+            started,
+            caused_at,
+            ("added", pods),
+        );
+        Ok(())
+    }
+
+    /// Puts `tables`, made from `current` without a compile (its Services
+    /// stay), in force, and counts the `change` (`added` or `removed`) of so
+    /// many pods; `started`: when making them began.
+    fn swap_in_uncompiled(
+        &self,
+        incremental: std::sync::MutexGuard<'_, Compilers>,
+        tables: Tables,
+        current: Arc<Generation>,
+        started: Instant,
+        caused_at: Instant,
+        (change, pods): (&str, u64),
+    ) {
+        let generation = tables.generation();
         let services = Arc::clone(&current.services);
         drop(current);
-        let add_time = started.elapsed();
+        let took = started.elapsed();
         self.swap_in(incremental, tables, services, Some(caused_at));
         self.metrics
             .pods_without_compile
-            .get_or_create(&vec![("change", "added".to_owned())])
-            .inc_by(keys.len() as u64);
+            .get_or_create(&vec![("change", change.to_owned())])
+            .inc_by(pods);
         info!(
             generation,
-            pods = keys.len(),
-            add_ms = add_time.as_secs_f64() * 1e3,
-            "tables published: pods added like ones compiled"
+            change,
+            pods,
+            took_ms = took.as_secs_f64() * 1e3,
+            "tables published without a compile"
         );
-        Ok(())
     }
 
     /// Compiles the state when pods were added or removed without a
@@ -481,18 +506,13 @@ impl TablePublisher {
         if replicas.len() == before {
             removed.push(key);
         }
-        let services = Arc::clone(&current.services);
-        drop(current);
-        let remove_time = started.elapsed();
-        self.swap_in(incremental, tables, services, Some(caused_at));
-        self.metrics
-            .pods_without_compile
-            .get_or_create(&vec![("change", "removed".to_owned())])
-            .inc();
-        info!(
-            generation,
-            remove_ms = remove_time.as_secs_f64() * 1e3,
-            "tables published: a pod removed alone"
+        self.swap_in_uncompiled(
+            incremental,
+            tables,
+            current,
+            started,
+            caused_at,
+            ("removed", 1),
         );
         Ok(())
     }

@@ -944,23 +944,34 @@ fn replicas_are_added_and_pods_removed_often_and_refused_for_each_reason() {
         );
         *removals.entry(what).or_default() += 1;
     }
-    for what in ["removed (node-local: true)", "removed (node-local: false)"] {
+    assert_each_seen(
+        &removals,
+        &["removed (node-local: true)", "removed (node-local: false)"],
+        20,
+    );
+    assert_each_seen(
+        &outcomes,
+        &[
+            "added (copy: true, node-local: true)",
+            "added (copy: true, node-local: false)",
+            "added (copy: false, node-local: true)",
+            "added (copy: false, node-local: false)",
+            "new identity",
+            "new group",
+        ],
+        5,
+    );
+}
+
+/// Each of `whats` was counted in `seen` at least `at_least` times.
+fn assert_each_seen<K>(seen: &BTreeMap<K, usize>, whats: &[&str], at_least: usize)
+where
+    K: std::borrow::Borrow<str> + Ord + fmt::Debug,
+{
+    for &what in whats {
         assert!(
-            removals.get(what).copied().unwrap_or(0) >= 20,
-            "{what}: {removals:?}"
-        );
-    }
-    for what in [
-        "added (copy: true, node-local: true)",
-        "added (copy: true, node-local: false)",
-        "added (copy: false, node-local: true)",
-        "added (copy: false, node-local: false)",
-        "new identity",
-        "new group",
-    ] {
-        assert!(
-            outcomes.get(what).copied().unwrap_or(0) >= 5,
-            "{what}: {outcomes:?}"
+            seen.get(what).copied().unwrap_or(0) >= at_least,
+            "{what} seen {seen:?}"
         );
     }
 }
@@ -1061,35 +1072,34 @@ fn generator_covers_interesting_shapes() {
             }
         }
     }
-    for what in [
-        "host-network pod",
-        "finished pod",
-        "pod without address",
-        "dual-stack pod",
-        "egress isolation",
-        "ingress-only policy with egress rules",
-        "rule without peers",
-        "ipBlock with except",
-        "v6 ipBlock",
-        "namespaceSelector",
-        "named port",
-        "port range",
-        "SCTP",
-        "v6 probe",
-        "probe from outside",
-        "pod and its own node",
-        "admin tier",
-        "baseline tier",
-        "pass rule",
-        "nodes peer",
-        "networks peer",
-        "peer of an unknown kind",
-    ] {
-        assert!(
-            seen.get(what).copied().unwrap_or(0) >= 5,
-            "{what} seen {seen:?}"
-        );
-    }
+    assert_each_seen(
+        &seen,
+        &[
+            "host-network pod",
+            "finished pod",
+            "pod without address",
+            "dual-stack pod",
+            "egress isolation",
+            "ingress-only policy with egress rules",
+            "rule without peers",
+            "ipBlock with except",
+            "v6 ipBlock",
+            "namespaceSelector",
+            "named port",
+            "port range",
+            "SCTP",
+            "v6 probe",
+            "probe from outside",
+            "pod and its own node",
+            "admin tier",
+            "baseline tier",
+            "pass rule",
+            "nodes peer",
+            "networks peer",
+            "peer of an unknown kind",
+        ],
+        5,
+    );
     assert!(
         allowed > 200 && denied > 200,
         "allowed {allowed}, denied {denied}"

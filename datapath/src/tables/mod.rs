@@ -674,15 +674,14 @@ mod tests {
         let second = sample_reusing(Some(first.group_tables()));
         assert!(Arc::ptr_eq(first.group_tables(), second.group_tables()));
         assert_eq!(first, second);
-        let v = second.classify(ip("10.0.0.1"), ip("10.0.0.2"), IpProtocol::TCP, 81);
-        assert_eq!(
-            v.ingress,
-            Decision::Allowed {
-                policy: PolicyId(0),
-                rule: 0
-            }
-        );
-        assert_eq!(v.egress, Decision::Denied { group: GroupId(1) });
+        for (src, dst, protocol, port) in [
+            ("10.0.0.1", "10.0.0.2", IpProtocol::TCP, 81),
+            ("10.0.0.1", "192.0.2.1", IpProtocol::UDP, 53),
+            ("192.0.2.9", "10.0.0.2", IpProtocol::TCP, 80),
+        ] {
+            let v = second.classify(ip(src), ip(dst), protocol, port);
+            assert_eq!(v, first.classify(ip(src), ip(dst), protocol, port));
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@ impl<T: Send + 'static> Reaper<T> {
         })
     }
 
-    /// Hands `item` over; dropped here if the thread has ended.
+    /// A handle to hand it things with (they are dropped where they are
+    /// given once the thread has ended).
     pub(super) fn sender(&self) -> Handoff<T> {
         Handoff(self.tx.clone())
     }

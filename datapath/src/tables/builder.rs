@@ -181,18 +181,8 @@ impl TablesBuilder {
                 tier_groups.len() as u32 - 1
             })
         };
-        let packed = PodEntry {
-            identity: entry.identity,
-            pod: entry.pod,
-            egress: entry.egress.pack(),
-            ingress: entry.ingress.pack(),
-            node: entry.node.map_or(NO_NODE, |n| n.0),
-            tiers,
-        };
-        let existing = match addr {
-            IpAddr::V4(a) => *self.tables.pods_v4.entry(u32::from(a)).or_insert(packed),
-            IpAddr::V6(a) => *self.tables.pods_v6.entry(u128::from(a)).or_insert(packed),
-        };
+        let packed = PodEntry::pack(&entry, entry.pod, tiers);
+        let existing = self.tables.claim_pod_address(addr, packed);
         if existing == packed {
             return Ok(());
         }
@@ -357,7 +347,31 @@ impl TablesBuilder {
     }
 }
 
+impl PodEntry {
+    /// `entry` as the address maps hold it, for pod `pod` whose tier
+    /// groups are `Tables::tier_groups[tiers]`.
+    fn pack(entry: &PodAddress, pod: PodId, tiers: u32) -> Self {
+        Self {
+            identity: entry.identity,
+            pod,
+            egress: entry.egress.pack(),
+            ingress: entry.ingress.pack(),
+            node: entry.node.map_or(NO_NODE, |n| n.0),
+            tiers,
+        }
+    }
+}
+
 impl Tables {
+    /// Maps `addr` to `packed` unless an entry has it already; returns the
+    /// entry that has it now.
+    fn claim_pod_address(&mut self, addr: IpAddr, packed: PodEntry) -> PodEntry {
+        match addr {
+            IpAddr::V4(a) => *self.pods_v4.entry(u32::from(a)).or_insert(packed),
+            IpAddr::V6(a) => *self.pods_v6.entry(u128::from(a)).or_insert(packed),
+        }
+    }
+
     /// These tables, numbered `generation`, with one more pod, `name`, at
     /// `addresses`, numbered after the last pod (the entries' `pod` is
     /// ignored). Its identities, groups and node must be these tables'
@@ -410,18 +424,8 @@ impl Tables {
                     tier_groups.push(entry.tiers);
                     tier_groups.len() - 1
                 }) as u32;
-            let packed = PodEntry {
-                identity: entry.identity,
-                pod,
-                egress: entry.egress.pack(),
-                ingress: entry.ingress.pack(),
-                node: entry.node.map_or(NO_NODE, |n| n.0),
-                tiers,
-            };
-            let existing = match addr {
-                IpAddr::V4(a) => *tables.pods_v4.entry(u32::from(a)).or_insert(packed),
-                IpAddr::V6(a) => *tables.pods_v6.entry(u128::from(a)).or_insert(packed),
-            };
+            let packed = PodEntry::pack(&entry, pod, tiers);
+            let existing = tables.claim_pod_address(addr, packed);
             if existing != packed {
                 return Err(BuildError::DuplicateAddress {
                     addr,

@@ -38,6 +38,9 @@ pub(crate) struct TcpArgs {
     /// Seconds over which the idle agent's CPU is taken (0: not).
     #[arg(long, default_value_t = 2.0)]
     idle_seconds: f64,
+    /// Frames per pod veth socket, as the agent's `--pod-frames`.
+    #[arg(long, default_value_t = podfence_control::agent::DEFAULT_POD_FRAMES)]
+    pod_frames: u32,
     /// Synthetic policies (besides the two that allow the measured traffic).
     #[arg(long, default_value_t = 1_000)]
     policies: usize,
@@ -88,6 +91,7 @@ impl TcpArgs {
             rounds: self.rounds.max(1),
             crr_clients: self.crr_clients.max(1),
             idle: Duration::from_secs_f64(self.idle_seconds.max(0.0)),
+            pod_frames: self.pod_frames,
             progress: !self.quiet,
         }
     }

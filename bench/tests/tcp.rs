@@ -22,6 +22,7 @@ fn options() -> TcpOptions {
         rounds: 1,
         crr_clients: 2,
         idle: Duration::from_millis(200),
+        pod_frames: podfence_control::agent::DEFAULT_POD_FRAMES,
         progress: false,
     }
 }

@@ -85,6 +85,8 @@ pub struct TcpOptions {
     pub crr_clients: usize,
     /// The idle agent's measuring window (zero: none).
     pub idle: Duration,
+    /// Frames per pod veth socket (the agent's `--pod-frames`).
+    pub pod_frames: u32,
     /// Progress lines on standard error.
     pub progress: bool,
 }
@@ -236,6 +238,7 @@ impl Bench<'_> {
             node_name: Some(BENCH_NODE.into()),
             workers: 1,
             mtu: self.mtu,
+            pod_frames: self.options.pod_frames,
             ..AgentOptions::default()
         }
     }

@@ -438,6 +438,7 @@ pub fn json(report: &TcpReport) -> Value {
         "duration_s": o.duration.as_secs_f64(),
         "rounds": o.rounds,
         "crr_clients": o.crr_clients,
+        "pod_frames": o.pod_frames,
         "idle_s": o.idle.as_secs_f64(),
         "cpu_counted": COUNTED,
         "results": results,
@@ -572,11 +573,12 @@ fn setup(md: &mut String, report: &TcpReport, command: &str) {
     let _ = writeln!(
         md,
         "- {} round(s), the paths alternating (A B C, C B A); {} s per workload; \
-         connection rate with {} clients; idle agent over {} s",
+         connection rate with {} clients; idle agent over {} s; {} frames per pod socket",
         o.rounds,
         o.duration.as_secs_f64(),
         o.crr_clients,
-        o.idle.as_secs_f64()
+        o.idle.as_secs_f64(),
+        o.pod_frames
     );
     let _ = writeln!(md, "\nPaths:\n");
     for p in &o.paths {
@@ -723,6 +725,7 @@ mod tests {
                 rounds: 3,
                 crr_clients: 4,
                 idle: Duration::from_secs(1),
+                pod_frames: podfence_control::agent::DEFAULT_POD_FRAMES,
                 progress: false,
             },
             results: vec![

@@ -189,8 +189,12 @@ pub struct AgentOptions {
     pub plumbing: PlumbingConfig,
     /// The XDP redirector.
     pub redirect: RedirectConfig,
-    /// AF_XDP sockets.
+    /// AF_XDP sockets: the host-port pair's as is, the pods' with
+    /// `pod_frames` frames ([`XskConfig::with_frames`]).
     pub xsk: XskConfig,
+    /// Frames in each pod veth socket's UMEM (a power of two): 2 KiB each,
+    /// locked, per pod and worker, faulted in as the pod starts.
+    pub pod_frames: u32,
     /// Largest IP packet the datapath carries: the MTU of the pods' veths
     /// (set by the CNI) and of the host-port pair (set by the agent). Sockets
     /// carry frames of `mtu` + 22 bytes (Ethernet, two VLAN tags); beyond a
@@ -240,6 +244,7 @@ impl Default for AgentOptions {
             plumbing: PlumbingConfig::default(),
             redirect: RedirectConfig::default(),
             xsk: XskConfig::default(),
+            pod_frames: DEFAULT_POD_FRAMES,
             mtu: 1500,
             worker: WorkerConfig::default(),
             workers: 1,
@@ -259,8 +264,15 @@ impl Default for AgentOptions {
 }
 
 /// Default of [`AgentOptions::spare_sockets`]: a burst of that many pod
-/// sockets binds without waiting for UMEM memory (8 MiB each by default).
+/// sockets binds without waiting for UMEM memory.
 pub const DEFAULT_SPARE_SOCKETS: usize = 8;
+
+/// Default of [`AgentOptions::pod_frames`]: a 4 MiB UMEM per pod veth and
+/// worker, half of [`XskConfig::default`]'s, which the host-port pair
+/// keeps (it carries all of the node's traffic to and from pods). Half
+/// again cost pod-to-pod TCP streams a quarter of their rate at MTU 1500;
+/// see docs/benchmarks.md.
+pub const DEFAULT_POD_FRAMES: u32 = 2048;
 
 /// Which pods this node enforces, per [`AgentOptions::node_name`].
 #[must_use]
@@ -455,7 +467,7 @@ impl Agent {
         // After the start's own sockets, which it made itself: the spares
         // are for pods that start from now on.
         self.spares = Some(
-            SpareSockets::start(self.options.xsk, self.options.spare_sockets)
+            SpareSockets::start(self.pod_xsk(), self.options.spare_sockets)
                 .map_err(AgentError::Thread)?,
         );
         self.options
@@ -490,12 +502,18 @@ impl Agent {
                 })?;
         info!(iface = link.name, mode = %redirector.mode(), mtu = link.mtu, "redirector attached");
         self.check_mtu(link, redirector.mode())?;
+        let host_port = self.pair.as_ref().is_some_and(|p| p.dp.name == link.name);
+        let xsk = if host_port {
+            self.options.xsk
+        } else {
+            self.pod_xsk()
+        };
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
             let queue = w as u32;
-            let port = match self.spares.as_ref().and_then(|s| s.take(&self.options.xsk)) {
+            let port = match self.spares.as_ref().and_then(|s| s.take(&xsk)) {
                 Some(prepared) => prepared.bind(&link.name, queue)?,
-                None => XskPort::open(&link.name, queue, &self.options.xsk)?,
+                None => XskPort::open(&link.name, queue, &xsk)?,
             };
             self.note_checksum_offload(&link.name, port.checksum_offload());
             redirector
@@ -508,6 +526,11 @@ impl Agent {
         }
         self.redirectors.insert(link.name.clone(), redirector);
         Ok(ports)
+    }
+
+    /// The sockets of pod veths.
+    fn pod_xsk(&self) -> XskConfig {
+        self.options.xsk.with_frames(self.options.pod_frames)
     }
 
     /// Attaches the redirector program the agent's interfaces share (one

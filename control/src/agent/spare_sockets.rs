@@ -1,7 +1,7 @@
 //! AF_XDP sockets made before the pods that will use them.
 //!
-//! Most of what opening a pod's socket costs is its UMEM: 8 MiB mapped,
-//! faulted in and registered, a few milliseconds per socket, while the
+//! Most of what opening a pod's socket costs is its UMEM: 4 MiB mapped,
+//! faulted in and registered, a millisecond or more per socket, while the
 //! pod's `podfence-cni ADD` waits. A socket can be made before its
 //! interface exists and bound later ([`PreparedXsk`]), so a thread of the
 //! agent keeps a few ready (`--spare-sockets`) and makes new ones as they

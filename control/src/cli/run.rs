@@ -217,8 +217,20 @@ pub(crate) struct RunArgs {
     /// Conntrack entries.
     #[arg(long, env = "PODFENCE_CONNTRACK_ENTRIES", default_value_t = 1 << 18, value_name = "N")]
     conntrack_entries: usize,
-    /// AF_XDP sockets (each with its UMEM, 8 MiB) kept ready so that a
-    /// starting pod's interface only binds one (0: made as pods start).
+    /// Frames (2 KiB each) in the UMEM of each pod veth's AF_XDP socket, per
+    /// worker: a power of two from 256 to 16384. More absorbs longer
+    /// bursts to one pod; each costs locked memory and pod start time.
+    #[arg(
+        long,
+        env = "PODFENCE_POD_FRAMES",
+        default_value_t = podfence_control::agent::DEFAULT_POD_FRAMES,
+        value_name = "N",
+        value_parser = parse_pod_frames
+    )]
+    pod_frames: u32,
+    /// AF_XDP sockets (each with its UMEM, see `--pod-frames`) kept ready so
+    /// that a starting pod's interface only binds one (0: made as pods
+    /// start).
     #[arg(
         long,
         env = "PODFENCE_SPARE_SOCKETS",
@@ -342,6 +354,16 @@ pub(crate) struct RunArgs {
     capture_rate: u32,
 }
 
+/// `--pod-frames`: a power of two from 256 to 16384.
+fn parse_pod_frames(arg: &str) -> Result<u32, String> {
+    let frames: u32 = arg.parse().map_err(|e| format!("{arg:?}: {e}"))?;
+    if frames.is_power_of_two() && (256..=16_384).contains(&frames) {
+        Ok(frames)
+    } else {
+        Err(format!("{frames} is not a power of two from 256 to 16384"))
+    }
+}
+
 fn options(args: &RunArgs) -> AgentOptions {
     let mut o = AgentOptions {
         node_name: args.node_name.clone(),
@@ -349,6 +371,7 @@ fn options(args: &RunArgs) -> AgentOptions {
         pin_workers: !args.no_pin,
         conntrack_entries: args.conntrack_entries,
         spare_sockets: args.spare_sockets,
+        pod_frames: args.pod_frames,
         ..AgentOptions::default()
     };
     o.redirect.no_socket_action = match args.fail_mode {
@@ -643,4 +666,24 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         info!(worker = w, switch = ?r.switch, port_errors = r.port_errors, "worker");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pod_frames;
+
+    #[test]
+    fn pod_frames_are_a_power_of_two_in_range() {
+        assert_eq!(parse_pod_frames("2048"), Ok(2048));
+        assert_eq!(parse_pod_frames("256"), Ok(256));
+        assert_eq!(parse_pod_frames("16384"), Ok(16_384));
+        for bad in ["3000", "128", "32768", "0"] {
+            let err = parse_pod_frames(bad).unwrap_err();
+            assert!(
+                err.contains("power of two from 256 to 16384"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(parse_pod_frames("many").is_err());
+    }
 }

@@ -169,6 +169,24 @@ pub struct XskConfig {
     pub checksum_offload: bool,
 }
 
+impl XskConfig {
+    /// This configuration with `frames` frames and every ring at most
+    /// half of them (the fill and completion rings exactly half): a
+    /// smaller UMEM for a port that carries less.
+    #[must_use]
+    pub fn with_frames(self, frames: u32) -> Self {
+        let half = frames / 2;
+        Self {
+            frame_count: frames,
+            fill_ring: half,
+            comp_ring: half,
+            rx_ring: self.rx_ring.min(half),
+            tx_ring: self.tx_ring.min(half),
+            ..self
+        }
+    }
+}
+
 impl Default for XskConfig {
     fn default() -> Self {
         Self {
@@ -1162,6 +1180,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("interface no-such-if-xyz not found"), "{err}");
+    }
+
+    #[test]
+    fn fewer_frames_shrink_the_rings_to_half_of_them() {
+        let pod = XskConfig::default().with_frames(1024);
+        assert_eq!(
+            (pod.frame_count, pod.fill_ring, pod.comp_ring),
+            (1024, 512, 512)
+        );
+        assert_eq!((pod.rx_ring, pod.tx_ring), (512, 512));
+        assert_eq!(pod.frame_size, XskConfig::default().frame_size);
+        XskPort::check_config("pod", &pod).expect("a valid configuration");
+        // More frames than the default: rx and tx rings stay as they were.
+        let big = XskConfig::default().with_frames(16_384);
+        assert_eq!(
+            (big.fill_ring, big.rx_ring, big.tx_ring),
+            (8192, 2048, 2048)
+        );
+        XskPort::check_config("big", &big).expect("a valid configuration");
     }
 
     #[test]

@@ -353,8 +353,11 @@ impl<P: Port> StagedPort<P> {
 /// The switch: an [`Output`] that forwards passing packets to its ports.
 /// See the module doc.
 pub struct Switch<P: Port> {
-    /// `None` only for the receive port during [`Switch::run_batch`].
-    ports: Vec<Option<P>>,
+    /// `None` for a removed port, and for the receive port during
+    /// [`Switch::run_batch`]. Boxed: taking the receive port out and
+    /// putting it back, for every port on every round, moves a pointer,
+    /// not the port (an `XskPort` is most of a kilobyte).
+    ports: Vec<Option<Box<P>>>,
     staging: Vec<Staging>,
     fib: Arc<Fib>,
     max_frame: usize,
@@ -409,7 +412,7 @@ impl<P: Port> Switch<P> {
             ..SwitchStats::default()
         };
         Ok(Self {
-            ports: ports.into_iter().map(Some).collect(),
+            ports: ports.into_iter().map(|p| Some(Box::new(p))).collect(),
             staging,
             fib,
             max_frame,
@@ -496,18 +499,18 @@ impl<P: Port> Switch<P> {
     /// Port `index` (`None` if out of range, or while it is receiving).
     #[must_use]
     pub fn port(&self, index: usize) -> Option<&P> {
-        self.ports.get(index).and_then(Option::as_ref)
+        self.ports.get(index).and_then(Option::as_deref)
     }
 
     /// Port `index`, mutably.
     pub fn port_mut(&mut self, index: usize) -> Option<&mut P> {
-        self.ports.get_mut(index).and_then(Option::as_mut)
+        self.ports.get_mut(index).and_then(Option::as_deref_mut)
     }
 
     /// The ports, giving the switch up.
     #[must_use]
     pub fn into_ports(self) -> Vec<P> {
-        self.ports.into_iter().flatten().collect()
+        self.ports.into_iter().flatten().map(|p| *p).collect()
     }
 
     /// Adds a port (a pod that appeared); returns its index, the next one.
@@ -522,7 +525,7 @@ impl<P: Port> Switch<P> {
             Staging::new(self.max_frame, port.checksum_offload())
         };
         self.staging.push(staging);
-        self.ports.push(Some(port));
+        self.ports.push(Some(Box::new(port)));
         self.stats.forwarded.push(0);
         self.ports.len() - 1
     }
@@ -537,7 +540,7 @@ impl<P: Port> Switch<P> {
     /// other ports do not change. Frames still staged for it are counted as
     /// dropped. Set a table without routes to it first.
     pub fn remove_port(&mut self, index: usize) -> Option<P> {
-        let port = self.ports.get_mut(index)?.take();
+        let port = self.ports.get_mut(index)?.take().map(|p| *p);
         if let Some(staging) = self.staging.get_mut(index) {
             self.stats.tx_dropped += staging.count as u64;
             staging.count = 0;
@@ -557,7 +560,7 @@ impl<P: Port> Switch<P> {
             return Ok(0);
         };
         self.rx = Some(rx);
-        let result = worker.run_batch(&mut port, self);
+        let result = worker.run_batch(&mut *port, self);
         self.rx = None;
         self.ports[rx] = Some(port);
         // Answers to the receive port's senders.

@@ -1080,6 +1080,13 @@ impl Drop for RunningFlag {
 /// Spins through the ports while there is traffic; after a run of empty
 /// rounds, sleeps in `poll` until a port has frames, a command comes (its
 /// [`Wake`]) or 50 ms pass (to see `stop`).
+/// How long a worker keeps polling its ports after frames came before it
+/// sleeps in poll(2): the answer to a request usually comes within it,
+/// and is then taken without a wakeup. A time, not a count of rounds: a
+/// round visits every port, and a node's hundred pods made a fixed count
+/// of rounds cost milliseconds of CPU after every burst.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
+
 fn run_worker(
     index: usize,
     switch: &mut Switch<XskPort>,
@@ -1088,7 +1095,6 @@ fn run_worker(
     inbox: &Inbox<'_>,
     rings: &RingCounters,
 ) -> WorkerReport {
-    const SPINS_BEFORE_SLEEP: u32 = 256;
     let mut report = WorkerReport::default();
     let waiter = |s: &Switch<XskPort>| {
         ReadableWait::with_wake(
@@ -1097,7 +1103,9 @@ fn run_worker(
         )
     };
     let mut wait = waiter(switch);
-    let mut idle = 0u32;
+    // When frames last came, while the worker polls its ports without
+    // sleeping (`None`: it sleeps as soon as a round finds nothing).
+    let mut last_frames: Option<Instant> = None;
     let mut last_error: Option<Instant> = None;
     let mut last_rings = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -1145,12 +1153,10 @@ fn run_worker(
             }
         }
         if frames > 0 {
-            idle = 0;
-        } else {
-            idle += 1;
-            if idle >= SPINS_BEFORE_SLEEP
-                && let Err(e) = wait.wait(Duration::from_millis(50))
-            {
+            last_frames = Some(Instant::now());
+        } else if last_frames.is_none_or(|t| t.elapsed() >= SPIN_BEFORE_SLEEP) {
+            last_frames = None;
+            if let Err(e) = wait.wait(Duration::from_millis(50)) {
                 warn!(worker = index, error = %e, "poll");
                 std::thread::sleep(Duration::from_millis(1));
             }

@@ -270,8 +270,8 @@ pub const DEFAULT_SPARE_SOCKETS: usize = 8;
 /// Default of [`AgentOptions::pod_frames`]: a 4 MiB UMEM per pod veth and
 /// worker, half of [`XskConfig::default`]'s, which the host-port pair
 /// keeps (it carries all of the node's traffic to and from pods). Half
-/// again cost pod-to-pod TCP streams a quarter of their rate at MTU 1500;
-/// see docs/benchmarks.md.
+/// again cost pod-to-pod TCP streams a quarter to a third of their rate
+/// at MTU 1500; see docs/benchmarks.md.
 pub const DEFAULT_POD_FRAMES: u32 = 2048;
 
 /// Which pods this node enforces, per [`AgentOptions::node_name`].
@@ -1077,9 +1077,6 @@ impl Drop for RunningFlag {
     }
 }
 
-/// Spins through the ports while there is traffic; after a run of empty
-/// rounds, sleeps in `poll` until a port has frames, a command comes (its
-/// [`Wake`]) or 50 ms pass (to see `stop`).
 /// How long a worker keeps polling its ports after frames came before it
 /// sleeps in poll(2): the answer to a request usually comes within it,
 /// and is then taken without a wakeup. A time, not a count of rounds: a
@@ -1087,6 +1084,9 @@ impl Drop for RunningFlag {
 /// of rounds cost milliseconds of CPU after every burst.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 
+/// Spins through the ports while there is traffic; [`SPIN_BEFORE_SLEEP`]
+/// after the last frames, sleeps in `poll` until a port has frames, a
+/// command comes (its [`Wake`]) or 50 ms pass (to see `stop`).
 fn run_worker(
     index: usize,
     switch: &mut Switch<XskPort>,

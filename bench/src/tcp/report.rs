@@ -20,8 +20,17 @@ pub const COUNTED: &str = "CPU seconds are the whole machine's busy time (/proc/
 
 /// The median of `v` (`None` when empty).
 #[must_use]
-pub fn median(v: Vec<f64>) -> Option<f64> {
-    crate::spread::Spread::of(&v).map(|s| s.median)
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    })
 }
 
 /// CPU seconds per GB (10^9 bytes) moved; `None` when nothing moved.

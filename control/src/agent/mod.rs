@@ -437,8 +437,8 @@ impl Agent {
         let dp_link = pair.dp.clone();
         self.pair = Some(pair);
         self.pods = plumbing::discover(&addrs, &plumbing.host_if, &self.known_macs)?;
-        for addr in &self.pods.unrouted {
-            warn!(%addr, "local pod address has no host route of its own: not enforced");
+        if !self.pods.unrouted.is_empty() {
+            warn!(addresses = ?self.pods.unrouted, "local pod addresses without a route of their own are not enforced");
         }
         let mut links = vec![dp_link];
         links.extend(self.pods.pods.values().map(|p| p.link.clone()));

@@ -218,9 +218,6 @@ impl Supervisor {
             (_, None) => unreachable!("only the API source starts without a state"),
         };
         let status = agent.status();
-        if !status.unrouted.is_empty() {
-            warn!(addresses = ?status.unrouted, "local pod addresses without a route of their own are not enforced");
-        }
         let pods = PodTracker::new(&status);
         let status = Arc::new(Mutex::new(Some(status)));
         let (control, cni) = control_socket

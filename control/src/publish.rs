@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use podfence_datapath::conntrack::Conntrack;
@@ -84,8 +84,12 @@ pub struct TablePublisher {
     metrics: ControlMetrics,
     /// The connection table whose entries carry these generations, when it
     /// outlives the agent: generations are recorded there before they go
-    /// live, and numbered above what an agent before recorded.
-    conntrack: Option<Arc<Conntrack>>,
+    /// live, and numbered above what an agent before recorded. Set once,
+    /// for every clone: before the first publish, or after it when this
+    /// agent takes over from one still running ([`Self::take_conntrack`]).
+    /// The agent owns the table: once it lets go (handing over), the file
+    /// is unlocked whatever clones of this remain.
+    conntrack: Arc<OnceLock<Weak<Conntrack>>>,
 }
 
 impl TablePublisher {
@@ -107,7 +111,7 @@ impl TablePublisher {
             })),
             generation: Arc::new(AtomicU64::new(0)),
             metrics: ControlMetrics::default(),
-            conntrack: None,
+            conntrack: Arc::new(OnceLock::new()),
         }
     }
 
@@ -118,7 +122,7 @@ impl TablePublisher {
     /// restored connection is checked against this agent's tables (and
     /// cut if they deny it). Before the first publish.
     #[must_use]
-    pub fn with_conntrack(mut self, conntrack: Arc<Conntrack>) -> Self {
+    pub fn with_conntrack(self, conntrack: &Arc<Conntrack>) -> Self {
         let floor = conntrack.generation_floor();
         self.generation.store(floor, Ordering::Release);
         if floor > 0 {
@@ -127,8 +131,40 @@ impl TablePublisher {
                 "table generations continue after those of the agent before"
             );
         }
-        self.conntrack = Some(conntrack);
+        let _ = self.conntrack.set(Arc::downgrade(conntrack));
         self
+    }
+
+    /// Numbers generations above `generation` (that of an agent still
+    /// running, which records it in the connection table this one takes
+    /// over later). Before the first publish.
+    #[must_use]
+    pub fn numbered_after(self, generation: u64) -> Self {
+        self.generation.store(generation, Ordering::Release);
+        self
+    }
+
+    /// [`Self::with_conntrack`] once generations are in force: the table
+    /// an agent handed over. When the generation in force is not above
+    /// what that agent recorded (it published again while this one was
+    /// starting), the state is compiled again above it, so that no
+    /// restored entry escapes this agent's tables; returns that publish.
+    pub fn take_conntrack(&self, conntrack: &Arc<Conntrack>) -> Option<Published> {
+        let incremental = self.compiler.lock().unwrap_or_else(PoisonError::into_inner);
+        let floor = conntrack.generation_floor();
+        let in_force = self.generation.load(Ordering::Acquire);
+        let _ = self.conntrack.set(Arc::downgrade(conntrack));
+        if in_force > floor {
+            conntrack.record_generation(in_force);
+            return None;
+        }
+        info!(
+            after = floor,
+            in_force,
+            "the agent before published past this one's generations; compiling above them"
+        );
+        self.generation.store(floor, Ordering::Release);
+        Some(self.publish_locked(incremental, None))
     }
 
     /// Which Services the published generations translate (all of them by
@@ -278,7 +314,7 @@ impl TablePublisher {
         caused_at: Option<Instant>,
     ) {
         let generation = tables.generation();
-        if let Some(conntrack) = &self.conntrack {
+        if let Some(conntrack) = self.conntrack.get().and_then(Weak::upgrade) {
             conntrack.record_generation(generation);
         }
         self.publisher.publish(tables, services, caused_at);
@@ -573,8 +609,7 @@ mod tests {
         let table = Arc::new(Conntrack::new(64, Timeouts::default()));
         // As an agent before left it.
         table.record_generation(41);
-        let tables =
-            TablePublisher::new(CompileOptions::default()).with_conntrack(Arc::clone(&table));
+        let tables = TablePublisher::new(CompileOptions::default()).with_conntrack(&table);
         assert_eq!(tables.generation(), 41, "in force: none of ours yet");
         let published = tables.publish(&Cluster::default(), None);
         assert_eq!(published.generation, 42);
@@ -583,6 +618,38 @@ mod tests {
         // Without a table: from 1, as always.
         let plain = TablePublisher::new(CompileOptions::default());
         assert_eq!(plain.publish(&Cluster::default(), None).generation, 1);
+    }
+
+    #[test]
+    fn a_table_taken_over_later_keeps_generations_above_the_agent_befores() {
+        use podfence_datapath::conntrack::Timeouts;
+        // The agent before had 7 in force when asked: this one publishes 8.
+        let tables = TablePublisher::new(CompileOptions::default()).numbered_after(7);
+        assert_eq!(tables.publish(&Cluster::default(), None).generation, 8);
+        let handed_over = Arc::new(Conntrack::new(64, Timeouts::default()));
+        handed_over.record_generation(7);
+        assert!(tables.clone().take_conntrack(&handed_over).is_none());
+        assert_eq!(
+            handed_over.generation_floor(),
+            8,
+            "the generation in force is recorded"
+        );
+        assert_eq!(tables.publish(&Cluster::default(), None).generation, 9);
+        assert_eq!(
+            handed_over.generation_floor(),
+            9,
+            "and each one after, by every clone"
+        );
+
+        // It published twice more meanwhile: this one compiles above them.
+        let tables = TablePublisher::new(CompileOptions::default()).numbered_after(7);
+        let _ = tables.publish(&Cluster::default(), None);
+        let handed_over = Arc::new(Conntrack::new(64, Timeouts::default()));
+        handed_over.record_generation(9);
+        let again = tables.take_conntrack(&handed_over).expect("a publish");
+        assert_eq!(again.generation, 10);
+        assert_eq!(tables.publisher().current().tables.generation(), 10);
+        assert_eq!(handed_over.generation_floor(), 10);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! It also takes the CNI plugin's requests (`podfence-cni`): `adopt`,
 //! `release`, `check` and `gc` (see [`super::cni`]), handed to the
-//! supervisor, and `ping`.
+//! supervisor, and `ping`; and a next agent's `handover` (see
+//! [`super::supervisor::TakeOver`]), answered once this agent has stopped
+//! enforcing and let go of what it leaves.
 //!
 //! One request line per connection, one answer, then the connection
 //! closes: `status`, `ping`, `explain` and a probe line (`SRC DST PROTO
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use podfence_datapath::ports::wait::Wake;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use serde_json::json;
 use tracing::warn;
@@ -51,7 +54,22 @@ pub struct ControlState {
     /// Where the CNI plugin's requests go (the supervisor); without it
     /// they are refused.
     pub cni: Option<mpsc::Sender<CniCall>>,
+    /// Where a next agent's `handover` goes (the run loop, through the
+    /// supervisor); without it, it is refused.
+    pub handover: Option<mpsc::Sender<HandoverCall>>,
 }
+
+/// A next agent asks this one to stop and leave the node to it: answered
+/// on `reply` once the workers have stopped and the connection table, the
+/// metrics port and this socket are let go.
+#[derive(Debug)]
+pub struct HandoverCall {
+    /// Where the answer goes.
+    pub reply: mpsc::Sender<String>,
+}
+
+/// How long a handover may take to be answered.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -61,6 +79,9 @@ const MAX_REQUEST: u64 = 64 * 1024;
 pub struct ControlSocket {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Ends the server's wait at once when it is to stop (a handover
+    /// waits for it).
+    wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -81,13 +102,15 @@ impl ControlSocket {
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
+        let wake = Arc::new(Wake::new()?);
+        let (stopping, woken) = (Arc::clone(&stop), Arc::clone(&wake));
         let thread = std::thread::Builder::new()
             .name("podfence-control".into())
-            .spawn(move || serve(&listener, &state, &stopping))?;
+            .spawn(move || serve(&listener, &state, &stopping, &woken))?;
         Ok(Self {
             path: path.to_owned(),
             stop,
+            wake,
             thread: Some(thread),
         })
     }
@@ -96,6 +119,7 @@ impl ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.wake.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -103,7 +127,7 @@ impl Drop for ControlSocket {
     }
 }
 
-fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool) {
+fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool, wake: &Wake) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -120,9 +144,9 @@ fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool) {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Until a client connects (a pod's ADD waits on it), or
-                // 100 ms pass to see `stop`.
-                wait_readable(listener, Duration::from_millis(100));
+                // Until a client connects (a pod's ADD waits on it) or
+                // the server is to stop.
+                wait_readable(listener, wake, Duration::from_secs(1));
             }
             Err(e) => {
                 warn!(error = %e, "control socket accept");
@@ -132,9 +156,13 @@ fn serve(listener: &UnixListener, state: &ControlState, stop: &AtomicBool) {
     }
 }
 
-/// Sleeps until `listener` has a connection to accept or `timeout` passes.
-fn wait_readable(listener: &UnixListener, timeout: Duration) {
-    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+/// Sleeps until `listener` has a connection to accept, `wake` is woken or
+/// `timeout` passes.
+fn wait_readable(listener: &UnixListener, wake: &Wake, timeout: Duration) {
+    let mut fds = [
+        PollFd::new(listener, PollFlags::IN),
+        PollFd::new(wake, PollFlags::IN),
+    ];
     let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
         tv_sec: 1,
         tv_nsec: 0,
@@ -158,6 +186,7 @@ fn answer(stream: UnixStream, state: &ControlState) -> std::io::Result<()> {
         "status" => status(state),
         "ping" => json!({"ready": state.cni.is_some()}).to_string(),
         "explain" => explain(state, rest),
+        "handover" => handover(state),
         _ => match CniRequest::parse(verb, rest) {
             Some(Ok(request)) => cni(state, request),
             Some(Err(e)) => format!("error: {e}"),
@@ -169,6 +198,22 @@ fn answer(stream: UnixStream, state: &ControlState) -> std::io::Result<()> {
     let mut stream = stream;
     stream.write_all(reply.as_bytes())?;
     stream.write_all(b"\n")
+}
+
+/// Asks the run loop to hand the node over and waits until it has.
+fn handover(state: &ControlState) -> String {
+    let Some(run_loop) = &state.handover else {
+        return "error: this agent does not hand over".into();
+    };
+    let (reply, answer) = mpsc::channel();
+    if run_loop.send(HandoverCall { reply }).is_err() {
+        return "error: the agent is stopping".into();
+    }
+    match answer.recv_timeout(HANDOVER_TIMEOUT) {
+        Ok(answer) => answer,
+        Err(mpsc::RecvTimeoutError::Timeout) => "error: the agent did not hand over in time".into(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => "error: the agent is stopping".into(),
+    }
 }
 
 /// Hands `request` to the supervisor and waits for its answer.

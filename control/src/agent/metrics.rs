@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -55,8 +55,9 @@ pub struct RingCounters {
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
     workers: Mutex<Vec<(Arc<WorkerStats>, Arc<RingCounters>)>>,
-    /// The connection table the workers share, once they run.
-    conntrack: Mutex<Option<Arc<Conntrack>>>,
+    /// The connection table the workers share, once they run; the agent
+    /// owns it (a scrape does not keep it mapped, or its file locked).
+    conntrack: Mutex<Weak<Conntrack>>,
     /// Who finishes transport checksums: 0 not known yet, 1 software,
     /// 2 the kernel (AF_XDP TX metadata).
     checksum_offload: AtomicU8,
@@ -67,11 +68,11 @@ type RingSpec = (&'static str, &'static str, fn(&RingCounters) -> &AtomicU64);
 
 impl WorkerCounters {
     /// The connection table whose occupancy to report.
-    pub fn set_conntrack(&self, conntrack: Arc<Conntrack>) {
+    pub fn set_conntrack(&self, conntrack: &Arc<Conntrack>) {
         *self
             .conntrack
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(conntrack);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(conntrack);
     }
 
     /// Records who finishes the transport checksums the datapath sends:
@@ -116,7 +117,7 @@ impl WorkerCounters {
             .conntrack
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()?;
+            .upgrade()?;
         Some((ct.live_entries(ct.clock_ns()), ct.capacity()))
     }
 

@@ -384,9 +384,7 @@ impl Agent {
                 Timeouts::default(),
             ))
         });
-        options
-            .worker_counters
-            .set_conntrack(Arc::clone(&conntrack));
+        options.worker_counters.set_conntrack(&conntrack);
         let denials = Arc::new(DenialQueue::new(DENIALS_QUEUED));
         let reporter = DenialReporter::start(
             Arc::clone(&denials),

@@ -31,9 +31,11 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::cni::{ADOPT_TIMEOUT, CniCall, CniRequest, PodRequest};
-use super::control_socket::{ControlSocket, ControlState};
+use super::control_socket::{self, ControlSocket, ControlState, HandoverCall};
 use super::metrics::MetricsServer;
 use super::{Agent, AgentError, AgentOptions, AgentStatus, OnStop, WorkerReport, plumbing};
+use podfence_datapath::conntrack::StoreError;
+
 use crate::compile::{CompileOptions, Locality};
 use crate::index::{Cluster, ClusterIndex};
 use crate::publish::TablePublisher;
@@ -62,6 +64,89 @@ pub struct SupervisorOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Answer `podfence status` and `explain --agent` on this socket.
     pub control_socket: Option<PathBuf>,
+    /// An agent still runs on this node: take over from it once the
+    /// cluster is compiled.
+    pub take_over: Option<TakeOver>,
+}
+
+/// How long a next agent waits for one that did not hand over to let go
+/// of the connection table (its pod is deleted once the next one is ready
+/// for `minReadySeconds`, then it has its grace period to stop).
+const STOPPING_AGENT_WAIT: Duration = Duration::from_mins(5);
+
+/// Taking the node over from an agent that still enforces there (a
+/// DaemonSet rollout with a surge): it goes on enforcing while this one
+/// lists and compiles the cluster; then, asked over its control socket, it
+/// stops its workers and lets go of the connection table, the metrics
+/// port and the socket, leaving the XDP programs (failing closed), the
+/// routes and the pair, which this one then takes over as after a `keep`
+/// stop. Pod traffic waits only for that exchange, not for this agent's
+/// start.
+#[derive(Clone, Debug)]
+pub struct TakeOver {
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// The table generation it had in force: this one numbers above it.
+    pub generation: u64,
+    /// The connection table's file, and its capacity, opened once handed
+    /// over (the agent before holds its lock until then).
+    pub conntrack: Option<(PathBuf, usize)>,
+}
+
+impl TakeOver {
+    /// The generation in force of the agent answering on `socket`, if one
+    /// does.
+    #[must_use]
+    pub fn running_agent(socket: &std::path::Path) -> Option<u64> {
+        let answer = control_socket::request(socket, "status").ok()?;
+        let status: serde_json::Value = serde_json::from_str(answer.trim()).ok()?;
+        status.get("generation")?.as_u64()
+    }
+
+    /// Asks the agent before to hand over and opens the table it leaves.
+    /// An agent that does not answer (it is stopping, or gone) leaves the
+    /// same once it has stopped: the table's lock is waited for.
+    fn complete(self, tables: &TablePublisher, agent: &mut AgentOptions) -> Result<(), AgentError> {
+        let asked = Instant::now();
+        let handed_over = match control_socket::request(&self.socket, "handover") {
+            Ok(answer) if !answer.starts_with("error:") => {
+                info!(
+                    took_ms = asked.elapsed().as_secs_f64() * 1e3,
+                    "the agent before handed the node over"
+                );
+                true
+            }
+            Ok(answer) => {
+                warn!(
+                    answer = answer.trim(),
+                    "the agent before did not hand over; taking over what it leaves when it stops"
+                );
+                false
+            }
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "the agent before did not answer; taking over what it leaves when it stops"
+                );
+                false
+            }
+        };
+        if let Some((path, entries)) = self.conntrack {
+            // One that does not hand over (it is stopping, or too old to
+            // know how) holds the table until its pod goes: wait for that.
+            let waited = Instant::now();
+            let conntrack = loop {
+                match super::open_conntrack(Some(&path), entries) {
+                    Err(AgentError::Conntrack(StoreError::Locked { .. }))
+                        if !handed_over && waited.elapsed() < STOPPING_AGENT_WAIT => {}
+                    opened => break opened?,
+                }
+            };
+            let _ = tables.take_conntrack(&conntrack);
+            agent.conntrack = Some(conntrack);
+        }
+        Ok(())
+    }
 }
 
 /// Why the supervisor could not start.
@@ -115,6 +200,7 @@ pub struct Supervisor {
     agent: Agent,
     pods: PodTracker,
     cni: Option<CniRequests>,
+    handover: Option<mpsc::Receiver<HandoverCall>>,
     status: Arc<Mutex<Option<AgentStatus>>>,
     status_refreshed: Instant,
     _control: Option<ControlSocket>,
@@ -147,9 +233,10 @@ impl Supervisor {
         should_stop: impl FnMut() -> bool,
     ) -> Result<Option<Self>, SupervisorError> {
         let SupervisorOptions {
-            agent: agent_options,
+            agent: mut agent_options,
             metrics_addr,
             control_socket,
+            take_over,
         } = options;
         let given = match &source {
             ClusterSource::Manifests(paths) => {
@@ -175,26 +262,24 @@ impl Supervisor {
             audit: agent_options.audit,
         })
         .with_services(agent_options.services.clone());
-        let tables = match &agent_options.conntrack {
-            Some(conntrack) => tables.with_conntrack(Arc::clone(conntrack)),
-            None => tables,
+        let tables = match (&agent_options.conntrack, &take_over) {
+            (Some(conntrack), _) => tables.with_conntrack(conntrack),
+            (None, Some(from)) => tables.numbered_after(from.generation),
+            (None, None) => tables,
         };
-        let metrics = metrics_addr
-            .map(|addr| {
-                MetricsServer::start(
-                    addr,
-                    tables.metrics(),
-                    Arc::clone(&agent_options.worker_counters),
-                    Arc::clone(&agent_options.health),
-                )
-                .map_err(|source| SupervisorError::Metrics { addr, source })
-            })
-            .transpose()?;
+        let reported = (
+            Arc::clone(&agent_options.worker_counters),
+            Arc::clone(&agent_options.health),
+        );
+        // Taking over, the port is the running agent's until it hands over.
+        let mut metrics = match (metrics_addr, &take_over) {
+            (Some(addr), None) => Some(start_metrics(addr, &tables, &reported, Duration::ZERO)?),
+            _ => None,
+        };
         let worker_counters = Arc::clone(&agent_options.worker_counters);
-        let (agent, running) = match (source, given) {
+        let (running, first_list) = match (source, given) {
             (ClusterSource::Api(target, source_options), _) => {
-                let Some(started) =
-                    start_from_api(target, source_options, tables, agent_options, should_stop)?
+                let Some(started) = start_from_api(target, source_options, &tables, should_stop)?
                 else {
                     return Ok(None);
                 };
@@ -204,7 +289,6 @@ impl Supervisor {
                 let mut index = ClusterIndex::with_metrics(tables.metrics().clone());
                 let _ = index.replace_all(cluster);
                 tables.publish(index.cluster(), None);
-                let agent = Agent::start(tables, index.cluster(), agent_options)?;
                 let running = match source {
                     ClusterSource::Manifests(paths) => Running::Manifests {
                         watch: ManifestWatch::start(&paths),
@@ -213,21 +297,38 @@ impl Supervisor {
                     },
                     _ => Running::Given { index },
                 };
-                (agent, running)
+                (running, None)
             }
             (_, None) => unreachable!("only the API source starts without a state"),
         };
+        let cluster = match (&running, &first_list) {
+            (_, Some(cluster)) => cluster,
+            (Running::Manifests { index, .. } | Running::Given { index }, None) => index.cluster(),
+            (Running::Api { .. }, None) => unreachable!("the API source gives its first list"),
+        };
+        let taking_over = take_over.is_some();
+        if let Some(from) = take_over {
+            from.complete(&tables, &mut agent_options)?;
+        }
+        let agent = Agent::start(tables, cluster, agent_options)?;
+        if let (Some(addr), true) = (metrics_addr, taking_over) {
+            // The agent before lets go of the port as it hands over.
+            let wait = Duration::from_secs(5);
+            metrics = Some(start_metrics(addr, agent.tables(), &reported, wait)?);
+        }
         let status = agent.status();
         let pods = PodTracker::new(&status);
         let status = Arc::new(Mutex::new(Some(status)));
-        let (control, cni) = control_socket
+        let (control, queues) = control_socket
             .and_then(|path| start_control(&path, &agent, &status, worker_counters))
             .unzip();
+        let (cni, handover) = queues.unzip();
         Ok(Some(Self {
             agent,
             source: running,
             pods,
             cni,
+            handover,
             status,
             status_refreshed: Instant::now(),
             _control: control,
@@ -239,6 +340,14 @@ impl Supervisor {
     #[must_use]
     pub fn agent(&self) -> &Agent {
         &self.agent
+    }
+
+    /// A next agent's request to take the node over, if one came: the
+    /// caller stops with [`OnStop::Keep`] and then answers it (see
+    /// [`TakeOver`]).
+    #[must_use]
+    pub fn handover_asked(&self) -> Option<HandoverCall> {
+        self.handover.as_ref()?.try_recv().ok()
     }
 
     /// One turn of the loop: settled manifest changes are reread, the
@@ -521,20 +630,49 @@ impl Supervisor {
     }
 }
 
-/// The control socket at `path`, and the queue of the CNI requests it
-/// takes; `None`, with a warning, when it cannot listen.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`, waiting up to
+/// `wait` for the port to be free.
+fn start_metrics(
+    addr: SocketAddr,
+    tables: &TablePublisher,
+    (counters, health): &(
+        Arc<super::metrics::WorkerCounters>,
+        Arc<super::metrics::Health>,
+    ),
+    wait: Duration,
+) -> Result<MetricsServer, SupervisorError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match MetricsServer::start(
+            addr,
+            tables.metrics(),
+            Arc::clone(counters),
+            Arc::clone(health),
+        ) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            started => return started.map_err(|source| SupervisorError::Metrics { addr, source }),
+        }
+    }
+}
+
+/// The control socket at `path`, and the queues of the CNI requests and
+/// handovers it takes; `None`, with a warning, when it cannot listen.
 fn start_control(
     path: &std::path::Path,
     agent: &Agent,
     status: &Arc<Mutex<Option<AgentStatus>>>,
     workers: Arc<super::metrics::WorkerCounters>,
-) -> Option<(ControlSocket, CniRequests)> {
+) -> Option<(ControlSocket, (CniRequests, mpsc::Receiver<HandoverCall>))> {
     let (calls_tx, calls) = mpsc::channel();
+    let (handover_tx, handover) = mpsc::channel();
     let state = ControlState {
         tables: agent.tables().clone(),
         status: Arc::clone(status),
         workers,
         cni: Some(calls_tx),
+        handover: Some(handover_tx),
     };
     let socket = ControlSocket::start(path, state)
         .inspect_err(|e| {
@@ -549,19 +687,19 @@ fn start_control(
         last_reconcile: Instant::now(),
         last_call: Instant::now(),
     };
-    Some((socket, cni))
+    Some((socket, (cni, handover)))
 }
 
 /// Watches the API until every kind has listed once (nothing is enforced
-/// before: the tables would reflect a half-known cluster), then starts the
-/// agent on that state. `None` when `should_stop` said stop meanwhile.
+/// before: the tables would reflect a half-known cluster); the source
+/// and that first state, for the agent to start on. `None` when
+/// `should_stop` said stop meanwhile.
 fn start_from_api(
     target: ApiTarget,
     options: SourceOptions,
-    tables: TablePublisher,
-    agent_options: AgentOptions,
+    tables: &TablePublisher,
     mut should_stop: impl FnMut() -> bool,
-) -> Result<Option<(Agent, Running)>, SupervisorError> {
+) -> Result<Option<(Running, Option<Cluster>)>, SupervisorError> {
     let (first_tx, first) = mpsc::channel::<Cluster>();
     let mut first_tx = Some(first_tx);
     // After each publish, the local pods' addresses when they changed, for
@@ -598,8 +736,7 @@ fn start_from_api(
             }
         }
     };
-    let agent = Agent::start(tables, &cluster, agent_options)?;
-    Ok(Some((agent, Running::Api { thread, addresses })))
+    Ok(Some((Running::Api { thread, addresses }, Some(cluster))))
 }
 
 /// Keeps the agent's adopted pods in line with the local pods' addresses

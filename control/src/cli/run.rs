@@ -35,8 +35,8 @@ use clap::{Args, ValueEnum};
 use podfence_bpf::{NoSocketAction, XdpMode};
 
 use podfence_control::agent::cni_install::{self, CniInstall};
-use podfence_control::agent::control_socket;
-use podfence_control::agent::supervisor::{ClusterSource, Supervisor, SupervisorOptions};
+use podfence_control::agent::control_socket::{self, HandoverCall};
+use podfence_control::agent::supervisor::{ClusterSource, Supervisor, SupervisorOptions, TakeOver};
 use podfence_control::agent::{
     AgentOptions, DenialOptions, DenyLog, OnStop, fail_mode, open_conntrack, removal,
 };
@@ -548,14 +548,17 @@ fn on_stop(args: &RunArgs) -> OnStop {
 }
 
 /// The agent's options, with its connection table opened when it lives in
-/// a file.
-fn agent_options(args: &RunArgs) -> Result<AgentOptions> {
+/// a file (when taking over from a running agent, once it has handed over).
+fn agent_options(args: &RunArgs, take_over: Option<&TakeOver>) -> Result<AgentOptions> {
     anyhow::ensure!(
         args.daemonset.is_none() || args.manifests.is_empty(),
         "--daemonset needs the Kubernetes API (--in-cluster or --kubeconfig)"
     );
     let mut agent = options(args);
     agent.keep_on_drop = args.on_stop == OnStopArg::Keep;
+    if take_over.is_some() {
+        return Ok(agent);
+    }
     if let Some(path) = conntrack_file(args) {
         agent.conntrack = Some(
             open_conntrack(Some(&path), args.conntrack_entries)
@@ -585,7 +588,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         last: None,
         last_error: None,
     });
-    let agent = agent_options(args)?;
+    let control_socket =
+        (args.control_socket.to_str() != Some("none")).then(|| args.control_socket.clone());
+    let take_over = control_socket
+        .as_ref()
+        .and_then(|socket| take_over(args, socket));
+    let agent = agent_options(args, take_over.as_ref())?;
     info!(
         node = agent.node_name.as_deref().unwrap_or("(all pods local)"),
         fail = fail_mode(agent.redirect.no_socket_action),
@@ -594,8 +602,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     let options = SupervisorOptions {
         agent,
         metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
-        control_socket: (args.control_socket.to_str() != Some("none"))
-            .then(|| args.control_socket.clone()),
+        control_socket,
+        take_over,
     };
     let stop_asked = |signals: &mut Signals| signals.pending().any(|s| s != SIGHUP);
     let Some(mut supervisor) =
@@ -614,7 +622,13 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     write_ready(supervisor.agent().status().generation)?;
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut last_stats = Instant::now();
+    let mut handover = None;
     'running: loop {
+        if let Some(call) = supervisor.handover_asked() {
+            info!("a next agent takes the node over");
+            handover = Some(call);
+            break 'running;
+        }
         for signal in signals.pending() {
             if signal != SIGHUP {
                 info!(signal, "stopping");
@@ -644,12 +658,20 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
         }
         supervisor.idle(Duration::from_millis(50));
     }
+    match handover {
+        Some(call) => hand_over(args, supervisor, &call, &mut signals),
+        None => stop(args, supervisor, cni.as_ref()),
+    }
+}
+
+/// Stops at SIGTERM or SIGINT, as `--on-stop` (and the API) say.
+fn stop(args: &RunArgs, supervisor: Supervisor, cni: Option<&CniKeeper>) -> Result<()> {
     // Asked while the agent still enforces.
     let on_stop = on_stop(args);
     // Before the agent stops: new pods are not sent to a stopping agent.
     // Kept, the chaining stays: the plugin's fail mode decides new pods
     // until the next agent answers.
-    if let Some(cni) = &cni
+    if let Some(cni) = cni
         && on_stop == OnStop::Clean
     {
         cni.remove();
@@ -664,6 +686,60 @@ pub(crate) fn run(args: &RunArgs) -> Result<()> {
     info!(counters = ?status.counters, "stopped");
     for (w, r) in reports.iter().enumerate() {
         info!(worker = w, switch = ?r.switch, port_errors = r.port_errors, "worker");
+    }
+    Ok(())
+}
+
+/// The agent answering on `socket`, if one does: this one takes over from
+/// it (see [`TakeOver`]).
+fn take_over(args: &RunArgs, socket: &std::path::Path) -> Option<TakeOver> {
+    let generation = TakeOver::running_agent(socket)?;
+    info!(
+        socket = %socket.display(),
+        generation,
+        "an agent runs on this node: it enforces until this one has compiled the cluster, then hands over"
+    );
+    Some(TakeOver {
+        socket: socket.to_owned(),
+        generation,
+        conntrack: conntrack_file(args).map(|path| (path, args.conntrack_entries)),
+    })
+}
+
+/// Leaves the node to the agent that asked (see [`TakeOver`]): stops as
+/// with `keep` (podfence-cni stays chained), answers, then waits for
+/// SIGTERM with nothing left to undo: the pod of a surge's old agent is
+/// deleted once the new one is ready, and an exit before that would have
+/// the kubelet restart it.
+fn hand_over(
+    args: &RunArgs,
+    supervisor: Supervisor,
+    call: &HandoverCall,
+    signals: &mut Signals,
+) -> Result<()> {
+    // The compiled state is freed once the next agent has its answer:
+    // what it waits for is the workers' sockets closed and the connection
+    // table let go (the agent owns it), not this.
+    let compiled = supervisor.agent().tables().clone();
+    let stopped = supervisor.stop_with(OnStop::Keep);
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    let answer = match &stopped {
+        Ok(_) => serde_json::json!({"handed_over": true}).to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    let _ = call.reply.send(answer);
+    drop(compiled);
+    stopped.context("the agent did not stop cleanly for the next one")?;
+    info!(
+        "handed over; the next agent enforces this node. Waiting for SIGTERM, with nothing to undo"
+    );
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            info!(signal, "stopping (handed over: nothing to undo)");
+            break;
+        }
     }
     Ok(())
 }

@@ -110,6 +110,14 @@ impl Wake {
     }
 }
 
+impl std::os::fd::AsFd for Wake {
+    /// Readable once woken: for callers that poll it with other
+    /// descriptors.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// Resets a signalled eventfd (non-blocking: nothing to read is fine).
 fn drain_eventfd(fd: RawFd) {
     let mut count: u64 = 0;

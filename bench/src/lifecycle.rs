@@ -14,11 +14,14 @@
 //!   without it (p50, p99).
 //! - **Upgrade**: with an agent run with `--on-stop keep`, a pod keeps a TCP
 //!   connection busy (an exchange every 10 ms) and a denied pod sends a
-//!   datagram every 10 ms; the agent gets SIGTERM and the next one starts
-//!   at once on the same manifests. Reported: the longest silence of the
+//!   datagram every 10 ms; then the next agent takes over on the same
+//!   manifests, as a DaemonSet rollout does it ([`Rollout`]): with a surge
+//!   (the next one starts while the old one enforces and asks it to hand
+//!   over; then the old one gets SIGTERM) or by replacing (SIGTERM, then
+//!   the next one at once). Reported: the longest silence of the
 //!   connection, its retransmitted segments (packets the gap dropped), the
-//!   denied datagrams that arrived (must be 0), and how long the handover
-//!   took.
+//!   denied datagrams that arrived (must be 0), and how long the stop and
+//!   the start took.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -88,10 +91,36 @@ pub struct LifecycleOptions {
     /// namespace of that many synthetic pods, spread over the cluster;
     /// pod `i` is like pod `i % shapes`). `pods`: every pod its own.
     pub shapes: usize,
-    /// Upgrades to measure (0: skip the upgrade part).
+    /// Upgrades to measure (0: skip the upgrade part), each done every way
+    /// of `rollouts`, alternating.
     pub upgrades: usize,
+    /// How the next agent takes over.
+    pub rollouts: Vec<Rollout>,
     /// The `podfence` binary (podfence-cni beside it).
     pub podfence: PathBuf,
+}
+
+/// How an upgrade's next agent takes over from the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// As the DaemonSet's `maxSurge: 1`: the next agent starts while the
+    /// old one enforces, and asks it to hand over once it has compiled;
+    /// then the old one gets SIGTERM (and has nothing left to do).
+    Surge,
+    /// As `maxSurge: 0`: SIGTERM, and the next agent once the old one has
+    /// exited.
+    Replace,
+}
+
+impl Rollout {
+    /// Its name on the command line and in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Surge => "surge",
+            Self::Replace => "replace",
+        }
+    }
 }
 
 /// Percentiles of a sample.
@@ -140,8 +169,10 @@ pub struct PodStartReport {
 }
 
 /// One upgrade's figures.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct UpgradeReport {
+    /// How the next agent took over.
+    pub rollout: Rollout,
     /// The longest time between two completed exchanges of the open
     /// connection (one every 10 ms otherwise), milliseconds.
     pub longest_silence_ms: f64,
@@ -155,10 +186,12 @@ pub struct UpgradeReport {
     pub denied_sent: u64,
     /// Of those, arrived.
     pub denied_passed: u64,
-    /// From SIGTERM to the old agent's exit, milliseconds.
+    /// From SIGTERM to the old agent's exit, milliseconds (with a surge,
+    /// once the next one is ready).
     pub stop_ms: f64,
-    /// From the old agent's exit to the new one ready (enforcing),
-    /// milliseconds.
+    /// Until the next agent is ready (enforcing), milliseconds: from the
+    /// old agent's exit, or with a surge from its own start (while the old
+    /// one enforces).
     pub start_ms: f64,
 }
 
@@ -199,6 +232,7 @@ impl LifecycleReport {
                 "chain_without": s.chain_without.json(),
             })),
             "upgrades": self.upgrades.iter().map(|u| json!({
+                "rollout": u.rollout.name(),
                 "longest_silence_ms": u.longest_silence_ms,
                 "exchanges": u.exchanges,
                 "retransmitted": u.retransmitted,
@@ -253,9 +287,11 @@ pub fn run(options: &LifecycleOptions) -> Result<LifecycleReport, String> {
         report.pod_start = Some(pod_start(options, &bed, &dir.0, &manifests, &new_pods)?);
     }
     for _ in 0..options.upgrades {
-        report
-            .upgrades
-            .push(upgrade(options, &bed, &dir.0, &manifests)?);
+        for &rollout in &options.rollouts {
+            report
+                .upgrades
+                .push(upgrade(options, rollout, &bed, &dir.0, &manifests)?);
+        }
     }
     Ok(report)
 }
@@ -327,14 +363,16 @@ struct Agent {
 }
 
 impl Agent {
+    /// `podfence run` with the ready file `dir/ready`, waiting until it
+    /// is there.
     fn start(
         options: &LifecycleOptions,
         node: &str,
-        dir: &Path,
+        (dir, ready): (&Path, &str),
         manifests: &Path,
         extra: &[&str],
     ) -> Result<Self, String> {
-        let ready = dir.join("ready");
+        let ready = dir.join(ready);
         let _ = std::fs::remove_file(&ready);
         let child = Command::new("ip")
             .args(["netns", "exec", node])
@@ -494,7 +532,7 @@ fn pod_start(
         .to_path_buf();
     let mut runtime = Runtime::new(vec![CNI_BIN.into(), plugin_dir], node);
     let ipam = dir.join("ipam");
-    let agent = Agent::start(options, node, dir, manifests, &[])?;
+    let agent = Agent::start(options, node, (dir, "ready"), manifests, &[])?;
     let socket = dir.join("control.sock");
     let with = start_pods(
         &mut runtime,
@@ -565,6 +603,7 @@ fn retransmitted(netns: &str, dst: &str) -> u64 {
 
 fn upgrade(
     options: &LifecycleOptions,
+    rollout: Rollout,
     bed: &Testbed,
     dir: &Path,
     manifests: &Path,
@@ -575,7 +614,7 @@ fn upgrade(
     let table = dir.join("conntrack");
     let table_arg = table.display().to_string();
     let keep = ["--on-stop", "keep", "--conntrack-file", &table_arg];
-    let old = Agent::start(options, node, dir, manifests, &keep)?;
+    let old = Agent::start(options, node, (dir, "ready"), manifests, &keep)?;
 
     let server_addr: SocketAddr = format!("10.244.1.2:{SESSION_PORT}")
         .parse()
@@ -622,17 +661,23 @@ fn upgrade(
     std::thread::sleep(Duration::from_millis(500));
     let retrans_before = retransmitted(&client, "10.244.1.2");
 
-    let asked = Instant::now();
-    old.terminate()?;
-    let exited = Instant::now();
-    let new = Agent::start(
-        options,
-        node,
-        dir,
-        manifests,
-        &["--on-stop", "clean", "--conntrack-file", &table_arg],
-    );
-    let ready = Instant::now();
+    let next = ["--on-stop", "clean", "--conntrack-file", &table_arg];
+    let (new, stop_ms, start_ms) = match rollout {
+        Rollout::Replace => {
+            let asked = Instant::now();
+            old.terminate()?;
+            let exited = Instant::now();
+            let new = Agent::start(options, node, (dir, "ready"), manifests, &next);
+            (new, exited - asked, exited.elapsed())
+        }
+        Rollout::Surge => {
+            let started = Instant::now();
+            let new = Agent::start(options, node, (dir, "ready-next"), manifests, &next);
+            let ready = Instant::now();
+            old.terminate()?;
+            (new, ready.elapsed(), ready - started)
+        }
+    };
     std::thread::sleep(Duration::from_secs(1));
     let retrans = retransmitted(&client, "10.244.1.2").saturating_sub(retrans_before);
     stop.store(true, Ordering::Relaxed);
@@ -643,13 +688,14 @@ fn upgrade(
     // The next round (or the end) starts from a node without an agent.
     new?.terminate()?;
     Ok(UpgradeReport {
+        rollout,
         longest_silence_ms: longest.as_secs_f64() * 1e3,
         exchanges,
         retransmitted: retrans,
         survived,
         denied_sent: sent,
         denied_passed: received.load(Ordering::Relaxed),
-        stop_ms: (exited - asked).as_secs_f64() * 1e3,
-        start_ms: (ready - exited).as_secs_f64() * 1e3,
+        stop_ms: stop_ms.as_secs_f64() * 1e3,
+        start_ms: start_ms.as_secs_f64() * 1e3,
     })
 }

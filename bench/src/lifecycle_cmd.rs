@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use podfence_bench::lifecycle::{self, LifecycleOptions, LifecycleReport, Percentiles};
+use podfence_bench::lifecycle::{self, LifecycleOptions, LifecycleReport, Percentiles, Rollout};
 
 use crate::ShapeArgs;
 
@@ -24,9 +24,15 @@ pub(crate) struct LifecycleArgs {
     /// a rollout; default: every pod its own.
     #[arg(long)]
     start_shapes: Option<usize>,
-    /// Agent upgrades to measure (0: skip).
+    /// Agent upgrades to measure (0: skip), each done every way of
+    /// `--rollouts`, alternating.
     #[arg(long, default_value_t = 5)]
     upgrades: usize,
+    /// How the next agent takes over: `surge` (it starts while the old one
+    /// enforces and asks it to hand over, as the DaemonSet's maxSurge: 1),
+    /// `replace` (SIGTERM, then the next one, as maxSurge: 0).
+    #[arg(long, value_delimiter = ',', default_value = "surge,replace", value_parser = parse_rollout)]
+    rollouts: Vec<Rollout>,
     /// The podfence binary (podfence-cni beside it); default: beside this
     /// one.
     #[arg(long, value_name = "FILE")]
@@ -55,6 +61,7 @@ pub(crate) fn run(args: &LifecycleArgs) -> Result<(), String> {
         at_once: args.at_once,
         shapes: args.start_shapes.unwrap_or(args.start_pods),
         upgrades: args.upgrades,
+        rollouts: args.rollouts.clone(),
         podfence,
     })?;
     if args.json {
@@ -63,6 +70,13 @@ pub(crate) fn run(args: &LifecycleArgs) -> Result<(), String> {
         print_report(&report);
     }
     Ok(())
+}
+
+fn parse_rollout(name: &str) -> Result<Rollout, String> {
+    [Rollout::Surge, Rollout::Replace]
+        .into_iter()
+        .find(|r| r.name() == name)
+        .ok_or_else(|| format!("{name:?}: `surge` or `replace`"))
 }
 
 fn row(what: &str, p: &Percentiles) {
@@ -86,12 +100,20 @@ fn print_report(report: &LifecycleReport) {
     }
     if !report.upgrades.is_empty() {
         println!(
-            "\nupgrades (ms)\n{:>8} {:>9} {:>7} {:>9} {:>14} {:>8} {:>8}",
-            "silence", "exchanges", "retrans", "survived", "denied passed", "stop", "start"
+            "\nupgrades (ms)\n{:<8} {:>8} {:>9} {:>7} {:>9} {:>14} {:>8} {:>8}",
+            "rollout",
+            "silence",
+            "exchanges",
+            "retrans",
+            "survived",
+            "denied passed",
+            "stop",
+            "start"
         );
         for u in &report.upgrades {
             println!(
-                "{:>8.1} {:>9} {:>7} {:>9} {:>8} of {:>3} {:>8.1} {:>8.1}",
+                "{:<8} {:>8.1} {:>9} {:>7} {:>9} {:>8} of {:>3} {:>8.1} {:>8.1}",
+                u.rollout.name(),
                 u.longest_silence_ms,
                 u.exchanges,
                 u.retransmitted,

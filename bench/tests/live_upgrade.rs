@@ -5,6 +5,8 @@
 //! while a pod-to-pod connection and a Service connection stay open and a
 //! denied peer knocks every 10 ms. Also: a table file of another layout
 //! starts clean, and a clean stop (an uninstall) leaves nothing behind.
+//! And a rollout with a surge: the next agent starts beside the old one and
+//! takes over through a handover.
 //! Needs root and `ip netns`; skips otherwise.
 
 mod common;
@@ -428,6 +430,95 @@ fn an_upgrade_keeps_enforcing_and_keeps_connections_and_an_uninstall_leaves_noth
     assert_eq!(received, 0, "no denied packet passed");
 
     // Uninstall: the node as it was.
+    new.terminate();
+    assert_eq!(node_state(&node), before, "nothing left behind");
+    assert!(!table.exists(), "the connection table's file removed");
+    let after: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cni.file).expect("conflist")).expect("JSON");
+    assert_eq!(after, cni.original, "the conflist as it was");
+    assert!(!cni.bin.join("podfence-cni").exists(), "the binary removed");
+}
+
+#[test]
+fn a_rollout_with_a_surge_hands_over_while_the_old_agent_enforces() {
+    if skip() {
+        return;
+    }
+    let options = TestbedOptions {
+        session_ports: vec![SESSION_PORT],
+        ..TestbedOptions::default()
+    };
+    let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "surge");
+    let node = bed.node_netns().to_owned();
+    let (a, b, c) = (
+        pod_netns(&bed, "x/a"),
+        pod_netns(&bed, "x/b"),
+        pod_netns(&bed, "x/c"),
+    );
+    let before = node_state(&node);
+    let cni = CniDirs::new(&dir.0);
+    let table = dir.0.join("run").join("conntrack");
+    let mut keep = cni.flags();
+    keep.extend(["--on-stop".into(), "keep".into(), "--conntrack-file".into()]);
+    keep.push(table.display().to_string());
+    let mut clean = keep.clone();
+    clean[7] = "clean".into();
+    let source = manifests_arg(&manifests);
+
+    let old = AgentProcess::start(&node, &source, &dir.0, &as_args(&keep));
+    cni.await_chained();
+    let old_generation = old.generation();
+    let mut session = connect(&a, &format!("10.244.1.2:{SESSION_PORT}"));
+    assert_eq!(exchange(&mut session).expect("exchange"), "x/b");
+    let pings = ping(session);
+    let knocks = knock(&c, &b, "10.244.1.2");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The next agent starts beside the old one, as with `maxSurge: 1`:
+    // the old one enforces while it compiles, then hands over.
+    let log = dir.0.join("next.log");
+    let new = AgentProcess::start_beside(&node, &source, &dir.0, &as_args(&clean), &log);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("the agent before handed the node over"),
+        "the next agent took over through a handover: {text}"
+    );
+    assert!(
+        new.generation() > old_generation,
+        "generations continue above the old agent's ({} then {})",
+        old_generation,
+        new.generation()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Handed over, the old one has nothing to undo at its SIGTERM (the
+    // rollout deletes its pod once the new one is ready).
+    old.terminate();
+    let b_veth = &bed.pods()["x/b"].host_veth;
+    assert_eq!(programs(&node, b_veth), [podfence_bpf::PROGRAM_NAME]);
+    assert!(cni.chained(), "podfence-cni stays chained");
+    assert!(table.exists(), "the new agent's connection table");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (sent, received) = knocks.finish();
+    let pings = pings.finish();
+    eprintln!(
+        "surge: longest silence of the open connection {:?} ({} exchanges); denied knocks \
+         {received} of {sent} passed",
+        pings.longest_silence, pings.exchanges
+    );
+    assert_eq!(pings.error, None, "the connection survives the handover");
+    assert!(pings.exchanges > 40, "{pings:?}");
+    assert!(sent > 60, "the denied peer knocked: {sent}");
+    assert_eq!(received, 0, "no denied packet passed");
+    let denied = Testbed::tcp_probe_from(
+        &c,
+        "10.244.1.2".parse().expect("IP"),
+        SESSION_PORT,
+        Duration::from_millis(700),
+    )
+    .expect("probe");
+    assert_eq!(denied, ProbeOutcome::NoAnswer, "the new agent enforces");
+
     new.terminate();
     assert_eq!(node_state(&node), before, "nothing left behind");
     assert!(!table.exists(), "the connection table's file removed");

@@ -57,6 +57,28 @@ impl AgentProcess {
         extra: &[&str],
         log: Option<&Path>,
     ) -> Self {
+        Self::spawn(node, source, (dir, "ready"), extra, log)
+    }
+
+    /// [`Self::start_logged`] while another agent runs in `node` with the
+    /// same `dir` (a rollout with a surge): its own ready file.
+    pub(crate) fn start_beside(
+        node: &str,
+        source: &[String],
+        dir: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Self {
+        Self::spawn(node, source, (dir, "ready-next"), extra, Some(log))
+    }
+
+    fn spawn(
+        node: &str,
+        source: &[String],
+        (dir, ready): (&Path, &str),
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
         let stderr = match log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -67,7 +89,7 @@ impl AgentProcess {
             ),
             None => Stdio::inherit(),
         };
-        let ready = dir.join("ready");
+        let ready = dir.join(ready);
         let _ = std::fs::remove_file(&ready);
         let child = Command::new("ip")
             .args(["netns", "exec", node])

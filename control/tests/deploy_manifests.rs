@@ -624,3 +624,50 @@ fn the_cni_plugin_lands_where_the_runtime_looks_and_reaches_the_agent() {
     // The plugin's default is that path too.
     assert_eq!(socket, "/run/podfence/control.sock");
 }
+
+#[test]
+fn a_rollout_starts_the_next_agent_beside_the_old_one() {
+    let ds: DaemonSet = the("DaemonSet");
+    let strategy = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .expect("an update strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    // The next agent compiles while the old one enforces, then takes over
+    // through a handover; the old pod goes once the new one is ready.
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    // A host-network pod's container ports are host ports: declared, they
+    // would keep the scheduler from placing the next pod beside the old.
+    let container = agent(&ds);
+    assert!(
+        container.ports.as_ref().is_none_or(Vec::is_empty),
+        "no container port: {:?}",
+        container.ports
+    );
+    // They meet on the node's control socket and connection table, under
+    // one writable host mount.
+    let env = environment(&ds);
+    for (var, default) in [
+        ("PODFENCE_CONTROL_SOCKET", "/run/podfence/control.sock"),
+        ("PODFENCE_CONNTRACK_FILE", "/run/podfence/conntrack"),
+    ] {
+        let path = env.get(var).map_or(default, String::as_str);
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| Path::new(path).starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{path} is not on a mount"));
+        assert_ne!(mount.read_only, Some(true), "{path}");
+        let volume = pod_spec(&ds)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .expect("the mount's volume");
+        assert!(volume.host_path.is_some(), "{path} is on the node");
+    }
+}

@@ -776,7 +776,12 @@ impl Agent {
                     wake: &wake,
                     removed,
                 };
-                run_worker(index, &mut switch, &mut worker, &stop, &inbox, &rings)
+                let report = run_worker(index, &mut switch, &mut worker, &stop, &inbox, &rings);
+                let ports = (0..switch.port_count())
+                    .filter_map(|i| switch.remove_port(i))
+                    .collect();
+                close_together(ports);
+                report
             })
             .map_err(AgentError::Thread)?;
         self.workers.push(handle);
@@ -1085,6 +1090,29 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 /// Spins through the ports while there is traffic; [`SPIN_BEFORE_SLEEP`]
 /// after the last frames, sleeps in `poll` until a port has frames, a
 /// command comes (its [`Wake`]) or 50 ms pass (to see `stop`).
+/// Closes `ports` together: closing an AF_XDP socket waits in the kernel
+/// for an RCU grace period (10–15 ms measured), so a node's hundred pod
+/// sockets closed one after another would keep pod traffic waiting for
+/// a second and a half at a handover or a kept stop; on threads of their
+/// own the waits overlap.
+fn close_together<P: Send>(ports: Vec<P>) {
+    /// Threads at most; each closes its share in turn.
+    const CLOSERS: usize = 64;
+    let threads = ports.len().min(CLOSERS);
+    let mut batches: Vec<Vec<P>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, port) in ports.into_iter().enumerate() {
+        batches[i % threads].push(port);
+    }
+    std::thread::scope(|scope| {
+        for batch in batches {
+            // Without a thread, the batch is dropped here: closed all the same.
+            let _ = std::thread::Builder::new()
+                .name("pf-closer".into())
+                .spawn_scoped(scope, move || drop(batch));
+        }
+    });
+}
+
 fn run_worker(
     index: usize,
     switch: &mut Switch<XskPort>,
@@ -1243,6 +1271,29 @@ pub fn fail_mode(action: NoSocketAction) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts its drops, and the threads they happened on.
+    struct Closed(Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>);
+
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push(std::thread::current().id());
+        }
+    }
+
+    #[test]
+    fn ports_are_all_closed_together_off_the_callers_thread() {
+        for n in [0, 1, 3, 64, 65, 150] {
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            close_together((0..n).map(|_| Closed(Arc::clone(&seen))).collect());
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), n, "every one closed before it returns");
+            assert!(!seen.contains(&std::thread::current().id()));
+            let threads: std::collections::BTreeSet<_> =
+                seen.iter().map(|t| format!("{t:?}")).collect();
+            assert_eq!(threads.len(), n.min(64), "{n} ports");
+        }
+    }
 
     #[test]
     fn mtu_shortfall_names_what_is_needed() {

@@ -23,6 +23,7 @@
 //!   denied datagrams that arrived (must be 0), and how long the stop and
 //!   the start took.
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -96,6 +97,9 @@ pub struct LifecycleOptions {
     pub upgrades: usize,
     /// How the next agent takes over.
     pub rollouts: Vec<Rollout>,
+    /// More running pods on the node (wired by the testbed, adopted by
+    /// every agent), beyond the three the upgrade uses.
+    pub node_pods: usize,
     /// The `podfence` binary (podfence-cni beside it).
     pub podfence: PathBuf,
 }
@@ -260,9 +264,11 @@ pub fn run(options: &LifecycleOptions) -> Result<LifecycleReport, String> {
             plugin.display()
         ));
     }
-    let node_pods = podfence_control::sources::manifests::load_str(Path::new("node"), NODE_PODS)
-        .map_err(|e| e.to_string())?
-        .cluster;
+    let mut node_pods =
+        podfence_control::sources::manifests::load_str(Path::new("node"), NODE_PODS)
+            .map_err(|e| e.to_string())?
+            .cluster;
+    node_pods.pods.extend(idle_pods(options.node_pods)?.pods);
     let bed = Testbed::build(
         &node_pods,
         &TestbedOptions {
@@ -454,6 +460,27 @@ impl Drop for Sandboxes {
             crate::testbed::unregister(name);
         }
     }
+}
+
+/// `n` more running pods of this node (`lc/idle-i`, 10.244.2.0/23), which
+/// no policy selects.
+fn idle_pods(n: usize) -> Result<Cluster, String> {
+    if n > 500 {
+        return Err(format!("--node-pods {n}: at most 500"));
+    }
+    let mut yaml = String::new();
+    for i in 0..n {
+        let ip = format!("10.244.{}.{}", 2 + i / 250, 1 + i % 250);
+        let _ = write!(
+            yaml,
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: lc, name: idle-{i}, labels: {{lc: idle}}}}\n\
+             spec: {{nodeName: {NODE}, containers: [{{name: c}}]}}\n\
+             status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+        );
+    }
+    podfence_control::sources::manifests::load_str(Path::new("idle"), &yaml)
+        .map(|m| m.cluster)
+        .map_err(|e| e.to_string())
 }
 
 fn conflist(socket: Option<&Path>, ipam: &Path) -> Result<NetworkList, String> {

@@ -33,6 +33,10 @@ pub(crate) struct LifecycleArgs {
     /// `replace` (SIGTERM, then the next one, as maxSurge: 0).
     #[arg(long, value_delimiter = ',', default_value = "surge,replace", value_parser = parse_rollout)]
     rollouts: Vec<Rollout>,
+    /// More running pods on the node during the upgrades (each agent
+    /// attaches to their veths and hands them over), up to 500.
+    #[arg(long, default_value_t = 0)]
+    node_pods: usize,
     /// The podfence binary (podfence-cni beside it); default: beside this
     /// one.
     #[arg(long, value_name = "FILE")]
@@ -62,6 +66,7 @@ pub(crate) fn run(args: &LifecycleArgs) -> Result<(), String> {
         shapes: args.start_shapes.unwrap_or(args.start_pods),
         upgrades: args.upgrades,
         rollouts: args.rollouts.clone(),
+        node_pods: args.node_pods,
         podfence,
     })?;
     if args.json {

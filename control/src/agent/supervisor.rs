@@ -28,14 +28,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
+use podfence_datapath::conntrack::StoreError;
 use tracing::{error, info, warn};
 
 use super::cni::{ADOPT_TIMEOUT, CniCall, CniRequest, PodRequest};
 use super::control_socket::{self, ControlSocket, ControlState, HandoverCall};
 use super::metrics::MetricsServer;
 use super::{Agent, AgentError, AgentOptions, AgentStatus, OnStop, WorkerReport, plumbing};
-use podfence_datapath::conntrack::StoreError;
-
 use crate::compile::{CompileOptions, Locality};
 use crate::index::{Cluster, ClusterIndex};
 use crate::publish::TablePublisher;

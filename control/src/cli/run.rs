@@ -281,7 +281,9 @@ pub(crate) struct RunArgs {
     )]
     capture_max_mib: u64,
     /// Answer `podfence status` and `podfence explain --agent` on this Unix
-    /// socket (`none`: do not).
+    /// socket (`none`: do not). An agent already answering there is taken
+    /// over from: it enforces until this one has compiled the cluster, then
+    /// hands the node over (a DaemonSet rollout with a surge).
     #[arg(long, env = "PODFENCE_CONTROL_SOCKET", default_value = control_socket::DEFAULT_PATH, value_name = "PATH")]
     control_socket: PathBuf,
     /// Audit mode for every pod: policy is evaluated and what it would deny

@@ -378,6 +378,30 @@ impl Agent {
         cluster: &Cluster,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
+        Self::start_with(tables, cluster, options, None)
+    }
+
+    /// The sockets of the pod veths a start on `cluster` will bind, made
+    /// ahead: an agent taking over from a running one makes them while
+    /// that one still enforces, so that pod traffic waits for binding them
+    /// only (each new socket maps, faults in and registers its UMEM).
+    #[must_use]
+    pub fn pod_sockets_ahead(
+        cluster: &Cluster,
+        tables: &TablePublisher,
+        options: &AgentOptions,
+    ) -> SpareSockets {
+        let pods = local_addresses(cluster, tables.locality()).len();
+        SpareSockets::made_now(pod_xsk(options), pods * options.workers.max(1))
+    }
+
+    /// [`Self::start`], binding the pods' sockets made `ahead` first.
+    pub fn start_with(
+        tables: TablePublisher,
+        cluster: &Cluster,
+        options: AgentOptions,
+        ahead: Option<SpareSockets>,
+    ) -> Result<Self, AgentError> {
         let conntrack = options.conntrack.clone().unwrap_or_else(|| {
             Arc::new(Conntrack::new(
                 options.conntrack_entries,
@@ -417,7 +441,7 @@ impl Agent {
             netns: current_netns(),
             denials,
             reporter: Some(reporter),
-            spares: None,
+            spares: ahead,
             reaper,
             options,
         };
@@ -429,8 +453,7 @@ impl Agent {
     fn bring_up(&mut self, cluster: &Cluster) -> Result<(), AgentError> {
         let addrs = local_addresses(cluster, self.tables.locality());
         let plumbing = self.options.plumbing.clone();
-        // Frames of the MTU, whatever its size (multi-buffer past a chunk).
-        self.options.xsk.max_frame = self.options.xsk.max_frame.max(frame_len(self.options.mtu));
+        self.options.xsk = sized_for_mtu(&self.options);
         let pair = plumbing::host_pair(&plumbing, self.options.mtu)?;
         let dp_link = pair.dp.clone();
         self.pair = Some(pair);
@@ -528,7 +551,7 @@ impl Agent {
 
     /// The sockets of pod veths.
     fn pod_xsk(&self) -> XskConfig {
-        self.options.xsk.with_frames(self.options.pod_frames)
+        pod_xsk(&self.options)
     }
 
     /// Attaches the redirector program the agent's interfaces share (one
@@ -1090,6 +1113,19 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 /// Spins through the ports while there is traffic; [`SPIN_BEFORE_SLEEP`]
 /// after the last frames, sleeps in `poll` until a port has frames, a
 /// command comes (its [`Wake`]) or 50 ms pass (to see `stop`).
+/// The sockets of `options`, with frames of its MTU whatever its size
+/// (multi-buffer past a chunk).
+fn sized_for_mtu(options: &AgentOptions) -> XskConfig {
+    let mut xsk = options.xsk;
+    xsk.max_frame = xsk.max_frame.max(frame_len(options.mtu));
+    xsk
+}
+
+/// The sockets of pod veths under `options`.
+fn pod_xsk(options: &AgentOptions) -> XskConfig {
+    sized_for_mtu(options).with_frames(options.pod_frames)
+}
+
 /// Closes `ports` together: closing an AF_XDP socket waits in the kernel
 /// for an RCU grace period (10–15 ms measured), so a node's hundred pod
 /// sockets closed one after another would keep pod traffic waiting for

@@ -73,6 +73,31 @@ impl SpareSockets {
         })
     }
 
+    /// `count` sockets for `config` made at once on the calling thread,
+    /// with no maker behind them: for a start that will bind them all.
+    /// Stops at the first failure (the attach then makes its own).
+    #[must_use]
+    pub fn made_now(config: XskConfig, count: usize) -> Self {
+        let ready = (0..count)
+            .map_while(|_| {
+                PreparedXsk::new(&config)
+                    .inspect_err(|e| warn!(error = %e, "making sockets ahead"))
+                    .ok()
+            })
+            .collect();
+        Self {
+            config,
+            shared: Arc::new(Shared {
+                pool: Mutex::new(Pool {
+                    ready,
+                    ..Pool::default()
+                }),
+                changed: Condvar::new(),
+            }),
+            maker: None,
+        }
+    }
+
     /// A ready socket for `config`, if one is (the maker then makes
     /// another).
     #[must_use]
@@ -202,6 +227,25 @@ mod tests {
             ..small()
         };
         assert!(spares.take(&other).is_none());
+    }
+
+    #[test]
+    fn sockets_made_now_are_there_at_once_and_not_made_again() {
+        if !can_make_sockets() {
+            return;
+        }
+        let ahead = SpareSockets::made_now(small(), 3);
+        assert!(ahead.maker.is_none());
+        assert_eq!(ahead.ready(), 3);
+        let taken: Vec<PreparedXsk> = (0..4).filter_map(|_| ahead.take(&small())).collect();
+        assert_eq!(taken.len(), 3, "as many as made");
+        assert_eq!(ahead.ready(), 0, "none made after");
+        // An invalid configuration: none, and no panic.
+        let bad = XskConfig {
+            frame_count: 3,
+            ..small()
+        };
+        assert_eq!(SpareSockets::made_now(bad, 2).ready(), 0);
     }
 
     #[test]

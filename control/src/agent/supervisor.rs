@@ -102,6 +102,19 @@ impl TakeOver {
         status.get("generation")?.as_u64()
     }
 
+    /// Makes the pods' sockets, asks the agent before to hand over, and
+    /// starts on what it leaves.
+    fn start_agent(
+        self,
+        tables: TablePublisher,
+        cluster: &Cluster,
+        mut options: AgentOptions,
+    ) -> Result<Agent, AgentError> {
+        let ahead = Agent::pod_sockets_ahead(cluster, &tables, &options);
+        self.complete(&tables, &mut options)?;
+        Agent::start_with(tables, cluster, options, Some(ahead))
+    }
+
     /// Asks the agent before to hand over and opens the table it leaves.
     /// An agent that does not answer (it is stopping, or gone) leaves the
     /// same once it has stopped: the table's lock is waited for.
@@ -232,7 +245,7 @@ impl Supervisor {
         should_stop: impl FnMut() -> bool,
     ) -> Result<Option<Self>, SupervisorError> {
         let SupervisorOptions {
-            agent: mut agent_options,
+            agent: agent_options,
             metrics_addr,
             control_socket,
             take_over,
@@ -306,10 +319,10 @@ impl Supervisor {
             (Running::Api { .. }, None) => unreachable!("the API source gives its first list"),
         };
         let taking_over = take_over.is_some();
-        if let Some(from) = take_over {
-            from.complete(&tables, &mut agent_options)?;
-        }
-        let agent = Agent::start(tables, cluster, agent_options)?;
+        let agent = match take_over {
+            Some(from) => from.start_agent(tables, cluster, agent_options)?,
+            None => Agent::start(tables, cluster, agent_options)?,
+        };
         if let (Some(addr), true) = (metrics_addr, taking_over) {
             // The agent before lets go of the port as it hands over.
             let wait = Duration::from_secs(5);

@@ -334,6 +334,64 @@ fn programs(node: &str, iface: &str) -> Vec<String> {
     .collect()
 }
 
+/// A testbed of [`CLUSTER`] with the node's CNI directories, and the flags
+/// of an agent that keeps what it leaves (`keep`) and of one that cleans up
+/// (`clean`), both with their connection table in `table`.
+struct UpgradeBed {
+    bed: Testbed,
+    dir: common::TempDir,
+    node: String,
+    /// The node before any agent ran.
+    before: String,
+    cni: CniDirs,
+    table: PathBuf,
+    source: [String; 2],
+    keep: Vec<String>,
+    clean: Vec<String>,
+}
+
+impl UpgradeBed {
+    fn new(options: &TestbedOptions, tag: &str) -> Self {
+        let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, options, tag);
+        let node = bed.node_netns().to_owned();
+        let before = node_state(&node);
+        let cni = CniDirs::new(&dir.0);
+        let table = dir.0.join("run").join("conntrack");
+        let table_arg = table.display().to_string();
+        let with_table = |on_stop: &str| {
+            let mut flags = cni.flags();
+            flags.extend(["--on-stop", on_stop, "--conntrack-file", &table_arg].map(String::from));
+            flags
+        };
+        let (keep, clean) = (with_table("keep"), with_table("clean"));
+        Self {
+            source: manifests_arg(&manifests),
+            bed,
+            dir,
+            node,
+            before,
+            cni,
+            table,
+            keep,
+            clean,
+        }
+    }
+
+    /// After a clean stop (an uninstall): the node as before, the conflist
+    /// as it was, the plugin's binary and the table's file removed.
+    fn assert_as_before(&self) {
+        assert_eq!(node_state(&self.node), self.before, "nothing left behind");
+        assert!(!self.table.exists(), "the connection table's file removed");
+        let conflist = std::fs::read_to_string(&self.cni.file).expect("conflist");
+        let after: Value = serde_json::from_str(&conflist).expect("JSON");
+        assert_eq!(after, self.cni.original, "the conflist as it was");
+        assert!(
+            !self.cni.bin.join("podfence-cni").exists(),
+            "the binary removed"
+        );
+    }
+}
+
 fn as_args(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()
 }
@@ -348,31 +406,30 @@ fn an_upgrade_keeps_enforcing_and_keeps_connections_and_an_uninstall_leaves_noth
         own_ports: vec![9000],
         ..TestbedOptions::default()
     };
-    let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "upgrade");
-    let node = bed.node_netns().to_owned();
+    let up = UpgradeBed::new(&options, "upgrade");
+    let UpgradeBed {
+        bed,
+        dir,
+        node,
+        cni,
+        table,
+        source,
+        ..
+    } = &up;
     let (a, b, c) = (
-        pod_netns(&bed, "x/a"),
-        pod_netns(&bed, "x/b"),
-        pod_netns(&bed, "x/c"),
+        pod_netns(bed, "x/a"),
+        pod_netns(bed, "x/b"),
+        pod_netns(bed, "x/c"),
     );
-    let before = node_state(&node);
-    let cni = CniDirs::new(&dir.0);
-    let table = dir.0.join("run").join("conntrack");
-    let mut keep = cni.flags();
-    keep.extend(["--on-stop".into(), "keep".into(), "--conntrack-file".into()]);
-    keep.push(table.display().to_string());
-    let mut clean = keep.clone();
-    clean[7] = "clean".into();
-    let source = manifests_arg(&manifests);
 
-    let old = AgentProcess::start(&node, &source, &dir.0, &as_args(&keep));
+    let old = AgentProcess::start(node, source, &dir.0, &as_args(&up.keep));
     cni.await_chained();
     let old_generation = old.generation();
     // The connections that live through the upgrade: pod to pod, and to a
     // Service whose backend speaks first after it.
     let mut session = connect(&a, &format!("10.244.1.2:{SESSION_PORT}"));
     assert_eq!(exchange(&mut session).expect("exchange"), "x/b");
-    let speaker = Speaker::start(&pod_netns(&bed, "x/web"), 9000);
+    let speaker = Speaker::start(&pod_netns(bed, "x/web"), 9000);
     let mut service = connect(&a, "10.96.0.70:9000");
     speaker.say.send("hello".into()).expect("speaker runs");
     assert_eq!(read_message(&mut service).expect("hello"), "hello");
@@ -386,9 +443,9 @@ fn an_upgrade_keeps_enforcing_and_keeps_connections_and_an_uninstall_leaves_noth
     // Left for the next agent: redirectors (failing closed), routes, the
     // pair, the chaining and the table.
     let b_veth = &bed.pods()["x/b"].host_veth;
-    assert_eq!(programs(&node, b_veth), [podfence_bpf::PROGRAM_NAME]);
-    assert_eq!(programs(&node, "pf-dp"), [podfence_bpf::PROGRAM_NAME]);
-    let routes = netns::ip(&node, &["-4", "route", "show", "table", "7066"]);
+    assert_eq!(programs(node, b_veth), [podfence_bpf::PROGRAM_NAME]);
+    assert_eq!(programs(node, "pf-dp"), [podfence_bpf::PROGRAM_NAME]);
+    let routes = netns::ip(node, &["-4", "route", "show", "table", "7066"]);
     assert!(routes.contains("10.244.1.2 dev pf-host"), "{routes}");
     assert!(cni.chained(), "podfence-cni stays chained");
     assert!(cni.bin.join("podfence-cni").exists());
@@ -397,7 +454,7 @@ fn an_upgrade_keeps_enforcing_and_keeps_connections_and_an_uninstall_leaves_noth
     std::thread::sleep(Duration::from_millis(200));
 
     // The next agent, to be removed afterwards: `clean`.
-    let new = AgentProcess::start(&node, &source, &dir.0, &as_args(&clean));
+    let new = AgentProcess::start(node, source, &dir.0, &as_args(&up.clean));
     assert!(
         new.generation() > old_generation,
         "generations continue above the old agent's ({} then {})",
@@ -431,12 +488,7 @@ fn an_upgrade_keeps_enforcing_and_keeps_connections_and_an_uninstall_leaves_noth
 
     // Uninstall: the node as it was.
     new.terminate();
-    assert_eq!(node_state(&node), before, "nothing left behind");
-    assert!(!table.exists(), "the connection table's file removed");
-    let after: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cni.file).expect("conflist")).expect("JSON");
-    assert_eq!(after, cni.original, "the conflist as it was");
-    assert!(!cni.bin.join("podfence-cni").exists(), "the binary removed");
+    up.assert_as_before();
 }
 
 #[test]
@@ -448,24 +500,23 @@ fn a_rollout_with_a_surge_hands_over_while_the_old_agent_enforces() {
         session_ports: vec![SESSION_PORT],
         ..TestbedOptions::default()
     };
-    let (bed, dir, manifests) = common::testbed_with_manifests(CLUSTER, &options, "surge");
-    let node = bed.node_netns().to_owned();
+    let up = UpgradeBed::new(&options, "surge");
+    let UpgradeBed {
+        bed,
+        dir,
+        node,
+        cni,
+        table,
+        source,
+        ..
+    } = &up;
     let (a, b, c) = (
-        pod_netns(&bed, "x/a"),
-        pod_netns(&bed, "x/b"),
-        pod_netns(&bed, "x/c"),
+        pod_netns(bed, "x/a"),
+        pod_netns(bed, "x/b"),
+        pod_netns(bed, "x/c"),
     );
-    let before = node_state(&node);
-    let cni = CniDirs::new(&dir.0);
-    let table = dir.0.join("run").join("conntrack");
-    let mut keep = cni.flags();
-    keep.extend(["--on-stop".into(), "keep".into(), "--conntrack-file".into()]);
-    keep.push(table.display().to_string());
-    let mut clean = keep.clone();
-    clean[7] = "clean".into();
-    let source = manifests_arg(&manifests);
 
-    let old = AgentProcess::start(&node, &source, &dir.0, &as_args(&keep));
+    let old = AgentProcess::start(node, source, &dir.0, &as_args(&up.keep));
     cni.await_chained();
     let old_generation = old.generation();
     let mut session = connect(&a, &format!("10.244.1.2:{SESSION_PORT}"));
@@ -477,7 +528,7 @@ fn a_rollout_with_a_surge_hands_over_while_the_old_agent_enforces() {
     // The next agent starts beside the old one, as with `maxSurge: 1`:
     // the old one enforces while it compiles, then hands over.
     let log = dir.0.join("next.log");
-    let new = AgentProcess::start_beside(&node, &source, &dir.0, &as_args(&clean), &log);
+    let new = AgentProcess::start_beside(node, source, &dir.0, &as_args(&up.clean), &log);
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(
         text.contains("the agent before handed the node over"),
@@ -494,7 +545,7 @@ fn a_rollout_with_a_surge_hands_over_while_the_old_agent_enforces() {
     // rollout deletes its pod once the new one is ready).
     old.terminate();
     let b_veth = &bed.pods()["x/b"].host_veth;
-    assert_eq!(programs(&node, b_veth), [podfence_bpf::PROGRAM_NAME]);
+    assert_eq!(programs(node, b_veth), [podfence_bpf::PROGRAM_NAME]);
     assert!(cni.chained(), "podfence-cni stays chained");
     assert!(table.exists(), "the new agent's connection table");
     std::thread::sleep(Duration::from_millis(300));
@@ -520,12 +571,7 @@ fn a_rollout_with_a_surge_hands_over_while_the_old_agent_enforces() {
     assert_eq!(denied, ProbeOutcome::NoAnswer, "the new agent enforces");
 
     new.terminate();
-    assert_eq!(node_state(&node), before, "nothing left behind");
-    assert!(!table.exists(), "the connection table's file removed");
-    let after: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cni.file).expect("conflist")).expect("JSON");
-    assert_eq!(after, cni.original, "the conflist as it was");
-    assert!(!cni.bin.join("podfence-cni").exists(), "the binary removed");
+    up.assert_as_before();
 }
 
 #[test]

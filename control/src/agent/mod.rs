@@ -488,7 +488,7 @@ impl Agent {
         // After the start's own sockets, which it made itself: the spares
         // are for pods that start from now on.
         self.spares = Some(
-            SpareSockets::start(self.pod_xsk(), self.options.spare_sockets)
+            SpareSockets::start(pod_xsk(&self.options), self.options.spare_sockets)
                 .map_err(AgentError::Thread)?,
         );
         self.options
@@ -527,7 +527,7 @@ impl Agent {
         let xsk = if host_port {
             self.options.xsk
         } else {
-            self.pod_xsk()
+            pod_xsk(&self.options)
         };
         let mut ports = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -547,11 +547,6 @@ impl Agent {
         }
         self.redirectors.insert(link.name.clone(), redirector);
         Ok(ports)
-    }
-
-    /// The sockets of pod veths.
-    fn pod_xsk(&self) -> XskConfig {
-        pod_xsk(&self.options)
     }
 
     /// Attaches the redirector program the agent's interfaces share (one
@@ -800,10 +795,7 @@ impl Agent {
                     removed,
                 };
                 let report = run_worker(index, &mut switch, &mut worker, &stop, &inbox, &rings);
-                let ports = (0..switch.port_count())
-                    .filter_map(|i| switch.remove_port(i))
-                    .collect();
-                close_together(ports);
+                close_together(switch.into_ports());
                 report
             })
             .map_err(AgentError::Thread)?;
@@ -1110,9 +1102,6 @@ impl Drop for RunningFlag {
 /// of rounds cost milliseconds of CPU after every burst.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 
-/// Spins through the ports while there is traffic; [`SPIN_BEFORE_SLEEP`]
-/// after the last frames, sleeps in `poll` until a port has frames, a
-/// command comes (its [`Wake`]) or 50 ms pass (to see `stop`).
 /// The sockets of `options`, with frames of its MTU whatever its size
 /// (multi-buffer past a chunk).
 fn sized_for_mtu(options: &AgentOptions) -> XskConfig {
@@ -1149,6 +1138,9 @@ fn close_together<P: Send>(ports: Vec<P>) {
     });
 }
 
+/// Spins through the ports while there is traffic; [`SPIN_BEFORE_SLEEP`]
+/// after the last frames, sleeps in `poll` until a port has frames, a
+/// command comes (its [`Wake`]) or 50 ms pass (to see `stop`).
 fn run_worker(
     index: usize,
     switch: &mut Switch<XskPort>,

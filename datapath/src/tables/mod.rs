@@ -669,19 +669,12 @@ mod tests {
     }
 
     #[test]
-    fn reused_group_tables_are_shared_and_decide_alike() {
+    fn reused_group_tables_are_shared_and_equal_to_fresh_ones() {
         let first = sample();
         let second = sample_reusing(Some(first.group_tables()));
         assert!(Arc::ptr_eq(first.group_tables(), second.group_tables()));
+        // Every field equal: they decide alike.
         assert_eq!(first, second);
-        for (src, dst, protocol, port) in [
-            ("10.0.0.1", "10.0.0.2", IpProtocol::TCP, 81),
-            ("10.0.0.1", "192.0.2.1", IpProtocol::UDP, 53),
-            ("192.0.2.9", "10.0.0.2", IpProtocol::TCP, 80),
-        ] {
-            let v = second.classify(ip(src), ip(dst), protocol, port);
-            assert_eq!(v, first.classify(ip(src), ip(dst), protocol, port));
-        }
     }
 
     #[test]
